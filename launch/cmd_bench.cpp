@@ -1,0 +1,82 @@
+// `ferry bench`: benchmarks, reported with the machine and the numbers (never asserted in tests).
+//   ferry bench plan   time of a full `ferry plan` (spec + placement + KV search + suggestions)
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "launch/commands.h"
+#include "launch/hardware_flags.h"
+#include "launch/plan_flags.h"
+#include "planner/error.h"
+#include "planner/units.h"
+
+namespace ferry::launch {
+namespace {
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+  return "unknown CPU";
+}
+
+class BenchCommand : public Command {
+ public:
+  explicit BenchCommand(CLI::App& parent) {
+    app_ = parent.add_subcommand("bench", "Benchmarks (numbers for notes and regressions; nothing is asserted)");
+    app_->require_subcommand(1);
+    plan_ = app_->add_subcommand("plan", "Time `ferry plan` end to end (model spec, placement, KV-type search, suggestions)");
+    plan_flags_.add_to(*plan_, false);
+    hw_flags_.add_to(*plan_);
+    plan_->add_option("--iterations", iterations_, "Timed runs (default 20)")->check(CLI::Range(1, 100000));
+  }
+
+  CLI::App* app() const override { return app_; }
+
+  int run() override {
+    PlanFlags flags = plan_flags_;
+    if (flags.model.empty()) flags.model = "deepseek-v4-pro";
+    if (flags.ctx.empty()) flags.ctx = "1M";
+    HardwareFlags hw_flags = hw_flags_;
+    // Without hardware flags, time the README's workstation rather than this machine's probe.
+    if (hw_flags.gpus.empty() && !hw_flags.no_gpu) hw_flags.gpus = {"rtx3090"};
+    if (hw_flags.host_ram.empty()) hw_flags.host_ram = "256GiB";
+    const planner::PlanOptions options = flags.resolve();
+    std::vector<std::string> notes;
+    const planner::Hardware hw = hw_flags.resolve(notes);
+
+    std::vector<double> ms;
+    bool fits = false;
+    for (int i = 0; i < iterations_ + 1; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      const planner::ModelSpec spec = planner::load_model_spec(flags.model);
+      const planner::Plan plan = planner::make_plan(spec, hw, options);
+      const auto t1 = std::chrono::steady_clock::now();
+      fits = plan.fits;
+      if (i > 0) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());  // first run warms caches
+    }
+    std::sort(ms.begin(), ms.end());
+    std::printf("ferry bench plan: %s, ctx %s, %s (%s)\n", flags.model.c_str(), flags.ctx.c_str(), planner::describe(hw).c_str(),
+                fits ? "fits" : "does not fit: includes the search for suggestions");
+    std::printf("machine: %s\n", cpu_model().c_str());
+    std::printf("iterations %zu: min %.2f ms, median %.2f ms, max %.2f ms\n", ms.size(), ms.front(), ms[ms.size() / 2], ms.back());
+    return kExitOk;
+  }
+
+ private:
+  CLI::App* app_ = nullptr;
+  CLI::App* plan_ = nullptr;
+  PlanFlags plan_flags_;
+  HardwareFlags hw_flags_;
+  int iterations_ = 20;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_bench_command(CLI::App& parent) { return std::make_unique<BenchCommand>(parent); }
+
+}  // namespace ferry::launch

@@ -1,0 +1,77 @@
+// `ferry plan`: the dry run. Does it fit, where does every tensor go, how fast will it run.
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+
+#include "launch/commands.h"
+#include "launch/hardware_flags.h"
+#include "launch/plan_flags.h"
+#include "planner/error.h"
+#include "planner/plan_json.h"
+#include "planner/report.h"
+
+namespace ferry::launch {
+namespace {
+
+// Writes through a temporary file and a rename, so an interrupted write never leaves half a plan behind.
+void write_file_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) FERRY_THROW("cannot write " + path);
+    out << text;
+    out.flush();
+    if (!out) FERRY_THROW("cannot write " + path + " (disk full?)");
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) FERRY_THROW("cannot write " + path + ": " + ec.message());
+}
+
+class PlanCommand : public Command {
+ public:
+  explicit PlanCommand(CLI::App& parent) {
+    app_ = parent.add_subcommand("plan", "Plan a model on this machine or a described one, before loading anything: "
+                                         "does it fit, where does every tensor go, how fast will it run");
+    app_->footer(
+        "Examples:\n"
+        "  ferry plan -m deepseek-v4-flash --gpu rtx3090 --host-ram 256GiB --ctx 1M\n"
+        "  ferry plan -m deepseek-v4-pro --gpu rtx3090 --host-ram 256GiB --nodes 4 --json\n"
+        "  ferry plan -m /models/DeepSeek-V4-Flash          (exact bytes from the safetensors headers)\n"
+        "Exit status: 0 fits, 3 does not fit (the output says why and what would), 1 bad input, 2 bad flags.");
+    plan_flags_.add_to(*app_, true);
+    hw_flags_.add_to(*app_);
+    app_->add_flag("--json", json_, "Print the plan as JSON (schema ferry.plan v1, docs/plan-schema.md)");
+    app_->add_option("--plan-out", plan_out_, "Also save the plan as JSON to this file (for ferry run --plan)");
+  }
+
+  CLI::App* app() const override { return app_; }
+
+  int run() override {
+    const planner::PlanOptions options = plan_flags_.resolve();
+    std::vector<std::string> notes;
+    const planner::Hardware hw = hw_flags_.resolve(notes);
+    const planner::ModelSpec spec = planner::load_model_spec(plan_flags_.model);
+    planner::Plan plan = planner::make_plan(spec, hw, options);
+    plan.warnings.insert(plan.warnings.begin(), notes.begin(), notes.end());
+    const std::string json = planner::plan_to_json(plan).dump(2) + "\n";
+    if (!plan_out_.empty()) write_file_atomically(plan_out_, json);
+    if (json_) std::cout << json;
+    else std::cout << planner::format_plan(plan, spec);
+    return plan.fits ? kExitOk : kExitDoesNotFit;
+  }
+
+ private:
+  CLI::App* app_ = nullptr;
+  PlanFlags plan_flags_;
+  HardwareFlags hw_flags_;
+  bool json_ = false;
+  std::string plan_out_;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_plan_command(CLI::App& parent) { return std::make_unique<PlanCommand>(parent); }
+
+}  // namespace ferry::launch

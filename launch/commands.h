@@ -1,0 +1,27 @@
+// The subcommands of the `ferry` executable. Each registers its flags on a CLI11 subcommand and runs when
+// that subcommand was given; run() returns the process exit code.
+#pragma once
+
+#include <memory>
+
+#include <CLI/CLI.hpp>
+
+namespace ferry::launch {
+
+// Exit codes shared by every command (documented in `ferry --help`).
+constexpr int kExitOk = 0;
+constexpr int kExitError = 1;       // bad input or a failed operation; one line on stderr
+constexpr int kExitUsage = 2;       // bad flags
+constexpr int kExitDoesNotFit = 3;  // `ferry plan`: the configuration does not fit
+
+class Command {
+ public:
+  virtual ~Command() = default;
+  virtual CLI::App* app() const = 0;
+  virtual int run() = 0;
+};
+
+std::unique_ptr<Command> make_plan_command(CLI::App& parent);
+std::unique_ptr<Command> make_bench_command(CLI::App& parent);
+
+}  // namespace ferry::launch

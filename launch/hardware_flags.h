@@ -1,0 +1,27 @@
+// The hardware flags every planning command shares (`--gpu`, `--host-ram`, ...), and turning them into a
+// planner::Hardware: flags where given, this machine's probe for the rest.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "planner/hardware.h"
+
+namespace ferry::launch {
+
+struct HardwareFlags {
+  std::vector<std::string> gpus;
+  bool no_gpu = false;
+  std::string host_ram, host_bw, pcie, gpu_reserve, host_reserve, net_bw;
+  std::optional<int> numa, nodes, cores;
+  std::optional<double> net_latency_us;
+
+  void add_to(CLI::App& app);
+  // Probes only what the flags leave open; `notes` collects what the probe says.
+  planner::Hardware resolve(std::vector<std::string>& notes) const;
+};
+
+}  // namespace ferry::launch

@@ -1,0 +1,53 @@
+// The `ferry` executable: parses the command line, runs one subcommand, and turns every error into one line
+// on stderr and a non-zero exit.
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <memory>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "launch/commands.h"
+#include "launch/logging.h"
+#include "planner/error.h"
+
+int main(int argc, char** argv) {
+  using namespace ferry::launch;
+  CLI::App app("ferry: DeepSeek V4 on hardware far smaller than the model", "ferry");
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "ferry 0.1.0");
+  app.footer("Run `ferry COMMAND --help` for a command's flags. Log level: FERRY_LOG_LEVEL=debug|info|warn|error.");
+  std::vector<std::unique_ptr<Command>> commands;
+  commands.push_back(make_plan_command(app));
+  commands.push_back(make_bench_command(app));
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "ferry: error: %s (see --help)\n", e.what());
+    return kExitUsage;
+  }
+
+  init_logging();
+  for (auto& cmd : commands) {
+    if (!cmd->app()->parsed()) continue;
+    try {
+      return cmd->run();
+    } catch (const ferry::Error& e) {
+      std::fprintf(stderr, "ferry %s: error: %s\n", cmd->app()->get_name().c_str(), e.what());
+      log_debug_location(e.where());
+      return kExitError;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ferry %s: error: %s\n", cmd->app()->get_name().c_str(), e.what());
+      return kExitError;
+    }
+  }
+  return kExitUsage;
+}

@@ -1,0 +1,403 @@
+// The placement solver (DESIGN.md §1): non-routed weights, KV cache and indexer cache on the GPU(s) first,
+// then workspaces, then the remaining VRAM to whole layers' experts or a GPU expert cache; routed experts in
+// host RAM split across NUMA nodes, and across nodes with --nodes.
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <string>
+
+#include "planner/error.h"
+#include "planner/memory.h"
+#include "planner/plan.h"
+#include "planner/units.h"
+
+namespace ferry::planner {
+
+void DevicePlan::add(const std::string& cls, int64_t bytes) {
+  if (bytes == 0) return;
+  for (auto& [c, b] : use)
+    if (c == cls) {
+      b += bytes;
+      return;
+    }
+  use.emplace_back(cls, bytes);
+}
+
+int64_t DevicePlan::used() const {
+  int64_t s = 0;
+  for (const auto& [c, b] : use) s += b;
+  return s;
+}
+
+int64_t DevicePlan::bytes_of(const std::string& cls) const {
+  for (const auto& [c, b] : use)
+    if (c == cls) return b;
+  return 0;
+}
+
+namespace {
+
+std::string weights_key(WeightClass c) { return "weights." + std::string(weight_class_name(c)); }
+std::string kv_key(KvKind k) { return "kv." + std::string(kv_kind_name(k)); }
+
+class Placer {
+ public:
+  Placer(const ModelSpec& s, const Hardware& hw, const PlanOptions& o, KvType kv, Plan& plan)
+      : s_(s), c_(s.config), hw_(hw), o_(o), kv_(kv), plan_(plan) {}
+
+  void run() {
+    make_devices();
+    for (int64_t l = 0; l < c_.n_layers_total(); ++l)
+      if (!c_.is_mtp_layer(l) || o_.mtp) layers_.push_back(static_cast<int>(l));
+    if (gpus_per_node() == 0) place_cpu_only();
+    else place_on_gpus();
+    place_experts();
+    finish();
+  }
+
+ private:
+  int gpus_per_node() const { return static_cast<int>(hw_.gpus.size()); }
+  int numa() const { return std::max(1, hw_.host.numa_nodes); }
+  int gpu_device(int node, int g) const { return node * (gpus_per_node() + numa()) + g; }
+  int host_device(int node, int k) const { return node * (gpus_per_node() + numa()) + gpus_per_node() + k; }
+
+  void make_devices() {
+    for (int n = 0; n < hw_.nodes; ++n) {
+      const std::string prefix = hw_.nodes > 1 ? "node" + std::to_string(n) + "." : "";
+      for (int g = 0; g < gpus_per_node(); ++g) {
+        DevicePlan d;
+        d.id = prefix + "gpu" + std::to_string(g);
+        d.kind = DeviceKind::Gpu;
+        d.node = n;
+        d.index = g;
+        d.name = hw_.gpus[static_cast<size_t>(g)].name;
+        d.capacity = hw_.gpus[static_cast<size_t>(g)].free_bytes;
+        d.add("reserve", hw_.gpu_reserve_bytes);
+        plan_.devices.push_back(std::move(d));
+      }
+      for (int k = 0; k < numa(); ++k) {
+        DevicePlan d;
+        d.id = prefix + (numa() > 1 ? "host.numa" + std::to_string(k) : std::string("host"));
+        d.kind = DeviceKind::Host;
+        d.node = n;
+        d.index = k;
+        d.name = numa() > 1 ? "host RAM, NUMA " + std::to_string(k) : "host RAM";
+        // RAM and the OS reserve split evenly; the first NUMA node takes the remainder.
+        d.capacity = hw_.host.ram_bytes / numa() + (k == 0 ? hw_.host.ram_bytes % numa() : 0);
+        d.add("reserve", hw_.host_reserve_bytes / numa());
+        plan_.devices.push_back(std::move(d));
+      }
+    }
+  }
+
+  int64_t ctx() const { return plan_.options.ctx; }
+
+  KvBytes layer_kv(int l) const {
+    KvBytes b = layer_kv_bytes(c_, l, kv_, ctx());
+    for (auto& x : b) x *= o_.parallel;
+    return b;
+  }
+
+  int64_t footprint(int l) const { return s_.layers[static_cast<size_t>(l)].non_routed() + kv_total(layer_kv(l)); }
+
+  // Final norm, output head and head mixing: everything global but the embedding, which stays in host RAM
+  // (one row is read per token; keeping 1-2 GiB of it in VRAM would only take room from the expert cache).
+  int64_t head_bytes() const {
+    int64_t b = 0;
+    for (size_t k = 0; k < kNumWeightClasses; ++k)
+      if (k != static_cast<size_t>(WeightClass::Embedding)) b += s_.global[k];
+    return b;
+  }
+
+  void put_layer(int l, DevicePlan& d) {
+    const auto& w = s_.layers[static_cast<size_t>(l)];
+    for (size_t k = 0; k < kNumWeightClasses; ++k)
+      if (k != static_cast<size_t>(WeightClass::RoutedExpert)) d.add(weights_key(static_cast<WeightClass>(k)), w.bytes[k]);
+    const KvBytes kv = layer_kv(l);
+    for (size_t k = 0; k < kNumKvKinds; ++k) d.add(kv_key(static_cast<KvKind>(k)), kv[k]);
+  }
+
+  void put_head(DevicePlan& d) {
+    for (size_t k = 0; k < kNumWeightClasses; ++k)
+      if (k != static_cast<size_t>(WeightClass::Embedding)) d.add(weights_key(static_cast<WeightClass>(k)), s_.global[k]);
+  }
+
+  void put_embedding(int node) {
+    plan_.devices[static_cast<size_t>(host_device(node, 0))].add(weights_key(WeightClass::Embedding),
+                                                                  s_.global[static_cast<size_t>(WeightClass::Embedding)]);
+  }
+
+  void place_cpu_only() {
+    for (int n = 0; n < hw_.nodes; ++n) {
+      auto& host = plan_.devices[static_cast<size_t>(host_device(n, 0))];
+      for (int l : layers_) put_layer(l, host);
+      put_head(host);
+      host.add("workspace", compute_workspace_bytes(c_, o_.ubatch, o_.logits_all));
+      put_embedding(n);
+      for (int l : layers_) owner_[l] = host_device(n, 0);
+    }
+    plan_.layout = "CPU only: every layer and the KV cache in host RAM";
+    if (hw_.nodes > 1) plan_.layout += ", replicated on " + std::to_string(hw_.nodes) + " nodes, experts sharded across them";
+  }
+
+  // Contiguous layer ranges over `gpus` (device indices), proportional to each GPU's free room, the head on
+  // the last. Falls back to filling GPUs in order when the proportional split overflows one. Returns the
+  // owner of each planned layer and whether everything fits.
+  std::pair<std::vector<int>, bool> split(const std::vector<int>& gpus) const {
+    const size_t n = gpus.size();
+    std::vector<int64_t> room(n);
+    for (size_t i = 0; i < n; ++i) {
+      const auto& d = plan_.devices[static_cast<size_t>(gpus[i])];
+      room[i] = d.capacity - d.used() - gpu_fixed_;
+    }
+    room[n - 1] -= head_bytes();
+    std::vector<int64_t> fp(layers_.size());
+    for (size_t i = 0; i < layers_.size(); ++i) fp[i] = footprint(layers_[i]);
+    const int64_t total = std::accumulate(fp.begin(), fp.end(), int64_t{0});
+
+    auto check = [&](const std::vector<int>& owner) {
+      std::vector<int64_t> sum(n, 0);
+      for (size_t i = 0; i < owner.size(); ++i) sum[static_cast<size_t>(owner[i])] += fp[i];
+      for (size_t i = 0; i < n; ++i)
+        if (sum[i] > room[i]) return false;
+      return true;
+    };
+
+    std::vector<int> proportional(layers_.size());
+    const double room_total = std::max<double>(1, std::accumulate(room.begin(), room.end(), 0.0, [](double a, int64_t r) { return a + std::max<int64_t>(r, 0); }));
+    double target = 0;
+    int64_t assigned = 0;
+    size_t d = 0;
+    target = total * (std::max<int64_t>(room[0], 0) / room_total);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      while (d + 1 < n && assigned + fp[i] / 2 > target) {
+        ++d;
+        target += total * (std::max<int64_t>(room[d], 0) / room_total);
+      }
+      proportional[i] = static_cast<int>(d);
+      assigned += fp[i];
+    }
+    if (check(proportional)) return {proportional, true};
+
+    std::vector<int> greedy(layers_.size());
+    std::vector<int64_t> left = room;
+    d = 0;
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      while (d + 1 < n && fp[i] > left[d]) ++d;
+      greedy[i] = static_cast<int>(d);
+      left[d] -= fp[i];
+    }
+    if (check(greedy)) return {greedy, true};
+    return {proportional, false};
+  }
+
+  void place_on_gpus() {
+    const int G = gpus_per_node();
+    gpu_fixed_ = compute_workspace_bytes(c_, o_.ubatch, o_.logits_all);
+    if (s_.expert_bytes() > 0) gpu_fixed_ += expert_stream_slot_bytes(s_);
+
+    std::vector<int> node0_gpus;
+    for (int g = 0; g < G; ++g) node0_gpus.push_back(gpu_device(0, g));
+    auto [owner, fits] = split(node0_gpus);
+    replicated_ = true;
+    if (!fits && hw_.nodes > 1) {
+      std::vector<int> all_gpus;
+      for (int n = 0; n < hw_.nodes; ++n)
+        for (int g = 0; g < G; ++g) all_gpus.push_back(gpu_device(n, g));
+      auto [owner_all, fits_all] = split(all_gpus);
+      if (fits_all) {
+        replicated_ = false;
+        for (size_t i = 0; i < layers_.size(); ++i) {
+          const int dev = all_gpus[static_cast<size_t>(owner_all[i])];
+          put_layer(layers_[i], plan_.devices[static_cast<size_t>(dev)]);
+          owner_[layers_[i]] = dev;
+        }
+        put_head(plan_.devices[static_cast<size_t>(all_gpus.back())]);
+        for (int dev : all_gpus) plan_.devices[static_cast<size_t>(dev)].add("workspace", gpu_fixed_ - stream_part());
+        put_embedding(0);
+        const int stages = owner_all.back() + 1;
+        plan_.layout = "pipeline over " + std::to_string(stages) + " GPUs on " + std::to_string(hw_.nodes) +
+                       " nodes (non-routed layers split by layer range), routed experts sharded across the nodes' RAM";
+        return;
+      }
+    }
+    for (int n = 0; n < (replicated_ ? hw_.nodes : 1); ++n) {
+      for (size_t i = 0; i < layers_.size(); ++i) {
+        const int dev = gpu_device(n, owner[i]);
+        put_layer(layers_[i], plan_.devices[static_cast<size_t>(dev)]);
+        if (n == 0) owner_[layers_[i]] = dev;
+      }
+      put_head(plan_.devices[static_cast<size_t>(gpu_device(n, G - 1))]);
+      for (int g = 0; g < G; ++g) plan_.devices[static_cast<size_t>(gpu_device(n, g))].add("workspace", gpu_fixed_ - stream_part());
+      put_embedding(n);
+    }
+    const int used_gpus = owner.empty() ? 1 : owner.back() + 1;
+    plan_.layout = used_gpus == 1 ? "non-routed layers, KV cache and head on one GPU"
+                                  : "non-routed layers split over " + std::to_string(used_gpus) + " GPUs by layer range (pipeline)";
+    if (hw_.nodes > 1)
+      plan_.layout += "; replicated on " + std::to_string(hw_.nodes) + " nodes, routed experts sharded across them (expert parallel)";
+  }
+
+  int64_t stream_part() const { return s_.expert_bytes() > 0 ? expert_stream_slot_bytes(s_) : 0; }
+
+  // Routed experts of layer l homed on node n (experts are dealt to nodes by id).
+  int64_t experts_on_node(int l, int n) const {
+    const int64_t e = s_.layers[static_cast<size_t>(l)].n_experts;
+    return e / hw_.nodes + (n < e % hw_.nodes ? 1 : 0);
+  }
+
+  int64_t host_free(int node) const {
+    int64_t f = 0;
+    for (int k = 0; k < numa(); ++k) {
+      const auto& d = plan_.devices[static_cast<size_t>(host_device(node, k))];
+      f += d.capacity - d.used();
+    }
+    return f;
+  }
+
+  void place_experts() {
+    const int64_t eb = s_.expert_bytes();
+    std::vector<int> moe;
+    for (int l : layers_)
+      if (c_.is_moe_layer(l) && s_.layers[static_cast<size_t>(l)].n_experts > 0) moe.push_back(l);
+    std::vector<std::vector<int64_t>> resident(hw_.nodes, std::vector<int64_t>(c_.n_layers_total(), 0));
+    std::vector<std::vector<int64_t>> slots(hw_.nodes, std::vector<int64_t>(c_.n_layers_total(), 0));
+
+    for (int n = 0; n < hw_.nodes && gpus_per_node() > 0; ++n) {
+      // RAM the node still needs for its experts, the CPU path's buffers and pinned staging.
+      int64_t host_need = cpu_expert_workspace_bytes(c_, o_.ubatch) + pinned_staging_bytes(s_, o_.ubatch);
+      for (int l : moe) host_need += experts_on_node(l, n) * eb;
+      int64_t host_short = host_need - host_free(n);
+      for (int g = 0; g < gpus_per_node(); ++g) {
+        const int dev = gpu_device(n, g);
+        std::vector<int> hosted;
+        for (int l : moe)
+          if (gpu_of_layer_on_node(l, n) == dev) hosted.push_back(l);
+        if (hosted.empty()) continue;
+        auto& d = plan_.devices[static_cast<size_t>(dev)];
+        int64_t leftover = d.capacity - d.used();
+        int64_t all = 0;
+        for (int l : hosted) all += experts_on_node(l, n) * eb;
+        if (all <= leftover) {
+          // Every hosted layer's experts fit: no host copy and no streaming through this GPU.
+          for (int l : hosted) resident[n][l] = experts_on_node(l, n);
+          continue;
+        }
+        leftover -= stream_part();  // this GPU will stream: its landing slots come first
+        // Host RAM short: move whole layers' experts to the GPU, last layers first, while they fit.
+        for (auto it = hosted.rbegin(); it != hosted.rend() && host_short > 0; ++it) {
+          const int64_t b = experts_on_node(*it, n) * eb;
+          if (b > leftover) break;
+          resident[n][*it] = experts_on_node(*it, n);
+          leftover -= b;
+          host_short -= b;
+        }
+        std::vector<int> cached;
+        for (int l : hosted)
+          if (resident[n][l] == 0) cached.push_back(l);
+        if (cached.empty()) continue;
+        int64_t per_layer = 0;
+        if (o_.expert_cache == ExpertCacheMode::Auto && eb > 0)
+          per_layer = std::max<int64_t>(0, leftover) / (static_cast<int64_t>(cached.size()) * eb);
+        else if (o_.expert_cache == ExpertCacheMode::Slots)
+          per_layer = o_.expert_cache_slots;
+        for (int l : cached) slots[n][l] = std::min(per_layer, experts_on_node(l, n) - 1);
+      }
+    }
+
+    std::vector<bool> streams(plan_.devices.size(), false);
+    for (int n = 0; n < hw_.nodes; ++n) {
+      bool any_in_ram = false;
+      for (int l : moe) {
+        const int64_t on_node = experts_on_node(l, n);
+        const int64_t in_ram = on_node - resident[n][l];
+        if (resident[n][l] > 0) plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add(weights_key(WeightClass::RoutedExpert), resident[n][l] * eb);
+        if (slots[n][l] > 0) plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add("expert_cache", slots[n][l] * eb);
+        // Experts are dealt to NUMA nodes round-robin so that every NUMA node's cores share each layer.
+        for (int k = 0; k < numa(); ++k) {
+          const int64_t count = in_ram / numa() + (k < in_ram % numa() ? 1 : 0);
+          plan_.devices[static_cast<size_t>(host_device(n, k))].add(weights_key(WeightClass::RoutedExpert), count * eb);
+        }
+        if (in_ram > 0) {
+          any_in_ram = true;
+          if (const int gpu = gpus_per_node() > 0 ? gpu_of_layer_on_node(l, n) : -1; gpu >= 0) streams[static_cast<size_t>(gpu)] = true;
+        }
+      }
+      if (any_in_ram) {
+        auto& host0 = plan_.devices[static_cast<size_t>(host_device(n, 0))];
+        host0.add("workspace", cpu_expert_workspace_bytes(c_, o_.ubatch));
+        if (gpus_per_node() > 0) host0.add("staging", pinned_staging_bytes(s_, o_.ubatch));
+      }
+    }
+    // Stream slots only on GPUs that run a layer with experts in RAM.
+    for (size_t i = 0; i < streams.size(); ++i)
+      if (streams[i]) plan_.devices[i].add("expert_stream", stream_part());
+
+    for (int l : layers_) {
+      LayerPlan lp;
+      lp.layer = l;
+      lp.attn = c_.attn_kind(l);
+      lp.mtp = c_.is_mtp_layer(l);
+      lp.device = owner_.count(l) ? owner_.at(l) : -1;
+      if (std::find(moe.begin(), moe.end(), l) != moe.end()) {
+        lp.experts_per_node = experts_on_node(l, 0);
+        lp.experts_on_gpu = resident[0][l];
+        lp.cache_slots = slots[0][l];
+        lp.experts_in_ram = lp.experts_per_node - lp.experts_on_gpu;
+      }
+      plan_.layers.push_back(lp);
+    }
+  }
+
+  // The GPU that runs layer l's attention for node n's tokens (replicated: node n's own GPU; pipeline: the
+  // single owner, which only caches experts homed on its own node).
+  int gpu_of_layer_on_node(int l, int n) const {
+    const int owner = owner_.at(l);
+    if (replicated_) return owner + n * (gpus_per_node() + numa());
+    return plan_.devices[static_cast<size_t>(owner)].node == n ? owner : -1;
+  }
+
+  void finish() {
+    plan_.kv = kv_cache_bytes(c_, kv_, ctx(), o_.parallel, o_.mtp);
+    plan_.weights_bytes = s_.total_bytes - (o_.mtp ? 0 : s_.mtp_bytes());
+    plan_.fits = true;
+    for (const auto& d : plan_.devices) {
+      if (!d.over()) continue;
+      plan_.fits = false;
+      std::vector<std::pair<std::string, int64_t>> items = d.use;
+      std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
+      std::string detail;
+      for (size_t i = 0; i < items.size() && i < 3; ++i)
+        detail += (i ? ", " : "") + items[i].first + " " + format_bytes(items[i].second);
+      plan_.shortfalls.push_back({d.id, d.used(), d.capacity, detail});
+    }
+  }
+
+  const ModelSpec& s_;
+  const ModelConfig& c_;
+  const Hardware& hw_;
+  const PlanOptions& o_;
+  KvType kv_;
+  Plan& plan_;
+  std::vector<int> layers_;
+  std::map<int, int> owner_;
+  int64_t gpu_fixed_ = 0;
+  bool replicated_ = true;
+};
+
+}  // namespace
+
+Plan place(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options, KvType kv) {
+  Plan plan;
+  plan.model = spec.config.name;
+  plan.arch = spec.config.arch;
+  plan.model_source = spec.origin;
+  plan.hardware = hw;
+  plan.options = options;
+  if (plan.options.ctx == 0) plan.options.ctx = spec.config.max_position_embeddings;
+  plan.kv_type = kv;
+  Placer(spec, hw, plan.options, kv, plan).run();
+  return plan;
+}
+
+}  // namespace ferry::planner

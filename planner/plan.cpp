@@ -1,0 +1,129 @@
+// make_plan: validate the request, choose the KV type, place, estimate, and when something does not fit, find
+// the nearest configurations that do.
+#include "planner/plan.h"
+
+#include <string>
+
+#include "planner/error.h"
+#include "planner/units.h"
+
+namespace ferry::planner {
+namespace {
+
+void validate(const ModelSpec& spec, const Hardware& hw, const PlanOptions& o) {
+  const int64_t max_ctx = spec.config.max_position_embeddings;
+  if (o.ctx < 0) FERRY_THROW("--ctx must be positive, got " + std::to_string(o.ctx));
+  if (o.ctx > max_ctx)
+    FERRY_THROW("--ctx " + std::to_string(o.ctx) + " exceeds " + spec.config.name + "'s maximum context of " +
+                std::to_string(max_ctx) + " tokens");
+  if (o.parallel < 1 || o.parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got " + std::to_string(o.parallel));
+  if (o.ubatch < 1 || o.ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got " + std::to_string(o.ubatch));
+  if (o.expert_cache == ExpertCacheMode::Slots && (o.expert_cache_slots < 0 || o.expert_cache_slots > spec.config.n_routed_experts))
+    FERRY_THROW("--expert-cache slots must be in [0, " + std::to_string(spec.config.n_routed_experts) + "], got " +
+                std::to_string(o.expert_cache_slots));
+  if (o.expert_hit_rate > 1) FERRY_THROW("--expert-hit-rate must be in [0, 1]");
+  if (hw.nodes < 1 || hw.nodes > 1024) FERRY_THROW("--nodes must be in [1, 1024], got " + std::to_string(hw.nodes));
+  if (hw.host.ram_bytes <= 0) FERRY_THROW("host RAM must be positive");
+  if (hw.host.numa_nodes < 1 || hw.host.numa_nodes > 64) FERRY_THROW("--numa must be in [1, 64], got " + std::to_string(hw.host.numa_nodes));
+  if (hw.host.memory_bandwidth <= 0) FERRY_THROW("--host-bw must be positive");
+  for (const auto& g : hw.gpus)
+    if (g.free_bytes <= 0) FERRY_THROW("GPU " + g.name + " has no free memory");
+}
+
+// Longest context (<= the model's maximum) for which `fits` holds; 0 when even one token does not fit.
+template <class Fits>
+int64_t longest_fitting(int64_t max_ctx, Fits fits) {
+  if (!fits(1)) return 0;
+  if (fits(max_ctx)) return max_ctx;
+  int64_t lo = 1, hi = max_ctx;  // fits(lo), !fits(hi)
+  while (hi - lo > 1) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    (fits(mid) ? lo : hi) = mid;
+  }
+  return lo;
+}
+
+void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
+  const PlanOptions& o = plan.options;
+  auto fits_with = [&](const Hardware& h, const PlanOptions& opt, KvType kv) { return place(spec, h, opt, kv).fits; };
+
+  for (const auto& f : plan.kv_fits)
+    if (f.max_ctx == o.ctx && f.type != plan.kv_type)
+      plan.suggestions.push_back("--kv-type " + std::string(kv_type_name(f.type)) + " (KV cache " + format_bytes(f.bytes_at_ctx) + ")");
+  for (const auto& f : plan.kv_fits)
+    if (f.type == plan.kv_type && f.max_ctx > 0)
+      plan.suggestions.push_back("--ctx " + std::to_string(f.max_ctx) + " (the longest context that fits with " +
+                                 std::string(kv_type_name(f.type)) + ")");
+  for (int64_t ub = o.ubatch / 2; ub >= 16; ub /= 2) {
+    PlanOptions smaller = o;
+    smaller.ubatch = ub;
+    if (fits_with(hw, smaller, plan.kv_type)) {
+      plan.suggestions.push_back("--ubatch " + std::to_string(ub) + " (smaller prefill workspace)");
+      break;
+    }
+  }
+  for (int nodes = hw.nodes + 1; nodes <= std::max(64, hw.nodes * 2); ++nodes) {
+    Hardware more = hw;
+    more.nodes = nodes;
+    if (fits_with(more, o, plan.kv_type)) {
+      plan.suggestions.push_back("--nodes " + std::to_string(nodes) + " (routed experts sharded across " + std::to_string(nodes) + " nodes' RAM)");
+      break;
+    }
+  }
+  // More host RAM: the shortfall on the host devices, spread over the NUMA nodes.
+  int64_t host_short = 0;
+  for (const auto& d : plan.devices)
+    if (d.kind == DeviceKind::Host && d.node == 0) host_short += std::max<int64_t>(0, d.used() - d.capacity);
+  if (host_short > 0) {
+    Hardware more = hw;
+    more.host.ram_bytes = hw.host.ram_bytes + host_short;
+    more.host.ram_bytes = (more.host.ram_bytes + kGiB - 1) / kGiB * kGiB;
+    if (fits_with(more, o, plan.kv_type))
+      plan.suggestions.push_back("--host-ram " + std::to_string(more.host.ram_bytes / kGiB) + "GiB (or more RAM per node)");
+  }
+}
+
+}  // namespace
+
+Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options) {
+  validate(spec, hw, options);
+  PlanOptions o = options;
+  if (o.ctx == 0) o.ctx = spec.config.max_position_embeddings;
+  const int64_t max_ctx = spec.config.max_position_embeddings;
+
+  std::vector<KvFit> fits;
+  for (KvType t : kKvTypesByFidelity) {
+    KvFit f;
+    f.type = t;
+    f.bytes_at_ctx = kv_total(kv_cache_bytes(spec.config, t, o.ctx, o.parallel, o.mtp));
+    f.max_ctx = longest_fitting(max_ctx, [&](int64_t ctx) {
+      PlanOptions p = o;
+      p.ctx = ctx;
+      return place(spec, hw, p, t).fits;
+    });
+    fits.push_back(f);
+  }
+
+  KvType kv = o.kv_type.value_or(default_kv_type(spec.config));
+  if (o.kv_auto) {
+    kv = kKvTypesByFidelity.back();
+    for (const auto& f : fits)
+      if (f.max_ctx >= o.ctx) {
+        kv = f.type;
+        break;
+      }
+  }
+  Plan plan = place(spec, hw, o, kv);
+  plan.options.kv_type = kv;
+  plan.kv_fits = std::move(fits);
+  estimate_cost(spec, plan);
+  plan.warnings.insert(plan.warnings.end(), spec.notes.begin(), spec.notes.end());
+  if (hw.gpus.empty())
+    plan.warnings.push_back("no GPU: every layer runs on the CPU; decode is bound by host RAM bandwidth");
+  if (!o.mtp && spec.config.num_nextn_predict_layers > 0)
+    plan.warnings.push_back("MTP layer not loaded (" + format_bytes(spec.mtp_bytes()) + "); --mtp loads it for speculative decoding");
+  if (!plan.fits) suggest(spec, hw, plan);
+  return plan;
+}
+
+}  // namespace ferry::planner

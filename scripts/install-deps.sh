@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs every build and test dependency of ferry from Debian 12 packages.
+# The CUDA toolkit and NCCL are optional and are not Debian packages: when /usr/local/cuda (or nvcc on PATH)
+# is present the build picks them up, otherwise ferry builds CPU-only.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config git python3
+  libopenmpi-dev openmpi-bin       # transport: MPI ranks across nodes
+  libtbb-dev                       # CPU parallelism (oneTBB)
+  libhwloc-dev                     # topology: RAM, NUMA nodes, cores
+  nlohmann-json3-dev               # JSON: config.json, safetensors headers, plans
+  libcli11-dev                     # command-line parsing
+  libfmt-dev libspdlog-dev         # formatting and logging
+  libgtest-dev libgmock-dev        # tests
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#packages[@]} packages already installed"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

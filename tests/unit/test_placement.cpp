@@ -1,0 +1,255 @@
+// The placement solver and cost model: what fits where, exact memory accounting, and speeds within the
+// physical ceilings of ../shared/spec/hardware.md.
+#include <gtest/gtest.h>
+
+#include "planner/error.h"
+#include "planner/memory.h"
+#include "planner/plan.h"
+#include "planner/units.h"
+
+using namespace ferry::planner;
+
+namespace {
+
+Hardware workstation(int nodes = 1, const char* gpu = "rtx3090", int64_t ram = 256 * kGiB) {
+  Hardware hw;
+  hw.gpus.push_back(parse_gpu_spec(gpu));
+  hw.host.ram_bytes = ram;
+  hw.host.memory_bandwidth = kDefaultHostBandwidth;
+  hw.host.numa_nodes = 1;
+  hw.host.cores = kDefaultHostCores;
+  hw.host.gflops_per_core = kDefaultGflopsPerCore;
+  hw.nodes = nodes;
+  hw.gpu_reserve_bytes = kDefaultGpuReserve;
+  hw.host_reserve_bytes = kDefaultHostReserve;
+  hw.source = "test";
+  return hw;
+}
+
+PlanOptions at_ctx(int64_t ctx) {
+  PlanOptions o;
+  o.ctx = ctx;
+  return o;
+}
+
+int64_t sum_prefix(const Plan& p, const std::string& prefix, DeviceKind kind) {
+  int64_t s = 0;
+  for (const auto& d : p.devices)
+    if (d.kind == kind)
+      for (const auto& [c, b] : d.use)
+        if (c.rfind(prefix, 0) == 0) s += b;
+  return s;
+}
+
+bool suggests(const Plan& p, const std::string& text) {
+  for (const auto& s : p.suggestions)
+    if (s.find(text) != std::string::npos) return true;
+  return false;
+}
+
+}  // namespace
+
+TEST(Placement, FlashOn3090At1MFitsWithKvOnGpuAndExpertsInRam) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  const Plan p = make_plan(s, workstation(), at_ctx(1048576));
+  ASSERT_TRUE(p.fits);
+  EXPECT_EQ(p.kv_type, KvType::FP8);
+  // Every KV byte on the GPU, exactly the KV formula's total.
+  EXPECT_EQ(sum_prefix(p, "kv.", DeviceKind::Gpu), kv_total(kv_cache_bytes(s.config, KvType::FP8, 1048576, 1, false)));
+  EXPECT_EQ(sum_prefix(p, "kv.", DeviceKind::Host), 0);
+  EXPECT_GT(p.kv[size_t(KvKind::CsaIndexer)], 0);
+  // Every weight exactly once: non-routed on the GPU, embedding + routed experts in RAM (MTP not loaded).
+  const int64_t on_gpu = sum_prefix(p, "weights.", DeviceKind::Gpu);
+  const int64_t on_host = sum_prefix(p, "weights.", DeviceKind::Host);
+  EXPECT_EQ(on_gpu + on_host, s.total_bytes - s.mtp_bytes());
+  EXPECT_EQ(on_host, s.global[size_t(WeightClass::Embedding)] + 43 * 256 * s.expert_bytes());
+  // The leftover VRAM became an expert cache, within capacity.
+  const auto& gpu = p.devices[0];
+  EXPECT_EQ(gpu.kind, DeviceKind::Gpu);
+  EXPECT_GT(gpu.bytes_of("expert_cache"), 0);
+  EXPECT_LE(gpu.used(), gpu.capacity);
+  EXPECT_LT(gpu.capacity - gpu.used(), 43 * s.expert_bytes());  // less than one more slot per layer is left
+  for (const auto& l : p.layers) {
+    EXPECT_EQ(l.device, 0);
+    EXPECT_EQ(l.experts_in_ram, 256);
+    EXPECT_GT(l.cache_slots, 0);
+  }
+}
+
+TEST(Placement, FlashDecodeSpeedIsWithinHardwareCeilings) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  const Plan p = make_plan(s, workstation(), at_ctx(1048576));
+  // hardware.md: 3.45 GB of routed experts per token from 2-channel DDR5 (76.8 GB/s) caps decode at 22.3 tok/s
+  // with no cache; a GPU cache may lift it, but not past the 3090's VRAM ceiling (271 tok/s).
+  EXPECT_NEAR(p.cost.decode_ceiling_tok_s, 22.3, 0.1);
+  EXPECT_GT(p.cost.decode_tok_s, 5);
+  EXPECT_LT(p.cost.decode_tok_s, 271);
+  EXPECT_GT(p.cost.expert_hit_rate, 0.0);
+  EXPECT_LT(p.cost.expert_hit_rate, 1.0);
+  EXPECT_NE(p.cost.decode_bottleneck.find("host RAM"), std::string::npos);
+  // Without a cache the routed experts alone bound decode by the RAM ceiling.
+  PlanOptions off = at_ctx(1048576);
+  off.expert_cache = ExpertCacheMode::Off;
+  const Plan q = make_plan(s, workstation(), off);
+  EXPECT_LT(q.cost.decode_tok_s, 22.3);
+  EXPECT_LT(q.cost.decode_tok_s, p.cost.decode_tok_s);
+  EXPECT_EQ(q.cost.expert_hit_rate, 0.0);
+  // Prefill here is bound by the experts in RAM, whatever the prompt length.
+  EXPECT_GE(p.cost.prefill_tok_s, p.cost.prefill_full_tok_s);
+}
+
+TEST(Placement, LongPromptsPayForTheIndexerWhenComputeBound) {
+  // With every expert on two H200s, prefill is GPU compute: a 1M-token prompt's mean position costs the
+  // indexer a scan of 128K compressed keys per CSA layer and token, so the average rate falls.
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  Hardware hw = workstation(1, "h200");
+  hw.gpus.push_back(parse_gpu_spec("h200"));
+  const Plan p = make_plan(s, hw, at_ctx(1048576));
+  ASSERT_TRUE(p.fits);
+  EXPECT_EQ(p.cost.prefill_bottleneck, "GPU compute");
+  EXPECT_LT(p.cost.prefill_full_tok_s, 0.5 * p.cost.prefill_tok_s);
+}
+
+TEST(Placement, ProOnOneWorkstationDoesNotFitAndFourNodesDo) {
+  const ModelSpec s = load_model_spec("deepseek-v4-pro");
+  const Plan p = make_plan(s, workstation(), PlanOptions{});
+  EXPECT_FALSE(p.fits);
+  bool host_short = false;
+  for (const auto& sf : p.shortfalls)
+    if (sf.device == "host") host_short = sf.need > 700 * kGiB;
+  EXPECT_TRUE(host_short);
+  // The nearest node count that fits is suggested, and it does fit.
+  int suggested_nodes = 0;
+  for (const auto& sg : p.suggestions)
+    if (sg.rfind("--nodes ", 0) == 0) suggested_nodes = std::stoi(sg.substr(8));
+  ASSERT_GE(suggested_nodes, 2);
+  EXPECT_TRUE(make_plan(s, workstation(suggested_nodes), PlanOptions{}).fits);
+  EXPECT_FALSE(make_plan(s, workstation(suggested_nodes - 1), PlanOptions{}).fits);
+
+  const Plan q = make_plan(s, workstation(4), PlanOptions{});
+  ASSERT_TRUE(q.fits);
+  // Experts sharded: every node's RAM holds 96 of each layer's 384 experts.
+  for (const auto& d : q.devices) {
+    if (d.kind != DeviceKind::Host) continue;
+    EXPECT_EQ(d.bytes_of("weights.routed_experts") % s.expert_bytes(), 0);
+  }
+  int64_t experts_in_ram = 0;
+  for (const auto& d : q.devices)
+    if (d.kind == DeviceKind::Host) experts_in_ram += d.bytes_of("weights.routed_experts");
+  int64_t experts_on_gpu = 0;
+  for (const auto& d : q.devices)
+    if (d.kind == DeviceKind::Gpu) experts_on_gpu += d.bytes_of("weights.routed_experts");
+  EXPECT_EQ(experts_in_ram + experts_on_gpu, 61 * 384 * s.expert_bytes());
+  for (const auto& l : q.layers) EXPECT_EQ(l.experts_per_node, 96);
+}
+
+TEST(Placement, WorkspaceDependsOnUbatchNotContext) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  const Plan a = make_plan(s, workstation(), at_ctx(1024));
+  const Plan b = make_plan(s, workstation(), at_ctx(65536));
+  EXPECT_EQ(a.devices[0].bytes_of("workspace"), b.devices[0].bytes_of("workspace"));
+  EXPECT_EQ(a.devices[0].bytes_of("workspace"), compute_workspace_bytes(s.config, 512, false));
+  PlanOptions big = at_ctx(1024);
+  big.ubatch = 2048;
+  const Plan c = make_plan(s, workstation(), big);
+  EXPECT_GT(c.devices[0].bytes_of("workspace"), a.devices[0].bytes_of("workspace"));
+}
+
+TEST(Placement, KvAutoPicksHighestFidelityThatFits) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  PlanOptions o = at_ctx(1048576);
+  o.kv_auto = true;
+  EXPECT_EQ(make_plan(s, workstation(), o).kv_type, KvType::BF16);  // 6.7 GiB still fits a 3090
+  // A 12 GiB card cannot hold bf16 at 1M but holds fp8.
+  const Plan small = make_plan(s, workstation(1, "12GiB"), o);
+  EXPECT_TRUE(small.fits);
+  EXPECT_EQ(small.kv_type, KvType::FP8);
+  // The longest context per type shrinks with the type's row size.
+  int64_t bf16 = 0, fp8 = 0, q4 = 0;
+  for (const auto& f : small.kv_fits) {
+    if (f.type == KvType::BF16) bf16 = f.max_ctx;
+    if (f.type == KvType::FP8) fp8 = f.max_ctx;
+    if (f.type == KvType::Q4_0) q4 = f.max_ctx;
+  }
+  EXPECT_LT(bf16, 1048576);
+  EXPECT_GT(bf16, 0);
+  EXPECT_EQ(fp8, 1048576);
+  EXPECT_EQ(q4, 1048576);
+  // The boundary is exact: bf16 fits at its max and not one token later.
+  PlanOptions edge = at_ctx(bf16);
+  edge.kv_type = KvType::BF16;
+  EXPECT_TRUE(make_plan(s, workstation(1, "12GiB"), edge).fits);
+  edge.ctx = bf16 + 1;
+  EXPECT_FALSE(make_plan(s, workstation(1, "12GiB"), edge).fits);
+}
+
+TEST(Placement, TooSmallGpuSaysWhatIsShortAndSuggestsSmallerKv) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  PlanOptions o = at_ctx(1048576);
+  o.kv_type = KvType::BF16;
+  const Plan p = make_plan(s, workstation(1, "12GiB"), o);
+  ASSERT_FALSE(p.fits);
+  ASSERT_FALSE(p.shortfalls.empty());
+  EXPECT_EQ(p.shortfalls[0].device, "gpu0");
+  EXPECT_GT(p.shortfalls[0].need, p.shortfalls[0].have);
+  EXPECT_TRUE(suggests(p, "--kv-type fp8"));
+  EXPECT_TRUE(suggests(p, "--ctx "));
+}
+
+TEST(Placement, TwoGpusSplitLayersAndBothCacheExperts) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  Hardware hw = workstation();
+  hw.gpus.push_back(parse_gpu_spec("rtx3090"));
+  const Plan p = make_plan(s, hw, at_ctx(1048576));
+  ASSERT_TRUE(p.fits);
+  EXPECT_EQ(p.layers.front().device, 0);
+  EXPECT_EQ(p.layers.back().device, 1);
+  EXPECT_GT(p.devices[0].bytes_of("expert_cache"), 0);
+  EXPECT_GT(p.devices[1].bytes_of("expert_cache"), 0);
+  EXPECT_GT(p.devices[1].bytes_of("weights.head"), 0);
+  EXPECT_EQ(p.devices[0].bytes_of("weights.head"), 0);
+}
+
+TEST(Placement, BigGpuHoldsEveryExpertAndNeedsNoStreaming) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  Hardware hw = workstation(1, "h200");
+  hw.gpus.push_back(parse_gpu_spec("h200"));
+  const Plan p = make_plan(s, hw, at_ctx(65536));
+  ASSERT_TRUE(p.fits);
+  EXPECT_EQ(sum_prefix(p, "weights.routed_experts", DeviceKind::Host), 0);
+  EXPECT_EQ(sum_prefix(p, "expert_stream", DeviceKind::Gpu), 0);
+  EXPECT_DOUBLE_EQ(p.cost.expert_hit_rate, 1.0);
+}
+
+TEST(Placement, CpuOnlyPutsEverythingInRam) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  Hardware hw = workstation();
+  hw.gpus.clear();
+  hw.host.numa_nodes = 2;
+  const Plan p = make_plan(s, hw, at_ctx(32768));
+  ASSERT_TRUE(p.fits);
+  ASSERT_EQ(p.devices.size(), 2u);
+  EXPECT_EQ(sum_prefix(p, "weights.", DeviceKind::Host), s.total_bytes - s.mtp_bytes());
+  // Experts split evenly across the two NUMA nodes.
+  EXPECT_EQ(p.devices[0].bytes_of("weights.routed_experts"), p.devices[1].bytes_of("weights.routed_experts"));
+}
+
+TEST(Placement, MtpAddsItsWeightsAndRing) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  PlanOptions o = at_ctx(8192);
+  const Plan without = make_plan(s, workstation(), o);
+  o.mtp = true;
+  const Plan with = make_plan(s, workstation(), o);
+  EXPECT_EQ(with.weights_bytes - without.weights_bytes, s.mtp_bytes());
+  EXPECT_EQ(kv_total(with.kv) - kv_total(without.kv), 128 * 584);
+  EXPECT_TRUE(with.layers.back().mtp);
+}
+
+TEST(Placement, RejectsOutOfRangeOptions) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  EXPECT_THROW(make_plan(s, workstation(), at_ctx(1048577)), ferry::Error);
+  EXPECT_THROW(make_plan(s, workstation(), at_ctx(-1)), ferry::Error);
+  PlanOptions o;
+  o.ubatch = 0;
+  EXPECT_THROW(make_plan(s, workstation(), o), ferry::Error);
+}
