@@ -15,7 +15,7 @@ void PlanFlags::add_to(CLI::App& app, bool model_required) {
                  "KV cache storage: bf16, fp8, q8_0, q4_0, or auto (the highest-fidelity that fits). "
                  "Default: the model's own (fp8 for V4, bf16 for V3/V3.2)");
   app.add_option("-u,--ubatch,--ubatch-size", ubatch, "Prefill chunk in tokens; workspaces grow with it (default 512)");
-  app.add_option("-p,--parallel", parallel, "Sequences decoded together, each with its own KV cache (default 1)");
+  app.add_option("--parallel", parallel, "Sequences decoded together, each with its own KV cache (default 1)");
   app.add_flag("--mtp", mtp, "Load the MTP layer (for speculative decoding)");
   app.add_option("--expert-cache", expert_cache, "GPU expert cache: auto (the VRAM left over), off, or N slots per layer (default auto)");
   app.add_option("--expert-hit-rate", hit_rate, "Expected expert-cache hit rate 0..1 for the speed estimate (default: estimated from the cache size)");

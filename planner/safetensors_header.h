@@ -45,12 +45,14 @@ constexpr int64_t kMaxSafetensorsHeaderBytes = 100LL << 20;
 SafetensorsHeader parse_safetensors_header(std::string_view header_json, int64_t file_bytes, int64_t header_bytes,
                                            const std::string& file);
 
-// Reads only the length and the header of `file` (never the data), then parses it.
+// Reads only the length and the header of `file` (never the data: real shards are ~4 GB); the length must fit
+// inside the file and stay under kMaxSafetensorsHeaderBytes before anything is allocated. Messages name the
+// file by its filename.
 SafetensorsHeader read_safetensors_header(const std::filesystem::path& file);
 
 // Every shard of a checkpoint directory: through model.safetensors.index.json when present (each shard read
 // once; every weight_map entry must be in the shard it names), else model.safetensors, else every
-// *.safetensors file in name order. A tensor in two shards is an error.
+// *.safetensors file in name order. A tensor in two shards, or an index naming a missing shard, is an error.
 struct CheckpointHeaders {
   std::vector<SafetensorsHeader> shards;
   std::unordered_map<std::string, std::pair<size_t, size_t>> by_name;  // name -> (shard, tensor)
