@@ -21,6 +21,8 @@ int main(int argc, char** argv) {
   std::vector<std::unique_ptr<Command>> commands;
   commands.push_back(make_plan_command(app));
   commands.push_back(make_bench_command(app));
+  commands.push_back(make_make_tiny_command(app));
+  commands.push_back(make_inspect_command(app));
 
   try {
     app.parse(argc, argv);

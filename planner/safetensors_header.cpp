@@ -22,7 +22,7 @@ constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 constexpr const char* kIndexName = "model.safetensors.index.json";
 
 // Names and strings come from untrusted files; escaping control bytes keeps every message on one line.
-std::string quoted(std::string_view s) {
+std::string quote_name(std::string_view s) {
   std::string out = "'";
   for (const char c : s) {
     const auto u = static_cast<unsigned char>(c);
@@ -86,7 +86,7 @@ std::optional<int64_t> element_count(const std::vector<int64_t>& shape) {
 }
 
 SafetensorsTensor parse_entry(const std::string& file, const std::string& name, const json& e, int64_t data_bytes) {
-  const std::string where = file + ": tensor " + quoted(name);
+  const std::string where = file + ": tensor " + quote_name(name);
   if (!e.is_object()) FERRY_THROW(where + " is not a JSON object but " + e.type_name());
   SafetensorsTensor t;
   t.name = name;
@@ -95,7 +95,7 @@ SafetensorsTensor parse_entry(const std::string& file, const std::string& name, 
   if (dt == e.end() || !dt->is_string()) FERRY_THROW(where + " has no dtype string");
   const auto& dtype_text = dt->get_ref<const std::string&>();
   const auto dtype = dtype_from_name(dtype_text);
-  if (!dtype) FERRY_THROW(where + " has unknown dtype " + quoted(dtype_text));
+  if (!dtype) FERRY_THROW(where + " has unknown dtype " + quote_name(dtype_text));
   t.dtype = *dtype;
 
   const auto sh = e.find("shape");
@@ -161,7 +161,7 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, int64_t
     if (name == "__metadata__") {
       if (!entry.is_object()) FERRY_THROW(file + ": __metadata__ is not an object but " + entry.type_name());
       for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string()) FERRY_THROW(file + ": __metadata__ value " + quoted(k) + " is not a string");
+        if (!v.is_string()) FERRY_THROW(file + ": __metadata__ value " + quote_name(k) + " is not a string");
         h.metadata[k] = v.get<std::string>();
       }
       continue;
@@ -178,8 +178,8 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, int64_t
     const auto& a = *ranges[i - 1];
     const auto& b = *ranges[i];
     if (b.begin < a.end)
-      FERRY_THROW(file + ": tensors " + quoted(a.name) + " [" + std::to_string(a.begin) + ", " +
-                  std::to_string(a.end) + ") and " + quoted(b.name) + " [" + std::to_string(b.begin) + ", " +
+      FERRY_THROW(file + ": tensors " + quote_name(a.name) + " [" + std::to_string(a.begin) + ", " +
+                  std::to_string(a.end) + ") and " + quote_name(b.name) + " [" + std::to_string(b.begin) + ", " +
                   std::to_string(b.end) + ") have overlapping data_offsets");
   }
   return h;
@@ -235,7 +235,7 @@ void add_shard(CheckpointHeaders& out, SafetensorsHeader h) {
   for (size_t i = 0; i < h.tensors.size(); ++i) {
     const auto [it, inserted] = out.by_name.emplace(h.tensors[i].name, std::make_pair(shard, i));
     if (!inserted)
-      FERRY_THROW("tensor " + quoted(h.tensors[i].name) + " appears in both " + out.shards[it->second.first].file +
+      FERRY_THROW("tensor " + quote_name(h.tensors[i].name) + " appears in both " + out.shards[it->second.first].file +
                   " and " + h.file);
   }
   out.shards.push_back(std::move(h));
@@ -260,11 +260,11 @@ CheckpointHeaders read_through_index(const fs::path& dir, const fs::path& index)
   std::set<std::string> shard_names;
   for (const auto& [name, shard] : wm->items()) {
     if (!shard.is_string())
-      FERRY_THROW(std::string(kIndexName) + ": weight_map entry " + quoted(name) + " is not a file name");
+      FERRY_THROW(std::string(kIndexName) + ": weight_map entry " + quote_name(name) + " is not a file name");
     const auto& s = shard.get_ref<const std::string&>();
     // The index is data, not a path to follow: shards must sit in the model directory itself.
     if (s.empty() || s == "." || s == ".." || s.find('/') != std::string::npos || s.find('\\') != std::string::npos)
-      FERRY_THROW(std::string(kIndexName) + ": shard name " + quoted(s) + " for tensor " + quoted(name) +
+      FERRY_THROW(std::string(kIndexName) + ": shard name " + quote_name(s) + " for tensor " + quote_name(name) +
                   " is not a file in the model directory");
     shard_names.insert(s);
   }
@@ -273,14 +273,16 @@ CheckpointHeaders read_through_index(const fs::path& dir, const fs::path& index)
   for (const auto& s : shard_names) {
     std::error_code ec;
     if (!fs::exists(dir / s, ec))
-      FERRY_THROW(std::string(kIndexName) + " names shard " + quoted(s) + ", which is missing from " + dir.string());
+      FERRY_THROW(std::string(kIndexName) + " names shard " + quote_name(s) + ", which is missing from " +
+                  dir.string());
     add_shard(out, read_safetensors_header(dir / s));
   }
   for (const auto& [name, shard] : wm->items()) {
     const auto& s = shard.get_ref<const std::string&>();
     const auto it = out.by_name.find(name);
     if (it == out.by_name.end() || out.shards[it->second.first].file != s)
-      FERRY_THROW(std::string(kIndexName) + " puts tensor " + quoted(name) + " in " + s + ", which does not hold it");
+      FERRY_THROW(std::string(kIndexName) + " puts tensor " + quote_name(name) + " in " + s +
+                  ", which does not hold it");
   }
   return out;
 }
