@@ -180,6 +180,14 @@ std::vector<std::string> pre_split(std::string_view text) {
   return chunks;
 }
 
+// DeepSeek's three ByteLevel stages differ only in these flags.
+Json byte_level(bool add_prefix_space, bool trim_offsets, bool use_regex) {
+  return {{"type", "ByteLevel"},
+          {"add_prefix_space", add_prefix_space},
+          {"trim_offsets", trim_offsets},
+          {"use_regex", use_regex}};
+}
+
 struct Word {
   std::vector<int> symbols;  // token ids
   int64_t count;
@@ -215,7 +223,8 @@ std::string make_tiny_tokenizer_json(int vocab_size) {
   while (tokens.size() < static_cast<size_t>(vocab_size)) {
     std::map<std::pair<int, int>, int64_t> pair_counts;
     for (const Word& word : words)
-      for (size_t k = 0; k + 1 < word.symbols.size(); ++k) pair_counts[{word.symbols[k], word.symbols[k + 1]}] += word.count;
+      for (size_t k = 0; k + 1 < word.symbols.size(); ++k)
+        pair_counts[{word.symbols[k], word.symbols[k + 1]}] += word.count;
 
     // Most frequent pair; ties go to the lexicographically smallest (left, right) strings so the choice does not
     // depend on id order or container iteration.
@@ -280,10 +289,10 @@ std::string make_tiny_tokenizer_json(int vocab_size) {
     pretokenizers.push_back(
         {{"type", "Split"}, {"pattern", {{"Regex", pattern}}}, {"behavior", "Isolated"}, {"invert", false}});
   }
-  pretokenizers.push_back({{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}});
+  pretokenizers.push_back(byte_level(false, true, false));
   json["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", pretokenizers}};
-  json["post_processor"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", false}, {"use_regex", true}};
-  json["decoder"] = {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}};
+  json["post_processor"] = byte_level(true, false, true);
+  json["decoder"] = byte_level(true, true, true);
   Json vocab = Json::object();
   for (size_t id = 0; id < tokens.size(); ++id) vocab[tokens[id]] = id;
   json["model"] = {{"type", "BPE"},

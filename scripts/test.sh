@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # Sets everything up (scripts/setup.sh) and runs every test. GPU tests skip (exit 77) without a device.
+# Then the unit and command-line tests again, built with AddressSanitizer and UBSan (SANITIZE=0 skips that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j"$(nproc)"
+if [ "${SANITIZE:-1}" = 1 ]; then
+  echo "== the same tests under AddressSanitizer + UBSan"
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DFERRY_SANITIZE=ON -DFERRY_ENABLE_CUDA=OFF >/dev/null
+  cmake --build build-asan -j"$(nproc)"
+  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build-asan --output-on-failure -j"$(nproc)" -L "unit|e2e"
+fi

@@ -64,7 +64,8 @@ TEST(TinyTokenizer, SpecialTokensAreDeepSeeks) {
     EXPECT_EQ(t["model"]["vocab"][expected[id]], id);
   }
   // The fullwidth bar and the lower block as their UTF-8 bytes, in case the literals above were re-encoded.
-  EXPECT_EQ(t["added_tokens"][2]["content"].get<std::string>(), "<\xEF\xBD\x9C\xE2\x96\x81pad\xE2\x96\x81\xEF\xBD\x9C>");
+  EXPECT_EQ(t["added_tokens"][2]["content"].get<std::string>(),
+            "<\xEF\xBD\x9C\xE2\x96\x81pad\xE2\x96\x81\xEF\xBD\x9C>");
 }
 
 TEST(TinyTokenizer, ByteTokensFollowInByteOrder) {
