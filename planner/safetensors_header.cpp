@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <iterator>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -14,7 +15,9 @@ namespace ferry::planner {
 
 namespace fs = std::filesystem;
 // Ordered, so that tensors keep their header order.
-using json = nlohmann::ordered_json;
+// Plain (sorted) objects: ordered_json looks keys up linearly, which makes a 100k-key header quadratic. The
+// header order of tensors is restored from their data offsets, which is the order writers lay them out in.
+using json = nlohmann::json;
 
 namespace {
 
@@ -38,9 +41,28 @@ std::string quote_name(std::string_view s) {
   return out + "'";
 }
 
+// The JSON library's messages quote bytes from the file: keep them printable ASCII and on one line.
 std::string one_line(std::string s) {
-  std::replace(s.begin(), s.end(), '\n', ' ');
+  for (char& c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u < 0x20 || u >= 0x7f) c = '?';
+  }
   return s;
+}
+
+// Headers and indexes are flat: anything nested deeper than this is malformed, and refusing it while parsing
+// keeps hostile files from exhausting the stack when a deep value is copied, printed or destroyed.
+constexpr int kMaxJsonDepth = 32;
+
+json parse_json(std::string_view text, const std::string& what) {
+  try {
+    return json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
+      if (depth > kMaxJsonDepth) FERRY_THROW(what + " nests JSON deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+      return true;
+    });
+  } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e400
+    FERRY_THROW(what + " is not valid JSON: " + one_line(e.what()));
+  }
 }
 
 std::string shape_text(const std::vector<int64_t>& shape) {
@@ -149,12 +171,7 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, int64_t
                 std::to_string(file_bytes));
   const int64_t data_bytes = file_bytes - h.data_offset;
 
-  json j;
-  try {
-    j = json::parse(header_json.begin(), header_json.end());
-  } catch (const json::parse_error& e) {
-    FERRY_THROW(file + ": header is not valid JSON: " + one_line(e.what()));
-  }
+  const json j = parse_json(header_json, file + ": header");
   if (!j.is_object()) FERRY_THROW(file + ": header is not a JSON object but " + j.type_name());
 
   for (const auto& [name, entry] : j.items()) {
@@ -168,6 +185,8 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, int64_t
     }
     h.tensors.push_back(parse_entry(file, name, entry, data_bytes));
   }
+  // Layout order; tensors of zero bytes, which share offsets, stay in name order.
+  std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const SafetensorsTensor& a, const SafetensorsTensor& b) { return a.begin < b.begin; });
 
   // With non-empty ranges sorted by begin, any overlap shows up between neighbours.
   std::vector<const SafetensorsTensor*> ranges;
@@ -244,11 +263,8 @@ void add_shard(CheckpointHeaders& out, SafetensorsHeader h) {
 json read_index(const fs::path& index) {
   std::ifstream in(index, std::ios::binary);
   if (!in) FERRY_THROW(index.string() + ": cannot open");
-  try {
-    return json::parse(in);
-  } catch (const json::parse_error& e) {
-    FERRY_THROW(index.string() + ": not valid JSON: " + one_line(e.what()));
-  }
+  const std::string text{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  return parse_json(text, index.string());
 }
 
 CheckpointHeaders read_through_index(const fs::path& dir, const fs::path& index) {
@@ -263,7 +279,8 @@ CheckpointHeaders read_through_index(const fs::path& dir, const fs::path& index)
       FERRY_THROW(std::string(kIndexName) + ": weight_map entry " + quote_name(name) + " is not a file name");
     const auto& s = shard.get_ref<const std::string&>();
     // The index is data, not a path to follow: shards must sit in the model directory itself.
-    if (s.empty() || s == "." || s == ".." || s.find('/') != std::string::npos || s.find('\\') != std::string::npos)
+    const bool control = std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
+    if (s.empty() || s == "." || s == ".." || control || s.find('/') != std::string::npos || s.find('\\') != std::string::npos)
       FERRY_THROW(std::string(kIndexName) + ": shard name " + quote_name(s) + " for tensor " + quote_name(name) +
                   " is not a file in the model directory");
     shard_names.insert(s);

@@ -31,7 +31,7 @@ struct SafetensorsHeader {
   int64_t header_bytes = 0;  // N
   int64_t data_offset = 0;   // 8 + N: where the data section starts in the file
   int64_t file_bytes = 0;
-  std::vector<SafetensorsTensor> tensors;  // in header order
+  std::vector<SafetensorsTensor> tensors;  // in data-offset order (the order writers lay tensors out in)
   std::map<std::string, std::string> metadata;
 };
 

@@ -13,6 +13,7 @@ packages=(
   libcli11-dev                     # command-line parsing
   libfmt-dev libspdlog-dev         # formatting and logging
   libgtest-dev libgmock-dev        # tests
+  clang-14 libclang-rt-14-dev      # the libFuzzer target (tests/fuzz): clang with its fuzzer and sanitizer runtimes
 )
 
 missing=()

@@ -270,14 +270,15 @@ TEST(SafetensorsHeader, IndexNamingATensorAbsentFromItsShardIsAnError) {
   ojson a, b;
   a["x"] = entry("F32", {2}, 0, 8);
   b["w"] = entry("F32", {2}, 0, 8);
+  b["z"] = entry("F32", {2}, 8, 16);
   write_raw(tmp.path / "s1.safetensors", a.dump(), 8);
-  write_raw(tmp.path / "s2.safetensors", b.dump(), 8);
+  write_raw(tmp.path / "s2.safetensors", b.dump(), 16);
   write_text(tmp.path / "model.safetensors.index.json",
              R"({"weight_map": {"x": "s1.safetensors", "y": "s1.safetensors"}})");
   expect_error([&] { read_checkpoint_headers(tmp.path); }, "tensor 'y' in s1.safetensors, which does not hold it");
   // Present in the checkpoint, but not in the shard the index names.
   write_text(tmp.path / "model.safetensors.index.json",
-             R"({"weight_map": {"x": "s1.safetensors", "w": "s1.safetensors", "q": "s2.safetensors"}})");
+             R"({"weight_map": {"x": "s1.safetensors", "w": "s1.safetensors", "z": "s2.safetensors"}})");
   expect_error([&] { read_checkpoint_headers(tmp.path); }, "tensor 'w' in s1.safetensors, which does not hold it");
 }
 
