@@ -1,5 +1,6 @@
 // `ferry bench`: benchmarks, reported with the machine and the numbers (never asserted in tests).
-//   ferry bench plan   time of a full `ferry plan` (spec + placement + KV search + suggestions)
+//   ferry bench plan      time of a full `ferry plan` (spec + placement + KV search + suggestions)
+//   ferry bench kernels   GB/s of the CPU matvec kernels next to a STREAM-like triad
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -7,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/bench_kernels.h"
 #include "launch/commands.h"
 #include "launch/hardware_flags.h"
 #include "launch/plan_flags.h"
@@ -33,11 +35,20 @@ class BenchCommand : public Command {
     plan_flags_.add_to(*plan_, false);
     hw_flags_.add_to(*plan_);
     plan_->add_option("--iterations", iterations_, "Timed runs (default 20)")->check(CLI::Range(1, 100000));
+    kernels_ = app_->add_subcommand("kernels", "GB/s of the MXFP4 expert and FP8 matrix-vector kernels at V4-Flash shapes, next to a triad");
+    kernels_->add_option("--repetitions", repetitions_, "Passes over the weights (default 5)")->check(CLI::Range(1, 1000));
+    kernels_->add_option("--working-set", working_set_mib_, "MiB of distinct weights cycled through, to defeat the caches (default 256)")
+        ->check(CLI::Range(8, 65536));
   }
 
   CLI::App* app() const override { return app_; }
 
   int run() override {
+    if (kernels_->parsed()) {
+      std::printf("machine: %s\n", cpu_model().c_str());
+      run_kernel_bench(repetitions_, working_set_mib_);
+      return kExitOk;
+    }
     PlanFlags flags = plan_flags_;
     if (flags.model.empty()) flags.model = "deepseek-v4-pro";
     if (flags.ctx.empty()) flags.ctx = "1M";
@@ -73,6 +84,9 @@ class BenchCommand : public Command {
   PlanFlags plan_flags_;
   HardwareFlags hw_flags_;
   int iterations_ = 20;
+  CLI::App* kernels_ = nullptr;
+  int repetitions_ = 5;
+  int working_set_mib_ = 256;
 };
 
 }  // namespace
