@@ -15,15 +15,14 @@
 
 #include "planner/error.h"
 #include "planner/safetensors_header.h"
+#include "tests/fuzz/fuzz_model_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
 using namespace ferry::planner;
+using ferry_fuzz::ModelDir;
 
-// The shard every index input can name; tests/fuzz/make_corpus.py and replay_corpus.cpp use the same one.
-constexpr std::string_view kShardName = "shard.safetensors";
-constexpr std::string_view kShardHeader = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
 
 // Sanitizers do not see broken invariants of a successful parse; this makes them findings as well.
 void expect(bool ok, const char* what) {
@@ -45,23 +44,9 @@ void parse_file(const uint8_t* data, size_t size) {
            "a tensor range lies outside the data section");
 }
 
-// Created once per process (the pid keeps parallel fuzzing jobs apart) and removed at a normal exit.
-struct ModelDir {
-  fs::path path = fs::temp_directory_path() / ("ferry-fuzz-" + std::to_string(getpid()));
-  ModelDir() {
-    fs::create_directories(path);
-    std::string len(8, '\0');
-    for (size_t i = 0; i < 8; ++i) len[i] = static_cast<char>((kShardHeader.size() >> (8 * i)) & 0xff);
-    std::ofstream(path / kShardName, std::ios::binary) << len << kShardHeader << std::string(8, '\0');
-  }
-  ~ModelDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 void parse_index(const uint8_t* data, size_t size) {
-  static const ModelDir dir;
+  static const ModelDir dir("ferry-fuzz-");
   {
     std::ofstream out(dir.path / "model.safetensors.index.json", std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));

@@ -16,29 +16,15 @@
 
 #include "planner/error.h"
 #include "planner/safetensors_header.h"
+#include "tests/fuzz/fuzz_model_dir.h"
 
 namespace fs = std::filesystem;
 using namespace ferry::planner;
+using ferry_fuzz::ModelDir;
 
 namespace {
 
-// The same shard as the fuzz target's (fuzz_safetensors_header.cpp); the index seeds name it.
-constexpr std::string_view kShardName = "shard.safetensors";
-constexpr std::string_view kShardHeader = R"({"w":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
 
-struct ModelDir {
-  fs::path path = fs::temp_directory_path() / ("ferry-replay-" + std::to_string(getpid()));
-  ModelDir() {
-    fs::create_directories(path);
-    std::string len(8, '\0');
-    for (size_t i = 0; i < 8; ++i) len[i] = static_cast<char>((kShardHeader.size() >> (8 * i)) & 0xff);
-    std::ofstream(path / kShardName, std::ios::binary) << len << kShardHeader << std::string(8, '\0');
-  }
-  ~ModelDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
 
 // A one-line summary of what parsed; throws ferry::Error for a bad seed.
 std::string read_seed(const fs::path& seed, const ModelDir& dir) {
@@ -69,7 +55,7 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  const ModelDir dir;
+  const ModelDir dir("ferry-replay-");
   int failures = 0;
   for (const auto& seed : seeds) {
     const std::string name = seed.filename().string();
