@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   commands.push_back(make_bench_command(app));
   commands.push_back(make_make_tiny_command(app));
   commands.push_back(make_inspect_command(app));
+  commands.push_back(make_run_command(app));
 
   try {
     app.parse(argc, argv);

@@ -25,6 +25,23 @@ float f16_to_float(uint16_t h) {
   return sign ? -v : v;
 }
 
+uint16_t float_to_f16(float f) {
+  const uint32_t x = std::bit_cast<uint32_t>(f);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  const float a = std::fabs(f);
+  if (std::isnan(f)) return static_cast<uint16_t>(sign | 0x7E00);
+  if (a >= 65520.0f) return static_cast<uint16_t>(sign | 0x7C00);  // rounds past the largest finite value
+  if (a < 0x1p-14f) {  // subnormal: multiples of 2^-24, exact in float, so rint's ties-to-even is the rounding
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(a * 0x1p24f)));
+  }
+  const uint32_t mant = x & 0x7FFFFF;
+  const int exp = static_cast<int>((x >> 23) & 0xFF) - 127;
+  uint32_t h = (static_cast<uint32_t>(exp + 15) << 10) | (mant >> 13);
+  const uint32_t rest = mant & 0x1FFF;
+  if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // a carry into the exponent is the right result
+  return static_cast<uint16_t>(sign | h);
+}
+
 float e4m3_to_float(uint8_t b) {
   const int sign = b >> 7, exp = (b >> 3) & 0xF, mant = b & 7;
   if (exp == 15 && mant == 7) return std::numeric_limits<float>::quiet_NaN();

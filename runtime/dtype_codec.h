@@ -11,6 +11,7 @@ float bf16_to_float(uint16_t b);
 uint16_t float_to_bf16(float f);
 
 float f16_to_float(uint16_t h);
+uint16_t float_to_f16(float f);  // RNE; beyond the largest finite value -> inf
 
 constexpr float kE4M3Max = 448.0f;
 float e4m3_to_float(uint8_t b);   // 0x7F / 0xFF are NaN

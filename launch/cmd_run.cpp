@@ -1,0 +1,134 @@
+// `ferry run`: load a V4 checkpoint, prefill a prompt of token ids on the CPU, generate, and report speed and
+// memory (planned next to used). `--logits-out` writes every position's logits as NumPy float32.
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "launch/commands.h"
+#include "planner/error.h"
+#include "planner/kv_cache.h"
+#include "planner/memory.h"
+#include "planner/units.h"
+#include "runtime/cpu/matvec.h"
+#include "runtime/generate.h"
+#include "runtime/npy.h"
+
+namespace ferry::launch {
+namespace {
+
+std::vector<int32_t> parse_tokens(const std::string& text) {
+  std::vector<int32_t> ids;
+  std::stringstream in(text);
+  std::string item;
+  while (std::getline(in, item, ',')) {
+    const auto b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    FERRY_CHECK(b != std::string::npos, "--tokens has an empty item: give comma-separated token ids like 1,2,3");
+    item = item.substr(b, e - b + 1);
+    size_t used = 0;
+    long long v = -1;
+    try {
+      v = std::stoll(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    FERRY_CHECK(used == item.size() && v >= 0 && v <= INT32_MAX,
+                "--tokens: '" + item + "' is not a token id (a non-negative integer)");
+    ids.push_back(static_cast<int32_t>(v));
+  }
+  FERRY_CHECK(!ids.empty(), "--tokens is empty: give comma-separated token ids like 1,2,3");
+  return ids;
+}
+
+std::string gib(int64_t bytes) { return planner::format_bytes(bytes); }
+
+class RunCommand : public Command {
+ public:
+  explicit RunCommand(CLI::App& parent) {
+    app_ = parent.add_subcommand("run", "Prefill a prompt and generate on the CPU; print the generated token ids");
+    app_->add_option("--model,-m", model_, "Checkpoint directory (config.json + safetensors)")->required();
+    app_->add_option("--tokens", tokens_, "Prompt as comma-separated token ids, e.g. 0,42,7")->required();
+    app_->add_option("-n,--n-predict", n_predict_, "Tokens to generate (default 16)")->check(CLI::Range(0, 1 << 24));
+    app_->add_option("-c,--ctx,--ctx-size", ctx_, "Context length the KV cache holds, e.g. 4096 or 128K (default 4096)");
+    app_->add_option("--kv-type,--cache-type", kv_type_, "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
+        ->check(CLI::IsMember({"fp8", "bf16", "q8_0", "q4_0"}));
+    app_->add_option("--ubatch", ubatch_, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 65536));
+    app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0)")->check(CLI::Range(0.0, 100.0));
+    app_->add_option("--top-p", sampler_.top_p, "Nucleus sampling threshold in (0, 1] (default 1)")->check(CLI::Range(1e-9, 1.0));
+    app_->add_option("--top-k", sampler_.top_k, "Sample among the k most likely tokens; 0 = all (default 0)")->check(CLI::NonNegativeNumber);
+    app_->add_option("--seed", sampler_.seed, "Sampling seed (default 0)");
+    app_->add_flag("--ignore-eos", ignore_eos_, "Keep generating after the end-of-sequence token");
+    app_->add_option("--logits-out", logits_out_, "Write the logits of every prompt position and generated token to FILE.npy (float32 [n, vocab])");
+    app_->footer("Prints the generated ids on stdout; progress, timing and memory lines go to stderr.");
+  }
+  CLI::App* app() const override { return app_; }
+
+  int run() override {
+    const std::vector<int32_t> prompt = parse_tokens(tokens_);
+    const int64_t ctx = ctx_.empty() ? 4096 : planner::parse_count(ctx_, "--ctx");
+    const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
+    std::cerr << "loading " << model_ << " ...\n";
+    const runtime::ModelWeights model = runtime::ModelWeights::load(model_);
+    const auto& c = model.config();
+    for (int32_t t : prompt)
+      FERRY_CHECK(t < c.vocab_size, "--tokens: token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                        std::to_string(c.vocab_size) + ")");
+    const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
+    FERRY_CHECK(need <= ctx, "--ctx " + std::to_string(ctx) + " is smaller than the prompt (" +
+                                 std::to_string(prompt.size()) + " tokens) plus -n " + std::to_string(n_predict_));
+    runtime::SessionOptions so;
+    so.ctx = ctx;
+    so.kv_type = kv;
+    so.ubatch = ubatch_;
+    runtime::Session session(model, so);
+
+    runtime::GenerateOptions go;
+    go.n_predict = n_predict_;
+    go.sampler = sampler_;
+    go.stop_at_eos = !ignore_eos_;
+    go.keep_logits = !logits_out_.empty();
+    runtime::GenerateCallbacks cb;
+    const bool show_progress = static_cast<int64_t>(prompt.size()) > ubatch_ || isatty(STDERR_FILENO);
+    if (show_progress && static_cast<int64_t>(prompt.size()) > ubatch_)
+      cb.prefill_progress = [](int64_t done, int64_t total) {
+        std::fprintf(stderr, "\rprefill %lld/%lld tokens", static_cast<long long>(done), static_cast<long long>(total));
+        if (done == total) std::fprintf(stderr, "\n");
+      };
+    const runtime::GenerateResult r = runtime::generate(session, prompt, go, cb);
+
+    for (size_t i = 0; i < r.tokens.size(); ++i) std::cout << (i ? "," : "") << r.tokens[i];
+    std::cout << "\n";
+    if (!logits_out_.empty()) {
+      runtime::write_npy_f32(logits_out_, r.logits.data(), static_cast<int64_t>(r.logits.size()) / c.vocab_size, c.vocab_size);
+      std::cerr << "wrote logits [" << r.logits.size() / c.vocab_size << ", " << c.vocab_size << "] to " << logits_out_ << "\n";
+    }
+    std::fprintf(stderr, "timing: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), kernels %s\n",
+                 static_cast<long long>(r.prompt_tokens), r.prefill_seconds, r.prompt_tokens / std::max(r.prefill_seconds, 1e-9),
+                 static_cast<long long>(r.decoded_tokens), r.decode_seconds,
+                 r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa());
+    const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(c, kv, ctx, 1, false));
+    const int64_t kv_used = planner::kv_total(session.cache().bytes());
+    const int64_t ws_planned = planner::compute_workspace_bytes(c, session.options().ubatch, go.keep_logits) +
+                               planner::cpu_expert_workspace_bytes(c, session.options().ubatch);
+    std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
+                 gib(model.weight_bytes()).c_str(), gib(kv_used).c_str(), gib(kv_planned).c_str(),
+                 gib(session.workspace_bytes()).c_str(), gib(ws_planned).c_str());
+    return kExitOk;
+  }
+
+ private:
+  CLI::App* app_ = nullptr;
+  std::string model_, tokens_, ctx_, kv_type_ = "fp8", logits_out_;
+  int64_t n_predict_ = 16, ubatch_ = 512;
+  runtime::SamplerOptions sampler_;
+  bool ignore_eos_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_run_command(CLI::App& parent) { return std::make_unique<RunCommand>(parent); }
+
+}  // namespace ferry::launch

@@ -1,0 +1,39 @@
+// One entry point for every linear layer of the forward pass, whatever the weight's checkpoint format:
+// Y[t] = W · X[t] for a chunk of tokens. The weight is read in its stored encoding (FP8 blocks, MXFP4, BF16,
+// F32) and never dequantized as a whole; a chunk of several tokens reuses each decoded weight tile for all of
+// them (matrix-matrix), one token is a matrix-vector product.
+#pragma once
+
+#include <cstdint>
+
+namespace ferry::runtime::cpu {
+
+enum class WeightFormat : uint8_t {
+  F32,    // float [rows, cols]
+  BF16,   // uint16 [rows, cols]
+  FP8,    // E4M3 [rows, cols] with E8M0 scales [ceil(rows/128), ceil(cols/128)] for the whole tensor
+  MXFP4,  // packed E2M1 [rows, cols/2] with E8M0 scales [rows, cols/32]
+};
+
+// A view of `rows` consecutive rows of a stored weight, starting at row `row_begin` of the tensor. `data` and
+// `scales` always point at the start of the whole tensor, so that FP8's 128-row scale blocks stay aligned with
+// a view that starts inside one (the grouped output projection uses such views).
+struct WeightView {
+  WeightFormat format = WeightFormat::F32;
+  const uint8_t* data = nullptr;
+  const uint8_t* scales = nullptr;
+  int64_t row_begin = 0;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t tensor_rows = 0;  // rows of the whole tensor (FP8 scale grid height)
+
+  WeightView slice_rows(int64_t begin, int64_t count) const;
+};
+
+// y[t * y_stride + r] = sum_k W[r, k] * x[t * x_stride + k], for t < n and r < w.rows. fp32 accumulation.
+void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride);
+
+// Bytes the view's weights occupy (codes and scales), for bandwidth reports.
+int64_t weight_view_bytes(const WeightView& w);
+
+}  // namespace ferry::runtime::cpu

@@ -1,0 +1,75 @@
+// The parts of one V4 block over a chunk of consecutive tokens, shared by forward.cpp (the layer loop, the
+// head, MTP) and the files that compute them: attention.cpp (window + compressed rows, online softmax, grouped
+// output projection), compressor.cpp (CSA/HCA compressors and the lightning indexer), moe.cpp (router and
+// experts). Internal to runtime/.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "planner/model_config.h"
+#include "runtime/cpu/ops.h"
+#include "runtime/kv_cache.h"
+#include "runtime/model_weights.h"
+
+namespace ferry::runtime::detail {
+
+// Every buffer a chunk of up to `ubatch` tokens needs, allocated once from the model shape and the chunk size
+// — never from the context length: attention and the indexer walk the cache in fixed-size tiles.
+struct Workspace {
+  Workspace(const planner::ModelConfig& c, const KvRowLayout& main, int64_t ubatch);
+  // Everything held, plus one tile scratch per thread that may run a tile loop.
+  int64_t bytes() const;
+  int64_t scratch_per_thread;
+
+  int64_t ubatch;
+  std::vector<float> x, xn, y, tmp;                // [n, d]
+  std::vector<cpu::HcMix> mix;                     // [n]
+  std::vector<float> qa, q, kv, o, z;              // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token
+  std::vector<uint8_t> kv_rows;                    // [n, main row bytes]: the chunk's own window rows
+  std::vector<float> comp_a, comp_s;               // [n, 2·hd] compressor projections
+  std::vector<float> iq, iw;                       // indexer queries [n, ih·ihd] and head weights [n, ih]
+  std::vector<float> key_tile;                     // decoded indexer keys of one tile
+  std::vector<int32_t> sel;                        // [n, index_topk] selected compressed entries
+  std::vector<int32_t> sel_count;                  // [n]
+  std::vector<float> top_score;                    // [n, index_topk] running top-k scores
+  std::vector<float> gate;                         // [n, E]
+  std::vector<int32_t> route_ids;                  // [n, top-k]
+  std::vector<float> route_w;                      // [n, top-k]
+  std::vector<int32_t> expert_tokens;              // [n · top-k] tokens grouped by expert
+  std::vector<float> xg, eg, eu, eo;               // gathered expert inputs [n, d], intermediates [n, inter], outputs [n, d]
+};
+
+// A block over tokens at positions p0 … p0+n−1 (n <= ubatch).
+struct Chunk {
+  const planner::ModelConfig& c;
+  planner::KvType kv_type;
+  const KvRowLayout& main;
+  const KvRowLayout& index;
+  int64_t p0;
+  int64_t n;
+  const int32_t* tokens;
+};
+
+// y[t] = ATTN(xn[t]) for the chunk; stores the chunk's window rows and compressed entries in `kv`.
+void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, LayerKv& kv, Workspace& ws,
+               const float* xn, float* y);
+// Runs a compressor over the chunk (projections of xn, state updates, finished entries stored as rows).
+void compress(const Chunk& ch, const CompressorWeights& w, int64_t ratio, const cpu::Rope& rope, CompressorState& state,
+              bool indexer, std::vector<uint8_t>& rows, Workspace& ws, const float* xn);
+// Fills ws.sel / ws.sel_count with each token's top-k compressed entries (ratio-4 layers).
+void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, const LayerKv& kv, Workspace& ws,
+                    const float* xn, const float* qr);
+// y[t] = MOE(xn[t], tokens[t]).
+void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, const float* xn, float* y);
+
+// Thread-local scratch of the tile loops (attention key tiles, indexer score tiles): the same fixed size for
+// every thread, set by the model shape alone.
+struct TileScratch {
+  std::vector<float> rows, scores, acc, max, sum;
+  int64_t bytes() const;
+};
+int64_t tile_scratch_bytes(const planner::ModelConfig& c);
+TileScratch& tile_scratch(const planner::ModelConfig& c);
+
+}  // namespace ferry::runtime::detail
