@@ -2,6 +2,8 @@
 // memory (planned next to used). `--logits-out` writes every position's logits as NumPy float32.
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -70,7 +72,8 @@ class RunCommand : public Command {
     const std::vector<int32_t> prompt = parse_tokens(tokens_);
     const int64_t ctx = ctx_.empty() ? 4096 : planner::parse_count(ctx_, "--ctx");
     const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
-    std::cerr << "loading " << model_ << " ...\n";
+    const bool tty = isatty(STDERR_FILENO);
+    if (tty) std::cerr << "loading " << model_ << " ...\n";
     const runtime::ModelWeights model = runtime::ModelWeights::load(model_);
     const auto& c = model.config();
     for (int32_t t : prompt)
@@ -91,12 +94,16 @@ class RunCommand : public Command {
     go.stop_at_eos = !ignore_eos_;
     go.keep_logits = !logits_out_.empty();
     runtime::GenerateCallbacks cb;
-    const bool show_progress = static_cast<int64_t>(prompt.size()) > ubatch_ || isatty(STDERR_FILENO);
-    if (show_progress && static_cast<int64_t>(prompt.size()) > ubatch_)
-      cb.prefill_progress = [](int64_t done, int64_t total) {
-        std::fprintf(stderr, "\rprefill %lld/%lld tokens", static_cast<long long>(done), static_cast<long long>(total));
+    // Progress for prompts longer than one chunk, on a terminal only (logs stay clean).
+    if (tty && static_cast<int64_t>(prompt.size()) > ubatch_) {
+      const auto start = std::chrono::steady_clock::now();
+      cb.prefill_progress = [start](int64_t done, int64_t total) {
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        std::fprintf(stderr, "\rprefill %lld/%lld tokens (%.0f tok/s)", static_cast<long long>(done),
+                     static_cast<long long>(total), done / std::max(s, 1e-9));
         if (done == total) std::fprintf(stderr, "\n");
       };
+    }
     const runtime::GenerateResult r = runtime::generate(session, prompt, go, cb);
 
     for (size_t i = 0; i < r.tokens.size(); ++i) std::cout << (i ? "," : "") << r.tokens[i];

@@ -1,0 +1,89 @@
+// Chunked prefill and decode compute the same function: logits do not depend on --ubatch (up to float32
+// summation order), the workspace does not depend on the context, and bad input fails before any work.
+#include <gtest/gtest.h>
+
+#include <map>
+
+#include "forward_check.h"
+#include "planner/error.h"
+
+namespace ferry::testing {
+namespace {
+
+using planner::KvType;
+
+constexpr int64_t kPrompt = 200;
+
+std::vector<float> prefill_logits(KvType kv, int64_t ubatch, int64_t ctx = 1024) {
+  runtime::Session s(tiny_model(), {.ctx = ctx, .kv_type = kv, .ubatch = ubatch});
+  std::vector<float> logits;
+  s.feed(prompt_tokens(kPrompt), &logits, nullptr);
+  return logits;
+}
+
+std::vector<double> row_errors(const std::vector<float>& a, const std::vector<float>& b) {
+  const int64_t V = tiny_model().config().vocab_size;
+  std::vector<double> e;
+  for (int64_t p = 0; p < kPrompt; ++p) e.push_back(rel_err(a.data() + p * V, b.data() + p * V, V));
+  return e;
+}
+
+TEST(ForwardChunks, Bf16LogitsAgreeWithin1em4ForEveryUbatch) {
+  const auto base = prefill_logits(KvType::BF16, 512);
+  for (int64_t ub : {1, 7, 64}) {
+    const auto e = row_errors(prefill_logits(KvType::BF16, ub), base);
+    for (size_t p = 0; p < e.size(); ++p) EXPECT_LE(e[p], 1e-4) << "ubatch " << ub << " position " << p;
+  }
+}
+
+TEST(ForwardChunks, Fp8LogitsMeetTheStatisticalCriterionForEveryUbatch) {
+  const int64_t V = tiny_model().config().vocab_size;
+  const auto base = prefill_logits(KvType::FP8, 512);
+  for (int64_t ub : {1, 7, 64}) {
+    const auto other = prefill_logits(KvType::FP8, ub);
+    const auto e = row_errors(other, base);
+    EXPECT_LE(median(e), 1e-4) << "ubatch " << ub;
+    EXPECT_GE(fraction_at_most(e, 1e-3), 0.95) << "ubatch " << ub;
+    int64_t same = 0;
+    for (int64_t p = 0; p < kPrompt; ++p)
+      same += argmax_of(other.data() + p * V, V) == argmax_of(base.data() + p * V, V);
+    EXPECT_GE(same, 0.98 * kPrompt) << "ubatch " << ub;
+  }
+}
+
+TEST(ForwardChunks, TheLastRowOfAFeedIsTheLastRowOfAllRows) {
+  runtime::Session a(tiny_model(), {.ctx = 256, .kv_type = KvType::BF16, .ubatch = 64});
+  runtime::Session b(tiny_model(), {.ctx = 256, .kv_type = KvType::BF16, .ubatch = 64});
+  std::vector<float> all, last;
+  a.feed(prompt_tokens(100), &all, nullptr);
+  b.feed(prompt_tokens(100), nullptr, &last);
+  const int64_t V = tiny_model().config().vocab_size;
+  EXPECT_EQ(std::vector<float>(all.end() - V, all.end()), last);
+}
+
+TEST(ForwardChunks, WorkspaceIsTheSameAt1KAnd64KContext) {
+  for (int64_t ub : {1, 64, 512}) {
+    runtime::Session small(tiny_model(), {.ctx = 1024, .kv_type = KvType::FP8, .ubatch = ub});
+    runtime::Session large(tiny_model(), {.ctx = 65536, .kv_type = KvType::FP8, .ubatch = ub});
+    std::vector<float> last;
+    small.feed(prompt_tokens(300), nullptr, &last);
+    large.feed(prompt_tokens(300), nullptr, &last);
+    EXPECT_EQ(small.workspace_bytes(), large.workspace_bytes()) << "ubatch " << ub;
+    EXPECT_GT(planner::kv_total(large.cache().bytes()), 30 * planner::kv_total(small.cache().bytes()));
+  }
+}
+
+TEST(ForwardChunks, BadTokensAndAFullContextFailBeforeAnyWork) {
+  runtime::Session s(tiny_model(), {.ctx = 8, .kv_type = KvType::FP8, .ubatch = 4});
+  std::vector<float> last;
+  const int32_t vocab = static_cast<int32_t>(tiny_model().config().vocab_size);
+  EXPECT_THROW(s.feed(std::vector<int32_t>{1, vocab}, nullptr, &last), Error);
+  EXPECT_THROW(s.feed(std::vector<int32_t>{1, -1}, nullptr, &last), Error);
+  EXPECT_EQ(s.position(), 0);
+  s.feed(prompt_tokens(6), nullptr, &last);
+  EXPECT_THROW(s.feed(prompt_tokens(3), nullptr, &last), Error);
+  EXPECT_EQ(s.position(), 6);
+}
+
+}  // namespace
+}  // namespace ferry::testing
