@@ -3,11 +3,13 @@
 //   ferry bench kernels   GB/s of the CPU matvec kernels next to a STREAM-like triad
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstdio>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "launch/bench_context.h"
 #include "launch/bench_kernels.h"
 #include "launch/commands.h"
 #include "launch/hardware_flags.h"
@@ -31,6 +33,7 @@ class BenchCommand : public Command {
   explicit BenchCommand(CLI::App& parent) {
     app_ = parent.add_subcommand("bench", "Benchmarks (numbers for notes and regressions; nothing is asserted)");
     app_->require_subcommand(1);
+    run_context_ = add_context_bench(*app_, context_);
     plan_ = app_->add_subcommand("plan", "Time `ferry plan` end to end (model spec, placement, KV-type search, suggestions)");
     plan_flags_.add_to(*plan_, false);
     hw_flags_.add_to(*plan_);
@@ -44,6 +47,10 @@ class BenchCommand : public Command {
   CLI::App* app() const override { return app_; }
 
   int run() override {
+    if (context_->parsed()) {
+      std::printf("machine: %s\n", cpu_model().c_str());
+      return run_context_();
+    }
     if (kernels_->parsed()) {
       std::printf("machine: %s\n", cpu_model().c_str());
       run_kernel_bench(repetitions_, working_set_mib_);
@@ -85,6 +92,8 @@ class BenchCommand : public Command {
   HardwareFlags hw_flags_;
   int iterations_ = 20;
   CLI::App* kernels_ = nullptr;
+  CLI::App* context_ = nullptr;
+  std::function<int()> run_context_;
   int repetitions_ = 5;
   int working_set_mib_ = 256;
 };
