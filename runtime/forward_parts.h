@@ -20,9 +20,9 @@ struct Workspace {
   Workspace(const planner::ModelConfig& c, const KvRowLayout& main, int64_t ubatch);
   // Everything held, plus one tile scratch per thread that may run a tile loop.
   int64_t bytes() const;
-  int64_t scratch_per_thread;
 
   int64_t ubatch;
+  int64_t scratch_per_thread;
   std::vector<float> x, xn, y, tmp;                // [n, d]
   std::vector<cpu::HcMix> mix;                     // [n]
   std::vector<float> qa, q, kv, o, z;              // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token

@@ -2,7 +2,7 @@
 
 #include <cstring>
 #include <fstream>
-#include <regex>
+#include <cstdio>
 #include <string>
 
 #include "planner/error.h"
@@ -43,11 +43,14 @@ std::vector<float> read_npy_f32(const std::filesystem::path& file, int64_t* rows
   const size_t len = static_cast<unsigned char>(magic[8]) | (static_cast<unsigned char>(magic[9]) << 8);
   std::string header(len, '\0');
   in.read(header.data(), static_cast<std::streamsize>(len));
-  std::smatch m;
-  FERRY_CHECK(std::regex_search(header, m, std::regex(R"('descr': '<f4'.*'shape': \((\d+), (\d+)\))")),
-              file.string() + ": not a 2-D float32 array");
-  *rows = std::stoll(m[1]);
-  *cols = std::stoll(m[2]);
+  const size_t shape = header.find("'shape': (");
+  FERRY_CHECK(header.find("'descr': '<f4'") != std::string::npos && shape != std::string::npos,
+              file.string() + ": not a float32 array");
+  long long r = -1, c = -1;
+  FERRY_CHECK(std::sscanf(header.c_str() + shape, "'shape': (%lld, %lld)", &r, &c) == 2 && r >= 0 && c >= 0,
+              file.string() + ": not a 2-D array");
+  *rows = r;
+  *cols = c;
   std::vector<float> v(static_cast<size_t>(*rows * *cols));
   in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
   FERRY_CHECK(in.good(), file.string() + " is truncated");
