@@ -129,18 +129,19 @@ void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rop
       for (int64_t j = r.begin(); j != r.end(); ++j)
         decode_kv_row(ch.index, kv.index_keys.data() + j * ch.index.bytes, ws.key_tile.data() + (j - j0) * ihd);
     });
-    auto score = [&](int64_t t, int64_t j) {
-      const float* key = ws.key_tile.data() + (j - j0) * ihd;
-      float s = 0;
-      for (int64_t h = 0; h < ih; ++h) {
-        const float* q = ws.iq.data() + (t * ih + h) * ihd;
-        s += ws.iw[sz(t * ih + h)] * std::max(cpu::dot(q, key, ihd), 0.0f);
-      }
-      return s;
+    auto score = [&](int64_t t, int64_t from, int64_t to, float* out) {
+      cpu::indexer_scores(ws.iq.data() + t * ih * ihd, ws.iw.data() + t * ih, ih, ihd,
+                          ws.key_tile.data() + (from - j0) * ihd, to - from, out + (from - j0));
     };
+    // Only scores that beat the current k-th best can enter (a later entry loses an exact tie).
     auto merge = [&](int64_t t, const float* scores, int64_t end) {
       auto& b = best[sz(t)];
-      for (int64_t j = j0; j < end; ++j) b.emplace_back(scores[j - j0], static_cast<int32_t>(j));
+      float threshold = -INFINITY;
+      if (static_cast<int64_t>(b.size()) >= topk)
+        for (const auto& e : b) threshold = std::min(threshold == -INFINITY ? e.first : threshold, e.first);
+      for (int64_t j = j0; j < end; ++j)
+        if (static_cast<int64_t>(b.size()) < topk || scores[j - j0] > threshold)
+          b.emplace_back(scores[j - j0], static_cast<int32_t>(j));
       keep_best(b, topk);
     };
     if (ch.n >= 2) {
@@ -149,14 +150,14 @@ void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rop
         if (visible <= topk || visible <= j0) return;
         TileScratch& sc = tile_scratch(c);
         const int64_t end = std::min(j1, visible);
-        for (int64_t j = j0; j < end; ++j) sc.scores[sz(j - j0)] = score(t, j);
+        score(t, j0, end, sc.scores.data());
         merge(t, sc.scores.data(), end);
       });
     } else {
       const int64_t end = std::min(j1, (ch.p0 + 1) / 4);
       std::vector<float>& scores = tile_scratch(c).scores;
       tbb::parallel_for(tbb::blocked_range<int64_t>(j0, end, 64), [&](const tbb::blocked_range<int64_t>& r) {
-        for (int64_t j = r.begin(); j != r.end(); ++j) scores[sz(j - j0)] = score(0, j);
+        score(0, r.begin(), r.end(), scores.data());
       });
       merge(0, scores.data(), end);
     }

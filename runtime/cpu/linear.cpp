@@ -1,12 +1,17 @@
 #include "runtime/cpu/linear.h"
 
 #include <tbb/blocked_range.h>
+#include <tbb/enumerable_thread_specific.h>
 #include <tbb/parallel_for.h>
 
+#include <algorithm>
+#include <cstring>
 #include <string>
+#include <vector>
 
 #include "planner/error.h"
 #include "runtime/cpu/matvec.h"
+#include "runtime/cpu/vec.h"
 #include "runtime/dtype_codec.h"
 
 namespace ferry::runtime::cpu {
@@ -16,48 +21,50 @@ namespace {
 constexpr int64_t kFp8Block = 128;
 constexpr int64_t kFp4Block = 32;
 
-float row_dot(const WeightView& w, int64_t r, const float* x) {
+struct DecodeTables {
+  float e4m3[256], e8m0[256], e2m1[16];
+  DecodeTables() {
+    for (int i = 0; i < 256; ++i) e4m3[i] = e4m3_to_float(static_cast<uint8_t>(i));
+    for (int i = 0; i < 256; ++i) e8m0[i] = e8m0_to_float(static_cast<uint8_t>(i));
+    for (int i = 0; i < 16; ++i) e2m1[i] = e2m1_to_float(static_cast<uint8_t>(i));
+  }
+};
+const DecodeTables& tables() {
+  static const DecodeTables t;
+  return t;
+}
+
+// Row r of the view, decoded to float (scales applied). One row at a time: a chunk's tokens then share it.
+void decode_row(const WeightView& w, int64_t r, float* out) {
   const int64_t row = w.row_begin + r, cols = w.cols;
-  double acc = 0;
+  const DecodeTables& tb = tables();
   switch (w.format) {
-    case WeightFormat::F32: {
-      const float* p = reinterpret_cast<const float*>(w.data) + row * cols;
-      float s = 0;
-      for (int64_t k = 0; k < cols; ++k) s += p[k] * x[k];
-      return s;
-    }
+    case WeightFormat::F32:
+      std::memcpy(out, reinterpret_cast<const float*>(w.data) + row * cols, static_cast<size_t>(cols) * sizeof(float));
+      return;
     case WeightFormat::BF16: {
       const uint16_t* p = reinterpret_cast<const uint16_t*>(w.data) + row * cols;
-      float s = 0;
-      for (int64_t k = 0; k < cols; ++k) s += bf16_to_float(p[k]) * x[k];
-      return s;
+      for (int64_t k = 0; k < cols; ++k) out[k] = bf16_to_float(p[k]);
+      return;
     }
     case WeightFormat::FP8: {
       const int64_t scale_cols = (cols + kFp8Block - 1) / kFp8Block;
       const uint8_t* p = w.data + row * cols;
       const uint8_t* sc = w.scales + (row / kFp8Block) * scale_cols;
-      for (int64_t b = 0; b < scale_cols; ++b) {
-        float s = 0;
-        for (int64_t k = b * kFp8Block; k < std::min(cols, (b + 1) * kFp8Block); ++k) s += e4m3_to_float(p[k]) * x[k];
-        acc += s * e8m0_to_float(sc[b]);
-      }
-      return static_cast<float>(acc);
+      for (int64_t k = 0; k < cols; ++k) out[k] = tb.e4m3[p[k]] * tb.e8m0[sc[k / kFp8Block]];
+      return;
     }
     case WeightFormat::MXFP4: {
       const uint8_t* p = w.data + row * (cols / 2);
       const uint8_t* sc = w.scales + row * (cols / kFp4Block);
-      for (int64_t b = 0; b < cols / kFp4Block; ++b) {
-        float s = 0;
-        for (int64_t k = b * kFp4Block; k < (b + 1) * kFp4Block; k += 2) {
-          const uint8_t byte = p[k / 2];
-          s += e2m1_to_float(fp4_low(byte)) * x[k] + e2m1_to_float(fp4_high(byte)) * x[k + 1];
-        }
-        acc += s * e8m0_to_float(sc[b]);
+      for (int64_t k = 0; k < cols; k += 2) {
+        const float s = tb.e8m0[sc[k / kFp4Block]];
+        out[k] = tb.e2m1[fp4_low(p[k / 2])] * s;
+        out[k + 1] = tb.e2m1[fp4_high(p[k / 2])] * s;
       }
-      return static_cast<float>(acc);
+      return;
     }
   }
-  return 0;
 }
 
 }  // namespace
@@ -83,25 +90,46 @@ int64_t weight_view_bytes(const WeightView& w) {
 void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride) {
   FERRY_CHECK(w.data != nullptr && w.rows >= 0 && w.cols > 0, "linear: empty weight view");
   FERRY_CHECK(w.format != WeightFormat::MXFP4 || w.cols % kFp4Block == 0, "linear: MXFP4 cols not a multiple of 32");
-  for (int64_t t = 0; t < n; ++t) {
-    const float* xt = x + t * x_stride;
-    float* yt = y + t * y_stride;
-    // Aligned views go to the tuned matrix-vector kernels; the rest (small or mid-block slices) row by row.
-    if (w.format == WeightFormat::MXFP4) {
-      matvec_mxfp4(w.data + w.row_begin * (w.cols / 2), w.scales + w.row_begin * (w.cols / kFp4Block), w.rows, w.cols,
-                   xt, yt);
-      continue;
+  // Every output element is computed by the same per-row code whatever n is, so a token's result does not
+  // depend on which chunk it was in: prefill with any --ubatch and one-token decode agree bit for bit.
+  const bool tuned = w.format == WeightFormat::MXFP4 || (w.format == WeightFormat::FP8 && w.row_begin % kFp8Block == 0);
+  if (tuned) {
+    // Blocks of rows small enough to stay in cache while every token of the chunk streams through them.
+    const int64_t row_bytes = w.format == WeightFormat::MXFP4 ? w.cols / 2 + w.cols / kFp4Block : w.cols;
+    int64_t block = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(row_bytes, 1));
+    if (w.format == WeightFormat::FP8) block = std::max<int64_t>(kFp8Block, block / kFp8Block * kFp8Block);
+    auto run_block = [&](int64_t r0, int64_t r1) {
+      for (int64_t t = 0; t < n; ++t) {
+        const float* xt = x + t * x_stride;
+        float* yt = y + t * y_stride + r0;
+        const int64_t row = w.row_begin + r0;
+        if (w.format == WeightFormat::MXFP4) {
+          matvec_mxfp4(w.data + row * (w.cols / 2), w.scales + row * (w.cols / kFp4Block), r1 - r0, w.cols, xt, yt);
+        } else {
+          const int64_t scale_cols = (w.cols + kFp8Block - 1) / kFp8Block;
+          matvec_fp8(w.data + row * w.cols, w.scales + (row / kFp8Block) * scale_cols, r1 - r0, w.cols, xt, yt);
+        }
+      }
+    };
+    if (n == 1) {
+      run_block(0, w.rows);
+      return;
     }
-    if (w.format == WeightFormat::FP8 && w.row_begin % kFp8Block == 0) {
-      const int64_t scale_cols = (w.cols + kFp8Block - 1) / kFp8Block;
-      matvec_fp8(w.data + w.row_begin * w.cols, w.scales + (w.row_begin / kFp8Block) * scale_cols, w.rows, w.cols, xt,
-                 yt);
-      continue;
-    }
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, 64), [&](const tbb::blocked_range<int64_t>& range) {
-      for (int64_t r = range.begin(); r != range.end(); ++r) yt[r] = row_dot(w, r, xt);
-    });
+    const int64_t blocks = (w.rows + block - 1) / block;
+    tbb::parallel_for(int64_t{0}, blocks, [&](int64_t b) { run_block(b * block, std::min(w.rows, (b + 1) * block)); });
+    return;
   }
+  // BF16, F32 and FP8 views inside a 128-row block: each row decoded once and applied to every token.
+  static tbb::enumerable_thread_specific<std::vector<float>> rows_buf;
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1));
+  tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, grain), [&](const tbb::blocked_range<int64_t>& range) {
+    std::vector<float>& row = rows_buf.local();
+    row.resize(static_cast<size_t>(w.cols));
+    for (int64_t r = range.begin(); r != range.end(); ++r) {
+      decode_row(w, r, row.data());
+      for (int64_t t = 0; t < n; ++t) y[t * y_stride + r] = dot(row.data(), x + t * x_stride, w.cols);
+    }
+  });
 }
 
 }  // namespace ferry::runtime::cpu

@@ -28,3 +28,23 @@ FERRY_VEC_CLONES void scale(float a, float* y, int64_t n) {
 }
 
 }  // namespace ferry::runtime::cpu
+
+namespace ferry::runtime::cpu {
+
+FERRY_VEC_CLONES void indexer_scores(const float* q, const float* w, int64_t heads, int64_t dim, const float* keys,
+                                     int64_t m, float* out) {
+  for (int64_t j = 0; j < m; ++j) {
+    const float* key = keys + j * dim;
+    float score = 0;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* qh = q + h * dim;
+      float d = 0;
+#pragma omp simd reduction(+ : d)
+      for (int64_t k = 0; k < dim; ++k) d += qh[k] * key[k];
+      score += w[h] * (d > 0 ? d : 0.0f);
+    }
+    out[j] = score;
+  }
+}
+
+}  // namespace ferry::runtime::cpu
