@@ -32,7 +32,6 @@ struct Workspace {
   std::vector<float> key_tile;                     // decoded indexer keys of one tile
   std::vector<int32_t> sel;                        // [n, index_topk] selected compressed entries
   std::vector<int32_t> sel_count;                  // [n]
-  std::vector<float> top_score;                    // [n, index_topk] running top-k scores
   std::vector<float> gate;                         // [n, E]
   std::vector<int32_t> route_ids;                  // [n, top-k]
   std::vector<float> route_w;                      // [n, top-k]
