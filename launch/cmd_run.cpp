@@ -107,7 +107,7 @@ class RunCommand : public Command {
     const runtime::GenerateResult r = runtime::generate(session, prompt, go, cb);
 
     for (size_t i = 0; i < r.tokens.size(); ++i) std::cout << (i ? "," : "") << r.tokens[i];
-    std::cout << "\n";
+    std::cout << std::endl;  // before the stderr lines, so a terminal shows them in order
     if (!logits_out_.empty()) {
       runtime::write_npy_f32(logits_out_, r.logits.data(), static_cast<int64_t>(r.logits.size()) / c.vocab_size, c.vocab_size);
       std::cerr << "wrote logits [" << r.logits.size() / c.vocab_size << ", " << c.vocab_size << "] to " << logits_out_ << "\n";
