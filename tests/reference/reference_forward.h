@@ -1,7 +1,8 @@
 // An independent float64 reference of the DeepSeek V4 forward pass (docs/forward-semantics.md): plain loops
 // on weights dequantized to double, the whole sequence position by position, the KV storage roundings of the
-// chosen KV type computed in double. It shares only the checkpoint reader, the scalar weight decoders and the
-// config struct with the runtime, so that a bug in the optimized path cannot hide in both.
+// chosen KV type computed in double. From the rest of ferry it uses only the checkpoint reader
+// (runtime/checkpoint.h), the scalar weight decoders (runtime/dtype_codec.h), the config (planner/model_config.h,
+// model_spec.h) and planner::KvType, so that a bug in the optimized forward cannot hide in both.
 #pragma once
 
 #include <cstdint>
@@ -27,17 +28,19 @@ struct FragileEvent {
 
 struct ReferenceOptions {
   planner::KvType kv_type = planner::KvType::FP8;
-  double fragile_margin = 1e-5;  // record decisions closer than this to their boundary
+  double fragile_margin = 1e-5;  // record decisions closer than this (relative) to their boundary; 0: none
   bool mtp = true;
 };
 
 struct ReferenceOutput {
   int64_t vocab = 0;
   std::vector<double> logits;      // [tokens, vocab]
-  std::vector<double> mtp_logits;  // [tokens − 1, vocab]: MTP at position p with next token tokens[p+1]
+  std::vector<double> mtp_logits;  // [tokens − 1, vocab]: MTP at position p with next token tokens[p+1];
+                                   // empty when !mtp or the model has no MTP layer
   std::vector<FragileEvent> fragile;
 };
 
+// Throws ferry::Error on a missing or misshapen tensor, a token id outside [0, vocab), a non-V4 model.
 ReferenceOutput reference_forward(const std::filesystem::path& model_dir, const std::vector<int32_t>& tokens,
                                   const ReferenceOptions& options);
 

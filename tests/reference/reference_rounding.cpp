@@ -2,61 +2,76 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
+
+#include "planner/error.h"
 
 namespace ferry::reference {
 
 namespace {
 
-// Non-negative grid values in increasing order; index parity = code parity (the mantissa's last bit).
+// Non-negative E4M3 (e4m3fn) values in increasing order, from the format: 4 exponent bits (bias 7), 3 mantissa
+// bits, no infinities, S.1111.111 is NaN. The index of a value is its code, so index parity is mantissa
+// parity, which is what "ties to even" compares.
 const std::vector<double>& e4m3_grid() {
-  static const std::vector<double> g = [] {
-    std::vector<double> v;
-    for (int m = 0; m < 8; ++m) v.push_back(std::ldexp(m, -9));  // subnormals (exponent field 0)
+  static const std::vector<double> grid = [] {
+    std::vector<double> g;
+    for (int m = 0; m < 8; ++m) g.push_back(std::ldexp(m / 8.0, 1 - 7));  // subnormals: 0.m × 2^−6
     for (int e = 1; e < 16; ++e)
       for (int m = 0; m < 8; ++m)
-        if (!(e == 15 && m == 7)) v.push_back(std::ldexp(8 + m, e - 10));  // S.1111.111 is NaN
-    return v;
+        if (!(e == 15 && m == 7)) g.push_back(std::ldexp(1 + m / 8.0, e - 7));  // 1.m × 2^(e−7); max 448
+    return g;
   }();
-  return g;
+  return grid;
 }
 
+// E2M1: 2 exponent bits (bias 1), 1 mantissa bit: codes 0…7 are 0, .5 (subnormal), 1, 1.5, 2, 3, 4, 6.
 const std::vector<double>& e2m1_grid() {
-  static const std::vector<double> g{0, 0.5, 1, 1.5, 2, 3, 4, 6};
-  return g;
+  static const std::vector<double> grid = [] {
+    std::vector<double> g{0.0, 0.5};
+    for (int e = 1; e < 4; ++e)
+      for (int m = 0; m < 2; ++m) g.push_back(std::ldexp(1 + m / 2.0, e - 1));
+    return g;
+  }();
+  return grid;
 }
 
-double margin_to_midpoint(double a, double lo, double hi) {
-  return std::fabs(a - (lo + hi) / 2) / std::max(std::fabs(a), 1e-30);
-}
+double relative_distance(double a, double boundary) { return std::fabs(a - boundary) / std::max(std::fabs(a), 1e-30); }
 
-// Nearest grid value to |v|, ties to the even index; saturates at the largest value.
+// Nearest grid value to v, ties to the even index; |v| at or beyond the largest value saturates.
 double round_on_grid(double v, const std::vector<double>& g, FragileKind kind, const MarginSink& sink) {
+  FERRY_CHECK(std::isfinite(v), "reference: rounding a non-finite value");
   const double a = std::fabs(v);
   if (a >= g.back()) return std::copysign(g.back(), v);
-  const size_t hi = static_cast<size_t>(std::upper_bound(g.begin(), g.end(), a) - g.begin());
-  const size_t lo = hi - 1;
-  if (sink) sink(kind, margin_to_midpoint(a, g[lo], g[hi]));
-  const double dlo = a - g[lo], dhi = g[hi] - a;
-  const size_t pick = dlo < dhi ? lo : dhi < dlo ? hi : (lo % 2 == 0 ? lo : hi);
+  const size_t hi = static_cast<size_t>(std::upper_bound(g.begin(), g.end(), a) - g.begin());  // g[hi] > a
+  const size_t lo = hi - 1;                                                                      // g[lo] <= a
+  const double mid = (g[lo] + g[hi]) / 2;
+  if (sink) sink(kind, relative_distance(a, mid));
+  const size_t pick = a < mid ? lo : a > mid ? hi : (lo % 2 == 0 ? lo : hi);
   return std::copysign(g[pick], v);
 }
 
-// RNE to `mantissa_bits` explicit bits with a minimum normal exponent (subnormals keep that exponent's step).
-double round_float(double v, int mantissa_bits, int min_exp, FragileKind kind, const MarginSink& sink) {
-  if (v == 0 || !std::isfinite(v)) return v;
+// A binary float with `sig_bits` significant bits (implicit bit included) and smallest normal exponent
+// `min_exp` (below it the step stays 2^(min_exp − sig_bits + 1): subnormals). No overflow handling: the
+// forward pass never comes near the BF16 / F16 maxima.
+double round_binary(double v, int sig_bits, int min_exp, FragileKind kind, const MarginSink& sink) {
+  FERRY_CHECK(std::isfinite(v), "reference: rounding a non-finite value");
+  if (v == 0) return v;
   const double a = std::fabs(v);
-  const int e = std::max(static_cast<int>(std::floor(std::log2(a))), min_exp);
-  const double ulp = std::ldexp(1.0, e - mantissa_bits);
-  const double q = a / ulp, fl = std::floor(q);
-  if (sink) sink(kind, margin_to_midpoint(q * ulp, fl * ulp, (fl + 1) * ulp));
-  double r = q - fl < 0.5 ? fl : q - fl > 0.5 ? fl + 1 : (std::fmod(fl, 2) == 0 ? fl : fl + 1);
-  return std::copysign(r * ulp, v);
+  int e = 0;
+  std::frexp(a, &e);  // a in [2^(e−1), 2^e)
+  const double step = std::ldexp(1.0, std::max(e - 1, min_exp) - (sig_bits - 1));
+  const double q = a / step;  // exact: step is a power of two
+  const double fl = std::floor(q);
+  if (sink) sink(kind, relative_distance(q, fl + 0.5));
+  const double r = q - fl < 0.5 ? fl : q - fl > 0.5 ? fl + 1 : (std::fmod(fl, 2) == 0 ? fl : fl + 1);
+  return std::copysign(r * step, v);
 }
 
-// s = 2^ceil(log2(a)), and how close a is to a power of two (where the ceiling jumps).
+// s = 2^ceil(log2 a), reporting how close a is to a power of two (where the ceiling jumps).
 double pow2_scale(double a, FragileKind kind, const MarginSink& sink) {
   if (sink) sink(kind, std::fabs(a / std::exp2(std::round(std::log2(a))) - 1));
-  return std::exp2(std::ceil(std::log2(a)));
+  return std::ldexp(1.0, ceil_log2(a));
 }
 
 double amax_of(const double* x, int64_t n) {
@@ -65,12 +80,25 @@ double amax_of(const double* x, int64_t n) {
   return m;
 }
 
+// Round half to even on the integers.
+double rne_integer(double q) {
+  const double fl = std::floor(q);
+  return q - fl < 0.5 ? fl : q - fl > 0.5 ? fl + 1 : (std::fmod(fl, 2) == 0 ? fl : fl + 1);
+}
+
 }  // namespace
 
 double round_e4m3(double v, const MarginSink& sink) { return round_on_grid(v, e4m3_grid(), FragileKind::Fp8Round, sink); }
 double round_e2m1(double v, const MarginSink& sink) { return round_on_grid(v, e2m1_grid(), FragileKind::Fp4Round, sink); }
-double round_bf16(double v, const MarginSink& sink) { return round_float(v, 7, -126, FragileKind::Bf16Round, sink); }
-double round_f16(double v, const MarginSink& sink) { return round_float(v, 10, -14, FragileKind::QScale, sink); }
+double round_bf16(double v, const MarginSink& sink) { return round_binary(v, 8, -126, FragileKind::Bf16Round, sink); }
+double round_f16(double v, const MarginSink& sink) { return round_binary(v, 11, -14, FragileKind::QScale, sink); }
+
+int ceil_log2(double a) {
+  FERRY_CHECK(a > 0 && std::isfinite(a), "reference: ceil_log2 of a non-positive value");
+  int e = 0;
+  const double m = std::frexp(a, &e);  // a = m · 2^e, m in [0.5, 1)
+  return m == 0.5 ? e - 1 : e;
+}
 
 void qdq_fp8_block(double* x, int64_t n, const MarginSink& sink) {
   const double s = pow2_scale(std::max(amax_of(x, n), 1e-4) / 448, FragileKind::Fp8Scale, sink);
@@ -90,11 +118,40 @@ void qdq_q_block(double* x, int64_t n, bool four_bit, const MarginSink& sink) {
       x[i] = 0;
       continue;
     }
-    const double q = x[i] / d, fl = std::floor(q);
-    if (sink && q > qmin && q < qmax) sink(FragileKind::QRound, std::fabs(q - (fl + 0.5)) / std::max(std::fabs(q), 1e-30));
-    const double r = q - fl < 0.5 ? fl : q - fl > 0.5 ? fl + 1 : (std::fmod(fl, 2) == 0 ? fl : fl + 1);
-    x[i] = std::clamp(r, qmin, qmax) * d;
+    const double q = x[i] / d;
+    // Only midpoints between two values that survive the clamp are decisions.
+    const double mid = std::clamp(std::floor(q) + 0.5, qmin + 0.5, qmax - 0.5);
+    if (sink) sink(FragileKind::QRound, relative_distance(q, mid));
+    x[i] = std::clamp(rne_integer(q), qmin, qmax) * d;
   }
+}
+
+void round_kv_row(double* x, int64_t n, RowKind kind, planner::KvType kv, int64_t rope_dims, const MarginSink& sink) {
+  using planner::KvType;
+  switch (kv) {
+    case KvType::BF16:
+      if (kind != RowKind::IndexerQuery)
+        for (int64_t i = 0; i < n; ++i) x[i] = round_bf16(x[i], sink);
+      return;
+    case KvType::Q8_0:
+    case KvType::Q4_0:
+      if (kind == RowKind::IndexerQuery) return;
+      FERRY_CHECK(n % 32 == 0, "reference: a q8_0/q4_0 row of " + std::to_string(n) + " dims is not whole blocks");
+      for (int64_t b = 0; b < n; b += 32) qdq_q_block(x + b, 32, kv == KvType::Q4_0, sink);
+      return;
+    case KvType::FP8:
+      if (kind == RowKind::Main) {
+        const int64_t nope = n - rope_dims;
+        FERRY_CHECK(nope >= 0 && nope % 64 == 0, "reference: fp8 rows need whole blocks of 64 nope dims");
+        for (int64_t b = 0; b < nope; b += 64) qdq_fp8_block(x + b, 64, sink);
+        for (int64_t i = nope; i < n; ++i) x[i] = round_bf16(x[i], sink);
+      } else {
+        FERRY_CHECK(n % 32 == 0, "reference: fp4 indexer vectors need whole blocks of 32");
+        for (int64_t b = 0; b < n; b += 32) qdq_fp4_block(x + b, 32, sink);
+      }
+      return;
+  }
+  FERRY_THROW("reference: unknown KV type");
 }
 
 double topk_margin(double last_selected, double best_unselected) {

@@ -1,0 +1,251 @@
+#include "reference_weights.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "planner/error.h"
+#include "planner/model_spec.h"
+#include "runtime/checkpoint.h"
+#include "runtime/dtype_codec.h"
+
+namespace ferry::reference {
+
+Vec Matrix::operator*(const Vec& x) const {
+  FERRY_CHECK(static_cast<int64_t>(x.size()) == cols, "reference: matrix-vector size mismatch");
+  Vec y(static_cast<size_t>(rows), 0.0);
+  for (int64_t r = 0; r < rows; ++r) {
+    double acc = 0;
+    for (int64_t c = 0; c < cols; ++c) acc += at(r, c) * x[static_cast<size_t>(c)];
+    y[static_cast<size_t>(r)] = acc;
+  }
+  return y;
+}
+
+Vec Matrix::row(int64_t r) const {
+  FERRY_CHECK(r >= 0 && r < rows, "reference: row out of range");
+  return Vec(w.begin() + r * cols, w.begin() + (r + 1) * cols);
+}
+
+namespace {
+
+using planner::DType;
+
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::string t = "[";
+  for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+  return t + "]";
+}
+
+template <class T>
+T load_le(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+// Reads and decodes tensors by their stored dtype, checking every shape it is told to expect.
+class Reader {
+ public:
+  Reader(const std::filesystem::path& dir, const planner::ModelConfig& c) : ck_(runtime::Checkpoint::open(dir)), c_(c) {}
+
+  // `prefix` + ".weight" (and ".scale" for FP8 / FP4) as a logical [rows, cols] matrix.
+  Matrix matrix(const std::string& prefix, int64_t rows, int64_t cols) {
+    const std::string name = prefix + ".weight";
+    const auto& t = info(name);
+    Matrix m{rows, cols, Vec(static_cast<size_t>(rows * cols))};
+    const auto raw = ck_.bytes(name);
+    const auto* b = reinterpret_cast<const uint8_t*>(raw.data());
+    if (t.dtype == DType::F8_E4M3) {
+      const int64_t blk = c_.weight_block_size;
+      expect_shape(t, {rows, cols});
+      const auto scale = scales(prefix + ".scale", {(rows + blk - 1) / blk, (cols + blk - 1) / blk});
+      const int64_t scale_cols = (cols + blk - 1) / blk;
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t col = 0; col < cols; ++col)
+          m.w[static_cast<size_t>(r * cols + col)] = static_cast<double>(runtime::e4m3_to_float(b[r * cols + col])) *
+                                                     scale[static_cast<size_t>((r / blk) * scale_cols + col / blk)];
+    } else if (t.dtype == DType::I8) {  // packed FP4: element 2k in the low nibble of byte k of the row
+      const int64_t blk = c_.fp4_block;
+      FERRY_CHECK(cols % 2 == 0 && cols % blk == 0, "reference: " + name + " has an FP4 row length that is not whole blocks");
+      expect_shape(t, {rows, cols / 2});
+      const auto scale = scales(prefix + ".scale", {rows, cols / blk});
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t col = 0; col < cols; ++col) {
+          const uint8_t byte = b[r * (cols / 2) + col / 2];
+          const uint8_t code = col % 2 == 0 ? runtime::fp4_low(byte) : runtime::fp4_high(byte);
+          m.w[static_cast<size_t>(r * cols + col)] = static_cast<double>(runtime::e2m1_to_float(code)) *
+                                                     scale[static_cast<size_t>(r * (cols / blk) + col / blk)];
+        }
+    } else {
+      expect_shape(t, {rows, cols});
+      m.w = plain(t, raw);
+    }
+    check_finite(name, m.w);
+    return m;
+  }
+
+  // A BF16 / F16 / F32 tensor of any shape with `numel` elements.
+  Vec vec(const std::string& name, int64_t numel) {
+    const auto& t = info(name);
+    int64_t n = 1;
+    for (int64_t s : t.shape) n *= s;
+    FERRY_CHECK(n == numel, "reference: " + name + " has shape " + shape_text(t.shape) + ", expected " +
+                                std::to_string(numel) + " elements");
+    Vec v = plain(t, ck_.bytes(name));
+    check_finite(name, v);
+    return v;
+  }
+
+  std::vector<int64_t> integers(const std::string& name, int64_t rows, int64_t cols) {
+    const auto& t = info(name);
+    expect_shape(t, {rows, cols});
+    const auto raw = ck_.bytes(name);
+    std::vector<int64_t> v(static_cast<size_t>(rows * cols));
+    FERRY_CHECK(t.dtype == DType::I64 || t.dtype == DType::I32, "reference: " + name + " must be I64 or I32");
+    const size_t es = t.dtype == DType::I64 ? 8 : 4;
+    FERRY_CHECK(raw.size() == v.size() * es, "reference: " + name + " has the wrong byte size");
+    for (size_t i = 0; i < v.size(); ++i)
+      v[i] = es == 8 ? load_le<int64_t>(raw.data() + 8 * i) : load_le<int32_t>(raw.data() + 4 * i);
+    return v;
+  }
+
+ private:
+  const planner::SafetensorsTensor& info(const std::string& name) const {
+    FERRY_CHECK(ck_.has(name), "reference: checkpoint is missing tensor " + name);
+    return ck_.info(name);
+  }
+
+  static void expect_shape(const planner::SafetensorsTensor& t, const std::vector<int64_t>& shape) {
+    FERRY_CHECK(t.shape == shape, "reference: " + t.name + " has shape " + shape_text(t.shape) + ", expected " + shape_text(shape));
+  }
+
+  static void check_finite(const std::string& name, const Vec& v) {
+    for (double x : v) FERRY_CHECK(std::isfinite(x), "reference: " + name + " decodes to a non-finite value");
+  }
+
+  // E8M0 block scales as doubles 2^(e − 127).
+  Vec scales(const std::string& name, const std::vector<int64_t>& shape) {
+    const auto& t = info(name);
+    FERRY_CHECK(t.dtype == DType::F8_E8M0, "reference: " + name + " must be F8_E8M0");
+    expect_shape(t, shape);
+    const auto raw = ck_.bytes(name);
+    Vec s(raw.size());
+    for (size_t i = 0; i < raw.size(); ++i) s[i] = runtime::e8m0_to_float(static_cast<uint8_t>(raw[i]));
+    check_finite(name, s);
+    return s;
+  }
+
+  static Vec plain(const planner::SafetensorsTensor& t, std::span<const std::byte> raw) {
+    Vec v;
+    switch (t.dtype) {
+      case DType::BF16:
+        for (size_t i = 0; i + 2 <= raw.size(); i += 2) v.push_back(runtime::bf16_to_float(load_le<uint16_t>(raw.data() + i)));
+        break;
+      case DType::F16:
+        for (size_t i = 0; i + 2 <= raw.size(); i += 2) v.push_back(runtime::f16_to_float(load_le<uint16_t>(raw.data() + i)));
+        break;
+      case DType::F32:
+        for (size_t i = 0; i + 4 <= raw.size(); i += 4) v.push_back(load_le<float>(raw.data() + i));
+        break;
+      default:
+        FERRY_THROW("reference: " + t.name + " has an unsupported dtype for a dense tensor");
+    }
+    int64_t n = 1;
+    for (int64_t s : t.shape) n *= s;
+    FERRY_CHECK(static_cast<int64_t>(v.size()) == n, "reference: " + t.name + " has the wrong byte size");
+    return v;
+  }
+
+  runtime::Checkpoint ck_;
+  const planner::ModelConfig& c_;
+};
+
+HcWeights hc_weights(Reader& rd, const std::string& prefix, int64_t rows, int64_t n_scales, const planner::ModelConfig& c) {
+  return {rd.vec(prefix + "_fn", rows * c.hc_mult * c.hidden_size), rd.vec(prefix + "_base", rows), rd.vec(prefix + "_scale", n_scales)};
+}
+
+CompressorWeights compressor_weights(Reader& rd, const std::string& p, int64_t ratio, int64_t D, const planner::ModelConfig& c) {
+  const int64_t coff = ratio == 4 ? 2 : 1;  // ratio 4 compresses overlapping blocks: two halves per token
+  CompressorWeights w;
+  w.wkv = rd.matrix(p + "wkv", coff * D, c.hidden_size);
+  w.wgate = rd.matrix(p + "wgate", coff * D, c.hidden_size);
+  w.ape = Matrix{ratio, coff * D, rd.vec(p + "ape", ratio * coff * D)};
+  w.norm = rd.vec(p + "norm.weight", D);
+  return w;
+}
+
+ExpertWeights expert_weights(Reader& rd, const std::string& p, const planner::ModelConfig& c) {
+  const int64_t d = c.hidden_size, inter = c.moe_intermediate_size;
+  return {rd.matrix(p + "w1", inter, d), rd.matrix(p + "w2", d, inter), rd.matrix(p + "w3", inter, d)};
+}
+
+LayerWeights layer_weights(Reader& rd, int64_t i, const planner::ModelConfig& c) {
+  const bool mtp = c.is_mtp_layer(i);
+  const std::string p = mtp ? "mtp." + std::to_string(i - c.num_hidden_layers) + "." : "layers." + std::to_string(i) + ".";
+  const int64_t d = c.hidden_size, nh = c.num_attention_heads, hd = c.head_dim, hc = c.hc_mult;
+  const int64_t G = c.o_groups, E = c.n_routed_experts;
+  LayerWeights L;
+  L.index = i;
+  L.ratio = c.compress_ratio(i);
+  L.hash_routed = !mtp && i < c.num_hash_layers;  // the MTP layer always routes by score
+  L.hc_attn = hc_weights(rd, p + "hc_attn", (2 + hc) * hc, 3, c);
+  L.hc_ffn = hc_weights(rd, p + "hc_ffn", (2 + hc) * hc, 3, c);
+  L.attn_norm = rd.vec(p + "attn_norm.weight", d);
+  L.ffn_norm = rd.vec(p + "ffn_norm.weight", d);
+  L.wq_a = rd.matrix(p + "attn.wq_a", c.q_lora_rank, d);
+  L.q_norm = rd.vec(p + "attn.q_norm.weight", c.q_lora_rank);
+  L.wq_b = rd.matrix(p + "attn.wq_b", nh * hd, c.q_lora_rank);
+  L.wkv = rd.matrix(p + "attn.wkv", hd, d);
+  L.kv_norm = rd.vec(p + "attn.kv_norm.weight", hd);
+  L.wo_a = rd.matrix(p + "attn.wo_a", G * c.o_lora_rank, nh * hd / G);
+  L.wo_b = rd.matrix(p + "attn.wo_b", d, G * c.o_lora_rank);
+  L.attn_sink = rd.vec(p + "attn.attn_sink", nh);
+  if (L.ratio > 0) L.compressor = compressor_weights(rd, p + "attn.compressor.", L.ratio, hd, c);
+  if (L.ratio == 4) {
+    L.index_compressor = compressor_weights(rd, p + "attn.indexer.compressor.", L.ratio, c.index_head_dim, c);
+    L.index_wq_b = rd.matrix(p + "attn.indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
+    L.index_weights_proj = rd.matrix(p + "attn.indexer.weights_proj", c.index_n_heads, d);
+  }
+  L.gate = rd.matrix(p + "ffn.gate", E, d);
+  if (L.hash_routed) {
+    L.tid2eid = rd.integers(p + "ffn.gate.tid2eid", c.vocab_size, c.num_experts_per_tok);
+    for (int64_t e : L.tid2eid) FERRY_CHECK(e >= 0 && e < E, "reference: " + p + "ffn.gate.tid2eid names a missing expert");
+  } else {
+    L.gate_bias = rd.vec(p + "ffn.gate.bias", E);
+  }
+  for (int64_t e = 0; e < E; ++e) L.experts.push_back(expert_weights(rd, p + "ffn.experts." + std::to_string(e) + ".", c));
+  L.shared = expert_weights(rd, p + "ffn.shared_experts.", c);
+  if (mtp) {
+    L.e_proj = rd.matrix(p + "e_proj", d, d);
+    L.h_proj = rd.matrix(p + "h_proj", d, d);
+    L.enorm = rd.vec(p + "enorm.weight", d);
+    L.hnorm = rd.vec(p + "hnorm.weight", d);
+    L.norm = rd.vec(p + "norm.weight", d);
+    L.hc_head = hc_weights(rd, p + "hc_head", hc, 1, c);
+  }
+  return L;
+}
+
+}  // namespace
+
+ReferenceWeights load_reference_weights(const std::filesystem::path& model_dir, bool with_mtp) {
+  FERRY_CHECK(std::filesystem::is_directory(model_dir), "reference: " + model_dir.string() + " is not a model directory");
+  ReferenceWeights w;
+  w.config = planner::load_model_spec(model_dir.string()).config;
+  const planner::ModelConfig& c = w.config;
+  FERRY_CHECK(c.arch == planner::Arch::DeepseekV4, "reference: only DeepSeek V4 checkpoints are supported");
+  FERRY_CHECK(c.n_shared_experts == 1, "reference: V4 has exactly one shared expert");
+  FERRY_CHECK(c.o_groups > 0 && c.num_attention_heads % c.o_groups == 0, "reference: heads must split into o_groups");
+  FERRY_CHECK(c.head_dim > c.qk_rope_head_dim && c.index_head_dim >= c.qk_rope_head_dim, "reference: rope dims exceed a head");
+  FERRY_CHECK(static_cast<int64_t>(c.compress_ratios.size()) >= c.n_layers_total(), "reference: compress_ratios is too short");
+  Reader rd(model_dir, c);
+  w.embed = rd.matrix("embed", c.vocab_size, c.hidden_size);
+  w.head = rd.matrix("head", c.vocab_size, c.hidden_size);
+  w.norm = rd.vec("norm.weight", c.hidden_size);
+  w.hc_head = hc_weights(rd, "hc_head", c.hc_mult, 1, c);
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) w.layers.push_back(layer_weights(rd, i, c));
+  if (with_mtp && c.num_nextn_predict_layers > 0) w.mtp = layer_weights(rd, c.num_hidden_layers, c);
+  return w;
+}
+
+}  // namespace ferry::reference
