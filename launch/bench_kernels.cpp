@@ -1,12 +1,16 @@
 #include "launch/bench_kernels.h"
 
+#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "runtime/cpu/matvec.h"
@@ -74,13 +78,33 @@ double kernel_gbps(std::vector<Weights>& weights, int64_t rows, int64_t cols, in
   return rates[rates.size() / 2];
 }
 
+// The last-level cache in bytes (0 when the C library does not say).
+size_t last_level_cache_bytes() {
+#ifdef _SC_LEVEL3_CACHE_SIZE
+  const long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE);
+  if (l3 > 0) return size_t(l3);
+#endif
+#ifdef _SC_LEVEL2_CACHE_SIZE
+  const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+  if (l2 > 0) return size_t(l2);
+#endif
+  return 0;
+}
+
 }  // namespace
 
-void run_kernel_bench(int repetitions, int working_set_mib) {
+void run_kernel_bench(int repetitions, int working_set_mib, int threads) {
+  std::unique_ptr<tbb::global_control> limit;
+  if (threads > 0) limit = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+  const size_t llc = last_level_cache_bytes();
+  if (working_set_mib <= 0) working_set_mib = static_cast<int>(std::max<size_t>(256, 2 * (llc >> 20)));
   const double triad = triad_gbps(repetitions);
-  std::printf("ferry bench kernels: %s code path, %d threads\n", runtime::cpu::matvec_isa(),
-              tbb::this_task_arena::max_concurrency());
-  std::printf("%-34s %8.1f GB/s\n", "triad (a = b + s*c)", triad);
+  std::printf("ferry bench kernels: %d threads, last-level cache %zu MiB, %d MiB of weights cycled\n",
+              threads > 0 ? std::min(threads, tbb::this_task_arena::max_concurrency()) : tbb::this_task_arena::max_concurrency(),
+              llc >> 20, working_set_mib);
+  std::printf("MXFP4 rows: code path, then the activation precision (int24: the forward pass's default, as exact as\n"
+              "float; int16: ferry run --expert-activations int16)\n");
+  std::printf("%-40s %8.1f GB/s\n", "triad (a = b + s*c)", triad);
   struct Shape {
     int64_t rows, cols;
     const char* what;
@@ -89,16 +113,30 @@ void run_kernel_bench(int repetitions, int working_set_mib) {
     const size_t fp4 = size_t(s.rows * s.cols / 2), fp4_scales = size_t(s.rows * s.cols / 32);
     const size_t fp8 = size_t(s.rows * s.cols), fp8_scales = size_t(((s.rows + 127) / 128) * ((s.cols + 127) / 128));
     auto count = [&](size_t bytes) { return std::max<size_t>(2, (size_t(working_set_mib) << 20) / bytes); };
-    auto fp4_weights = make_weights(count(fp4 + fp4_scales), fp4, fp4_scales);
-    const double g4 = kernel_gbps(fp4_weights, s.rows, s.cols, repetitions, runtime::cpu::matvec_mxfp4);
-    fp4_weights.clear();
+    char label[96];
+    {
+      auto fp4_weights = make_weights(count(fp4 + fp4_scales), fp4, fp4_scales);
+      for (const runtime::cpu::CpuIsa isa : runtime::cpu::mxfp4_isas()) {
+        for (const auto bits : {runtime::cpu::ActivationBits::Int24, runtime::cpu::ActivationBits::Int16}) {
+          if (isa == runtime::cpu::CpuIsa::Portable && bits == runtime::cpu::ActivationBits::Int16) continue;
+          // Timed with the activation's rounding, as a decode step pays it once per matvec.
+          auto kernel = [isa, bits](const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols,
+                                    const float* x, float* y) {
+            runtime::cpu::Mxfp4Activation a;
+            runtime::cpu::quantize_mxfp4_activation(x, cols, a, bits);
+            runtime::cpu::detail::matvec_mxfp4_on(isa, codes, scales, rows, a, y);
+          };
+          const double g4 = kernel_gbps(fp4_weights, s.rows, s.cols, repetitions, kernel);
+          std::snprintf(label, sizeof label, "MXFP4 %lldx%lld (%s) %s %s", (long long)s.rows, (long long)s.cols, s.what,
+                        runtime::cpu::isa_name(isa), runtime::cpu::activation_bits_name(bits));
+          std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g4, 100 * g4 / triad);
+        }
+      }
+    }
     auto fp8_weights = make_weights(count(fp8 + fp8_scales), fp8, fp8_scales);
     const double g8 = kernel_gbps(fp8_weights, s.rows, s.cols, repetitions, runtime::cpu::matvec_fp8);
-    char label[64];
-    std::snprintf(label, sizeof label, "MXFP4 expert %lldx%lld (%s)", (long long)s.rows, (long long)s.cols, s.what);
-    std::printf("%-34s %8.1f GB/s  %5.0f%% of triad\n", label, g4, 100 * g4 / triad);
-    std::snprintf(label, sizeof label, "FP8 %lldx%lld", (long long)s.rows, (long long)s.cols);
-    std::printf("%-34s %8.1f GB/s  %5.0f%% of triad\n", label, g8, 100 * g8 / triad);
+    std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)s.rows, (long long)s.cols, runtime::cpu::matvec_isa());
+    std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g8, 100 * g8 / triad);
   }
 }
 

@@ -1,10 +1,12 @@
 // `ferry bench kernels`: GB/s of the CPU expert (MXFP4) and FP8 matrix-vector kernels at V4-Flash shapes, next
-// to a STREAM-like triad measured in the same run.
+// to a STREAM-like triad measured in the same run. Every MXFP4 code path the CPU has is measured (AVX2 is
+// the baseline every x86-64-v3 machine runs; AVX-512 where present).
 #pragma once
 
 namespace ferry::launch {
 
-// Weights are cycled through `working_set_mib` of distinct matrices, so they come from RAM, not the caches.
-void run_kernel_bench(int repetitions, int working_set_mib);
+// Weights are cycled through `working_set_mib` of distinct matrices (0: twice the last-level cache, at least
+// 256 MiB), so they come from RAM, not the caches. threads 0: all cores.
+void run_kernel_bench(int repetitions, int working_set_mib, int threads);
 
 }  // namespace ferry::launch

@@ -40,8 +40,9 @@ class BenchCommand : public Command {
     plan_->add_option("--iterations", iterations_, "Timed runs (default 20)")->check(CLI::Range(1, 100000));
     kernels_ = app_->add_subcommand("kernels", "GB/s of the MXFP4 expert and FP8 matrix-vector kernels at V4-Flash shapes, next to a triad");
     kernels_->add_option("--repetitions", repetitions_, "Passes over the weights (default 5)")->check(CLI::Range(1, 1000));
-    kernels_->add_option("--working-set", working_set_mib_, "MiB of distinct weights cycled through, to defeat the caches (default 256)")
+    kernels_->add_option("--working-set", working_set_mib_, "MiB of distinct weights cycled through, to defeat the caches (default: 2x the last-level cache, at least 256)")
         ->check(CLI::Range(8, 65536));
+    kernels_->add_option("--threads", threads_, "Worker threads (default: all cores)")->check(CLI::Range(1, 4096));
   }
 
   CLI::App* app() const override { return app_; }
@@ -53,7 +54,7 @@ class BenchCommand : public Command {
     }
     if (kernels_->parsed()) {
       std::printf("machine: %s\n", cpu_model().c_str());
-      run_kernel_bench(repetitions_, working_set_mib_);
+      run_kernel_bench(repetitions_, working_set_mib_, threads_);
       return kExitOk;
     }
     PlanFlags flags = plan_flags_;
@@ -95,7 +96,8 @@ class BenchCommand : public Command {
   CLI::App* context_ = nullptr;
   std::function<int()> run_context_;
   int repetitions_ = 5;
-  int working_set_mib_ = 256;
+  int threads_ = 0;
+  int working_set_mib_ = 0;  // 0: from the cache size
 };
 
 }  // namespace

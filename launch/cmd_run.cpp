@@ -15,6 +15,7 @@
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
 #include "planner/units.h"
+#include "runtime/cpu/mxfp4_activation.h"
 #include "runtime/cpu/matvec.h"
 #include "runtime/generate.h"
 #include "runtime/npy.h"
@@ -57,6 +58,10 @@ class RunCommand : public Command {
     app_->add_option("-c,--ctx,--ctx-size", ctx_, "Context length the KV cache holds, e.g. 4096 or 128K (default 4096)");
     app_->add_option("--kv-type,--cache-type", kv_type_, "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
         ->check(CLI::IsMember({"fp8", "bf16", "q8_0", "q4_0"}));
+    app_->add_option("--expert-activations", expert_activations_,
+                     "Precision of routed-expert inputs in the CPU MXFP4 kernels: int24 (default, as exact as float) "
+                     "or int16 (faster; error <= 2^-15 of each 32-block's largest value)")
+        ->check(CLI::IsMember({"int24", "int16"}));
     app_->add_option("--ubatch", ubatch_, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 65536));
     app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0)")->check(CLI::Range(0.0, 100.0));
     app_->add_option("--top-p", sampler_.top_p, "Nucleus sampling threshold in (0, 1] (default 1)")->check(CLI::Range(1e-9, 1.0));
@@ -72,6 +77,8 @@ class RunCommand : public Command {
     const std::vector<int32_t> prompt = parse_tokens(tokens_);
     const int64_t ctx = ctx_.empty() ? 4096 : planner::parse_count(ctx_, "--ctx");
     const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
+    runtime::cpu::set_expert_activation_bits(expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16
+                                                                             : runtime::cpu::ActivationBits::Int24);
     const bool tty = isatty(STDERR_FILENO);
     if (tty) std::cerr << "loading " << model_ << " ...\n";
     const runtime::ModelWeights model = runtime::ModelWeights::load(model_);
@@ -112,10 +119,12 @@ class RunCommand : public Command {
       runtime::write_npy_f32(logits_out_, r.logits.data(), static_cast<int64_t>(r.logits.size()) / c.vocab_size, c.vocab_size);
       std::cerr << "wrote logits [" << r.logits.size() / c.vocab_size << ", " << c.vocab_size << "] to " << logits_out_ << "\n";
     }
-    std::fprintf(stderr, "timing: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), kernels %s\n",
+    std::fprintf(stderr, "timing: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), kernels: fp8 %s, mxfp4 %s %s\n",
                  static_cast<long long>(r.prompt_tokens), r.prefill_seconds, r.prompt_tokens / std::max(r.prefill_seconds, 1e-9),
                  static_cast<long long>(r.decoded_tokens), r.decode_seconds,
-                 r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa());
+                 r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
+                 runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()),
+                 runtime::cpu::activation_bits_name(runtime::cpu::expert_activation_bits()));
     const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(c, kv, ctx, 1, false));
     const int64_t kv_used = planner::kv_total(session.cache().bytes());
     const int64_t ws_planned = planner::compute_workspace_bytes(c, session.options().ubatch, go.keep_logits) +
@@ -128,7 +137,7 @@ class RunCommand : public Command {
 
  private:
   CLI::App* app_ = nullptr;
-  std::string model_, tokens_, ctx_, kv_type_ = "fp8", logits_out_;
+  std::string model_, tokens_, ctx_, kv_type_ = "fp8", logits_out_, expert_activations_ = "int24";
   int64_t n_predict_ = 16, ubatch_ = 512;
   runtime::SamplerOptions sampler_;
   bool ignore_eos_ = false;

@@ -17,23 +17,24 @@ namespace {
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
-// SwiGLU of one expert on m gathered tokens: out = w2 · (silu(min(g, L)) ⊙ clamp(u, −L, L) · route weight).
-void swiglu(const ExpertWeights& e, const float* x, int64_t m, int64_t d, int64_t inter, double limit,
-            const float* route_w, Workspace& ws, float* out) {
+// SwiGLU of one expert on m gathered tokens: out = w2 · (silu(min(g, L)) ⊙ clamp(u, −L, L)). The route weight
+// is applied to the output, as the contract writes it: w2's input is rounded (MXFP4 activations), and a
+// rounding does not commute with a scale that is not a power of two.
+void swiglu(const ExpertWeights& e, const float* x, int64_t m, int64_t d, int64_t inter, double limit, Workspace& ws,
+            float* out) {
   cpu::linear(e.w1, x, m, d, ws.eg.data(), inter);
   cpu::linear(e.w3, x, m, d, ws.eu.data(), inter);
   const float L = static_cast<float>(limit);
   for (int64_t t = 0; t < m; ++t) {
     float* g = &ws.eg[sz(t * inter)];
     const float* u = &ws.eu[sz(t * inter)];
-    const float rw = route_w ? route_w[t] : 1.0f;
     for (int64_t k = 0; k < inter; ++k) {
       float gk = g[k], uk = u[k];
       if (L > 0) {
         gk = std::min(gk, L);
         uk = std::clamp(uk, -L, L);
       }
-      g[k] = cpu::silu(gk) * uk * rw;
+      g[k] = cpu::silu(gk) * uk;
     }
   }
   cpu::linear(e.w2, ws.eg.data(), m, inter, out, d);
@@ -71,7 +72,7 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, const float* xn,
   });
 
   // Shared expert (no clamp) straight into y.
-  swiglu(w.shared, xn, n, d, inter, 0.0, nullptr, ws, y);
+  swiglu(w.shared, xn, n, d, inter, 0.0, ws, y);
 
   // Routed experts, in expert order, each over the tokens that chose it.
   std::vector<int64_t> count(sz(E + 1), 0);
@@ -89,12 +90,13 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, const float* xn,
       std::copy_n(xn + t * d, d, &ws.xg[sz(i * d)]);
       rw[sz(i)] = ws.route_w[sz(slot)];
     }
-    swiglu(w.experts[sz(e)], ws.xg.data(), m, d, inter, c.swiglu_limit, rw.data(), ws, ws.eo.data());
+    swiglu(w.experts[sz(e)], ws.xg.data(), m, d, inter, c.swiglu_limit, ws, ws.eo.data());
     for (int64_t i = 0; i < m; ++i) {
       const int64_t t = ws.expert_tokens[sz(b + i)] / k;
       float* acc = &ws.tmp[sz(t * d)];
       const float* o = &ws.eo[sz(i * d)];
-      for (int64_t j = 0; j < d; ++j) acc[j] += o[j];
+      const float wk = rw[sz(i)];
+      for (int64_t j = 0; j < d; ++j) acc[j] += wk * o[j];
     }
   }
   for (int64_t i = 0; i < n * d; ++i) y[i] += ws.tmp[sz(i)];

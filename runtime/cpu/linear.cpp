@@ -98,13 +98,21 @@ void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, fl
     const int64_t row_bytes = w.format == WeightFormat::MXFP4 ? w.cols / 2 + w.cols / kFp4Block : w.cols;
     int64_t block = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(row_bytes, 1));
     if (w.format == WeightFormat::FP8) block = std::max<int64_t>(kFp8Block, block / kFp8Block * kFp8Block);
+    // MXFP4: each token's activation is rounded once (mxfp4_activation.h) and shared by all row blocks.
+    std::vector<Mxfp4Activation> acts(w.format == WeightFormat::MXFP4 ? static_cast<size_t>(n) : 0);
+    if (!acts.empty()) {
+      if (n == 1)
+        quantize_mxfp4_activation(x, w.cols, acts[0]);
+      else
+        tbb::parallel_for(int64_t{0}, n, [&](int64_t t) { quantize_mxfp4_activation(x + t * x_stride, w.cols, acts[size_t(t)]); });
+    }
     auto run_block = [&](int64_t r0, int64_t r1) {
       for (int64_t t = 0; t < n; ++t) {
         const float* xt = x + t * x_stride;
         float* yt = y + t * y_stride + r0;
         const int64_t row = w.row_begin + r0;
         if (w.format == WeightFormat::MXFP4) {
-          matvec_mxfp4(w.data + row * (w.cols / 2), w.scales + row * (w.cols / kFp4Block), r1 - r0, w.cols, xt, yt);
+          matvec_mxfp4(w.data + row * (w.cols / 2), w.scales + row * (w.cols / kFp4Block), r1 - r0, acts[size_t(t)], yt);
         } else {
           const int64_t scale_cols = (w.cols + kFp8Block - 1) / kFp8Block;
           matvec_fp8(w.data + row * w.cols, w.scales + (row / kFp8Block) * scale_cols, r1 - r0, w.cols, xt, yt);

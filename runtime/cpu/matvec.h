@@ -4,24 +4,39 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+#include "runtime/cpu/mxfp4_activation.h"
 
 namespace ferry::runtime::cpu {
 
+// The CPU code paths, chosen once from the CPU (the best it has; FERRY_CPU_ISA=portable|avx2|avx512 caps it).
+enum class CpuIsa { Portable, Avx2, Avx512 };
+const char* isa_name(CpuIsa isa);
+
 // y[r] = sum_k W[r,k] * x[k] for an MXFP4 weight (routed experts): codes [rows, cols/2] (element 2k in the
-// low nibble of byte k of the row), scales [rows, cols/32] E8M0. cols % 32 == 0.
+// low nibble of byte k of the row), scales [rows, cols/32] E8M0. cols % 32 == 0. x is first rounded to
+// 16-bit integers per block of 32 (mxfp4_activation.h); the products are then exact integers per block.
+// E8M0 255 (NaN) is not expected in weights.
 void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y);
+// The same with x already rounded, so several weights (or row blocks) can share one rounding of x.
+void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation& x, float* y);
+// The MXFP4 paths this CPU has, best last, and the one matvec_mxfp4 uses.
+std::vector<CpuIsa> mxfp4_isas();
+CpuIsa mxfp4_isa();
 
 // FP8 E4M3 weight [rows, cols] with one E8M0 scale per 128x128 block: scales [ceil(rows/128), ceil(cols/128)].
 // The E4M3 NaN codes (0x7F, 0xFF) are not expected in weights; the AVX2 path reads them as +-480.
 void matvec_fp8(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y);
 
-// Which code path runs: "avx2" (AVX2 + FMA + F16C) or "portable", chosen once from the CPU.
+// Which FP8 code path runs: "avx2" (AVX2 + FMA + F16C) or "portable", chosen once from the CPU.
 const char* matvec_isa();
 
 namespace detail {
-// The portable paths, always available, so tests can compare them with the dispatched ones.
-void matvec_mxfp4_portable(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
-                           float* y);
+// One given MXFP4 path (it must be in mxfp4_isas()), so tests and benchmarks can compare them.
+void matvec_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation& x,
+                     float* y);
+// The portable FP8 path, always available, so tests can compare it with the dispatched one.
 void matvec_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
                          float* y);
 }  // namespace detail

@@ -18,8 +18,9 @@ VOCAB = 512
 PROMPT = "0,17,42,99,300,7,8,9"
 
 
-def run(*args):
-    return subprocess.run([ferry, "run", *args], capture_output=True, text=True)
+def run(*args, env=None):
+    return subprocess.run([ferry, "run", *args], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def read_npy(path):
@@ -58,8 +59,17 @@ s2 = run("-m", good, "--tokens", PROMPT, "-n", "8", "--temp", "0.8", "--top-p", 
 assert s1 == s2 and s1.strip(), (s1, s2)
 
 
-def expect_error(pattern, *args, model=good):
-    r = run("-m", model, *args)
+# The portable MXFP4 path computes the same integer block products as the vector ones (only float sums differ
+# in order): the same greedy ids, and the timing line names the path and the activation precision.
+p = run("-m", good, "--tokens", PROMPT, "-n", "8", "--ignore-eos", "--kv-type", "bf16", env={"FERRY_CPU_ISA": "portable"})
+assert p.returncode == 0 and p.stdout == r.stdout, (p.stdout, r.stdout, p.stderr)
+assert "mxfp4 portable int24" in p.stderr, p.stderr
+q = run("-m", good, "--tokens", PROMPT, "-n", "8", "--expert-activations", "int16")
+assert q.returncode == 0 and "int16" in q.stderr, q.stderr
+
+
+def expect_error(pattern, *args, model=good, env=None):
+    r = run("-m", model, *args, env=env)
     lines = r.stderr.strip().splitlines()
     assert r.returncode != 0, f"{args}: exit 0"
     assert len(lines) == 1, f"{args}: expected one stderr line, got {r.stderr!r}"
@@ -71,6 +81,8 @@ expect_error("'x' is not a token id", "--tokens", "0,x")
 expect_error("--ctx 4 is smaller than the prompt", "--tokens", PROMPT, "--ctx", "4")
 expect_error("--kv-type", "--tokens", PROMPT, "--kv-type", "fp7")
 expect_error("has no config.json", "--tokens", PROMPT, model=work)
+expect_error("--expert-activations", "--tokens", PROMPT, "--expert-activations", "int8")
+expect_error("FERRY_CPU_ISA=neon", "--tokens", PROMPT, env={"FERRY_CPU_ISA": "neon"})
 
 # A checkpoint missing one tensor (dropped from its shard and from the index).
 broken = os.path.join(work, "missing")

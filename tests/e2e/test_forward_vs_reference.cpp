@@ -53,11 +53,13 @@ const Comparison& run_for(KvType kv) {
 // (a rounding next to a grid midpoint, a near-tie at a top-k cut): from there on float32 may legitimately
 // take the other side and carry the difference forward through the cache.
 constexpr double kFloat32Noise = 1e-6;
+constexpr int64_t kJumpPositions = 3;  // a flip's effect passes 1e-5 within this many positions
 
-// A divergence must trace back to a fragile decision: the first position whose logits differ by more than
-// float32 noise is a position at which the reference took a decision float32 cannot resolve (a rounding next
-// to a grid midpoint, a near-tie at a top-k cut) — the flipped row or selection is used by that very token.
-// A bug (a wrong formula, row, scale or mask) shows up without such a decision.
+// A divergence must trace back to a fragile decision: at the first position whose logits differ by more than
+// 1e-5, or at one of the few positions before it (a flip's effect can take a position or two to pass 1e-5),
+// the reference took a decision float32 cannot resolve (a rounding next to a grid midpoint, a
+// near-tie at a top-k cut) — the flipped row or selection is used by that very token. A bug (a wrong
+// formula, row, scale or mask) shows up without such a decision.
 void expect_divergence_traced(const std::vector<double>& err, const std::vector<reference::FragileEvent>& fragile,
                               int64_t layer_filter, const char* what) {
   const auto it = std::find_if(err.begin(), err.end(), [](double e) { return e > 1e-5; });
@@ -66,16 +68,18 @@ void expect_divergence_traced(const std::vector<double>& err, const std::vector<
     return;
   }
   const int64_t p_div = it - err.begin();
+  const int64_t p_jump = std::max<int64_t>(0, p_div - kJumpPositions);
   const reference::FragileEvent* cause = nullptr;
   for (const auto& e : fragile)
-    if (e.pos == p_div && e.margin < kFloat32Noise && (layer_filter < 0 || e.layer >= layer_filter) &&
+    if (e.pos >= p_jump && e.pos <= p_div && e.margin < kFloat32Noise && (layer_filter < 0 || e.layer >= layer_filter) &&
         (!cause || e.margin < cause->margin))
       cause = &e;
   ASSERT_NE(cause, nullptr) << what << ": logits diverge first at position " << p_div << " (rel err " << *it
-                            << ") with no fragile decision there";
-  std::printf("%s: first divergence at position %lld (rel err %.1e), caused there by layer %lld's %s (margin %.1e)\n",
-              what, static_cast<long long>(p_div), *it, static_cast<long long>(cause->layer),
-              reference::fragile_kind_name(cause->kind), cause->margin);
+                            << ") with no fragile decision there or at the " << kJumpPositions << " positions before";
+  std::printf("%s: first divergence at position %lld (rel err %.1e), caused at position %lld by layer %lld's %s "
+              "(margin %.1e)\n",
+              what, static_cast<long long>(p_div), *it, static_cast<long long>(cause->pos),
+              static_cast<long long>(cause->layer), reference::fragile_kind_name(cause->kind), cause->margin);
 }
 void expect_divergence_traced(const Comparison& r, const char* what) {
   expect_divergence_traced(r.err, r.ref.fragile, -1, what);

@@ -1,5 +1,5 @@
 // The CPU matvec kernels against a float64 reference that dequantizes element by element with dtype_codec,
-// for both the dispatched (AVX2 where the CPU has it) and the portable path.
+// for every code path the CPU has (portable, AVX2, AVX-512).
 #include "runtime/cpu/matvec.h"
 
 #include <gtest/gtest.h>
@@ -50,33 +50,146 @@ std::string name(const Shape& s) { return std::to_string(s.rows) + "x" + std::to
 TEST(CpuMatvec, IsaIsKnown) {
   const std::string isa = matvec_isa();
   EXPECT_TRUE(isa == "avx2" || isa == "portable") << isa;
+  const auto have = mxfp4_isas();
+  ASSERT_FALSE(have.empty());
+  EXPECT_EQ(have.front(), CpuIsa::Portable);
+  EXPECT_EQ(mxfp4_isa(), have.back());
 }
 
-TEST(CpuMatvec, Mxfp4MatchesReference) {
-  for (const Shape s : {Shape{2048, 4096}, Shape{4096, 2048}, Shape{37, 96}, Shape{1, 32}, Shape{9, 64}}) {
-    SCOPED_TRACE(name(s));
-    std::mt19937 rng(1234 + static_cast<unsigned>(s.rows));
-    std::uniform_int_distribution<int> byte(0, 255);
-    std::vector<uint8_t> codes(s.rows * s.cols / 2);
-    for (auto& c : codes) c = static_cast<uint8_t>(byte(rng));
-    const std::vector<uint8_t> scales = random_scales(rng, s.rows * s.cols / 32);
-    const std::vector<float> x = random_x(rng, s.cols);
+struct Mxfp4Case {
+  Shape s;
+  std::vector<uint8_t> codes, scales;
+  std::vector<float> x;
+};
 
-    std::vector<double> ref(s.rows, 0.0);
-    for (int64_t r = 0; r < s.rows; ++r) {
-      for (int64_t k = 0; k < s.cols; ++k) {
-        const uint8_t byte_k = codes[r * s.cols / 2 + k / 2];
-        const uint8_t code = k % 2 == 0 ? fp4_low(byte_k) : fp4_high(byte_k);
-        const double w = double(e2m1_to_float(code)) * e8m0_to_float(scales[r * s.cols / 32 + k / 32]);
-        ref[r] += w * x[k];
+Mxfp4Case random_mxfp4(Shape s, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_int_distribution<int> byte(0, 255);
+  Mxfp4Case c{s, std::vector<uint8_t>(size_t(s.rows * s.cols / 2)), {}, random_x(rng, s.cols)};
+  for (auto& v : c.codes) v = static_cast<uint8_t>(byte(rng));
+  c.scales = random_scales(rng, size_t(s.rows * s.cols / 32));
+  return c;
+}
+
+double weight_at(const Mxfp4Case& c, int64_t r, int64_t k) {
+  const uint8_t b = c.codes[size_t(r * c.s.cols / 2 + k / 2)];
+  return double(e2m1_to_float(k % 2 == 0 ? fp4_low(b) : fp4_high(b))) * e8m0_to_float(c.scales[size_t(r * c.s.cols / 32 + k / 32)]);
+}
+
+// The activation as the kernels see it, recomputed here from the rounding's definition in double:
+// per block, k = the smallest integer with amax <= qmax * 2^k, q = rne(x / 2^k).
+std::vector<double> rounded_x(const std::vector<float>& x, ActivationBits bits) {
+  const double qmax = activation_qmax(bits);
+  std::vector<double> q(x.size(), 0.0);
+  for (size_t b = 0; b < x.size() / 32; ++b) {
+    double amax = 0;
+    for (size_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(double(x[b * 32 + i])));
+    if (amax == 0) continue;
+    int k = -200;
+    while (amax > qmax * std::ldexp(1.0, k)) ++k;
+    for (size_t i = 0; i < 32; ++i) q[b * 32 + i] = std::nearbyint(x[b * 32 + i] / std::ldexp(1.0, k)) * std::ldexp(1.0, k);
+  }
+  return q;
+}
+
+std::vector<float> run_on(CpuIsa isa, const Mxfp4Case& c, ActivationBits bits) {
+  Mxfp4Activation a;
+  quantize_mxfp4_activation(c.x.data(), c.s.cols, a, bits);
+  std::vector<float> y(size_t(c.s.rows), NAN);
+  detail::matvec_mxfp4_on(isa, c.codes.data(), c.scales.data(), c.s.rows, a, y.data());
+  return y;
+}
+
+// Shapes with 1, 2, 3, 5, 17, 64 and 128 blocks per row: every remainder of the 2- and 4-block steps and of
+// the 8- and 16-block scale groups.
+const Shape kMxfp4Shapes[] = {{2048, 4096}, {4096, 2048}, {37, 96}, {1, 32}, {9, 64}, {5, 160}, {3, 544}};
+
+// Every path against float64 on the rounded activation: only float additions (and, for int24, the
+// conversion of lane sums above 2^24) remain.
+TEST(CpuMatvec, Mxfp4MatchesReferenceOnTheRoundedActivation) {
+  for (const Shape s : kMxfp4Shapes) {
+    SCOPED_TRACE(name(s));
+    const Mxfp4Case c = random_mxfp4(s, 1234 + static_cast<unsigned>(s.rows + s.cols));
+    for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
+      SCOPED_TRACE(activation_bits_name(bits));
+      const std::vector<double> q = rounded_x(c.x, bits);
+      std::vector<double> ref(size_t(s.rows), 0.0);
+      for (int64_t r = 0; r < s.rows; ++r)
+        for (int64_t k = 0; k < s.cols; ++k) ref[size_t(r)] += weight_at(c, r, k) * q[size_t(k)];
+      for (CpuIsa isa : mxfp4_isas()) {
+        SCOPED_TRACE(isa_name(isa));
+        EXPECT_LE(relative_error(run_on(isa, c, bits), ref), 2e-6);
       }
     }
-    std::vector<float> y(s.rows, NAN), y_portable(s.rows, NAN);
-    matvec_mxfp4(codes.data(), scales.data(), s.rows, s.cols, x.data(), y.data());
-    detail::matvec_mxfp4_portable(codes.data(), scales.data(), s.rows, s.cols, x.data(), y_portable.data());
-    EXPECT_LE(relative_error(y, ref), 1e-5);
-    EXPECT_LE(relative_error(y_portable, ref), 1e-5);
   }
+}
+
+// The default (int24) against the unrounded activation: as close as float arithmetic, like the FP8 kernel.
+TEST(CpuMatvec, Mxfp4DefaultIsAsExactAsFloat) {
+  for (const Shape s : kMxfp4Shapes) {
+    SCOPED_TRACE(name(s));
+    const Mxfp4Case c = random_mxfp4(s, 77 + static_cast<unsigned>(s.rows + s.cols));
+    std::vector<double> ref(size_t(s.rows), 0.0);
+    for (int64_t r = 0; r < s.rows; ++r)
+      for (int64_t k = 0; k < s.cols; ++k) ref[size_t(r)] += weight_at(c, r, k) * c.x[size_t(k)];
+    std::vector<float> y(size_t(s.rows));
+    matvec_mxfp4(c.codes.data(), c.scales.data(), s.rows, s.cols, c.x.data(), y.data());
+    EXPECT_LE(relative_error(y, ref), 2e-6);
+  }
+}
+
+// Against the unrounded activation the error is bounded by the rounding: at most half a step 2^(k-1) per
+// element, so |y - y_exact| <= sum_k |W[r,k]| 2^(k_b - 1) (plus float noise), and about 2^-16 of |y| typically.
+TEST(CpuMatvec, Mxfp4ActivationRoundingStaysWithinItsBound) {
+  const Mxfp4Case c = random_mxfp4({512, 4096}, 99);
+  const std::vector<double> q = rounded_x(c.x, ActivationBits::Int16);
+  const std::vector<float> y = run_on(mxfp4_isa(), c, ActivationBits::Int16);
+  double mean_rel = 0;
+  for (int64_t r = 0; r < 512; ++r) {
+    double exact = 0, bound = 0, mag = 0;
+    for (int64_t k = 0; k < 4096; ++k) {
+      const double w = weight_at(c, r, k);
+      exact += w * c.x[size_t(k)];
+      bound += std::fabs(w) * std::fabs(q[size_t(k)] - c.x[size_t(k)]);
+      mag += std::fabs(w * c.x[size_t(k)]);
+    }
+    EXPECT_LE(std::fabs(y[size_t(r)] - exact), bound + 1e-6 * mag) << "row " << r;
+    mean_rel += std::fabs(y[size_t(r)] - exact) / mag / 512;
+  }
+  EXPECT_LE(mean_rel, 1e-5);
+}
+
+// Every code decodes exactly: row i holds one nonzero code, x is all ones (q a power of two), so y[i] is the
+// code's value times its scale with no rounding at all, on every path and precision.
+TEST(CpuMatvec, Mxfp4DecodesEveryCodeExactly) {
+  const int64_t rows = 16, cols = 64;
+  std::vector<uint8_t> codes(rows * cols / 2, 0), scales(rows * cols / 32);
+  for (int64_t i = 0; i < rows; ++i) {
+    const int64_t k = (i * 7) % cols;
+    codes[i * cols / 2 + k / 2] = k % 2 == 0 ? fp4_pack(static_cast<uint8_t>(i), 0) : fp4_pack(0, static_cast<uint8_t>(i));
+    for (int64_t b = 0; b < cols / 32; ++b) scales[i * cols / 32 + b] = e8m0_from_exponent(static_cast<int>(i % 5) - 3);
+  }
+  const Mxfp4Case c{{rows, cols}, codes, scales, std::vector<float>(cols, 1.0f)};
+  for (CpuIsa isa : mxfp4_isas()) {
+   for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
+    const std::vector<float> y = run_on(isa, c, bits);
+    for (int64_t i = 0; i < rows; ++i) {
+      const float want = e2m1_to_float(static_cast<uint8_t>(i)) * std::ldexp(1.0f, static_cast<int>(i % 5) - 3);
+      EXPECT_EQ(y[size_t(i)], want) << isa_name(isa) << " code " << i;
+    }
+   }
+  }
+}
+
+// A block of x holding inf or NaN must not come out finite (the integer path cannot carry a NaN by itself).
+TEST(CpuMatvec, Mxfp4NonFiniteActivationGivesNonFiniteOutput) {
+  Mxfp4Case c = random_mxfp4({4, 96}, 5);
+  c.x[40] = NAN;
+  for (CpuIsa isa : mxfp4_isas())
+    for (float v : run_on(isa, c, ActivationBits::Int24)) EXPECT_FALSE(std::isfinite(v)) << isa_name(isa);
+  c.x[40] = INFINITY;
+  for (CpuIsa isa : mxfp4_isas())
+    for (float v : run_on(isa, c, ActivationBits::Int16)) EXPECT_FALSE(std::isfinite(v)) << isa_name(isa);
 }
 
 TEST(CpuMatvec, Fp8MatchesReference) {
@@ -106,27 +219,6 @@ TEST(CpuMatvec, Fp8MatchesReference) {
     detail::matvec_fp8_portable(w.data(), scales.data(), s.rows, s.cols, x.data(), y_portable.data());
     EXPECT_LE(relative_error(y, ref), 1e-5);
     EXPECT_LE(relative_error(y_portable, ref), 1e-5);
-  }
-}
-
-// Every code decodes exactly: row i holds one nonzero code, x is all ones, so y[i] is the code's value times
-// its scale with no rounding at all.
-TEST(CpuMatvec, Mxfp4DecodesEveryCodeExactly) {
-  const int64_t rows = 16, cols = 64;
-  std::vector<uint8_t> codes(rows * cols / 2, 0), scales(rows * cols / 32);
-  for (int64_t i = 0; i < rows; ++i) {
-    const int64_t k = (i * 7) % cols;
-    codes[i * cols / 2 + k / 2] = k % 2 == 0 ? fp4_pack(static_cast<uint8_t>(i), 0) : fp4_pack(0, static_cast<uint8_t>(i));
-    for (int64_t b = 0; b < cols / 32; ++b) scales[i * cols / 32 + b] = e8m0_from_exponent(static_cast<int>(i % 5) - 3);
-  }
-  const std::vector<float> x(cols, 1.0f);
-  std::vector<float> y(rows), y_portable(rows);
-  matvec_mxfp4(codes.data(), scales.data(), rows, cols, x.data(), y.data());
-  detail::matvec_mxfp4_portable(codes.data(), scales.data(), rows, cols, x.data(), y_portable.data());
-  for (int64_t i = 0; i < rows; ++i) {
-    const float want = e2m1_to_float(static_cast<uint8_t>(i)) * std::ldexp(1.0f, static_cast<int>(i % 5) - 3);
-    EXPECT_EQ(y[i], want) << "code " << i;
-    EXPECT_EQ(y_portable[i], want) << "code " << i;
   }
 }
 

@@ -1,0 +1,52 @@
+// The activation side of the MXFP4 integer kernels (matvec_mxfp4.cpp).
+//
+// Why integers: an E2M1 weight times two is an integer in [-12, 12], and its block scale is a power of two.
+// If the activation is also a block of integers with a power-of-two scale, every 32-element block product is
+// an integer, and the CPU forms it with byte dot products (AVX2 vpmaddubsw, VNNI vpdpbusd) at several times
+// the rate of float decode + FMA. That is what lets a memory-bound expert matvec approach the RAM bandwidth.
+//
+// The rounding, per block of 32 values: k = the smallest integer with max|x| <= qmax * 2^k, q = rne(x / 2^k),
+// with q held as 2 or 3 signed bytes (q = sum_j part_j * 256^j):
+//  - Int24 (the default, qmax = 8355711): the step is 2^-23 of the block's largest value, the resolution
+//    float32 itself has there, so the forward pass stays as exact as float arithmetic (docs/forward-semantics.md).
+//  - Int16 (qmax = 32639): one product fewer per byte of weight, for the fastest CPU experts; the step is 2^-15
+//    of the block's largest value, still 2^12 times finer than the FP8 activations of DeepSeek's own kernels.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace ferry::runtime::cpu {
+
+enum class ActivationBits : int { Int16 = 16, Int24 = 24 };
+const char* activation_bits_name(ActivationBits bits);  // "int16" / "int24"
+// The precision the forward pass uses for routed experts on the CPU: int24 unless set (ferry run
+// --expert-activations). Process-wide, because it is a property of the CPU backend, not of one call.
+ActivationBits expert_activation_bits();
+void set_expert_activation_bits(ActivationBits bits);
+
+struct Mxfp4Activation {
+  int64_t cols = 0;    // multiple of 32
+  int64_t blocks = 0;  // cols / 32
+  int parts = 3;       // bytes per value: 2 (Int16) or 3 (Int24)
+  // part[j] of q, most significant first, split by element parity to match the weight bytes (element 2i in
+  // the low nibble of byte i): block b's 16 even (odd) elements at [16 b, 16 b + 16). Padded with zeros to a
+  // multiple of 16 blocks so that vector loads past the last block are harmless.
+  std::vector<int8_t> even[3], odd[3];
+  // 12 * (sum of q over elements 8m .. 8m+7 of block b) at [4 b + m]: the kernels look weights up as
+  // 2 * e2m1 + 12 (an unsigned byte, as vpmaddubsw and vpdpbusd need) and subtract this per 32-bit lane.
+  std::vector<int32_t> correction;
+  // k_b - 1 at [b] (the -1 undoes the factor two of the integer weights); a block holding inf or NaN gets a
+  // huge exponent, so its products come out inf/NaN instead of silently finite.
+  std::vector<int32_t> exponent;
+};
+
+// The largest |q| of a precision.
+int32_t activation_qmax(ActivationBits bits);
+// The block exponent k for a finite amax > 0 (exact: scaling by powers of two is exact in float).
+int mxfp4_activation_exponent(float amax, ActivationBits bits);
+
+void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& out,
+                               ActivationBits bits = expert_activation_bits());
+
+}  // namespace ferry::runtime::cpu
