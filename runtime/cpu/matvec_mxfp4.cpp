@@ -1,8 +1,9 @@
 // MXFP4 matrix-vector products on integers (see mxfp4_activation.h for why and for the activation rounding).
 //
-// Per 32-element block b of a row: S_b = sum_i (2 e2m1(w_i)) q_i is an exact integer (|S_b| < 2^24), and
-// y = sum_b S_b * 2^(e_b - 127) * 2^(k_b - 1). Every path computes the same S_b; they differ only in the order
-// of the float additions over blocks. The weight nibbles are looked up as u = 2 e2m1 + 12 (an unsigned byte)
+// Per 32-element block b of a row: S_b = sum_i (2 e2m1(w_i)) q_i, summed exactly in int32 per lane of 8
+// elements (|lane| < 2^30), and y = sum_b S_b * 2^(e_b - 127) * 2^(k_b - 1). Every path computes the same lane
+// sums; they differ only in the order of the float additions (and, for int24 lanes above 2^24, the int-to-float
+// rounding, which is float32's resolution again). The weight nibbles are looked up as u = 2 e2m1 + 12 (an unsigned byte)
 // and the activation's precomputed 12 * sum q is subtracted, so no sign fix-ups sit in the inner loop.
 #include <cstdlib>
 #include <cstring>
