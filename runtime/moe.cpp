@@ -22,8 +22,13 @@ size_t sz(int64_t v) { return static_cast<size_t>(v); }
 // rounding does not commute with a scale that is not a power of two.
 void swiglu(const ExpertWeights& e, const float* x, int64_t m, int64_t d, int64_t inter, double limit, Workspace& ws,
             float* out) {
-  cpu::linear(e.w1, x, m, d, ws.eg.data(), inter);
-  cpu::linear(e.w3, x, m, d, ws.eu.data(), inter);
+  // Routed experts (MXFP4): w1 and w3 read the same input, so it is rounded once for both.
+  std::vector<cpu::Mxfp4Activation> rounded;
+  if (e.w1.format == cpu::WeightFormat::MXFP4 && e.w3.format == cpu::WeightFormat::MXFP4)
+    rounded = cpu::round_mxfp4_inputs(x, m, d, d);
+  const auto* shared_rounding = rounded.empty() ? nullptr : &rounded;
+  cpu::linear(e.w1, x, m, d, ws.eg.data(), inter, shared_rounding);
+  cpu::linear(e.w3, x, m, d, ws.eu.data(), inter, shared_rounding);
   const float L = static_cast<float>(limit);
   for (int64_t t = 0; t < m; ++t) {
     float* g = &ws.eg[sz(t * inter)];

@@ -22,11 +22,10 @@ constexpr int64_t kFp8Block = 128;
 constexpr int64_t kFp4Block = 32;
 
 struct DecodeTables {
-  float e4m3[256], e8m0[256], e2m1[16];
+  float e4m3[256], e8m0[256];
   DecodeTables() {
     for (int i = 0; i < 256; ++i) e4m3[i] = e4m3_to_float(static_cast<uint8_t>(i));
     for (int i = 0; i < 256; ++i) e8m0[i] = e8m0_to_float(static_cast<uint8_t>(i));
-    for (int i = 0; i < 16; ++i) e2m1[i] = e2m1_to_float(static_cast<uint8_t>(i));
   }
 };
 const DecodeTables& tables() {
@@ -54,16 +53,8 @@ void decode_row(const WeightView& w, int64_t r, float* out) {
       for (int64_t k = 0; k < cols; ++k) out[k] = tb.e4m3[p[k]] * tb.e8m0[sc[k / kFp8Block]];
       return;
     }
-    case WeightFormat::MXFP4: {
-      const uint8_t* p = w.data + row * (cols / 2);
-      const uint8_t* sc = w.scales + row * (cols / kFp4Block);
-      for (int64_t k = 0; k < cols; k += 2) {
-        const float s = tb.e8m0[sc[k / kFp4Block]];
-        out[k] = tb.e2m1[fp4_low(p[k / 2])] * s;
-        out[k + 1] = tb.e2m1[fp4_high(p[k / 2])] * s;
-      }
-      return;
-    }
+    case WeightFormat::MXFP4:  // linear() always sends MXFP4 to the integer kernels
+      throw Error("linear: MXFP4 rows are never decoded to float");
   }
 }
 
@@ -87,7 +78,17 @@ int64_t weight_view_bytes(const WeightView& w) {
   return 0;
 }
 
-void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride) {
+std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64_t x_stride, int64_t cols) {
+  std::vector<Mxfp4Activation> acts(static_cast<size_t>(n));
+  if (n == 1)
+    quantize_mxfp4_activation(x, cols, acts[0]);
+  else
+    tbb::parallel_for(int64_t{0}, n, [&](int64_t t) { quantize_mxfp4_activation(x + t * x_stride, cols, acts[size_t(t)]); });
+  return acts;
+}
+
+void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride,
+            const std::vector<Mxfp4Activation>* rounded) {
   FERRY_CHECK(w.data != nullptr && w.rows >= 0 && w.cols > 0, "linear: empty weight view");
   FERRY_CHECK(w.format != WeightFormat::MXFP4 || w.cols % kFp4Block == 0, "linear: MXFP4 cols not a multiple of 32");
   // Every output element is computed by the same per-row code whatever n is, so a token's result does not
@@ -99,20 +100,22 @@ void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, fl
     int64_t block = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(row_bytes, 1));
     if (w.format == WeightFormat::FP8) block = std::max<int64_t>(kFp8Block, block / kFp8Block * kFp8Block);
     // MXFP4: each token's activation is rounded once (mxfp4_activation.h) and shared by all row blocks.
-    std::vector<Mxfp4Activation> acts(w.format == WeightFormat::MXFP4 ? static_cast<size_t>(n) : 0);
-    if (!acts.empty()) {
-      if (n == 1)
-        quantize_mxfp4_activation(x, w.cols, acts[0]);
-      else
-        tbb::parallel_for(int64_t{0}, n, [&](int64_t t) { quantize_mxfp4_activation(x + t * x_stride, w.cols, acts[size_t(t)]); });
+    std::vector<Mxfp4Activation> own;
+    if (w.format == WeightFormat::MXFP4 && !rounded) {
+      own = round_mxfp4_inputs(x, n, x_stride, w.cols);
+      rounded = &own;
     }
+    if (rounded)
+      FERRY_CHECK(static_cast<int64_t>(rounded->size()) == n && (n == 0 || (*rounded)[0].cols == w.cols),
+                  "linear: the rounded MXFP4 input does not match the weight");
     auto run_block = [&](int64_t r0, int64_t r1) {
       for (int64_t t = 0; t < n; ++t) {
         const float* xt = x + t * x_stride;
         float* yt = y + t * y_stride + r0;
         const int64_t row = w.row_begin + r0;
         if (w.format == WeightFormat::MXFP4) {
-          matvec_mxfp4(w.data + row * (w.cols / 2), w.scales + row * (w.cols / kFp4Block), r1 - r0, acts[size_t(t)], yt);
+          matvec_mxfp4(w.data + row * (w.cols / 2), w.scales + row * (w.cols / kFp4Block), r1 - r0, (*rounded)[size_t(t)],
+                       yt);
         } else {
           const int64_t scale_cols = (w.cols + kFp8Block - 1) / kFp8Block;
           matvec_fp8(w.data + row * w.cols, w.scales + (row / kFp8Block) * scale_cols, r1 - r0, w.cols, xt, yt);

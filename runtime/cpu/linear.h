@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+#include "runtime/cpu/mxfp4_activation.h"
 
 namespace ferry::runtime::cpu {
 
@@ -31,7 +34,13 @@ struct WeightView {
 };
 
 // y[t * y_stride + r] = sum_k W[r, k] * x[t * x_stride + k], for t < n and r < w.rows. fp32 accumulation.
-void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride);
+// An MXFP4 weight takes x rounded per token (mxfp4_activation.h); `rounded`, when given, is that rounding
+// already made by round_mxfp4_inputs (so that w1 and w3 of an expert share one), else linear makes it.
+void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride,
+            const std::vector<Mxfp4Activation>* rounded = nullptr);
+
+// The MXFP4 rounding of n tokens of `cols` values each, one Mxfp4Activation per token.
+std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64_t x_stride, int64_t cols);
 
 // Bytes the view's weights occupy (codes and scales), for bandwidth reports.
 int64_t weight_view_bytes(const WeightView& w);
