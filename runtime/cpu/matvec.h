@@ -10,13 +10,14 @@
 
 namespace ferry::runtime::cpu {
 
-// The CPU code paths, chosen once from the CPU (the best it has; FERRY_CPU_ISA=portable|avx2|avx512 caps it).
-enum class CpuIsa { Portable, Avx2, Avx512 };
+// The CPU code paths, chosen once from the CPU: the best it has, or the one FERRY_CPU_ISA=portable|avx2|avxvnni|avx512
+// names. avxvnni is AVX2 plus the 256-bit VNNI byte dot product (Alder Lake and later client cores).
+enum class CpuIsa { Portable, Avx2, AvxVnni, Avx512 };
 const char* isa_name(CpuIsa isa);
 
 // y[r] = sum_k W[r,k] * x[k] for an MXFP4 weight (routed experts): codes [rows, cols/2] (element 2k in the
 // low nibble of byte k of the row), scales [rows, cols/32] E8M0. cols % 32 == 0. x is first rounded to
-// 16-bit integers per block of 32 (mxfp4_activation.h); the products are then exact integers per block.
+// integers per block of 32 (mxfp4_activation.h: 24-bit by default); the products are then exact integers per block.
 // E8M0 255 (NaN) is not expected in weights.
 void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y);
 // The same with x already rounded, so several weights (or row blocks) can share one rounding of x.

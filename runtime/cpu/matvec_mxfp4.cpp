@@ -19,6 +19,7 @@
 #define FERRY_MXFP4_X86 1
 // GCC 12 reports its own AVX-512 intrinsics' "undefined" placeholder registers as maybe uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 namespace ferry::runtime::cpu {
@@ -27,20 +28,26 @@ namespace {
 
 constexpr int64_t kBlock = 32;
 
+// 2 e2m1(code) for the 16 E2M1 codes (sign, 2 exponent bits, 1 mantissa bit): 0, 1, 2, 3, 4, 6, 8, 12 and
+// their negatives. A constant table: a function-local static would put its guard check into the inner loops.
+constexpr int8_t twice_e2m1(int c) {
+  const int e = (c >> 1) & 3, m = c & 1;
+  const int mag = e == 0 ? m : (2 + m) << (e - 1);
+  return static_cast<int8_t>(c & 8 ? -mag : mag);
+}
 struct Lut {
   alignas(16) uint8_t offset[16];  // 2 e2m1(code) + 12, in [0, 24]
   int8_t twice[16];                // 2 e2m1(code), in [-12, 12]
-  Lut() {
-    for (int c = 0; c < 16; ++c) {
-      twice[c] = static_cast<int8_t>(2.0f * e2m1_to_float(static_cast<uint8_t>(c)));
-      offset[c] = static_cast<uint8_t>(twice[c] + 12);
-    }
-  }
 };
-const Lut& lut() {
-  static const Lut l;
+constexpr Lut make_lut() {
+  Lut l{};
+  for (int c = 0; c < 16; ++c) {
+    l.twice[c] = twice_e2m1(c);
+    l.offset[c] = static_cast<uint8_t>(l.twice[c] + 12);
+  }
   return l;
 }
+constexpr Lut kLut = make_lut();
 
 // 2^(e - 127) from a biased exponent field, clamped: <= 0 flushes to 0 (products below 2^-126), >= 255 is inf.
 inline float scale_of(int32_t e) {
@@ -59,7 +66,7 @@ inline int32_t q_at(const std::vector<int8_t>* part, int parts, int64_t at) {
 using RowFn = float (*)(const uint8_t* codes, const uint8_t* scales, const Mxfp4Activation& a);
 
 float row_portable(const uint8_t* codes, const uint8_t* scales, const Mxfp4Activation& a) {
-  const Lut& t = lut();
+  const Lut& t = kLut;
   float total = 0.0f;
   for (int64_t b = 0; b < a.blocks; ++b) {
     // Lane by lane (8 elements each) as the vector paths, so int32 never overflows (|lane| < 2^30).
@@ -79,12 +86,26 @@ float row_portable(const uint8_t* codes, const uint8_t* scales, const Mxfp4Activ
 
 #ifdef FERRY_MXFP4_X86
 
-// 32 (64) activation bytes of one of the four arrays, from block b on (macros: lambdas would not inherit the
+// The activation arrays as plain pointers, read once per row: through `const Mxfp4Activation&` the compiler
+// reloads each vector's data pointer at every use.
+struct Planes {
+  const int8_t* even[3];
+  const int8_t* odd[3];
+  const int32_t* correction;
+  const int32_t* exponent;
+  explicit Planes(const Mxfp4Activation& a) : correction(a.correction.data()), exponent(a.exponent.data()) {
+    for (int j = 0; j < a.parts; ++j) {
+      even[j] = a.even[j].data();
+      odd[j] = a.odd[j].data();
+    }
+    for (int j = a.parts; j < 3; ++j) even[j] = odd[j] = nullptr;
+  }
+};
+
+// 32 (64) activation bytes of one plane array, from block b on (macros: lambdas would not inherit the
 // functions' target attributes).
-#define X256(v) _mm256_loadu_si256(reinterpret_cast<const __m256i*>((v).data() + 16 * b))
-#define X512(v) _mm512_loadu_si512((v).data() + 16 * b)
-// One activation byte plane against both weight vectors: 16-bit sums of 4 products per lane pair (AVX2).
-#define PLANE256(j) _mm256_add_epi16(_mm256_maddubs_epi16(we, X256(a.even[j])), _mm256_maddubs_epi16(wo, X256(a.odd[j])))
+#define X256(v) _mm256_loadu_si256(reinterpret_cast<const __m256i*>((v) + 16 * b))
+#define X512(v) _mm512_loadu_si512((v) + 16 * b)
 
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -95,28 +116,59 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
 
 // Bytes ahead of the current block to prefetch: far enough to cover DRAM latency at this kernel's rate, and
 // into the next row (rows are contiguous); the hardware prefetchers stop at 4 KiB pages, this does not.
-
-
 constexpr int64_t kPrefetchAhead = 2048;
 
-// Two blocks per step: 32 code bytes give the even elements (low nibbles) and the odd ones (high nibbles) of
-// both, looked up with one vpshufb each; vpmaddubsw against the high and the low activation bytes, vpmaddwd
-// folds pairs (x256 for the high part) into 8 lanes: lanes 0-3 block b, 4-7 block b+1, each lane 8 elements.
-// `c` holds the codes of blocks b and b+1 (zeros past the row's last block).
+// Two blocks per step on 256-bit registers: the 32 code bytes of blocks b and b+1 were looked up (one vpshufb
+// per nibble) into `we` (even elements, low nibbles) and `wo` (odd elements, high nibbles); a pair kernel
+// reduces them against the activation planes into 8 int32 lanes (lanes 0-3 block b, 4-7 block b+1, each lane
+// 8 elements), with the +12 offset's correction subtracted.
+
+// Blocks b and b+1 (codes c) into acc: the nibbles looked up, the lanes reduced by the pair kernel, scaled by the
+// blocks' scales (taken from s8 by index).
+#define PAIR_STEP(target)                                                                                       \
+  target static __m256 step(__m256i c, __m256i table, __m256i nibble, const Planes& a, int64_t b, __m256 s8,   \
+                            __m256i index, __m256 acc) {                                                        \
+    const __m256i we = _mm256_shuffle_epi8(table, _mm256_and_si256(c, nibble));                                 \
+    const __m256i wo = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble));           \
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(we, wo, a, b)), _mm256_permutevar8x32_ps(s8, index), acc);  \
+  }
+
+// AVX2: vpmaddubsw against each activation byte plane, vpmaddwd folds pairs (x256 for the high planes).
 template <int P>
-__attribute__((target("avx2,fma"))) inline __m256 pair_avx2(__m256i c, const Mxfp4Activation& a, int64_t b,
-                                                            __m256 scales, __m256i index, __m256 acc) {
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(lut().offset)));
-  const __m256i nibble = _mm256_set1_epi8(0x0F), x256 = _mm256_set1_epi16(256);
-  const __m256i we = _mm256_shuffle_epi8(table, _mm256_and_si256(c, nibble));
-  const __m256i wo = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble));
-  // q = sum_j part_j 256^(P-1-j): the high planes are folded in x256 steps (vpmaddwd by 256, then shifts).
-  __m256i s = _mm256_madd_epi16(PLANE256(0), x256);
-  if constexpr (P == 3) s = _mm256_add_epi32(_mm256_slli_epi32(s, 8), _mm256_madd_epi16(PLANE256(1), x256));
-  s = _mm256_add_epi32(s, _mm256_madd_epi16(PLANE256(P - 1), _mm256_set1_epi16(1)));
-  s = _mm256_sub_epi32(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.correction.data() + 4 * b)));
-  return _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_permutevar8x32_ps(scales, index), acc);
-}
+struct PairAvx2 {
+  __attribute__((target("avx2,fma"))) static __m256i lanes(__m256i we, __m256i wo, const Planes& a, int64_t b) {
+#define PLANE256(j) _mm256_add_epi16(_mm256_maddubs_epi16(we, X256(a.even[j])), _mm256_maddubs_epi16(wo, X256(a.odd[j])))
+    const __m256i x256 = _mm256_set1_epi16(256);
+    // q = sum_j part_j 256^(P-1-j): the high planes are folded in x256 steps (vpmaddwd by 256, then shifts).
+    __m256i s = _mm256_madd_epi16(PLANE256(0), x256);
+    if constexpr (P == 3) s = _mm256_add_epi32(_mm256_slli_epi32(s, 8), _mm256_madd_epi16(PLANE256(1), x256));
+    s = _mm256_add_epi32(s, _mm256_madd_epi16(PLANE256(P - 1), _mm256_set1_epi16(1)));
+#undef PLANE256
+    return _mm256_sub_epi32(s, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.correction + 4 * b)));
+  }
+  PAIR_STEP(__attribute__((target("avx2,fma"))))
+};
+
+// AVX-VNNI (Alder Lake and later client cores, which have no AVX-512): vpdpbusd on 256-bit registers does the
+// byte products and the pair folding of a plane in one instruction: 16 instead of 23 vector operations per
+// pair for int24, where the AVX2 path is bound by its vector ports, not by memory.
+template <int P>
+struct PairAvxVnni {
+  __attribute__((target("avx2,fma,avxvnni"))) static __m256i lanes(__m256i we, __m256i wo, const Planes& a,
+                                                                   int64_t b) {
+    __m256i h = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), we, X256(a.even[0]));
+    h = _mm256_dpbusd_avx_epi32(h, wo, X256(a.odd[0]));
+    if constexpr (P == 3) {
+      h = _mm256_dpbusd_avx_epi32(_mm256_slli_epi32(h, 8), we, X256(a.even[1]));
+      h = _mm256_dpbusd_avx_epi32(h, wo, X256(a.odd[1]));
+    }
+    __m256i t = _mm256_sub_epi32(_mm256_slli_epi32(h, 8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.correction + 4 * b)));
+    t = _mm256_dpbusd_avx_epi32(t, we, X256(a.even[P - 1]));
+    return _mm256_dpbusd_avx_epi32(t, wo, X256(a.odd[P - 1]));
+  }
+  PAIR_STEP(__attribute__((target("avx2,fma,avxvnni"))))
+};
+#undef PAIR_STEP
 
 // Eight blocks' scales 2^(e_w - 127) * 2^(k - 1) as floats, built in the exponent field.
 __attribute__((target("avx2,fma"))) inline __m256 scales8_avx2(uint64_t scale_bytes, const int32_t* exponent) {
@@ -126,40 +178,56 @@ __attribute__((target("avx2,fma"))) inline __m256 scales8_avx2(uint64_t scale_by
   return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
 }
 
+// One row on 256-bit registers with the pair kernel `Pair`. A macro body instantiated under each ISA's target
+// attribute: a function cannot inline code for an ISA it was not compiled for.
+#define ROW256_BODY(Pair)                                                                                      \
+  const Planes pl(a);                                                                                          \
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kLut.offset))); \
+  const __m256i nibble = _mm256_set1_epi8(0x0F);                                                               \
+  const __m256i i0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3); \
+  const __m256i i2 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), i3 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7); \
+  auto codes_at = [codes](int64_t b) { return reinterpret_cast<const __m256i*>(codes + 16 * b); };              \
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                               \
+  _mm_prefetch(reinterpret_cast<const char*>(scales + a.blocks), _MM_HINT_T0); /* the next row's scales */      \
+  int64_t g = 0;                                                                                               \
+  for (; g + 8 <= a.blocks; g += 8) { /* whole groups of eight blocks, unrolled */                             \
+    _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead), _MM_HINT_T0);                 \
+    _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead + 64), _MM_HINT_T0);            \
+    uint64_t sb;                                                                                               \
+    std::memcpy(&sb, scales + g, sizeof sb);                                                                   \
+    const __m256 s8 = scales8_avx2(sb, pl.exponent + g);                                                       \
+    acc0 = Pair::step(_mm256_loadu_si256(codes_at(g)), table, nibble, pl, g, s8, i0, acc0);                                             \
+    acc1 = Pair::step(_mm256_loadu_si256(codes_at(g + 2)), table, nibble, pl, g + 2, s8, i1, acc1);                                     \
+    acc0 = Pair::step(_mm256_loadu_si256(codes_at(g + 4)), table, nibble, pl, g + 4, s8, i2, acc0);                                     \
+    acc1 = Pair::step(_mm256_loadu_si256(codes_at(g + 6)), table, nibble, pl, g + 6, s8, i3, acc1);                                     \
+  }                                                                                                            \
+  if (g < a.blocks) { /* fewer than eight blocks left: never read past the row's codes or scales */            \
+    const int64_t nb = a.blocks - g;                                                                           \
+    uint64_t sb = 0;                                                                                           \
+    std::memcpy(&sb, scales + g, static_cast<size_t>(nb));                                                     \
+    const __m256 s8 = scales8_avx2(sb, pl.exponent + g);                                                       \
+    const __m256i index[4] = {i0, i1, i2, i3};                                                                 \
+    for (int64_t j = 0; j < nb; j += 2) {                                                                      \
+      const __m256i c = j + 1 < nb ? _mm256_loadu_si256(codes_at(g + j))                                       \
+                                   : _mm256_zextsi128_si256(                                                   \
+                                         _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * (g + j)))); \
+      acc0 = Pair::step(c, table, nibble, pl, g + j, s8, index[j / 2], acc0);                                                           \
+    }                                                                                                          \
+  }                                                                                                            \
+  return hsum256(_mm256_add_ps(acc0, acc1))
+
 template <int P>
 __attribute__((target("avx2,fma"))) float row_avx2(const uint8_t* codes, const uint8_t* scales,
                                                    const Mxfp4Activation& a) {
-  const __m256i i0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);
-  const __m256i i2 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), i3 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);
-  auto codes_at = [codes](int64_t b) { return reinterpret_cast<const __m256i*>(codes + 16 * b); };
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  _mm_prefetch(reinterpret_cast<const char*>(scales + a.blocks), _MM_HINT_T0);  // the next row's scales
-  int64_t g = 0;
-  for (; g + 8 <= a.blocks; g += 8) {  // whole groups of eight blocks, unrolled
-    _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead + 64), _MM_HINT_T0);
-    uint64_t sb;
-    std::memcpy(&sb, scales + g, sizeof sb);
-    const __m256 s8 = scales8_avx2(sb, a.exponent.data() + g);
-    acc0 = pair_avx2<P>(_mm256_loadu_si256(codes_at(g)), a, g, s8, i0, acc0);
-    acc1 = pair_avx2<P>(_mm256_loadu_si256(codes_at(g + 2)), a, g + 2, s8, i1, acc1);
-    acc0 = pair_avx2<P>(_mm256_loadu_si256(codes_at(g + 4)), a, g + 4, s8, i2, acc0);
-    acc1 = pair_avx2<P>(_mm256_loadu_si256(codes_at(g + 6)), a, g + 6, s8, i3, acc1);
-  }
-  if (g < a.blocks) {  // fewer than eight blocks left: never read past the row's codes or scales
-    const int64_t nb = a.blocks - g;
-    uint64_t sb = 0;
-    std::memcpy(&sb, scales + g, static_cast<size_t>(nb));
-    const __m256 s8 = scales8_avx2(sb, a.exponent.data() + g);
-    const __m256i index[4] = {i0, i1, i2, i3};
-    for (int64_t j = 0; j < nb; j += 2) {
-      const __m256i c = j + 1 < nb ? _mm256_loadu_si256(codes_at(g + j))
-                                   : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * (g + j))));
-      acc0 = pair_avx2<P>(c, a, g + j, s8, index[j / 2], acc0);
-    }
-  }
-  return hsum256(_mm256_add_ps(acc0, acc1));
+  ROW256_BODY(PairAvx2<P>);
 }
+
+template <int P>
+__attribute__((target("avx2,fma,avxvnni"))) float row_avxvnni(const uint8_t* codes, const uint8_t* scales,
+                                                              const Mxfp4Activation& a) {
+  ROW256_BODY(PairAvxVnni<P>);
+}
+#undef ROW256_BODY
 
 // Four blocks per step with 512-bit registers; vpdpbusd does the byte products and the pair folding in one
 // instruction, and masked loads cover a row whose block count is not a multiple of four.
@@ -167,7 +235,8 @@ template <int P>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_avx512(const uint8_t* codes,
                                                                                   const uint8_t* scales,
                                                                                   const Mxfp4Activation& a) {
-  const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(lut().offset)));
+  const Planes pl(a);
+  const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kLut.offset)));
   const __m512i nibble = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512(), e_hi = _mm512_set1_epi32(255);
   __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
   _mm_prefetch(reinterpret_cast<const char*>(scales + a.blocks), _MM_HINT_T0);  // the next row's scales
@@ -175,7 +244,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_avx512
     const int64_t nb = std::min<int64_t>(16, a.blocks - g);
     const __mmask16 scale_mask = static_cast<__mmask16>((1u << nb) - 1);
     __m512i e = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(scale_mask, scales + g)),
-                                 _mm512_loadu_si512(a.exponent.data() + g));
+                                 _mm512_loadu_si512(pl.exponent + g));
     e = _mm512_min_epi32(_mm512_max_epi32(e, zero), e_hi);
     const __m512 s16 = _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
     for (int64_t j = 0; j < nb; j += 4) {
@@ -185,15 +254,15 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_avx512
       const __m512i c = _mm512_maskz_loadu_epi8(code_mask, codes + 16 * b);
       const __m512i we = _mm512_shuffle_epi8(table, _mm512_and_si512(c, nibble));
       const __m512i wo = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble));
-      __m512i h = _mm512_dpbusd_epi32(zero, we, X512(a.even[0]));
-      h = _mm512_dpbusd_epi32(h, wo, X512(a.odd[0]));
+      __m512i h = _mm512_dpbusd_epi32(zero, we, X512(pl.even[0]));
+      h = _mm512_dpbusd_epi32(h, wo, X512(pl.odd[0]));
       if constexpr (P == 3) {
-        h = _mm512_dpbusd_epi32(_mm512_slli_epi32(h, 8), we, X512(a.even[1]));
-        h = _mm512_dpbusd_epi32(h, wo, X512(a.odd[1]));
+        h = _mm512_dpbusd_epi32(_mm512_slli_epi32(h, 8), we, X512(pl.even[1]));
+        h = _mm512_dpbusd_epi32(h, wo, X512(pl.odd[1]));
       }
-      __m512i t = _mm512_sub_epi32(_mm512_slli_epi32(h, 8), _mm512_loadu_si512(a.correction.data() + 4 * b));
-      t = _mm512_dpbusd_epi32(t, we, X512(a.even[P - 1]));
-      t = _mm512_dpbusd_epi32(t, wo, X512(a.odd[P - 1]));
+      __m512i t = _mm512_sub_epi32(_mm512_slli_epi32(h, 8), _mm512_loadu_si512(pl.correction + 4 * b));
+      t = _mm512_dpbusd_epi32(t, we, X512(pl.even[P - 1]));
+      t = _mm512_dpbusd_epi32(t, wo, X512(pl.odd[P - 1]));
       const int p = static_cast<int>(j);
       const __m512i idx = _mm512_setr_epi32(p, p, p, p, p + 1, p + 1, p + 1, p + 1, p + 2, p + 2, p + 2, p + 2, p + 3,
                                             p + 3, p + 3, p + 3);
@@ -209,7 +278,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_avx512
 
 #undef X256
 #undef X512
-#undef PLANE256
 
 #endif  // FERRY_MXFP4_X86
 
@@ -220,6 +288,9 @@ bool cpu_has(CpuIsa isa) {
     case CpuIsa::Avx2:
       __builtin_cpu_init();
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case CpuIsa::AvxVnni:
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avxvnni");
     case CpuIsa::Avx512:
       __builtin_cpu_init();
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -235,13 +306,14 @@ RowFn row_fn(CpuIsa isa, int parts) {
   switch (isa) {
 #ifdef FERRY_MXFP4_X86
     case CpuIsa::Avx2: return parts == 2 ? row_avx2<2> : row_avx2<3>;
+    case CpuIsa::AvxVnni: return parts == 2 ? row_avxvnni<2> : row_avxvnni<3>;
     case CpuIsa::Avx512: return parts == 2 ? row_avx512<2> : row_avx512<3>;
 #endif
     default: return row_portable;
   }
 }
 
-// The best path the CPU has, capped by FERRY_CPU_ISA (portable | avx2 | avx512) when set.
+// The best path the CPU has, or the one FERRY_CPU_ISA (portable | avx2 | avxvnni | avx512) names.
 CpuIsa chosen() {
   static const CpuIsa isa = [] {
     const std::vector<CpuIsa> have = mxfp4_isas();
@@ -274,6 +346,7 @@ const char* isa_name(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::Portable: return "portable";
     case CpuIsa::Avx2: return "avx2";
+    case CpuIsa::AvxVnni: return "avxvnni";
     case CpuIsa::Avx512: return "avx512";
   }
   return "?";
@@ -281,7 +354,7 @@ const char* isa_name(CpuIsa isa) {
 
 std::vector<CpuIsa> mxfp4_isas() {
   std::vector<CpuIsa> v;
-  for (CpuIsa i : {CpuIsa::Portable, CpuIsa::Avx2, CpuIsa::Avx512})
+  for (CpuIsa i : {CpuIsa::Portable, CpuIsa::Avx2, CpuIsa::AvxVnni, CpuIsa::Avx512})
     if (cpu_has(i)) v.push_back(i);
   return v;
 }
