@@ -70,12 +70,18 @@ __attribute__((target("avx2,fma,f16c"))) inline void fp8_decode16(const uint8_t*
   hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
 
+constexpr int64_t kFp8PrefetchAhead = 2048;  // bytes
+
 __attribute__((target("avx2,fma,f16c"))) float fp8_row_avx2(const uint8_t* w, const uint8_t* scales, int64_t cols,
                                                             const float* x) {
   const Tables& t = tables();
   float total = 0.0f;
   for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kFp8Block, ++b) {
     const int64_t c1 = std::min(cols, c0 + kFp8Block);
+    // Software prefetch ahead of the stream, into the next row too (rows are contiguous): the hardware
+    // prefetchers stop at 4 KiB pages, and without this the kernel waits on DRAM latency (8 GB/s vs 12 in cache).
+    _mm_prefetch(reinterpret_cast<const char*>(w + c0 + kFp8PrefetchAhead), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(w + c0 + kFp8PrefetchAhead + 64), _MM_HINT_T0);
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t c = c0;
     for (; c + 16 <= c1; c += 16) {
