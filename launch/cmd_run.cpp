@@ -127,8 +127,7 @@ class RunCommand : public Command {
                  runtime::cpu::activation_bits_name(runtime::cpu::expert_activation_bits()));
     const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(c, kv, ctx, 1, false));
     const int64_t kv_used = planner::kv_total(session.cache().bytes());
-    const int64_t ws_planned = planner::compute_workspace_bytes(c, session.options().ubatch, go.keep_logits) +
-                               planner::cpu_expert_workspace_bytes(c, session.options().ubatch);
+    const int64_t ws_planned = session.planned_workspace().bytes();
     std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
                  gib(model.weight_bytes()).c_str(), gib(kv_used).c_str(), gib(kv_planned).c_str(),
                  gib(session.workspace_bytes()).c_str(), gib(ws_planned).c_str());

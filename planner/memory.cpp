@@ -33,6 +33,51 @@ int64_t compute_workspace_bytes(const ModelConfig& c, int64_t ubatch, bool logit
   return ubatch * activation_bytes_per_token(c) + logits_rows * c.vocab_size * 4;
 }
 
+int64_t cpu_tile_scratch_floats(const ModelConfig& c) {
+  // A key tile's rows, its scores (or an indexer tile's), and per head the output accumulator, max and sum.
+  const int64_t nh = c.num_attention_heads;
+  return kAttnKeyTile * c.head_dim + std::max(kAttnKeyTile, kIndexerTile) + nh * c.head_dim + 2 * nh;
+}
+
+CpuForwardWorkspace cpu_forward_workspace(const ModelConfig& c, KvType kv, int64_t n, int64_t threads, bool mtp) {
+  CpuForwardWorkspace w;
+  const int64_t d = c.hidden_size, nh = c.num_attention_heads, hd = c.head_dim, hc = c.hc_mult;
+  const int64_t topk = c.num_experts_per_tok, inter = c.moe_intermediate_size;
+  w.ubatch = n;
+  w.threads = threads;
+  w.x = w.xn = w.y = w.tmp = n * d;
+  w.mix = n * (2 * hc + hc * hc);
+  w.qa = n * c.q_lora_rank;
+  w.q = w.o = n * nh * hd;
+  w.kv = n * hd;
+  w.z = n * c.o_groups * c.o_lora_rank;
+  w.comp = n * 2 * std::max(hd, c.index_head_dim);
+  w.iq = n * c.index_n_heads * c.index_head_dim;
+  w.iw = n * c.index_n_heads;
+  w.key_tile = kIndexerTile * c.index_head_dim;
+  w.gate = n * c.n_routed_experts;
+  w.route_w = w.route_ids = w.expert_tokens = n * topk;
+  w.xg = w.eo = n * d;
+  w.eg = w.eu = n * inter;
+  w.residual = n * hc * d;
+  w.mtp_residual = mtp ? w.residual + hc * d : 0;
+  w.mtp_pending = mtp ? hc * d : 0;
+  w.logits_row = c.vocab_size;
+  w.tile_scratch = cpu_tile_scratch_floats(c);
+  w.sel = n * c.index_topk;
+  w.sel_count = n;
+  w.kv_rows_bytes = n * kv_row_bytes(c, kv).main;
+  return w;
+}
+
+int64_t CpuForwardWorkspace::bytes() const {
+  const int64_t floats = x + xn + y + tmp + mix + qa + q + kv + o + z + 2 * comp + iq + iw + key_tile + gate +
+                         route_w + xg + eg + eu + eo + residual + mtp_residual + mtp_pending + logits_row +
+                         threads * tile_scratch;
+  const int64_t ints = sel + sel_count + route_ids + expert_tokens;
+  return 4 * (floats + ints) + kv_rows_bytes;
+}
+
 int64_t cpu_expert_workspace_bytes(const ModelConfig& c, int64_t ubatch) {
   const int64_t routed_tokens = ubatch * c.num_experts_per_tok;
   return routed_tokens * (c.hidden_size + 2 * c.moe_intermediate_size + c.hidden_size) * 4;

@@ -1,11 +1,13 @@
 // The memory model: every size the runtime allocates that is not a weight or a KV row — workspaces, expert
 // slots, pinned staging — as functions of the model and the prefill chunk (ubatch), never of the context.
-// Weights come from ModelSpec, the KV cache from kv_cache.h. The runtime sizes its buffers with these same
-// functions; a test compares its high-water mark with them.
+// Weights come from ModelSpec, the KV cache from kv_cache.h. The CPU forward pass sizes its workspace with
+// cpu_forward_workspace() and a test checks it holds exactly that; the GPU figures are estimates until the
+// GPU forward exists.
 #pragma once
 
 #include <cstdint>
 
+#include "planner/kv_cache.h"
 #include "planner/model_spec.h"
 
 namespace ferry::planner {
@@ -22,6 +24,31 @@ int64_t activation_bytes_per_token(const ModelConfig& c);
 // GPU (or, without a GPU, host) compute workspace for a prefill chunk of `ubatch` tokens, plus the logits
 // buffer: one row, or `ubatch` rows when every position's logits are kept (`ferry run --logits-out`).
 int64_t compute_workspace_bytes(const ModelConfig& c, int64_t ubatch, bool logits_all);
+
+// The CPU forward pass's workspace for one V4 sequence, buffer by buffer: runtime/forward.cpp sizes every
+// buffer from this, and a test checks that what the runtime holds (measured from the buffers) equals bytes().
+// Activations of a chunk of `ubatch` tokens, the residual streams (and the MTP layer's), one logits row, and
+// one attention/indexer tile scratch per worker thread. Not counted: the caller's output logits and the MTP
+// logits kept per position (outputs that grow with the tokens, not workspaces).
+struct CpuForwardWorkspace {
+  int64_t ubatch = 0, threads = 0;
+  // fp32 elements
+  int64_t x = 0, xn = 0, y = 0, tmp = 0;      // [ubatch, hidden] each
+  int64_t mix = 0;                            // mHC pre, post, comb of every token: ubatch·(2 hc + hc²)
+  int64_t qa = 0, q = 0, kv = 0, o = 0, z = 0;
+  int64_t comp = 0;                           // each of the compressor's two projections
+  int64_t iq = 0, iw = 0, key_tile = 0, gate = 0, route_w = 0;
+  int64_t xg = 0, eg = 0, eu = 0, eo = 0;     // routed experts: gathered inputs, gate, up, outputs
+  int64_t residual = 0, mtp_residual = 0, mtp_pending = 0, logits_row = 0;
+  int64_t tile_scratch = 0;                   // per thread
+  // int32 elements
+  int64_t sel = 0, sel_count = 0, route_ids = 0, expert_tokens = 0;
+  int64_t kv_rows_bytes = 0;                  // the chunk's own window rows in the cache encoding
+  int64_t bytes() const;
+};
+// fp32 elements of one worker thread's attention/indexer tile scratch.
+int64_t cpu_tile_scratch_floats(const ModelConfig& c);
+CpuForwardWorkspace cpu_forward_workspace(const ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp);
 
 // Host buffers of the CPU expert path: the gathered inputs, intermediates and outputs of a chunk's routed tokens.
 int64_t cpu_expert_workspace_bytes(const ModelConfig& c, int64_t ubatch);

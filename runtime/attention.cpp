@@ -41,8 +41,7 @@ int64_t TileScratch::bytes() const {
 }
 
 int64_t tile_scratch_bytes(const planner::ModelConfig& c) {
-  const int64_t tile = planner::kAttnKeyTile, nh = c.num_attention_heads, hd = c.head_dim;
-  return (tile * hd + std::max(tile, planner::kIndexerTile) + nh * hd + 2 * nh) * static_cast<int64_t>(sizeof(float));
+  return planner::cpu_tile_scratch_floats(c) * static_cast<int64_t>(sizeof(float));
 }
 
 TileScratch& tile_scratch(const planner::ModelConfig& c) {

@@ -21,36 +21,36 @@ namespace {
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 }  // namespace
 
-Workspace::Workspace(const planner::ModelConfig& c, const KvRowLayout& main, int64_t n)
-    : ubatch(n), scratch_per_thread(tile_scratch_bytes(c)) {
-  const int64_t d = c.hidden_size, nh = c.num_attention_heads, hd = c.head_dim;
-  x.resize(sz(n * d));
-  xn.resize(sz(n * d));
-  y.resize(sz(n * d));
-  tmp.resize(sz(n * d));
-  mix.resize(sz(n));
-  for (auto& m : mix) m.pre.resize(sz(c.hc_mult)), m.post.resize(sz(c.hc_mult)), m.comb.resize(sz(c.hc_mult * c.hc_mult));
-  qa.resize(sz(n * c.q_lora_rank));
-  q.resize(sz(n * nh * hd));
-  kv.resize(sz(n * hd));
-  o.resize(sz(n * nh * hd));
-  z.resize(sz(n * c.o_groups * c.o_lora_rank));
-  kv_rows.resize(sz(n * main.bytes));
-  comp_a.resize(sz(n * 2 * std::max(hd, c.index_head_dim)));
-  comp_s.resize(comp_a.size());
-  iq.resize(sz(n * c.index_n_heads * c.index_head_dim));
-  iw.resize(sz(n * c.index_n_heads));
-  key_tile.resize(sz(planner::kIndexerTile * c.index_head_dim));
-  sel.resize(sz(n * c.index_topk));
-  sel_count.resize(sz(n));
-  gate.resize(sz(n * c.n_routed_experts));
-  route_ids.resize(sz(n * c.num_experts_per_tok));
-  route_w.resize(sz(n * c.num_experts_per_tok));
-  expert_tokens.resize(sz(n * c.num_experts_per_tok));
-  xg.resize(sz(n * d));
-  eg.resize(sz(n * c.moe_intermediate_size));
-  eu.resize(sz(n * c.moe_intermediate_size));
-  eo.resize(sz(n * d));
+// Every buffer sized from the planner's layout, so what the session holds is what the plan counts.
+Workspace::Workspace(const planner::CpuForwardWorkspace& l, int64_t hc)
+    : ubatch(l.ubatch), threads(l.threads), scratch_per_thread(l.tile_scratch * static_cast<int64_t>(sizeof(float))) {
+  x.resize(sz(l.x));
+  xn.resize(sz(l.xn));
+  y.resize(sz(l.y));
+  tmp.resize(sz(l.tmp));
+  mix.resize(sz(l.ubatch));
+  for (auto& m : mix) m.pre.resize(sz(hc)), m.post.resize(sz(hc)), m.comb.resize(sz(hc * hc));
+  qa.resize(sz(l.qa));
+  q.resize(sz(l.q));
+  kv.resize(sz(l.kv));
+  o.resize(sz(l.o));
+  z.resize(sz(l.z));
+  kv_rows.resize(sz(l.kv_rows_bytes));
+  comp_a.resize(sz(l.comp));
+  comp_s.resize(sz(l.comp));
+  iq.resize(sz(l.iq));
+  iw.resize(sz(l.iw));
+  key_tile.resize(sz(l.key_tile));
+  sel.resize(sz(l.sel));
+  sel_count.resize(sz(l.sel_count));
+  gate.resize(sz(l.gate));
+  route_ids.resize(sz(l.route_ids));
+  route_w.resize(sz(l.route_w));
+  expert_tokens.resize(sz(l.expert_tokens));
+  xg.resize(sz(l.xg));
+  eg.resize(sz(l.eg));
+  eu.resize(sz(l.eu));
+  eo.resize(sz(l.eo));
 }
 
 int64_t Workspace::bytes() const {
@@ -59,7 +59,7 @@ int64_t Workspace::bytes() const {
               f(iq) + f(iw) + f(key_tile) + f(sel) + f(sel_count) + f(gate) + f(route_ids) + f(route_w) +
               f(expert_tokens) + f(xg) + f(eg) + f(eu) + f(eo);
   for (const auto& m : mix) b += f(m.pre) + f(m.post) + f(m.comb);
-  return b + scratch_per_thread * tbb::this_task_arena::max_concurrency();
+  return b + scratch_per_thread * threads;
 }
 
 }  // namespace detail
@@ -76,12 +76,13 @@ Session::Session(const ModelWeights& model, SessionOptions options) : model_(mod
   options_.mtp = options.mtp && model.mtp() != nullptr;
   options_.ubatch = std::min(options.ubatch, options.ctx);
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp);
-  ws_ = std::make_unique<detail::Workspace>(c, cache_->main_layout(), options_.ubatch);
-  H_.resize(sz(options_.ubatch * c.hc_mult * c.hidden_size));
-  if (options_.mtp) {
-    H_mtp_.resize(H_.size() + sz(c.hc_mult * c.hidden_size));
-    mtp_pending_.resize(sz(c.hc_mult * c.hidden_size));
-  }
+  layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, tbb::this_task_arena::max_concurrency(),
+                                          options_.mtp);
+  ws_ = std::make_unique<detail::Workspace>(layout_, c.hc_mult);
+  H_.resize(sz(layout_.residual));
+  H_mtp_.resize(sz(layout_.mtp_residual));
+  mtp_pending_.resize(sz(layout_.mtp_pending));
+  logits_tmp_.resize(sz(layout_.logits_row));
 }
 
 Session::~Session() = default;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "planner/kv_cache.h"
+#include "planner/memory.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model_weights.h"
 
@@ -43,8 +44,10 @@ class Session {
   int32_t eos_token() const { return static_cast<int32_t>(model_.config().eos_token_id); }
   const KvCache& cache() const { return *cache_; }
   const SessionOptions& options() const { return options_; }
-  // Bytes of the chunk workspace (activations, tiles): depends on the model and ubatch, not on ctx.
+  // Bytes of the chunk workspace (activations, tiles), measured from the buffers: depends on the model and
+  // ubatch, not on ctx, and equals planned_workspace().bytes().
   int64_t workspace_bytes() const;
+  const planner::CpuForwardWorkspace& planned_workspace() const { return layout_; }
 
   // MTP logits (options.mtp): row i belongs to position mtp_first_position() + i; position p's row exists once
   // token p+1 has been fed.
@@ -60,6 +63,7 @@ class Session {
   const ModelWeights& model_;
   SessionOptions options_;
   std::unique_ptr<KvCache> cache_;
+  planner::CpuForwardWorkspace layout_;
   std::unique_ptr<detail::Workspace> ws_;
   std::vector<float> H_, H_mtp_, mtp_pending_, logits_tmp_;
   bool has_mtp_pending_ = false;

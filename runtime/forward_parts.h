@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "planner/memory.h"
 #include "planner/model_config.h"
 #include "runtime/cpu/ops.h"
 #include "runtime/kv_cache.h"
@@ -17,11 +18,12 @@ namespace ferry::runtime::detail {
 // Every buffer a chunk of up to `ubatch` tokens needs, allocated once from the model shape and the chunk size
 // — never from the context length: attention and the indexer walk the cache in fixed-size tiles.
 struct Workspace {
-  Workspace(const planner::ModelConfig& c, const KvRowLayout& main, int64_t ubatch);
+  Workspace(const planner::CpuForwardWorkspace& layout, int64_t hc_mult);
   // Everything held, plus one tile scratch per thread that may run a tile loop.
   int64_t bytes() const;
 
   int64_t ubatch;
+  int64_t threads;             // worker threads that may each hold a tile scratch
   int64_t scratch_per_thread;
   std::vector<float> x, xn, y, tmp;                // [n, d]
   std::vector<cpu::HcMix> mix;                     // [n]

@@ -66,8 +66,27 @@ TEST(ForwardChunks, WorkspaceIsTheSameAt1KAnd64KContext) {
     small.feed(prompt_tokens(300), nullptr, &last);
     large.feed(prompt_tokens(300), nullptr, &last);
     EXPECT_EQ(small.workspace_bytes(), large.workspace_bytes()) << "ubatch " << ub;
+    EXPECT_EQ(large.workspace_bytes(), large.planned_workspace().bytes()) << "ubatch " << ub;
     EXPECT_GT(planner::kv_total(large.cache().bytes()), 30 * planner::kv_total(small.cache().bytes()));
   }
+}
+
+// What the session holds is what the planner's layout counts, for every KV type, chunk size and with MTP; and
+// the layout is not trivially small (it grows with ubatch).
+TEST(ForwardChunks, WorkspaceHeldEqualsThePlannersLayout) {
+  for (KvType kv : {KvType::FP8, KvType::BF16, KvType::Q8_0, KvType::Q4_0})
+    for (int64_t ub : {1, 7, 64})
+      for (bool mtp : {false, true}) {
+        runtime::Session s(tiny_model(), {.ctx = 256, .kv_type = kv, .ubatch = ub, .mtp = mtp});
+        std::vector<float> last;
+        s.feed(prompt_tokens(80), nullptr, &last);
+        const auto planned = planner::cpu_forward_workspace(tiny_model().config(), kv, ub,
+                                                            s.planned_workspace().threads, mtp);
+        EXPECT_EQ(s.workspace_bytes(), planned.bytes()) << planner::kv_type_name(kv) << " ubatch " << ub << " mtp " << mtp;
+      }
+  const auto& c = tiny_model().config();
+  EXPECT_GT(planner::cpu_forward_workspace(c, KvType::FP8, 64, 1, false).bytes(),
+            planner::cpu_forward_workspace(c, KvType::FP8, 1, 1, false).bytes() + 63 * 4 * 4 * c.hidden_size);
 }
 
 TEST(ForwardChunks, BadTokensAndAFullContextFailBeforeAnyWork) {
