@@ -1,0 +1,217 @@
+#include "offload/expert_cache.h"
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <utility>
+
+#include "planner/error.h"
+
+namespace ferry::offload {
+
+const char* slot_state_name(SlotState s) {
+  switch (s) {
+    case SlotState::Free: return "free";
+    case SlotState::Loading: return "loading";
+    case SlotState::Ready: return "ready";
+  }
+  return "?";
+}
+
+ExpertCache::ExpertCache(const std::vector<int64_t>& slots_per_layer, int64_t experts_per_layer,
+                         CachePolicy policy)
+    : policy_(policy) {
+  constexpr int64_t kMaxIndex = std::numeric_limits<int>::max();
+  FERRY_CHECK(experts_per_layer >= 0 && experts_per_layer <= kMaxIndex,
+              "expert cache: experts per layer " + std::to_string(experts_per_layer) + " out of range");
+  experts_ = static_cast<int>(experts_per_layer);
+  layers_.resize(slots_per_layer.size());
+  for (size_t i = 0; i < slots_per_layer.size(); ++i) {
+    const int64_t n = slots_per_layer[i];
+    // More slots than experts could never all be filled: a planning error, not a bigger cache.
+    FERRY_CHECK(n >= 0 && n <= experts_per_layer,
+                "expert cache: layer " + std::to_string(i) + " has " + std::to_string(n) + " slots for " +
+                    std::to_string(experts_per_layer) + " experts");
+    layers_[i].slots.resize(static_cast<size_t>(n));
+    layers_[i].slot_of.assign(static_cast<size_t>(experts_), -1);
+    layers_[i].uses.assign(static_cast<size_t>(experts_), 0);
+  }
+}
+
+const ExpertCache::Layer& ExpertCache::layer_at(int layer) const {
+  FERRY_CHECK(layer >= 0 && layer < layers(), "expert cache: layer " + std::to_string(layer) + " out of range (" +
+                                                  std::to_string(layers()) + " layers)");
+  return layers_[static_cast<size_t>(layer)];
+}
+
+ExpertCache::Layer& ExpertCache::layer_at(int layer) {
+  return const_cast<Layer&>(std::as_const(*this).layer_at(layer));
+}
+
+void ExpertCache::check_expert(int expert) const {
+  FERRY_CHECK(expert >= 0 && expert < experts_, "expert cache: expert " + std::to_string(expert) +
+                                                    " out of range (" + std::to_string(experts_) + " per layer)");
+}
+
+void ExpertCache::check_slot(const Layer& l, int layer, int slot) {
+  FERRY_CHECK(slot >= 0 && static_cast<size_t>(slot) < l.slots.size(),
+              "expert cache: slot " + std::to_string(slot) + " out of range (layer " + std::to_string(layer) +
+                  " has " + std::to_string(l.slots.size()) + ")");
+}
+
+int ExpertCache::choose_slot(const Layer& l, std::span<const int> keep) const {
+  int best = -1;
+  for (size_t i = 0; i < l.slots.size(); ++i) {
+    const Slot& s = l.slots[i];
+    if (s.state == SlotState::Free) return static_cast<int>(i);
+    if (s.state != SlotState::Ready || s.pins > 0) continue;
+    if (std::find(keep.begin(), keep.end(), s.expert) != keep.end()) continue;
+    if (best < 0) {
+      best = static_cast<int>(i);
+      continue;
+    }
+    const Slot& b = l.slots[static_cast<size_t>(best)];
+    bool better = s.last_use < b.last_use;
+    if (policy_ == CachePolicy::Lfu) {
+      const int64_t su = l.uses[static_cast<size_t>(s.expert)], bu = l.uses[static_cast<size_t>(b.expert)];
+      better = su < bu || (su == bu && better);
+    }
+    if (better) best = static_cast<int>(i);
+  }
+  return best;
+}
+
+int ExpertCache::assign(Layer& l, int slot, int expert) {
+  Slot& s = l.slots[static_cast<size_t>(slot)];
+  const int evicted = s.expert;
+  if (evicted >= 0) {
+    l.slot_of[static_cast<size_t>(evicted)] = -1;
+    ++l.stats.evictions;
+  }
+  s.expert = expert;
+  s.state = SlotState::Loading;
+  s.last_use = ++clock_;
+  l.slot_of[static_cast<size_t>(expert)] = slot;
+  return evicted;
+}
+
+Lookup ExpertCache::lookup(int layer, int expert) {
+  std::lock_guard lock(mu_);
+  Layer& l = layer_at(layer);
+  check_expert(expert);
+  ++l.uses[static_cast<size_t>(expert)];
+  Lookup r;
+  const int cached = l.slot_of[static_cast<size_t>(expert)];
+  if (cached >= 0) {
+    Slot& s = l.slots[static_cast<size_t>(cached)];
+    ++l.stats.hits;
+    ++s.pins;
+    s.last_use = ++clock_;
+    r.kind = LookupKind::Hit;
+    r.slot = cached;
+    r.ready = s.state == SlotState::Ready;
+    return r;
+  }
+  ++l.stats.misses;
+  const int slot = choose_slot(l, {});
+  if (slot < 0) {
+    ++l.stats.no_slot;
+    return r;
+  }
+  r.kind = LookupKind::Miss;
+  r.slot = slot;
+  r.evicted = assign(l, slot, expert);
+  ++l.slots[static_cast<size_t>(slot)].pins;
+  return r;
+}
+
+std::vector<Fill> ExpertCache::prefetch(int layer, std::span<const int> experts) {
+  std::lock_guard lock(mu_);
+  Layer& l = layer_at(layer);
+  // Validate everything first so that a bad list changes nothing.
+  for (int e : experts) check_expert(e);
+  std::vector<Fill> fills;
+  for (int e : experts) {
+    if (l.slot_of[static_cast<size_t>(e)] >= 0) continue;
+    const int slot = choose_slot(l, experts);
+    if (slot < 0) break;  // filling only makes slots busier: none will free up within this call
+    fills.push_back(Fill{e, slot, assign(l, slot, e)});
+    ++l.stats.prefetch_fills;
+  }
+  return fills;
+}
+
+// The slot a streamer's call names, which must be Loading.
+ExpertCache::Slot& ExpertCache::loading_slot(Layer& l, int layer, int slot, const char* call) {
+  Slot& s = l.slots[static_cast<size_t>(slot)];
+  FERRY_CHECK(s.state == SlotState::Loading, std::string("expert cache: ") + call + " on layer " + std::to_string(layer) +
+                                                 " slot " + std::to_string(slot) + ", which is " +
+                                                 slot_state_name(s.state) + ", not loading");
+  return s;
+}
+
+void ExpertCache::loaded(int layer, int slot) {
+  std::lock_guard lock(mu_);
+  Layer& l = layer_at(layer);
+  check_slot(l, layer, slot);
+  Slot& s = loading_slot(l, layer, slot, "loaded()");
+  s.state = SlotState::Ready;
+}
+
+void ExpertCache::cancel(int layer, int slot) {
+  std::lock_guard lock(mu_);
+  Layer& l = layer_at(layer);
+  check_slot(l, layer, slot);
+  Slot& s = loading_slot(l, layer, slot, "cancel()");
+  // A reader still pinning it would wait for a copy that never lands.
+  FERRY_CHECK(s.pins == 0, "expert cache: cancel() on layer " + std::to_string(layer) + " slot " +
+                               std::to_string(slot) + ", which " + std::to_string(s.pins) +
+                               " reader(s) still pin");
+  l.slot_of[static_cast<size_t>(s.expert)] = -1;
+  s.expert = -1;
+  s.state = SlotState::Free;
+}
+
+void ExpertCache::release(int layer, int slot) {
+  std::lock_guard lock(mu_);
+  Layer& l = layer_at(layer);
+  check_slot(l, layer, slot);
+  Slot& s = l.slots[static_cast<size_t>(slot)];
+  FERRY_CHECK(s.pins > 0, "expert cache: release() of layer " + std::to_string(layer) + " slot " +
+                              std::to_string(slot) + ", which is not pinned");
+  --s.pins;
+}
+
+bool ExpertCache::contains(int layer, int expert) const {
+  std::lock_guard lock(mu_);
+  const Layer& l = layer_at(layer);
+  check_expert(expert);
+  return l.slot_of[static_cast<size_t>(expert)] >= 0;
+}
+
+CacheStats ExpertCache::stats(int layer) const {
+  std::lock_guard lock(mu_);
+  return layer_at(layer).stats;
+}
+
+SlotInfo ExpertCache::slot_info(int layer, int slot) const {
+  std::lock_guard lock(mu_);
+  const Layer& l = layer_at(layer);
+  check_slot(l, layer, slot);
+  const Slot& s = l.slots[static_cast<size_t>(slot)];
+  return SlotInfo{s.state, s.expert, s.pins};
+}
+
+int64_t ExpertCache::uses(int layer, int expert) const {
+  std::lock_guard lock(mu_);
+  const Layer& l = layer_at(layer);
+  check_expert(expert);
+  return l.uses[static_cast<size_t>(expert)];
+}
+
+int ExpertCache::slots(int layer) const {
+  std::lock_guard lock(mu_);
+  return static_cast<int>(layer_at(layer).slots.size());
+}
+
+}  // namespace ferry::offload

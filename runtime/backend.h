@@ -1,0 +1,89 @@
+// A backend is a device with memory and an ordered copy stream (../shared/DESIGN.md §3): allocations are
+// accounted by class in the device's MemoryLedger and refused beyond the plan; copies from host memory are
+// queued on the stream and complete in order, observed through events. Instances: `host` (the CPU's RAM,
+// runtime/cpu/cpu_backend.h), `sim:SIZE[@BW]` (a budgeted host-backed device that behaves as a GPU of that
+// capacity and link bandwidth, runtime/sim_backend.h) and, with CUDA, `cuda:N`.
+//
+// The forward pass's ops run on the CPU today, reading device buffers that live in host memory (host, sim);
+// CUDA kernels will take device buffers through this same interface.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "runtime/memory_ledger.h"
+
+namespace ferry::runtime {
+
+class Backend;
+
+// Bytes of one class on one backend, released when destroyed. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { reset(); }
+
+  void reset();
+  void* data() const { return data_; }
+  int64_t bytes() const { return bytes_; }
+  MemoryClass memory_class() const { return class_; }
+  Backend* backend() const { return backend_; }
+  explicit operator bool() const { return backend_ != nullptr; }
+
+ private:
+  friend class Backend;
+  Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  int64_t bytes_ = 0;
+  MemoryClass class_ = MemoryClass::Workspace;
+};
+
+// Completes when every copy queued on the stream before it has landed.
+struct CopyEvent {
+  uint64_t sequence = 0;  // 0: nothing to wait for
+};
+
+class Backend {
+ public:
+  explicit Backend(std::string name, int64_t capacity = MemoryLedger::kUnplanned)
+      : ledger_(std::move(name), capacity) {}
+  virtual ~Backend() = default;
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  const std::string& name() const { return ledger_.device(); }
+  // Whether the CPU kernels can read and write this backend's buffers in place.
+  virtual bool host_addressable() const = 0;
+
+  MemoryLedger& ledger() { return ledger_; }
+  const MemoryLedger& ledger() const { return ledger_; }
+
+  // `bytes` of class `c`, reserved in the ledger first: throws ferry::Error naming the class when that would
+  // exceed the plan or the device, before any memory is taken.
+  DeviceBuffer allocate(MemoryClass c, int64_t bytes);
+
+  // Queues a copy of `bytes` host bytes from `src` into `dst` at `offset`; returns at once. `src` must stay
+  // valid, and `dst`'s range must not be read, until the returned event has completed.
+  virtual CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) = 0;
+  virtual bool completed(CopyEvent e) const = 0;
+  // Blocks until `e` completes; throws ferry::Error after `timeout` (every wait has one: DESIGN.md §6).
+  virtual void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const = 0;
+
+ protected:
+  virtual void* raw_allocate(int64_t bytes) = 0;
+  virtual void raw_free(void* p, int64_t bytes) = 0;
+  // Checks that [offset, offset + bytes) lies in `dst` and that `dst` belongs to this backend.
+  void check_copy(const DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) const;
+
+ private:
+  friend class DeviceBuffer;
+  MemoryLedger ledger_;
+};
+
+}  // namespace ferry::runtime

@@ -1,0 +1,54 @@
+// What one device holds, by class, against what the Plan gave it: every allocation on a backend is reserved
+// here first. Allocation beyond the plan is a bug (the planner said it fits), so the ledger refuses it with an
+// error naming the device and the class, instead of letting the process run out of memory later.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace ferry::runtime {
+
+// The classes of the memory report (llama.cpp's breakdown, with a planned column).
+enum class MemoryClass { Weights, Kv, Indexer, Workspace, ExpertCache, Staging };
+inline constexpr int kMemoryClasses = 6;
+std::string_view memory_class_name(MemoryClass c);
+
+struct MemoryClassUsage {
+  int64_t planned = 0;     // bytes the Plan gives this class; kUnplanned: no limit (a CPU-only run's host RAM)
+  int64_t current = 0;
+  int64_t high_water = 0;  // the most held at once
+};
+
+class MemoryLedger {
+ public:
+  static constexpr int64_t kUnplanned = INT64_MAX;
+
+  // `device` names the device in errors ("cuda:0", "sim:24GiB", "host"). `capacity`: the device's bytes in
+  // all, checked on top of the per-class plan (kUnplanned: none).
+  explicit MemoryLedger(std::string device, int64_t capacity = kUnplanned);
+
+  const std::string& device() const { return device_; }
+  int64_t capacity() const { return capacity_; }
+  void set_planned(MemoryClass c, int64_t bytes);
+
+  // Throws ferry::Error, and changes nothing, when `bytes` more of class `c` would exceed its plan or the
+  // device's capacity. Thread-safe.
+  void reserve(MemoryClass c, int64_t bytes);
+  void release(MemoryClass c, int64_t bytes);
+
+  MemoryClassUsage usage(MemoryClass c) const;
+  int64_t total_current() const;
+  int64_t total_high_water() const;  // the most held at once over all classes
+
+ private:
+  std::string device_;
+  int64_t capacity_;
+  mutable std::mutex mu_;
+  std::array<MemoryClassUsage, kMemoryClasses> by_class_{};
+  int64_t total_ = 0, total_high_ = 0;
+};
+
+}  // namespace ferry::runtime

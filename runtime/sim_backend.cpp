@@ -1,0 +1,131 @@
+#include "runtime/sim_backend.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "planner/error.h"
+#include "planner/units.h"
+
+namespace ferry::runtime {
+
+SimDeviceSpec parse_sim_device(std::string_view spec) {
+  const std::string text(spec);
+  FERRY_CHECK(spec.substr(0, 4) == "sim:", "--gpu " + text + ": a simulated device is written sim:SIZE[@BANDWIDTH], e.g. sim:24GiB@25GB/s");
+  std::string_view rest = spec.substr(4);
+  SimDeviceSpec s;
+  const size_t at = rest.find('@');
+  s.capacity = planner::parse_size(rest.substr(0, at), "--gpu " + text + " capacity");
+  FERRY_CHECK(s.capacity > 0, "--gpu " + text + ": the capacity must be positive");
+  if (at != std::string_view::npos) {
+    s.link_bytes_per_s = planner::parse_bandwidth(rest.substr(at + 1), "--gpu " + text + " bandwidth");
+    FERRY_CHECK(s.link_bytes_per_s > 0, "--gpu " + text + ": the bandwidth must be positive");
+  }
+  return s;
+}
+
+std::string sim_device_name(const SimDeviceSpec& spec) {
+  std::string name = "sim:" + planner::format_bytes(spec.capacity);
+  if (spec.link_bytes_per_s > 0) {
+    char bw[32];
+    std::snprintf(bw, sizeof bw, "@%.1fGB/s", spec.link_bytes_per_s / 1e9);
+    name += bw;
+  }
+  return name;
+}
+
+SimBackend::SimBackend(const SimDeviceSpec& spec) : Backend(sim_device_name(spec), spec.capacity), spec_(spec) {
+  stream_ = std::thread([this] { stream_loop(); });
+}
+
+SimBackend::~SimBackend() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+    paused_ = false;
+  }
+  cv_.notify_all();
+  stream_.join();
+}
+
+void* SimBackend::raw_allocate(int64_t bytes) {
+  void* p = std::aligned_alloc(64, (static_cast<size_t>(bytes) + 63) / 64 * 64);
+  if (!p) FERRY_THROW(name() + ": out of host memory backing " + planner::format_bytes(bytes));
+  return p;
+}
+
+// As cudaFree does, freeing waits for the stream: a queued copy may still target this memory.
+void SimBackend::raw_free(void* p, int64_t) {
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    paused_ = false;
+    cv_.notify_all();
+    cv_.wait(lock, [this] { return landed_ == issued_; });
+  }
+  std::free(p);
+}
+
+CopyEvent SimBackend::copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) {
+  check_copy(dst, offset, src, bytes);
+  CopyEvent e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    e.sequence = ++issued_;
+    queue_.push_back({static_cast<char*>(dst.data()) + offset, src, bytes, e.sequence});
+  }
+  cv_.notify_all();
+  return e;
+}
+
+void SimBackend::stream_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return (!queue_.empty() && !paused_) || (stopping_ && queue_.empty()); });
+    if (queue_.empty()) return;  // stopping, and every queued copy has landed
+    const Copy c = queue_.front();
+    queue_.pop_front();
+    lock.unlock();
+    const auto start = std::chrono::steady_clock::now();
+    if (c.bytes > 0) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
+    const double modeled = spec_.link_bytes_per_s > 0 ? static_cast<double>(c.bytes) / spec_.link_bytes_per_s : 0.0;
+    // The link is busy for the modeled time even when memcpy was faster: later copies queue behind it.
+    std::this_thread::sleep_until(start + std::chrono::duration<double>(modeled));
+    lock.lock();
+    landed_ = c.sequence;
+    ++stats_.copies;
+    stats_.bytes += c.bytes;
+    stats_.modeled_seconds += modeled;
+    cv_.notify_all();
+  }
+}
+
+bool SimBackend::completed(CopyEvent e) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return landed_ >= e.sequence;
+}
+
+void SimBackend::wait(CopyEvent e, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return landed_ >= e.sequence; }))
+    FERRY_THROW(name() + ": a copy did not land within " + std::to_string(timeout.count()) + " ms");
+}
+
+LinkStats SimBackend::link_stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+void SimBackend::pause() {
+  std::lock_guard<std::mutex> lock(mu_);
+  paused_ = true;
+}
+
+void SimBackend::resume() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    paused_ = false;
+  }
+  cv_.notify_all();
+}
+
+}  // namespace ferry::runtime

@@ -1,0 +1,177 @@
+// Backends and their memory accounting: the ledger refuses allocations beyond the plan or the device and
+// tracks high-water marks exactly; the host backend and the simulated device copy bytes where they are asked
+// to, the simulated device in order, with events that complete only once a copy has landed.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include "planner/error.h"
+#include "test_errors.h"
+#include "planner/units.h"
+#include "runtime/cpu/cpu_backend.h"
+#include "runtime/sim_backend.h"
+
+namespace ferry::runtime {
+namespace {
+
+using planner::kGiB;
+using planner::kMiB;
+
+using ferry_test::error_of;
+
+TEST(MemoryLedger, RefusesBeyondThePlanNamingTheClassAndChangesNothing) {
+  MemoryLedger l("sim:1.00 GiB", kGiB);
+  l.set_planned(MemoryClass::ExpertCache, 100 * kMiB);
+  l.reserve(MemoryClass::ExpertCache, 60 * kMiB);
+  const std::string e = error_of([&] { l.reserve(MemoryClass::ExpertCache, 41 * kMiB); });
+  EXPECT_NE(e.find("expert cache"), std::string::npos) << e;
+  EXPECT_NE(e.find("sim:1.00 GiB"), std::string::npos) << e;
+  EXPECT_NE(e.find("exceed its plan"), std::string::npos) << e;
+  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).current, 60 * kMiB);  // the refused one left no trace
+  l.reserve(MemoryClass::ExpertCache, 40 * kMiB);                    // exactly up to the plan is fine
+  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).current, 100 * kMiB);
+}
+
+TEST(MemoryLedger, RefusesBeyondTheDeviceEvenWithinThePlans) {
+  MemoryLedger l("dev", 10 * kMiB);
+  l.reserve(MemoryClass::Weights, 6 * kMiB);
+  const std::string e = error_of([&] { l.reserve(MemoryClass::Kv, 5 * kMiB); });
+  EXPECT_NE(e.find("kv cache"), std::string::npos) << e;
+  EXPECT_NE(e.find("device"), std::string::npos) << e;
+  EXPECT_EQ(l.total_current(), 6 * kMiB);
+}
+
+TEST(MemoryLedger, HighWaterMarksPerClassAndInAll) {
+  MemoryLedger l("host");
+  l.reserve(MemoryClass::Workspace, 5);
+  l.reserve(MemoryClass::Staging, 7);
+  l.release(MemoryClass::Workspace, 5);
+  l.reserve(MemoryClass::Workspace, 3);
+  EXPECT_EQ(l.usage(MemoryClass::Workspace).high_water, 5);
+  EXPECT_EQ(l.usage(MemoryClass::Workspace).current, 3);
+  EXPECT_EQ(l.total_high_water(), 12);
+  EXPECT_EQ(l.total_current(), 10);
+  EXPECT_FALSE(error_of([&] { l.release(MemoryClass::Staging, 8); }).empty());
+}
+
+TEST(MemoryLedger, ConcurrentReservationsNeverOvershootThePlan) {
+  MemoryLedger l("dev");
+  l.set_planned(MemoryClass::ExpertCache, 1000);
+  std::atomic<int> granted{0};
+  std::vector<std::thread> t;
+  for (int i = 0; i < 4; ++i)
+    t.emplace_back([&] {
+      for (int k = 0; k < 500; ++k) try {
+          l.reserve(MemoryClass::ExpertCache, 1);
+          ++granted;
+        } catch (const Error&) {
+        }
+    });
+  for (auto& x : t) x.join();
+  EXPECT_EQ(granted.load(), 1000);
+  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).high_water, 1000);
+}
+
+TEST(Backend, BuffersAreAccountedAndReleasedWithTheirOwner) {
+  cpu::CpuBackend host;
+  host.ledger().set_planned(MemoryClass::Kv, 4096);
+  {
+    DeviceBuffer a = host.allocate(MemoryClass::Kv, 4000);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(a.data()) % 64, 0u);
+    EXPECT_EQ(host.ledger().usage(MemoryClass::Kv).current, 4000);
+    EXPECT_FALSE(error_of([&] { host.allocate(MemoryClass::Kv, 97); }).empty());
+    DeviceBuffer b = std::move(a);  // moving keeps one owner
+    EXPECT_EQ(host.ledger().usage(MemoryClass::Kv).current, 4000);
+  }
+  EXPECT_EQ(host.ledger().usage(MemoryClass::Kv).current, 0);
+  EXPECT_EQ(host.ledger().usage(MemoryClass::Kv).high_water, 4000);
+}
+
+TEST(Backend, HostCopiesLandAtTheOffsetAndOverrunsAreRefused) {
+  cpu::CpuBackend host;
+  DeviceBuffer b = host.allocate(MemoryClass::Staging, 16);
+  std::vector<uint8_t> src(8);
+  std::iota(src.begin(), src.end(), 1);
+  std::memset(b.data(), 0, 16);
+  host.wait(host.copy_to_device(b, 4, src.data(), 8));
+  const auto* d = static_cast<const uint8_t*>(b.data());
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(d[i], i >= 4 && i < 12 ? i - 3 : 0) << i;
+  EXPECT_NE(error_of([&] { host.copy_to_device(b, 9, src.data(), 8); }).find("overruns"), std::string::npos);
+  cpu::CpuBackend other;
+  DeviceBuffer o = other.allocate(MemoryClass::Staging, 16);
+  EXPECT_NE(error_of([&] { host.copy_to_device(o, 0, src.data(), 8); }).find("another device"), std::string::npos);
+}
+
+TEST(SimDevice, ParsesCapacityAndBandwidthAndRejectsNonsense) {
+  const SimDeviceSpec a = parse_sim_device("sim:24GiB");
+  EXPECT_EQ(a.capacity, 24 * kGiB);
+  EXPECT_EQ(a.link_bytes_per_s, 0.0);
+  const SimDeviceSpec b = parse_sim_device("sim:512MiB@25GB/s");
+  EXPECT_EQ(b.capacity, 512 * kMiB);
+  EXPECT_DOUBLE_EQ(b.link_bytes_per_s, 25e9);
+  for (const char* bad : {"sim:", "sim:0", "sim:24GiB@", "sim:24GiB@0GB/s", "sim:-1GiB", "rtx3090", "sim:24XB"})
+    EXPECT_FALSE(error_of([&] { parse_sim_device(bad); }).empty()) << bad;
+}
+
+TEST(SimDevice, CapacityIsTheDevicesNotTheHosts) {
+  SimBackend dev(parse_sim_device("sim:1MiB"));
+  DeviceBuffer a = dev.allocate(MemoryClass::Weights, 768 * 1024);
+  const std::string e = error_of([&] { dev.allocate(MemoryClass::ExpertCache, 512 * 1024); });
+  EXPECT_NE(e.find("expert cache"), std::string::npos) << e;
+  EXPECT_NE(e.find("sim:1.00 MiB"), std::string::npos) << e;
+}
+
+TEST(SimDevice, CopiesLandInOrderAndEventsWaitForThem) {
+  SimBackend dev(parse_sim_device("sim:1MiB"));
+  DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, 4096);
+  std::vector<uint8_t> first(4096, 1), second(2048, 2);
+  dev.pause();
+  const CopyEvent e1 = dev.copy_to_device(b, 0, first.data(), 4096);
+  const CopyEvent e2 = dev.copy_to_device(b, 0, second.data(), 2048);  // overwrites the first half, later
+  EXPECT_FALSE(dev.completed(e1));
+  EXPECT_FALSE(dev.completed(e2));
+  EXPECT_NE(error_of([&] { dev.wait(e1, std::chrono::milliseconds(20)); }).find("did not land"), std::string::npos);
+  dev.resume();
+  dev.wait(e2);
+  EXPECT_TRUE(dev.completed(e1));  // in order: e2 landed, so e1 did
+  const auto* d = static_cast<const uint8_t*>(b.data());
+  EXPECT_EQ(d[0], 2);
+  EXPECT_EQ(d[2047], 2);
+  EXPECT_EQ(d[2048], 1);
+  EXPECT_EQ(d[4095], 1);
+  EXPECT_EQ(dev.link_stats().copies, 2);
+  EXPECT_EQ(dev.link_stats().bytes, 6144);
+}
+
+TEST(SimDevice, ModeledLinkTimeIsBytesOverBandwidth) {
+  SimBackend dev(parse_sim_device("sim:64MiB@1GB/s"));
+  DeviceBuffer b = dev.allocate(MemoryClass::Staging, 4 * kMiB);
+  std::vector<uint8_t> src(static_cast<size_t>(4 * kMiB), 7);
+  CopyEvent e;
+  for (int i = 0; i < 3; ++i) e = dev.copy_to_device(b, 0, src.data(), 4 * kMiB);
+  dev.wait(e);
+  EXPECT_EQ(dev.link_stats().bytes, 12 * kMiB);
+  EXPECT_DOUBLE_EQ(dev.link_stats().modeled_seconds, 3 * (4.0 * kMiB / 1e9));
+}
+
+TEST(SimDevice, FreeingABufferWaitsForCopiesStillQueuedIntoIt) {
+  std::vector<uint8_t> src(1024, 9);
+  auto dev = std::make_unique<SimBackend>(parse_sim_device("sim:1MiB"));
+  DeviceBuffer b = dev->allocate(MemoryClass::Staging, 1024);
+  dev->pause();
+  dev->copy_to_device(b, 0, src.data(), 1024);
+  EXPECT_EQ(dev->link_stats().copies, 0);
+  b.reset();  // must not free memory a queued copy still writes
+  EXPECT_EQ(dev->link_stats().copies, 1);
+  EXPECT_EQ(dev->ledger().total_current(), 0);
+  dev.reset();  // joins the stream without hanging
+}
+
+}  // namespace
+}  // namespace ferry::runtime
