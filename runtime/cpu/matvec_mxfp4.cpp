@@ -118,13 +118,11 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
 // into the next row (rows are contiguous); the hardware prefetchers stop at 4 KiB pages, this does not.
 constexpr int64_t kPrefetchAhead = 2048;
 
-// Two blocks per step on 256-bit registers: the 32 code bytes of blocks b and b+1 were looked up (one vpshufb
-// per nibble) into `we` (even elements, low nibbles) and `wo` (odd elements, high nibbles); a pair kernel
-// reduces them against the activation planes into 8 int32 lanes (lanes 0-3 block b, 4-7 block b+1, each lane
-// 8 elements), with the +12 offset's correction subtracted.
-
-// Blocks b and b+1 (codes c) into acc: the nibbles looked up, the lanes reduced by the pair kernel, scaled by the
-// blocks' scales (taken from s8 by index).
+// Two blocks per step on 256-bit registers. `step` looks the 32 code bytes `c` of blocks b and b+1 (zeros past
+// the row's last block) up with one vpshufb per nibble into `we` (even elements, low nibbles) and `wo` (odd
+// elements, high nibbles); the pair kernel's `lanes` reduces them against the activation planes into 8 int32
+// lanes (0-3 block b, 4-7 block b+1, 8 elements each) with the +12 offset's correction subtracted; `step`
+// scales them by the blocks' scales (taken from s8 by index) into acc.
 #define PAIR_STEP(target)                                                                                       \
   target static __m256 step(__m256i c, __m256i table, __m256i nibble, const Planes& a, int64_t b, __m256 s8,   \
                             __m256i index, __m256 acc) {                                                        \
