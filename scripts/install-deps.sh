@@ -13,10 +13,15 @@ packages=(
   libcli11-dev                     # command-line parsing
   libfmt-dev libspdlog-dev         # formatting and logging
   libgtest-dev libgmock-dev        # tests
+  libpcre2-dev                     # the tokenizer's pre-tokenizer regexes (UTF + Unicode properties)
+  libcpp-httplib-dev               # `ferry serve`: the HTTP server
   clang-14 libclang-rt-14-dev      # the libFuzzer target (tests/fuzz): clang with its fuzzer and sanitizer runtimes
 )
 
 missing=()
+# Node.js and npm run the JavaScript peers the tests compare against (scripts/fetch-test-assets.sh); a Node.js
+# already installed (e.g. from NodeSource) is kept.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then missing+=(nodejs npm); fi
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/fetch-test-assets.sh
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j"$(nproc)"
 if [ "${SANITIZE:-1}" = 1 ]; then
   echo "== the same tests under AddressSanitizer + UBSan"
