@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "launch/commands.h"
+#include "launch/run_offload.h"
 #include "planner/error.h"
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
@@ -69,6 +70,7 @@ class RunCommand : public Command {
     app_->add_option("--seed", sampler_.seed, "Sampling seed (default 0)");
     app_->add_flag("--ignore-eos", ignore_eos_, "Keep generating after the end-of-sequence token");
     app_->add_option("--logits-out", logits_out_, "Write the logits of every prompt position and generated token to FILE.npy (float32 [n, vocab])");
+    offload_.add_to(*app_);
     app_->footer("Prints the generated ids on stdout; progress, timing and memory lines go to stderr.");
   }
   CLI::App* app() const override { return app_; }
@@ -80,12 +82,6 @@ class RunCommand : public Command {
     runtime::cpu::set_expert_activation_bits(expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16
                                                                              : runtime::cpu::ActivationBits::Int24);
     const bool tty = isatty(STDERR_FILENO);
-    if (tty) std::cerr << "loading " << model_ << " ...\n";
-    const runtime::ModelWeights model = runtime::ModelWeights::load(model_);
-    const auto& c = model.config();
-    for (int32_t t : prompt)
-      FERRY_CHECK(t < c.vocab_size, "--tokens: token id " + std::to_string(t) + " is outside the vocabulary [0, " +
-                                        std::to_string(c.vocab_size) + ")");
     const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
     FERRY_CHECK(need <= ctx, "--ctx " + std::to_string(ctx) + " is smaller than the prompt (" +
                                  std::to_string(prompt.size()) + " tokens) plus -n " + std::to_string(n_predict_));
@@ -93,7 +89,23 @@ class RunCommand : public Command {
     so.ctx = ctx;
     so.kv_type = kv;
     so.ubatch = ubatch_;
+    // With --gpu the run is planned first, from the checkpoint's headers: a device too small fails here,
+    // before any weight is read.
+    std::unique_ptr<OffloadRun> offload;
+    if (offload_.enabled()) offload = std::make_unique<OffloadRun>(offload_, model_, so);
+    if (tty) std::cerr << "loading " << model_ << " ...\n";
+    const runtime::ModelWeights checkpoint = runtime::ModelWeights::load(model_);
+    const auto& c = checkpoint.config();
+    for (int32_t t : prompt)
+      FERRY_CHECK(t < c.vocab_size, "--tokens: token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                        std::to_string(c.vocab_size) + ")");
+    if (offload) {
+      offload->bind(checkpoint);
+      so = offload->session_options(so);
+    }
+    const runtime::ModelWeights& model = offload ? offload->weights() : checkpoint;
     runtime::Session session(model, so);
+    if (offload && offload_.verbose) std::cerr << offload->memory_report();
 
     runtime::GenerateOptions go;
     go.n_predict = n_predict_;
@@ -128,9 +140,11 @@ class RunCommand : public Command {
     const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(c, kv, ctx, 1, false));
     const int64_t kv_used = planner::kv_total(session.cache().bytes());
     const int64_t ws_planned = session.planned_workspace().bytes();
-    std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
+    if (!offload)
+      std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
                  gib(model.weight_bytes()).c_str(), gib(kv_used).c_str(), gib(kv_planned).c_str(),
                  gib(session.workspace_bytes()).c_str(), gib(ws_planned).c_str());
+    if (offload) std::cerr << offload->memory_report() << offload->expert_report();
     return kExitOk;
   }
 
@@ -140,6 +154,7 @@ class RunCommand : public Command {
   int64_t n_predict_ = 16, ubatch_ = 512;
   runtime::SamplerOptions sampler_;
   bool ignore_eos_ = false;
+  OffloadFlags offload_;
 };
 
 }  // namespace

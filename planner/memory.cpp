@@ -78,17 +78,20 @@ int64_t CpuForwardWorkspace::bytes() const {
   return 4 * (floats + ints) + kv_rows_bytes;
 }
 
+int64_t forward_workspace_bytes(const ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp,
+                                bool logits_all) {
+  if (c.arch != Arch::DeepseekV4) return compute_workspace_bytes(c, ubatch, logits_all);
+  return cpu_forward_workspace(c, kv, ubatch, threads, mtp).bytes();
+}
+
 int64_t cpu_expert_workspace_bytes(const ModelConfig& c, int64_t ubatch) {
-  const int64_t routed_tokens = ubatch * c.num_experts_per_tok;
-  return routed_tokens * (c.hidden_size + 2 * c.moe_intermediate_size + c.hidden_size) * 4;
+  return ubatch * (2 * c.hidden_size + 2 * c.moe_intermediate_size) * 4;
 }
 
 int64_t expert_stream_slot_bytes(const ModelSpec& s) {
   return 2 * s.config.num_experts_per_tok * s.expert_bytes();
 }
 
-int64_t pinned_staging_bytes(const ModelSpec& s, int64_t ubatch) {
-  return expert_stream_slot_bytes(s) + 2 * ubatch * s.config.hidden_size * 4;
-}
+int64_t pinned_staging_bytes(const ModelSpec& s) { return expert_stream_slot_bytes(s); }
 
 }  // namespace ferry::planner

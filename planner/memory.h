@@ -50,15 +50,22 @@ struct CpuForwardWorkspace {
 int64_t cpu_tile_scratch_floats(const ModelConfig& c);
 CpuForwardWorkspace cpu_forward_workspace(const ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp);
 
-// Host buffers of the CPU expert path: the gathered inputs, intermediates and outputs of a chunk's routed tokens.
+// The workspace a plan gives the device that runs the forward pass (a GPU, or the host without one): for V4,
+// exactly the CPU forward pass's layout (the ops of a simulated device are the CPU's; CUDA kernels will bring
+// their own layout), with `threads` worker threads; for other architectures, compute_workspace_bytes.
+int64_t forward_workspace_bytes(const ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp,
+                                bool logits_all);
+
+// Host buffers of the CPU expert path (offload/): one expert's gathered inputs [ubatch, hidden], gate and up
+// [ubatch, inter] and outputs [ubatch, hidden], fp32; experts run one at a time.
 int64_t cpu_expert_workspace_bytes(const ModelConfig& c, int64_t ubatch);
 
 // Device slots that streamed experts land in: two groups of top-k experts (double buffering, so a group is
 // never overwritten while a kernel reads it).
 int64_t expert_stream_slot_bytes(const ModelSpec& s);
 
-// Pinned host staging: the source side of the expert stream plus the activations exchanged with the CPU
-// expert path for one chunk (inputs and outputs).
-int64_t pinned_staging_bytes(const ModelSpec& s, int64_t ubatch);
+// Pinned host staging: the source side of every expert copy to a GPU (cache fills and streams), as many
+// experts as the stream slots hold, so a staging slot is reused only once its copy has landed.
+int64_t pinned_staging_bytes(const ModelSpec& s);
 
 }  // namespace ferry::planner

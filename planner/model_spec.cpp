@@ -34,6 +34,14 @@ int64_t ModelSpec::bytes_of(WeightClass c) const {
   return sum;
 }
 
+int64_t ModelSpec::held_bytes_total() const {
+  int64_t sum = 0;
+  for (int64_t b : global) sum += b;
+  for (const auto& l : layers)
+    for (int64_t b : l.bytes) sum += b;
+  return sum;
+}
+
 int64_t ModelSpec::mtp_bytes() const {
   int64_t sum = 0;
   for (int64_t i = config.num_hidden_layers; i < config.n_layers_total(); ++i)
@@ -50,20 +58,28 @@ WeightTally::WeightTally(ModelSpec& spec) : spec_(spec) {
   expert_bytes_.assign(n, {});
 }
 
+int64_t held_bytes(const TensorInfo& t, Arch arch) {
+  if (arch != Arch::DeepseekV4) return t.bytes;
+  if (t.dtype == DType::BF16 && t.shape.size() == 1) return 2 * t.bytes;  // norm weights, decoded to fp32
+  if (t.dtype == DType::I64) return t.bytes / 2;                        // hash-routing tables, as int32
+  return t.bytes;
+}
+
 void WeightTally::add(const TensorInfo& t) {
+  const int64_t bytes = held_bytes(t, spec_.config.arch);
   spec_.total_bytes += t.bytes;
   ++spec_.tensor_count;
   const size_t k = static_cast<size_t>(t.cls);
   if (t.layer < 0 || static_cast<size_t>(t.layer) >= spec_.layers.size()) {
-    spec_.global[k] += t.bytes;
+    spec_.global[k] += bytes;
     return;
   }
   const size_t l = static_cast<size_t>(t.layer);
-  spec_.layers[l].bytes[k] += t.bytes;
+  spec_.layers[l].bytes[k] += bytes;
   if (t.cls == WeightClass::RoutedExpert && t.expert >= 0) {
     auto& per = expert_bytes_[l];
     if (per.size() <= static_cast<size_t>(t.expert)) per.resize(static_cast<size_t>(t.expert) + 1, 0);
-    per[static_cast<size_t>(t.expert)] += t.bytes;
+    per[static_cast<size_t>(t.expert)] += bytes;
   }
 }
 

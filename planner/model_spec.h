@@ -34,7 +34,7 @@ struct ModelSpec {
   int64_t tensor_count = 0;
   std::vector<LayerWeights> layers;  // config.n_layers_total() entries; MTP layers last
   ClassBytes global{};             // tensors outside layers: embedding, head, final norm, hc_head
-  int64_t total_bytes = 0;
+  int64_t total_bytes = 0;         // as stored in the checkpoint (the per-class sums are held_bytes)
   int64_t missing_tensors = 0;     // Checkpoint: tensors the config implies but the headers lack
   int64_t unexpected_tensors = 0;  // Checkpoint: tensors the headers have but the config does not imply
   std::vector<std::string> notes;
@@ -42,9 +42,14 @@ struct ModelSpec {
   int64_t expert_bytes() const;          // one routed expert of the first MoE layer
   int64_t bytes_of(WeightClass c) const; // all layers + global
   int64_t mtp_bytes() const;             // every tensor of the MTP layers
+  int64_t held_bytes_total() const;      // all layers + global, as held (what placement distributes)
 };
 
-// Per-layer and per-class byte sums, fed one tensor at a time.
+// Bytes the runtime holds for a tensor: its stored bytes, except that V4's norm weights (BF16 vectors) are
+// decoded to fp32 and its hash-routing tables (I64) narrowed to int32 (runtime/model_weights.h).
+int64_t held_bytes(const TensorInfo& t, Arch arch);
+
+// Per-layer and per-class byte sums of held_bytes, fed one tensor at a time.
 class WeightTally {
  public:
   explicit WeightTally(ModelSpec& spec);

@@ -92,6 +92,11 @@ class Placer {
 
   int64_t ctx() const { return plan_.options.ctx; }
 
+  int64_t workspace_bytes() const {
+    const int64_t threads = o_.threads > 0 ? o_.threads : std::max(1, hw_.host.cores);
+    return forward_workspace_bytes(c_, kv_, std::min(o_.ubatch, ctx()), threads, o_.mtp, o_.logits_all);
+  }
+
   KvBytes layer_kv(int l) const {
     KvBytes b = layer_kv_bytes(c_, l, kv_, ctx());
     for (auto& x : b) x *= o_.parallel;
@@ -132,7 +137,7 @@ class Placer {
       auto& host = plan_.devices[static_cast<size_t>(host_device(n, 0))];
       for (int l : layers_) put_layer(l, host);
       put_head(host);
-      host.add("workspace", compute_workspace_bytes(c_, o_.ubatch, o_.logits_all));
+      host.add("workspace", workspace_bytes());
       put_embedding(n);
       for (int l : layers_) owner_[l] = host_device(n, 0);
     }
@@ -193,7 +198,7 @@ class Placer {
 
   void place_on_gpus() {
     const int G = gpus_per_node();
-    gpu_fixed_ = compute_workspace_bytes(c_, o_.ubatch, o_.logits_all);
+    gpu_fixed_ = workspace_bytes();
     if (s_.expert_bytes() > 0) gpu_fixed_ += expert_stream_slot_bytes(s_);
 
     std::vector<int> node0_gpus;
@@ -265,7 +270,7 @@ class Placer {
 
     for (int n = 0; n < hw_.nodes && gpus_per_node() > 0; ++n) {
       // RAM the node still needs for its experts, the CPU path's buffers and pinned staging.
-      int64_t host_need = cpu_expert_workspace_bytes(c_, o_.ubatch) + pinned_staging_bytes(s_, o_.ubatch);
+      int64_t host_need = cpu_expert_workspace_bytes(c_, o_.ubatch) + pinned_staging_bytes(s_);
       for (int l : moe) host_need += experts_on_node(l, n) * eb;
       int64_t host_short = host_need - host_free(n);
       for (int g = 0; g < gpus_per_node(); ++g) {
@@ -326,7 +331,7 @@ class Placer {
       if (any_in_ram) {
         auto& host0 = plan_.devices[static_cast<size_t>(host_device(n, 0))];
         host0.add("workspace", cpu_expert_workspace_bytes(c_, o_.ubatch));
-        if (gpus_per_node() > 0) host0.add("staging", pinned_staging_bytes(s_, o_.ubatch));
+        if (gpus_per_node() > 0) host0.add("staging", pinned_staging_bytes(s_));
       }
     }
     // Stream slots only on GPUs that run a layer with experts in RAM.

@@ -23,6 +23,7 @@ struct PlanOptions {
   std::optional<KvType> kv_type;       // nullopt = the model's native type (default_kv_type)
   bool kv_auto = false;                // highest-fidelity type that fits
   int64_t ubatch = 512;                // prefill chunk (tokens per forward step)
+  int64_t threads = 0;                 // CPU worker threads of the forward pass; 0 = the host's cores
   bool mtp = false;                    // load the MTP layer (weights + its KV)
   ExpertCacheMode expert_cache = ExpertCacheMode::Auto;
   int64_t expert_cache_slots = 0;      // per MoE layer, with ExpertCacheMode::Slots

@@ -84,7 +84,7 @@ ojson plan_to_json(const Plan& p) {
 
   const auto& o = p.options;
   j["options"] = {{"ctx", o.ctx}, {"parallel", o.parallel}, {"kv_type", std::string(kv_type_name(p.kv_type))},
-                  {"kv_auto", o.kv_auto}, {"ubatch", o.ubatch}, {"mtp", o.mtp},
+                  {"kv_auto", o.kv_auto}, {"ubatch", o.ubatch}, {"threads", o.threads}, {"mtp", o.mtp},
                   {"expert_cache", std::string(cache_mode_name(o.expert_cache))}, {"expert_cache_slots", o.expert_cache_slots},
                   {"logits_all", o.logits_all}, {"expert_hit_rate", o.expert_hit_rate}};
   j["fits"] = p.fits;
@@ -178,6 +178,7 @@ Plan plan_from_json(const ojson& j) {
   p.options.kv_type = p.kv_type;
   p.options.kv_auto = field<bool>(o, "kv_auto", "options");
   p.options.ubatch = field<int64_t>(o, "ubatch", "options");
+  p.options.threads = field<int64_t>(o, "threads", "options");
   p.options.mtp = field<bool>(o, "mtp", "options");
   p.options.expert_cache = cache_mode_from(field<std::string>(o, "expert_cache", "options"));
   p.options.expert_cache_slots = field<int64_t>(o, "expert_cache_slots", "options");

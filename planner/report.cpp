@@ -133,6 +133,11 @@ void fits_section(const Plan& p, std::string& out) {
 
 }  // namespace
 
+std::string shortfall_text(const Shortfall& s) {
+  return printf_str("%s needs %s but has %s: short by %s (largest: %s)", s.device.c_str(), format_bytes(s.need).c_str(),
+                    format_bytes(s.have).c_str(), format_bytes(s.need - s.have).c_str(), s.detail.c_str());
+}
+
 std::string format_plan(const Plan& p, const ModelSpec& spec) {
   std::string out;
   const char* source = spec.source == ModelSource::Preset ? "preset" : spec.source == ModelSource::ConfigJson ? "config.json" : "checkpoint headers";
@@ -142,9 +147,7 @@ std::string format_plan(const Plan& p, const ModelSpec& spec) {
   out += printf_str("request   context %s tokens x %lld, KV %s, ubatch %lld\n\n", ctx_text(p.options.ctx).c_str(),
                     (long long)p.options.parallel, std::string(kv_type_name(p.kv_type)).c_str(), (long long)p.options.ubatch);
   out += p.fits ? "FITS\n\n" : "DOES NOT FIT\n";
-  for (const auto& s : p.shortfalls)
-    out += printf_str("  %s needs %s but has %s: short by %s (largest: %s)\n", s.device.c_str(), format_bytes(s.need).c_str(),
-                      format_bytes(s.have).c_str(), format_bytes(s.need - s.have).c_str(), s.detail.c_str());
+  for (const auto& s : p.shortfalls) out += "  " + shortfall_text(s) + "\n";
   if (!p.fits) {
     out += p.suggestions.empty() ? "  no nearby configuration fits\n" : "  nearest configurations that fit:\n";
     for (const auto& s : p.suggestions) out += "    " + s + "\n";

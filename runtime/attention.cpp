@@ -21,11 +21,6 @@ namespace {
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
-tbb::enumerable_thread_specific<TileScratch>& scratch_pool() {
-  static tbb::enumerable_thread_specific<TileScratch> pool;
-  return pool;
-}
-
 // The rows one token attends to, in order: its window, then its compressed entries.
 struct RowList {
   int64_t window_first, window_last;  // positions
@@ -36,26 +31,6 @@ struct RowList {
 
 }  // namespace
 
-int64_t TileScratch::bytes() const {
-  return static_cast<int64_t>((rows.size() + scores.size() + acc.size() + max.size() + sum.size()) * sizeof(float));
-}
-
-int64_t tile_scratch_bytes(const planner::ModelConfig& c) {
-  return planner::cpu_tile_scratch_floats(c) * static_cast<int64_t>(sizeof(float));
-}
-
-TileScratch& tile_scratch(const planner::ModelConfig& c) {
-  TileScratch& s = scratch_pool().local();
-  if (s.bytes() != tile_scratch_bytes(c)) {  // first use on this thread, or a model of another shape
-    const int64_t tile = planner::kAttnKeyTile, nh = c.num_attention_heads, hd = c.head_dim;
-    s.rows.resize(sz(tile * hd));
-    s.scores.resize(sz(std::max(tile, planner::kIndexerTile)));
-    s.acc.resize(sz(nh * hd));
-    s.max.resize(sz(nh));
-    s.sum.resize(sz(nh));
-  }
-  return s;
-}
 
 void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, LayerKv& kv, Workspace& ws,
                const float* xn, float* y) {
@@ -121,7 +96,7 @@ void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, La
     const int64_t t = task / head_blocks, h0 = (task % head_blocks) * heads_per_block;
     const int64_t h1 = std::min(nh, h0 + heads_per_block), hn = h1 - h0;
     if (hn <= 0) return;
-    TileScratch& s = tile_scratch(c);
+    const TileScratch s = ws.tile_scratch();
     std::fill_n(s.acc.begin(), hn * hd, 0.0f);
     std::fill_n(s.max.begin(), hn, -INFINITY);
     std::fill_n(s.sum.begin(), hn, 0.0f);

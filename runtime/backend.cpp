@@ -41,6 +41,22 @@ DeviceBuffer Backend::allocate(MemoryClass c, int64_t bytes) {
   return b;
 }
 
+void* Backend::allocate_host_addressable(MemoryClass c, int64_t bytes) {
+  FERRY_CHECK(host_addressable(), name() + ": the CPU kernels cannot use this device's memory in place");
+  ledger_.reserve(c, bytes);
+  try {
+    return bytes > 0 ? raw_allocate(bytes) : nullptr;
+  } catch (...) {
+    ledger_.release(c, bytes);
+    throw;
+  }
+}
+
+void Backend::free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexcept {
+  if (p) raw_free(p, bytes);
+  ledger_.release(c, bytes);
+}
+
 void Backend::check_copy(const DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) const {
   FERRY_CHECK(dst.backend() == this, name() + ": copy into a buffer of another device");
   FERRY_CHECK(offset >= 0 && bytes >= 0 && offset <= dst.bytes() && bytes <= dst.bytes() - offset,

@@ -67,6 +67,10 @@ class Backend {
   // `bytes` of class `c`, reserved in the ledger first: throws ferry::Error naming the class when that would
   // exceed the plan or the device, before any memory is taken.
   DeviceBuffer allocate(MemoryClass c, int64_t bytes);
+  // The same for memory the CPU kernels use in place (host_addressable() backends only): the storage of a
+  // DeviceVector (runtime/device_vector.h). free_host_addressable() takes back exactly what was given.
+  void* allocate_host_addressable(MemoryClass c, int64_t bytes);
+  void free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexcept;
 
   // Queues a copy of `bytes` host bytes from `src` into `dst` at `offset`; returns at once. `src` must stay
   // valid, and `dst`'s range must not be read, until the returned event has completed.

@@ -47,7 +47,7 @@ void pool(const CompressorState& st, int64_t ratio, int64_t dim, bool has_prev, 
 }  // namespace
 
 void compress(const Chunk& ch, const CompressorWeights& w, int64_t ratio, const cpu::Rope& rope, CompressorState& st,
-              bool indexer, std::vector<uint8_t>& rows, Workspace& ws, const float* xn) {
+              bool indexer, DeviceVector<uint8_t>& rows, Workspace& ws, const float* xn) {
   const auto& c = ch.c;
   const int64_t d = c.hidden_size, width = st.width, dim = indexer ? c.index_head_dim : c.head_dim;
   const int64_t coff = ratio == 4 ? 2 : 1;
@@ -148,14 +148,14 @@ void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rop
       tbb::parallel_for(int64_t{0}, ch.n, [&](int64_t t) {
         const int64_t visible = (ch.p0 + t + 1) / 4;
         if (visible <= topk || visible <= j0) return;
-        TileScratch& sc = tile_scratch(c);
+        const TileScratch sc = ws.tile_scratch();
         const int64_t end = std::min(j1, visible);
         score(t, j0, end, sc.scores.data());
         merge(t, sc.scores.data(), end);
       });
     } else {
       const int64_t end = std::min(j1, (ch.p0 + 1) / 4);
-      std::vector<float>& scores = tile_scratch(c).scores;
+      const std::span<float> scores = ws.tile_scratch().scores;
       tbb::parallel_for(tbb::blocked_range<int64_t>(j0, end, 64), [&](const tbb::blocked_range<int64_t>& r) {
         score(0, r.begin(), r.end(), scores.data());
       });

@@ -22,35 +22,67 @@ size_t sz(int64_t v) { return static_cast<size_t>(v); }
 }  // namespace
 
 // Every buffer sized from the planner's layout, so what the session holds is what the plan counts.
-Workspace::Workspace(const planner::CpuForwardWorkspace& l, int64_t hc)
-    : ubatch(l.ubatch), threads(l.threads), scratch_per_thread(l.tile_scratch * static_cast<int64_t>(sizeof(float))) {
-  x.resize(sz(l.x));
-  xn.resize(sz(l.xn));
-  y.resize(sz(l.y));
-  tmp.resize(sz(l.tmp));
+Workspace::Workspace(const planner::CpuForwardWorkspace& l, const planner::ModelConfig& c, Backend* device)
+    : ubatch(l.ubatch),
+      threads(l.threads),
+      scratch_per_thread(l.tile_scratch),
+      tile_rows(planner::kAttnKeyTile * c.head_dim),
+      tile_scores(std::max(planner::kAttnKeyTile, planner::kIndexerTile)),
+      heads(c.num_attention_heads),
+      head_dim(c.head_dim) {
+  FERRY_CHECK(tile_rows + tile_scores + heads * head_dim + 2 * heads == scratch_per_thread,
+              "the tile scratch layout disagrees with planner::cpu_tile_scratch_floats");
+  const int64_t hc = c.hc_mult;
+  auto f32 = [&](int64_t n) { return device_vector<float>(device, MemoryClass::Workspace, sz(n)); };
+  auto i32 = [&](int64_t n) { return device_vector<int32_t>(device, MemoryClass::Workspace, sz(n)); };
+  x = f32(l.x);
+  xn = f32(l.xn);
+  y = f32(l.y);
+  tmp = f32(l.tmp);
   mix.resize(sz(l.ubatch));
-  for (auto& m : mix) m.pre.resize(sz(hc)), m.post.resize(sz(hc)), m.comb.resize(sz(hc * hc));
-  qa.resize(sz(l.qa));
-  q.resize(sz(l.q));
-  kv.resize(sz(l.kv));
-  o.resize(sz(l.o));
-  z.resize(sz(l.z));
-  kv_rows.resize(sz(l.kv_rows_bytes));
-  comp_a.resize(sz(l.comp));
-  comp_s.resize(sz(l.comp));
-  iq.resize(sz(l.iq));
-  iw.resize(sz(l.iw));
-  key_tile.resize(sz(l.key_tile));
-  sel.resize(sz(l.sel));
-  sel_count.resize(sz(l.sel_count));
-  gate.resize(sz(l.gate));
-  route_ids.resize(sz(l.route_ids));
-  route_w.resize(sz(l.route_w));
-  expert_tokens.resize(sz(l.expert_tokens));
-  xg.resize(sz(l.xg));
-  eg.resize(sz(l.eg));
-  eu.resize(sz(l.eu));
-  eo.resize(sz(l.eo));
+  for (auto& m : mix) m.pre = f32(hc), m.post = f32(hc), m.comb = f32(hc * hc);
+  qa = f32(l.qa);
+  q = f32(l.q);
+  kv = f32(l.kv);
+  o = f32(l.o);
+  z = f32(l.z);
+  kv_rows = device_vector<uint8_t>(device, MemoryClass::Workspace, sz(l.kv_rows_bytes));
+  comp_a = f32(l.comp);
+  comp_s = f32(l.comp);
+  iq = f32(l.iq);
+  iw = f32(l.iw);
+  key_tile = f32(l.key_tile);
+  sel = i32(l.sel);
+  sel_count = i32(l.sel_count);
+  gate = f32(l.gate);
+  route_ids = i32(l.route_ids);
+  route_w = f32(l.route_w);
+  expert_tokens = i32(l.expert_tokens);
+  xg = f32(l.xg);
+  eg = f32(l.eg);
+  eu = f32(l.eu);
+  eo = f32(l.eo);
+  tiles = f32(threads * scratch_per_thread);
+}
+
+TileScratch Workspace::tile_scratch() {
+  // The arena's thread slots are 0 … max_concurrency−1; a thread outside any arena yet is the master, slot 0.
+  const int slot = std::max(0, tbb::this_task_arena::current_thread_index());
+  FERRY_CHECK(slot < threads, "a tile loop ran on worker " + std::to_string(slot) + " of a session built for " +
+                                  std::to_string(threads) + " threads");
+  float* p = tiles.data() + slot * scratch_per_thread;
+  TileScratch s;
+  auto take = [&](int64_t n) {
+    std::span<float> r(p, sz(n));
+    p += n;
+    return r;
+  };
+  s.rows = take(tile_rows);
+  s.scores = take(tile_scores);
+  s.acc = take(heads * head_dim);
+  s.max = take(heads);
+  s.sum = take(heads);
+  return s;
 }
 
 int64_t Workspace::bytes() const {
@@ -59,7 +91,7 @@ int64_t Workspace::bytes() const {
               f(iq) + f(iw) + f(key_tile) + f(sel) + f(sel_count) + f(gate) + f(route_ids) + f(route_w) +
               f(expert_tokens) + f(xg) + f(eg) + f(eu) + f(eo);
   for (const auto& m : mix) b += f(m.pre) + f(m.post) + f(m.comb);
-  return b + scratch_per_thread * threads;
+  return b + f(tiles);
 }
 
 }  // namespace detail
@@ -75,20 +107,21 @@ Session::Session(const ModelWeights& model, SessionOptions options) : model_(mod
   FERRY_CHECK(options.ubatch >= 1, "--ubatch must be at least 1");
   options_.mtp = options.mtp && model.mtp() != nullptr;
   options_.ubatch = std::min(options.ubatch, options.ctx);
-  cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp);
+  cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device);
   layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, tbb::this_task_arena::max_concurrency(),
                                           options_.mtp);
-  ws_ = std::make_unique<detail::Workspace>(layout_, c.hc_mult);
-  H_.resize(sz(layout_.residual));
-  H_mtp_.resize(sz(layout_.mtp_residual));
-  mtp_pending_.resize(sz(layout_.mtp_pending));
-  logits_tmp_.resize(sz(layout_.logits_row));
+  ws_ = std::make_unique<detail::Workspace>(layout_, c, options.device);
+  auto f32 = [&](int64_t n) { return device_vector<float>(options.device, MemoryClass::Workspace, sz(n)); };
+  H_ = f32(layout_.residual);
+  H_mtp_ = f32(layout_.mtp_residual);
+  mtp_pending_ = f32(layout_.mtp_pending);
+  logits_tmp_ = f32(layout_.logits_row);
 }
 
 Session::~Session() = default;
 
 int64_t Session::workspace_bytes() const {
-  auto f = [](const std::vector<float>& v) { return static_cast<int64_t>(v.capacity() * sizeof(float)); };
+  auto f = [](const DeviceVector<float>& v) { return static_cast<int64_t>(v.capacity() * sizeof(float)); };
   return ws_->bytes() + f(H_) + f(H_mtp_) + f(mtp_pending_) + f(logits_tmp_);
 }
 
@@ -148,7 +181,7 @@ void Session::run_block(const LayerWeights& w, LayerKv& kv, float* H, const int3
   detail::Workspace& ws = *ws_;
   const detail::Chunk ch{c, options_.kv_type, cache_->main_layout(), cache_->index_layout(), p0, n, tokens};
   const cpu::Rope rope(c, w.ratio > 0);
-  auto pre = [&](const HcWeights& hw, const std::vector<float>& norm) {
+  auto pre = [&](const HcWeights& hw, const DeviceVector<float>& norm) {
     tbb::parallel_for(int64_t{0}, n, [&](int64_t t) {
       cpu::hc_pre(H + t * hc * d, hc, d, hw.fn.data(), hw.scale.data(), hw.base.data(), c.hc_sinkhorn_iters, c.hc_eps,
                   c.rms_norm_eps, ws.mix[sz(t)], &ws.x[sz(t * d)]);
@@ -162,11 +195,11 @@ void Session::run_block(const LayerWeights& w, LayerKv& kv, float* H, const int3
   detail::attention(ch, w, rope, kv, ws, ws.xn.data(), ws.y.data());
   post();
   pre(w.hc_ffn, w.ffn_norm);
-  detail::moe(ch, w, ws, ws.xn.data(), ws.y.data());
+  detail::moe(ch, w, ws, options_.experts, ws.xn.data(), ws.y.data());
   post();
 }
 
-void Session::head(const float* H, const HcWeights& hc_w, const std::vector<float>& norm, int64_t n, float* logits) {
+void Session::head(const float* H, const HcWeights& hc_w, const DeviceVector<float>& norm, int64_t n, float* logits) {
   const auto& c = model_.config();
   const int64_t hc = c.hc_mult, d = c.hidden_size;
   detail::Workspace& ws = *ws_;

@@ -11,6 +11,7 @@
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
 #include "runtime/kv_cache.h"
+#include "runtime/expert_provider.h"
 #include "runtime/model_weights.h"
 
 namespace ferry::runtime {
@@ -24,6 +25,11 @@ struct SessionOptions {
   planner::KvType kv_type = planner::KvType::FP8;
   int64_t ubatch = 512;                           // prefill chunk
   bool mtp = false;                               // also run the MTP layer and keep its logits
+  // Where the KV cache and the workspace live (accounted there as Kv, Indexer and Workspace); nullptr: the
+  // plain heap, unaccounted (a CPU-only run). Must be host-addressable: the ops run on the CPU.
+  Backend* device = nullptr;
+  // Where routed experts are computed (offload/); nullptr: every expert from the checkpoint, on the CPU.
+  ExpertProvider* experts = nullptr;
 };
 
 class Session {
@@ -57,7 +63,7 @@ class Session {
  private:
   void run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows);
   void run_block(const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens, int64_t p0, int64_t n);
-  void head(const float* H, const HcWeights& hc, const std::vector<float>& norm, int64_t n, float* logits);
+  void head(const float* H, const HcWeights& hc, const DeviceVector<float>& norm, int64_t n, float* logits);
   void run_mtp(const float* H_main, const int32_t* tokens, int64_t n);
 
   const ModelWeights& model_;
@@ -65,7 +71,7 @@ class Session {
   std::unique_ptr<KvCache> cache_;
   planner::CpuForwardWorkspace layout_;
   std::unique_ptr<detail::Workspace> ws_;
-  std::vector<float> H_, H_mtp_, mtp_pending_, logits_tmp_;
+  DeviceVector<float> H_, H_mtp_, mtp_pending_, logits_tmp_;
   bool has_mtp_pending_ = false;
   std::vector<float> mtp_logits_;
   int64_t pos_ = 0;

@@ -5,40 +5,54 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "planner/memory.h"
 #include "planner/model_config.h"
 #include "runtime/cpu/ops.h"
+#include "runtime/expert_provider.h"
 #include "runtime/kv_cache.h"
 #include "runtime/model_weights.h"
 
 namespace ferry::runtime::detail {
 
+// One worker thread's scratch of the tile loops (attention key tiles, indexer score tiles), a fixed size set
+// by the model shape alone: Workspace::tile_scratch().
+struct TileScratch {
+  std::span<float> rows, scores, acc, max, sum;
+};
+
 // Every buffer a chunk of up to `ubatch` tokens needs, allocated once from the model shape and the chunk size
 // — never from the context length: attention and the indexer walk the cache in fixed-size tiles.
 struct Workspace {
-  Workspace(const planner::CpuForwardWorkspace& layout, int64_t hc_mult);
+  // Every buffer from `device` (nullptr: the plain heap) as class Workspace.
+  Workspace(const planner::CpuForwardWorkspace& layout, const planner::ModelConfig& c, Backend* device);
   // Everything held, plus one tile scratch per thread that may run a tile loop.
   int64_t bytes() const;
 
+  // The calling worker thread's tile scratch (threads of the task arena the session was built in).
+  TileScratch tile_scratch();
+
   int64_t ubatch;
-  int64_t threads;             // worker threads that may each hold a tile scratch
-  int64_t scratch_per_thread;
-  std::vector<float> x, xn, y, tmp;                // [n, d]
+  int64_t threads;             // worker threads, each with its tile scratch
+  int64_t scratch_per_thread;  // floats
+  DeviceVector<float> tiles;   // [threads, scratch_per_thread]
+  int64_t tile_rows, tile_scores, heads, head_dim;
+  DeviceVector<float> x, xn, y, tmp;                // [n, d]
   std::vector<cpu::HcMix> mix;                     // [n]
-  std::vector<float> qa, q, kv, o, z;              // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token
-  std::vector<uint8_t> kv_rows;                    // [n, main row bytes]: the chunk's own window rows
-  std::vector<float> comp_a, comp_s;               // [n, 2·hd] compressor projections
-  std::vector<float> iq, iw;                       // indexer queries [n, ih·ihd] and head weights [n, ih]
-  std::vector<float> key_tile;                     // decoded indexer keys of one tile
-  std::vector<int32_t> sel;                        // [n, index_topk] selected compressed entries
-  std::vector<int32_t> sel_count;                  // [n]
-  std::vector<float> gate;                         // [n, E]
-  std::vector<int32_t> route_ids;                  // [n, top-k]
-  std::vector<float> route_w;                      // [n, top-k]
-  std::vector<int32_t> expert_tokens;              // [n · top-k] tokens grouped by expert
-  std::vector<float> xg, eg, eu, eo;               // gathered expert inputs [n, d], intermediates [n, inter], outputs [n, d]
+  DeviceVector<float> qa, q, kv, o, z;              // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token
+  DeviceVector<uint8_t> kv_rows;                    // [n, main row bytes]: the chunk's own window rows
+  DeviceVector<float> comp_a, comp_s;               // [n, 2·hd] compressor projections
+  DeviceVector<float> iq, iw;                       // indexer queries [n, ih·ihd] and head weights [n, ih]
+  DeviceVector<float> key_tile;                     // decoded indexer keys of one tile
+  DeviceVector<int32_t> sel;                        // [n, index_topk] selected compressed entries
+  DeviceVector<int32_t> sel_count;                  // [n]
+  DeviceVector<float> gate;                         // [n, E]
+  DeviceVector<int32_t> route_ids;                  // [n, top-k]
+  DeviceVector<float> route_w;                      // [n, top-k]
+  DeviceVector<int32_t> expert_tokens;              // [n · top-k] tokens grouped by expert
+  DeviceVector<float> xg, eg, eu, eo;               // gathered expert inputs [n, d], intermediates [n, inter], outputs [n, d]
 };
 
 // A block over tokens at positions p0 … p0+n−1 (n <= ubatch).
@@ -57,20 +71,13 @@ void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, La
                const float* xn, float* y);
 // Runs a compressor over the chunk (projections of xn, state updates, finished entries stored as rows).
 void compress(const Chunk& ch, const CompressorWeights& w, int64_t ratio, const cpu::Rope& rope, CompressorState& state,
-              bool indexer, std::vector<uint8_t>& rows, Workspace& ws, const float* xn);
+              bool indexer, DeviceVector<uint8_t>& rows, Workspace& ws, const float* xn);
 // Fills ws.sel / ws.sel_count with each token's top-k compressed entries (ratio-4 layers).
 void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, const LayerKv& kv, Workspace& ws,
                     const float* xn, const float* qr);
 // y[t] = MOE(xn[t], tokens[t]).
-void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, const float* xn, float* y);
+// `experts` (nullptr: the checkpoint's, with this workspace) says where each routed expert is computed.
+void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, const float* xn, float* y);
 
-// Thread-local scratch of the tile loops (attention key tiles, indexer score tiles): the same fixed size for
-// every thread, set by the model shape alone.
-struct TileScratch {
-  std::vector<float> rows, scores, acc, max, sum;
-  int64_t bytes() const;
-};
-int64_t tile_scratch_bytes(const planner::ModelConfig& c);
-TileScratch& tile_scratch(const planner::ModelConfig& c);
 
 }  // namespace ferry::runtime::detail

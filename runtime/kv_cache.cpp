@@ -9,21 +9,21 @@ namespace ferry::runtime {
 
 namespace {
 
-CompressorState make_state(int64_t ratio, int64_t dim) {
+size_t sz(int64_t v) { return static_cast<size_t>(v); }
+
+CompressorState make_state(int64_t ratio, int64_t dim, Backend* device, MemoryClass c) {
   const int64_t coff = ratio == 4 ? 2 : 1;
   CompressorState s;
   s.rows = coff * ratio;
   s.width = coff * dim;
-  s.kv.assign(static_cast<size_t>(s.rows * s.width), 0.0f);
-  s.score.assign(static_cast<size_t>(s.rows * s.width), -std::numeric_limits<float>::infinity());
+  s.kv = device_vector<float>(device, c, sz(s.rows * s.width), 0.0f);
+  s.score = device_vector<float>(device, c, sz(s.rows * s.width), -std::numeric_limits<float>::infinity());
   return s;
 }
 
-size_t sz(int64_t v) { return static_cast<size_t>(v); }
-
 }  // namespace
 
-KvCache::KvCache(const planner::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp)
+KvCache::KvCache(const planner::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp, Backend* device)
     : type_(type),
       ctx_(ctx),
       main_(KvRowLayout::main_row(c, type)),
@@ -36,14 +36,14 @@ KvCache::KvCache(const planner::ModelConfig& c, planner::KvType type, int64_t ct
     LayerKv& L = layers_[sz(i)];
     L.ratio = c.compress_ratio(i);
     L.window_rows = std::min(ctx, c.sliding_window);
-    L.window.resize(sz(L.window_rows * main_.bytes));
+    L.window = device_vector<uint8_t>(device, MemoryClass::Kv, sz(L.window_rows * main_.bytes));
     if (L.ratio == 0) continue;
     L.compressed_rows = ctx / L.ratio;
-    L.compressed.resize(sz(L.compressed_rows * main_.bytes));
-    L.main_state = make_state(L.ratio, c.head_dim);
+    L.compressed = device_vector<uint8_t>(device, MemoryClass::Kv, sz(L.compressed_rows * main_.bytes));
+    L.main_state = make_state(L.ratio, c.head_dim, device, MemoryClass::Kv);
     if (L.ratio == 4) {
-      L.index_keys.resize(sz(L.compressed_rows * index_.bytes));
-      L.index_state = make_state(L.ratio, c.index_head_dim);
+      L.index_keys = device_vector<uint8_t>(device, MemoryClass::Indexer, sz(L.compressed_rows * index_.bytes));
+      L.index_state = make_state(L.ratio, c.index_head_dim, device, MemoryClass::Kv);
     }
   }
 }

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "planner/kv_cache.h"
+#include "runtime/device_vector.h"
 #include "runtime/kv_rows.h"
 
 namespace ferry::runtime {
@@ -17,7 +18,7 @@ namespace ferry::runtime {
 // hold the current block.
 struct CompressorState {
   int64_t rows = 0, width = 0;
-  std::vector<float> kv, score;
+  DeviceVector<float> kv, score;
 };
 
 struct LayerKv {
@@ -25,16 +26,18 @@ struct LayerKv {
   int64_t window_rows = 0;       // min(ctx, W)
   int64_t compressed_rows = 0;   // capacity: ctx / ratio
   int64_t n_compressed = 0;      // entries stored so far (== indexer keys stored)
-  std::vector<uint8_t> window;   // row of position p at slot p % W
-  std::vector<uint8_t> compressed;
-  std::vector<uint8_t> index_keys;  // ratio 4 only
+  DeviceVector<uint8_t> window;   // row of position p at slot p % W
+  DeviceVector<uint8_t> compressed;
+  DeviceVector<uint8_t> index_keys;  // ratio 4 only
   CompressorState main_state, index_state;
 };
 
 class KvCache {
  public:
-  // Layers 0 … num_hidden_layers−1, plus the MTP layer when `with_mtp`.
-  KvCache(const planner::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp);
+  // Layers 0 … num_hidden_layers−1, plus the MTP layer when `with_mtp`. The buffers come from `device`
+  // (nullptr: the plain heap): the indexer keys as class Indexer, the rest (compressor states included, as the
+  // planner counts them) as Kv.
+  KvCache(const planner::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp, Backend* device = nullptr);
 
   planner::KvType type() const { return type_; }
   int64_t ctx() const { return ctx_; }

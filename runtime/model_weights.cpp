@@ -61,7 +61,7 @@ class WeightBinder {
   }
 
   // A small tensor decoded to float: BF16 (norm weights) or F32.
-  std::vector<float> floats(const std::string& name, std::vector<int64_t> shape) {
+  DeviceVector<float> floats(const std::string& name, std::vector<int64_t> shape) {
     FERRY_CHECK(m_.ckpt_->has(name), "checkpoint is missing tensor " + name);
     const DType dt = m_.ckpt_->info(name).dtype;
     FERRY_CHECK(dt == DType::BF16 || dt == DType::F32,
@@ -70,7 +70,7 @@ class WeightBinder {
     const auto raw = m_.ckpt_->bytes(name);
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
-    std::vector<float> out(static_cast<size_t>(n));
+    DeviceVector<float> out(static_cast<size_t>(n));
     for (int64_t i = 0; i < n; ++i) {
       if (dt == DType::BF16) {
         uint16_t b;
@@ -83,11 +83,11 @@ class WeightBinder {
     return out;
   }
 
-  std::vector<int32_t> hash_table(const std::string& name) {
+  DeviceVector<int32_t> hash_table(const std::string& name) {
     const int64_t vocab = c_.vocab_size, k = c_.num_experts_per_tok;
     info(name, DType::I64, {vocab, k});
     const auto raw = m_.ckpt_->bytes(name);
-    std::vector<int32_t> out(static_cast<size_t>(vocab * k));
+    DeviceVector<int32_t> out(static_cast<size_t>(vocab * k));
     for (int64_t i = 0; i < vocab * k; ++i) {
       int64_t e;
       std::memcpy(&e, raw.data() + 8 * i, 8);

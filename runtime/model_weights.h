@@ -13,17 +13,18 @@
 #include "planner/model_config.h"
 #include "runtime/checkpoint.h"
 #include "runtime/cpu/linear.h"
+#include "runtime/device_vector.h"
 
 namespace ferry::runtime {
 
 struct HcWeights {  // one mHC mixing site: fn [(2+hc)·hc, hc·d] (head: [hc, hc·d]), base, scale
-  std::vector<float> fn, base, scale;
+  DeviceVector<float> fn, base, scale;
 };
 
 struct CompressorWeights {
   cpu::WeightView wkv, wgate;  // [coff·D, d]
-  std::vector<float> ape;      // [r, coff·D]
-  std::vector<float> norm;     // [D]
+  DeviceVector<float> ape;      // [r, coff·D]
+  DeviceVector<float> norm;     // [D]
 };
 
 struct ExpertWeights {
@@ -37,22 +38,22 @@ struct LayerWeights {
   std::string prefix;  // "layers.3." or "mtp.0."
 
   HcWeights hc_attn, hc_ffn;
-  std::vector<float> attn_norm, ffn_norm;
+  DeviceVector<float> attn_norm, ffn_norm;
   // attention
   cpu::WeightView wq_a, wq_b, wkv, wo_a, wo_b;
-  std::vector<float> q_norm, kv_norm, attn_sink;
+  DeviceVector<float> q_norm, kv_norm, attn_sink;
   std::optional<CompressorWeights> compressor;          // ratio > 0
   std::optional<CompressorWeights> indexer_compressor;  // ratio 4
   cpu::WeightView indexer_wq_b, indexer_weights_proj;   // ratio 4
   // MoE
   cpu::WeightView gate;               // [E, d]
-  std::vector<float> gate_bias;       // score routing
-  std::vector<int32_t> tid2eid;       // hash routing: [vocab, top-k]
+  DeviceVector<float> gate_bias;       // score routing
+  DeviceVector<int32_t> tid2eid;       // hash routing: [vocab, top-k]
   std::vector<ExpertWeights> experts;
   ExpertWeights shared;
   // MTP only
   cpu::WeightView e_proj, h_proj;
-  std::vector<float> enorm, hnorm, mtp_norm;
+  DeviceVector<float> enorm, hnorm, mtp_norm;
   HcWeights hc_head;
 };
 
@@ -67,12 +68,19 @@ class ModelWeights {
   const LayerWeights* mtp() const { return mtp_ ? &*mtp_ : nullptr; }
   const cpu::WeightView& embed() const { return embed_; }  // BF16 [vocab, d]
   const cpu::WeightView& head() const { return head_; }    // BF16 [vocab, d]
-  const std::vector<float>& norm() const { return norm_; }
+  const DeviceVector<float>& norm() const { return norm_; }
   const HcWeights& hc_head() const { return hc_head_; }
   // Bytes of the checkpoint tensors this model reads (for the memory report).
   int64_t weight_bytes() const { return weight_bytes_; }
   // Decoded copy of one embedding row.
   void embed_row(int64_t token, float* out) const;
+
+  // For binding a Plan (runtime/weight_placement.h): a copy of the weights re-points these at device copies.
+  LayerWeights& layer_to_place(int64_t i) { return layers_[static_cast<size_t>(i)]; }
+  LayerWeights* mtp_to_place() { return mtp_ ? &*mtp_ : nullptr; }
+  cpu::WeightView& head_to_place() { return head_; }
+  DeviceVector<float>& norm_to_place() { return norm_; }
+  HcWeights& hc_head_to_place() { return hc_head_; }
 
  private:
   planner::ModelConfig config_;
@@ -80,7 +88,7 @@ class ModelWeights {
   std::vector<LayerWeights> layers_;
   std::optional<LayerWeights> mtp_;
   cpu::WeightView embed_, head_;
-  std::vector<float> norm_;
+  DeviceVector<float> norm_;
   HcWeights hc_head_;
   int64_t weight_bytes_ = 0;
   // Copies of BF16/F32 tensors the checkpoint stores at an address unsuitable for direct use (misaligned).

@@ -90,7 +90,9 @@ void SimBackend::stream_loop() {
     const double modeled = spec_.link_bytes_per_s > 0 ? static_cast<double>(c.bytes) / spec_.link_bytes_per_s : 0.0;
     // The link is busy for the modeled time even when memcpy was faster: later copies queue behind it.
     std::this_thread::sleep_until(start + std::chrono::duration<double>(modeled));
+    const double busy = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     lock.lock();
+    stats_.busy_seconds += busy;
     landed_ = c.sequence;
     ++stats_.copies;
     stats_.bytes += c.bytes;

@@ -30,6 +30,7 @@ struct LinkStats {
   int64_t copies = 0;
   int64_t bytes = 0;
   double modeled_seconds = 0;  // sum over copies of bytes / bandwidth (0 without a bandwidth)
+  double busy_seconds = 0;     // wall time the stream spent copying: the modeled time, or memcpy's if longer
 };
 
 class SimBackend final : public Backend {

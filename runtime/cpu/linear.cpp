@@ -68,15 +68,27 @@ WeightView WeightView::slice_rows(int64_t begin, int64_t count) const {
   return v;
 }
 
-int64_t weight_view_bytes(const WeightView& w) {
+int64_t weight_view_code_bytes(const WeightView& w) {
   switch (w.format) {
     case WeightFormat::F32: return w.rows * w.cols * 4;
     case WeightFormat::BF16: return w.rows * w.cols * 2;
-    case WeightFormat::FP8: return w.rows * w.cols + ((w.rows + 127) / 128) * ((w.cols + 127) / 128);
-    case WeightFormat::MXFP4: return w.rows * w.cols / 2 + w.rows * w.cols / kFp4Block;
+    case WeightFormat::FP8: return w.rows * w.cols;
+    case WeightFormat::MXFP4: return w.rows * w.cols / 2;
   }
   return 0;
 }
+
+int64_t weight_view_scale_bytes(const WeightView& w) {
+  switch (w.format) {
+    case WeightFormat::F32:
+    case WeightFormat::BF16: return 0;
+    case WeightFormat::FP8: return ((w.rows + 127) / 128) * ((w.cols + 127) / 128);
+    case WeightFormat::MXFP4: return w.rows * w.cols / kFp4Block;
+  }
+  return 0;
+}
+
+int64_t weight_view_bytes(const WeightView& w) { return weight_view_code_bytes(w) + weight_view_scale_bytes(w); }
 
 std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64_t x_stride, int64_t cols) {
   std::vector<Mxfp4Activation> acts(static_cast<size_t>(n));

@@ -42,7 +42,9 @@ void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, fl
 // The MXFP4 rounding of n tokens of `cols` values each, one Mxfp4Activation per token.
 std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64_t x_stride, int64_t cols);
 
-// Bytes the view's weights occupy (codes and scales), for bandwidth reports.
+// Bytes the view's weights occupy (codes and scales), for bandwidth reports and copies to a device.
 int64_t weight_view_bytes(const WeightView& w);
+int64_t weight_view_code_bytes(const WeightView& w);
+int64_t weight_view_scale_bytes(const WeightView& w);  // 0 for BF16 and F32
 
 }  // namespace ferry::runtime::cpu

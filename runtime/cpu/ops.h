@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "planner/model_config.h"
+#include "runtime/device_vector.h"
 
 namespace ferry::runtime::cpu {
 
@@ -33,7 +34,7 @@ void hadamard(float* v, int64_t n);
 
 // mHC: the pre-mix of the hc streams into one input, and the post-mix back into the streams.
 struct HcMix {
-  std::vector<float> pre, post, comb;  // [hc], [hc], [hc·hc] (comb[i·hc + j] = C[i][j])
+  DeviceVector<float> pre, post, comb;  // [hc], [hc], [hc·hc] (comb[i·hc + j] = C[i][j])
 };
 // x = sum_s pre[s]·H[s]; fills mix. H: [hc, d].
 void hc_pre(const float* H, int64_t hc, int64_t d, const float* fn, const float* scale, const float* base,

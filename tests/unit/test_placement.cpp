@@ -61,7 +61,7 @@ TEST(Placement, FlashOn3090At1MFitsWithKvOnGpuAndExpertsInRam) {
   // Every weight exactly once: non-routed on the GPU, embedding + routed experts in RAM (MTP not loaded).
   const int64_t on_gpu = sum_prefix(p, "weights.", DeviceKind::Gpu);
   const int64_t on_host = sum_prefix(p, "weights.", DeviceKind::Host);
-  EXPECT_EQ(on_gpu + on_host, s.total_bytes - s.mtp_bytes());
+  EXPECT_EQ(on_gpu + on_host, s.held_bytes_total() - s.mtp_bytes());
   EXPECT_EQ(on_host, s.global[size_t(WeightClass::Embedding)] + 43 * 256 * s.expert_bytes());
   // The leftover VRAM became an expert cache, within capacity.
   const auto& gpu = p.devices[0];
@@ -148,7 +148,8 @@ TEST(Placement, WorkspaceDependsOnUbatchNotContext) {
   const Plan a = make_plan(s, workstation(), at_ctx(1024));
   const Plan b = make_plan(s, workstation(), at_ctx(65536));
   EXPECT_EQ(a.devices[0].bytes_of("workspace"), b.devices[0].bytes_of("workspace"));
-  EXPECT_EQ(a.devices[0].bytes_of("workspace"), compute_workspace_bytes(s.config, 512, false));
+  EXPECT_EQ(a.devices[0].bytes_of("workspace"),
+            cpu_forward_workspace(s.config, a.kv_type, 512, workstation().host.cores, false).bytes());
   PlanOptions big = at_ctx(1024);
   big.ubatch = 2048;
   const Plan c = make_plan(s, workstation(), big);
@@ -229,7 +230,7 @@ TEST(Placement, CpuOnlyPutsEverythingInRam) {
   const Plan p = make_plan(s, hw, at_ctx(32768));
   ASSERT_TRUE(p.fits);
   ASSERT_EQ(p.devices.size(), 2u);
-  EXPECT_EQ(sum_prefix(p, "weights.", DeviceKind::Host), s.total_bytes - s.mtp_bytes());
+  EXPECT_EQ(sum_prefix(p, "weights.", DeviceKind::Host), s.held_bytes_total() - s.mtp_bytes());
   // Experts split evenly across the two NUMA nodes.
   EXPECT_EQ(p.devices[0].bytes_of("weights.routed_experts"), p.devices[1].bytes_of("weights.routed_experts"));
 }

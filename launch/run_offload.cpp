@@ -1,0 +1,120 @@
+#include "launch/run_offload.h"
+
+#include "offload/device_plan.h"
+
+#include <algorithm>
+#include <cstdio>
+
+#include "planner/error.h"
+#include "planner/model_spec.h"
+#include "planner/units.h"
+#include "runtime/hardware_probe.h"
+
+namespace ferry::launch {
+
+namespace {
+
+std::string line(const char* fmt, auto... args) {
+  char buf[256];
+  std::snprintf(buf, sizeof buf, fmt, args...);
+  return buf;
+}
+
+std::string bytes(int64_t b) { return planner::format_bytes(b); }
+
+}  // namespace
+
+void OffloadFlags::add_to(CLI::App& app) {
+  app.add_option("--gpu", gpu,
+                 "Run as planned for a GPU: sim:SIZE[@BW], a simulated device of SIZE (e.g. sim:24GiB) with an "
+                 "optional host link (sim:24GiB@25GB/s) whose memory is host RAM, for placement, the expert cache "
+                 "and streaming without a GPU (CUDA kernels are not built yet)");
+  app.add_option("--expert-cache-slots", cache_slots,
+                 "GPU expert-cache slots per MoE layer (default: the planner gives the cache what VRAM is left; 0 "
+                 "= no cache)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20));
+  app.add_option("--cache-policy", policy, "GPU expert-cache eviction: lru (default) or lfu")
+      ->check(CLI::IsMember({"lru", "lfu"}));
+  app.add_option("--stream-min-tokens", stream_min_tokens,
+                 "Copy a routed expert to the GPU for a chunk once this many of its tokens use it (prefill "
+                 "streaming); 0 = never; default: from the CPU and link bandwidths")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+  app.add_flag("--verbose", verbose, "Print the memory report at load too");
+}
+
+OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so)
+    : flags_(flags) {
+  FERRY_CHECK(flags.gpu.starts_with("sim:"),
+              "--gpu '" + flags.gpu + "': ferry run computes with the CPU's kernels for now; give a simulated "
+              "device, e.g. --gpu sim:24GiB or sim:24GiB@25GB/s (`ferry plan --gpu` takes real GPUs)");
+  const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags.gpu);
+  const planner::ModelSpec model = planner::load_model_spec(model_dir);
+  std::vector<std::string> notes;
+  const planner::HostSpec host = runtime::probe_host(notes);
+  offload::DeviceRequest device;
+  device.name = "--gpu " + flags.gpu;
+  device.capacity = spec.capacity;
+  device.link_bytes_per_s = spec.link_bytes_per_s;
+  device.cache_slots = flags.cache_slots;
+  plan_ = offload::plan_for_device(model, host, device, so);
+
+  dispatch_.policy = flags.policy == "lfu" ? offload::CachePolicy::Lfu : offload::CachePolicy::Lru;
+  // The CPU expert kernels reach ~60% of the host's RAM bandwidth (`ferry bench kernels`).
+  const double cpu_bw = 0.6 * host.memory_bandwidth;
+  dispatch_.stream_min_tokens = flags.stream_min_tokens >= 0 ? flags.stream_min_tokens
+                                                             : offload::stream_min_tokens_for(cpu_bw, spec.link_bytes_per_s);
+  gpu_ = std::make_unique<runtime::SimBackend>(spec);
+}
+
+OffloadRun::~OffloadRun() = default;
+
+void OffloadRun::bind(const runtime::ModelWeights& checkpoint) {
+  bound_ = std::make_unique<offload::BoundPlan>(plan_, checkpoint, *gpu_, host_, dispatch_);
+}
+
+std::string OffloadRun::memory_report() const {
+  std::string out = line("%-28s %12s %12s %8s\n", "memory by device and class", "planned", "high-water", "of plan");
+  for (const runtime::Backend* b : {static_cast<const runtime::Backend*>(gpu_.get()), static_cast<const runtime::Backend*>(&host_)}) {
+    const auto& L = b->ledger();
+    int64_t planned = 0;
+    for (int i = 0; i < runtime::kMemoryClasses; ++i) planned += L.usage(static_cast<runtime::MemoryClass>(i)).planned;
+    const int64_t high = L.total_high_water();
+    out += line("  %-26s %12s %12s %7.1f%%\n", b->name().c_str(), bytes(planned).c_str(), bytes(high).c_str(),
+                planned ? 100.0 * high / planned : 0.0);
+    for (int i = 0; i < runtime::kMemoryClasses; ++i) {
+      const auto c = static_cast<runtime::MemoryClass>(i);
+      const auto u = L.usage(c);
+      if (u.planned == 0 && u.high_water == 0) continue;
+      out += line("    %-24s %12s %12s %7.1f%%\n", std::string(runtime::memory_class_name(c)).c_str(),
+                  bytes(u.planned).c_str(), bytes(u.high_water).c_str(), u.planned ? 100.0 * u.high_water / u.planned : 0.0);
+    }
+  }
+  return out;
+}
+
+std::string OffloadRun::expert_report() const {
+  const offload::DispatchStats t = bound_->dispatch().total();
+  const offload::ExpertCache& cache = bound_->dispatch().cache();
+  int64_t hits = 0, lookups = 0, evictions = 0;
+  for (int l = 0; l < cache.layers(); ++l) {
+    const auto s = cache.stats(l);
+    hits += s.hits;
+    lookups += s.hits + s.misses;
+    evictions += s.evictions;
+  }
+  const runtime::LinkStats link = gpu_->link_stats();
+  std::string out = line("experts: %lld uses, %.1f%% on the GPU (resident %lld, cache hits %lld, streamed %lld), CPU %lld\n",
+                         (long long)t.uses(), 100 * t.gpu_share(), (long long)t.resident, (long long)t.cache_hits,
+                         (long long)t.streamed, (long long)t.cpu);
+  out += line("expert cache: %s, hit rate %.1f%% (%lld of %lld lookups), %lld evictions; stream from %lld tokens per expert\n",
+              flags_.policy.c_str(), lookups ? 100.0 * hits / lookups : 0.0, (long long)hits, (long long)lookups,
+              (long long)evictions, (long long)bound_->dispatch().stream_min_tokens());
+  const double hidden = link.busy_seconds > 0 ? std::clamp(1 - t.copy_wait_seconds / link.busy_seconds, 0.0, 1.0) : 1.0;
+  out += line("copies: %lld experts (%s), copy stream busy %.4f s (link model %.4f s), compute waited %.4f s: %.0f%% "
+              "hidden behind compute\n",
+              (long long)t.copies, bytes(t.copy_bytes).c_str(), link.busy_seconds, link.modeled_seconds,
+              t.copy_wait_seconds, 100 * hidden);
+  return out;
+}
+
+}  // namespace ferry::launch

@@ -1,0 +1,60 @@
+// `ferry run --gpu sim:SIZE[@BW]`: the run planned for a simulated GPU of that capacity and host link, the
+// Plan bound to memory (offload/), and the reports at the end: memory per device by class, planned next to
+// the measured high-water mark, and where the routed experts were computed.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "offload/plan_binding.h"
+#include "planner/plan.h"
+#include "runtime/cpu/cpu_backend.h"
+#include "runtime/forward.h"
+#include "runtime/sim_backend.h"
+
+namespace ferry::launch {
+
+struct OffloadFlags {
+  std::string gpu;                  // "sim:24GiB" or "sim:24GiB@25GB/s"; empty: CPU only
+  int64_t cache_slots = -1;         // GPU expert-cache slots per layer; -1: the planner fills the leftover room
+  std::string policy = "lru";
+  int64_t stream_min_tokens = -1;   // -1: from the cost model (offload::stream_min_tokens_for)
+  bool verbose = false;
+
+  void add_to(CLI::App& app);
+  bool enabled() const { return !gpu.empty(); }
+};
+
+class OffloadRun {
+ public:
+  // Plans for the simulated device from the checkpoint's headers alone: throws ferry::Error with the planner's
+  // shortfall line when it does not fit, before any weight is read.
+  OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& session);
+  ~OffloadRun();
+
+  // Places the weights as planned and readies the expert policy.
+  void bind(const runtime::ModelWeights& checkpoint);
+  const runtime::ModelWeights& weights() const { return bound_->weights(); }
+  runtime::SessionOptions session_options(runtime::SessionOptions base) { return bound_->session_options(base); }
+  const planner::Plan& plan() const { return plan_; }
+  const offload::BoundPlan& bound() const { return *bound_; }
+  const runtime::SimBackend& gpu() const { return *gpu_; }
+  const runtime::cpu::CpuBackend& host() const { return host_; }
+
+  // One table: per device and class, planned bytes, the high-water mark and its share of the plan.
+  std::string memory_report() const;
+  // Where the routed experts ran, the cache's hit rate and the share of copy time hidden behind compute.
+  std::string expert_report() const;
+
+ private:
+  OffloadFlags flags_;
+  planner::Plan plan_;
+  std::unique_ptr<runtime::SimBackend> gpu_;
+  runtime::cpu::CpuBackend host_;
+  std::unique_ptr<offload::BoundPlan> bound_;
+  offload::DispatchOptions dispatch_;
+};
+
+}  // namespace ferry::launch

@@ -1,0 +1,27 @@
+// The Plan of a run on one GPU-like device next to host RAM (`ferry run --gpu sim:SIZE[@BW]`), made from the
+// checkpoint's headers alone, so that a device too small fails before any weight is read.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "planner/model_spec.h"
+#include "planner/plan.h"
+#include "runtime/forward.h"
+
+namespace ferry::offload {
+
+struct DeviceRequest {
+  std::string name;                 // shown in the plan and in errors, e.g. "sim:24.00 GiB@25.0GB/s"
+  int64_t capacity = 0;
+  double link_bytes_per_s = 0;      // the host link; 0: PCIe gen4's practical rate for the cost model
+  int64_t cache_slots = -1;         // GPU expert-cache slots per MoE layer; -1: what room is left
+};
+
+// Plans `session`'s context, KV type, chunk and MTP choice for the device and `host`, the forward pass's
+// workspace sized for this process's worker threads. Throws ferry::Error with the planner's shortfall lines
+// when it does not fit.
+planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::HostSpec& host,
+                              const DeviceRequest& device, const runtime::SessionOptions& session);
+
+}  // namespace ferry::offload

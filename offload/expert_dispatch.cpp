@@ -1,0 +1,238 @@
+#include "offload/expert_dispatch.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+
+#include "planner/error.h"
+#include "planner/memory.h"
+#include "runtime/weight_placement.h"
+
+namespace ferry::offload {
+
+using runtime::CopyEvent;
+using runtime::DeviceBuffer;
+using runtime::ExpertUse;
+using runtime::ExpertWeights;
+using runtime::MemoryClass;
+
+namespace {
+size_t sz(int64_t v) { return static_cast<size_t>(v); }
+}  // namespace
+
+int64_t stream_min_tokens_for(double cpu_expert_bytes_per_s, double link_bytes_per_s) {
+  if (link_bytes_per_s <= 0) return 2;
+  return std::max<int64_t>(2, static_cast<int64_t>(std::ceil(cpu_expert_bytes_per_s / link_bytes_per_s)));
+}
+
+struct ExpertDispatch::Layer {
+  bool moe = false;
+  bool resident = false;
+  std::vector<ExpertWeights> on_gpu;     // resident: every expert's device copy
+  std::vector<DeviceBuffer> resident_buffers;
+  std::vector<DeviceBuffer> slots;       // cache slots, one expert each
+};
+
+ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWeights& host_experts,
+                               runtime::Backend& gpu, runtime::Backend& host, const DispatchOptions& options)
+    : host_(host_experts),
+      gpu_(gpu),
+      options_(options),
+      cache_([&] {
+        std::vector<int64_t> slots(sz(host_experts.config().n_layers_total()), 0);
+        for (const auto& lp : plan.layers) slots[sz(lp.layer)] = lp.cache_slots;
+        return slots;
+      }(), host_experts.config().n_routed_experts, options.policy) {
+  const auto& c = host_.config();
+  FERRY_CHECK(options_.stream_min_tokens >= 0, "stream_min_tokens must be >= 0");
+  const int64_t n_layers = c.n_layers_total();
+  per_layer_.resize(sz(n_layers));
+  layers_.resize(sz(n_layers));
+  for (auto& l : layers_) l = std::make_unique<Layer>();
+  bool any_in_ram = false;
+  for (const auto& lp : plan.layers) {
+    if (lp.experts_per_node == 0) continue;
+    const runtime::LayerWeights& L = lp.mtp ? *host_.mtp() : host_.layer(lp.layer);
+    FERRY_CHECK(lp.experts_per_node == static_cast<int64_t>(L.experts.size()),
+                "plan: layer " + std::to_string(lp.layer) + " places " + std::to_string(lp.experts_per_node) +
+                    " experts, the checkpoint has " + std::to_string(L.experts.size()));
+    FERRY_CHECK(lp.experts_on_gpu == 0 || lp.experts_on_gpu == lp.experts_per_node,
+                "plan: layer " + std::to_string(lp.layer) + " keeps part of its experts on the GPU");
+    Layer& dst = *layers_[sz(lp.layer)];
+    dst.moe = true;
+    expert_bytes_ = runtime::expert_bytes(L.experts.front());
+    if (lp.experts_on_gpu > 0) {
+      dst.resident = true;
+      runtime::WeightCopier copier(gpu_);
+      dst.on_gpu = L.experts;
+      for (auto& e : dst.on_gpu) copier.move(e);
+      dst.resident_buffers = copier.finish();
+      continue;
+    }
+    any_in_ram = true;
+    for (int64_t s = 0; s < lp.cache_slots; ++s) dst.slots.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
+  }
+  if (!any_in_ram) return;
+  // Stream slots and staging as planner/memory.h sizes them: two groups of top-k experts.
+  const int64_t ring = 2 * c.num_experts_per_tok;
+  for (int64_t i = 0; i < ring; ++i) {
+    stream_slots_.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
+    staging_.push_back(host.allocate(MemoryClass::Staging, expert_bytes_));
+  }
+  stream_events_.resize(sz(ring));
+  staging_events_.resize(sz(ring));
+  const int64_t ub = plan.options.ubatch, d = c.hidden_size, inter = c.moe_intermediate_size;
+  cpu_x_ = runtime::device_vector<float>(&host, MemoryClass::Workspace, sz(ub * d));
+  cpu_gate_ = runtime::device_vector<float>(&host, MemoryClass::Workspace, sz(ub * inter));
+  cpu_up_ = runtime::device_vector<float>(&host, MemoryClass::Workspace, sz(ub * inter));
+  cpu_out_ = runtime::device_vector<float>(&host, MemoryClass::Workspace, sz(ub * d));
+  cpu_scratch_ = {cpu_x_.data(), cpu_gate_.data(), cpu_up_.data(), cpu_out_.data()};
+}
+
+ExpertDispatch::~ExpertDispatch() {
+  // The copies still in flight target slots about to be freed: let them land first (freeing waits too, but a
+  // staging buffer must not be freed under a copy reading it).
+  for (const CopyEvent& e : staging_events_) gpu_.wait(e);
+}
+
+CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& dst) {
+  const size_t s = next_staging_;
+  next_staging_ = (next_staging_ + 1) % staging_.size();
+  gpu_.wait(staging_events_[s]);  // the staging slot's last copy has been read
+  auto* p = static_cast<uint8_t*>(staging_[s].data());
+  int64_t offset = 0;
+  for (const runtime::ByteRange& r : runtime::expert_regions(host)) {
+    if (r.bytes) std::memcpy(p + offset, r.data, sz(r.bytes));
+    offset += r.bytes;
+  }
+  staging_events_[s] = gpu_.copy_to_device(dst, 0, p, offset);
+  return staging_events_[s];
+}
+
+void ExpertDispatch::wait_copy(CopyEvent e, DispatchStats& s) {
+  if (gpu_.completed(e)) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  gpu_.wait(e);
+  s.copy_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+void ExpertDispatch::reap() {
+  auto landed = [&](const InFlight& f) {
+    if (!gpu_.completed(f.event)) return false;
+    cache_.loaded(f.layer, f.slot);
+    return true;
+  };
+  in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(), landed), in_flight_.end());
+}
+
+void ExpertDispatch::settle(int layer, int slot, DispatchStats& s) {
+  for (auto it = in_flight_.begin(); it != in_flight_.end(); ++it) {
+    if (it->layer != layer || it->slot != slot) continue;
+    wait_copy(it->event, s);
+    cache_.loaded(layer, slot);
+    in_flight_.erase(it);
+    return;
+  }
+  FERRY_THROW("expert cache: layer " + std::to_string(layer) + " slot " + std::to_string(slot) +
+              " is Loading with no copy in flight");
+}
+
+void ExpertDispatch::routed(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) {
+  const int l = static_cast<int>(layer.index);
+  Layer& L = *layers_.at(sz(l));
+  if (!L.moe || L.resident || L.slots.empty()) return;
+  reap();
+  std::vector<int> chosen;
+  for (size_t e = 0; e < tokens_per_expert.size(); ++e)
+    if (tokens_per_expert[e] > 0 && !cache_.contains(l, static_cast<int>(e))) chosen.push_back(static_cast<int>(e));
+  DispatchStats& s = per_layer_[sz(l)];
+  for (const Fill& f : cache_.prefetch(l, chosen)) {
+    in_flight_.push_back({l, f.slot, copy_expert(layer.experts[sz(f.expert)], L.slots[sz(f.slot)])});
+    ++s.copies;
+    s.copy_bytes += expert_bytes_;
+  }
+}
+
+ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t expert, int64_t tokens) {
+  const int l = static_cast<int>(layer.index), e = static_cast<int>(expert);
+  Layer& L = *layers_.at(sz(l));
+  FERRY_CHECK(L.moe, "expert dispatch: layer " + std::to_string(l) + " has no routed experts in the plan");
+  DispatchStats& s = per_layer_[sz(l)];
+  acquired_slot_ = -1;
+  if (L.resident) {
+    ++s.resident;
+    return {&L.on_gpu[sz(e)], nullptr};
+  }
+  const ExpertWeights& host = layer.experts[sz(e)];
+  const bool many = options_.stream_min_tokens > 0 && tokens >= options_.stream_min_tokens;
+  if (!L.slots.empty()) {
+    const Lookup lk = cache_.lookup(l, e);
+    if (lk.kind == LookupKind::Hit) {
+      if (!lk.ready) {
+        reap();
+        if (cache_.slot_info(l, lk.slot).state != SlotState::Ready) {
+          if (!many) {
+            // Its prefetch is still landing: the CPU computes this use rather than wait; the next use hits.
+            cache_.release(l, lk.slot);
+            ++s.cpu;
+            return {&host, &cpu_scratch_};
+          }
+          settle(l, lk.slot, s);
+        }
+      }
+      ++s.cache_hits;
+      acquired_slot_ = lk.slot;
+      acquired_view_ = runtime::expert_in_slot(host, static_cast<const uint8_t*>(L.slots[sz(lk.slot)].data()));
+      return {&acquired_view_, nullptr};
+    }
+    if (lk.kind == LookupKind::Miss) {
+      in_flight_.push_back({l, lk.slot, copy_expert(host, L.slots[sz(lk.slot)])});
+      ++s.copies;
+      s.copy_bytes += expert_bytes_;
+      if (many) {
+        settle(l, lk.slot, s);
+        ++s.streamed;
+        acquired_slot_ = lk.slot;
+        acquired_view_ = runtime::expert_in_slot(host, static_cast<const uint8_t*>(L.slots[sz(lk.slot)].data()));
+        return {&acquired_view_, nullptr};
+      }
+      // Few tokens: the CPU computes it now; the slot fills in the background for the next use.
+      cache_.release(l, lk.slot);
+    }
+  }
+  if (many) {
+    const size_t k = next_stream_;
+    next_stream_ = (next_stream_ + 1) % stream_slots_.size();
+    stream_events_[k] = copy_expert(host, stream_slots_[k]);
+    ++s.copies;
+    s.copy_bytes += expert_bytes_;
+    wait_copy(stream_events_[k], s);
+    ++s.streamed;
+    acquired_view_ = runtime::expert_in_slot(host, static_cast<const uint8_t*>(stream_slots_[k].data()));
+    return {&acquired_view_, nullptr};
+  }
+  ++s.cpu;
+  return {&host, &cpu_scratch_};
+}
+
+void ExpertDispatch::release(const runtime::LayerWeights& layer, int64_t) {
+  if (acquired_slot_ >= 0) cache_.release(static_cast<int>(layer.index), acquired_slot_);
+  acquired_slot_ = -1;
+}
+
+DispatchStats ExpertDispatch::total() const {
+  DispatchStats t;
+  for (const DispatchStats& s : per_layer_) {
+    t.resident += s.resident;
+    t.cache_hits += s.cache_hits;
+    t.cpu += s.cpu;
+    t.streamed += s.streamed;
+    t.copies += s.copies;
+    t.copy_bytes += s.copy_bytes;
+    t.copy_wait_seconds += s.copy_wait_seconds;
+  }
+  return t;
+}
+
+}  // namespace ferry::offload

@@ -1,0 +1,110 @@
+// The per-layer expert policy (issue 5, item 4) and the machinery it drives: for each routed expert a chunk
+// uses, compute it
+//   - on the GPU when the Plan made its layer's experts resident there, or when the GPU expert cache holds it;
+//   - on the CPU, from the host copy and with the host's own buffers, when it lives in host RAM and the chunk
+//     has fewer than `stream_min_tokens` tokens for it (decode) — a miss still starts filling a cache slot on
+//     the copy stream, so that the next use hits;
+//   - on the GPU after copying it there (a cache slot, or a stream slot when every slot is busy) when at least
+//     `stream_min_tokens` tokens use it (prefill), where one copy serves many tokens.
+// Prefetch: as soon as a layer's router has chosen (ExpertProvider::routed), the chosen experts that the
+// cache lacks get slots and their copies start, so copies overlap the shared expert and the experts before.
+// Copies go through pinned staging slots on the host; a staging, cache or stream slot is reused only once the
+// copy that used it has landed and no kernel reads it (ExpertCache's pins and Loading state).
+//
+// Every path runs the same CPU kernels on the same bytes in the same order as a CPU-only run (the simulated
+// device is host memory), so the logits are bitwise those of a CPU-only run.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "offload/expert_cache.h"
+#include "planner/plan.h"
+#include "runtime/backend.h"
+#include "runtime/device_vector.h"
+#include "runtime/expert_provider.h"
+#include "runtime/model_weights.h"
+
+namespace ferry::offload {
+
+struct DispatchOptions {
+  CachePolicy policy = CachePolicy::Lru;
+  // Tokens of a chunk that make copying an expert to the GPU pay (prefill streaming); 0 = never copy for
+  // tokens (only cache fills). planner-side default: stream_min_tokens_for().
+  int64_t stream_min_tokens = 0;
+};
+
+// Where expert uses went, per layer and in all.
+struct DispatchStats {
+  int64_t resident = 0;      // computed on the GPU from experts the Plan made resident
+  int64_t cache_hits = 0;    // computed on the GPU from a cache slot that already held the expert
+  int64_t cpu = 0;           // computed on the CPU from host RAM
+  int64_t streamed = 0;      // copied for this use (cache miss or stream slot), then computed on the GPU
+  int64_t copies = 0;        // expert copies to the GPU (fills, prefetches, streams)
+  int64_t copy_bytes = 0;
+  double copy_wait_seconds = 0;  // time the compute side waited for copies to land
+  int64_t uses() const { return resident + cache_hits + cpu + streamed; }
+  // Share of expert uses served on the GPU.
+  double gpu_share() const { return uses() ? double(resident + cache_hits + streamed) / uses() : 0; }
+};
+
+// The policy's threshold from the cost model: an expert computed by the CPU costs tokens x bytes / (CPU expert
+// bandwidth) — the matrix-vector kernels read the weights once per token — while a copy costs bytes / link
+// bandwidth once; streaming pays from ceil(cpu / link) tokens, and never below 2, so that decode (one token
+// per expert) stays on the CPU or the cache.
+int64_t stream_min_tokens_for(double cpu_expert_bytes_per_s, double link_bytes_per_s);
+
+class ExpertDispatch final : public runtime::ExpertProvider {
+ public:
+  // `weights` are the bound model's (non-routed tensors already placed); `host_experts` the checkpoint's.
+  // Allocates the cache slots, stream slots (device, class ExpertCache), staging (host, Staging) and the
+  // CPU path's buffers (host, Workspace) as the Plan sizes them, and moves resident layers' experts to `gpu`.
+  ExpertDispatch(const planner::Plan& plan, const runtime::ModelWeights& host_experts, runtime::Backend& gpu,
+                 runtime::Backend& host, const DispatchOptions& options);
+  ~ExpertDispatch() override;
+
+  void routed(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) override;
+  runtime::ExpertUse acquire(const runtime::LayerWeights& layer, int64_t expert, int64_t tokens) override;
+  void release(const runtime::LayerWeights& layer, int64_t expert) override;
+
+  const DispatchStats& stats(int64_t layer) const { return per_layer_.at(static_cast<size_t>(layer)); }
+  DispatchStats total() const;
+  const ExpertCache& cache() const { return cache_; }
+  int64_t stream_min_tokens() const { return options_.stream_min_tokens; }
+
+ private:
+  struct Layer;
+  struct InFlight {
+    int layer, slot;
+    runtime::CopyEvent event;
+  };
+  runtime::CopyEvent copy_expert(const runtime::ExpertWeights& host, runtime::DeviceBuffer& dst);
+  void wait_copy(runtime::CopyEvent e, DispatchStats& s);
+  void reap();  // cache fills whose copies have landed become Ready
+  void settle(int layer, int slot, DispatchStats& s);  // waits for a Loading slot's copy and marks it Ready
+
+  const runtime::ModelWeights& host_;
+  runtime::Backend& gpu_;
+  DispatchOptions options_;
+  int64_t expert_bytes_ = 0;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  ExpertCache cache_;
+  std::vector<DispatchStats> per_layer_;
+  std::vector<InFlight> in_flight_;
+  std::vector<runtime::DeviceBuffer> stream_slots_;
+  std::vector<runtime::CopyEvent> stream_events_;
+  size_t next_stream_ = 0;
+  std::vector<runtime::DeviceBuffer> staging_;
+  std::vector<runtime::CopyEvent> staging_events_;
+  size_t next_staging_ = 0;
+  runtime::DeviceVector<float> cpu_x_, cpu_gate_, cpu_up_, cpu_out_;
+  runtime::ExpertScratch cpu_scratch_;
+  // The acquired expert's view (a slot's) and its pin, until release().
+  runtime::ExpertWeights acquired_view_;
+  int acquired_slot_ = -1;
+};
+
+}  // namespace ferry::offload
