@@ -1,6 +1,8 @@
 // `ferry bench`: benchmarks, reported with the machine and the numbers (never asserted in tests).
 //   ferry bench plan      time of a full `ferry plan` (spec + placement + KV search + suggestions)
 //   ferry bench kernels   GB/s of the CPU matvec kernels next to a STREAM-like triad
+//   ferry bench context   prefill and decode speed of the CPU forward pass as the context grows
+//   ferry bench link      host-to-device GB/s of a GPU, pageable against pinned memory
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -11,6 +13,7 @@
 
 #include "launch/bench_context.h"
 #include "launch/bench_kernels.h"
+#include "launch/bench_link.h"
 #include "launch/commands.h"
 #include "launch/hardware_flags.h"
 #include "launch/plan_flags.h"
@@ -34,6 +37,7 @@ class BenchCommand : public Command {
     app_ = parent.add_subcommand("bench", "Benchmarks (numbers for notes and regressions; nothing is asserted)");
     app_->require_subcommand(1);
     run_context_ = add_context_bench(*app_, context_);
+    run_link_ = add_link_bench(*app_, link_);
     plan_ = app_->add_subcommand("plan", "Time `ferry plan` end to end (model spec, placement, KV-type search, suggestions)");
     plan_flags_.add_to(*plan_, false);
     hw_flags_.add_to(*plan_);
@@ -52,6 +56,7 @@ class BenchCommand : public Command {
       std::printf("machine: %s\n", cpu_model().c_str());
       return run_context_();
     }
+    if (link_->parsed()) return run_link_();
     if (kernels_->parsed()) {
       std::printf("machine: %s\n", cpu_model().c_str());
       run_kernel_bench(repetitions_, working_set_mib_, threads_);
@@ -95,6 +100,8 @@ class BenchCommand : public Command {
   CLI::App* kernels_ = nullptr;
   CLI::App* context_ = nullptr;
   std::function<int()> run_context_;
+  CLI::App* link_ = nullptr;
+  std::function<int()> run_link_;
   int repetitions_ = 5;
   int threads_ = 0;
   int working_set_mib_ = 0;  // 0: from the cache size

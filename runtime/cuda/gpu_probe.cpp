@@ -6,27 +6,12 @@
 #include <vector>
 
 #include "planner/error.h"
+#include "runtime/cuda/cuda_util.h"
 #include "runtime/hardware_probe.h"
 
 namespace ferry::runtime {
 
 namespace {
-
-// Probing calls cudaSetDevice on every GPU; put the thread's current device back so that probing does not
-// decide which GPU later CUDA calls on this thread go to.
-class CurrentDeviceGuard {
- public:
-  CurrentDeviceGuard() { saved_ = cudaGetDevice(&device_) == cudaSuccess; }
-  ~CurrentDeviceGuard() {
-    if (saved_) cudaSetDevice(device_);
-  }
-  CurrentDeviceGuard(const CurrentDeviceGuard&) = delete;
-  CurrentDeviceGuard& operator=(const CurrentDeviceGuard&) = delete;
-
- private:
-  int device_ = 0;
-  bool saved_ = false;
-};
 
 // Peak bandwidth from the memory clock and bus width; 0 when the driver does not report them. CUDA 13 dropped
 // cudaDeviceProp::memoryClockRate, the attributes remain.
@@ -56,7 +41,9 @@ std::vector<planner::GpuSpec> probe_gpus(std::vector<std::string>& notes) {
     return {};
   }
 
-  CurrentDeviceGuard guard;
+  // Probing calls cudaSetDevice on every GPU; the guard puts the thread's current device back so that probing
+  // does not decide which GPU later CUDA calls on this thread go to.
+  cuda::DeviceGuard guard;
   std::vector<planner::GpuSpec> gpus;
   for (int i = 0; i < count; ++i) {
     cudaDeviceProp prop{};
