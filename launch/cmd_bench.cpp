@@ -2,6 +2,7 @@
 //   ferry bench plan      time of a full `ferry plan` (spec + placement + KV search + suggestions)
 //   ferry bench kernels   GB/s of the CPU matvec kernels next to a STREAM-like triad
 //   ferry bench context   prefill and decode speed of the CPU forward pass as the context grows
+//   ferry bench offload   decode/prefill tok/s of expert placements through the simulated device
 //   ferry bench link      host-to-device GB/s of a GPU, pageable against pinned memory
 #include <algorithm>
 #include <chrono>
@@ -14,6 +15,7 @@
 #include "launch/bench_context.h"
 #include "launch/bench_kernels.h"
 #include "launch/bench_link.h"
+#include "launch/bench_offload.h"
 #include "launch/commands.h"
 #include "launch/hardware_flags.h"
 #include "launch/plan_flags.h"
@@ -38,6 +40,7 @@ class BenchCommand : public Command {
     app_->require_subcommand(1);
     run_context_ = add_context_bench(*app_, context_);
     run_link_ = add_link_bench(*app_, link_);
+    run_offload_ = add_offload_bench(*app_, offload_);
     plan_ = app_->add_subcommand("plan", "Time `ferry plan` end to end (model spec, placement, KV-type search, suggestions)");
     plan_flags_.add_to(*plan_, false);
     hw_flags_.add_to(*plan_);
@@ -57,6 +60,10 @@ class BenchCommand : public Command {
       return run_context_();
     }
     if (link_->parsed()) return run_link_();
+    if (offload_->parsed()) {
+      std::printf("machine: %s\n", cpu_model().c_str());
+      return run_offload_();
+    }
     if (kernels_->parsed()) {
       std::printf("machine: %s\n", cpu_model().c_str());
       run_kernel_bench(repetitions_, working_set_mib_, threads_);
@@ -102,6 +109,8 @@ class BenchCommand : public Command {
   std::function<int()> run_context_;
   CLI::App* link_ = nullptr;
   std::function<int()> run_link_;
+  CLI::App* offload_ = nullptr;
+  std::function<int()> run_offload_;
   int repetitions_ = 5;
   int threads_ = 0;
   int working_set_mib_ = 0;  // 0: from the cache size

@@ -221,6 +221,8 @@ nlohmann::json tiny_config_json(const TinyOptions& o) {
   } else {
     j["compress_ratios"] = {0, 4, hca, 4, hca, 0};
   }
+  if (o.overrides.is_object())
+    for (const auto& [key, value] : o.overrides.items()) j[key] = value;
   return j;
 }
 

@@ -17,6 +17,9 @@ struct TinyOptions {
   bool pro_like = false;     // V4-Pro's layer pattern (compressed from layer 0, route scale 2.5)
   bool real_ratios = false;  // window 128 and ratios 4/128 instead of window 16 and ratios 4/16
   int shards = 2;
+  // config.json keys to set on top of the tiny values (e.g. V4-Flash's hidden_size and expert shapes for
+  // `ferry bench offload`); null: none.
+  nlohmann::json overrides = nullptr;
 };
 
 // The tiny model's config.json: the keys of DeepSeek's V4-Flash config.json with small values. Every kind of

@@ -1,0 +1,281 @@
+#include "launch/bench_offload.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "offload/device_plan.h"
+#include "offload/plan_binding.h"
+#include "planner/error.h"
+#include "planner/model_spec.h"
+#include "planner/units.h"
+#include "runtime/cpu/cpu_backend.h"
+#include "runtime/forward.h"
+#include "runtime/hardware_probe.h"
+#include "runtime/sim_backend.h"
+#include "runtime/tiny_model.h"
+#include "runtime/weight_placement.h"
+
+namespace ferry::launch {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Options {
+  int64_t layers = 3, experts = 32, prompt = 256, decode = 16, ubatch = 128;
+  std::string link = "25GB/s";
+  double gpu_gbs = 936;  // RTX 3090 (hardware.md)
+};
+
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// Per layer and step: the expert bytes the GPU computes and the CPU's measured expert seconds.
+class TimingProvider final : public runtime::ExpertProvider {
+ public:
+  TimingProvider(runtime::ExpertProvider& inner, int64_t layers, int64_t expert_bytes)
+      : inner_(inner), gpu_bytes(layers, 0), cpu_seconds(layers, 0), expert_bytes_(expert_bytes) {}
+  void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override { inner_.routed(l, t); }
+  runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
+    const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
+    on_cpu_ = u.scratch != nullptr;
+    if (!on_cpu_) gpu_bytes[static_cast<size_t>(l.index)] += expert_bytes_;
+    t0_ = Clock::now();
+    return u;
+  }
+  void release(const runtime::LayerWeights& l, int64_t e) override {
+    if (on_cpu_) cpu_seconds[static_cast<size_t>(l.index)] += since(t0_);
+    inner_.release(l, e);
+  }
+  void reset() {
+    std::fill(gpu_bytes.begin(), gpu_bytes.end(), 0);
+    std::fill(cpu_seconds.begin(), cpu_seconds.end(), 0.0);
+  }
+
+ private:
+  runtime::ExpertProvider& inner_;
+
+ public:
+  std::vector<int64_t> gpu_bytes;
+  std::vector<double> cpu_seconds;
+
+ private:
+  int64_t expert_bytes_;
+  bool on_cpu_ = false;
+  Clock::time_point t0_;
+};
+
+struct Config {
+  std::string name;
+  int64_t cache_slots = 0;  // per layer
+  bool resident = false;    // every expert on the GPU
+  bool stream = false;      // prefill streams experts with enough tokens
+};
+
+struct PhaseResult {
+  int64_t tokens = 0;
+  double measured_s = 0, projected_s = 0, copy_s = 0, exposed_copy_s = 0;
+  void add(const PhaseResult& o) {
+    tokens += o.tokens;
+    measured_s += o.measured_s;
+    projected_s += o.projected_s;
+    copy_s += o.copy_s;
+    exposed_copy_s += o.exposed_copy_s;
+  }
+};
+
+struct ConfigResult {
+  PhaseResult prefill, decode;
+  offload::DispatchStats stats;
+  int64_t device_bytes = 0;
+};
+
+class Bench {
+ public:
+  Bench(const Options& o, const std::filesystem::path& dir) : o_(o), dir_(dir) {
+    spec_ = planner::load_model_spec(dir.string());
+    std::vector<std::string> notes;
+    host_ = runtime::probe_host(notes);
+    link_ = planner::parse_bandwidth(o.link, "--link");
+    weights_ = std::make_unique<runtime::ModelWeights>(runtime::ModelWeights::load(dir));
+    expert_bytes_ = spec_.expert_bytes();
+  }
+
+  ConfigResult run(const Config& cfg) {
+    runtime::SessionOptions so;
+    so.ctx = o_.prompt + o_.decode;
+    so.kv_type = planner::KvType::FP8;
+    so.ubatch = o_.ubatch;
+    offload::DeviceRequest req;
+    req.name = "sim (" + cfg.name + ")";
+    req.link_bytes_per_s = link_;
+    req.cache_slots = cfg.cache_slots;
+    req.capacity = cfg.resident ? int64_t{1} << 40 : capacity_for(so, cfg.cache_slots);
+    const planner::Plan plan = offload::plan_for_device(spec_, host_, req, so);
+    runtime::SimBackend gpu({req.capacity, link_});
+    runtime::cpu::CpuBackend host;
+    offload::DispatchOptions d;
+    d.stream_min_tokens = cfg.stream ? offload::stream_min_tokens_for(0.6 * host_.memory_bandwidth, link_) : 0;
+    offload::BoundPlan bound(plan, *weights_, gpu, host, d);
+    runtime::SessionOptions bso = bound.session_options(so);
+    TimingProvider timing(*bso.experts, spec_.config.n_layers_total(), expert_bytes_);
+    bso.experts = &timing;
+    runtime::Session session(bound.weights(), bso);
+
+    ConfigResult r;
+    std::vector<int32_t> prompt(static_cast<size_t>(o_.prompt));
+    for (int64_t i = 0; i < o_.prompt; ++i) prompt[static_cast<size_t>(i)] = static_cast<int32_t>(3 + (i * 7919) % 500);
+    std::vector<float> last;
+    for (int64_t p = 0; p < o_.prompt; p += o_.ubatch) {
+      const int64_t n = std::min(o_.ubatch, o_.prompt - p);
+      r.prefill.add(step(session, timing, bound, std::span(prompt).subspan(static_cast<size_t>(p), static_cast<size_t>(n)), last));
+    }
+    for (int64_t i = 0; i < o_.decode; ++i) {
+      const int32_t next = static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
+      r.decode.add(step(session, timing, bound, std::span(&next, 1), last));
+    }
+    r.stats = bound.dispatch().total();
+    r.device_bytes = gpu.ledger().total_high_water();
+    return r;
+  }
+
+  const planner::ModelSpec& spec() const { return spec_; }
+  double link() const { return link_; }
+
+ private:
+  // Room for the non-routed part, the stream slots and `slots` cache slots per MoE layer, and no more: the
+  // planner then leaves every expert in host RAM but for the cache.
+  int64_t capacity_for(const runtime::SessionOptions& so, int64_t slots) {
+    offload::DeviceRequest probe;
+    probe.name = "sim (sizing)";
+    probe.capacity = int64_t{1} << 40;
+    probe.cache_slots = 0;
+    const planner::Plan all = offload::plan_for_device(spec_, host_, probe, so);
+    const auto& g = all.devices.front();
+    int64_t moe_layers = 0;
+    for (const auto& lp : all.layers) moe_layers += lp.experts_per_node > 0;
+    const int64_t base = g.used() - g.bytes_of("weights.routed_experts") + 2 * spec_.config.num_experts_per_tok * expert_bytes_;
+    return base + slots * moe_layers * expert_bytes_ + (1 << 20);
+  }
+
+  PhaseResult step(runtime::Session& s, TimingProvider& timing, const offload::BoundPlan& bound,
+                   std::span<const int32_t> tokens, std::vector<float>& last) {
+    const int64_t L = spec_.config.n_layers_total();
+    std::vector<int64_t> copies_before(static_cast<size_t>(L));
+    for (int64_t l = 0; l < L; ++l) copies_before[static_cast<size_t>(l)] = bound.dispatch().stats(l).copy_bytes;
+    timing.reset();
+    const auto t0 = Clock::now();
+    s.feed(tokens, nullptr, &last);
+    PhaseResult r;
+    r.measured_s = since(t0);
+    r.tokens = static_cast<int64_t>(tokens.size());
+    const double gpu_bw = o_.gpu_gbs * 1e9;
+    for (int64_t l = 0; l < spec_.config.num_hidden_layers; ++l) {
+      const auto li = static_cast<size_t>(l);
+      const double t_gpu = (spec_.layers[li].non_routed() + timing.gpu_bytes[li]) / gpu_bw;
+      const double t_cpu = timing.cpu_seconds[li];
+      const double t_copy = (bound.dispatch().stats(l).copy_bytes - copies_before[li]) / link_;
+      r.projected_s += std::max({t_gpu, t_cpu, t_copy});
+      r.copy_s += t_copy;
+      r.exposed_copy_s += std::max(0.0, t_copy - std::max(t_gpu, t_cpu));
+    }
+    r.projected_s += spec_.global[static_cast<size_t>(planner::WeightClass::Head)] / gpu_bw;
+    return r;
+  }
+
+  Options o_;
+  std::filesystem::path dir_;
+  planner::ModelSpec spec_;
+  planner::HostSpec host_;
+  double link_ = 0;
+  std::unique_ptr<runtime::ModelWeights> weights_;
+  int64_t expert_bytes_ = 0;
+};
+
+int run(const Options& o) {
+  FERRY_CHECK(o.layers >= 2 && o.layers <= 16, "--layers must be in [2, 16]");
+  FERRY_CHECK(o.experts >= 8 && o.experts <= 256, "--experts must be in [8, 256]");
+  FERRY_CHECK(o.prompt >= 1 && o.decode >= 1 && o.ubatch >= 1, "--prompt, --decode and --ubatch must be >= 1");
+  const auto dir = std::filesystem::temp_directory_path() / ("ferry-bench-offload-" + std::to_string(::getpid()));
+  std::shared_ptr<void> cleanup(static_cast<void*>(nullptr), [dir](void*) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  });
+  runtime::TinyOptions t;
+  nlohmann::json ov;
+  ov["hidden_size"] = 4096;
+  ov["moe_intermediate_size"] = 2048;
+  ov["num_experts_per_tok"] = 6;
+  ov["n_routed_experts"] = o.experts;
+  ov["num_hidden_layers"] = o.layers;
+  ov["num_hash_layers"] = 1;
+  std::vector<int64_t> ratios;
+  for (int64_t l = 0; l < o.layers; ++l) ratios.push_back(l % 2 ? 4 : 0);
+  ratios.push_back(0);  // the MTP layer
+  ov["compress_ratios"] = ratios;
+  t.overrides = ov;
+  std::fprintf(stderr, "bench offload: writing a synthetic model (%lld layers x %lld experts, V4-Flash expert shapes) ...\n",
+               (long long)o.layers, (long long)o.experts);
+  runtime::make_tiny_model(dir, t);
+  Bench bench(o, dir);
+  const auto& spec = bench.spec();
+  const int64_t eb = spec.expert_bytes();
+  std::printf("model: %lld MoE layers x %lld experts of %s (hidden 4096, 2048 wide, MXFP4), 6 per token; %s of experts\n",
+              (long long)o.layers, (long long)o.experts, planner::format_bytes(eb).c_str(),
+              planner::format_bytes(eb * o.experts * o.layers).c_str());
+  std::printf("run: prompt %lld tokens in chunks of %lld, then %lld decoded; link %s; projection for a GPU of %.0f GB/s\n",
+              (long long)o.prompt, (long long)o.ubatch, (long long)o.decode, o.link.c_str(), o.gpu_gbs);
+  std::printf("measured = on this machine, where the simulated GPU's work runs on the CPU too\n\n");
+
+  std::vector<Config> configs = {{"all experts on GPU", 0, true, false},
+                                 {"all in RAM, CPU", 0, false, false}};
+  for (int pct : {10, 25, 50})
+    configs.push_back({"cache " + std::to_string(pct) + "%", std::max<int64_t>(1, o.experts * pct / 100), false, true});
+  configs.push_back({"stream prefill", 0, false, true});
+
+  std::printf("%-20s %9s | %10s %10s | %10s %10s | %7s %7s %7s | %6s\n", "configuration", "GPU mem", "decode",
+              "prefill", "decode", "prefill", "on GPU", "hits", "CPU", "hidden");
+  std::printf("%-20s %9s | %21s | %21s | %23s | %6s\n", "", "", "projected tok/s", "measured tok/s", "expert uses",
+              "copies");
+  for (const Config& cfg : configs) {
+    const ConfigResult r = bench.run(cfg);
+    const auto tps = [](const PhaseResult& p, bool projected) {
+      const double s = projected ? p.projected_s : p.measured_s;
+      return s > 0 ? p.tokens / s : 0.0;
+    };
+    const double copy = r.prefill.copy_s + r.decode.copy_s, exposed = r.prefill.exposed_copy_s + r.decode.exposed_copy_s;
+    const double uses = std::max<int64_t>(1, r.stats.uses());
+    std::printf("%-20s %9s | %10.1f %10.1f | %10.2f %10.2f | %6.1f%% %6.1f%% %6.1f%% | %5.0f%%\n", cfg.name.c_str(),
+                planner::format_bytes(r.device_bytes).c_str(), tps(r.decode, true), tps(r.prefill, true),
+                tps(r.decode, false), tps(r.prefill, false), 100 * r.stats.gpu_share(), 100 * r.stats.cache_hits / uses,
+                100 * r.stats.cpu / uses, copy > 0 ? 100 * (1 - exposed / copy) : 100.0);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> add_offload_bench(CLI::App& bench, CLI::App*& sub) {
+  auto o = std::make_shared<Options>();
+  sub = bench.add_subcommand("offload",
+                             "Decode/prefill tok/s of expert placements (all on GPU, all in RAM, a GPU expert cache of "
+                             "10/25/50%, streaming prefill) on a synthetic model with V4-Flash expert shapes through "
+                             "the simulated device; measured here and projected for a GPU");
+  sub->add_option("--layers", o->layers, "MoE layers of the synthetic model (default 3)")->check(CLI::Range(2, 16));
+  sub->add_option("--experts", o->experts, "Routed experts per layer (default 32)")->check(CLI::Range(8, 256));
+  sub->add_option("--prompt", o->prompt, "Prompt tokens (default 256)")->check(CLI::Range(1, 1 << 16));
+  sub->add_option("--decode", o->decode, "Decoded tokens (default 16)")->check(CLI::Range(1, 1 << 16));
+  sub->add_option("--ubatch", o->ubatch, "Prefill chunk (default 128)")->check(CLI::Range(1, 1 << 16));
+  sub->add_option("--link", o->link, "Host-to-GPU link bandwidth of the simulated device (default 25GB/s)");
+  sub->add_option("--gpu-bandwidth", o->gpu_gbs, "GPU memory bandwidth in GB/s for the projection (default 936, RTX 3090)")
+      ->check(CLI::Range(1.0, 1e5));
+  return [o] { return run(*o); };
+}
+
+}  // namespace ferry::launch
