@@ -7,8 +7,9 @@
 // policy, real copies on the copy stream, the CPU's expert kernels timed as they run. What a simulated device
 // cannot give is a GPU's compute time, so the speed is reported twice: as measured on this machine (where
 // "GPU" work runs on the CPU too), and projected for a GPU of --gpu-bandwidth: per layer, the GPU's work
-// (non-routed weights and the experts it computes, at its memory bandwidth), the CPU's measured expert time
-// and the copies at the link bandwidth overlap, and the layer takes the longest of them.
+// (non-routed weights and the experts it computes, at its memory bandwidth) and the CPU's measured expert time
+// add up (the runtime runs a layer's experts one after another), the copies at the link bandwidth run beside
+// them on the copy stream, and the layer takes the longer of the two.
 #pragma once
 
 #include <CLI/CLI.hpp>
