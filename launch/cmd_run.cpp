@@ -1,11 +1,13 @@
-// `ferry run`: load a V4 checkpoint, prefill a prompt of token ids on the CPU, generate, and report speed and
-// memory (planned next to used). `--logits-out` writes every position's logits as NumPy float32.
+// `ferry run`: load a V4 checkpoint, prefill a prompt (token ids, or text through the model's tokenizer) on the
+// CPU, generate, and report speed and memory (planned next to used). `--logits-out` writes every position's
+// logits as NumPy float32.
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -20,6 +22,7 @@
 #include "runtime/cpu/matvec.h"
 #include "runtime/generate.h"
 #include "runtime/npy.h"
+#include "runtime/tokenizer.h"
 
 namespace ferry::launch {
 namespace {
@@ -47,14 +50,27 @@ std::vector<int32_t> parse_tokens(const std::string& text) {
   return ids;
 }
 
+// DeepSeek's models expect a document to begin with BOS (V3's tokenizer_config.json adds it, V4's chat encoding
+// writes it), so --prompt gets one unless the text already starts with it.
+std::vector<int32_t> encode_prompt(const runtime::Tokenizer& tokenizer, const std::string& text) {
+  std::vector<int32_t> ids = tokenizer.encode(text);
+  if (auto bos = tokenizer.bos_id(); bos && (ids.empty() || ids[0] != *bos)) ids.insert(ids.begin(), *bos);
+  FERRY_CHECK(!ids.empty(), "--prompt is empty and the tokenizer has no BOS token to start it");
+  return ids;
+}
+
 std::string gib(int64_t bytes) { return planner::format_bytes(bytes); }
 
 class RunCommand : public Command {
  public:
   explicit RunCommand(CLI::App& parent) {
-    app_ = parent.add_subcommand("run", "Prefill a prompt and generate on the CPU; print the generated token ids");
+    app_ = parent.add_subcommand("run", "Prefill a prompt and generate on the CPU; print the generated text or ids");
     app_->add_option("--model,-m", model_, "Checkpoint directory (config.json + safetensors)")->required();
-    app_->add_option("--tokens", tokens_, "Prompt as comma-separated token ids, e.g. 0,42,7")->required();
+    auto* tokens = app_->add_option("--tokens", tokens_, "Prompt as comma-separated token ids, e.g. 0,42,7");
+    prompt_option_ = app_->add_option("--prompt,-p", prompt_text_,
+                                      "Prompt as text, tokenized with the model directory's tokenizer.json (BOS "
+                                      "prepended); the generated text streams to stdout");
+    tokens->excludes(prompt_option_);
     app_->add_option("-n,--n-predict", n_predict_, "Tokens to generate (default 16)")->check(CLI::Range(0, 1 << 24));
     app_->add_option("-c,--ctx,--ctx-size", ctx_, "Context length the KV cache holds, e.g. 4096 or 128K (default 4096)");
     app_->add_option("--kv-type,--cache-type", kv_type_, "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
@@ -71,12 +87,17 @@ class RunCommand : public Command {
     app_->add_flag("--ignore-eos", ignore_eos_, "Keep generating after the end-of-sequence token");
     app_->add_option("--logits-out", logits_out_, "Write the logits of every prompt position and generated token to FILE.npy (float32 [n, vocab])");
     offload_.add_to(*app_);
-    app_->footer("Prints the generated ids on stdout; progress, timing and memory lines go to stderr.");
+    app_->footer("Give --prompt or --tokens. Prints the generated text (--prompt, special tokens left out) or ids "
+                 "(--tokens) on stdout; progress, timing and memory lines go to stderr.");
   }
   CLI::App* app() const override { return app_; }
 
   int run() override {
-    const std::vector<int32_t> prompt = parse_tokens(tokens_);
+    const bool text_mode = prompt_option_->count() > 0;
+    FERRY_CHECK(text_mode || app_->count("--tokens") > 0, "give the prompt as --prompt TEXT or --tokens IDS");
+    std::optional<runtime::Tokenizer> tokenizer;
+    if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(model_);
+    const std::vector<int32_t> prompt = text_mode ? encode_prompt(*tokenizer, prompt_text_) : parse_tokens(tokens_);
     const int64_t ctx = ctx_.empty() ? 4096 : planner::parse_count(ctx_, "--ctx");
     const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
     runtime::cpu::set_expert_activation_bits(expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16
@@ -97,7 +118,8 @@ class RunCommand : public Command {
     const runtime::ModelWeights checkpoint = runtime::ModelWeights::load(model_);
     const auto& c = checkpoint.config();
     for (int32_t t : prompt)
-      FERRY_CHECK(t < c.vocab_size, "--tokens: token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+      FERRY_CHECK(t < c.vocab_size, std::string(text_mode ? "--prompt" : "--tokens") + ": token id " +
+                                        std::to_string(t) + " is outside the vocabulary [0, " +
                                         std::to_string(c.vocab_size) + ")");
     if (offload) {
       offload->bind(checkpoint);
@@ -123,9 +145,18 @@ class RunCommand : public Command {
         if (done == total) std::fprintf(stderr, "\n");
       };
     }
+    std::optional<runtime::StreamDecoder> stream;
+    if (text_mode) {
+      stream.emplace(*tokenizer, true);
+      cb.on_token = [&stream](int32_t token) { std::cout << stream->push(token) << std::flush; };
+    }
     const runtime::GenerateResult r = runtime::generate(session, prompt, go, cb);
 
-    for (size_t i = 0; i < r.tokens.size(); ++i) std::cout << (i ? "," : "") << r.tokens[i];
+    if (text_mode) {
+      std::cout << stream->flush();
+    } else {
+      for (size_t i = 0; i < r.tokens.size(); ++i) std::cout << (i ? "," : "") << r.tokens[i];
+    }
     std::cout << std::endl;  // before the stderr lines, so a terminal shows them in order
     if (!logits_out_.empty()) {
       runtime::write_npy_f32(logits_out_, r.logits.data(), static_cast<int64_t>(r.logits.size()) / c.vocab_size, c.vocab_size);
@@ -137,20 +168,23 @@ class RunCommand : public Command {
                  r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
                  runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()),
                  runtime::cpu::activation_bits_name(runtime::cpu::expert_activation_bits()));
+    if (offload) {
+      std::cerr << offload->memory_report() << offload->expert_report();
+      return kExitOk;
+    }
     const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(c, kv, ctx, 1, false));
     const int64_t kv_used = planner::kv_total(session.cache().bytes());
     const int64_t ws_planned = session.planned_workspace().bytes();
-    if (!offload)
-      std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
+    std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
                  gib(model.weight_bytes()).c_str(), gib(kv_used).c_str(), gib(kv_planned).c_str(),
                  gib(session.workspace_bytes()).c_str(), gib(ws_planned).c_str());
-    if (offload) std::cerr << offload->memory_report() << offload->expert_report();
     return kExitOk;
   }
 
  private:
   CLI::App* app_ = nullptr;
-  std::string model_, tokens_, ctx_, kv_type_ = "fp8", logits_out_, expert_activations_ = "int24";
+  CLI::Option* prompt_option_ = nullptr;
+  std::string model_, tokens_, prompt_text_, ctx_, kv_type_ = "fp8", logits_out_, expert_activations_ = "int24";
   int64_t n_predict_ = 16, ubatch_ = 512;
   runtime::SamplerOptions sampler_;
   bool ignore_eos_ = false;

@@ -26,5 +26,6 @@ std::unique_ptr<Command> make_bench_command(CLI::App& parent);
 std::unique_ptr<Command> make_make_tiny_command(CLI::App& parent);
 std::unique_ptr<Command> make_inspect_command(CLI::App& parent);
 std::unique_ptr<Command> make_run_command(CLI::App& parent);
+std::unique_ptr<Command> make_tokenize_command(CLI::App& parent);
 
 }  // namespace ferry::launch

@@ -24,6 +24,7 @@ int main(int argc, char** argv) {
   commands.push_back(make_make_tiny_command(app));
   commands.push_back(make_inspect_command(app));
   commands.push_back(make_run_command(app));
+  commands.push_back(make_tokenize_command(app));
 
   try {
     app.parse(argc, argv);

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "planner/error.h"
+#include "runtime/byte_level.h"
 
 namespace ferry::runtime {
 
@@ -85,24 +86,6 @@ constexpr std::string_view kTrainingText =
     "我们的程序读取检查点，把每一个张量放到计划指定的设备上，然后开始生成文本。\n"
     "如果内存不够，计划就会失败，并且告诉用户应该修改哪一个设置。中文和英文可以一起出现在同一句话里。\n"
     "深度学习的模型越来越大，一台机器放不下，所以我们需要很多台机器一起工作。\n";
-
-// Byte-level symbols are all below U+0800, so one or two UTF-8 bytes.
-std::string utf8(char32_t c) {
-  if (c < 0x80) return std::string(1, static_cast<char>(c));
-  return {static_cast<char>(0xC0 | (c >> 6)), static_cast<char>(0x80 | (c & 0x3F))};
-}
-
-// GPT-2's bytes_to_unicode: printable bytes keep their code point and the others move to 256 + n, so every byte
-// is one visible character and no token string holds a space (merges are written "left right").
-std::array<std::string, 256> byte_level_symbols() {
-  std::array<std::string, 256> symbols;
-  char32_t next_unprintable = 256;
-  for (int b = 0; b < 256; ++b) {
-    bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || b >= 174;
-    symbols[b] = utf8(printable ? static_cast<char32_t>(b) : next_unprintable++);
-  }
-  return symbols;
-}
 
 struct CodePoint {
   char32_t value;
@@ -201,7 +184,7 @@ std::string make_tiny_tokenizer_json(int vocab_size) {
                   std::to_string(kFirstMergeId + 1) + " (3 special tokens, 256 bytes and at least one merge)");
 
   std::vector<std::string> tokens(kSpecialTokens.begin(), kSpecialTokens.end());
-  std::array<std::string, 256> byte_symbols = byte_level_symbols();
+  const std::array<std::string, 256>& byte_symbols = byte_level_symbols();
   tokens.insert(tokens.end(), byte_symbols.begin(), byte_symbols.end());
   std::map<std::string, int> ids;
   for (size_t id = 0; id < tokens.size(); ++id) ids.emplace(tokens[id], static_cast<int>(id));
