@@ -2,7 +2,10 @@
 // that subcommand was given; run() returns the process exit code.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
@@ -27,5 +30,14 @@ std::unique_ptr<Command> make_make_tiny_command(CLI::App& parent);
 std::unique_ptr<Command> make_inspect_command(CLI::App& parent);
 std::unique_ptr<Command> make_run_command(CLI::App& parent);
 std::unique_ptr<Command> make_tokenize_command(CLI::App& parent);
+
+namespace server {
+class Engine;
+}
+// Opens the model behind `ferry serve`: the checkpoint directory and the context length per sequence.
+using EngineFactory = std::function<std::unique_ptr<server::Engine>(const std::string& model_dir, int64_t ctx)>;
+// Not registered in main.cpp yet: the V4 engine (tokenizer + chat encoding over runtime::generate) is the
+// factory it needs, and it does not exist yet.
+std::unique_ptr<Command> make_serve_command(CLI::App& parent, EngineFactory open_engine);
 
 }  // namespace ferry::launch

@@ -1,0 +1,124 @@
+// `ferry serve`: the OpenAI-compatible HTTP API over a model. The model side is an Engine that the factory
+// given to make_serve_command opens; SIGINT/SIGTERM shut the server down gracefully.
+#include <pthread.h>
+#include <signal.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <thread>
+
+#include "launch/commands.h"
+#include "launch/server/engine.h"
+#include "launch/server/http_server.h"
+#include "planner/error.h"
+#include "planner/units.h"
+
+namespace ferry::launch {
+namespace {
+
+// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts later (they inherit the mask),
+// and answers them on a thread of its own, where stopping the server is an ordinary call (no
+// async-signal-safety limits). A signal before the server runs (while the model loads) exits at once.
+class ShutdownSignals {
+ public:
+  ShutdownSignals() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, &previous_);
+    thread_ = std::thread([this] { watch(); });
+  }
+  ~ShutdownSignals() {
+    done_ = true;
+    thread_.join();
+    pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  }
+  ShutdownSignals(const ShutdownSignals&) = delete;
+  ShutdownSignals& operator=(const ShutdownSignals&) = delete;
+
+  void attach(server::HttpServer* s) { server_ = s; }
+
+ private:
+  void watch() {
+    const timespec poll{0, 200 * 1000 * 1000};
+    bool stopping = false;
+    while (!done_) {
+      const int sig = sigtimedwait(&set_, nullptr, &poll);
+      if (sig <= 0) continue;
+      server::HttpServer* s = server_.load();
+      // Nothing to drain while the model loads; a second signal means "now".
+      if (!s || stopping) {
+        std::fprintf(stderr, "ferry serve: %s, exiting\n", strsignal(sig));
+        std::_Exit(128 + sig);
+      }
+      std::fprintf(stderr, "ferry serve: %s, shutting down (running requests may finish; again to quit now)\n",
+                   strsignal(sig));
+      stopping = true;
+      s->stop();
+    }
+  }
+
+  sigset_t set_{}, previous_{};
+  std::atomic<server::HttpServer*> server_{nullptr};
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+class ServeCommand : public Command {
+ public:
+  ServeCommand(CLI::App& parent, EngineFactory open_engine) : open_engine_(std::move(open_engine)) {
+    app_ = parent.add_subcommand("serve", "OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)");
+    app_->add_option("--model,-m", model_, "Checkpoint directory (config.json + safetensors + tokenizer)")->required();
+    app_->add_option("--host", options_.host, "Address to listen on (default 127.0.0.1; 0.0.0.0: every interface)");
+    app_->add_option("--port", options_.port, "Port (default 8080)")->check(CLI::Range(1, 65535));
+    app_->add_option("--api-key", options_.api_key,
+                     "Require 'Authorization: Bearer KEY' on every route but /health (or set FERRY_API_KEY)")
+        ->envname("FERRY_API_KEY");
+    app_->add_option("--parallel", options_.parallel, "Requests generating at once (default 1)")
+        ->check(CLI::Range(1, 256));
+    app_->add_option("--queue", options_.queue, "Requests that may wait beyond those; more get 503 (default 64)")
+        ->check(CLI::Range(0, 4096));
+    app_->add_option("--queue-timeout", queue_timeout_s_, "Longest wait for a slot, in seconds (default 600)")
+        ->check(CLI::Range(1, 86400));
+    app_->add_option("--timeout", io_timeout_s_, "Socket read/write timeout in seconds (default 30)")
+        ->check(CLI::Range(1, 3600));
+    app_->add_option("-c,--ctx,--ctx-size", ctx_, "Context length per sequence, e.g. 4096 or 128K (default 4096)");
+    app_->footer("SIGINT/SIGTERM: stop accepting, let running requests finish (30 s at most), exit.");
+  }
+  CLI::App* app() const override { return app_; }
+
+  int run() override {
+    const int64_t ctx = ctx_.empty() ? 4096 : planner::parse_count(ctx_, "--ctx");
+    options_.queue_timeout = std::chrono::seconds(queue_timeout_s_);
+    options_.io_timeout = std::chrono::seconds(io_timeout_s_);
+    ShutdownSignals signals;  // before any thread starts, so that all of them inherit the mask
+    const std::unique_ptr<server::Engine> engine = open_engine_(model_, ctx);
+    FERRY_CHECK(engine, "no engine for " + model_);
+    server::HttpServer http(*engine, options_);
+    const int port = http.bind();
+    signals.attach(&http);
+    std::fprintf(stderr, "ferry serve: %s (context %lld) on http://%s:%d, %d at a time, %d may wait\n",
+                 engine->model_id().c_str(), static_cast<long long>(engine->context_length()), options_.host.c_str(),
+                 port, options_.parallel, options_.queue);
+    http.serve();
+    signals.attach(nullptr);
+    return kExitOk;
+  }
+
+ private:
+  EngineFactory open_engine_;
+  CLI::App* app_ = nullptr;
+  std::string model_, ctx_;
+  server::ServerOptions options_;
+  int64_t queue_timeout_s_ = 600, io_timeout_s_ = 30;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> make_serve_command(CLI::App& parent, EngineFactory open_engine) {
+  return std::make_unique<ServeCommand>(parent, std::move(open_engine));
+}
+
+}  // namespace ferry::launch
