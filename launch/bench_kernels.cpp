@@ -78,6 +78,87 @@ double kernel_gbps(std::vector<Weights>& weights, int64_t rows, int64_t cols, in
   return rates[rates.size() / 2];
 }
 
+// A chunk of n tokens as linear() runs it: the weight in row blocks of about 256 KiB, in parallel, each block
+// either through the multi-token kernel once (`tiled`) or through the matvec once per token (the per-token
+// schedule the multi-token kernels replaced). Returns the median seconds of one chunk, each over a new weight.
+template <class Block>
+double chunk_seconds(std::vector<Weights>& weights, int64_t rows, int64_t per_block, int reps, Block block) {
+  const int64_t blocks = (rows + per_block - 1) / per_block;
+  std::vector<double> times;
+  size_t next = 0;
+  // At least `reps` chunks and a quarter of a second, each on the next weight of the cycle (from RAM).
+  for (double spent = 0; static_cast<int>(times.size()) < reps || spent < 0.25;) {
+    const Weights& w = weights[next];
+    next = (next + 1) % weights.size();
+    times.push_back(seconds_of([&] {
+      tbb::parallel_for(int64_t{0}, blocks, [&](int64_t b) {
+        const int64_t r0 = b * per_block;
+        block(w, r0, std::min(rows, r0 + per_block) - r0);
+      });
+    }));
+    spent += times.back();
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+void print_chunk(const char* label, int64_t n, double flops, double bytes, double per_token_s, double tiled_s) {
+  std::printf("%-40s %4lld tok  per-token %6.1f GFLOP/s %6.1f GB/s eff  multi-token %6.1f GFLOP/s %6.1f GB/s eff  x%.2f\n",
+              label, (long long)n, flops / per_token_s / 1e9, bytes / per_token_s / 1e9, flops / tiled_s / 1e9,
+              bytes / tiled_s / 1e9, per_token_s / tiled_s);
+}
+
+// The prefill kernels at one shape: every MXFP4 path and precision, and FP8, for each token count.
+void bench_chunks(int64_t rows, int64_t cols, const char* what, const std::vector<int>& token_counts, int reps,
+                  std::vector<Weights>& fp4_weights, std::vector<Weights>& fp8_weights) {
+  namespace cpu = runtime::cpu;
+  char label[96];
+  for (const int n : token_counts) {
+    std::vector<float> x(size_t(n * cols)), y(size_t(n * rows));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = 0.25f + 0.5f * float(i % 7) / 7.0f;
+    const double flops = 2.0 * double(rows) * double(cols) * n;
+    for (const cpu::CpuIsa isa : cpu::mxfp4_isas()) {
+      for (const auto bits : {cpu::ActivationBits::Int24, cpu::ActivationBits::Int16}) {
+        if (isa == cpu::CpuIsa::Portable && bits == cpu::ActivationBits::Int16) continue;
+        std::vector<cpu::Mxfp4Activation> a(static_cast<size_t>(n));
+        for (int t = 0; t < n; ++t) cpu::quantize_mxfp4_activation(x.data() + t * cols, cols, a[size_t(t)], bits);
+        const int64_t row_bytes = cols / 2 + cols / 32;
+        auto rows_of = [cols](const Weights& w, int64_t r0) {
+          return std::make_pair(w.codes.data() + r0 * cols / 2, w.scales.data() + r0 * cols / 32);
+        };
+        const int64_t per_block = std::max<int64_t>(1, (256 << 10) / row_bytes);
+        const double per_token = chunk_seconds(fp4_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+          const auto [codes, scales] = rows_of(w, r0);
+          for (int t = 0; t < n; ++t) cpu::detail::matvec_mxfp4_on(isa, codes, scales, nr, a[size_t(t)], y.data() + t * rows + r0);
+        });
+        const double tiled = chunk_seconds(fp4_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+          const auto [codes, scales] = rows_of(w, r0);
+          cpu::detail::matmul_mxfp4_on(isa, codes, scales, nr, a.data(), n, y.data() + r0, rows);
+        });
+        std::snprintf(label, sizeof label, "MXFP4 %lldx%lld (%s) %s %s", (long long)rows, (long long)cols, what,
+                      cpu::isa_name(isa), cpu::activation_bits_name(bits));
+        print_chunk(label, n, flops, double(rows * row_bytes) * n, per_token, tiled);
+      }
+    }
+    const int64_t scale_cols = (cols + 127) / 128;
+    auto rows_of = [cols, scale_cols](const Weights& w, int64_t r0) {
+      return std::make_pair(w.codes.data() + r0 * cols, w.scales.data() + (r0 / 128) * scale_cols);
+    };
+    // FP8 row blocks on 128-row boundaries, as linear() makes them.
+    const int64_t per_block = std::max<int64_t>(128, (256 << 10) / cols / 128 * 128);
+    const double per_token = chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+      const auto [codes, scales] = rows_of(w, r0);
+      for (int t = 0; t < n; ++t) cpu::matvec_fp8(codes, scales, nr, cols, x.data() + t * cols, y.data() + t * rows + r0);
+    });
+    const double tiled = chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+      const auto [codes, scales] = rows_of(w, r0);
+      cpu::matmul_fp8(codes, scales, nr, cols, x.data(), n, cols, y.data() + r0, rows);
+    });
+    std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)rows, (long long)cols, cpu::matvec_isa());
+    print_chunk(label, n, flops, double(rows * cols) * n, per_token, tiled);
+  }
+}
+
 // The last-level cache in bytes (0 when the C library does not say).
 size_t last_level_cache_bytes() {
 #ifdef _SC_LEVEL3_CACHE_SIZE
@@ -93,7 +174,7 @@ size_t last_level_cache_bytes() {
 
 }  // namespace
 
-void run_kernel_bench(int repetitions, int working_set_mib, int threads) {
+void run_kernel_bench(int repetitions, int working_set_mib, int threads, const std::vector<int>& token_counts) {
   std::unique_ptr<tbb::global_control> limit;
   if (threads > 0) limit = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
   const size_t llc = last_level_cache_bytes();
@@ -114,29 +195,32 @@ void run_kernel_bench(int repetitions, int working_set_mib, int threads) {
     const size_t fp8 = size_t(s.rows * s.cols), fp8_scales = size_t(((s.rows + 127) / 128) * ((s.cols + 127) / 128));
     auto count = [&](size_t bytes) { return std::max<size_t>(2, (size_t(working_set_mib) << 20) / bytes); };
     char label[96];
-    {
-      auto fp4_weights = make_weights(count(fp4 + fp4_scales), fp4, fp4_scales);
-      for (const runtime::cpu::CpuIsa isa : runtime::cpu::mxfp4_isas()) {
-        for (const auto bits : {runtime::cpu::ActivationBits::Int24, runtime::cpu::ActivationBits::Int16}) {
-          if (isa == runtime::cpu::CpuIsa::Portable && bits == runtime::cpu::ActivationBits::Int16) continue;
-          // Timed with the activation's rounding, as a decode step pays it once per matvec.
-          auto kernel = [isa, bits](const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols,
-                                    const float* x, float* y) {
-            runtime::cpu::Mxfp4Activation a;
-            runtime::cpu::quantize_mxfp4_activation(x, cols, a, bits);
-            runtime::cpu::detail::matvec_mxfp4_on(isa, codes, scales, rows, a, y);
-          };
-          const double g4 = kernel_gbps(fp4_weights, s.rows, s.cols, repetitions, kernel);
-          std::snprintf(label, sizeof label, "MXFP4 %lldx%lld (%s) %s %s", (long long)s.rows, (long long)s.cols, s.what,
-                        runtime::cpu::isa_name(isa), runtime::cpu::activation_bits_name(bits));
-          std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g4, 100 * g4 / triad);
-        }
+    auto fp4_weights = make_weights(count(fp4 + fp4_scales), fp4, fp4_scales);
+    for (const runtime::cpu::CpuIsa isa : runtime::cpu::mxfp4_isas()) {
+      for (const auto bits : {runtime::cpu::ActivationBits::Int24, runtime::cpu::ActivationBits::Int16}) {
+        if (isa == runtime::cpu::CpuIsa::Portable && bits == runtime::cpu::ActivationBits::Int16) continue;
+        // Timed with the activation's rounding, as a decode step pays it once per matvec.
+        auto kernel = [isa, bits](const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols,
+                                  const float* x, float* y) {
+          runtime::cpu::Mxfp4Activation a;
+          runtime::cpu::quantize_mxfp4_activation(x, cols, a, bits);
+          runtime::cpu::detail::matvec_mxfp4_on(isa, codes, scales, rows, a, y);
+        };
+        const double g4 = kernel_gbps(fp4_weights, s.rows, s.cols, repetitions, kernel);
+        std::snprintf(label, sizeof label, "MXFP4 %lldx%lld (%s) %s %s", (long long)s.rows, (long long)s.cols, s.what,
+                      runtime::cpu::isa_name(isa), runtime::cpu::activation_bits_name(bits));
+        std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g4, 100 * g4 / triad);
       }
     }
     auto fp8_weights = make_weights(count(fp8 + fp8_scales), fp8, fp8_scales);
     const double g8 = kernel_gbps(fp8_weights, s.rows, s.cols, repetitions, runtime::cpu::matvec_fp8);
     std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)s.rows, (long long)s.cols, runtime::cpu::matvec_isa());
     std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g8, 100 * g8 / triad);
+    if (!token_counts.empty()) {
+      std::printf("prefill chunks of n tokens through linear()'s row blocks, per-token matvecs vs the multi-token kernel\n"
+                  "(activations already rounded; eff GB/s = weight bytes x tokens / time):\n");
+      bench_chunks(s.rows, s.cols, s.what, token_counts, repetitions, fp4_weights, fp8_weights);
+    }
   }
 }
 

@@ -50,6 +50,9 @@ class BenchCommand : public Command {
     kernels_->add_option("--working-set", working_set_mib_, "MiB of distinct weights cycled through, to defeat the caches (default: 2x the last-level cache, at least 256)")
         ->check(CLI::Range(8, 65536));
     kernels_->add_option("--threads", threads_, "Worker threads (default: all cores)")->check(CLI::Range(1, 4096));
+    kernels_->add_option("--tokens", token_counts_, "Prefill chunk sizes for the multi-token kernels, e.g. 8,64 (default 8,64; 0: skip)")
+        ->delimiter(',')
+        ->check(CLI::Range(0, 4096));
   }
 
   CLI::App* app() const override { return app_; }
@@ -66,7 +69,10 @@ class BenchCommand : public Command {
     }
     if (kernels_->parsed()) {
       std::printf("machine: %s\n", cpu_model().c_str());
-      run_kernel_bench(repetitions_, working_set_mib_, threads_);
+      std::vector<int> counts;
+      for (int n : token_counts_)
+        if (n > 0) counts.push_back(n);
+      run_kernel_bench(repetitions_, working_set_mib_, threads_, counts);
       return kExitOk;
     }
     PlanFlags flags = plan_flags_;
@@ -114,6 +120,7 @@ class BenchCommand : public Command {
   int repetitions_ = 5;
   int threads_ = 0;
   int working_set_mib_ = 0;  // 0: from the cache size
+  std::vector<int> token_counts_{8, 64};
 };
 
 }  // namespace

@@ -107,7 +107,7 @@ void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, fl
   // depend on which chunk it was in: prefill with any --ubatch and one-token decode agree bit for bit.
   const bool tuned = w.format == WeightFormat::MXFP4 || (w.format == WeightFormat::FP8 && w.row_begin % kFp8Block == 0);
   if (tuned) {
-    // Blocks of rows small enough to stay in cache while every token of the chunk streams through them.
+    // Blocks of rows small enough to stay in cache while every tile of the chunk's tokens passes over them.
     const int64_t row_bytes = w.format == WeightFormat::MXFP4 ? w.cols / 2 + w.cols / kFp4Block : w.cols;
     int64_t block = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(row_bytes, 1));
     if (w.format == WeightFormat::FP8) block = std::max<int64_t>(kFp8Block, block / kFp8Block * kFp8Block);
@@ -120,18 +120,20 @@ void linear(const WeightView& w, const float* x, int64_t n, int64_t x_stride, fl
     if (rounded)
       FERRY_CHECK(static_cast<int64_t>(rounded->size()) == n && (n == 0 || (*rounded)[0].cols == w.cols),
                   "linear: the rounded MXFP4 input does not match the weight");
+    // The multi-token kernels decode each weight vector once per tile of tokens and give every token the bits
+    // of the matvec (which is their one-token case).
     auto run_block = [&](int64_t r0, int64_t r1) {
-      for (int64_t t = 0; t < n; ++t) {
-        const float* xt = x + t * x_stride;
-        float* yt = y + t * y_stride + r0;
-        const int64_t row = w.row_begin + r0;
-        if (w.format == WeightFormat::MXFP4) {
-          matvec_mxfp4(w.data + row * (w.cols / 2), w.scales + row * (w.cols / kFp4Block), r1 - r0, (*rounded)[size_t(t)],
-                       yt);
-        } else {
-          const int64_t scale_cols = (w.cols + kFp8Block - 1) / kFp8Block;
-          matvec_fp8(w.data + row * w.cols, w.scales + (row / kFp8Block) * scale_cols, r1 - r0, w.cols, xt, yt);
-        }
+      const int64_t row = w.row_begin + r0;
+      float* yb = y + r0;
+      if (w.format == WeightFormat::MXFP4) {
+        const uint8_t* codes = w.data + row * (w.cols / 2);
+        const uint8_t* scales = w.scales + row * (w.cols / kFp4Block);
+        matmul_mxfp4(codes, scales, r1 - r0, rounded->data(), n, yb, y_stride);
+      } else {
+        const int64_t scale_cols = (w.cols + kFp8Block - 1) / kFp8Block;
+        const uint8_t* codes = w.data + row * w.cols;
+        const uint8_t* scales = w.scales + (row / kFp8Block) * scale_cols;
+        matmul_fp8(codes, scales, r1 - r0, w.cols, x, n, x_stride, yb, y_stride);
       }
     };
     if (n == 1) {

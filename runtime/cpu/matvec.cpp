@@ -33,18 +33,30 @@ const Tables& tables() {
   return t;
 }
 
+// One weight row against a tile of T tokens x + t * x_stride: out[t] = row . x[t]. Each token's arithmetic is
+// the same sequence whatever T is (T = 1 is the matvec), so its result does not depend on the tile; the tile
+// only shares the decoding of the weight bytes among its tokens.
+using Fp8Tile = void (*)(const uint8_t* w, const uint8_t* scales, int64_t cols, const float* x, int64_t x_stride,
+                         float* out);
+constexpr int kMaxTile = 4;
+
 // ---- portable rows ----
 
-float fp8_row_portable(const uint8_t* w, const uint8_t* scales, int64_t cols, const float* x) {
+template <int T>
+void fp8_tile_portable(const uint8_t* w, const uint8_t* scales, int64_t cols, const float* x, int64_t x_stride,
+                       float* out) {
   const Tables& t = tables();
-  float total = 0.0f;
+  float total[T] = {};
   for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kFp8Block, ++b) {
     const int64_t c1 = std::min(cols, c0 + kFp8Block);
-    float s = 0.0f;
-    for (int64_t c = c0; c < c1; ++c) s += t.e4m3[w[c]] * x[c];
-    total += s * t.e8m0[scales[b]];
+    float s[T] = {};
+    for (int64_t c = c0; c < c1; ++c) {
+      const float v = t.e4m3[w[c]];
+      for (int k = 0; k < T; ++k) s[k] += v * x[k * x_stride + c];
+    }
+    for (int k = 0; k < T; ++k) total[k] += s[k] * t.e8m0[scales[b]];
   }
-  return total;
+  for (int k = 0; k < T; ++k) out[k] = total[k];
 }
 
 // ---- AVX2 rows ----
@@ -72,38 +84,44 @@ __attribute__((target("avx2,fma,f16c"))) inline void fp8_decode16(const uint8_t*
 
 constexpr int64_t kFp8PrefetchAhead = 2048;  // bytes
 
-__attribute__((target("avx2,fma,f16c"))) float fp8_row_avx2(const uint8_t* w, const uint8_t* scales, int64_t cols,
-                                                            const float* x) {
+template <int T>
+__attribute__((target("avx2,fma,f16c"))) void fp8_tile_avx2(const uint8_t* w, const uint8_t* scales, int64_t cols,
+                                                            const float* x, int64_t x_stride, float* out) {
   const Tables& t = tables();
-  float total = 0.0f;
+  float total[T] = {};
   for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kFp8Block, ++b) {
     const int64_t c1 = std::min(cols, c0 + kFp8Block);
     // Software prefetch ahead of the stream, into the next row too (rows are contiguous): the hardware
     // prefetchers stop at 4 KiB pages, and without this the kernel waits on DRAM latency (8 GB/s vs 12 in cache).
     _mm_prefetch(reinterpret_cast<const char*>(w + c0 + kFp8PrefetchAhead), _MM_HINT_T0);
     _mm_prefetch(reinterpret_cast<const char*>(w + c0 + kFp8PrefetchAhead + 64), _MM_HINT_T0);
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s0[T], s1[T];
+    for (int k = 0; k < T; ++k) s0[k] = s1[k] = _mm256_setzero_ps();
     int64_t c = c0;
     for (; c + 16 <= c1; c += 16) {
       __m256 lo, hi;
       fp8_decode16(w + c, lo, hi);
-      s0 = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + c), s0);
-      s1 = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + c + 8), s1);
+#pragma GCC unroll 8
+      for (int k = 0; k < T; ++k) {
+        s0[k] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + k * x_stride + c), s0[k]);
+        s1[k] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + k * x_stride + c + 8), s1[k]);
+      }
     }
-    float tail = 0.0f;  // fewer than 16 columns left in the last block: exact values from the table
-    for (; c < c1; ++c) tail += t.e4m3[w[c]] * x[c];
-    const float block = hsum(_mm256_add_ps(s0, s1)) * 256.0f + tail;  // undo the 2^-8 of the F16 trick
-    total += block * t.e8m0[scales[b]];
+    for (int k = 0; k < T; ++k) {
+      const float* xk = x + k * x_stride;
+      float tail = 0.0f;  // fewer than 16 columns left in the last block: exact values from the table
+      for (int64_t i = c; i < c1; ++i) tail += t.e4m3[w[i]] * xk[i];
+      const float block = hsum(_mm256_add_ps(s0[k], s1[k])) * 256.0f + tail;  // undo the 2^-8 of the F16 trick
+      total[k] += block * t.e8m0[scales[b]];
+    }
   }
-  return total;
+  for (int k = 0; k < T; ++k) out[k] = total[k];
 }
 
 #endif  // FERRY_MATVEC_X86
 
-using Fp8Row = float (*)(const uint8_t*, const uint8_t*, int64_t, const float*);
-
 struct Kernels {
-  Fp8Row fp8 = fp8_row_portable;
+  Fp8Tile fp8[kMaxTile] = {fp8_tile_portable<1>, fp8_tile_portable<2>, fp8_tile_portable<3>, fp8_tile_portable<4>};
   const char* isa = "portable";
 };
 
@@ -113,8 +131,7 @@ const Kernels& kernels() {
 #ifdef FERRY_MATVEC_X86
     __builtin_cpu_init();  // we may run before the runtime's own CPU detection
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
-      k.fp8 = fp8_row_avx2;
-      k.isa = "avx2";
+      k = Kernels{{fp8_tile_avx2<1>, fp8_tile_avx2<2>, fp8_tile_avx2<3>, fp8_tile_avx2<4>}, "avx2"};
     }
 #endif
     return k;
@@ -122,19 +139,34 @@ const Kernels& kernels() {
   return k;
 }
 
-void run_fp8(Fp8Row row_fn, const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
-             float* y) {
+// Each tile of up to kMaxTile tokens passes over a range of rows small enough to stay in cache, so the weight
+// comes from RAM once for all n tokens and its bytes are decoded once per tile. n = 1 is the matvec.
+void run_fp8(const Fp8Tile* tiles, const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols,
+             const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride) {
   detail::check_matvec_shape(rows, cols, "matvec_fp8");
+  FERRY_CHECK(n >= 0, "matmul_fp8: negative token count");
   const int64_t scale_cols = (cols + kFp8Block - 1) / kFp8Block;
-  detail::for_each_row(rows, cols, [&](int64_t r) {
-    y[r] = row_fn(w + r * cols, scales + (r / kFp8Block) * scale_cols, cols, x);
+  detail::for_each_row_range(rows, cols, [&](int64_t r0, int64_t r1) {
+    for (int64_t t0 = 0; t0 < n; t0 += kMaxTile) {
+      const int nt = static_cast<int>(std::min<int64_t>(kMaxTile, n - t0));
+      for (int64_t r = r0; r < r1; ++r) {
+        float out[kMaxTile];
+        tiles[nt - 1](w + r * cols, scales + (r / kFp8Block) * scale_cols, cols, x + t0 * x_stride, x_stride, out);
+        for (int t = 0; t < nt; ++t) y[(t0 + t) * y_stride + r] = out[t];
+      }
+    }
   });
 }
 
 }  // namespace
 
 void matvec_fp8(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y) {
-  run_fp8(kernels().fp8, w, scales, rows, cols, x, y);
+  run_fp8(kernels().fp8, w, scales, rows, cols, x, 1, 0, y, 1);
+}
+
+void matmul_fp8(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, int64_t n,
+                int64_t x_stride, float* y, int64_t y_stride) {
+  run_fp8(kernels().fp8, w, scales, rows, cols, x, n, x_stride, y, y_stride);
 }
 
 const char* matvec_isa() { return kernels().isa; }
@@ -143,7 +175,12 @@ namespace detail {
 
 void matvec_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
                          float* y) {
-  run_fp8(fp8_row_portable, w, scales, rows, cols, x, y);
+  matmul_fp8_portable(w, scales, rows, cols, x, 1, 0, y, 1);
+}
+
+void matmul_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
+                         int64_t n, int64_t x_stride, float* y, int64_t y_stride) {
+  run_fp8(Kernels{}.fp8, w, scales, rows, cols, x, n, x_stride, y, y_stride);
 }
 
 }  // namespace detail

@@ -5,6 +5,11 @@
 // sums; they differ only in the order of the float additions (and, for int24 lanes above 2^24, the int-to-float
 // rounding, which is float32's resolution again). The weight nibbles are looked up as u = 2 e2m1 + 12 (an unsigned byte)
 // and the activation's precomputed 12 * sum q is subtracted, so no sign fix-ups sit in the inner loop.
+//
+// Prefill (matmul_mxfp4) runs the same kernels on a tile of tokens: one weight row's nibbles are decoded once
+// and reduced against each token's planes in turn. Only the integer lane sums (exact) are shared work; each
+// token's float operations are those of the matvec in the same order, hence bitwise its result.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -63,25 +68,30 @@ inline int32_t q_at(const std::vector<int8_t>* part, int parts, int64_t at) {
   return q;
 }
 
-using RowFn = float (*)(const uint8_t* codes, const uint8_t* scales, const Mxfp4Activation& a);
+// One weight row against a tile of T tokens: out[t] = row . x[t]. Each token's float arithmetic is the
+// same sequence whatever T is (T = 1 is the matvec), so a token's result does not depend on its tile; the
+// tile only shares the weight's decoding (and its reads) among the tokens.
+using TileFn = void (*)(const uint8_t* codes, const uint8_t* scales, const Mxfp4Activation* a, float* out);
+constexpr int kMaxTile = 4;
 
-float row_portable(const uint8_t* codes, const uint8_t* scales, const Mxfp4Activation& a) {
-  const Lut& t = kLut;
-  float total = 0.0f;
-  for (int64_t b = 0; b < a.blocks; ++b) {
+template <int T>
+void tile_portable(const uint8_t* codes, const uint8_t* scales, const Mxfp4Activation* a, float* out) {
+  const Lut& lut = kLut;
+  float total[T] = {};
+  for (int64_t b = 0; b < a[0].blocks; ++b) {
     // Lane by lane (8 elements each) as the vector paths, so int32 never overflows (|lane| < 2^30).
-    float block = 0.0f;
+    float block[T] = {};
     for (int m = 0; m < 4; ++m) {
-      int32_t s = 0;
+      int32_t s[T] = {};
       for (int64_t i = b * 16 + 4 * m; i < b * 16 + 4 * m + 4; ++i) {
-        const uint8_t byte = codes[i];
-        s += t.twice[fp4_low(byte)] * q_at(a.even, a.parts, i) + t.twice[fp4_high(byte)] * q_at(a.odd, a.parts, i);
+        const int32_t lo = lut.twice[fp4_low(codes[i])], hi = lut.twice[fp4_high(codes[i])];
+        for (int t = 0; t < T; ++t) s[t] += lo * q_at(a[t].even, a[t].parts, i) + hi * q_at(a[t].odd, a[t].parts, i);
       }
-      block += static_cast<float>(s);
+      for (int t = 0; t < T; ++t) block[t] += static_cast<float>(s[t]);
     }
-    total += block * scale_of(int32_t(scales[b]) + a.exponent[size_t(b)]);
+    for (int t = 0; t < T; ++t) total[t] += block[t] * scale_of(int32_t(scales[b]) + a[t].exponent[size_t(b)]);
   }
-  return total;
+  for (int t = 0; t < T; ++t) out[t] = total[t];
 }
 
 #ifdef FERRY_MXFP4_X86
@@ -91,8 +101,9 @@ float row_portable(const uint8_t* codes, const uint8_t* scales, const Mxfp4Activ
 struct Planes {
   const int8_t* even[3];
   const int8_t* odd[3];
-  const int32_t* correction;
-  const int32_t* exponent;
+  const int32_t* correction = nullptr;
+  const int32_t* exponent = nullptr;
+  Planes() = default;
   explicit Planes(const Mxfp4Activation& a) : correction(a.correction.data()), exponent(a.exponent.data()) {
     for (int j = 0; j < a.parts; ++j) {
       even[j] = a.even[j].data();
@@ -120,21 +131,26 @@ constexpr int64_t kPrefetchAhead = 2048;
 
 // Two blocks per step on 256-bit registers. `step` looks the 32 code bytes `c` of blocks b and b+1 (zeros past
 // the row's last block) up with one vpshufb per nibble into `we` (even elements, low nibbles) and `wo` (odd
-// elements, high nibbles); the pair kernel's `lanes` reduces them against the activation planes into 8 int32
-// lanes (0-3 block b, 4-7 block b+1, 8 elements each) with the +12 offset's correction subtracted; `step`
-// scales them by the blocks' scales (taken from s8 by index) into acc.
+// elements, high nibbles), once for the tile's T tokens; the pair kernel's `lanes` reduces them against one
+// token's activation planes into 8 int32 lanes (0-3 block b, 4-7 block b+1, 8 elements each) with the +12
+// offset's correction subtracted; `step` scales them by the token's block scales (taken from s8[t] by index)
+// into acc[t].
 #define PAIR_STEP(target)                                                                                       \
-  target static __m256 step(__m256i c, __m256i table, __m256i nibble, const Planes& a, int64_t b, __m256 s8,   \
-                            __m256i index, __m256 acc) {                                                        \
+  template <int T>                                                                                              \
+  target __attribute__((always_inline)) static void step(__m256i c, __m256i table, __m256i nibble,             \
+                                                         const Planes* a, int64_t b, const __m256* s8,         \
+                                                         __m256i index, __m256* acc) {                          \
     const __m256i we = _mm256_shuffle_epi8(table, _mm256_and_si256(c, nibble));                                 \
     const __m256i wo = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble));           \
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(we, wo, a, b)), _mm256_permutevar8x32_ps(s8, index), acc);  \
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) acc[t] =                                                \
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(we, wo, a[t], b)), _mm256_permutevar8x32_ps(s8[t], index), acc[t]); \
   }
 
 // AVX2: vpmaddubsw against each activation byte plane, vpmaddwd folds pairs (x256 for the high planes).
 template <int P>
 struct PairAvx2 {
-  __attribute__((target("avx2,fma"))) static __m256i lanes(__m256i we, __m256i wo, const Planes& a, int64_t b) {
+  __attribute__((target("avx2,fma"), always_inline)) static __m256i lanes(__m256i we, __m256i wo, const Planes& a,
+                                                                         int64_t b) {
 #define PLANE256(j) _mm256_add_epi16(_mm256_maddubs_epi16(we, X256(a.even[j])), _mm256_maddubs_epi16(wo, X256(a.odd[j])))
     const __m256i x256 = _mm256_set1_epi16(256);
     // q = sum_j part_j 256^(P-1-j): the high planes are folded in x256 steps (vpmaddwd by 256, then shifts).
@@ -152,8 +168,8 @@ struct PairAvx2 {
 // pair for int24, where the AVX2 path is bound by its vector ports, not by memory.
 template <int P>
 struct PairAvxVnni {
-  __attribute__((target("avx2,fma,avxvnni"))) static __m256i lanes(__m256i we, __m256i wo, const Planes& a,
-                                                                   int64_t b) {
+  __attribute__((target("avx2,fma,avxvnni"), always_inline)) static __m256i lanes(__m256i we, __m256i wo,
+                                                                                 const Planes& a, int64_t b) {
     __m256i h = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), we, X256(a.even[0]));
     h = _mm256_dpbusd_avx_epi32(h, wo, X256(a.odd[0]));
     if constexpr (P == 3) {
@@ -168,110 +184,146 @@ struct PairAvxVnni {
 };
 #undef PAIR_STEP
 
-// Eight blocks' scales 2^(e_w - 127) * 2^(k - 1) as floats, built in the exponent field.
-__attribute__((target("avx2,fma"))) inline __m256 scales8_avx2(uint64_t scale_bytes, const int32_t* exponent) {
-  __m256i e = _mm256_add_epi32(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(scale_bytes))),
-                               _mm256_loadu_si256(reinterpret_cast<const __m256i*>(exponent)));
+// Eight blocks' scales 2^(e_w - 127) * 2^(k - 1) as floats, built in the exponent field from the weight's
+// exponents `ew` (shared by the tile) and one token's.
+__attribute__((target("avx2,fma"))) inline __m256 scales8_avx2(__m256i ew, const int32_t* exponent) {
+  __m256i e = _mm256_add_epi32(ew, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(exponent)));
   e = _mm256_min_epi32(_mm256_max_epi32(e, _mm256_setzero_si256()), _mm256_set1_epi32(255));
   return _mm256_castsi256_ps(_mm256_slli_epi32(e, 23));
 }
+__attribute__((target("avx2,fma"))) inline __m256i weight_exponents8(uint64_t scale_bytes) {
+  return _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(scale_bytes)));
+}
 
-// One row on 256-bit registers with the pair kernel `Pair`. A macro body instantiated under each ISA's target
-// attribute: a function cannot inline code for an ISA it was not compiled for.
-#define ROW256_BODY(Pair)                                                                                      \
-  const Planes pl(a);                                                                                          \
+// One row against T tokens on 256-bit registers with the pair kernel `Pair`. A macro body instantiated under
+// each ISA's target attribute: a function cannot inline code for an ISA it was not compiled for.
+#define TILE256_BODY(Pair)                                                                                     \
+  Planes pl[T];                                                                                                \
+  for (int t = 0; t < T; ++t) pl[t] = Planes(a[t]);                                                           \
+  const int64_t blocks = a[0].blocks;                                                                         \
   const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kLut.offset))); \
   const __m256i nibble = _mm256_set1_epi8(0x0F);                                                               \
   const __m256i i0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3); \
   const __m256i i2 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), i3 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7); \
   auto codes_at = [codes](int64_t b) { return reinterpret_cast<const __m256i*>(codes + 16 * b); };              \
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();                                               \
-  _mm_prefetch(reinterpret_cast<const char*>(scales + a.blocks), _MM_HINT_T0); /* the next row's scales */      \
+  __m256 acc0[T], acc1[T], s8[T];                                                                              \
+  for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();                                         \
+  _mm_prefetch(reinterpret_cast<const char*>(scales + blocks), _MM_HINT_T0); /* the next row's scales */        \
   int64_t g = 0;                                                                                               \
-  for (; g + 8 <= a.blocks; g += 8) { /* whole groups of eight blocks, unrolled */                             \
+  for (; g + 8 <= blocks; g += 8) { /* whole groups of eight blocks, unrolled */                               \
     _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead), _MM_HINT_T0);                 \
     _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead + 64), _MM_HINT_T0);            \
     uint64_t sb;                                                                                               \
     std::memcpy(&sb, scales + g, sizeof sb);                                                                   \
-    const __m256 s8 = scales8_avx2(sb, pl.exponent + g);                                                       \
-    acc0 = Pair::step(_mm256_loadu_si256(codes_at(g)), table, nibble, pl, g, s8, i0, acc0);                                             \
-    acc1 = Pair::step(_mm256_loadu_si256(codes_at(g + 2)), table, nibble, pl, g + 2, s8, i1, acc1);                                     \
-    acc0 = Pair::step(_mm256_loadu_si256(codes_at(g + 4)), table, nibble, pl, g + 4, s8, i2, acc0);                                     \
-    acc1 = Pair::step(_mm256_loadu_si256(codes_at(g + 6)), table, nibble, pl, g + 6, s8, i3, acc1);                                     \
+    const __m256i ew = weight_exponents8(sb);                                                                  \
+    for (int t = 0; t < T; ++t) s8[t] = scales8_avx2(ew, pl[t].exponent + g);                                  \
+    Pair::template step<T>(_mm256_loadu_si256(codes_at(g)), table, nibble, pl, g, s8, i0, acc0);               \
+    Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 2)), table, nibble, pl, g + 2, s8, i1, acc1);       \
+    Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 4)), table, nibble, pl, g + 4, s8, i2, acc0);       \
+    Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 6)), table, nibble, pl, g + 6, s8, i3, acc1);       \
   }                                                                                                            \
-  if (g < a.blocks) { /* fewer than eight blocks left: never read past the row's codes or scales */            \
-    const int64_t nb = a.blocks - g;                                                                           \
+  if (g < blocks) { /* fewer than eight blocks left: never read past the row's codes or scales */              \
+    const int64_t nb = blocks - g;                                                                             \
     uint64_t sb = 0;                                                                                           \
     std::memcpy(&sb, scales + g, static_cast<size_t>(nb));                                                     \
-    const __m256 s8 = scales8_avx2(sb, pl.exponent + g);                                                       \
+    const __m256i ew = weight_exponents8(sb);                                                                  \
+    for (int t = 0; t < T; ++t) s8[t] = scales8_avx2(ew, pl[t].exponent + g);                                  \
     const __m256i index[4] = {i0, i1, i2, i3};                                                                 \
     for (int64_t j = 0; j < nb; j += 2) {                                                                      \
       const __m256i c = j + 1 < nb ? _mm256_loadu_si256(codes_at(g + j))                                       \
                                    : _mm256_zextsi128_si256(                                                   \
                                          _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * (g + j)))); \
-      acc0 = Pair::step(c, table, nibble, pl, g + j, s8, index[j / 2], acc0);                                                           \
+      Pair::template step<T>(c, table, nibble, pl, g + j, s8, index[j / 2], acc0);                             \
     }                                                                                                          \
   }                                                                                                            \
-  return hsum256(_mm256_add_ps(acc0, acc1))
+  for (int t = 0; t < T; ++t) out[t] = hsum256(_mm256_add_ps(acc0[t], acc1[t]))
 
-template <int P>
-__attribute__((target("avx2,fma"))) float row_avx2(const uint8_t* codes, const uint8_t* scales,
-                                                   const Mxfp4Activation& a) {
-  ROW256_BODY(PairAvx2<P>);
+template <int P, int T>
+__attribute__((target("avx2,fma"))) void tile_avx2(const uint8_t* codes, const uint8_t* scales,
+                                                   const Mxfp4Activation* a, float* out) {
+  TILE256_BODY(PairAvx2<P>);
 }
 
-template <int P>
-__attribute__((target("avx2,fma,avxvnni"))) float row_avxvnni(const uint8_t* codes, const uint8_t* scales,
-                                                              const Mxfp4Activation& a) {
-  ROW256_BODY(PairAvxVnni<P>);
+template <int P, int T>
+__attribute__((target("avx2,fma,avxvnni"))) void tile_avxvnni(const uint8_t* codes, const uint8_t* scales,
+                                                              const Mxfp4Activation* a, float* out) {
+  TILE256_BODY(PairAvxVnni<P>);
 }
-#undef ROW256_BODY
+#undef TILE256_BODY
 
-// Four blocks per step with 512-bit registers; vpdpbusd does the byte products and the pair folding in one
-// instruction, and masked loads cover a row whose block count is not a multiple of four.
-template <int P>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) float row_avx512(const uint8_t* codes,
-                                                                                  const uint8_t* scales,
-                                                                                  const Mxfp4Activation& a) {
-  const Planes pl(a);
-  const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kLut.offset)));
-  const __m512i nibble = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512(), e_hi = _mm512_set1_epi32(255);
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
-  _mm_prefetch(reinterpret_cast<const char*>(scales + a.blocks), _MM_HINT_T0);  // the next row's scales
-  for (int64_t g = 0; g < a.blocks; g += 16) {
-    const int64_t nb = std::min<int64_t>(16, a.blocks - g);
-    const __mmask16 scale_mask = static_cast<__mmask16>((1u << nb) - 1);
-    __m512i e = _mm512_add_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(scale_mask, scales + g)),
-                                 _mm512_loadu_si512(pl.exponent + g));
-    e = _mm512_min_epi32(_mm512_max_epi32(e, zero), e_hi);
-    const __m512 s16 = _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
-    for (int64_t j = 0; j < nb; j += 4) {
-      const int64_t b = g + j, nq = std::min<int64_t>(4, nb - j);
-      _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * b + kPrefetchAhead), _MM_HINT_T0);
-      const __mmask64 code_mask = nq == 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * nq)) - 1;
-      const __m512i c = _mm512_maskz_loadu_epi8(code_mask, codes + 16 * b);
-      const __m512i we = _mm512_shuffle_epi8(table, _mm512_and_si512(c, nibble));
-      const __m512i wo = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble));
-      __m512i h = _mm512_dpbusd_epi32(zero, we, X512(pl.even[0]));
-      h = _mm512_dpbusd_epi32(h, wo, X512(pl.odd[0]));
-      if constexpr (P == 3) {
-        h = _mm512_dpbusd_epi32(_mm512_slli_epi32(h, 8), we, X512(pl.even[1]));
-        h = _mm512_dpbusd_epi32(h, wo, X512(pl.odd[1]));
-      }
-      __m512i t = _mm512_sub_epi32(_mm512_slli_epi32(h, 8), _mm512_loadu_si512(pl.correction + 4 * b));
-      t = _mm512_dpbusd_epi32(t, we, X512(pl.even[P - 1]));
-      t = _mm512_dpbusd_epi32(t, wo, X512(pl.odd[P - 1]));
-      const int p = static_cast<int>(j);
-      const __m512i idx = _mm512_setr_epi32(p, p, p, p, p + 1, p + 1, p + 1, p + 1, p + 2, p + 2, p + 2, p + 2, p + 3,
-                                            p + 3, p + 3, p + 3);
-      const __m512 sc = _mm512_permutexvar_ps(idx, s16);
-      if ((j & 4) == 0)
-        acc0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sc, acc0);
-      else
-        acc1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sc, acc1);
+// Four blocks per step with 512-bit registers: the 64 code bytes `c` of blocks b .. b+3 (zeros past the row's
+// last block) decoded once for the tile, then per token vpdpbusd does the byte products and the pair folding in
+// one instruction, and the lanes are scaled by the token's block scales (taken from s16[t] by idx) into acc[t].
+template <int P, int T>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) inline void quad_avx512(
+    __m512i c, __m512i table, const Planes* pl, int64_t b, const __m512* s16, __m512i idx, __m512* acc) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F), zero = _mm512_setzero_si512();
+  const __m512i we = _mm512_shuffle_epi8(table, _mm512_and_si512(c, nibble));
+  const __m512i wo = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble));
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    const Planes& q = pl[t];
+    __m512i h = _mm512_dpbusd_epi32(zero, we, X512(q.even[0]));
+    h = _mm512_dpbusd_epi32(h, wo, X512(q.odd[0]));
+    if constexpr (P == 3) {
+      h = _mm512_dpbusd_epi32(_mm512_slli_epi32(h, 8), we, X512(q.even[1]));
+      h = _mm512_dpbusd_epi32(h, wo, X512(q.odd[1]));
     }
+    __m512i s = _mm512_sub_epi32(_mm512_slli_epi32(h, 8), _mm512_loadu_si512(q.correction + 4 * b));
+    s = _mm512_dpbusd_epi32(s, we, X512(q.even[P - 1]));
+    s = _mm512_dpbusd_epi32(s, wo, X512(q.odd[P - 1]));
+    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_permutexvar_ps(idx, s16[t]), acc[t]);
   }
-  return _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+}
+
+// One row against T tokens, sixteen blocks (one group of scales) per iteration, quads alternating between two
+// accumulators; masked loads cover a row whose block count is not a multiple of sixteen.
+template <int P, int T>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_avx512(const uint8_t* codes,
+                                                                                  const uint8_t* scales,
+                                                                                  const Mxfp4Activation* a,
+                                                                                  float* out) {
+  Planes pl[T];
+  for (int t = 0; t < T; ++t) pl[t] = Planes(a[t]);
+  const int64_t blocks = a[0].blocks;
+  const __m512i table = _mm512_broadcast_i32x4(_mm_load_si128(reinterpret_cast<const __m128i*>(kLut.offset)));
+  const __m512i zero = _mm512_setzero_si512(), e_hi = _mm512_set1_epi32(255);
+  const __m512i k0 = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i k4 = _mm512_add_epi32(k0, _mm512_set1_epi32(4)), k8 = _mm512_add_epi32(k0, _mm512_set1_epi32(8));
+  const __m512i k12 = _mm512_add_epi32(k0, _mm512_set1_epi32(12));
+  __m512 acc0[T], acc1[T], s16[T];
+  for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm512_setzero_ps();
+  _mm_prefetch(reinterpret_cast<const char*>(scales + blocks), _MM_HINT_T0);  // the next row's scales
+  // Scales 2^(e_w - 127) * 2^(k - 1) of blocks g .. g+15 for every token, built in the exponent field.
+  auto group_scales = [&](int64_t g, int64_t nb) __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) {
+    const __m512i ew = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>((1u << nb) - 1), scales + g));
+    for (int t = 0; t < T; ++t) {
+      const __m512i e = _mm512_add_epi32(ew, _mm512_loadu_si512(pl[t].exponent + g));
+      s16[t] = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_min_epi32(_mm512_max_epi32(e, zero), e_hi), 23));
+    }
+  };
+  auto quad = [&](int64_t b, int64_t nq) __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) {
+    _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * b + kPrefetchAhead), _MM_HINT_T0);
+    const __mmask64 mask = nq >= 4 ? ~__mmask64{0} : (__mmask64{1} << (16 * nq)) - 1;
+    return _mm512_maskz_loadu_epi8(mask, codes + 16 * b);
+  };
+  int64_t g = 0;
+  for (; g + 16 <= blocks; g += 16) {
+    group_scales(g, 16);
+    quad_avx512<P, T>(quad(g, 4), table, pl, g, s16, k0, acc0);
+    quad_avx512<P, T>(quad(g + 4, 4), table, pl, g + 4, s16, k4, acc1);
+    quad_avx512<P, T>(quad(g + 8, 4), table, pl, g + 8, s16, k8, acc0);
+    quad_avx512<P, T>(quad(g + 12, 4), table, pl, g + 12, s16, k12, acc1);
+  }
+  if (g < blocks) {  // fewer than sixteen blocks left
+    const int64_t nb = blocks - g;
+    group_scales(g, nb);
+    quad_avx512<P, T>(quad(g, nb), table, pl, g, s16, k0, acc0);
+    if (nb > 4) quad_avx512<P, T>(quad(g + 4, nb - 4), table, pl, g + 4, s16, k4, acc1);
+    if (nb > 8) quad_avx512<P, T>(quad(g + 8, nb - 8), table, pl, g + 8, s16, k8, acc0);
+    if (nb > 12) quad_avx512<P, T>(quad(g + 12, nb - 12), table, pl, g + 12, s16, k12, acc1);
+  }
+  for (int t = 0; t < T; ++t) out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
 }
 
 #undef X256
@@ -300,15 +352,31 @@ bool cpu_has(CpuIsa isa) {
   return false;
 }
 
-RowFn row_fn(CpuIsa isa, int parts) {
+// A path's kernel for `parts` activation bytes and a tile of `tokens` (1 .. kMaxTile) tokens.
+TileFn tile_fn(CpuIsa isa, int parts, int tokens) {
+  const int at = (parts == 3 ? kMaxTile : 0) + tokens - 1;
+#define FERRY_TILES(f) {f<2, 1>, f<2, 2>, f<2, 3>, f<2, 4>, f<3, 1>, f<3, 2>, f<3, 3>, f<3, 4>}
   switch (isa) {
 #ifdef FERRY_MXFP4_X86
-    case CpuIsa::Avx2: return parts == 2 ? row_avx2<2> : row_avx2<3>;
-    case CpuIsa::AvxVnni: return parts == 2 ? row_avxvnni<2> : row_avxvnni<3>;
-    case CpuIsa::Avx512: return parts == 2 ? row_avx512<2> : row_avx512<3>;
+    case CpuIsa::Avx2: {
+      static constexpr TileFn k[] = FERRY_TILES(tile_avx2);
+      return k[at];
+    }
+    case CpuIsa::AvxVnni: {
+      static constexpr TileFn k[] = FERRY_TILES(tile_avxvnni);
+      return k[at];
+    }
+    case CpuIsa::Avx512: {
+      static constexpr TileFn k[] = FERRY_TILES(tile_avx512);
+      return k[at];
+    }
 #endif
-    default: return row_portable;
+    default: {
+      static constexpr TileFn k[] = {tile_portable<1>, tile_portable<2>, tile_portable<3>, tile_portable<4>};
+      return k[tokens - 1];
+    }
   }
+#undef FERRY_TILES
 }
 
 // The best path the CPU has, or the one FERRY_CPU_ISA (portable | avx2 | avxvnni | avx512) names.
@@ -330,12 +398,40 @@ CpuIsa chosen() {
   return isa;
 }
 
-void run(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation& a, float* y) {
-  detail::check_matvec_shape(rows, a.cols, "matvec_mxfp4");
-  FERRY_CHECK(a.parts == 2 || a.parts == 3, "matvec_mxfp4: activation not prepared");
-  const RowFn fn = row_fn(isa, a.parts);
-  const int64_t row_bytes = a.cols / 2;
-  detail::for_each_row(rows, row_bytes, [&](int64_t r) { y[r] = fn(codes + r * row_bytes, scales + r * a.blocks, a); });
+void check_activations(const Mxfp4Activation* x, int64_t n, int64_t rows) {
+  detail::check_matvec_shape(rows, n > 0 ? x[0].cols : 0, "matvec_mxfp4");
+  for (int64_t t = 0; t < n; ++t)
+    FERRY_CHECK((x[t].parts == 2 || x[t].parts == 3) && x[t].cols == x[0].cols && x[t].parts == x[0].parts,
+                "matvec_mxfp4: activations not prepared alike");
+}
+
+// Tokens per tile: up to kMaxTile, as many as have their activations fit in 32 KiB of L1 together, since each
+// row of the tile re-reads them all (an int24 activation is 7 times the bytes of a weight row). Past that, the
+// activations stream from L2 and a larger tile is slower than a smaller one (measured on AVX-512 and AVX-VNNI).
+int64_t tile_tokens(const Mxfp4Activation& a) {
+  const int64_t bytes = a.cols * a.parts + a.blocks * 4 * int64_t(sizeof(int32_t)) + a.blocks * int64_t(sizeof(int32_t));
+  return std::clamp<int64_t>((32 << 10) / bytes, 1, kMaxTile);
+}
+
+// Each tile of up to kMaxTile tokens passes over a range of rows small enough to stay in cache, so the weight
+// comes from RAM once for all n tokens and each weight vector is decoded once per tile. n = 1 is the matvec.
+void run_tiles(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation* x,
+               int64_t n, float* y, int64_t y_stride) {
+  check_activations(x, n, rows);
+  if (n == 0 || rows == 0) return;
+  const int64_t row_bytes = x[0].cols / 2, blocks = x[0].blocks;
+  const int64_t tile = tile_tokens(x[0]);
+  detail::for_each_row_range(rows, row_bytes, [&](int64_t r0, int64_t r1) {
+    for (int64_t t0 = 0; t0 < n; t0 += tile) {
+      const int nt = static_cast<int>(std::min<int64_t>(tile, n - t0));
+      const TileFn fn = tile_fn(isa, x[0].parts, nt);
+      for (int64_t r = r0; r < r1; ++r) {
+        float out[kMaxTile];
+        fn(codes + r * row_bytes, scales + r * blocks, x + t0, out);
+        for (int t = 0; t < nt; ++t) y[(t0 + t) * y_stride + r] = out[t];
+      }
+    }
+  });
 }
 
 }  // namespace
@@ -360,7 +456,12 @@ std::vector<CpuIsa> mxfp4_isas() {
 CpuIsa mxfp4_isa() { return chosen(); }
 
 void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation& x, float* y) {
-  run(chosen(), codes, scales, rows, x, y);
+  run_tiles(chosen(), codes, scales, rows, &x, 1, y, 1);
+}
+
+void matmul_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation* x, int64_t n,
+                  float* y, int64_t y_stride) {
+  run_tiles(chosen(), codes, scales, rows, x, n, y, y_stride);
 }
 
 void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y) {
@@ -368,9 +469,9 @@ void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int
   FERRY_CHECK(cols % kBlock == 0,
               "matvec_mxfp4: cols must be a multiple of 32 (the MXFP4 block), got " + std::to_string(cols));
   if (rows == 0) return;
-  Mxfp4Activation a;  // per call, not thread_local: a TBB thread waiting in run() may steal another matvec
+  Mxfp4Activation a;  // per call, not thread_local: a TBB thread waiting in run_tiles() may steal another matvec
   quantize_mxfp4_activation(x, cols, a);
-  run(chosen(), codes, scales, rows, a, y);
+  run_tiles(chosen(), codes, scales, rows, &a, 1, y, 1);
 }
 
 namespace detail {
@@ -378,7 +479,13 @@ namespace detail {
 void matvec_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows,
                      const Mxfp4Activation& x, float* y) {
   FERRY_CHECK(cpu_has(isa), std::string("matvec_mxfp4: this CPU has no ") + isa_name(isa) + " path");
-  run(isa, codes, scales, rows, x, y);
+  run_tiles(isa, codes, scales, rows, &x, 1, y, 1);
+}
+
+void matmul_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation* x,
+                     int64_t n, float* y, int64_t y_stride) {
+  FERRY_CHECK(cpu_has(isa), std::string("matmul_mxfp4: this CPU has no ") + isa_name(isa) + " path");
+  run_tiles(isa, codes, scales, rows, x, n, y, y_stride);
 }
 
 }  // namespace detail

@@ -1,0 +1,176 @@
+// The multi-token kernels (matmul_mxfp4, matmul_fp8) against the per-token matvec of the same code path, bit for
+// bit: linear() promises that a token's output does not depend on the chunk it was in, so prefill with any
+// ubatch and one-token decode agree exactly. Every path the CPU has, int16 and int24, row counts that are not
+// a multiple of the tile, token counts 1..9 and 64, rows that start at odd offsets.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "runtime/cpu/linear.h"
+#include "runtime/cpu/matvec.h"
+#include "runtime/dtype_codec.h"
+
+namespace ferry::runtime::cpu {
+namespace {
+
+const int64_t kTokenCounts[] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 64};
+
+std::vector<uint8_t> random_bytes(std::mt19937& rng, size_t n, bool fp8) {
+  std::uniform_int_distribution<int> byte(0, 255);
+  std::vector<uint8_t> v(n);
+  for (auto& b : v) {
+    do b = static_cast<uint8_t>(byte(rng));
+    while (fp8 && (b & 0x7F) == 0x7F);  // E4M3 NaN codes never occur in weights
+  }
+  return v;
+}
+
+std::vector<uint8_t> random_scales(std::mt19937& rng, size_t n) {
+  std::uniform_int_distribution<int> k(-10, -2);
+  std::vector<uint8_t> s(n);
+  for (auto& v : s) v = e8m0_from_exponent(k(rng));
+  return s;
+}
+
+// Activations of varied magnitude per 32-block, so that block exponents differ between tokens and blocks.
+std::vector<float> random_tokens(std::mt19937& rng, int64_t n, int64_t cols) {
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> e(-6, 6);
+  std::vector<float> x(size_t(n * cols));
+  for (size_t b = 0; b < x.size(); b += 32) {
+    const float scale = std::ldexp(1.0f, e(rng));
+    for (size_t i = b; i < std::min(x.size(), b + 32); ++i) x[i] = d(rng) * scale;
+  }
+  return x;
+}
+
+// Bitwise equality of float arrays (NaN-safe, and -0 differs from +0).
+::testing::AssertionResult same_bits(const float* a, const float* b, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (std::memcmp(a + i, b + i, sizeof(float)) != 0)
+      return ::testing::AssertionFailure() << "element " << i << ": " << a[i] << " vs " << b[i];
+  return ::testing::AssertionSuccess();
+}
+
+struct Shape {
+  int64_t rows, cols;
+};
+std::string name(Shape s, int64_t offset) {
+  return std::to_string(s.rows) + "x" + std::to_string(s.cols) + " from row " + std::to_string(offset);
+}
+
+// Rows 1 .. 300 (not multiples of the tile, one large enough for the parallel row ranges), 1 .. 128 blocks
+// (4096 columns: tiles of 2 (int24) and 3 (int16) tokens, which is what fits in L1).
+const Shape kMxfp4Shapes[] = {{1, 32}, {7, 96}, {37, 160}, {13, 544}, {300, 2176}, {5, 4096}};
+
+TEST(CpuMatmul, Mxfp4MatchesTheMatvecBitwiseOnEveryPath) {
+  for (const Shape s : kMxfp4Shapes) {
+    std::mt19937 rng(17 + static_cast<unsigned>(s.rows * 31 + s.cols));
+    const int64_t offset = 3, all_rows = s.rows + 2 * offset;  // a view starting at an odd row
+    const std::vector<uint8_t> codes = random_bytes(rng, size_t(all_rows * s.cols / 2), false);
+    const std::vector<uint8_t> scales = random_scales(rng, size_t(all_rows * s.cols / 32));
+    const uint8_t* c = codes.data() + offset * s.cols / 2;
+    const uint8_t* sc = scales.data() + offset * s.cols / 32;
+    const std::vector<float> x = random_tokens(rng, 64, s.cols);
+    for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
+      std::vector<Mxfp4Activation> a(64);
+      for (int64_t t = 0; t < 64; ++t) quantize_mxfp4_activation(x.data() + t * s.cols, s.cols, a[size_t(t)], bits);
+      for (CpuIsa isa : mxfp4_isas()) {
+        SCOPED_TRACE(name(s, offset) + " " + activation_bits_name(bits) + " " + isa_name(isa));
+        std::vector<float> want(size_t(64 * s.rows));
+        for (int64_t t = 0; t < 64; ++t) detail::matvec_mxfp4_on(isa, c, sc, s.rows, a[size_t(t)], want.data() + t * s.rows);
+        for (int64_t n : kTokenCounts) {
+          // Rows of y wider than the weight: the gaps must stay untouched.
+          const int64_t stride = s.rows + 5;
+          std::vector<float> y(size_t(n * stride), -7.0f);
+          detail::matmul_mxfp4_on(isa, c, sc, s.rows, a.data(), n, y.data(), stride);
+          for (int64_t t = 0; t < n; ++t) {
+            ASSERT_TRUE(same_bits(y.data() + t * stride, want.data() + t * s.rows, s.rows)) << "n " << n << " token " << t;
+            for (int64_t r = s.rows; r < stride; ++r) ASSERT_EQ(y[size_t(t * stride + r)], -7.0f);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Columns that leave a partial 16-column step and a partial 128-column block; rows past one 128-row scale block.
+const Shape kFp8Shapes[] = {{1, 1}, {9, 77}, {37, 200}, {130, 129}, {300, 1000}};
+
+TEST(CpuMatmul, Fp8MatchesTheMatvecBitwiseOnEveryPath) {
+  for (const Shape s : kFp8Shapes) {
+    std::mt19937 rng(29 + static_cast<unsigned>(s.rows * 7 + s.cols));
+    const int64_t scale_cols = (s.cols + 127) / 128;
+    const std::vector<uint8_t> w = random_bytes(rng, size_t((s.rows + 5) * s.cols), true);
+    const std::vector<uint8_t> scales = random_scales(rng, size_t(((s.rows + 5 + 127) / 128) * scale_cols));
+    const int64_t n_max = 64, x_stride = s.cols + 3;
+    const std::vector<float> x = random_tokens(rng, n_max, x_stride);
+    // Odd row offsets within the first scale block: the kernels take the scale rows as given.
+    for (int64_t offset : {int64_t{0}, int64_t{5}}) {
+      const uint8_t* wr = w.data() + offset * s.cols;
+      using Matvec = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, float*);
+      using Matmul = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, int64_t, int64_t, float*,
+                              int64_t);
+      const std::pair<Matvec, Matmul> paths[] = {{matvec_fp8, matmul_fp8},
+                                                 {detail::matvec_fp8_portable, detail::matmul_fp8_portable}};
+      for (const auto& [matvec, matmul] : paths) {
+        SCOPED_TRACE(name(s, offset) + (matvec == matvec_fp8 ? std::string(" ") + matvec_isa() : " portable"));
+        std::vector<float> want(size_t(n_max * s.rows));
+        for (int64_t t = 0; t < n_max; ++t) matvec(wr, scales.data(), s.rows, s.cols, x.data() + t * x_stride, want.data() + t * s.rows);
+        for (int64_t n : kTokenCounts) {
+          std::vector<float> y(size_t(n * s.rows), NAN);
+          matmul(wr, scales.data(), s.rows, s.cols, x.data(), n, x_stride, y.data(), s.rows);
+          ASSERT_TRUE(same_bits(y.data(), want.data(), n * s.rows)) << "n " << n;
+        }
+      }
+    }
+  }
+}
+
+// Through linear(): a chunk of n tokens gives each token the bits of a one-token call, for MXFP4 views at odd
+// row offsets (int16 and int24) and FP8 views on 128-row boundaries, with weights large enough for several row
+// blocks in parallel.
+TEST(CpuMatmul, LinearChunkEqualsOneTokenCalls) {
+  std::mt19937 rng(5);
+  const int64_t rows = 4200, cols = 256;
+  const std::vector<uint8_t> fp4 = random_bytes(rng, size_t(rows * cols / 2), false);
+  const std::vector<uint8_t> fp4_scales = random_scales(rng, size_t(rows * cols / 32));
+  const std::vector<uint8_t> fp8 = random_bytes(rng, size_t(rows * cols), true);
+  const std::vector<uint8_t> fp8_scales = random_scales(rng, size_t(((rows + 127) / 128) * (cols / 128)));
+  const WeightView w4{WeightFormat::MXFP4, fp4.data(), fp4_scales.data(), 0, rows, cols, rows};
+  const WeightView w8{WeightFormat::FP8, fp8.data(), fp8_scales.data(), 0, rows, cols, rows};
+  const int64_t n_max = 19;
+  const std::vector<float> x = random_tokens(rng, n_max, cols);
+  const ActivationBits saved = expert_activation_bits();
+  for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
+    set_expert_activation_bits(bits);
+    for (const WeightView& v : {w4.slice_rows(1, rows - 2), w4.slice_rows(131, 2999), w8.slice_rows(128, 4000), w8}) {
+      SCOPED_TRACE(std::string(v.format == WeightFormat::FP8 ? "fp8" : "mxfp4") + " from row " +
+                   std::to_string(v.row_begin) + " " + activation_bits_name(bits));
+      std::vector<float> want(size_t(n_max * v.rows));
+      for (int64_t t = 0; t < n_max; ++t) linear(v, x.data() + t * cols, 1, cols, want.data() + t * v.rows, v.rows);
+      for (int64_t n : {int64_t{2}, int64_t{7}, n_max}) {
+        std::vector<float> y(size_t(n * v.rows), NAN);
+        linear(v, x.data(), n, cols, y.data(), v.rows);
+        ASSERT_TRUE(same_bits(y.data(), want.data(), n * v.rows)) << "n " << n;
+      }
+    }
+  }
+  set_expert_activation_bits(saved);
+}
+
+TEST(CpuMatmul, NoTokensWritesNothing) {
+  std::vector<uint8_t> codes(64), scales(4);
+  std::vector<float> y(4, -1.0f);
+  matmul_mxfp4(codes.data(), scales.data(), 4, nullptr, 0, y.data(), 4);
+  matmul_fp8(codes.data(), scales.data(), 4, 16, nullptr, 0, 16, y.data(), 4);
+  for (float v : y) EXPECT_EQ(v, -1.0f);
+}
+
+}  // namespace
+}  // namespace ferry::runtime::cpu
