@@ -72,7 +72,8 @@ class ServeCommand : public Command {
     app_ = parent.add_subcommand("serve", "OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)");
     app_->add_option("--model,-m", model_, "Checkpoint directory (config.json + safetensors + tokenizer)")->required();
     app_->add_option("--host", options_.host, "Address to listen on (default 127.0.0.1; 0.0.0.0: every interface)");
-    app_->add_option("--port", options_.port, "Port (default 8080)")->check(CLI::Range(1, 65535));
+    app_->add_option("--port", options_.port, "Port (default 8080; 0: a free one, named on stderr)")
+        ->check(CLI::Range(0, 65535));
     app_->add_option("--api-key", options_.api_key,
                      "Require 'Authorization: Bearer KEY' on every route but /health (or set FERRY_API_KEY)")
         ->envname("FERRY_API_KEY");
@@ -96,6 +97,7 @@ class ServeCommand : public Command {
     ShutdownSignals signals;  // before any thread starts, so that all of them inherit the mask
     const std::unique_ptr<server::Engine> engine = open_engine_(model_, ctx);
     FERRY_CHECK(engine, "no engine for " + model_);
+    options_.extra_metrics = [e = engine.get()] { return e->metrics(); };
     server::HttpServer http(*engine, options_);
     const int port = http.bind();
     signals.attach(&http);

@@ -36,8 +36,8 @@ class Engine;
 }
 // Opens the model behind `ferry serve`: the checkpoint directory and the context length per sequence.
 using EngineFactory = std::function<std::unique_ptr<server::Engine>(const std::string& model_dir, int64_t ctx)>;
-// Not registered in main.cpp yet: the V4 engine (tokenizer + chat encoding over runtime::generate) is the
-// factory it needs, and it does not exist yet.
+// main.cpp gives it the V4 engine (launch/server/v4_engine.h); tests give it a double.
 std::unique_ptr<Command> make_serve_command(CLI::App& parent, EngineFactory open_engine);
+std::unique_ptr<Command> make_chat_command(CLI::App& parent);
 
 }  // namespace ferry::launch

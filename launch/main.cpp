@@ -10,6 +10,8 @@
 
 #include "launch/commands.h"
 #include "launch/logging.h"
+#include "launch/server/engine.h"
+#include "launch/server/v4_engine.h"
 #include "planner/error.h"
 
 int main(int argc, char** argv) {
@@ -25,6 +27,9 @@ int main(int argc, char** argv) {
   commands.push_back(make_inspect_command(app));
   commands.push_back(make_run_command(app));
   commands.push_back(make_tokenize_command(app));
+  commands.push_back(make_serve_command(
+      app, [](const std::string& dir, int64_t ctx) { return server::open_v4_engine(dir, ctx); }));
+  commands.push_back(make_chat_command(app));
 
   try {
     app.parse(argc, argv);

@@ -125,6 +125,13 @@ int64_t Session::workspace_bytes() const {
   return ws_->bytes() + f(H_) + f(H_mtp_) + f(mtp_pending_) + f(logits_tmp_);
 }
 
+void Session::reset() {
+  cache_->clear();
+  pos_ = 0;
+  has_mtp_pending_ = false;
+  mtp_logits_.clear();
+}
+
 void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logits, std::vector<float>* last_logits,
                    const std::function<void(int64_t, int64_t)>& progress) {
   const auto& c = model_.config();

@@ -46,6 +46,10 @@ class Session {
   void feed(std::span<const int32_t> tokens, std::vector<float>* all_logits, std::vector<float>* last_logits,
             const std::function<void(int64_t, int64_t)>& progress = {});
 
+  // Forgets the sequence so that the session serves a new one (a server's next request): position 0, the KV
+  // cache and the MTP state cleared, every buffer kept. What follows computes exactly what a fresh session would.
+  void reset();
+
   int64_t position() const { return pos_; }
   int32_t eos_token() const { return static_cast<int32_t>(model_.config().eos_token_id); }
   const KvCache& cache() const { return *cache_; }

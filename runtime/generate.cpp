@@ -24,17 +24,20 @@ GenerateResult generate(Session& session, const std::vector<int32_t>& prompt, co
   GenerateResult r;
   r.prompt_tokens = static_cast<int64_t>(prompt.size());
   Sampler sampler(o.sampler);
+  auto stop_requested = [&] { return r.stopped = cb.stop_requested && cb.stop_requested(); };
+  if (stop_requested()) return r;
   std::vector<float> rows, last;
   auto t0 = std::chrono::steady_clock::now();
   session.feed(prompt, o.keep_logits ? &rows : nullptr, &last, cb.prefill_progress);
   r.prefill_seconds = seconds_since(t0);
   if (o.keep_logits) r.logits = std::move(rows);
+  if (stop_requested()) return r;
   t0 = std::chrono::steady_clock::now();
   for (int64_t i = 0; i < o.n_predict; ++i) {
     const int32_t tok = sampler.sample(last);
     r.tokens.push_back(tok);
     if (cb.on_token) cb.on_token(tok);
-    const bool stop = (o.stop_at_eos && tok == session.eos_token()) || i + 1 == o.n_predict;
+    const bool stop = (o.stop_at_eos && tok == session.eos_token()) || i + 1 == o.n_predict || stop_requested();
     // The last token is fed only when its logits were asked for: they complete the logits file.
     if (stop && !o.keep_logits) break;
     session.feed({&tok, 1}, nullptr, &last);

@@ -1,5 +1,5 @@
 // The generation loop: prefill a prompt, then decode one token at a time with a sampler, timing both phases.
-// `ferry run` uses it; chat and serve will too.
+// `ferry run`, `ferry chat` and `ferry serve` use it.
 #pragma once
 
 #include <cstdint>
@@ -23,11 +23,15 @@ struct GenerateResult {
   std::vector<float> logits;    // keep_logits: [prompt + generated, vocab], row i = logits after token i
   double prefill_seconds = 0, decode_seconds = 0;
   int64_t prompt_tokens = 0, decoded_tokens = 0;  // decoded: forward steps after the prompt
+  bool stopped = false;                           // stop_requested() ended generation
 };
 
 struct GenerateCallbacks {
   std::function<void(int64_t done, int64_t total)> prefill_progress;
   std::function<void(int32_t token)> on_token;
+  // Asked before the prompt and before each token is sampled; true ends generation there (a server's client
+  // left, Ctrl-C in a chat). Prefill itself is not interrupted.
+  std::function<bool()> stop_requested;
 };
 
 // Requires prompt.size() + n_predict <= the session's context (checked before any work).

@@ -1,5 +1,5 @@
 // What `ferry serve` needs from a model: the interface between the HTTP layer and generation. The V4 engine
-// (tokenizer + chat encoding + runtime::generate over one Session) implements it; tests use a double.
+// (launch/server/v4_engine.h: tokenizer + chat encoding + runtime::generate) implements it; tests use a double.
 //
 // The server calls, per request:
 //   1. encode_prompt(request)   on the HTTP thread, before queueing: the prompt's token ids, so that a prompt
@@ -16,6 +16,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "launch/server/metrics.h"
 #include "runtime/sampler.h"
 
 namespace ferry::launch::server {
@@ -28,10 +29,11 @@ struct GenerationRequest {
   RequestKind kind = RequestKind::Chat;
   // Chat: OpenAI-style messages, validated: roles system|user|assistant|tool ("developer" arrives as
   // "system"), content a string (text parts already joined) or null; assistant messages may carry
-  // reasoning_content and tool_calls, tool messages tool_call_id.
-  nlohmann::json messages = nlohmann::json::array();
+  // reasoning_content and tool_calls, tool messages tool_call_id. Ordered as the client sent them: the key
+  // order of tool schemas and arguments is part of V4's prompt text.
+  nlohmann::ordered_json messages = nlohmann::ordered_json::array();
   // Chat: the OpenAI tool definitions to offer the model ([] when none, or when tool_choice is "none").
-  nlohmann::json tools = nlohmann::json::array();
+  nlohmann::ordered_json tools = nlohmann::ordered_json::array();
   bool thinking = false;  // chat: DeepSeek's thinking mode (reasoning before the answer)
   std::string prompt;     // completion: raw text, no chat template
   runtime::SamplerOptions sampler;
@@ -60,6 +62,7 @@ enum class FinishReason {
 struct EngineResult {
   FinishReason finish = FinishReason::Stop;
   int64_t completion_tokens = 0;  // tokens generated (prompt excluded)
+  double prefill_seconds = 0, decode_seconds = 0;  // where the engine measures them (0 otherwise)
 };
 
 // Asked before the prompt is processed and between tokens; true stops generation at once (the client left,
@@ -83,6 +86,10 @@ class Engine {
   virtual EngineResult generate(const GenerationRequest& request, const std::vector<int32_t>& prompt,
                                 int64_t max_tokens, const EngineCallbacks& callbacks,
                                 const StopRequested& stop_requested) = 0;
+
+  // Samples of its own for GET /metrics (e.g. the memory the model holds); asked on every scrape, from any
+  // thread, also while generate() runs.
+  virtual std::vector<MetricSample> metrics() const { return {}; }
 };
 
 }  // namespace ferry::launch::server

@@ -32,6 +32,7 @@ constexpr std::chrono::milliseconds kStopPoll{20};
 // kernel drops their handshakes, to be retried a second later (or failed). The listening socket is given
 // this backlog instead (the kernel caps it at net.core.somaxconn).
 constexpr int kListenBacklog = 1024;
+constexpr size_t kKeepAliveRequests = 1000;  // as nginx's keepalive_requests
 
 // Compares without stopping at the first difference, so the time taken says nothing about the key's bytes.
 bool same_secret(const std::string& given, const std::string& key) {
@@ -107,7 +108,7 @@ bool HttpServer::Impl::authorized(const httplib::Request& req, httplib::Response
 
 void HttpServer::Impl::handle_generation(const httplib::Request& req, httplib::Response& res, RequestKind kind) {
   if (stopping) throw busy("the server is shutting down", "shutting_down");
-  const json body = parse_json_body(req.body);
+  const auto body = parse_json_body(req.body);
   auto request = std::make_shared<const ApiRequest>(kind == RequestKind::Chat ? parse_chat_request(body)
                                                                               : parse_completion_request(body));
   auto prompt = std::make_shared<const std::vector<int32_t>>(engine.encode_prompt(request->generation));
@@ -224,6 +225,11 @@ HttpServer::HttpServer(Engine& engine, ServerOptions options)
   impl_->http.set_read_timeout(o.io_timeout.count());
   impl_->http.set_write_timeout(o.io_timeout.count());
   impl_->http.set_payload_max_length(o.max_body_bytes);
+  // Headers, chunks and events are small separate writes: with Nagle's algorithm each waits for the client's
+  // delayed ACK (40 ms on Linux) — every keep-alive request and every streamed token.
+  impl_->http.set_tcp_nodelay(true);
+  // httplib closes a keep-alive connection after 5 requests by default: a reconnect every 5 for busy clients.
+  impl_->http.set_keep_alive_max_count(kKeepAliveRequests);
   impl_->http.set_socket_options([impl = impl_.get()](int sock) {
     httplib::default_socket_options(sock);
     impl->listen_socket = sock;

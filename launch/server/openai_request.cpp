@@ -9,7 +9,8 @@
 namespace ferry::launch::server {
 namespace {
 
-using nlohmann::json;
+// Ordered: the tool schemas keep the client's key order, which is part of the prompt text (runtime/chat_v4.h).
+using json = nlohmann::ordered_json;
 
 std::string describe(const json& v) {
   return std::string("got ") + (v.is_boolean()  ? "a boolean"
@@ -300,14 +301,14 @@ bool read_thinking(Fields& f) {
 
 }  // namespace
 
-nlohmann::json parse_json_body(std::string_view body) {
+json parse_json_body(std::string_view body) {
   json j = json::parse(body.begin(), body.end(), nullptr, false);
   if (j.is_discarded()) throw invalid_request("We could not parse the JSON body of your request: it is not valid JSON");
   if (!j.is_object()) throw invalid_request("The body of your request must be a JSON object, " + describe(j));
   return j;
 }
 
-ApiRequest parse_chat_request(const nlohmann::json& body) {
+ApiRequest parse_chat_request(const json& body) {
   ApiRequest r;
   r.generation.kind = RequestKind::Chat;
   Fields f(body, "");
@@ -352,7 +353,7 @@ ApiRequest parse_chat_request(const nlohmann::json& body) {
   return r;
 }
 
-ApiRequest parse_completion_request(const nlohmann::json& body) {
+ApiRequest parse_completion_request(const json& body) {
   ApiRequest r;
   r.generation.kind = RequestKind::Completion;
   Fields f(body, "");

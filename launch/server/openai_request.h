@@ -39,11 +39,12 @@ constexpr size_t kMaxStopSequences = 16;
 // /v1/completions without max_tokens generates this many tokens, as OpenAI's API does.
 constexpr int64_t kDefaultCompletionMaxTokens = 16;
 
-// The body as a JSON object; 400 when it is not valid JSON or not an object.
-nlohmann::json parse_json_body(std::string_view body);
+// The body as a JSON object, keys in the order the client wrote them; 400 when it is not valid JSON or not an
+// object.
+nlohmann::ordered_json parse_json_body(std::string_view body);
 
 // A seed comes from std::random_device when the request has none, so answers differ as OpenAI's do.
-ApiRequest parse_chat_request(const nlohmann::json& body);
-ApiRequest parse_completion_request(const nlohmann::json& body);
+ApiRequest parse_chat_request(const nlohmann::ordered_json& body);
+ApiRequest parse_completion_request(const nlohmann::ordered_json& body);
 
 }  // namespace ferry::launch::server

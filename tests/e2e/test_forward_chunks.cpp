@@ -101,5 +101,30 @@ TEST(ForwardChunks, BadTokensAndAFullContextFailBeforeAnyWork) {
   EXPECT_EQ(s.position(), 6);
 }
 
+// A server reuses one session for request after request: after reset() it must compute exactly what a fresh
+// session does, whatever the previous sequence left in the window ring, the compressed rows, the indexer keys,
+// the compressor states and the MTP layer.
+TEST(ForwardChunks, AResetSessionComputesWhatAFreshOneDoes) {
+  const runtime::SessionOptions o{.ctx = 512, .kv_type = KvType::FP8, .ubatch = 64, .mtp = true};
+  auto run = [](runtime::Session& s) {
+    std::vector<float> all, last;
+    s.feed(prompt_tokens(kPrompt, 3), &all, nullptr);
+    for (int32_t t : prompt_tokens(5, 4)) {
+      s.feed({&t, 1}, nullptr, &last);
+      all.insert(all.end(), last.begin(), last.end());
+    }
+    return all;
+  };
+  runtime::Session used(tiny_model(), o);
+  used.feed(prompt_tokens(300, 2), nullptr, nullptr);  // past the window and many compressed blocks
+  used.reset();
+  EXPECT_EQ(used.position(), 0);
+  EXPECT_TRUE(used.mtp_logits().empty());
+  runtime::Session fresh(tiny_model(), o);
+  EXPECT_EQ(run(used), run(fresh));
+  EXPECT_EQ(used.mtp_logits(), fresh.mtp_logits());
+  EXPECT_FALSE(fresh.mtp_logits().empty());
+}
+
 }  // namespace
 }  // namespace ferry::testing

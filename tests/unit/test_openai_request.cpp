@@ -20,7 +20,7 @@ json chat(json extra = json::object()) {
 }
 
 // The ApiError a parse throws; fails the test when it throws none.
-ApiError error_of(ApiRequest (*parse)(const json&), const json& body) {
+ApiError error_of(ApiRequest (*parse)(const nlohmann::ordered_json&), const json& body) {
   try {
     parse(body);
   } catch (const ApiError& e) {
@@ -62,7 +62,7 @@ TEST(OpenAiRequest, WhatTheOpenAiClientSendsParses) {
   EXPECT_EQ(*r.max_tokens, 100);
   EXPECT_TRUE(r.stop.empty());
   EXPECT_EQ(r.generation.kind, RequestKind::Chat);
-  EXPECT_EQ(r.generation.messages, json::parse(R"([{"role":"user","content":"Hi"}])"));
+  EXPECT_EQ(json(r.generation.messages), json::parse(R"([{"role":"user","content":"Hi"}])"));
 }
 
 TEST(OpenAiRequest, DefaultsAreOpenAis) {
@@ -107,7 +107,7 @@ TEST(OpenAiRequest, MessagesAreNormalized) {
     {"role": "tool", "tool_call_id": "c1", "content": "42"}
   ])");
   const ApiRequest r = parse_chat_request(chat({{"messages", messages}}));
-  EXPECT_EQ(r.generation.messages, json::parse(R"([
+  EXPECT_EQ(json(r.generation.messages), json::parse(R"([
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "a\nb", "name": "ann"},
     {"role": "assistant", "content": null, "reasoning_content": "hmm",
@@ -116,10 +116,19 @@ TEST(OpenAiRequest, MessagesAreNormalized) {
   ])"));
 }
 
+// DeepSeek V4's prompt holds the schemas as the client wrote them: a sorted copy would be another prompt.
+TEST(OpenAiRequest, ToolSchemasKeepTheClientsKeyOrder) {
+  const ApiRequest r = parse_chat_request(parse_json_body(
+      R"({"messages": [{"role": "user", "content": "Hi"}], "tools": [{"type": "function", "function": {"name": "f",)"
+      R"( "parameters": {"type": "object", "properties": {"zeta": {}, "alpha": {}}}}}]})"));
+  EXPECT_EQ(r.generation.tools[0]["function"]["parameters"].dump(),
+            R"({"type":"object","properties":{"zeta":{},"alpha":{}}})");
+}
+
 TEST(OpenAiRequest, ToolsAndToolChoice) {
   const json tools = json::parse(R"([{"type": "function", "function": {"name": "get_weather",
       "description": "Weather", "parameters": {"type": "object", "properties": {}}}}])");
-  EXPECT_EQ(parse_chat_request(chat({{"tools", tools}})).generation.tools, tools);
+  EXPECT_EQ(json(parse_chat_request(chat({{"tools", tools}})).generation.tools), tools);
   EXPECT_TRUE(parse_chat_request(chat({{"tools", tools}, {"tool_choice", "none"}})).generation.tools.empty());
   EXPECT_EQ(chat_error(chat({{"tools", tools}, {"tool_choice", "required"}})).param(), "tool_choice");
   EXPECT_EQ(chat_error(chat({{"tools", json::parse(R"([{"type":"function","function":{}}])")}})).param(),

@@ -1,0 +1,28 @@
+// The engine behind `ferry serve` and `ferry chat`: a V4 checkpoint on the CPU (runtime::Session), its
+// tokenizer and its chat format. encode_prompt applies the chat encoding (DeepSeek V4's, with tools and
+// thinking mode) and tokenizes; generate runs runtime::generate on a session of its own and streams the
+// answer through AnswerStream.
+//
+// Sessions: one per generate() running at once (the server's --parallel), made on first need and reused,
+// reset, by later requests; each holds a KV cache of `ctx` tokens.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "launch/server/engine.h"
+
+namespace ferry::launch::server {
+
+struct V4EngineOptions {
+  int64_t ctx = 4096;       // tokens per sequence: prompt + answer
+  bool ignore_eos = false;  // generate through the end-of-sentence token until max_tokens (tests, load runs)
+};
+
+// Loads the checkpoint, its tokenizer.json and its chat format, and allocates the first session (so that a
+// context the model or the memory cannot hold fails here). Throws ferry::Error naming the problem.
+std::unique_ptr<Engine> open_v4_engine(const std::string& model_dir, int64_t ctx);
+std::unique_ptr<Engine> open_v4_engine(const std::string& model_dir, const V4EngineOptions& options);
+
+}  // namespace ferry::launch::server
