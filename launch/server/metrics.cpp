@@ -47,7 +47,8 @@ void Metrics::record_generation(int64_t prompt_tokens, int64_t completion_tokens
   completion_tokens_ += completion_tokens;
   ++generations_;
   generation_seconds_ += seconds;
-  if (seconds > 0) last_tokens_per_second_ = completion_tokens / seconds;
+  // A generation cancelled before its first token (a client gone) says nothing about speed.
+  if (seconds > 0 && completion_tokens > 0) last_tokens_per_second_ = completion_tokens / seconds;
 }
 
 std::string Metrics::render(int64_t running, int64_t waiting, const std::vector<MetricSample>& extra) const {
