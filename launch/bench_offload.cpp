@@ -39,11 +39,11 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 class TimingProvider final : public runtime::ExpertProvider {
  public:
   TimingProvider(runtime::ExpertProvider& inner, int64_t layers, int64_t expert_bytes)
-      : inner_(inner), gpu_bytes(layers, 0), cpu_seconds(layers, 0), expert_bytes_(expert_bytes) {}
+      : gpu_bytes(layers, 0), cpu_seconds(layers, 0), inner_(inner), expert_bytes_(expert_bytes) {}
   void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override { inner_.routed(l, t); }
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
-    on_cpu_ = u.scratch != nullptr;
+    on_cpu_ = u.scratch != nullptr;  // the host's own buffers: the CPU computes this one
     if (!on_cpu_) gpu_bytes[static_cast<size_t>(l.index)] += expert_bytes_;
     t0_ = Clock::now();
     return u;
@@ -57,14 +57,11 @@ class TimingProvider final : public runtime::ExpertProvider {
     std::fill(cpu_seconds.begin(), cpu_seconds.end(), 0.0);
   }
 
+  std::vector<int64_t> gpu_bytes;   // this step, per layer
+  std::vector<double> cpu_seconds;  // this step, per layer
+
  private:
   runtime::ExpertProvider& inner_;
-
- public:
-  std::vector<int64_t> gpu_bytes;
-  std::vector<double> cpu_seconds;
-
- private:
   int64_t expert_bytes_;
   bool on_cpu_ = false;
   Clock::time_point t0_;

@@ -96,7 +96,14 @@ ExpertDispatch::~ExpertDispatch() {
   for (const CopyEvent& e : staging_events_) gpu_.wait(e);
 }
 
-CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& dst) {
+ExpertUse ExpertDispatch::in_slot(const ExpertWeights& host, const DeviceBuffer& slot) {
+  acquired_view_ = runtime::expert_in_slot(host, static_cast<const uint8_t*>(slot.data()));
+  return {&acquired_view_, nullptr};
+}
+
+CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& dst, DispatchStats& stats) {
+  ++stats.copies;
+  stats.copy_bytes += expert_bytes_;
   const size_t s = next_staging_;
   next_staging_ = (next_staging_ + 1) % staging_.size();
   gpu_.wait(staging_events_[s]);  // the staging slot's last copy has been read
@@ -148,9 +155,7 @@ void ExpertDispatch::routed(const runtime::LayerWeights& layer, std::span<const 
     if (tokens_per_expert[e] > 0 && !cache_.contains(l, static_cast<int>(e))) chosen.push_back(static_cast<int>(e));
   DispatchStats& s = per_layer_[sz(l)];
   for (const Fill& f : cache_.prefetch(l, chosen)) {
-    in_flight_.push_back({l, f.slot, copy_expert(layer.experts[sz(f.expert)], L.slots[sz(f.slot)])});
-    ++s.copies;
-    s.copy_bytes += expert_bytes_;
+    in_flight_.push_back({l, f.slot, copy_expert(layer.experts[sz(f.expert)], L.slots[sz(f.slot)], s)});
   }
 }
 
@@ -183,19 +188,15 @@ ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t ex
       }
       ++s.cache_hits;
       acquired_slot_ = lk.slot;
-      acquired_view_ = runtime::expert_in_slot(host, static_cast<const uint8_t*>(L.slots[sz(lk.slot)].data()));
-      return {&acquired_view_, nullptr};
+      return in_slot(host, L.slots[sz(lk.slot)]);
     }
     if (lk.kind == LookupKind::Miss) {
-      in_flight_.push_back({l, lk.slot, copy_expert(host, L.slots[sz(lk.slot)])});
-      ++s.copies;
-      s.copy_bytes += expert_bytes_;
+      in_flight_.push_back({l, lk.slot, copy_expert(host, L.slots[sz(lk.slot)], s)});
       if (many) {
         settle(l, lk.slot, s);
         ++s.streamed;
         acquired_slot_ = lk.slot;
-        acquired_view_ = runtime::expert_in_slot(host, static_cast<const uint8_t*>(L.slots[sz(lk.slot)].data()));
-        return {&acquired_view_, nullptr};
+        return in_slot(host, L.slots[sz(lk.slot)]);
       }
       // Few tokens: the CPU computes it now; the slot fills in the background for the next use.
       cache_.release(l, lk.slot);
@@ -204,13 +205,10 @@ ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t ex
   if (many) {
     const size_t k = next_stream_;
     next_stream_ = (next_stream_ + 1) % stream_slots_.size();
-    stream_events_[k] = copy_expert(host, stream_slots_[k]);
-    ++s.copies;
-    s.copy_bytes += expert_bytes_;
+    stream_events_[k] = copy_expert(host, stream_slots_[k], s);
     wait_copy(stream_events_[k], s);
     ++s.streamed;
-    acquired_view_ = runtime::expert_in_slot(host, static_cast<const uint8_t*>(stream_slots_[k].data()));
-    return {&acquired_view_, nullptr};
+    return in_slot(host, stream_slots_[k]);
   }
   ++s.cpu;
   return {&host, &cpu_scratch_};

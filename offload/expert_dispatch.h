@@ -81,7 +81,10 @@ class ExpertDispatch final : public runtime::ExpertProvider {
     int layer, slot;
     runtime::CopyEvent event;
   };
-  runtime::CopyEvent copy_expert(const runtime::ExpertWeights& host, runtime::DeviceBuffer& dst);
+  // Stages `host` and queues its copy into `dst`, counted in `s`.
+  runtime::CopyEvent copy_expert(const runtime::ExpertWeights& host, runtime::DeviceBuffer& dst, DispatchStats& s);
+  // The acquired expert's view into a slot holding its packed bytes.
+  runtime::ExpertUse in_slot(const runtime::ExpertWeights& host, const runtime::DeviceBuffer& slot);
   void wait_copy(runtime::CopyEvent e, DispatchStats& s);
   void reap();  // cache fills whose copies have landed become Ready
   void settle(int layer, int slot, DispatchStats& s);  // waits for a Loading slot's copy and marks it Ready
