@@ -41,16 +41,17 @@ class TimingProvider final : public runtime::ExpertProvider {
   TimingProvider(runtime::ExpertProvider& inner, int64_t layers, int64_t expert_bytes)
       : gpu_bytes(layers, 0), cpu_seconds(layers, 0), inner_(inner), expert_bytes_(expert_bytes) {}
   void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override { inner_.routed(l, t); }
+  runtime::Backend* device(const runtime::LayerWeights& l) override { return inner_.device(l); }
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
-    on_cpu_ = u.scratch != nullptr;  // the host's own buffers: the CPU computes this one
+    on_cpu_ = !u.on_device;  // the host computes it between acquire and release
     if (!on_cpu_) gpu_bytes[static_cast<size_t>(l.index)] += expert_bytes_;
     t0_ = Clock::now();
     return u;
   }
-  void release(const runtime::LayerWeights& l, int64_t e) override {
+  void release(const runtime::LayerWeights& l, int64_t e, runtime::KernelEvent done) override {
     if (on_cpu_) cpu_seconds[static_cast<size_t>(l.index)] += since(t0_);
-    inner_.release(l, e);
+    inner_.release(l, e, done);
   }
   void reset() {
     std::fill(gpu_bytes.begin(), gpu_bytes.end(), 0);
@@ -174,14 +175,19 @@ class Bench {
     const double gpu_bw = o_.gpu_gbs * 1e9;
     for (int64_t l = 0; l < spec_.config.num_hidden_layers; ++l) {
       const auto li = static_cast<size_t>(l);
-      const double t_gpu = (spec_.layers[li].non_routed() + timing.gpu_bytes[li]) / gpu_bw;
+      const auto& lw = spec_.layers[li];
+      const int64_t shared = lw.bytes[static_cast<size_t>(planner::WeightClass::SharedExpert)];
+      // Attention and the router come first; then the GPU's MoE work (shared expert, the experts it holds)
+      // runs beside the CPU's experts (the runtime launches the one and computes the other at once), and the
+      // copy stream beside both.
+      const double t_attn = (lw.non_routed() - shared) / gpu_bw;
+      const double t_moe_gpu = (shared + timing.gpu_bytes[li]) / gpu_bw;
       const double t_cpu = timing.cpu_seconds[li];
+      const double t_compute = t_attn + std::max(t_moe_gpu, t_cpu);
       const double t_copy = (bound.dispatch().stats(l).copy_bytes - copies_before[li]) / link_;
-      // The runtime computes a layer's experts one after another, the GPU's and the CPU's alike (they do not
-      // overlap yet); the copy stream runs beside both.
-      r.projected_s += std::max(t_gpu + t_cpu, t_copy);
+      r.projected_s += std::max(t_compute, t_copy);
       r.copy_s += t_copy;
-      r.exposed_copy_s += std::max(0.0, t_copy - (t_gpu + t_cpu));
+      r.exposed_copy_s += std::max(0.0, t_copy - t_compute);
     }
     r.projected_s += spec_.global[static_cast<size_t>(planner::WeightClass::Head)] / gpu_bw;
     return r;

@@ -109,11 +109,17 @@ std::string OffloadRun::expert_report() const {
   out += line("expert cache: %s, hit rate %.1f%% (%lld of %lld lookups), %lld evictions; stream from %lld tokens per expert\n",
               flags_.policy.c_str(), lookups ? 100.0 * hits / lookups : 0.0, (long long)hits, (long long)lookups,
               (long long)evictions, (long long)bound_->dispatch().stream_min_tokens());
-  const double hidden = link.busy_seconds > 0 ? std::clamp(1 - t.copy_wait_seconds / link.busy_seconds, 0.0, 1.0) : 1.0;
-  out += line("copies: %lld experts (%s), copy stream busy %.4f s (link model %.4f s), compute waited %.4f s: %.0f%% "
-              "hidden behind compute\n",
-              (long long)t.copies, bytes(t.copy_bytes).c_str(), link.busy_seconds, link.modeled_seconds,
-              t.copy_wait_seconds, 100 * hidden);
+  // Copy time not hidden: the device's compute stream waiting for a copy its work reads, and the host waiting
+  // for a staging slot.
+  const runtime::ComputeStats compute = gpu_->compute_stats();
+  const double waited = compute.copy_wait_seconds + t.copy_wait_seconds;
+  const double hidden = link.busy_seconds > 0 ? std::clamp(1 - waited / link.busy_seconds, 0.0, 1.0) : 1.0;
+  out += line("copies: %lld experts (%s), copy stream busy %.4f s (link model %.4f s), waited for %.4f s (device "
+              "%.4f, host staging %.4f): %.0f%% hidden behind compute\n",
+              (long long)t.copies, bytes(t.copy_bytes).c_str(), link.busy_seconds, link.modeled_seconds, waited,
+              compute.copy_wait_seconds, t.copy_wait_seconds, 100 * hidden);
+  out += line("device compute stream: %lld launches, busy %.4f s; overwrite conflicts %lld\n",
+              (long long)compute.launches, compute.busy_seconds, (long long)compute.overwrite_conflicts);
   return out;
 }
 

@@ -27,6 +27,7 @@ int64_t stream_min_tokens_for(double cpu_expert_bytes_per_s, double link_bytes_p
 }
 
 struct ExpertDispatch::Layer {
+  bool gpu_layer = false;  // the layer's non-routed weights (and its device work) are on the GPU
   bool moe = false;
   bool resident = false;
   std::vector<ExpertWeights> on_gpu;     // resident: every expert's device copy
@@ -50,8 +51,13 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
   per_layer_.resize(sz(n_layers));
   layers_.resize(sz(n_layers));
   for (auto& l : layers_) l = std::make_unique<Layer>();
+  views_.resize(sz(c.n_routed_experts));
+  int gpu_index = -1;
+  for (size_t i = 0; i < plan.devices.size(); ++i)
+    if (plan.devices[i].kind == planner::DeviceKind::Gpu) gpu_index = static_cast<int>(i);
   bool any_in_ram = false;
   for (const auto& lp : plan.layers) {
+    layers_[sz(lp.layer)]->gpu_layer = lp.device == gpu_index;
     if (lp.experts_per_node == 0) continue;
     const runtime::LayerWeights& L = lp.mtp ? *host_.mtp() : host_.layer(lp.layer);
     FERRY_CHECK(lp.experts_per_node == static_cast<int64_t>(L.experts.size()),
@@ -80,7 +86,7 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
     stream_slots_.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
     staging_.push_back(host.allocate(MemoryClass::Staging, expert_bytes_));
   }
-  stream_events_.resize(sz(ring));
+  stream_readers_.resize(sz(ring));
   staging_events_.resize(sz(ring));
   const int64_t ub = plan.options.ubatch, d = c.hidden_size, inter = c.moe_intermediate_size;
   cpu_x_ = runtime::device_vector<float>(&host, MemoryClass::Workspace, sz(ub * d));
@@ -96,32 +102,51 @@ ExpertDispatch::~ExpertDispatch() {
   for (const CopyEvent& e : staging_events_) gpu_.wait(e);
 }
 
-ExpertUse ExpertDispatch::in_slot(const ExpertWeights& host, const DeviceBuffer& slot) {
-  acquired_view_ = runtime::expert_in_slot(host, static_cast<const uint8_t*>(slot.data()));
-  return {&acquired_view_, nullptr};
+ExpertUse ExpertDispatch::in_slot(int expert, const ExpertWeights& host, const DeviceBuffer& slot, CopyEvent ready) {
+  ExpertWeights& view = views_.at(sz(expert));
+  view = runtime::expert_in_slot(host, static_cast<const uint8_t*>(slot.data()));
+  ExpertUse u;
+  u.weights = &view;
+  u.on_device = true;
+  u.ready = ready;
+  u.reads = {slot.data(), slot.bytes()};
+  return u;
 }
 
-CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& dst, DispatchStats& stats) {
+ExpertUse ExpertDispatch::on_cpu(const ExpertWeights& host, DispatchStats& s) {
+  ++s.cpu;
+  ExpertUse u;
+  u.weights = &host;
+  u.scratch = &cpu_scratch_;
+  return u;
+}
+
+CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& dst, DispatchStats& stats,
+                                      runtime::KernelEvent after) {
   ++stats.copies;
   stats.copy_bytes += expert_bytes_;
   const size_t s = next_staging_;
   next_staging_ = (next_staging_ + 1) % staging_.size();
-  gpu_.wait(staging_events_[s]);  // the staging slot's last copy has been read
+  if (!gpu_.completed(staging_events_[s])) {  // the staging slot's last copy must have read it
+    const auto t0 = std::chrono::steady_clock::now();
+    gpu_.wait(staging_events_[s]);
+    stats.copy_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
   auto* p = static_cast<uint8_t*>(staging_[s].data());
   int64_t offset = 0;
   for (const runtime::ByteRange& r : runtime::expert_regions(host)) {
     if (r.bytes) std::memcpy(p + offset, r.data, sz(r.bytes));
     offset += r.bytes;
   }
-  staging_events_[s] = gpu_.copy_to_device(dst, 0, p, offset);
+  staging_events_[s] = gpu_.copy_to_device_after(dst, 0, p, offset, after);
   return staging_events_[s];
 }
 
-void ExpertDispatch::wait_copy(CopyEvent e, DispatchStats& s) {
-  if (gpu_.completed(e)) return;
-  const auto t0 = std::chrono::steady_clock::now();
-  gpu_.wait(e);
-  s.copy_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+CopyEvent ExpertDispatch::in_flight_event(int layer, int slot) const {
+  for (const InFlight& f : in_flight_)
+    if (f.layer == layer && f.slot == slot) return f.event;
+  FERRY_THROW("expert cache: layer " + std::to_string(layer) + " slot " + std::to_string(slot) +
+              " is Loading with no copy in flight");
 }
 
 void ExpertDispatch::reap() {
@@ -131,25 +156,19 @@ void ExpertDispatch::reap() {
     return true;
   };
   in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(), landed), in_flight_.end());
-}
-
-void ExpertDispatch::settle(int layer, int slot, DispatchStats& s) {
-  for (auto it = in_flight_.begin(); it != in_flight_.end(); ++it) {
-    if (it->layer != layer || it->slot != slot) continue;
-    wait_copy(it->event, s);
-    cache_.loaded(layer, slot);
-    in_flight_.erase(it);
-    return;
-  }
-  FERRY_THROW("expert cache: layer " + std::to_string(layer) + " slot " + std::to_string(slot) +
-              " is Loading with no copy in flight");
+  auto ran = [&](const Pin& p) {
+    if (!gpu_.completed(p.done)) return false;
+    cache_.release(p.layer, p.slot);
+    return true;
+  };
+  pins_.erase(std::remove_if(pins_.begin(), pins_.end(), ran), pins_.end());
 }
 
 void ExpertDispatch::routed(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) {
   const int l = static_cast<int>(layer.index);
   Layer& L = *layers_.at(sz(l));
-  if (!L.moe || L.resident || L.slots.empty()) return;
   reap();
+  if (!L.moe || L.resident || L.slots.empty()) return;
   std::vector<int> chosen;
   for (size_t e = 0; e < tokens_per_expert.size(); ++e)
     if (tokens_per_expert[e] > 0 && !cache_.contains(l, static_cast<int>(e))) chosen.push_back(static_cast<int>(e));
@@ -159,64 +178,74 @@ void ExpertDispatch::routed(const runtime::LayerWeights& layer, std::span<const 
   }
 }
 
+runtime::Backend* ExpertDispatch::device(const runtime::LayerWeights& layer) {
+  return layers_.at(sz(layer.index))->gpu_layer ? &gpu_ : nullptr;
+}
+
 ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t expert, int64_t tokens) {
   const int l = static_cast<int>(layer.index), e = static_cast<int>(expert);
   Layer& L = *layers_.at(sz(l));
   FERRY_CHECK(L.moe, "expert dispatch: layer " + std::to_string(l) + " has no routed experts in the plan");
   DispatchStats& s = per_layer_[sz(l)];
-  acquired_slot_ = -1;
+  acquired_slot_ = acquired_stream_ = -1;
   if (L.resident) {
     ++s.resident;
-    return {&L.on_gpu[sz(e)], nullptr};
+    ExpertUse u;
+    u.weights = &L.on_gpu[sz(e)];
+    u.on_device = true;
+    return u;
   }
   const ExpertWeights& host = layer.experts[sz(e)];
-  const bool many = options_.stream_min_tokens > 0 && tokens >= options_.stream_min_tokens;
+  // A layer whose device work runs on the host has nothing on the GPU to stream to.
+  const bool many = L.gpu_layer && options_.stream_min_tokens > 0 && tokens >= options_.stream_min_tokens;
   if (!L.slots.empty()) {
     const Lookup lk = cache_.lookup(l, e);
     if (lk.kind == LookupKind::Hit) {
+      CopyEvent ready;
       if (!lk.ready) {
         reap();
         if (cache_.slot_info(l, lk.slot).state != SlotState::Ready) {
           if (!many) {
             // Its prefetch is still landing: the CPU computes this use rather than wait; the next use hits.
             cache_.release(l, lk.slot);
-            ++s.cpu;
-            return {&host, &cpu_scratch_};
+            return on_cpu(host, s);
           }
-          settle(l, lk.slot, s);
+          ready = in_flight_event(l, lk.slot);  // the device waits for it on its stream, the host does not
         }
       }
       ++s.cache_hits;
       acquired_slot_ = lk.slot;
-      return in_slot(host, L.slots[sz(lk.slot)]);
+      return in_slot(e, host, L.slots[sz(lk.slot)], ready);
     }
     if (lk.kind == LookupKind::Miss) {
-      in_flight_.push_back({l, lk.slot, copy_expert(host, L.slots[sz(lk.slot)], s)});
+      const CopyEvent ready = copy_expert(host, L.slots[sz(lk.slot)], s);
+      in_flight_.push_back({l, lk.slot, ready});
       if (many) {
-        settle(l, lk.slot, s);
         ++s.streamed;
         acquired_slot_ = lk.slot;
-        return in_slot(host, L.slots[sz(lk.slot)]);
+        return in_slot(e, host, L.slots[sz(lk.slot)], ready);
       }
       // Few tokens: the CPU computes it now; the slot fills in the background for the next use.
       cache_.release(l, lk.slot);
     }
   }
   if (many) {
+    // The ring of stream slots: this copy lands once the work that read the slot last has run, and queues
+    // while the experts before it compute.
     const size_t k = next_stream_;
     next_stream_ = (next_stream_ + 1) % stream_slots_.size();
-    stream_events_[k] = copy_expert(host, stream_slots_[k], s);
-    wait_copy(stream_events_[k], s);
+    const CopyEvent ready = copy_expert(host, stream_slots_[k], s, stream_readers_[k]);
     ++s.streamed;
-    return in_slot(host, stream_slots_[k]);
+    acquired_stream_ = static_cast<int>(k);
+    return in_slot(e, host, stream_slots_[k], ready);
   }
-  ++s.cpu;
-  return {&host, &cpu_scratch_};
+  return on_cpu(host, s);
 }
 
-void ExpertDispatch::release(const runtime::LayerWeights& layer, int64_t) {
-  if (acquired_slot_ >= 0) cache_.release(static_cast<int>(layer.index), acquired_slot_);
-  acquired_slot_ = -1;
+void ExpertDispatch::release(const runtime::LayerWeights& layer, int64_t, runtime::KernelEvent done) {
+  if (acquired_slot_ >= 0) pins_.push_back({static_cast<int>(layer.index), acquired_slot_, done});
+  if (acquired_stream_ >= 0) stream_readers_[sz(acquired_stream_)] = done;
+  acquired_slot_ = acquired_stream_ = -1;
 }
 
 DispatchStats ExpertDispatch::total() const {

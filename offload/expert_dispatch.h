@@ -8,8 +8,12 @@
 //     `stream_min_tokens` tokens use it (prefill), where one copy serves many tokens.
 // Prefetch: as soon as a layer's router has chosen (ExpertProvider::routed), the chosen experts that the
 // cache lacks get slots and their copies start, so copies overlap the shared expert and the experts before.
+// Nothing here waits for a copy: an expert on the GPU is launched on the device's compute stream after its
+// copy's event, so the host goes on to its own experts while the GPU works, and streamed experts are copied
+// ahead through the ring of stream slots while earlier ones compute (double buffering).
 // Copies go through pinned staging slots on the host; a staging, cache or stream slot is reused only once the
-// copy that used it has landed and no kernel reads it (ExpertCache's pins and Loading state).
+// copy that used it has landed and no kernel reads it: cache slots stay pinned (ExpertCache) until the work
+// reading them has run, and a stream slot's refill is queued behind the work that read it.
 //
 // Every path runs the same CPU kernels on the same bytes in the same order as a CPU-only run (the simulated
 // device is host memory), so the logits are bitwise those of a CPU-only run.
@@ -45,7 +49,7 @@ struct DispatchStats {
   int64_t streamed = 0;      // copied for this use (cache miss or stream slot), then computed on the GPU
   int64_t copies = 0;        // expert copies to the GPU (fills, prefetches, streams)
   int64_t copy_bytes = 0;
-  double copy_wait_seconds = 0;  // time the compute side waited for copies to land
+  double copy_wait_seconds = 0;  // time the host waited for a staging slot's copy to land
   int64_t uses() const { return resident + cache_hits + cpu + streamed; }
   // Share of expert uses served on the GPU.
   double gpu_share() const { return uses() ? double(resident + cache_hits + streamed) / uses() : 0; }
@@ -67,8 +71,9 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   ~ExpertDispatch() override;
 
   void routed(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) override;
+  runtime::Backend* device(const runtime::LayerWeights& layer) override;
   runtime::ExpertUse acquire(const runtime::LayerWeights& layer, int64_t expert, int64_t tokens) override;
-  void release(const runtime::LayerWeights& layer, int64_t expert) override;
+  void release(const runtime::LayerWeights& layer, int64_t expert, runtime::KernelEvent done) override;
 
   const DispatchStats& stats(int64_t layer) const { return per_layer_.at(static_cast<size_t>(layer)); }
   DispatchStats total() const;
@@ -81,13 +86,19 @@ class ExpertDispatch final : public runtime::ExpertProvider {
     int layer, slot;
     runtime::CopyEvent event;
   };
-  // Stages `host` and queues its copy into `dst`, counted in `s`.
-  runtime::CopyEvent copy_expert(const runtime::ExpertWeights& host, runtime::DeviceBuffer& dst, DispatchStats& s);
-  // The acquired expert's view into a slot holding its packed bytes.
-  runtime::ExpertUse in_slot(const runtime::ExpertWeights& host, const runtime::DeviceBuffer& slot);
-  void wait_copy(runtime::CopyEvent e, DispatchStats& s);
-  void reap();  // cache fills whose copies have landed become Ready
-  void settle(int layer, int slot, DispatchStats& s);  // waits for a Loading slot's copy and marks it Ready
+  struct Pin {  // a cache slot pinned until the work reading it has run
+    int layer, slot;
+    runtime::KernelEvent done;
+  };
+  // Stages `host` and queues its copy into `dst` (after the work `after` has run), counted in `s`.
+  runtime::CopyEvent copy_expert(const runtime::ExpertWeights& host, runtime::DeviceBuffer& dst, DispatchStats& s,
+                                 runtime::KernelEvent after = {});
+  // The acquired expert's use on the device, from a slot holding its packed bytes once `ready` has landed.
+  runtime::ExpertUse in_slot(int expert, const runtime::ExpertWeights& host, const runtime::DeviceBuffer& slot,
+                             runtime::CopyEvent ready);
+  runtime::ExpertUse on_cpu(const runtime::ExpertWeights& host, DispatchStats& s);
+  runtime::CopyEvent in_flight_event(int layer, int slot) const;
+  void reap();  // fills whose copies have landed become Ready; pins whose readers have run are released
 
   const runtime::ModelWeights& host_;
   runtime::Backend& gpu_;
@@ -97,17 +108,19 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   ExpertCache cache_;
   std::vector<DispatchStats> per_layer_;
   std::vector<InFlight> in_flight_;
+  std::vector<Pin> pins_;
   std::vector<runtime::DeviceBuffer> stream_slots_;
-  std::vector<runtime::CopyEvent> stream_events_;
+  std::vector<runtime::KernelEvent> stream_readers_;  // per stream slot, the last work reading it
   size_t next_stream_ = 0;
   std::vector<runtime::DeviceBuffer> staging_;
   std::vector<runtime::CopyEvent> staging_events_;
   size_t next_staging_ = 0;
   runtime::DeviceVector<float> cpu_x_, cpu_gate_, cpu_up_, cpu_out_;
   runtime::ExpertScratch cpu_scratch_;
-  // The acquired expert's view (a slot's) and its pin, until release().
-  runtime::ExpertWeights acquired_view_;
-  int acquired_slot_ = -1;
+  // Views into slots of the layer being computed, per expert (valid until its device work has run), and what
+  // the current acquire holds until its release().
+  std::vector<runtime::ExpertWeights> views_;
+  int acquired_slot_ = -1, acquired_stream_ = -1;
 };
 
 }  // namespace ferry::offload

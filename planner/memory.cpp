@@ -45,7 +45,7 @@ CpuForwardWorkspace cpu_forward_workspace(const ModelConfig& c, KvType kv, int64
   const int64_t topk = c.num_experts_per_tok, inter = c.moe_intermediate_size;
   w.ubatch = n;
   w.threads = threads;
-  w.x = w.xn = w.y = w.tmp = n * d;
+  w.x = w.xn = w.y = n * d;
   w.mix = n * (2 * hc + hc * hc);
   w.qa = n * c.q_lora_rank;
   w.q = w.o = n * nh * hd;
@@ -57,7 +57,8 @@ CpuForwardWorkspace cpu_forward_workspace(const ModelConfig& c, KvType kv, int64
   w.key_tile = kIndexerTile * c.index_head_dim;
   w.gate = n * c.n_routed_experts;
   w.route_w = w.route_ids = w.expert_tokens = n * topk;
-  w.xg = w.eo = n * d;
+  w.xg = n * d;
+  w.eo = n * topk * d;  // kept until the combine, so that host and device experts can run at once
   w.eg = w.eu = n * inter;
   w.residual = n * hc * d;
   w.mtp_residual = mtp ? w.residual + hc * d : 0;
@@ -71,7 +72,7 @@ CpuForwardWorkspace cpu_forward_workspace(const ModelConfig& c, KvType kv, int64
 }
 
 int64_t CpuForwardWorkspace::bytes() const {
-  const int64_t floats = x + xn + y + tmp + mix + qa + q + kv + o + z + 2 * comp + iq + iw + key_tile + gate +
+  const int64_t floats = x + xn + y + mix + qa + q + kv + o + z + 2 * comp + iq + iw + key_tile + gate +
                          route_w + xg + eg + eu + eo + residual + mtp_residual + mtp_pending + logits_row +
                          threads * tile_scratch;
   const int64_t ints = sel + sel_count + route_ids + expert_tokens;

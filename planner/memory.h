@@ -33,12 +33,13 @@ int64_t compute_workspace_bytes(const ModelConfig& c, int64_t ubatch, bool logit
 struct CpuForwardWorkspace {
   int64_t ubatch = 0, threads = 0;
   // fp32 elements
-  int64_t x = 0, xn = 0, y = 0, tmp = 0;      // [ubatch, hidden] each
+  int64_t x = 0, xn = 0, y = 0;               // [ubatch, hidden] each
   int64_t mix = 0;                            // mHC pre, post, comb of every token: ubatch·(2 hc + hc²)
   int64_t qa = 0, q = 0, kv = 0, o = 0, z = 0;
   int64_t comp = 0;                           // each of the compressor's two projections
   int64_t iq = 0, iw = 0, key_tile = 0, gate = 0, route_w = 0;
-  int64_t xg = 0, eg = 0, eu = 0, eo = 0;     // routed experts: gathered inputs, gate, up, outputs
+  int64_t xg = 0, eg = 0, eu = 0;             // routed experts: gathered inputs [ubatch, hidden], gate, up
+  int64_t eo = 0;                             // their outputs, one row per (token, chosen expert) [ubatch·k, hidden]
   int64_t residual = 0, mtp_residual = 0, mtp_pending = 0, logits_row = 0;
   int64_t tile_scratch = 0;                   // per thread
   // int32 elements

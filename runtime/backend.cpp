@@ -57,6 +57,22 @@ void Backend::free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexc
   ledger_.release(c, bytes);
 }
 
+KernelEvent Backend::launch(std::function<void()> work, CopyEvent after, DeviceRange) {
+  wait(after);
+  work();
+  return {};
+}
+
+bool Backend::completed(KernelEvent) const { return true; }
+
+void Backend::wait(KernelEvent, std::chrono::milliseconds) const {}
+
+CopyEvent Backend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
+                                        KernelEvent after) {
+  wait(after);
+  return copy_to_device(dst, offset, src, bytes);
+}
+
 void Backend::check_copy(const DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) const {
   FERRY_CHECK(dst.backend() == this, name() + ": copy into a buffer of another device");
   FERRY_CHECK(offset >= 0 && bytes >= 0 && offset <= dst.bytes() && bytes <= dst.bytes() - offset,

@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 
@@ -49,6 +50,17 @@ struct CopyEvent {
   uint64_t sequence = 0;  // 0: nothing to wait for
 };
 
+// Completes when every piece of work launched on the device's compute stream before it has run.
+struct KernelEvent {
+  uint64_t sequence = 0;  // 0: nothing to wait for
+};
+
+// A range of device memory a launched piece of work reads (for the simulated device's overwrite check).
+struct DeviceRange {
+  const void* data = nullptr;
+  int64_t bytes = 0;
+};
+
 class Backend {
  public:
   explicit Backend(std::string name, int64_t capacity = MemoryLedger::kUnplanned)
@@ -78,6 +90,19 @@ class Backend {
   virtual bool completed(CopyEvent e) const = 0;
   // Blocks until `e` completes; throws ferry::Error after `timeout` (every wait has one: DESIGN.md §6).
   virtual void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const = 0;
+
+  // The compute stream, ordered like a CUDA stream: `work` runs after every earlier launch and once the copy
+  // `after` has landed; launch() returns at once where the device runs work beside the host (the simulated
+  // device). `reads` names device memory the work reads: a copy into it before the work has run is a bug the
+  // simulated device counts. An exception thrown by `work` is rethrown by the wait that observes it.
+  // The default runs `work` in the caller at once (the host is its own device).
+  virtual KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {});
+  virtual bool completed(KernelEvent e) const;
+  virtual void wait(KernelEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
+  // copy_to_device() that lands only after the launched work `after` has run: refilling a buffer that work
+  // launched earlier reads (cudaStreamWaitEvent on the copy stream). The default waits in the caller.
+  virtual CopyEvent copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
+                                         KernelEvent after);
 
  protected:
   virtual void* raw_allocate(int64_t bytes) = 0;

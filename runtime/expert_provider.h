@@ -2,11 +2,15 @@
 // pass asks; offload/ answers from the Plan: an expert resident on the device, a GPU expert-cache slot, a
 // stream slot it was just copied into, or the host copy computed by the CPU with the host's own buffers.
 // Without a provider (a CPU-only run) every expert is the checkpoint's and uses the session's workspace.
+// With one, the layer's device work (shared expert, experts on the device) is launched on the device's
+// compute stream and the host computes its experts meanwhile (issue 5, item 4: CPU expert work overlaps the
+// GPU's in the same layer).
 #pragma once
 
 #include <cstdint>
 #include <span>
 
+#include "runtime/backend.h"
 #include "runtime/model_weights.h"
 
 namespace ferry::runtime {
@@ -22,6 +26,11 @@ struct ExpertScratch {
 struct ExpertUse {
   const ExpertWeights* weights = nullptr;
   const ExpertScratch* scratch = nullptr;  // nullptr: the session's workspace (the expert runs with the layer)
+  // On the layer's device (ExpertProvider::device), launched after the copy `ready` has landed and reading
+  // `reads`; otherwise the host computes it at once, beside the device's work.
+  bool on_device = false;
+  CopyEvent ready;
+  DeviceRange reads;
 };
 
 class ExpertProvider {
@@ -30,10 +39,15 @@ class ExpertProvider {
   // The router of `layer` has chosen: tokens_per_expert[e] tokens of this chunk go to expert e. Copies of the
   // chosen experts may start here, before the first acquire (prefetch).
   virtual void routed(const LayerWeights& layer, std::span<const int64_t> tokens_per_expert) = 0;
-  // The weights (and buffers) to compute `expert` of `layer` for `tokens` tokens with; valid until release().
-  // Experts are acquired one at a time, in expert order.
+  // The device whose compute stream runs this layer's device work (the shared expert and the on_device
+  // experts); nullptr: the layer runs on the host.
+  virtual Backend* device(const LayerWeights& layer) = 0;
+  // The weights (and buffers) to compute `expert` of `layer` for `tokens` tokens with; valid until the layer's
+  // device work has finished. Experts are acquired one at a time, in expert order; acquire never waits for a
+  // copy (device work waits on its stream instead).
   virtual ExpertUse acquire(const LayerWeights& layer, int64_t expert, int64_t tokens) = 0;
-  virtual void release(const LayerWeights& layer, int64_t expert) = 0;
+  // `done`: the launched work that reads the expert (on_device uses); its slot is not refilled before then.
+  virtual void release(const LayerWeights& layer, int64_t expert, KernelEvent done) = 0;
 };
 
 }  // namespace ferry::runtime

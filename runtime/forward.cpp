@@ -38,7 +38,6 @@ Workspace::Workspace(const planner::CpuForwardWorkspace& l, const planner::Model
   x = f32(l.x);
   xn = f32(l.xn);
   y = f32(l.y);
-  tmp = f32(l.tmp);
   mix.resize(sz(l.ubatch));
   for (auto& m : mix) m.pre = f32(hc), m.post = f32(hc), m.comb = f32(hc * hc);
   qa = f32(l.qa);
@@ -87,7 +86,7 @@ TileScratch Workspace::tile_scratch() {
 
 int64_t Workspace::bytes() const {
   auto f = [](const auto& v) { return static_cast<int64_t>(v.capacity() * sizeof(v[0])); };
-  int64_t b = f(x) + f(xn) + f(y) + f(tmp) + f(qa) + f(q) + f(kv) + f(o) + f(z) + f(kv_rows) + f(comp_a) + f(comp_s) +
+  int64_t b = f(x) + f(xn) + f(y) + f(qa) + f(q) + f(kv) + f(o) + f(z) + f(kv_rows) + f(comp_a) + f(comp_s) +
               f(iq) + f(iw) + f(key_tile) + f(sel) + f(sel_count) + f(gate) + f(route_ids) + f(route_w) +
               f(expert_tokens) + f(xg) + f(eg) + f(eu) + f(eo);
   for (const auto& m : mix) b += f(m.pre) + f(m.post) + f(m.comb);

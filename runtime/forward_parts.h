@@ -39,7 +39,7 @@ struct Workspace {
   int64_t scratch_per_thread;  // floats
   DeviceVector<float> tiles;   // [threads, scratch_per_thread]
   int64_t tile_rows, tile_scores, heads, head_dim;
-  DeviceVector<float> x, xn, y, tmp;                // [n, d]
+  DeviceVector<float> x, xn, y;                     // [n, d]
   std::vector<cpu::HcMix> mix;                     // [n]
   DeviceVector<float> qa, q, kv, o, z;              // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token
   DeviceVector<uint8_t> kv_rows;                    // [n, main row bytes]: the chunk's own window rows
@@ -52,7 +52,8 @@ struct Workspace {
   DeviceVector<int32_t> route_ids;                  // [n, top-k]
   DeviceVector<float> route_w;                      // [n, top-k]
   DeviceVector<int32_t> expert_tokens;              // [n · top-k] tokens grouped by expert
-  DeviceVector<float> xg, eg, eu, eo;               // gathered expert inputs [n, d], intermediates [n, inter], outputs [n, d]
+  DeviceVector<float> xg, eg, eu;                   // gathered expert inputs [n, d], intermediates [n, inter]
+  DeviceVector<float> eo;                           // expert outputs, one row per (token, choice) [n·k, d]
 };
 
 // A block over tokens at positions p0 … p0+n−1 (n <= ubatch).

@@ -76,44 +76,100 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
       ws.route_w[sz(t * k + i)] = sc[ids[i]] / sum * static_cast<float>(c.routed_scaling_factor);
   });
 
-  // Shared expert (no clamp) straight into y.
-  swiglu(w.shared, xn, n, d, inter, 0.0, ws.eg.data(), ws.eu.data(), y);
-
-  // Routed experts, in expert order, each over the tokens that chose it.
+  // Tokens grouped by expert: sorted position p holds choice expert_tokens[p] = t·k + i, and its output row
+  // eo[p]; pos_of[t·k + i] = p.
   std::vector<int64_t> count(sz(E + 1), 0);
   for (int64_t i = 0; i < n * k; ++i) ++count[sz(ws.route_ids[sz(i)] + 1)];
   for (int64_t e = 0; e < E; ++e) count[sz(e + 1)] += count[sz(e)];
-  std::vector<int64_t> fill(count.begin(), count.end() - 1);
-  for (int64_t i = 0; i < n * k; ++i) ws.expert_tokens[sz(fill[sz(ws.route_ids[sz(i)])]++)] = static_cast<int32_t>(i);
-  std::fill(ws.tmp.begin(), ws.tmp.begin() + n * d, 0.0f);
-  std::vector<float> rw(sz(n));
+  std::vector<int64_t> fill(count.begin(), count.end() - 1), pos_of(sz(n * k));
+  for (int64_t i = 0; i < n * k; ++i) {
+    const int64_t p = fill[sz(ws.route_ids[sz(i)])]++;
+    ws.expert_tokens[sz(p)] = static_cast<int32_t>(i);
+    pos_of[sz(i)] = p;
+  }
   if (experts) {
     std::vector<int64_t> tokens_per_expert(sz(E));
     for (int64_t e = 0; e < E; ++e) tokens_per_expert[sz(e)] = count[sz(e + 1)] - count[sz(e)];
     experts->routed(w, tokens_per_expert);
   }
-  const ExpertScratch own{ws.xg.data(), ws.eg.data(), ws.eu.data(), ws.eo.data()};
+
+  // One routed expert over its m tokens (sorted positions b … b+m−1), its outputs into eo's rows b … b+m−1.
+  float* const out_rows = ws.eo.data();
+  auto run_expert = [&, out_rows](const ExpertWeights& ew, const ExpertScratch* scratch, int64_t b, int64_t m) {
+    float* x = scratch ? scratch->x : ws.xg.data();
+    float* gate = scratch ? scratch->gate : ws.eg.data();
+    float* up = scratch ? scratch->up : ws.eu.data();
+    float* out = scratch ? scratch->out : out_rows + b * d;
+    for (int64_t i = 0; i < m; ++i) std::copy_n(xn + (ws.expert_tokens[sz(b + i)] / k) * d, d, x + i * d);
+    swiglu(ew, x, m, d, inter, c.swiglu_limit, gate, up, out);
+    if (out != out_rows + b * d) std::copy_n(out, m * d, out_rows + b * d);
+  };
+
+  // The device's work is launched on its compute stream and the host computes its experts meanwhile. Launched
+  // work reads this frame's locals: whatever happens, the device has finished before the frame is left.
+  Backend* dev = experts ? experts->device(w) : nullptr;
+  KernelEvent last;
+  struct Drain {
+    Backend* dev;
+    const KernelEvent& last;
+    ~Drain() {
+      if (!dev) return;
+      try {
+        dev->wait(last);
+      } catch (...) {  // the error reaches the caller through the wait below
+      }
+    }
+  } drain{dev, last};
+
+  // Shared expert (no clamp) straight into y.
+  auto shared = [&] { swiglu(w.shared, xn, n, d, inter, 0.0, ws.eg.data(), ws.eu.data(), y); };
+  if (dev) {
+    last = dev->launch(shared);
+  } else {
+    shared();
+  }
+
+  // Routed experts, in expert order, each over the tokens that chose it.
   for (int64_t e = 0; e < E; ++e) {
     const int64_t b = count[sz(e)], m = count[sz(e + 1)] - b;
     if (m == 0) continue;
-    const ExpertUse use = experts ? experts->acquire(w, e, m) : ExpertUse{&w.experts[sz(e)], nullptr};
-    const ExpertScratch& s = use.scratch ? *use.scratch : own;
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t slot = ws.expert_tokens[sz(b + i)], t = slot / k;
-      std::copy_n(xn + t * d, d, s.x + i * d);
-      rw[sz(i)] = ws.route_w[sz(slot)];
+    if (!experts) {
+      run_expert(w.experts[sz(e)], nullptr, b, m);
+      continue;
     }
-    swiglu(*use.weights, s.x, m, d, inter, c.swiglu_limit, s.gate, s.up, s.out);
-    if (experts) experts->release(w, e);
-    for (int64_t i = 0; i < m; ++i) {
-      const int64_t t = ws.expert_tokens[sz(b + i)] / k;
-      float* acc = &ws.tmp[sz(t * d)];
-      const float* o = s.out + i * d;
-      const float wk = rw[sz(i)];
-      for (int64_t j = 0; j < d; ++j) acc[j] += wk * o[j];
+    const ExpertUse use = experts->acquire(w, e, m);
+    if (use.on_device) {
+      FERRY_CHECK(dev, "expert provider: layer " + std::to_string(w.index) + " has no device for an expert on it");
+      const ExpertWeights* ew = use.weights;
+      const ExpertScratch* scratch = use.scratch;
+      last = dev->launch([&run_expert, ew, scratch, b, m] { run_expert(*ew, scratch, b, m); }, use.ready, use.reads);
+      experts->release(w, e, last);
+    } else {
+      // The session's buffers belong to the device's work while it runs.
+      FERRY_CHECK(!dev || use.scratch, "expert provider: an expert on the host needs its own buffers");
+      run_expert(*use.weights, use.scratch, b, m);
+      experts->release(w, e, {});
     }
   }
-  for (int64_t i = 0; i < n * d; ++i) y[i] += ws.tmp[sz(i)];
+  if (dev) dev->wait(last);
+
+  // Combine: each token's expert outputs weighted and summed in expert order (ascending sorted positions),
+  // then added to the shared expert's output — the same order whichever side computed each expert.
+  FERRY_CHECK(k <= 64, "num_experts_per_tok above 64");
+  tbb::parallel_for(int64_t{0}, n, [&](int64_t t) {
+    int64_t p[64];
+    for (int64_t i = 0; i < k; ++i) {
+      int64_t j = i;
+      for (const int64_t v = pos_of[sz(t * k + i)]; j > 0 && p[j - 1] > v; --j) p[j] = p[j - 1];
+      p[j] = pos_of[sz(t * k + i)];
+    }
+    float* yt = y + t * d;
+    for (int64_t j = 0; j < d; ++j) {
+      float acc = 0.0f;
+      for (int64_t i = 0; i < k; ++i) acc += ws.route_w[sz(ws.expert_tokens[sz(p[i])])] * out_rows[p[i] * d + j];
+      yt[j] += acc;
+    }
+  });
 }
 
 }  // namespace ferry::runtime::detail

@@ -1,5 +1,6 @@
 #include "runtime/sim_backend.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -36,6 +37,7 @@ std::string sim_device_name(const SimDeviceSpec& spec) {
 
 SimBackend::SimBackend(const SimDeviceSpec& spec) : Backend(sim_device_name(spec), spec.capacity), spec_(spec) {
   stream_ = std::thread([this] { stream_loop(); });
+  compute_ = std::thread([this] { compute_loop(); });
 }
 
 SimBackend::~SimBackend() {
@@ -43,8 +45,10 @@ SimBackend::~SimBackend() {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
     paused_ = false;
+    compute_paused_ = false;
   }
   cv_.notify_all();
+  compute_.join();
   stream_.join();
 }
 
@@ -59,6 +63,7 @@ void SimBackend::raw_free(void* p, int64_t) {
   {
     std::unique_lock<std::mutex> lock(mu_);
     paused_ = false;
+    compute_paused_ = false;  // a queued copy may wait for launched work
     cv_.notify_all();
     cv_.wait(lock, [this] { return landed_ == issued_; });
   }
@@ -71,11 +76,114 @@ CopyEvent SimBackend::copy_to_device(DeviceBuffer& dst, int64_t offset, const vo
   {
     std::lock_guard<std::mutex> lock(mu_);
     e.sequence = ++issued_;
-    queue_.push_back({static_cast<char*>(dst.data()) + offset, src, bytes, e.sequence});
+    queue_.push_back({static_cast<char*>(dst.data()) + offset, src, bytes, e.sequence, 0});
+    stats_.max_in_flight = std::max(stats_.max_in_flight, static_cast<int64_t>(issued_ - landed_));
   }
   cv_.notify_all();
   return e;
 }
+
+CopyEvent SimBackend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
+                                           KernelEvent after) {
+  check_copy(dst, offset, src, bytes);
+  CopyEvent e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    e.sequence = ++issued_;
+    queue_.push_back({static_cast<char*>(dst.data()) + offset, src, bytes, e.sequence, after.sequence});
+    stats_.max_in_flight = std::max(stats_.max_in_flight, static_cast<int64_t>(issued_ - landed_));
+  }
+  cv_.notify_all();
+  return e;
+}
+
+KernelEvent SimBackend::launch(std::function<void()> work, CopyEvent after, DeviceRange reads) {
+  KernelEvent e;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    FERRY_CHECK(after.sequence <= issued_, name() + ": launched work waits for a copy that was never queued");
+    e.sequence = ++launched_;
+    work_.push_back({std::move(work), after.sequence, reads, e.sequence});
+  }
+  cv_.notify_all();
+  return e;
+}
+
+bool SimBackend::read_by_pending_work(const char* dst, int64_t bytes, uint64_t copy) const {
+  for (const Work& w : work_) {
+    // The stream is ordered: from the first work that waits for this copy on, everything reads the new bytes.
+    if (w.after_copy >= copy) break;
+    const char* r = static_cast<const char*>(w.reads.data);
+    if (r && dst < r + w.reads.bytes && r < dst + bytes) return true;
+  }
+  return false;
+}
+
+void SimBackend::compute_loop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [this] { return (!work_.empty() && !compute_paused_) || (stopping_ && work_.empty()); });
+    if (work_.empty()) return;  // stopping, and every launched piece of work has run
+    Work& w = work_.front();
+    // Like cudaStreamWaitEvent: the stream holds here until the copy the work reads has landed.
+    const auto wait0 = std::chrono::steady_clock::now();
+    cv_.wait(lock, [&] { return landed_ >= w.after_copy; });
+    compute_stats_.copy_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait0).count();
+    std::function<void()> fn = std::move(w.fn);
+    lock.unlock();
+    const auto start = std::chrono::steady_clock::now();
+    std::exception_ptr failed;
+    try {
+      fn();
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    const double busy = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    lock.lock();
+    // The work stays in the queue (its reads pending) until it has run, so a copy landing meanwhile is seen.
+    const uint64_t seq = work_.front().sequence;
+    work_.pop_front();
+    ran_ = seq;
+    ++compute_stats_.launches;
+    compute_stats_.busy_seconds += busy;
+    if (failed && !failure_) {
+      failure_ = failed;
+      failed_sequence_ = seq;
+    }
+    cv_.notify_all();
+  }
+}
+
+bool SimBackend::completed(KernelEvent e) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (failure_ && e.sequence >= failed_sequence_) std::rethrow_exception(failure_);
+  return ran_ >= e.sequence;
+}
+
+void SimBackend::wait(KernelEvent e, std::chrono::milliseconds timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return ran_ >= e.sequence; }))
+    FERRY_THROW(name() + ": launched work did not finish within " + std::to_string(timeout.count()) + " ms");
+  if (failure_ && e.sequence >= failed_sequence_) std::rethrow_exception(failure_);
+}
+
+ComputeStats SimBackend::compute_stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return compute_stats_;
+}
+
+int64_t SimBackend::pending_work() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int64_t>(work_.size());
+}
+
+void SimBackend::reset_max_in_flight() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.max_in_flight = static_cast<int64_t>(issued_ - landed_);
+}
+
+void SimBackend::pause_compute() { hold(compute_paused_, true); }
+void SimBackend::resume_compute() { hold(compute_paused_, false); }
 
 void SimBackend::stream_loop() {
   std::unique_lock<std::mutex> lock(mu_);
@@ -84,6 +192,9 @@ void SimBackend::stream_loop() {
     if (queue_.empty()) return;  // stopping, and every queued copy has landed
     const Copy c = queue_.front();
     queue_.pop_front();
+    // Like cudaStreamWaitEvent on the copy stream: a refill waits for the work that read the old contents.
+    cv_.wait(lock, [&] { return ran_ >= c.after_kernel || (stopping_ && work_.empty()); });
+    if (c.bytes > 0 && read_by_pending_work(c.dst, c.bytes, c.sequence)) ++compute_stats_.overwrite_conflicts;
     lock.unlock();
     const auto start = std::chrono::steady_clock::now();
     if (c.bytes > 0) std::memcpy(c.dst, c.src, static_cast<size_t>(c.bytes));
@@ -117,15 +228,13 @@ LinkStats SimBackend::link_stats() const {
   return stats_;
 }
 
-void SimBackend::pause() {
-  std::lock_guard<std::mutex> lock(mu_);
-  paused_ = true;
-}
+void SimBackend::pause() { hold(paused_, true); }
+void SimBackend::resume() { hold(paused_, false); }
 
-void SimBackend::resume() {
+void SimBackend::hold(bool& paused, bool on) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    paused_ = false;
+    paused = on;
   }
   cv_.notify_all();
 }

@@ -11,6 +11,8 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(int64_t capacity = MemoryLedger::kUnplanned) : Backend("host", capacity) {}
   bool host_addressable() const override { return true; }
   CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
+  using Backend::completed;
+  using Backend::wait;
   bool completed(CopyEvent) const override { return true; }
   void wait(CopyEvent, std::chrono::milliseconds = std::chrono::seconds(60)) const override {}
 

@@ -191,6 +191,10 @@ void CudaBackend::copy_to_host(void* dst, const DeviceBuffer& src, int64_t offse
   wait(record_copy(), timeout);
 }
 
+KernelEvent CudaBackend::launch(std::function<void()>, CopyEvent, DeviceRange) {
+  FERRY_THROW(name() + ": no CUDA kernels exist yet; run the forward pass on the CPU or the simulated device");
+}
+
 bool CudaBackend::completed(CopyEvent e) const {
   Stream& s = *stream_;
   std::lock_guard<std::mutex> lock(s.mu);

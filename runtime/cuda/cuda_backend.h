@@ -27,6 +27,10 @@ class CudaBackend final : public Backend {
   // Pageable `src` is staged by CUDA before the call returns; pinned or registered `src` (pinned_memory.h) is
   // read by the copy engine later, and must stay unchanged until the event has completed.
   CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
+  // No CUDA kernels exist yet: launching work on this device throws ferry::Error.
+  KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {}) override;
+  using Backend::completed;
+  using Backend::wait;
   // Throws ferry::Error naming the device when a copy on the stream failed.
   bool completed(CopyEvent e) const override;
   void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const override;

@@ -5,6 +5,9 @@
 // slot a kernel reads is overwritten while it reads it.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -59,32 +62,43 @@ planner::HostSpec host_spec() {
   return h;
 }
 
-// Checks, between acquire and release, that the bytes a kernel reads are the expert's own: a copy landing
-// in a slot still read (another expert's, or a refill) would change them under the kernel.
+// Checks that the bytes a kernel reads are the expert's own, just before and just after the kernel: a copy
+// landing in a slot still read (another expert's, or a refill) would change them under it. For an expert on
+// the device the checks are themselves launched on its stream, around the kernel, so they run when it runs;
+// for one on the host they run at acquire and release, around its computation.
 class CheckingProvider final : public runtime::ExpertProvider {
  public:
   explicit CheckingProvider(runtime::ExpertProvider& inner) : inner_(inner) {}
   void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override { inner_.routed(l, t); }
+  runtime::Backend* device(const runtime::LayerWeights& l) override { return inner_.device(l); }
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     use_ = inner_.acquire(l, e, tokens);
-    expect_same(l, e);
+    check(l, e, use_.ready);
     return use_;
   }
-  void release(const runtime::LayerWeights& l, int64_t e) override {
-    expect_same(l, e);  // after the kernel ran
-    inner_.release(l, e);
+  void release(const runtime::LayerWeights& l, int64_t e, runtime::KernelEvent done) override {
+    // After the kernel ran (queued behind it on the device); the check reads the slot too, so the slot is
+    // released with the check's event.
+    const runtime::KernelEvent checked = check(l, e, {});
+    if (use_.on_device) ++device_uses;
+    inner_.release(l, e, use_.on_device ? checked : done);
   }
-  int64_t checks = 0, mismatches = 0;
+  std::atomic<int64_t> checks = 0, mismatches = 0;
+  int64_t device_uses = 0;
 
  private:
-  void expect_same(const runtime::LayerWeights& l, int64_t e) {
-    const auto want = runtime::expert_regions(l.experts[static_cast<size_t>(e)]);
-    const auto got = runtime::expert_regions(*use_.weights);
-    for (size_t i = 0; i < want.size(); ++i) {
-      ++checks;
-      if (want[i].bytes != got[i].bytes || std::memcmp(want[i].data, got[i].data, static_cast<size_t>(want[i].bytes)))
-        ++mismatches;
-    }
+  runtime::KernelEvent check(const runtime::LayerWeights& l, int64_t e, runtime::CopyEvent after) {
+    auto compare = [this, want = runtime::expert_regions(l.experts[static_cast<size_t>(e)]),
+                    got = runtime::expert_regions(*use_.weights)] {
+      for (size_t i = 0; i < want.size(); ++i) {
+        ++checks;
+        if (want[i].bytes != got[i].bytes || std::memcmp(want[i].data, got[i].data, static_cast<size_t>(want[i].bytes)))
+          ++mismatches;
+      }
+    };
+    if (use_.on_device) return inner_.device(l)->launch(compare, after, use_.reads);
+    compare();
+    return {};
   }
   runtime::ExpertProvider& inner_;
   runtime::ExpertUse use_;
@@ -102,6 +116,9 @@ struct Outcome {
   std::vector<float> logits;
   offload::DispatchStats stats;
   int64_t evictions = 0;
+  int64_t device_uses = 0;  // expert uses launched on the device
+  int64_t conflicts = 0;
+  int64_t max_copies_in_flight = 0;
 };
 
 class Offload : public ::testing::Test {
@@ -122,6 +139,7 @@ class Offload : public ::testing::Test {
     Outcome out;
     {
       offload::BoundPlan bound(plan, tiny_model(), gpu, host, d);
+      gpu.reset_max_in_flight();  // the weights' placement queues many copies at once
       runtime::SessionOptions bso = bound.session_options(so);
       CheckingProvider checker(*bso.experts);
       if (check_slots) bso.experts = &checker;
@@ -145,7 +163,11 @@ class Offload : public ::testing::Test {
       if (check_slots) {
         EXPECT_GT(checker.checks, 0);
         EXPECT_EQ(checker.mismatches, 0) << "a kernel read bytes that were not its expert's";
+        out.device_uses = checker.device_uses;
       }
+      out.conflicts = gpu.compute_stats().overwrite_conflicts;
+      out.max_copies_in_flight = gpu.link_stats().max_in_flight;
+      EXPECT_EQ(out.conflicts, 0) << "a copy landed in a slot that launched work still read";
       out.stats = bound.dispatch().total();
       for (int l = 0; l < bound.dispatch().cache().layers(); ++l) out.evictions += bound.dispatch().cache().stats(l).evictions;
       for (const runtime::Backend* b : {static_cast<const runtime::Backend*>(&gpu), static_cast<const runtime::Backend*>(&host)}) {
@@ -202,12 +224,99 @@ TEST_F(Offload, StreamingPrefillGivesTheCpuLogits) {
   EXPECT_GT(o.stats.streamed, 0);
   EXPECT_GT(o.stats.cpu, 0);  // decode: one token per expert stays on the CPU
   EXPECT_EQ(o.stats.cache_hits, 0);
+  // No cache, so no prefetch: copies queue ahead of the experts that read them only if streaming runs ahead
+  // of the compute through the ring of stream slots (2 x top-k = 4 here; typically all 4 are in flight)
+  // rather than waiting for each copy, which would never have more than one in flight.
+  EXPECT_GE(o.max_copies_in_flight, 2);
+  EXPECT_GT(o.device_uses, 0);
 }
 
 TEST_F(Offload, Fp8KvIsBitwiseToo) {
   const Outcome o = run({"10MiB", 10 << 20, 3, 2, 64}, planner::KvType::FP8);
   expect_bitwise(o.logits, cpu_logits(planner::KvType::FP8, 64));
   EXPECT_GT(o.stats.cache_hits + o.stats.streamed, 0);
+}
+
+// Holds each layer's device work behind a blocker launched at routing time, released by the first expert the
+// host computes (or by the layer's last expert, or after 2 s): the host must reach its own experts while the device's work of the same layer
+// (the blocker, the shared expert) is still pending. A MoE layer that waited for the device first would only
+// get there after the timeout, with nothing pending.
+class OverlapProbe final : public runtime::ExpertProvider {
+ public:
+  OverlapProbe(runtime::ExpertProvider& inner, runtime::SimBackend& gpu) : inner_(inner), gpu_(gpu) {}
+  void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override {
+    inner_.routed(l, t);
+    if (!inner_.device(l)) return;
+    last_expert_ = -1;
+    for (size_t e = 0; e < t.size(); ++e)
+      if (t[e] > 0) last_expert_ = static_cast<int64_t>(e);
+    open_ = false;
+    first_host_ = true;
+    gpu_.launch([this] {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::seconds(2), [this] { return open_; });
+    });
+  }
+  runtime::Backend* device(const runtime::LayerWeights& l) override { return inner_.device(l); }
+  runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
+    const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
+    if (!u.on_device && first_host_) {
+      first_host_ = false;
+      ++layers_with_host_experts;
+      if (gpu_.pending_work() >= 2) ++overlapped;  // the blocker and the shared expert at least
+      open();
+    }
+    return u;
+  }
+  void release(const runtime::LayerWeights& l, int64_t e, runtime::KernelEvent done) override {
+    inner_.release(l, e, done);
+    if (e == last_expert_) open();  // a layer without host experts
+  }
+  int64_t layers_with_host_experts = 0, overlapped = 0;
+
+ private:
+  void open() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      open_ = true;
+    }
+    cv_.notify_all();
+  }
+  runtime::ExpertProvider& inner_;
+  runtime::SimBackend& gpu_;
+  int64_t last_expert_ = -1;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true, first_host_ = false;
+};
+
+TEST_F(Offload, TheHostComputesItsExpertsWhileTheDeviceWorksOnTheSameLayer) {
+  const planner::ModelSpec spec = planner::load_model_spec(tiny_model_dir().string());
+  const runtime::SessionOptions so = session_options(planner::KvType::BF16, 512);
+  offload::DeviceRequest req;
+  req.name = "sim:20MiB";
+  req.capacity = 20 << 20;
+  req.link_bytes_per_s = 25e9;
+  req.cache_slots = 2;
+  const planner::Plan plan = offload::plan_for_device(spec, host_spec(), req, so);
+  runtime::SimBackend gpu({req.capacity, 25e9});
+  runtime::cpu::CpuBackend host;
+  offload::BoundPlan bound(plan, tiny_model(), gpu, host, {});
+  runtime::SessionOptions bso = bound.session_options(so);
+  OverlapProbe probe(*bso.experts, gpu);
+  bso.experts = &probe;
+  std::vector<float> logits;
+  {
+    runtime::Session s(bound.weights(), bso);
+    runtime::GenerateOptions go;
+    go.n_predict = 4;
+    go.stop_at_eos = false;
+    go.keep_logits = true;
+    logits = runtime::generate(s, prompt_tokens(kPrompt), go).logits;
+  }
+  EXPECT_GT(probe.layers_with_host_experts, 10);
+  EXPECT_EQ(probe.overlapped, probe.layers_with_host_experts) << "the host waited for the device before its experts";
+  EXPECT_GT(bound.dispatch().total().cache_hits, 0);  // the device computed experts too
 }
 
 TEST_F(Offload, ABudgetTooSmallForTheNonRoutedWeightsFailsWithThePlannersMessage) {

@@ -1,6 +1,8 @@
 // Backends and their memory accounting: the ledger refuses allocations beyond the plan or the device and
 // tracks high-water marks exactly; the host backend and the simulated device copy bytes where they are asked
-// to, the simulated device in order, with events that complete only once a copy has landed.
+// to, the simulated device in order, with events that complete only once a copy has landed; its compute
+// stream runs launched work in order, each piece after the copy it waits for, beside the caller, and it
+// counts a copy that lands under work still reading the memory.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -171,6 +173,73 @@ TEST(SimDevice, FreeingABufferWaitsForCopiesStillQueuedIntoIt) {
   EXPECT_EQ(dev->link_stats().copies, 1);
   EXPECT_EQ(dev->ledger().total_current(), 0);
   dev.reset();  // joins the stream without hanging
+}
+
+TEST(SimDevice, LaunchedWorkRunsInOrderAfterItsCopyBesideTheCaller) {
+  SimBackend dev(parse_sim_device("sim:1MiB"));
+  DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, 64);
+  std::vector<uint8_t> src(64, 5);
+  std::vector<int> order;
+  std::atomic<int> seen{-1};
+  dev.pause();
+  const CopyEvent c = dev.copy_to_device(b, 0, src.data(), 64);
+  const KernelEvent k1 = dev.launch([&] {
+    order.push_back(1);
+    seen = static_cast<const uint8_t*>(b.data())[63];  // reads what the copy brought
+  }, c, {b.data(), 64});
+  const KernelEvent k2 = dev.launch([&] { order.push_back(2); });
+  EXPECT_FALSE(dev.completed(k1));  // its copy has not landed, so neither it nor the work behind it ran
+  EXPECT_FALSE(dev.completed(k2));
+  EXPECT_EQ(dev.pending_work(), 2);
+  EXPECT_NE(error_of([&] { dev.wait(k2, std::chrono::milliseconds(20)); }).find("did not finish"), std::string::npos);
+  dev.resume();
+  dev.wait(k2);
+  EXPECT_TRUE(dev.completed(k1));
+  EXPECT_EQ(order, (std::vector<int>{1, 2}));
+  EXPECT_EQ(seen.load(), 5);
+  EXPECT_EQ(dev.compute_stats().launches, 2);
+  EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 0);
+  EXPECT_GT(dev.compute_stats().copy_wait_seconds, 0.0);
+}
+
+TEST(SimDevice, CountsACopyLandingUnderAReaderAndARefillAfterItDoesNot) {
+  SimBackend dev(parse_sim_device("sim:1MiB"));
+  DeviceBuffer slot = dev.allocate(MemoryClass::ExpertCache, 256), other = dev.allocate(MemoryClass::ExpertCache, 256);
+  std::vector<uint8_t> src(256, 1);
+  dev.pause_compute();
+  const KernelEvent reader = dev.launch([] {}, {}, {slot.data(), 256});
+  dev.wait(dev.copy_to_device(other, 0, src.data(), 256));  // elsewhere: fine
+  EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 0);
+  dev.wait(dev.copy_to_device(slot, 128, src.data(), 16));   // under the reader: the bug the count exposes
+  EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 1);
+  const CopyEvent refill = dev.copy_to_device_after(slot, 0, src.data(), 256, reader);
+  // The next reader waits for the refill: it is no conflict that it has not run yet.
+  const KernelEvent next = dev.launch([] {}, refill, {slot.data(), 256});
+  EXPECT_FALSE(dev.completed(refill));  // held behind the reader, which the paused stream has not run
+  dev.resume_compute();
+  dev.wait(next);
+  EXPECT_TRUE(dev.completed(refill));
+  EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 1);
+}
+
+TEST(SimDevice, AnErrorInLaunchedWorkReachesTheWaitAndLaterWorkStillRuns) {
+  SimBackend dev(parse_sim_device("sim:1MiB"));
+  const KernelEvent ok = dev.launch([] {});
+  const KernelEvent bad = dev.launch([] { FERRY_THROW("kernel failed on purpose"); });
+  std::atomic<bool> ran{false};
+  const KernelEvent after = dev.launch([&] { ran = true; });
+  EXPECT_NE(error_of([&] { dev.wait(after); }).find("kernel failed on purpose"), std::string::npos);
+  EXPECT_TRUE(ran.load());
+  EXPECT_NO_THROW(dev.wait(ok));  // work before the failure is fine
+  EXPECT_NE(error_of([&] { dev.wait(bad); }).find("on purpose"), std::string::npos);
+}
+
+TEST(HostBackend, LaunchRunsTheWorkAtOnce) {
+  cpu::CpuBackend host;
+  int ran = 0;
+  const KernelEvent e = host.launch([&] { ++ran; });
+  EXPECT_EQ(ran, 1);
+  EXPECT_TRUE(host.completed(e));
 }
 
 }  // namespace
