@@ -1,4 +1,5 @@
 #include "offload/expert_dispatch.h"
+#include "offload/host_expert_store.h"
 
 #include <algorithm>
 #include <chrono>
@@ -181,7 +182,7 @@ ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t ex
             // Its prefetch is still landing: the CPU computes this use rather than wait; the next use hits.
             cache_.release(l, lk.slot);
             ++s.cpu;
-            return {&host, &cpu_scratch_};
+            return {&host, &cpu_scratch_, host_expert_node(host.w1.data)};
           }
           settle(l, lk.slot, s);
         }
@@ -211,7 +212,7 @@ ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t ex
     return in_slot(host, stream_slots_[k]);
   }
   ++s.cpu;
-  return {&host, &cpu_scratch_};
+  return {&host, &cpu_scratch_, host_expert_node(host.w1.data)};
 }
 
 void ExpertDispatch::release(const runtime::LayerWeights& layer, int64_t) {
