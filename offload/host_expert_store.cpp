@@ -133,7 +133,7 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
     Region r;
     r.bytes = reserved_[k];
     r.plan_node = static_cast<int>(k);
-    r.machine_node = static_cast<int>(node->os_index);
+    r.machine_node = static_cast<int>(node->logical_index);  // tbb's NUMA id (runtime/numa_arenas.h)
     // Strict: the pages come from this node or the allocation fails, never silently from another node.
     void* p = hwloc_alloc_membind(t, sz(r.bytes), node->nodeset, HWLOC_MEMBIND_BIND,
                                   HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_STRICT);

@@ -38,7 +38,7 @@ class HostExpertStore {
     const uint8_t* data = nullptr;
     int64_t bytes = 0;
     int plan_node = 0;     // index among the plan's host devices
-    int machine_node = 0;  // OS NUMA node number the memory is bound to (or first-touched on)
+    int machine_node = 0;  // NUMA node bound to (or first-touched on): hwloc's logical index, tbb's NUMA id
     bool bound = false;    // false: the OS refused binding, first-touch memory
   };
 
@@ -68,7 +68,7 @@ class HostExpertStore {
   std::vector<Region> regions_;
 };
 
-// The OS NUMA node of the store memory `p` points into; -1 when `p` is in no numa store (the mapping, or a
+// The NUMA node (Region::machine_node) of the store memory `p` points into; -1 when `p` is in no numa store (the mapping, or a
 // GPU slot). What ExpertDispatch puts in runtime::ExpertUse::host_node. Thread-safe.
 int host_expert_node(const void* p);
 

@@ -22,7 +22,7 @@ struct ExpertScratch {
 struct ExpertUse {
   const ExpertWeights* weights = nullptr;
   const ExpertScratch* scratch = nullptr;  // nullptr: the session's workspace (the expert runs with the layer)
-  int host_node = -1;  // OS NUMA node holding the weights the CPU computes from (run_on_node); -1: no preference
+  int host_node = -1;  // NUMA node (tbb's id) of the weights the CPU computes from, for run_on_node; -1: none
 };
 
 class ExpertProvider {

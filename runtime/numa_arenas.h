@@ -1,7 +1,7 @@
 // Computing next to the memory: one oneTBB arena per NUMA node, its threads kept on that node's cores
 // (tbbbind), so that work on host-resident routed experts bound to a node (offload/host_expert_store.h) reads
-// local RAM. Node ids are the OS's NUMA node numbers, as hwloc's nodesets and tbb::info::numa_nodes() give
-// them; they are what runtime::ExpertUse::host_node carries.
+// local RAM. Node ids are tbb::info::numa_nodes()'s: hwloc's logical indexes of the NUMA nodes (tbbbind's
+// numbering, not the OS's); they are what runtime::ExpertUse::host_node carries.
 #pragma once
 
 #include <functional>

@@ -116,7 +116,7 @@ TEST(HostExpertStore, NumaCopiesAreBoundToTheirNodeAndHoldTheExpertsBytes) {
     for (size_t k = 0; k < store.regions().size(); ++k) {
       const auto& r = store.regions()[k];
       EXPECT_EQ(r.plan_node, static_cast<int>(k));
-      EXPECT_EQ(r.machine_node, static_cast<int>(node0->os_index));
+      EXPECT_EQ(r.machine_node, static_cast<int>(node0->logical_index));
       // The ledger holds the plan's share, exactly.
       EXPECT_EQ(r.bytes, hosts.planned_experts[k]);
       EXPECT_EQ(hosts.weights(k), hosts.planned_experts[k]);
