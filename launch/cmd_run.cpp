@@ -94,6 +94,7 @@ class RunCommand : public Command {
 
   int run() override {
     const bool text_mode = prompt_option_->count() > 0;
+    offload_.check();
     FERRY_CHECK(text_mode || app_->count("--tokens") > 0, "give the prompt as --prompt TEXT or --tokens IDS");
     std::optional<runtime::Tokenizer> tokenizer;
     if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(model_);

@@ -39,7 +39,24 @@ void OffloadFlags::add_to(CLI::App& app) {
                  "Copy a routed expert to the GPU for a chunk once this many of its tokens use it (prefill "
                  "streaming); 0 = never; default: from the CPU and link bandwidths")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 24));
+  app.add_option("--host-experts", host_experts,
+                 "Where the routed experts the plan leaves in host RAM live (with --gpu): mmap (default), in the "
+                 "checkpoint's mapping where the page cache puts them; or numa, copied at load into memory bound "
+                 "to the NUMA node the plan deals each expert to (expert e of a layer on node e % N), so that the "
+                 "CPU reads local RAM. Needs RAM for the copies; falls back to first-touch memory, with a "
+                 "warning, where the OS refuses binding")
+      ->check(CLI::IsMember({"mmap", "numa"}));
+  app.add_option("--numa", numa,
+                 "NUMA nodes to plan the host RAM for (with --gpu; default: this machine's). A plan for more "
+                 "nodes than the machine has runs with plan node k on machine node k % nodes")
+      ->check(CLI::Range(1, 64));
   app.add_flag("--verbose", verbose, "Print the memory report at load too");
+}
+
+void OffloadFlags::check() const {
+  if (enabled()) return;
+  FERRY_CHECK(host_experts.empty(), "--host-experts needs --gpu (a CPU-only run computes from the mapping)");
+  FERRY_CHECK(numa == 0, "--numa needs --gpu (a CPU-only run is not planned)");
 }
 
 OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so)
@@ -50,7 +67,9 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
   const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags.gpu);
   const planner::ModelSpec model = planner::load_model_spec(model_dir);
   std::vector<std::string> notes;
-  const planner::HostSpec host = runtime::probe_host(notes);
+  planner::HostSpec host = runtime::probe_host(notes);
+  if (flags.numa > 0) host.numa_nodes = flags.numa;
+  if (!flags.host_experts.empty()) host_experts_ = *offload::host_experts_from_name(flags.host_experts);
   offload::DeviceRequest device;
   device.name = "--gpu " + flags.gpu;
   device.capacity = spec.capacity;
@@ -64,17 +83,23 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
   dispatch_.stream_min_tokens = flags.stream_min_tokens >= 0 ? flags.stream_min_tokens
                                                              : offload::stream_min_tokens_for(cpu_bw, spec.link_bytes_per_s);
   gpu_ = std::make_unique<runtime::SimBackend>(spec);
+  for (const auto& d : plan_.devices)
+    if (d.kind == planner::DeviceKind::Host) hosts_.push_back(std::make_unique<runtime::cpu::CpuBackend>(d.id));
 }
 
 OffloadRun::~OffloadRun() = default;
 
 void OffloadRun::bind(const runtime::ModelWeights& checkpoint) {
-  bound_ = std::make_unique<offload::BoundPlan>(plan_, checkpoint, *gpu_, host_, dispatch_);
+  std::vector<runtime::Backend*> hosts;
+  for (const auto& h : hosts_) hosts.push_back(h.get());
+  bound_ = std::make_unique<offload::BoundPlan>(plan_, checkpoint, *gpu_, hosts, dispatch_, host_experts_);
 }
 
 std::string OffloadRun::memory_report() const {
   std::string out = line("%-28s %12s %12s %8s\n", "memory by device and class", "planned", "high-water", "of plan");
-  for (const runtime::Backend* b : {static_cast<const runtime::Backend*>(gpu_.get()), static_cast<const runtime::Backend*>(&host_)}) {
+  std::vector<const runtime::Backend*> devices{gpu_.get()};
+  for (const auto& h : hosts_) devices.push_back(h.get());
+  for (const runtime::Backend* b : devices) {
     const auto& L = b->ledger();
     int64_t planned = 0;
     for (int i = 0; i < runtime::kMemoryClasses; ++i) planned += L.usage(static_cast<runtime::MemoryClass>(i)).planned;
@@ -120,7 +145,19 @@ std::string OffloadRun::expert_report() const {
               compute.copy_wait_seconds, t.copy_wait_seconds, 100 * hidden);
   out += line("device compute stream: %lld launches, busy %.4f s; overwrite conflicts %lld\n",
               (long long)compute.launches, compute.busy_seconds, (long long)compute.overwrite_conflicts);
+  out += host_experts_line();
   return out;
+}
+
+std::string OffloadRun::host_experts_line() const {
+  const offload::HostExpertStore& store = bound_->host_experts();
+  if (store.mode() == offload::HostExperts::Mmap)
+    return line("host experts: mmap, %s in the checkpoint's mapping\n", bytes(store.total_bytes()).c_str());
+  std::string out = "host experts: numa";
+  for (const auto& r : store.regions())
+    out += line(", plan node %d: %s on NUMA node %d (%s)", r.plan_node, bytes(r.bytes).c_str(), r.machine_node,
+                r.bound ? "bound" : "first touch");
+  return out + "\n";
 }
 
 }  // namespace ferry::launch

@@ -1,10 +1,13 @@
-// `ferry run --gpu sim:SIZE[@BW]`: the run planned for a simulated GPU of that capacity and host link, the
-// Plan bound to memory (offload/), and the reports at the end: memory per device by class, planned next to
-// the measured high-water mark, and where the routed experts were computed.
+// `ferry run --gpu sim:SIZE[@BW]`: the run planned for a simulated GPU of that capacity and host link (and
+// --numa N host NUMA nodes, this machine's by default), the Plan bound to memory (offload/) with one host
+// backend per NUMA node and the routed experts in RAM mapped or copied to their nodes (--host-experts), and
+// the reports at the end: memory per device by class, planned next to the measured high-water mark, and
+// where the routed experts were computed.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -21,10 +24,14 @@ struct OffloadFlags {
   int64_t cache_slots = -1;         // GPU expert-cache slots per layer; -1: the planner fills the leftover room
   std::string policy = "lru";
   int64_t stream_min_tokens = -1;   // -1: from the cost model (offload::stream_min_tokens_for)
+  std::string host_experts;         // "mmap" or "numa"; empty: not given (mmap)
+  int numa = 0;                     // NUMA nodes to plan for; 0: this machine's
   bool verbose = false;
 
   void add_to(CLI::App& app);
   bool enabled() const { return !gpu.empty(); }
+  // Throws ferry::Error when a flag that only --gpu uses is given without it.
+  void check() const;
 };
 
 class OffloadRun {
@@ -41,20 +48,25 @@ class OffloadRun {
   const planner::Plan& plan() const { return plan_; }
   const offload::BoundPlan& bound() const { return *bound_; }
   const runtime::SimBackend& gpu() const { return *gpu_; }
-  const runtime::cpu::CpuBackend& host() const { return host_; }
+  // The host backends, one per NUMA device of the plan, in plan order; host() is NUMA node 0's.
+  const runtime::cpu::CpuBackend& host() const { return *hosts_.front(); }
+  const std::vector<std::unique_ptr<runtime::cpu::CpuBackend>>& hosts() const { return hosts_; }
 
   // One table: per device and class, planned bytes, the high-water mark and its share of the plan.
   std::string memory_report() const;
   // Where the routed experts ran, the cache's hit rate and the share of copy time hidden behind compute.
   std::string expert_report() const;
+  // Where the host's routed experts live: the mapping, or each NUMA node's copies and whether they are bound.
+  std::string host_experts_line() const;
 
  private:
   OffloadFlags flags_;
   planner::Plan plan_;
   std::unique_ptr<runtime::SimBackend> gpu_;
-  runtime::cpu::CpuBackend host_;
+  std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts_;
   std::unique_ptr<offload::BoundPlan> bound_;
   offload::DispatchOptions dispatch_;
+  offload::HostExperts host_experts_ = offload::HostExperts::Mmap;
 };
 
 }  // namespace ferry::launch

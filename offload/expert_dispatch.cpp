@@ -1,4 +1,5 @@
 #include "offload/expert_dispatch.h"
+#include "offload/host_expert_store.h"
 
 #include <algorithm>
 #include <chrono>
@@ -118,6 +119,7 @@ ExpertUse ExpertDispatch::on_cpu(const ExpertWeights& host, DispatchStats& s) {
   ExpertUse u;
   u.weights = &host;
   u.scratch = &cpu_scratch_;
+  u.host_node = host_expert_node(host.w1.data);
   return u;
 }
 
@@ -133,12 +135,7 @@ CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& d
     stats.copy_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   auto* p = static_cast<uint8_t*>(staging_[s].data());
-  int64_t offset = 0;
-  for (const runtime::ByteRange& r : runtime::expert_regions(host)) {
-    if (r.bytes) std::memcpy(p + offset, r.data, sz(r.bytes));
-    offset += r.bytes;
-  }
-  staging_events_[s] = gpu_.copy_to_device_after(dst, 0, p, offset, after);
+  staging_events_[s] = gpu_.copy_to_device_after(dst, 0, p, runtime::pack_expert(host, p), after);
   return staging_events_[s];
 }
 

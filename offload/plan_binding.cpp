@@ -33,38 +33,47 @@ void set_planned(runtime::MemoryLedger& ledger, const planner::DevicePlan& d) {
 
 namespace {
 
-const planner::DevicePlan& only(const planner::Plan& plan, planner::DeviceKind kind, int& index) {
-  index = -1;
-  for (size_t i = 0; i < plan.devices.size(); ++i) {
-    if (plan.devices[i].kind != kind) continue;
-    FERRY_CHECK(index < 0, "ferry runs plans with one GPU and one host memory node for now; this plan has more (" +
-                               plan.layout + ")");
-    index = static_cast<int>(i);
-  }
-  FERRY_CHECK(index >= 0, std::string("the plan has no ") + (kind == planner::DeviceKind::Gpu ? "GPU" : "host"));
-  return plan.devices[static_cast<size_t>(index)];
+// The plan's devices of `kind`, in plan order.
+std::vector<int> devices_of(const planner::Plan& plan, planner::DeviceKind kind) {
+  std::vector<int> idx;
+  for (size_t i = 0; i < plan.devices.size(); ++i)
+    if (plan.devices[i].kind == kind) idx.push_back(static_cast<int>(i));
+  return idx;
 }
 
 }  // namespace
 
 BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& checkpoint, runtime::Backend& gpu,
                      runtime::Backend& host, const DispatchOptions& options)
-    : host_(host), weights_(checkpoint), gpu_(&gpu) {
-  FERRY_CHECK(plan.fits, "the plan does not fit");
-  int gpu_index = -1, host_index = -1;
-  set_planned(gpu.ledger(), only(plan, planner::DeviceKind::Gpu, gpu_index));
-  set_planned(host.ledger(), only(plan, planner::DeviceKind::Host, host_index));
+    : BoundPlan(plan, checkpoint, gpu, std::span<runtime::Backend* const>(std::array{&host}), options) {}
 
-  // Host-resident tensors stay in the checkpoint's mapping: the embedding and the routed experts of layers
-  // whose experts the plan leaves in RAM. They are the host's weights in the report.
+BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& checkpoint, runtime::Backend& gpu,
+                     std::span<runtime::Backend* const> hosts, const DispatchOptions& options,
+                     HostExperts host_experts)
+    : hosts_(hosts.begin(), hosts.end()), weights_(checkpoint), gpu_(&gpu) {
+  FERRY_CHECK(plan.fits, "the plan does not fit");
+  const std::vector<int> gpus = devices_of(plan, planner::DeviceKind::Gpu);
+  const std::vector<int> host_devices = devices_of(plan, planner::DeviceKind::Host);
+  FERRY_CHECK(gpus.size() == 1, "ferry runs plans with one GPU for now; this plan has " + std::to_string(gpus.size()) +
+                                    " (" + plan.layout + ")");
+  FERRY_CHECK(!host_devices.empty(), "the plan has no host");
+  FERRY_CHECK(host_devices.size() == hosts_.size(),
+              "the plan has " + std::to_string(host_devices.size()) + " host memory nodes, the binding was given " +
+                  std::to_string(hosts_.size()) + " host backends");
+  for (const int h : host_devices)
+    FERRY_CHECK(plan.devices[static_cast<size_t>(h)].node == 0,
+                "ferry runs plans on one machine for now; this plan has more (" + plan.layout + ")");
+  const int gpu_index = gpus.front();
+  set_planned(gpu.ledger(), plan.devices[static_cast<size_t>(gpu_index)]);
+  for (size_t k = 0; k < hosts_.size(); ++k) set_planned(hosts_[k]->ledger(), plan.devices[static_cast<size_t>(host_devices[k])]);
+
+  // The embedding stays in the checkpoint's mapping; it is the first host's weights in the report. The routed
+  // experts the plan leaves in RAM are the host expert store's.
   mapped_bytes_ = runtime::cpu::weight_view_bytes(checkpoint.embed());
   runtime::WeightCopier copier(gpu);
   for (const auto& lp : plan.layers) {
     FERRY_CHECK(!lp.mtp, "binding a plan with the MTP layer is not supported yet (run without --mtp)");
-    runtime::LayerWeights& L = weights_.layer_to_place(lp.layer);
-    if (lp.device == gpu_index) copier.move_non_routed(L);
-    if (lp.experts_in_ram > 0)
-      for (const auto& e : L.experts) mapped_bytes_ += runtime::expert_bytes(e);
+    if (lp.device == gpu_index) copier.move_non_routed(weights_.layer_to_place(lp.layer));
   }
   const bool head_on_gpu = plan.devices[static_cast<size_t>(gpu_index)].bytes_of("weights.head") > 0;
   if (head_on_gpu) {
@@ -73,18 +82,23 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
     copier.move(weights_.hc_head_to_place());
   }
   weight_buffers_ = copier.finish();
-  host.ledger().reserve(MemoryClass::Weights, mapped_bytes_);
+  runtime::Backend& host0 = *hosts_.front();
+  host0.ledger().reserve(MemoryClass::Weights, mapped_bytes_);
   try {
-    dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, host, options);
+    store_ = std::make_unique<HostExpertStore>(plan, weights_, hosts_, host_experts);
+    dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, host0, options);
   } catch (...) {
-    host.ledger().release(MemoryClass::Weights, mapped_bytes_);
+    dispatch_.reset();
+    store_.reset();
+    host0.ledger().release(MemoryClass::Weights, mapped_bytes_);
     throw;
   }
 }
 
 BoundPlan::~BoundPlan() {
   dispatch_.reset();
-  host_.ledger().release(MemoryClass::Weights, mapped_bytes_);
+  store_.reset();
+  hosts_.front()->ledger().release(MemoryClass::Weights, mapped_bytes_);
 }
 
 runtime::SessionOptions BoundPlan::session_options(runtime::SessionOptions base) {

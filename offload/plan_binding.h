@@ -1,17 +1,22 @@
-// Binding a Plan to memory (issue 5, item 1) for a single GPU next to host RAM: the GPU's layers' non-routed
-// weights and the output head copied to the GPU, routed experts resident there, cached there or left in the
-// host's mapping of the checkpoint (ExpertDispatch), the KV cache and the workspace allocated on the GPU by
-// the Session (SessionOptions::device). Each device's ledger is planned from the Plan's own classes first, so
-// an allocation beyond the plan is refused with the class in the message.
+// Binding a Plan to memory (issue 5, item 1) for a single GPU next to host RAM on one or more NUMA nodes: the
+// GPU's layers' non-routed weights and the output head copied to the GPU, routed experts resident there,
+// cached there (ExpertDispatch) or held in host RAM by the host expert store (the checkpoint's mapping, or
+// copies bound to NUMA nodes), the KV cache and the workspace allocated on the GPU by the Session
+// (SessionOptions::device). One host backend per NUMA device of the plan, in plan order; the first takes the
+// embedding, the CPU path's buffers and staging, as the planner put them on NUMA node 0. Each device's ledger
+// is planned from the Plan's own classes first, so an allocation beyond the plan is refused with the class in
+// the message.
 #pragma once
 
 #include <array>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string_view>
 #include <vector>
 
 #include "offload/expert_dispatch.h"
+#include "offload/host_expert_store.h"
 #include "planner/plan.h"
 #include "runtime/backend.h"
 #include "runtime/forward.h"
@@ -27,7 +32,12 @@ void set_planned(runtime::MemoryLedger& ledger, const planner::DevicePlan& d);
 
 class BoundPlan {
  public:
-  // Throws ferry::Error when the plan does not fit, or is not one GPU + one host on one node.
+  // Throws ferry::Error when the plan does not fit, is not one GPU + N host NUMA devices on one node, or
+  // `hosts` are not one backend per host device.
+  BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& checkpoint, runtime::Backend& gpu,
+            std::span<runtime::Backend* const> hosts, const DispatchOptions& options,
+            HostExperts host_experts = HostExperts::Mmap);
+  // A plan with one host device, its experts left in the mapping.
   BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& checkpoint, runtime::Backend& gpu,
             runtime::Backend& host, const DispatchOptions& options);
   ~BoundPlan();
@@ -36,16 +46,18 @@ class BoundPlan {
 
   const runtime::ModelWeights& weights() const { return weights_; }
   const ExpertDispatch& dispatch() const { return *dispatch_; }
+  const HostExpertStore& host_experts() const { return *store_; }
   // `base` with the device and the expert provider of this binding.
   runtime::SessionOptions session_options(runtime::SessionOptions base);
 
  private:
-  runtime::Backend& host_;
+  std::vector<runtime::Backend*> hosts_;
   runtime::ModelWeights weights_;
   std::vector<runtime::DeviceBuffer> weight_buffers_;
+  std::unique_ptr<HostExpertStore> store_;     // outlives dispatch_, which reads its experts
   std::unique_ptr<ExpertDispatch> dispatch_;
   runtime::Backend* gpu_;
-  int64_t mapped_bytes_ = 0;  // host-resident checkpoint tensors, counted as the host's weights
+  int64_t mapped_bytes_ = 0;  // the embedding, left in the mapping, counted as the first host's weights
 };
 
 }  // namespace ferry::offload

@@ -31,6 +31,7 @@ struct ExpertUse {
   bool on_device = false;
   CopyEvent ready;
   DeviceRange reads;
+  int host_node = -1;  // NUMA node (tbb's id) of the weights the CPU computes from, for run_on_node; -1: none
 };
 
 class ExpertProvider {

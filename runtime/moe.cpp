@@ -10,6 +10,7 @@
 #include "planner/error.h"
 #include "runtime/cpu/linear.h"
 #include "runtime/forward_parts.h"
+#include "runtime/numa_arenas.h"
 
 namespace ferry::runtime::detail {
 
@@ -147,7 +148,8 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
     } else {
       // The session's buffers belong to the device's work while it runs.
       FERRY_CHECK(!dev || use.scratch, "expert provider: an expert on the host needs its own buffers");
-      run_expert(*use.weights, use.scratch, b, m);
+      // Next to its memory: the threads of the NUMA node holding the expert (offload/host_expert_store.h).
+      run_on_node(use.host_node, [&] { run_expert(*use.weights, use.scratch, b, m); });
       experts->release(w, e, {});
     }
   }

@@ -1,5 +1,7 @@
 #include "runtime/weight_placement.h"
 
+#include <cstring>
+
 #include "planner/error.h"
 
 namespace ferry::runtime {
@@ -95,6 +97,15 @@ int64_t expert_bytes(const ExpertWeights& e) {
   int64_t b = 0;
   for (const ByteRange& r : expert_regions(e)) b += r.bytes;
   return b;
+}
+
+int64_t pack_expert(const ExpertWeights& e, uint8_t* dst) {
+  int64_t offset = 0;
+  for (const ByteRange& r : expert_regions(e)) {
+    if (r.bytes) std::memcpy(dst + offset, r.data, static_cast<size_t>(r.bytes));
+    offset += r.bytes;
+  }
+  return offset;
 }
 
 ExpertWeights expert_in_slot(const ExpertWeights& host, const uint8_t* slot) {

@@ -43,6 +43,8 @@ struct ByteRange {
 };
 std::array<ByteRange, 6> expert_regions(const ExpertWeights& e);
 int64_t expert_bytes(const ExpertWeights& e);
+// Copies `e`'s regions back to back into `dst` (expert_bytes(e) of room); returns the bytes written.
+int64_t pack_expert(const ExpertWeights& e, uint8_t* dst);
 // Views of `host`'s layout into a slot that holds its packed bytes.
 ExpertWeights expert_in_slot(const ExpertWeights& host, const uint8_t* slot);
 

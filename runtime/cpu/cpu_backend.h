@@ -2,6 +2,9 @@
 // complete before copy_to_device returns.
 #pragma once
 
+#include <string>
+#include <utility>
+
 #include "runtime/backend.h"
 
 namespace ferry::runtime::cpu {
@@ -9,6 +12,9 @@ namespace ferry::runtime::cpu {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(int64_t capacity = MemoryLedger::kUnplanned) : Backend("host", capacity) {}
+  // One per NUMA node of a plan, named as the plan's device ("host.numa1").
+  explicit CpuBackend(std::string name, int64_t capacity = MemoryLedger::kUnplanned)
+      : Backend(std::move(name), capacity) {}
   bool host_addressable() const override { return true; }
   CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
   using Backend::completed;

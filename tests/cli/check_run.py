@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """check_run.py FERRY DIR: `ferry run` on a tiny checkpoint prints the generated ids, writes a logits .npy
 whose rows agree with those ids, and rejects bad input (missing tensor, token id beyond the vocabulary,
-a context smaller than the prompt, an unknown KV type) with one line on stderr and a non-zero exit."""
+a context smaller than the prompt, an unknown KV type, a bad --host-experts) with one line on stderr and a
+non-zero exit; with --gpu and --host-experts numa on a two-node plan it generates the CPU-only run's ids."""
 import json
 import math
 import os
@@ -67,6 +68,14 @@ assert "mxfp4 portable int24" in p.stderr, p.stderr
 q = run("-m", good, "--tokens", PROMPT, "-n", "8", "--expert-activations", "int16")
 assert q.returncode == 0 and "int16" in q.stderr, q.stderr
 
+# --gpu with the routed experts copied to NUMA-bound memory, planned for two NUMA nodes (both bound to this
+# machine's node 0 on a one-node machine): the CPU-only run's ids, and the report lists both host nodes.
+n = run("-m", good, "--tokens", PROMPT, "-n", "8", "--ignore-eos", "--kv-type", "bf16", "--gpu", "sim:20MiB",
+        "--expert-cache-slots", "0", "--host-experts", "numa", "--numa", "2")
+assert n.returncode == 0 and n.stdout == r.stdout, (n.stdout, r.stdout, n.stderr)
+assert "host.numa0" in n.stderr and "host.numa1" in n.stderr, n.stderr
+assert "host experts: numa, plan node 0:" in n.stderr and "plan node 1:" in n.stderr, n.stderr
+
 
 def expect_error(pattern, *args, model=good, env=None):
     r = run("-m", model, *args, env=env)
@@ -82,6 +91,9 @@ expect_error("--ctx 4 is smaller than the prompt", "--tokens", PROMPT, "--ctx", 
 expect_error("--kv-type", "--tokens", PROMPT, "--kv-type", "fp7")
 expect_error("has no config.json", "--tokens", PROMPT, model=work)
 expect_error("--expert-activations", "--tokens", PROMPT, "--expert-activations", "int8")
+expect_error("--host-experts", "--tokens", PROMPT, "--gpu", "sim:20MiB", "--host-experts", "pinned")
+expect_error("--host-experts needs --gpu", "--tokens", PROMPT, "--host-experts", "numa")
+expect_error("--numa needs --gpu", "--tokens", PROMPT, "--numa", "2")
 expect_error("FERRY_CPU_ISA=neon", "--tokens", PROMPT, env={"FERRY_CPU_ISA": "neon"})
 
 # A checkpoint missing one tensor (dropped from its shard and from the index).

@@ -2,7 +2,9 @@
 // onto the device, every expert into host RAM, a small cache with evictions, and streaming prefill all give the
 // CPU-only run's logits bit for bit (the same kernels on the same bytes in the same order), every device's
 // high-water mark stays within the plan and within 2% of it, an allocation beyond the plan is refused, and no
-// slot a kernel reads is overwritten while it reads it.
+// slot a kernel reads is overwritten while it reads it. The same with the host's experts copied to NUMA-bound
+// memory (--host-experts numa), for a one-node plan and for a plan made for two NUMA nodes (bound here, on a
+// one-node machine, both to node 0): each host node's weights are exactly its share of the plan.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -11,11 +13,13 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "forward_check.h"
 #include "offload/device_plan.h"
+#include "offload/host_expert_store.h"
 #include "offload/plan_binding.h"
 #include "planner/error.h"
 #include "planner/model_spec.h"
@@ -53,8 +57,9 @@ const std::vector<float>& cpu_logits(planner::KvType kv, int64_t ubatch) {
   return v;
 }
 
-planner::HostSpec host_spec() {
+planner::HostSpec host_spec(int numa_nodes = 1) {
   planner::HostSpec h;
+  h.numa_nodes = numa_nodes;
   h.ram_bytes = int64_t{64} << 30;
   h.memory_bandwidth = 50e9;
   h.cores = 2;
@@ -73,6 +78,7 @@ class CheckingProvider final : public runtime::ExpertProvider {
   runtime::Backend* device(const runtime::LayerWeights& l) override { return inner_.device(l); }
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     use_ = inner_.acquire(l, e, tokens);
+    if (!use_.on_device) cpu_nodes.push_back(use_.host_node);  // a CPU use
     check(l, e, use_.ready);
     return use_;
   }
@@ -85,6 +91,7 @@ class CheckingProvider final : public runtime::ExpertProvider {
   }
   std::atomic<int64_t> checks = 0, mismatches = 0;
   int64_t device_uses = 0;
+  std::vector<int> cpu_nodes;  // ExpertUse::host_node of each CPU use
 
  private:
   runtime::KernelEvent check(const runtime::LayerWeights& l, int64_t e, runtime::CopyEvent after) {
@@ -110,6 +117,8 @@ struct Scenario {
   int64_t cache_slots;  // -1: what the planner leaves
   int64_t stream_min_tokens;
   int64_t ubatch = 512;
+  int numa = 1;  // NUMA nodes the plan is made for
+  offload::HostExperts host_experts = offload::HostExperts::Mmap;
 };
 
 struct Outcome {
@@ -119,7 +128,21 @@ struct Outcome {
   int64_t device_uses = 0;  // expert uses launched on the device
   int64_t conflicts = 0;
   int64_t max_copies_in_flight = 0;
+  std::vector<int> cpu_nodes;
+  int64_t experts_outside_store = 0;  // numa: bound in-RAM experts whose views are not in the store's memory
+  std::vector<offload::HostExpertStore::Region> regions;
 };
+
+// Whether every byte `e` reads lies in one of `regions`.
+bool in_regions(const runtime::ExpertWeights& e, std::span<const offload::HostExpertStore::Region> regions) {
+  for (const runtime::ByteRange& r : runtime::expert_regions(e)) {
+    if (r.bytes == 0) continue;
+    bool inside = false;
+    for (const auto& g : regions) inside |= r.data >= g.data && r.data + r.bytes <= g.data + g.bytes;
+    if (!inside) return false;
+  }
+  return true;
+}
 
 class Offload : public ::testing::Test {
  protected:
@@ -131,15 +154,28 @@ class Offload : public ::testing::Test {
     req.capacity = sc.capacity;
     req.link_bytes_per_s = 25e9;
     req.cache_slots = sc.cache_slots;
-    const planner::Plan plan = offload::plan_for_device(spec, host_spec(), req, so);
+    const planner::Plan plan = offload::plan_for_device(spec, host_spec(sc.numa), req, so);
     runtime::SimBackend gpu({sc.capacity, 25e9});
-    runtime::cpu::CpuBackend host;
+    std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts;
+    std::vector<runtime::Backend*> host_ptrs;
+    std::vector<const planner::DevicePlan*> host_plans;
+    for (const auto& dp : plan.devices) {
+      if (dp.kind != planner::DeviceKind::Host) continue;
+      hosts.push_back(std::make_unique<runtime::cpu::CpuBackend>(dp.id));
+      host_ptrs.push_back(hosts.back().get());
+      host_plans.push_back(&dp);
+    }
+    EXPECT_EQ(static_cast<int>(hosts.size()), sc.numa);
     offload::DispatchOptions d;
     d.stream_min_tokens = sc.stream_min_tokens;
     Outcome out;
     {
-      offload::BoundPlan bound(plan, tiny_model(), gpu, host, d);
+      offload::BoundPlan bound(plan, tiny_model(), gpu, host_ptrs, d, sc.host_experts);
       gpu.reset_max_in_flight();  // the weights' placement queues many copies at once
+      out.regions.assign(bound.host_experts().regions().begin(), bound.host_experts().regions().end());
+      for (const auto& lp : plan.layers)
+        if (lp.experts_in_ram > 0)
+          for (const auto& e : bound.weights().layer(lp.layer).experts) out.experts_outside_store += !in_regions(e, out.regions);
       runtime::SessionOptions bso = bound.session_options(so);
       CheckingProvider checker(*bso.experts);
       if (check_slots) bso.experts = &checker;
@@ -160,6 +196,7 @@ class Offload : public ::testing::Test {
         }
         EXPECT_EQ(gpu.ledger().total_current(), held);
       }
+      out.cpu_nodes = checker.cpu_nodes;
       if (check_slots) {
         EXPECT_GT(checker.checks, 0);
         EXPECT_EQ(checker.mismatches, 0) << "a kernel read bytes that were not its expert's";
@@ -170,7 +207,9 @@ class Offload : public ::testing::Test {
       EXPECT_EQ(out.conflicts, 0) << "a copy landed in a slot that launched work still read";
       out.stats = bound.dispatch().total();
       for (int l = 0; l < bound.dispatch().cache().layers(); ++l) out.evictions += bound.dispatch().cache().stats(l).evictions;
-      for (const runtime::Backend* b : {static_cast<const runtime::Backend*>(&gpu), static_cast<const runtime::Backend*>(&host)}) {
+      std::vector<const runtime::Backend*> devices{&gpu};
+      for (const auto& h : hosts) devices.push_back(h.get());
+      for (const runtime::Backend* b : devices) {
         int64_t planned = 0;
         for (int i = 0; i < runtime::kMemoryClasses; ++i) {
           const auto u = b->ledger().usage(static_cast<runtime::MemoryClass>(i));
@@ -182,7 +221,15 @@ class Offload : public ::testing::Test {
         EXPECT_GE(static_cast<double>(high), 0.98 * static_cast<double>(planned)) << b->name() << ": high-water " << high
                                                                                    << " of " << planned << " planned";
       }
+      // Each host node holds exactly the weights the plan gives it: its share of the routed experts (and,
+      // on node 0, the embedding).
+      for (size_t k = 0; k < hosts.size(); ++k) {
+        const int64_t planned = offload::planned_by_class(*host_plans[k])[static_cast<size_t>(runtime::MemoryClass::Weights)];
+        EXPECT_GT(planned, 0) << host_plans[k]->id;
+        EXPECT_EQ(hosts[k]->ledger().usage(runtime::MemoryClass::Weights).high_water, planned) << host_plans[k]->id;
+      }
     }
+    for (const auto& h : hosts) EXPECT_EQ(h->ledger().total_current(), 0) << h->name() << ": the binding left host memory behind";
     EXPECT_EQ(gpu.ledger().total_current(), 0) << "the binding left device memory behind";
     return out;
   }
@@ -317,6 +364,56 @@ TEST_F(Offload, TheHostComputesItsExpertsWhileTheDeviceWorksOnTheSameLayer) {
   EXPECT_GT(probe.layers_with_host_experts, 10);
   EXPECT_EQ(probe.overlapped, probe.layers_with_host_experts) << "the host waited for the device before its experts";
   EXPECT_GT(bound.dispatch().total().cache_hits, 0);  // the device computed experts too
+}
+
+// --host-experts numa: every CPU use computes from the copies on the one machine node and says so in
+// ExpertUse::host_node; the logits are the CPU-only run's.
+void expect_numa_store(const Outcome& o, int plan_nodes) {
+  ASSERT_EQ(static_cast<int>(o.regions.size()), plan_nodes);
+  for (int k = 0; k < plan_nodes; ++k) {
+    EXPECT_EQ(o.regions[static_cast<size_t>(k)].plan_node, k);
+    EXPECT_EQ(o.regions[static_cast<size_t>(k)].machine_node, 0);  // this machine has one node
+  }
+  EXPECT_EQ(o.experts_outside_store, 0) << "in-RAM experts still computed from the mapping";
+  ASSERT_FALSE(o.cpu_nodes.empty());
+  for (const int n : o.cpu_nodes) ASSERT_EQ(n, 0) << "a CPU use without its NUMA node";
+}
+
+class NumaOffload : public Offload {
+ protected:
+  // Every routed expert in host RAM, copied to NUMA-bound memory for a plan of `plan_nodes` nodes.
+  void all_in_ram(int plan_nodes) {
+    Scenario sc{"20MiB", 20 << 20, 0, 0};
+    sc.numa = plan_nodes;
+    sc.host_experts = offload::HostExperts::Numa;
+    const Outcome o = run(sc, planner::KvType::BF16);
+    expect_bitwise(o.logits, cpu_logits(planner::KvType::BF16, 512));
+    EXPECT_EQ(o.stats.cpu, o.stats.uses());
+    expect_numa_store(o, plan_nodes);
+  }
+};
+
+TEST_F(NumaOffload, HostExpertsGiveTheCpuLogits) { all_in_ram(1); }
+TEST_F(NumaOffload, HostExpertsOnATwoNodePlanGiveTheCpuLogits) { all_in_ram(2); }
+
+TEST_F(Offload, NumaHostExpertsFeedTheCacheAndStreamsOnATwoNodePlan) {
+  Scenario sc{"10MiB", 10 << 20, 3, 2, 64};
+  sc.numa = 2;
+  sc.host_experts = offload::HostExperts::Numa;
+  const Outcome o = run(sc, planner::KvType::BF16);
+  expect_bitwise(o.logits, cpu_logits(planner::KvType::BF16, 64));
+  EXPECT_GT(o.stats.cache_hits + o.stats.streamed, 0);
+  expect_numa_store(o, 2);
+}
+
+TEST_F(Offload, MappedHostExpertsOnATwoNodePlanAreAccountedPerNode) {
+  Scenario sc{"20MiB", 20 << 20, 0, 0};
+  sc.numa = 2;
+  const Outcome o = run(sc, planner::KvType::BF16);
+  expect_bitwise(o.logits, cpu_logits(planner::KvType::BF16, 512));
+  EXPECT_TRUE(o.regions.empty());
+  ASSERT_FALSE(o.cpu_nodes.empty());
+  for (const int n : o.cpu_nodes) ASSERT_EQ(n, -1) << "mapped experts have no node";
 }
 
 TEST_F(Offload, ABudgetTooSmallForTheNonRoutedWeightsFailsWithThePlannersMessage) {

@@ -1,0 +1,75 @@
+// The host weight store for routed experts the Plan leaves in host RAM (issue 5, item 1). The planner deals
+// each layer's in-RAM experts to the plan's NUMA nodes round-robin (expert e on plan node e % N) and sizes each
+// node's share as that node's routed-expert weights; this store makes memory match:
+//   - mmap (the default): the experts stay in the checkpoint's mapping, where the page cache put them; each
+//     plan node's share is only accounted in that node's ledger.
+//   - numa: each plan node's experts are copied into one buffer bound to a machine NUMA node (plan node k on
+//     machine node k % machine nodes, so that a plan made with --numa 2 runs on a one-node machine), and the
+//     bound model's expert views are re-pointed at the copies. When the OS refuses binding the buffer is
+//     first-touch memory written from that node's threads (runtime/numa_arenas.h), with a one-line warning.
+// The bytes are reserved as MemoryClass::Weights in the ledger of the plan node's host backend, before any
+// memory is taken, so that a store larger than the plan is refused.
+//
+// One buffer per node rather than one per expert: one binding call and one page-rounding per node, and the
+// ranges that answer host_expert_node() stay a handful however many experts the model has.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "planner/plan.h"
+#include "runtime/backend.h"
+#include "runtime/model_weights.h"
+
+namespace ferry::offload {
+
+enum class HostExperts { Mmap, Numa };
+std::optional<HostExperts> host_experts_from_name(std::string_view name);  // "mmap", "numa"
+std::string_view host_experts_name(HostExperts h);
+
+class HostExpertStore {
+ public:
+  // One buffer of the numa store.
+  struct Region {
+    const uint8_t* data = nullptr;
+    int64_t bytes = 0;
+    int plan_node = 0;     // index among the plan's host devices
+    int machine_node = 0;  // NUMA node bound to (or first-touched on): hwloc's logical index, tbb's NUMA id
+    bool bound = false;    // false: the OS refused binding, first-touch memory
+  };
+
+  // `weights` is the bound model: its in-RAM experts (LayerPlan::experts_in_ram > 0) are re-pointed at the
+  // copies (numa). `hosts[k]` is the backend of the plan's k-th host device, in plan order. Throws ferry::Error
+  // when a ledger refuses the bytes or memory cannot be had.
+  HostExpertStore(const planner::Plan& plan, runtime::ModelWeights& weights, std::span<runtime::Backend* const> hosts,
+                  HostExperts mode);
+  ~HostExpertStore();
+  HostExpertStore(const HostExpertStore&) = delete;
+  HostExpertStore& operator=(const HostExpertStore&) = delete;
+
+  HostExperts mode() const { return mode_; }
+  std::span<const Region> regions() const { return regions_; }
+  // Bytes of in-RAM experts each plan node holds (the ledger's reservation).
+  const std::vector<int64_t>& bytes_by_plan_node() const { return reserved_; }
+  int64_t total_bytes() const;
+
+ private:
+  void copy_to_nodes(const planner::Plan& plan, runtime::ModelWeights& weights);
+  void free_regions() noexcept;
+
+  HostExperts mode_;
+  void* topology_ = nullptr;  // hwloc_topology_t of the numa store: hwloc_free() needs the one that allocated
+  std::vector<runtime::Backend*> hosts_;
+  std::vector<int64_t> reserved_;
+  std::vector<Region> regions_;
+};
+
+// The NUMA node (Region::machine_node) of the store memory `p` points into; -1 when `p` is in no numa store (the mapping, or a
+// GPU slot). What ExpertDispatch puts in runtime::ExpertUse::host_node. Thread-safe.
+int host_expert_node(const void* p);
+
+}  // namespace ferry::offload
