@@ -86,6 +86,8 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
   for (int64_t i = 0; i < ring; ++i) {
     stream_slots_.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
     staging_.push_back(host.allocate(MemoryClass::Staging, expert_bytes_));
+    // Page-locked for the GPU's copy engine: copies from it run at the link's speed and beside the CPU.
+    staging_pins_.push_back(gpu_.pin_host(staging_.back().data(), expert_bytes_));
   }
   stream_readers_.resize(sz(ring));
   staging_events_.resize(sz(ring));

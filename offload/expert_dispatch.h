@@ -113,6 +113,7 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   std::vector<runtime::KernelEvent> stream_readers_;  // per stream slot, the last work reading it
   size_t next_stream_ = 0;
   std::vector<runtime::DeviceBuffer> staging_;
+  std::vector<std::shared_ptr<void>> staging_pins_;  // declared after staging_: unpinned before it is freed
   std::vector<runtime::CopyEvent> staging_events_;
   size_t next_staging_ = 0;
   runtime::DeviceVector<float> cpu_x_, cpu_gate_, cpu_up_, cpu_out_;

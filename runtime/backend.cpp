@@ -57,6 +57,19 @@ void Backend::free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexc
   ledger_.release(c, bytes);
 }
 
+std::shared_ptr<void> Backend::pin_host(void* p, int64_t bytes) {
+  FERRY_CHECK(p || bytes == 0, name() + ": pinning a null pointer");
+  return pinned_handle(bytes, nullptr);
+}
+
+std::shared_ptr<void> Backend::pinned_handle(int64_t bytes, std::shared_ptr<void> lock) {
+  pinned_bytes_ += bytes;
+  return std::shared_ptr<void>(nullptr, [this, bytes, lock = std::move(lock)](void*) mutable {
+    lock.reset();
+    pinned_bytes_ -= bytes;
+  });
+}
+
 KernelEvent Backend::launch(std::function<void()> work, CopyEvent after, DeviceRange) {
   wait(after);
   work();

@@ -9,8 +9,10 @@
 #pragma once
 
 #include <chrono>
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -99,12 +101,22 @@ class Backend {
   virtual KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {});
   virtual bool completed(KernelEvent e) const;
   virtual void wait(KernelEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
+  // Makes host memory [p, p + bytes) a source this device's copy engine reads directly, until the returned
+  // handle is dropped: page-locked (cudaHostRegister) for CUDA, so copies from staging buffers run at the
+  // link's speed without the driver's own bounce buffer. The host and the simulated device have nothing to
+  // lock; every device counts what is pinned (pinned_bytes). Drop the handle before the backend.
+  virtual std::shared_ptr<void> pin_host(void* p, int64_t bytes);
+  int64_t pinned_bytes() const { return pinned_bytes_.load(); }
+
   // copy_to_device() that lands only after the launched work `after` has run: refilling a buffer that work
   // launched earlier reads (cudaStreamWaitEvent on the copy stream). The default waits in the caller.
   virtual CopyEvent copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
                                          KernelEvent after);
 
  protected:
+  // The handle pin_host() returns: counts `bytes` as pinned until dropped, then drops `lock` (what holds the
+  // range locked, if anything).
+  std::shared_ptr<void> pinned_handle(int64_t bytes, std::shared_ptr<void> lock);
   virtual void* raw_allocate(int64_t bytes) = 0;
   virtual void raw_free(void* p, int64_t bytes) = 0;
   // Checks that [offset, offset + bytes) lies in `dst` and that `dst` belongs to this backend.
@@ -113,6 +125,7 @@ class Backend {
  private:
   friend class DeviceBuffer;
   MemoryLedger ledger_;
+  std::atomic<int64_t> pinned_bytes_{0};
 };
 
 }  // namespace ferry::runtime

@@ -13,6 +13,7 @@
 
 #include "planner/units.h"
 #include "runtime/cuda/cuda_util.h"
+#include "runtime/cuda/pinned_memory.h"
 
 namespace ferry::runtime::cuda {
 
@@ -189,6 +190,11 @@ void CudaBackend::copy_to_host(void* dst, const DeviceBuffer& src, int64_t offse
                           cudaMemcpyDeviceToHost, stream_->stream),
           name(), "cudaMemcpyAsync to the host");
   wait(record_copy(), timeout);
+}
+
+std::shared_ptr<void> CudaBackend::pin_host(void* p, int64_t bytes) {
+  auto registration = std::make_shared<HostRegistration>(p, bytes, HostAccess::ReadWrite);
+  return pinned_handle(bytes, std::move(registration));
 }
 
 KernelEvent CudaBackend::launch(std::function<void()>, CopyEvent, DeviceRange) {

@@ -27,6 +27,9 @@ class CudaBackend final : public Backend {
   // Pageable `src` is staged by CUDA before the call returns; pinned or registered `src` (pinned_memory.h) is
   // read by the copy engine later, and must stay unchanged until the event has completed.
   CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
+  // Page-locks the range with cudaHostRegister (a staging buffer the host allocated); throws ferry::Error with
+  // CUDA's message when it cannot.
+  std::shared_ptr<void> pin_host(void* p, int64_t bytes) override;
   // No CUDA kernels exist yet: launching work on this device throws ferry::Error.
   KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {}) override;
   using Backend::completed;

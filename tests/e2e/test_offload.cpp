@@ -172,6 +172,8 @@ class Offload : public ::testing::Test {
     {
       offload::BoundPlan bound(plan, tiny_model(), gpu, host_ptrs, d, sc.host_experts);
       gpu.reset_max_in_flight();  // the weights' placement queues many copies at once
+      // The staging ring is pinned for the device's copy engine, all of it and nothing else.
+      EXPECT_EQ(gpu.pinned_bytes(), hosts.front()->ledger().usage(runtime::MemoryClass::Staging).current);
       out.regions.assign(bound.host_experts().regions().begin(), bound.host_experts().regions().end());
       for (const auto& lp : plan.layers)
         if (lp.experts_in_ram > 0)
@@ -231,6 +233,7 @@ class Offload : public ::testing::Test {
     }
     for (const auto& h : hosts) EXPECT_EQ(h->ledger().total_current(), 0) << h->name() << ": the binding left host memory behind";
     EXPECT_EQ(gpu.ledger().total_current(), 0) << "the binding left device memory behind";
+    EXPECT_EQ(gpu.pinned_bytes(), 0) << "the binding left host memory pinned";
     return out;
   }
 };
