@@ -8,6 +8,14 @@
 
 namespace ferry::runtime {
 
+std::vector<int> tbb_numa_nodes() {
+#if defined(__SANITIZE_ADDRESS__)
+  return {tbb::task_arena::automatic};
+#else
+  return tbb::info::numa_nodes();
+#endif
+}
+
 namespace {
 
 struct Arenas {
@@ -17,8 +25,10 @@ struct Arenas {
   Arenas() {
     // tbb::info::numa_nodes() is {-1} without tbbbind or topology; one node needs no arena of its own (the
     // default arena already runs on it, and a second arena would only add threads).
-    std::vector<tbb::numa_node_id> ids = tbb::info::numa_nodes();
-    ids.erase(std::remove(ids.begin(), ids.end(), tbb::task_arena::automatic), ids.end());
+    std::vector<tbb::numa_node_id> ids = tbb_numa_nodes();
+    // A copy: std::remove takes the value by reference, and oneTBB's library does not define the constant.
+    const tbb::numa_node_id no_node = tbb::task_arena::automatic;
+    ids.erase(std::remove(ids.begin(), ids.end(), no_node), ids.end());
     if (ids.size() < 2) return;
     for (const tbb::numa_node_id id : ids) {
       nodes.push_back(id);

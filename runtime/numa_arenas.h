@@ -9,6 +9,11 @@
 
 namespace ferry::runtime {
 
+// The NUMA node ids oneTBB reports (tbb::info::numa_nodes(): {-1} without tbbbind or a topology). In
+// AddressSanitizer builds always {-1}: oneTBB opens tbbbind with RTLD_DEEPBIND, which the sanitizer's runtime
+// refuses (it aborts the process), so those builds run without NUMA arenas.
+std::vector<int> tbb_numa_nodes();
+
 // The NUMA nodes this process may run on, as oneTBB sees them; empty when it sees a single node or no
 // topology (tbbbind missing), in which case run_on_node() runs everything in the caller's arena.
 const std::vector<int>& numa_arena_nodes();

@@ -16,7 +16,7 @@ namespace ferry::runtime {
 namespace {
 
 TEST(NumaArenas, OneArenaPerNodeOnlyWhenThereAreSeveral) {
-  const std::vector<tbb::numa_node_id> tbb_nodes = tbb::info::numa_nodes();
+  const std::vector<int> tbb_nodes = tbb_numa_nodes();
   const bool several = tbb_nodes.size() >= 2 && tbb_nodes.front() != tbb::task_arena::automatic;
   EXPECT_EQ(numa_arena_nodes().size(), several ? tbb_nodes.size() : 0u);
   for (const int n : numa_arena_nodes()) {
