@@ -36,12 +36,10 @@ struct Options {
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // Per layer and step: the expert bytes the GPU computes and the CPU's measured expert seconds.
-class TimingProvider final : public runtime::ExpertProvider {
+class TimingProvider final : public runtime::ForwardingExpertProvider {
  public:
   TimingProvider(runtime::ExpertProvider& inner, int64_t layers, int64_t expert_bytes)
-      : gpu_bytes(layers, 0), cpu_seconds(layers, 0), inner_(inner), expert_bytes_(expert_bytes) {}
-  void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override { inner_.routed(l, t); }
-  runtime::Backend* device(const runtime::LayerWeights& l) override { return inner_.device(l); }
+      : ForwardingExpertProvider(inner), gpu_bytes(layers, 0), cpu_seconds(layers, 0), expert_bytes_(expert_bytes) {}
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
     on_cpu_ = !u.on_device;  // the host computes it between acquire and release
@@ -62,7 +60,6 @@ class TimingProvider final : public runtime::ExpertProvider {
   std::vector<double> cpu_seconds;  // this step, per layer
 
  private:
-  runtime::ExpertProvider& inner_;
   int64_t expert_bytes_;
   bool on_cpu_ = false;
   Clock::time_point t0_;

@@ -51,4 +51,24 @@ class ExpertProvider {
   virtual void release(const LayerWeights& layer, int64_t expert, KernelEvent done) = 0;
 };
 
+// Passes every call to another provider: the base of wrappers that observe, check or time some of the calls
+// (benchmarks, tests) and override only those.
+class ForwardingExpertProvider : public ExpertProvider {
+ public:
+  explicit ForwardingExpertProvider(ExpertProvider& inner) : inner_(inner) {}
+  void routed(const LayerWeights& layer, std::span<const int64_t> tokens_per_expert) override {
+    inner_.routed(layer, tokens_per_expert);
+  }
+  Backend* device(const LayerWeights& layer) override { return inner_.device(layer); }
+  ExpertUse acquire(const LayerWeights& layer, int64_t expert, int64_t tokens) override {
+    return inner_.acquire(layer, expert, tokens);
+  }
+  void release(const LayerWeights& layer, int64_t expert, KernelEvent done) override {
+    inner_.release(layer, expert, done);
+  }
+
+ protected:
+  ExpertProvider& inner_;
+};
+
 }  // namespace ferry::runtime

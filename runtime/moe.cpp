@@ -160,15 +160,18 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
   FERRY_CHECK(k <= 64, "num_experts_per_tok above 64");
   tbb::parallel_for(int64_t{0}, n, [&](int64_t t) {
     int64_t p[64];
+    std::copy_n(pos_of.begin() + t * k, k, p);
+    std::sort(p, p + k);
+    float wt[64];
+    const float* rows[64];
     for (int64_t i = 0; i < k; ++i) {
-      int64_t j = i;
-      for (const int64_t v = pos_of[sz(t * k + i)]; j > 0 && p[j - 1] > v; --j) p[j] = p[j - 1];
-      p[j] = pos_of[sz(t * k + i)];
+      wt[i] = ws.route_w[sz(ws.expert_tokens[sz(p[i])])];
+      rows[i] = out_rows + p[i] * d;
     }
     float* yt = y + t * d;
     for (int64_t j = 0; j < d; ++j) {
       float acc = 0.0f;
-      for (int64_t i = 0; i < k; ++i) acc += ws.route_w[sz(ws.expert_tokens[sz(p[i])])] * out_rows[p[i] * d + j];
+      for (int64_t i = 0; i < k; ++i) acc += wt[i] * rows[i][j];
       yt[j] += acc;
     }
   });

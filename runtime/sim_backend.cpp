@@ -71,16 +71,7 @@ void SimBackend::raw_free(void* p, int64_t) {
 }
 
 CopyEvent SimBackend::copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) {
-  check_copy(dst, offset, src, bytes);
-  CopyEvent e;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    e.sequence = ++issued_;
-    queue_.push_back({static_cast<char*>(dst.data()) + offset, src, bytes, e.sequence, 0});
-    stats_.max_in_flight = std::max(stats_.max_in_flight, static_cast<int64_t>(issued_ - landed_));
-  }
-  cv_.notify_all();
-  return e;
+  return copy_to_device_after(dst, offset, src, bytes, {});
 }
 
 CopyEvent SimBackend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,

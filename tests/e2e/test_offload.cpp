@@ -71,11 +71,9 @@ planner::HostSpec host_spec(int numa_nodes = 1) {
 // landing in a slot still read (another expert's, or a refill) would change them under it. For an expert on
 // the device the checks are themselves launched on its stream, around the kernel, so they run when it runs;
 // for one on the host they run at acquire and release, around its computation.
-class CheckingProvider final : public runtime::ExpertProvider {
+class CheckingProvider final : public runtime::ForwardingExpertProvider {
  public:
-  explicit CheckingProvider(runtime::ExpertProvider& inner) : inner_(inner) {}
-  void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override { inner_.routed(l, t); }
-  runtime::Backend* device(const runtime::LayerWeights& l) override { return inner_.device(l); }
+  using ForwardingExpertProvider::ForwardingExpertProvider;
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     use_ = inner_.acquire(l, e, tokens);
     if (!use_.on_device) cpu_nodes.push_back(use_.host_node);  // a CPU use
@@ -107,7 +105,6 @@ class CheckingProvider final : public runtime::ExpertProvider {
     compare();
     return {};
   }
-  runtime::ExpertProvider& inner_;
   runtime::ExpertUse use_;
 };
 
@@ -291,9 +288,9 @@ TEST_F(Offload, Fp8KvIsBitwiseToo) {
 // host computes (or by the layer's last expert, or after 2 s): the host must reach its own experts while the device's work of the same layer
 // (the blocker, the shared expert) is still pending. A MoE layer that waited for the device first would only
 // get there after the timeout, with nothing pending.
-class OverlapProbe final : public runtime::ExpertProvider {
+class OverlapProbe final : public runtime::ForwardingExpertProvider {
  public:
-  OverlapProbe(runtime::ExpertProvider& inner, runtime::SimBackend& gpu) : inner_(inner), gpu_(gpu) {}
+  OverlapProbe(runtime::ExpertProvider& inner, runtime::SimBackend& gpu) : ForwardingExpertProvider(inner), gpu_(gpu) {}
   void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override {
     inner_.routed(l, t);
     if (!inner_.device(l)) return;
@@ -307,7 +304,6 @@ class OverlapProbe final : public runtime::ExpertProvider {
       cv_.wait_for(lock, std::chrono::seconds(2), [this] { return open_; });
     });
   }
-  runtime::Backend* device(const runtime::LayerWeights& l) override { return inner_.device(l); }
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
     if (!u.on_device && first_host_) {
@@ -332,7 +328,6 @@ class OverlapProbe final : public runtime::ExpertProvider {
     }
     cv_.notify_all();
   }
-  runtime::ExpertProvider& inner_;
   runtime::SimBackend& gpu_;
   int64_t last_expert_ = -1;
   std::mutex mu_;
