@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <vector>
 
 namespace ferry::runtime::cpu {
@@ -25,6 +27,24 @@ const char* activation_bits_name(ActivationBits bits);  // "int16" / "int24"
 ActivationBits expert_activation_bits();
 void set_expert_activation_bits(ActivationBits bits);
 
+// Cache-line-aligned storage: the kernels' 32- and 64-byte loads of the planes then never straddle two lines.
+template <class T>
+struct CacheLineAllocator {
+  using value_type = T;
+  CacheLineAllocator() = default;
+  template <class U>
+  CacheLineAllocator(const CacheLineAllocator<U>&) {}
+  T* allocate(size_t n) {
+    void* p = std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64);
+    if (!p) throw std::bad_alloc();
+    return static_cast<T*>(p);
+  }
+  void deallocate(T* p, size_t) { std::free(p); }
+  friend bool operator==(CacheLineAllocator, CacheLineAllocator) { return true; }
+};
+template <class T>
+using CacheLineVector = std::vector<T, CacheLineAllocator<T>>;
+
 struct Mxfp4Activation {
   int64_t cols = 0;    // multiple of 32
   int64_t blocks = 0;  // cols / 32
@@ -32,13 +52,13 @@ struct Mxfp4Activation {
   // part[j] of q, most significant first, split by element parity to match the weight bytes (element 2i in
   // the low nibble of byte i): block b's 16 even (odd) elements at [16 b, 16 b + 16). Padded with zeros to a
   // multiple of 16 blocks so that vector loads past the last block are harmless.
-  std::vector<int8_t> even[3], odd[3];
+  CacheLineVector<int8_t> even[3], odd[3];
   // 12 * (sum of q over elements 8m .. 8m+7 of block b) at [4 b + m]: the kernels look weights up as
   // 2 * e2m1 + 12 (an unsigned byte, as vpmaddubsw and vpdpbusd need) and subtract this per 32-bit lane.
-  std::vector<int32_t> correction;
+  CacheLineVector<int32_t> correction;
   // k_b - 1 at [b] (the -1 undoes the factor two of the integer weights); a block holding inf or NaN gets a
   // huge exponent, so its products come out inf/NaN instead of silently finite.
-  std::vector<int32_t> exponent;
+  CacheLineVector<int32_t> exponent;
 };
 
 // The largest |q| of a precision.
@@ -46,7 +66,13 @@ int32_t activation_qmax(ActivationBits bits);
 // The block exponent k for a finite amax > 0 (exact: scaling by powers of two is exact in float).
 int mxfp4_activation_exponent(float amax, ActivationBits bits);
 
+// On AVX2 (unless FERRY_CPU_ISA=portable) a vector path computes bitwise the portable result.
 void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& out,
                                ActivationBits bits = expert_activation_bits());
+
+namespace detail {
+// The element-by-element definition, always available, for tests to compare the vector path with.
+void quantize_mxfp4_activation_portable(const float* x, int64_t cols, Mxfp4Activation& out, ActivationBits bits);
+}  // namespace detail
 
 }  // namespace ferry::runtime::cpu

@@ -88,6 +88,39 @@ TEST(Mxfp4Activation, ReconstructsWithinHalfAStepAndSumsLanes) {
  }
 }
 
+// The dispatched rounding (AVX2 where the CPU has it) is bitwise the element-by-element definition: random
+// blocks over a wide range of scales, with ties, zeros, signed zeros, subnormals, blocks too small for the
+// vector path, and non-finite values mixed in.
+TEST(Mxfp4Activation, VectorPathIsBitwiseTheDefinition) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::uniform_int_distribution<int> pick(0, 15), scale(-130, 40);
+  const float specials[] = {0.0f, -0.0f, 0.5f, -2.5f, 1e-40f, -1e-42f, INFINITY, -INFINITY, NAN, 8355711.0f, 32639.0f};
+  std::vector<float> x(32 * 400);
+  for (size_t b = 0; b < x.size() / 32; ++b) {
+    const int e = b % 7 == 0 ? -140 : scale(rng);  // some whole blocks near the subnormal range
+    for (size_t i = 0; i < 32; ++i) {
+      float v = std::ldexp(n(rng), e);
+      if (b % 3 == 0) v = std::round(v * 4) / 4;                       // many exact ties after scaling
+      if (pick(rng) == 0) v = specials[size_t(pick(rng)) % std::size(specials)];
+      x[b * 32 + i] = b % 11 == 0 ? 0.0f : v;                          // some all-zero blocks
+    }
+  }
+  for (ActivationBits bits : kBoth) {
+    SCOPED_TRACE(activation_bits_name(bits));
+    Mxfp4Activation fast, def;
+    quantize_mxfp4_activation(x.data(), int64_t(x.size()), fast, bits);
+    detail::quantize_mxfp4_activation_portable(x.data(), int64_t(x.size()), def, bits);
+    ASSERT_EQ(fast.parts, def.parts);
+    for (int j = 0; j < def.parts; ++j) {
+      EXPECT_TRUE(fast.even[j] == def.even[j]) << "even plane " << j;
+      EXPECT_TRUE(fast.odd[j] == def.odd[j]) << "odd plane " << j;
+    }
+    EXPECT_TRUE(fast.correction == def.correction);
+    EXPECT_TRUE(fast.exponent == def.exponent);
+  }
+}
+
 TEST(Mxfp4Activation, RejectsColumnsOffTheBlock) {
   std::vector<float> x(48, 1.0f);
   Mxfp4Activation a;
