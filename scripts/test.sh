@@ -8,10 +8,13 @@ bash scripts/fetch-test-assets.sh
 ctest --test-dir "${BUILD_DIR:-build}" --output-on-failure -j"$(nproc)"
 if [ "${SANITIZE:-1}" = 1 ]; then
   echo "== the same tests under AddressSanitizer + UBSan"
+  # Except the divergence-tracing searches (ForwardVsReference.*Trace*): they rerun the float64 reference tens
+  # of times (minutes under ASan) and follow the exact float32 roundings of the optimized build, which -O1
+  # changes. The run above runs them; the reference's flips and alternatives they use run here as unit tests.
   # -O1 -g1 (line tables): stack traces with file:line, and less than half the compile time of -O2 -g.
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
     -DFERRY_SANITIZE=ON -DFERRY_ENABLE_CUDA=OFF >/dev/null
   cmake --build build-asan -j"$(nproc)"
   ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir build-asan --output-on-failure -j"$(nproc)" -L "unit|e2e"
+    ctest --test-dir build-asan --output-on-failure -j"$(nproc)" -L "unit|e2e" -E "ForwardVsReference\..*Trace"
 fi

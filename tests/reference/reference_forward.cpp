@@ -48,21 +48,57 @@ class Forward {
         freqs_plain_(rope_frequencies(c_, false)), freqs_compressed_(rope_frequencies(c_, true)) {}
 
   ReferenceOutput run(const std::vector<int32_t>& tokens) {
+    check_tokens(tokens);
+    const int64_t n = o_.positions < 0 ? static_cast<int64_t>(tokens.size())
+                                       : std::min<int64_t>(o_.positions, static_cast<int64_t>(tokens.size()));
+    while (next_ < n) step(tokens);
+    return finish(tokens);
+  }
+
+  // The logits of position `row` for each alternative: the run with that decision also taken the other way.
+  // Each alternative continues a copy of this run from the start of its decision's position, so it costs only
+  // the positions from there to `row`.
+  std::vector<Vec> alternatives(const std::vector<int32_t>& tokens, const std::vector<FragileEvent>& alts, int64_t row) {
+    check_tokens(tokens);
+    FERRY_CHECK(row >= 0 && row < static_cast<int64_t>(tokens.size()), "reference: alternatives for a row past the tokens");
+    std::vector<size_t> order(alts.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return alts[a].pos < alts[b].pos; });
+    std::vector<Vec> rows(alts.size());
+    for (const size_t i : order) {
+      FERRY_CHECK(alts[i].pos >= next_ && alts[i].pos <= row, "reference: an alternative outside the positions run");
+      while (next_ < alts[i].pos) step(tokens);
+      Forward fork = *this;
+      fork.o_.flip.insert(std::upper_bound(fork.o_.flip.begin(), fork.o_.flip.end(), alts[i].id), alts[i].id);
+      while (fork.next_ <= row) fork.step(tokens);
+      const int64_t V = c_.vocab_size;
+      rows[i].assign(fork.out_.logits.begin() + row * V, fork.out_.logits.begin() + (row + 1) * V);
+    }
+    return rows;
+  }
+
+ private:
+  void check_tokens(const std::vector<int32_t>& tokens) const {
     for (int32_t t : tokens)
       FERRY_CHECK(t >= 0 && t < c_.vocab_size, "reference: token id " + std::to_string(t) + " is outside the vocabulary of " +
                                                    std::to_string(c_.vocab_size));
-    ReferenceOutput out;
-    out.vocab = c_.vocab_size;
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    std::vector<LayerHistory> history(w_.layers.size());
-    std::vector<Streams> finals;  // the main model's last streams per position, the MTP layer's input
-    for (int64_t p = 0; p < n; ++p) {
-      const int32_t tok = tokens[z(p)];
-      Streams H(z(c_.hc_mult), w_.embed.row(tok));
-      for (size_t l = 0; l < w_.layers.size(); ++l) block(w_.layers[l], history[l], H, p, tok, out);
-      append(out.logits, head_logits(H, w_.hc_head, w_.norm));
-      finals.push_back(std::move(H));
-    }
+  }
+
+  // The main model at position next_.
+  void step(const std::vector<int32_t>& tokens) {
+    const int64_t p = next_++;
+    const int32_t tok = tokens[z(p)];
+    Streams H(z(c_.hc_mult), w_.embed.row(tok));
+    for (size_t l = 0; l < w_.layers.size(); ++l) block(w_.layers[l], history_[l], H, p, tok, out_);
+    append(out_.logits, head_logits(H, w_.hc_head, w_.norm));
+    finals_.push_back(std::move(H));
+  }
+
+  // The MTP layer over the positions run (it reads each next token), then the output.
+  ReferenceOutput finish(const std::vector<int32_t>& tokens) {
+    ReferenceOutput& out = out_;
+    const int64_t n = next_;
+    const std::vector<Streams>& finals = finals_;
     if (o_.mtp && w_.mtp) {
       const LayerWeights& m = *w_.mtp;
       LayerHistory mtp_history;
@@ -79,16 +115,25 @@ class Forward {
         append(out.mtp_logits, head_logits(H, m.hc_head, m.norm));
       }
     }
-    return out;
+    out.vocab = c_.vocab_size;
+    out.decisions = decisions_;
+    return std::move(out);
   }
 
- private:
   static void append(Vec& to, const Vec& v) { to.insert(to.end(), v.begin(), v.end()); }
 
   MarginSink sink_for(int64_t pos, int64_t layer, ReferenceOutput& out) const {
     return [this, pos, layer, &out](FragileKind kind, double margin) {
-      if (margin < o_.fragile_margin) out.fragile.push_back({pos, layer, kind, margin});
+      const uint64_t id = decisions_++;
+      if (margin < o_.fragile_margin) out.fragile.push_back({id, pos, layer, kind, margin});
+      return std::binary_search(o_.flip.begin(), o_.flip.end(), id);
     };
+  }
+
+  // A top-k selection, taken the other way when the sink says so: the runner-up replaces the last selected.
+  static std::vector<int64_t> select(TopK sel, FragileKind kind, const MarginSink& sink) {
+    if (sel.margin && sink(kind, *sel.margin)) sel.ids.back() = sel.runner_up;
+    return std::move(sel.ids);
   }
 
   const Vec& freqs(const LayerWeights& L) const { return L.ratio > 0 ? freqs_compressed_ : freqs_plain_; }
@@ -244,9 +289,7 @@ class Forward {
         for (int64_t k = 0; k < ihd; ++k) dot += qi[z(h * ihd + k)] * hist.index_keys[z(j)][z(k)];
         score[z(j)] += w[z(h)] * std::max(dot, 0.0);
       }
-    TopK sel = top_k(score, std::min(c_.index_topk, visible));
-    if (sel.margin) sink(FragileKind::IndexerTopk, *sel.margin);
-    return sel.ids;
+    return select(top_k(score, std::min(c_.index_topk, visible)), FragileKind::IndexerTopk, sink);
   }
 
   Vec attention(const LayerWeights& L, LayerHistory& hist, const Vec& x, int64_t p, const MarginSink& sink) const {
@@ -334,9 +377,7 @@ class Forward {
     } else {
       Vec biased(z(E));  // the bias picks the experts but does not weight them
       for (int64_t e = 0; e < E; ++e) biased[z(e)] = sc[z(e)] + L.gate_bias[z(e)];
-      TopK sel = top_k(biased, k);
-      if (sel.margin) sink(FragileKind::RouterTopk, *sel.margin);
-      ids = std::move(sel.ids);
+      ids = select(top_k(biased, k), FragileKind::RouterTopk, sink);
     }
     double sum = 0;
     for (int64_t id : ids) sum += sc[z(id)];
@@ -353,13 +394,28 @@ class Forward {
   const planner::ModelConfig& c_;
   ReferenceOptions o_;
   Vec freqs_plain_, freqs_compressed_;
+  // The run so far: positions [0, next_) computed.
+  int64_t next_ = 0;
+  std::vector<LayerHistory> history_ = std::vector<LayerHistory>(w_.layers.size());
+  std::vector<Streams> finals_;  // the main model's last streams per position, the MTP layer's input
+  ReferenceOutput out_;
+  mutable uint64_t decisions_ = 0;  // every decision of the run, in order
 };
 
 }  // namespace
 
 ReferenceOutput reference_forward(const ReferenceWeights& weights, const std::vector<int32_t>& tokens,
-                                  const ReferenceOptions& options) {
+                                  ReferenceOptions options) {
+  std::sort(options.flip.begin(), options.flip.end());
   return Forward(weights, options).run(tokens);
+}
+
+std::vector<std::vector<double>> reference_alternatives(const ReferenceWeights& weights, const std::vector<int32_t>& tokens,
+                                                        ReferenceOptions options, const std::vector<FragileEvent>& alternatives,
+                                                        int64_t row) {
+  std::sort(options.flip.begin(), options.flip.end());
+  options.mtp = false;
+  return Forward(weights, options).alternatives(tokens, alternatives, row);
 }
 
 ReferenceOutput reference_forward(const std::filesystem::path& model_dir, const std::vector<int32_t>& tokens,

@@ -20,6 +20,7 @@ enum class FragileKind : uint8_t { Fp8Round, Fp8Scale, Fp4Round, Fp4Scale, Bf16R
 const char* fragile_kind_name(FragileKind k);
 
 struct FragileEvent {
+  uint64_t id;  // the decision's number in the run (every decision counts, fragile or not): see `flip`
   int64_t pos;
   int64_t layer;  // num_hidden_layers for the MTP layer
   FragileKind kind;
@@ -30,6 +31,11 @@ struct ReferenceOptions {
   planner::KvType kv_type = planner::KvType::FP8;
   double fragile_margin = 1e-5;  // record decisions closer than this (relative) to their boundary; 0: none
   bool mtp = true;
+  // Decisions (FragileEvent::id) to take the other way: the other grid neighbour or power of two, or the
+  // runner-up in place of the last selected at a top-k cut. Decision ids do not depend on the values, so the
+  // same id names the same decision in every run over the same tokens.
+  std::vector<uint64_t> flip;
+  int64_t positions = -1;  // compute only the first `positions` tokens' logits (-1: all)
 };
 
 struct ReferenceOutput {
@@ -38,6 +44,7 @@ struct ReferenceOutput {
   std::vector<double> mtp_logits;  // [tokens − 1, vocab]: MTP at position p with next token tokens[p+1];
                                    // empty when !mtp or the model has no MTP layer
   std::vector<FragileEvent> fragile;
+  uint64_t decisions = 0;  // every decision of the run, fragile or not
 };
 
 // Throws ferry::Error on a missing or misshapen tensor, a token id outside [0, vocab), a non-V4 model.

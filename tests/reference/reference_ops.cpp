@@ -80,8 +80,10 @@ TopK top_k(const Vec& score, int64_t k) {
                    [&](int64_t a, int64_t b) { return score[static_cast<size_t>(a)] > score[static_cast<size_t>(b)]; });
   TopK t;
   const size_t keep = std::min(static_cast<size_t>(k), order.size());
-  if (keep > 0 && keep < order.size())
+  if (keep > 0 && keep < order.size()) {
     t.margin = topk_margin(score[static_cast<size_t>(order[keep - 1])], score[static_cast<size_t>(order[keep])]);
+    t.runner_up = order[keep];
+  }
   t.ids.assign(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(keep));
   return t;
 }

@@ -38,17 +38,22 @@ const std::vector<double>& e2m1_grid() {
 
 double relative_distance(double a, double boundary) { return std::fabs(a - boundary) / std::max(std::fabs(a), 1e-30); }
 
-// Nearest grid value to v, ties to the even index; |v| at or beyond the largest value saturates.
+// Nearest grid value to v, ties to the even index; |v| at or beyond the largest value saturates. Every call is
+// one decision, saturated or not, so that the number of decisions in a run does not depend on the values.
 double round_on_grid(double v, const std::vector<double>& g, FragileKind kind, const MarginSink& sink) {
   FERRY_CHECK(std::isfinite(v), "reference: rounding a non-finite value");
   const double a = std::fabs(v);
-  if (a >= g.back()) return std::copysign(g.back(), v);
+  if (a >= g.back()) {  // the decision between the two largest values
+    const size_t top = g.size() - 1;
+    const bool flip = sink && sink(kind, relative_distance(a, (g[top - 1] + g[top]) / 2));
+    return std::copysign(g[flip ? top - 1 : top], v);
+  }
   const size_t hi = static_cast<size_t>(std::upper_bound(g.begin(), g.end(), a) - g.begin());  // g[hi] > a
   const size_t lo = hi - 1;                                                                      // g[lo] <= a
   const double mid = (g[lo] + g[hi]) / 2;
-  if (sink) sink(kind, relative_distance(a, mid));
+  const bool flip = sink && sink(kind, relative_distance(a, mid));
   const size_t pick = a < mid ? lo : a > mid ? hi : (lo % 2 == 0 ? lo : hi);
-  return std::copysign(g[pick], v);
+  return std::copysign(g[flip ? lo + hi - pick : pick], v);
 }
 
 // A binary float with `sig_bits` significant bits (implicit bit included) and smallest normal exponent
@@ -56,22 +61,29 @@ double round_on_grid(double v, const std::vector<double>& g, FragileKind kind, c
 // forward pass never comes near the BF16 / F16 maxima.
 double round_binary(double v, int sig_bits, int min_exp, FragileKind kind, const MarginSink& sink) {
   FERRY_CHECK(std::isfinite(v), "reference: rounding a non-finite value");
-  if (v == 0) return v;
+  if (v == 0) {  // no boundary near: a decision that cannot be fragile, counted like the others
+    if (sink) sink(kind, 1.0);
+    return v;
+  }
   const double a = std::fabs(v);
   int e = 0;
   std::frexp(a, &e);  // a in [2^(e−1), 2^e)
   const double step = std::ldexp(1.0, std::max(e - 1, min_exp) - (sig_bits - 1));
   const double q = a / step;  // exact: step is a power of two
   const double fl = std::floor(q);
-  if (sink) sink(kind, relative_distance(q, fl + 0.5));
+  const bool flip = sink && sink(kind, relative_distance(q, fl + 0.5));
   const double r = q - fl < 0.5 ? fl : q - fl > 0.5 ? fl + 1 : (std::fmod(fl, 2) == 0 ? fl : fl + 1);
-  return std::copysign(r * step, v);
+  return std::copysign((flip ? 2 * fl + 1 - r : r) * step, v);
 }
 
-// s = 2^ceil(log2 a), reporting how close a is to a power of two (where the ceiling jumps).
+// s = 2^ceil(log2 a), reporting how close a is to a power of two (where the ceiling jumps); taken the other
+// way, the ceiling of a value on the other side of that power of two.
 double pow2_scale(double a, FragileKind kind, const MarginSink& sink) {
-  if (sink) sink(kind, std::fabs(a / std::exp2(std::round(std::log2(a))) - 1));
-  return std::ldexp(1.0, ceil_log2(a));
+  const double nearest = std::exp2(std::round(std::log2(a)));
+  const bool flip = sink && sink(kind, std::fabs(a / nearest - 1));
+  const int e = ceil_log2(a);
+  if (!flip) return std::ldexp(1.0, e);
+  return std::ldexp(1.0, a > nearest ? e - 1 : e + 1);  // a just above 2^(e-1), or at / just below 2^e
 }
 
 double amax_of(const double* x, int64_t n) {
@@ -114,15 +126,17 @@ void qdq_q_block(double* x, int64_t n, bool four_bit, const MarginSink& sink) {
   const double qmax = four_bit ? 7 : 127, qmin = four_bit ? -8 : -127;
   const double d = round_f16(amax_of(x, n) / qmax, sink);
   for (int64_t i = 0; i < n; ++i) {
-    if (d == 0) {
+    if (d == 0) {  // an all-zero block: no boundary near, counted as a decision like the others
+      if (sink) sink(FragileKind::QRound, 1.0);
       x[i] = 0;
       continue;
     }
     const double q = x[i] / d;
     // Only midpoints between two values that survive the clamp are decisions.
     const double mid = std::clamp(std::floor(q) + 0.5, qmin + 0.5, qmax - 0.5);
-    if (sink) sink(FragileKind::QRound, relative_distance(q, mid));
-    x[i] = std::clamp(rne_integer(q), qmin, qmax) * d;
+    const bool flip = sink && sink(FragileKind::QRound, relative_distance(q, mid));
+    const double r = std::clamp(rne_integer(q), qmin, qmax);
+    x[i] = (flip ? 2 * mid - r : r) * d;  // the other integer next to the midpoint
   }
 }
 

@@ -12,8 +12,10 @@
 
 namespace ferry::reference {
 
-// Called for every decision with its kind and relative margin (docs: "fragile events"); may be empty.
-using MarginSink = std::function<void(FragileKind, double)>;
+// Called for every decision with its kind and relative margin (docs: "fragile events"); may be empty. Returns
+// true to take the decision the other way (the other neighbour on the grid, the other power of two): how a test
+// shows that a divergence from float32 is this decision taken the other way (ReferenceOptions::flip).
+using MarginSink = std::function<bool(FragileKind, double)>;
 
 // Scalar roundings, round to nearest with ties to the even mantissa.
 double round_e4m3(double v, const MarginSink& sink = {});  // saturating at ±448

@@ -13,10 +13,21 @@ namespace ferry::reference {
 Vec Matrix::operator*(const Vec& x) const {
   FERRY_CHECK(static_cast<int64_t>(x.size()) == cols, "reference: matrix-vector size mismatch");
   Vec y(static_cast<size_t>(rows), 0.0);
+  // Four partial sums: four times the speed of one dependent chain of additions (most of the reference's time
+  // is here), and in double the order of the additions is far below anything the tests resolve.
+  const double* xv = x.data();
   for (int64_t r = 0; r < rows; ++r) {
-    double acc = 0;
-    for (int64_t c = 0; c < cols; ++c) acc += at(r, c) * x[static_cast<size_t>(c)];
-    y[static_cast<size_t>(r)] = acc;
+    const double* wr = w.data() + r * cols;
+    double a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+    int64_t c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      a0 += wr[c] * xv[c];
+      a1 += wr[c + 1] * xv[c + 1];
+      a2 += wr[c + 2] * xv[c + 2];
+      a3 += wr[c + 3] * xv[c + 3];
+    }
+    for (; c < cols; ++c) a0 += wr[c] * xv[c];
+    y[static_cast<size_t>(r)] = (a0 + a1) + (a2 + a3);
   }
   return y;
 }

@@ -77,6 +77,13 @@ ReferenceWeights load_reference_weights(const std::filesystem::path& model_dir, 
 // reference_forward() on weights loaded once (for callers that run many sequences): MTP logits are computed
 // when options.mtp and the weights hold the MTP layer.
 ReferenceOutput reference_forward(const ReferenceWeights& weights, const std::vector<int32_t>& tokens,
-                                  const ReferenceOptions& options);
+                                  ReferenceOptions options);
+
+// The main model's logits at position `row` for each alternative: the run of `options` with that decision
+// (from a run with the same tokens and flips) also taken the other way. Bitwise what reference_forward gives
+// with that flip added, at a fraction of the cost: the alternatives share the run up to their positions.
+std::vector<std::vector<double>> reference_alternatives(const ReferenceWeights& weights, const std::vector<int32_t>& tokens,
+                                                        ReferenceOptions options, const std::vector<FragileEvent>& alternatives,
+                                                        int64_t row);
 
 }  // namespace ferry::reference

@@ -225,7 +225,10 @@ TEST(ReferenceRounding, RowRoundingFollowsTheKvTypeTable) {
 
 TEST(ReferenceRounding, MarginsMeasureTheDistanceToTheBoundary) {
   std::vector<std::pair<FragileKind, double>> seen;
-  const MarginSink sink = [&](FragileKind k, double m) { seen.emplace_back(k, m); };
+  const MarginSink sink = [&](FragileKind k, double m) {
+    seen.emplace_back(k, m);
+    return false;
+  };
   round_e4m3(1.0625 * (1 + 1e-9), sink);
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_EQ(seen[0].first, FragileKind::Fp8Round);
@@ -255,6 +258,41 @@ TEST(ReferenceRounding, MarginsMeasureTheDistanceToTheBoundary) {
   EXPECT_EQ(topk_margin(2.0, 2.0), 0.0);
   EXPECT_NEAR(topk_margin(2.0, 1.0), 0.5, 1e-15);
   EXPECT_NEAR(topk_margin(-1.0, -2.0), 0.5, 1e-15);
+}
+
+// Taken the other way, a decision lands on the other side of its boundary, whichever side it was on.
+TEST(ReferenceRounding, AFlippedDecisionTakesTheOtherSide) {
+  const MarginSink flip = [](FragileKind, double) { return true; };
+  EXPECT_EQ(round_e4m3(1.0625 * (1 + 1e-9)), 1.125);  // just above the midpoint of 1 and 1.125
+  EXPECT_EQ(round_e4m3(1.0625 * (1 + 1e-9), flip), 1.0);
+  EXPECT_EQ(round_e4m3(1.0625 * (1 - 1e-9), flip), 1.125);
+  EXPECT_EQ(round_e4m3(-1.0625, flip), -1.125);  // a tie goes to the even code (1.0); flipped, to 1.125
+  EXPECT_EQ(round_e2m1(2.5, flip), 3.0);         // a tie goes to 2; flipped, to 3
+  EXPECT_EQ(round_e2m1(1.1, flip), 1.5);
+  EXPECT_EQ(round_bf16(1.0 + std::ldexp(1, -8), flip), 1.0 + std::ldexp(1, -7));  // a tie goes to 1.0
+  EXPECT_EQ(round_bf16(1.0 + std::ldexp(1.01, -8), flip), 1.0);
+  // The power-of-two scale decides the grid at the bottom of E4M3's range: 1.5 * 2^-10 is on the grid at scale
+  // 2^-2 (subnormal step 2^-11) and a tie at scale 2^-1 (step 2^-10, to even: 2^-9). amax / 448 just below 2^-2
+  // gives scale 2^-2, flipped 2^-1; just above gives 2^-1, flipped 2^-2.
+  const auto scale_flip = [](FragileKind k, double) { return k == FragileKind::Fp8Scale; };
+  for (const double side : {-1e-8, 1e-8}) {
+    std::vector<double> block(64, 0.0);
+    block[0] = 448 * 0.25 * (1 + side);
+    block[1] = std::ldexp(1.5, -10);
+    std::vector<double> flipped = block;
+    qdq_fp8_block(block.data(), 64);
+    qdq_fp8_block(flipped.data(), 64, scale_flip);
+    const double fine = std::ldexp(1.5, -10), coarse = std::ldexp(1.0, -9);
+    EXPECT_EQ(block[1], side < 0 ? fine : coarse);
+    EXPECT_EQ(flipped[1], side < 0 ? coarse : fine);
+  }
+  // q8_0 at d = 1: 2.5 + 1e-7 rounds to 3, flipped to 2; 127 (no midpoint next to it: the clamp) flips to 126.
+  std::vector<double> q(32, 0.0);
+  q[0] = 127;
+  q[1] = 2.5 + 1e-7;
+  qdq_q_block(q.data(), 32, false, [](FragileKind k, double) { return k == FragileKind::QRound; });
+  EXPECT_EQ(q[1], 2.0);
+  EXPECT_EQ(q[0], 126.0);
 }
 
 // ---- elementary operations ----
@@ -373,6 +411,7 @@ ReferenceOptions opts(KvType kv, bool mtp = true, double margin = 1e-5) {
 std::vector<double> rows(const std::vector<double>& v, int64_t from, int64_t to) {
   return std::vector<double>(v.begin() + from * 512, v.begin() + to * 512);
 }
+std::vector<double> rows_of_run(const std::vector<double>& v, int64_t row) { return rows(v, row, row + 1); }
 
 double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
   double num = 0, den = 0;
@@ -474,6 +513,65 @@ TEST_F(ReferenceForward, FragileEventsFollowTheMargin) {
   const auto some = run(tokens(40), opts(KvType::FP8, true, 1e-3));
   EXPECT_LT(some.fragile.size(), all.fragile.size() / 10);
   for (const auto& e : some.fragile) EXPECT_LT(e.margin, 1e-3);
+}
+
+// Decision ids name the same decision in every run, so flipping one changes the run from that decision on and
+// nothing before it; flipping none is the plain run; `positions` stops early without changing what it computes.
+TEST_F(ReferenceForward, FlippingADecisionChangesTheRunFromThereOn) {
+  const std::vector<int32_t> t = tokens(40);
+  const auto plain = run(t, opts(KvType::FP8, false, 1e-2));
+  ASSERT_FALSE(plain.fragile.empty());
+  ReferenceOptions none = opts(KvType::FP8, false, 1e-2);
+  none.flip = {};
+  EXPECT_EQ(run(t, none).logits, plain.logits);
+  ReferenceOptions early = opts(KvType::FP8, false, 1e-2);
+  early.positions = 25;
+  EXPECT_EQ(run(t, early).logits, rows(plain.logits, 0, 25));
+  // One decision of each kind, at a position past the first few: the logits before it are bitwise the plain
+  // run's, and from its position on they differ where the decision always matters (a stored value, a selection;
+  // a scale or an indexer query's rounding may change nothing).
+  std::set<FragileKind> done;
+  for (const auto& e : plain.fragile) {
+    if (e.pos < 5 || done.count(e.kind)) continue;
+    done.insert(e.kind);
+    ReferenceOptions o = opts(KvType::FP8, false, 1e-2);
+    o.flip = {e.id};
+    const auto f = run(t, o);
+    SCOPED_TRACE(std::string(fragile_kind_name(e.kind)) + " at position " + std::to_string(e.pos));
+    EXPECT_EQ(rows(f.logits, 0, e.pos), rows(plain.logits, 0, e.pos));
+    if (e.kind == FragileKind::Fp8Round || e.kind == FragileKind::Bf16Round || e.kind == FragileKind::RouterTopk ||
+        e.kind == FragileKind::IndexerTopk) {
+      EXPECT_NE(rows(f.logits, e.pos, 40), rows(plain.logits, e.pos, 40));
+    }
+    EXPECT_EQ(f.decisions, plain.decisions);  // the same decisions, whatever their values
+    for (size_t i = 0; i < plain.fragile.size() && plain.fragile[i].pos < e.pos; ++i) {
+      ASSERT_LT(i, f.fragile.size());
+      EXPECT_EQ(f.fragile[i].id, plain.fragile[i].id);
+      EXPECT_EQ(f.fragile[i].margin, plain.fragile[i].margin);
+    }
+  }
+  EXPECT_GE(done.size(), 4u);
+}
+
+// The alternatives (each continuing a copy of the run from its decision's position) are bitwise the runs with
+// that flip added, on top of a flip already taken.
+TEST_F(ReferenceForward, AlternativesAreTheFlippedRuns) {
+  const std::vector<int32_t> t = tokens(30);
+  ReferenceOptions o = opts(KvType::FP8, false, 1e-2);
+  const auto plain = run(t, o);
+  ASSERT_GE(plain.fragile.size(), 6u);
+  o.flip = {plain.fragile[1].id};
+  std::vector<FragileEvent> alts;
+  for (size_t i = 2; i < plain.fragile.size(); i += plain.fragile.size() / 4) alts.push_back(plain.fragile[i]);
+  const int64_t row = 29;
+  run(t, {});  // loads the weights
+  const auto rows = reference_alternatives(*weights_, t, o, alts, row);
+  ASSERT_EQ(rows.size(), alts.size());
+  for (size_t i = 0; i < alts.size(); ++i) {
+    ReferenceOptions full = o;
+    full.flip.push_back(alts[i].id);
+    EXPECT_EQ(rows[i], rows_of_run(run(t, full).logits, row)) << "alternative " << i << " at position " << alts[i].pos;
+  }
 }
 
 TEST_F(ReferenceForward, RejectsBadTokensAndIncompleteCheckpoints) {
