@@ -24,6 +24,12 @@ struct Comparison {
 
 constexpr int64_t kPrompt = 200, kGenerate = 64;
 
+// The reference's weights (without MTP), loaded once for the comparisons and the tracing's many reruns.
+const reference::ReferenceWeights& reference_weights() {
+  static const reference::ReferenceWeights w = reference::load_reference_weights(tiny_model_dir(), false);
+  return w;
+}
+
 // Prompt 200 tokens, greedy 64 more; the reference runs over all 264 tokens. Cached per KV type.
 const Comparison& run_for(KvType kv) {
   static std::map<KvType, Comparison> cache;
@@ -44,7 +50,7 @@ const Comparison& run_for(KvType kv) {
   ro.kv_type = kv;
   ro.mtp = false;
   ro.fragile_margin = 1e-4;
-  r.ref = reference::reference_forward(tiny_model_dir(), r.tokens, ro);
+  r.ref = reference::reference_forward(reference_weights(), r.tokens, ro);
   const int64_t V = model.config().vocab_size;
   for (int64_t p = 0; p < static_cast<int64_t>(r.tokens.size()); ++p)
     r.err.push_back(rel_err(r.gen.logits.data() + p * V, r.ref.logits.data() + p * V, V));
@@ -159,7 +165,7 @@ void expect_divergence_traced(const reference::ReferenceOutput& plain, const Tri
 
 void expect_divergence_traced(const Comparison& r, KvType kv, int rounds, const char* what) {
   const int64_t V = tiny_model().config().vocab_size;
-  const auto weights = reference::load_reference_weights(tiny_model_dir(), false);
+  const auto& weights = reference_weights();
   reference::ReferenceOptions ro;
   ro.kv_type = kv;
   ro.mtp = false;

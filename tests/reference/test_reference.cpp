@@ -411,7 +411,6 @@ ReferenceOptions opts(KvType kv, bool mtp = true, double margin = 1e-5) {
 std::vector<double> rows(const std::vector<double>& v, int64_t from, int64_t to) {
   return std::vector<double>(v.begin() + from * 512, v.begin() + to * 512);
 }
-std::vector<double> rows_of_run(const std::vector<double>& v, int64_t row) { return rows(v, row, row + 1); }
 
 double rel_diff(const std::vector<double>& a, const std::vector<double>& b) {
   double num = 0, den = 0;
@@ -565,12 +564,12 @@ TEST_F(ReferenceForward, AlternativesAreTheFlippedRuns) {
   for (size_t i = 2; i < plain.fragile.size(); i += plain.fragile.size() / 4) alts.push_back(plain.fragile[i]);
   const int64_t row = 29;
   run(t, {});  // loads the weights
-  const auto rows = reference_alternatives(*weights_, t, o, alts, row);
-  ASSERT_EQ(rows.size(), alts.size());
+  const auto at_row = reference_alternatives(*weights_, t, o, alts, row);
+  ASSERT_EQ(at_row.size(), alts.size());
   for (size_t i = 0; i < alts.size(); ++i) {
     ReferenceOptions full = o;
     full.flip.push_back(alts[i].id);
-    EXPECT_EQ(rows[i], rows_of_run(run(t, full).logits, row)) << "alternative " << i << " at position " << alts[i].pos;
+    EXPECT_EQ(at_row[i], rows(run(t, full).logits, row, row + 1)) << "alternative " << i << " at position " << alts[i].pos;
   }
 }
 
