@@ -74,6 +74,12 @@ planner::HostSpec host_spec(int numa_nodes = 1) {
 class CheckingProvider final : public runtime::ForwardingExpertProvider {
  public:
   using ForwardingExpertProvider::ForwardingExpertProvider;
+  // The checks launched on the device may still be queued when the session ends: the counts are read, and
+  // the provider goes away, only after the last of them ran (they run in stream order).
+  ~CheckingProvider() override { drain(); }
+  void drain() const {
+    if (last_device_) last_device_->wait(last_check_);
+  }
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     use_ = inner_.acquire(l, e, tokens);
     if (!use_.on_device) cpu_nodes.push_back(use_.host_node);  // a CPU use
@@ -101,11 +107,16 @@ class CheckingProvider final : public runtime::ForwardingExpertProvider {
           ++mismatches;
       }
     };
-    if (use_.on_device) return inner_.device(l)->launch(compare, after, use_.reads);
+    if (use_.on_device) {
+      last_device_ = inner_.device(l);
+      return last_check_ = last_device_->launch(compare, after, use_.reads);
+    }
     compare();
     return {};
   }
   runtime::ExpertUse use_;
+  runtime::Backend* last_device_ = nullptr;
+  runtime::KernelEvent last_check_;
 };
 
 struct Scenario {
@@ -195,6 +206,7 @@ class Offload : public ::testing::Test {
         }
         EXPECT_EQ(gpu.ledger().total_current(), held);
       }
+      checker.drain();
       out.cpu_nodes = checker.cpu_nodes;
       if (check_slots) {
         EXPECT_GT(checker.checks, 0);
