@@ -12,13 +12,13 @@
 #include <string>
 #include <vector>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/kv_cache.h"
-#include "planner/units.h"
-#include "runtime/cpu/matvec.h"
-#include "runtime/forward.h"
-#include "runtime/sampler.h"
-#include "runtime/tiny_model.h"
+#include "planner/core/units.h"
+#include "runtime/kernels/cpu/matvec.h"
+#include "runtime/model/forward.h"
+#include "runtime/generate/sampler.h"
+#include "runtime/checkpoint/tiny_model.h"
 
 namespace ferry::launch {
 namespace {
@@ -35,7 +35,7 @@ double since(std::chrono::steady_clock::time_point t0) {
 int run(const Options& o) {
   std::vector<int64_t> levels;
   std::stringstream in(o.levels);
-  for (std::string item; std::getline(in, item, ',');) levels.push_back(planner::parse_count(item, "--levels"));
+  for (std::string item; std::getline(in, item, ',');) levels.push_back(core::parse_count(item, "--levels"));
   FERRY_CHECK(!levels.empty() && std::is_sorted(levels.begin(), levels.end()) && levels.front() >= 1,
               "--levels must be increasing context lengths, e.g. 1K,16K,128K");
   std::filesystem::path dir = o.model;
@@ -87,7 +87,7 @@ int run(const Options& o) {
     const double decode_ms = since(t0) * 1000 / static_cast<double>(std::max<int64_t>(o.decode, 1));
     std::printf("%10lld %14.1f %14.2f %16.3f %14s\n", static_cast<long long>(level),
                 static_cast<double>(prompt.size()) / std::max(prefill_s, 1e-9), prefill_s, decode_ms,
-                planner::format_bytes(planner::kv_total(s.cache().bytes())).c_str());
+                core::format_bytes(planner::kv_total(s.cache().bytes())).c_str());
     std::fflush(stdout);
   }
   return 0;

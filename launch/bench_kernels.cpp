@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/cpu/matvec.h"
+#include "runtime/kernels/cpu/matvec.h"
 
 namespace ferry::launch {
 namespace {

@@ -10,17 +10,17 @@
 #include <string>
 #include <vector>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/hardware.h"
-#include "planner/units.h"
-#include "runtime/cuda/cuda_backend.h"
-#include "runtime/cuda/pinned_memory.h"
-#include "runtime/hardware_probe.h"
+#include "planner/core/units.h"
+#include "runtime/backend/cuda/cuda_backend.h"
+#include "runtime/backend/cuda/pinned_memory.h"
+#include "runtime/backend/hardware_probe.h"
 
 namespace ferry::launch {
 namespace {
 
-using planner::kMiB;
+using core::kMiB;
 
 struct Options {
   int device = 0;
@@ -29,7 +29,7 @@ struct Options {
 
 // Each size is copied this many bytes' worth per timing, so that the wait's polling and the first copy's
 // setup vanish in the total even at 4 MiB.
-constexpr int64_t kBytesPerTiming = 1024 * kMiB;
+constexpr int64_t kBytesPerTiming = 1024 * core::kMiB;
 
 double transfer_rate_gts(planner::PcieGen g) {
   switch (g) {
@@ -92,7 +92,7 @@ int run(const Options& o) {
               dev->name().c_str(), gpu.name.c_str(), std::string(planner::pcie_name(gpu.pcie)).c_str(), expected / 1e9,
               raw_x16_bandwidth(gpu.pcie) / 1e9);
 
-  const std::vector<int64_t> sizes = {4 * kMiB, 64 * kMiB, 256 * kMiB};
+  const std::vector<int64_t> sizes = {4 * core::kMiB, 64 * core::kMiB, 256 * core::kMiB};
   const int64_t largest = sizes.back();
   runtime::DeviceBuffer dst = dev->allocate(runtime::MemoryClass::Staging, largest);
   std::vector<char> pageable(static_cast<size_t>(largest), 1);  // written, so every page is resident
@@ -108,7 +108,7 @@ int run(const Options& o) {
     const double total = static_cast<double>(size * count);
     const double pageable_bw = total / time_copies(*dev, dst, pageable.data(), size, count, o.repetitions);
     const double pinned_bw = total / time_copies(*dev, dst, pinned.data(), size, count, o.repetitions);
-    std::printf("%10s %8lld %15.1f %13.1f %12.0f%%\n", planner::format_bytes(size).c_str(),
+    std::printf("%10s %8lld %15.1f %13.1f %12.0f%%\n", core::format_bytes(size).c_str(),
                 static_cast<long long>(count), pageable_bw / 1e9, pinned_bw / 1e9, 100 * pinned_bw / expected);
     std::fflush(stdout);
   }

@@ -12,15 +12,15 @@
 
 #include "offload/device_plan.h"
 #include "offload/plan_binding.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/model_spec.h"
-#include "planner/units.h"
-#include "runtime/cpu/cpu_backend.h"
-#include "runtime/forward.h"
-#include "runtime/hardware_probe.h"
-#include "runtime/sim_backend.h"
-#include "runtime/tiny_model.h"
-#include "runtime/weight_placement.h"
+#include "planner/core/units.h"
+#include "runtime/backend/cpu_backend.h"
+#include "runtime/model/forward.h"
+#include "runtime/backend/hardware_probe.h"
+#include "runtime/backend/sim_backend.h"
+#include "runtime/checkpoint/tiny_model.h"
+#include "runtime/model/weight_placement.h"
 
 namespace ferry::launch {
 namespace {
@@ -96,7 +96,7 @@ class Bench {
     spec_ = planner::load_model_spec(dir.string());
     std::vector<std::string> notes;
     host_ = runtime::probe_host(notes);
-    link_ = planner::parse_bandwidth(o.link, "--link");
+    link_ = core::parse_bandwidth(o.link, "--link");
     weights_ = std::make_unique<runtime::ModelWeights>(runtime::ModelWeights::load(dir));
     expert_bytes_ = spec_.expert_bytes();
   }
@@ -173,7 +173,7 @@ class Bench {
     for (int64_t l = 0; l < spec_.config.num_hidden_layers; ++l) {
       const auto li = static_cast<size_t>(l);
       const auto& lw = spec_.layers[li];
-      const int64_t shared = lw.bytes[static_cast<size_t>(planner::WeightClass::SharedExpert)];
+      const int64_t shared = lw.bytes[static_cast<size_t>(core::WeightClass::SharedExpert)];
       // Attention and the router come first; then the GPU's MoE work (shared expert, the experts it holds)
       // runs beside the CPU's experts (the runtime launches the one and computes the other at once), and the
       // copy stream beside both.
@@ -186,7 +186,7 @@ class Bench {
       r.copy_s += t_copy;
       r.exposed_copy_s += std::max(0.0, t_copy - t_compute);
     }
-    r.projected_s += spec_.global[static_cast<size_t>(planner::WeightClass::Head)] / gpu_bw;
+    r.projected_s += spec_.global[static_cast<size_t>(core::WeightClass::Head)] / gpu_bw;
     return r;
   }
 
@@ -228,8 +228,8 @@ int run(const Options& o) {
   const auto& spec = bench.spec();
   const int64_t eb = spec.expert_bytes();
   std::printf("model: %lld MoE layers x %lld experts of %s (hidden 4096, 2048 wide, MXFP4), 6 per token; %s of experts\n",
-              (long long)o.layers, (long long)o.experts, planner::format_bytes(eb).c_str(),
-              planner::format_bytes(eb * o.experts * o.layers).c_str());
+              (long long)o.layers, (long long)o.experts, core::format_bytes(eb).c_str(),
+              core::format_bytes(eb * o.experts * o.layers).c_str());
   std::printf("run: prompt %lld tokens in chunks of %lld, then %lld decoded; link %s; projection for a GPU of %.0f GB/s\n",
               (long long)o.prompt, (long long)o.ubatch, (long long)o.decode, o.link.c_str(), o.gpu_gbs);
   std::printf("measured = on this machine, where the simulated GPU's work runs on the CPU too\n\n");
@@ -253,7 +253,7 @@ int run(const Options& o) {
     const double copy = r.prefill.copy_s + r.decode.copy_s, exposed = r.prefill.exposed_copy_s + r.decode.exposed_copy_s;
     const double uses = std::max<int64_t>(1, r.stats.uses());
     std::printf("%-20s %9s | %10.1f %10.1f | %10.2f %10.2f | %6.1f%% %6.1f%% %6.1f%% | %5.0f%%\n", cfg.name.c_str(),
-                planner::format_bytes(r.device_bytes).c_str(), tps(r.decode, true), tps(r.prefill, true),
+                core::format_bytes(r.device_bytes).c_str(), tps(r.decode, true), tps(r.prefill, true),
                 tps(r.decode, false), tps(r.prefill, false), 100 * r.stats.gpu_share(), 100 * r.stats.cache_hits / uses,
                 100 * r.stats.cpu / uses, copy > 0 ? 100 * (1 - exposed / copy) : 100.0);
     std::fflush(stdout);

@@ -19,8 +19,8 @@
 #include "launch/commands.h"
 #include "launch/hardware_flags.h"
 #include "launch/plan_flags.h"
-#include "planner/error.h"
-#include "planner/units.h"
+#include "planner/core/error.h"
+#include "planner/core/units.h"
 
 namespace ferry::launch {
 namespace {

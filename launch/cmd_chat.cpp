@@ -18,8 +18,8 @@
 
 #include "launch/commands.h"
 #include "launch/server/v4_engine.h"
-#include "planner/error.h"
-#include "planner/units.h"
+#include "planner/core/error.h"
+#include "planner/core/units.h"
 
 namespace ferry::launch {
 namespace {
@@ -143,7 +143,7 @@ class ChatCommand : public Command {
 
   int run() override {
     server::V4EngineOptions eo;
-    eo.ctx = ctx_.empty() ? 4096 : planner::parse_count(ctx_, "--ctx");
+    eo.ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
     eo.ignore_eos = ignore_eos_;
     if (isatty(STDERR_FILENO)) std::fprintf(stderr, "loading %s ...\n", model_.c_str());
     const std::unique_ptr<server::Engine> engine = server::open_v4_engine(model_, eo);

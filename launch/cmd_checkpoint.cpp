@@ -3,9 +3,9 @@
 #include <iostream>
 
 #include "launch/commands.h"
-#include "planner/error.h"
-#include "runtime/checkpoint_inspect.h"
-#include "runtime/tiny_model.h"
+#include "planner/core/error.h"
+#include "runtime/checkpoint/checkpoint_inspect.h"
+#include "runtime/checkpoint/tiny_model.h"
 
 namespace ferry::launch {
 namespace {

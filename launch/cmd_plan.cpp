@@ -7,7 +7,7 @@
 #include "launch/commands.h"
 #include "launch/hardware_flags.h"
 #include "launch/plan_flags.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
 

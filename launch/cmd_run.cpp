@@ -14,15 +14,15 @@
 
 #include "launch/commands.h"
 #include "launch/run_offload.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
-#include "planner/units.h"
-#include "runtime/cpu/mxfp4_activation.h"
-#include "runtime/cpu/matvec.h"
-#include "runtime/generate.h"
-#include "runtime/npy.h"
-#include "runtime/tokenizer.h"
+#include "planner/core/units.h"
+#include "runtime/kernels/cpu/mxfp4_activation.h"
+#include "runtime/kernels/cpu/matvec.h"
+#include "runtime/generate/generate.h"
+#include "runtime/generate/npy.h"
+#include "runtime/text/tokenizer.h"
 
 namespace ferry::launch {
 namespace {
@@ -59,7 +59,7 @@ std::vector<int32_t> encode_prompt(const runtime::Tokenizer& tokenizer, const st
   return ids;
 }
 
-std::string gib(int64_t bytes) { return planner::format_bytes(bytes); }
+std::string gib(int64_t bytes) { return core::format_bytes(bytes); }
 
 class RunCommand : public Command {
  public:
@@ -99,7 +99,7 @@ class RunCommand : public Command {
     std::optional<runtime::Tokenizer> tokenizer;
     if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(model_);
     const std::vector<int32_t> prompt = text_mode ? encode_prompt(*tokenizer, prompt_text_) : parse_tokens(tokens_);
-    const int64_t ctx = ctx_.empty() ? 4096 : planner::parse_count(ctx_, "--ctx");
+    const int64_t ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
     const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
     runtime::cpu::set_expert_activation_bits(expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16
                                                                              : runtime::cpu::ActivationBits::Int24);

@@ -12,8 +12,8 @@
 #include "launch/commands.h"
 #include "launch/server/engine.h"
 #include "launch/server/http_server.h"
-#include "planner/error.h"
-#include "planner/units.h"
+#include "planner/core/error.h"
+#include "planner/core/units.h"
 
 namespace ferry::launch {
 namespace {
@@ -91,7 +91,7 @@ class ServeCommand : public Command {
   CLI::App* app() const override { return app_; }
 
   int run() override {
-    const int64_t ctx = ctx_.empty() ? 4096 : planner::parse_count(ctx_, "--ctx");
+    const int64_t ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
     options_.queue_timeout = std::chrono::seconds(queue_timeout_s_);
     options_.io_timeout = std::chrono::seconds(io_timeout_s_);
     ShutdownSignals signals;  // before any thread starts, so that all of them inherit the mask

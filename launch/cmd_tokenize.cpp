@@ -9,8 +9,8 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.h"
-#include "planner/error.h"
-#include "runtime/tokenizer.h"
+#include "planner/core/error.h"
+#include "runtime/text/tokenizer.h"
 
 namespace ferry::launch {
 namespace {

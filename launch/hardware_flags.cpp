@@ -1,8 +1,8 @@
 #include "launch/hardware_flags.h"
 
-#include "planner/error.h"
-#include "planner/units.h"
-#include "runtime/hardware_probe.h"
+#include "planner/core/error.h"
+#include "planner/core/units.h"
+#include "runtime/backend/hardware_probe.h"
 
 namespace ferry::launch {
 
@@ -39,7 +39,7 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
   if (!gpus.empty() && no_gpu) FERRY_THROW("--gpu and --no-gpu contradict each other");
 
   if (host_given) {
-    hw.host.ram_bytes = parse_size(host_ram, "--host-ram");
+    hw.host.ram_bytes = core::parse_size(host_ram, "--host-ram");
     hw.host.memory_bandwidth = kDefaultHostBandwidth;
     hw.host.numa_nodes = 1;
     hw.host.cores = kDefaultHostCores;
@@ -47,7 +47,7 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
   } else {
     hw.host = runtime::probe_host(notes);
   }
-  if (!host_bw.empty()) hw.host.memory_bandwidth = parse_bandwidth(host_bw, "--host-bw");
+  if (!host_bw.empty()) hw.host.memory_bandwidth = core::parse_bandwidth(host_bw, "--host-bw");
   if (numa) {
     if (*numa < 1 || *numa > 64) FERRY_THROW("--numa must be in [1, 64], got " + std::to_string(*numa));
     hw.host.numa_nodes = *numa;
@@ -70,13 +70,13 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
     if (*nodes < 1 || *nodes > 1024) FERRY_THROW("--nodes must be in [1, 1024], got " + std::to_string(*nodes));
     hw.nodes = *nodes;
   }
-  if (!net_bw.empty()) hw.network.bandwidth = parse_bandwidth(net_bw, "--net-bw");
+  if (!net_bw.empty()) hw.network.bandwidth = core::parse_bandwidth(net_bw, "--net-bw");
   if (net_latency_us) {
     if (!(*net_latency_us >= 0) || *net_latency_us > 1e6) FERRY_THROW("--net-latency-us must be in [0, 1000000]");
     hw.network.latency_s = *net_latency_us * 1e-6;
   }
-  hw.gpu_reserve_bytes = gpu_reserve.empty() ? kDefaultGpuReserve : parse_size(gpu_reserve, "--gpu-reserve");
-  hw.host_reserve_bytes = host_reserve.empty() ? kDefaultHostReserve : parse_size(host_reserve, "--host-reserve");
+  hw.gpu_reserve_bytes = gpu_reserve.empty() ? kDefaultGpuReserve : core::parse_size(gpu_reserve, "--gpu-reserve");
+  hw.host_reserve_bytes = host_reserve.empty() ? kDefaultHostReserve : core::parse_size(host_reserve, "--host-reserve");
   hw.source = host_given && gpus_given ? "flags" : (!host_given && !gpus_given ? "probed" : "flags + probed");
   return hw;
 }

@@ -12,7 +12,7 @@
 #include "launch/logging.h"
 #include "launch/server/engine.h"
 #include "launch/server/v4_engine.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 int main(int argc, char** argv) {
   using namespace ferry::launch;

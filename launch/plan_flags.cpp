@@ -1,13 +1,13 @@
 #include "launch/plan_flags.h"
 
-#include "planner/error.h"
-#include "planner/units.h"
+#include "planner/core/error.h"
+#include "planner/core/units.h"
 
 namespace ferry::launch {
 
 void PlanFlags::add_to(CLI::App& app, bool model_required) {
   std::string presets;
-  for (const auto& n : planner::preset_names()) presets += (presets.empty() ? "" : ", ") + n;
+  for (const auto& n : core::preset_names()) presets += (presets.empty() ? "" : ", ") + n;
   auto* m = app.add_option("-m,--model", model, "A preset (" + presets + "), a config.json, or a model directory");
   if (model_required) m->required();
   app.add_option("-c,--ctx,--ctx-size", ctx, "Context per sequence in tokens, e.g. 1048576, 128K, 1M (default: the model's maximum)");
@@ -24,7 +24,7 @@ void PlanFlags::add_to(CLI::App& app, bool model_required) {
 planner::PlanOptions PlanFlags::resolve() const {
   using namespace planner;
   PlanOptions o;
-  if (!ctx.empty()) o.ctx = parse_count(ctx, "--ctx");
+  if (!ctx.empty()) o.ctx = core::parse_count(ctx, "--ctx");
   if (!kv_type.empty()) {
     if (kv_type == "auto") o.kv_auto = true;
     else if (auto t = kv_type_from_name(kv_type)) o.kv_type = *t;
@@ -45,7 +45,7 @@ planner::PlanOptions PlanFlags::resolve() const {
     else {
       o.expert_cache = ExpertCacheMode::Slots;
       try {
-        o.expert_cache_slots = parse_count(expert_cache, "--expert-cache");
+        o.expert_cache_slots = core::parse_count(expert_cache, "--expert-cache");
       } catch (const Error&) {
         FERRY_THROW("invalid --expert-cache '" + expert_cache + "' (expected auto, off or a number of slots per layer)");
       }

@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <cstdio>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/model_spec.h"
-#include "planner/units.h"
-#include "runtime/hardware_probe.h"
+#include "planner/core/units.h"
+#include "runtime/backend/hardware_probe.h"
 
 namespace ferry::launch {
 
@@ -20,7 +20,7 @@ std::string line(const char* fmt, auto... args) {
   return buf;
 }
 
-std::string bytes(int64_t b) { return planner::format_bytes(b); }
+std::string bytes(int64_t b) { return core::format_bytes(b); }
 
 }  // namespace
 

@@ -13,9 +13,9 @@
 
 #include "offload/plan_binding.h"
 #include "planner/plan.h"
-#include "runtime/cpu/cpu_backend.h"
-#include "runtime/forward.h"
-#include "runtime/sim_backend.h"
+#include "runtime/backend/cpu_backend.h"
+#include "runtime/model/forward.h"
+#include "runtime/backend/sim_backend.h"
 
 namespace ferry::launch {
 

@@ -2,7 +2,7 @@
 
 #include <tbb/task_arena.h>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/report.h"
 
 namespace ferry::offload {

@@ -7,7 +7,7 @@
 
 #include "planner/model_spec.h"
 #include "planner/plan.h"
-#include "runtime/forward.h"
+#include "runtime/model/forward.h"
 
 namespace ferry::offload {
 

@@ -5,7 +5,7 @@
 #include <string>
 #include <utility>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::offload {
 

@@ -6,9 +6,9 @@
 #include <cmath>
 #include <cstring>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/memory.h"
-#include "runtime/weight_placement.h"
+#include "runtime/model/weight_placement.h"
 
 namespace ferry::offload {
 

@@ -27,10 +27,10 @@
 
 #include "offload/expert_cache.h"
 #include "planner/plan.h"
-#include "runtime/backend.h"
-#include "runtime/device_vector.h"
-#include "runtime/expert_provider.h"
-#include "runtime/model_weights.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/device_vector.h"
+#include "runtime/model/expert_provider.h"
+#include "runtime/model/model_weights.h"
 
 namespace ferry::offload {
 

@@ -10,10 +10,10 @@
 #include <hwloc.h>
 #include <tbb/parallel_for.h>
 
-#include "planner/error.h"
-#include "planner/units.h"
-#include "runtime/numa_arenas.h"
-#include "runtime/weight_placement.h"
+#include "planner/core/error.h"
+#include "planner/core/units.h"
+#include "runtime/backend/numa_arenas.h"
+#include "runtime/model/weight_placement.h"
 
 namespace ferry::offload {
 
@@ -133,7 +133,7 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
     Region r;
     r.bytes = reserved_[k];
     r.plan_node = static_cast<int>(k);
-    r.machine_node = static_cast<int>(node->logical_index);  // tbb's NUMA id (runtime/numa_arenas.h)
+    r.machine_node = static_cast<int>(node->logical_index);  // tbb's NUMA id (runtime/backend/numa_arenas.h)
     // Strict: the pages come from this node or the allocation fails, never silently from another node.
     void* p = hwloc_alloc_membind(t, sz(r.bytes), node->nodeset, HWLOC_MEMBIND_BIND,
                                   HWLOC_MEMBIND_BYNODESET | HWLOC_MEMBIND_STRICT);
@@ -144,7 +144,7 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
                      "first-touch memory written from that node's threads\n", r.machine_node, std::strerror(errno));
       warned = true;
       p = hwloc_alloc(t, sz(r.bytes));
-      FERRY_CHECK(p, "host experts: out of memory allocating " + planner::format_bytes(r.bytes) + " for NUMA node " +
+      FERRY_CHECK(p, "host experts: out of memory allocating " + core::format_bytes(r.bytes) + " for NUMA node " +
                          std::to_string(r.machine_node));
     }
     r.data = static_cast<const uint8_t*>(p);

@@ -6,7 +6,7 @@
 //   - numa: each plan node's experts are copied into one buffer bound to a machine NUMA node (plan node k on
 //     machine node k % machine nodes, so that a plan made with --numa 2 runs on a one-node machine), and the
 //     bound model's expert views are re-pointed at the copies. When the OS refuses binding the buffer is
-//     first-touch memory written from that node's threads (runtime/numa_arenas.h), with a one-line warning.
+//     first-touch memory written from that node's threads (runtime/backend/numa_arenas.h), with a one-line warning.
 // The bytes are reserved as MemoryClass::Weights in the ledger of the plan node's host backend, before any
 // memory is taken, so that a store larger than the plan is refused.
 //
@@ -22,8 +22,8 @@
 #include <vector>
 
 #include "planner/plan.h"
-#include "runtime/backend.h"
-#include "runtime/model_weights.h"
+#include "runtime/backend/backend.h"
+#include "runtime/model/model_weights.h"
 
 namespace ferry::offload {
 

@@ -1,8 +1,8 @@
 #include "offload/plan_binding.h"
 
-#include "planner/error.h"
-#include "runtime/cpu/linear.h"
-#include "runtime/weight_placement.h"
+#include "planner/core/error.h"
+#include "runtime/kernels/cpu/linear.h"
+#include "runtime/model/weight_placement.h"
 
 namespace ferry::offload {
 
@@ -69,7 +69,7 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
 
   // The embedding stays in the checkpoint's mapping; it is the first host's weights in the report. The routed
   // experts the plan leaves in RAM are the host expert store's.
-  mapped_bytes_ = runtime::cpu::weight_view_bytes(checkpoint.embed());
+  mapped_bytes_ = core::weight_view_bytes(checkpoint.embed());
   runtime::WeightCopier copier(gpu);
   for (const auto& lp : plan.layers) {
     FERRY_CHECK(!lp.mtp, "binding a plan with the MTP layer is not supported yet (run without --mtp)");

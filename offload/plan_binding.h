@@ -18,9 +18,9 @@
 #include "offload/expert_dispatch.h"
 #include "offload/host_expert_store.h"
 #include "planner/plan.h"
-#include "runtime/backend.h"
-#include "runtime/forward.h"
-#include "runtime/model_weights.h"
+#include "runtime/backend/backend.h"
+#include "runtime/model/forward.h"
+#include "runtime/model/model_weights.h"
 
 namespace ferry::offload {
 

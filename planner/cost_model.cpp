@@ -27,10 +27,10 @@ struct LayerFlops {
   double expert = 0;  // one routed expert per token
 };
 
-LayerFlops layer_flops(const ModelConfig& c, int64_t l) {
+LayerFlops layer_flops(const core::ModelConfig& c, int64_t l) {
   const double dim = double(c.hidden_size), h = double(c.num_attention_heads);
   LayerFlops f;
-  if (c.arch == Arch::DeepseekV4) {
+  if (c.arch == core::Arch::DeepseekV4) {
     const double hd = double(c.head_dim);
     f.dense += dim * c.q_lora_rank + c.q_lora_rank * h * hd + dim * hd + h * hd * c.o_lora_rank + c.o_groups * c.o_lora_rank * dim;
     const int64_t r = c.compress_ratio(l);
@@ -42,7 +42,7 @@ LayerFlops layer_flops(const ModelConfig& c, int64_t l) {
     const double qh = double(c.qk_nope_head_dim + c.qk_rope_head_dim);
     f.dense += dim * c.q_lora_rank + c.q_lora_rank * h * qh + dim * (c.kv_lora_rank + c.qk_rope_head_dim) +
                c.kv_lora_rank * h * (c.qk_nope_head_dim + c.v_head_dim) + h * c.v_head_dim * dim;
-    if (c.arch == Arch::DeepseekV32) f.dense += c.q_lora_rank * double(c.index_n_heads * c.index_head_dim) + dim * c.index_head_dim + dim * c.index_n_heads;
+    if (c.arch == core::Arch::DeepseekV32) f.dense += c.q_lora_rank * double(c.index_n_heads * c.index_head_dim) + dim * c.index_head_dim + dim * c.index_n_heads;
     if (!c.is_moe_layer(l)) f.dense += 3 * dim * c.intermediate_size;
   }
   if (c.is_moe_layer(l)) {
@@ -55,9 +55,9 @@ LayerFlops layer_flops(const ModelConfig& c, int64_t l) {
 }
 
 // Attention and indexer FLOPs of one token at position `pos` (sparse selection makes this grow slowly).
-double attention_flops(const ModelConfig& c, int64_t l, double pos) {
+double attention_flops(const core::ModelConfig& c, int64_t l, double pos) {
   const double h = double(c.num_attention_heads);
-  if (c.arch == Arch::DeepseekV4) {
+  if (c.arch == core::Arch::DeepseekV4) {
     const double hd = double(c.head_dim), w = std::min<double>(pos, c.sliding_window);
     const int64_t r = c.compress_ratio(l);
     double keys = w;
@@ -71,16 +71,16 @@ double attention_flops(const ModelConfig& c, int64_t l, double pos) {
     return 4 * h * hd * keys + index;
   }
   const double row = double(c.kv_lora_rank + c.qk_rope_head_dim);
-  if (c.arch == Arch::DeepseekV32)
+  if (c.arch == core::Arch::DeepseekV32)
     return 4 * h * row * std::min<double>(c.index_topk, pos) + 2.0 * c.index_n_heads * c.index_head_dim * pos;
   return 4 * h * row * pos;
 }
 
 // KV bytes one decode step reads in layer l at context `ctx` (window + selected rows, all indexer keys,
 // all HCA rows; MLA reads every row).
-double kv_read_bytes(const ModelConfig& c, int64_t l, KvType t, int64_t ctx) {
+double kv_read_bytes(const core::ModelConfig& c, int64_t l, KvType t, int64_t ctx) {
   const KvRowBytes row = kv_row_bytes(c, t);
-  if (c.arch == Arch::DeepseekV4) {
+  if (c.arch == core::Arch::DeepseekV4) {
     double rows = double(std::min(ctx, c.sliding_window));
     double keys = 0;
     const int64_t r = c.compress_ratio(l);
@@ -92,7 +92,7 @@ double kv_read_bytes(const ModelConfig& c, int64_t l, KvType t, int64_t ctx) {
     }
     return rows * row.main + keys * row.indexer + double(compressor_state_bytes(c, l));
   }
-  if (c.arch == Arch::DeepseekV32) return double(std::min(c.index_topk, ctx)) * row.main + double(ctx) * row.indexer;
+  if (c.arch == core::Arch::DeepseekV32) return double(std::min(c.index_topk, ctx)) * row.main + double(ctx) * row.indexer;
   return double(ctx) * row.main;
 }
 
@@ -108,7 +108,7 @@ double hit_rate(const PlanOptions& o, const LayerPlan& lp) {
 }  // namespace
 
 void estimate_cost(const ModelSpec& spec, Plan& plan) {
-  const ModelConfig& c = spec.config;
+  const core::ModelConfig& c = spec.config;
   const Hardware& hw = plan.hardware;
   const PlanOptions& o = plan.options;
   CostEstimate& e = plan.cost;
@@ -140,7 +140,7 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
     if (hw.nodes > 1) sync_s += 2 * hw.network.latency_s + 2 * double(c.hidden_size) * 4 / hw.network.bandwidth;
   }
   {
-    const double head = double(spec.global[static_cast<size_t>(WeightClass::Head)]);
+    const double head = double(spec.global[static_cast<size_t>(core::WeightClass::Head)]);
     gpu_s += head / (has_gpu ? hw.gpus.back().memory_bandwidth * kGpuBandwidthEfficiency : host_bw);
   }
   e.decode_gpu_ms = gpu_s * 1e3;

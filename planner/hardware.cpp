@@ -3,8 +3,8 @@
 #include <cctype>
 #include <cstdio>
 
-#include "planner/error.h"
-#include "planner/units.h"
+#include "planner/core/error.h"
+#include "planner/core/units.h"
 
 namespace ferry::planner {
 
@@ -37,15 +37,15 @@ const std::vector<GpuPreset>& gpu_presets() {
   // Memory, bandwidth and link: ../shared/spec/hardware.md. BF16 tensor TFLOPS (dense, FP32 accumulate) from
   // NVIDIA's architecture whitepapers and datasheets; GeForce cards run FP32-accumulate at half rate.
   static const std::vector<GpuPreset> presets = {
-      {"rtx3090", 24 * kGiB, 936e9, 71, PcieGen::Gen4, "sm_86"},
-      {"rtx3090ti", 24 * kGiB, 1008e9, 80, PcieGen::Gen4, "sm_86"},
-      {"rtx4090", 24 * kGiB, 1008e9, 165, PcieGen::Gen4, "sm_89"},
-      {"rtx5090", 32 * kGiB, 1792e9, 210, PcieGen::Gen5, "sm_120"},
-      {"a6000", 48 * kGiB, 768e9, 155, PcieGen::Gen4, "sm_86"},
-      {"rtx6000ada", 48 * kGiB, 960e9, 364, PcieGen::Gen4, "sm_89"},
-      {"rtxpro6000", 96 * kGiB, 1792e9, 500, PcieGen::Gen5, "sm_120"},
-      {"h100", 80 * kGiB, 3350e9, 989, PcieGen::Gen5, "sm_90"},
-      {"h200", 141 * kGiB, 4800e9, 989, PcieGen::Gen5, "sm_90"},
+      {"rtx3090", 24 * core::kGiB, 936e9, 71, PcieGen::Gen4, "sm_86"},
+      {"rtx3090ti", 24 * core::kGiB, 1008e9, 80, PcieGen::Gen4, "sm_86"},
+      {"rtx4090", 24 * core::kGiB, 1008e9, 165, PcieGen::Gen4, "sm_89"},
+      {"rtx5090", 32 * core::kGiB, 1792e9, 210, PcieGen::Gen5, "sm_120"},
+      {"a6000", 48 * core::kGiB, 768e9, 155, PcieGen::Gen4, "sm_86"},
+      {"rtx6000ada", 48 * core::kGiB, 960e9, 364, PcieGen::Gen4, "sm_89"},
+      {"rtxpro6000", 96 * core::kGiB, 1792e9, 500, PcieGen::Gen5, "sm_120"},
+      {"h100", 80 * core::kGiB, 3350e9, 989, PcieGen::Gen5, "sm_90"},
+      {"h200", 141 * core::kGiB, 4800e9, 989, PcieGen::Gen5, "sm_90"},
   };
   return presets;
 }
@@ -80,15 +80,15 @@ GpuSpec parse_gpu_spec(std::string_view text) {
     }
     // A card we have no datasheet for: assume the reference workstation card's speeds.
     g.name = "custom";
-    g.memory_bytes = parse_size(name, "GPU memory");
+    g.memory_bytes = core::parse_size(name, "GPU memory");
     g.memory_bandwidth = 936e9;
     g.bf16_tflops = 71;
     g.pcie = PcieGen::Gen4;
   }
   if (!cap.empty()) {
-    const int64_t limit = parse_size(cap, "GPU memory limit");
+    const int64_t limit = core::parse_size(cap, "GPU memory limit");
     if (limit > g.memory_bytes)
-      FERRY_THROW("GPU memory limit " + std::string(cap) + " exceeds " + g.name + "'s " + format_bytes(g.memory_bytes));
+      FERRY_THROW("GPU memory limit " + std::string(cap) + " exceeds " + g.name + "'s " + core::format_bytes(g.memory_bytes));
     g.memory_bytes = limit;
   }
   g.free_bytes = g.memory_bytes;
@@ -107,12 +107,12 @@ std::string describe(const Hardware& hw) {
       while (j < hw.gpus.size() && hw.gpus[j].name == hw.gpus[i].name && hw.gpus[j].free_bytes == hw.gpus[i].free_bytes) ++j;
       const auto& g = hw.gpus[i];
       std::snprintf(buf, sizeof buf, "%s%zux %s (%s, %.0f GB/s, PCIe %s)", out.empty() ? "" : " + ", j - i, g.name.c_str(),
-                    format_bytes(g.free_bytes).c_str(), g.memory_bandwidth / 1e9, std::string(pcie_name(g.pcie)).c_str());
+                    core::format_bytes(g.free_bytes).c_str(), g.memory_bandwidth / 1e9, std::string(pcie_name(g.pcie)).c_str());
       out += buf;
       i = j;
     }
   }
-  std::snprintf(buf, sizeof buf, ", %s RAM @ %.1f GB/s, %d NUMA node%s, %d cores", format_bytes(hw.host.ram_bytes).c_str(),
+  std::snprintf(buf, sizeof buf, ", %s RAM @ %.1f GB/s, %d NUMA node%s, %d cores", core::format_bytes(hw.host.ram_bytes).c_str(),
                 hw.host.memory_bandwidth / 1e9, hw.host.numa_nodes, hw.host.numa_nodes == 1 ? "" : "s", hw.host.cores);
   out += buf;
   if (hw.nodes > 1) {

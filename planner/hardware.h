@@ -1,5 +1,5 @@
 // The machine a plan is made for: GPUs, host memory, NUMA, links and nodes.
-// Built from flags (presets from ../shared/spec/hardware.md) or probed (runtime/hardware_probe.h).
+// Built from flags (presets from ../shared/spec/hardware.md) or probed (runtime/backend/hardware_probe.h).
 #pragma once
 
 #include <cstdint>

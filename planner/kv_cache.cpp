@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <string>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::planner {
 
@@ -23,7 +23,7 @@ std::optional<KvType> kv_type_from_name(std::string_view name) {
   return std::nullopt;
 }
 
-KvType default_kv_type(const ModelConfig& c) { return c.arch == Arch::DeepseekV4 ? KvType::FP8 : KvType::BF16; }
+KvType default_kv_type(const core::ModelConfig& c) { return c.arch == core::Arch::DeepseekV4 ? KvType::FP8 : KvType::BF16; }
 
 std::string_view kv_kind_name(KvKind k) {
   switch (k) {
@@ -55,9 +55,9 @@ int64_t q4_0_bytes(int64_t n) { return ceil_div(n, 32) * 18; }
 
 }  // namespace
 
-KvRowBytes kv_row_bytes(const ModelConfig& c, KvType t) {
+KvRowBytes kv_row_bytes(const core::ModelConfig& c, KvType t) {
   KvRowBytes r;
-  if (c.arch == Arch::DeepseekV4) {
+  if (c.arch == core::Arch::DeepseekV4) {
     const int64_t rope = c.qk_rope_head_dim, nope = c.head_dim - rope, d = c.head_dim, di = c.index_head_dim;
     switch (t) {
       case KvType::BF16:
@@ -82,11 +82,11 @@ KvRowBytes kv_row_bytes(const ModelConfig& c, KvType t) {
     case KvType::Q4_0: r.main = q4_0_bytes(row); break;
   }
   // V3.2's reference stores indexer keys as FP8 with an f32 scale per 128, whatever the latent's type.
-  if (c.arch == Arch::DeepseekV32) r.indexer = c.index_head_dim + 4 * ceil_div(c.index_head_dim, 128);
+  if (c.arch == core::Arch::DeepseekV32) r.indexer = c.index_head_dim + 4 * ceil_div(c.index_head_dim, 128);
   return r;
 }
 
-int64_t compressor_state_bytes(const ModelConfig& c, int64_t layer) {
+int64_t compressor_state_bytes(const core::ModelConfig& c, int64_t layer) {
   const int64_t ratio = c.compress_ratio(layer);
   if (ratio == 0) return 0;
   const int64_t coff = ratio == 4 ? 2 : 1;
@@ -97,12 +97,12 @@ int64_t compressor_state_bytes(const ModelConfig& c, int64_t layer) {
   return bytes;
 }
 
-KvBytes layer_kv_bytes(const ModelConfig& c, int64_t layer, KvType t, int64_t ctx) {
+KvBytes layer_kv_bytes(const core::ModelConfig& c, int64_t layer, KvType t, int64_t ctx) {
   FERRY_CHECK(ctx >= 0, "negative context");
   KvBytes b{};
   const KvRowBytes row = kv_row_bytes(c, t);
   auto at = [&](KvKind k) -> int64_t& { return b[static_cast<size_t>(k)]; };
-  if (c.arch != Arch::DeepseekV4) {
+  if (c.arch != core::Arch::DeepseekV4) {
     at(KvKind::Mla) = ctx * row.main;
     at(KvKind::MlaIndexer) = ctx * row.indexer;
     return b;
@@ -121,7 +121,7 @@ KvBytes layer_kv_bytes(const ModelConfig& c, int64_t layer, KvType t, int64_t ct
   return b;
 }
 
-KvBytes kv_cache_bytes(const ModelConfig& c, KvType t, int64_t ctx, int64_t parallel, bool with_mtp) {
+KvBytes kv_cache_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_t parallel, bool with_mtp) {
   KvBytes total{};
   const int64_t n = with_mtp ? c.n_layers_total() : c.num_hidden_layers;
   for (int64_t l = 0; l < n; ++l) {

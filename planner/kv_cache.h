@@ -7,7 +7,7 @@
 #include <optional>
 #include <string_view>
 
-#include "planner/model_config.h"
+#include "planner/core/model_config.h"
 
 namespace ferry::planner {
 
@@ -23,7 +23,7 @@ constexpr std::array<KvType, 4> kKvTypesByFidelity{KvType::BF16, KvType::FP8, Kv
 std::string_view kv_type_name(KvType t);
 std::optional<KvType> kv_type_from_name(std::string_view name);
 // The model's native storage: fp8 for V4 (bit-faithful to DeepSeek's reference), bf16 for V3 and V3.2.
-KvType default_kv_type(const ModelConfig& c);
+KvType default_kv_type(const core::ModelConfig& c);
 
 enum class KvKind : uint8_t {
   SwaRing,          // V4: the last `sliding_window` raw rows, every layer
@@ -44,14 +44,14 @@ struct KvRowBytes {
   int64_t main = 0;     // one SWA / compressed / MLA row
   int64_t indexer = 0;  // one indexer key
 };
-KvRowBytes kv_row_bytes(const ModelConfig& c, KvType t);
+KvRowBytes kv_row_bytes(const core::ModelConfig& c, KvType t);
 
 // fp32 kv_state + score_state of a compressed layer's compressors (main, and the indexer's for ratio 4).
-int64_t compressor_state_bytes(const ModelConfig& c, int64_t layer);
+int64_t compressor_state_bytes(const core::ModelConfig& c, int64_t layer);
 
 // One sequence of `ctx` tokens in one layer.
-KvBytes layer_kv_bytes(const ModelConfig& c, int64_t layer, KvType t, int64_t ctx);
+KvBytes layer_kv_bytes(const core::ModelConfig& c, int64_t layer, KvType t, int64_t ctx);
 // All main layers (and the MTP layers when `with_mtp`), `parallel` sequences.
-KvBytes kv_cache_bytes(const ModelConfig& c, KvType t, int64_t ctx, int64_t parallel, bool with_mtp);
+KvBytes kv_cache_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_t parallel, bool with_mtp);
 
 }  // namespace ferry::planner

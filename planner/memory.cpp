@@ -4,10 +4,10 @@
 
 namespace ferry::planner {
 
-int64_t activation_bytes_per_token(const ModelConfig& c) {
+int64_t activation_bytes_per_token(const core::ModelConfig& c) {
   const int64_t dim = c.hidden_size, heads = c.num_attention_heads, topk = c.num_experts_per_tok;
   const int64_t inter = c.moe_intermediate_size, shared = c.moe_intermediate_size * c.n_shared_experts;
-  const bool v4 = c.arch == Arch::DeepseekV4;
+  const bool v4 = c.arch == core::Arch::DeepseekV4;
   const int64_t q_head = v4 ? c.head_dim : c.qk_nope_head_dim + c.qk_rope_head_dim;
   const int64_t kv_row = v4 ? c.head_dim : c.kv_lora_rank + c.qk_rope_head_dim;
   const int64_t o_head = v4 ? c.head_dim : c.v_head_dim;
@@ -28,18 +28,18 @@ int64_t activation_bytes_per_token(const ModelConfig& c) {
   return bytes;
 }
 
-int64_t compute_workspace_bytes(const ModelConfig& c, int64_t ubatch, bool logits_all) {
+int64_t compute_workspace_bytes(const core::ModelConfig& c, int64_t ubatch, bool logits_all) {
   const int64_t logits_rows = logits_all ? ubatch : 1;
   return ubatch * activation_bytes_per_token(c) + logits_rows * c.vocab_size * 4;
 }
 
-int64_t cpu_tile_scratch_floats(const ModelConfig& c) {
+int64_t cpu_tile_scratch_floats(const core::ModelConfig& c) {
   // A key tile's rows, its scores (or an indexer tile's), and per head the output accumulator, max and sum.
   const int64_t nh = c.num_attention_heads;
   return kAttnKeyTile * c.head_dim + std::max(kAttnKeyTile, kIndexerTile) + nh * c.head_dim + 2 * nh;
 }
 
-CpuForwardWorkspace cpu_forward_workspace(const ModelConfig& c, KvType kv, int64_t n, int64_t threads, bool mtp) {
+CpuForwardWorkspace cpu_forward_workspace(const core::ModelConfig& c, KvType kv, int64_t n, int64_t threads, bool mtp) {
   CpuForwardWorkspace w;
   const int64_t d = c.hidden_size, nh = c.num_attention_heads, hd = c.head_dim, hc = c.hc_mult;
   const int64_t topk = c.num_experts_per_tok, inter = c.moe_intermediate_size;
@@ -79,13 +79,13 @@ int64_t CpuForwardWorkspace::bytes() const {
   return 4 * (floats + ints) + kv_rows_bytes;
 }
 
-int64_t forward_workspace_bytes(const ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp,
+int64_t forward_workspace_bytes(const core::ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp,
                                 bool logits_all) {
-  if (c.arch != Arch::DeepseekV4) return compute_workspace_bytes(c, ubatch, logits_all);
+  if (c.arch != core::Arch::DeepseekV4) return compute_workspace_bytes(c, ubatch, logits_all);
   return cpu_forward_workspace(c, kv, ubatch, threads, mtp).bytes();
 }
 
-int64_t cpu_expert_workspace_bytes(const ModelConfig& c, int64_t ubatch) {
+int64_t cpu_expert_workspace_bytes(const core::ModelConfig& c, int64_t ubatch) {
   return ubatch * (2 * c.hidden_size + 2 * c.moe_intermediate_size) * 4;
 }
 

@@ -19,11 +19,11 @@ constexpr int64_t kIndexerTile = 4096;
 
 // fp32 activations of one token through one layer (streams, q, kv, attention output, scores tile, indexer,
 // router, routed and shared expert intermediates). The runtime's per-token arena has exactly this layout.
-int64_t activation_bytes_per_token(const ModelConfig& c);
+int64_t activation_bytes_per_token(const core::ModelConfig& c);
 
 // GPU (or, without a GPU, host) compute workspace for a prefill chunk of `ubatch` tokens, plus the logits
 // buffer: one row, or `ubatch` rows when every position's logits are kept (`ferry run --logits-out`).
-int64_t compute_workspace_bytes(const ModelConfig& c, int64_t ubatch, bool logits_all);
+int64_t compute_workspace_bytes(const core::ModelConfig& c, int64_t ubatch, bool logits_all);
 
 // The CPU forward pass's workspace for one V4 sequence, buffer by buffer: runtime/forward.cpp sizes every
 // buffer from this, and a test checks that what the runtime holds (measured from the buffers) equals bytes().
@@ -48,18 +48,18 @@ struct CpuForwardWorkspace {
   int64_t bytes() const;
 };
 // fp32 elements of one worker thread's attention/indexer tile scratch.
-int64_t cpu_tile_scratch_floats(const ModelConfig& c);
-CpuForwardWorkspace cpu_forward_workspace(const ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp);
+int64_t cpu_tile_scratch_floats(const core::ModelConfig& c);
+CpuForwardWorkspace cpu_forward_workspace(const core::ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp);
 
 // The workspace a plan gives the device that runs the forward pass (a GPU, or the host without one): for V4,
 // exactly the CPU forward pass's layout (the ops of a simulated device are the CPU's; CUDA kernels will bring
 // their own layout), with `threads` worker threads; for other architectures, compute_workspace_bytes.
-int64_t forward_workspace_bytes(const ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp,
+int64_t forward_workspace_bytes(const core::ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp,
                                 bool logits_all);
 
 // Host buffers of the CPU expert path (offload/): one expert's gathered inputs [ubatch, hidden], gate and up
 // [ubatch, inter] and outputs [ubatch, hidden], fp32; experts run one at a time.
-int64_t cpu_expert_workspace_bytes(const ModelConfig& c, int64_t ubatch);
+int64_t cpu_expert_workspace_bytes(const core::ModelConfig& c, int64_t ubatch);
 
 // Device slots that streamed experts land in: two groups of top-k experts (double buffering, so a group is
 // never overwritten while a kernel reads it).

@@ -7,8 +7,8 @@
 #include <sstream>
 #include <unordered_map>
 
-#include "planner/error.h"
-#include "planner/safetensors_header.h"
+#include "planner/core/error.h"
+#include "planner/core/safetensors_header.h"
 
 namespace ferry::planner {
 
@@ -16,8 +16,8 @@ namespace fs = std::filesystem;
 
 int64_t LayerWeights::non_routed() const {
   int64_t sum = 0;
-  for (size_t i = 0; i < kNumWeightClasses; ++i)
-    if (i != static_cast<size_t>(WeightClass::RoutedExpert)) sum += bytes[i];
+  for (size_t i = 0; i < core::kNumWeightClasses; ++i)
+    if (i != static_cast<size_t>(core::WeightClass::RoutedExpert)) sum += bytes[i];
   return sum;
 }
 
@@ -27,7 +27,7 @@ int64_t ModelSpec::expert_bytes() const {
   return 0;
 }
 
-int64_t ModelSpec::bytes_of(WeightClass c) const {
+int64_t ModelSpec::bytes_of(core::WeightClass c) const {
   const size_t k = static_cast<size_t>(c);
   int64_t sum = global[k];
   for (const auto& l : layers) sum += l.bytes[k];
@@ -58,14 +58,14 @@ WeightTally::WeightTally(ModelSpec& spec) : spec_(spec) {
   expert_bytes_.assign(n, {});
 }
 
-int64_t held_bytes(const TensorInfo& t, Arch arch) {
-  if (arch != Arch::DeepseekV4) return t.bytes;
-  if (t.dtype == DType::BF16 && t.shape.size() == 1) return 2 * t.bytes;  // norm weights, decoded to fp32
-  if (t.dtype == DType::I64) return t.bytes / 2;                        // hash-routing tables, as int32
+int64_t held_bytes(const core::TensorInfo& t, core::Arch arch) {
+  if (arch != core::Arch::DeepseekV4) return t.bytes;
+  if (t.dtype == core::DType::BF16 && t.shape.size() == 1) return 2 * t.bytes;  // norm weights, decoded to fp32
+  if (t.dtype == core::DType::I64) return t.bytes / 2;                        // hash-routing tables, as int32
   return t.bytes;
 }
 
-void WeightTally::add(const TensorInfo& t) {
+void WeightTally::add(const core::TensorInfo& t) {
   const int64_t bytes = held_bytes(t, spec_.config.arch);
   spec_.total_bytes += t.bytes;
   ++spec_.tensor_count;
@@ -76,7 +76,7 @@ void WeightTally::add(const TensorInfo& t) {
   }
   const size_t l = static_cast<size_t>(t.layer);
   spec_.layers[l].bytes[k] += bytes;
-  if (t.cls == WeightClass::RoutedExpert && t.expert >= 0) {
+  if (t.cls == core::WeightClass::RoutedExpert && t.expert >= 0) {
     auto& per = expert_bytes_[l];
     if (per.size() <= static_cast<size_t>(t.expert)) per.resize(static_cast<size_t>(t.expert) + 1, 0);
     per[static_cast<size_t>(t.expert)] += bytes;
@@ -97,13 +97,13 @@ void WeightTally::finish() {
   }
 }
 
-ModelSpec spec_from_config(ModelConfig config, ModelSource source, std::string origin) {
+ModelSpec spec_from_config(core::ModelConfig config, ModelSource source, std::string origin) {
   ModelSpec spec;
   spec.config = std::move(config);
   spec.source = source;
   spec.origin = std::move(origin);
   WeightTally tally(spec);
-  for_each_tensor(spec.config, [&](TensorInfo&& t) { tally.add(t); });
+  core::for_each_tensor(spec.config, [&](core::TensorInfo&& t) { tally.add(t); });
   tally.finish();
   return spec;
 }
@@ -119,7 +119,7 @@ std::string read_text_file(const fs::path& p) {
 }
 
 // Layer index of a checkpoint name the inventory does not know ("layers.7.", "mtp.0.", "model.layers.7.").
-int32_t layer_of_name(const ModelConfig& c, const std::string& name) {
+int32_t layer_of_name(const core::ModelConfig& c, const std::string& name) {
   auto number_after = [&](const std::string& key) -> int64_t {
     auto pos = name.find(key);
     if (pos == std::string::npos) return -1;
@@ -142,20 +142,20 @@ int32_t layer_of_name(const ModelConfig& c, const std::string& name) {
 ModelSpec spec_from_checkpoint(const fs::path& dir) {
   const fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) FERRY_THROW("model directory " + dir.string() + " has no config.json");
-  ModelConfig config = config_from_json_text(read_text_file(config_path), dir.string());
-  const CheckpointHeaders headers = read_checkpoint_headers(dir);
-  const std::vector<TensorInfo> implied = make_tensor_inventory(config);
+  core::ModelConfig config = core::config_from_json_text(read_text_file(config_path), dir.string());
+  const core::CheckpointHeaders headers = core::read_checkpoint_headers(dir);
+  const std::vector<core::TensorInfo> implied = core::make_tensor_inventory(config);
 
   ModelSpec spec;
   spec.config = std::move(config);
   spec.source = ModelSource::Checkpoint;
   spec.origin = dir.string();
-  std::unordered_map<std::string, const TensorInfo*> by_name;
+  std::unordered_map<std::string, const core::TensorInfo*> by_name;
   by_name.reserve(implied.size());
   for (const auto& t : implied) by_name.emplace(t.name, &t);
   for (const auto& shard : headers.shards) {
     for (const auto& h : shard.tensors) {
-      TensorInfo t;
+      core::TensorInfo t;
       t.name = h.name;
       t.dtype = h.dtype;
       t.shape = h.shape;
@@ -187,8 +187,8 @@ ModelSpec spec_from_checkpoint(const fs::path& dir) {
 
 ModelSpec load_model_spec(const std::string& model) {
   if (model.empty()) FERRY_THROW("--model is empty: give a preset name, a config.json or a model directory");
-  if (is_preset_name(model)) {
-    ModelConfig c = preset_config(model);
+  if (core::is_preset_name(model)) {
+    core::ModelConfig c = core::preset_config(model);
     std::string name = c.name;
     return spec_from_config(std::move(c), ModelSource::Preset, name);
   }
@@ -196,10 +196,10 @@ ModelSpec load_model_spec(const std::string& model) {
   std::error_code ec;
   if (fs::is_directory(p, ec)) return spec_from_checkpoint(p);
   if (fs::is_regular_file(p, ec)) {
-    return spec_from_config(config_from_json_text(read_text_file(p), p.string()), ModelSource::ConfigJson, p.string());
+    return spec_from_config(core::config_from_json_text(read_text_file(p), p.string()), ModelSource::ConfigJson, p.string());
   }
   std::string known;
-  for (const auto& n : preset_names()) known += (known.empty() ? "" : ", ") + n;
+  for (const auto& n : core::preset_names()) known += (known.empty() ? "" : ", ") + n;
   FERRY_THROW("--model '" + model + "' is neither a known preset (" + known + ") nor an existing config.json or model directory");
 }
 

@@ -8,12 +8,12 @@
 #include <string>
 #include <vector>
 
-#include "planner/model_config.h"
-#include "planner/tensor_inventory.h"
+#include "planner/core/model_config.h"
+#include "planner/core/tensor_inventory.h"
 
 namespace ferry::planner {
 
-using ClassBytes = std::array<int64_t, kNumWeightClasses>;
+using ClassBytes = std::array<int64_t, core::kNumWeightClasses>;
 
 struct LayerWeights {
   ClassBytes bytes{};         // by class, routed experts included
@@ -25,12 +25,12 @@ struct LayerWeights {
 enum class ModelSource : uint8_t { Preset, ConfigJson, Checkpoint };
 
 struct ModelSpec {
-  ModelConfig config;
+  core::ModelConfig config;
   ModelSource source = ModelSource::Preset;
   std::string origin;              // preset name or path
   // The checkpoint's own tensors when read from headers; empty for a preset or config.json, whose inventory
   // make_tensor_inventory(config) generates on demand.
-  std::vector<TensorInfo> tensors;
+  std::vector<core::TensorInfo> tensors;
   int64_t tensor_count = 0;
   std::vector<LayerWeights> layers;  // config.n_layers_total() entries; MTP layers last
   ClassBytes global{};             // tensors outside layers: embedding, head, final norm, hc_head
@@ -40,20 +40,20 @@ struct ModelSpec {
   std::vector<std::string> notes;
 
   int64_t expert_bytes() const;          // one routed expert of the first MoE layer
-  int64_t bytes_of(WeightClass c) const; // all layers + global
+  int64_t bytes_of(core::WeightClass c) const; // all layers + global
   int64_t mtp_bytes() const;             // every tensor of the MTP layers
   int64_t held_bytes_total() const;      // all layers + global, as held (what placement distributes)
 };
 
 // Bytes the runtime holds for a tensor: its stored bytes, except that V4's norm weights (BF16 vectors) are
-// decoded to fp32 and its hash-routing tables (I64) narrowed to int32 (runtime/model_weights.h).
-int64_t held_bytes(const TensorInfo& t, Arch arch);
+// decoded to fp32 and its hash-routing tables (I64) narrowed to int32 (runtime/model/model_weights.h).
+int64_t held_bytes(const core::TensorInfo& t, core::Arch arch);
 
 // Per-layer and per-class byte sums of held_bytes, fed one tensor at a time.
 class WeightTally {
  public:
   explicit WeightTally(ModelSpec& spec);
-  void add(const TensorInfo& t);
+  void add(const core::TensorInfo& t);
   void finish();  // fills spec.layers[].n_experts and expert_bytes
 
  private:
@@ -61,7 +61,7 @@ class WeightTally {
   std::vector<std::vector<int64_t>> expert_bytes_;  // [layer][expert]
 };
 
-ModelSpec spec_from_config(ModelConfig config, ModelSource source, std::string origin);
+ModelSpec spec_from_config(core::ModelConfig config, ModelSource source, std::string origin);
 
 // `model` is a preset name, a path to a config.json, or a checkpoint directory (config.json + safetensors).
 // Throws a one-line ferry::Error when it is none of these or cannot be read.

@@ -6,10 +6,10 @@
 #include <numeric>
 #include <string>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/memory.h"
 #include "planner/plan.h"
-#include "planner/units.h"
+#include "planner/core/units.h"
 
 namespace ferry::planner {
 
@@ -37,7 +37,7 @@ int64_t DevicePlan::bytes_of(const std::string& cls) const {
 
 namespace {
 
-std::string weights_key(WeightClass c) { return "weights." + std::string(weight_class_name(c)); }
+std::string weights_key(core::WeightClass c) { return "weights." + std::string(core::weight_class_name(c)); }
 std::string kv_key(KvKind k) { return "kv." + std::string(kv_kind_name(k)); }
 
 class Placer {
@@ -109,27 +109,27 @@ class Placer {
   // (one row is read per token; keeping 1-2 GiB of it in VRAM would only take room from the expert cache).
   int64_t head_bytes() const {
     int64_t b = 0;
-    for (size_t k = 0; k < kNumWeightClasses; ++k)
-      if (k != static_cast<size_t>(WeightClass::Embedding)) b += s_.global[k];
+    for (size_t k = 0; k < core::kNumWeightClasses; ++k)
+      if (k != static_cast<size_t>(core::WeightClass::Embedding)) b += s_.global[k];
     return b;
   }
 
   void put_layer(int l, DevicePlan& d) {
     const auto& w = s_.layers[static_cast<size_t>(l)];
-    for (size_t k = 0; k < kNumWeightClasses; ++k)
-      if (k != static_cast<size_t>(WeightClass::RoutedExpert)) d.add(weights_key(static_cast<WeightClass>(k)), w.bytes[k]);
+    for (size_t k = 0; k < core::kNumWeightClasses; ++k)
+      if (k != static_cast<size_t>(core::WeightClass::RoutedExpert)) d.add(weights_key(static_cast<core::WeightClass>(k)), w.bytes[k]);
     const KvBytes kv = layer_kv(l);
     for (size_t k = 0; k < kNumKvKinds; ++k) d.add(kv_key(static_cast<KvKind>(k)), kv[k]);
   }
 
   void put_head(DevicePlan& d) {
-    for (size_t k = 0; k < kNumWeightClasses; ++k)
-      if (k != static_cast<size_t>(WeightClass::Embedding)) d.add(weights_key(static_cast<WeightClass>(k)), s_.global[k]);
+    for (size_t k = 0; k < core::kNumWeightClasses; ++k)
+      if (k != static_cast<size_t>(core::WeightClass::Embedding)) d.add(weights_key(static_cast<core::WeightClass>(k)), s_.global[k]);
   }
 
   void put_embedding(int node) {
-    plan_.devices[static_cast<size_t>(host_device(node, 0))].add(weights_key(WeightClass::Embedding),
-                                                                  s_.global[static_cast<size_t>(WeightClass::Embedding)]);
+    plan_.devices[static_cast<size_t>(host_device(node, 0))].add(weights_key(core::WeightClass::Embedding),
+                                                                  s_.global[static_cast<size_t>(core::WeightClass::Embedding)]);
   }
 
   void place_cpu_only() {
@@ -316,12 +316,12 @@ class Placer {
       for (int l : moe) {
         const int64_t on_node = experts_on_node(l, n);
         const int64_t in_ram = on_node - resident[n][l];
-        if (resident[n][l] > 0) plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add(weights_key(WeightClass::RoutedExpert), resident[n][l] * eb);
+        if (resident[n][l] > 0) plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add(weights_key(core::WeightClass::RoutedExpert), resident[n][l] * eb);
         if (slots[n][l] > 0) plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add("expert_cache", slots[n][l] * eb);
         // Experts are dealt to NUMA nodes round-robin so that every NUMA node's cores share each layer.
         for (int k = 0; k < numa(); ++k) {
           const int64_t count = in_ram / numa() + (k < in_ram % numa() ? 1 : 0);
-          plan_.devices[static_cast<size_t>(host_device(n, k))].add(weights_key(WeightClass::RoutedExpert), count * eb);
+          plan_.devices[static_cast<size_t>(host_device(n, k))].add(weights_key(core::WeightClass::RoutedExpert), count * eb);
         }
         if (in_ram > 0) {
           any_in_ram = true;
@@ -373,13 +373,13 @@ class Placer {
       std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
       std::string detail;
       for (size_t i = 0; i < items.size() && i < 3; ++i)
-        detail += (i ? ", " : "") + items[i].first + " " + format_bytes(items[i].second);
+        detail += (i ? ", " : "") + items[i].first + " " + core::format_bytes(items[i].second);
       plan_.shortfalls.push_back({d.id, d.used(), d.capacity, detail});
     }
   }
 
   const ModelSpec& s_;
-  const ModelConfig& c_;
+  const core::ModelConfig& c_;
   const Hardware& hw_;
   const PlanOptions& o_;
   KvType kv_;

@@ -4,8 +4,8 @@
 
 #include <string>
 
-#include "planner/error.h"
-#include "planner/units.h"
+#include "planner/core/error.h"
+#include "planner/core/units.h"
 
 namespace ferry::planner {
 namespace {
@@ -49,7 +49,7 @@ void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
 
   for (const auto& f : plan.kv_fits)
     if (f.max_ctx == o.ctx && f.type != plan.kv_type)
-      plan.suggestions.push_back("--kv-type " + std::string(kv_type_name(f.type)) + " (KV cache " + format_bytes(f.bytes_at_ctx) + ")");
+      plan.suggestions.push_back("--kv-type " + std::string(kv_type_name(f.type)) + " (KV cache " + core::format_bytes(f.bytes_at_ctx) + ")");
   for (const auto& f : plan.kv_fits)
     if (f.type == plan.kv_type && f.max_ctx > 0)
       plan.suggestions.push_back("--ctx " + std::to_string(f.max_ctx) + " (the longest context that fits with " +
@@ -77,9 +77,9 @@ void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
   if (host_short > 0) {
     Hardware more = hw;
     more.host.ram_bytes = hw.host.ram_bytes + host_short;
-    more.host.ram_bytes = (more.host.ram_bytes + kGiB - 1) / kGiB * kGiB;
+    more.host.ram_bytes = (more.host.ram_bytes + core::kGiB - 1) / core::kGiB * core::kGiB;
     if (fits_with(more, o, plan.kv_type))
-      plan.suggestions.push_back("--host-ram " + std::to_string(more.host.ram_bytes / kGiB) + "GiB (or more RAM per node)");
+      plan.suggestions.push_back("--host-ram " + std::to_string(more.host.ram_bytes / core::kGiB) + "GiB (or more RAM per node)");
   }
 }
 
@@ -121,7 +121,7 @@ Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& opt
   if (hw.gpus.empty())
     plan.warnings.push_back("no GPU: every layer runs on the CPU; decode is bound by host RAM bandwidth");
   if (!o.mtp && spec.config.num_nextn_predict_layers > 0)
-    plan.warnings.push_back("MTP layer not loaded (" + format_bytes(spec.mtp_bytes()) + "); --mtp loads it for speculative decoding");
+    plan.warnings.push_back("MTP layer not loaded (" + core::format_bytes(spec.mtp_bytes()) + "); --mtp loads it for speculative decoding");
   if (!plan.fits) suggest(spec, hw, plan);
   return plan;
 }

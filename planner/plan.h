@@ -50,7 +50,7 @@ struct DevicePlan {
 
 struct LayerPlan {
   int layer = 0;
-  AttnKind attn = AttnKind::Swa;
+  core::AttnKind attn = core::AttnKind::Swa;
   bool mtp = false;
   int device = -1;                // index into Plan::devices: attention, non-routed weights and KV
   int64_t experts_per_node = 0;   // routed experts this layer keeps on each node
@@ -90,7 +90,7 @@ struct Plan {
   static constexpr int kSchemaVersion = 1;
 
   std::string model;        // name
-  Arch arch = Arch::DeepseekV4;
+  core::Arch arch = core::Arch::DeepseekV4;
   std::string model_source; // preset / config.json / checkpoint
   Hardware hardware;
   PlanOptions options;      // as requested, ctx resolved

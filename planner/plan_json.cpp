@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::planner {
 
@@ -44,9 +44,9 @@ const ojson& object(const ojson& j, const char* key, const char* where) {
   return *it;
 }
 
-Arch arch_from(const std::string& s) {
-  for (Arch a : {Arch::DeepseekV4, Arch::DeepseekV3, Arch::DeepseekV32})
-    if (arch_name(a) == s) return a;
+core::Arch arch_from(const std::string& s) {
+  for (core::Arch a : {core::Arch::DeepseekV4, core::Arch::DeepseekV3, core::Arch::DeepseekV32})
+    if (core::arch_name(a) == s) return a;
   FERRY_THROW("plan: unknown model.arch '" + s + "'");
 }
 
@@ -56,9 +56,9 @@ KvType kv_from(const std::string& s) {
   return *t;
 }
 
-AttnKind attn_from(const std::string& s) {
-  for (AttnKind k : {AttnKind::Swa, AttnKind::Csa, AttnKind::Hca, AttnKind::Mla, AttnKind::MlaDsa})
-    if (attn_kind_name(k) == s) return k;
+core::AttnKind attn_from(const std::string& s) {
+  for (core::AttnKind k : {core::AttnKind::Swa, core::AttnKind::Csa, core::AttnKind::Hca, core::AttnKind::Mla, core::AttnKind::MlaDsa})
+    if (core::attn_kind_name(k) == s) return k;
   FERRY_THROW("plan: unknown layer attention kind '" + s + "'");
 }
 
@@ -68,7 +68,7 @@ ojson plan_to_json(const Plan& p) {
   ojson j;
   j["schema"] = "ferry.plan";
   j["schema_version"] = Plan::kSchemaVersion;
-  j["model"] = {{"name", p.model}, {"arch", std::string(arch_name(p.arch))}, {"source", p.model_source}, {"weights_bytes", p.weights_bytes}};
+  j["model"] = {{"name", p.model}, {"arch", std::string(core::arch_name(p.arch))}, {"source", p.model_source}, {"weights_bytes", p.weights_bytes}};
 
   ojson gpus = ojson::array();
   for (const auto& g : p.hardware.gpus)
@@ -106,7 +106,7 @@ ojson plan_to_json(const Plan& p) {
 
   ojson layers = ojson::array();
   for (const auto& l : p.layers)
-    layers.push_back({{"layer", l.layer}, {"attn", std::string(attn_kind_name(l.attn))}, {"mtp", l.mtp},
+    layers.push_back({{"layer", l.layer}, {"attn", std::string(core::attn_kind_name(l.attn))}, {"mtp", l.mtp},
                       {"device", l.device >= 0 ? p.devices[static_cast<size_t>(l.device)].id : ""},
                       {"experts_per_node", l.experts_per_node}, {"experts_on_gpu", l.experts_on_gpu},
                       {"cache_slots", l.cache_slots}, {"experts_in_ram", l.experts_in_ram}});

@@ -4,7 +4,7 @@
 #include <cstdio>
 #include <map>
 
-#include "planner/units.h"
+#include "planner/core/units.h"
 
 namespace ferry::planner {
 namespace {
@@ -26,9 +26,9 @@ std::string bar(int64_t used, int64_t capacity) {
 }
 
 std::string ctx_text(int64_t ctx) {
-  if (ctx >= 1024 && ctx % (1024 * 1024) == 0) return format_count(ctx) + " (" + std::to_string(ctx / (1024 * 1024)) + "M)";
-  if (ctx >= 1024 && ctx % 1024 == 0) return format_count(ctx) + " (" + std::to_string(ctx / 1024) + "K)";
-  return format_count(ctx);
+  if (ctx >= 1024 && ctx % (1024 * 1024) == 0) return core::format_count(ctx) + " (" + std::to_string(ctx / (1024 * 1024)) + "M)";
+  if (ctx >= 1024 && ctx % 1024 == 0) return core::format_count(ctx) + " (" + std::to_string(ctx / 1024) + "K)";
+  return core::format_count(ctx);
 }
 
 // "0-42" style ranges of consecutive layer ids.
@@ -46,12 +46,12 @@ std::string ranges(const std::vector<int>& ids) {
 void devices_section(const Plan& p, std::string& out) {
   for (const auto& d : p.devices) {
     const int64_t used = d.used();
-    out += printf_str("%-14s %-22s %s of %s (%.1f%%)\n", d.id.c_str(), d.name.c_str(), format_bytes(used).c_str(),
-                      format_bytes(d.capacity).c_str(), d.capacity > 0 ? 100.0 * used / d.capacity : 0.0);
+    out += printf_str("%-14s %-22s %s of %s (%.1f%%)\n", d.id.c_str(), d.name.c_str(), core::format_bytes(used).c_str(),
+                      core::format_bytes(d.capacity).c_str(), d.capacity > 0 ? 100.0 * used / d.capacity : 0.0);
     out += "  " + bar(used, d.capacity) + "\n";
     for (const auto& [cls, bytes] : d.use)
-      out += printf_str("    %-28s %12s %6.1f%%\n", cls.c_str(), format_bytes(bytes).c_str(), d.capacity > 0 ? 100.0 * bytes / d.capacity : 0.0);
-    out += printf_str("    %-28s %12s\n", d.over() ? "SHORT BY" : "free", format_bytes(std::abs(d.capacity - used)).c_str());
+      out += printf_str("    %-28s %12s %6.1f%%\n", cls.c_str(), core::format_bytes(bytes).c_str(), d.capacity > 0 ? 100.0 * bytes / d.capacity : 0.0);
+    out += printf_str("    %-28s %12s\n", d.over() ? "SHORT BY" : "free", core::format_bytes(std::abs(d.capacity - used)).c_str());
   }
 }
 
@@ -62,7 +62,7 @@ void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
   std::map<int, std::map<std::string, int>> kinds;
   for (const auto& l : p.layers) {
     by_device[l.device].push_back(l.layer);
-    ++kinds[l.device][std::string(attn_kind_name(l.attn)) + (l.mtp ? " (mtp)" : "")];
+    ++kinds[l.device][std::string(core::attn_kind_name(l.attn)) + (l.mtp ? " (mtp)" : "")];
   }
   for (const auto& [dev, ids] : by_device) {
     std::string k;
@@ -84,7 +84,7 @@ void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
   if (moe > 0) {
     const int nodes = p.hardware.nodes;
     out += printf_str("  routed experts: %lld per layer x %lld MoE layers, %s each", (long long)spec.config.n_routed_experts, (long long)moe,
-                      format_bytes(spec.expert_bytes()).c_str());
+                      core::format_bytes(spec.expert_bytes()).c_str());
     out += nodes > 1 ? printf_str("; %lld per node on each of %d nodes\n", (long long)per_node, nodes) : std::string("\n");
     if (resident > 0) out += printf_str("    %lld layers' experts resident on the GPU\n", (long long)resident);
     if (resident < moe) {
@@ -103,10 +103,10 @@ void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
 
 void kv_section(const Plan& p, std::string& out) {
   out += printf_str("KV cache (%s, %s tokens x %lld sequence%s): %s\n", std::string(kv_type_name(p.kv_type)).c_str(),
-                    format_count(p.options.ctx).c_str(), (long long)p.options.parallel, p.options.parallel == 1 ? "" : "s",
-                    format_bytes(kv_total(p.kv), 3).c_str());
+                    core::format_count(p.options.ctx).c_str(), (long long)p.options.parallel, p.options.parallel == 1 ? "" : "s",
+                    core::format_bytes(kv_total(p.kv), 3).c_str());
   for (size_t k = 0; k < kNumKvKinds; ++k)
-    if (p.kv[k] > 0) out += printf_str("    %-28s %12s\n", std::string(kv_kind_name(static_cast<KvKind>(k))).c_str(), format_bytes(p.kv[k], 3).c_str());
+    if (p.kv[k] > 0) out += printf_str("    %-28s %12s\n", std::string(kv_kind_name(static_cast<KvKind>(k))).c_str(), core::format_bytes(p.kv[k], 3).c_str());
 }
 
 void speed_section(const Plan& p, std::string& out) {
@@ -120,29 +120,29 @@ void speed_section(const Plan& p, std::string& out) {
   out += printf_str("  prefill  %7.1f tok/s   first chunks (ubatch %lld), bound by %s; experts: %s\n", c.prefill_tok_s,
                     (long long)p.options.ubatch, c.prefill_bottleneck.c_str(), c.prefill_expert_path.c_str());
   out += printf_str("           %7.1f tok/s   averaged over a prompt that fills the %s-token context\n", c.prefill_full_tok_s,
-                    format_count(p.options.ctx).c_str());
+                    core::format_count(p.options.ctx).c_str());
 }
 
 void fits_section(const Plan& p, std::string& out) {
   out += "Longest context per KV type (same hardware and options)\n";
   for (const auto& f : p.kv_fits)
     out += printf_str("  %-5s %-22s KV at %s tokens: %s%s\n", std::string(kv_type_name(f.type)).c_str(),
-                      f.max_ctx > 0 ? ctx_text(f.max_ctx).c_str() : "does not fit", format_count(p.options.ctx).c_str(),
-                      format_bytes(f.bytes_at_ctx).c_str(), f.type == p.kv_type ? "  <- this plan" : "");
+                      f.max_ctx > 0 ? ctx_text(f.max_ctx).c_str() : "does not fit", core::format_count(p.options.ctx).c_str(),
+                      core::format_bytes(f.bytes_at_ctx).c_str(), f.type == p.kv_type ? "  <- this plan" : "");
 }
 
 }  // namespace
 
 std::string shortfall_text(const Shortfall& s) {
-  return printf_str("%s needs %s but has %s: short by %s (largest: %s)", s.device.c_str(), format_bytes(s.need).c_str(),
-                    format_bytes(s.have).c_str(), format_bytes(s.need - s.have).c_str(), s.detail.c_str());
+  return printf_str("%s needs %s but has %s: short by %s (largest: %s)", s.device.c_str(), core::format_bytes(s.need).c_str(),
+                    core::format_bytes(s.have).c_str(), core::format_bytes(s.need - s.have).c_str(), s.detail.c_str());
 }
 
 std::string format_plan(const Plan& p, const ModelSpec& spec) {
   std::string out;
   const char* source = spec.source == ModelSource::Preset ? "preset" : spec.source == ModelSource::ConfigJson ? "config.json" : "checkpoint headers";
-  out += printf_str("model     %s (%s, %s): %s of weights%s\n", p.model.c_str(), std::string(arch_name(p.arch)).c_str(), source,
-                    format_bytes(p.weights_bytes).c_str(), p.options.mtp ? " incl. MTP" : "");
+  out += printf_str("model     %s (%s, %s): %s of weights%s\n", p.model.c_str(), std::string(core::arch_name(p.arch)).c_str(), source,
+                    core::format_bytes(p.weights_bytes).c_str(), p.options.mtp ? " incl. MTP" : "");
   out += "hardware  " + describe(p.hardware) + " (" + p.hardware.source + ")\n";
   out += printf_str("request   context %s tokens x %lld, KV %s, ubatch %lld\n\n", ctx_text(p.options.ctx).c_str(),
                     (long long)p.options.parallel, std::string(kv_type_name(p.kv_type)).c_str(), (long long)p.options.ubatch);

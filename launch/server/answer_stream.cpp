@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "runtime/chat_types.h"
+#include "runtime/text/chat_types.h"
 
 namespace ferry::launch::server {
 

@@ -8,8 +8,8 @@
 #include <optional>
 
 #include "launch/server/engine.h"
-#include "runtime/chat_v4_parse.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/chat_v4_parse.h"
+#include "runtime/text/tokenizer.h"
 
 namespace ferry::launch::server {
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::launch::server {
 

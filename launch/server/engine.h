@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/server/metrics.h"
-#include "runtime/sampler.h"
+#include "runtime/generate/sampler.h"
 
 namespace ferry::launch::server {
 

@@ -16,7 +16,7 @@
 #include "launch/server/generation_job.h"
 #include "launch/server/openai_request.h"
 #include "launch/server/openai_response.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::launch::server {
 

@@ -9,7 +9,7 @@
 namespace ferry::launch::server {
 namespace {
 
-// Ordered: the tool schemas keep the client's key order, which is part of the prompt text (runtime/chat_v4.h).
+// Ordered: the tool schemas keep the client's key order, which is part of the prompt text (runtime/text/chat_v4.h).
 using json = nlohmann::ordered_json;
 
 std::string describe(const json& v) {

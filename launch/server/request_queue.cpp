@@ -1,6 +1,6 @@
 #include "launch/server/request_queue.h"
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::launch::server {
 

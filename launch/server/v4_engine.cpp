@@ -5,13 +5,13 @@
 #include <vector>
 
 #include "launch/server/answer_stream.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/kv_cache.h"
-#include "runtime/chat.h"
-#include "runtime/forward.h"
-#include "runtime/generate.h"
-#include "runtime/model_weights.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/chat.h"
+#include "runtime/model/forward.h"
+#include "runtime/generate/generate.h"
+#include "runtime/model/model_weights.h"
+#include "runtime/text/tokenizer.h"
 
 namespace ferry::launch::server {
 namespace {

@@ -13,9 +13,9 @@
 #include <memory>
 #include <vector>
 
-#include "runtime/generate.h"
-#include "runtime/model_weights.h"
-#include "runtime/tiny_model.h"
+#include "runtime/generate/generate.h"
+#include "runtime/model/model_weights.h"
+#include "runtime/checkpoint/tiny_model.h"
 
 namespace ferry::testing {
 

@@ -6,7 +6,7 @@
 #include <map>
 
 #include "forward_check.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::testing {
 namespace {

@@ -15,10 +15,10 @@
 #include "offload/device_plan.h"
 #include "offload/host_expert_store.h"
 #include "offload/plan_binding.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/model_spec.h"
-#include "runtime/cpu/cpu_backend.h"
-#include "runtime/weight_placement.h"
+#include "runtime/backend/cpu_backend.h"
+#include "runtime/model/weight_placement.h"
 
 namespace ferry::testing {
 namespace {

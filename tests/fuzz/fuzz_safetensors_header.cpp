@@ -13,14 +13,15 @@
 #include <string>
 #include <string_view>
 
-#include "planner/error.h"
-#include "planner/safetensors_header.h"
+#include "planner/core/error.h"
+#include "planner/core/safetensors_header.h"
 #include "tests/fuzz/fuzz_model_dir.h"
 
 namespace {
 
 namespace fs = std::filesystem;
-using namespace ferry::planner;
+using namespace ferry;
+
 using ferry_fuzz::ModelDir;
 
 
@@ -36,9 +37,9 @@ void parse_file(const uint8_t* data, size_t size) {
   if (size < 8) return;
   uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
-  if (n > size - 8 || n > static_cast<uint64_t>(kMaxSafetensorsHeaderBytes)) return;
+  if (n > size - 8 || n > static_cast<uint64_t>(core::kMaxSafetensorsHeaderBytes)) return;
   const std::string_view header(reinterpret_cast<const char*>(data) + 8, n);
-  const auto h = parse_safetensors_header(header, static_cast<int64_t>(size), static_cast<int64_t>(n), "fuzz");
+  const auto h = core::parse_safetensors_header(header, static_cast<int64_t>(size), static_cast<int64_t>(n), "fuzz");
   for (const auto& t : h.tensors)
     expect(0 <= t.begin && t.begin <= t.end && t.end <= h.file_bytes - h.data_offset,
            "a tensor range lies outside the data section");
@@ -51,9 +52,9 @@ void parse_index(const uint8_t* data, size_t size) {
     std::ofstream out(dir.path / "model.safetensors.index.json", std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
   }
-  const auto c = read_checkpoint_headers(dir.path);
+  const auto c = core::read_checkpoint_headers(dir.path);
   for (const auto& entry : c.by_name) {
-    const SafetensorsTensor* t = c.find(entry.first);
+    const core::SafetensorsTensor* t = c.find(entry.first);
     expect(t != nullptr && t->name == entry.first, "by_name points at the wrong tensor");
   }
 }

@@ -14,12 +14,13 @@
 #include <string_view>
 #include <vector>
 
-#include "planner/error.h"
-#include "planner/safetensors_header.h"
+#include "planner/core/error.h"
+#include "planner/core/safetensors_header.h"
 #include "tests/fuzz/fuzz_model_dir.h"
 
 namespace fs = std::filesystem;
-using namespace ferry::planner;
+using namespace ferry;
+
 using ferry_fuzz::ModelDir;
 
 namespace {
@@ -30,9 +31,9 @@ namespace {
 std::string read_seed(const fs::path& seed, const ModelDir& dir) {
   char first = 0;
   std::ifstream(seed, std::ios::binary).get(first);
-  if (first != '{') return std::to_string(read_safetensors_header(seed).tensors.size()) + " tensors";
+  if (first != '{') return std::to_string(core::read_safetensors_header(seed).tensors.size()) + " tensors";
   fs::copy_file(seed, dir.path / "model.safetensors.index.json", fs::copy_options::overwrite_existing);
-  return std::to_string(read_checkpoint_headers(dir.path).by_name.size()) + " tensors through the index";
+  return std::to_string(core::read_checkpoint_headers(dir.path).by_name.size()) + " tensors through the index";
 }
 
 }  // namespace

@@ -41,7 +41,7 @@ if ! [[ "$seconds" =~ ^[0-9]+$ ]]; then
 fi
 echo "run_fuzz: building with $cxx"
 "$cxx" "${flags[@]}" -I"$root" -o "$work/fuzz_safetensors_header" "$here/fuzz_safetensors_header.cpp" \
-  "$root/planner/safetensors_header.cpp" "$root/planner/dtype.cpp"
+  "$root/planner/core/safetensors_header.cpp" "$root/planner/core/dtype.cpp"
 
 # Fuzz a copy: libFuzzer adds every input that reaches new code to its corpus directory. Findings of an earlier
 # run are dropped.

@@ -21,10 +21,10 @@
 #include <thread>
 #include <vector>
 
-#include "planner/units.h"
-#include "runtime/cuda/cuda_backend.h"
-#include "runtime/cuda/pinned_memory.h"
-#include "runtime/hardware_probe.h"
+#include "planner/core/units.h"
+#include "runtime/backend/cuda/cuda_backend.h"
+#include "runtime/backend/cuda/pinned_memory.h"
+#include "runtime/backend/hardware_probe.h"
 #include "test_errors.h"
 
 #ifdef FERRY_HAVE_CUDA
@@ -35,7 +35,7 @@ namespace ferry::runtime::cuda {
 namespace {
 
 using ferry_test::error_of;
-using planner::kMiB;
+using core::kMiB;
 
 #ifdef FERRY_HAVE_CUDA
 
@@ -75,7 +75,7 @@ void expect_round_trip(CudaBackend& dev, const void* src, const std::vector<uint
   EXPECT_EQ(first_difference(got, want), -1);
 }
 
-const std::vector<std::pair<int64_t, size_t>> kCopies = {{0, 1}, {3, 4097}, {4096, 8 * kMiB + 3}};
+const std::vector<std::pair<int64_t, size_t>> kCopies = {{0, 1}, {3, 4097}, {4096, 8 * core::kMiB + 3}};
 
 TEST(CudaBackend, IsADeviceNamedByItsOrdinalWithTheDevicesMemory) {
   CudaBackend dev(0);
@@ -97,23 +97,23 @@ TEST(CudaBackend, IsADeviceNamedByItsOrdinalWithTheDevicesMemory) {
 
 TEST(CudaBackend, LedgerRefusesBeyondThePlanAndTheDeviceNamingTheClass) {
   CudaBackend dev(0);
-  dev.ledger().set_planned(MemoryClass::ExpertCache, 64 * kMiB);
+  dev.ledger().set_planned(MemoryClass::ExpertCache, 64 * core::kMiB);
   {
-    DeviceBuffer a = dev.allocate(MemoryClass::ExpertCache, 48 * kMiB);
+    DeviceBuffer a = dev.allocate(MemoryClass::ExpertCache, 48 * core::kMiB);
     EXPECT_NE(a.data(), nullptr);
-    const std::string e = error_of([&] { dev.allocate(MemoryClass::ExpertCache, 17 * kMiB); });
+    const std::string e = error_of([&] { dev.allocate(MemoryClass::ExpertCache, 17 * core::kMiB); });
     EXPECT_NE(e.find("cuda:0"), std::string::npos) << e;
     EXPECT_NE(e.find("expert cache"), std::string::npos) << e;
     EXPECT_NE(e.find("exceed its plan"), std::string::npos) << e;
-    EXPECT_EQ(dev.ledger().usage(MemoryClass::ExpertCache).current, 48 * kMiB);
-    DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, 16 * kMiB);  // exactly up to the plan
+    EXPECT_EQ(dev.ledger().usage(MemoryClass::ExpertCache).current, 48 * core::kMiB);
+    DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, 16 * core::kMiB);  // exactly up to the plan
     const std::string d = error_of([&] { dev.allocate(MemoryClass::Weights, dev.ledger().capacity()); });
     EXPECT_NE(d.find("weights"), std::string::npos) << d;
     EXPECT_NE(d.find("exceed the device's"), std::string::npos) << d;
-    EXPECT_EQ(dev.ledger().total_current(), 64 * kMiB);
+    EXPECT_EQ(dev.ledger().total_current(), 64 * core::kMiB);
   }
   EXPECT_EQ(dev.ledger().total_current(), 0);
-  EXPECT_EQ(dev.ledger().usage(MemoryClass::ExpertCache).high_water, 64 * kMiB);
+  EXPECT_EQ(dev.ledger().usage(MemoryClass::ExpertCache).high_water, 64 * core::kMiB);
 }
 
 TEST(CudaBackend, CopiesFromPageableAndPinnedMemoryLandExactly) {
@@ -162,7 +162,7 @@ TEST(CudaBackend, CopiesFromRegisteredMemoryLandExactly) {
 TEST(CudaBackend, CopiesFromAReadOnlyFileMappingLandExactly) {
   int supported = 0;
   ASSERT_EQ(cudaDeviceGetAttribute(&supported, cudaDevAttrHostRegisterReadOnlySupported, 0), cudaSuccess);
-  const size_t n = 8 * kMiB + 3;
+  const size_t n = 8 * core::kMiB + 3;
   const std::vector<uint8_t> bytes = pattern(n, 7);
   const auto path = std::filesystem::temp_directory_path() / ("ferry-test-cuda-" + std::to_string(getpid()));
   std::ofstream(path, std::ios::binary)
@@ -186,7 +186,7 @@ TEST(CudaBackend, CopiesFromAReadOnlyFileMappingLandExactly) {
 }
 
 TEST(PinnedMemory, OwnsItsMemoryAndGivesItBack) {
-  PinnedBuffer a(kMiB);
+  PinnedBuffer a(core::kMiB);
   void* p = a.data();
   cudaPointerAttributes attr{};
   ASSERT_EQ(cudaPointerGetAttributes(&attr, p), cudaSuccess);
@@ -195,20 +195,20 @@ TEST(PinnedMemory, OwnsItsMemoryAndGivesItBack) {
   EXPECT_EQ(a.data(), nullptr);
   EXPECT_EQ(a.bytes(), 0);
   EXPECT_EQ(b.data(), p);
-  EXPECT_EQ(b.bytes(), kMiB);
+  EXPECT_EQ(b.bytes(), core::kMiB);
   EXPECT_EQ(PinnedBuffer(0).data(), nullptr);
   EXPECT_NE(error_of([] { PinnedBuffer(-1); }).find("negative"), std::string::npos);
 
-  std::vector<uint8_t> host(kMiB);
+  std::vector<uint8_t> host(core::kMiB);
   {
-    HostRegistration r(host.data(), kMiB);
+    HostRegistration r(host.data(), core::kMiB);
     ASSERT_EQ(cudaPointerGetAttributes(&attr, host.data()), cudaSuccess);
     EXPECT_EQ(attr.type, cudaMemoryTypeHost);
-    const std::string twice = error_of([&] { HostRegistration again(host.data(), kMiB); });
+    const std::string twice = error_of([&] { HostRegistration again(host.data(), core::kMiB); });
     EXPECT_NE(twice.find("cudaHostRegister"), std::string::npos) << twice;
     HostRegistration moved = std::move(r);
     EXPECT_EQ(r.data(), nullptr);
-    EXPECT_EQ(moved.bytes(), kMiB);
+    EXPECT_EQ(moved.bytes(), core::kMiB);
   }
   ASSERT_EQ(cudaPointerGetAttributes(&attr, host.data()), cudaSuccess);
   EXPECT_EQ(attr.type, cudaMemoryTypeUnregistered);
@@ -217,14 +217,14 @@ TEST(PinnedMemory, OwnsItsMemoryAndGivesItBack) {
 TEST(CudaBackend, EventsCompleteInOrder) {
   CudaBackend dev(0);
   constexpr int kCopiesQueued = 64;
-  const std::vector<uint8_t> bytes = pattern(kCopiesQueued * kMiB, 3);
+  const std::vector<uint8_t> bytes = pattern(kCopiesQueued * core::kMiB, 3);
   PinnedBuffer src(static_cast<int64_t>(bytes.size()));
   std::memcpy(src.data(), bytes.data(), bytes.size());
   DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, static_cast<int64_t>(bytes.size()));
   dev.pause();
   std::vector<CopyEvent> events;
   for (int i = 0; i < kCopiesQueued; ++i)
-    events.push_back(dev.copy_to_device(b, i * kMiB, static_cast<const char*>(src.data()) + i * kMiB, kMiB));
+    events.push_back(dev.copy_to_device(b, i * core::kMiB, static_cast<const char*>(src.data()) + i * core::kMiB, core::kMiB));
   for (const CopyEvent& e : events) EXPECT_FALSE(dev.completed(e));
   dev.resume();
   // Newest first: once a later copy is seen landed, every earlier one must be seen landed too.
@@ -251,12 +251,12 @@ TEST(CudaBackend, EventsCompleteInOrder) {
 
 TEST(CudaBackend, AWaitOnAHeldStreamTimesOutNamingTheDevice) {
   CudaBackend dev(0);
-  const std::vector<uint8_t> bytes = pattern(kMiB, 9);
-  PinnedBuffer src(kMiB);
+  const std::vector<uint8_t> bytes = pattern(core::kMiB, 9);
+  PinnedBuffer src(core::kMiB);
   std::memcpy(src.data(), bytes.data(), bytes.size());
-  DeviceBuffer b = dev.allocate(MemoryClass::Staging, kMiB);
+  DeviceBuffer b = dev.allocate(MemoryClass::Staging, core::kMiB);
   dev.pause();
-  const CopyEvent e = dev.copy_to_device(b, 0, src.data(), kMiB);
+  const CopyEvent e = dev.copy_to_device(b, 0, src.data(), core::kMiB);
   const auto t0 = std::chrono::steady_clock::now();
   const std::string err = error_of([&] { dev.wait(e, std::chrono::milliseconds(50)); });
   const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -267,17 +267,17 @@ TEST(CudaBackend, AWaitOnAHeldStreamTimesOutNamingTheDevice) {
   dev.resume();
   dev.wait(e);
   std::vector<uint8_t> got(bytes.size());
-  dev.copy_to_host(got.data(), b, 0, kMiB);
+  dev.copy_to_host(got.data(), b, 0, core::kMiB);
   EXPECT_EQ(first_difference(got, bytes), -1);
 }
 
 TEST(CudaBackend, FreeingOrDestroyingWithCopiesInFlightIsSafe) {
   CudaBackend dev(0);
-  PinnedBuffer src(64 * kMiB);
+  PinnedBuffer src(64 * core::kMiB);
   std::memset(src.data(), 0x5A, static_cast<size_t>(src.bytes()));
-  DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, 64 * kMiB);
+  DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, 64 * core::kMiB);
   dev.pause();
-  const CopyEvent e = dev.copy_to_device(b, 0, src.data(), 64 * kMiB);
+  const CopyEvent e = dev.copy_to_device(b, 0, src.data(), 64 * core::kMiB);
   EXPECT_FALSE(dev.completed(e));
   const auto t0 = std::chrono::steady_clock::now();
   b.reset();  // releases the hold and waits for the copy before cudaFree
@@ -290,8 +290,8 @@ TEST(CudaBackend, FreeingOrDestroyingWithCopiesInFlightIsSafe) {
 
   auto held = std::make_unique<CudaBackend>(0);
   {
-    DeviceBuffer x = held->allocate(MemoryClass::Staging, kMiB);
-    held->copy_to_device(x, 0, src.data(), kMiB);
+    DeviceBuffer x = held->allocate(MemoryClass::Staging, core::kMiB);
+    held->copy_to_device(x, 0, src.data(), core::kMiB);
   }
   held->pause();
   const auto t1 = std::chrono::steady_clock::now();
@@ -315,15 +315,15 @@ TEST(CudaBackend, CopiesRefuseOverrunsAndBuffersOfOtherDevices) {
 TEST(CudaBackend, ThreadsCopyingAtOnceEachSeeTheirOwnCopiesLand) {
   CudaBackend dev(0);
   constexpr int kThreads = 4;
-  constexpr int64_t kSlice = 4 * kMiB;
+  constexpr int64_t kSlice = 4 * core::kMiB;
   DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, kThreads * kSlice);
   std::vector<std::vector<uint8_t>> slices;
   for (int t = 0; t < kThreads; ++t) slices.push_back(pattern(kSlice, 20 + t));
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t)
     threads.emplace_back([&, t] {
-      for (int64_t at = 0; at < kSlice; at += kMiB)
-        dev.wait(dev.copy_to_device(b, t * kSlice + at, slices[static_cast<size_t>(t)].data() + at, kMiB));
+      for (int64_t at = 0; at < kSlice; at += core::kMiB)
+        dev.wait(dev.copy_to_device(b, t * kSlice + at, slices[static_cast<size_t>(t)].data() + at, core::kMiB));
     });
   for (auto& th : threads) th.join();
   std::vector<uint8_t> got(static_cast<size_t>(kSlice));

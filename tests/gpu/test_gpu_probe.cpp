@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/hardware_probe.h"
+#include "runtime/backend/hardware_probe.h"
 
 #ifdef FERRY_HAVE_CUDA
 #include <cuda_runtime_api.h>

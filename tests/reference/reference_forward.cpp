@@ -8,7 +8,7 @@
 #include <string>
 #include <utility>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "reference_ops.h"
 #include "reference_rounding.h"
 #include "reference_weights.h"
@@ -391,7 +391,7 @@ class Forward {
   }
 
   const ReferenceWeights& w_;
-  const planner::ModelConfig& c_;
+  const core::ModelConfig& c_;
   ReferenceOptions o_;
   Vec freqs_plain_, freqs_compressed_;
   // The run so far: positions [0, next_) computed.

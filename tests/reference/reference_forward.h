@@ -1,7 +1,7 @@
 // An independent float64 reference of the DeepSeek V4 forward pass (docs/forward-semantics.md): plain loops
 // on weights dequantized to double, the whole sequence position by position, the KV storage roundings of the
 // chosen KV type computed in double. From the rest of ferry it uses only the checkpoint reader
-// (runtime/checkpoint.h), the scalar weight decoders (runtime/dtype_codec.h), the config (planner/model_config.h,
+// (runtime/checkpoint/checkpoint.h), the scalar weight decoders (planner/core/dtype_codec.h), the config (planner/core/model_config.h,
 // model_spec.h) and planner::KvType, so that a bug in the optimized forward cannot hide in both.
 #pragma once
 

@@ -6,7 +6,7 @@
 #include <numbers>
 #include <numeric>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "reference_rounding.h"
 
 namespace ferry::reference {
@@ -25,7 +25,7 @@ double sigmoid(double x) { return 1 / (1 + std::exp(-x)); }
 double silu(double x) { return x * sigmoid(x); }
 double softplus(double x) { return std::max(x, 0.0) + std::log1p(std::exp(-std::fabs(x))); }
 
-Vec rope_frequencies(const planner::ModelConfig& c, bool compressed_layer) {
+Vec rope_frequencies(const core::ModelConfig& c, bool compressed_layer) {
   const int64_t rd = c.qk_rope_head_dim;
   FERRY_CHECK(rd > 0 && rd % 2 == 0, "reference: qk_rope_head_dim must be even and positive");
   const double base = compressed_layer ? c.compress_rope_theta : c.rope_theta;

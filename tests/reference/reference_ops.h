@@ -7,7 +7,7 @@
 #include <optional>
 #include <vector>
 
-#include "planner/model_config.h"
+#include "planner/core/model_config.h"
 
 namespace ferry::reference {
 
@@ -22,7 +22,7 @@ double softplus(double x);  // log(1 + e^x), without overflow for large x
 
 // f_i for i < qk_rope_head_dim / 2: rope_theta^(−2i/rd) for SWA-only layers (ratio 0, MTP), and
 // compress_rope_theta with YaRN for compressed layers (ratio > 0) whenever original_max_position > 0.
-Vec rope_frequencies(const planner::ModelConfig& c, bool compressed_layer);
+Vec rope_frequencies(const core::ModelConfig& c, bool compressed_layer);
 
 // Rotates the pairs (2i, 2i+1) of v[0 … 2·freqs.size()) by pos · f_i (by −pos · f_i when `inverse`).
 void apply_rope(double* v, const Vec& freqs, int64_t pos, bool inverse);

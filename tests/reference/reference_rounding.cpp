@@ -4,7 +4,7 @@
 #include <cmath>
 #include <string>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::reference {
 

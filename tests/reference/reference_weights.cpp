@@ -3,10 +3,10 @@
 #include <cmath>
 #include <cstring>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/model_spec.h"
-#include "runtime/checkpoint.h"
-#include "runtime/dtype_codec.h"
+#include "runtime/checkpoint/checkpoint.h"
+#include "planner/core/dtype_codec.h"
 
 namespace ferry::reference {
 
@@ -39,7 +39,7 @@ Vec Matrix::row(int64_t r) const {
 
 namespace {
 
-using planner::DType;
+using core::DType;
 
 std::string shape_text(const std::vector<int64_t>& s) {
   std::string t = "[";
@@ -57,7 +57,7 @@ T load_le(const std::byte* p) {
 // Reads and decodes tensors by their stored dtype, checking every shape it is told to expect.
 class Reader {
  public:
-  Reader(const std::filesystem::path& dir, const planner::ModelConfig& c) : ck_(runtime::Checkpoint::open(dir)), c_(c) {}
+  Reader(const std::filesystem::path& dir, const core::ModelConfig& c) : ck_(runtime::Checkpoint::open(dir)), c_(c) {}
 
   // `prefix` + ".weight" (and ".scale" for FP8 / FP4) as a logical [rows, cols] matrix.
   Matrix matrix(const std::string& prefix, int64_t rows, int64_t cols) {
@@ -66,16 +66,16 @@ class Reader {
     Matrix m{rows, cols, Vec(static_cast<size_t>(rows * cols))};
     const auto raw = ck_.bytes(name);
     const auto* b = reinterpret_cast<const uint8_t*>(raw.data());
-    if (t.dtype == DType::F8_E4M3) {
+    if (t.dtype == core::DType::F8_E4M3) {
       const int64_t blk = c_.weight_block_size;
       expect_shape(t, {rows, cols});
       const auto scale = scales(prefix + ".scale", {(rows + blk - 1) / blk, (cols + blk - 1) / blk});
       const int64_t scale_cols = (cols + blk - 1) / blk;
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t col = 0; col < cols; ++col)
-          m.w[static_cast<size_t>(r * cols + col)] = static_cast<double>(runtime::e4m3_to_float(b[r * cols + col])) *
+          m.w[static_cast<size_t>(r * cols + col)] = static_cast<double>(core::e4m3_to_float(b[r * cols + col])) *
                                                      scale[static_cast<size_t>((r / blk) * scale_cols + col / blk)];
-    } else if (t.dtype == DType::I8) {  // packed FP4: element 2k in the low nibble of byte k of the row
+    } else if (t.dtype == core::DType::I8) {  // packed FP4: element 2k in the low nibble of byte k of the row
       const int64_t blk = c_.fp4_block;
       FERRY_CHECK(cols % 2 == 0 && cols % blk == 0, "reference: " + name + " has an FP4 row length that is not whole blocks");
       expect_shape(t, {rows, cols / 2});
@@ -83,8 +83,8 @@ class Reader {
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t col = 0; col < cols; ++col) {
           const uint8_t byte = b[r * (cols / 2) + col / 2];
-          const uint8_t code = col % 2 == 0 ? runtime::fp4_low(byte) : runtime::fp4_high(byte);
-          m.w[static_cast<size_t>(r * cols + col)] = static_cast<double>(runtime::e2m1_to_float(code)) *
+          const uint8_t code = col % 2 == 0 ? core::fp4_low(byte) : core::fp4_high(byte);
+          m.w[static_cast<size_t>(r * cols + col)] = static_cast<double>(core::e2m1_to_float(code)) *
                                                      scale[static_cast<size_t>(r * (cols / blk) + col / blk)];
         }
     } else {
@@ -112,8 +112,8 @@ class Reader {
     expect_shape(t, {rows, cols});
     const auto raw = ck_.bytes(name);
     std::vector<int64_t> v(static_cast<size_t>(rows * cols));
-    FERRY_CHECK(t.dtype == DType::I64 || t.dtype == DType::I32, "reference: " + name + " must be I64 or I32");
-    const size_t es = t.dtype == DType::I64 ? 8 : 4;
+    FERRY_CHECK(t.dtype == core::DType::I64 || t.dtype == core::DType::I32, "reference: " + name + " must be I64 or I32");
+    const size_t es = t.dtype == core::DType::I64 ? 8 : 4;
     FERRY_CHECK(raw.size() == v.size() * es, "reference: " + name + " has the wrong byte size");
     for (size_t i = 0; i < v.size(); ++i)
       v[i] = es == 8 ? load_le<int64_t>(raw.data() + 8 * i) : load_le<int32_t>(raw.data() + 4 * i);
@@ -121,12 +121,12 @@ class Reader {
   }
 
  private:
-  const planner::SafetensorsTensor& info(const std::string& name) const {
+  const core::SafetensorsTensor& info(const std::string& name) const {
     FERRY_CHECK(ck_.has(name), "reference: checkpoint is missing tensor " + name);
     return ck_.info(name);
   }
 
-  static void expect_shape(const planner::SafetensorsTensor& t, const std::vector<int64_t>& shape) {
+  static void expect_shape(const core::SafetensorsTensor& t, const std::vector<int64_t>& shape) {
     FERRY_CHECK(t.shape == shape, "reference: " + t.name + " has shape " + shape_text(t.shape) + ", expected " + shape_text(shape));
   }
 
@@ -137,25 +137,25 @@ class Reader {
   // E8M0 block scales as doubles 2^(e − 127).
   Vec scales(const std::string& name, const std::vector<int64_t>& shape) {
     const auto& t = info(name);
-    FERRY_CHECK(t.dtype == DType::F8_E8M0, "reference: " + name + " must be F8_E8M0");
+    FERRY_CHECK(t.dtype == core::DType::F8_E8M0, "reference: " + name + " must be F8_E8M0");
     expect_shape(t, shape);
     const auto raw = ck_.bytes(name);
     Vec s(raw.size());
-    for (size_t i = 0; i < raw.size(); ++i) s[i] = runtime::e8m0_to_float(static_cast<uint8_t>(raw[i]));
+    for (size_t i = 0; i < raw.size(); ++i) s[i] = core::e8m0_to_float(static_cast<uint8_t>(raw[i]));
     check_finite(name, s);
     return s;
   }
 
-  static Vec plain(const planner::SafetensorsTensor& t, std::span<const std::byte> raw) {
+  static Vec plain(const core::SafetensorsTensor& t, std::span<const std::byte> raw) {
     Vec v;
     switch (t.dtype) {
-      case DType::BF16:
-        for (size_t i = 0; i + 2 <= raw.size(); i += 2) v.push_back(runtime::bf16_to_float(load_le<uint16_t>(raw.data() + i)));
+      case core::DType::BF16:
+        for (size_t i = 0; i + 2 <= raw.size(); i += 2) v.push_back(core::bf16_to_float(load_le<uint16_t>(raw.data() + i)));
         break;
-      case DType::F16:
-        for (size_t i = 0; i + 2 <= raw.size(); i += 2) v.push_back(runtime::f16_to_float(load_le<uint16_t>(raw.data() + i)));
+      case core::DType::F16:
+        for (size_t i = 0; i + 2 <= raw.size(); i += 2) v.push_back(core::f16_to_float(load_le<uint16_t>(raw.data() + i)));
         break;
-      case DType::F32:
+      case core::DType::F32:
         for (size_t i = 0; i + 4 <= raw.size(); i += 4) v.push_back(load_le<float>(raw.data() + i));
         break;
       default:
@@ -168,14 +168,14 @@ class Reader {
   }
 
   runtime::Checkpoint ck_;
-  const planner::ModelConfig& c_;
+  const core::ModelConfig& c_;
 };
 
-HcWeights hc_weights(Reader& rd, const std::string& prefix, int64_t rows, int64_t n_scales, const planner::ModelConfig& c) {
+HcWeights hc_weights(Reader& rd, const std::string& prefix, int64_t rows, int64_t n_scales, const core::ModelConfig& c) {
   return {rd.vec(prefix + "_fn", rows * c.hc_mult * c.hidden_size), rd.vec(prefix + "_base", rows), rd.vec(prefix + "_scale", n_scales)};
 }
 
-CompressorWeights compressor_weights(Reader& rd, const std::string& p, int64_t ratio, int64_t D, const planner::ModelConfig& c) {
+CompressorWeights compressor_weights(Reader& rd, const std::string& p, int64_t ratio, int64_t D, const core::ModelConfig& c) {
   const int64_t coff = ratio == 4 ? 2 : 1;  // ratio 4 compresses overlapping blocks: two halves per token
   CompressorWeights w;
   w.wkv = rd.matrix(p + "wkv", coff * D, c.hidden_size);
@@ -185,12 +185,12 @@ CompressorWeights compressor_weights(Reader& rd, const std::string& p, int64_t r
   return w;
 }
 
-ExpertWeights expert_weights(Reader& rd, const std::string& p, const planner::ModelConfig& c) {
+ExpertWeights expert_weights(Reader& rd, const std::string& p, const core::ModelConfig& c) {
   const int64_t d = c.hidden_size, inter = c.moe_intermediate_size;
   return {rd.matrix(p + "w1", inter, d), rd.matrix(p + "w2", d, inter), rd.matrix(p + "w3", inter, d)};
 }
 
-LayerWeights layer_weights(Reader& rd, int64_t i, const planner::ModelConfig& c) {
+LayerWeights layer_weights(Reader& rd, int64_t i, const core::ModelConfig& c) {
   const bool mtp = c.is_mtp_layer(i);
   const std::string p = mtp ? "mtp." + std::to_string(i - c.num_hidden_layers) + "." : "layers." + std::to_string(i) + ".";
   const int64_t d = c.hidden_size, nh = c.num_attention_heads, hd = c.head_dim, hc = c.hc_mult;
@@ -243,8 +243,8 @@ ReferenceWeights load_reference_weights(const std::filesystem::path& model_dir, 
   FERRY_CHECK(std::filesystem::is_directory(model_dir), "reference: " + model_dir.string() + " is not a model directory");
   ReferenceWeights w;
   w.config = planner::load_model_spec(model_dir.string()).config;
-  const planner::ModelConfig& c = w.config;
-  FERRY_CHECK(c.arch == planner::Arch::DeepseekV4, "reference: only DeepSeek V4 checkpoints are supported");
+  const core::ModelConfig& c = w.config;
+  FERRY_CHECK(c.arch == core::Arch::DeepseekV4, "reference: only DeepSeek V4 checkpoints are supported");
   FERRY_CHECK(c.n_shared_experts == 1, "reference: V4 has exactly one shared expert");
   FERRY_CHECK(c.o_groups > 0 && c.num_attention_heads % c.o_groups == 0, "reference: heads must split into o_groups");
   FERRY_CHECK(c.head_dim > c.qk_rope_head_dim && c.index_head_dim >= c.qk_rope_head_dim, "reference: rope dims exceed a head");

@@ -1,5 +1,5 @@
 // Every tensor of a V4 checkpoint the reference forward needs, dequantized to dense float64 at load, with its
-// shape checked against the config. Decoding uses only the scalar decoders of runtime/dtype_codec.h: FP8 E4M3
+// shape checked against the config. Decoding uses only the scalar decoders of planner/core/dtype_codec.h: FP8 E4M3
 // × E8M0 scale of its 128×128 block, packed FP4 E2M1 × E8M0 per 32 along the row, BF16, F16, F32, I64/I32.
 #pragma once
 
@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "planner/model_config.h"
+#include "planner/core/model_config.h"
 #include "reference_forward.h"
 #include "reference_ops.h"
 
@@ -63,7 +63,7 @@ struct LayerWeights {
 };
 
 struct ReferenceWeights {
-  planner::ModelConfig config;
+  core::ModelConfig config;
   Matrix embed, head;  // [vocab, d]
   Vec norm;
   HcWeights hc_head;

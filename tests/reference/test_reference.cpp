@@ -16,13 +16,13 @@
 
 #include <nlohmann/json.hpp>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "reference_forward.h"
 #include "reference_ops.h"
 #include "reference_rounding.h"
 #include "reference_weights.h"
-#include "runtime/dtype_codec.h"
-#include "runtime/tiny_model.h"
+#include "planner/core/dtype_codec.h"
+#include "runtime/checkpoint/tiny_model.h"
 
 namespace ferry::reference {
 namespace {
@@ -45,11 +45,11 @@ TEST(ReferenceRounding, E4M3TiesToEvenAndSaturates) {
 
 TEST(ReferenceRounding, E4M3GridIsEveryFiniteCode) {
   for (int code = 0; code < 256; ++code) {
-    const double v = runtime::e4m3_to_float(static_cast<uint8_t>(code));
+    const double v = core::e4m3_to_float(static_cast<uint8_t>(code));
     if (std::isnan(v)) continue;
     EXPECT_EQ(round_e4m3(v), v) << "code " << code;
     if (code != 0x7E && code != 0xFE && code != 0x00 && code != 0x80) {  // not saturating / zero
-      const double next = runtime::e4m3_to_float(static_cast<uint8_t>(code + 1));
+      const double next = core::e4m3_to_float(static_cast<uint8_t>(code + 1));
       const double mid = (v + next) / 2;
       EXPECT_EQ(round_e4m3(std::nextafter(mid, v)), v) << code;
       EXPECT_EQ(round_e4m3(std::nextafter(mid, next)), next) << code;
@@ -92,12 +92,12 @@ TEST(ReferenceRounding, AgreesWithTheRuntimeEncodersOnRandomFloats) {
   std::uniform_int_distribution<int> expo(-30, 12);
   for (int i = 0; i < 200000; ++i) {
     const float f = static_cast<float>(std::ldexp(mant(rng), expo(rng)));
-    EXPECT_EQ(round_bf16(f), runtime::bf16_to_float(runtime::float_to_bf16(f))) << f;
+    EXPECT_EQ(round_bf16(f), core::bf16_to_float(core::float_to_bf16(f))) << f;
     if (std::fabs(f) < 65504) {
-      EXPECT_EQ(round_f16(f), runtime::f16_to_float(runtime::float_to_f16(f))) << f;
+      EXPECT_EQ(round_f16(f), core::f16_to_float(core::float_to_f16(f))) << f;
     }
-    EXPECT_EQ(round_e4m3(f), runtime::e4m3_to_float(runtime::float_to_e4m3(f))) << f;
-    EXPECT_EQ(round_e2m1(f), runtime::e2m1_to_float(runtime::float_to_e2m1(f))) << f;
+    EXPECT_EQ(round_e4m3(f), core::e4m3_to_float(core::float_to_e4m3(f))) << f;
+    EXPECT_EQ(round_e2m1(f), core::e2m1_to_float(core::float_to_e2m1(f))) << f;
     if (HasFailure()) return;
   }
 }
@@ -114,7 +114,7 @@ TEST(ReferenceRounding, CeilLog2IsExact) {
 TEST(ReferenceRounding, Fp8BlockIsTheIdentityOnItsGrid) {
   // amax = 448 · 2^−5: scale 2^−5, and every value an E4M3 value times the scale.
   std::vector<double> x;
-  for (int i = 0; i < 64; ++i) x.push_back(std::ldexp(runtime::e4m3_to_float(static_cast<uint8_t>(2 * i)), -5));
+  for (int i = 0; i < 64; ++i) x.push_back(std::ldexp(core::e4m3_to_float(static_cast<uint8_t>(2 * i)), -5));
   ASSERT_EQ(x[63], 448 * std::ldexp(1.0, -5));  // code 0x7E
   for (size_t i = 1; i < 64; i += 3) x[i] = -x[i];
   const auto before = x;
@@ -322,7 +322,7 @@ TEST(ReferenceOps, HadamardIsOrthonormalAndSylvester) {
 }
 
 TEST(ReferenceOps, RopeFrequenciesAndYarnRamp) {
-  const auto c = planner::config_from_json(runtime::tiny_config_json({}), "tiny");
+  const auto c = core::config_from_json(runtime::tiny_config_json({}), "tiny");
   const Vec plain = rope_frequencies(c, false), yarn = rope_frequencies(c, true);
   ASSERT_EQ(plain.size(), 32u);
   for (size_t i = 0; i < 32; ++i) EXPECT_NEAR(plain[i], std::pow(10000.0, -static_cast<double>(i) / 32), 1e-15);

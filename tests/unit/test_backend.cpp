@@ -13,40 +13,40 @@
 #include <thread>
 #include <vector>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "test_errors.h"
-#include "planner/units.h"
-#include "runtime/cpu/cpu_backend.h"
-#include "runtime/sim_backend.h"
+#include "planner/core/units.h"
+#include "runtime/backend/cpu_backend.h"
+#include "runtime/backend/sim_backend.h"
 
 namespace ferry::runtime {
 namespace {
 
-using planner::kGiB;
-using planner::kMiB;
+using core::kGiB;
+using core::kMiB;
 
 using ferry_test::error_of;
 
 TEST(MemoryLedger, RefusesBeyondThePlanNamingTheClassAndChangesNothing) {
-  MemoryLedger l("sim:1.00 GiB", kGiB);
-  l.set_planned(MemoryClass::ExpertCache, 100 * kMiB);
-  l.reserve(MemoryClass::ExpertCache, 60 * kMiB);
-  const std::string e = error_of([&] { l.reserve(MemoryClass::ExpertCache, 41 * kMiB); });
+  MemoryLedger l("sim:1.00 GiB", core::kGiB);
+  l.set_planned(MemoryClass::ExpertCache, 100 * core::kMiB);
+  l.reserve(MemoryClass::ExpertCache, 60 * core::kMiB);
+  const std::string e = error_of([&] { l.reserve(MemoryClass::ExpertCache, 41 * core::kMiB); });
   EXPECT_NE(e.find("expert cache"), std::string::npos) << e;
   EXPECT_NE(e.find("sim:1.00 GiB"), std::string::npos) << e;
   EXPECT_NE(e.find("exceed its plan"), std::string::npos) << e;
-  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).current, 60 * kMiB);  // the refused one left no trace
-  l.reserve(MemoryClass::ExpertCache, 40 * kMiB);                    // exactly up to the plan is fine
-  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).current, 100 * kMiB);
+  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).current, 60 * core::kMiB);  // the refused one left no trace
+  l.reserve(MemoryClass::ExpertCache, 40 * core::kMiB);                    // exactly up to the plan is fine
+  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).current, 100 * core::kMiB);
 }
 
 TEST(MemoryLedger, RefusesBeyondTheDeviceEvenWithinThePlans) {
-  MemoryLedger l("dev", 10 * kMiB);
-  l.reserve(MemoryClass::Weights, 6 * kMiB);
-  const std::string e = error_of([&] { l.reserve(MemoryClass::Kv, 5 * kMiB); });
+  MemoryLedger l("dev", 10 * core::kMiB);
+  l.reserve(MemoryClass::Weights, 6 * core::kMiB);
+  const std::string e = error_of([&] { l.reserve(MemoryClass::Kv, 5 * core::kMiB); });
   EXPECT_NE(e.find("kv cache"), std::string::npos) << e;
   EXPECT_NE(e.find("device"), std::string::npos) << e;
-  EXPECT_EQ(l.total_current(), 6 * kMiB);
+  EXPECT_EQ(l.total_current(), 6 * core::kMiB);
 }
 
 TEST(MemoryLedger, HighWaterMarksPerClassAndInAll) {
@@ -112,10 +112,10 @@ TEST(Backend, HostCopiesLandAtTheOffsetAndOverrunsAreRefused) {
 
 TEST(SimDevice, ParsesCapacityAndBandwidthAndRejectsNonsense) {
   const SimDeviceSpec a = parse_sim_device("sim:24GiB");
-  EXPECT_EQ(a.capacity, 24 * kGiB);
+  EXPECT_EQ(a.capacity, 24 * core::kGiB);
   EXPECT_EQ(a.link_bytes_per_s, 0.0);
   const SimDeviceSpec b = parse_sim_device("sim:512MiB@25GB/s");
-  EXPECT_EQ(b.capacity, 512 * kMiB);
+  EXPECT_EQ(b.capacity, 512 * core::kMiB);
   EXPECT_DOUBLE_EQ(b.link_bytes_per_s, 25e9);
   for (const char* bad : {"sim:", "sim:0", "sim:24GiB@", "sim:24GiB@0GB/s", "sim:-1GiB", "rtx3090", "sim:24XB"})
     EXPECT_FALSE(error_of([&] { parse_sim_device(bad); }).empty()) << bad;
@@ -153,13 +153,13 @@ TEST(SimDevice, CopiesLandInOrderAndEventsWaitForThem) {
 
 TEST(SimDevice, ModeledLinkTimeIsBytesOverBandwidth) {
   SimBackend dev(parse_sim_device("sim:64MiB@1GB/s"));
-  DeviceBuffer b = dev.allocate(MemoryClass::Staging, 4 * kMiB);
-  std::vector<uint8_t> src(static_cast<size_t>(4 * kMiB), 7);
+  DeviceBuffer b = dev.allocate(MemoryClass::Staging, 4 * core::kMiB);
+  std::vector<uint8_t> src(static_cast<size_t>(4 * core::kMiB), 7);
   CopyEvent e;
-  for (int i = 0; i < 3; ++i) e = dev.copy_to_device(b, 0, src.data(), 4 * kMiB);
+  for (int i = 0; i < 3; ++i) e = dev.copy_to_device(b, 0, src.data(), 4 * core::kMiB);
   dev.wait(e);
-  EXPECT_EQ(dev.link_stats().bytes, 12 * kMiB);
-  EXPECT_DOUBLE_EQ(dev.link_stats().modeled_seconds, 3 * (4.0 * kMiB / 1e9));
+  EXPECT_EQ(dev.link_stats().bytes, 12 * core::kMiB);
+  EXPECT_DOUBLE_EQ(dev.link_stats().modeled_seconds, 3 * (4.0 * core::kMiB / 1e9));
 }
 
 TEST(SimDevice, FreeingABufferWaitsForCopiesStillQueuedIntoIt) {

@@ -6,7 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/chat.h"
+#include "runtime/text/chat.h"
 #include "test_errors.h"
 #include "test_paths.h"
 

@@ -13,7 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/chat_v3.h"
+#include "runtime/text/chat_v3.h"
 #include "test_errors.h"
 #include "test_paths.h"
 

@@ -6,8 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/chat_message.h"
-#include "runtime/chat_v4.h"
+#include "runtime/text/chat_message.h"
+#include "runtime/text/chat_v4.h"
 #include "test_errors.h"
 #include "test_files.h"
 #include "test_paths.h"

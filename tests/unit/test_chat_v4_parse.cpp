@@ -9,8 +9,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "runtime/chat_v4.h"
-#include "runtime/chat_v4_parse.h"
+#include "runtime/text/chat_v4.h"
+#include "runtime/text/chat_v4_parse.h"
 #include "test_files.h"
 #include "test_paths.h"
 

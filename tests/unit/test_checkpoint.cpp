@@ -9,13 +9,13 @@
 #include <cstring>
 #include <set>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/model_spec.h"
-#include "runtime/checkpoint.h"
-#include "runtime/checkpoint_inspect.h"
-#include "runtime/dtype_codec.h"
-#include "runtime/safetensors_writer.h"
-#include "runtime/tiny_model.h"
+#include "runtime/checkpoint/checkpoint.h"
+#include "runtime/checkpoint/checkpoint_inspect.h"
+#include "planner/core/dtype_codec.h"
+#include "runtime/checkpoint/safetensors_writer.h"
+#include "runtime/checkpoint/tiny_model.h"
 #include "test_paths.h"
 
 using namespace ferry;
@@ -44,10 +44,10 @@ TEST(Checkpoint, EveryDtypeRoundTripsBitExactly) {
   TempDir tmp("rt");
   std::vector<runtime::TensorData> tensors;
   uint8_t next = 1;
-  for (planner::DType d : {planner::DType::BF16, planner::DType::F16, planner::DType::F32, planner::DType::F8_E4M3,
-                           planner::DType::F8_E8M0, planner::DType::I8, planner::DType::I32, planner::DType::I64}) {
-    runtime::TensorData t{"t." + std::string(planner::dtype_name(d)), d, {3, 5}, {}};
-    t.bytes.resize(static_cast<size_t>(15 * planner::dtype_size(d)));
+  for (core::DType d : {core::DType::BF16, core::DType::F16, core::DType::F32, core::DType::F8_E4M3,
+                           core::DType::F8_E8M0, core::DType::I8, core::DType::I32, core::DType::I64}) {
+    runtime::TensorData t{"t." + std::string(core::dtype_name(d)), d, {3, 5}, {}};
+    t.bytes.resize(static_cast<size_t>(15 * core::dtype_size(d)));
     for (auto& b : t.bytes) b = next = static_cast<uint8_t>(next * 37 + 11);  // every byte value pattern
     tensors.push_back(std::move(t));
   }
@@ -67,7 +67,7 @@ TEST(Checkpoint, EveryDtypeRoundTripsBitExactly) {
 
 TEST(Checkpoint, WriterRefusesInconsistentTensors) {
   TempDir tmp("bad");
-  runtime::TensorData t{"x", planner::DType::F32, {2, 2}, std::vector<uint8_t>(15)};
+  runtime::TensorData t{"x", core::DType::F32, {2, 2}, std::vector<uint8_t>(15)};
   EXPECT_THROW(runtime::write_safetensors(tmp.path / "x.safetensors", {&t}), ferry::Error);
   EXPECT_FALSE(fs::exists(tmp.path / "x.safetensors"));
 }
@@ -91,9 +91,9 @@ TEST(TinyModel, IsValidAndHasEveryKindOfLayer) {
   const runtime::CheckpointReport r = runtime::inspect_checkpoint(tmp.path);
   EXPECT_TRUE(r.valid()) << (r.problems.empty() ? "" : r.problems[0]);
   const auto& c = r.spec.config;
-  std::set<planner::AttnKind> kinds;
+  std::set<core::AttnKind> kinds;
   for (int64_t l = 0; l < c.n_layers_total(); ++l) kinds.insert(c.attn_kind(l));
-  EXPECT_EQ(kinds, (std::set<planner::AttnKind>{planner::AttnKind::Swa, planner::AttnKind::Csa, planner::AttnKind::Hca}));
+  EXPECT_EQ(kinds, (std::set<core::AttnKind>{core::AttnKind::Swa, core::AttnKind::Csa, core::AttnKind::Hca}));
   EXPECT_TRUE(c.is_hash_layer(0));
   EXPECT_FALSE(c.is_hash_layer(c.num_hidden_layers - 1));
   EXPECT_EQ(c.num_nextn_predict_layers, 1);
@@ -116,9 +116,9 @@ TEST(TinyModel, ConfigHasExactlyTheRealConfigsKeys) {
       for (const auto& [k, v] : real.items()) a.insert(k);
       for (const auto& [k, v] : tiny.items()) b.insert(k);
       EXPECT_EQ(a, b);
-      EXPECT_NO_THROW(planner::config_from_json(tiny, "tiny"));
+      EXPECT_NO_THROW(core::config_from_json(tiny, "tiny"));
     }
-  const auto real_ratios = planner::config_from_json(runtime::tiny_config_json({.real_ratios = true}), "tiny");
+  const auto real_ratios = core::config_from_json(runtime::tiny_config_json({.real_ratios = true}), "tiny");
   EXPECT_EQ(real_ratios.sliding_window, 128);
   EXPECT_EQ(real_ratios.compress_ratio(2), 128);
 }
@@ -134,10 +134,10 @@ TEST(TinyModel, QuantizedWeightsDecodeNearTheirScale) {
   ASSERT_EQ(c.info("layers.1.attn.wq_a.scale").shape, (std::vector<int64_t>{1, 2}));
   float amax = 0;
   for (size_t i = 0; i < 64; ++i)
-    for (size_t j = 0; j < 128; ++j) amax = std::max(amax, std::fabs(runtime::e4m3_to_float(static_cast<uint8_t>(w[i * 256 + j]))));
+    for (size_t j = 0; j < 128; ++j) amax = std::max(amax, std::fabs(core::e4m3_to_float(static_cast<uint8_t>(w[i * 256 + j]))));
   EXPECT_GT(amax, 224.0f);
   EXPECT_LE(amax, 448.0f);
   // Dequantized, the weights have the planned spread sqrt(3 / in).
-  const float scale = runtime::e8m0_to_float(static_cast<uint8_t>(s[0]));
+  const float scale = core::e8m0_to_float(static_cast<uint8_t>(s[0]));
   EXPECT_NEAR(amax * scale, std::sqrt(3.0f / 256), 0.02);
 }

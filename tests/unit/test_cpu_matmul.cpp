@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
-#include "runtime/cpu/linear.h"
-#include "runtime/cpu/matvec.h"
-#include "runtime/dtype_codec.h"
+#include "runtime/kernels/cpu/linear.h"
+#include "runtime/kernels/cpu/matvec.h"
+#include "planner/core/dtype_codec.h"
 
 namespace ferry::runtime::cpu {
 namespace {
@@ -33,7 +33,7 @@ std::vector<uint8_t> random_bytes(std::mt19937& rng, size_t n, bool fp8) {
 std::vector<uint8_t> random_scales(std::mt19937& rng, size_t n) {
   std::uniform_int_distribution<int> k(-10, -2);
   std::vector<uint8_t> s(n);
-  for (auto& v : s) v = e8m0_from_exponent(k(rng));
+  for (auto& v : s) v = core::e8m0_from_exponent(k(rng));
   return s;
 }
 
@@ -142,15 +142,15 @@ TEST(CpuMatmul, LinearChunkEqualsOneTokenCalls) {
   const std::vector<uint8_t> fp4_scales = random_scales(rng, size_t(rows * cols / 32));
   const std::vector<uint8_t> fp8 = random_bytes(rng, size_t(rows * cols), true);
   const std::vector<uint8_t> fp8_scales = random_scales(rng, size_t(((rows + 127) / 128) * (cols / 128)));
-  const WeightView w4{WeightFormat::MXFP4, fp4.data(), fp4_scales.data(), 0, rows, cols, rows};
-  const WeightView w8{WeightFormat::FP8, fp8.data(), fp8_scales.data(), 0, rows, cols, rows};
+  const core::WeightView w4{core::WeightFormat::MXFP4, fp4.data(), fp4_scales.data(), 0, rows, cols, rows};
+  const core::WeightView w8{core::WeightFormat::FP8, fp8.data(), fp8_scales.data(), 0, rows, cols, rows};
   const int64_t n_max = 19;
   const std::vector<float> x = random_tokens(rng, n_max, cols);
   const ActivationBits saved = expert_activation_bits();
   for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
     set_expert_activation_bits(bits);
-    for (const WeightView& v : {w4.slice_rows(1, rows - 2), w4.slice_rows(131, 2999), w8.slice_rows(128, 4000), w8}) {
-      SCOPED_TRACE(std::string(v.format == WeightFormat::FP8 ? "fp8" : "mxfp4") + " from row " +
+    for (const core::WeightView& v : {w4.slice_rows(1, rows - 2), w4.slice_rows(131, 2999), w8.slice_rows(128, 4000), w8}) {
+      SCOPED_TRACE(std::string(v.format == core::WeightFormat::FP8 ? "fp8" : "mxfp4") + " from row " +
                    std::to_string(v.row_begin) + " " + activation_bits_name(bits));
       std::vector<float> want(size_t(n_max * v.rows));
       for (int64_t t = 0; t < n_max; ++t) linear(v, x.data() + t * cols, 1, cols, want.data() + t * v.rows, v.rows);

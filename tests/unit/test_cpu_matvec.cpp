@@ -1,6 +1,6 @@
 // The CPU matvec kernels against a float64 reference that dequantizes element by element with dtype_codec,
 // for every code path the CPU has (portable, AVX2, AVX-512).
-#include "runtime/cpu/matvec.h"
+#include "runtime/kernels/cpu/matvec.h"
 
 #include <gtest/gtest.h>
 
@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "planner/error.h"
-#include "runtime/dtype_codec.h"
+#include "planner/core/error.h"
+#include "planner/core/dtype_codec.h"
 
 namespace ferry::runtime::cpu {
 namespace {
@@ -25,7 +25,7 @@ struct Shape {
 std::vector<uint8_t> random_scales(std::mt19937& rng, size_t n) {
   std::uniform_int_distribution<int> k(-10, -2);
   std::vector<uint8_t> s(n);
-  for (auto& v : s) v = e8m0_from_exponent(k(rng));
+  for (auto& v : s) v = core::e8m0_from_exponent(k(rng));
   return s;
 }
 
@@ -73,7 +73,7 @@ Mxfp4Case random_mxfp4(Shape s, unsigned seed) {
 
 double weight_at(const Mxfp4Case& c, int64_t r, int64_t k) {
   const uint8_t b = c.codes[size_t(r * c.s.cols / 2 + k / 2)];
-  return double(e2m1_to_float(k % 2 == 0 ? fp4_low(b) : fp4_high(b))) * e8m0_to_float(c.scales[size_t(r * c.s.cols / 32 + k / 32)]);
+  return double(core::e2m1_to_float(k % 2 == 0 ? core::fp4_low(b) : core::fp4_high(b))) * core::e8m0_to_float(c.scales[size_t(r * c.s.cols / 32 + k / 32)]);
 }
 
 // The activation as the kernels see it, recomputed here from the rounding's definition in double:
@@ -166,15 +166,15 @@ TEST(CpuMatvec, Mxfp4DecodesEveryCodeExactly) {
   std::vector<uint8_t> codes(rows * cols / 2, 0), scales(rows * cols / 32);
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t k = (i * 7) % cols;
-    codes[i * cols / 2 + k / 2] = k % 2 == 0 ? fp4_pack(static_cast<uint8_t>(i), 0) : fp4_pack(0, static_cast<uint8_t>(i));
-    for (int64_t b = 0; b < cols / 32; ++b) scales[i * cols / 32 + b] = e8m0_from_exponent(static_cast<int>(i % 5) - 3);
+    codes[i * cols / 2 + k / 2] = k % 2 == 0 ? core::fp4_pack(static_cast<uint8_t>(i), 0) : core::fp4_pack(0, static_cast<uint8_t>(i));
+    for (int64_t b = 0; b < cols / 32; ++b) scales[i * cols / 32 + b] = core::e8m0_from_exponent(static_cast<int>(i % 5) - 3);
   }
   const Mxfp4Case c{{rows, cols}, codes, scales, std::vector<float>(cols, 1.0f)};
   for (CpuIsa isa : mxfp4_isas()) {
    for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
     const std::vector<float> y = run_on(isa, c, bits);
     for (int64_t i = 0; i < rows; ++i) {
-      const float want = e2m1_to_float(static_cast<uint8_t>(i)) * std::ldexp(1.0f, static_cast<int>(i % 5) - 3);
+      const float want = core::e2m1_to_float(static_cast<uint8_t>(i)) * std::ldexp(1.0f, static_cast<int>(i % 5) - 3);
       EXPECT_EQ(y[size_t(i)], want) << isa_name(isa) << " code " << i;
     }
    }
@@ -210,7 +210,7 @@ TEST(CpuMatvec, Fp8MatchesReference) {
     std::vector<double> ref(s.rows, 0.0);
     for (int64_t r = 0; r < s.rows; ++r) {
       for (int64_t k = 0; k < s.cols; ++k) {
-        const double v = double(e4m3_to_float(w[r * s.cols + k])) * e8m0_to_float(scales[(r / 128) * scale_cols + k / 128]);
+        const double v = double(core::e4m3_to_float(w[r * s.cols + k])) * core::e8m0_to_float(scales[(r / 128) * scale_cols + k / 128]);
         ref[r] += v * x[k];
       }
     }
@@ -226,14 +226,14 @@ TEST(CpuMatvec, Fp8DecodesEveryCodeExactly) {
   const int64_t rows = 256, cols = 48;  // 48 columns: the 16-wide vector loop, no tail
   std::vector<uint8_t> w(rows * cols, 0);
   for (int64_t i = 0; i < rows; ++i) w[i * cols + (i % cols)] = static_cast<uint8_t>(i);
-  const std::vector<uint8_t> scales = {e8m0_from_exponent(-6), e8m0_from_exponent(3)};  // [2, 1]
+  const std::vector<uint8_t> scales = {core::e8m0_from_exponent(-6), core::e8m0_from_exponent(3)};  // [2, 1]
   const std::vector<float> x(cols, 1.0f);
   std::vector<float> y(rows), y_portable(rows);
   matvec_fp8(w.data(), scales.data(), rows, cols, x.data(), y.data());
   detail::matvec_fp8_portable(w.data(), scales.data(), rows, cols, x.data(), y_portable.data());
   for (int64_t i = 0; i < rows; ++i) {
     if ((i & 0x7F) == 0x7F) continue;  // NaN codes
-    const float want = e4m3_to_float(static_cast<uint8_t>(i)) * (i < 128 ? std::ldexp(1.0f, -6) : 8.0f);
+    const float want = core::e4m3_to_float(static_cast<uint8_t>(i)) * (i < 128 ? std::ldexp(1.0f, -6) : 8.0f);
     EXPECT_EQ(y[i], want) << "code " << i;
     EXPECT_EQ(y_portable[i], want) << "code " << i;
   }

@@ -4,9 +4,9 @@
 
 #include <cmath>
 
-#include "runtime/dtype_codec.h"
+#include "planner/core/dtype_codec.h"
 
-using namespace ferry::runtime;
+using namespace ferry;
 
 namespace {
 
@@ -24,7 +24,7 @@ TEST(DtypeCodec, AllE4M3CodesDecodeAsSpecified) {
   int nans = 0;
   for (int c = 0; c < 256; ++c) {
     const double want = e4m3_table(c);
-    const float got = e4m3_to_float(static_cast<uint8_t>(c));
+    const float got = core::e4m3_to_float(static_cast<uint8_t>(c));
     if (std::isnan(want)) {
       EXPECT_TRUE(std::isnan(got)) << c;
       ++nans;
@@ -33,58 +33,58 @@ TEST(DtypeCodec, AllE4M3CodesDecodeAsSpecified) {
     }
   }
   EXPECT_EQ(nans, 2);
-  EXPECT_EQ(e4m3_to_float(0x7E), 448.0f);
-  EXPECT_EQ(e4m3_to_float(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
+  EXPECT_EQ(core::e4m3_to_float(0x7E), 448.0f);
+  EXPECT_EQ(core::e4m3_to_float(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
 }
 
 TEST(DtypeCodec, AllE2M1CodesDecodeAsSpecified) {
   const float table[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
   for (int c = 0; c < 16; ++c) {
     const float want = (c & 8) ? -table[c & 7] : table[c & 7];
-    EXPECT_EQ(e2m1_to_float(static_cast<uint8_t>(c)), want) << c;
+    EXPECT_EQ(core::e2m1_to_float(static_cast<uint8_t>(c)), want) << c;
   }
 }
 
 TEST(DtypeCodec, E8M0IsAPowerOfTwo) {
-  for (int e = 0; e < 255; ++e) EXPECT_EQ(e8m0_to_float(static_cast<uint8_t>(e)), std::ldexp(1.0f, e - 127)) << e;
-  EXPECT_TRUE(std::isnan(e8m0_to_float(255)));
-  EXPECT_EQ(e8m0_from_exponent(0), 127);
-  EXPECT_EQ(e8m0_to_float(e8m0_from_exponent(-5)), 1.0f / 32);
+  for (int e = 0; e < 255; ++e) EXPECT_EQ(core::e8m0_to_float(static_cast<uint8_t>(e)), std::ldexp(1.0f, e - 127)) << e;
+  EXPECT_TRUE(std::isnan(core::e8m0_to_float(255)));
+  EXPECT_EQ(core::e8m0_from_exponent(0), 127);
+  EXPECT_EQ(core::e8m0_to_float(core::e8m0_from_exponent(-5)), 1.0f / 32);
 }
 
 TEST(DtypeCodec, E4M3EncodingRoundsToNearestEvenAndSaturates) {
   for (int c = 0; c < 256; ++c) {
-    if (std::isnan(e4m3_to_float(static_cast<uint8_t>(c)))) continue;
-    EXPECT_EQ(float_to_e4m3(e4m3_to_float(static_cast<uint8_t>(c))), c) << c;  // every value is its own code
+    if (std::isnan(core::e4m3_to_float(static_cast<uint8_t>(c)))) continue;
+    EXPECT_EQ(core::float_to_e4m3(core::e4m3_to_float(static_cast<uint8_t>(c))), c) << c;  // every value is its own code
   }
-  EXPECT_EQ(float_to_e4m3(1.0625f), 0x38);   // midway 1.0 (0x38) and 1.125 (0x39): even
-  EXPECT_EQ(float_to_e4m3(1.1875f), 0x3A);   // midway 1.125 (0x39) and 1.25 (0x3A): even
-  EXPECT_EQ(float_to_e4m3(1.07f), 0x39);     // nearer 1.125
-  EXPECT_EQ(float_to_e4m3(1e6f), 0x7E);      // saturates to 448
-  EXPECT_EQ(float_to_e4m3(-1e6f), 0xFE);
-  EXPECT_EQ(float_to_e4m3(INFINITY), 0x7E);
-  EXPECT_EQ(float_to_e4m3(std::ldexp(1.0f, -11)), 0x00);  // below half the smallest subnormal: zero
+  EXPECT_EQ(core::float_to_e4m3(1.0625f), 0x38);   // midway 1.0 (0x38) and 1.125 (0x39): even
+  EXPECT_EQ(core::float_to_e4m3(1.1875f), 0x3A);   // midway 1.125 (0x39) and 1.25 (0x3A): even
+  EXPECT_EQ(core::float_to_e4m3(1.07f), 0x39);     // nearer 1.125
+  EXPECT_EQ(core::float_to_e4m3(1e6f), 0x7E);      // saturates to 448
+  EXPECT_EQ(core::float_to_e4m3(-1e6f), 0xFE);
+  EXPECT_EQ(core::float_to_e4m3(INFINITY), 0x7E);
+  EXPECT_EQ(core::float_to_e4m3(std::ldexp(1.0f, -11)), 0x00);  // below half the smallest subnormal: zero
 }
 
 TEST(DtypeCodec, E2M1EncodingRoundsToNearestEvenAndSaturates) {
-  EXPECT_EQ(float_to_e2m1(2.5f), 4);   // midway 2 (code 4) and 3 (code 5): even
-  EXPECT_EQ(float_to_e2m1(5.0f), 6);   // midway 4 (code 6) and 6 (code 7): even
-  EXPECT_EQ(float_to_e2m1(0.25f), 0);  // midway 0 and 0.5: even
-  EXPECT_EQ(float_to_e2m1(0.26f), 1);
-  EXPECT_EQ(float_to_e2m1(7.0f), 7);   // saturates to 6
-  EXPECT_EQ(float_to_e2m1(-3.0f), 13);
-  EXPECT_EQ(fp4_low(fp4_pack(3, 12)), 3);
-  EXPECT_EQ(fp4_high(fp4_pack(3, 12)), 12);
+  EXPECT_EQ(core::float_to_e2m1(2.5f), 4);   // midway 2 (code 4) and 3 (code 5): even
+  EXPECT_EQ(core::float_to_e2m1(5.0f), 6);   // midway 4 (code 6) and 6 (code 7): even
+  EXPECT_EQ(core::float_to_e2m1(0.25f), 0);  // midway 0 and 0.5: even
+  EXPECT_EQ(core::float_to_e2m1(0.26f), 1);
+  EXPECT_EQ(core::float_to_e2m1(7.0f), 7);   // saturates to 6
+  EXPECT_EQ(core::float_to_e2m1(-3.0f), 13);
+  EXPECT_EQ(core::fp4_low(core::fp4_pack(3, 12)), 3);
+  EXPECT_EQ(core::fp4_high(core::fp4_pack(3, 12)), 12);
 }
 
 TEST(DtypeCodec, Bf16RoundsToNearestEven) {
-  EXPECT_EQ(float_to_bf16(1.0f), 0x3F80);
-  EXPECT_EQ(bf16_to_float(0x3F80), 1.0f);
+  EXPECT_EQ(core::float_to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ(core::bf16_to_float(0x3F80), 1.0f);
   // 1 + 2^-8 is midway between bf16 1.0 and 1 + 2^-7: ties to even (1.0).
-  EXPECT_EQ(float_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);
-  EXPECT_EQ(float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);
-  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(NAN))));
-  EXPECT_EQ(f16_to_float(0x3C00), 1.0f);
-  EXPECT_EQ(f16_to_float(0xC000), -2.0f);
-  EXPECT_EQ(f16_to_float(0x0001), std::ldexp(1.0f, -24));
+  EXPECT_EQ(core::float_to_bf16(1.0f + std::ldexp(1.0f, -8)), 0x3F80);
+  EXPECT_EQ(core::float_to_bf16(1.0f + 3 * std::ldexp(1.0f, -8)), 0x3F82);
+  EXPECT_TRUE(std::isnan(core::bf16_to_float(core::float_to_bf16(NAN))));
+  EXPECT_EQ(core::f16_to_float(0x3C00), 1.0f);
+  EXPECT_EQ(core::f16_to_float(0xC000), -2.0f);
+  EXPECT_EQ(core::f16_to_float(0x0001), std::ldexp(1.0f, -24));
 }

@@ -4,7 +4,7 @@
 #include <functional>
 #include <string>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry_test {
 inline std::string error_of(const std::function<void()>& f) {

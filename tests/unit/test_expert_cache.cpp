@@ -18,9 +18,9 @@
 #include <vector>
 
 #include "offload/expert_cache.h"
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "test_errors.h"
-#include "runtime/sim_backend.h"
+#include "runtime/backend/sim_backend.h"
 
 namespace ferry::offload {
 namespace {
@@ -468,7 +468,7 @@ TEST(ExpertCache, RandomInterleavingsNeverOverwriteALoadingOrPinnedSlot) {
 }
 
 TEST(ExpertCache, KernelsReadTheRightBytesFromSlotsStreamedThroughASimulatedDevice) {
-  // The intended use with runtime/backend.h: fills become copies into a slot of one device buffer per layer,
+  // The intended use with runtime/backend/backend.h: fills become copies into a slot of one device buffer per layer,
   // loaded() follows the copy's event, and a "kernel" checks the bytes of every slot it pinned. Step t's kernels
   // run after step t+1's prefetch was queued and the stream drained, so an overwritten pinned slot would show.
   using runtime::CopyEvent;

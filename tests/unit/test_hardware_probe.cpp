@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "planner/hardware.h"
-#include "planner/units.h"
-#include "runtime/hardware_probe.h"
+#include "planner/core/units.h"
+#include "runtime/backend/hardware_probe.h"
 
 using namespace ferry;
 using runtime::DeviceReport;
@@ -73,12 +73,12 @@ TEST(HardwareProbe, UnknownDeviceNamesHaveNoPreset) {
 }
 
 TEST(HardwareProbe, KnownCardTakesPresetThroughputAndMeasuredMemory) {
-  DeviceReport report{"NVIDIA GeForce RTX 4090", 24 * planner::kGiB, 23 * planner::kGiB, 1008e9, "sm_89"};
+  DeviceReport report{"NVIDIA GeForce RTX 4090", 24 * core::kGiB, 23 * core::kGiB, 1008e9, "sm_89"};
   std::vector<std::string> notes;
   const planner::GpuSpec g = runtime::gpu_spec_from_report(0, report, notes);
   EXPECT_EQ(g.name, "NVIDIA GeForce RTX 4090");
-  EXPECT_EQ(g.memory_bytes, 24 * planner::kGiB);
-  EXPECT_EQ(g.free_bytes, 23 * planner::kGiB);
+  EXPECT_EQ(g.memory_bytes, 24 * core::kGiB);
+  EXPECT_EQ(g.free_bytes, 23 * core::kGiB);
   EXPECT_DOUBLE_EQ(g.memory_bandwidth, 1008e9);
   EXPECT_DOUBLE_EQ(g.bf16_tflops, 165);
   EXPECT_EQ(g.pcie, planner::PcieGen::Gen4);
@@ -88,7 +88,7 @@ TEST(HardwareProbe, KnownCardTakesPresetThroughputAndMeasuredMemory) {
 }
 
 TEST(HardwareProbe, UnknownCardGetsReferenceDefaultsWithNotes) {
-  DeviceReport report{"Tesla K80", 12 * planner::kGiB, 11 * planner::kGiB, 0, "sm_37"};
+  DeviceReport report{"Tesla K80", 12 * core::kGiB, 11 * core::kGiB, 0, "sm_37"};
   std::vector<std::string> notes;
   const planner::GpuSpec g = runtime::gpu_spec_from_report(1, report, notes);
   EXPECT_EQ(g.name, "Tesla K80");

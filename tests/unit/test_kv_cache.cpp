@@ -2,20 +2,21 @@
 #include <gtest/gtest.h>
 
 #include "planner/kv_cache.h"
-#include "planner/units.h"
+#include "planner/core/units.h"
 
+using namespace ferry;
 using namespace ferry::planner;
 
 namespace {
 
-double gib(int64_t b) { return double(b) / double(kGiB); }
+double gib(int64_t b) { return double(b) / double(core::kGiB); }
 
 double total_gib(const char* preset, KvType t, int64_t ctx) {
-  return gib(kv_total(kv_cache_bytes(preset_config(preset), t, ctx, 1, false)));
+  return gib(kv_total(kv_cache_bytes(core::preset_config(preset), t, ctx, 1, false)));
 }
 
 double without_state_gib(const char* preset, KvType t, int64_t ctx) {
-  KvBytes b = kv_cache_bytes(preset_config(preset), t, ctx, 1, false);
+  KvBytes b = kv_cache_bytes(core::preset_config(preset), t, ctx, 1, false);
   return gib(kv_total(b) - b[static_cast<size_t>(KvKind::CompressorState)]);
 }
 
@@ -29,27 +30,27 @@ void expect_within_half_percent(double got, double expected) {
 }  // namespace
 
 TEST(KvCache, RowBytesMatchTheProductionLayouts) {
-  const auto flash = preset_config("deepseek-v4-flash");
+  const auto flash = core::preset_config("deepseek-v4-flash");
   EXPECT_EQ(kv_row_bytes(flash, KvType::FP8).main, 584);     // FlashMLA MODEL1_FP8Sparse
   EXPECT_EQ(kv_row_bytes(flash, KvType::FP8).indexer, 68);   // FP4 + UE8M0 per 32
   EXPECT_EQ(kv_row_bytes(flash, KvType::BF16).main, 1024);
   EXPECT_EQ(kv_row_bytes(flash, KvType::BF16).indexer, 256);
   EXPECT_EQ(kv_row_bytes(flash, KvType::Q8_0).main, 16 * 34);
   EXPECT_EQ(kv_row_bytes(flash, KvType::Q4_0).main, 16 * 18);
-  const auto v3 = preset_config("deepseek-v3");
+  const auto v3 = core::preset_config("deepseek-v3");
   EXPECT_EQ(kv_row_bytes(v3, KvType::BF16).main, 1152);
   EXPECT_EQ(kv_row_bytes(v3, KvType::FP8).main, 656);
-  EXPECT_EQ(kv_row_bytes(preset_config("deepseek-v3.2"), KvType::BF16).indexer, 132);
+  EXPECT_EQ(kv_row_bytes(core::preset_config("deepseek-v3.2"), KvType::BF16).indexer, 132);
 }
 
 TEST(KvCache, CompressorStateSizes) {
-  const auto flash = preset_config("deepseek-v4-flash");
+  const auto flash = core::preset_config("deepseek-v4-flash");
   EXPECT_EQ(compressor_state_bytes(flash, 0), 0);              // SWA-only
   EXPECT_EQ(compressor_state_bytes(flash, 2), 64 * 1024 + 16 * 1024);  // CSA: main + indexer
   EXPECT_EQ(compressor_state_bytes(flash, 3), 512 * 1024);     // HCA
   // §2.3: Flash compressor state 11.64 MiB per sequence.
   const KvBytes b = kv_cache_bytes(flash, KvType::FP8, k1M, 1, false);
-  EXPECT_NEAR(double(b[static_cast<size_t>(KvKind::CompressorState)]) / kMiB, 11.64, 0.01);
+  EXPECT_NEAR(double(b[static_cast<size_t>(KvKind::CompressorState)]) / core::kMiB, 11.64, 0.01);
 }
 
 TEST(KvCache, V4FlashTotalsAt1M) {
@@ -80,7 +81,7 @@ TEST(KvCache, ShorterContextsFromTheSpecTable) {
 TEST(KvCache, SlopePerTokenMatchesSpec) {
   // §2.3: 3514 B/token (Flash, FP8 + FP4 idx) and 6880 B/token (Flash, BF16); 5031 / 9848 for Pro.
   auto slope = [](const char* preset, KvType t) {
-    const auto c = preset_config(preset);
+    const auto c = core::preset_config(preset);
     const int64_t a = 65536, b = a + 128 * 64;  // whole HCA blocks, past the window
     return double(kv_total(kv_cache_bytes(c, t, b, 1, false)) - kv_total(kv_cache_bytes(c, t, a, 1, false))) / double(b - a);
   };
@@ -91,7 +92,7 @@ TEST(KvCache, SlopePerTokenMatchesSpec) {
 }
 
 TEST(KvCache, ScalesWithParallelSequencesAndMtp) {
-  const auto flash = preset_config("deepseek-v4-flash");
+  const auto flash = core::preset_config("deepseek-v4-flash");
   const int64_t one = kv_total(kv_cache_bytes(flash, KvType::FP8, 4096, 1, false));
   EXPECT_EQ(kv_total(kv_cache_bytes(flash, KvType::FP8, 4096, 3, false)), 3 * one);
   // The MTP layer is SWA-only: one more 128-row ring.
@@ -99,7 +100,7 @@ TEST(KvCache, ScalesWithParallelSequencesAndMtp) {
 }
 
 TEST(KvCache, CompressedEntriesAppearOnlyForWholeBlocks) {
-  const auto flash = preset_config("deepseek-v4-flash");
+  const auto flash = core::preset_config("deepseek-v4-flash");
   // CSA layer 2: 7 tokens -> one entry of ratio 4; HCA layer 3: 127 tokens -> none yet.
   EXPECT_EQ(layer_kv_bytes(flash, 2, KvType::FP8, 7)[static_cast<size_t>(KvKind::CsaMain)], 584);
   EXPECT_EQ(layer_kv_bytes(flash, 3, KvType::FP8, 127)[static_cast<size_t>(KvKind::Hca)], 0);

@@ -8,22 +8,22 @@
 #include <vector>
 
 #include "planner/kv_cache.h"
-#include "planner/model_config.h"
-#include "runtime/dtype_codec.h"
-#include "runtime/kv_cache.h"
-#include "runtime/kv_rows.h"
-#include "runtime/tiny_model.h"
+#include "planner/core/model_config.h"
+#include "planner/core/dtype_codec.h"
+#include "runtime/model/kv_cache.h"
+#include "runtime/kernels/cpu/kv_rows.h"
+#include "runtime/checkpoint/tiny_model.h"
 
 namespace ferry::runtime {
 namespace {
 
 using planner::KvType;
 
-planner::ModelConfig tiny(bool pro_like = false, bool real = false) {
+core::ModelConfig tiny(bool pro_like = false, bool real = false) {
   TinyOptions o;
   o.pro_like = pro_like;
   o.real_ratios = real;
-  return planner::config_from_json(tiny_config_json(o), "tiny");
+  return core::config_from_json(tiny_config_json(o), "tiny");
 }
 
 std::vector<float> random_row(int64_t n, uint64_t seed, float scale) {
@@ -43,7 +43,7 @@ std::vector<uint8_t> encode_guarded(const KvRowLayout& l, std::vector<float>& x)
 }
 
 TEST(KvRows, SizesAreThePlannersAndDecodeReturnsTheRoundedValues) {
-  for (const auto& c : {tiny(), planner::preset_config("deepseek-v4-flash")}) {
+  for (const auto& c : {tiny(), core::preset_config("deepseek-v4-flash")}) {
     for (KvType t : planner::kKvTypesByFidelity) {
       for (bool indexer : {false, true}) {
         const KvRowLayout l = indexer ? KvRowLayout::indexer_row(c, t) : KvRowLayout::main_row(c, t);
@@ -69,7 +69,7 @@ TEST(KvRows, SizesAreThePlannersAndDecodeReturnsTheRoundedValues) {
 }
 
 TEST(KvRows, Fp8MainRowFollowsTheModelsOwnSimulation) {
-  const auto c = planner::preset_config("deepseek-v4-flash");
+  const auto c = core::preset_config("deepseek-v4-flash");
   const KvRowLayout l = KvRowLayout::main_row(c, KvType::FP8);
   std::vector<float> x(512, 0.0f);
   x[0] = 448.0f;        // block 0: amax 448 -> scale 1
@@ -86,8 +86,8 @@ TEST(KvRows, Fp8MainRowFollowsTheModelsOwnSimulation) {
   EXPECT_EQ(r[2], 1.25f);
   EXPECT_EQ(r[64], 448.0f);  // 449 / 2 = 224.5 -> 224 (E4M3 step 16 between 192 and 256) -> 448
   EXPECT_EQ(r[65], 3.0f);
-  EXPECT_EQ(buf[448 + 128 + 1], e8m0_from_exponent(1));   // block 1's scale byte
-  EXPECT_EQ(buf[448 + 128 + 2], e8m0_from_exponent(-22));
+  EXPECT_EQ(buf[448 + 128 + 1], core::e8m0_from_exponent(1));   // block 1's scale byte
+  EXPECT_EQ(buf[448 + 128 + 2], core::e8m0_from_exponent(-22));
   EXPECT_EQ(r[128], 4.0f * 0x1p-22f);  // 1e-6 / 2^-22 = 4.19 -> E4M3 4 (step 0.5 there)
   EXPECT_EQ(r[448], 1.0f);
 }
@@ -126,8 +126,8 @@ TEST(KvRows, QuantBlocksUseAnF16ScaleOfAmaxOverQmax) {
       for (int64_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[static_cast<size_t>(b * 32 + i)]));
       uint16_t d16;
       std::memcpy(&d16, buf.data() + b * block_bytes, 2);
-      EXPECT_EQ(d16, float_to_f16(amax / qmax));
-      const float d = f16_to_float(d16);
+      EXPECT_EQ(d16, core::float_to_f16(amax / qmax));
+      const float d = core::f16_to_float(d16);
       for (int64_t i = 0; i < 32; ++i) {
         const float v = r[static_cast<size_t>(b * 32 + i)];
         EXPECT_FLOAT_EQ(v / d, std::nearbyint(v / d));  // on the grid

@@ -7,11 +7,12 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/model_spec.h"
 #include "planner/plan.h"
-#include "planner/units.h"
+#include "planner/core/units.h"
 
+using namespace ferry;
 using namespace ferry::planner;
 namespace fs = std::filesystem;
 
@@ -19,7 +20,7 @@ namespace {
 
 // A small V4 with every kind of layer, so the checkpoint stays a few MB.
 nlohmann::json tiny_config() {
-  auto j = preset_config_json("deepseek-v4-flash");
+  auto j = core::preset_config_json("deepseek-v4-flash");
   j["hidden_size"] = 256;
   j["num_hidden_layers"] = 4;
   j["num_attention_heads"] = 4;
@@ -49,11 +50,11 @@ struct TempDir {
   ~TempDir() { fs::remove_all(path); }
 };
 
-void write_shard(const fs::path& file, const std::vector<TensorInfo>& tensors) {
+void write_shard(const fs::path& file, const std::vector<core::TensorInfo>& tensors) {
   nlohmann::ordered_json h;
   int64_t offset = 0;
   for (const auto& t : tensors) {
-    h[t.name] = {{"dtype", std::string(dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes}}};
+    h[t.name] = {{"dtype", std::string(core::dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes}}};
     offset += t.bytes;
   }
   std::string header = h.dump();
@@ -71,11 +72,11 @@ void write_shard(const fs::path& file, const std::vector<TensorInfo>& tensors) {
 // Writes config.json and two shards with an index, optionally dropping or adding a tensor.
 void write_checkpoint(const fs::path& dir, const nlohmann::json& config, const std::string& drop = "", bool extra = false) {
   std::ofstream(dir / "config.json") << config.dump(2);
-  std::vector<TensorInfo> all = make_tensor_inventory(config_from_json(config, "tiny"));
-  if (!drop.empty()) std::erase_if(all, [&](const TensorInfo& t) { return t.name == drop; });
-  if (extra) all.push_back(TensorInfo{"layers.1.attn.mystery", DType::F32, {10}, 40, WeightClass::Other, -1, -1});
+  std::vector<core::TensorInfo> all = core::make_tensor_inventory(core::config_from_json(config, "tiny"));
+  if (!drop.empty()) std::erase_if(all, [&](const core::TensorInfo& t) { return t.name == drop; });
+  if (extra) all.push_back(core::TensorInfo{"layers.1.attn.mystery", core::DType::F32, {10}, 40, core::WeightClass::Other, -1, -1});
   const size_t half = all.size() / 2;
-  std::vector<TensorInfo> a(all.begin(), all.begin() + static_cast<long>(half)), b(all.begin() + static_cast<long>(half), all.end());
+  std::vector<core::TensorInfo> a(all.begin(), all.begin() + static_cast<long>(half)), b(all.begin() + static_cast<long>(half), all.end());
   write_shard(dir / "model-00001-of-00002.safetensors", a);
   write_shard(dir / "model-00002-of-00002.safetensors", b);
   nlohmann::json index;
@@ -91,7 +92,7 @@ TEST(ModelDir, HeadersGiveTheSameBytesAsTheConfig) {
   TempDir tmp;
   write_checkpoint(tmp.path, tiny_config());
   const ModelSpec from_dir = load_model_spec(tmp.path.string());
-  const ModelSpec from_config = spec_from_config(config_from_json(tiny_config(), "tiny"), ModelSource::ConfigJson, "tiny");
+  const ModelSpec from_config = spec_from_config(core::config_from_json(tiny_config(), "tiny"), ModelSource::ConfigJson, "tiny");
   EXPECT_EQ(from_dir.source, ModelSource::Checkpoint);
   EXPECT_EQ(from_dir.tensor_count, from_config.tensor_count);
   EXPECT_EQ(static_cast<int64_t>(from_dir.tensors.size()), from_dir.tensor_count);
@@ -99,7 +100,7 @@ TEST(ModelDir, HeadersGiveTheSameBytesAsTheConfig) {
   EXPECT_EQ(from_dir.expert_bytes(), from_config.expert_bytes());
   EXPECT_EQ(from_dir.missing_tensors, 0);
   EXPECT_EQ(from_dir.unexpected_tensors, 0);
-  for (size_t k = 0; k < kNumWeightClasses; ++k) EXPECT_EQ(from_dir.bytes_of(WeightClass(k)), from_config.bytes_of(WeightClass(k)));
+  for (size_t k = 0; k < core::kNumWeightClasses; ++k) EXPECT_EQ(from_dir.bytes_of(core::WeightClass(k)), from_config.bytes_of(core::WeightClass(k)));
 }
 
 TEST(ModelDir, HeaderBytesWinOverTheConfig) {
@@ -111,11 +112,11 @@ TEST(ModelDir, HeaderBytesWinOverTheConfig) {
   const ModelSpec s = load_model_spec(tmp.path.string());
   EXPECT_EQ(s.missing_tensors, 1);
   EXPECT_EQ(s.unexpected_tensors, 1);
-  EXPECT_EQ(s.bytes_of(WeightClass::Other), 40);
+  EXPECT_EQ(s.bytes_of(core::WeightClass::Other), 40);
   ASSERT_EQ(s.notes.size(), 2u);
-  const ModelSpec full = spec_from_config(config_from_json(config, "tiny"), ModelSource::ConfigJson, "tiny");
+  const ModelSpec full = spec_from_config(core::config_from_json(config, "tiny"), ModelSource::ConfigJson, "tiny");
   int64_t dropped = 0;
-  for (const auto& t : make_tensor_inventory(full.config))
+  for (const auto& t : core::make_tensor_inventory(full.config))
     if (t.name == "layers.1.ffn.experts.3.w2.scale") dropped = t.bytes;
   EXPECT_EQ(s.total_bytes, full.total_bytes - dropped + 40);
 }
@@ -125,14 +126,14 @@ TEST(ModelDir, PlanFromDirectoryMatchesPlanFromConfig) {
   write_checkpoint(tmp.path, tiny_config());
   Hardware hw;
   hw.gpus.push_back(parse_gpu_spec("1GiB"));
-  hw.host.ram_bytes = 8 * kGiB;
+  hw.host.ram_bytes = 8 * core::kGiB;
   hw.host.memory_bandwidth = kDefaultHostBandwidth;
   hw.host.cores = 4;
   hw.host.gflops_per_core = kDefaultGflopsPerCore;
-  hw.gpu_reserve_bytes = 64 * kMiB;
-  hw.host_reserve_bytes = kGiB;
+  hw.gpu_reserve_bytes = 64 * core::kMiB;
+  hw.host_reserve_bytes = core::kGiB;
   const Plan a = make_plan(load_model_spec(tmp.path.string()), hw, PlanOptions{});
-  const Plan b = make_plan(spec_from_config(config_from_json(tiny_config(), "tiny"), ModelSource::ConfigJson, "tiny"), hw, PlanOptions{});
+  const Plan b = make_plan(spec_from_config(core::config_from_json(tiny_config(), "tiny"), ModelSource::ConfigJson, "tiny"), hw, PlanOptions{});
   ASSERT_TRUE(a.fits);
   ASSERT_EQ(a.devices.size(), b.devices.size());
   for (size_t i = 0; i < a.devices.size(); ++i) EXPECT_EQ(a.devices[i].use, b.devices[i].use);

@@ -1,6 +1,6 @@
-// The activation rounding of the MXFP4 kernels (runtime/cpu/mxfp4_activation.h), checked against its
+// The activation rounding of the MXFP4 kernels (runtime/kernels/cpu/mxfp4_activation.h), checked against its
 // definition: exponents at and around the limit, round-to-nearest-even ties, the byte split, the lane sums.
-#include "runtime/cpu/mxfp4_activation.h"
+#include "runtime/kernels/cpu/mxfp4_activation.h"
 
 #include <gtest/gtest.h>
 
@@ -8,7 +8,7 @@
 #include <random>
 #include <vector>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 
 namespace ferry::runtime::cpu {
 namespace {

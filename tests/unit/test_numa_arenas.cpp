@@ -1,4 +1,4 @@
-// runtime/numa_arenas.h: run_on_node runs its function exactly once, before returning, for a node with an
+// runtime/backend/numa_arenas.h: run_on_node runs its function exactly once, before returning, for a node with an
 // arena, for no preference (-1) and for a node the process may not run on; a parallel loop inside covers
 // every index; a machine with several NUMA nodes gets one arena per node, each as wide as its node.
 #include <gtest/gtest.h>
@@ -10,7 +10,7 @@
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
-#include "runtime/numa_arenas.h"
+#include "runtime/backend/numa_arenas.h"
 
 namespace ferry::runtime {
 namespace {

@@ -2,16 +2,17 @@
 // physical ceilings of ../shared/spec/hardware.md.
 #include <gtest/gtest.h>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/memory.h"
 #include "planner/plan.h"
-#include "planner/units.h"
+#include "planner/core/units.h"
 
+using namespace ferry;
 using namespace ferry::planner;
 
 namespace {
 
-Hardware workstation(int nodes = 1, const char* gpu = "rtx3090", int64_t ram = 256 * kGiB) {
+Hardware workstation(int nodes = 1, const char* gpu = "rtx3090", int64_t ram = 256 * core::kGiB) {
   Hardware hw;
   hw.gpus.push_back(parse_gpu_spec(gpu));
   hw.host.ram_bytes = ram;
@@ -62,7 +63,7 @@ TEST(Placement, FlashOn3090At1MFitsWithKvOnGpuAndExpertsInRam) {
   const int64_t on_gpu = sum_prefix(p, "weights.", DeviceKind::Gpu);
   const int64_t on_host = sum_prefix(p, "weights.", DeviceKind::Host);
   EXPECT_EQ(on_gpu + on_host, s.held_bytes_total() - s.mtp_bytes());
-  EXPECT_EQ(on_host, s.global[size_t(WeightClass::Embedding)] + 43 * 256 * s.expert_bytes());
+  EXPECT_EQ(on_host, s.global[size_t(core::WeightClass::Embedding)] + 43 * 256 * s.expert_bytes());
   // The leftover VRAM became an expert cache, within capacity.
   const auto& gpu = p.devices[0];
   EXPECT_EQ(gpu.kind, DeviceKind::Gpu);
@@ -116,7 +117,7 @@ TEST(Placement, ProOnOneWorkstationDoesNotFitAndFourNodesDo) {
   EXPECT_FALSE(p.fits);
   bool host_short = false;
   for (const auto& sf : p.shortfalls)
-    if (sf.device == "host") host_short = sf.need > 700 * kGiB;
+    if (sf.device == "host") host_short = sf.need > 700 * core::kGiB;
   EXPECT_TRUE(host_short);
   // The nearest node count that fits is suggested, and it does fit.
   int suggested_nodes = 0;

@@ -1,8 +1,9 @@
 #include <gtest/gtest.h>
 
-#include "planner/error.h"
+#include "planner/core/error.h"
 #include "planner/plan_json.h"
 
+using namespace ferry;
 using namespace ferry::planner;
 
 namespace {

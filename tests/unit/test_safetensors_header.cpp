@@ -12,10 +12,11 @@
 #include <string>
 #include <vector>
 
-#include "planner/error.h"
-#include "planner/safetensors_header.h"
+#include "planner/core/error.h"
+#include "planner/core/safetensors_header.h"
 
-using namespace ferry::planner;
+using namespace ferry;
+
 namespace fs = std::filesystem;
 // Ordered, so the files keep the tensor order the tests write.
 using ojson = nlohmann::ordered_json;
@@ -89,7 +90,7 @@ std::string expect_error(const std::function<void()>& f, const std::string& word
 std::string header_error(const ojson& header, const std::string& word, int64_t data_bytes = 64) {
   TempDir tmp;
   write_raw(tmp.path / "x.safetensors", header.dump(), data_bytes);
-  const std::string what = expect_error([&] { read_safetensors_header(tmp.path / "x.safetensors"); }, word);
+  const std::string what = expect_error([&] { core::read_safetensors_header(tmp.path / "x.safetensors"); }, word);
   EXPECT_EQ(what.rfind("x.safetensors: ", 0), 0u) << "shard messages start with the filename: " << what;
   return what;
 }
@@ -100,7 +101,7 @@ TEST(SafetensorsHeader, ReadsAValidFile) {
   TempDir tmp;
   const std::string text = good_header().dump();
   write_raw(tmp.path / "x.safetensors", text, 48);
-  const SafetensorsHeader h = read_safetensors_header(tmp.path / "x.safetensors");
+  const core::SafetensorsHeader h = core::read_safetensors_header(tmp.path / "x.safetensors");
   EXPECT_EQ(h.file, "x.safetensors");
   EXPECT_EQ(h.header_bytes, static_cast<int64_t>(text.size()));
   EXPECT_EQ(h.data_offset, 8 + static_cast<int64_t>(text.size()));
@@ -109,9 +110,9 @@ TEST(SafetensorsHeader, ReadsAValidFile) {
   EXPECT_EQ(h.tensors[0].name, "a.weight");  // header order, not name order
   EXPECT_EQ(h.tensors[1].name, "a.scale");
   EXPECT_EQ(h.tensors[2].name, "b");
-  EXPECT_EQ(h.tensors[0].dtype, DType::F8_E4M3);
-  EXPECT_EQ(h.tensors[1].dtype, DType::F8_E8M0);
-  EXPECT_EQ(h.tensors[2].dtype, DType::BF16);
+  EXPECT_EQ(h.tensors[0].dtype, core::DType::F8_E4M3);
+  EXPECT_EQ(h.tensors[1].dtype, core::DType::F8_E8M0);
+  EXPECT_EQ(h.tensors[2].dtype, core::DType::BF16);
   EXPECT_EQ(h.tensors[0].shape, (std::vector<int64_t>{4, 8}));
   EXPECT_EQ(h.tensors[1].shape, (std::vector<int64_t>{1, 1}));
   EXPECT_EQ(h.tensors[2].shape, (std::vector<int64_t>{3}));
@@ -130,7 +131,7 @@ TEST(SafetensorsHeader, ZeroLengthTensorsNeverOverlap) {
   h["big"] = entry("F32", {4}, 0, 16);
   h["empty_inside"] = entry("F32", {0, 7}, 8, 8);
   h["empty_scalarless"] = entry("I64", {3, 0}, 8, 8);
-  const SafetensorsHeader p = parse_safetensors_header(h.dump(), 8 + 100 + 16, 100, "p.safetensors");
+  const core::SafetensorsHeader p = core::parse_safetensors_header(h.dump(), 8 + 100 + 16, 100, "p.safetensors");
   ASSERT_EQ(p.tensors.size(), 3u);
   EXPECT_EQ(p.tensors[1].bytes(), 0);
   EXPECT_EQ(p.data_offset, 108);
@@ -144,27 +145,27 @@ TEST(SafetensorsHeader, RejectsTruncatedData) {
 TEST(SafetensorsHeader, RejectsHeaderLengthLargerThanTheFile) {
   TempDir tmp;
   write_raw(tmp.path / "x.safetensors", "{}", 0, 999999);
-  const std::string what = expect_error([&] { read_safetensors_header(tmp.path / "x.safetensors"); },
+  const std::string what = expect_error([&] { core::read_safetensors_header(tmp.path / "x.safetensors"); },
                                         "x.safetensors: header length 999999 exceeds the file size 10");
   EXPECT_EQ(what, "x.safetensors: header length 999999 exceeds the file size 10");
   // The same check guards callers that hand the text over themselves.
-  expect_error([] { parse_safetensors_header("{}", 20, 50, "y.safetensors"); }, "exceeds the file size");
+  expect_error([] { core::parse_safetensors_header("{}", 20, 50, "y.safetensors"); }, "exceeds the file size");
 }
 
 TEST(SafetensorsHeader, RejectsHeaderLengthAboveTheCap) {
   // A sparse file big enough that the length fits inside it, so only the cap can refuse it.
   TempDir tmp;
   const fs::path file = tmp.path / "huge.safetensors";
-  const int64_t claimed = kMaxSafetensorsHeaderBytes + 1;
+  const int64_t claimed = core::kMaxSafetensorsHeaderBytes + 1;
   write_raw(file, "", 0, claimed);
   fs::resize_file(file, static_cast<uintmax_t>(8 + claimed + 16));
-  expect_error([&] { read_safetensors_header(file); }, "limit");
+  expect_error([&] { core::read_safetensors_header(file); }, "limit");
 }
 
 TEST(SafetensorsHeader, RejectsFilesTooShortForALength) {
   TempDir tmp;
   write_text(tmp.path / "tiny.safetensors", "abc");
-  expect_error([&] { read_safetensors_header(tmp.path / "tiny.safetensors"); }, "too short");
+  expect_error([&] { core::read_safetensors_header(tmp.path / "tiny.safetensors"); }, "too short");
 }
 
 TEST(SafetensorsHeader, RejectsOverlappingRanges) {
@@ -197,7 +198,7 @@ TEST(SafetensorsHeader, RejectsShapesWhoseByteCountOverflows) {
 TEST(SafetensorsHeader, RejectsMalformedJson) {
   TempDir tmp;
   write_raw(tmp.path / "x.safetensors", "{\"a\": ", 0);
-  expect_error([&] { read_safetensors_header(tmp.path / "x.safetensors"); }, "not valid JSON");
+  expect_error([&] { core::read_safetensors_header(tmp.path / "x.safetensors"); }, "not valid JSON");
 }
 
 TEST(SafetensorsHeader, RejectsNonObjectEntries) {
@@ -241,7 +242,7 @@ TEST(SafetensorsHeader, ReadsAShardedDirectoryThroughItsIndex) {
   write_text(tmp.path / "model.safetensors.index.json",
              R"({"metadata": {"total_size": 20}, "weight_map": {"x": "model-00001-of-00002.safetensors",
                  "y": "model-00002-of-00002.safetensors", "x.scale": "model-00001-of-00002.safetensors"}})");
-  const CheckpointHeaders c = read_checkpoint_headers(tmp.path);
+  const core::CheckpointHeaders c = core::read_checkpoint_headers(tmp.path);
   ASSERT_EQ(c.shards.size(), 2u);
   EXPECT_EQ(c.shards[0].file, "model-00001-of-00002.safetensors");
   EXPECT_EQ(c.shards[1].file, "model-00002-of-00002.safetensors");
@@ -249,7 +250,7 @@ TEST(SafetensorsHeader, ReadsAShardedDirectoryThroughItsIndex) {
   EXPECT_EQ(c.by_name.at("y"), (std::pair<size_t, size_t>{1, 0}));
   EXPECT_EQ(c.by_name.at("x.scale"), (std::pair<size_t, size_t>{0, 1}));
   ASSERT_NE(c.find("y"), nullptr);
-  EXPECT_EQ(c.find("y")->dtype, DType::I64);
+  EXPECT_EQ(c.find("y")->dtype, core::DType::I64);
   EXPECT_EQ(c.find("x.scale")->begin, 8);
   EXPECT_EQ(c.find("z"), nullptr);
   EXPECT_EQ(c.total_tensor_bytes(), 20);
@@ -262,7 +263,7 @@ TEST(SafetensorsHeader, IndexNamingAMissingShardIsAnError) {
   write_raw(tmp.path / "s1.safetensors", a.dump(), 8);
   write_text(tmp.path / "model.safetensors.index.json",
              R"({"weight_map": {"x": "s1.safetensors", "y": "s9.safetensors"}})");
-  expect_error([&] { read_checkpoint_headers(tmp.path); }, "'s9.safetensors', which is missing");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "'s9.safetensors', which is missing");
 }
 
 TEST(SafetensorsHeader, IndexNamingATensorAbsentFromItsShardIsAnError) {
@@ -275,21 +276,21 @@ TEST(SafetensorsHeader, IndexNamingATensorAbsentFromItsShardIsAnError) {
   write_raw(tmp.path / "s2.safetensors", b.dump(), 16);
   write_text(tmp.path / "model.safetensors.index.json",
              R"({"weight_map": {"x": "s1.safetensors", "y": "s1.safetensors"}})");
-  expect_error([&] { read_checkpoint_headers(tmp.path); }, "tensor 'y' in s1.safetensors, which does not hold it");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "tensor 'y' in s1.safetensors, which does not hold it");
   // Present in the checkpoint, but not in the shard the index names.
   write_text(tmp.path / "model.safetensors.index.json",
              R"({"weight_map": {"x": "s1.safetensors", "w": "s1.safetensors", "z": "s2.safetensors"}})");
-  expect_error([&] { read_checkpoint_headers(tmp.path); }, "tensor 'w' in s1.safetensors, which does not hold it");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "tensor 'w' in s1.safetensors, which does not hold it");
 }
 
 TEST(SafetensorsHeader, IndexErrorsForBadIndexFiles) {
   TempDir tmp;
   write_text(tmp.path / "model.safetensors.index.json", R"({"weight_map": {"x": "../s1.safetensors"}})");
-  expect_error([&] { read_checkpoint_headers(tmp.path); }, "not a file in the model directory");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "not a file in the model directory");
   write_text(tmp.path / "model.safetensors.index.json", R"({"metadata": {}})");
-  expect_error([&] { read_checkpoint_headers(tmp.path); }, "no weight_map");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "no weight_map");
   write_text(tmp.path / "model.safetensors.index.json", R"({"weight_map": )");
-  expect_error([&] { read_checkpoint_headers(tmp.path); }, "not valid JSON");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "not valid JSON");
 }
 
 TEST(SafetensorsHeader, FallsBackToModelSafetensors) {
@@ -299,7 +300,7 @@ TEST(SafetensorsHeader, FallsBackToModelSafetensors) {
   other["y"] = entry("F16", {1}, 0, 2);
   write_raw(tmp.path / "model.safetensors", a.dump(), 8);
   write_raw(tmp.path / "a-other.safetensors", other.dump(), 2);
-  const CheckpointHeaders c = read_checkpoint_headers(tmp.path);
+  const core::CheckpointHeaders c = core::read_checkpoint_headers(tmp.path);
   ASSERT_EQ(c.shards.size(), 1u);
   EXPECT_EQ(c.shards[0].file, "model.safetensors");
   EXPECT_NE(c.find("x"), nullptr);
@@ -314,7 +315,7 @@ TEST(SafetensorsHeader, FallsBackToEveryShardInSortedOrder) {
   write_raw(tmp.path / "b.safetensors", b.dump(), 4);
   write_raw(tmp.path / "a.safetensors", a.dump(), 4);
   write_text(tmp.path / "notes.txt", "not a shard");
-  const CheckpointHeaders c = read_checkpoint_headers(tmp.path);
+  const core::CheckpointHeaders c = core::read_checkpoint_headers(tmp.path);
   ASSERT_EQ(c.shards.size(), 2u);
   EXPECT_EQ(c.shards[0].file, "a.safetensors");
   EXPECT_EQ(c.shards[1].file, "b.safetensors");
@@ -327,11 +328,11 @@ TEST(SafetensorsHeader, RejectsATensorInTwoShards) {
   a["x"] = entry("F32", {1}, 0, 4);
   write_raw(tmp.path / "a.safetensors", a.dump(), 4);
   write_raw(tmp.path / "b.safetensors", a.dump(), 4);
-  expect_error([&] { read_checkpoint_headers(tmp.path); }, "'x' appears in both a.safetensors and b.safetensors");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "'x' appears in both a.safetensors and b.safetensors");
 }
 
 TEST(SafetensorsHeader, RejectsADirectoryWithoutShards) {
   TempDir tmp;
-  expect_error([&] { read_checkpoint_headers(tmp.path); }, "holds no");
-  expect_error([&] { read_checkpoint_headers(tmp.path / "absent"); }, "not a directory");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "holds no");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path / "absent"); }, "not a directory");
 }

@@ -7,8 +7,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "planner/error.h"
-#include "runtime/tiny_tokenizer.h"
+#include "planner/core/error.h"
+#include "runtime/checkpoint/tiny_tokenizer.h"
 
 using ferry::runtime::make_tiny_tokenizer_json;
 using Json = nlohmann::json;

@@ -11,10 +11,10 @@
 
 #include <nlohmann/json.hpp>
 
-#include "planner/error.h"
-#include "runtime/tiny_tokenizer.h"
-#include "runtime/tokenizer.h"
-#include "runtime/utf8.h"
+#include "planner/core/error.h"
+#include "runtime/checkpoint/tiny_tokenizer.h"
+#include "runtime/text/tokenizer.h"
+#include "runtime/text/utf8.h"
 #include "test_errors.h"
 
 using ferry::runtime::StreamDecoder;

@@ -12,9 +12,9 @@
 
 #include "launch/server/answer_stream.h"
 #include "launch/server/v4_engine.h"
-#include "runtime/chat_v4.h"
-#include "runtime/tiny_model.h"
-#include "runtime/tokenizer.h"
+#include "runtime/text/chat_v4.h"
+#include "runtime/checkpoint/tiny_model.h"
+#include "runtime/text/tokenizer.h"
 #include "test_errors.h"
 
 namespace {

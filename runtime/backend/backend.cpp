@@ -1,0 +1,97 @@
+#include "runtime/backend/backend.h"
+
+#include <utility>
+
+#include "planner/core/error.h"
+
+namespace ferry::runtime {
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+  if (this != &o) {
+    reset();
+    backend_ = std::exchange(o.backend_, nullptr);
+    data_ = std::exchange(o.data_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+    class_ = o.class_;
+  }
+  return *this;
+}
+
+void DeviceBuffer::reset() {
+  if (!backend_) return;
+  backend_->raw_free(data_, bytes_);
+  backend_->ledger_.release(class_, bytes_);
+  backend_ = nullptr;
+  data_ = nullptr;
+  bytes_ = 0;
+}
+
+DeviceBuffer Backend::allocate(MemoryClass c, int64_t bytes) {
+  ledger_.reserve(c, bytes);
+  DeviceBuffer b;
+  try {
+    b.data_ = bytes > 0 ? raw_allocate(bytes) : nullptr;
+  } catch (...) {
+    ledger_.release(c, bytes);
+    throw;
+  }
+  b.backend_ = this;
+  b.bytes_ = bytes;
+  b.class_ = c;
+  return b;
+}
+
+void* Backend::allocate_host_addressable(MemoryClass c, int64_t bytes) {
+  FERRY_CHECK(host_addressable(), name() + ": the CPU kernels cannot use this device's memory in place");
+  ledger_.reserve(c, bytes);
+  try {
+    return bytes > 0 ? raw_allocate(bytes) : nullptr;
+  } catch (...) {
+    ledger_.release(c, bytes);
+    throw;
+  }
+}
+
+void Backend::free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexcept {
+  if (p) raw_free(p, bytes);
+  ledger_.release(c, bytes);
+}
+
+std::shared_ptr<void> Backend::pin_host(void* p, int64_t bytes) {
+  FERRY_CHECK(p || bytes == 0, name() + ": pinning a null pointer");
+  return pinned_handle(bytes, nullptr);
+}
+
+std::shared_ptr<void> Backend::pinned_handle(int64_t bytes, std::shared_ptr<void> lock) {
+  pinned_bytes_ += bytes;
+  return std::shared_ptr<void>(nullptr, [this, bytes, lock = std::move(lock)](void*) mutable {
+    lock.reset();
+    pinned_bytes_ -= bytes;
+  });
+}
+
+KernelEvent Backend::launch(std::function<void()> work, CopyEvent after, DeviceRange) {
+  wait(after);
+  work();
+  return {};
+}
+
+bool Backend::completed(KernelEvent) const { return true; }
+
+void Backend::wait(KernelEvent, std::chrono::milliseconds) const {}
+
+CopyEvent Backend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
+                                        KernelEvent after) {
+  wait(after);
+  return copy_to_device(dst, offset, src, bytes);
+}
+
+void Backend::check_copy(const DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) const {
+  FERRY_CHECK(dst.backend() == this, name() + ": copy into a buffer of another device");
+  FERRY_CHECK(offset >= 0 && bytes >= 0 && offset <= dst.bytes() && bytes <= dst.bytes() - offset,
+              name() + ": copy of " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
+                  " overruns a buffer of " + std::to_string(dst.bytes()));
+  FERRY_CHECK(src || bytes == 0, name() + ": copy from a null pointer");
+}
+
+}  // namespace ferry::runtime

@@ -1,0 +1,131 @@
+// A backend is a device with memory and an ordered copy stream (../shared/DESIGN.md §3): allocations are
+// accounted by class in the device's MemoryLedger and refused beyond the plan; copies from host memory are
+// queued on the stream and complete in order, observed through events. Instances: `host` (the CPU's RAM,
+// runtime/backend/cpu_backend.h), `sim:SIZE[@BW]` (a budgeted host-backed device that behaves as a GPU of that
+// capacity and link bandwidth, runtime/backend/sim_backend.h) and, with CUDA, `cuda:N`.
+//
+// The forward pass's ops run on the CPU today, reading device buffers that live in host memory (host, sim);
+// CUDA kernels will take device buffers through this same interface.
+#pragma once
+
+#include <chrono>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "runtime/backend/memory_ledger.h"
+
+namespace ferry::runtime {
+
+class Backend;
+
+// Bytes of one class on one backend, released when destroyed. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(DeviceBuffer&& o) noexcept { *this = std::move(o); }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { reset(); }
+
+  void reset();
+  void* data() const { return data_; }
+  int64_t bytes() const { return bytes_; }
+  MemoryClass memory_class() const { return class_; }
+  Backend* backend() const { return backend_; }
+  explicit operator bool() const { return backend_ != nullptr; }
+
+ private:
+  friend class Backend;
+  Backend* backend_ = nullptr;
+  void* data_ = nullptr;
+  int64_t bytes_ = 0;
+  MemoryClass class_ = MemoryClass::Workspace;
+};
+
+// Completes when every copy queued on the stream before it has landed.
+struct CopyEvent {
+  uint64_t sequence = 0;  // 0: nothing to wait for
+};
+
+// Completes when every piece of work launched on the device's compute stream before it has run.
+struct KernelEvent {
+  uint64_t sequence = 0;  // 0: nothing to wait for
+};
+
+// A range of device memory a launched piece of work reads (for the simulated device's overwrite check).
+struct DeviceRange {
+  const void* data = nullptr;
+  int64_t bytes = 0;
+};
+
+class Backend {
+ public:
+  explicit Backend(std::string name, int64_t capacity = MemoryLedger::kUnplanned)
+      : ledger_(std::move(name), capacity) {}
+  virtual ~Backend() = default;
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
+
+  const std::string& name() const { return ledger_.device(); }
+  // Whether the CPU kernels can read and write this backend's buffers in place.
+  virtual bool host_addressable() const = 0;
+
+  MemoryLedger& ledger() { return ledger_; }
+  const MemoryLedger& ledger() const { return ledger_; }
+
+  // `bytes` of class `c`, reserved in the ledger first: throws ferry::Error naming the class when that would
+  // exceed the plan or the device, before any memory is taken.
+  DeviceBuffer allocate(MemoryClass c, int64_t bytes);
+  // The same for memory the CPU kernels use in place (host_addressable() backends only): the storage of a
+  // DeviceVector (runtime/backend/device_vector.h). free_host_addressable() takes back exactly what was given.
+  void* allocate_host_addressable(MemoryClass c, int64_t bytes);
+  void free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexcept;
+
+  // Queues a copy of `bytes` host bytes from `src` into `dst` at `offset`; returns at once. `src` must stay
+  // valid, and `dst`'s range must not be read, until the returned event has completed.
+  virtual CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) = 0;
+  virtual bool completed(CopyEvent e) const = 0;
+  // Blocks until `e` completes; throws ferry::Error after `timeout` (every wait has one: DESIGN.md §6).
+  virtual void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const = 0;
+
+  // The compute stream, ordered like a CUDA stream: `work` runs after every earlier launch and once the copy
+  // `after` has landed; launch() returns at once where the device runs work beside the host (the simulated
+  // device). `reads` names device memory the work reads: a copy into it before the work has run is a bug the
+  // simulated device counts. An exception thrown by `work` is rethrown by the wait that observes it.
+  // The default runs `work` in the caller at once (the host is its own device).
+  virtual KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {});
+  virtual bool completed(KernelEvent e) const;
+  virtual void wait(KernelEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
+  // Makes host memory [p, p + bytes) a source this device's copy engine reads directly, until the returned
+  // handle is dropped: page-locked (cudaHostRegister) for CUDA, so copies from staging buffers run at the
+  // link's speed without the driver's own bounce buffer. The host and the simulated device have nothing to
+  // lock; every device counts what is pinned (pinned_bytes). Drop the handle before the backend.
+  virtual std::shared_ptr<void> pin_host(void* p, int64_t bytes);
+  int64_t pinned_bytes() const { return pinned_bytes_.load(); }
+
+  // copy_to_device() that lands only after the launched work `after` has run: refilling a buffer that work
+  // launched earlier reads (cudaStreamWaitEvent on the copy stream). The default waits in the caller.
+  virtual CopyEvent copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
+                                         KernelEvent after);
+
+ protected:
+  // The handle pin_host() returns: counts `bytes` as pinned until dropped, then drops `lock` (what holds the
+  // range locked, if anything).
+  std::shared_ptr<void> pinned_handle(int64_t bytes, std::shared_ptr<void> lock);
+  virtual void* raw_allocate(int64_t bytes) = 0;
+  virtual void raw_free(void* p, int64_t bytes) = 0;
+  // Checks that [offset, offset + bytes) lies in `dst` and that `dst` belongs to this backend.
+  void check_copy(const DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) const;
+
+ private:
+  friend class DeviceBuffer;
+  MemoryLedger ledger_;
+  std::atomic<int64_t> pinned_bytes_{0};
+};
+
+}  // namespace ferry::runtime

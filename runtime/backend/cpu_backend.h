@@ -1,0 +1,30 @@
+// The host backend: the CPU's RAM, accounted by class like any device. Copies into it are plain memcpy and
+// complete before copy_to_device returns.
+#pragma once
+
+#include <string>
+#include <utility>
+
+#include "runtime/backend/backend.h"
+
+namespace ferry::runtime::cpu {
+
+class CpuBackend final : public Backend {
+ public:
+  explicit CpuBackend(int64_t capacity = MemoryLedger::kUnplanned) : Backend("host", capacity) {}
+  // One per NUMA node of a plan, named as the plan's device ("host.numa1").
+  explicit CpuBackend(std::string name, int64_t capacity = MemoryLedger::kUnplanned)
+      : Backend(std::move(name), capacity) {}
+  bool host_addressable() const override { return true; }
+  CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
+  using Backend::completed;
+  using Backend::wait;
+  bool completed(CopyEvent) const override { return true; }
+  void wait(CopyEvent, std::chrono::milliseconds = std::chrono::seconds(60)) const override {}
+
+ protected:
+  void* raw_allocate(int64_t bytes) override;
+  void raw_free(void* p, int64_t bytes) override;
+};
+
+}  // namespace ferry::runtime::cpu

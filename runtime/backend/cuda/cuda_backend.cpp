@@ -1,0 +1,267 @@
+#include "runtime/backend/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cctype>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "planner/core/units.h"
+#include "runtime/backend/cuda/cuda_util.h"
+#include "runtime/backend/cuda/pinned_memory.h"
+
+namespace ferry::runtime::cuda {
+
+namespace {
+
+// How long freeing and destruction wait for the stream, and how long pause() may hold it at most.
+constexpr auto kDrainTimeout = std::chrono::seconds(60);
+constexpr auto kLongestHold = std::chrono::seconds(60);
+
+std::string device_name(int device) { return "cuda:" + std::to_string(device); }
+
+// The device's total memory, checking on the way that it exists and takes a context: the constructor's
+// errors then name the device rather than a later call.
+int64_t device_memory(int device) {
+  const std::string who = device_name(device);
+  int count = 0;
+  check(cudaGetDeviceCount(&count), who, "no usable CUDA device");
+  FERRY_CHECK(device >= 0 && device < count, who + ": no such device (" + std::to_string(count) + " visible)");
+  DeviceGuard guard(device, who);
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+  check(cudaMemGetInfo(&free_bytes, &total_bytes), who, "cudaMemGetInfo");
+  return static_cast<int64_t>(total_bytes);
+}
+
+// What pause() holds the stream on: a host function on the stream that returns once the gate is open.
+struct Gate {
+  std::mutex mu;
+  std::condition_variable cv;
+  bool open = true;
+
+  static void CUDART_CB hold(void* gate) {
+    auto* g = static_cast<Gate*>(gate);
+    std::unique_lock<std::mutex> lock(g->mu);
+    g->cv.wait_for(lock, kLongestHold, [g] { return g->open; });
+  }
+};
+
+}  // namespace
+
+// The copy stream and its events. Each copy is followed by an event with the next sequence number; the stream
+// runs in order, so events complete in sequence order and `landed` (all events up to it completed) is all
+// `completed` needs. Completed events go back to a pool: a copy costs no cudaEventCreate once warm.
+struct CudaBackend::Stream {
+  std::string who;
+  cudaStream_t stream = nullptr;
+  std::mutex mu;
+  uint64_t queued = 0;
+  uint64_t landed = 0;
+  std::deque<std::pair<uint64_t, cudaEvent_t>> pending;  // recorded, not yet seen complete, oldest first
+  std::vector<cudaEvent_t> idle;
+  Gate gate;
+
+  Stream() = default;
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  // Destroying an event or a stream with work outstanding is allowed: CUDA releases them once it is done.
+  ~Stream() {
+    for (auto& p : pending) cudaEventDestroy(p.second);
+    for (cudaEvent_t e : idle) cudaEventDestroy(e);
+    if (stream) cudaStreamDestroy(stream);
+    cudaGetLastError();
+  }
+
+  // Moves the completed events from `pending` to the pool, oldest first; the first one not ready ends the
+  // scan. Throws when the stream reports a failed copy. Holds `mu`.
+  void reap() {
+    while (!pending.empty()) {
+      const cudaError_t status = cudaEventQuery(pending.front().second);
+      if (status == cudaErrorNotReady) {
+        cudaGetLastError();  // "not ready" is an answer, not an error a later check should see
+        return;
+      }
+      check(status, who, "a copy on the stream failed");
+      landed = pending.front().first;
+      idle.push_back(pending.front().second);
+      pending.pop_front();
+    }
+  }
+};
+
+CudaBackend::CudaBackend(int device)
+    : Backend(device_name(device), device_memory(device)), device_(device), stream_(std::make_unique<Stream>()) {
+  stream_->who = name();
+  DeviceGuard guard(device_, name());
+  // Non-blocking: the copy stream must not serialise with work on the legacy default stream.
+  check(cudaStreamCreateWithFlags(&stream_->stream, cudaStreamNonBlocking), name(), "cudaStreamCreateWithFlags");
+}
+
+CudaBackend::~CudaBackend() {
+  // A host function of pause() holds a pointer to the gate: if the stream did not drain, its state is left to
+  // the process rather than freed under it.
+  if (!drain("leaving the copy stream to the process")) static_cast<void>(stream_.release());
+  DeviceGuard guard;
+  cudaSetDevice(device_);
+  stream_.reset();
+}
+
+// The event recorded here comes after everything on the stream, pause()'s host functions included.
+bool CudaBackend::drain(const char* otherwise) noexcept {
+  resume();
+  try {
+    DeviceGuard guard(device_, name());
+    wait(record_copy(), kDrainTimeout);
+    return true;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ferry: %s; %s\n", e.what(), otherwise);
+    return false;
+  }
+}
+
+void* CudaBackend::raw_allocate(int64_t bytes) {
+  DeviceGuard guard(device_, name());
+  void* p = nullptr;
+  check(cudaMalloc(&p, static_cast<size_t>(bytes)), name(), "cudaMalloc of " + core::format_bytes(bytes));
+  return p;
+}
+
+void CudaBackend::raw_free(void* p, int64_t bytes) {
+  if (!drain(("leaving " + core::format_bytes(bytes) + " of device memory allocated").c_str())) return;
+  DeviceGuard guard;
+  cudaSetDevice(device_);
+  const cudaError_t status = cudaFree(p);
+  if (status != cudaSuccess) {
+    cudaGetLastError();
+    std::fprintf(stderr, "ferry: %s: cudaFree of %s: %s\n", name().c_str(), core::format_bytes(bytes).c_str(),
+                 cudaGetErrorString(status));
+  }
+}
+
+CopyEvent CudaBackend::record_copy() {
+  Stream& s = *stream_;
+  std::lock_guard<std::mutex> lock(s.mu);
+  s.reap();
+  cudaEvent_t event = nullptr;
+  if (s.idle.empty()) {
+    check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), name(), "cudaEventCreateWithFlags");
+  } else {
+    event = s.idle.back();
+    s.idle.pop_back();
+  }
+  const cudaError_t status = cudaEventRecord(event, s.stream);
+  if (status != cudaSuccess) {
+    s.idle.push_back(event);
+    check(status, name(), "cudaEventRecord");
+  }
+  s.pending.emplace_back(++s.queued, event);
+  return {s.queued};
+}
+
+// The copy is queued outside the lock and its event inside: events are still recorded in sequence order,
+// each after its own copy, so an event's completion still means every copy queued before it has landed, and
+// a pageable copy that CUDA stages in the call does not hold up other threads' queries.
+CopyEvent CudaBackend::copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) {
+  check_copy(dst, offset, src, bytes);
+  DeviceGuard guard(device_, name());
+  if (bytes > 0)
+    check(cudaMemcpyAsync(static_cast<char*>(dst.data()) + offset, src, static_cast<size_t>(bytes),
+                          cudaMemcpyHostToDevice, stream_->stream),
+          name(), "cudaMemcpyAsync to the device");
+  return record_copy();
+}
+
+void CudaBackend::copy_to_host(void* dst, const DeviceBuffer& src, int64_t offset, int64_t bytes,
+                               std::chrono::milliseconds timeout) {
+  FERRY_CHECK(src.backend() == this, name() + ": reading a buffer of another device");
+  FERRY_CHECK(offset >= 0 && bytes >= 0 && offset <= src.bytes() && bytes <= src.bytes() - offset,
+              name() + ": reading " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
+                  " overruns a buffer of " + std::to_string(src.bytes()));
+  FERRY_CHECK(dst || bytes == 0, name() + ": reading into a null pointer");
+  DeviceGuard guard(device_, name());
+  if (bytes > 0)
+    check(cudaMemcpyAsync(dst, static_cast<const char*>(src.data()) + offset, static_cast<size_t>(bytes),
+                          cudaMemcpyDeviceToHost, stream_->stream),
+          name(), "cudaMemcpyAsync to the host");
+  wait(record_copy(), timeout);
+}
+
+std::shared_ptr<void> CudaBackend::pin_host(void* p, int64_t bytes) {
+  auto registration = std::make_shared<HostRegistration>(p, bytes, HostAccess::ReadWrite);
+  return pinned_handle(bytes, std::move(registration));
+}
+
+KernelEvent CudaBackend::launch(std::function<void()>, CopyEvent, DeviceRange) {
+  FERRY_THROW(name() + ": no CUDA kernels exist yet; run the forward pass on the CPU or the simulated device");
+}
+
+bool CudaBackend::completed(CopyEvent e) const {
+  Stream& s = *stream_;
+  std::lock_guard<std::mutex> lock(s.mu);
+  FERRY_CHECK(e.sequence <= s.queued, name() + ": an event this device never issued");
+  if (e.sequence > s.landed) s.reap();
+  return s.landed >= e.sequence;
+}
+
+void CudaBackend::wait(CopyEvent e, std::chrono::milliseconds timeout) const {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  // A small copy lands within microseconds: poll without sleeping first, then back off to naps of at most a
+  // millisecond, so that a long copy costs little CPU and is still seen soon after it lands.
+  int polls = 0;
+  std::chrono::microseconds nap(10);
+  while (!completed(e)) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline)
+      FERRY_THROW(name() + ": a copy did not land within " + std::to_string(timeout.count()) + " ms");
+    if (++polls <= 64) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::min<std::chrono::nanoseconds>(nap, deadline - now));
+      nap = std::min(nap * 2, std::chrono::microseconds(1000));
+    }
+  }
+}
+
+void CudaBackend::pause() {
+  Gate& g = stream_->gate;
+  {
+    std::lock_guard<std::mutex> lock(g.mu);
+    g.open = false;
+  }
+  DeviceGuard guard(device_, name());
+  const cudaError_t status = cudaLaunchHostFunc(stream_->stream, &Gate::hold, &g);
+  if (status != cudaSuccess) {
+    resume();
+    check(status, name(), "cudaLaunchHostFunc");
+  }
+}
+
+void CudaBackend::resume() {
+  Gate& g = stream_->gate;
+  {
+    std::lock_guard<std::mutex> lock(g.mu);
+    g.open = true;
+  }
+  g.cv.notify_all();
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) { return std::make_unique<CudaBackend>(device); }
+
+std::string pci_bus_id(int device) {
+  char id[64] = {};
+  check(cudaDeviceGetPCIBusId(id, sizeof id, device), device_name(device), "cudaDeviceGetPCIBusId");
+  std::string s(id);
+  // sysfs spells the address in lower case with a 4-digit PCI domain; CUDA may give upper case or 8 digits.
+  const size_t colon = s.find(':');
+  if (colon != std::string::npos && colon > 4) s.erase(0, colon - 4);
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return s;
+}
+
+}  // namespace ferry::runtime::cuda

@@ -1,0 +1,85 @@
+// The CUDA device `cuda:N` as a Backend: device memory from cudaMalloc, accounted in the ledger like every
+// device's; copies from host memory queued with cudaMemcpyAsync on a dedicated non-blocking copy stream, each
+// followed by an event from a pool, so that `completed` is an event query and `wait` polls it against its
+// timeout. No CUDA type appears here: CPU-only code can name the type, and make_cuda_backend is what it calls.
+// cuda_backend.cpp is built only with CUDA; without it, no_cuda.cpp defines the entry points to say so.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "runtime/backend/backend.h"
+
+namespace ferry::runtime::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  // Creates the context on `device` and the copy stream. The ledger's capacity is the device's total memory.
+  // Throws ferry::Error naming the device when it does not exist or cannot be used.
+  explicit CudaBackend(int device);
+  // Releases a paused stream, lets the queued copies land, then destroys the stream and the events; free the
+  // backend's buffers first.
+  ~CudaBackend() override;
+
+  bool host_addressable() const override { return false; }
+  // Pageable `src` is staged by CUDA before the call returns; pinned or registered `src` (pinned_memory.h) is
+  // read by the copy engine later, and must stay unchanged until the event has completed.
+  CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
+  // Page-locks the range with cudaHostRegister (a staging buffer the host allocated); throws ferry::Error with
+  // CUDA's message when it cannot.
+  std::shared_ptr<void> pin_host(void* p, int64_t bytes) override;
+  // No CUDA kernels exist yet: launching work on this device throws ferry::Error.
+  KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {}) override;
+  using Backend::completed;
+  using Backend::wait;
+  // Throws ferry::Error naming the device when a copy on the stream failed.
+  bool completed(CopyEvent e) const override;
+  void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const override;
+
+  // Reads `bytes` at `offset` of `src` into host memory, after every copy queued before it; returns when they
+  // have landed. A pageable `dst` makes CUDA block in the call until the stream reaches the copy (so do not
+  // call it with the stream paused); a pinned one is waited for with `timeout`.
+  void copy_to_host(void* dst, const DeviceBuffer& src, int64_t offset, int64_t bytes,
+                    std::chrono::milliseconds timeout = std::chrono::seconds(60));
+
+  int device() const { return device_; }
+
+  // Holds the stream before its next copy until resume() (or until a buffer is freed, which waits for the
+  // stream as cudaFree does), as SimBackend::pause does: tests use it to observe copies that have not landed.
+  // The hold is a host function on the stream that gives up after a minute, so a forgotten resume() cannot
+  // hang the process. Copy from pinned memory while the stream is held: CUDA stages a pageable source through
+  // a few driver buffers, and once they are full the call blocks until the stream moves.
+  void pause();
+  void resume();
+
+ protected:
+  void* raw_allocate(int64_t bytes) override;
+  // Waits for the copy stream first (a queued copy may target this memory). When it does not drain within a
+  // minute, or a copy failed, the memory is left allocated, with a line on stderr: freeing memory that a copy
+  // may still write would corrupt the next allocation.
+  void raw_free(void* p, int64_t bytes) override;
+
+ private:
+  struct Stream;
+
+  // Records the next event, after everything queued on the stream so far.
+  CopyEvent record_copy();
+  // Resumes the stream and waits for everything queued on it; for destructors, so it reports on stderr
+  // (ending with `otherwise`) instead of throwing, and returns false, when the stream does not drain.
+  bool drain(const char* otherwise) noexcept;
+
+  int device_;
+  std::unique_ptr<Stream> stream_;
+};
+
+// `cuda:N` for code that holds backends by their interface. Throws ferry::Error naming the device when it is
+// unusable, and, in a build without CUDA, saying so.
+std::unique_ptr<Backend> make_cuda_backend(int device);
+
+// The PCI address of CUDA device `device` as /sys/bus/pci/devices names it ("0000:17:00.0"). Throws
+// ferry::Error when the device does not exist or the build has no CUDA.
+std::string pci_bus_id(int device);
+
+}  // namespace ferry::runtime::cuda

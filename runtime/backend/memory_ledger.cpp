@@ -1,0 +1,75 @@
+#include "runtime/backend/memory_ledger.h"
+
+#include <algorithm>
+
+#include "planner/core/error.h"
+#include "planner/core/units.h"
+
+namespace ferry::runtime {
+
+std::string_view memory_class_name(MemoryClass c) {
+  switch (c) {
+    case MemoryClass::Weights: return "weights";
+    case MemoryClass::Kv: return "kv cache";
+    case MemoryClass::Indexer: return "indexer";
+    case MemoryClass::Workspace: return "workspace";
+    case MemoryClass::ExpertCache: return "expert cache";
+    case MemoryClass::Staging: return "staging";
+  }
+  return "?";
+}
+
+MemoryLedger::MemoryLedger(std::string device, int64_t capacity) : device_(std::move(device)), capacity_(capacity) {
+  FERRY_CHECK(capacity_ >= 0, device_ + ": negative capacity");
+  for (auto& u : by_class_) u.planned = kUnplanned;
+}
+
+void MemoryLedger::set_planned(MemoryClass c, int64_t bytes) {
+  FERRY_CHECK(bytes >= 0, device_ + ": negative plan for " + std::string(memory_class_name(c)));
+  std::lock_guard<std::mutex> lock(mu_);
+  by_class_[static_cast<size_t>(c)].planned = bytes;
+}
+
+void MemoryLedger::reserve(MemoryClass c, int64_t bytes) {
+  FERRY_CHECK(bytes >= 0, device_ + ": negative allocation of " + std::string(memory_class_name(c)));
+  std::lock_guard<std::mutex> lock(mu_);
+  MemoryClassUsage& u = by_class_[static_cast<size_t>(c)];
+  if (bytes > u.planned - u.current)
+    FERRY_THROW(device_ + ": allocating " + core::format_bytes(bytes) + " of " + std::string(memory_class_name(c)) +
+                " would exceed its plan (" + core::format_bytes(u.current) + " held of " +
+                core::format_bytes(u.planned) + " planned)");
+  if (bytes > capacity_ - total_)
+    FERRY_THROW(device_ + ": allocating " + core::format_bytes(bytes) + " of " + std::string(memory_class_name(c)) +
+                " would exceed the device's " + core::format_bytes(capacity_) + " (" +
+                core::format_bytes(total_) + " held)");
+  u.current += bytes;
+  u.high_water = std::max(u.high_water, u.current);
+  total_ += bytes;
+  total_high_ = std::max(total_high_, total_);
+}
+
+void MemoryLedger::release(MemoryClass c, int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  MemoryClassUsage& u = by_class_[static_cast<size_t>(c)];
+  FERRY_CHECK(bytes >= 0 && bytes <= u.current,
+              device_ + ": releasing more " + std::string(memory_class_name(c)) + " than is held");
+  u.current -= bytes;
+  total_ -= bytes;
+}
+
+MemoryClassUsage MemoryLedger::usage(MemoryClass c) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return by_class_[static_cast<size_t>(c)];
+}
+
+int64_t MemoryLedger::total_current() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return total_;
+}
+
+int64_t MemoryLedger::total_high_water() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return total_high_;
+}
+
+}  // namespace ferry::runtime

@@ -1,0 +1,84 @@
+// The V4 forward pass on the CPU for one sequence: prefill in chunks of `ubatch` tokens and one-token decode,
+// with the KV cache in the chosen storage type. Semantics: docs/forward-semantics.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "planner/kv_cache.h"
+#include "planner/memory.h"
+#include "runtime/model/kv_cache.h"
+#include "runtime/model/expert_provider.h"
+#include "runtime/model/model_weights.h"
+
+namespace ferry::runtime {
+
+namespace detail {
+struct Workspace;
+}
+
+struct SessionOptions {
+  int64_t ctx = 4096;                             // tokens the KV cache holds
+  planner::KvType kv_type = planner::KvType::FP8;
+  int64_t ubatch = 512;                           // prefill chunk
+  bool mtp = false;                               // also run the MTP layer and keep its logits
+  // Where the KV cache and the workspace live (accounted there as Kv, Indexer and Workspace); nullptr: the
+  // plain heap, unaccounted (a CPU-only run). Must be host-addressable: the ops run on the CPU.
+  Backend* device = nullptr;
+  // Where routed experts are computed (offload/); nullptr: every expert from the checkpoint, on the CPU.
+  ExpertProvider* experts = nullptr;
+};
+
+class Session {
+ public:
+  Session(const ModelWeights& model, SessionOptions options);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // Feeds `tokens` at the next positions, in chunks of ubatch. Writes the logits of every fed position to
+  // `all_logits` ([n, vocab]) when non-null, and those of the last position to `last_logits` ([vocab]) when
+  // non-null. `progress(done, total)` is called after each chunk. Throws ferry::Error on a token id beyond the
+  // vocabulary or when the context is full, before computing anything.
+  void feed(std::span<const int32_t> tokens, std::vector<float>* all_logits, std::vector<float>* last_logits,
+            const std::function<void(int64_t, int64_t)>& progress = {});
+
+  // Forgets the sequence so that the session serves a new one (a server's next request): position 0, the KV
+  // cache and the MTP state cleared, every buffer kept. What follows computes exactly what a fresh session would.
+  void reset();
+
+  int64_t position() const { return pos_; }
+  int32_t eos_token() const { return static_cast<int32_t>(model_.config().eos_token_id); }
+  const KvCache& cache() const { return *cache_; }
+  const SessionOptions& options() const { return options_; }
+  // Bytes of the chunk workspace (activations, tiles), measured from the buffers: depends on the model and
+  // ubatch, not on ctx, and equals planned_workspace().bytes().
+  int64_t workspace_bytes() const;
+  const planner::CpuForwardWorkspace& planned_workspace() const { return layout_; }
+
+  // MTP logits (options.mtp): row i belongs to position mtp_first_position() + i; position p's row exists once
+  // token p+1 has been fed.
+  const std::vector<float>& mtp_logits() const { return mtp_logits_; }
+  int64_t mtp_first_position() const { return 0; }
+
+ private:
+  void run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows);
+  void run_block(const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens, int64_t p0, int64_t n);
+  void head(const float* H, const HcWeights& hc, const DeviceVector<float>& norm, int64_t n, float* logits);
+  void run_mtp(const float* H_main, const int32_t* tokens, int64_t n);
+
+  const ModelWeights& model_;
+  SessionOptions options_;
+  std::unique_ptr<KvCache> cache_;
+  planner::CpuForwardWorkspace layout_;
+  std::unique_ptr<detail::Workspace> ws_;
+  DeviceVector<float> H_, H_mtp_, mtp_pending_, logits_tmp_;
+  bool has_mtp_pending_ = false;
+  std::vector<float> mtp_logits_;
+  int64_t pos_ = 0;
+};
+
+}  // namespace ferry::runtime

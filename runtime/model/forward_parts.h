@@ -1,0 +1,85 @@
+// The parts of one V4 block over a chunk of consecutive tokens, shared by forward.cpp (the layer loop, the
+// head, MTP) and the files that compute them: attention.cpp (window + compressed rows, online softmax, grouped
+// output projection), compressor.cpp (CSA/HCA compressors and the lightning indexer), moe.cpp (router and
+// experts). Internal to runtime/.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "planner/memory.h"
+#include "planner/core/model_config.h"
+#include "runtime/kernels/cpu/ops.h"
+#include "runtime/model/expert_provider.h"
+#include "runtime/model/kv_cache.h"
+#include "runtime/model/model_weights.h"
+
+namespace ferry::runtime::detail {
+
+// One worker thread's scratch of the tile loops (attention key tiles, indexer score tiles), a fixed size set
+// by the model shape alone: Workspace::tile_scratch().
+struct TileScratch {
+  std::span<float> rows, scores, acc, max, sum;
+};
+
+// Every buffer a chunk of up to `ubatch` tokens needs, allocated once from the model shape and the chunk size
+// — never from the context length: attention and the indexer walk the cache in fixed-size tiles.
+struct Workspace {
+  // Every buffer from `device` (nullptr: the plain heap) as class Workspace.
+  Workspace(const planner::CpuForwardWorkspace& layout, const core::ModelConfig& c, Backend* device);
+  // Everything held, plus one tile scratch per thread that may run a tile loop.
+  int64_t bytes() const;
+
+  // The calling worker thread's tile scratch (threads of the task arena the session was built in).
+  TileScratch tile_scratch();
+
+  int64_t ubatch;
+  int64_t threads;             // worker threads, each with its tile scratch
+  int64_t scratch_per_thread;  // floats
+  DeviceVector<float> tiles;   // [threads, scratch_per_thread]
+  int64_t tile_rows, tile_scores, heads, head_dim;
+  DeviceVector<float> x, xn, y;                     // [n, d]
+  DeviceVector<float> mix_weights;                  // [n, 2·hc + hc²]: every token's mHC weights
+  std::vector<cpu::HcMix> mix;                     // [n] views into mix_weights
+  DeviceVector<float> qa, q, kv, o, z;              // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token
+  DeviceVector<uint8_t> kv_rows;                    // [n, main row bytes]: the chunk's own window rows
+  DeviceVector<float> comp_a, comp_s;               // [n, 2·hd] compressor projections
+  DeviceVector<float> iq, iw;                       // indexer queries [n, ih·ihd] and head weights [n, ih]
+  DeviceVector<float> key_tile;                     // decoded indexer keys of one tile
+  DeviceVector<int32_t> sel;                        // [n, index_topk] selected compressed entries
+  DeviceVector<int32_t> sel_count;                  // [n]
+  DeviceVector<float> gate;                         // [n, E]
+  DeviceVector<int32_t> route_ids;                  // [n, top-k]
+  DeviceVector<float> route_w;                      // [n, top-k]
+  DeviceVector<int32_t> expert_tokens;              // [n · top-k] tokens grouped by expert
+  DeviceVector<float> xg, eg, eu;                   // gathered expert inputs [n, d], intermediates [n, inter]
+  DeviceVector<float> eo;                           // expert outputs, one row per (token, choice) [n·k, d]
+};
+
+// A block over tokens at positions p0 … p0+n−1 (n <= ubatch).
+struct Chunk {
+  const core::ModelConfig& c;
+  planner::KvType kv_type;
+  const KvRowLayout& main;
+  const KvRowLayout& index;
+  int64_t p0;
+  int64_t n;
+  const int32_t* tokens;
+};
+
+// y[t] = ATTN(xn[t]) for the chunk; stores the chunk's window rows and compressed entries in `kv`.
+void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, LayerKv& kv, Workspace& ws,
+               const float* xn, float* y);
+// Runs a compressor over the chunk (projections of xn, state updates, finished entries stored as rows).
+void compress(const Chunk& ch, const CompressorWeights& w, int64_t ratio, const cpu::Rope& rope, CompressorState& state,
+              bool indexer, DeviceVector<uint8_t>& rows, Workspace& ws, const float* xn);
+// Fills ws.sel / ws.sel_count with each token's top-k compressed entries (ratio-4 layers).
+void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, const LayerKv& kv, Workspace& ws,
+                    const float* xn, const float* qr);
+// y[t] = MOE(xn[t], tokens[t]).
+// `experts` (nullptr: the checkpoint's, with this workspace) says where each routed expert is computed.
+void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, const float* xn, float* y);
+
+
+}  // namespace ferry::runtime::detail
