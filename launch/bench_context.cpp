@@ -8,17 +8,17 @@
 #include <filesystem>
 #include <memory>
 #include <sstream>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "planner/core/error.h"
-#include "planner/kv_cache.h"
 #include "planner/core/units.h"
+#include "planner/kv_cache.h"
+#include "runtime/checkpoint/tiny_model.h"
+#include "runtime/generate/sampler.h"
 #include "runtime/kernels/cpu/matvec.h"
 #include "runtime/model/forward.h"
-#include "runtime/generate/sampler.h"
-#include "runtime/checkpoint/tiny_model.h"
 
 namespace ferry::launch {
 namespace {
@@ -74,8 +74,8 @@ int run(const Options& o) {
     if (!prompt.empty())
       s.feed(prompt, nullptr, &last, [&](int64_t done, int64_t total) {
         if (isatty(STDERR_FILENO))
-          std::fprintf(stderr, "\rprefill to %lld: %lld/%lld", static_cast<long long>(level), static_cast<long long>(done),
-                       static_cast<long long>(total));
+          std::fprintf(stderr, "\rprefill to %lld: %lld/%lld", static_cast<long long>(level),
+                       static_cast<long long>(done), static_cast<long long>(total));
       });
     const double prefill_s = since(t0);
     if (isatty(STDERR_FILENO)) std::fprintf(stderr, "\r%60s\r", "");
@@ -97,11 +97,14 @@ int run(const Options& o) {
 
 std::function<int()> add_context_bench(CLI::App& bench, CLI::App*& sub) {
   auto o = std::make_shared<Options>();
-  sub = bench.add_subcommand("context", "Prefill tok/s and decode ms/token of the CPU forward pass as the context grows");
-  sub->add_option("--model,-m", o->model, "Checkpoint directory (default: a tiny model with V4's real window and ratios)");
+  sub =
+      bench.add_subcommand("context", "Prefill tok/s and decode ms/token of the CPU forward pass as the context grows");
+  sub->add_option("--model,-m", o->model,
+                  "Checkpoint directory (default: a tiny model with V4's real window and ratios)");
   sub->add_option("--levels", o->levels, "Increasing context lengths to measure at (default 1K,16K,128K)");
   sub->add_option("--decode", o->decode, "Tokens decoded at each level (default 16)")->check(CLI::Range(1, 100000));
-  sub->add_option("--kv-type", o->kv_type, "KV-cache storage (default fp8)")->check(CLI::IsMember({"fp8", "bf16", "q8_0", "q4_0"}));
+  sub->add_option("--kv-type", o->kv_type, "KV-cache storage (default fp8)")
+      ->check(CLI::IsMember({"fp8", "bf16", "q8_0", "q4_0"}));
   sub->add_option("--ubatch", o->ubatch, "Prefill chunk (default 512)")->check(CLI::Range(1, 65536));
   return [o] { return run(*o); };
 }

@@ -33,9 +33,10 @@ double triad_gbps(int reps) {
   double best = 1e30;
   for (int r = 0; r < reps + 1; ++r) {
     const double t = seconds_of([&] {
-      tbb::parallel_for(tbb::blocked_range<size_t>(0, n, size_t(1) << 16), [&](const tbb::blocked_range<size_t>& range) {
-        for (size_t i = range.begin(); i < range.end(); ++i) a[i] = b[i] + s * c[i];
-      });
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, n, size_t(1) << 16),
+                        [&](const tbb::blocked_range<size_t>& range) {
+                          for (size_t i = range.begin(); i < range.end(); ++i) a[i] = b[i] + s * c[i];
+                        });
     });
     if (r > 0) best = std::min(best, t);  // the first run faults the pages in
   }
@@ -103,9 +104,10 @@ double chunk_seconds(std::vector<Weights>& weights, int64_t rows, int64_t per_bl
 }
 
 void print_chunk(const char* label, int64_t n, double flops, double bytes, double per_token_s, double tiled_s) {
-  std::printf("%-40s %4lld tok  per-token %6.1f GFLOP/s %6.1f GB/s eff  multi-token %6.1f GFLOP/s %6.1f GB/s eff  x%.2f\n",
-              label, (long long)n, flops / per_token_s / 1e9, bytes / per_token_s / 1e9, flops / tiled_s / 1e9,
-              bytes / tiled_s / 1e9, per_token_s / tiled_s);
+  std::printf(
+      "%-40s %4lld tok  per-token %6.1f GFLOP/s %6.1f GB/s eff  multi-token %6.1f GFLOP/s %6.1f GB/s eff  x%.2f\n",
+      label, (long long)n, flops / per_token_s / 1e9, bytes / per_token_s / 1e9, flops / tiled_s / 1e9,
+      bytes / tiled_s / 1e9, per_token_s / tiled_s);
 }
 
 // The prefill kernels at one shape: every MXFP4 path and precision, and FP8, for each token count.
@@ -127,14 +129,17 @@ void bench_chunks(int64_t rows, int64_t cols, const char* what, const std::vecto
           return std::make_pair(w.codes.data() + r0 * cols / 2, w.scales.data() + r0 * cols / 32);
         };
         const int64_t per_block = std::max<int64_t>(1, (256 << 10) / row_bytes);
-        const double per_token = chunk_seconds(fp4_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
-          const auto [codes, scales] = rows_of(w, r0);
-          for (int t = 0; t < n; ++t) cpu::detail::matvec_mxfp4_on(isa, codes, scales, nr, a[size_t(t)], y.data() + t * rows + r0);
-        });
-        const double tiled = chunk_seconds(fp4_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
-          const auto [codes, scales] = rows_of(w, r0);
-          cpu::detail::matmul_mxfp4_on(isa, codes, scales, nr, a.data(), n, y.data() + r0, rows);
-        });
+        const double per_token =
+            chunk_seconds(fp4_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+              const auto [codes, scales] = rows_of(w, r0);
+              for (int t = 0; t < n; ++t)
+                cpu::detail::matvec_mxfp4_on(isa, codes, scales, nr, a[size_t(t)], y.data() + t * rows + r0);
+            });
+        const double tiled =
+            chunk_seconds(fp4_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+              const auto [codes, scales] = rows_of(w, r0);
+              cpu::detail::matmul_mxfp4_on(isa, codes, scales, nr, a.data(), n, y.data() + r0, rows);
+            });
         std::snprintf(label, sizeof label, "MXFP4 %lldx%lld (%s) %s %s", (long long)rows, (long long)cols, what,
                       cpu::isa_name(isa), cpu::activation_bits_name(bits));
         print_chunk(label, n, flops, double(rows * row_bytes) * n, per_token, tiled);
@@ -146,14 +151,17 @@ void bench_chunks(int64_t rows, int64_t cols, const char* what, const std::vecto
     };
     // FP8 row blocks on 128-row boundaries, as linear() makes them.
     const int64_t per_block = std::max<int64_t>(128, (256 << 10) / cols / 128 * 128);
-    const double per_token = chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
-      const auto [codes, scales] = rows_of(w, r0);
-      for (int t = 0; t < n; ++t) cpu::matvec_fp8(codes, scales, nr, cols, x.data() + t * cols, y.data() + t * rows + r0);
-    });
-    const double tiled = chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
-      const auto [codes, scales] = rows_of(w, r0);
-      cpu::matmul_fp8(codes, scales, nr, cols, x.data(), n, cols, y.data() + r0, rows);
-    });
+    const double per_token =
+        chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+          const auto [codes, scales] = rows_of(w, r0);
+          for (int t = 0; t < n; ++t)
+            cpu::matvec_fp8(codes, scales, nr, cols, x.data() + t * cols, y.data() + t * rows + r0);
+        });
+    const double tiled =
+        chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+          const auto [codes, scales] = rows_of(w, r0);
+          cpu::matmul_fp8(codes, scales, nr, cols, x.data(), n, cols, y.data() + r0, rows);
+        });
     std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)rows, (long long)cols, cpu::matvec_isa());
     print_chunk(label, n, flops, double(rows * cols) * n, per_token, tiled);
   }
@@ -181,10 +189,12 @@ void run_kernel_bench(int repetitions, int working_set_mib, int threads, const s
   if (working_set_mib <= 0) working_set_mib = static_cast<int>(std::max<size_t>(256, 2 * (llc >> 20)));
   const double triad = triad_gbps(repetitions);
   std::printf("ferry bench kernels: %d threads, last-level cache %zu MiB, %d MiB of weights cycled\n",
-              threads > 0 ? std::min(threads, tbb::this_task_arena::max_concurrency()) : tbb::this_task_arena::max_concurrency(),
+              threads > 0 ? std::min(threads, tbb::this_task_arena::max_concurrency())
+                          : tbb::this_task_arena::max_concurrency(),
               llc >> 20, working_set_mib);
-  std::printf("MXFP4 rows: code path, then the activation precision (int24: the forward pass's default, as exact as\n"
-              "float; int16: ferry run --expert-activations int16)\n");
+  std::printf(
+      "MXFP4 rows: code path, then the activation precision (int24: the forward pass's default, as exact as\n"
+      "float; int16: ferry run --expert-activations int16)\n");
   std::printf("%-40s %8.1f GB/s\n", "triad (a = b + s*c)", triad);
   struct Shape {
     int64_t rows, cols;
@@ -214,11 +224,13 @@ void run_kernel_bench(int repetitions, int working_set_mib, int threads, const s
     }
     auto fp8_weights = make_weights(count(fp8 + fp8_scales), fp8, fp8_scales);
     const double g8 = kernel_gbps(fp8_weights, s.rows, s.cols, repetitions, runtime::cpu::matvec_fp8);
-    std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)s.rows, (long long)s.cols, runtime::cpu::matvec_isa());
+    std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)s.rows, (long long)s.cols,
+                  runtime::cpu::matvec_isa());
     std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g8, 100 * g8 / triad);
     if (!token_counts.empty()) {
-      std::printf("prefill chunks of n tokens through linear()'s row blocks, per-token matvecs vs the multi-token kernel\n"
-                  "(activations already rounded; eff GB/s = weight bytes x tokens / time):\n");
+      std::printf(
+          "prefill chunks of n tokens through linear()'s row blocks, per-token matvecs vs the multi-token kernel\n"
+          "(activations already rounded; eff GB/s = weight bytes x tokens / time):\n");
       bench_chunks(s.rows, s.cols, s.what, token_counts, repetitions, fp4_weights, fp8_weights);
     }
   }

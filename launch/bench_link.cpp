@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "planner/core/error.h"
-#include "planner/hardware.h"
 #include "planner/core/units.h"
+#include "planner/hardware.h"
 #include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/cuda/pinned_memory.h"
 #include "runtime/backend/hardware_probe.h"
@@ -87,10 +87,11 @@ int run(const Options& o) {
   const planner::GpuSpec& gpu = gpus[static_cast<size_t>(o.device)];
   const double expected = planner::pcie_h2d_bandwidth(gpu.pcie);
   std::unique_ptr<runtime::Backend> dev = runtime::cuda::make_cuda_backend(o.device);
-  std::printf("ferry bench link: %s %s, PCIe %s (the card's): about %.1f GB/s expected from pinned memory, "
-              "%.1f GB/s raw at x16\n",
-              dev->name().c_str(), gpu.name.c_str(), std::string(planner::pcie_name(gpu.pcie)).c_str(), expected / 1e9,
-              raw_x16_bandwidth(gpu.pcie) / 1e9);
+  std::printf(
+      "ferry bench link: %s %s, PCIe %s (the card's): about %.1f GB/s expected from pinned memory, "
+      "%.1f GB/s raw at x16\n",
+      dev->name().c_str(), gpu.name.c_str(), std::string(planner::pcie_name(gpu.pcie)).c_str(), expected / 1e9,
+      raw_x16_bandwidth(gpu.pcie) / 1e9);
 
   const std::vector<int64_t> sizes = {4 * core::kMiB, 64 * core::kMiB, 256 * core::kMiB};
   const int64_t largest = sizes.back();
@@ -108,8 +109,8 @@ int run(const Options& o) {
     const double total = static_cast<double>(size * count);
     const double pageable_bw = total / time_copies(*dev, dst, pageable.data(), size, count, o.repetitions);
     const double pinned_bw = total / time_copies(*dev, dst, pinned.data(), size, count, o.repetitions);
-    std::printf("%10s %8lld %15.1f %13.1f %12.0f%%\n", core::format_bytes(size).c_str(),
-                static_cast<long long>(count), pageable_bw / 1e9, pinned_bw / 1e9, 100 * pinned_bw / expected);
+    std::printf("%10s %8lld %15.1f %13.1f %12.0f%%\n", core::format_bytes(size).c_str(), static_cast<long long>(count),
+                pageable_bw / 1e9, pinned_bw / 1e9, 100 * pinned_bw / expected);
     std::fflush(stdout);
   }
   std::printf("link: %s\n", kernel_link(o.device).c_str());

@@ -13,13 +13,13 @@
 #include "offload/device_plan.h"
 #include "offload/plan_binding.h"
 #include "planner/core/error.h"
-#include "planner/model_spec.h"
 #include "planner/core/units.h"
+#include "planner/model_spec.h"
 #include "runtime/backend/cpu_backend.h"
-#include "runtime/model/forward.h"
 #include "runtime/backend/hardware_probe.h"
 #include "runtime/backend/sim_backend.h"
 #include "runtime/checkpoint/tiny_model.h"
+#include "runtime/model/forward.h"
 #include "runtime/model/weight_placement.h"
 
 namespace ferry::launch {
@@ -128,7 +128,8 @@ class Bench {
     std::vector<float> last;
     for (int64_t p = 0; p < o_.prompt; p += o_.ubatch) {
       const int64_t n = std::min(o_.ubatch, o_.prompt - p);
-      r.prefill.add(step(session, timing, bound, std::span(prompt).subspan(static_cast<size_t>(p), static_cast<size_t>(n)), last));
+      r.prefill.add(step(session, timing, bound,
+                         std::span(prompt).subspan(static_cast<size_t>(p), static_cast<size_t>(n)), last));
     }
     for (int64_t i = 0; i < o_.decode; ++i) {
       const int32_t next = static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
@@ -154,7 +155,8 @@ class Bench {
     const auto& g = all.devices.front();
     int64_t moe_layers = 0;
     for (const auto& lp : all.layers) moe_layers += lp.experts_per_node > 0;
-    const int64_t base = g.used() - g.bytes_of("weights.routed_experts") + 2 * spec_.config.num_experts_per_tok * expert_bytes_;
+    const int64_t base =
+        g.used() - g.bytes_of("weights.routed_experts") + 2 * spec_.config.num_experts_per_tok * expert_bytes_;
     return base + slots * moe_layers * expert_bytes_ + (1 << 20);
   }
 
@@ -221,21 +223,23 @@ int run(const Options& o) {
   ratios.push_back(0);  // the MTP layer
   ov["compress_ratios"] = ratios;
   t.overrides = ov;
-  std::fprintf(stderr, "bench offload: writing a synthetic model (%lld layers x %lld experts, V4-Flash expert shapes) ...\n",
+  std::fprintf(stderr,
+               "bench offload: writing a synthetic model (%lld layers x %lld experts, V4-Flash expert shapes) ...\n",
                (long long)o.layers, (long long)o.experts);
   runtime::make_tiny_model(dir, t);
   Bench bench(o, dir);
   const auto& spec = bench.spec();
   const int64_t eb = spec.expert_bytes();
-  std::printf("model: %lld MoE layers x %lld experts of %s (hidden 4096, 2048 wide, MXFP4), 6 per token; %s of experts\n",
-              (long long)o.layers, (long long)o.experts, core::format_bytes(eb).c_str(),
-              core::format_bytes(eb * o.experts * o.layers).c_str());
-  std::printf("run: prompt %lld tokens in chunks of %lld, then %lld decoded; link %s; projection for a GPU of %.0f GB/s\n",
-              (long long)o.prompt, (long long)o.ubatch, (long long)o.decode, o.link.c_str(), o.gpu_gbs);
+  std::printf(
+      "model: %lld MoE layers x %lld experts of %s (hidden 4096, 2048 wide, MXFP4), 6 per token; %s of experts\n",
+      (long long)o.layers, (long long)o.experts, core::format_bytes(eb).c_str(),
+      core::format_bytes(eb * o.experts * o.layers).c_str());
+  std::printf(
+      "run: prompt %lld tokens in chunks of %lld, then %lld decoded; link %s; projection for a GPU of %.0f GB/s\n",
+      (long long)o.prompt, (long long)o.ubatch, (long long)o.decode, o.link.c_str(), o.gpu_gbs);
   std::printf("measured = on this machine, where the simulated GPU's work runs on the CPU too\n\n");
 
-  std::vector<Config> configs = {{"all experts on GPU", 0, true, false},
-                                 {"all in RAM, CPU", 0, false, false}};
+  std::vector<Config> configs = {{"all experts on GPU", 0, true, false}, {"all in RAM, CPU", 0, false, false}};
   for (int pct : {10, 25, 50})
     configs.push_back({"cache " + std::to_string(pct) + "%", std::max<int64_t>(1, o.experts * pct / 100), false, true});
   configs.push_back({"stream prefill", 0, false, true});
@@ -250,7 +254,8 @@ int run(const Options& o) {
       const double s = projected ? p.projected_s : p.measured_s;
       return s > 0 ? p.tokens / s : 0.0;
     };
-    const double copy = r.prefill.copy_s + r.decode.copy_s, exposed = r.prefill.exposed_copy_s + r.decode.exposed_copy_s;
+    const double copy = r.prefill.copy_s + r.decode.copy_s,
+                 exposed = r.prefill.exposed_copy_s + r.decode.exposed_copy_s;
     const double uses = std::max<int64_t>(1, r.stats.uses());
     std::printf("%-20s %9s | %10.1f %10.1f | %10.2f %10.2f | %6.1f%% %6.1f%% %6.1f%% | %5.0f%%\n", cfg.name.c_str(),
                 core::format_bytes(r.device_bytes).c_str(), tps(r.decode, true), tps(r.prefill, true),
@@ -275,7 +280,8 @@ std::function<int()> add_offload_bench(CLI::App& bench, CLI::App*& sub) {
   sub->add_option("--decode", o->decode, "Decoded tokens (default 16)")->check(CLI::Range(1, 1 << 16));
   sub->add_option("--ubatch", o->ubatch, "Prefill chunk (default 128)")->check(CLI::Range(1, 1 << 16));
   sub->add_option("--link", o->link, "Host-to-GPU link bandwidth of the simulated device (default 25GB/s)");
-  sub->add_option("--gpu-bandwidth", o->gpu_gbs, "GPU memory bandwidth in GB/s for the projection (default 936, RTX 3090)")
+  sub->add_option("--gpu-bandwidth", o->gpu_gbs,
+                  "GPU memory bandwidth in GB/s for the projection (default 936, RTX 3090)")
       ->check(CLI::Range(1.0, 1e5));
   return [o] { return run(*o); };
 }

@@ -6,9 +6,9 @@
 //   ferry bench link      host-to-device GB/s of a GPU, pageable against pinned memory
 #include <algorithm>
 #include <chrono>
-#include <functional>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -41,16 +41,24 @@ class BenchCommand : public Command {
     run_context_ = add_context_bench(*app_, context_);
     run_link_ = add_link_bench(*app_, link_);
     run_offload_ = add_offload_bench(*app_, offload_);
-    plan_ = app_->add_subcommand("plan", "Time `ferry plan` end to end (model spec, placement, KV-type search, suggestions)");
+    plan_ = app_->add_subcommand("plan",
+                                 "Time `ferry plan` end to end (model spec, placement, KV-type search, suggestions)");
     plan_flags_.add_to(*plan_, false);
     hw_flags_.add_to(*plan_);
     plan_->add_option("--iterations", iterations_, "Timed runs (default 20)")->check(CLI::Range(1, 100000));
-    kernels_ = app_->add_subcommand("kernels", "GB/s of the MXFP4 expert and FP8 matrix-vector kernels at V4-Flash shapes, next to a triad");
-    kernels_->add_option("--repetitions", repetitions_, "Passes over the weights (default 5)")->check(CLI::Range(1, 1000));
-    kernels_->add_option("--working-set", working_set_mib_, "MiB of distinct weights cycled through, to defeat the caches (default: 2x the last-level cache, at least 256)")
+    kernels_ = app_->add_subcommand(
+        "kernels", "GB/s of the MXFP4 expert and FP8 matrix-vector kernels at V4-Flash shapes, next to a triad");
+    kernels_->add_option("--repetitions", repetitions_, "Passes over the weights (default 5)")
+        ->check(CLI::Range(1, 1000));
+    kernels_
+        ->add_option("--working-set", working_set_mib_,
+                     "MiB of distinct weights cycled through, to defeat the caches (default: 2x the last-level cache, "
+                     "at least 256)")
         ->check(CLI::Range(8, 65536));
     kernels_->add_option("--threads", threads_, "Worker threads (default: all cores)")->check(CLI::Range(1, 4096));
-    kernels_->add_option("--tokens", token_counts_, "Prefill chunk sizes for the multi-token kernels, e.g. 8,64 (default 8,64; 0: skip)")
+    kernels_
+        ->add_option("--tokens", token_counts_,
+                     "Prefill chunk sizes for the multi-token kernels, e.g. 8,64 (default 8,64; 0: skip)")
         ->delimiter(',')
         ->check(CLI::Range(0, 4096));
   }
@@ -97,10 +105,11 @@ class BenchCommand : public Command {
       if (i > 0) ms.push_back(std::chrono::duration<double, std::milli>(t1 - t0).count());  // first run warms caches
     }
     std::sort(ms.begin(), ms.end());
-    std::printf("ferry bench plan: %s, ctx %s, %s (%s)\n", flags.model.c_str(), flags.ctx.c_str(), planner::describe(hw).c_str(),
-                fits ? "fits" : "does not fit: includes the search for suggestions");
+    std::printf("ferry bench plan: %s, ctx %s, %s (%s)\n", flags.model.c_str(), flags.ctx.c_str(),
+                planner::describe(hw).c_str(), fits ? "fits" : "does not fit: includes the search for suggestions");
     std::printf("machine: %s\n", cpu_model().c_str());
-    std::printf("iterations %zu: min %.2f ms, median %.2f ms, max %.2f ms\n", ms.size(), ms.front(), ms[ms.size() / 2], ms.back());
+    std::printf("iterations %zu: min %.2f ms, median %.2f ms, max %.2f ms\n", ms.size(), ms.front(), ms[ms.size() / 2],
+                ms.back());
     return kExitOk;
   }
 

@@ -122,7 +122,8 @@ class ChatCommand : public Command {
     app_ = parent.add_subcommand("chat", "Interactive chat in the terminal (the model's chat format, streamed)");
     app_->add_option("--model,-m", model_, "Checkpoint directory (config.json + safetensors + tokenizer.json)")
         ->required();
-    app_->add_option("-c,--ctx,--ctx-size", ctx_, "Context length: the whole conversation, e.g. 4096 or 128K (default 4096)");
+    app_->add_option("-c,--ctx,--ctx-size", ctx_,
+                     "Context length: the whole conversation, e.g. 4096 or 128K (default 4096)");
     app_->add_option("-n,--n-predict", n_predict_, "Most tokens per answer (default: the rest of the context)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0.6)")
@@ -201,9 +202,10 @@ class ChatCommand : public Command {
     const int64_t prompt_tokens = static_cast<int64_t>(ids.size());
     const int64_t room = engine.context_length() - prompt_tokens;
     if (room < 1) {
-      std::fprintf(stderr, "ferry chat: the conversation (%lld tokens) no longer fits the context of %lld; /reset "
-                   "to start over\n", static_cast<long long>(prompt_tokens),
-                   static_cast<long long>(engine.context_length()));
+      std::fprintf(stderr,
+                   "ferry chat: the conversation (%lld tokens) no longer fits the context of %lld; /reset "
+                   "to start over\n",
+                   static_cast<long long>(prompt_tokens), static_cast<long long>(engine.context_length()));
       return;
     }
     const int64_t max_tokens = n_predict_ ? std::min(n_predict_, room) : room;
@@ -220,8 +222,7 @@ class ChatCommand : public Command {
       printer.content(t);
     };
     g_interrupted = false;
-    const server::EngineResult r =
-        engine.generate(request, ids, max_tokens, cb, [] { return g_interrupted.load(); });
+    const server::EngineResult r = engine.generate(request, ids, max_tokens, cb, [] { return g_interrupted.load(); });
     g_interrupted = false;
     printer.finish();
     ++turns_;
@@ -235,8 +236,8 @@ class ChatCommand : public Command {
                                                           : "";
     std::fprintf(stderr, "[prompt %lld tokens, %.1f tok/s; answer %lld tokens, %.1f tok/s%s]\n",
                  static_cast<long long>(prompt_tokens), prompt_tokens / std::max(r.prefill_seconds, 1e-9),
-                 static_cast<long long>(r.completion_tokens),
-                 r.completion_tokens / std::max(r.decode_seconds, 1e-9), why);
+                 static_cast<long long>(r.completion_tokens), r.completion_tokens / std::max(r.decode_seconds, 1e-9),
+                 why);
   }
 
   CLI::App* app_ = nullptr;

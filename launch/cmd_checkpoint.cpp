@@ -13,12 +13,15 @@ namespace {
 class MakeTinyCommand : public Command {
  public:
   explicit MakeTinyCommand(CLI::App& parent) {
-    app_ = parent.add_subcommand("make-tiny", "Write a small random checkpoint in DeepSeek V4's official layout (for tests and demos)");
+    app_ = parent.add_subcommand(
+        "make-tiny", "Write a small random checkpoint in DeepSeek V4's official layout (for tests and demos)");
     app_->add_option("outdir", outdir_, "Directory to write (created if needed)")->required();
     app_->add_option("--seed", options_.seed, "Random seed; the same seed gives byte-identical files (default 0)");
-    app_->add_option("--like", like_, "Layer pattern: flash (SWA, CSA, HCA) or pro (compressed from layer 0) (default flash)")
+    app_->add_option("--like", like_,
+                     "Layer pattern: flash (SWA, CSA, HCA) or pro (compressed from layer 0) (default flash)")
         ->check(CLI::IsMember({"flash", "pro"}));
-    app_->add_flag("--real-ratios", options_.real_ratios, "Window 128 and compression ratios 4/128 instead of 16 and 4/16");
+    app_->add_flag("--real-ratios", options_.real_ratios,
+                   "Window 128 and compression ratios 4/128 instead of 16 and 4/16");
     app_->add_option("--shards", options_.shards, "Number of safetensors shards, at least 2 (default 2)");
   }
   CLI::App* app() const override { return app_; }
@@ -39,7 +42,8 @@ class MakeTinyCommand : public Command {
 class InspectCommand : public Command {
  public:
   explicit InspectCommand(CLI::App& parent) {
-    app_ = parent.add_subcommand("inspect", "What a checkpoint holds, validated against its config.json (reads headers only)");
+    app_ = parent.add_subcommand("inspect",
+                                 "What a checkpoint holds, validated against its config.json (reads headers only)");
     app_->add_option("path", path_, "Checkpoint directory (config.json + safetensors shards)")->required();
     app_->footer("Exit status: 0 valid, 1 invalid or unreadable (each problem on its own line on stderr).");
   }

@@ -32,8 +32,9 @@ void write_file_atomically(const std::string& path, const std::string& text) {
 class PlanCommand : public Command {
  public:
   explicit PlanCommand(CLI::App& parent) {
-    app_ = parent.add_subcommand("plan", "Plan a model on this machine or a described one, before loading anything: "
-                                         "does it fit, where does every tensor go, how fast will it run");
+    app_ = parent.add_subcommand("plan",
+                                 "Plan a model on this machine or a described one, before loading anything: "
+                                 "does it fit, where does every tensor go, how fast will it run");
     app_->footer(
         "Examples:\n"
         "  ferry plan -m deepseek-v4-flash --gpu rtx3090 --host-ram 256GiB --ctx 1M\n"
@@ -57,8 +58,10 @@ class PlanCommand : public Command {
     plan.warnings.insert(plan.warnings.begin(), notes.begin(), notes.end());
     const std::string json = planner::plan_to_json(plan).dump(2) + "\n";
     if (!plan_out_.empty()) write_file_atomically(plan_out_, json);
-    if (json_) std::cout << json;
-    else std::cout << planner::format_plan(plan, spec);
+    if (json_)
+      std::cout << json;
+    else
+      std::cout << planner::format_plan(plan, spec);
     return plan.fits ? kExitOk : kExitDoesNotFit;
   }
 

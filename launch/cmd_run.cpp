@@ -15,13 +15,13 @@
 #include "launch/commands.h"
 #include "launch/run_offload.h"
 #include "planner/core/error.h"
+#include "planner/core/units.h"
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
-#include "planner/core/units.h"
-#include "runtime/kernels/cpu/mxfp4_activation.h"
-#include "runtime/kernels/cpu/matvec.h"
 #include "runtime/generate/generate.h"
 #include "runtime/generate/npy.h"
+#include "runtime/kernels/cpu/matvec.h"
+#include "runtime/kernels/cpu/mxfp4_activation.h"
 #include "runtime/text/tokenizer.h"
 
 namespace ferry::launch {
@@ -72,23 +72,30 @@ class RunCommand : public Command {
                                       "prepended); the generated text streams to stdout");
     tokens->excludes(prompt_option_);
     app_->add_option("-n,--n-predict", n_predict_, "Tokens to generate (default 16)")->check(CLI::Range(0, 1 << 24));
-    app_->add_option("-c,--ctx,--ctx-size", ctx_, "Context length the KV cache holds, e.g. 4096 or 128K (default 4096)");
-    app_->add_option("--kv-type,--cache-type", kv_type_, "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
+    app_->add_option("-c,--ctx,--ctx-size", ctx_,
+                     "Context length the KV cache holds, e.g. 4096 or 128K (default 4096)");
+    app_->add_option("--kv-type,--cache-type", kv_type_,
+                     "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
         ->check(CLI::IsMember({"fp8", "bf16", "q8_0", "q4_0"}));
     app_->add_option("--expert-activations", expert_activations_,
                      "Precision of routed-expert inputs in the CPU MXFP4 kernels: int24 (default, as exact as float) "
                      "or int16 (faster; error <= 2^-15 of each 32-block's largest value)")
         ->check(CLI::IsMember({"int24", "int16"}));
     app_->add_option("--ubatch", ubatch_, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 65536));
-    app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0)")->check(CLI::Range(0.0, 100.0));
-    app_->add_option("--top-p", sampler_.top_p, "Nucleus sampling threshold in (0, 1] (default 1)")->check(CLI::Range(1e-9, 1.0));
-    app_->add_option("--top-k", sampler_.top_k, "Sample among the k most likely tokens; 0 = all (default 0)")->check(CLI::NonNegativeNumber);
+    app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0)")
+        ->check(CLI::Range(0.0, 100.0));
+    app_->add_option("--top-p", sampler_.top_p, "Nucleus sampling threshold in (0, 1] (default 1)")
+        ->check(CLI::Range(1e-9, 1.0));
+    app_->add_option("--top-k", sampler_.top_k, "Sample among the k most likely tokens; 0 = all (default 0)")
+        ->check(CLI::NonNegativeNumber);
     app_->add_option("--seed", sampler_.seed, "Sampling seed (default 0)");
     app_->add_flag("--ignore-eos", ignore_eos_, "Keep generating after the end-of-sequence token");
-    app_->add_option("--logits-out", logits_out_, "Write the logits of every prompt position and generated token to FILE.npy (float32 [n, vocab])");
+    app_->add_option("--logits-out", logits_out_,
+                     "Write the logits of every prompt position and generated token to FILE.npy (float32 [n, vocab])");
     offload_.add_to(*app_);
-    app_->footer("Give --prompt or --tokens. Prints the generated text (--prompt, special tokens left out) or ids "
-                 "(--tokens) on stdout; progress, timing and memory lines go to stderr.");
+    app_->footer(
+        "Give --prompt or --tokens. Prints the generated text (--prompt, special tokens left out) or ids "
+        "(--tokens) on stdout; progress, timing and memory lines go to stderr.");
   }
   CLI::App* app() const override { return app_; }
 
@@ -102,7 +109,7 @@ class RunCommand : public Command {
     const int64_t ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
     const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
     runtime::cpu::set_expert_activation_bits(expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16
-                                                                             : runtime::cpu::ActivationBits::Int24);
+                                                                            : runtime::cpu::ActivationBits::Int24);
     const bool tty = isatty(STDERR_FILENO);
     const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
     FERRY_CHECK(need <= ctx, "--ctx " + std::to_string(ctx) + " is smaller than the prompt (" +
@@ -160,13 +167,17 @@ class RunCommand : public Command {
     }
     std::cout << std::endl;  // before the stderr lines, so a terminal shows them in order
     if (!logits_out_.empty()) {
-      runtime::write_npy_f32(logits_out_, r.logits.data(), static_cast<int64_t>(r.logits.size()) / c.vocab_size, c.vocab_size);
-      std::cerr << "wrote logits [" << r.logits.size() / c.vocab_size << ", " << c.vocab_size << "] to " << logits_out_ << "\n";
+      runtime::write_npy_f32(logits_out_, r.logits.data(), static_cast<int64_t>(r.logits.size()) / c.vocab_size,
+                             c.vocab_size);
+      std::cerr << "wrote logits [" << r.logits.size() / c.vocab_size << ", " << c.vocab_size << "] to " << logits_out_
+                << "\n";
     }
-    std::fprintf(stderr, "timing: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), kernels: fp8 %s, mxfp4 %s %s\n",
-                 static_cast<long long>(r.prompt_tokens), r.prefill_seconds, r.prompt_tokens / std::max(r.prefill_seconds, 1e-9),
-                 static_cast<long long>(r.decoded_tokens), r.decode_seconds,
-                 r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
+    std::fprintf(stderr,
+                 "timing: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), "
+                 "kernels: fp8 %s, mxfp4 %s %s\n",
+                 static_cast<long long>(r.prompt_tokens), r.prefill_seconds,
+                 r.prompt_tokens / std::max(r.prefill_seconds, 1e-9), static_cast<long long>(r.decoded_tokens),
+                 r.decode_seconds, r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
                  runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()),
                  runtime::cpu::activation_bits_name(runtime::cpu::expert_activation_bits()));
     if (offload) {

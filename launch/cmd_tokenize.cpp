@@ -56,8 +56,8 @@ class TokenizeCommand : public Command {
 
   int run() override {
     FERRY_CHECK(!model_.empty() || !tokenizer_file_.empty(), "give --model DIR or --tokenizer FILE");
-    const runtime::Tokenizer tokenizer = model_.empty() ? runtime::Tokenizer::from_file(tokenizer_file_)
-                                                        : runtime::Tokenizer::from_model_dir(model_);
+    const runtime::Tokenizer tokenizer =
+        model_.empty() ? runtime::Tokenizer::from_file(tokenizer_file_) : runtime::Tokenizer::from_model_dir(model_);
     const std::string input{std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>()};
     if (decode_) {
       std::cout << tokenizer.decode(parse_ids(input), no_special_) << std::flush;

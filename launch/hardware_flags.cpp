@@ -9,23 +9,32 @@ namespace ferry::launch {
 void HardwareFlags::add_to(CLI::App& app) {
   std::string known;
   for (const auto& p : planner::gpu_presets()) known += (known.empty() ? "" : ", ") + std::string(p.name);
-  app.add_option("--gpu", gpus, "A GPU per node, repeatable: a preset (" + known + ") or a size such as 24GiB; "
-                                "NAME:SIZE caps what ferry may use. Default: the GPUs of this machine")
+  app.add_option("--gpu", gpus,
+                 "A GPU per node, repeatable: a preset (" + known +
+                     ") or a size such as 24GiB; "
+                     "NAME:SIZE caps what ferry may use. Default: the GPUs of this machine")
       ->group("Hardware (default: probe this machine)");
   app.add_flag("--no-gpu", no_gpu, "Plan for the CPU only")->group("Hardware (default: probe this machine)");
-  app.add_option("--host-ram", host_ram, "Host RAM per node, e.g. 256GiB (default: this machine's)")->group("Hardware (default: probe this machine)");
-  app.add_option("--host-bw", host_bw, "Peak host memory bandwidth per node in GB/s (default 76.8: 2-channel DDR5-4800)")
+  app.add_option("--host-ram", host_ram, "Host RAM per node, e.g. 256GiB (default: this machine's)")
+      ->group("Hardware (default: probe this machine)");
+  app.add_option("--host-bw", host_bw,
+                 "Peak host memory bandwidth per node in GB/s (default 76.8: 2-channel DDR5-4800)")
       ->group("Hardware (default: probe this machine)");
   app.add_option("--pcie", pcie, "PCIe generation of the GPU slots: gen3, gen4, gen5 (default: the GPU preset's)")
       ->group("Hardware (default: probe this machine)");
-  app.add_option("--numa", numa, "NUMA nodes per node (RAM and bandwidth split evenly)")->group("Hardware (default: probe this machine)");
+  app.add_option("--numa", numa, "NUMA nodes per node (RAM and bandwidth split evenly)")
+      ->group("Hardware (default: probe this machine)");
   app.add_option("--cores", cores, "Physical CPU cores per node")->group("Hardware (default: probe this machine)");
-  app.add_option("--nodes", nodes, "Identical nodes (mpirun ranks, one per node); routed experts are sharded across them")
+  app.add_option("--nodes", nodes,
+                 "Identical nodes (mpirun ranks, one per node); routed experts are sharded across them")
       ->group("Hardware (default: probe this machine)");
-  app.add_option("--net-bw", net_bw, "Bandwidth between nodes in GB/s (default 12.5: 100 GbE)")->group("Hardware (default: probe this machine)");
-  app.add_option("--net-latency-us", net_latency_us, "Latency of one collective between nodes in microseconds (default 50)")
+  app.add_option("--net-bw", net_bw, "Bandwidth between nodes in GB/s (default 12.5: 100 GbE)")
       ->group("Hardware (default: probe this machine)");
-  app.add_option("--gpu-reserve", gpu_reserve, "Memory per GPU kept for the CUDA context and libraries (default 512MiB)")
+  app.add_option("--net-latency-us", net_latency_us,
+                 "Latency of one collective between nodes in microseconds (default 50)")
+      ->group("Hardware (default: probe this machine)");
+  app.add_option("--gpu-reserve", gpu_reserve,
+                 "Memory per GPU kept for the CUDA context and libraries (default 512MiB)")
       ->group("Hardware (default: probe this machine)");
   app.add_option("--host-reserve", host_reserve, "RAM per node kept for the OS and other processes (default 4GiB)")
       ->group("Hardware (default: probe this machine)");

@@ -10,15 +10,18 @@ void PlanFlags::add_to(CLI::App& app, bool model_required) {
   for (const auto& n : core::preset_names()) presets += (presets.empty() ? "" : ", ") + n;
   auto* m = app.add_option("-m,--model", model, "A preset (" + presets + "), a config.json, or a model directory");
   if (model_required) m->required();
-  app.add_option("-c,--ctx,--ctx-size", ctx, "Context per sequence in tokens, e.g. 1048576, 128K, 1M (default: the model's maximum)");
+  app.add_option("-c,--ctx,--ctx-size", ctx,
+                 "Context per sequence in tokens, e.g. 1048576, 128K, 1M (default: the model's maximum)");
   app.add_option("--kv-type,--cache-type", kv_type,
                  "KV cache storage: bf16, fp8, q8_0, q4_0, or auto (the highest-fidelity that fits). "
                  "Default: the model's own (fp8 for V4, bf16 for V3/V3.2)");
   app.add_option("-u,--ubatch,--ubatch-size", ubatch, "Prefill chunk in tokens; workspaces grow with it (default 512)");
   app.add_option("--parallel", parallel, "Sequences decoded together, each with its own KV cache (default 1)");
   app.add_flag("--mtp", mtp, "Load the MTP layer (for speculative decoding)");
-  app.add_option("--expert-cache", expert_cache, "GPU expert cache: auto (the VRAM left over), off, or N slots per layer (default auto)");
-  app.add_option("--expert-hit-rate", hit_rate, "Expected expert-cache hit rate 0..1 for the speed estimate (default: estimated from the cache size)");
+  app.add_option("--expert-cache", expert_cache,
+                 "GPU expert cache: auto (the VRAM left over), off, or N slots per layer (default auto)");
+  app.add_option("--expert-hit-rate", hit_rate,
+                 "Expected expert-cache hit rate 0..1 for the speed estimate (default: estimated from the cache size)");
 }
 
 planner::PlanOptions PlanFlags::resolve() const {
@@ -26,28 +29,35 @@ planner::PlanOptions PlanFlags::resolve() const {
   PlanOptions o;
   if (!ctx.empty()) o.ctx = core::parse_count(ctx, "--ctx");
   if (!kv_type.empty()) {
-    if (kv_type == "auto") o.kv_auto = true;
-    else if (auto t = kv_type_from_name(kv_type)) o.kv_type = *t;
-    else FERRY_THROW("unknown --kv-type '" + kv_type + "' (expected bf16, fp8, q8_0, q4_0 or auto)");
+    if (kv_type == "auto")
+      o.kv_auto = true;
+    else if (auto t = kv_type_from_name(kv_type))
+      o.kv_type = *t;
+    else
+      FERRY_THROW("unknown --kv-type '" + kv_type + "' (expected bf16, fp8, q8_0, q4_0 or auto)");
   }
   if (ubatch) {
     if (*ubatch < 1 || *ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got " + std::to_string(*ubatch));
     o.ubatch = *ubatch;
   }
   if (parallel) {
-    if (*parallel < 1 || *parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got " + std::to_string(*parallel));
+    if (*parallel < 1 || *parallel > 4096)
+      FERRY_THROW("--parallel must be in [1, 4096], got " + std::to_string(*parallel));
     o.parallel = *parallel;
   }
   o.mtp = mtp;
   if (!expert_cache.empty()) {
-    if (expert_cache == "auto") o.expert_cache = ExpertCacheMode::Auto;
-    else if (expert_cache == "off" || expert_cache == "0") o.expert_cache = ExpertCacheMode::Off;
+    if (expert_cache == "auto")
+      o.expert_cache = ExpertCacheMode::Auto;
+    else if (expert_cache == "off" || expert_cache == "0")
+      o.expert_cache = ExpertCacheMode::Off;
     else {
       o.expert_cache = ExpertCacheMode::Slots;
       try {
         o.expert_cache_slots = core::parse_count(expert_cache, "--expert-cache");
       } catch (const Error&) {
-        FERRY_THROW("invalid --expert-cache '" + expert_cache + "' (expected auto, off or a number of slots per layer)");
+        FERRY_THROW("invalid --expert-cache '" + expert_cache +
+                    "' (expected auto, off or a number of slots per layer)");
       }
     }
   }

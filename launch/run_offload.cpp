@@ -6,8 +6,8 @@
 #include <cstdio>
 
 #include "planner/core/error.h"
-#include "planner/model_spec.h"
 #include "planner/core/units.h"
+#include "planner/model_spec.h"
 #include "runtime/backend/hardware_probe.h"
 
 namespace ferry::launch {
@@ -62,8 +62,9 @@ void OffloadFlags::check() const {
 OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so)
     : flags_(flags) {
   FERRY_CHECK(flags.gpu.starts_with("sim:"),
-              "--gpu '" + flags.gpu + "': ferry run computes with the CPU's kernels for now; give a simulated "
-              "device, e.g. --gpu sim:24GiB or sim:24GiB@25GB/s (`ferry plan --gpu` takes real GPUs)");
+              "--gpu '" + flags.gpu +
+                  "': ferry run computes with the CPU's kernels for now; give a simulated "
+                  "device, e.g. --gpu sim:24GiB or sim:24GiB@25GB/s (`ferry plan --gpu` takes real GPUs)");
   const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags.gpu);
   const planner::ModelSpec model = planner::load_model_spec(model_dir);
   std::vector<std::string> notes;
@@ -80,8 +81,9 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
   dispatch_.policy = flags.policy == "lfu" ? offload::CachePolicy::Lfu : offload::CachePolicy::Lru;
   // The CPU expert kernels reach ~60% of the host's RAM bandwidth (`ferry bench kernels`).
   const double cpu_bw = 0.6 * host.memory_bandwidth;
-  dispatch_.stream_min_tokens = flags.stream_min_tokens >= 0 ? flags.stream_min_tokens
-                                                             : offload::stream_min_tokens_for(cpu_bw, spec.link_bytes_per_s);
+  dispatch_.stream_min_tokens = flags.stream_min_tokens >= 0
+                                    ? flags.stream_min_tokens
+                                    : offload::stream_min_tokens_for(cpu_bw, spec.link_bytes_per_s);
   gpu_ = std::make_unique<runtime::SimBackend>(spec);
   for (const auto& d : plan_.devices)
     if (d.kind == planner::DeviceKind::Host) hosts_.push_back(std::make_unique<runtime::cpu::CpuBackend>(d.id));
@@ -111,7 +113,8 @@ std::string OffloadRun::memory_report() const {
       const auto u = L.usage(c);
       if (u.planned == 0 && u.high_water == 0) continue;
       out += line("    %-24s %12s %12s %7.1f%%\n", std::string(runtime::memory_class_name(c)).c_str(),
-                  bytes(u.planned).c_str(), bytes(u.high_water).c_str(), u.planned ? 100.0 * u.high_water / u.planned : 0.0);
+                  bytes(u.planned).c_str(), bytes(u.high_water).c_str(),
+                  u.planned ? 100.0 * u.high_water / u.planned : 0.0);
     }
   }
   return out;
@@ -128,21 +131,24 @@ std::string OffloadRun::expert_report() const {
     evictions += s.evictions;
   }
   const runtime::LinkStats link = gpu_->link_stats();
-  std::string out = line("experts: %lld uses, %.1f%% on the GPU (resident %lld, cache hits %lld, streamed %lld), CPU %lld\n",
-                         (long long)t.uses(), 100 * t.gpu_share(), (long long)t.resident, (long long)t.cache_hits,
-                         (long long)t.streamed, (long long)t.cpu);
-  out += line("expert cache: %s, hit rate %.1f%% (%lld of %lld lookups), %lld evictions; stream from %lld tokens per expert\n",
-              flags_.policy.c_str(), lookups ? 100.0 * hits / lookups : 0.0, (long long)hits, (long long)lookups,
-              (long long)evictions, (long long)bound_->dispatch().stream_min_tokens());
+  std::string out =
+      line("experts: %lld uses, %.1f%% on the GPU (resident %lld, cache hits %lld, streamed %lld), CPU %lld\n",
+           (long long)t.uses(), 100 * t.gpu_share(), (long long)t.resident, (long long)t.cache_hits,
+           (long long)t.streamed, (long long)t.cpu);
+  out += line(
+      "expert cache: %s, hit rate %.1f%% (%lld of %lld lookups), %lld evictions; stream from %lld tokens per expert\n",
+      flags_.policy.c_str(), lookups ? 100.0 * hits / lookups : 0.0, (long long)hits, (long long)lookups,
+      (long long)evictions, (long long)bound_->dispatch().stream_min_tokens());
   // Copy time not hidden: the device's compute stream waiting for a copy its work reads, and the host waiting
   // for a staging slot.
   const runtime::ComputeStats compute = gpu_->compute_stats();
   const double waited = compute.copy_wait_seconds + t.copy_wait_seconds;
   const double hidden = link.busy_seconds > 0 ? std::clamp(1 - waited / link.busy_seconds, 0.0, 1.0) : 1.0;
-  out += line("copies: %lld experts (%s), copy stream busy %.4f s (link model %.4f s), waited for %.4f s (device "
-              "%.4f, host staging %.4f): %.0f%% hidden behind compute\n",
-              (long long)t.copies, bytes(t.copy_bytes).c_str(), link.busy_seconds, link.modeled_seconds, waited,
-              compute.copy_wait_seconds, t.copy_wait_seconds, 100 * hidden);
+  out += line(
+      "copies: %lld experts (%s), copy stream busy %.4f s (link model %.4f s), waited for %.4f s (device "
+      "%.4f, host staging %.4f): %.0f%% hidden behind compute\n",
+      (long long)t.copies, bytes(t.copy_bytes).c_str(), link.busy_seconds, link.modeled_seconds, waited,
+      compute.copy_wait_seconds, t.copy_wait_seconds, 100 * hidden);
   out += line("device compute stream: %lld launches, busy %.4f s; overwrite conflicts %lld\n",
               (long long)compute.launches, compute.busy_seconds, (long long)compute.overwrite_conflicts);
   out += host_experts_line();

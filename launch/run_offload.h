@@ -14,18 +14,18 @@
 #include "offload/plan_binding.h"
 #include "planner/plan.h"
 #include "runtime/backend/cpu_backend.h"
-#include "runtime/model/forward.h"
 #include "runtime/backend/sim_backend.h"
+#include "runtime/model/forward.h"
 
 namespace ferry::launch {
 
 struct OffloadFlags {
-  std::string gpu;                  // "sim:24GiB" or "sim:24GiB@25GB/s"; empty: CPU only
-  int64_t cache_slots = -1;         // GPU expert-cache slots per layer; -1: the planner fills the leftover room
+  std::string gpu;           // "sim:24GiB" or "sim:24GiB@25GB/s"; empty: CPU only
+  int64_t cache_slots = -1;  // GPU expert-cache slots per layer; -1: the planner fills the leftover room
   std::string policy = "lru";
-  int64_t stream_min_tokens = -1;   // -1: from the cost model (offload::stream_min_tokens_for)
-  std::string host_experts;         // "mmap" or "numa"; empty: not given (mmap)
-  int numa = 0;                     // NUMA nodes to plan for; 0: this machine's
+  int64_t stream_min_tokens = -1;  // -1: from the cost model (offload::stream_min_tokens_for)
+  std::string host_experts;        // "mmap" or "numa"; empty: not given (mmap)
+  int numa = 0;                    // NUMA nodes to plan for; 0: this machine's
   bool verbose = false;
 
   void add_to(CLI::App& app);

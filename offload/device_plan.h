@@ -12,10 +12,10 @@
 namespace ferry::offload {
 
 struct DeviceRequest {
-  std::string name;                 // shown in the plan and in errors, e.g. "sim:24.00 GiB@25.0GB/s"
+  std::string name;  // shown in the plan and in errors, e.g. "sim:24.00 GiB@25.0GB/s"
   int64_t capacity = 0;
-  double link_bytes_per_s = 0;      // the host link; 0: PCIe gen4's practical rate for the cost model
-  int64_t cache_slots = -1;         // GPU expert-cache slots per MoE layer; -1: what room is left
+  double link_bytes_per_s = 0;  // the host link; 0: PCIe gen4's practical rate for the cost model
+  int64_t cache_slots = -1;     // GPU expert-cache slots per MoE layer; -1: what room is left
 };
 
 // Plans `session`'s context, KV type, chunk and MTP choice for the device and `host`, the forward pass's

@@ -18,8 +18,7 @@ const char* slot_state_name(SlotState s) {
   return "?";
 }
 
-ExpertCache::ExpertCache(const std::vector<int64_t>& slots_per_layer, int64_t experts_per_layer,
-                         CachePolicy policy)
+ExpertCache::ExpertCache(const std::vector<int64_t>& slots_per_layer, int64_t experts_per_layer, CachePolicy policy)
     : policy_(policy) {
   constexpr int64_t kMaxIndex = std::numeric_limits<int>::max();
   FERRY_CHECK(experts_per_layer >= 0 && experts_per_layer <= kMaxIndex,
@@ -29,9 +28,9 @@ ExpertCache::ExpertCache(const std::vector<int64_t>& slots_per_layer, int64_t ex
   for (size_t i = 0; i < slots_per_layer.size(); ++i) {
     const int64_t n = slots_per_layer[i];
     // More slots than experts could never all be filled: a planning error, not a bigger cache.
-    FERRY_CHECK(n >= 0 && n <= experts_per_layer,
-                "expert cache: layer " + std::to_string(i) + " has " + std::to_string(n) + " slots for " +
-                    std::to_string(experts_per_layer) + " experts");
+    FERRY_CHECK(n >= 0 && n <= experts_per_layer, "expert cache: layer " + std::to_string(i) + " has " +
+                                                      std::to_string(n) + " slots for " +
+                                                      std::to_string(experts_per_layer) + " experts");
     layers_[i].slots.resize(static_cast<size_t>(n));
     layers_[i].slot_of.assign(static_cast<size_t>(experts_), -1);
     layers_[i].uses.assign(static_cast<size_t>(experts_), 0);
@@ -49,14 +48,14 @@ ExpertCache::Layer& ExpertCache::layer_at(int layer) {
 }
 
 void ExpertCache::check_expert(int expert) const {
-  FERRY_CHECK(expert >= 0 && expert < experts_, "expert cache: expert " + std::to_string(expert) +
-                                                    " out of range (" + std::to_string(experts_) + " per layer)");
+  FERRY_CHECK(expert >= 0 && expert < experts_, "expert cache: expert " + std::to_string(expert) + " out of range (" +
+                                                    std::to_string(experts_) + " per layer)");
 }
 
 void ExpertCache::check_slot(const Layer& l, int layer, int slot) {
   FERRY_CHECK(slot >= 0 && static_cast<size_t>(slot) < l.slots.size(),
-              "expert cache: slot " + std::to_string(slot) + " out of range (layer " + std::to_string(layer) +
-                  " has " + std::to_string(l.slots.size()) + ")");
+              "expert cache: slot " + std::to_string(slot) + " out of range (layer " + std::to_string(layer) + " has " +
+                  std::to_string(l.slots.size()) + ")");
 }
 
 int ExpertCache::choose_slot(const Layer& l, std::span<const int> keep) const {
@@ -144,9 +143,9 @@ std::vector<Fill> ExpertCache::prefetch(int layer, std::span<const int> experts)
 // The slot a streamer's call names, which must be Loading.
 ExpertCache::Slot& ExpertCache::loading_slot(Layer& l, int layer, int slot, const char* call) {
   Slot& s = l.slots[static_cast<size_t>(slot)];
-  FERRY_CHECK(s.state == SlotState::Loading, std::string("expert cache: ") + call + " on layer " + std::to_string(layer) +
-                                                 " slot " + std::to_string(slot) + ", which is " +
-                                                 slot_state_name(s.state) + ", not loading");
+  FERRY_CHECK(s.state == SlotState::Loading, std::string("expert cache: ") + call + " on layer " +
+                                                 std::to_string(layer) + " slot " + std::to_string(slot) +
+                                                 ", which is " + slot_state_name(s.state) + ", not loading");
   return s;
 }
 
@@ -165,8 +164,7 @@ void ExpertCache::cancel(int layer, int slot) {
   Slot& s = loading_slot(l, layer, slot, "cancel()");
   // A reader still pinning it would wait for a copy that never lands.
   FERRY_CHECK(s.pins == 0, "expert cache: cancel() on layer " + std::to_string(layer) + " slot " +
-                               std::to_string(slot) + ", which " + std::to_string(s.pins) +
-                               " reader(s) still pin");
+                               std::to_string(slot) + ", which " + std::to_string(s.pins) + " reader(s) still pin");
   l.slot_of[static_cast<size_t>(s.expert)] = -1;
   s.expert = -1;
   s.state = SlotState::Free;

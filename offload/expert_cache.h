@@ -46,9 +46,9 @@ enum class LookupKind : uint8_t {
 
 struct Lookup {
   LookupKind kind = LookupKind::NoSlot;
-  int slot = -1;        // Hit, Miss: pinned for the caller, who calls release() once done reading
-  int evicted = -1;     // Miss: the expert the slot held before; -1 when it was free
-  bool ready = false;   // Hit: the copy has landed; false: a prefetch is still loading it, wait for its event
+  int slot = -1;       // Hit, Miss: pinned for the caller, who calls release() once done reading
+  int evicted = -1;    // Miss: the expert the slot held before; -1 when it was free
+  bool ready = false;  // Hit: the copy has landed; false: a prefetch is still loading it, wait for its event
 };
 
 // A copy to start: `expert` into `slot`, which is now Loading and unpinned.
@@ -113,8 +113,8 @@ class ExpertCache {
   };
   struct Layer {
     std::vector<Slot> slots;
-    std::vector<int> slot_of;      // per expert, -1 when not cached
-    std::vector<int64_t> uses;     // per expert, cached or not
+    std::vector<int> slot_of;   // per expert, -1 when not cached
+    std::vector<int64_t> uses;  // per expert, cached or not
     CacheStats stats;
   };
 

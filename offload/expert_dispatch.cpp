@@ -31,9 +31,9 @@ struct ExpertDispatch::Layer {
   bool gpu_layer = false;  // the layer's non-routed weights (and its device work) are on the GPU
   bool moe = false;
   bool resident = false;
-  std::vector<ExpertWeights> on_gpu;     // resident: every expert's device copy
+  std::vector<ExpertWeights> on_gpu;  // resident: every expert's device copy
   std::vector<DeviceBuffer> resident_buffers;
-  std::vector<DeviceBuffer> slots;       // cache slots, one expert each
+  std::vector<DeviceBuffer> slots;  // cache slots, one expert each
 };
 
 ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWeights& host_experts,
@@ -41,11 +41,13 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
     : host_(host_experts),
       gpu_(gpu),
       options_(options),
-      cache_([&] {
-        std::vector<int64_t> slots(sz(host_experts.config().n_layers_total()), 0);
-        for (const auto& lp : plan.layers) slots[sz(lp.layer)] = lp.cache_slots;
-        return slots;
-      }(), host_experts.config().n_routed_experts, options.policy) {
+      cache_(
+          [&] {
+            std::vector<int64_t> slots(sz(host_experts.config().n_layers_total()), 0);
+            for (const auto& lp : plan.layers) slots[sz(lp.layer)] = lp.cache_slots;
+            return slots;
+          }(),
+          host_experts.config().n_routed_experts, options.policy) {
   const auto& c = host_.config();
   FERRY_CHECK(options_.stream_min_tokens >= 0, "stream_min_tokens must be >= 0");
   const int64_t n_layers = c.n_layers_total();
@@ -78,7 +80,8 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
       continue;
     }
     any_in_ram = true;
-    for (int64_t s = 0; s < lp.cache_slots; ++s) dst.slots.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
+    for (int64_t s = 0; s < lp.cache_slots; ++s)
+      dst.slots.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
   }
   if (!any_in_ram) return;
   // Stream slots and staging as planner/memory.h sizes them: two groups of top-k experts.

@@ -43,11 +43,11 @@ struct DispatchOptions {
 
 // Where expert uses went, per layer and in all.
 struct DispatchStats {
-  int64_t resident = 0;      // computed on the GPU from experts the Plan made resident
-  int64_t cache_hits = 0;    // computed on the GPU from a cache slot that already held the expert
-  int64_t cpu = 0;           // computed on the CPU from host RAM
-  int64_t streamed = 0;      // copied for this use (cache miss or stream slot), then computed on the GPU
-  int64_t copies = 0;        // expert copies to the GPU (fills, prefetches, streams)
+  int64_t resident = 0;    // computed on the GPU from experts the Plan made resident
+  int64_t cache_hits = 0;  // computed on the GPU from a cache slot that already held the expert
+  int64_t cpu = 0;         // computed on the CPU from host RAM
+  int64_t streamed = 0;    // copied for this use (cache miss or stream slot), then computed on the GPU
+  int64_t copies = 0;      // expert copies to the GPU (fills, prefetches, streams)
   int64_t copy_bytes = 0;
   double copy_wait_seconds = 0;  // time the host waited for a staging slot's copy to land
   int64_t uses() const { return resident + cache_hits + cpu + streamed; }

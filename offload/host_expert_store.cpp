@@ -140,8 +140,10 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
     r.bound = p != nullptr;
     if (!p) {
       if (!warned)
-        std::fprintf(stderr, "warning: host experts: the OS refused binding memory to NUMA node %d (%s); using "
-                     "first-touch memory written from that node's threads\n", r.machine_node, std::strerror(errno));
+        std::fprintf(stderr,
+                     "warning: host experts: the OS refused binding memory to NUMA node %d (%s); using "
+                     "first-touch memory written from that node's threads\n",
+                     r.machine_node, std::strerror(errno));
       warned = true;
       p = hwloc_alloc(t, sz(r.bytes));
       FERRY_CHECK(p, "host experts: out of memory allocating " + core::format_bytes(r.bytes) + " for NUMA node " +

@@ -68,8 +68,8 @@ class HostExpertStore {
   std::vector<Region> regions_;
 };
 
-// The NUMA node (Region::machine_node) of the store memory `p` points into; -1 when `p` is in no numa store (the mapping, or a
-// GPU slot). What ExpertDispatch puts in runtime::ExpertUse::host_node. Thread-safe.
+// The NUMA node (Region::machine_node) of the store memory `p` points into; -1 when `p` is in no numa store (the
+// mapping, or a GPU slot). What ExpertDispatch puts in runtime::ExpertUse::host_node. Thread-safe.
 int host_expert_node(const void* p);
 
 }  // namespace ferry::offload

@@ -28,7 +28,8 @@ std::array<int64_t, runtime::kMemoryClasses> planned_by_class(const planner::Dev
 
 void set_planned(runtime::MemoryLedger& ledger, const planner::DevicePlan& d) {
   const auto b = planned_by_class(d);
-  for (int i = 0; i < runtime::kMemoryClasses; ++i) ledger.set_planned(static_cast<MemoryClass>(i), b[static_cast<size_t>(i)]);
+  for (int i = 0; i < runtime::kMemoryClasses; ++i)
+    ledger.set_planned(static_cast<MemoryClass>(i), b[static_cast<size_t>(i)]);
 }
 
 namespace {
@@ -48,8 +49,7 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
     : BoundPlan(plan, checkpoint, gpu, std::span<runtime::Backend* const>(std::array{&host}), options) {}
 
 BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& checkpoint, runtime::Backend& gpu,
-                     std::span<runtime::Backend* const> hosts, const DispatchOptions& options,
-                     HostExperts host_experts)
+                     std::span<runtime::Backend* const> hosts, const DispatchOptions& options, HostExperts host_experts)
     : hosts_(hosts.begin(), hosts.end()), weights_(checkpoint), gpu_(&gpu) {
   FERRY_CHECK(plan.fits, "the plan does not fit");
   const std::vector<int> gpus = devices_of(plan, planner::DeviceKind::Gpu);
@@ -57,15 +57,16 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   FERRY_CHECK(gpus.size() == 1, "ferry runs plans with one GPU for now; this plan has " + std::to_string(gpus.size()) +
                                     " (" + plan.layout + ")");
   FERRY_CHECK(!host_devices.empty(), "the plan has no host");
-  FERRY_CHECK(host_devices.size() == hosts_.size(),
-              "the plan has " + std::to_string(host_devices.size()) + " host memory nodes, the binding was given " +
-                  std::to_string(hosts_.size()) + " host backends");
+  FERRY_CHECK(host_devices.size() == hosts_.size(), "the plan has " + std::to_string(host_devices.size()) +
+                                                        " host memory nodes, the binding was given " +
+                                                        std::to_string(hosts_.size()) + " host backends");
   for (const int h : host_devices)
     FERRY_CHECK(plan.devices[static_cast<size_t>(h)].node == 0,
                 "ferry runs plans on one machine for now; this plan has more (" + plan.layout + ")");
   const int gpu_index = gpus.front();
   set_planned(gpu.ledger(), plan.devices[static_cast<size_t>(gpu_index)]);
-  for (size_t k = 0; k < hosts_.size(); ++k) set_planned(hosts_[k]->ledger(), plan.devices[static_cast<size_t>(host_devices[k])]);
+  for (size_t k = 0; k < hosts_.size(); ++k)
+    set_planned(hosts_[k]->ledger(), plan.devices[static_cast<size_t>(host_devices[k])]);
 
   // The embedding stays in the checkpoint's mapping; it is the first host's weights in the report. The routed
   // experts the plan leaves in RAM are the host expert store's.

@@ -54,7 +54,7 @@ class BoundPlan {
   std::vector<runtime::Backend*> hosts_;
   runtime::ModelWeights weights_;
   std::vector<runtime::DeviceBuffer> weight_buffers_;
-  std::unique_ptr<HostExpertStore> store_;     // outlives dispatch_, which reads its experts
+  std::unique_ptr<HostExpertStore> store_;  // outlives dispatch_, which reads its experts
   std::unique_ptr<ExpertDispatch> dispatch_;
   runtime::Backend* gpu_;
   int64_t mapped_bytes_ = 0;  // the embedding, left in the mapping, counted as the first host's weights

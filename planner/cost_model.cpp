@@ -32,17 +32,22 @@ LayerFlops layer_flops(const core::ModelConfig& c, int64_t l) {
   LayerFlops f;
   if (c.arch == core::Arch::DeepseekV4) {
     const double hd = double(c.head_dim);
-    f.dense += dim * c.q_lora_rank + c.q_lora_rank * h * hd + dim * hd + h * hd * c.o_lora_rank + c.o_groups * c.o_lora_rank * dim;
+    f.dense += dim * c.q_lora_rank + c.q_lora_rank * h * hd + dim * hd + h * hd * c.o_lora_rank +
+               c.o_groups * c.o_lora_rank * dim;
     const int64_t r = c.compress_ratio(l);
     const double coff = r == 4 ? 2 : 1;
     if (r > 0) f.dense += 2 * coff * hd * dim;
-    if (r == 4) f.dense += c.q_lora_rank * double(c.index_n_heads * c.index_head_dim) + dim * c.index_n_heads + 2 * coff * c.index_head_dim * dim;
+    if (r == 4)
+      f.dense += c.q_lora_rank * double(c.index_n_heads * c.index_head_dim) + dim * c.index_n_heads +
+                 2 * coff * c.index_head_dim * dim;
     f.dense += 2.0 * (2 + c.hc_mult) * c.hc_mult * c.hc_mult * dim;
   } else {
     const double qh = double(c.qk_nope_head_dim + c.qk_rope_head_dim);
     f.dense += dim * c.q_lora_rank + c.q_lora_rank * h * qh + dim * (c.kv_lora_rank + c.qk_rope_head_dim) +
                c.kv_lora_rank * h * (c.qk_nope_head_dim + c.v_head_dim) + h * c.v_head_dim * dim;
-    if (c.arch == core::Arch::DeepseekV32) f.dense += c.q_lora_rank * double(c.index_n_heads * c.index_head_dim) + dim * c.index_head_dim + dim * c.index_n_heads;
+    if (c.arch == core::Arch::DeepseekV32)
+      f.dense +=
+          c.q_lora_rank * double(c.index_n_heads * c.index_head_dim) + dim * c.index_head_dim + dim * c.index_n_heads;
     if (!c.is_moe_layer(l)) f.dense += 3 * dim * c.intermediate_size;
   }
   if (c.is_moe_layer(l)) {
@@ -92,7 +97,8 @@ double kv_read_bytes(const core::ModelConfig& c, int64_t l, KvType t, int64_t ct
     }
     return rows * row.main + keys * row.indexer + double(compressor_state_bytes(c, l));
   }
-  if (c.arch == core::Arch::DeepseekV32) return double(std::min(c.index_topk, ctx)) * row.main + double(ctx) * row.indexer;
+  if (c.arch == core::Arch::DeepseekV32)
+    return double(std::min(c.index_topk, ctx)) * row.main + double(ctx) * row.indexer;
   return double(ctx) * row.main;
 }
 
@@ -126,7 +132,9 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
     const auto& w = spec.layers[static_cast<size_t>(lp.layer)];
     const double read = double(w.non_routed()) + kv_read_bytes(c, lp.layer, plan.kv_type, o.ctx);
     const auto& dev = plan.devices[static_cast<size_t>(lp.device)];
-    const double dev_bw = dev.kind == DeviceKind::Gpu ? hw.gpus[static_cast<size_t>(dev.index)].memory_bandwidth * kGpuBandwidthEfficiency : host_bw;
+    const double dev_bw = dev.kind == DeviceKind::Gpu
+                              ? hw.gpus[static_cast<size_t>(dev.index)].memory_bandwidth * kGpuBandwidthEfficiency
+                              : host_bw;
     gpu_s += read / dev_bw;
     if (lp.experts_per_node == 0) continue;
     const double h = hit_rate(o, lp);
@@ -149,10 +157,14 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
   e.decode_tok_s = 1 / std::max(1e-9, gpu_s + cpu_s + sync_s);
   e.expert_hit_rate = routed_uses > 0 ? hits / routed_uses : 0;
   e.decode_ceiling_tok_s = routed_bytes_per_token > 0 ? hw.host.memory_bandwidth * nodes / routed_bytes_per_token : 0;
-  if (cpu_s >= gpu_s && cpu_s >= sync_s) e.decode_bottleneck = "host RAM bandwidth (routed experts computed by the CPU)";
-  else if (gpu_s >= sync_s) e.decode_bottleneck = has_gpu ? "GPU memory bandwidth (non-routed weights, KV cache, cached experts)"
-                                                          : "host RAM bandwidth (every weight read by the CPU)";
-  else e.decode_bottleneck = hw.nodes > 1 ? "latency of GPU-CPU hand-offs and network collectives" : "latency of GPU-CPU hand-offs";
+  if (cpu_s >= gpu_s && cpu_s >= sync_s)
+    e.decode_bottleneck = "host RAM bandwidth (routed experts computed by the CPU)";
+  else if (gpu_s >= sync_s)
+    e.decode_bottleneck = has_gpu ? "GPU memory bandwidth (non-routed weights, KV cache, cached experts)"
+                                  : "host RAM bandwidth (every weight read by the CPU)";
+  else
+    e.decode_bottleneck =
+        hw.nodes > 1 ? "latency of GPU-CPU hand-offs and network collectives" : "latency of GPU-CPU hand-offs";
 
   // ---- prefill: chunks of ubatch tokens at mean position `pos` ----
   const double u = double(o.ubatch);
@@ -163,7 +175,9 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
       if (lp.mtp) continue;
       const LayerFlops f = layer_flops(c, lp.layer);
       const auto& dev = plan.devices[static_cast<size_t>(lp.device)];
-      const double flops_rate = dev.kind == DeviceKind::Gpu ? hw.gpus[static_cast<size_t>(dev.index)].bf16_tflops * 1e12 * kGpuFlopsEfficiency : host_flops;
+      const double flops_rate = dev.kind == DeviceKind::Gpu
+                                    ? hw.gpus[static_cast<size_t>(dev.index)].bf16_tflops * 1e12 * kGpuFlopsEfficiency
+                                    : host_flops;
       const double h = lp.experts_per_node > 0 ? hit_rate(o, lp) : 0;
       double compute = u * (f.dense + attention_flops(c, lp.layer, pos) + topk * h * f.expert) / flops_rate;
       double experts = 0;
@@ -172,10 +186,13 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
         const double uses = u * topk * share / nodes;
         // Distinct experts a chunk touches on one node, of those in its RAM.
         const double touched = lp.experts_in_ram * (1 - std::pow(1 - topk / double(c.n_routed_experts), u));
-        const double stream = has_gpu ? touched * eb / pcie_h2d_bandwidth(hw.gpus[0].pcie) + uses * f.expert / flops_rate : INFINITY;
+        const double stream =
+            has_gpu ? touched * eb / pcie_h2d_bandwidth(hw.gpus[0].pcie) + uses * f.expert / flops_rate : INFINITY;
         const double cpu = std::max(uses * f.expert / host_flops, touched * eb / host_bw);
-        if (stream < cpu) ++streamed;
-        else ++cpu_layers;
+        if (stream < cpu)
+          ++streamed;
+        else
+          ++cpu_layers;
         experts = std::min(stream, cpu);
         if (hw.nodes > 1) experts += 2 * hw.network.latency_s + 2 * u * c.hidden_size * 4 / hw.network.bandwidth;
       }
@@ -189,10 +206,13 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
     total += head;
     if (bottleneck) {
       if (expert_total > compute_total)
-        *bottleneck = streamed >= cpu_layers ? "PCIe (routed experts streamed to the GPU)" : "CPU FLOPs (routed experts computed by the CPU)";
-      else *bottleneck = has_gpu ? "GPU compute" : "CPU FLOPs";
+        *bottleneck = streamed >= cpu_layers ? "PCIe (routed experts streamed to the GPU)"
+                                             : "CPU FLOPs (routed experts computed by the CPU)";
+      else
+        *bottleneck = has_gpu ? "GPU compute" : "CPU FLOPs";
     }
-    if (path) *path = streamed + cpu_layers == 0 ? "GPU (no expert in RAM)" : streamed >= cpu_layers ? "stream to GPU" : "CPU";
+    if (path)
+      *path = streamed + cpu_layers == 0 ? "GPU (no expert in RAM)" : streamed >= cpu_layers ? "stream to GPU" : "CPU";
     return u / std::max(1e-12, total);
   };
   e.prefill_tok_s = prefill_rate(u / 2, &e.prefill_bottleneck, &e.prefill_expert_path);

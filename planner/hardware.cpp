@@ -88,7 +88,8 @@ GpuSpec parse_gpu_spec(std::string_view text) {
   if (!cap.empty()) {
     const int64_t limit = core::parse_size(cap, "GPU memory limit");
     if (limit > g.memory_bytes)
-      FERRY_THROW("GPU memory limit " + std::string(cap) + " exceeds " + g.name + "'s " + core::format_bytes(g.memory_bytes));
+      FERRY_THROW("GPU memory limit " + std::string(cap) + " exceeds " + g.name + "'s " +
+                  core::format_bytes(g.memory_bytes));
     g.memory_bytes = limit;
   }
   g.free_bytes = g.memory_bytes;
@@ -104,20 +105,23 @@ std::string describe(const Hardware& hw) {
     // Group identical consecutive GPUs: "2x rtx3090".
     for (size_t i = 0; i < hw.gpus.size();) {
       size_t j = i;
-      while (j < hw.gpus.size() && hw.gpus[j].name == hw.gpus[i].name && hw.gpus[j].free_bytes == hw.gpus[i].free_bytes) ++j;
+      while (j < hw.gpus.size() && hw.gpus[j].name == hw.gpus[i].name && hw.gpus[j].free_bytes == hw.gpus[i].free_bytes)
+        ++j;
       const auto& g = hw.gpus[i];
-      std::snprintf(buf, sizeof buf, "%s%zux %s (%s, %.0f GB/s, PCIe %s)", out.empty() ? "" : " + ", j - i, g.name.c_str(),
-                    core::format_bytes(g.free_bytes).c_str(), g.memory_bandwidth / 1e9, std::string(pcie_name(g.pcie)).c_str());
+      std::snprintf(buf, sizeof buf, "%s%zux %s (%s, %.0f GB/s, PCIe %s)", out.empty() ? "" : " + ", j - i,
+                    g.name.c_str(), core::format_bytes(g.free_bytes).c_str(), g.memory_bandwidth / 1e9,
+                    std::string(pcie_name(g.pcie)).c_str());
       out += buf;
       i = j;
     }
   }
-  std::snprintf(buf, sizeof buf, ", %s RAM @ %.1f GB/s, %d NUMA node%s, %d cores", core::format_bytes(hw.host.ram_bytes).c_str(),
-                hw.host.memory_bandwidth / 1e9, hw.host.numa_nodes, hw.host.numa_nodes == 1 ? "" : "s", hw.host.cores);
+  std::snprintf(buf, sizeof buf, ", %s RAM @ %.1f GB/s, %d NUMA node%s, %d cores",
+                core::format_bytes(hw.host.ram_bytes).c_str(), hw.host.memory_bandwidth / 1e9, hw.host.numa_nodes,
+                hw.host.numa_nodes == 1 ? "" : "s", hw.host.cores);
   out += buf;
   if (hw.nodes > 1) {
-    std::snprintf(buf, sizeof buf, "; %d identical nodes (%.1f GB/s, %.0f us link)", hw.nodes, hw.network.bandwidth / 1e9,
-                  hw.network.latency_s * 1e6);
+    std::snprintf(buf, sizeof buf, "; %d identical nodes (%.1f GB/s, %.0f us link)", hw.nodes,
+                  hw.network.bandwidth / 1e9, hw.network.latency_s * 1e6);
     out += buf;
   }
   return out;

@@ -27,11 +27,11 @@ struct GpuSpec {
 };
 
 struct HostSpec {
-  int64_t ram_bytes = 0;          // per node
-  double memory_bandwidth = 0;    // bytes/s per node, peak (all channels)
-  int numa_nodes = 1;             // per node; RAM and bandwidth split evenly
-  int cores = 0;                  // physical cores per node
-  double gflops_per_core = 0;     // sustained expert-kernel throughput per core
+  int64_t ram_bytes = 0;        // per node
+  double memory_bandwidth = 0;  // bytes/s per node, peak (all channels)
+  int numa_nodes = 1;           // per node; RAM and bandwidth split evenly
+  int cores = 0;                // physical cores per node
+  double gflops_per_core = 0;   // sustained expert-kernel throughput per core
   bool probed = false;
 };
 
@@ -68,9 +68,9 @@ GpuSpec parse_gpu_spec(std::string_view text);
 // Defaults used when a flag is absent (documented in `ferry plan --help`).
 constexpr double kDefaultHostBandwidth = 76.8e9;  // 2-channel DDR5-4800, the 256 GB desktop of hardware.md
 constexpr int kDefaultHostCores = 16;
-constexpr double kDefaultGflopsPerCore = 40;      // AVX2 FP4/FP8 dequant + FMA, sustained, not peak
-constexpr int64_t kDefaultGpuReserve = 512LL << 20;   // CUDA context + cuBLAS workspace on a consumer card
-constexpr int64_t kDefaultHostReserve = 4LL << 30;    // OS, page tables, other processes
+constexpr double kDefaultGflopsPerCore = 40;         // AVX2 FP4/FP8 dequant + FMA, sustained, not peak
+constexpr int64_t kDefaultGpuReserve = 512LL << 20;  // CUDA context + cuBLAS workspace on a consumer card
+constexpr int64_t kDefaultHostReserve = 4LL << 30;   // OS, page tables, other processes
 
 // One line such as "1x rtx3090 (24.00 GiB, 936 GB/s, PCIe gen4), 256.00 GiB RAM @ 76.8 GB/s, 1 NUMA node, 16 cores".
 std::string describe(const Hardware& hw);

@@ -23,7 +23,9 @@ std::optional<KvType> kv_type_from_name(std::string_view name) {
   return std::nullopt;
 }
 
-KvType default_kv_type(const core::ModelConfig& c) { return c.arch == core::Arch::DeepseekV4 ? KvType::FP8 : KvType::BF16; }
+KvType default_kv_type(const core::ModelConfig& c) {
+  return c.arch == core::Arch::DeepseekV4 ? KvType::FP8 : KvType::BF16;
+}
 
 std::string_view kv_kind_name(KvKind k) {
   switch (k) {
@@ -60,9 +62,7 @@ KvRowBytes kv_row_bytes(const core::ModelConfig& c, KvType t) {
   if (c.arch == core::Arch::DeepseekV4) {
     const int64_t rope = c.qk_rope_head_dim, nope = c.head_dim - rope, d = c.head_dim, di = c.index_head_dim;
     switch (t) {
-      case KvType::BF16:
-        r = {2 * d, 2 * di};
-        break;
+      case KvType::BF16: r = {2 * d, 2 * di}; break;
       case KvType::FP8:
         // E4M3 nope dims + BF16 rope dims + one UE8M0 scale per 64 nope dims, the scale bytes padded to 8
         // (FlashMLA MODEL1_FP8Sparse: 448 + 128 + 7 + 1 = 584). Indexer: FP4 E2M1 + UE8M0 per 32 (64 + 4 = 68).

@@ -12,16 +12,16 @@ int64_t activation_bytes_per_token(const core::ModelConfig& c) {
   const int64_t kv_row = v4 ? c.head_dim : c.kv_lora_rank + c.qk_rope_head_dim;
   const int64_t o_head = v4 ? c.head_dim : c.v_head_dim;
   int64_t floats = 0;
-  floats += 2 * c.hc_mult * dim;             // residual streams in and out (hc_mult = 1 for V3)
-  floats += 2 * dim;                         // block input, normalised input
-  floats += c.q_lora_rank + heads * q_head;  // q low-rank and q
-  floats += kv_row;                          // this token's kv row
-  floats += heads * o_head;                  // attention output
-  floats += heads * kAttnKeyTile;            // scores of one key tile
+  floats += 2 * c.hc_mult * dim;                 // residual streams in and out (hc_mult = 1 for V3)
+  floats += 2 * dim;                             // block input, normalised input
+  floats += c.q_lora_rank + heads * q_head;      // q low-rank and q
+  floats += kv_row;                              // this token's kv row
+  floats += heads * o_head;                      // attention output
+  floats += heads * kAttnKeyTile;                // scores of one key tile
   if (v4) floats += c.o_groups * c.o_lora_rank;  // grouped low-rank output
   if (c.index_n_heads > 0) floats += c.index_n_heads * c.index_head_dim + kIndexerTile;  // indexer q + scores
-  floats += c.n_routed_experts;              // router logits
-  floats += topk * (dim + 2 * inter + dim);  // routed inputs, gate/up, outputs
+  floats += c.n_routed_experts;                                                          // router logits
+  floats += topk * (dim + 2 * inter + dim);             // routed inputs, gate/up, outputs
   floats += 2 * std::max(shared, c.intermediate_size);  // shared expert or dense FFN gate/up
   int64_t bytes = floats * 4;
   if (c.index_topk > 0) bytes += c.index_topk * 8;  // running top-k: score + id
@@ -72,9 +72,8 @@ CpuForwardWorkspace cpu_forward_workspace(const core::ModelConfig& c, KvType kv,
 }
 
 int64_t CpuForwardWorkspace::bytes() const {
-  const int64_t floats = x + xn + y + mix + qa + q + kv + o + z + 2 * comp + iq + iw + key_tile + gate +
-                         route_w + xg + eg + eu + eo + residual + mtp_residual + mtp_pending + logits_row +
-                         threads * tile_scratch;
+  const int64_t floats = x + xn + y + mix + qa + q + kv + o + z + 2 * comp + iq + iw + key_tile + gate + route_w + xg +
+                         eg + eu + eo + residual + mtp_residual + mtp_pending + logits_row + threads * tile_scratch;
   const int64_t ints = sel + sel_count + route_ids + expert_tokens;
   return 4 * (floats + ints) + kv_rows_bytes;
 }
@@ -89,9 +88,7 @@ int64_t cpu_expert_workspace_bytes(const core::ModelConfig& c, int64_t ubatch) {
   return ubatch * (2 * c.hidden_size + 2 * c.moe_intermediate_size) * 4;
 }
 
-int64_t expert_stream_slot_bytes(const ModelSpec& s) {
-  return 2 * s.config.num_experts_per_tok * s.expert_bytes();
-}
+int64_t expert_stream_slot_bytes(const ModelSpec& s) { return 2 * s.config.num_experts_per_tok * s.expert_bytes(); }
 
 int64_t pinned_staging_bytes(const ModelSpec& s) { return expert_stream_slot_bytes(s); }
 

@@ -33,23 +33,24 @@ int64_t compute_workspace_bytes(const core::ModelConfig& c, int64_t ubatch, bool
 struct CpuForwardWorkspace {
   int64_t ubatch = 0, threads = 0;
   // fp32 elements
-  int64_t x = 0, xn = 0, y = 0;               // [ubatch, hidden] each
-  int64_t mix = 0;                            // mHC pre, post, comb of every token: ubatch·(2 hc + hc²)
+  int64_t x = 0, xn = 0, y = 0;  // [ubatch, hidden] each
+  int64_t mix = 0;               // mHC pre, post, comb of every token: ubatch·(2 hc + hc²)
   int64_t qa = 0, q = 0, kv = 0, o = 0, z = 0;
-  int64_t comp = 0;                           // each of the compressor's two projections
+  int64_t comp = 0;  // each of the compressor's two projections
   int64_t iq = 0, iw = 0, key_tile = 0, gate = 0, route_w = 0;
-  int64_t xg = 0, eg = 0, eu = 0;             // routed experts: gathered inputs [ubatch, hidden], gate, up
-  int64_t eo = 0;                             // their outputs, one row per (token, chosen expert) [ubatch·k, hidden]
+  int64_t xg = 0, eg = 0, eu = 0;  // routed experts: gathered inputs [ubatch, hidden], gate, up
+  int64_t eo = 0;                  // their outputs, one row per (token, chosen expert) [ubatch·k, hidden]
   int64_t residual = 0, mtp_residual = 0, mtp_pending = 0, logits_row = 0;
-  int64_t tile_scratch = 0;                   // per thread
+  int64_t tile_scratch = 0;  // per thread
   // int32 elements
   int64_t sel = 0, sel_count = 0, route_ids = 0, expert_tokens = 0;
-  int64_t kv_rows_bytes = 0;                  // the chunk's own window rows in the cache encoding
+  int64_t kv_rows_bytes = 0;  // the chunk's own window rows in the cache encoding
   int64_t bytes() const;
 };
 // fp32 elements of one worker thread's attention/indexer tile scratch.
 int64_t cpu_tile_scratch_floats(const core::ModelConfig& c);
-CpuForwardWorkspace cpu_forward_workspace(const core::ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads, bool mtp);
+CpuForwardWorkspace cpu_forward_workspace(const core::ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads,
+                                          bool mtp);
 
 // The workspace a plan gives the device that runs the forward pass (a GPU, or the host without one): for V4,
 // exactly the CPU forward pass's layout (the ops of a simulated device are the CPU's; CUDA kernels will bring

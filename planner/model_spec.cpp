@@ -61,7 +61,7 @@ WeightTally::WeightTally(ModelSpec& spec) : spec_(spec) {
 int64_t held_bytes(const core::TensorInfo& t, core::Arch arch) {
   if (arch != core::Arch::DeepseekV4) return t.bytes;
   if (t.dtype == core::DType::BF16 && t.shape.size() == 1) return 2 * t.bytes;  // norm weights, decoded to fp32
-  if (t.dtype == core::DType::I64) return t.bytes / 2;                        // hash-routing tables, as int32
+  if (t.dtype == core::DType::I64) return t.bytes / 2;                          // hash-routing tables, as int32
   return t.bytes;
 }
 
@@ -174,9 +174,11 @@ ModelSpec spec_from_checkpoint(const fs::path& dir) {
   for (const auto& t : implied)
     if (!headers.find(t.name)) ++spec.missing_tensors;
   if (spec.missing_tensors > 0)
-    spec.notes.push_back(std::to_string(spec.missing_tensors) + " tensors the config implies are missing from the checkpoint (run `ferry inspect`)");
+    spec.notes.push_back(std::to_string(spec.missing_tensors) +
+                         " tensors the config implies are missing from the checkpoint (run `ferry inspect`)");
   if (spec.unexpected_tensors > 0)
-    spec.notes.push_back(std::to_string(spec.unexpected_tensors) + " checkpoint tensors are not implied by the config; counted as 'other'");
+    spec.notes.push_back(std::to_string(spec.unexpected_tensors) +
+                         " checkpoint tensors are not implied by the config; counted as 'other'");
   WeightTally tally(spec);
   for (const auto& t : spec.tensors) tally.add(t);
   tally.finish();
@@ -196,11 +198,13 @@ ModelSpec load_model_spec(const std::string& model) {
   std::error_code ec;
   if (fs::is_directory(p, ec)) return spec_from_checkpoint(p);
   if (fs::is_regular_file(p, ec)) {
-    return spec_from_config(core::config_from_json_text(read_text_file(p), p.string()), ModelSource::ConfigJson, p.string());
+    return spec_from_config(core::config_from_json_text(read_text_file(p), p.string()), ModelSource::ConfigJson,
+                            p.string());
   }
   std::string known;
   for (const auto& n : core::preset_names()) known += (known.empty() ? "" : ", ") + n;
-  FERRY_THROW("--model '" + model + "' is neither a known preset (" + known + ") nor an existing config.json or model directory");
+  FERRY_THROW("--model '" + model + "' is neither a known preset (" + known +
+              ") nor an existing config.json or model directory");
 }
 
 }  // namespace ferry::planner

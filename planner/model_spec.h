@@ -16,10 +16,10 @@ namespace ferry::planner {
 using ClassBytes = std::array<int64_t, core::kNumWeightClasses>;
 
 struct LayerWeights {
-  ClassBytes bytes{};         // by class, routed experts included
-  int64_t n_experts = 0;      // routed experts in this layer
-  int64_t expert_bytes = 0;   // one routed expert (all its matrices and scales); the largest if they differ
-  int64_t non_routed() const; // everything but routed experts: what must sit where the layer's attention runs
+  ClassBytes bytes{};          // by class, routed experts included
+  int64_t n_experts = 0;       // routed experts in this layer
+  int64_t expert_bytes = 0;    // one routed expert (all its matrices and scales); the largest if they differ
+  int64_t non_routed() const;  // everything but routed experts: what must sit where the layer's attention runs
 };
 
 enum class ModelSource : uint8_t { Preset, ConfigJson, Checkpoint };
@@ -27,22 +27,22 @@ enum class ModelSource : uint8_t { Preset, ConfigJson, Checkpoint };
 struct ModelSpec {
   core::ModelConfig config;
   ModelSource source = ModelSource::Preset;
-  std::string origin;              // preset name or path
+  std::string origin;  // preset name or path
   // The checkpoint's own tensors when read from headers; empty for a preset or config.json, whose inventory
   // make_tensor_inventory(config) generates on demand.
   std::vector<core::TensorInfo> tensors;
   int64_t tensor_count = 0;
   std::vector<LayerWeights> layers;  // config.n_layers_total() entries; MTP layers last
-  ClassBytes global{};             // tensors outside layers: embedding, head, final norm, hc_head
-  int64_t total_bytes = 0;         // as stored in the checkpoint (the per-class sums are held_bytes)
-  int64_t missing_tensors = 0;     // Checkpoint: tensors the config implies but the headers lack
-  int64_t unexpected_tensors = 0;  // Checkpoint: tensors the headers have but the config does not imply
+  ClassBytes global{};               // tensors outside layers: embedding, head, final norm, hc_head
+  int64_t total_bytes = 0;           // as stored in the checkpoint (the per-class sums are held_bytes)
+  int64_t missing_tensors = 0;       // Checkpoint: tensors the config implies but the headers lack
+  int64_t unexpected_tensors = 0;    // Checkpoint: tensors the headers have but the config does not imply
   std::vector<std::string> notes;
 
-  int64_t expert_bytes() const;          // one routed expert of the first MoE layer
-  int64_t bytes_of(core::WeightClass c) const; // all layers + global
-  int64_t mtp_bytes() const;             // every tensor of the MTP layers
-  int64_t held_bytes_total() const;      // all layers + global, as held (what placement distributes)
+  int64_t expert_bytes() const;                 // one routed expert of the first MoE layer
+  int64_t bytes_of(core::WeightClass c) const;  // all layers + global
+  int64_t mtp_bytes() const;                    // every tensor of the MTP layers
+  int64_t held_bytes_total() const;             // all layers + global, as held (what placement distributes)
 };
 
 // Bytes the runtime holds for a tensor: its stored bytes, except that V4's norm weights (BF16 vectors) are

@@ -7,9 +7,9 @@
 #include <string>
 
 #include "planner/core/error.h"
+#include "planner/core/units.h"
 #include "planner/memory.h"
 #include "planner/plan.h"
-#include "planner/core/units.h"
 
 namespace ferry::planner {
 
@@ -49,8 +49,10 @@ class Placer {
     make_devices();
     for (int64_t l = 0; l < c_.n_layers_total(); ++l)
       if (!c_.is_mtp_layer(l) || o_.mtp) layers_.push_back(static_cast<int>(l));
-    if (gpus_per_node() == 0) place_cpu_only();
-    else place_on_gpus();
+    if (gpus_per_node() == 0)
+      place_cpu_only();
+    else
+      place_on_gpus();
     place_experts();
     finish();
   }
@@ -117,19 +119,21 @@ class Placer {
   void put_layer(int l, DevicePlan& d) {
     const auto& w = s_.layers[static_cast<size_t>(l)];
     for (size_t k = 0; k < core::kNumWeightClasses; ++k)
-      if (k != static_cast<size_t>(core::WeightClass::RoutedExpert)) d.add(weights_key(static_cast<core::WeightClass>(k)), w.bytes[k]);
+      if (k != static_cast<size_t>(core::WeightClass::RoutedExpert))
+        d.add(weights_key(static_cast<core::WeightClass>(k)), w.bytes[k]);
     const KvBytes kv = layer_kv(l);
     for (size_t k = 0; k < kNumKvKinds; ++k) d.add(kv_key(static_cast<KvKind>(k)), kv[k]);
   }
 
   void put_head(DevicePlan& d) {
     for (size_t k = 0; k < core::kNumWeightClasses; ++k)
-      if (k != static_cast<size_t>(core::WeightClass::Embedding)) d.add(weights_key(static_cast<core::WeightClass>(k)), s_.global[k]);
+      if (k != static_cast<size_t>(core::WeightClass::Embedding))
+        d.add(weights_key(static_cast<core::WeightClass>(k)), s_.global[k]);
   }
 
   void put_embedding(int node) {
-    plan_.devices[static_cast<size_t>(host_device(node, 0))].add(weights_key(core::WeightClass::Embedding),
-                                                                  s_.global[static_cast<size_t>(core::WeightClass::Embedding)]);
+    plan_.devices[static_cast<size_t>(host_device(node, 0))].add(
+        weights_key(core::WeightClass::Embedding), s_.global[static_cast<size_t>(core::WeightClass::Embedding)]);
   }
 
   void place_cpu_only() {
@@ -142,7 +146,8 @@ class Placer {
       for (int l : layers_) owner_[l] = host_device(n, 0);
     }
     plan_.layout = "CPU only: every layer and the KV cache in host RAM";
-    if (hw_.nodes > 1) plan_.layout += ", replicated on " + std::to_string(hw_.nodes) + " nodes, experts sharded across them";
+    if (hw_.nodes > 1)
+      plan_.layout += ", replicated on " + std::to_string(hw_.nodes) + " nodes, experts sharded across them";
   }
 
   // Contiguous layer ranges over `gpus` (device indices), proportional to each GPU's free room, the head on
@@ -169,7 +174,9 @@ class Placer {
     };
 
     std::vector<int> proportional(layers_.size());
-    const double room_total = std::max<double>(1, std::accumulate(room.begin(), room.end(), 0.0, [](double a, int64_t r) { return a + std::max<int64_t>(r, 0); }));
+    const double room_total =
+        std::max<double>(1, std::accumulate(room.begin(), room.end(), 0.0,
+                                            [](double a, int64_t r) { return a + std::max<int64_t>(r, 0); }));
     double target = 0;
     int64_t assigned = 0;
     size_t d = 0;
@@ -233,14 +240,17 @@ class Placer {
         if (n == 0) owner_[layers_[i]] = dev;
       }
       put_head(plan_.devices[static_cast<size_t>(gpu_device(n, G - 1))]);
-      for (int g = 0; g < G; ++g) plan_.devices[static_cast<size_t>(gpu_device(n, g))].add("workspace", gpu_fixed_ - stream_part());
+      for (int g = 0; g < G; ++g)
+        plan_.devices[static_cast<size_t>(gpu_device(n, g))].add("workspace", gpu_fixed_ - stream_part());
       put_embedding(n);
     }
     const int used_gpus = owner.empty() ? 1 : owner.back() + 1;
     plan_.layout = used_gpus == 1 ? "non-routed layers, KV cache and head on one GPU"
-                                  : "non-routed layers split over " + std::to_string(used_gpus) + " GPUs by layer range (pipeline)";
+                                  : "non-routed layers split over " + std::to_string(used_gpus) +
+                                        " GPUs by layer range (pipeline)";
     if (hw_.nodes > 1)
-      plan_.layout += "; replicated on " + std::to_string(hw_.nodes) + " nodes, routed experts sharded across them (expert parallel)";
+      plan_.layout += "; replicated on " + std::to_string(hw_.nodes) +
+                      " nodes, routed experts sharded across them (expert parallel)";
   }
 
   int64_t stream_part() const { return s_.expert_bytes() > 0 ? expert_stream_slot_bytes(s_) : 0; }
@@ -316,16 +326,21 @@ class Placer {
       for (int l : moe) {
         const int64_t on_node = experts_on_node(l, n);
         const int64_t in_ram = on_node - resident[n][l];
-        if (resident[n][l] > 0) plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add(weights_key(core::WeightClass::RoutedExpert), resident[n][l] * eb);
-        if (slots[n][l] > 0) plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add("expert_cache", slots[n][l] * eb);
+        if (resident[n][l] > 0)
+          plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add(
+              weights_key(core::WeightClass::RoutedExpert), resident[n][l] * eb);
+        if (slots[n][l] > 0)
+          plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add("expert_cache", slots[n][l] * eb);
         // Experts are dealt to NUMA nodes round-robin so that every NUMA node's cores share each layer.
         for (int k = 0; k < numa(); ++k) {
           const int64_t count = in_ram / numa() + (k < in_ram % numa() ? 1 : 0);
-          plan_.devices[static_cast<size_t>(host_device(n, k))].add(weights_key(core::WeightClass::RoutedExpert), count * eb);
+          plan_.devices[static_cast<size_t>(host_device(n, k))].add(weights_key(core::WeightClass::RoutedExpert),
+                                                                    count * eb);
         }
         if (in_ram > 0) {
           any_in_ram = true;
-          if (const int gpu = gpus_per_node() > 0 ? gpu_of_layer_on_node(l, n) : -1; gpu >= 0) streams[static_cast<size_t>(gpu)] = true;
+          if (const int gpu = gpus_per_node() > 0 ? gpu_of_layer_on_node(l, n) : -1; gpu >= 0)
+            streams[static_cast<size_t>(gpu)] = true;
         }
       }
       if (any_in_ram) {

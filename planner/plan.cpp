@@ -16,15 +16,18 @@ void validate(const ModelSpec& spec, const Hardware& hw, const PlanOptions& o) {
   if (o.ctx > max_ctx)
     FERRY_THROW("--ctx " + std::to_string(o.ctx) + " exceeds " + spec.config.name + "'s maximum context of " +
                 std::to_string(max_ctx) + " tokens");
-  if (o.parallel < 1 || o.parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got " + std::to_string(o.parallel));
+  if (o.parallel < 1 || o.parallel > 4096)
+    FERRY_THROW("--parallel must be in [1, 4096], got " + std::to_string(o.parallel));
   if (o.ubatch < 1 || o.ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got " + std::to_string(o.ubatch));
-  if (o.expert_cache == ExpertCacheMode::Slots && (o.expert_cache_slots < 0 || o.expert_cache_slots > spec.config.n_routed_experts))
+  if (o.expert_cache == ExpertCacheMode::Slots &&
+      (o.expert_cache_slots < 0 || o.expert_cache_slots > spec.config.n_routed_experts))
     FERRY_THROW("--expert-cache slots must be in [0, " + std::to_string(spec.config.n_routed_experts) + "], got " +
                 std::to_string(o.expert_cache_slots));
   if (o.expert_hit_rate > 1) FERRY_THROW("--expert-hit-rate must be in [0, 1]");
   if (hw.nodes < 1 || hw.nodes > 1024) FERRY_THROW("--nodes must be in [1, 1024], got " + std::to_string(hw.nodes));
   if (hw.host.ram_bytes <= 0) FERRY_THROW("host RAM must be positive");
-  if (hw.host.numa_nodes < 1 || hw.host.numa_nodes > 64) FERRY_THROW("--numa must be in [1, 64], got " + std::to_string(hw.host.numa_nodes));
+  if (hw.host.numa_nodes < 1 || hw.host.numa_nodes > 64)
+    FERRY_THROW("--numa must be in [1, 64], got " + std::to_string(hw.host.numa_nodes));
   if (hw.host.memory_bandwidth <= 0) FERRY_THROW("--host-bw must be positive");
   for (const auto& g : hw.gpus)
     if (g.free_bytes <= 0) FERRY_THROW("GPU " + g.name + " has no free memory");
@@ -49,7 +52,8 @@ void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
 
   for (const auto& f : plan.kv_fits)
     if (f.max_ctx == o.ctx && f.type != plan.kv_type)
-      plan.suggestions.push_back("--kv-type " + std::string(kv_type_name(f.type)) + " (KV cache " + core::format_bytes(f.bytes_at_ctx) + ")");
+      plan.suggestions.push_back("--kv-type " + std::string(kv_type_name(f.type)) + " (KV cache " +
+                                 core::format_bytes(f.bytes_at_ctx) + ")");
   for (const auto& f : plan.kv_fits)
     if (f.type == plan.kv_type && f.max_ctx > 0)
       plan.suggestions.push_back("--ctx " + std::to_string(f.max_ctx) + " (the longest context that fits with " +
@@ -66,7 +70,8 @@ void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
     Hardware more = hw;
     more.nodes = nodes;
     if (fits_with(more, o, plan.kv_type)) {
-      plan.suggestions.push_back("--nodes " + std::to_string(nodes) + " (routed experts sharded across " + std::to_string(nodes) + " nodes' RAM)");
+      plan.suggestions.push_back("--nodes " + std::to_string(nodes) + " (routed experts sharded across " +
+                                 std::to_string(nodes) + " nodes' RAM)");
       break;
     }
   }
@@ -79,7 +84,8 @@ void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
     more.host.ram_bytes = hw.host.ram_bytes + host_short;
     more.host.ram_bytes = (more.host.ram_bytes + core::kGiB - 1) / core::kGiB * core::kGiB;
     if (fits_with(more, o, plan.kv_type))
-      plan.suggestions.push_back("--host-ram " + std::to_string(more.host.ram_bytes / core::kGiB) + "GiB (or more RAM per node)");
+      plan.suggestions.push_back("--host-ram " + std::to_string(more.host.ram_bytes / core::kGiB) +
+                                 "GiB (or more RAM per node)");
   }
 }
 
@@ -121,7 +127,8 @@ Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& opt
   if (hw.gpus.empty())
     plan.warnings.push_back("no GPU: every layer runs on the CPU; decode is bound by host RAM bandwidth");
   if (!o.mtp && spec.config.num_nextn_predict_layers > 0)
-    plan.warnings.push_back("MTP layer not loaded (" + core::format_bytes(spec.mtp_bytes()) + "); --mtp loads it for speculative decoding");
+    plan.warnings.push_back("MTP layer not loaded (" + core::format_bytes(spec.mtp_bytes()) +
+                            "); --mtp loads it for speculative decoding");
   if (!plan.fits) suggest(spec, hw, plan);
   return plan;
 }

@@ -57,7 +57,8 @@ KvType kv_from(const std::string& s) {
 }
 
 core::AttnKind attn_from(const std::string& s) {
-  for (core::AttnKind k : {core::AttnKind::Swa, core::AttnKind::Csa, core::AttnKind::Hca, core::AttnKind::Mla, core::AttnKind::MlaDsa})
+  for (core::AttnKind k :
+       {core::AttnKind::Swa, core::AttnKind::Csa, core::AttnKind::Hca, core::AttnKind::Mla, core::AttnKind::MlaDsa})
     if (core::attn_kind_name(k) == s) return k;
   FERRY_THROW("plan: unknown layer attention kind '" + s + "'");
 }
@@ -68,25 +69,49 @@ ojson plan_to_json(const Plan& p) {
   ojson j;
   j["schema"] = "ferry.plan";
   j["schema_version"] = Plan::kSchemaVersion;
-  j["model"] = {{"name", p.model}, {"arch", std::string(core::arch_name(p.arch))}, {"source", p.model_source}, {"weights_bytes", p.weights_bytes}};
+  j["model"] = {{"name", p.model},
+                {"arch", std::string(core::arch_name(p.arch))},
+                {"source", p.model_source},
+                {"weights_bytes", p.weights_bytes}};
 
   ojson gpus = ojson::array();
   for (const auto& g : p.hardware.gpus)
-    gpus.push_back({{"name", g.name}, {"memory_bytes", g.memory_bytes}, {"free_bytes", g.free_bytes},
-                    {"memory_bandwidth", g.memory_bandwidth}, {"bf16_tflops", g.bf16_tflops},
-                    {"pcie", std::string(pcie_name(g.pcie))}, {"sm", g.sm}, {"probed", g.probed}});
+    gpus.push_back({{"name", g.name},
+                    {"memory_bytes", g.memory_bytes},
+                    {"free_bytes", g.free_bytes},
+                    {"memory_bandwidth", g.memory_bandwidth},
+                    {"bf16_tflops", g.bf16_tflops},
+                    {"pcie", std::string(pcie_name(g.pcie))},
+                    {"sm", g.sm},
+                    {"probed", g.probed}});
   const auto& h = p.hardware.host;
-  j["hardware"] = {{"source", p.hardware.source}, {"nodes", p.hardware.nodes}, {"gpus", gpus},
-                   {"host", {{"ram_bytes", h.ram_bytes}, {"memory_bandwidth", h.memory_bandwidth}, {"numa_nodes", h.numa_nodes},
-                             {"cores", h.cores}, {"gflops_per_core", h.gflops_per_core}, {"probed", h.probed}}},
-                   {"network", {{"bandwidth", p.hardware.network.bandwidth}, {"latency_s", p.hardware.network.latency_s}}},
-                   {"gpu_reserve_bytes", p.hardware.gpu_reserve_bytes}, {"host_reserve_bytes", p.hardware.host_reserve_bytes}};
+  j["hardware"] = {
+      {"source", p.hardware.source},
+      {"nodes", p.hardware.nodes},
+      {"gpus", gpus},
+      {"host",
+       {{"ram_bytes", h.ram_bytes},
+        {"memory_bandwidth", h.memory_bandwidth},
+        {"numa_nodes", h.numa_nodes},
+        {"cores", h.cores},
+        {"gflops_per_core", h.gflops_per_core},
+        {"probed", h.probed}}},
+      {"network", {{"bandwidth", p.hardware.network.bandwidth}, {"latency_s", p.hardware.network.latency_s}}},
+      {"gpu_reserve_bytes", p.hardware.gpu_reserve_bytes},
+      {"host_reserve_bytes", p.hardware.host_reserve_bytes}};
 
   const auto& o = p.options;
-  j["options"] = {{"ctx", o.ctx}, {"parallel", o.parallel}, {"kv_type", std::string(kv_type_name(p.kv_type))},
-                  {"kv_auto", o.kv_auto}, {"ubatch", o.ubatch}, {"threads", o.threads}, {"mtp", o.mtp},
-                  {"expert_cache", std::string(cache_mode_name(o.expert_cache))}, {"expert_cache_slots", o.expert_cache_slots},
-                  {"logits_all", o.logits_all}, {"expert_hit_rate", o.expert_hit_rate}};
+  j["options"] = {{"ctx", o.ctx},
+                  {"parallel", o.parallel},
+                  {"kv_type", std::string(kv_type_name(p.kv_type))},
+                  {"kv_auto", o.kv_auto},
+                  {"ubatch", o.ubatch},
+                  {"threads", o.threads},
+                  {"mtp", o.mtp},
+                  {"expert_cache", std::string(cache_mode_name(o.expert_cache))},
+                  {"expert_cache_slots", o.expert_cache_slots},
+                  {"logits_all", o.logits_all},
+                  {"expert_hit_rate", o.expert_hit_rate}};
   j["fits"] = p.fits;
   j["layout"] = p.layout;
 
@@ -99,28 +124,45 @@ ojson plan_to_json(const Plan& p) {
   for (const auto& d : p.devices) {
     ojson use;
     for (const auto& [c, b] : d.use) use[c] = b;
-    devices.push_back({{"id", d.id}, {"kind", d.kind == DeviceKind::Gpu ? "gpu" : "host"}, {"node", d.node}, {"index", d.index},
-                       {"name", d.name}, {"capacity_bytes", d.capacity}, {"used_bytes", d.used()}, {"use", use}});
+    devices.push_back({{"id", d.id},
+                       {"kind", d.kind == DeviceKind::Gpu ? "gpu" : "host"},
+                       {"node", d.node},
+                       {"index", d.index},
+                       {"name", d.name},
+                       {"capacity_bytes", d.capacity},
+                       {"used_bytes", d.used()},
+                       {"use", use}});
   }
   j["devices"] = devices;
 
   ojson layers = ojson::array();
   for (const auto& l : p.layers)
-    layers.push_back({{"layer", l.layer}, {"attn", std::string(core::attn_kind_name(l.attn))}, {"mtp", l.mtp},
+    layers.push_back({{"layer", l.layer},
+                      {"attn", std::string(core::attn_kind_name(l.attn))},
+                      {"mtp", l.mtp},
                       {"device", l.device >= 0 ? p.devices[static_cast<size_t>(l.device)].id : ""},
-                      {"experts_per_node", l.experts_per_node}, {"experts_on_gpu", l.experts_on_gpu},
-                      {"cache_slots", l.cache_slots}, {"experts_in_ram", l.experts_in_ram}});
+                      {"experts_per_node", l.experts_per_node},
+                      {"experts_on_gpu", l.experts_on_gpu},
+                      {"cache_slots", l.cache_slots},
+                      {"experts_in_ram", l.experts_in_ram}});
   j["layers"] = layers;
 
   const auto& c = p.cost;
-  j["cost"] = {{"decode_tok_s", c.decode_tok_s}, {"decode_bottleneck", c.decode_bottleneck}, {"decode_gpu_ms", c.decode_gpu_ms},
-               {"decode_cpu_ms", c.decode_cpu_ms}, {"decode_sync_ms", c.decode_sync_ms},
-               {"decode_ceiling_tok_s", c.decode_ceiling_tok_s}, {"expert_hit_rate", c.expert_hit_rate},
-               {"prefill_tok_s", c.prefill_tok_s}, {"prefill_full_tok_s", c.prefill_full_tok_s},
-               {"prefill_bottleneck", c.prefill_bottleneck}, {"prefill_expert_path", c.prefill_expert_path}};
+  j["cost"] = {{"decode_tok_s", c.decode_tok_s},
+               {"decode_bottleneck", c.decode_bottleneck},
+               {"decode_gpu_ms", c.decode_gpu_ms},
+               {"decode_cpu_ms", c.decode_cpu_ms},
+               {"decode_sync_ms", c.decode_sync_ms},
+               {"decode_ceiling_tok_s", c.decode_ceiling_tok_s},
+               {"expert_hit_rate", c.expert_hit_rate},
+               {"prefill_tok_s", c.prefill_tok_s},
+               {"prefill_full_tok_s", c.prefill_full_tok_s},
+               {"prefill_bottleneck", c.prefill_bottleneck},
+               {"prefill_expert_path", c.prefill_expert_path}};
   ojson fits = ojson::array();
   for (const auto& f : p.kv_fits)
-    fits.push_back({{"type", std::string(kv_type_name(f.type))}, {"max_ctx", f.max_ctx}, {"bytes_at_ctx", f.bytes_at_ctx}});
+    fits.push_back(
+        {{"type", std::string(kv_type_name(f.type))}, {"max_ctx", f.max_ctx}, {"bytes_at_ctx", f.bytes_at_ctx}});
   j["kv_fits"] = fits;
   ojson shortfalls = ojson::array();
   for (const auto& s : p.shortfalls)
@@ -132,10 +174,12 @@ ojson plan_to_json(const Plan& p) {
 }
 
 Plan plan_from_json(const ojson& j) {
-  if (!j.is_object() || j.value("schema", std::string()) != "ferry.plan") FERRY_THROW("plan: not a ferry plan (schema != \"ferry.plan\")");
+  if (!j.is_object() || j.value("schema", std::string()) != "ferry.plan")
+    FERRY_THROW("plan: not a ferry plan (schema != \"ferry.plan\")");
   const int version = field<int>(j, "schema_version", "plan");
   if (version != Plan::kSchemaVersion)
-    FERRY_THROW("plan: schema_version " + std::to_string(version) + " is not supported (this ferry reads " + std::to_string(Plan::kSchemaVersion) + ")");
+    FERRY_THROW("plan: schema_version " + std::to_string(version) + " is not supported (this ferry reads " +
+                std::to_string(Plan::kSchemaVersion) + ")");
   Plan p;
   const ojson& m = object(j, "model", "plan");
   p.model = field<std::string>(m, "name", "model");
@@ -209,7 +253,8 @@ Plan plan_from_json(const ojson& j) {
     dp.name = field<std::string>(d, "name", "device");
     dp.capacity = field<int64_t>(d, "capacity_bytes", "device");
     for (const auto& [cls, bytes] : object(d, "use", "device").items()) {
-      if (!bytes.is_number_integer() || bytes.get<int64_t>() < 0) FERRY_THROW("plan: device " + dp.id + " use." + cls + " must be a byte count");
+      if (!bytes.is_number_integer() || bytes.get<int64_t>() < 0)
+        FERRY_THROW("plan: device " + dp.id + " use." + cls + " must be a byte count");
       dp.use.emplace_back(cls, bytes.get<int64_t>());
     }
     p.devices.push_back(std::move(dp));
@@ -221,7 +266,8 @@ Plan plan_from_json(const ojson& j) {
     lp.mtp = field<bool>(l, "mtp", "layer");
     const std::string dev = field<std::string>(l, "device", "layer");
     auto it = std::find_if(p.devices.begin(), p.devices.end(), [&](const DevicePlan& d) { return d.id == dev; });
-    if (it == p.devices.end()) FERRY_THROW("plan: layer " + std::to_string(lp.layer) + " names unknown device '" + dev + "'");
+    if (it == p.devices.end())
+      FERRY_THROW("plan: layer " + std::to_string(lp.layer) + " names unknown device '" + dev + "'");
     lp.device = static_cast<int>(it - p.devices.begin());
     lp.experts_per_node = field<int64_t>(l, "experts_per_node", "layer");
     lp.experts_on_gpu = field<int64_t>(l, "experts_on_gpu", "layer");
@@ -246,7 +292,8 @@ Plan plan_from_json(const ojson& j) {
                          field<int64_t>(f, "bytes_at_ctx", "kv_fits")});
   for (const auto& s : object(j, "shortfalls", "plan"))
     p.shortfalls.push_back({field<std::string>(s, "device", "shortfall"), field<int64_t>(s, "need_bytes", "shortfall"),
-                            field<int64_t>(s, "have_bytes", "shortfall"), field<std::string>(s, "detail", "shortfall")});
+                            field<int64_t>(s, "have_bytes", "shortfall"),
+                            field<std::string>(s, "detail", "shortfall")});
   p.suggestions = field<std::vector<std::string>>(j, "suggestions", "plan");
   p.warnings = field<std::vector<std::string>>(j, "warnings", "plan");
   return p;

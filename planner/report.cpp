@@ -20,13 +20,15 @@ std::string printf_str(const char* fmt, auto... args) {
 std::string bar(int64_t used, int64_t capacity) {
   const double share = capacity > 0 ? double(used) / double(capacity) : 1.0;
   const int filled = std::clamp(int(share * kBarWidth + 0.5), 0, kBarWidth);
-  std::string s = "[" + std::string(static_cast<size_t>(filled), '#') + std::string(static_cast<size_t>(kBarWidth - filled), '.') + "]";
+  std::string s = "[" + std::string(static_cast<size_t>(filled), '#') +
+                  std::string(static_cast<size_t>(kBarWidth - filled), '.') + "]";
   if (share > 1) s += " OVER";
   return s;
 }
 
 std::string ctx_text(int64_t ctx) {
-  if (ctx >= 1024 && ctx % (1024 * 1024) == 0) return core::format_count(ctx) + " (" + std::to_string(ctx / (1024 * 1024)) + "M)";
+  if (ctx >= 1024 && ctx % (1024 * 1024) == 0)
+    return core::format_count(ctx) + " (" + std::to_string(ctx / (1024 * 1024)) + "M)";
   if (ctx >= 1024 && ctx % 1024 == 0) return core::format_count(ctx) + " (" + std::to_string(ctx / 1024) + "K)";
   return core::format_count(ctx);
 }
@@ -50,8 +52,10 @@ void devices_section(const Plan& p, std::string& out) {
                       core::format_bytes(d.capacity).c_str(), d.capacity > 0 ? 100.0 * used / d.capacity : 0.0);
     out += "  " + bar(used, d.capacity) + "\n";
     for (const auto& [cls, bytes] : d.use)
-      out += printf_str("    %-28s %12s %6.1f%%\n", cls.c_str(), core::format_bytes(bytes).c_str(), d.capacity > 0 ? 100.0 * bytes / d.capacity : 0.0);
-    out += printf_str("    %-28s %12s\n", d.over() ? "SHORT BY" : "free", core::format_bytes(std::abs(d.capacity - used)).c_str());
+      out += printf_str("    %-28s %12s %6.1f%%\n", cls.c_str(), core::format_bytes(bytes).c_str(),
+                        d.capacity > 0 ? 100.0 * bytes / d.capacity : 0.0);
+    out += printf_str("    %-28s %12s\n", d.over() ? "SHORT BY" : "free",
+                      core::format_bytes(std::abs(d.capacity - used)).c_str());
   }
 }
 
@@ -75,7 +79,8 @@ void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
     if (l.experts_per_node == 0) continue;
     ++moe;
     per_node = std::max(per_node, l.experts_per_node);
-    if (l.experts_on_gpu == l.experts_per_node) ++resident;
+    if (l.experts_on_gpu == l.experts_per_node)
+      ++resident;
     else {
       slots_min = slots_min < 0 ? l.cache_slots : std::min(slots_min, l.cache_slots);
       slots_max = std::max(slots_max, l.cache_slots);
@@ -83,69 +88,86 @@ void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
   }
   if (moe > 0) {
     const int nodes = p.hardware.nodes;
-    out += printf_str("  routed experts: %lld per layer x %lld MoE layers, %s each", (long long)spec.config.n_routed_experts, (long long)moe,
+    out += printf_str("  routed experts: %lld per layer x %lld MoE layers, %s each",
+                      (long long)spec.config.n_routed_experts, (long long)moe,
                       core::format_bytes(spec.expert_bytes()).c_str());
-    out += nodes > 1 ? printf_str("; %lld per node on each of %d nodes\n", (long long)per_node, nodes) : std::string("\n");
+    out +=
+        nodes > 1 ? printf_str("; %lld per node on each of %d nodes\n", (long long)per_node, nodes) : std::string("\n");
     if (resident > 0) out += printf_str("    %lld layers' experts resident on the GPU\n", (long long)resident);
     if (resident < moe) {
       const int numa = p.hardware.host.numa_nodes;
       out += printf_str("    %lld layers' experts in host RAM%s, computed by the CPU at decode",
                         (long long)(moe - resident), numa > 1 ? printf_str(" across %d NUMA nodes", numa).c_str() : "");
-      out += p.hardware.gpus.empty() ? "\n" : "; GPU expert cache " +
-             (slots_min == slots_max ? std::to_string(slots_max) : std::to_string(slots_min) + "-" + std::to_string(slots_max)) +
-             " slots per layer (LRU)\n";
+      out += p.hardware.gpus.empty()
+                 ? "\n"
+                 : "; GPU expert cache " +
+                       (slots_min == slots_max ? std::to_string(slots_max)
+                                               : std::to_string(slots_min) + "-" + std::to_string(slots_max)) +
+                       " slots per layer (LRU)\n";
     }
   }
-  out += "  embedding in host RAM (one row per token); output head on " +
-         (p.hardware.gpus.empty() ? std::string("the CPU") : p.devices[static_cast<size_t>(p.layers.back().device)].id) + "\n";
+  out +=
+      "  embedding in host RAM (one row per token); output head on " +
+      (p.hardware.gpus.empty() ? std::string("the CPU") : p.devices[static_cast<size_t>(p.layers.back().device)].id) +
+      "\n";
   out += "  layout: " + p.layout + "\n";
 }
 
 void kv_section(const Plan& p, std::string& out) {
   out += printf_str("KV cache (%s, %s tokens x %lld sequence%s): %s\n", std::string(kv_type_name(p.kv_type)).c_str(),
-                    core::format_count(p.options.ctx).c_str(), (long long)p.options.parallel, p.options.parallel == 1 ? "" : "s",
-                    core::format_bytes(kv_total(p.kv), 3).c_str());
+                    core::format_count(p.options.ctx).c_str(), (long long)p.options.parallel,
+                    p.options.parallel == 1 ? "" : "s", core::format_bytes(kv_total(p.kv), 3).c_str());
   for (size_t k = 0; k < kNumKvKinds; ++k)
-    if (p.kv[k] > 0) out += printf_str("    %-28s %12s\n", std::string(kv_kind_name(static_cast<KvKind>(k))).c_str(), core::format_bytes(p.kv[k], 3).c_str());
+    if (p.kv[k] > 0)
+      out += printf_str("    %-28s %12s\n", std::string(kv_kind_name(static_cast<KvKind>(k))).c_str(),
+                        core::format_bytes(p.kv[k], 3).c_str());
 }
 
 void speed_section(const Plan& p, std::string& out) {
   const auto& c = p.cost;
   out += "Predicted speed (one sequence)\n";
   out += printf_str("  decode   %7.1f tok/s   bound by %s\n", c.decode_tok_s, c.decode_bottleneck.c_str());
-  out += printf_str("           per token: GPU %.1f ms, CPU experts %.1f ms, sync %.1f ms; expert hit rate on GPU %.0f%%\n",
-                    c.decode_gpu_ms, c.decode_cpu_ms, c.decode_sync_ms, 100 * c.expert_hit_rate);
+  out += printf_str(
+      "           per token: GPU %.1f ms, CPU experts %.1f ms, sync %.1f ms; expert hit rate on GPU %.0f%%\n",
+      c.decode_gpu_ms, c.decode_cpu_ms, c.decode_sync_ms, 100 * c.expert_hit_rate);
   if (c.decode_ceiling_tok_s > 0)
-    out += printf_str("           ceiling if every routed expert were read from RAM at peak bandwidth: %.1f tok/s\n", c.decode_ceiling_tok_s);
+    out += printf_str("           ceiling if every routed expert were read from RAM at peak bandwidth: %.1f tok/s\n",
+                      c.decode_ceiling_tok_s);
   out += printf_str("  prefill  %7.1f tok/s   first chunks (ubatch %lld), bound by %s; experts: %s\n", c.prefill_tok_s,
                     (long long)p.options.ubatch, c.prefill_bottleneck.c_str(), c.prefill_expert_path.c_str());
-  out += printf_str("           %7.1f tok/s   averaged over a prompt that fills the %s-token context\n", c.prefill_full_tok_s,
-                    core::format_count(p.options.ctx).c_str());
+  out += printf_str("           %7.1f tok/s   averaged over a prompt that fills the %s-token context\n",
+                    c.prefill_full_tok_s, core::format_count(p.options.ctx).c_str());
 }
 
 void fits_section(const Plan& p, std::string& out) {
   out += "Longest context per KV type (same hardware and options)\n";
   for (const auto& f : p.kv_fits)
     out += printf_str("  %-5s %-22s KV at %s tokens: %s%s\n", std::string(kv_type_name(f.type)).c_str(),
-                      f.max_ctx > 0 ? ctx_text(f.max_ctx).c_str() : "does not fit", core::format_count(p.options.ctx).c_str(),
-                      core::format_bytes(f.bytes_at_ctx).c_str(), f.type == p.kv_type ? "  <- this plan" : "");
+                      f.max_ctx > 0 ? ctx_text(f.max_ctx).c_str() : "does not fit",
+                      core::format_count(p.options.ctx).c_str(), core::format_bytes(f.bytes_at_ctx).c_str(),
+                      f.type == p.kv_type ? "  <- this plan" : "");
 }
 
 }  // namespace
 
 std::string shortfall_text(const Shortfall& s) {
-  return printf_str("%s needs %s but has %s: short by %s (largest: %s)", s.device.c_str(), core::format_bytes(s.need).c_str(),
-                    core::format_bytes(s.have).c_str(), core::format_bytes(s.need - s.have).c_str(), s.detail.c_str());
+  return printf_str("%s needs %s but has %s: short by %s (largest: %s)", s.device.c_str(),
+                    core::format_bytes(s.need).c_str(), core::format_bytes(s.have).c_str(),
+                    core::format_bytes(s.need - s.have).c_str(), s.detail.c_str());
 }
 
 std::string format_plan(const Plan& p, const ModelSpec& spec) {
   std::string out;
-  const char* source = spec.source == ModelSource::Preset ? "preset" : spec.source == ModelSource::ConfigJson ? "config.json" : "checkpoint headers";
-  out += printf_str("model     %s (%s, %s): %s of weights%s\n", p.model.c_str(), std::string(core::arch_name(p.arch)).c_str(), source,
-                    core::format_bytes(p.weights_bytes).c_str(), p.options.mtp ? " incl. MTP" : "");
+  const char* source = spec.source == ModelSource::Preset       ? "preset"
+                       : spec.source == ModelSource::ConfigJson ? "config.json"
+                                                                : "checkpoint headers";
+  out += printf_str("model     %s (%s, %s): %s of weights%s\n", p.model.c_str(),
+                    std::string(core::arch_name(p.arch)).c_str(), source, core::format_bytes(p.weights_bytes).c_str(),
+                    p.options.mtp ? " incl. MTP" : "");
   out += "hardware  " + describe(p.hardware) + " (" + p.hardware.source + ")\n";
   out += printf_str("request   context %s tokens x %lld, KV %s, ubatch %lld\n\n", ctx_text(p.options.ctx).c_str(),
-                    (long long)p.options.parallel, std::string(kv_type_name(p.kv_type)).c_str(), (long long)p.options.ubatch);
+                    (long long)p.options.parallel, std::string(kv_type_name(p.kv_type)).c_str(),
+                    (long long)p.options.ubatch);
   out += p.fits ? "FITS\n\n" : "DOES NOT FIT\n";
   for (const auto& s : p.shortfalls) out += "  " + shortfall_text(s) + "\n";
   if (!p.fits) {

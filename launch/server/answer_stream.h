@@ -33,7 +33,7 @@ class AnswerStream {
   const EngineCallbacks& callbacks_;
   runtime::StreamDecoder decoder_;
   std::optional<runtime::V4CompletionStreamParser> parser_;  // chat requests
-  int64_t tool_calls_ = 0;                                    // given out so far: the next id is call_<n>
+  int64_t tool_calls_ = 0;                                   // given out so far: the next id is call_<n>
 };
 
 }  // namespace ferry::launch::server

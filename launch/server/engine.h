@@ -61,7 +61,7 @@ enum class FinishReason {
 
 struct EngineResult {
   FinishReason finish = FinishReason::Stop;
-  int64_t completion_tokens = 0;  // tokens generated (prompt excluded)
+  int64_t completion_tokens = 0;                   // tokens generated (prompt excluded)
   double prefill_seconds = 0, decode_seconds = 0;  // where the engine measures them (0 otherwise)
 };
 

@@ -7,10 +7,10 @@
 #include "launch/server/answer_stream.h"
 #include "planner/core/error.h"
 #include "planner/kv_cache.h"
-#include "runtime/text/chat.h"
-#include "runtime/model/forward.h"
 #include "runtime/generate/generate.h"
+#include "runtime/model/forward.h"
 #include "runtime/model/model_weights.h"
+#include "runtime/text/chat.h"
 #include "runtime/text/tokenizer.h"
 
 namespace ferry::launch::server {
@@ -109,8 +109,13 @@ class V4Engine : public Engine {
     auto bytes = [&](const char* kind, int64_t v) {
       return MetricSample{name, "gauge", help, {{"kind", kind}}, static_cast<double>(v)};
     };
-    return {bytes("weights", weights_.weight_bytes()), bytes("kv_cache", kv), bytes("workspace", workspace),
-            {"ferry_sessions", "gauge", "Sequences allocated (KV cache and workspace each)", {},
+    return {bytes("weights", weights_.weight_bytes()),
+            bytes("kv_cache", kv),
+            bytes("workspace", workspace),
+            {"ferry_sessions",
+             "gauge",
+             "Sequences allocated (KV cache and workspace each)",
+             {},
              static_cast<double>(sessions)}};
   }
 

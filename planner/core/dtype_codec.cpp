@@ -19,9 +19,12 @@ uint16_t float_to_bf16(float f) {
 float f16_to_float(uint16_t h) {
   const int sign = h >> 15, exp = (h >> 10) & 0x1F, mant = h & 0x3FF;
   float v;
-  if (exp == 0) v = std::ldexp(static_cast<float>(mant), -24);
-  else if (exp == 31) v = mant ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
-  else v = std::ldexp(static_cast<float>(mant | 0x400), exp - 25);
+  if (exp == 0)
+    v = std::ldexp(static_cast<float>(mant), -24);
+  else if (exp == 31)
+    v = mant ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  else
+    v = std::ldexp(static_cast<float>(mant | 0x400), exp - 25);
   return sign ? -v : v;
 }
 
@@ -45,7 +48,8 @@ uint16_t float_to_f16(float f) {
 float e4m3_to_float(uint8_t b) {
   const int sign = b >> 7, exp = (b >> 3) & 0xF, mant = b & 7;
   if (exp == 15 && mant == 7) return std::numeric_limits<float>::quiet_NaN();
-  const float v = exp == 0 ? std::ldexp(static_cast<float>(mant), -9) : std::ldexp(static_cast<float>(8 + mant), exp - 10);
+  const float v =
+      exp == 0 ? std::ldexp(static_cast<float>(mant), -9) : std::ldexp(static_cast<float>(8 + mant), exp - 10);
   return sign ? -v : v;
 }
 

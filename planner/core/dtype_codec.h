@@ -14,10 +14,10 @@ float f16_to_float(uint16_t h);
 uint16_t float_to_f16(float f);  // RNE; beyond the largest finite value -> inf
 
 constexpr float kE4M3Max = 448.0f;
-float e4m3_to_float(uint8_t b);   // 0x7F / 0xFF are NaN
-uint8_t float_to_e4m3(float f);   // RNE, saturating to +-448; NaN -> 0x7F
+float e4m3_to_float(uint8_t b);  // 0x7F / 0xFF are NaN
+uint8_t float_to_e4m3(float f);  // RNE, saturating to +-448; NaN -> 0x7F
 
-float e8m0_to_float(uint8_t e);   // 2^(e - 127); 0xFF is NaN
+float e8m0_to_float(uint8_t e);  // 2^(e - 127); 0xFF is NaN
 // The E8M0 code of a power of two 2^k (k in [-127, 127]).
 uint8_t e8m0_from_exponent(int k);
 

@@ -95,8 +95,10 @@ class Reader {
   }
 
   static int64_t check_int(const std::string& key, const json& v, int64_t lo, int64_t hi) {
-    if (!v.is_number_integer() && !(v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>()))))
-      FERRY_THROW("config.json: key '" + key + "' must be an integer, got " + (v.is_number() ? v.dump() : json_type(v)));
+    if (!v.is_number_integer() &&
+        !(v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>()))))
+      FERRY_THROW("config.json: key '" + key + "' must be an integer, got " +
+                  (v.is_number() ? v.dump() : json_type(v)));
     const int64_t x = v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>());
     if (x < lo || x > hi)
       FERRY_THROW("config.json: key '" + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo) +
@@ -136,8 +138,9 @@ void read_rope_scaling(const Reader& r, ModelConfig& c) {
 void read_quantization(const Reader& r, ModelConfig& c) {
   auto it = r.j().find("quantization_config");
   if (it == r.j().end() || it->is_null()) {
-    FERRY_THROW("config.json: missing key 'quantization_config': ferry reads DeepSeek's FP8 checkpoints "
-                "(quant_method fp8, 128x128 blocks)");
+    FERRY_THROW(
+        "config.json: missing key 'quantization_config': ferry reads DeepSeek's FP8 checkpoints "
+        "(quant_method fp8, 128x128 blocks)");
   }
   if (!it->is_object()) FERRY_THROW("config.json: key 'quantization_config' must be an object");
   Reader q(*it, "quantization_config");
@@ -172,7 +175,8 @@ void read_v4(const Reader& r, ModelConfig& c) {
   c.swiglu_limit = r.number_or("swiglu_limit", 0);
   const int64_t kv_heads = r.integer_or("num_key_value_heads", 1, 1, kMaxDim);
   if (kv_heads != 1)
-    FERRY_THROW("config.json: deepseek_v4 has one shared KV head, got num_key_value_heads = " + std::to_string(kv_heads));
+    FERRY_THROW("config.json: deepseek_v4 has one shared KV head, got num_key_value_heads = " +
+                std::to_string(kv_heads));
   if (c.num_attention_heads % c.o_groups != 0)
     FERRY_THROW("config.json: num_attention_heads (" + std::to_string(c.num_attention_heads) +
                 ") must be a multiple of o_groups (" + std::to_string(c.o_groups) + ")");
@@ -217,11 +221,15 @@ ModelConfig config_from_json(const json& j, std::string name) {
   if (auto it = j.find("model_type"); it != j.end() && it->is_string()) model_type = it->get<std::string>();
   ModelConfig c;
   c.name = std::move(name);
-  if (model_type == "deepseek_v4") c.arch = Arch::DeepseekV4;
-  else if (model_type == "deepseek_v3") c.arch = Arch::DeepseekV3;
-  else if (model_type == "deepseek_v32") c.arch = Arch::DeepseekV32;
+  if (model_type == "deepseek_v4")
+    c.arch = Arch::DeepseekV4;
+  else if (model_type == "deepseek_v3")
+    c.arch = Arch::DeepseekV3;
+  else if (model_type == "deepseek_v32")
+    c.arch = Arch::DeepseekV32;
   else {
-    FERRY_THROW("unsupported architecture " + (model_type.empty() ? std::string("(no model_type in config.json)") : "'" + model_type + "'") +
+    FERRY_THROW("unsupported architecture " +
+                (model_type.empty() ? std::string("(no model_type in config.json)") : "'" + model_type + "'") +
                 ": ferry supports deepseek_v4 (V4-Flash, V4-Pro), deepseek_v3 (V3, V3.1, R1) and deepseek_v32 (V3.2)");
   }
   Reader r(j, model_type);
@@ -243,8 +251,10 @@ ModelConfig config_from_json(const json& j, std::string name) {
   c.scoring_func = r.string_or("scoring_func", "softmax");
   read_rope_scaling(r, c);
   read_quantization(r, c);
-  if (c.arch == Arch::DeepseekV4) read_v4(r, c);
-  else read_v3(r, c);
+  if (c.arch == Arch::DeepseekV4)
+    read_v4(r, c);
+  else
+    read_v3(r, c);
   if (c.weight_block_size <= 0) FERRY_THROW("config.json: weight_block_size must be positive");
   return c;
 }

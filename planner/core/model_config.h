@@ -67,9 +67,9 @@ struct ModelConfig {
   int64_t n_shared_experts = 0;
   int64_t num_experts_per_tok = 0;
   int64_t moe_intermediate_size = 0;
-  int64_t intermediate_size = 0;     // dense FFN (V3's first layers)
-  int64_t first_k_dense_replace = 0; // V3: leading dense layers
-  int64_t num_hash_layers = 0;       // V4: leading hash-routed layers (tid2eid)
+  int64_t intermediate_size = 0;      // dense FFN (V3's first layers)
+  int64_t first_k_dense_replace = 0;  // V3: leading dense layers
+  int64_t num_hash_layers = 0;        // V4: leading hash-routed layers (tid2eid)
   int64_t n_group = 1;
   int64_t topk_group = 1;
   double routed_scaling_factor = 1;

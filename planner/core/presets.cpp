@@ -29,8 +29,9 @@ const Preset kPresets[] = {
 
 // Other names users type for the same architectures.
 const std::pair<std::string_view, std::string_view> kAliases[] = {
-    {"v4-flash", "deepseek-v4-flash"}, {"deepseek-v4", "deepseek-v4-flash"}, {"v4-pro", "deepseek-v4-pro"},
-    {"deepseek-v3.1", "deepseek-v3"},  {"deepseek-r1", "deepseek-v3"},       {"v3", "deepseek-v3"},
+    {"v4-flash", "deepseek-v4-flash"}, {"deepseek-v4", "deepseek-v4-flash"},
+    {"v4-pro", "deepseek-v4-pro"},     {"deepseek-v3.1", "deepseek-v3"},
+    {"deepseek-r1", "deepseek-v3"},    {"v3", "deepseek-v3"},
     {"deepseek-v32", "deepseek-v3.2"}, {"v3.2", "deepseek-v3.2"},
 };
 

@@ -57,7 +57,8 @@ constexpr int kMaxJsonDepth = 32;
 json parse_json(std::string_view text, const std::string& what) {
   try {
     return json::parse(text.begin(), text.end(), [&](int depth, json::parse_event_t, json&) {
-      if (depth > kMaxJsonDepth) FERRY_THROW(what + " nests JSON deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+      if (depth > kMaxJsonDepth)
+        FERRY_THROW(what + " nests JSON deeper than " + std::to_string(kMaxJsonDepth) + " levels");
       return true;
     });
   } catch (const nlohmann::json::exception& e) {  // parse_error, and out_of_range for numbers such as 1e400
@@ -130,8 +131,7 @@ SafetensorsTensor parse_entry(const std::string& file, const std::string& name, 
   }
 
   const auto off = e.find("data_offsets");
-  if (off == e.end() || !off->is_array() || off->size() != 2)
-    FERRY_THROW(where + " needs data_offsets [begin, end]");
+  if (off == e.end() || !off->is_array() || off->size() != 2) FERRY_THROW(where + " needs data_offsets [begin, end]");
   for (size_t i = 0; i < 2; ++i) {
     const IntKind k = non_negative_int((*off)[i], i == 0 ? t.begin : t.end);
     if (k != IntKind::Ok)
@@ -186,7 +186,8 @@ SafetensorsHeader parse_safetensors_header(std::string_view header_json, int64_t
     h.tensors.push_back(parse_entry(file, name, entry, data_bytes));
   }
   // Layout order; tensors of zero bytes, which share offsets, stay in name order.
-  std::stable_sort(h.tensors.begin(), h.tensors.end(), [](const SafetensorsTensor& a, const SafetensorsTensor& b) { return a.begin < b.begin; });
+  std::stable_sort(h.tensors.begin(), h.tensors.end(),
+                   [](const SafetensorsTensor& a, const SafetensorsTensor& b) { return a.begin < b.begin; });
 
   // With non-empty ranges sorted by begin, any overlap shows up between neighbours.
   std::vector<const SafetensorsTensor*> ranges;
@@ -270,8 +271,7 @@ json read_index(const fs::path& index) {
 CheckpointHeaders read_through_index(const fs::path& dir, const fs::path& index) {
   const json j = read_index(index);
   const auto wm = j.is_object() ? j.find("weight_map") : j.end();
-  if (!j.is_object() || wm == j.end() || !wm->is_object())
-    FERRY_THROW(index.string() + ": has no weight_map object");
+  if (!j.is_object() || wm == j.end() || !wm->is_object()) FERRY_THROW(index.string() + ": has no weight_map object");
 
   std::set<std::string> shard_names;
   for (const auto& [name, shard] : wm->items()) {
@@ -280,7 +280,8 @@ CheckpointHeaders read_through_index(const fs::path& dir, const fs::path& index)
     const auto& s = shard.get_ref<const std::string&>();
     // The index is data, not a path to follow: shards must sit in the model directory itself.
     const bool control = std::any_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20; });
-    if (s.empty() || s == "." || s == ".." || control || s.find('/') != std::string::npos || s.find('\\') != std::string::npos)
+    if (s.empty() || s == "." || s == ".." || control || s.find('/') != std::string::npos ||
+        s.find('\\') != std::string::npos)
       FERRY_THROW(std::string(kIndexName) + ": shard name " + quote_name(s) + " for tensor " + quote_name(name) +
                   " is not a file in the model directory");
     shard_names.insert(s);

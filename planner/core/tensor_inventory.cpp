@@ -43,21 +43,27 @@ class Builder {
   void fp8_linear(const std::string& prefix, int64_t out, int64_t in, WeightClass cls) {
     add(prefix + ".weight", DType::F8_E4M3, {out, in}, cls);
     const int64_t b = c_.weight_block_size;
-    if (c_.scale_e8m0) add(prefix + ".scale", DType::F8_E8M0, {ceil_div(out, b), ceil_div(in, b)}, cls);
-    else add(prefix + ".weight_scale_inv", DType::F32, {ceil_div(out, b), ceil_div(in, b)}, cls);
+    if (c_.scale_e8m0)
+      add(prefix + ".scale", DType::F8_E8M0, {ceil_div(out, b), ceil_div(in, b)}, cls);
+    else
+      add(prefix + ".weight_scale_inv", DType::F32, {ceil_div(out, b), ceil_div(in, b)}, cls);
   }
 
   // A V4 routed-expert linear: FP4 E2M1 packed two per byte along K, one E8M0 scale per 32 K elements.
   void fp4_linear(const std::string& prefix, int64_t out, int64_t in, WeightClass cls) {
-    FERRY_CHECK(in % 2 == 0 && in % c_.fp4_block == 0,
-                "expert input dimension " + std::to_string(in) + " is not a multiple of the FP4 block " +
-                    std::to_string(c_.fp4_block));
+    FERRY_CHECK(in % 2 == 0 && in % c_.fp4_block == 0, "expert input dimension " + std::to_string(in) +
+                                                           " is not a multiple of the FP4 block " +
+                                                           std::to_string(c_.fp4_block));
     add(prefix + ".weight", DType::I8, {out, in / 2}, cls);
     add(prefix + ".scale", DType::F8_E8M0, {out, in / c_.fp4_block}, cls);
   }
 
-  void bf16(const std::string& name, std::vector<int64_t> shape, WeightClass cls) { add(name, DType::BF16, std::move(shape), cls); }
-  void f32(const std::string& name, std::vector<int64_t> shape, WeightClass cls) { add(name, DType::F32, std::move(shape), cls); }
+  void bf16(const std::string& name, std::vector<int64_t> shape, WeightClass cls) {
+    add(name, DType::BF16, std::move(shape), cls);
+  }
+  void f32(const std::string& name, std::vector<int64_t> shape, WeightClass cls) {
+    add(name, DType::F32, std::move(shape), cls);
+  }
 
   void set_layer(int64_t layer) { layer_ = static_cast<int32_t>(layer); }
   void set_expert(int64_t expert) { expert_ = static_cast<int32_t>(expert); }
@@ -106,8 +112,10 @@ void v4_layer(Builder& b, const ModelConfig& c, int64_t layer, const std::string
     b.f32(p + "hc_" + site + "_scale", {3}, W::Mhc);
   }
   b.bf16(p + "ffn.gate.weight", {c.n_routed_experts, dim}, W::Router);
-  if (c.is_hash_layer(layer)) b.add(p + "ffn.gate.tid2eid", DType::I64, {c.vocab_size, c.num_experts_per_tok}, W::Router);
-  else b.f32(p + "ffn.gate.bias", {c.n_routed_experts}, W::Router);
+  if (c.is_hash_layer(layer))
+    b.add(p + "ffn.gate.tid2eid", DType::I64, {c.vocab_size, c.num_experts_per_tok}, W::Router);
+  else
+    b.f32(p + "ffn.gate.bias", {c.n_routed_experts}, W::Router);
   const int64_t inter = c.moe_intermediate_size;
   for (int64_t e = 0; e < c.n_routed_experts; ++e) {
     b.set_expert(e);
@@ -234,8 +242,10 @@ void v3_inventory(Builder& b, const ModelConfig& c) {
 
 void for_each_tensor(const ModelConfig& c, const std::function<void(TensorInfo&&)>& sink) {
   Builder b(c, sink);
-  if (c.arch == Arch::DeepseekV4) v4_inventory(b, c);
-  else v3_inventory(b, c);
+  if (c.arch == Arch::DeepseekV4)
+    v4_inventory(b, c);
+  else
+    v3_inventory(b, c);
 }
 
 std::vector<TensorInfo> make_tensor_inventory(const ModelConfig& c) {

@@ -17,19 +17,19 @@ namespace ferry::core {
 
 // What a weight is for. Placement and the memory report work by class.
 enum class WeightClass : uint8_t {
-  Attention,     // q/kv/o projections, attention sink (V4); MLA projections (V3)
-  Compressor,    // V4 CSA/HCA KV compressors
-  Indexer,       // lightning indexer (V4 CSA layers, V3.2)
+  Attention,   // q/kv/o projections, attention sink (V4); MLA projections (V3)
+  Compressor,  // V4 CSA/HCA KV compressors
+  Indexer,     // lightning indexer (V4 CSA layers, V3.2)
   SharedExpert,
-  Router,        // gate weight, bias, tid2eid
+  Router,  // gate weight, bias, tid2eid
   RoutedExpert,
-  DenseFfn,      // V3's leading dense layers
+  DenseFfn,  // V3's leading dense layers
   Embedding,
   Head,
-  Mhc,           // hyper-connection mixing (hc_*)
+  Mhc,  // hyper-connection mixing (hc_*)
   Norm,
-  MtpProjection, // the MTP layer's e_proj/h_proj (V4) or eh_proj (V3)
-  Other,         // a checkpoint tensor the config does not explain
+  MtpProjection,  // the MTP layer's e_proj/h_proj (V4) or eh_proj (V3)
+  Other,          // a checkpoint tensor the config does not explain
   kCount
 };
 constexpr size_t kNumWeightClasses = static_cast<size_t>(WeightClass::kCount);

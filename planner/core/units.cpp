@@ -46,16 +46,26 @@ int64_t parse_size(std::string_view text, std::string_view what) {
                           "': expected a size such as 24GiB, 24GB, 512MiB or a byte count";
   if (!split_number(text, value, suffix)) FERRY_THROW(bad);
   double scale = 0;
-  if (suffix.empty() || suffix == "b") scale = 1;
-  else if (suffix == "k" || suffix == "kib") scale = double(kKiB);
-  else if (suffix == "m" || suffix == "mib") scale = double(kMiB);
-  else if (suffix == "g" || suffix == "gib") scale = double(kGiB);
-  else if (suffix == "t" || suffix == "tib") scale = double(kTiB);
-  else if (suffix == "kb") scale = 1e3;
-  else if (suffix == "mb") scale = 1e6;
-  else if (suffix == "gb") scale = 1e9;
-  else if (suffix == "tb") scale = 1e12;
-  else FERRY_THROW(bad);
+  if (suffix.empty() || suffix == "b")
+    scale = 1;
+  else if (suffix == "k" || suffix == "kib")
+    scale = double(kKiB);
+  else if (suffix == "m" || suffix == "mib")
+    scale = double(kMiB);
+  else if (suffix == "g" || suffix == "gib")
+    scale = double(kGiB);
+  else if (suffix == "t" || suffix == "tib")
+    scale = double(kTiB);
+  else if (suffix == "kb")
+    scale = 1e3;
+  else if (suffix == "mb")
+    scale = 1e6;
+  else if (suffix == "gb")
+    scale = 1e9;
+  else if (suffix == "tb")
+    scale = 1e12;
+  else
+    FERRY_THROW(bad);
   const double bytes = value * scale;
   if (!(bytes >= 1) || bytes > 9.0e18) {
     FERRY_THROW(std::string(what) + " '" + std::string(text) + "' is out of range");
@@ -87,9 +97,12 @@ int64_t parse_count(std::string_view text, std::string_view what) {
     FERRY_THROW(bad);
   }
   double scale = 1;
-  if (suffix == "k") scale = 1024;
-  else if (suffix == "m") scale = 1024.0 * 1024;
-  else if (!suffix.empty()) FERRY_THROW(bad);
+  if (suffix == "k")
+    scale = 1024;
+  else if (suffix == "m")
+    scale = 1024.0 * 1024;
+  else if (!suffix.empty())
+    FERRY_THROW(bad);
   const double n = value * scale;
   if (n != std::floor(n)) FERRY_THROW(bad);
   if (n < 1) FERRY_THROW(std::string(what) + " must be positive, got '" + std::string(text) + "'");
@@ -101,11 +114,20 @@ std::string format_bytes(int64_t bytes, int decimals) {
   const double b = static_cast<double>(bytes);
   const char* unit = "B";
   double v = b;
-  if (std::fabs(b) >= double(kTiB)) { v = b / double(kTiB); unit = "TiB"; }
-  else if (std::fabs(b) >= double(kGiB)) { v = b / double(kGiB); unit = "GiB"; }
-  else if (std::fabs(b) >= double(kMiB)) { v = b / double(kMiB); unit = "MiB"; }
-  else if (std::fabs(b) >= double(kKiB)) { v = b / double(kKiB); unit = "KiB"; }
-  else return std::to_string(bytes) + " B";
+  if (std::fabs(b) >= double(kTiB)) {
+    v = b / double(kTiB);
+    unit = "TiB";
+  } else if (std::fabs(b) >= double(kGiB)) {
+    v = b / double(kGiB);
+    unit = "GiB";
+  } else if (std::fabs(b) >= double(kMiB)) {
+    v = b / double(kMiB);
+    unit = "MiB";
+  } else if (std::fabs(b) >= double(kKiB)) {
+    v = b / double(kKiB);
+    unit = "KiB";
+  } else
+    return std::to_string(bytes) + " B";
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.*f %s", decimals, v, unit);
   return buf;

@@ -8,8 +8,8 @@
 // CUDA kernels will take device buffers through this same interface.
 #pragma once
 
-#include <chrono>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>

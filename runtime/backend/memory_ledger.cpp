@@ -40,8 +40,8 @@ void MemoryLedger::reserve(MemoryClass c, int64_t bytes) {
                 core::format_bytes(u.planned) + " planned)");
   if (bytes > capacity_ - total_)
     FERRY_THROW(device_ + ": allocating " + core::format_bytes(bytes) + " of " + std::string(memory_class_name(c)) +
-                " would exceed the device's " + core::format_bytes(capacity_) + " (" +
-                core::format_bytes(total_) + " held)");
+                " would exceed the device's " + core::format_bytes(capacity_) + " (" + core::format_bytes(total_) +
+                " held)");
   u.current += bytes;
   u.high_water = std::max(u.high_water, u.current);
   total_ += bytes;

@@ -17,7 +17,7 @@ inline constexpr int kMemoryClasses = 6;
 std::string_view memory_class_name(MemoryClass c);
 
 struct MemoryClassUsage {
-  int64_t planned = 0;     // bytes the Plan gives this class; kUnplanned: no limit (a CPU-only run's host RAM)
+  int64_t planned = 0;  // bytes the Plan gives this class; kUnplanned: no limit (a CPU-only run's host RAM)
   int64_t current = 0;
   int64_t high_water = 0;  // the most held at once
 };

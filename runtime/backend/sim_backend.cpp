@@ -12,7 +12,8 @@ namespace ferry::runtime {
 
 SimDeviceSpec parse_sim_device(std::string_view spec) {
   const std::string text(spec);
-  FERRY_CHECK(spec.substr(0, 4) == "sim:", "--gpu " + text + ": a simulated device is written sim:SIZE[@BANDWIDTH], e.g. sim:24GiB@25GB/s");
+  FERRY_CHECK(spec.substr(0, 4) == "sim:",
+              "--gpu " + text + ": a simulated device is written sim:SIZE[@BANDWIDTH], e.g. sim:24GiB@25GB/s");
   std::string_view rest = spec.substr(4);
   SimDeviceSpec s;
   const size_t at = rest.find('@');

@@ -42,9 +42,9 @@ struct LinkStats {
 
 struct ComputeStats {
   int64_t launches = 0;
-  double busy_seconds = 0;         // wall time the compute stream spent running work
-  double copy_wait_seconds = 0;    // time launched work waited for the copy it depends on to land
-  int64_t overwrite_conflicts = 0; // copies that landed in memory read by launched work that had not finished
+  double busy_seconds = 0;          // wall time the compute stream spent running work
+  double copy_wait_seconds = 0;     // time launched work waited for the copy it depends on to land
+  int64_t overwrite_conflicts = 0;  // copies that landed in memory read by launched work that had not finished
 };
 
 class SimBackend final : public Backend {
@@ -111,7 +111,7 @@ class SimBackend final : public Backend {
   std::deque<Work> work_;
   uint64_t launched_ = 0, ran_ = 0;
   bool compute_paused_ = false;
-  std::exception_ptr failure_;    // the first exception thrown by launched work
+  std::exception_ptr failure_;  // the first exception thrown by launched work
   uint64_t failed_sequence_ = 0;
   ComputeStats compute_stats_;
   std::thread stream_, compute_;

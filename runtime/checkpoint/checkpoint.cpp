@@ -47,7 +47,8 @@ Checkpoint Checkpoint::open(const fs::path& path) {
   } else if (fs::is_regular_file(path, ec)) {
     c.dir_ = path.parent_path();
     core::SafetensorsHeader h = core::read_safetensors_header(path);
-    for (size_t i = 0; i < h.tensors.size(); ++i) c.headers_.by_name.emplace(h.tensors[i].name, std::make_pair(size_t{0}, i));
+    for (size_t i = 0; i < h.tensors.size(); ++i)
+      c.headers_.by_name.emplace(h.tensors[i].name, std::make_pair(size_t{0}, i));
     c.headers_.shards.push_back(std::move(h));
   } else {
     FERRY_THROW(path.string() + " is neither a checkpoint directory nor a .safetensors file");

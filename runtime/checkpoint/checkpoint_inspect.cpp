@@ -33,14 +33,16 @@ CheckpointReport inspect_checkpoint(const std::filesystem::path& dir) {
   for (const auto& t : inventory) {
     const core::SafetensorsTensor* h = headers.find(t.name);
     if (!h) {
-      r.problems.push_back("missing tensor '" + t.name + "' (" + std::string(core::dtype_name(t.dtype)) + " " + shape_text(t.shape) + ")");
+      r.problems.push_back("missing tensor '" + t.name + "' (" + std::string(core::dtype_name(t.dtype)) + " " +
+                           shape_text(t.shape) + ")");
       continue;
     }
     if (h->shape != t.shape)
-      r.problems.push_back("tensor '" + t.name + "' has shape " + shape_text(h->shape) + ", the config implies " + shape_text(t.shape));
+      r.problems.push_back("tensor '" + t.name + "' has shape " + shape_text(h->shape) + ", the config implies " +
+                           shape_text(t.shape));
     if (h->dtype != t.dtype)
-      r.problems.push_back("tensor '" + t.name + "' is " + std::string(core::dtype_name(h->dtype)) + ", the config implies " +
-                           std::string(core::dtype_name(t.dtype)));
+      r.problems.push_back("tensor '" + t.name + "' is " + std::string(core::dtype_name(h->dtype)) +
+                           ", the config implies " + std::string(core::dtype_name(t.dtype)));
   }
   for (const auto& shard : headers.shards)
     for (const auto& t : shard.tensors)
@@ -62,14 +64,17 @@ std::string format_report(const CheckpointReport& r) {
     swa += k == core::AttnKind::Swa;
   }
   std::snprintf(buf, sizeof buf,
-                "config      %s: %lld layers (%d swa, %d csa, %d hca) + %lld mtp, dim %lld, %lld heads, %lld experts (top-%lld), vocab %lld, "
+                "config      %s: %lld layers (%d swa, %d csa, %d hca) + %lld mtp, dim %lld, %lld heads, %lld experts "
+                "(top-%lld), vocab %lld, "
                 "context %lld\n",
                 std::string(core::arch_name(c.arch)).c_str(), (long long)c.num_hidden_layers, swa, csa, hca,
                 (long long)c.num_nextn_predict_layers, (long long)c.hidden_size, (long long)c.num_attention_heads,
-                (long long)c.n_routed_experts, (long long)c.num_experts_per_tok, (long long)c.vocab_size, (long long)c.max_position_embeddings);
+                (long long)c.n_routed_experts, (long long)c.num_experts_per_tok, (long long)c.vocab_size,
+                (long long)c.max_position_embeddings);
   out += buf;
-  std::snprintf(buf, sizeof buf, "tensors     %s in %lld shard%s, %s\n", core::format_count(r.spec.tensor_count).c_str(),
-                (long long)r.shards, r.shards == 1 ? "" : "s", core::format_bytes(r.spec.total_bytes).c_str());
+  std::snprintf(buf, sizeof buf, "tensors     %s in %lld shard%s, %s\n",
+                core::format_count(r.spec.tensor_count).c_str(), (long long)r.shards, r.shards == 1 ? "" : "s",
+                core::format_bytes(r.spec.total_bytes).c_str());
   out += buf;
   out += "by dtype\n";
   for (const auto& [d, b] : r.bytes_by_dtype) {
@@ -80,11 +85,13 @@ std::string format_report(const CheckpointReport& r) {
   for (size_t k = 0; k < core::kNumWeightClasses; ++k) {
     const int64_t b = r.spec.bytes_of(static_cast<core::WeightClass>(k));
     if (b == 0) continue;
-    std::snprintf(buf, sizeof buf, "  %-16s %14s\n", std::string(core::weight_class_name(static_cast<core::WeightClass>(k))).c_str(),
+    std::snprintf(buf, sizeof buf, "  %-16s %14s\n",
+                  std::string(core::weight_class_name(static_cast<core::WeightClass>(k))).c_str(),
                   core::format_bytes(b).c_str());
     out += buf;
   }
-  out += r.valid() ? "valid: every tensor matches the config\n" : "INVALID: " + std::to_string(r.problems.size()) + " problem(s)\n";
+  out += r.valid() ? "valid: every tensor matches the config\n"
+                   : "INVALID: " + std::to_string(r.problems.size()) + " problem(s)\n";
   return out;
 }
 

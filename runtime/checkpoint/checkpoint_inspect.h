@@ -13,10 +13,10 @@
 namespace ferry::runtime {
 
 struct CheckpointReport {
-  planner::ModelSpec spec;                   // exact bytes from the headers
+  planner::ModelSpec spec;  // exact bytes from the headers
   std::map<std::string, int64_t> bytes_by_dtype;
   int64_t shards = 0;
-  std::vector<std::string> problems;         // one line each: missing, unexpected, wrong shape or dtype
+  std::vector<std::string> problems;  // one line each: missing, unexpected, wrong shape or dtype
   bool valid() const { return problems.empty(); }
 };
 

@@ -31,7 +31,8 @@ void write_atomically(const fs::path& file, const std::string& header, const std
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
     out.write(reinterpret_cast<const char*>(len), 8);
     out.write(header.data(), static_cast<std::streamsize>(header.size()));
-    for (const auto* t : tensors) out.write(reinterpret_cast<const char*>(t->bytes.data()), static_cast<std::streamsize>(t->bytes.size()));
+    for (const auto* t : tensors)
+      out.write(reinterpret_cast<const char*>(t->bytes.data()), static_cast<std::streamsize>(t->bytes.size()));
     out.flush();
     if (!out) FERRY_THROW("cannot write " + file.string() + " (disk full?)");
   }
@@ -55,7 +56,8 @@ void write_safetensors(const fs::path& file, const std::vector<const TensorData*
     check_size(*t);
     FERRY_CHECK(!h.contains(t->name), "tensor '" + t->name + "' added twice");
     const int64_t end = offset + static_cast<int64_t>(t->bytes.size());
-    h[t->name] = {{"dtype", std::string(core::dtype_name(t->dtype))}, {"shape", t->shape}, {"data_offsets", {offset, end}}};
+    h[t->name] = {
+        {"dtype", std::string(core::dtype_name(t->dtype))}, {"shape", t->shape}, {"data_offsets", {offset, end}}};
     offset = end;
   }
   std::string header = h.dump();
@@ -63,7 +65,8 @@ void write_safetensors(const fs::path& file, const std::vector<const TensorData*
   write_atomically(file, header, tensors);
 }
 
-std::vector<std::string> write_sharded_checkpoint(const fs::path& dir, const std::vector<TensorData>& tensors, int shards) {
+std::vector<std::string> write_sharded_checkpoint(const fs::path& dir, const std::vector<TensorData>& tensors,
+                                                  int shards) {
   FERRY_CHECK(shards >= 1, "a checkpoint needs at least one shard");
   int64_t total = 0;
   for (const auto& t : tensors) total += static_cast<int64_t>(t.bytes.size());

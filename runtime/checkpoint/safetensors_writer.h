@@ -26,7 +26,7 @@ void write_safetensors(const std::filesystem::path& file, const std::vector<cons
 
 // Splits `tensors` (in order) into `shards` files of about equal size plus model.safetensors.index.json.
 // Returns the shard file names.
-std::vector<std::string> write_sharded_checkpoint(const std::filesystem::path& dir, const std::vector<TensorData>& tensors,
-                                                  int shards);
+std::vector<std::string> write_sharded_checkpoint(const std::filesystem::path& dir,
+                                                  const std::vector<TensorData>& tensors, int shards);
 
 }  // namespace ferry::runtime

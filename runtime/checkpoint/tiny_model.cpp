@@ -7,10 +7,10 @@
 #include <map>
 #include <string_view>
 
+#include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 #include "planner/core/model_config.h"
 #include "planner/core/tensor_inventory.h"
-#include "planner/core/dtype_codec.h"
 #include "runtime/checkpoint/safetensors_writer.h"
 #include "runtime/checkpoint/tiny_tokenizer.h"
 
@@ -96,7 +96,8 @@ Quantized quantize_fp8_blocks(const std::vector<float>& w, int64_t out, int64_t 
     for (int64_t c = 0; c < bi; ++c) {
       float amax = 0;
       for (int64_t i = r * block; i < std::min(out, (r + 1) * block); ++i)
-        for (int64_t j = c * block; j < std::min(in, (c + 1) * block); ++j) amax = std::max(amax, std::fabs(w[size_t(i * in + j)]));
+        for (int64_t j = c * block; j < std::min(in, (c + 1) * block); ++j)
+          amax = std::max(amax, std::fabs(w[size_t(i * in + j)]));
       const int k = pow2_exponent(amax, core::kE4M3Max);
       q.scales[size_t(r * bi + c)] = core::e8m0_from_exponent(k);
       for (int64_t i = r * block; i < std::min(out, (r + 1) * block); ++i)
@@ -108,7 +109,8 @@ Quantized quantize_fp8_blocks(const std::vector<float>& w, int64_t out, int64_t 
 
 // FP4 E2M1 packed two per byte along the row, one E8M0 scale per `block` values.
 Quantized quantize_fp4_rows(const std::vector<float>& w, int64_t out, int64_t in, int64_t block) {
-  Quantized q{std::vector<uint8_t>(static_cast<size_t>(out * in / 2)), std::vector<uint8_t>(static_cast<size_t>(out * in / block))};
+  Quantized q{std::vector<uint8_t>(static_cast<size_t>(out * in / 2)),
+              std::vector<uint8_t>(static_cast<size_t>(out * in / block))};
   for (int64_t i = 0; i < out; ++i)
     for (int64_t b = 0; b < in / block; ++b) {
       const float* x = &w[size_t(i * in + b * block)];
@@ -117,7 +119,8 @@ Quantized quantize_fp4_rows(const std::vector<float>& w, int64_t out, int64_t in
       const int k = pow2_exponent(amax, core::kE2M1Max);
       q.scales[size_t(i * (in / block) + b)] = core::e8m0_from_exponent(k);
       for (int64_t j = 0; j < block; j += 2) {
-        const uint8_t lo = core::float_to_e2m1(std::ldexp(x[j], -k)), hi = core::float_to_e2m1(std::ldexp(x[j + 1], -k));
+        const uint8_t lo = core::float_to_e2m1(std::ldexp(x[j], -k)),
+                      hi = core::float_to_e2m1(std::ldexp(x[j + 1], -k));
         q.codes[size_t((i * in + b * block + j) / 2)] = core::fp4_pack(lo, hi);
       }
     }
@@ -145,13 +148,20 @@ std::vector<float> small_values(Rng& rng, const core::TensorInfo& t) {
   std::vector<float> v(static_cast<size_t>(numel(t.shape)));
   const std::string_view n = t.name;
   float base = 0, spread = 0.1f;
-  if (ends_with(n, "norm.weight")) base = 1.0f;
-  else if (n.find("hc_") != std::string_view::npos && ends_with(n, "_fn")) spread = 0.1f * std::sqrt(3.0f / static_cast<float>(t.shape.back()));
-  else if (n.find("hc_") != std::string_view::npos && ends_with(n, "_scale")) base = 1.0f;
-  else if (ends_with(n, "attn_sink")) spread = 0.5f;
-  else if (ends_with(n, "embed.weight")) spread = 1.0f;
-  else if (ends_with(n, ".bias")) spread = 0.01f;
-  else if (t.shape.size() == 2) spread = std::sqrt(3.0f / static_cast<float>(t.shape[1]));  // BF16 linears
+  if (ends_with(n, "norm.weight"))
+    base = 1.0f;
+  else if (n.find("hc_") != std::string_view::npos && ends_with(n, "_fn"))
+    spread = 0.1f * std::sqrt(3.0f / static_cast<float>(t.shape.back()));
+  else if (n.find("hc_") != std::string_view::npos && ends_with(n, "_scale"))
+    base = 1.0f;
+  else if (ends_with(n, "attn_sink"))
+    spread = 0.5f;
+  else if (ends_with(n, "embed.weight"))
+    spread = 1.0f;
+  else if (ends_with(n, ".bias"))
+    spread = 0.01f;
+  else if (t.shape.size() == 2)
+    spread = std::sqrt(3.0f / static_cast<float>(t.shape[1]));  // BF16 linears
   for (auto& x : v) x = base + spread * rng.uniform();
   return v;
 }
@@ -188,7 +198,7 @@ std::vector<TensorData> generate_tensors(const core::ModelConfig& c, uint64_t se
       const std::vector<float> w =
           linear_values(rng, out_dim, in_dim, is_residual_branch_output(t.name) ? kResidualBranchScale : 1.0f);
       Quantized q = t.dtype == core::DType::I8 ? quantize_fp4_rows(w, out_dim, in_dim, c.fp4_block)
-                                         : quantize_fp8_blocks(w, out_dim, in_dim, c.weight_block_size);
+                                               : quantize_fp8_blocks(w, out_dim, in_dim, c.weight_block_size);
       d.bytes = std::move(q.codes);
       pending_scales[scale_name] = std::move(q.scales);
     } else if (t.dtype == core::DType::I64) {
@@ -202,7 +212,8 @@ std::vector<TensorData> generate_tensors(const core::ModelConfig& c, uint64_t se
     }
     out.push_back(std::move(d));
   });
-  FERRY_CHECK(pending_scales.empty(), "make-tiny: a quantized weight has no scale tensor: " + pending_scales.begin()->first);
+  FERRY_CHECK(pending_scales.empty(),
+              "make-tiny: a quantized weight has no scale tensor: " + pending_scales.begin()->first);
   return out;
 }
 

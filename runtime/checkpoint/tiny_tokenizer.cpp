@@ -24,8 +24,10 @@ using Json = nlohmann::ordered_json;
 // DeepSeek's exact strings (U+FF5C FULLWIDTH VERTICAL LINE, U+2581 LOWER ONE EIGHTH BLOCK): chat templates and
 // generation stop conditions match them byte for byte.
 constexpr std::array<const char*, 3> kSpecialTokens = {
-    "<\uFF5C" "begin\u2581of\u2581sentence\uFF5C>",
-    "<\uFF5C" "end\u2581of\u2581sentence\uFF5C>",
+    "<\uFF5C"
+    "begin\u2581of\u2581sentence\uFF5C>",
+    "<\uFF5C"
+    "end\u2581of\u2581sentence\uFF5C>",
     "<\uFF5C\u2581pad\u2581\uFF5C>",
 };
 constexpr int kFirstByteId = 3;
@@ -116,8 +118,7 @@ Kind kind_of(char32_t c) {
   if (c == ' ' || c == '\t') return Kind::kSpace;
   if (c == '\r' || c == '\n') return Kind::kNewline;
   if (c < 0x80) return ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') ? Kind::kLetter : Kind::kPunct;
-  if ((c >= 0x2000 && c <= 0x206F) || (c >= 0x3000 && c <= 0x303F) || (c >= 0xFF00 && c <= 0xFFEF))
-    return Kind::kPunct;
+  if ((c >= 0x2000 && c <= 0x206F) || (c >= 0x3000 && c <= 0x303F) || (c >= 0xFF00 && c <= 0xFFEF)) return Kind::kPunct;
   return Kind::kLetter;
 }
 
@@ -179,9 +180,9 @@ struct Word {
 }  // namespace
 
 std::string make_tiny_tokenizer_json(int vocab_size) {
-  FERRY_CHECK(vocab_size >= kFirstMergeId + 1,
-              "tiny tokenizer: vocab_size " + std::to_string(vocab_size) + " is below " +
-                  std::to_string(kFirstMergeId + 1) + " (3 special tokens, 256 bytes and at least one merge)");
+  FERRY_CHECK(vocab_size >= kFirstMergeId + 1, "tiny tokenizer: vocab_size " + std::to_string(vocab_size) +
+                                                   " is below " + std::to_string(kFirstMergeId + 1) +
+                                                   " (3 special tokens, 256 bytes and at least one merge)");
 
   std::vector<std::string> tokens(kSpecialTokens.begin(), kSpecialTokens.end());
   const std::array<std::string, 256>& byte_symbols = byte_level_symbols();

@@ -6,8 +6,8 @@
 #include <functional>
 #include <vector>
 
-#include "runtime/model/forward.h"
 #include "runtime/generate/sampler.h"
+#include "runtime/model/forward.h"
 
 namespace ferry::runtime {
 

@@ -1,8 +1,8 @@
 #include "runtime/generate/npy.h"
 
+#include <cstdio>
 #include <cstring>
 #include <fstream>
-#include <cstdio>
 #include <string>
 
 #include "planner/core/error.h"

@@ -31,7 +31,6 @@ struct RowList {
 
 }  // namespace
 
-
 void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, LayerKv& kv, Workspace& ws,
                const float* xn, float* y) {
   const auto& c = ch.c;
@@ -39,7 +38,8 @@ void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, La
   const int64_t ql = c.q_lora_rank, W = c.sliding_window, ratio = kv.ratio;
   // Queries: low-rank, normalised per head (no weight), RoPE on the last rd dims.
   cpu::linear(w.wq_a, xn, n, d, ws.qa.data(), ql);
-  for (int64_t t = 0; t < n; ++t) cpu::rms_norm(&ws.qa[sz(t * ql)], w.q_norm.data(), ql, c.rms_norm_eps, &ws.qa[sz(t * ql)]);
+  for (int64_t t = 0; t < n; ++t)
+    cpu::rms_norm(&ws.qa[sz(t * ql)], w.q_norm.data(), ql, c.rms_norm_eps, &ws.qa[sz(t * ql)]);
   cpu::linear(w.wq_b, ws.qa.data(), n, ql, ws.q.data(), nh * hd);
   // The shared K=V row of each token, stored (rounded) as its window row.
   cpu::linear(w.wkv, xn, n, d, ws.kv.data(), hd);
@@ -78,8 +78,10 @@ void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, La
     const int64_t nw = l.window_last - l.window_first + 1;
     if (i < nw) {
       const int64_t pos = l.window_first + i;
-      if (pos >= ch.p0) std::memcpy(out, &ws.kv[sz((pos - ch.p0) * hd)], sz(hd) * sizeof(float));
-      else decode_kv_row(ch.main, &kv.window[sz((pos % W) * ch.main.bytes)], out);
+      if (pos >= ch.p0)
+        std::memcpy(out, &ws.kv[sz((pos - ch.p0) * hd)], sz(hd) * sizeof(float));
+      else
+        decode_kv_row(ch.main, &kv.window[sz((pos % W) * ch.main.bytes)], out);
       return;
     }
     const int64_t j = l.sel ? l.sel[i - nw] : i - nw;

@@ -103,7 +103,8 @@ void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rop
   const int64_t rd = c.qk_rope_head_dim;
   cpu::linear(w.indexer_wq_b, qr, ch.n, c.q_lora_rank, ws.iq.data(), ih * ihd);
   cpu::linear(w.indexer_weights_proj, xn, ch.n, d, ws.iw.data(), ih);
-  const float wscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(ihd)) / std::sqrt(static_cast<double>(ih)));
+  const float wscale =
+      static_cast<float>(1.0 / std::sqrt(static_cast<double>(ihd)) / std::sqrt(static_cast<double>(ih)));
   tbb::parallel_for(int64_t{0}, ch.n, [&](int64_t t) {
     for (int64_t h = 0; h < ih; ++h) {
       float* q = ws.iq.data() + (t * ih + h) * ihd;
@@ -156,9 +157,8 @@ void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rop
     } else {
       const int64_t end = std::min(j1, (ch.p0 + 1) / 4);
       const std::span<float> scores = ws.tile_scratch().scores;
-      tbb::parallel_for(tbb::blocked_range<int64_t>(j0, end, 64), [&](const tbb::blocked_range<int64_t>& r) {
-        score(0, r.begin(), r.end(), scores.data());
-      });
+      tbb::parallel_for(tbb::blocked_range<int64_t>(j0, end, 64),
+                        [&](const tbb::blocked_range<int64_t>& r) { score(0, r.begin(), r.end(), scores.data()); });
       merge(0, scores.data(), end);
     }
   }

@@ -90,9 +90,9 @@ TileScratch Workspace::tile_scratch() {
 
 int64_t Workspace::bytes() const {
   auto f = [](const auto& v) { return static_cast<int64_t>(v.capacity() * sizeof(v[0])); };
-  int64_t b = f(x) + f(xn) + f(y) + f(qa) + f(q) + f(kv) + f(o) + f(z) + f(kv_rows) + f(comp_a) + f(comp_s) +
-              f(iq) + f(iw) + f(key_tile) + f(sel) + f(sel_count) + f(gate) + f(route_ids) + f(route_w) +
-              f(expert_tokens) + f(xg) + f(eg) + f(eu) + f(eo);
+  int64_t b = f(x) + f(xn) + f(y) + f(qa) + f(q) + f(kv) + f(o) + f(z) + f(kv_rows) + f(comp_a) + f(comp_s) + f(iq) +
+              f(iw) + f(key_tile) + f(sel) + f(sel_count) + f(gate) + f(route_ids) + f(route_w) + f(expert_tokens) +
+              f(xg) + f(eg) + f(eu) + f(eo);
   return b + f(mix_weights) + f(tiles);
 }
 
@@ -103,15 +103,15 @@ using detail::sz;
 Session::Session(const ModelWeights& model, SessionOptions options) : model_(model), options_(options) {
   const auto& c = model.config();
   FERRY_CHECK(options.ctx >= 1, "--ctx must be at least 1");
-  FERRY_CHECK(options.ctx <= c.max_position_embeddings,
-              "--ctx " + std::to_string(options.ctx) + " is beyond the model's " +
-                  std::to_string(c.max_position_embeddings) + " positions");
+  FERRY_CHECK(options.ctx <= c.max_position_embeddings, "--ctx " + std::to_string(options.ctx) +
+                                                            " is beyond the model's " +
+                                                            std::to_string(c.max_position_embeddings) + " positions");
   FERRY_CHECK(options.ubatch >= 1, "--ubatch must be at least 1");
   options_.mtp = options.mtp && model.mtp() != nullptr;
   options_.ubatch = std::min(options.ubatch, options.ctx);
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device);
   layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, tbb::this_task_arena::max_concurrency(),
-                                          options_.mtp);
+                                           options_.mtp);
   ws_ = std::make_unique<detail::Workspace>(layout_, c, options.device);
   auto f32 = [&](int64_t n) { return device_vector<float>(options.device, MemoryClass::Workspace, sz(n)); };
   H_ = f32(layout_.residual);
@@ -139,9 +139,9 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
   const auto& c = model_.config();
   const int64_t n = static_cast<int64_t>(tokens.size());
   for (int64_t i = 0; i < n; ++i)
-    FERRY_CHECK(tokens[sz(i)] >= 0 && tokens[sz(i)] < c.vocab_size,
-                "token id " + std::to_string(tokens[sz(i)]) + " is outside the vocabulary [0, " +
-                    std::to_string(c.vocab_size) + ")");
+    FERRY_CHECK(tokens[sz(i)] >= 0 && tokens[sz(i)] < c.vocab_size, "token id " + std::to_string(tokens[sz(i)]) +
+                                                                        " is outside the vocabulary [0, " +
+                                                                        std::to_string(c.vocab_size) + ")");
   FERRY_CHECK(pos_ + n <= options_.ctx, "the context is full: " + std::to_string(pos_) + " + " + std::to_string(n) +
                                             " tokens exceed --ctx " + std::to_string(options_.ctx));
   const int64_t vocab = c.vocab_size;
@@ -177,8 +177,10 @@ void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bo
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     run_block(model_.layer(l), cache_->layer(l), H_.data(), tokens, pos_, n);
   if (logits_rows) {
-    if (all_rows) head(H_.data(), model_.hc_head(), model_.norm(), n, logits_rows);
-    else head(H_.data() + (n - 1) * hc * d, model_.hc_head(), model_.norm(), 1, logits_rows);
+    if (all_rows)
+      head(H_.data(), model_.hc_head(), model_.norm(), n, logits_rows);
+    else
+      head(H_.data() + (n - 1) * hc * d, model_.hc_head(), model_.norm(), 1, logits_rows);
   }
   if (options_.mtp) run_mtp(H_.data(), tokens, n);
   pos_ += n;
@@ -198,7 +200,8 @@ void Session::run_block(const LayerWeights& w, LayerKv& kv, float* H, const int3
     });
   };
   auto post = [&] {
-    tbb::parallel_for(int64_t{0}, n, [&](int64_t t) { cpu::hc_post(&ws.y[sz(t * d)], ws.mix[sz(t)], hc, d, H + t * hc * d); });
+    tbb::parallel_for(int64_t{0}, n,
+                      [&](int64_t t) { cpu::hc_post(&ws.y[sz(t * d)], ws.mix[sz(t)], hc, d, H + t * hc * d); });
   };
   pre(w.hc_attn, w.attn_norm);
   detail::attention(ch, w, rope, kv, ws, ws.xn.data(), ws.y.data());

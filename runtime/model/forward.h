@@ -10,8 +10,8 @@
 
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
-#include "runtime/model/kv_cache.h"
 #include "runtime/model/expert_provider.h"
+#include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
 
 namespace ferry::runtime {
@@ -21,10 +21,10 @@ struct Workspace;
 }
 
 struct SessionOptions {
-  int64_t ctx = 4096;                             // tokens the KV cache holds
+  int64_t ctx = 4096;  // tokens the KV cache holds
   planner::KvType kv_type = planner::KvType::FP8;
-  int64_t ubatch = 512;                           // prefill chunk
-  bool mtp = false;                               // also run the MTP layer and keep its logits
+  int64_t ubatch = 512;  // prefill chunk
+  bool mtp = false;      // also run the MTP layer and keep its logits
   // Where the KV cache and the workspace live (accounted there as Kv, Indexer and Workspace); nullptr: the
   // plain heap, unaccounted (a CPU-only run). Must be host-addressable: the ops run on the CPU.
   Backend* device = nullptr;

@@ -8,8 +8,8 @@
 #include <span>
 #include <vector>
 
-#include "planner/memory.h"
 #include "planner/core/model_config.h"
+#include "planner/memory.h"
 #include "runtime/kernels/cpu/ops.h"
 #include "runtime/model/expert_provider.h"
 #include "runtime/model/kv_cache.h"
@@ -39,22 +39,22 @@ struct Workspace {
   int64_t scratch_per_thread;  // floats
   DeviceVector<float> tiles;   // [threads, scratch_per_thread]
   int64_t tile_rows, tile_scores, heads, head_dim;
-  DeviceVector<float> x, xn, y;                     // [n, d]
-  DeviceVector<float> mix_weights;                  // [n, 2·hc + hc²]: every token's mHC weights
-  std::vector<cpu::HcMix> mix;                     // [n] views into mix_weights
-  DeviceVector<float> qa, q, kv, o, z;              // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token
-  DeviceVector<uint8_t> kv_rows;                    // [n, main row bytes]: the chunk's own window rows
-  DeviceVector<float> comp_a, comp_s;               // [n, 2·hd] compressor projections
-  DeviceVector<float> iq, iw;                       // indexer queries [n, ih·ihd] and head weights [n, ih]
-  DeviceVector<float> key_tile;                     // decoded indexer keys of one tile
-  DeviceVector<int32_t> sel;                        // [n, index_topk] selected compressed entries
-  DeviceVector<int32_t> sel_count;                  // [n]
-  DeviceVector<float> gate;                         // [n, E]
-  DeviceVector<int32_t> route_ids;                  // [n, top-k]
-  DeviceVector<float> route_w;                      // [n, top-k]
-  DeviceVector<int32_t> expert_tokens;              // [n · top-k] tokens grouped by expert
-  DeviceVector<float> xg, eg, eu;                   // gathered expert inputs [n, d], intermediates [n, inter]
-  DeviceVector<float> eo;                           // expert outputs, one row per (token, choice) [n·k, d]
+  DeviceVector<float> x, xn, y;         // [n, d]
+  DeviceVector<float> mix_weights;      // [n, 2·hc + hc²]: every token's mHC weights
+  std::vector<cpu::HcMix> mix;          // [n] views into mix_weights
+  DeviceVector<float> qa, q, kv, o, z;  // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token
+  DeviceVector<uint8_t> kv_rows;        // [n, main row bytes]: the chunk's own window rows
+  DeviceVector<float> comp_a, comp_s;   // [n, 2·hd] compressor projections
+  DeviceVector<float> iq, iw;           // indexer queries [n, ih·ihd] and head weights [n, ih]
+  DeviceVector<float> key_tile;         // decoded indexer keys of one tile
+  DeviceVector<int32_t> sel;            // [n, index_topk] selected compressed entries
+  DeviceVector<int32_t> sel_count;      // [n]
+  DeviceVector<float> gate;             // [n, E]
+  DeviceVector<int32_t> route_ids;      // [n, top-k]
+  DeviceVector<float> route_w;          // [n, top-k]
+  DeviceVector<int32_t> expert_tokens;  // [n · top-k] tokens grouped by expert
+  DeviceVector<float> xg, eg, eu;       // gathered expert inputs [n, d], intermediates [n, inter]
+  DeviceVector<float> eo;               // expert outputs, one row per (token, choice) [n·k, d]
 };
 
 // A block over tokens at positions p0 … p0+n−1 (n <= ubatch).
@@ -80,6 +80,5 @@ void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rop
 // y[t] = MOE(xn[t], tokens[t]).
 // `experts` (nullptr: the checkpoint's, with this workspace) says where each routed expert is computed.
 void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, const float* xn, float* y);
-
 
 }  // namespace ferry::runtime::detail

@@ -26,7 +26,7 @@ struct LayerKv {
   int64_t window_rows = 0;       // min(ctx, W)
   int64_t compressed_rows = 0;   // capacity: ctx / ratio
   int64_t n_compressed = 0;      // entries stored so far (== indexer keys stored)
-  DeviceVector<uint8_t> window;   // row of position p at slot p % W
+  DeviceVector<uint8_t> window;  // row of position p at slot p % W
   DeviceVector<uint8_t> compressed;
   DeviceVector<uint8_t> index_keys;  // ratio 4 only
   CompressorState main_state, index_state;

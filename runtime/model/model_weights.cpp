@@ -3,9 +3,9 @@
 #include <cstring>
 #include <string>
 
+#include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 #include "planner/model_spec.h"
-#include "planner/core/dtype_codec.h"
 
 namespace ferry::runtime {
 
@@ -22,8 +22,8 @@ class WeightBinder {
     const auto& t = m_.ckpt_->info(name);
     FERRY_CHECK(t.dtype == dtype, "tensor " + name + " has dtype " + std::string(core::dtype_name(t.dtype)) +
                                       ", expected " + std::string(core::dtype_name(dtype)));
-    FERRY_CHECK(t.shape == shape, "tensor " + name + " has shape " + shape_text(t.shape) + ", expected " +
-                                      shape_text(shape));
+    FERRY_CHECK(t.shape == shape,
+                "tensor " + name + " has shape " + shape_text(t.shape) + ", expected " + shape_text(shape));
     m_.weight_bytes_ += t.end - t.begin;
     return t;
   }
@@ -124,7 +124,8 @@ class WeightBinder {
     LayerWeights L;
     L.index = i;
     L.ratio = c.compress_ratio(i);
-    L.prefix = c.is_mtp_layer(i) ? "mtp." + std::to_string(i - c.num_hidden_layers) + "." : "layers." + std::to_string(i) + ".";
+    L.prefix = c.is_mtp_layer(i) ? "mtp." + std::to_string(i - c.num_hidden_layers) + "."
+                                 : "layers." + std::to_string(i) + ".";
     L.hash_routed = !c.is_mtp_layer(i) && i < c.num_hash_layers;
     const std::string& p = L.prefix;
     const int64_t mix = (2 + hc) * hc;
@@ -144,14 +145,17 @@ class WeightBinder {
     if (L.ratio > 0) L.compressor = compressor(a + "compressor.", L.ratio, hd);
     if (L.ratio == 4) {
       L.indexer_compressor = compressor(a + "indexer.compressor.", 4, c.index_head_dim);
-      L.indexer_wq_b = matrix(a + "indexer.wq_b", core::WeightFormat::FP8, c.index_n_heads * c.index_head_dim, c.q_lora_rank);
+      L.indexer_wq_b =
+          matrix(a + "indexer.wq_b", core::WeightFormat::FP8, c.index_n_heads * c.index_head_dim, c.q_lora_rank);
       L.indexer_weights_proj = matrix(a + "indexer.weights_proj", core::WeightFormat::BF16, c.index_n_heads, d);
     }
     const std::string f = p + "ffn.";
     const int64_t E = c.n_routed_experts, inter = c.moe_intermediate_size;
     L.gate = matrix(f + "gate", core::WeightFormat::BF16, E, d);
-    if (L.hash_routed) L.tid2eid = hash_table(f + "gate.tid2eid");
-    else L.gate_bias = floats(f + "gate.bias", {E});
+    if (L.hash_routed)
+      L.tid2eid = hash_table(f + "gate.tid2eid");
+    else
+      L.gate_bias = floats(f + "gate.bias", {E});
     const core::WeightFormat ef = c.fp4_experts ? core::WeightFormat::MXFP4 : core::WeightFormat::FP8;
     L.experts.resize(static_cast<size_t>(E));
     for (int64_t e = 0; e < E; ++e) {
@@ -160,7 +164,8 @@ class WeightBinder {
                                            matrix(x + "w3", ef, inter, d)};
     }
     const std::string s = f + "shared_experts.";
-    L.shared = {matrix(s + "w1", core::WeightFormat::FP8, inter, d), matrix(s + "w2", core::WeightFormat::FP8, d, inter),
+    L.shared = {matrix(s + "w1", core::WeightFormat::FP8, inter, d),
+                matrix(s + "w2", core::WeightFormat::FP8, d, inter),
                 matrix(s + "w3", core::WeightFormat::FP8, inter, d)};
     if (c.is_mtp_layer(i)) {
       L.e_proj = matrix(p + "e_proj", core::WeightFormat::FP8, d, d);
@@ -202,9 +207,8 @@ class WeightBinder {
 ModelWeights ModelWeights::load(const std::filesystem::path& dir) {
   ModelWeights m;
   const planner::ModelSpec spec = planner::load_model_spec(dir.string());
-  FERRY_CHECK(spec.config.arch == core::Arch::DeepseekV4,
-              "ferry runs DeepSeek V4 checkpoints; " + dir.string() + " is " +
-                  std::string(core::arch_name(spec.config.arch)));
+  FERRY_CHECK(spec.config.arch == core::Arch::DeepseekV4, "ferry runs DeepSeek V4 checkpoints; " + dir.string() +
+                                                              " is " + std::string(core::arch_name(spec.config.arch)));
   m.config_ = spec.config;
   m.ckpt_ = std::make_shared<Checkpoint>(Checkpoint::open(dir));
   const auto& c = m.config_;

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "planner/core/model_config.h"
+#include "runtime/backend/device_vector.h"
 #include "runtime/checkpoint/checkpoint.h"
 #include "runtime/kernels/cpu/linear.h"
-#include "runtime/backend/device_vector.h"
 
 namespace ferry::runtime {
 
@@ -44,11 +44,11 @@ struct LayerWeights {
   DeviceVector<float> q_norm, kv_norm, attn_sink;
   std::optional<CompressorWeights> compressor;          // ratio > 0
   std::optional<CompressorWeights> indexer_compressor;  // ratio 4
-  core::WeightView indexer_wq_b, indexer_weights_proj;   // ratio 4
+  core::WeightView indexer_wq_b, indexer_weights_proj;  // ratio 4
   // MoE
-  core::WeightView gate;               // [E, d]
-  DeviceVector<float> gate_bias;       // score routing
-  DeviceVector<int32_t> tid2eid;       // hash routing: [vocab, top-k]
+  core::WeightView gate;          // [E, d]
+  DeviceVector<float> gate_bias;  // score routing
+  DeviceVector<int32_t> tid2eid;  // hash routing: [vocab, top-k]
   std::vector<ExpertWeights> experts;
   ExpertWeights shared;
   // MTP only

@@ -8,9 +8,9 @@
 #include <numeric>
 
 #include "planner/core/error.h"
+#include "runtime/backend/numa_arenas.h"
 #include "runtime/kernels/cpu/linear.h"
 #include "runtime/model/forward_parts.h"
-#include "runtime/backend/numa_arenas.h"
 
 namespace ferry::runtime::detail {
 

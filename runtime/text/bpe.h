@@ -46,7 +46,7 @@ class Bpe {
   int32_t rank_at(const std::vector<Symbol>& symbols, int32_t left) const;  // -1: no merge for the pair
 
   std::array<int32_t, 256> byte_ids_;
-  std::vector<Merge> merges_;                  // by rank
+  std::vector<Merge> merges_;                    // by rank
   std::unordered_map<uint64_t, int32_t> rules_;  // (left, right) -> rank
   std::unordered_map<std::string, int32_t> whole_words_;
   // Words recur (" the", " of"), so their tokens are kept; bounded by clearing when full.

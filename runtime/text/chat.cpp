@@ -51,8 +51,8 @@ ChatFormat chat_format_for_model_dir(const std::filesystem::path& dir) {
               "has no chat_template)");
 }
 
-std::string encode_chat(ChatFormat format, const nlohmann::ordered_json& messages,
-                        const nlohmann::ordered_json& tools, const ChatEncodeOptions& options) {
+std::string encode_chat(ChatFormat format, const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
+                        const ChatEncodeOptions& options) {
   if (format == ChatFormat::DeepSeekV4) return encode_v4_chat(messages, tools, options);
   FERRY_CHECK(tools.is_null() || (tools.is_array() && tools.empty()),
               "the DeepSeek V3 chat format has no place for tool definitions");

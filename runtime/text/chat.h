@@ -22,7 +22,7 @@ std::string_view chat_format_name(ChatFormat format);  // "deepseek-v4", "deepse
 ChatFormat chat_format_for_model_dir(const std::filesystem::path& dir);
 
 // The prompt in `format`. Tools need V4: the V3 template cannot describe them (ferry::Error if tools are given).
-std::string encode_chat(ChatFormat format, const nlohmann::ordered_json& messages,
-                        const nlohmann::ordered_json& tools, const ChatEncodeOptions& options);
+std::string encode_chat(ChatFormat format, const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,
+                        const ChatEncodeOptions& options);
 
 }  // namespace ferry::runtime

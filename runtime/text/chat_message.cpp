@@ -99,8 +99,8 @@ std::optional<std::string> content_text(const OrderedJson& message, size_t index
   if (it == message.end() || it->is_null()) return std::nullopt;
   if (it->is_string()) return it->get<std::string>();
   const std::string where = message_label(message, index);
-  FERRY_CHECK(it->is_array(), where + ": content must be a string, null or an array of text parts, got " +
-                                  it->type_name());
+  FERRY_CHECK(it->is_array(),
+              where + ": content must be a string, null or an array of text parts, got " + it->type_name());
   std::string text;
   for (size_t i = 0; i < it->size(); ++i) {
     const OrderedJson& part = (*it)[i];
@@ -149,8 +149,8 @@ std::vector<ToolCallIn> tool_calls_of(const OrderedJson& message, size_t index) 
     } else if (args->is_string()) {
       call.arguments_text = args->get<std::string>();
     } else {
-      FERRY_CHECK(args->is_object(), tc_where + ": arguments must be a JSON text or an object, got " +
-                                         args->type_name());
+      FERRY_CHECK(args->is_object(),
+                  tc_where + ": arguments must be a JSON text or an object, got " + args->type_name());
       call.arguments_text = python_json(*args);
       call.arguments_object = &*args;
     }

@@ -34,10 +34,10 @@ std::optional<std::string> string_field(const OrderedJson& message, size_t index
 std::optional<std::string> content_text(const OrderedJson& message, size_t index, std::string_view part_separator);
 
 struct ToolCallIn {
-  std::string id;               // "" when the client sent none
-  std::string type;             // "function" when the client sent none
-  std::string name;             // never empty
-  std::string arguments_text;   // as sent, or an object written with python_json
+  std::string id;                                 // "" when the client sent none
+  std::string type;                               // "function" when the client sent none
+  std::string name;                               // never empty
+  std::string arguments_text;                     // as sent, or an object written with python_json
   const OrderedJson* arguments_object = nullptr;  // set when arguments came as an object rather than text
 };
 

@@ -131,8 +131,8 @@ void read_task(const OrderedJson& m, size_t index, Message& msg) {
   if (!task) return;
   for (const auto& [name, token] : kTaskTokens)
     if (*task == name) msg.task_token = token;
-  FERRY_CHECK(msg.task_token, msg.label + ": unknown task '" + *task +
-                                  "' (known: action, query, authority, domain, title, read_url)");
+  FERRY_CHECK(msg.task_token,
+              msg.label + ": unknown task '" + *task + "' (known: action, query, authority, domain, title, read_url)");
   msg.task = *task;
 }
 

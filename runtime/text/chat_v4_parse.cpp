@@ -48,10 +48,14 @@ std::string excerpt(std::string_view text, size_t at) {
   while (n < rest.size() && is_continuation(static_cast<unsigned char>(rest[n]))) ++n;
   std::string out = "'";
   for (char c : rest.substr(0, n)) {
-    if (c == '\n') out += "\\n";
-    else if (c == '\r') out += "\\r";
-    else if (c == '\t') out += "\\t";
-    else out += c;
+    if (c == '\n')
+      out += "\\n";
+    else if (c == '\r')
+      out += "\\r";
+    else if (c == '\t')
+      out += "\\t";
+    else
+      out += c;
   }
   return out + (n < rest.size() ? "...'" : "'");
 }

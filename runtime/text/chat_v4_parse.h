@@ -51,8 +51,8 @@ class V4CompletionStreamParser {
   void fail(std::string error);
 
   State state_;
-  std::string pending_;       // received, not yet consumed
-  size_t scanned_ = 0;        // in ToolCalls: how much of pending_ is known not to hold the end of the block
+  std::string pending_;          // received, not yet consumed
+  size_t scanned_ = 0;           // in ToolCalls: how much of pending_ is known not to hold the end of the block
   std::vector<ToolCall> calls_;  // parsed, given out when the turn ends
   ParsedCompletion result_;
 };

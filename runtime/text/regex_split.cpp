@@ -26,8 +26,8 @@ void RegexSplit::MatchDataDeleter::operator()(pcre2_real_match_data_8* data) con
 RegexSplit::RegexSplit(const std::string& pattern) : pattern_(pattern) {
   int error = 0;
   PCRE2_SIZE offset = 0;
-  code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP,
-                            &error, &offset, nullptr));
+  code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &error,
+                            &offset, nullptr));
   FERRY_CHECK(code_ != nullptr, "the pre-tokenizer regex '" + pattern + "' is rejected by PCRE2: " +
                                     pcre2_message(error) + " at offset " + std::to_string(offset));
   // Without JIT (a library built without it) pcre2_match interprets the pattern: slower, same result.

@@ -23,7 +23,9 @@ using Json = nlohmann::json;
 
 // Far above any real vocabulary (DeepSeek's is 128,815); it bounds the id tables a malformed file can ask for.
 constexpr int64_t kMaxVocab = 1 << 24;
-constexpr const char* kDeepSeekBos = "<\uFF5C" "begin\u2581of\u2581sentence\uFF5C>";
+constexpr const char* kDeepSeekBos =
+    "<\uFF5C"
+    "begin\u2581of\u2581sentence\uFF5C>";
 
 // The parts of tokenizer.json ferry reads, with every error prefixed by where it came from.
 class Reader {
@@ -61,8 +63,8 @@ class Reader {
   void require_unset(const Json& parent, const char* key, const std::string& where) const {
     if (!parent.contains(key)) return;
     const Json& v = parent[key];
-    check(v.is_null() || v == false || v == "" || v == 0, where + ": '" + key + "' = " + v.dump() +
-                                                              " is not supported by ferry's tokenizer");
+    check(v.is_null() || v == false || v == "" || v == 0,
+          where + ": '" + key + "' = " + v.dump() + " is not supported by ferry's tokenizer");
   }
   std::string type(const Json& part, const std::string& where) const {
     check(part.is_object(), where + " must be an object");
@@ -145,8 +147,8 @@ std::pair<std::string, std::string> merge_parts(const Reader& r, const Json& m, 
   r.check(m.is_string(), where + " must be a string \"left right\" or an array of two strings");
   const std::string s = m.get<std::string>();
   const size_t space = s.find(' ');
-  const bool two_parts = space != std::string::npos && space > 0 && space + 1 < s.size() &&
-                         s.find(' ', space + 1) == std::string::npos;
+  const bool two_parts =
+      space != std::string::npos && space > 0 && space + 1 < s.size() && s.find(' ', space + 1) == std::string::npos;
   r.check(two_parts, where + " '" + s + "' is not two tokens separated by one space");
   return {s.substr(0, space), s.substr(space + 1)};
 }
@@ -201,8 +203,8 @@ std::shared_ptr<Tokenizer::Impl> TokenizerLoader::build(const Reader& r, const J
   model_ids.reserve(vocab.size());
   for (const auto& [token, value] : vocab.items()) {
     const int32_t id = value.get<int32_t>();
-    r.check(!impl->known[id], "vocab id " + std::to_string(id) + " is given to both '" + impl->text[id] + "' and '" +
-                                  token + "'");
+    r.check(!impl->known[id],
+            "vocab id " + std::to_string(id) + " is given to both '" + impl->text[id] + "' and '" + token + "'");
     impl->known[id] = 1;
     impl->text[id] = token;
     model_ids.emplace(token, id);
@@ -344,9 +346,9 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
 }
 
 const std::string& Tokenizer::token_bytes(int32_t id) const {
-  FERRY_CHECK(id >= 0 && id < vocab_size() && impl_->known[id],
-              "token id " + std::to_string(id) + " is not in the tokenizer's vocabulary (" +
-                  std::to_string(vocab_size()) + " ids)");
+  FERRY_CHECK(id >= 0 && id < vocab_size() && impl_->known[id], "token id " + std::to_string(id) +
+                                                                    " is not in the tokenizer's vocabulary (" +
+                                                                    std::to_string(vocab_size()) + " ids)");
   return impl_->bytes[id];
 }
 

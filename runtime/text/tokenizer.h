@@ -31,10 +31,10 @@ class Tokenizer {
   std::string decode(const std::vector<int32_t>& ids, bool skip_special = false) const;
 
   std::optional<int32_t> token_id(std::string_view token_text) const;  // exact token text, e.g. "<｜end▁of▁sentence｜>"
-  std::string token_text(int32_t id) const;   // as written in tokenizer.json ("Ġthe"); throws for unknown ids
+  std::string token_text(int32_t id) const;          // as written in tokenizer.json ("Ġthe"); throws for unknown ids
   const std::string& token_bytes(int32_t id) const;  // what it decodes to, maybe part of a UTF-8 character
-  bool is_special(int32_t id) const;          // false for unknown ids
-  int32_t vocab_size() const;                 // 1 + the largest id
+  bool is_special(int32_t id) const;                 // false for unknown ids
+  int32_t vocab_size() const;                        // 1 + the largest id
 
   // The token that begins a document ("<｜begin▁of▁sentence｜>" for DeepSeek), if the vocabulary has one.
   std::optional<int32_t> bos_id() const;

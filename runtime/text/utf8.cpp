@@ -7,7 +7,7 @@ namespace {
 constexpr std::string_view kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
 struct Sequence {
-  size_t length;   // of the well-formed sequence, or of the ill-formed maximal subpart
+  size_t length;  // of the well-formed sequence, or of the ill-formed maximal subpart
   bool valid;
   bool truncated;  // ill-formed only because `text` ends: more bytes could complete it
 };

@@ -2,33 +2,31 @@
 // and the comparison statistics against the float64 reference.
 #pragma once
 
+#include <unistd.h>
 #include <algorithm>
 #include <cmath>
-#include <unistd.h>
 
 #include <cstdint>
 #include <cstdlib>
-#include <string>
 #include <filesystem>
 #include <memory>
+#include <string>
 #include <vector>
 
+#include "runtime/checkpoint/tiny_model.h"
 #include "runtime/generate/generate.h"
 #include "runtime/model/model_weights.h"
-#include "runtime/checkpoint/tiny_model.h"
 
 namespace ferry::testing {
 
 inline std::filesystem::path tiny_model_dir() {
   static const std::filesystem::path dir = [] {
-    const auto d = std::filesystem::temp_directory_path() /
-                   ("ferry-forward-test-" + std::to_string(::getpid()));
+    const auto d = std::filesystem::temp_directory_path() / ("ferry-forward-test-" + std::to_string(::getpid()));
     runtime::make_tiny_model(d, {});
     std::atexit([] {
       std::error_code ec;
-      std::filesystem::remove_all(std::filesystem::temp_directory_path() /
-                                      ("ferry-forward-test-" + std::to_string(::getpid())),
-                                  ec);
+      std::filesystem::remove_all(
+          std::filesystem::temp_directory_path() / ("ferry-forward-test-" + std::to_string(::getpid())), ec);
     });
     return d;
   }();

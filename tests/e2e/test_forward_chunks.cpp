@@ -80,9 +80,10 @@ TEST(ForwardChunks, WorkspaceHeldEqualsThePlannersLayout) {
         runtime::Session s(tiny_model(), {.ctx = 256, .kv_type = kv, .ubatch = ub, .mtp = mtp});
         std::vector<float> last;
         s.feed(prompt_tokens(80), nullptr, &last);
-        const auto planned = planner::cpu_forward_workspace(tiny_model().config(), kv, ub,
-                                                            s.planned_workspace().threads, mtp);
-        EXPECT_EQ(s.workspace_bytes(), planned.bytes()) << planner::kv_type_name(kv) << " ubatch " << ub << " mtp " << mtp;
+        const auto planned =
+            planner::cpu_forward_workspace(tiny_model().config(), kv, ub, s.planned_workspace().threads, mtp);
+        EXPECT_EQ(s.workspace_bytes(), planned.bytes())
+            << planner::kv_type_name(kv) << " ubatch " << ub << " mtp " << mtp;
       }
   const auto& c = tiny_model().config();
   EXPECT_GT(planner::cpu_forward_workspace(c, KvType::FP8, 64, 1, false).bytes(),

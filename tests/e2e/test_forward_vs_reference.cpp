@@ -19,7 +19,7 @@ struct Comparison {
   std::vector<int32_t> tokens;  // prompt + generated
   runtime::GenerateResult gen;
   reference::ReferenceOutput ref;
-  std::vector<double> err;      // per position
+  std::vector<double> err;  // per position
 };
 
 constexpr int64_t kPrompt = 200, kGenerate = 64;
@@ -71,7 +71,8 @@ constexpr size_t kCandidates = 48;       // ... then the closest to their bounda
 // Per-position relative errors of the runtime's logits `got` ([rows, V]) against a reference's ([<= rows, V]).
 std::vector<double> errors_of(const std::vector<float>& got, const std::vector<double>& want, int64_t V) {
   std::vector<double> err;
-  for (int64_t p = 0; p < static_cast<int64_t>(want.size()) / V; ++p) err.push_back(rel_err(got.data() + p * V, want.data() + p * V, V));
+  for (int64_t p = 0; p < static_cast<int64_t>(want.size()) / V; ++p)
+    err.push_back(rel_err(got.data() + p * V, want.data() + p * V, V));
   return err;
 }
 
@@ -119,7 +120,8 @@ void expect_divergence_traced(const reference::ReferenceOutput& plain, const Tri
     // while to show).
     std::vector<reference::FragileEvent> recent, earlier;
     for (const auto& e : ref.fragile)
-      if (e.pos <= p_div && e.margin < kFloat32Noise) (e.pos > p_div - kRecentPositions ? recent : earlier).push_back(e);
+      if (e.pos <= p_div && e.margin < kFloat32Noise)
+        (e.pos > p_div - kRecentPositions ? recent : earlier).push_back(e);
     std::stable_sort(earlier.begin(), earlier.end(), [](const auto& a, const auto& b) { return a.margin < b.margin; });
     // The recent ones alone first (cheap: each trial runs only from its position on), then with the earlier ones.
     const std::vector<uint64_t> before = flips;
@@ -142,8 +144,9 @@ void expect_divergence_traced(const reference::ReferenceOutput& plain, const Tri
         if (after[best] > now / 2) break;
         const auto& c = candidates[best];
         char line[160];
-        std::snprintf(line, sizeof line, "\n    layer %lld's %s at position %lld (margin %.1e): %.1e", static_cast<long long>(c.layer),
-                      reference::fragile_kind_name(c.kind), static_cast<long long>(c.pos), c.margin, after[best]);
+        std::snprintf(line, sizeof line, "\n    layer %lld's %s at position %lld (margin %.1e): %.1e",
+                      static_cast<long long>(c.layer), reference::fragile_kind_name(c.kind),
+                      static_cast<long long>(c.pos), c.margin, after[best]);
         found += line;
         flips.push_back(c.id);
         now = after[best];
@@ -153,11 +156,13 @@ void expect_divergence_traced(const reference::ReferenceOutput& plain, const Tri
     }
     ASSERT_LE(now, target) << what << ": position " << p_div << " diverges (rel err " << *it << ", median "
                            << level_before(err, p_div) << " before); taking the other "
-                              << "way decisions within float32 noise of their boundary at or before it (" << tried
-                              << " tried) brings the reference no closer than " << now << " to the runtime there:" << found;
-    std::printf("%s: divergence %d at position %lld (rel err %.1e, median %.1e before) is, taken the other way in the "
-                "reference:%s\n",
-                what, round + 1, static_cast<long long>(p_div), *it, level_before(err, p_div), found.c_str());
+                           << "way decisions within float32 noise of their boundary at or before it (" << tried
+                           << " tried) brings the reference no closer than " << now
+                           << " to the runtime there:" << found;
+    std::printf(
+        "%s: divergence %d at position %lld (rel err %.1e, median %.1e before) is, taken the other way in the "
+        "reference:%s\n",
+        what, round + 1, static_cast<long long>(p_div), *it, level_before(err, p_div), found.c_str());
     ref = rerun(flips);
   }
   std::printf("%s: %d divergences traced; later ones not examined\n", what, rounds);
@@ -184,8 +189,8 @@ void expect_divergence_traced(const Comparison& r, KvType kv, int rounds, const 
     o.flip = flips;
     return reference::reference_forward(weights, r.tokens, o);
   };
-  expect_divergence_traced(r.ref, trials, rerun, [&](const auto& ref) { return errors_of(r.gen.logits, ref.logits, V); },
-                           rounds, what);
+  expect_divergence_traced(
+      r.ref, trials, rerun, [&](const auto& ref) { return errors_of(r.gen.logits, ref.logits, V); }, rounds, what);
 }
 
 TEST(ForwardVsReference, Bf16PromptWithin1em3AndGreedyTokensIdentical) {
@@ -213,10 +218,12 @@ TEST(ForwardVsReference, Fp8MeetsTheStatisticalCriterion) {
     same += argmax_of(r.gen.logits.data() + p * V, V) == argmax_of(r.ref.logits.data() + p * V, V);
   EXPECT_GE(static_cast<double>(same) / kPrompt, 0.98);
   const std::vector<double> prompt_err(r.err.begin(), r.err.begin() + kPrompt);
-  std::printf("fp8: prompt median rel err %.2e, %.1f%% <= 1e-3; all %zu positions: median %.2e, %.1f%% <= 1e-3, max %.2e; argmax equal at %lld/%lld prompt positions\n",
-              median(prompt_err), 100 * fraction_at_most(prompt_err, 1e-3), r.err.size(), median(r.err),
-              100 * fraction_at_most(r.err, 1e-3), *std::max_element(r.err.begin(), r.err.end()),
-              static_cast<long long>(same), static_cast<long long>(kPrompt));
+  std::printf(
+      "fp8: prompt median rel err %.2e, %.1f%% <= 1e-3; all %zu positions: median %.2e, %.1f%% <= 1e-3, max %.2e; "
+      "argmax equal at %lld/%lld prompt positions\n",
+      median(prompt_err), 100 * fraction_at_most(prompt_err, 1e-3), r.err.size(), median(r.err),
+      100 * fraction_at_most(r.err, 1e-3), *std::max_element(r.err.begin(), r.err.end()), static_cast<long long>(same),
+      static_cast<long long>(kPrompt));
   EXPECT_LE(median(prompt_err), 1e-4);
   EXPECT_GE(fraction_at_most(prompt_err, 1e-3), 0.95);
   EXPECT_LE(median(r.err), 1e-4);  // over the 64 generated tokens too
@@ -228,7 +235,8 @@ TEST(ForwardVsReference, Fp8DivergenceTracesToFragileDecisions) {
 }
 
 TEST(ForwardVsReference, QuantizedCachesTraceDivergenceToo) {
-  for (KvType kv : {KvType::Q8_0, KvType::Q4_0}) expect_divergence_traced(run_for(kv), kv, 2, planner::kv_type_name(kv).data());
+  for (KvType kv : {KvType::Q8_0, KvType::Q4_0})
+    expect_divergence_traced(run_for(kv), kv, 2, planner::kv_type_name(kv).data());
 }
 
 TEST(ForwardVsReference, MtpLogitsMatchTheReference) {
@@ -244,7 +252,8 @@ TEST(ForwardVsReference, MtpLogitsMatchTheReference) {
   ASSERT_EQ(static_cast<int64_t>(session.mtp_logits().size()), n * V);
   ASSERT_EQ(static_cast<int64_t>(ref.mtp_logits.size()), n * V);
   std::vector<double> err;
-  for (int64_t p = 0; p < n; ++p) err.push_back(rel_err(session.mtp_logits().data() + p * V, ref.mtp_logits.data() + p * V, V));
+  for (int64_t p = 0; p < n; ++p)
+    err.push_back(rel_err(session.mtp_logits().data() + p * V, ref.mtp_logits.data() + p * V, V));
   EXPECT_LE(err[0], 1e-5);
   const auto weights = reference::load_reference_weights(tiny_model_dir(), true);
   auto with = [&](const std::vector<uint64_t>& flips, int64_t positions) {
@@ -264,8 +273,9 @@ TEST(ForwardVsReference, MtpLogitsMatchTheReference) {
     }
     return err;
   };
-  expect_divergence_traced(ref, trials, [&](const auto& flips) { return with(flips, -1); },
-                           [&](const auto& r) { return errors_of(session.mtp_logits(), r.mtp_logits, V); }, 2, "mtp");
+  expect_divergence_traced(
+      ref, trials, [&](const auto& flips) { return with(flips, -1); },
+      [&](const auto& r) { return errors_of(session.mtp_logits(), r.mtp_logits, V); }, 2, "mtp");
 }
 
 }  // namespace

@@ -77,7 +77,8 @@ int region_of(const HostExpertStore& store, const runtime::ExpertWeights& e) {
     int here = -1;
     const auto regions = store.regions();
     for (size_t i = 0; i < regions.size(); ++i)
-      if (r.data >= regions[i].data && r.data + r.bytes <= regions[i].data + regions[i].bytes) here = static_cast<int>(i);
+      if (r.data >= regions[i].data && r.data + r.bytes <= regions[i].data + regions[i].bytes)
+        here = static_cast<int>(i);
     if (found != -2 && here != found) return -1;
     found = here;
   }
@@ -127,12 +128,15 @@ TEST(HostExpertStore, NumaCopiesAreBoundToTheirNodeAndHoldTheExpertsBytes) {
       hwloc_nodeset_t set = hwloc_bitmap_alloc();
       hwloc_membind_policy_t policy{};
       ASSERT_EQ(hwloc_get_area_membind(topo.get(), r.data, static_cast<size_t>(r.bytes), set, &policy,
-                                       HWLOC_MEMBIND_BYNODESET), 0);
+                                       HWLOC_MEMBIND_BYNODESET),
+                0);
       EXPECT_EQ(policy, HWLOC_MEMBIND_BIND);
       EXPECT_TRUE(hwloc_bitmap_isequal(set, node0->nodeset)) << "bound to another nodeset";
       // Where the pages are (they were written by the copy).
       hwloc_bitmap_zero(set);
-      ASSERT_EQ(hwloc_get_area_memlocation(topo.get(), r.data, static_cast<size_t>(r.bytes), set, HWLOC_MEMBIND_BYNODESET), 0);
+      ASSERT_EQ(
+          hwloc_get_area_memlocation(topo.get(), r.data, static_cast<size_t>(r.bytes), set, HWLOC_MEMBIND_BYNODESET),
+          0);
       EXPECT_TRUE(hwloc_bitmap_isequal(set, node0->nodeset)) << "pages on another node";
       hwloc_bitmap_free(set);
     }

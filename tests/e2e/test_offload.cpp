@@ -9,10 +9,10 @@
 
 #include <atomic>
 #include <condition_variable>
-#include <mutex>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -24,8 +24,8 @@
 #include "planner/core/error.h"
 #include "planner/model_spec.h"
 #include "runtime/backend/cpu_backend.h"
-#include "runtime/generate/generate.h"
 #include "runtime/backend/sim_backend.h"
+#include "runtime/generate/generate.h"
 #include "runtime/model/weight_placement.h"
 
 namespace ferry::testing {
@@ -185,7 +185,8 @@ class Offload : public ::testing::Test {
       out.regions.assign(bound.host_experts().regions().begin(), bound.host_experts().regions().end());
       for (const auto& lp : plan.layers)
         if (lp.experts_in_ram > 0)
-          for (const auto& e : bound.weights().layer(lp.layer).experts) out.experts_outside_store += !in_regions(e, out.regions);
+          for (const auto& e : bound.weights().layer(lp.layer).experts)
+            out.experts_outside_store += !in_regions(e, out.regions);
       runtime::SessionOptions bso = bound.session_options(so);
       CheckingProvider checker(*bso.experts);
       if (check_slots) bso.experts = &checker;
@@ -217,30 +218,34 @@ class Offload : public ::testing::Test {
       out.max_copies_in_flight = gpu.link_stats().max_in_flight;
       EXPECT_EQ(out.conflicts, 0) << "a copy landed in a slot that launched work still read";
       out.stats = bound.dispatch().total();
-      for (int l = 0; l < bound.dispatch().cache().layers(); ++l) out.evictions += bound.dispatch().cache().stats(l).evictions;
+      for (int l = 0; l < bound.dispatch().cache().layers(); ++l)
+        out.evictions += bound.dispatch().cache().stats(l).evictions;
       std::vector<const runtime::Backend*> devices{&gpu};
       for (const auto& h : hosts) devices.push_back(h.get());
       for (const runtime::Backend* b : devices) {
         int64_t planned = 0;
         for (int i = 0; i < runtime::kMemoryClasses; ++i) {
           const auto u = b->ledger().usage(static_cast<runtime::MemoryClass>(i));
-          EXPECT_LE(u.high_water, u.planned) << b->name() << " " << runtime::memory_class_name(static_cast<runtime::MemoryClass>(i));
+          EXPECT_LE(u.high_water, u.planned)
+              << b->name() << " " << runtime::memory_class_name(static_cast<runtime::MemoryClass>(i));
           planned += u.planned;
         }
         const int64_t high = b->ledger().total_high_water();
         EXPECT_LE(high, planned) << b->name();
-        EXPECT_GE(static_cast<double>(high), 0.98 * static_cast<double>(planned)) << b->name() << ": high-water " << high
-                                                                                   << " of " << planned << " planned";
+        EXPECT_GE(static_cast<double>(high), 0.98 * static_cast<double>(planned))
+            << b->name() << ": high-water " << high << " of " << planned << " planned";
       }
       // Each host node holds exactly the weights the plan gives it: its share of the routed experts (and,
       // on node 0, the embedding).
       for (size_t k = 0; k < hosts.size(); ++k) {
-        const int64_t planned = offload::planned_by_class(*host_plans[k])[static_cast<size_t>(runtime::MemoryClass::Weights)];
+        const int64_t planned =
+            offload::planned_by_class(*host_plans[k])[static_cast<size_t>(runtime::MemoryClass::Weights)];
         EXPECT_GT(planned, 0) << host_plans[k]->id;
         EXPECT_EQ(hosts[k]->ledger().usage(runtime::MemoryClass::Weights).high_water, planned) << host_plans[k]->id;
       }
     }
-    for (const auto& h : hosts) EXPECT_EQ(h->ledger().total_current(), 0) << h->name() << ": the binding left host memory behind";
+    for (const auto& h : hosts)
+      EXPECT_EQ(h->ledger().total_current(), 0) << h->name() << ": the binding left host memory behind";
     EXPECT_EQ(gpu.ledger().total_current(), 0) << "the binding left device memory behind";
     EXPECT_EQ(gpu.pinned_bytes(), 0) << "the binding left host memory pinned";
     return out;
@@ -249,7 +254,8 @@ class Offload : public ::testing::Test {
 
 void expect_bitwise(const std::vector<float>& got, const std::vector<float>& want) {
   ASSERT_EQ(got.size(), want.size());
-  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0) << "logits differ from the CPU-only run";
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)), 0)
+      << "logits differ from the CPU-only run";
 }
 
 TEST_F(Offload, EverythingOnTheDeviceGivesTheCpuLogits) {
@@ -297,9 +303,9 @@ TEST_F(Offload, Fp8KvIsBitwiseToo) {
 }
 
 // Holds each layer's device work behind a blocker launched at routing time, released by the first expert the
-// host computes (or by the layer's last expert, or after 2 s): the host must reach its own experts while the device's work of the same layer
-// (the blocker, the shared expert) is still pending. A MoE layer that waited for the device first would only
-// get there after the timeout, with nothing pending.
+// host computes (or by the layer's last expert, or after 2 s): the host must reach its own experts while the device's
+// work of the same layer (the blocker, the shared expert) is still pending. A MoE layer that waited for the device
+// first would only get there after the timeout, with nothing pending.
 class OverlapProbe final : public runtime::ForwardingExpertProvider {
  public:
   OverlapProbe(runtime::ExpertProvider& inner, runtime::SimBackend& gpu) : ForwardingExpertProvider(inner), gpu_(gpu) {}

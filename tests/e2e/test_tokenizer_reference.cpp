@@ -50,10 +50,10 @@ std::string show(const std::vector<int32_t>& ids) { return Json(ids).dump(); }
 // What tests/js/tokenize_reference.mjs prints for the corpus with `tokenizer_json`; sets `error` if it fails.
 Json reference(const std::string& tokenizer_json, std::string& error) {
   int status = 0;
-  const std::string out = run(quoted(FERRY_NODE) + " " + quoted(std::string(FERRY_JS_DIR) + "/tokenize_reference.mjs") +
-                                  " " + quoted(tokenizer_json) + " " + quoted(kModels + "/tokenizer_config.json") +
-                                  " " + quoted(kCorpus),
-                              &status);
+  const std::string out =
+      run(quoted(FERRY_NODE) + " " + quoted(std::string(FERRY_JS_DIR) + "/tokenize_reference.mjs") + " " +
+              quoted(tokenizer_json) + " " + quoted(kModels + "/tokenizer_config.json") + " " + quoted(kCorpus),
+          &status);
   if (status != 0) {
     error = "tests/js/tokenize_reference.mjs failed (status " + std::to_string(status) +
             "); is tests/js/node_modules complete? run scripts/fetch-test-assets.sh";
@@ -106,16 +106,16 @@ std::string compare_ids(const Tokenizer& tokenizer, const std::vector<std::strin
     auto token = [&](const std::vector<int32_t>& ids) {
       return at < ids.size() ? std::to_string(ids[at]) + " " + show(tokenizer.token_text(ids[at])) : "(none)";
     };
-    first = "text " + std::to_string(i) + ": " + show(corpus[i]) + "\n  ferry: " + show(ours) + "\n  js:    " +
-            show(js) + "\n  first difference at position " + std::to_string(at) + ": ferry " + token(ours) +
-            ", js " + token(js);
+    first = "text " + std::to_string(i) + ": " + show(corpus[i]) + "\n  ferry: " + show(ours) +
+            "\n  js:    " + show(js) + "\n  first difference at position " + std::to_string(at) + ": ferry " +
+            token(ours) + ", js " + token(js);
   }
   if (mismatches == 0) return "";
   return std::to_string(mismatches) + " of " + std::to_string(corpus.size()) + " texts differ; the first:\n" + first;
 }
 
-#define REQUIRE_SHARED(s)           \
-  const Shared& s = shared();       \
+#define REQUIRE_SHARED(s)     \
+  const Shared& s = shared(); \
   ASSERT_TRUE(s.error.empty()) << s.error
 
 }  // namespace

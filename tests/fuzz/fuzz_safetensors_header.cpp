@@ -24,7 +24,6 @@ using namespace ferry;
 
 using ferry_fuzz::ModelDir;
 
-
 // Sanitizers do not see broken invariants of a successful parse; this makes them findings as well.
 void expect(bool ok, const char* what) {
   if (ok) return;
@@ -44,7 +43,6 @@ void parse_file(const uint8_t* data, size_t size) {
     expect(0 <= t.begin && t.begin <= t.end && t.end <= h.file_bytes - h.data_offset,
            "a tensor range lies outside the data section");
 }
-
 
 void parse_index(const uint8_t* data, size_t size) {
   static const ModelDir dir("ferry-fuzz-");

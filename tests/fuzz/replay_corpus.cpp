@@ -25,8 +25,6 @@ using ferry_fuzz::ModelDir;
 
 namespace {
 
-
-
 // A one-line summary of what parsed; throws ferry::Error for a bad seed.
 std::string read_seed(const fs::path& seed, const ModelDir& dir) {
   char first = 0;

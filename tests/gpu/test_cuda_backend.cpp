@@ -34,8 +34,8 @@
 namespace ferry::runtime::cuda {
 namespace {
 
-using ferry_test::error_of;
 using core::kMiB;
+using ferry_test::error_of;
 
 #ifdef FERRY_HAVE_CUDA
 
@@ -224,7 +224,8 @@ TEST(CudaBackend, EventsCompleteInOrder) {
   dev.pause();
   std::vector<CopyEvent> events;
   for (int i = 0; i < kCopiesQueued; ++i)
-    events.push_back(dev.copy_to_device(b, i * core::kMiB, static_cast<const char*>(src.data()) + i * core::kMiB, core::kMiB));
+    events.push_back(
+        dev.copy_to_device(b, i * core::kMiB, static_cast<const char*>(src.data()) + i * core::kMiB, core::kMiB));
   for (const CopyEvent& e : events) EXPECT_FALSE(dev.completed(e));
   dev.resume();
   // Newest first: once a later copy is seen landed, every earlier one must be seen landed too.

@@ -44,8 +44,11 @@ struct CompressorRun {
 class Forward {
  public:
   Forward(const ReferenceWeights& w, const ReferenceOptions& o)
-      : w_(w), c_(w_.config), o_(o),
-        freqs_plain_(rope_frequencies(c_, false)), freqs_compressed_(rope_frequencies(c_, true)) {}
+      : w_(w),
+        c_(w_.config),
+        o_(o),
+        freqs_plain_(rope_frequencies(c_, false)),
+        freqs_compressed_(rope_frequencies(c_, true)) {}
 
   ReferenceOutput run(const std::vector<int32_t>& tokens) {
     check_tokens(tokens);
@@ -58,9 +61,11 @@ class Forward {
   // The logits of position `row` for each alternative: the run with that decision also taken the other way.
   // Each alternative continues a copy of this run from the start of its decision's position, so it costs only
   // the positions from there to `row`.
-  std::vector<Vec> alternatives(const std::vector<int32_t>& tokens, const std::vector<FragileEvent>& alts, int64_t row) {
+  std::vector<Vec> alternatives(const std::vector<int32_t>& tokens, const std::vector<FragileEvent>& alts,
+                                int64_t row) {
     check_tokens(tokens);
-    FERRY_CHECK(row >= 0 && row < static_cast<int64_t>(tokens.size()), "reference: alternatives for a row past the tokens");
+    FERRY_CHECK(row >= 0 && row < static_cast<int64_t>(tokens.size()),
+                "reference: alternatives for a row past the tokens");
     std::vector<size_t> order(alts.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
     std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return alts[a].pos < alts[b].pos; });
@@ -80,8 +85,8 @@ class Forward {
  private:
   void check_tokens(const std::vector<int32_t>& tokens) const {
     for (int32_t t : tokens)
-      FERRY_CHECK(t >= 0 && t < c_.vocab_size, "reference: token id " + std::to_string(t) + " is outside the vocabulary of " +
-                                                   std::to_string(c_.vocab_size));
+      FERRY_CHECK(t >= 0 && t < c_.vocab_size, "reference: token id " + std::to_string(t) +
+                                                   " is outside the vocabulary of " + std::to_string(c_.vocab_size));
   }
 
   // The main model at position next_.
@@ -220,7 +225,8 @@ class Forward {
     return w_.head * rms_norm(y, norm, c_.rms_norm_eps);
   }
 
-  void block(const LayerWeights& L, LayerHistory& hist, Streams& H, int64_t p, int32_t tok, ReferenceOutput& out) const {
+  void block(const LayerWeights& L, LayerHistory& hist, Streams& H, int64_t p, int32_t tok,
+             ReferenceOutput& out) const {
     const MarginSink sink = sink_for(p, L.index, out);
     Vec post, comb;
     Vec x = hc_pre(H, L.hc_attn, post, comb);
@@ -270,7 +276,8 @@ class Forward {
   std::vector<int64_t> indexer(const LayerWeights& L, LayerHistory& hist, const Vec& x, const Vec& qr, int64_t p,
                                const MarginSink& sink) const {
     const int64_t ih = c_.index_n_heads, ihd = c_.index_head_dim, rd = c_.qk_rope_head_dim;
-    compress(L, {L.index_compressor, hist.index_a, hist.index_s, hist.index_keys, ihd, RowKind::IndexerKey}, x, p, sink);
+    compress(L, {L.index_compressor, hist.index_a, hist.index_s, hist.index_keys, ihd, RowKind::IndexerKey}, x, p,
+             sink);
     Vec qi = L.index_wq_b * qr;
     for (int64_t h = 0; h < ih; ++h) {
       double* q = qi.data() + h * ihd;
@@ -308,7 +315,8 @@ class Forward {
     hist.window.push_back(std::move(kv));
     FERRY_CHECK(static_cast<int64_t>(hist.window.size()) == p + 1, "reference: window rows out of step");
 
-    if (L.ratio > 0) compress(L, {L.compressor, hist.comp_a, hist.comp_s, hist.compressed, hd, RowKind::Main}, x, p, sink);
+    if (L.ratio > 0)
+      compress(L, {L.compressor, hist.comp_a, hist.comp_s, hist.compressed, hd, RowKind::Main}, x, p, sink);
     std::vector<int64_t> selected;  // compressed entries
     if (L.ratio == 4) {
       selected = indexer(L, hist, x, qr, p, sink);
@@ -410,9 +418,9 @@ ReferenceOutput reference_forward(const ReferenceWeights& weights, const std::ve
   return Forward(weights, options).run(tokens);
 }
 
-std::vector<std::vector<double>> reference_alternatives(const ReferenceWeights& weights, const std::vector<int32_t>& tokens,
-                                                        ReferenceOptions options, const std::vector<FragileEvent>& alternatives,
-                                                        int64_t row) {
+std::vector<std::vector<double>> reference_alternatives(const ReferenceWeights& weights,
+                                                        const std::vector<int32_t>& tokens, ReferenceOptions options,
+                                                        const std::vector<FragileEvent>& alternatives, int64_t row) {
   std::sort(options.flip.begin(), options.flip.end());
   options.mtp = false;
   return Forward(weights, options).alternatives(tokens, alternatives, row);

@@ -1,8 +1,9 @@
 // An independent float64 reference of the DeepSeek V4 forward pass (docs/forward-semantics.md): plain loops
 // on weights dequantized to double, the whole sequence position by position, the KV storage roundings of the
 // chosen KV type computed in double. From the rest of ferry it uses only the checkpoint reader
-// (runtime/checkpoint/checkpoint.h), the scalar weight decoders (planner/core/dtype_codec.h), the config (planner/core/model_config.h,
-// model_spec.h) and planner::KvType, so that a bug in the optimized forward cannot hide in both.
+// (runtime/checkpoint/checkpoint.h), the scalar weight decoders (planner/core/dtype_codec.h), the config
+// (planner/core/model_config.h, model_spec.h) and planner::KvType, so that a bug in the optimized forward cannot hide
+// in both.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +17,17 @@ namespace ferry::reference {
 // A decision of the forward pass that float32 and float64 may take differently because the value is almost
 // exactly on its boundary: a rounding next to a grid midpoint, a power-of-two scale next to its step, or a
 // top-k selection with a near-tie at its cut.
-enum class FragileKind : uint8_t { Fp8Round, Fp8Scale, Fp4Round, Fp4Scale, Bf16Round, QRound, QScale, IndexerTopk, RouterTopk };
+enum class FragileKind : uint8_t {
+  Fp8Round,
+  Fp8Scale,
+  Fp4Round,
+  Fp4Scale,
+  Bf16Round,
+  QRound,
+  QScale,
+  IndexerTopk,
+  RouterTopk
+};
 const char* fragile_kind_name(FragileKind k);
 
 struct FragileEvent {

@@ -31,13 +31,16 @@ Vec rope_frequencies(const core::ModelConfig& c, bool compressed_layer) {
   const double base = compressed_layer ? c.compress_rope_theta : c.rope_theta;
   FERRY_CHECK(base > 1, "reference: rope base must be > 1");
   Vec f(static_cast<size_t>(rd / 2));
-  for (int64_t i = 0; i < rd / 2; ++i) f[static_cast<size_t>(i)] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rd));
+  for (int64_t i = 0; i < rd / 2; ++i)
+    f[static_cast<size_t>(i)] = std::pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rd));
   const double L = static_cast<double>(c.rope_original_max_position);
   if (!compressed_layer || L <= 0) return f;
   // YaRN: interpolate the low frequencies (long wavelengths) by 1/factor, ramping linearly between the
   // dimensions whose wavelength makes beta_fast and beta_slow rotations over the original context.
   const double drd = static_cast<double>(rd);
-  auto corr = [&](double rotations) { return drd * std::log(L / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base)); };
+  auto corr = [&](double rotations) {
+    return drd * std::log(L / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base));
+  };
   const double low = std::max(std::floor(corr(c.rope_beta_fast)), 0.0);
   double high = std::min(std::ceil(corr(c.rope_beta_slow)), drd - 1);
   if (low == high) high += 0.001;
@@ -57,13 +60,12 @@ void apply_rope(double* v, const Vec& freqs, int64_t pos, bool inverse) {
   }
 }
 
-double hadamard_entry(int64_t i, int64_t j) {
-  return std::popcount(static_cast<uint64_t>(i & j)) % 2 ? -1.0 : 1.0;
-}
+double hadamard_entry(int64_t i, int64_t j) { return std::popcount(static_cast<uint64_t>(i & j)) % 2 ? -1.0 : 1.0; }
 
 // The matrix product written out (O(n²)), not the fast butterfly: it is the definition, and n is 128.
 void hadamard(double* v, int64_t n) {
-  FERRY_CHECK(n > 0 && std::has_single_bit(static_cast<uint64_t>(n)), "reference: Hadamard size must be a power of two");
+  FERRY_CHECK(n > 0 && std::has_single_bit(static_cast<uint64_t>(n)),
+              "reference: Hadamard size must be a power of two");
   Vec out(static_cast<size_t>(n), 0.0);
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < n; ++j) out[static_cast<size_t>(i)] += hadamard_entry(i, j) * v[j];

@@ -33,9 +33,9 @@ double hadamard_entry(int64_t i, int64_t j);
 void hadamard(double* v, int64_t n);
 
 struct TopK {
-  std::vector<int64_t> ids;       // highest score first; equal scores: the lower index first
+  std::vector<int64_t> ids;      // highest score first; equal scores: the lower index first
   std::optional<double> margin;  // topk_margin at the cut; absent when every candidate is selected
-  int64_t runner_up = -1;         // the best unselected candidate (with margin)
+  int64_t runner_up = -1;        // the best unselected candidate (with margin)
 };
 TopK top_k(const Vec& score, int64_t k);
 

@@ -49,7 +49,7 @@ double round_on_grid(double v, const std::vector<double>& g, FragileKind kind, c
     return std::copysign(g[flip ? top - 1 : top], v);
   }
   const size_t hi = static_cast<size_t>(std::upper_bound(g.begin(), g.end(), a) - g.begin());  // g[hi] > a
-  const size_t lo = hi - 1;                                                                      // g[lo] <= a
+  const size_t lo = hi - 1;                                                                    // g[lo] <= a
   const double mid = (g[lo] + g[hi]) / 2;
   const bool flip = sink && sink(kind, relative_distance(a, mid));
   const size_t pick = a < mid ? lo : a > mid ? hi : (lo % 2 == 0 ? lo : hi);
@@ -100,8 +100,12 @@ double rne_integer(double q) {
 
 }  // namespace
 
-double round_e4m3(double v, const MarginSink& sink) { return round_on_grid(v, e4m3_grid(), FragileKind::Fp8Round, sink); }
-double round_e2m1(double v, const MarginSink& sink) { return round_on_grid(v, e2m1_grid(), FragileKind::Fp4Round, sink); }
+double round_e4m3(double v, const MarginSink& sink) {
+  return round_on_grid(v, e4m3_grid(), FragileKind::Fp8Round, sink);
+}
+double round_e2m1(double v, const MarginSink& sink) {
+  return round_on_grid(v, e2m1_grid(), FragileKind::Fp4Round, sink);
+}
 double round_bf16(double v, const MarginSink& sink) { return round_binary(v, 8, -126, FragileKind::Bf16Round, sink); }
 double round_f16(double v, const MarginSink& sink) { return round_binary(v, 11, -14, FragileKind::QScale, sink); }
 
@@ -169,8 +173,7 @@ void round_kv_row(double* x, int64_t n, RowKind kind, planner::KvType kv, int64_
 }
 
 double topk_margin(double last_selected, double best_unselected) {
-  return (last_selected - best_unselected) /
-         std::max({std::fabs(last_selected), std::fabs(best_unselected), 1e-30});
+  return (last_selected - best_unselected) / std::max({std::fabs(last_selected), std::fabs(best_unselected), 1e-30});
 }
 
 const char* fragile_kind_name(FragileKind k) {

@@ -3,10 +3,10 @@
 #include <cmath>
 #include <cstring>
 
+#include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 #include "planner/model_spec.h"
 #include "runtime/checkpoint/checkpoint.h"
-#include "planner/core/dtype_codec.h"
 
 namespace ferry::reference {
 
@@ -77,15 +77,16 @@ class Reader {
                                                      scale[static_cast<size_t>((r / blk) * scale_cols + col / blk)];
     } else if (t.dtype == core::DType::I8) {  // packed FP4: element 2k in the low nibble of byte k of the row
       const int64_t blk = c_.fp4_block;
-      FERRY_CHECK(cols % 2 == 0 && cols % blk == 0, "reference: " + name + " has an FP4 row length that is not whole blocks");
+      FERRY_CHECK(cols % 2 == 0 && cols % blk == 0,
+                  "reference: " + name + " has an FP4 row length that is not whole blocks");
       expect_shape(t, {rows, cols / 2});
       const auto scale = scales(prefix + ".scale", {rows, cols / blk});
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t col = 0; col < cols; ++col) {
           const uint8_t byte = b[r * (cols / 2) + col / 2];
           const uint8_t code = col % 2 == 0 ? core::fp4_low(byte) : core::fp4_high(byte);
-          m.w[static_cast<size_t>(r * cols + col)] = static_cast<double>(core::e2m1_to_float(code)) *
-                                                     scale[static_cast<size_t>(r * (cols / blk) + col / blk)];
+          m.w[static_cast<size_t>(r * cols + col)] =
+              static_cast<double>(core::e2m1_to_float(code)) * scale[static_cast<size_t>(r * (cols / blk) + col / blk)];
         }
     } else {
       expect_shape(t, {rows, cols});
@@ -112,7 +113,8 @@ class Reader {
     expect_shape(t, {rows, cols});
     const auto raw = ck_.bytes(name);
     std::vector<int64_t> v(static_cast<size_t>(rows * cols));
-    FERRY_CHECK(t.dtype == core::DType::I64 || t.dtype == core::DType::I32, "reference: " + name + " must be I64 or I32");
+    FERRY_CHECK(t.dtype == core::DType::I64 || t.dtype == core::DType::I32,
+                "reference: " + name + " must be I64 or I32");
     const size_t es = t.dtype == core::DType::I64 ? 8 : 4;
     FERRY_CHECK(raw.size() == v.size() * es, "reference: " + name + " has the wrong byte size");
     for (size_t i = 0; i < v.size(); ++i)
@@ -127,7 +129,8 @@ class Reader {
   }
 
   static void expect_shape(const core::SafetensorsTensor& t, const std::vector<int64_t>& shape) {
-    FERRY_CHECK(t.shape == shape, "reference: " + t.name + " has shape " + shape_text(t.shape) + ", expected " + shape_text(shape));
+    FERRY_CHECK(t.shape == shape,
+                "reference: " + t.name + " has shape " + shape_text(t.shape) + ", expected " + shape_text(shape));
   }
 
   static void check_finite(const std::string& name, const Vec& v) {
@@ -150,16 +153,17 @@ class Reader {
     Vec v;
     switch (t.dtype) {
       case core::DType::BF16:
-        for (size_t i = 0; i + 2 <= raw.size(); i += 2) v.push_back(core::bf16_to_float(load_le<uint16_t>(raw.data() + i)));
+        for (size_t i = 0; i + 2 <= raw.size(); i += 2)
+          v.push_back(core::bf16_to_float(load_le<uint16_t>(raw.data() + i)));
         break;
       case core::DType::F16:
-        for (size_t i = 0; i + 2 <= raw.size(); i += 2) v.push_back(core::f16_to_float(load_le<uint16_t>(raw.data() + i)));
+        for (size_t i = 0; i + 2 <= raw.size(); i += 2)
+          v.push_back(core::f16_to_float(load_le<uint16_t>(raw.data() + i)));
         break;
       case core::DType::F32:
         for (size_t i = 0; i + 4 <= raw.size(); i += 4) v.push_back(load_le<float>(raw.data() + i));
         break;
-      default:
-        FERRY_THROW("reference: " + t.name + " has an unsupported dtype for a dense tensor");
+      default: FERRY_THROW("reference: " + t.name + " has an unsupported dtype for a dense tensor");
     }
     int64_t n = 1;
     for (int64_t s : t.shape) n *= s;
@@ -171,11 +175,14 @@ class Reader {
   const core::ModelConfig& c_;
 };
 
-HcWeights hc_weights(Reader& rd, const std::string& prefix, int64_t rows, int64_t n_scales, const core::ModelConfig& c) {
-  return {rd.vec(prefix + "_fn", rows * c.hc_mult * c.hidden_size), rd.vec(prefix + "_base", rows), rd.vec(prefix + "_scale", n_scales)};
+HcWeights hc_weights(Reader& rd, const std::string& prefix, int64_t rows, int64_t n_scales,
+                     const core::ModelConfig& c) {
+  return {rd.vec(prefix + "_fn", rows * c.hc_mult * c.hidden_size), rd.vec(prefix + "_base", rows),
+          rd.vec(prefix + "_scale", n_scales)};
 }
 
-CompressorWeights compressor_weights(Reader& rd, const std::string& p, int64_t ratio, int64_t D, const core::ModelConfig& c) {
+CompressorWeights compressor_weights(Reader& rd, const std::string& p, int64_t ratio, int64_t D,
+                                     const core::ModelConfig& c) {
   const int64_t coff = ratio == 4 ? 2 : 1;  // ratio 4 compresses overlapping blocks: two halves per token
   CompressorWeights w;
   w.wkv = rd.matrix(p + "wkv", coff * D, c.hidden_size);
@@ -192,7 +199,8 @@ ExpertWeights expert_weights(Reader& rd, const std::string& p, const core::Model
 
 LayerWeights layer_weights(Reader& rd, int64_t i, const core::ModelConfig& c) {
   const bool mtp = c.is_mtp_layer(i);
-  const std::string p = mtp ? "mtp." + std::to_string(i - c.num_hidden_layers) + "." : "layers." + std::to_string(i) + ".";
+  const std::string p =
+      mtp ? "mtp." + std::to_string(i - c.num_hidden_layers) + "." : "layers." + std::to_string(i) + ".";
   const int64_t d = c.hidden_size, nh = c.num_attention_heads, hd = c.head_dim, hc = c.hc_mult;
   const int64_t G = c.o_groups, E = c.n_routed_experts;
   LayerWeights L;
@@ -220,11 +228,13 @@ LayerWeights layer_weights(Reader& rd, int64_t i, const core::ModelConfig& c) {
   L.gate = rd.matrix(p + "ffn.gate", E, d);
   if (L.hash_routed) {
     L.tid2eid = rd.integers(p + "ffn.gate.tid2eid", c.vocab_size, c.num_experts_per_tok);
-    for (int64_t e : L.tid2eid) FERRY_CHECK(e >= 0 && e < E, "reference: " + p + "ffn.gate.tid2eid names a missing expert");
+    for (int64_t e : L.tid2eid)
+      FERRY_CHECK(e >= 0 && e < E, "reference: " + p + "ffn.gate.tid2eid names a missing expert");
   } else {
     L.gate_bias = rd.vec(p + "ffn.gate.bias", E);
   }
-  for (int64_t e = 0; e < E; ++e) L.experts.push_back(expert_weights(rd, p + "ffn.experts." + std::to_string(e) + ".", c));
+  for (int64_t e = 0; e < E; ++e)
+    L.experts.push_back(expert_weights(rd, p + "ffn.experts." + std::to_string(e) + ".", c));
   L.shared = expert_weights(rd, p + "ffn.shared_experts.", c);
   if (mtp) {
     L.e_proj = rd.matrix(p + "e_proj", d, d);
@@ -240,15 +250,18 @@ LayerWeights layer_weights(Reader& rd, int64_t i, const core::ModelConfig& c) {
 }  // namespace
 
 ReferenceWeights load_reference_weights(const std::filesystem::path& model_dir, bool with_mtp) {
-  FERRY_CHECK(std::filesystem::is_directory(model_dir), "reference: " + model_dir.string() + " is not a model directory");
+  FERRY_CHECK(std::filesystem::is_directory(model_dir),
+              "reference: " + model_dir.string() + " is not a model directory");
   ReferenceWeights w;
   w.config = planner::load_model_spec(model_dir.string()).config;
   const core::ModelConfig& c = w.config;
   FERRY_CHECK(c.arch == core::Arch::DeepseekV4, "reference: only DeepSeek V4 checkpoints are supported");
   FERRY_CHECK(c.n_shared_experts == 1, "reference: V4 has exactly one shared expert");
   FERRY_CHECK(c.o_groups > 0 && c.num_attention_heads % c.o_groups == 0, "reference: heads must split into o_groups");
-  FERRY_CHECK(c.head_dim > c.qk_rope_head_dim && c.index_head_dim >= c.qk_rope_head_dim, "reference: rope dims exceed a head");
-  FERRY_CHECK(static_cast<int64_t>(c.compress_ratios.size()) >= c.n_layers_total(), "reference: compress_ratios is too short");
+  FERRY_CHECK(c.head_dim > c.qk_rope_head_dim && c.index_head_dim >= c.qk_rope_head_dim,
+              "reference: rope dims exceed a head");
+  FERRY_CHECK(static_cast<int64_t>(c.compress_ratios.size()) >= c.n_layers_total(),
+              "reference: compress_ratios is too short");
   Reader rd(model_dir, c);
   w.embed = rd.matrix("embed", c.vocab_size, c.hidden_size);
   w.head = rd.matrix("head", c.vocab_size, c.hidden_size);

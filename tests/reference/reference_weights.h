@@ -67,8 +67,8 @@ struct ReferenceWeights {
   Matrix embed, head;  // [vocab, d]
   Vec norm;
   HcWeights hc_head;
-  std::vector<LayerWeights> layers;   // the main layers
-  std::optional<LayerWeights> mtp;    // mtp.0, when asked for and the model has one
+  std::vector<LayerWeights> layers;  // the main layers
+  std::optional<LayerWeights> mtp;   // mtp.0, when asked for and the model has one
 };
 
 // Throws ferry::Error naming the tensor when one is missing, has another shape or an unsupported dtype.
@@ -82,8 +82,8 @@ ReferenceOutput reference_forward(const ReferenceWeights& weights, const std::ve
 // The main model's logits at position `row` for each alternative: the run of `options` with that decision
 // (from a run with the same tokens and flips) also taken the other way. Bitwise what reference_forward gives
 // with that flip added, at a fraction of the cost: the alternatives share the run up to their positions.
-std::vector<std::vector<double>> reference_alternatives(const ReferenceWeights& weights, const std::vector<int32_t>& tokens,
-                                                        ReferenceOptions options, const std::vector<FragileEvent>& alternatives,
-                                                        int64_t row);
+std::vector<std::vector<double>> reference_alternatives(const ReferenceWeights& weights,
+                                                        const std::vector<int32_t>& tokens, ReferenceOptions options,
+                                                        const std::vector<FragileEvent>& alternatives, int64_t row);
 
 }  // namespace ferry::reference

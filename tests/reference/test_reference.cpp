@@ -8,20 +8,20 @@
 #include <bit>
 #include <cmath>
 #include <filesystem>
-#include <memory>
 #include <fstream>
+#include <memory>
 #include <random>
 #include <set>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 #include "reference_forward.h"
 #include "reference_ops.h"
 #include "reference_rounding.h"
 #include "reference_weights.h"
-#include "planner/core/dtype_codec.h"
 #include "runtime/checkpoint/tiny_model.h"
 
 namespace ferry::reference {
@@ -39,7 +39,7 @@ TEST(ReferenceRounding, E4M3TiesToEvenAndSaturates) {
   EXPECT_EQ(round_e4m3(1e9), 448);
   EXPECT_EQ(round_e4m3(-500), -448);
   EXPECT_EQ(round_e4m3(std::ldexp(3, -10)), std::ldexp(2, -9));  // midway subnormals 1 and 2 (×2^−9) -> 2
-  EXPECT_EQ(round_e4m3(std::ldexp(1, -10)), 0.0);                 // half the smallest subnormal -> 0
+  EXPECT_EQ(round_e4m3(std::ldexp(1, -10)), 0.0);                // half the smallest subnormal -> 0
   EXPECT_EQ(round_e4m3(std::ldexp(1.1, -10)), std::ldexp(1, -9));
 }
 
@@ -79,7 +79,7 @@ TEST(ReferenceRounding, Bf16AndF16) {
   EXPECT_EQ(round_bf16(std::ldexp(3, -134)), std::ldexp(1, -132));  // subnormal tie -> even
   EXPECT_EQ(round_f16(1.0 + std::ldexp(1, -11)), 1.0);
   EXPECT_EQ(round_f16(0.1), 0.0999755859375);
-  EXPECT_EQ(round_f16(std::ldexp(1, -25)), 0.0);                    // half the smallest f16 subnormal
+  EXPECT_EQ(round_f16(std::ldexp(1, -25)), 0.0);  // half the smallest f16 subnormal
   EXPECT_EQ(round_f16(std::ldexp(3, -25)), std::ldexp(1, -23));
   EXPECT_EQ(round_f16(65504), 65504);
 }
@@ -169,7 +169,7 @@ TEST(ReferenceRounding, Fp4BlockTiesAndScale) {
 TEST(ReferenceRounding, QBlocks) {
   std::vector<double> x(32);
   for (int i = 0; i < 32; ++i) x[static_cast<size_t>(i)] = i * 4 - 62;  // integers in [−62, 62]
-  x[0] = 127;                                                            // d = f16(127 / 127) = 1
+  x[0] = 127;                                                           // d = f16(127 / 127) = 1
   auto q8 = x;
   qdq_q_block(q8.data(), 32, false);
   EXPECT_EQ(q8, x);
@@ -206,7 +206,9 @@ TEST(ReferenceRounding, RowRoundingFollowsTheKvTypeTable) {
   auto nope = std::vector<double>(row.begin(), row.begin() + 64);
   qdq_fp8_block(nope.data(), 64);
   for (int64_t i = 0; i < n; ++i)
-    EXPECT_EQ(fp8[static_cast<size_t>(i)], i < 64 ? nope[static_cast<size_t>(i)] : round_bf16(row[static_cast<size_t>(i)])) << i;
+    EXPECT_EQ(fp8[static_cast<size_t>(i)],
+              i < 64 ? nope[static_cast<size_t>(i)] : round_bf16(row[static_cast<size_t>(i)]))
+        << i;
   // fp8 indexer key and query: FP4 per 32.
   auto fp4 = row;
   for (int b = 0; b < 4; ++b) qdq_fp4_block(fp4.data() + 32 * b, 32);
@@ -331,9 +333,14 @@ TEST(ReferenceOps, RopeFrequenciesAndYarnRamp) {
   // by the factor, a linear blend between.
   for (size_t i = 0; i < 32; ++i) {
     const double f = std::pow(160000.0, -static_cast<double>(i) / 32);
-    if (i <= 15) EXPECT_NEAR(yarn[i], f, 1e-15 * f) << i;
-    else if (i >= 25) EXPECT_NEAR(yarn[i], f / 16, 1e-15 * f) << i;
-    else EXPECT_NEAR(yarn[i], f * ((static_cast<double>(i) - 15) / 10 / 16 + (1 - (static_cast<double>(i) - 15) / 10)), 1e-15 * f) << i;
+    if (i <= 15)
+      EXPECT_NEAR(yarn[i], f, 1e-15 * f) << i;
+    else if (i >= 25)
+      EXPECT_NEAR(yarn[i], f / 16, 1e-15 * f) << i;
+    else
+      EXPECT_NEAR(yarn[i], f * ((static_cast<double>(i) - 15) / 10 / 16 + (1 - (static_cast<double>(i) - 15) / 10)),
+                  1e-15 * f)
+          << i;
   }
   // A rotation: preserves the norm of every pair, and the inverse undoes it.
   std::vector<double> v(64), w;
@@ -478,7 +485,8 @@ TEST_F(ReferenceForward, KvTypesDifferOnlyByTheirStorageRounding) {
     std::sort(d.begin(), d.end());
     return d[20];
   };
-  const double q8 = median_distance(KvType::Q8_0), fp8 = median_distance(KvType::FP8), q4 = median_distance(KvType::Q4_0);
+  const double q8 = median_distance(KvType::Q8_0), fp8 = median_distance(KvType::FP8),
+               q4 = median_distance(KvType::Q4_0);
   std::printf("median relative distance to bf16: q8_0 %.2e, fp8 %.2e, q4_0 %.2e\n", q8, fp8, q4);
   EXPECT_GT(q8, 1e-3);
   EXPECT_LT(q8, fp8);
@@ -569,7 +577,8 @@ TEST_F(ReferenceForward, AlternativesAreTheFlippedRuns) {
   for (size_t i = 0; i < alts.size(); ++i) {
     ReferenceOptions full = o;
     full.flip.push_back(alts[i].id);
-    EXPECT_EQ(at_row[i], rows(run(t, full).logits, row, row + 1)) << "alternative " << i << " at position " << alts[i].pos;
+    EXPECT_EQ(at_row[i], rows(run(t, full).logits, row, row + 1))
+        << "alternative " << i << " at position " << alts[i].pos;
   }
 }
 

@@ -14,10 +14,10 @@
 #include <vector>
 
 #include "planner/core/error.h"
-#include "test_errors.h"
 #include "planner/core/units.h"
 #include "runtime/backend/cpu_backend.h"
 #include "runtime/backend/sim_backend.h"
+#include "test_errors.h"
 
 namespace ferry::runtime {
 namespace {
@@ -36,7 +36,7 @@ TEST(MemoryLedger, RefusesBeyondThePlanNamingTheClassAndChangesNothing) {
   EXPECT_NE(e.find("sim:1.00 GiB"), std::string::npos) << e;
   EXPECT_NE(e.find("exceed its plan"), std::string::npos) << e;
   EXPECT_EQ(l.usage(MemoryClass::ExpertCache).current, 60 * core::kMiB);  // the refused one left no trace
-  l.reserve(MemoryClass::ExpertCache, 40 * core::kMiB);                    // exactly up to the plan is fine
+  l.reserve(MemoryClass::ExpertCache, 40 * core::kMiB);                   // exactly up to the plan is fine
   EXPECT_EQ(l.usage(MemoryClass::ExpertCache).current, 100 * core::kMiB);
 }
 
@@ -183,10 +183,12 @@ TEST(SimDevice, LaunchedWorkRunsInOrderAfterItsCopyBesideTheCaller) {
   std::atomic<int> seen{-1};
   dev.pause();
   const CopyEvent c = dev.copy_to_device(b, 0, src.data(), 64);
-  const KernelEvent k1 = dev.launch([&] {
-    order.push_back(1);
-    seen = static_cast<const uint8_t*>(b.data())[63];  // reads what the copy brought
-  }, c, {b.data(), 64});
+  const KernelEvent k1 = dev.launch(
+      [&] {
+        order.push_back(1);
+        seen = static_cast<const uint8_t*>(b.data())[63];  // reads what the copy brought
+      },
+      c, {b.data(), 64});
   const KernelEvent k2 = dev.launch([&] { order.push_back(2); });
   EXPECT_FALSE(dev.completed(k1));  // its copy has not landed, so neither it nor the work behind it ran
   EXPECT_FALSE(dev.completed(k2));
@@ -210,7 +212,7 @@ TEST(SimDevice, CountsACopyLandingUnderAReaderAndARefillAfterItDoesNot) {
   const KernelEvent reader = dev.launch([] {}, {}, {slot.data(), 256});
   dev.wait(dev.copy_to_device(other, 0, src.data(), 256));  // elsewhere: fine
   EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 0);
-  dev.wait(dev.copy_to_device(slot, 128, src.data(), 16));   // under the reader: the bug the count exposes
+  dev.wait(dev.copy_to_device(slot, 128, src.data(), 16));  // under the reader: the bug the count exposes
   EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 1);
   const CopyEvent refill = dev.copy_to_device_after(slot, 0, src.data(), 256, reader);
   // The next reader waits for the refill: it is no conflict that it has not run yet.

@@ -10,8 +10,8 @@
 #include "test_errors.h"
 #include "test_paths.h"
 
-using ferry::runtime::ChatFormat;
 using ferry::runtime::chat_format_for_model_dir;
+using ferry::runtime::ChatFormat;
 using ferry_test::error_of;
 namespace fs = std::filesystem;
 
@@ -19,8 +19,9 @@ namespace {
 
 class ModelDir {
  public:
-  ModelDir() : dir_(fs::temp_directory_path() / ("ferry_chat_" + std::to_string(::getpid()) + "_" +
-                                                  ::testing::UnitTest::GetInstance()->current_test_info()->name())) {
+  ModelDir()
+      : dir_(fs::temp_directory_path() / ("ferry_chat_" + std::to_string(::getpid()) + "_" +
+                                          ::testing::UnitTest::GetInstance()->current_test_info()->name())) {
     fs::remove_all(dir_);
     fs::create_directories(dir_);
   }

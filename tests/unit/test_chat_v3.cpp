@@ -51,8 +51,8 @@ TEST(ChatV3, MatchesTheJinjaTemplateRenderedByHuggingFaceJinja) {
            "compare against)";
   const std::string conversations_file = ferry_test::data_path("chat-v3-conversations.json");
   int status = 0;
-  const std::string out = run(std::string("'") + FERRY_NODE_EXECUTABLE + "' '" + (js / "render_v3_template.mjs").string() +
-                                  "' '" + conversations_file + "'",
+  const std::string out = run(std::string("'") + FERRY_NODE_EXECUTABLE + "' '" +
+                                  (js / "render_v3_template.mjs").string() + "' '" + conversations_file + "'",
                               &status);
   ASSERT_EQ(status, 0) << "node " << FERRY_NODE_EXECUTABLE << " failed to render the template (see stderr above)";
   const Ordered rendered = Ordered::parse(out);

@@ -94,16 +94,17 @@ TEST(ChatV4, ToolResultsJoinOneUserTurnInTheOrderOfTheCalls) {
     {"role": "tool", "tool_call_id": "a", "content": "A"},
     {"role": "user", "content": "and?"}
   ])";
-  EXPECT_EQ(encode(m), kBos + "<｜User｜>both<｜Assistant｜></think>\n\n<｜DSML｜tool_calls>\n"
-                              "<｜DSML｜invoke name=\"f\">\n"
-                              "<｜DSML｜parameter name=\"x\" string=\"false\">1</｜DSML｜parameter>\n"
-                              "</｜DSML｜invoke>\n"
-                              "<｜DSML｜invoke name=\"g\">\n"
-                              "<｜DSML｜parameter name=\"y\" string=\"true\">two</｜DSML｜parameter>\n"
-                              "</｜DSML｜invoke>\n"
-                              "</｜DSML｜tool_calls>" +
-                              kEos + "<｜User｜><tool_result>A</tool_result>\n\n<tool_result>B</tool_result>\n\nand?" +
-                              "<｜Assistant｜></think>");
+  EXPECT_EQ(encode(m), kBos +
+                           "<｜User｜>both<｜Assistant｜></think>\n\n<｜DSML｜tool_calls>\n"
+                           "<｜DSML｜invoke name=\"f\">\n"
+                           "<｜DSML｜parameter name=\"x\" string=\"false\">1</｜DSML｜parameter>\n"
+                           "</｜DSML｜invoke>\n"
+                           "<｜DSML｜invoke name=\"g\">\n"
+                           "<｜DSML｜parameter name=\"y\" string=\"true\">two</｜DSML｜parameter>\n"
+                           "</｜DSML｜invoke>\n"
+                           "</｜DSML｜tool_calls>" +
+                           kEos + "<｜User｜><tool_result>A</tool_result>\n\n<tool_result>B</tool_result>\n\nand?" +
+                           "<｜Assistant｜></think>");
 }
 
 TEST(ChatV4, ArgumentValuesOfEveryJsonTypeAreWrittenAsPythonWould) {
@@ -121,7 +122,8 @@ TEST(ChatV4, ArgumentValuesOfEveryJsonTypeAreWrittenAsPythonWould) {
 
 TEST(ChatV4, RequestToolsWithoutASystemMessageGetOne) {
   Ordered tools = Ordered::parse(R"([{"type": "function", "function": {"name": "t", "parameters": {}}}])");
-  const std::string p = encode_v4_chat(Ordered::parse(R"([{"role": "user", "content": "u"}])"), tools, opts(ThinkingMode::Chat));
+  const std::string p =
+      encode_v4_chat(Ordered::parse(R"([{"role": "user", "content": "u"}])"), tools, opts(ThinkingMode::Chat));
   EXPECT_EQ(p.rfind(kBos + "\n\n## Tools\n\nYou have access to a set of tools", 0), 0u) << p;
   EXPECT_NE(p.find("### Available Tool Schemas\n\n{\"name\": \"t\", \"parameters\": {}}\n\nYou MUST strictly follow "
                    "the above defined tool name and parameter schemas to invoke tool calls.\n<｜User｜>u"),
@@ -161,8 +163,9 @@ TEST(ChatV4, TasksResponseFormatReminderAndOpenTurns) {
             kBos + "<｜User｜>t<｜Assistant｜><think><｜action｜>");
   EXPECT_EQ(encode(R"([{"role": "system", "content": "s", "response_format": {"type": "json_object"}},
                        {"role": "user", "content": "u"}])"),
-            kBos + "s\n\n## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n"
-                   "{\"type\": \"json_object\"}<｜User｜>u<｜Assistant｜></think>");
+            kBos +
+                "s\n\n## Response Format:\n\nYou MUST strictly adhere to the following schema to reply:\n"
+                "{\"type\": \"json_object\"}<｜User｜>u<｜Assistant｜></think>");
   EXPECT_EQ(encode(R"([{"role": "user", "content": "u"}, {"role": "latest_reminder", "content": "r"}])"),
             kBos + "<｜User｜>u<｜Assistant｜></think><｜latest_reminder｜>r");
   EXPECT_EQ(encode(R"([{"role": "user", "content": "u"}, {"role": "assistant", "content": "Sure", "wo_eos": true}])"),

@@ -112,14 +112,15 @@ const std::string kTwoCalls =
 std::vector<Turn> sample_turns() {
   std::vector<Turn> turns;
   for (int n = 1; n <= 4; ++n) {
-    auto t = assistant_turns(read_file(ferry_test::data_path("deepseek-v4-flash/encoding-tests/test_output_" +
-                                                             std::to_string(n) + ".txt")));
+    auto t = assistant_turns(
+        read_file(ferry_test::data_path("deepseek-v4-flash/encoding-tests/test_output_" + std::to_string(n) + ".txt")));
     turns.insert(turns.end(), t.begin(), t.end());
   }
   turns.push_back({ThinkingMode::Thinking, "plan\n\n</th</think>Text\n\n\n" + block(kTwoCalls) + kEos});
   turns.push_back({ThinkingMode::Thinking, "still thinking about </thi"});
   turns.push_back({ThinkingMode::Chat, "a\n\n<｜DSML｜tool_c not a block\n\n" + kEos});
-  turns.push_back({ThinkingMode::Chat, "broken" + block("<｜DSML｜invoke name=\"f\">\nstray\n</｜DSML｜invoke>\n") + kEos});
+  turns.push_back(
+      {ThinkingMode::Chat, "broken" + block("<｜DSML｜invoke name=\"f\">\nstray\n</｜DSML｜invoke>\n") + kEos});
   return turns;
 }
 
@@ -156,8 +157,7 @@ TEST(ChatV4Parse, AssistantTurnsOfTheVectorsParseBackIntoTheirMessages) {
 }
 
 TEST(ChatV4Parse, StringAndJsonParameters) {
-  ParsedCompletion r =
-      parse_v4_completion("I will write it down.\n\n" + block(kTwoCalls) + kEos, ThinkingMode::Chat);
+  ParsedCompletion r = parse_v4_completion("I will write it down.\n\n" + block(kTwoCalls) + kEos, ThinkingMode::Chat);
   EXPECT_EQ(r.error, "");
   EXPECT_TRUE(r.finished);
   EXPECT_EQ(r.content, "I will write it down.\n\n");  // only the encoder's blank line belongs to the block
@@ -222,7 +222,7 @@ TEST(ChatV4Parse, StreamingHoldsBackOnlyWhatMightBeMarkup) {
   EXPECT_EQ(d.content, "Hello");
   EXPECT_TRUE(p.push("\n<｜DSML").empty());
   EXPECT_EQ(p.push("x").content, "\n\n<｜DSMLx");  // not a block after all
-  EXPECT_EQ(p.push("\xE6\x97").content, "");          // half of 日
+  EXPECT_EQ(p.push("\xE6\x97").content, "");       // half of 日
   EXPECT_EQ(p.push("\xA5!").content, "日!");
   EXPECT_TRUE(p.push("<｜end▁of").empty());
   EXPECT_FALSE(p.finished());
@@ -286,8 +286,10 @@ TEST(ChatV4Parse, MalformedToolCallsAreReported) {
       {block(invoke + "<｜DSML｜parameter name=\"a\" string=\"false\">not json</｜DSML｜parameter>\n" + end),
        "malformed tool call: parameter 'a' in tool call 'f' has string=\"false\" but its value is not JSON: "
        "'not json'"},
-      {block(invoke + "<｜DSML｜parameter name=\"a\" string=\"true\">x</｜DSML｜parameter>\n"
-                      "<｜DSML｜parameter name=\"a\" string=\"true\">y</｜DSML｜parameter>\n" + end),
+      {block(invoke +
+             "<｜DSML｜parameter name=\"a\" string=\"true\">x</｜DSML｜parameter>\n"
+             "<｜DSML｜parameter name=\"a\" string=\"true\">y</｜DSML｜parameter>\n" +
+             end),
        "malformed tool call: duplicate parameter 'a' in tool call 'f'"},
       {block(invoke + "<｜DSML｜parameter name=\"a\" string=\"true\">never closed\n" + end),
        "malformed tool call: parameter 'a' in tool call 'f' is not closed by </｜DSML｜parameter>"},

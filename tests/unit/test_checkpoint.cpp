@@ -2,18 +2,18 @@
 // dtype bit for bit; and the tiny model: deterministic, complete, valid.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <cmath>
-#include <cstring>
 #include <set>
 
+#include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 #include "planner/model_spec.h"
 #include "runtime/checkpoint/checkpoint.h"
 #include "runtime/checkpoint/checkpoint_inspect.h"
-#include "planner/core/dtype_codec.h"
 #include "runtime/checkpoint/safetensors_writer.h"
 #include "runtime/checkpoint/tiny_model.h"
 #include "test_paths.h"
@@ -26,7 +26,8 @@ namespace {
 struct TempDir {
   fs::path path;
   explicit TempDir(const std::string& tag) {
-    path = fs::temp_directory_path() / ("ferry-ckpt-" + tag + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    path = fs::temp_directory_path() /
+           ("ferry-ckpt-" + tag + "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -45,7 +46,7 @@ TEST(Checkpoint, EveryDtypeRoundTripsBitExactly) {
   std::vector<runtime::TensorData> tensors;
   uint8_t next = 1;
   for (core::DType d : {core::DType::BF16, core::DType::F16, core::DType::F32, core::DType::F8_E4M3,
-                           core::DType::F8_E8M0, core::DType::I8, core::DType::I32, core::DType::I64}) {
+                        core::DType::F8_E8M0, core::DType::I8, core::DType::I32, core::DType::I64}) {
     runtime::TensorData t{"t." + std::string(core::dtype_name(d)), d, {3, 5}, {}};
     t.bytes.resize(static_cast<size_t>(15 * core::dtype_size(d)));
     for (auto& b : t.bytes) b = next = static_cast<uint8_t>(next * 37 + 11);  // every byte value pattern
@@ -79,10 +80,12 @@ TEST(TinyModel, SameSeedGivesByteIdenticalFiles) {
   runtime::make_tiny_model(c.path, {.seed = 8});
   std::set<std::string> names;
   for (const auto& e : fs::directory_iterator(a.path)) names.insert(e.path().filename().string());
-  EXPECT_TRUE(names.count("config.json") && names.count("tokenizer.json") && names.count("model.safetensors.index.json"));
+  EXPECT_TRUE(names.count("config.json") && names.count("tokenizer.json") &&
+              names.count("model.safetensors.index.json"));
   EXPECT_TRUE(names.count("model-00001-of-00002.safetensors") && names.count("model-00002-of-00002.safetensors"));
   for (const auto& n : names) EXPECT_EQ(read_all(a.path / n), read_all(b.path / n)) << n;
-  EXPECT_NE(read_all(a.path / "model-00001-of-00002.safetensors"), read_all(c.path / "model-00001-of-00002.safetensors"));
+  EXPECT_NE(read_all(a.path / "model-00001-of-00002.safetensors"),
+            read_all(c.path / "model-00001-of-00002.safetensors"));
 }
 
 TEST(TinyModel, IsValidAndHasEveryKindOfLayer) {
@@ -134,7 +137,8 @@ TEST(TinyModel, QuantizedWeightsDecodeNearTheirScale) {
   ASSERT_EQ(c.info("layers.1.attn.wq_a.scale").shape, (std::vector<int64_t>{1, 2}));
   float amax = 0;
   for (size_t i = 0; i < 64; ++i)
-    for (size_t j = 0; j < 128; ++j) amax = std::max(amax, std::fabs(core::e4m3_to_float(static_cast<uint8_t>(w[i * 256 + j]))));
+    for (size_t j = 0; j < 128; ++j)
+      amax = std::max(amax, std::fabs(core::e4m3_to_float(static_cast<uint8_t>(w[i * 256 + j]))));
   EXPECT_GT(amax, 224.0f);
   EXPECT_LE(amax, 448.0f);
   // Dequantized, the weights have the planned spread sqrt(3 / in).

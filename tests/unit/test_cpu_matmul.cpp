@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "planner/core/dtype_codec.h"
 #include "runtime/kernels/cpu/linear.h"
 #include "runtime/kernels/cpu/matvec.h"
-#include "planner/core/dtype_codec.h"
 
 namespace ferry::runtime::cpu {
 namespace {
@@ -83,14 +83,16 @@ TEST(CpuMatmul, Mxfp4MatchesTheMatvecBitwiseOnEveryPath) {
       for (CpuIsa isa : mxfp4_isas()) {
         SCOPED_TRACE(name(s, offset) + " " + activation_bits_name(bits) + " " + isa_name(isa));
         std::vector<float> want(size_t(64 * s.rows));
-        for (int64_t t = 0; t < 64; ++t) detail::matvec_mxfp4_on(isa, c, sc, s.rows, a[size_t(t)], want.data() + t * s.rows);
+        for (int64_t t = 0; t < 64; ++t)
+          detail::matvec_mxfp4_on(isa, c, sc, s.rows, a[size_t(t)], want.data() + t * s.rows);
         for (int64_t n : kTokenCounts) {
           // Rows of y wider than the weight: the gaps must stay untouched.
           const int64_t stride = s.rows + 5;
           std::vector<float> y(size_t(n * stride), -7.0f);
           detail::matmul_mxfp4_on(isa, c, sc, s.rows, a.data(), n, y.data(), stride);
           for (int64_t t = 0; t < n; ++t) {
-            ASSERT_TRUE(same_bits(y.data() + t * stride, want.data() + t * s.rows, s.rows)) << "n " << n << " token " << t;
+            ASSERT_TRUE(same_bits(y.data() + t * stride, want.data() + t * s.rows, s.rows))
+                << "n " << n << " token " << t;
             for (int64_t r = s.rows; r < stride; ++r) ASSERT_EQ(y[size_t(t * stride + r)], -7.0f);
           }
         }
@@ -114,14 +116,15 @@ TEST(CpuMatmul, Fp8MatchesTheMatvecBitwiseOnEveryPath) {
     for (int64_t offset : {int64_t{0}, int64_t{5}}) {
       const uint8_t* wr = w.data() + offset * s.cols;
       using Matvec = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, float*);
-      using Matmul = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, int64_t, int64_t, float*,
-                              int64_t);
+      using Matmul =
+          void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t);
       const std::pair<Matvec, Matmul> paths[] = {{matvec_fp8, matmul_fp8},
                                                  {detail::matvec_fp8_portable, detail::matmul_fp8_portable}};
       for (const auto& [matvec, matmul] : paths) {
         SCOPED_TRACE(name(s, offset) + (matvec == matvec_fp8 ? std::string(" ") + matvec_isa() : " portable"));
         std::vector<float> want(size_t(n_max * s.rows));
-        for (int64_t t = 0; t < n_max; ++t) matvec(wr, scales.data(), s.rows, s.cols, x.data() + t * x_stride, want.data() + t * s.rows);
+        for (int64_t t = 0; t < n_max; ++t)
+          matvec(wr, scales.data(), s.rows, s.cols, x.data() + t * x_stride, want.data() + t * s.rows);
         for (int64_t n : kTokenCounts) {
           std::vector<float> y(size_t(n * s.rows), NAN);
           matmul(wr, scales.data(), s.rows, s.cols, x.data(), n, x_stride, y.data(), s.rows);
@@ -149,7 +152,8 @@ TEST(CpuMatmul, LinearChunkEqualsOneTokenCalls) {
   const ActivationBits saved = expert_activation_bits();
   for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
     set_expert_activation_bits(bits);
-    for (const core::WeightView& v : {w4.slice_rows(1, rows - 2), w4.slice_rows(131, 2999), w8.slice_rows(128, 4000), w8}) {
+    for (const core::WeightView& v :
+         {w4.slice_rows(1, rows - 2), w4.slice_rows(131, 2999), w8.slice_rows(128, 4000), w8}) {
       SCOPED_TRACE(std::string(v.format == core::WeightFormat::FP8 ? "fp8" : "mxfp4") + " from row " +
                    std::to_string(v.row_begin) + " " + activation_bits_name(bits));
       std::vector<float> want(size_t(n_max * v.rows));

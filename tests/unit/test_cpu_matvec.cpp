@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "planner/core/error.h"
 #include "planner/core/dtype_codec.h"
+#include "planner/core/error.h"
 
 namespace ferry::runtime::cpu {
 namespace {
@@ -73,7 +73,8 @@ Mxfp4Case random_mxfp4(Shape s, unsigned seed) {
 
 double weight_at(const Mxfp4Case& c, int64_t r, int64_t k) {
   const uint8_t b = c.codes[size_t(r * c.s.cols / 2 + k / 2)];
-  return double(core::e2m1_to_float(k % 2 == 0 ? core::fp4_low(b) : core::fp4_high(b))) * core::e8m0_to_float(c.scales[size_t(r * c.s.cols / 32 + k / 32)]);
+  return double(core::e2m1_to_float(k % 2 == 0 ? core::fp4_low(b) : core::fp4_high(b))) *
+         core::e8m0_to_float(c.scales[size_t(r * c.s.cols / 32 + k / 32)]);
 }
 
 // The activation as the kernels see it, recomputed here from the rounding's definition in double:
@@ -87,7 +88,8 @@ std::vector<double> rounded_x(const std::vector<float>& x, ActivationBits bits) 
     if (amax == 0) continue;
     int k = -200;
     while (amax > qmax * std::ldexp(1.0, k)) ++k;
-    for (size_t i = 0; i < 32; ++i) q[b * 32 + i] = std::nearbyint(x[b * 32 + i] / std::ldexp(1.0, k)) * std::ldexp(1.0, k);
+    for (size_t i = 0; i < 32; ++i)
+      q[b * 32 + i] = std::nearbyint(x[b * 32 + i] / std::ldexp(1.0, k)) * std::ldexp(1.0, k);
   }
   return q;
 }
@@ -166,18 +168,20 @@ TEST(CpuMatvec, Mxfp4DecodesEveryCodeExactly) {
   std::vector<uint8_t> codes(rows * cols / 2, 0), scales(rows * cols / 32);
   for (int64_t i = 0; i < rows; ++i) {
     const int64_t k = (i * 7) % cols;
-    codes[i * cols / 2 + k / 2] = k % 2 == 0 ? core::fp4_pack(static_cast<uint8_t>(i), 0) : core::fp4_pack(0, static_cast<uint8_t>(i));
-    for (int64_t b = 0; b < cols / 32; ++b) scales[i * cols / 32 + b] = core::e8m0_from_exponent(static_cast<int>(i % 5) - 3);
+    codes[i * cols / 2 + k / 2] =
+        k % 2 == 0 ? core::fp4_pack(static_cast<uint8_t>(i), 0) : core::fp4_pack(0, static_cast<uint8_t>(i));
+    for (int64_t b = 0; b < cols / 32; ++b)
+      scales[i * cols / 32 + b] = core::e8m0_from_exponent(static_cast<int>(i % 5) - 3);
   }
   const Mxfp4Case c{{rows, cols}, codes, scales, std::vector<float>(cols, 1.0f)};
   for (CpuIsa isa : mxfp4_isas()) {
-   for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
-    const std::vector<float> y = run_on(isa, c, bits);
-    for (int64_t i = 0; i < rows; ++i) {
-      const float want = core::e2m1_to_float(static_cast<uint8_t>(i)) * std::ldexp(1.0f, static_cast<int>(i % 5) - 3);
-      EXPECT_EQ(y[size_t(i)], want) << isa_name(isa) << " code " << i;
+    for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
+      const std::vector<float> y = run_on(isa, c, bits);
+      for (int64_t i = 0; i < rows; ++i) {
+        const float want = core::e2m1_to_float(static_cast<uint8_t>(i)) * std::ldexp(1.0f, static_cast<int>(i % 5) - 3);
+        EXPECT_EQ(y[size_t(i)], want) << isa_name(isa) << " code " << i;
+      }
     }
-   }
   }
 }
 
@@ -193,8 +197,8 @@ TEST(CpuMatvec, Mxfp4NonFiniteActivationGivesNonFiniteOutput) {
 }
 
 TEST(CpuMatvec, Fp8MatchesReference) {
-  for (const Shape s : {Shape{2048, 4096}, Shape{4096, 2048}, Shape{130, 200}, Shape{37, 77}, Shape{1, 1},
-                        Shape{129, 129}}) {
+  for (const Shape s :
+       {Shape{2048, 4096}, Shape{4096, 2048}, Shape{130, 200}, Shape{37, 77}, Shape{1, 1}, Shape{129, 129}}) {
     SCOPED_TRACE(name(s));
     std::mt19937 rng(4321 + static_cast<unsigned>(s.rows));
     std::uniform_int_distribution<int> byte(0, 255);
@@ -210,7 +214,8 @@ TEST(CpuMatvec, Fp8MatchesReference) {
     std::vector<double> ref(s.rows, 0.0);
     for (int64_t r = 0; r < s.rows; ++r) {
       for (int64_t k = 0; k < s.cols; ++k) {
-        const double v = double(core::e4m3_to_float(w[r * s.cols + k])) * core::e8m0_to_float(scales[(r / 128) * scale_cols + k / 128]);
+        const double v = double(core::e4m3_to_float(w[r * s.cols + k])) *
+                         core::e8m0_to_float(scales[(r / 128) * scale_cols + k / 128]);
         ref[r] += v * x[k];
       }
     }

@@ -55,12 +55,13 @@ TEST(DtypeCodec, E8M0IsAPowerOfTwo) {
 TEST(DtypeCodec, E4M3EncodingRoundsToNearestEvenAndSaturates) {
   for (int c = 0; c < 256; ++c) {
     if (std::isnan(core::e4m3_to_float(static_cast<uint8_t>(c)))) continue;
-    EXPECT_EQ(core::float_to_e4m3(core::e4m3_to_float(static_cast<uint8_t>(c))), c) << c;  // every value is its own code
+    EXPECT_EQ(core::float_to_e4m3(core::e4m3_to_float(static_cast<uint8_t>(c))), c)
+        << c;  // every value is its own code
   }
-  EXPECT_EQ(core::float_to_e4m3(1.0625f), 0x38);   // midway 1.0 (0x38) and 1.125 (0x39): even
-  EXPECT_EQ(core::float_to_e4m3(1.1875f), 0x3A);   // midway 1.125 (0x39) and 1.25 (0x3A): even
-  EXPECT_EQ(core::float_to_e4m3(1.07f), 0x39);     // nearer 1.125
-  EXPECT_EQ(core::float_to_e4m3(1e6f), 0x7E);      // saturates to 448
+  EXPECT_EQ(core::float_to_e4m3(1.0625f), 0x38);  // midway 1.0 (0x38) and 1.125 (0x39): even
+  EXPECT_EQ(core::float_to_e4m3(1.1875f), 0x3A);  // midway 1.125 (0x39) and 1.25 (0x3A): even
+  EXPECT_EQ(core::float_to_e4m3(1.07f), 0x39);    // nearer 1.125
+  EXPECT_EQ(core::float_to_e4m3(1e6f), 0x7E);     // saturates to 448
   EXPECT_EQ(core::float_to_e4m3(-1e6f), 0xFE);
   EXPECT_EQ(core::float_to_e4m3(INFINITY), 0x7E);
   EXPECT_EQ(core::float_to_e4m3(std::ldexp(1.0f, -11)), 0x00);  // below half the smallest subnormal: zero
@@ -71,7 +72,7 @@ TEST(DtypeCodec, E2M1EncodingRoundsToNearestEvenAndSaturates) {
   EXPECT_EQ(core::float_to_e2m1(5.0f), 6);   // midway 4 (code 6) and 6 (code 7): even
   EXPECT_EQ(core::float_to_e2m1(0.25f), 0);  // midway 0 and 0.5: even
   EXPECT_EQ(core::float_to_e2m1(0.26f), 1);
-  EXPECT_EQ(core::float_to_e2m1(7.0f), 7);   // saturates to 6
+  EXPECT_EQ(core::float_to_e2m1(7.0f), 7);  // saturates to 6
   EXPECT_EQ(core::float_to_e2m1(-3.0f), 13);
   EXPECT_EQ(core::fp4_low(core::fp4_pack(3, 12)), 3);
   EXPECT_EQ(core::fp4_high(core::fp4_pack(3, 12)), 12);

@@ -19,8 +19,8 @@
 
 #include "offload/expert_cache.h"
 #include "planner/core/error.h"
-#include "test_errors.h"
 #include "runtime/backend/sim_backend.h"
+#include "test_errors.h"
 
 namespace ferry::offload {
 namespace {

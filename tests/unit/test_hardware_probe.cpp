@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "planner/hardware.h"
 #include "planner/core/units.h"
+#include "planner/hardware.h"
 #include "runtime/backend/hardware_probe.h"
 
 using namespace ferry;

@@ -1,8 +1,8 @@
 // KV-cache sizes against ../shared/spec/deepseek-v4.md §2 (the expected numbers are the spec's, typed here).
 #include <gtest/gtest.h>
 
-#include "planner/kv_cache.h"
 #include "planner/core/units.h"
+#include "planner/kv_cache.h"
 
 using namespace ferry;
 using namespace ferry::planner;
@@ -31,8 +31,8 @@ void expect_within_half_percent(double got, double expected) {
 
 TEST(KvCache, RowBytesMatchTheProductionLayouts) {
   const auto flash = core::preset_config("deepseek-v4-flash");
-  EXPECT_EQ(kv_row_bytes(flash, KvType::FP8).main, 584);     // FlashMLA MODEL1_FP8Sparse
-  EXPECT_EQ(kv_row_bytes(flash, KvType::FP8).indexer, 68);   // FP4 + UE8M0 per 32
+  EXPECT_EQ(kv_row_bytes(flash, KvType::FP8).main, 584);    // FlashMLA MODEL1_FP8Sparse
+  EXPECT_EQ(kv_row_bytes(flash, KvType::FP8).indexer, 68);  // FP4 + UE8M0 per 32
   EXPECT_EQ(kv_row_bytes(flash, KvType::BF16).main, 1024);
   EXPECT_EQ(kv_row_bytes(flash, KvType::BF16).indexer, 256);
   EXPECT_EQ(kv_row_bytes(flash, KvType::Q8_0).main, 16 * 34);
@@ -45,9 +45,9 @@ TEST(KvCache, RowBytesMatchTheProductionLayouts) {
 
 TEST(KvCache, CompressorStateSizes) {
   const auto flash = core::preset_config("deepseek-v4-flash");
-  EXPECT_EQ(compressor_state_bytes(flash, 0), 0);              // SWA-only
+  EXPECT_EQ(compressor_state_bytes(flash, 0), 0);                      // SWA-only
   EXPECT_EQ(compressor_state_bytes(flash, 2), 64 * 1024 + 16 * 1024);  // CSA: main + indexer
-  EXPECT_EQ(compressor_state_bytes(flash, 3), 512 * 1024);     // HCA
+  EXPECT_EQ(compressor_state_bytes(flash, 3), 512 * 1024);             // HCA
   // §2.3: Flash compressor state 11.64 MiB per sequence.
   const KvBytes b = kv_cache_bytes(flash, KvType::FP8, k1M, 1, false);
   EXPECT_NEAR(double(b[static_cast<size_t>(KvKind::CompressorState)]) / core::kMiB, 11.64, 0.01);
@@ -83,7 +83,8 @@ TEST(KvCache, SlopePerTokenMatchesSpec) {
   auto slope = [](const char* preset, KvType t) {
     const auto c = core::preset_config(preset);
     const int64_t a = 65536, b = a + 128 * 64;  // whole HCA blocks, past the window
-    return double(kv_total(kv_cache_bytes(c, t, b, 1, false)) - kv_total(kv_cache_bytes(c, t, a, 1, false))) / double(b - a);
+    return double(kv_total(kv_cache_bytes(c, t, b, 1, false)) - kv_total(kv_cache_bytes(c, t, a, 1, false))) /
+           double(b - a);
   };
   EXPECT_NEAR(slope("deepseek-v4-flash", KvType::FP8), 3514, 1);
   EXPECT_NEAR(slope("deepseek-v4-flash", KvType::BF16), 6880, 1);

@@ -7,12 +7,12 @@
 #include <random>
 #include <vector>
 
-#include "planner/kv_cache.h"
-#include "planner/core/model_config.h"
 #include "planner/core/dtype_codec.h"
-#include "runtime/model/kv_cache.h"
-#include "runtime/kernels/cpu/kv_rows.h"
+#include "planner/core/model_config.h"
+#include "planner/kv_cache.h"
 #include "runtime/checkpoint/tiny_model.h"
+#include "runtime/kernels/cpu/kv_rows.h"
+#include "runtime/model/kv_cache.h"
 
 namespace ferry::runtime {
 namespace {
@@ -72,13 +72,13 @@ TEST(KvRows, Fp8MainRowFollowsTheModelsOwnSimulation) {
   const auto c = core::preset_config("deepseek-v4-flash");
   const KvRowLayout l = KvRowLayout::main_row(c, KvType::FP8);
   std::vector<float> x(512, 0.0f);
-  x[0] = 448.0f;        // block 0: amax 448 -> scale 1
-  x[1] = 1.0625f;       // midpoint of 1 and 1.125 -> ties to even: 1
-  x[2] = 1.1875f;       // midpoint of 1.125 and 1.25 -> 1.25
-  x[64] = 449.0f;       // block 1: amax just above 448 -> scale 2
-  x[65] = 3.0f;         // 1.5 at scale 2 -> exactly 3
-  x[128] = 1e-6f;       // block 2: amax floored at 1e-4 -> scale 2^-22
-  x[448] = 1.00390625f; // rope dim: BF16 midpoint (1 + 2^-8) -> ties to even: 1
+  x[0] = 448.0f;         // block 0: amax 448 -> scale 1
+  x[1] = 1.0625f;        // midpoint of 1 and 1.125 -> ties to even: 1
+  x[2] = 1.1875f;        // midpoint of 1.125 and 1.25 -> 1.25
+  x[64] = 449.0f;        // block 1: amax just above 448 -> scale 2
+  x[65] = 3.0f;          // 1.5 at scale 2 -> exactly 3
+  x[128] = 1e-6f;        // block 2: amax floored at 1e-4 -> scale 2^-22
+  x[448] = 1.00390625f;  // rope dim: BF16 midpoint (1 + 2^-8) -> ties to even: 1
   std::vector<float> r = x;
   const auto buf = encode_guarded(l, r);
   EXPECT_EQ(r[0], 448.0f);
@@ -86,7 +86,7 @@ TEST(KvRows, Fp8MainRowFollowsTheModelsOwnSimulation) {
   EXPECT_EQ(r[2], 1.25f);
   EXPECT_EQ(r[64], 448.0f);  // 449 / 2 = 224.5 -> 224 (E4M3 step 16 between 192 and 256) -> 448
   EXPECT_EQ(r[65], 3.0f);
-  EXPECT_EQ(buf[448 + 128 + 1], core::e8m0_from_exponent(1));   // block 1's scale byte
+  EXPECT_EQ(buf[448 + 128 + 1], core::e8m0_from_exponent(1));  // block 1's scale byte
   EXPECT_EQ(buf[448 + 128 + 2], core::e8m0_from_exponent(-22));
   EXPECT_EQ(r[128], 4.0f * 0x1p-22f);  // 1e-6 / 2^-22 = 4.19 -> E4M3 4 (step 0.5 there)
   EXPECT_EQ(r[448], 1.0f);

@@ -8,9 +8,9 @@
 #include <nlohmann/json.hpp>
 
 #include "planner/core/error.h"
+#include "planner/core/units.h"
 #include "planner/model_spec.h"
 #include "planner/plan.h"
-#include "planner/core/units.h"
 
 using namespace ferry;
 using namespace ferry::planner;
@@ -42,8 +42,9 @@ nlohmann::json tiny_config() {
 struct TempDir {
   fs::path path;
   TempDir() {
-    path = fs::temp_directory_path() / ("ferry-model-dir-" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "-" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    path = fs::temp_directory_path() /
+           ("ferry-model-dir-" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(path);
     fs::create_directories(path);
   }
@@ -54,7 +55,9 @@ void write_shard(const fs::path& file, const std::vector<core::TensorInfo>& tens
   nlohmann::ordered_json h;
   int64_t offset = 0;
   for (const auto& t : tensors) {
-    h[t.name] = {{"dtype", std::string(core::dtype_name(t.dtype))}, {"shape", t.shape}, {"data_offsets", {offset, offset + t.bytes}}};
+    h[t.name] = {{"dtype", std::string(core::dtype_name(t.dtype))},
+                 {"shape", t.shape},
+                 {"data_offsets", {offset, offset + t.bytes}}};
     offset += t.bytes;
   }
   std::string header = h.dump();
@@ -70,13 +73,17 @@ void write_shard(const fs::path& file, const std::vector<core::TensorInfo>& tens
 }
 
 // Writes config.json and two shards with an index, optionally dropping or adding a tensor.
-void write_checkpoint(const fs::path& dir, const nlohmann::json& config, const std::string& drop = "", bool extra = false) {
+void write_checkpoint(const fs::path& dir, const nlohmann::json& config, const std::string& drop = "",
+                      bool extra = false) {
   std::ofstream(dir / "config.json") << config.dump(2);
   std::vector<core::TensorInfo> all = core::make_tensor_inventory(core::config_from_json(config, "tiny"));
   if (!drop.empty()) std::erase_if(all, [&](const core::TensorInfo& t) { return t.name == drop; });
-  if (extra) all.push_back(core::TensorInfo{"layers.1.attn.mystery", core::DType::F32, {10}, 40, core::WeightClass::Other, -1, -1});
+  if (extra)
+    all.push_back(
+        core::TensorInfo{"layers.1.attn.mystery", core::DType::F32, {10}, 40, core::WeightClass::Other, -1, -1});
   const size_t half = all.size() / 2;
-  std::vector<core::TensorInfo> a(all.begin(), all.begin() + static_cast<long>(half)), b(all.begin() + static_cast<long>(half), all.end());
+  std::vector<core::TensorInfo> a(all.begin(), all.begin() + static_cast<long>(half)),
+      b(all.begin() + static_cast<long>(half), all.end());
   write_shard(dir / "model-00001-of-00002.safetensors", a);
   write_shard(dir / "model-00002-of-00002.safetensors", b);
   nlohmann::json index;
@@ -92,7 +99,8 @@ TEST(ModelDir, HeadersGiveTheSameBytesAsTheConfig) {
   TempDir tmp;
   write_checkpoint(tmp.path, tiny_config());
   const ModelSpec from_dir = load_model_spec(tmp.path.string());
-  const ModelSpec from_config = spec_from_config(core::config_from_json(tiny_config(), "tiny"), ModelSource::ConfigJson, "tiny");
+  const ModelSpec from_config =
+      spec_from_config(core::config_from_json(tiny_config(), "tiny"), ModelSource::ConfigJson, "tiny");
   EXPECT_EQ(from_dir.source, ModelSource::Checkpoint);
   EXPECT_EQ(from_dir.tensor_count, from_config.tensor_count);
   EXPECT_EQ(static_cast<int64_t>(from_dir.tensors.size()), from_dir.tensor_count);
@@ -100,7 +108,8 @@ TEST(ModelDir, HeadersGiveTheSameBytesAsTheConfig) {
   EXPECT_EQ(from_dir.expert_bytes(), from_config.expert_bytes());
   EXPECT_EQ(from_dir.missing_tensors, 0);
   EXPECT_EQ(from_dir.unexpected_tensors, 0);
-  for (size_t k = 0; k < core::kNumWeightClasses; ++k) EXPECT_EQ(from_dir.bytes_of(core::WeightClass(k)), from_config.bytes_of(core::WeightClass(k)));
+  for (size_t k = 0; k < core::kNumWeightClasses; ++k)
+    EXPECT_EQ(from_dir.bytes_of(core::WeightClass(k)), from_config.bytes_of(core::WeightClass(k)));
 }
 
 TEST(ModelDir, HeaderBytesWinOverTheConfig) {
@@ -133,7 +142,9 @@ TEST(ModelDir, PlanFromDirectoryMatchesPlanFromConfig) {
   hw.gpu_reserve_bytes = 64 * core::kMiB;
   hw.host_reserve_bytes = core::kGiB;
   const Plan a = make_plan(load_model_spec(tmp.path.string()), hw, PlanOptions{});
-  const Plan b = make_plan(spec_from_config(core::config_from_json(tiny_config(), "tiny"), ModelSource::ConfigJson, "tiny"), hw, PlanOptions{});
+  const Plan b =
+      make_plan(spec_from_config(core::config_from_json(tiny_config(), "tiny"), ModelSource::ConfigJson, "tiny"), hw,
+                PlanOptions{});
   ASSERT_TRUE(a.fits);
   ASSERT_EQ(a.devices.size(), b.devices.size());
   for (size_t i = 0; i < a.devices.size(); ++i) EXPECT_EQ(a.devices[i].use, b.devices[i].use);

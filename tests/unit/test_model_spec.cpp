@@ -6,8 +6,8 @@
 #include <nlohmann/json.hpp>
 
 #include "planner/core/error.h"
-#include "planner/model_spec.h"
 #include "planner/core/units.h"
+#include "planner/model_spec.h"
 #include "test_paths.h"
 
 using namespace ferry;
@@ -20,12 +20,14 @@ double gib(int64_t b) { return double(b) / double(core::kGiB); }
 TEST(ModelSpec, V4FlashWeightsMatchSpec) {
   const ModelSpec s = load_model_spec("deepseek-v4-flash");
   EXPECT_EQ(s.tensor_count, 69187);
-  EXPECT_TRUE(s.tensors.empty());  // a preset lists no tensors; core::make_tensor_inventory generates them
+  EXPECT_TRUE(s.tensors.empty());         // a preset lists no tensors; core::make_tensor_inventory generates them
   EXPECT_EQ(s.expert_bytes(), 13369344);  // 12.75 MiB, exact
   EXPECT_NEAR(gib(s.total_bytes), 148.65, 0.005);
   EXPECT_NEAR(gib(s.total_bytes - s.mtp_bytes()), 145.30, 0.005);
   EXPECT_NEAR(gib(s.mtp_bytes()), 3.35, 0.005);
-  EXPECT_NEAR(gib(s.bytes_of(core::WeightClass::RoutedExpert) - s.layers.back().bytes[size_t(core::WeightClass::RoutedExpert)]), 137.06, 0.005);
+  EXPECT_NEAR(
+      gib(s.bytes_of(core::WeightClass::RoutedExpert) - s.layers.back().bytes[size_t(core::WeightClass::RoutedExpert)]),
+      137.06, 0.005);
   EXPECT_NEAR(gib(s.global[size_t(core::WeightClass::Embedding)]), 0.99, 0.005);
   EXPECT_NEAR(gib(s.global[size_t(core::WeightClass::Head)]), 0.99, 0.005);
   // Per-layer byte budget (§4.3): compressor 16.0 MiB (CSA) / 8.25 MiB (HCA), indexer 12.5 MiB, gate 2.0 MiB.
@@ -37,7 +39,7 @@ TEST(ModelSpec, V4FlashWeightsMatchSpec) {
 
 TEST(ModelSpec, V4ProWeightsMatchSpec) {
   const ModelSpec s = load_model_spec("deepseek-v4-pro");
-  EXPECT_EQ(s.tensor_count, 145116);  // the real DeepSeek-V4-Pro dump
+  EXPECT_EQ(s.tensor_count, 145116);      // the real DeepSeek-V4-Pro dump
   EXPECT_EQ(s.expert_bytes(), 35094528);  // 33.47 MiB, exact
   EXPECT_NEAR(gib(s.total_bytes), 805.32, 0.005);
   EXPECT_NEAR(gib(s.total_bytes - s.mtp_bytes()), 792.32, 0.005);

@@ -45,47 +45,48 @@ TEST(Mxfp4Activation, RoundsToNearestEvenAndSplitsIntoBytes) {
   // amax = 32639 gives k = 0, so q is x rounded to an integer: ties go to even.
   std::vector<float> x(64, 0.0f);
   x[0] = 32639.0f;
-  const float vals[] = {2.5f, 3.5f, -2.5f, -0.5f, 0.5f, 1.5f, 127.5f, 128.0f, -128.0f, -129.0f, 255.5f, -32639.0f, 0.49999997f};
+  const float vals[] = {2.5f,   3.5f,    -2.5f,   -0.5f,  0.5f,      1.5f,       127.5f,
+                        128.0f, -128.0f, -129.0f, 255.5f, -32639.0f, 0.49999997f};
   const int32_t want[] = {2, 4, -2, 0, 0, 2, 128, 128, -128, -129, 256, -32639, 0};
   for (size_t i = 0; i < std::size(vals); ++i) x[i + 1] = vals[i];
   Mxfp4Activation a;
   quantize_mxfp4_activation(x.data(), 64, a, ActivationBits::Int16);
   EXPECT_EQ(a.blocks, 2);
   EXPECT_EQ(a.parts, 2);
-  EXPECT_EQ(a.exponent[0], -1);   // k - 1
-  EXPECT_EQ(a.exponent[1], 0);    // an all-zero block
+  EXPECT_EQ(a.exponent[0], -1);  // k - 1
+  EXPECT_EQ(a.exponent[1], 0);   // an all-zero block
   EXPECT_EQ(q_of(a, 0), 32639);
   for (size_t i = 0; i < std::size(vals); ++i) EXPECT_EQ(q_of(a, int64_t(i) + 1), want[i]) << vals[i];
   for (int64_t i = 32; i < 64; ++i) EXPECT_EQ(q_of(a, i), 0);
 }
 
 TEST(Mxfp4Activation, ReconstructsWithinHalfAStepAndSumsLanes) {
- for (ActivationBits bits : kBoth) {
-  SCOPED_TRACE(activation_bits_name(bits));
-  std::mt19937 rng(3);
-  std::normal_distribution<float> n(0.0f, 1.0f);
-  std::vector<float> x(32 * 40);
-  for (size_t i = 0; i < x.size(); ++i) x[i] = n(rng) * std::ldexp(1.0f, int(i / 32) - 20);  // scales 2^-20 .. 2^19
-  Mxfp4Activation a;
-  quantize_mxfp4_activation(x.data(), int64_t(x.size()), a, bits);
-  EXPECT_EQ(a.parts, bits == ActivationBits::Int16 ? 2 : 3);
-  EXPECT_EQ(a.even[0].size() % (16 * 16), 0u);  // padded to 16 blocks
-  const double qmax = activation_qmax(bits);
-  for (int64_t b = 0; b < a.blocks; ++b) {
-    float amax = 0;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[size_t(b * 32 + i)]));
-    const int k = a.exponent[size_t(b)] + 1;
-    EXPECT_LE(amax, std::ldexp(qmax, k));
-    EXPECT_GT(amax, std::ldexp(qmax, k - 1));
-    int32_t lane[4] = {0, 0, 0, 0};
-    for (int i = 0; i < 32; ++i) {
-      const int32_t q = q_of(a, b * 32 + i);
-      EXPECT_LE(std::fabs(std::ldexp(double(q), k) - x[size_t(b * 32 + i)]), std::ldexp(0.5, k));
-      lane[i / 8] += q;
+  for (ActivationBits bits : kBoth) {
+    SCOPED_TRACE(activation_bits_name(bits));
+    std::mt19937 rng(3);
+    std::normal_distribution<float> n(0.0f, 1.0f);
+    std::vector<float> x(32 * 40);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = n(rng) * std::ldexp(1.0f, int(i / 32) - 20);  // scales 2^-20 .. 2^19
+    Mxfp4Activation a;
+    quantize_mxfp4_activation(x.data(), int64_t(x.size()), a, bits);
+    EXPECT_EQ(a.parts, bits == ActivationBits::Int16 ? 2 : 3);
+    EXPECT_EQ(a.even[0].size() % (16 * 16), 0u);  // padded to 16 blocks
+    const double qmax = activation_qmax(bits);
+    for (int64_t b = 0; b < a.blocks; ++b) {
+      float amax = 0;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[size_t(b * 32 + i)]));
+      const int k = a.exponent[size_t(b)] + 1;
+      EXPECT_LE(amax, std::ldexp(qmax, k));
+      EXPECT_GT(amax, std::ldexp(qmax, k - 1));
+      int32_t lane[4] = {0, 0, 0, 0};
+      for (int i = 0; i < 32; ++i) {
+        const int32_t q = q_of(a, b * 32 + i);
+        EXPECT_LE(std::fabs(std::ldexp(double(q), k) - x[size_t(b * 32 + i)]), std::ldexp(0.5, k));
+        lane[i / 8] += q;
+      }
+      for (int m = 0; m < 4; ++m) EXPECT_EQ(a.correction[size_t(b * 4 + m)], 12 * lane[m]);
     }
-    for (int m = 0; m < 4; ++m) EXPECT_EQ(a.correction[size_t(b * 4 + m)], 12 * lane[m]);
   }
- }
 }
 
 // The dispatched rounding (AVX2 where the CPU has it) is bitwise the element-by-element definition: random
@@ -101,9 +102,9 @@ TEST(Mxfp4Activation, VectorPathIsBitwiseTheDefinition) {
     const int e = b % 7 == 0 ? -140 : scale(rng);  // some whole blocks near the subnormal range
     for (size_t i = 0; i < 32; ++i) {
       float v = std::ldexp(n(rng), e);
-      if (b % 3 == 0) v = std::round(v * 4) / 4;                       // many exact ties after scaling
+      if (b % 3 == 0) v = std::round(v * 4) / 4;  // many exact ties after scaling
       if (pick(rng) == 0) v = specials[size_t(pick(rng)) % std::size(specials)];
-      x[b * 32 + i] = b % 11 == 0 ? 0.0f : v;                          // some all-zero blocks
+      x[b * 32 + i] = b % 11 == 0 ? 0.0f : v;  // some all-zero blocks
     }
   }
   for (ActivationBits bits : kBoth) {

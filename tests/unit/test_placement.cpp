@@ -3,9 +3,9 @@
 #include <gtest/gtest.h>
 
 #include "planner/core/error.h"
+#include "planner/core/units.h"
 #include "planner/memory.h"
 #include "planner/plan.h"
-#include "planner/core/units.h"
 
 using namespace ferry;
 using namespace ferry::planner;

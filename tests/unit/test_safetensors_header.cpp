@@ -276,11 +276,13 @@ TEST(SafetensorsHeader, IndexNamingATensorAbsentFromItsShardIsAnError) {
   write_raw(tmp.path / "s2.safetensors", b.dump(), 16);
   write_text(tmp.path / "model.safetensors.index.json",
              R"({"weight_map": {"x": "s1.safetensors", "y": "s1.safetensors"}})");
-  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "tensor 'y' in s1.safetensors, which does not hold it");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); },
+               "tensor 'y' in s1.safetensors, which does not hold it");
   // Present in the checkpoint, but not in the shard the index names.
   write_text(tmp.path / "model.safetensors.index.json",
              R"({"weight_map": {"x": "s1.safetensors", "w": "s1.safetensors", "z": "s2.safetensors"}})");
-  expect_error([&] { core::read_checkpoint_headers(tmp.path); }, "tensor 'w' in s1.safetensors, which does not hold it");
+  expect_error([&] { core::read_checkpoint_headers(tmp.path); },
+               "tensor 'w' in s1.safetensors, which does not hold it");
 }
 
 TEST(SafetensorsHeader, IndexErrorsForBadIndexFiles) {

@@ -41,8 +41,8 @@ Json base(const std::vector<std::string>& merges = {}, const std::vector<std::st
 Tokenizer load(const Json& t) { return Tokenizer::from_json_text(t.dump()); }
 
 Json added(int id, const std::string& content, bool special, bool normalized) {
-  return {{"id", id},          {"content", content},     {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},   {"normalized", normalized}, {"special", special}};
+  return {{"id", id},        {"content", content},       {"single_word", false}, {"lstrip", false},
+          {"rstrip", false}, {"normalized", normalized}, {"special", special}};
 }
 
 struct TempDir {
@@ -114,7 +114,9 @@ TEST(Bpe, EqualRanksMergeLeftmostFirst) {
 
 TEST(Bpe, MergesNeverCrossPreTokenizerPieces) {
   // DeepSeek's first Split isolates digits, the third a space before letters: "1a" and "x a" stay apart.
-  const Tokenizer t = load(base({"1 a", "x \xC4\xA0", "\xC4\xA0 a"}, {"1a", "x\xC4\xA0", "\xC4\xA0" "a"}));
+  const Tokenizer t = load(base({"1 a", "x \xC4\xA0", "\xC4\xA0 a"}, {"1a", "x\xC4\xA0",
+                                                                      "\xC4\xA0"
+                                                                      "a"}));
   EXPECT_EQ(t.encode("1a"), (Ids{byte_id('1'), byte_id('a')}));
   EXPECT_EQ(t.encode("x a"), (Ids{byte_id('x'), 261}));  // " a" is one piece; "x " would cross
 }
@@ -228,7 +230,9 @@ TEST(Tokenizer, DecodeReplacesBrokenUtf8) {
 // and the pieces joined are decode(ids), broken bytes included.
 TEST(StreamDecoder, NeverEmitsBrokenUtf8) {
   const Tokenizer t = load(base());
-  const std::string text = "aé中😀z\xFF\xE4\xB8" "b\xF0\x9F";
+  const std::string text =
+      "aé中😀z\xFF\xE4\xB8"
+      "b\xF0\x9F";
   Ids ids;
   for (char c : text) ids.push_back(byte_id(static_cast<unsigned char>(c)));
   StreamDecoder stream(t);
@@ -275,9 +279,9 @@ TEST(TinyTokenizer, LoadsFromAModelDirAndRoundTrips) {
   ASSERT_TRUE(t.token_id("\xC4\xA0the").has_value());
   EXPECT_EQ(t.encode(" the"), Ids{*t.token_id("\xC4\xA0the")});
   for (const std::string text :
-       {"The quick brown fox jumps over the lazy dog.\n", "今天天气很好，我们一起去公园散步。", "emoji 👍🏽 and 👨‍👩‍👧",
-        "def f(x):\n\treturn x * 2  \r\n", "12345678 3.14159", "<｜begin▁of▁sentence｜>Hi<｜end▁of▁sentence｜>", "",
-        "   ", "مرحبا नमस्ते สวัสดี"}) {
+       {"The quick brown fox jumps over the lazy dog.\n", "今天天气很好，我们一起去公园散步。",
+        "emoji 👍🏽 and 👨‍👩‍👧", "def f(x):\n\treturn x * 2  \r\n", "12345678 3.14159",
+        "<｜begin▁of▁sentence｜>Hi<｜end▁of▁sentence｜>", "", "   ", "مرحبا नमस्ते สวัสดี"}) {
     const Ids ids = t.encode(text);
     EXPECT_EQ(t.decode(ids), text);
     for (int32_t id : ids) EXPECT_TRUE(id >= 0 && id < 512) << id;
@@ -293,13 +297,14 @@ TEST(TinyTokenizer, TokenizerConfigNamesTheBos) {
   dir.write("tokenizer_config.json", R"({"bos_token": "<｜end▁of▁sentence｜>"})");
   EXPECT_EQ(Tokenizer::from_model_dir(dir.path.string()).bos_id(), 1);
   dir.write("tokenizer_config.json", R"({"bos_token": "<s>"})");
-  EXPECT_NE(error_of([&] { Tokenizer::from_model_dir(dir.path.string()); })
-                .find("bos_token '<s>' is not a token of tokenizer.json"),
+  EXPECT_NE(error_of([&] {
+              Tokenizer::from_model_dir(dir.path.string());
+            }).find("bos_token '<s>' is not a token of tokenizer.json"),
             std::string::npos);
   dir.write("tokenizer_config.json", R"({"bos_token": )");
-  EXPECT_NE(error_of([&] { Tokenizer::from_model_dir(dir.path.string()); })
-                .find("tokenizer_config.json: not valid JSON"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { Tokenizer::from_model_dir(dir.path.string()); }).find("tokenizer_config.json: not valid JSON"),
+      std::string::npos);
 }
 
 TEST(TokenizerErrors, MissingFilesAndDirectories) {

@@ -25,7 +25,8 @@ TEST(Units, ParsesCountsWithSuffixes) {
   EXPECT_EQ(core::parse_count("1M"), 1048576);
   EXPECT_EQ(core::parse_count("128K"), 131072);
   EXPECT_EQ(core::parse_count("163840"), 163840);
-  for (const char* bad : {"0", "-5", "1.5", "12Q", "", "ten"}) EXPECT_THROW(core::parse_count(bad), ferry::Error) << bad;
+  for (const char* bad : {"0", "-5", "1.5", "12Q", "", "ten"})
+    EXPECT_THROW(core::parse_count(bad), ferry::Error) << bad;
 }
 
 TEST(Units, ParsesBandwidth) {

@@ -12,8 +12,8 @@
 
 #include "launch/server/answer_stream.h"
 #include "launch/server/v4_engine.h"
-#include "runtime/text/chat_v4.h"
 #include "runtime/checkpoint/tiny_model.h"
+#include "runtime/text/chat_v4.h"
 #include "runtime/text/tokenizer.h"
 #include "test_errors.h"
 
@@ -77,7 +77,8 @@ Answer generate(ferry::launch::server::Engine& e, const GenerationRequest& r, in
   cb.on_reasoning = [&](std::string_view t) { a.reasoning += t; };
   cb.on_content = [&](std::string_view t) { a.content += t; };
   cb.on_tool_call = [&](const ToolCall& c) { a.calls.push_back(c); };
-  a.result = e.generate(r, e.encode_prompt(r), max_tokens, cb, stop ? stop : [] { return false; });
+  a.result = e.generate(
+      r, e.encode_prompt(r), max_tokens, cb, stop ? stop : [] { return false; });
   return a;
 }
 

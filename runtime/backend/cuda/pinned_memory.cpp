@@ -41,8 +41,8 @@ HostRegistration::HostRegistration(const void* data, int64_t bytes, HostAccess a
   if (bytes == 0) return;
   unsigned flags = cudaHostRegisterPortable;
   if (access == HostAccess::ReadOnly) flags |= cudaHostRegisterReadOnly;
-  const std::string what = "cudaHostRegister of " + core::format_bytes(bytes) +
-                           (access == HostAccess::ReadOnly ? " (read-only)" : "");
+  const std::string what =
+      "cudaHostRegister of " + core::format_bytes(bytes) + (access == HostAccess::ReadOnly ? " (read-only)" : "");
   // cudaHostRegister takes a mutable pointer; with ReadOnly the device is never given write access, and
   // without it pinning does not write either.
   check(cudaHostRegister(const_cast<void*>(data), static_cast<size_t>(bytes), flags), kWho, what);

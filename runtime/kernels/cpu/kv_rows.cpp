@@ -4,8 +4,8 @@
 #include <cmath>
 #include <cstring>
 
-#include "planner/core/error.h"
 #include "planner/core/dtype_codec.h"
+#include "planner/core/error.h"
 
 namespace ferry::runtime {
 
@@ -62,8 +62,7 @@ void decode_q_block(const uint8_t* in, int64_t n, bool four_bit, float* x) {
   const float d = core::f16_to_float(get_u16(in));
   const uint8_t* codes = in + 2;
   for (int64_t i = 0; i < n; ++i) {
-    const int q = four_bit ? ((i % 2) ? (codes[i / 2] >> 4) : (codes[i / 2] & 0xF)) - 8
-                           : static_cast<int8_t>(codes[i]);
+    const int q = four_bit ? ((i % 2) ? (codes[i / 2] >> 4) : (codes[i / 2] & 0xF)) - 8 : static_cast<int8_t>(codes[i]);
     x[i] = static_cast<float>(q) * d;
   }
 }
@@ -139,8 +138,7 @@ void encode_kv_row(const KvRowLayout& l, float* x, uint8_t* out) {
       }
       return;
     }
-    case KvType::FP8:
-      break;
+    case KvType::FP8: break;
   }
   if (l.indexer) {  // FP4 codes (two per byte) then one UE8M0 scale per 32
     FERRY_CHECK(l.dims % kFp4Block == 0, "indexer key dims must be a multiple of 32");
@@ -192,8 +190,7 @@ void decode_kv_row(const KvRowLayout& l, const uint8_t* in, float* x) {
       }
       return;
     }
-    case KvType::FP8:
-      break;
+    case KvType::FP8: break;
   }
   const DecodeTables& tb = tables();
   if (l.indexer) {

@@ -9,10 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 #include "runtime/kernels/cpu/matvec.h"
 #include "runtime/kernels/cpu/vec.h"
-#include "planner/core/dtype_codec.h"
 
 namespace ferry::runtime::cpu {
 
@@ -62,22 +62,26 @@ std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64
   if (n == 1)
     quantize_mxfp4_activation(x, cols, acts[0]);
   else
-    tbb::parallel_for(int64_t{0}, n, [&](int64_t t) { quantize_mxfp4_activation(x + t * x_stride, cols, acts[size_t(t)]); });
+    tbb::parallel_for(int64_t{0}, n,
+                      [&](int64_t t) { quantize_mxfp4_activation(x + t * x_stride, cols, acts[size_t(t)]); });
   return acts;
 }
 
 void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride,
             const std::vector<Mxfp4Activation>* rounded) {
   FERRY_CHECK(w.data != nullptr && w.rows >= 0 && w.cols > 0, "linear: empty weight view");
-  FERRY_CHECK(w.format != core::WeightFormat::MXFP4 || w.cols % core::kFp4Block == 0, "linear: MXFP4 cols not a multiple of 32");
+  FERRY_CHECK(w.format != core::WeightFormat::MXFP4 || w.cols % core::kFp4Block == 0,
+              "linear: MXFP4 cols not a multiple of 32");
   // Every output element is computed by the same per-row code whatever n is, so a token's result does not
   // depend on which chunk it was in: prefill with any --ubatch and one-token decode agree bit for bit.
-  const bool tuned = w.format == core::WeightFormat::MXFP4 || (w.format == core::WeightFormat::FP8 && w.row_begin % core::kFp8Block == 0);
+  const bool tuned = w.format == core::WeightFormat::MXFP4 ||
+                     (w.format == core::WeightFormat::FP8 && w.row_begin % core::kFp8Block == 0);
   if (tuned) {
     // Blocks of rows small enough to stay in cache while every tile of the chunk's tokens passes over them.
     const int64_t row_bytes = w.format == core::WeightFormat::MXFP4 ? w.cols / 2 + w.cols / core::kFp4Block : w.cols;
     int64_t block = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(row_bytes, 1));
-    if (w.format == core::WeightFormat::FP8) block = std::max<int64_t>(core::kFp8Block, block / core::kFp8Block * core::kFp8Block);
+    if (w.format == core::WeightFormat::FP8)
+      block = std::max<int64_t>(core::kFp8Block, block / core::kFp8Block * core::kFp8Block);
     // MXFP4: each token's activation is rounded once (mxfp4_activation.h) and shared by all row blocks.
     std::vector<Mxfp4Activation> own;
     if (w.format == core::WeightFormat::MXFP4 && !rounded) {

@@ -12,7 +12,6 @@
 
 namespace ferry::runtime::cpu {
 
-
 // y[t * y_stride + r] = sum_k W[r, k] * x[t * x_stride + k], for t < n and r < w.rows. fp32 accumulation.
 // An MXFP4 weight takes x rounded per token (mxfp4_activation.h); `rounded`, when given, is that rounding
 // already made by round_mxfp4_inputs (so that w1 and w3 of an expert share one), else linear makes it.

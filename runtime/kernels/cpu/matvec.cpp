@@ -5,8 +5,8 @@
 #include <array>
 #include <string>
 
-#include "planner/core/error.h"
 #include "planner/core/dtype_codec.h"
+#include "planner/core/error.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -17,7 +17,7 @@ namespace ferry::runtime::cpu {
 
 namespace {
 
-constexpr int64_t kFp8Block = 128;   // FP8: one E8M0 scale per 128x128 tile
+constexpr int64_t kFp8Block = 128;  // FP8: one E8M0 scale per 128x128 tile
 
 // Decode tables built once from dtype_codec, so every path agrees with the reference decoders bit for bit.
 struct Tables {
@@ -76,8 +76,8 @@ __attribute__((target("avx2,fma"))) float hsum(__m256 v) {
 __attribute__((target("avx2,fma,f16c"))) inline void fp8_decode16(const uint8_t* p, __m256& lo, __m256& hi) {
   const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   // w << 8 puts the sign at bit 15; an arithmetic >> 1 copies it into bit 14, which the mask clears.
-  const __m256i h = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1), _mm256_set1_epi16(
-                                                                                         static_cast<short>(0xBF80)));
+  const __m256i h =
+      _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1), _mm256_set1_epi16(static_cast<short>(0xBF80)));
   lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
   hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
 }
@@ -141,8 +141,8 @@ const Kernels& kernels() {
 
 // Each tile of up to kMaxTile tokens passes over a range of rows small enough to stay in cache, so the weight
 // comes from RAM once for all n tokens and its bytes are decoded once per tile. n = 1 is the matvec.
-void run_fp8(const Fp8Tile* tiles, const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols,
-             const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride) {
+void run_fp8(const Fp8Tile* tiles, const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
+             int64_t n, int64_t x_stride, float* y, int64_t y_stride) {
   detail::check_matvec_shape(rows, cols, "matvec_fp8");
   FERRY_CHECK(n >= 0, "matmul_fp8: negative token count");
   const int64_t scale_cols = (cols + kFp8Block - 1) / kFp8Block;
@@ -178,8 +178,8 @@ void matvec_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, 
   matmul_fp8_portable(w, scales, rows, cols, x, 1, 0, y, 1);
 }
 
-void matmul_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
-                         int64_t n, int64_t x_stride, float* y, int64_t y_stride) {
+void matmul_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, int64_t n,
+                         int64_t x_stride, float* y, int64_t y_stride) {
   run_fp8(Kernels{}.fp8, w, scales, rows, cols, x, n, x_stride, y, y_stride);
 }
 

@@ -49,10 +49,9 @@ void matvec_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, in
 void matmul_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation* x,
                      int64_t n, float* y, int64_t y_stride);
 // The portable FP8 path, always available, so tests can compare it with the dispatched one.
-void matvec_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
-                         float* y);
-void matmul_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
-                         int64_t n, int64_t x_stride, float* y, int64_t y_stride);
+void matvec_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y);
+void matmul_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, int64_t n,
+                         int64_t x_stride, float* y, int64_t y_stride);
 }  // namespace detail
 
 }  // namespace ferry::runtime::cpu

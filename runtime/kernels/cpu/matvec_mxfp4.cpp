@@ -3,8 +3,8 @@
 // Per 32-element block b of a row: S_b = sum_i (2 e2m1(w_i)) q_i, summed exactly in int32 per lane of 8
 // elements (|lane| < 2^30), and y = sum_b S_b * 2^(e_b - 127) * 2^(k_b - 1). Every path computes the same lane
 // sums; they differ only in the order of the float additions (and, for int24 lanes above 2^24, the int-to-float
-// rounding, which is float32's resolution again). The weight nibbles are looked up as u = 2 e2m1 + 12 (an unsigned byte)
-// and the activation's precomputed 12 * sum q is subtracted, so no sign fix-ups sit in the inner loop.
+// rounding, which is float32's resolution again). The weight nibbles are looked up as u = 2 e2m1 + 12 (an unsigned
+// byte) and the activation's precomputed 12 * sum q is subtracted, so no sign fix-ups sit in the inner loop.
 //
 // Prefill (matmul_mxfp4) runs the same kernels on a tile of tokens: one weight row's nibbles are decoded once
 // and reduced against each token's planes in turn. Only the integer lane sums (exact) are shared work; each
@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
+#include "planner/core/dtype_codec.h"
 #include "runtime/kernels/cpu/matvec.h"
 #include "runtime/kernels/cpu/matvec_rows.h"
-#include "planner/core/dtype_codec.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -73,8 +73,8 @@ inline int32_t q_at(const CacheLineVector<int8_t>* part, int parts, int64_t at) 
 // is the matvec), so a token's result does not depend on its tile; the tile only shares the weight's decoding
 // (and its reads) among the tokens. A call takes a run of rows so that the setup (the activation pointers, the
 // constants) is paid once per run, not once per row: at V4's 1 KiB rows it was a fifth of the AVX2 time.
-using TileFn = void (*)(const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation* a,
-                        float* y, int64_t y_stride);
+using TileFn = void (*)(const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation* a, float* y,
+                        int64_t y_stride);
 constexpr int kMaxTile = 4;
 
 template <int T>
@@ -158,14 +158,13 @@ inline void prefetch_run_start(const uint8_t* codes, int64_t bytes) {
 // token's activation planes into 8 int32 lanes (0-3 block b, 4-7 block b+1, 8 elements each) with the +12
 // offset's correction subtracted; `step` scales them by the token's block scales (taken from s8[t] by index)
 // into acc[t].
-#define PAIR_STEP(target)                                                                                       \
-  template <int T>                                                                                              \
-  target __attribute__((always_inline)) static void step(__m256i c, __m256i table, __m256i nibble,             \
-                                                         const Planes* a, int64_t b, const __m256* s8,         \
-                                                         __m256i index, __m256* acc) {                          \
-    const __m256i we = _mm256_shuffle_epi8(table, _mm256_and_si256(c, nibble));                                 \
-    const __m256i wo = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble));           \
-    _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) acc[t] =                                                \
+#define PAIR_STEP(target)                                                                                            \
+  template <int T>                                                                                                   \
+  target __attribute__((always_inline)) static void step(__m256i c, __m256i table, __m256i nibble, const Planes* a,  \
+                                                         int64_t b, const __m256* s8, __m256i index, __m256* acc) {  \
+    const __m256i we = _mm256_shuffle_epi8(table, _mm256_and_si256(c, nibble));                                      \
+    const __m256i wo = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble));                \
+    _Pragma("GCC unroll 8") for (int t = 0; t < T; ++t) acc[t] =                                                     \
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes(we, wo, a[t], b)), _mm256_permutevar8x32_ps(s8[t], index), acc[t]); \
   }
 
@@ -173,8 +172,9 @@ inline void prefetch_run_start(const uint8_t* codes, int64_t bytes) {
 template <int P>
 struct PairAvx2 {
   __attribute__((target("avx2,fma"), always_inline)) static __m256i lanes(__m256i we, __m256i wo, const Planes& a,
-                                                                         int64_t b) {
-#define PLANE256(j) _mm256_add_epi16(_mm256_maddubs_epi16(we, X256(a.even[j])), _mm256_maddubs_epi16(wo, X256(a.odd[j])))
+                                                                          int64_t b) {
+#define PLANE256(j) \
+  _mm256_add_epi16(_mm256_maddubs_epi16(we, X256(a.even[j])), _mm256_maddubs_epi16(wo, X256(a.odd[j])))
     const __m256i x256 = _mm256_set1_epi16(256);
     // q = sum_j part_j 256^(P-1-j): the high planes are folded in x256 steps (vpmaddwd by 256, then shifts).
     __m256i s = _mm256_madd_epi16(PLANE256(0), x256);
@@ -192,14 +192,15 @@ struct PairAvx2 {
 template <int P>
 struct PairAvxVnni {
   __attribute__((target("avx2,fma,avxvnni"), always_inline)) static __m256i lanes(__m256i we, __m256i wo,
-                                                                                 const Planes& a, int64_t b) {
+                                                                                  const Planes& a, int64_t b) {
     __m256i h = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), we, X256(a.even[0]));
     h = _mm256_dpbusd_avx_epi32(h, wo, X256(a.odd[0]));
     if constexpr (P == 3) {
       h = _mm256_dpbusd_avx_epi32(_mm256_slli_epi32(h, 8), we, X256(a.even[1]));
       h = _mm256_dpbusd_avx_epi32(h, wo, X256(a.odd[1]));
     }
-    __m256i t = _mm256_sub_epi32(_mm256_slli_epi32(h, 8), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.correction + 4 * b)));
+    __m256i t = _mm256_sub_epi32(_mm256_slli_epi32(h, 8),
+                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.correction + 4 * b)));
     t = _mm256_dpbusd_avx_epi32(t, we, X256(a.even[P - 1]));
     return _mm256_dpbusd_avx_epi32(t, wo, X256(a.odd[P - 1]));
   }
@@ -220,48 +221,49 @@ __attribute__((target("avx2,fma"))) inline __m256i weight_exponents8(uint64_t sc
 
 // Rows against T tokens on 256-bit registers with the pair kernel `Pair`. A macro body instantiated under
 // each ISA's target attribute: a function cannot inline code for an ISA it was not compiled for.
-#define TILE256_BODY(Pair)                                                                                           \
-  Planes pl[T];                                                                                                      \
-  prefetch_run_start(codes, rows * (a[0].cols / 2));                                                                 \
-  for (int t = 0; t < T; ++t) pl[t] = Planes(a[t]);                                                                  \
-  const int64_t blocks = a[0].blocks, row_bytes = a[0].cols / 2;                                                     \
-  const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kLut.offset)));  \
-  const __m256i nibble = _mm256_set1_epi8(0x0F);                                                                     \
-  const __m256i i0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);      \
-  const __m256i i2 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), i3 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);      \
-  const __m256i index[4] = {i0, i1, i2, i3};                                                                         \
-  for (int64_t r = 0; r < rows; ++r, codes += row_bytes, scales += blocks) {                                         \
-    auto codes_at = [codes](int64_t b) { return reinterpret_cast<const __m256i*>(codes + 16 * b); };                 \
-    __m256 acc0[T], acc1[T], s8[T];                                                                                  \
-    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();                                             \
-    _mm_prefetch(reinterpret_cast<const char*>(scales + blocks), _MM_HINT_T0); /* the next row's scales */           \
-    int64_t g = 0;                                                                                                   \
-    for (; g + 8 <= blocks; g += 8) { /* whole groups of eight blocks, unrolled */                                   \
-      _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead), _MM_HINT_T1);                     \
-      _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead + 64), _MM_HINT_T1);                \
-      uint64_t sb;                                                                                                   \
-      std::memcpy(&sb, scales + g, sizeof sb);                                                                       \
-      const __m256i ew = weight_exponents8(sb);                                                                      \
-      for (int t = 0; t < T; ++t) s8[t] = scales8_avx2(ew, pl[t].exponent + g);                                      \
-      Pair::template step<T>(_mm256_loadu_si256(codes_at(g)), table, nibble, pl, g, s8, i0, acc0);                   \
-      Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 2)), table, nibble, pl, g + 2, s8, i1, acc1);           \
-      Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 4)), table, nibble, pl, g + 4, s8, i2, acc0);           \
-      Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 6)), table, nibble, pl, g + 6, s8, i3, acc1);           \
-    }                                                                                                                \
-    if (g < blocks) { /* fewer than eight blocks left: never read past the row's codes or scales */                  \
-      const int64_t nb = blocks - g;                                                                                 \
-      uint64_t sb = 0;                                                                                               \
-      std::memcpy(&sb, scales + g, static_cast<size_t>(nb));                                                         \
-      const __m256i ew = weight_exponents8(sb);                                                                      \
-      for (int t = 0; t < T; ++t) s8[t] = scales8_avx2(ew, pl[t].exponent + g);                                      \
-      for (int64_t j = 0; j < nb; j += 2) {                                                                          \
-        const __m256i c = j + 1 < nb ? _mm256_loadu_si256(codes_at(g + j))                                           \
-                                     : _mm256_zextsi128_si256(                                                       \
-                                           _mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * (g + j)))); \
-        Pair::template step<T>(c, table, nibble, pl, g + j, s8, index[j / 2], acc0);                                 \
-      }                                                                                                              \
-    }                                                                                                                \
-    for (int t = 0; t < T; ++t) y[t * y_stride + r] = hsum256(_mm256_add_ps(acc0[t], acc1[t]));                      \
+#define TILE256_BODY(Pair)                                                                                          \
+  Planes pl[T];                                                                                                     \
+  prefetch_run_start(codes, rows*(a[0].cols / 2));                                                                  \
+  for (int t = 0; t < T; ++t) pl[t] = Planes(a[t]);                                                                 \
+  const int64_t blocks = a[0].blocks, row_bytes = a[0].cols / 2;                                                    \
+  const __m256i table = _mm256_broadcastsi128_si256(_mm_load_si128(reinterpret_cast<const __m128i*>(kLut.offset))); \
+  const __m256i nibble = _mm256_set1_epi8(0x0F);                                                                    \
+  const __m256i i0 = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1), i1 = _mm256_setr_epi32(2, 2, 2, 2, 3, 3, 3, 3);     \
+  const __m256i i2 = _mm256_setr_epi32(4, 4, 4, 4, 5, 5, 5, 5), i3 = _mm256_setr_epi32(6, 6, 6, 6, 7, 7, 7, 7);     \
+  const __m256i index[4] = {i0, i1, i2, i3};                                                                        \
+  for (int64_t r = 0; r < rows; ++r, codes += row_bytes, scales += blocks) {                                        \
+    auto codes_at = [codes](int64_t b) { return reinterpret_cast<const __m256i*>(codes + 16 * b); };                \
+    __m256 acc0[T], acc1[T], s8[T];                                                                                 \
+    for (int t = 0; t < T; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();                                            \
+    _mm_prefetch(reinterpret_cast<const char*>(scales + blocks), _MM_HINT_T0); /* the next row's scales */          \
+    int64_t g = 0;                                                                                                  \
+    for (; g + 8 <= blocks; g += 8) { /* whole groups of eight blocks, unrolled */                                  \
+      _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead), _MM_HINT_T1);                    \
+      _mm_prefetch(reinterpret_cast<const char*>(codes + 16 * g + kPrefetchAhead + 64), _MM_HINT_T1);               \
+      uint64_t sb;                                                                                                  \
+      std::memcpy(&sb, scales + g, sizeof sb);                                                                      \
+      const __m256i ew = weight_exponents8(sb);                                                                     \
+      for (int t = 0; t < T; ++t) s8[t] = scales8_avx2(ew, pl[t].exponent + g);                                     \
+      Pair::template step<T>(_mm256_loadu_si256(codes_at(g)), table, nibble, pl, g, s8, i0, acc0);                  \
+      Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 2)), table, nibble, pl, g + 2, s8, i1, acc1);          \
+      Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 4)), table, nibble, pl, g + 4, s8, i2, acc0);          \
+      Pair::template step<T>(_mm256_loadu_si256(codes_at(g + 6)), table, nibble, pl, g + 6, s8, i3, acc1);          \
+    }                                                                                                               \
+    if (g < blocks) { /* fewer than eight blocks left: never read past the row's codes or scales */                 \
+      const int64_t nb = blocks - g;                                                                                \
+      uint64_t sb = 0;                                                                                              \
+      std::memcpy(&sb, scales + g, static_cast<size_t>(nb));                                                        \
+      const __m256i ew = weight_exponents8(sb);                                                                     \
+      for (int t = 0; t < T; ++t) s8[t] = scales8_avx2(ew, pl[t].exponent + g);                                     \
+      for (int64_t j = 0; j < nb; j += 2) {                                                                         \
+        const __m256i c =                                                                                           \
+            j + 1 < nb                                                                                              \
+                ? _mm256_loadu_si256(codes_at(g + j))                                                               \
+                : _mm256_zextsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 16 * (g + j))));  \
+        Pair::template step<T>(c, table, nibble, pl, g + j, s8, index[j / 2], acc0);                                \
+      }                                                                                                             \
+    }                                                                                                               \
+    for (int t = 0; t < T; ++t) y[t * y_stride + r] = hsum256(_mm256_add_ps(acc0[t], acc1[t]));                     \
   }
 
 template <int P, int T>
@@ -271,9 +273,8 @@ __attribute__((target("avx2,fma"))) void tile_avx2(const uint8_t* codes, const u
 }
 
 template <int P, int T>
-__attribute__((target("avx2,fma,avxvnni"))) void tile_avxvnni(const uint8_t* codes, const uint8_t* scales,
-                                                              int64_t rows, const Mxfp4Activation* a, float* y,
-                                                              int64_t y_stride) {
+__attribute__((target("avx2,fma,avxvnni"))) void tile_avxvnni(const uint8_t* codes, const uint8_t* scales, int64_t rows,
+                                                              const Mxfp4Activation* a, float* y, int64_t y_stride) {
   TILE256_BODY(PairAvxVnni<P>);
 }
 #undef TILE256_BODY
@@ -307,10 +308,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"), always_inline)) i
 // accumulators; masked loads cover a row whose block count is not a multiple of sixteen.
 template <int P, int T>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_avx512(const uint8_t* codes,
-                                                                                  const uint8_t* scales,
-                                                                                  int64_t rows,
-                                                                                  const Mxfp4Activation* a,
-                                                                                  float* y, int64_t y_stride) {
+                                                                                 const uint8_t* scales, int64_t rows,
+                                                                                 const Mxfp4Activation* a, float* y,
+                                                                                 int64_t y_stride) {
   Planes pl[T];
   prefetch_run_start(codes, rows * (a[0].cols / 2));
   for (int t = 0; t < T; ++t) pl[t] = Planes(a[t]);
@@ -367,9 +367,7 @@ bool cpu_has(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::Portable: return true;
 #ifdef FERRY_MXFP4_X86
-    case CpuIsa::Avx2:
-      __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case CpuIsa::Avx2: __builtin_cpu_init(); return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case CpuIsa::AvxVnni:
       __builtin_cpu_init();
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avxvnni");
@@ -387,7 +385,8 @@ bool cpu_has(CpuIsa isa) {
 // A path's kernel for `parts` activation bytes and a tile of `tokens` (1 .. kMaxTile) tokens.
 TileFn tile_fn(CpuIsa isa, int parts, int tokens) {
   const int at = (parts == 3 ? kMaxTile : 0) + tokens - 1;
-#define FERRY_TILES(f) {f<2, 1>, f<2, 2>, f<2, 3>, f<2, 4>, f<3, 1>, f<3, 2>, f<3, 3>, f<3, 4>}
+#define FERRY_TILES(f) \
+  { f<2, 1>, f<2, 2>, f<2, 3>, f<2, 4>, f<3, 1>, f<3, 2>, f<3, 3>, f<3, 4> }
   switch (isa) {
 #ifdef FERRY_MXFP4_X86
     case CpuIsa::Avx2: {
@@ -441,7 +440,8 @@ void check_activations(const Mxfp4Activation* x, int64_t n, int64_t rows) {
 // row of the tile re-reads them all (an int24 activation is 7 times the bytes of a weight row). Past that, the
 // activations stream from L2 and a larger tile is slower than a smaller one (measured on AVX-512 and AVX-VNNI).
 int64_t tile_tokens(const Mxfp4Activation& a) {
-  const int64_t bytes = a.cols * a.parts + a.blocks * 4 * int64_t(sizeof(int32_t)) + a.blocks * int64_t(sizeof(int32_t));
+  const int64_t bytes =
+      a.cols * a.parts + a.blocks * 4 * int64_t(sizeof(int32_t)) + a.blocks * int64_t(sizeof(int32_t));
   return std::clamp<int64_t>((32 << 10) / bytes, 1, kMaxTile);
 }
 
@@ -504,8 +504,8 @@ void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int
 
 namespace detail {
 
-void matvec_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows,
-                     const Mxfp4Activation& x, float* y) {
+void matvec_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation& x,
+                     float* y) {
   FERRY_CHECK(cpu_has(isa), std::string("matvec_mxfp4: this CPU has no ") + isa_name(isa) + " path");
   run_tiles(isa, codes, scales, rows, &x, 1, y, 1);
 }

@@ -141,8 +141,8 @@ __attribute__((target("avx2"))) bool quantize_block_avx2(const float* xb, Activa
   // After the two packs each 128-bit half holds elements {0-3, 8-11, 16-19, 24-27} (low) and {4-7, 12-15,
   // 20-23, 28-31} (high) in order; `parity` gathers each half's even elements before its odd ones, and the
   // 16-bit unpacks interleave the halves' pairs back into element order: 0 2 | 4 6 | 8 10 ... and 1 3 | 5 7 ...
-  const __m256i parity = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15,
-                                          0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m256i parity = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12,
+                                          14, 1, 3, 5, 7, 9, 11, 13, 15);
   const __m256i c128 = _mm256_set1_epi32(128), c255 = _mm256_set1_epi32(255);
   for (int j = a.parts - 1; j >= 0; --j) {
     __m256i part[4];

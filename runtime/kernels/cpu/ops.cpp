@@ -24,7 +24,9 @@ Rope::Rope(const core::ModelConfig& c, bool compressed) {
   const double L = static_cast<double>(c.rope_original_max_position);
   if (!compressed || L <= 0) return;
   // YaRN: frequencies below the correction range are divided by the factor, those above kept, a linear ramp between.
-  auto corr = [&](double rotations) { return rd * std::log(L / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base)); };
+  auto corr = [&](double rotations) {
+    return rd * std::log(L / (rotations * 2 * std::numbers::pi)) / (2 * std::log(base));
+  };
   const double low = std::max(std::floor(corr(c.rope_beta_fast)), 0.0);
   double high = std::min(std::ceil(corr(c.rope_beta_slow)), static_cast<double>(rd - 1));
   if (low == high) high += 0.001;

@@ -14,6 +14,7 @@ void scale(float a, float* y, int64_t n);
 
 // The lightning indexer's scores of m keys [m, dim] for one token's queries q [heads, dim] and head weights w:
 // out[j] = sum_h w[h] · max(0, q[h] · key_j).
-void indexer_scores(const float* q, const float* w, int64_t heads, int64_t dim, const float* keys, int64_t m, float* out);
+void indexer_scores(const float* q, const float* w, int64_t heads, int64_t dim, const float* keys, int64_t m,
+                    float* out);
 
 }  // namespace ferry::runtime::cpu
