@@ -47,7 +47,7 @@ class TimingProvider final : public runtime::ForwardingExpertProvider {
     t0_ = Clock::now();
     return u;
   }
-  void release(const runtime::LayerWeights& l, int64_t e, runtime::KernelEvent done) override {
+  void release(const runtime::LayerWeights& l, int64_t e, runtime::ComputeEvent done) override {
     if (on_cpu_) cpu_seconds[static_cast<size_t>(l.index)] += since(t0_);
     inner_.release(l, e, done);
   }

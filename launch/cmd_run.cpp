@@ -108,8 +108,6 @@ class RunCommand : public Command {
     const std::vector<int32_t> prompt = text_mode ? encode_prompt(*tokenizer, prompt_text_) : parse_tokens(tokens_);
     const int64_t ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
     const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
-    runtime::cpu::set_expert_activation_bits(expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16
-                                                                            : runtime::cpu::ActivationBits::Int24);
     const bool tty = isatty(STDERR_FILENO);
     const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
     FERRY_CHECK(need <= ctx, "--ctx " + std::to_string(ctx) + " is smaller than the prompt (" +
@@ -118,6 +116,8 @@ class RunCommand : public Command {
     so.ctx = ctx;
     so.kv_type = kv;
     so.ubatch = ubatch_;
+    so.expert_bits =
+        expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16 : runtime::cpu::ActivationBits::Int24;
     // With --gpu the run is planned first, from the checkpoint's headers: a device too small fails here,
     // before any weight is read.
     std::unique_ptr<OffloadRun> offload;
@@ -178,8 +178,7 @@ class RunCommand : public Command {
                  static_cast<long long>(r.prompt_tokens), r.prefill_seconds,
                  r.prompt_tokens / std::max(r.prefill_seconds, 1e-9), static_cast<long long>(r.decoded_tokens),
                  r.decode_seconds, r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
-                 runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()),
-                 runtime::cpu::activation_bits_name(runtime::cpu::expert_activation_bits()));
+                 runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), runtime::cpu::activation_bits_name(so.expert_bits));
     if (offload) {
       std::cerr << offload->memory_report() << offload->expert_report();
       return kExitOk;

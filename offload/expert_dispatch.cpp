@@ -129,7 +129,7 @@ ExpertUse ExpertDispatch::on_cpu(const ExpertWeights& host, DispatchStats& s) {
 }
 
 CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& dst, DispatchStats& stats,
-                                      runtime::KernelEvent after) {
+                                      runtime::ComputeEvent after) {
   ++stats.copies;
   stats.copy_bytes += expert_bytes_;
   const size_t s = next_staging_;
@@ -244,7 +244,7 @@ ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t ex
   return on_cpu(host, s);
 }
 
-void ExpertDispatch::release(const runtime::LayerWeights& layer, int64_t, runtime::KernelEvent done) {
+void ExpertDispatch::release(const runtime::LayerWeights& layer, int64_t, runtime::ComputeEvent done) {
   if (acquired_slot_ >= 0) pins_.push_back({static_cast<int>(layer.index), acquired_slot_, done});
   if (acquired_stream_ >= 0) stream_readers_[sz(acquired_stream_)] = done;
   acquired_slot_ = acquired_stream_ = -1;

@@ -73,7 +73,7 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   void routed(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) override;
   runtime::Backend* device(const runtime::LayerWeights& layer) override;
   runtime::ExpertUse acquire(const runtime::LayerWeights& layer, int64_t expert, int64_t tokens) override;
-  void release(const runtime::LayerWeights& layer, int64_t expert, runtime::KernelEvent done) override;
+  void release(const runtime::LayerWeights& layer, int64_t expert, runtime::ComputeEvent done) override;
 
   const DispatchStats& stats(int64_t layer) const { return per_layer_.at(static_cast<size_t>(layer)); }
   DispatchStats total() const;
@@ -88,11 +88,11 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   };
   struct Pin {  // a cache slot pinned until the work reading it has run
     int layer, slot;
-    runtime::KernelEvent done;
+    runtime::ComputeEvent done;
   };
   // Stages `host` and queues its copy into `dst` (after the work `after` has run), counted in `s`.
   runtime::CopyEvent copy_expert(const runtime::ExpertWeights& host, runtime::DeviceBuffer& dst, DispatchStats& s,
-                                 runtime::KernelEvent after = {});
+                                 runtime::ComputeEvent after = {});
   // The acquired expert's use on the device, from a slot holding its packed bytes once `ready` has landed.
   runtime::ExpertUse in_slot(int expert, const runtime::ExpertWeights& host, const runtime::DeviceBuffer& slot,
                              runtime::CopyEvent ready);
@@ -110,7 +110,7 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   std::vector<InFlight> in_flight_;
   std::vector<Pin> pins_;
   std::vector<runtime::DeviceBuffer> stream_slots_;
-  std::vector<runtime::KernelEvent> stream_readers_;  // per stream slot, the last work reading it
+  std::vector<runtime::ComputeEvent> stream_readers_;  // per stream slot, the last work reading it
   size_t next_stream_ = 0;
   std::vector<runtime::DeviceBuffer> staging_;
   std::vector<std::shared_ptr<void>> staging_pins_;  // declared after staging_: unpinned before it is freed

@@ -70,18 +70,12 @@ std::shared_ptr<void> Backend::pinned_handle(int64_t bytes, std::shared_ptr<void
   });
 }
 
-KernelEvent Backend::launch(std::function<void()> work, CopyEvent after, DeviceRange) {
-  wait(after);
-  work();
-  return {};
-}
+bool Backend::completed(ComputeEvent) const { return true; }
 
-bool Backend::completed(KernelEvent) const { return true; }
-
-void Backend::wait(KernelEvent, std::chrono::milliseconds) const {}
+void Backend::wait(ComputeEvent, std::chrono::milliseconds) const {}
 
 CopyEvent Backend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
-                                        KernelEvent after) {
+                                        ComputeEvent after) {
   wait(after);
   return copy_to_device(dst, offset, src, bytes);
 }

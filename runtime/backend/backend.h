@@ -4,19 +4,20 @@
 // runtime/backend/cpu_backend.h), `sim:SIZE[@BW]` (a budgeted host-backed device that behaves as a GPU of that
 // capacity and link bandwidth, runtime/backend/sim_backend.h) and, with CUDA, `cuda:N`.
 //
-// The forward pass's ops run on the CPU today, reading device buffers that live in host memory (host, sim);
-// CUDA kernels will take device buffers through this same interface.
+// The forward pass is written against the ops of a backend (ops.h): each op takes buffers of the backend that runs
+// it. The host runs them with the CPU kernels (host_ops.h), the simulated device with the same kernels on its own
+// compute stream, and `cuda:N` declares what its kernels support.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
 
 #include "runtime/backend/memory_ledger.h"
+#include "runtime/backend/ops.h"
 
 namespace ferry::runtime {
 
@@ -47,17 +48,19 @@ class DeviceBuffer {
   MemoryClass class_ = MemoryClass::Workspace;
 };
 
-// Completes when every copy queued on the stream before it has landed.
-struct CopyEvent {
-  uint64_t sequence = 0;  // 0: nothing to wait for
-};
+// The streams of a device: copies into it, compute on it, and (transport/) communication with other ranks. An
+// event completes when everything queued on its stream before it has finished; 0 means nothing to wait for.
+enum class StreamKind : uint8_t { Copy, Compute, Comm };
 
-// Completes when every piece of work launched on the device's compute stream before it has run.
-struct KernelEvent {
-  uint64_t sequence = 0;  // 0: nothing to wait for
+template <StreamKind K>
+struct [[nodiscard]] Event {
+  uint64_t sequence = 0;
 };
+using CopyEvent = Event<StreamKind::Copy>;
+using ComputeEvent = Event<StreamKind::Compute>;
+using CommEvent = Event<StreamKind::Comm>;
 
-// A range of device memory a launched piece of work reads (for the simulated device's overwrite check).
+// A range of device memory an op reads (for the simulated device's overwrite check).
 struct DeviceRange {
   const void* data = nullptr;
   int64_t bytes = 0;
@@ -93,14 +96,17 @@ class Backend {
   // Blocks until `e` completes; throws ferry::Error after `timeout` (every wait has one: DESIGN.md §6).
   virtual void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const = 0;
 
-  // The compute stream, ordered like a CUDA stream: `work` runs after every earlier launch and once the copy
-  // `after` has landed; launch() returns at once where the device runs work beside the host (the simulated
-  // device). `reads` names device memory the work reads: a copy into it before the work has run is a bug the
-  // simulated device counts. An exception thrown by `work` is rethrown by the wait that observes it.
-  // The default runs `work` in the caller at once (the host is its own device).
-  virtual KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {});
-  virtual bool completed(KernelEvent e) const;
-  virtual void wait(KernelEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
+  // The ops this backend computes (ops.h). A plan whose layers need an op the device lacks is refused when it is
+  // bound (model/op_support.h).
+  virtual bool supports(ops::Kind kind) const = 0;
+  // The compute stream, ordered like a CUDA stream: `op` runs after every op run before it and once the copy
+  // `after` has landed; run() returns at once where the device computes beside the host (the simulated device;
+  // the host computes in the caller). `reads` names device memory the op reads that a later copy may refill: a
+  // copy into it before the op has run is a bug the simulated device counts. An error raised by the op is rethrown
+  // by the wait that observes it.
+  virtual ComputeEvent run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) = 0;
+  virtual bool completed(ComputeEvent e) const;
+  virtual void wait(ComputeEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
   // Makes host memory [p, p + bytes) a source this device's copy engine reads directly, until the returned
   // handle is dropped: page-locked (cudaHostRegister) for CUDA, so copies from staging buffers run at the
   // link's speed without the driver's own bounce buffer. The host and the simulated device have nothing to
@@ -108,10 +114,10 @@ class Backend {
   virtual std::shared_ptr<void> pin_host(void* p, int64_t bytes);
   int64_t pinned_bytes() const { return pinned_bytes_.load(); }
 
-  // copy_to_device() that lands only after the launched work `after` has run: refilling a buffer that work
-  // launched earlier reads (cudaStreamWaitEvent on the copy stream). The default waits in the caller.
+  // copy_to_device() that lands only after the op `after` has run: refilling a buffer that an op run earlier
+  // reads (cudaStreamWaitEvent on the copy stream). The default waits in the caller.
   virtual CopyEvent copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
-                                         KernelEvent after);
+                                         ComputeEvent after);
 
  protected:
   // The handle pin_host() returns: counts `bytes` as pinned until dropped, then drops `lock` (what holds the

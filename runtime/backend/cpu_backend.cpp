@@ -6,6 +6,7 @@
 
 #include "planner/core/error.h"
 #include "planner/core/units.h"
+#include "runtime/backend/host_ops.h"
 
 namespace ferry::runtime::cpu {
 
@@ -21,6 +22,12 @@ void* CpuBackend::raw_allocate(int64_t bytes) {
 }
 
 void CpuBackend::raw_free(void* p, int64_t) { std::free(p); }
+
+ComputeEvent CpuBackend::run(const ops::Op& op, CopyEvent after, DeviceRange) {
+  wait(after);
+  run_on_host(op);
+  return {};
+}
 
 CopyEvent CpuBackend::copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) {
   check_copy(dst, offset, src, bytes);

@@ -16,6 +16,9 @@ class CpuBackend final : public Backend {
   explicit CpuBackend(std::string name, int64_t capacity = MemoryLedger::kUnplanned)
       : Backend(std::move(name), capacity) {}
   bool host_addressable() const override { return true; }
+  // Every op, computed in the caller with the CPU kernels (host_ops.h); the event is complete on return.
+  bool supports(ops::Kind) const override { return true; }
+  ComputeEvent run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) override;
   CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
   using Backend::completed;
   using Backend::wait;

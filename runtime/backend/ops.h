@@ -8,7 +8,10 @@
 //
 // Rules for every op:
 //  - Pointers name memory of the backend that runs the op (the host, or the device), except the chunk's token
-//    ids and the RoPE frequency table, which are host memory the op reads (a device copies what it needs).
+//    ids and the RoPE frequency table, which are host memory the op reads (a device copies what it needs). On a
+//    host-addressable device (the host, the simulated GPU) the forward pass also lets ops write the caller's
+//    logits and lets host ops read and write the layer's device buffers (routed experts computed by the CPU);
+//    a device that is not host-addressable needs copies there, which the binding checks for.
 //  - Everything an op points to stays valid and unchanged by others until the op's ComputeEvent completes.
 //  - Rows are contiguous unless a stride is given; strides count elements, not bytes.
 //  - fp32 values; weights in their stored encoding (core::WeightView), never dequantized as a whole.
@@ -31,20 +34,21 @@ struct RopeFreqs {
   int64_t count = 0;  // rope dims / 2
 };
 
-// Per-thread scratch of the tile loops (attention key tiles, indexer score tiles), `threads` slices of
-// `per_thread` floats: planner::cpu_tile_scratch_floats gives the layout, a thread uses the slice of its
-// task-arena slot.
+// Per-thread scratch of the tile loops (attention key tiles, indexer score tiles): `threads` slices of
+// `per_thread` floats, a thread using the slice of its task-arena slot. A slice holds one key tile's decoded rows
+// (`key_rows` floats), then the tile's scores (`scores` floats), then the attention's per-head accumulators,
+// maxima and sums (heads·head_dim + 2·heads): planner::cpu_tile_scratch_floats gives per_thread.
 struct TileScratch {
   float* data = nullptr;
-  int64_t per_thread = 0;
-  int64_t threads = 0;
+  int64_t per_thread = 0, threads = 0;
+  int64_t key_rows = 0, scores = 0;
 };
 
 // ---- embedding, norms, RoPE, mHC ----
 
 // out[t, s, :] = decoded table[tokens[t], :] for every stream s < copies (out is [n, copies, cols]).
 struct Embed {
-  core::WeightView table;  // BF16 [vocab, d]
+  core::WeightView table;           // BF16 [vocab, d]
   const int32_t* tokens = nullptr;  // host memory
   int64_t n = 0;
   int64_t copies = 1;
@@ -165,10 +169,10 @@ struct KvWindowStore {
 // j = (p+1)/ratio − 1 (softmax over the block's scores per channel; ratio 4 overlaps the previous block),
 // normalised, rotated at position ratio·j, Hadamard-transformed for the indexer, and stored encoded at rows[j].
 struct Compress {
-  const float* a = nullptr;    // [n, width]
-  const float* s = nullptr;    // [n, width]
-  const float* ape = nullptr;  // [ratio, width]
-  const float* norm = nullptr; // [dim]
+  const float* a = nullptr;                              // [n, width]
+  const float* s = nullptr;                              // [n, width]
+  const float* ape = nullptr;                            // [ratio, width]
+  const float* norm = nullptr;                           // [dim]
   int64_t n = 0, p0 = 0, ratio = 0, dim = 0, width = 0;  // width = dim·(ratio == 4 ? 2 : 1)
   double eps = 0;
   RopeFreqs freqs;
@@ -205,8 +209,8 @@ struct IndexerSelect {
 // otherwise), with the shared K=V rows, softmax scale 1/sqrt(head_dim) and a per-head sink, computed online over
 // key tiles; the output's rope dims rotated back (inverse RoPE at the token's position).
 struct Attention {
-  const float* q = nullptr;   // [n, heads, head_dim]
-  const float* kv = nullptr;  // [n, head_dim], this chunk's rows (already rounded as stored)
+  const float* q = nullptr;             // [n, heads, head_dim]
+  const float* kv = nullptr;            // [n, head_dim], this chunk's rows (already rounded as stored)
   const uint8_t* window = nullptr;      // the ring, [window, layout.bytes]
   const uint8_t* compressed = nullptr;  // [entries, layout.bytes]
   KvRowLayout layout;
@@ -232,8 +236,8 @@ struct Route {
   const int32_t* tid2eid = nullptr;  // [vocab, k], hash routing
   const int32_t* tokens = nullptr;   // host memory, hash routing
   double scaling = 1;
-  int32_t* ids = nullptr;      // [n, k]
-  float* weights = nullptr;    // [n, k]
+  int32_t* ids = nullptr;    // [n, k]
+  float* weights = nullptr;  // [n, k]
 };
 
 // dst[i] = src[index[i] / div] for i < m: a routed expert's input rows, gathered from the layer input by the

@@ -7,6 +7,7 @@
 
 #include "planner/core/error.h"
 #include "planner/core/units.h"
+#include "runtime/backend/host_ops.h"
 
 namespace ferry::runtime {
 
@@ -36,7 +37,8 @@ std::string sim_device_name(const SimDeviceSpec& spec) {
   return name;
 }
 
-SimBackend::SimBackend(const SimDeviceSpec& spec) : Backend(sim_device_name(spec), spec.capacity), spec_(spec) {
+SimBackend::SimBackend(const SimDeviceSpec& spec)
+    : Backend(sim_device_name(spec), spec.capacity), spec_(spec), arena_(tbb::this_task_arena::max_concurrency()) {
   stream_ = std::thread([this] { stream_loop(); });
   compute_ = std::thread([this] { compute_loop(); });
 }
@@ -76,7 +78,7 @@ CopyEvent SimBackend::copy_to_device(DeviceBuffer& dst, int64_t offset, const vo
 }
 
 CopyEvent SimBackend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
-                                           KernelEvent after) {
+                                           ComputeEvent after) {
   check_copy(dst, offset, src, bytes);
   CopyEvent e;
   {
@@ -89,13 +91,13 @@ CopyEvent SimBackend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, co
   return e;
 }
 
-KernelEvent SimBackend::launch(std::function<void()> work, CopyEvent after, DeviceRange reads) {
-  KernelEvent e;
+ComputeEvent SimBackend::run(const ops::Op& op, CopyEvent after, DeviceRange reads) {
+  ComputeEvent e;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    FERRY_CHECK(after.sequence <= issued_, name() + ": launched work waits for a copy that was never queued");
+    FERRY_CHECK(after.sequence <= issued_, name() + ": an op waits for a copy that was never queued");
     e.sequence = ++launched_;
-    work_.push_back({std::move(work), after.sequence, reads, e.sequence});
+    work_.push_back({op, after.sequence, reads, e.sequence});
   }
   cv_.notify_all();
   return e;
@@ -121,12 +123,15 @@ void SimBackend::compute_loop() {
     const auto wait0 = std::chrono::steady_clock::now();
     cv_.wait(lock, [&] { return landed_ >= w.after_copy; });
     compute_stats_.copy_wait_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - wait0).count();
-    std::function<void()> fn = std::move(w.fn);
+    const ops::Op op = w.op;
+    SimOpObserver* observer = observer_;
     lock.unlock();
     const auto start = std::chrono::steady_clock::now();
     std::exception_ptr failed;
     try {
-      fn();
+      if (observer) observer->before(op);
+      arena_.execute([&] { run_on_host(op); });
+      if (observer) observer->after(op);
     } catch (...) {
       failed = std::current_exception();
     }
@@ -146,22 +151,27 @@ void SimBackend::compute_loop() {
   }
 }
 
-bool SimBackend::completed(KernelEvent e) const {
+bool SimBackend::completed(ComputeEvent e) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (failure_ && e.sequence >= failed_sequence_) std::rethrow_exception(failure_);
   return ran_ >= e.sequence;
 }
 
-void SimBackend::wait(KernelEvent e, std::chrono::milliseconds timeout) const {
+void SimBackend::wait(ComputeEvent e, std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(mu_);
   if (!cv_.wait_for(lock, timeout, [&] { return ran_ >= e.sequence; }))
-    FERRY_THROW(name() + ": launched work did not finish within " + std::to_string(timeout.count()) + " ms");
+    FERRY_THROW(name() + ": an op did not finish within " + std::to_string(timeout.count()) + " ms");
   if (failure_ && e.sequence >= failed_sequence_) std::rethrow_exception(failure_);
 }
 
 ComputeStats SimBackend::compute_stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return compute_stats_;
+}
+
+void SimBackend::set_observer(SimOpObserver* observer) {
+  std::lock_guard<std::mutex> lock(mu_);
+  observer_ = observer;
 }
 
 int64_t SimBackend::pending_work() const {

@@ -3,21 +3,23 @@
 // (refused beyond the capacity and the plan, as a GPU's would be), and copies into it run in order on a copy
 // stream — a worker thread — that stays busy for bytes / bandwidth of modeled time per copy, so that caching,
 // eviction, streaming and the overlap of copies with compute run and are tested without a GPU. Its compute
-// stream is a second worker thread that runs launched work in order (the "GPU kernels", which are the CPU's
-// kernels on this host memory), so that the host's own work overlaps it as it would a GPU's. The simulator
-// also checks what no real device can: a copy landing in memory that launched, not yet finished, work reads
-// is counted (overwrite_conflicts) — the proof that slots are never refilled under a reader.
+// stream is a second worker thread that runs ops in order (the "GPU kernels", which are the host's ops on this
+// host memory, in a oneTBB arena of its own), so that the host's own work overlaps it as it would a GPU's. The
+// simulator also checks what no real device can: a copy landing in memory that an op queued and not yet finished
+// reads is counted (overwrite_conflicts) — the proof that slots are never refilled under a reader — and it lets
+// tests watch each op as it runs (SimOpObserver).
 #pragma once
 
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
-#include <functional>
 #include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
+
+#include <tbb/task_arena.h>
 
 #include "runtime/backend/backend.h"
 
@@ -41,10 +43,19 @@ struct LinkStats {
 };
 
 struct ComputeStats {
-  int64_t launches = 0;
-  double busy_seconds = 0;          // wall time the compute stream spent running work
-  double copy_wait_seconds = 0;     // time launched work waited for the copy it depends on to land
-  int64_t overwrite_conflicts = 0;  // copies that landed in memory read by launched work that had not finished
+  int64_t launches = 0;             // ops run
+  double busy_seconds = 0;          // wall time the compute stream spent running ops
+  double copy_wait_seconds = 0;     // time ops waited for the copy they depend on to land
+  int64_t overwrite_conflicts = 0;  // copies that landed in memory read by an op that had not finished
+};
+
+// Called on the compute stream's thread around every op it runs: what tests use to check the bytes an op reads
+// at the moment it reads them, or to hold the stream at a chosen op. An exception thrown here fails the op.
+class SimOpObserver {
+ public:
+  virtual ~SimOpObserver() = default;
+  virtual void before(const ops::Op&) {}
+  virtual void after(const ops::Op&) {}
 };
 
 class SimBackend final : public Backend {
@@ -56,23 +67,26 @@ class SimBackend final : public Backend {
   CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
   bool completed(CopyEvent e) const override;
   void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const override;
-  KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {}) override;
-  bool completed(KernelEvent e) const override;
-  void wait(KernelEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const override;
+  bool supports(ops::Kind) const override { return true; }
+  ComputeEvent run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) override;
+  bool completed(ComputeEvent e) const override;
+  void wait(ComputeEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const override;
   CopyEvent copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
-                                 KernelEvent after) override;
+                                 ComputeEvent after) override;
 
   const SimDeviceSpec& spec() const { return spec_; }
   LinkStats link_stats() const;
   ComputeStats compute_stats() const;
-  int64_t pending_work() const;  // launched pieces of work that have not finished
-  void reset_max_in_flight();    // LinkStats::max_in_flight from now on (e.g. after the weights were placed)
+  int64_t pending_work() const;  // ops queued or running, not finished
+  // Watches every op the compute stream runs from now on (nullptr: none); must outlive them.
+  void set_observer(SimOpObserver* observer);
+  void reset_max_in_flight();  // LinkStats::max_in_flight from now on (e.g. after the weights were placed)
 
   // Holds the stream before its next copy until resume() (or until a buffer is freed, which waits for the
   // stream as cudaFree does): tests use it to observe a copy that has not landed.
   void pause();
   void resume();
-  // The same for the compute stream (before its next launched work); freeing a buffer releases it too.
+  // The same for the compute stream (before its next op); freeing a buffer releases it too.
   void pause_compute();
   void resume_compute();
 
@@ -89,7 +103,7 @@ class SimBackend final : public Backend {
     uint64_t after_kernel;
   };
   struct Work {
-    std::function<void()> fn;
+    ops::Op op;
     uint64_t after_copy;
     DeviceRange reads;
     uint64_t sequence;
@@ -97,7 +111,7 @@ class SimBackend final : public Backend {
   void stream_loop();
   void compute_loop();
   void hold(bool& paused, bool on);  // sets a stream's pause flag under mu_ and wakes the streams
-  // Under mu_: whether [dst, dst + bytes) overlaps memory read by launched work that has not finished and
+  // Under mu_: whether [dst, dst + bytes) overlaps memory read by an op that has not finished and
   // runs before the first work waiting for the copy `copy` (or a later one) to land.
   bool read_by_pending_work(const char* dst, int64_t bytes, uint64_t copy) const;
 
@@ -111,9 +125,13 @@ class SimBackend final : public Backend {
   std::deque<Work> work_;
   uint64_t launched_ = 0, ran_ = 0;
   bool compute_paused_ = false;
-  std::exception_ptr failure_;  // the first exception thrown by launched work
+  std::exception_ptr failure_;  // the first exception thrown by an op
   uint64_t failed_sequence_ = 0;
   ComputeStats compute_stats_;
+  SimOpObserver* observer_ = nullptr;
+  // The compute stream's ops run in an arena as wide as the one the device was created in, so that their tile
+  // loops see the same thread slots as the session's scratch.
+  tbb::task_arena arena_;
   std::thread stream_, compute_;
 };
 

@@ -48,7 +48,7 @@ class ExpertProvider {
   // copy (device work waits on its stream instead).
   virtual ExpertUse acquire(const LayerWeights& layer, int64_t expert, int64_t tokens) = 0;
   // `done`: the launched work that reads the expert (on_device uses); its slot is not refilled before then.
-  virtual void release(const LayerWeights& layer, int64_t expert, KernelEvent done) = 0;
+  virtual void release(const LayerWeights& layer, int64_t expert, ComputeEvent done) = 0;
 };
 
 // Passes every call to another provider: the base of wrappers that observe, check or time some of the calls
@@ -63,7 +63,7 @@ class ForwardingExpertProvider : public ExpertProvider {
   ExpertUse acquire(const LayerWeights& layer, int64_t expert, int64_t tokens) override {
     return inner_.acquire(layer, expert, tokens);
   }
-  void release(const LayerWeights& layer, int64_t expert, KernelEvent done) override {
+  void release(const LayerWeights& layer, int64_t expert, ComputeEvent done) override {
     inner_.release(layer, expert, done);
   }
 

@@ -1,6 +1,5 @@
 #include "runtime/model/forward.h"
 
-#include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
 #include <algorithm>
@@ -9,104 +8,26 @@
 
 #include "planner/core/error.h"
 #include "planner/memory.h"
-#include "runtime/kernels/cpu/linear.h"
-#include "runtime/kernels/cpu/ops.h"
+#include "runtime/backend/cpu_backend.h"
 #include "runtime/model/forward_parts.h"
 
 namespace ferry::runtime {
-
-namespace detail {
 
 namespace {
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 }  // namespace
 
-// Every buffer sized from the planner's layout, so what the session holds is what the plan counts.
-Workspace::Workspace(const planner::CpuForwardWorkspace& l, const core::ModelConfig& c, Backend* device)
-    : ubatch(l.ubatch),
-      threads(l.threads),
-      scratch_per_thread(l.tile_scratch),
-      tile_rows(planner::kAttnKeyTile * c.head_dim),
-      tile_scores(std::max(planner::kAttnKeyTile, planner::kIndexerTile)),
-      heads(c.num_attention_heads),
-      head_dim(c.head_dim) {
-  FERRY_CHECK(tile_rows + tile_scores + heads * head_dim + 2 * heads == scratch_per_thread,
-              "the tile scratch layout disagrees with planner::cpu_tile_scratch_floats");
-  const int64_t hc = c.hc_mult;
-  auto f32 = [&](int64_t n) { return device_vector<float>(device, MemoryClass::Workspace, sz(n)); };
-  auto i32 = [&](int64_t n) { return device_vector<int32_t>(device, MemoryClass::Workspace, sz(n)); };
-  x = f32(l.x);
-  xn = f32(l.xn);
-  y = f32(l.y);
-  mix_weights = f32(l.mix);
-  mix.resize(sz(l.ubatch));
-  for (int64_t t = 0; t < l.ubatch; ++t) {
-    float* m = mix_weights.data() + t * (2 * hc + hc * hc);
-    mix[sz(t)] = {m, m + hc, m + 2 * hc};
-  }
-  qa = f32(l.qa);
-  q = f32(l.q);
-  kv = f32(l.kv);
-  o = f32(l.o);
-  z = f32(l.z);
-  kv_rows = device_vector<uint8_t>(device, MemoryClass::Workspace, sz(l.kv_rows_bytes));
-  comp_a = f32(l.comp);
-  comp_s = f32(l.comp);
-  iq = f32(l.iq);
-  iw = f32(l.iw);
-  key_tile = f32(l.key_tile);
-  sel = i32(l.sel);
-  sel_count = i32(l.sel_count);
-  gate = f32(l.gate);
-  route_ids = i32(l.route_ids);
-  route_w = f32(l.route_w);
-  expert_tokens = i32(l.expert_tokens);
-  xg = f32(l.xg);
-  eg = f32(l.eg);
-  eu = f32(l.eu);
-  eo = f32(l.eo);
-  tiles = f32(threads * scratch_per_thread);
-}
-
-TileScratch Workspace::tile_scratch() {
-  // The arena's thread slots are 0 … max_concurrency−1; a thread outside any arena yet is the master, slot 0.
-  const int slot = std::max(0, tbb::this_task_arena::current_thread_index());
-  FERRY_CHECK(slot < threads, "a tile loop ran on worker " + std::to_string(slot) + " of a session built for " +
-                                  std::to_string(threads) + " threads");
-  float* p = tiles.data() + slot * scratch_per_thread;
-  TileScratch s;
-  auto take = [&](int64_t n) {
-    std::span<float> r(p, sz(n));
-    p += n;
-    return r;
-  };
-  s.rows = take(tile_rows);
-  s.scores = take(tile_scores);
-  s.acc = take(heads * head_dim);
-  s.max = take(heads);
-  s.sum = take(heads);
-  return s;
-}
-
-int64_t Workspace::bytes() const {
-  auto f = [](const auto& v) { return static_cast<int64_t>(v.capacity() * sizeof(v[0])); };
-  int64_t b = f(x) + f(xn) + f(y) + f(qa) + f(q) + f(kv) + f(o) + f(z) + f(kv_rows) + f(comp_a) + f(comp_s) + f(iq) +
-              f(iw) + f(key_tile) + f(sel) + f(sel_count) + f(gate) + f(route_ids) + f(route_w) + f(expert_tokens) +
-              f(xg) + f(eg) + f(eu) + f(eo);
-  return b + f(mix_weights) + f(tiles);
-}
-
-}  // namespace detail
-
-using detail::sz;
-
-Session::Session(const ModelWeights& model, SessionOptions options) : model_(model), options_(options) {
+Session::Session(const ModelWeights& model, SessionOptions options)
+    : model_(model), options_(options), rope_(model.config(), false), rope_compressed_(model.config(), true) {
   const auto& c = model.config();
   FERRY_CHECK(options.ctx >= 1, "--ctx must be at least 1");
   FERRY_CHECK(options.ctx <= c.max_position_embeddings, "--ctx " + std::to_string(options.ctx) +
                                                             " is beyond the model's " +
                                                             std::to_string(c.max_position_embeddings) + " positions");
   FERRY_CHECK(options.ubatch >= 1, "--ubatch must be at least 1");
+  if (!options.device) own_host_ = std::make_unique<cpu::CpuBackend>();
+  device_ = options.device ? options.device : own_host_.get();
+  ops_ = std::make_unique<detail::OpStream>(*device_);
   options_.mtp = options.mtp && model.mtp() != nullptr;
   options_.ubatch = std::min(options.ubatch, options.ctx);
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device);
@@ -120,7 +41,13 @@ Session::Session(const ModelWeights& model, SessionOptions options) : model_(mod
   logits_tmp_ = f32(layout_.logits_row);
 }
 
-Session::~Session() = default;
+// Ops queued on the device read the buffers about to be freed: they finish first.
+Session::~Session() {
+  try {
+    ops_->sync();
+  } catch (...) {  // the error was the caller's to see; nothing here can add to it
+  }
+}
 
 int64_t Session::workspace_bytes() const {
   auto f = [](const DeviceVector<float>& v) { return static_cast<int64_t>(v.capacity() * sizeof(float)); };
@@ -165,44 +92,52 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
   }
 }
 
+// The chunk's ops are issued on the device in order and waited for once, at the end (and where the host reads
+// what they computed: routing, MTP's streams).
 void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows) {
   const auto& c = model_.config();
   const int64_t hc = c.hc_mult, d = c.hidden_size;
+  detail::OpStream& ops = *ops_;
   // Embedding, copied into every stream.
-  tbb::parallel_for(int64_t{0}, n, [&](int64_t t) {
-    float* h = &H_[sz(t * hc * d)];
-    model_.embed_row(tokens[t], h);
-    for (int64_t s = 1; s < hc; ++s) std::copy_n(h, d, h + s * d);
-  });
+  ops.run(ops::Embed{.table = model_.embed(), .tokens = tokens, .n = n, .copies = hc, .out = H_.data()});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    run_block(model_.layer(l), cache_->layer(l), H_.data(), tokens, pos_, n);
+    run_block(ops, model_.layer(l), cache_->layer(l), H_.data(), tokens, pos_, n);
   if (logits_rows) {
     if (all_rows)
-      head(H_.data(), model_.hc_head(), model_.norm(), n, logits_rows);
+      head(ops, H_.data(), model_.hc_head(), model_.norm(), n, logits_rows);
     else
-      head(H_.data() + (n - 1) * hc * d, model_.hc_head(), model_.norm(), 1, logits_rows);
+      head(ops, H_.data() + (n - 1) * hc * d, model_.hc_head(), model_.norm(), 1, logits_rows);
   }
-  if (options_.mtp) run_mtp(H_.data(), tokens, n);
+  if (options_.mtp) run_mtp(ops, H_.data(), tokens, n);
+  ops.sync();
   pos_ += n;
 }
 
-void Session::run_block(const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens, int64_t p0, int64_t n) {
+void Session::run_block(detail::OpStream& ops, const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens,
+                        int64_t p0, int64_t n) {
   const auto& c = model_.config();
   const int64_t hc = c.hc_mult, d = c.hidden_size;
   detail::Workspace& ws = *ws_;
-  const detail::Chunk ch{c, options_.kv_type, cache_->main_layout(), cache_->index_layout(), p0, n, tokens};
-  const cpu::Rope rope(c, w.ratio > 0);
+  const detail::Chunk ch{
+      c, options_.kv_type, cache_->main_layout(), cache_->index_layout(), p0, n, tokens, options_.expert_bits, ops};
+  const cpu::Rope& rope = w.ratio > 0 ? rope_compressed_ : rope_;
   auto pre = [&](const HcWeights& hw, const DeviceVector<float>& norm) {
-    tbb::parallel_for(int64_t{0}, n, [&](int64_t t) {
-      cpu::hc_pre(H + t * hc * d, hc, d, hw.fn.data(), hw.scale.data(), hw.base.data(), c.hc_sinkhorn_iters, c.hc_eps,
-                  c.rms_norm_eps, ws.mix[sz(t)], &ws.x[sz(t * d)]);
-      cpu::rms_norm(&ws.x[sz(t * d)], norm.data(), d, c.rms_norm_eps, &ws.xn[sz(t * d)]);
-    });
+    ops.run(ops::HcPre{.H = H,
+                       .n = n,
+                       .hc = hc,
+                       .d = d,
+                       .fn = hw.fn.data(),
+                       .scale = hw.scale.data(),
+                       .base = hw.base.data(),
+                       .sinkhorn_iters = c.hc_sinkhorn_iters,
+                       .hc_eps = c.hc_eps,
+                       .norm_eps = c.rms_norm_eps,
+                       .mix = ws.mix.data(),
+                       .x = ws.x.data()});
+    ops.run(ops::RmsNorm{
+        .x = ws.x.data(), .rows = n, .dim = d, .weight = norm.data(), .eps = c.rms_norm_eps, .out = ws.xn.data()});
   };
-  auto post = [&] {
-    tbb::parallel_for(int64_t{0}, n,
-                      [&](int64_t t) { cpu::hc_post(&ws.y[sz(t * d)], ws.mix[sz(t)], hc, d, H + t * hc * d); });
-  };
+  auto post = [&] { ops.run(ops::HcPost{.y = ws.y.data(), .mix = ws.mix.data(), .n = n, .hc = hc, .d = d, .H = H}); };
   pre(w.hc_attn, w.attn_norm);
   detail::attention(ch, w, rope, kv, ws, ws.xn.data(), ws.y.data());
   post();
@@ -211,28 +146,38 @@ void Session::run_block(const LayerWeights& w, LayerKv& kv, float* H, const int3
   post();
 }
 
-void Session::head(const float* H, const HcWeights& hc_w, const DeviceVector<float>& norm, int64_t n, float* logits) {
+void Session::head(detail::OpStream& ops, const float* H, const HcWeights& hc_w, const DeviceVector<float>& norm,
+                   int64_t n, float* logits) {
   const auto& c = model_.config();
-  const int64_t hc = c.hc_mult, d = c.hidden_size;
+  const int64_t d = c.hidden_size;
   detail::Workspace& ws = *ws_;
-  tbb::parallel_for(int64_t{0}, n, [&](int64_t t) {
-    cpu::hc_head(H + t * hc * d, hc, d, hc_w.fn.data(), hc_w.scale.data(), hc_w.base.data(), c.hc_eps, c.rms_norm_eps,
-                 &ws.x[sz(t * d)]);
-    cpu::rms_norm(&ws.x[sz(t * d)], norm.data(), d, c.rms_norm_eps, &ws.xn[sz(t * d)]);
-  });
-  cpu::linear(model_.head(), ws.xn.data(), n, d, logits, c.vocab_size);
+  ops.run(ops::HcHead{.H = H,
+                      .n = n,
+                      .hc = c.hc_mult,
+                      .d = d,
+                      .fn = hc_w.fn.data(),
+                      .scale = hc_w.scale.data(),
+                      .base = hc_w.base.data(),
+                      .hc_eps = c.hc_eps,
+                      .norm_eps = c.rms_norm_eps,
+                      .y = ws.x.data()});
+  ops.run(ops::RmsNorm{
+      .x = ws.x.data(), .rows = n, .dim = d, .weight = norm.data(), .eps = c.rms_norm_eps, .out = ws.xn.data()});
+  ops.run(ops::Linear{.w = model_.head(), .x = ws.xn.data(), .n = n, .y = logits, .bits = options_.expert_bits});
 }
 
 // MTP at position p needs token p+1: this chunk's tokens complete the previous chunk's last position and all
 // of this chunk's positions but its last, which waits for the next token.
-void Session::run_mtp(const float* H_main, const int32_t* tokens, int64_t n) {
+void Session::run_mtp(detail::OpStream& ops, const float* H_main, const int32_t* tokens, int64_t n) {
   const auto& c = model_.config();
   const LayerWeights& w = *model_.mtp();
   const int64_t hc = c.hc_mult, d = c.hidden_size, sd = hc * d;
   const bool pending = has_mtp_pending_;
   const int64_t first = pending ? pos_ - 1 : pos_;
   const int64_t m = pending ? n : n - 1;  // positions first … first+m−1
-  // Streams in: the pending position, then this chunk's positions but the last.
+  // Streams in: the pending position, then this chunk's positions but the last (copied by the host once the
+  // main layers' ops have run).
+  ops.sync();
   float* Hm = H_mtp_.data();
   if (pending) std::copy_n(mtp_pending_.data(), sd, Hm);
   std::copy_n(H_main, (n - 1) * sd, Hm + (pending ? sd : 0));
@@ -243,21 +188,19 @@ void Session::run_mtp(const float* H_main, const int32_t* tokens, int64_t n) {
   const int32_t* next = pending ? tokens : tokens + 1;
   // e = rms(embed[next], enorm) projected once per position; h = rms(H[s], hnorm) projected per stream.
   std::vector<float> e(sz(m * d)), hn(sz(m * sd)), hp(sz(m * sd)), ep(sz(m * d));
-  for (int64_t t = 0; t < m; ++t) {
-    model_.embed_row(next[t], &e[sz(t * d)]);
-    cpu::rms_norm(&e[sz(t * d)], w.enorm.data(), d, c.rms_norm_eps, &e[sz(t * d)]);
-    for (int64_t s = 0; s < hc; ++s)
-      cpu::rms_norm(Hm + t * sd + s * d, w.hnorm.data(), d, c.rms_norm_eps, &hn[sz(t * sd + s * d)]);
-  }
-  cpu::linear(w.e_proj, e.data(), m, d, ep.data(), d);
-  cpu::linear(w.h_proj, hn.data(), m * hc, d, hp.data(), d);
-  for (int64_t t = 0; t < m; ++t)
-    for (int64_t s = 0; s < hc; ++s)
-      for (int64_t k = 0; k < d; ++k) Hm[t * sd + s * d + k] = ep[sz(t * d + k)] + hp[sz(t * sd + s * d + k)];
-  run_block(w, cache_->layer(c.num_hidden_layers), Hm, next, first, m);
+  ops.run(ops::Embed{.table = model_.embed(), .tokens = next, .n = m, .copies = 1, .out = e.data()});
+  ops.run(ops::RmsNorm{
+      .x = e.data(), .rows = m, .dim = d, .weight = w.enorm.data(), .eps = c.rms_norm_eps, .out = e.data()});
+  ops.run(ops::RmsNorm{
+      .x = Hm, .rows = m * hc, .dim = d, .weight = w.hnorm.data(), .eps = c.rms_norm_eps, .out = hn.data()});
+  ops.run(ops::Linear{.w = w.e_proj, .x = e.data(), .n = m, .y = ep.data(), .bits = options_.expert_bits});
+  ops.run(ops::Linear{.w = w.h_proj, .x = hn.data(), .n = m * hc, .y = hp.data(), .bits = options_.expert_bits});
+  ops.run(ops::AddStreams{.a = ep.data(), .b = hp.data(), .n = m, .streams = hc, .d = d, .out = Hm});
+  run_block(ops, w, cache_->layer(c.num_hidden_layers), Hm, next, first, m);
   const size_t old = mtp_logits_.size();
   mtp_logits_.resize(old + sz(m * c.vocab_size));
-  head(Hm, w.hc_head, w.mtp_norm, m, mtp_logits_.data() + old);
+  head(ops, Hm, w.hc_head, w.mtp_norm, m, mtp_logits_.data() + old);
+  ops.sync();  // the ops read e, hn, hp and ep
 }
 
 }  // namespace ferry::runtime

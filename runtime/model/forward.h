@@ -1,5 +1,7 @@
-// The V4 forward pass on the CPU for one sequence: prefill in chunks of `ubatch` tokens and one-token decode,
-// with the KV cache in the chosen storage type. Semantics: docs/forward-semantics.md.
+// The V4 forward pass for one sequence: prefill in chunks of `ubatch` tokens and one-token decode, with the KV
+// cache in the chosen storage type, every computation an op (runtime/backend/ops.h) run on the session's device
+// — the host, or the device a Plan puts the layers on — and routed experts wherever the expert provider says.
+// Semantics: docs/forward-semantics.md.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +12,8 @@
 
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
+#include "runtime/kernels/cpu/mxfp4_activation.h"
+#include "runtime/kernels/cpu/ops.h"
 #include "runtime/model/expert_provider.h"
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
@@ -18,18 +22,21 @@ namespace ferry::runtime {
 
 namespace detail {
 struct Workspace;
-}
+class OpStream;
+}  // namespace detail
 
 struct SessionOptions {
   int64_t ctx = 4096;  // tokens the KV cache holds
   planner::KvType kv_type = planner::KvType::FP8;
   int64_t ubatch = 512;  // prefill chunk
   bool mtp = false;      // also run the MTP layer and keep its logits
-  // Where the KV cache and the workspace live (accounted there as Kv, Indexer and Workspace); nullptr: the
-  // plain heap, unaccounted (a CPU-only run). Must be host-addressable: the ops run on the CPU.
+  // Where the KV cache and the workspace live (accounted there as Kv, Indexer and Workspace) and the layers'
+  // ops run; nullptr: the host, with the buffers on the plain heap, unaccounted (a CPU-only run).
   Backend* device = nullptr;
   // Where routed experts are computed (offload/); nullptr: every expert from the checkpoint, on the CPU.
   ExpertProvider* experts = nullptr;
+  // Precision of routed-expert inputs in the CPU's MXFP4 kernels (runtime/kernels/cpu/mxfp4_activation.h).
+  cpu::ActivationBits expert_bits = cpu::ActivationBits::Int24;
 };
 
 class Session {
@@ -66,12 +73,18 @@ class Session {
 
  private:
   void run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows);
-  void run_block(const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens, int64_t p0, int64_t n);
-  void head(const float* H, const HcWeights& hc, const DeviceVector<float>& norm, int64_t n, float* logits);
-  void run_mtp(const float* H_main, const int32_t* tokens, int64_t n);
+  void run_block(detail::OpStream& ops, const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens, int64_t p0,
+                 int64_t n);
+  void head(detail::OpStream& ops, const float* H, const HcWeights& hc, const DeviceVector<float>& norm, int64_t n,
+            float* logits);
+  void run_mtp(detail::OpStream& ops, const float* H_main, const int32_t* tokens, int64_t n);
 
   const ModelWeights& model_;
   SessionOptions options_;
+  std::unique_ptr<Backend> own_host_;      // runs the ops of a session without a device
+  Backend* device_;                        // options_.device, or own_host_
+  std::unique_ptr<detail::OpStream> ops_;  // the ops issued on device_
+  cpu::Rope rope_, rope_compressed_;       // RoPE of SWA-only and of compressed layers
   std::unique_ptr<KvCache> cache_;
   planner::CpuForwardWorkspace layout_;
   std::unique_ptr<detail::Workspace> ws_;

@@ -1,7 +1,7 @@
-// The parts of one V4 block over a chunk of consecutive tokens, shared by forward.cpp (the layer loop, the
-// head, MTP) and the files that compute them: attention.cpp (window + compressed rows, online softmax, grouped
-// output projection), compressor.cpp (CSA/HCA compressors and the lightning indexer), moe.cpp (router and
-// experts). Internal to runtime/.
+// The parts of one V4 block over a chunk of consecutive tokens, shared by forward.cpp (the layer loop, the head,
+// MTP) and the files that issue their ops: attention.cpp (queries, KV rows, attention, output projection),
+// compressor.cpp (CSA/HCA compressors and the lightning indexer), moe.cpp (router and experts). Every computation
+// is an op of runtime/backend/ops.h run on the backend that runs the layer. Internal to runtime/model.
 #pragma once
 
 #include <cstdint>
@@ -10,18 +10,13 @@
 
 #include "planner/core/model_config.h"
 #include "planner/memory.h"
+#include "runtime/backend/ops.h"
 #include "runtime/kernels/cpu/ops.h"
 #include "runtime/model/expert_provider.h"
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
 
 namespace ferry::runtime::detail {
-
-// One worker thread's scratch of the tile loops (attention key tiles, indexer score tiles), a fixed size set
-// by the model shape alone: Workspace::tile_scratch().
-struct TileScratch {
-  std::span<float> rows, scores, acc, max, sum;
-};
 
 // Every buffer a chunk of up to `ubatch` tokens needs, allocated once from the model shape and the chunk size
 // — never from the context length: attention and the indexer walk the cache in fixed-size tiles.
@@ -31,17 +26,16 @@ struct Workspace {
   // Everything held, plus one tile scratch per thread that may run a tile loop.
   int64_t bytes() const;
 
-  // The calling worker thread's tile scratch (threads of the task arena the session was built in).
-  TileScratch tile_scratch();
+  // The tile loops' scratch, one slice per worker thread of the task arena the session was built in.
+  ops::TileScratch tile_scratch();
 
   int64_t ubatch;
   int64_t threads;             // worker threads, each with its tile scratch
   int64_t scratch_per_thread;  // floats
   DeviceVector<float> tiles;   // [threads, scratch_per_thread]
-  int64_t tile_rows, tile_scores, heads, head_dim;
+  int64_t tile_rows, tile_scores;
   DeviceVector<float> x, xn, y;         // [n, d]
-  DeviceVector<float> mix_weights;      // [n, 2·hc + hc²]: every token's mHC weights
-  std::vector<cpu::HcMix> mix;          // [n] views into mix_weights
+  DeviceVector<float> mix;              // [n, 2·hc + hc²]: every token's mHC weights
   DeviceVector<float> qa, q, kv, o, z;  // q_lora, heads·hd, hd, heads·hd, groups·o_lora per token
   DeviceVector<uint8_t> kv_rows;        // [n, main row bytes]: the chunk's own window rows
   DeviceVector<float> comp_a, comp_s;   // [n, 2·hd] compressor projections
@@ -57,7 +51,22 @@ struct Workspace {
   DeviceVector<float> eo;               // expert outputs, one row per (token, choice) [n·k, d]
 };
 
-// A block over tokens at positions p0 … p0+n−1 (n <= ubatch).
+// The ops issued on one backend, in order, and the event of the last: a later op runs after it, so waiting for
+// `last` waits for all of them.
+class OpStream {
+ public:
+  explicit OpStream(Backend& device) : device_(device) {}
+  Backend& device() const { return device_; }
+  void run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) { last_ = device_.run(op, after, reads); }
+  ComputeEvent last() const { return last_; }
+  void sync() const { device_.wait(last_); }
+
+ private:
+  Backend& device_;
+  ComputeEvent last_;
+};
+
+// A block over tokens at positions p0 … p0+n−1 (n <= ubatch), issued on `ops`.
 struct Chunk {
   const core::ModelConfig& c;
   planner::KvType kv_type;
@@ -65,8 +74,12 @@ struct Chunk {
   const KvRowLayout& index;
   int64_t p0;
   int64_t n;
-  const int32_t* tokens;
+  const int32_t* tokens;  // host memory
+  cpu::ActivationBits bits;
+  OpStream& ops;
 };
+
+ops::RopeFreqs freqs_of(const cpu::Rope& rope);
 
 // y[t] = ATTN(xn[t]) for the chunk; stores the chunk's window rows and compressed entries in `kv`.
 void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, LayerKv& kv, Workspace& ws,

@@ -7,12 +7,15 @@
 // one-node machine, both to node 0): each host node's weights are exactly its share of the plan.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -69,54 +72,74 @@ planner::HostSpec host_spec(int numa_nodes = 1) {
 
 // Checks that the bytes a kernel reads are the expert's own, just before and just after the kernel: a copy
 // landing in a slot still read (another expert's, or a refill) would change them under it. For an expert on
-// the device the checks are themselves launched on its stream, around the kernel, so they run when it runs;
-// for one on the host they run at acquire and release, around its computation.
-class CheckingProvider final : public runtime::ForwardingExpertProvider {
+// the device the checks run on the device's compute stream around the expert's op (SimOpObserver), so they run
+// when it runs; for one on the host they run at acquire and release, around its computation.
+class CheckingProvider final : public runtime::ForwardingExpertProvider, public runtime::SimOpObserver {
  public:
-  using ForwardingExpertProvider::ForwardingExpertProvider;
-  // The checks launched on the device may still be queued when the session ends: the counts are read, and
-  // the provider goes away, only after the last of them ran (they run in stream order).
-  ~CheckingProvider() override { drain(); }
-  void drain() const {
-    if (last_device_) last_device_->wait(last_check_);
+  CheckingProvider(runtime::ExpertProvider& inner, runtime::SimBackend& gpu)
+      : ForwardingExpertProvider(inner), gpu_(gpu) {
+    gpu_.set_observer(this);
   }
+  ~CheckingProvider() override { gpu_.set_observer(nullptr); }
+
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     use_ = inner_.acquire(l, e, tokens);
-    if (!use_.on_device) cpu_nodes.push_back(use_.host_node);  // a CPU use
-    check(l, e, use_.ready);
+    Expected x{use_.weights->w1.data, runtime::expert_regions(l.experts[static_cast<size_t>(e)]),
+               runtime::expert_regions(*use_.weights)};
+    if (use_.on_device) {
+      ++device_uses;
+      std::lock_guard<std::mutex> lock(mu_);
+      pending_.push_back(x);  // the device's expert ops run in the order they are issued
+    } else {
+      cpu_nodes.push_back(use_.host_node);  // a CPU use
+      compare(x);
+      host_expected_ = x;
+    }
     return use_;
   }
-  void release(const runtime::LayerWeights& l, int64_t e, runtime::KernelEvent done) override {
-    // After the kernel ran (queued behind it on the device); the check reads the slot too, so the slot is
-    // released with the check's event.
-    const runtime::KernelEvent checked = check(l, e, {});
-    if (use_.on_device) ++device_uses;
-    inner_.release(l, e, use_.on_device ? checked : done);
+  void release(const runtime::LayerWeights& l, int64_t e, runtime::ComputeEvent done) override {
+    if (!use_.on_device) compare(host_expected_);
+    inner_.release(l, e, done);
   }
+  // On the device's stream: the expert op of the oldest device use not yet checked (the shared expert's op and
+  // the others do not read a slot).
+  void before(const runtime::ops::Op& op) override { check_expert_op(op, false); }
+  void after(const runtime::ops::Op& op) override { check_expert_op(op, true); }
+
   std::atomic<int64_t> checks = 0, mismatches = 0;
   int64_t device_uses = 0;
   std::vector<int> cpu_nodes;  // ExpertUse::host_node of each CPU use
+  int64_t unchecked() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return static_cast<int64_t>(pending_.size());
+  }
 
  private:
-  runtime::KernelEvent check(const runtime::LayerWeights& l, int64_t e, runtime::CopyEvent after) {
-    auto compare = [this, want = runtime::expert_regions(l.experts[static_cast<size_t>(e)]),
-                    got = runtime::expert_regions(*use_.weights)] {
-      for (size_t i = 0; i < want.size(); ++i) {
-        ++checks;
-        if (want[i].bytes != got[i].bytes || std::memcmp(want[i].data, got[i].data, static_cast<size_t>(want[i].bytes)))
-          ++mismatches;
-      }
-    };
-    if (use_.on_device) {
-      last_device_ = inner_.device(l);
-      return last_check_ = last_device_->launch(compare, after, use_.reads);
+  struct Expected {
+    const uint8_t* w1 = nullptr;  // the weights the op reads start here
+    std::array<runtime::ByteRange, 6> want, got;
+  };
+  void compare(const Expected& x) {
+    for (size_t i = 0; i < x.want.size(); ++i) {
+      ++checks;
+      if (x.want[i].bytes != x.got[i].bytes ||
+          std::memcmp(x.want[i].data, x.got[i].data, static_cast<size_t>(x.want[i].bytes)))
+        ++mismatches;
     }
-    compare();
-    return {};
   }
+  void check_expert_op(const runtime::ops::Op& op, bool last) {
+    const auto* ffn = std::get_if<runtime::ops::ExpertFfn>(&op);
+    if (!ffn) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    if (pending_.empty() || pending_.front().w1 != ffn->w1.data) return;
+    compare(pending_.front());
+    if (last) pending_.pop_front();
+  }
+  runtime::SimBackend& gpu_;
   runtime::ExpertUse use_;
-  runtime::Backend* last_device_ = nullptr;
-  runtime::KernelEvent last_check_;
+  Expected host_expected_;
+  std::mutex mu_;
+  std::deque<Expected> pending_;
 };
 
 struct Scenario {
@@ -188,8 +211,8 @@ class Offload : public ::testing::Test {
           for (const auto& e : bound.weights().layer(lp.layer).experts)
             out.experts_outside_store += !in_regions(e, out.regions);
       runtime::SessionOptions bso = bound.session_options(so);
-      CheckingProvider checker(*bso.experts);
-      if (check_slots) bso.experts = &checker;
+      std::optional<CheckingProvider> checker;
+      if (check_slots) bso.experts = &checker.emplace(*bso.experts, gpu);
       {
         runtime::Session s(bound.weights(), bso);
         runtime::GenerateOptions go;
@@ -207,12 +230,12 @@ class Offload : public ::testing::Test {
         }
         EXPECT_EQ(gpu.ledger().total_current(), held);
       }
-      checker.drain();
-      out.cpu_nodes = checker.cpu_nodes;
-      if (check_slots) {
-        EXPECT_GT(checker.checks, 0);
-        EXPECT_EQ(checker.mismatches, 0) << "a kernel read bytes that were not its expert's";
-        out.device_uses = checker.device_uses;
+      if (check_slots) {  // the session has ended: every op it issued has run
+        out.cpu_nodes = checker->cpu_nodes;
+        EXPECT_GT(checker->checks, 0);
+        EXPECT_EQ(checker->unchecked(), 0) << "a device use whose expert op was never seen";
+        EXPECT_EQ(checker->mismatches, 0) << "a kernel read bytes that were not its expert's";
+        out.device_uses = checker->device_uses;
       }
       out.conflicts = gpu.compute_stats().overwrite_conflicts;
       out.max_copies_in_flight = gpu.link_stats().max_in_flight;
@@ -302,37 +325,44 @@ TEST_F(Offload, Fp8KvIsBitwiseToo) {
   EXPECT_GT(o.stats.cache_hits + o.stats.streamed, 0);
 }
 
-// Holds each layer's device work behind a blocker launched at routing time, released by the first expert the
-// host computes (or by the layer's last expert, or after 2 s): the host must reach its own experts while the device's
-// work of the same layer (the blocker, the shared expert) is still pending. A MoE layer that waited for the device
+// Holds each layer's device work at its first op after routing (the shared expert), on the device's stream,
+// until the first expert the host computes (or the layer's last expert, or 2 s): the host must reach its own
+// experts while the device's work of the same layer is still pending. A MoE layer that waited for the device
 // first would only get there after the timeout, with nothing pending.
-class OverlapProbe final : public runtime::ForwardingExpertProvider {
+class OverlapProbe final : public runtime::ForwardingExpertProvider, public runtime::SimOpObserver {
  public:
-  OverlapProbe(runtime::ExpertProvider& inner, runtime::SimBackend& gpu) : ForwardingExpertProvider(inner), gpu_(gpu) {}
+  OverlapProbe(runtime::ExpertProvider& inner, runtime::SimBackend& gpu) : ForwardingExpertProvider(inner), gpu_(gpu) {
+    gpu_.set_observer(this);
+  }
+  ~OverlapProbe() override { gpu_.set_observer(nullptr); }
   void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override {
     inner_.routed(l, t);
     if (!inner_.device(l)) return;
     last_expert_ = -1;
     for (size_t e = 0; e < t.size(); ++e)
       if (t[e] > 0) last_expert_ = static_cast<int64_t>(e);
+    std::lock_guard<std::mutex> lock(mu_);
     open_ = false;
+    hold_next_ = true;
     first_host_ = true;
-    gpu_.launch([this] {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, std::chrono::seconds(2), [this] { return open_; });
-    });
+  }
+  void before(const runtime::ops::Op&) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!hold_next_) return;
+    hold_next_ = false;
+    cv_.wait_for(lock, std::chrono::seconds(2), [this] { return open_; });
   }
   runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
     const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
     if (!u.on_device && first_host_) {
       first_host_ = false;
       ++layers_with_host_experts;
-      if (gpu_.pending_work() >= 2) ++overlapped;  // the blocker and the shared expert at least
+      if (gpu_.pending_work() >= 1) ++overlapped;  // the held shared expert at least
       open();
     }
     return u;
   }
-  void release(const runtime::LayerWeights& l, int64_t e, runtime::KernelEvent done) override {
+  void release(const runtime::LayerWeights& l, int64_t e, runtime::ComputeEvent done) override {
     inner_.release(l, e, done);
     if (e == last_expert_) open();  // a layer without host experts
   }
@@ -350,7 +380,7 @@ class OverlapProbe final : public runtime::ForwardingExpertProvider {
   int64_t last_expert_ = -1;
   std::mutex mu_;
   std::condition_variable cv_;
-  bool open_ = true, first_host_ = false;
+  bool open_ = true, hold_next_ = false, first_host_ = false;
 };
 
 TEST_F(Offload, TheHostComputesItsExpertsWhileTheDeviceWorksOnTheSameLayer) {

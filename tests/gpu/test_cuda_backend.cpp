@@ -65,7 +65,7 @@ void expect_round_trip(CudaBackend& dev, const void* src, const std::vector<uint
   const int64_t size = offset + n + 5;
   DeviceBuffer b = dev.allocate(MemoryClass::Staging, size);
   std::vector<uint8_t> want(static_cast<size_t>(size), 0);
-  dev.copy_to_device(b, 0, want.data(), size);
+  (void)dev.copy_to_device(b, 0, want.data(), size);  // the next copy's event is after it on the stream
   const CopyEvent e = dev.copy_to_device(b, offset, src, n);
   dev.wait(e);
   EXPECT_TRUE(dev.completed(e));
@@ -292,7 +292,7 @@ TEST(CudaBackend, FreeingOrDestroyingWithCopiesInFlightIsSafe) {
   auto held = std::make_unique<CudaBackend>(0);
   {
     DeviceBuffer x = held->allocate(MemoryClass::Staging, core::kMiB);
-    held->copy_to_device(x, 0, src.data(), core::kMiB);
+    (void)held->copy_to_device(x, 0, src.data(), core::kMiB);  // the free waits for it
   }
   held->pause();
   const auto t1 = std::chrono::steady_clock::now();
@@ -307,8 +307,9 @@ TEST(CudaBackend, CopiesRefuseOverrunsAndBuffersOfOtherDevices) {
   DeviceBuffer b = dev.allocate(MemoryClass::Staging, 16);
   DeviceBuffer o = other.allocate(MemoryClass::Staging, 16);
   std::vector<uint8_t> host(16);
-  EXPECT_NE(error_of([&] { dev.copy_to_device(b, 9, host.data(), 8); }).find("overruns"), std::string::npos);
-  EXPECT_NE(error_of([&] { dev.copy_to_device(o, 0, host.data(), 8); }).find("another device"), std::string::npos);
+  EXPECT_NE(error_of([&] { (void)dev.copy_to_device(b, 9, host.data(), 8); }).find("overruns"), std::string::npos);
+  EXPECT_NE(error_of([&] { (void)dev.copy_to_device(o, 0, host.data(), 8); }).find("another device"),
+            std::string::npos);
   EXPECT_NE(error_of([&] { dev.copy_to_host(host.data(), b, 9, 8); }).find("overruns"), std::string::npos);
   EXPECT_NE(error_of([&] { dev.copy_to_host(host.data(), o, 0, 8); }).find("another device"), std::string::npos);
 }

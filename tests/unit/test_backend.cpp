@@ -104,10 +104,11 @@ TEST(Backend, HostCopiesLandAtTheOffsetAndOverrunsAreRefused) {
   host.wait(host.copy_to_device(b, 4, src.data(), 8));
   const auto* d = static_cast<const uint8_t*>(b.data());
   for (int i = 0; i < 16; ++i) EXPECT_EQ(d[i], i >= 4 && i < 12 ? i - 3 : 0) << i;
-  EXPECT_NE(error_of([&] { host.copy_to_device(b, 9, src.data(), 8); }).find("overruns"), std::string::npos);
+  EXPECT_NE(error_of([&] { (void)host.copy_to_device(b, 9, src.data(), 8); }).find("overruns"), std::string::npos);
   cpu::CpuBackend other;
   DeviceBuffer o = other.allocate(MemoryClass::Staging, 16);
-  EXPECT_NE(error_of([&] { host.copy_to_device(o, 0, src.data(), 8); }).find("another device"), std::string::npos);
+  EXPECT_NE(error_of([&] { (void)host.copy_to_device(o, 0, src.data(), 8); }).find("another device"),
+            std::string::npos);
 }
 
 TEST(SimDevice, ParsesCapacityAndBandwidthAndRejectsNonsense) {
@@ -167,7 +168,7 @@ TEST(SimDevice, FreeingABufferWaitsForCopiesStillQueuedIntoIt) {
   auto dev = std::make_unique<SimBackend>(parse_sim_device("sim:1MiB"));
   DeviceBuffer b = dev->allocate(MemoryClass::Staging, 1024);
   dev->pause();
-  dev->copy_to_device(b, 0, src.data(), 1024);
+  (void)dev->copy_to_device(b, 0, src.data(), 1024);  // waited for by the free below
   EXPECT_EQ(dev->link_stats().copies, 0);
   b.reset();  // must not free memory a queued copy still writes
   EXPECT_EQ(dev->link_stats().copies, 1);
@@ -175,48 +176,65 @@ TEST(SimDevice, FreeingABufferWaitsForCopiesStillQueuedIntoIt) {
   dev.reset();  // joins the stream without hanging
 }
 
-TEST(SimDevice, LaunchedWorkRunsInOrderAfterItsCopyBesideTheCaller) {
+// Ops observed on the compute stream's thread, by kind, in the order they ran.
+struct KindLog final : SimOpObserver {
+  std::vector<ops::Kind> ran;
+  void before(const ops::Op& op) override { ran.push_back(ops::kind_of(op)); }
+};
+
+// out = x + x for n floats: a small op whose result shows that it ran, and after what.
+ops::AddStreams doubling(const float* x, float* out, int64_t n) {
+  return ops::AddStreams{.a = x, .b = x, .n = 1, .streams = 1, .d = n, .out = out};
+}
+
+TEST(SimDevice, OpsRunInOrderAfterTheirCopyBesideTheCaller) {
   SimBackend dev(parse_sim_device("sim:1MiB"));
+  KindLog log;
+  dev.set_observer(&log);
   DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, 64);
-  std::vector<uint8_t> src(64, 5);
-  std::vector<int> order;
-  std::atomic<int> seen{-1};
+  std::vector<float> src(16, 1.5f), gathered(16), doubled(16);
+  const int32_t row0 = 0;
   dev.pause();
   const CopyEvent c = dev.copy_to_device(b, 0, src.data(), 64);
-  const KernelEvent k1 = dev.launch(
-      [&] {
-        order.push_back(1);
-        seen = static_cast<const uint8_t*>(b.data())[63];  // reads what the copy brought
-      },
-      c, {b.data(), 64});
-  const KernelEvent k2 = dev.launch([&] { order.push_back(2); });
-  EXPECT_FALSE(dev.completed(k1));  // its copy has not landed, so neither it nor the work behind it ran
+  // Reads what the copy brought, then the second op reads what the first wrote.
+  const ComputeEvent k1 = dev.run(ops::GatherRows{.src = static_cast<const float*>(b.data()),
+                                                  .d = 16,
+                                                  .index = &row0,
+                                                  .div = 1,
+                                                  .m = 1,
+                                                  .dst = gathered.data()},
+                                  c, {b.data(), 64});
+  const ComputeEvent k2 = dev.run(doubling(gathered.data(), doubled.data(), 16));
+  EXPECT_FALSE(dev.completed(k1));  // its copy has not landed, so neither it nor the op behind it ran
   EXPECT_FALSE(dev.completed(k2));
   EXPECT_EQ(dev.pending_work(), 2);
   EXPECT_NE(error_of([&] { dev.wait(k2, std::chrono::milliseconds(20)); }).find("did not finish"), std::string::npos);
   dev.resume();
   dev.wait(k2);
   EXPECT_TRUE(dev.completed(k1));
-  EXPECT_EQ(order, (std::vector<int>{1, 2}));
-  EXPECT_EQ(seen.load(), 5);
+  EXPECT_EQ(log.ran, (std::vector<ops::Kind>{ops::Kind::GatherRows, ops::Kind::AddStreams}));
+  EXPECT_EQ(doubled, std::vector<float>(16, 3.0f));
   EXPECT_EQ(dev.compute_stats().launches, 2);
   EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 0);
   EXPECT_GT(dev.compute_stats().copy_wait_seconds, 0.0);
+  dev.set_observer(nullptr);
 }
 
 TEST(SimDevice, CountsACopyLandingUnderAReaderAndARefillAfterItDoesNot) {
   SimBackend dev(parse_sim_device("sim:1MiB"));
   DeviceBuffer slot = dev.allocate(MemoryClass::ExpertCache, 256), other = dev.allocate(MemoryClass::ExpertCache, 256);
   std::vector<uint8_t> src(256, 1);
+  std::vector<float> out(64);
+  const float* slot_floats = static_cast<const float*>(slot.data());
   dev.pause_compute();
-  const KernelEvent reader = dev.launch([] {}, {}, {slot.data(), 256});
+  const ComputeEvent reader = dev.run(doubling(slot_floats, out.data(), 64), {}, {slot.data(), 256});
   dev.wait(dev.copy_to_device(other, 0, src.data(), 256));  // elsewhere: fine
   EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 0);
   dev.wait(dev.copy_to_device(slot, 128, src.data(), 16));  // under the reader: the bug the count exposes
   EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 1);
   const CopyEvent refill = dev.copy_to_device_after(slot, 0, src.data(), 256, reader);
   // The next reader waits for the refill: it is no conflict that it has not run yet.
-  const KernelEvent next = dev.launch([] {}, refill, {slot.data(), 256});
+  const ComputeEvent next = dev.run(doubling(slot_floats, out.data(), 64), refill, {slot.data(), 256});
   EXPECT_FALSE(dev.completed(refill));  // held behind the reader, which the paused stream has not run
   dev.resume_compute();
   dev.wait(next);
@@ -224,24 +242,28 @@ TEST(SimDevice, CountsACopyLandingUnderAReaderAndARefillAfterItDoesNot) {
   EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 1);
 }
 
-TEST(SimDevice, AnErrorInLaunchedWorkReachesTheWaitAndLaterWorkStillRuns) {
+TEST(SimDevice, AnErrorInAnOpReachesTheWaitAndLaterOpsStillRun) {
   SimBackend dev(parse_sim_device("sim:1MiB"));
-  const KernelEvent ok = dev.launch([] {});
-  const KernelEvent bad = dev.launch([] { FERRY_THROW("kernel failed on purpose"); });
-  std::atomic<bool> ran{false};
-  const KernelEvent after = dev.launch([&] { ran = true; });
-  EXPECT_NE(error_of([&] { dev.wait(after); }).find("kernel failed on purpose"), std::string::npos);
-  EXPECT_TRUE(ran.load());
-  EXPECT_NO_THROW(dev.wait(ok));  // work before the failure is fine
-  EXPECT_NE(error_of([&] { dev.wait(bad); }).find("on purpose"), std::string::npos);
+  std::vector<float> x(8, 1.0f), y(8, 0.0f), z(8, 0.0f);
+  const double freqs[2] = {1.0, 0.5};
+  const ComputeEvent ok = dev.run(doubling(x.data(), y.data(), 8));
+  // Two frequencies rotate 4 dims, not the 6 this head's rope part has: the op refuses to run.
+  const ComputeEvent bad =
+      dev.run(ops::Rope{.x = x.data(), .n = 1, .heads = 1, .head_dim = 8, .offset = 2, .freqs = {freqs, 2}});
+  const ComputeEvent after = dev.run(doubling(y.data(), z.data(), 8));
+  EXPECT_NE(error_of([&] { dev.wait(after); }).find("rope part"), std::string::npos);
+  EXPECT_EQ(z, std::vector<float>(8, 4.0f));  // ran, after the op before the failure
+  EXPECT_NO_THROW(dev.wait(ok));              // ops before the failure are fine
+  EXPECT_NE(error_of([&] { dev.wait(bad); }).find("rope part"), std::string::npos);
 }
 
-TEST(HostBackend, LaunchRunsTheWorkAtOnce) {
+TEST(HostBackend, RunComputesTheOpAtOnce) {
   cpu::CpuBackend host;
-  int ran = 0;
-  const KernelEvent e = host.launch([&] { ++ran; });
-  EXPECT_EQ(ran, 1);
+  std::vector<float> x(4, 2.0f), y(4, 0.0f);
+  const ComputeEvent e = host.run(doubling(x.data(), y.data(), 4));
+  EXPECT_EQ(y, std::vector<float>(4, 4.0f));
   EXPECT_TRUE(host.completed(e));
+  EXPECT_TRUE(host.supports(ops::Kind::Attention));
 }
 
 }  // namespace

@@ -149,23 +149,21 @@ TEST(CpuMatmul, LinearChunkEqualsOneTokenCalls) {
   const core::WeightView w8{core::WeightFormat::FP8, fp8.data(), fp8_scales.data(), 0, rows, cols, rows};
   const int64_t n_max = 19;
   const std::vector<float> x = random_tokens(rng, n_max, cols);
-  const ActivationBits saved = expert_activation_bits();
   for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
-    set_expert_activation_bits(bits);
     for (const core::WeightView& v :
          {w4.slice_rows(1, rows - 2), w4.slice_rows(131, 2999), w8.slice_rows(128, 4000), w8}) {
       SCOPED_TRACE(std::string(v.format == core::WeightFormat::FP8 ? "fp8" : "mxfp4") + " from row " +
                    std::to_string(v.row_begin) + " " + activation_bits_name(bits));
       std::vector<float> want(size_t(n_max * v.rows));
-      for (int64_t t = 0; t < n_max; ++t) linear(v, x.data() + t * cols, 1, cols, want.data() + t * v.rows, v.rows);
+      for (int64_t t = 0; t < n_max; ++t)
+        linear(v, x.data() + t * cols, 1, cols, want.data() + t * v.rows, v.rows, bits);
       for (int64_t n : {int64_t{2}, int64_t{7}, n_max}) {
         std::vector<float> y(size_t(n * v.rows), NAN);
-        linear(v, x.data(), n, cols, y.data(), v.rows);
+        linear(v, x.data(), n, cols, y.data(), v.rows, bits);
         ASSERT_TRUE(same_bits(y.data(), want.data(), n * v.rows)) << "n " << n;
       }
     }
   }
-  set_expert_activation_bits(saved);
 }
 
 TEST(CpuMatmul, NoTokensWritesNothing) {

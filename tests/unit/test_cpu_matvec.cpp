@@ -135,7 +135,7 @@ TEST(CpuMatvec, Mxfp4DefaultIsAsExactAsFloat) {
     for (int64_t r = 0; r < s.rows; ++r)
       for (int64_t k = 0; k < s.cols; ++k) ref[size_t(r)] += weight_at(c, r, k) * c.x[size_t(k)];
     std::vector<float> y(size_t(s.rows));
-    matvec_mxfp4(c.codes.data(), c.scales.data(), s.rows, s.cols, c.x.data(), y.data());
+    matvec_mxfp4(c.codes.data(), c.scales.data(), s.rows, s.cols, c.x.data(), y.data(), ActivationBits::Int24);
     EXPECT_LE(relative_error(y, ref), 2e-6);
   }
 }
@@ -247,7 +247,8 @@ TEST(CpuMatvec, Fp8DecodesEveryCodeExactly) {
 TEST(CpuMatvec, Mxfp4RejectsColumnsOffTheBlock) {
   std::vector<uint8_t> codes(24), scales(1);
   std::vector<float> x(48), y(1);
-  EXPECT_THROW(matvec_mxfp4(codes.data(), scales.data(), 1, 48, x.data(), y.data()), ferry::Error);
+  EXPECT_THROW(matvec_mxfp4(codes.data(), scales.data(), 1, 48, x.data(), y.data(), ActivationBits::Int24),
+               ferry::Error);
   EXPECT_THROW(matvec_fp8(codes.data(), scales.data(), -1, 4, x.data(), y.data()), ferry::Error);
 }
 
@@ -255,7 +256,7 @@ TEST(CpuMatvec, EmptyShapes) {
   std::vector<float> y(3, NAN);
   matvec_fp8(nullptr, nullptr, 3, 0, nullptr, y.data());
   for (float v : y) EXPECT_EQ(v, 0.0f);
-  matvec_mxfp4(nullptr, nullptr, 0, 64, nullptr, nullptr);
+  matvec_mxfp4(nullptr, nullptr, 0, 64, nullptr, nullptr, ActivationBits::Int24);
 }
 
 }  // namespace

@@ -197,8 +197,9 @@ std::shared_ptr<void> CudaBackend::pin_host(void* p, int64_t bytes) {
   return pinned_handle(bytes, std::move(registration));
 }
 
-KernelEvent CudaBackend::launch(std::function<void()>, CopyEvent, DeviceRange) {
-  FERRY_THROW(name() + ": no CUDA kernels exist yet; run the forward pass on the CPU or the simulated device");
+ComputeEvent CudaBackend::run(const ops::Op& op, CopyEvent, DeviceRange) {
+  FERRY_THROW(name() + ": no CUDA kernel for " + std::string(ops::kind_name(ops::kind_of(op))) +
+              " yet; run the forward pass on the CPU or the simulated device");
 }
 
 bool CudaBackend::completed(CopyEvent e) const {

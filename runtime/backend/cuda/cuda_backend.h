@@ -30,8 +30,9 @@ class CudaBackend final : public Backend {
   // Page-locks the range with cudaHostRegister (a staging buffer the host allocated); throws ferry::Error with
   // CUDA's message when it cannot.
   std::shared_ptr<void> pin_host(void* p, int64_t bytes) override;
-  // No CUDA kernels exist yet: launching work on this device throws ferry::Error.
-  KernelEvent launch(std::function<void()> work, CopyEvent after = {}, DeviceRange reads = {}) override;
+  // No CUDA kernels exist yet (issue 19): this device supports no op, and running one throws ferry::Error.
+  bool supports(ops::Kind) const override { return false; }
+  ComputeEvent run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) override;
   using Backend::completed;
   using Backend::wait;
   // Throws ferry::Error naming the device when a copy on the stream failed.

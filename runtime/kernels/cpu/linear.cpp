@@ -57,18 +57,19 @@ void decode_row(const core::WeightView& w, int64_t r, float* out) {
 
 }  // namespace
 
-std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64_t x_stride, int64_t cols) {
+std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64_t x_stride, int64_t cols,
+                                                ActivationBits bits) {
   std::vector<Mxfp4Activation> acts(static_cast<size_t>(n));
   if (n == 1)
-    quantize_mxfp4_activation(x, cols, acts[0]);
+    quantize_mxfp4_activation(x, cols, acts[0], bits);
   else
     tbb::parallel_for(int64_t{0}, n,
-                      [&](int64_t t) { quantize_mxfp4_activation(x + t * x_stride, cols, acts[size_t(t)]); });
+                      [&](int64_t t) { quantize_mxfp4_activation(x + t * x_stride, cols, acts[size_t(t)], bits); });
   return acts;
 }
 
 void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride,
-            const std::vector<Mxfp4Activation>* rounded) {
+            ActivationBits bits, const std::vector<Mxfp4Activation>* rounded) {
   FERRY_CHECK(w.data != nullptr && w.rows >= 0 && w.cols > 0, "linear: empty weight view");
   FERRY_CHECK(w.format != core::WeightFormat::MXFP4 || w.cols % core::kFp4Block == 0,
               "linear: MXFP4 cols not a multiple of 32");
@@ -85,7 +86,7 @@ void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stri
     // MXFP4: each token's activation is rounded once (mxfp4_activation.h) and shared by all row blocks.
     std::vector<Mxfp4Activation> own;
     if (w.format == core::WeightFormat::MXFP4 && !rounded) {
-      own = round_mxfp4_inputs(x, n, x_stride, w.cols);
+      own = round_mxfp4_inputs(x, n, x_stride, w.cols, bits);
       rounded = &own;
     }
     if (rounded)

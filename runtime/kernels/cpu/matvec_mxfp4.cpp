@@ -492,13 +492,14 @@ void matmul_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, con
   run_tiles(chosen(), codes, scales, rows, x, n, y, y_stride);
 }
 
-void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y) {
+void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y,
+                  ActivationBits bits) {
   detail::check_matvec_shape(rows, cols, "matvec_mxfp4");
   FERRY_CHECK(cols % kBlock == 0,
               "matvec_mxfp4: cols must be a multiple of 32 (the MXFP4 block), got " + std::to_string(cols));
   if (rows == 0) return;
   Mxfp4Activation a;  // per call, not thread_local: a TBB thread waiting in run_tiles() may steal another matvec
-  quantize_mxfp4_activation(x, cols, a);
+  quantize_mxfp4_activation(x, cols, a, bits);
   run_tiles(chosen(), codes, scales, rows, &a, 1, y, 1);
 }
 

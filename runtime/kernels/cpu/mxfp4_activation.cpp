@@ -20,7 +20,6 @@ constexpr int64_t kBlock = 32;
 constexpr int64_t kPadBlocks = 16;  // the AVX-512 kernel reads 16 blocks of exponents at once
 constexpr int32_t kNonFiniteExponent = 1 << 20;
 constexpr int kTinyExponent = -100;  // below it 2^-k overflows float
-std::atomic<ActivationBits> g_bits{ActivationBits::Int24};
 
 // 2^e for a normal exponent, built in the exponent field (no library call per block).
 inline float pow2(int e) {
@@ -41,8 +40,6 @@ inline int32_t round_to_int(float v) {
 }  // namespace
 
 const char* activation_bits_name(ActivationBits bits) { return bits == ActivationBits::Int16 ? "int16" : "int24"; }
-ActivationBits expert_activation_bits() { return g_bits.load(std::memory_order_relaxed); }
-void set_expert_activation_bits(ActivationBits bits) { g_bits.store(bits, std::memory_order_relaxed); }
 
 // Every part a signed byte: 127 * (1 + 256 [+ 65536]).
 int32_t activation_qmax(ActivationBits bits) { return bits == ActivationBits::Int16 ? 32639 : 8355711; }

@@ -22,10 +22,6 @@ namespace ferry::runtime::cpu {
 
 enum class ActivationBits : int { Int16 = 16, Int24 = 24 };
 const char* activation_bits_name(ActivationBits bits);  // "int16" / "int24"
-// The precision the forward pass uses for routed experts on the CPU: int24 unless set (ferry run
-// --expert-activations). Process-wide, because it is a property of the CPU backend, not of one call.
-ActivationBits expert_activation_bits();
-void set_expert_activation_bits(ActivationBits bits);
 
 // Cache-line-aligned storage: the kernels' 32- and 64-byte loads of the planes then never straddle two lines.
 template <class T>
@@ -67,8 +63,7 @@ int32_t activation_qmax(ActivationBits bits);
 int mxfp4_activation_exponent(float amax, ActivationBits bits);
 
 // On AVX2 (unless FERRY_CPU_ISA=portable) a vector path computes bitwise the portable result.
-void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& out,
-                               ActivationBits bits = expert_activation_bits());
+void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& out, ActivationBits bits);
 
 namespace detail {
 // The element-by-element definition, always available, for tests to compare the vector path with.

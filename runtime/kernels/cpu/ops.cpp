@@ -37,9 +37,13 @@ Rope::Rope(const core::ModelConfig& c, bool compressed) {
 }
 
 void Rope::apply(float* v, int64_t pos, bool inverse) const {
+  rope_rotate(v, freqs_.data(), static_cast<int64_t>(freqs_.size()), pos, inverse);
+}
+
+void rope_rotate(float* v, const double* freqs, int64_t count, int64_t pos, bool inverse) {
   const double sign = inverse ? -1.0 : 1.0;
-  for (size_t i = 0; i < freqs_.size(); ++i) {
-    const double angle = sign * static_cast<double>(pos) * freqs_[i];
+  for (int64_t i = 0; i < count; ++i) {
+    const double angle = sign * static_cast<double>(pos) * freqs[i];
     const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
     const float a = v[2 * i], b = v[2 * i + 1];
     v[2 * i] = a * c - b * s;

@@ -14,6 +14,9 @@ namespace ferry::runtime::cpu {
 // out = w ⊙ x / sqrt(mean(x²) + eps); `w` may be null (no weight). out may alias x.
 void rms_norm(const float* x, const float* w, int64_t n, double eps, float* out);
 
+// Rotates the pairs (2i, 2i+1) of v[0 .. 2·count) by pos·freqs[i] (backwards when `inverse`), in double.
+void rope_rotate(float* v, const double* freqs, int64_t count, int64_t pos, bool inverse);
+
 // Rotation frequencies of one layer kind: plain RoPE (ratio 0) or V4's YaRN-corrected RoPE (compressed layers).
 class Rope {
  public:
