@@ -9,7 +9,7 @@
 
 namespace ferry::runtime::cpu {
 
-class CpuBackend final : public Backend {
+class CpuBackend : public Backend {
  public:
   explicit CpuBackend(int64_t capacity = MemoryLedger::kUnplanned) : Backend("host", capacity) {}
   // One per NUMA node of a plan, named as the plan's device ("host.numa1").

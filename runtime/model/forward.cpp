@@ -10,6 +10,7 @@
 #include "planner/memory.h"
 #include "runtime/backend/cpu_backend.h"
 #include "runtime/model/forward_parts.h"
+#include "runtime/model/op_support.h"
 
 namespace ferry::runtime {
 
@@ -29,6 +30,7 @@ Session::Session(const ModelWeights& model, SessionOptions options)
   device_ = options.device ? options.device : own_host_.get();
   ops_ = std::make_unique<detail::OpStream>(*device_);
   options_.mtp = options.mtp && model.mtp() != nullptr;
+  require_ops(*device_, ops_of_model(c, options_.mtp), "this model's forward pass");
   options_.ubatch = std::min(options.ubatch, options.ctx);
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device);
   layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, tbb::this_task_arena::max_concurrency(),

@@ -1,7 +1,6 @@
 #include "runtime/kernels/cpu/linear.h"
 
 #include <tbb/blocked_range.h>
-#include <tbb/enumerable_thread_specific.h>
 #include <tbb/parallel_for.h>
 
 #include <algorithm>
@@ -117,11 +116,10 @@ void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stri
     return;
   }
   // BF16, F32 and FP8 views inside a 128-row block: each row decoded once and applied to every token.
-  static tbb::enumerable_thread_specific<std::vector<float>> rows_buf;
+  // One decoded row per range of rows (a few thousand rows' work): its allocation is noise.
   const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1));
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, grain), [&](const tbb::blocked_range<int64_t>& range) {
-    std::vector<float>& row = rows_buf.local();
-    row.resize(static_cast<size_t>(w.cols));
+    std::vector<float> row(static_cast<size_t>(w.cols));
     for (int64_t r = range.begin(); r != range.end(); ++r) {
       decode_row(w, r, row.data());
       for (int64_t t = 0; t < n; ++t) y[t * y_stride + r] = dot(row.data(), x + t * x_stride, w.cols);

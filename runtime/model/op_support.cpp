@@ -1,0 +1,41 @@
+#include "runtime/model/op_support.h"
+
+#include <algorithm>
+#include <string>
+
+#include "planner/core/error.h"
+
+namespace ferry::runtime {
+
+using ops::Kind;
+
+std::vector<Kind> ops_of_layer(const core::ModelConfig& c, int64_t layer) {
+  std::vector<Kind> k = {Kind::HcPre,    Kind::RmsNorm,   Kind::Linear,        Kind::Rope,
+                         Kind::KvEncode, Kind::Attention, Kind::KvWindowStore, Kind::HcPost,
+                         Kind::Route,    Kind::ExpertFfn, Kind::GatherRows,    Kind::MoeCombine};
+  const int64_t ratio = c.compress_ratio(layer);
+  if (ratio > 0) k.push_back(Kind::Compress);
+  if (ratio == 4) k.push_back(Kind::IndexerSelect);
+  return k;
+}
+
+std::vector<Kind> ops_of_model(const core::ModelConfig& c, bool mtp) {
+  std::vector<Kind> all = {Kind::Embed, Kind::HcHead};
+  if (mtp) all.push_back(Kind::AddStreams);
+  const int64_t layers = c.num_hidden_layers + (mtp ? c.num_nextn_predict_layers : 0);
+  for (int64_t l = 0; l < layers; ++l)
+    for (Kind k : ops_of_layer(c, l))
+      if (std::find(all.begin(), all.end(), k) == all.end()) all.push_back(k);
+  std::sort(all.begin(), all.end());
+  return all;
+}
+
+void require_ops(const Backend& device, std::span<const Kind> kinds, std::string_view what) {
+  std::string missing;
+  for (Kind k : kinds)
+    if (!device.supports(k)) missing += (missing.empty() ? "" : ", ") + std::string(ops::kind_name(k));
+  FERRY_CHECK(missing.empty(),
+              device.name() + " cannot run " + std::string(what) + ": it has no kernel for " + missing);
+}
+
+}  // namespace ferry::runtime
