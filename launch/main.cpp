@@ -9,10 +9,10 @@
 #include <CLI/CLI.hpp>
 
 #include "launch/commands.h"
-#include "launch/logging.h"
 #include "launch/server/engine.h"
 #include "launch/server/v4_engine.h"
 #include "planner/core/error.h"
+#include "planner/core/log.h"
 
 int main(int argc, char** argv) {
   using namespace ferry::launch;
@@ -44,14 +44,14 @@ int main(int argc, char** argv) {
     return kExitUsage;
   }
 
-  init_logging();
+  ferry::core::logger();  // FERRY_LOG_LEVEL is read once, before any command runs
   for (auto& cmd : commands) {
     if (!cmd->app()->parsed()) continue;
     try {
       return cmd->run();
     } catch (const ferry::Error& e) {
       std::fprintf(stderr, "ferry %s: error: %s\n", cmd->app()->get_name().c_str(), e.what());
-      log_debug_location(e.where());
+      if (!e.where().empty()) ferry::core::logger().debug("thrown at {}", e.where());
       return kExitError;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "ferry %s: error: %s\n", cmd->app()->get_name().c_str(), e.what());

@@ -1,5 +1,7 @@
 #include "runtime/backend/cuda/cuda_backend.h"
 
+#include "planner/core/log.h"
+
 #include <algorithm>
 #include <cctype>
 #include <condition_variable>
@@ -120,7 +122,7 @@ bool CudaBackend::drain(const char* otherwise) noexcept {
     wait(record_copy(), kDrainTimeout);
     return true;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "ferry: %s; %s\n", e.what(), otherwise);
+    core::logger().error("{}; {}", e.what(), otherwise);
     return false;
   }
 }
@@ -139,8 +141,7 @@ void CudaBackend::raw_free(void* p, int64_t bytes) {
   const cudaError_t status = cudaFree(p);
   if (status != cudaSuccess) {
     cudaGetLastError();
-    std::fprintf(stderr, "ferry: %s: cudaFree of %s: %s\n", name().c_str(), core::format_bytes(bytes).c_str(),
-                 cudaGetErrorString(status));
+    core::logger().error("{}: cudaFree of {}: {}", name(), core::format_bytes(bytes), cudaGetErrorString(status));
   }
 }
 

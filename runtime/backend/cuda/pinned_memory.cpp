@@ -1,5 +1,7 @@
 #include "runtime/backend/cuda/pinned_memory.h"
 
+#include "planner/core/log.h"
+
 #include <cstdio>
 #include <string>
 
@@ -17,8 +19,7 @@ constexpr char kWho[] = "pinned host memory";
 void report_release_failure(cudaError_t status, const char* what) {
   if (status == cudaSuccess) return;
   cudaGetLastError();
-  if (status != cudaErrorCudartUnloading)
-    std::fprintf(stderr, "ferry: %s: %s: %s\n", kWho, what, cudaGetErrorString(status));
+  if (status != cudaErrorCudartUnloading) core::logger().error("{}: {}: {}", kWho, what, cudaGetErrorString(status));
 }
 
 }  // namespace
