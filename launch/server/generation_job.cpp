@@ -1,12 +1,11 @@
 #include "launch/server/generation_job.h"
 
-#include <spdlog/spdlog.h>
-
 #include <chrono>
 #include <exception>
 #include <optional>
 
 #include "launch/server/stop_matcher.h"
+#include "planner/core/log.h"
 
 namespace ferry::launch::server {
 
@@ -67,7 +66,7 @@ JobOutcome run_job(Engine& engine, const Job& job, const Writer& write, const St
 
   std::optional<ApiError> error;
   if (!failure.empty()) {
-    spdlog::error("generation failed: {}", failure);
+    core::logger().error("generation failed: {}", failure);
     outcome.failed = true;
     error = ApiError(500, "generation failed: " + failure, "server_error");
   } else if (server_cancelled && !stops.matched()) {

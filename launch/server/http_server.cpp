@@ -2,7 +2,7 @@
 
 #include <fmt/format.h>
 #include <httplib.h>
-#include <spdlog/spdlog.h>
+
 #include <sys/socket.h>
 
 #include <atomic>
@@ -17,6 +17,7 @@
 #include "launch/server/openai_request.h"
 #include "launch/server/openai_response.h"
 #include "planner/core/error.h"
+#include "planner/core/log.h"
 
 namespace ferry::launch::server {
 
@@ -86,7 +87,7 @@ struct HttpServer::Impl {
       } catch (const ferry::Error& e) {
         send_error(res, invalid_request(e.what()));
       } catch (const std::exception& e) {
-        spdlog::error("{} {}: {}", req.method, req.path, e.what());
+        core::logger().error("{} {}: {}", req.method, req.path, e.what());
         send_error(res, ApiError(500, std::string("internal error: ") + e.what(), "server_error"));
       }
     };
@@ -150,8 +151,8 @@ void HttpServer::Impl::handle_generation(const httplib::Request& req, httplib::R
     const JobOutcome outcome = run_job(engine, {*request, *prompt, max_tokens, header}, write, cancelled);
     metrics.record_generation(static_cast<int64_t>(prompt->size()), outcome.engine.completion_tokens, outcome.seconds);
     if (outcome.client_gone) {
-      spdlog::info("{}: client left after {} tokens; generation cancelled", header.id,
-                   outcome.engine.completion_tokens);
+      core::logger().info("{}: client left after {} tokens; generation cancelled", header.id,
+                          outcome.engine.completion_tokens);
       return false;
     }
     sink.done();
@@ -207,7 +208,7 @@ void HttpServer::Impl::shut_down() {
   stopping = true;
   queue.close();
   if (!listen_done && !queue.wait_idle(options.drain_timeout)) {
-    spdlog::warn("shutdown: requests still running after {} ms; cancelling them", options.drain_timeout.count());
+    core::logger().warn("shutdown: requests still running after {} ms; cancelling them", options.drain_timeout.count());
     cancel_all = true;
   }
   // httplib's stop() does nothing until its accept loop runs, so wait for that (or for it to have failed).
@@ -252,7 +253,7 @@ int HttpServer::bind() {
   }
   // listen() again on a listening socket only changes its backlog.
   if (::listen(impl_->listen_socket, kListenBacklog) != 0)
-    spdlog::warn("could not raise the listen backlog: {}", std::strerror(errno));
+    core::logger().warn("could not raise the listen backlog: {}", std::strerror(errno));
   return port;
 }
 
