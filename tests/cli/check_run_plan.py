@@ -133,6 +133,9 @@ twice = edit("twice.json", lambda j: j["layers"][1]["experts"][1].update(first=0
 expect_error("layer 1: expert 0 has two homes", *GPU, "--plan", twice)
 moved = edit("moved.json", lambda j: j["layers"][1]["experts"][0].update(device="host.numa1"))
 expect_error("host.numa0 plans", *GPU, "--plan", moved)
+if len(os.sched_getaffinity(0)) > 1:  # the workspace of one worker thread is too small for this process's
+    one = edit("threads.json", lambda j: j["options"].update(threads=1))
+    expect_error("its workspace is for 1 worker threads", *GPU, "--plan", one)
 old = edit("old.json", lambda j: j.update(schema_version=1))
 expect_error("schema_version 1 is not supported", *GPU, "--plan", old)
 with open(path("broken.json"), "w") as f:

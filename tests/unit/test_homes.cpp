@@ -6,6 +6,8 @@
 
 #include <map>
 #include <set>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "planner/core/error.h"
@@ -193,18 +195,19 @@ TEST(Homes, PlanForNodeIsThatNodesDevicesRunsAndHomes) {
     ASSERT_EQ(v.layers.size(), p.layers.size());
     for (size_t i = 0; i < p.layers.size(); ++i) {
       const LayerPlan &whole = p.layers[i], &mine = v.layers[i];
-      // The same experts, on the same devices (by id), as the whole plan's homes on this node.
-      std::set<std::pair<int64_t, std::string>> want, got;
+      // The same experts, on the same devices and caches (by id), as the whole plan's homes on this node.
+      auto id = [](const Plan& plan, int device) { return device < 0 ? "" : plan.devices.at(size_t(device)).id; };
+      std::set<std::tuple<int64_t, std::string, std::string>> want, got;
       for (const ExpertHome& h : whole.experts)
         if (p.devices[size_t(h.device)].node == n)
-          for (int64_t e = h.first; e <= h.last(); e += h.step) want.insert({e, p.devices[size_t(h.device)].id});
+          for (int64_t e = h.first; e <= h.last(); e += h.step) want.insert({e, id(p, h.device), id(p, h.cache)});
       for (const ExpertHome& h : mine.experts)
-        for (int64_t e = h.first; e <= h.last(); e += h.step) got.insert({e, v.devices[size_t(h.device)].id});
+        for (int64_t e = h.first; e <= h.last(); e += h.step) got.insert({e, id(v, h.device), id(v, h.cache)});
       EXPECT_EQ(got, want) << "layer " << whole.layer << " node " << n;
       EXPECT_EQ(expert_counts(v, mine, n).held, expert_counts(p, whole, n).held);
       ASSERT_LE(mine.runs.size(), 1u);
       for (const LayerRun& r : mine.runs)
-        EXPECT_EQ(v.devices[size_t(r.device)].id, p.devices[size_t(run_on_node(p, whole, n)->device)].id);
+        EXPECT_EQ(v.devices.at(size_t(r.device)).id, p.devices[size_t(run_on_node(p, whole, n)->device)].id);
     }
   }
   EXPECT_EQ(devices, p.devices.size());
