@@ -63,7 +63,7 @@ int64_t stream_min_tokens_for(double cpu_expert_bytes_per_s, double link_bytes_p
 
 class ExpertDispatch final : public runtime::ExpertProvider {
  public:
-  // `plan` is one node's with one GPU (planner::plan_for_node); its expert homes say which layers' experts are
+  // `plan` runs on node 0 with one GPU (BoundPlan checks); its expert homes say which layers' experts are
   // resident on `gpu`. `host_experts` are the checkpoint's; `host_nodes[layer][expert]` the NUMA node the CPU
   // computes an expert in RAM from (HostExpertStore::host_nodes(); -1: none). Allocates the cache slots, stream
   // slots (device, class ExpertCache), staging (host, Staging) and the CPU path's buffers (host, Workspace) as

@@ -42,9 +42,9 @@ class HostExpertStore {
     bool bound = false;    // false: the OS refused binding, first-touch memory
   };
 
-  // `plan` is one node's (planner::plan_for_node). `weights` is the bound model: its experts homed on a host
-  // device are re-pointed at the copies (numa). `hosts[k]` is the backend of the plan's k-th host device, in
-  // plan order. Throws ferry::Error when a ledger refuses the bytes or memory cannot be had.
+  // `plan` is a one-node plan, or one node's view (planner::plan_for_node). `weights` is the bound model: its experts
+  // homed on a host device are re-pointed at the copies (numa). `hosts[k]` is the backend of the plan's k-th host
+  // device, in plan order. Throws ferry::Error when a ledger refuses the bytes or memory cannot be had.
   HostExpertStore(const planner::Plan& plan, runtime::ModelWeights& weights, std::span<runtime::Backend* const> hosts,
                   HostExperts mode);
   ~HostExpertStore();
