@@ -30,7 +30,7 @@ using Clock = std::chrono::steady_clock;
 struct Options {
   int64_t layers = 3, experts = 32, prompt = 256, decode = 16, ubatch = 128;
   std::string link = "25GB/s";
-  double gpu_gbs = 936;  // RTX 3090 (hardware.md)
+  double gpu_gbs = planner::reference_gpu().memory_bandwidth / 1e9;
 };
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -154,7 +154,7 @@ class Bench {
     const planner::Plan all = offload::plan_for_device(spec_, host_, probe, so);
     const auto& g = all.devices.front();
     int64_t moe_layers = 0;
-    for (const auto& lp : all.layers) moe_layers += lp.experts_per_node > 0;
+    for (const auto& lp : all.layers) moe_layers += !lp.experts.empty();
     const int64_t base =
         g.used() - g.bytes_of("weights.routed_experts") + 2 * spec_.config.num_experts_per_tok * expert_bytes_;
     return base + slots * moe_layers * expert_bytes_ + (1 << 20);
@@ -281,7 +281,7 @@ std::function<int()> add_offload_bench(CLI::App& bench, CLI::App*& sub) {
   sub->add_option("--ubatch", o->ubatch, "Prefill chunk (default 128)")->check(CLI::Range(1, 1 << 16));
   sub->add_option("--link", o->link, "Host-to-GPU link bandwidth of the simulated device (default 25GB/s)");
   sub->add_option("--gpu-bandwidth", o->gpu_gbs,
-                  "GPU memory bandwidth in GB/s for the projection (default 936, RTX 3090)")
+                  "GPU memory bandwidth in GB/s for the projection (default: the reference card's, an RTX 3090's)")
       ->check(CLI::Range(1.0, 1e5));
   return [o] { return run(*o); };
 }

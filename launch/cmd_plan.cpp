@@ -1,33 +1,15 @@
 // `ferry plan`: the dry run. Does it fit, where does every tensor go, how fast will it run.
-#include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
 
 #include "launch/commands.h"
 #include "launch/hardware_flags.h"
+#include "launch/plan_file.h"
 #include "launch/plan_flags.h"
-#include "planner/core/error.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
 
 namespace ferry::launch {
 namespace {
-
-// Writes through a temporary file and a rename, so an interrupted write never leaves half a plan behind.
-void write_file_atomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) FERRY_THROW("cannot write " + path);
-    out << text;
-    out.flush();
-    if (!out) FERRY_THROW("cannot write " + path + " (disk full?)");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) FERRY_THROW("cannot write " + path + ": " + ec.message());
-}
 
 class PlanCommand : public Command {
  public:
@@ -43,7 +25,9 @@ class PlanCommand : public Command {
         "Exit status: 0 fits, 3 does not fit (the output says why and what would), 1 bad input, 2 bad flags.");
     plan_flags_.add_to(*app_, true);
     hw_flags_.add_to(*app_);
-    app_->add_flag("--json", json_, "Print the plan as JSON (schema ferry.plan v1, docs/plan-schema.md)");
+    app_->add_flag("--json", json_,
+                   "Print the plan as JSON (schema ferry.plan v" + std::to_string(planner::Plan::kSchemaVersion) +
+                       ", docs/plan-schema.md)");
     app_->add_option("--plan-out", plan_out_, "Also save the plan as JSON to this file (for ferry run --plan)");
   }
 

@@ -109,19 +109,27 @@ class RunCommand : public Command {
     const int64_t ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
     const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
     const bool tty = isatty(STDERR_FILENO);
-    const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
-    FERRY_CHECK(need <= ctx, "--ctx " + std::to_string(ctx) + " is smaller than the prompt (" +
-                                 std::to_string(prompt.size()) + " tokens) plus -n " + std::to_string(n_predict_));
+    const bool from_plan = !offload_.plan_in.empty();
+    for (const char* flag : {"--ctx", "--kv-type", "--ubatch"})
+      FERRY_CHECK(!from_plan || app_->count(flag) == 0,
+                  std::string(flag) + ": the plan sets it (--plan replaces the planning flags)");
     runtime::SessionOptions so;
     so.ctx = ctx;
     so.kv_type = kv;
     so.ubatch = ubatch_;
     so.expert_bits =
         expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16 : runtime::cpu::ActivationBits::Int24;
-    // With --gpu the run is planned first, from the checkpoint's headers: a device too small fails here,
-    // before any weight is read.
+    // With --gpu the run is planned first, from the checkpoint's headers (or --plan is read and checked against
+    // them): a device too small fails here, before any weight is read.
     std::unique_ptr<OffloadRun> offload;
-    if (offload_.enabled()) offload = std::make_unique<OffloadRun>(offload_, model_, so);
+    if (offload_.enabled()) {
+      offload = std::make_unique<OffloadRun>(offload_, model_, so);
+      so = offload->planned_session(so);
+    }
+    const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
+    FERRY_CHECK(need <= so.ctx, (from_plan ? "the plan's context " : "--ctx ") + std::to_string(so.ctx) +
+                                    " is smaller than the prompt (" + std::to_string(prompt.size()) +
+                                    " tokens) plus -n " + std::to_string(n_predict_));
     if (tty) std::cerr << "loading " << model_ << " ...\n";
     const runtime::ModelWeights checkpoint = runtime::ModelWeights::load(model_);
     const auto& c = checkpoint.config();
@@ -183,7 +191,7 @@ class RunCommand : public Command {
       std::cerr << offload->memory_report() << offload->expert_report();
       return kExitOk;
     }
-    const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(c, kv, ctx, 1, false));
+    const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(c, so.kv_type, so.ctx, 1, false));
     const int64_t kv_used = planner::kv_total(session.cache().bytes());
     const int64_t ws_planned = session.planned_workspace().bytes();
     std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",

@@ -1,10 +1,10 @@
 #include "launch/run_offload.h"
 
-#include "offload/device_plan.h"
-
 #include <algorithm>
 #include <cstdio>
 
+#include "launch/plan_file.h"
+#include "offload/device_plan.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 #include "planner/model_spec.h"
@@ -42,21 +42,33 @@ void OffloadFlags::add_to(CLI::App& app) {
   app.add_option("--host-experts", host_experts,
                  "Where the routed experts the plan leaves in host RAM live (with --gpu): mmap (default), in the "
                  "checkpoint's mapping where the page cache puts them; or numa, copied at load into memory bound "
-                 "to the NUMA node the plan deals each expert to (expert e of a layer on node e % N), so that the "
-                 "CPU reads local RAM. Needs RAM for the copies; falls back to first-touch memory, with a "
-                 "warning, where the OS refuses binding")
+                 "to the NUMA node the plan homes each expert on (a layer's experts dealt to the NUMA nodes "
+                 "round-robin), so that the CPU reads local RAM. Needs RAM for the copies; falls back to "
+                 "first-touch memory, with a warning, where the OS refuses binding")
       ->check(CLI::IsMember({"mmap", "numa"}));
   app.add_option("--numa", numa,
                  "NUMA nodes to plan the host RAM for (with --gpu; default: this machine's). A plan for more "
                  "nodes than the machine has runs with plan node k on machine node k % nodes")
       ->check(CLI::Range(1, 64));
+  app.add_option("--plan", plan_in,
+                 "Run the plan saved in FILE (ferry plan --plan-out, ferry run --plan-out; docs/plan-schema.md), "
+                 "perhaps edited, on the --gpu device: it replaces the planning flags (--ctx, --kv-type, --ubatch, "
+                 "--numa, --expert-cache-slots); the checkpoint must be the plan's model and the plan must fit");
+  app.add_option("--plan-out", plan_out, "Save the plan this run executes as JSON to FILE (with --gpu)");
   app.add_flag("--verbose", verbose, "Print the memory report at load too");
 }
 
 void OffloadFlags::check() const {
+  if (!plan_in.empty()) {
+    FERRY_CHECK(enabled(), "--plan needs --gpu sim:SIZE[@BW], the device that runs the plan's GPU");
+    FERRY_CHECK(numa == 0, "--numa: the plan sets the host's NUMA nodes (--plan replaces the planning flags)");
+    FERRY_CHECK(cache_slots < 0,
+                "--expert-cache-slots: the plan sets the cache slots (--plan replaces the planning flags)");
+  }
   if (enabled()) return;
   FERRY_CHECK(host_experts.empty(), "--host-experts needs --gpu (a CPU-only run computes from the mapping)");
   FERRY_CHECK(numa == 0, "--numa needs --gpu (a CPU-only run is not planned)");
+  FERRY_CHECK(plan_out.empty(), "--plan-out needs --gpu (a CPU-only run is not planned)");
 }
 
 OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so)
@@ -67,16 +79,27 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
                   "device, e.g. --gpu sim:24GiB or sim:24GiB@25GB/s (`ferry plan --gpu` takes real GPUs)");
   const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags.gpu);
   const planner::ModelSpec model = planner::load_model_spec(model_dir);
-  std::vector<std::string> notes;
-  planner::HostSpec host = runtime::probe_host(notes);
-  if (flags.numa > 0) host.numa_nodes = flags.numa;
   if (!flags.host_experts.empty()) host_experts_ = *offload::host_experts_from_name(flags.host_experts);
   offload::DeviceRequest device;
   device.name = "--gpu " + flags.gpu;
   device.capacity = spec.capacity;
   device.link_bytes_per_s = spec.link_bytes_per_s;
   device.cache_slots = flags.cache_slots;
-  plan_ = offload::plan_for_device(model, host, device, so);
+  if (!flags.plan_in.empty()) {
+    try {
+      plan_ = read_plan_file(flags.plan_in);
+      offload::check_plan_for_device(plan_, model, device);
+    } catch (const Error& e) {
+      FERRY_THROW("--plan " + flags.plan_in + ": " + e.what());
+    }
+  } else {
+    std::vector<std::string> notes;
+    planner::HostSpec host = runtime::probe_host(notes);
+    if (flags.numa > 0) host.numa_nodes = flags.numa;
+    plan_ = offload::plan_for_device(model, host, device, so);
+  }
+  if (!flags.plan_out.empty()) write_plan_file(flags.plan_out, plan_);
+  const planner::HostSpec& host = plan_.hardware.host;
 
   dispatch_.policy = flags.policy == "lfu" ? offload::CachePolicy::Lfu : offload::CachePolicy::Lru;
   // The CPU expert kernels reach ~60% of the host's RAM bandwidth (`ferry bench kernels`).
@@ -90,6 +113,10 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
 }
 
 OffloadRun::~OffloadRun() = default;
+
+runtime::SessionOptions OffloadRun::planned_session(runtime::SessionOptions base) const {
+  return offload::planned_session(plan_, base);
+}
 
 void OffloadRun::bind(const runtime::ModelWeights& checkpoint) {
   std::vector<runtime::Backend*> hosts;

@@ -1,8 +1,8 @@
 // `ferry run --gpu sim:SIZE[@BW]`: the run planned for a simulated GPU of that capacity and host link (and
-// --numa N host NUMA nodes, this machine's by default), the Plan bound to memory (offload/) with one host
-// backend per NUMA node and the routed experts in RAM mapped or copied to their nodes (--host-experts), and
-// the reports at the end: memory per device by class, planned next to the measured high-water mark, and
-// where the routed experts were computed.
+// --numa N host NUMA nodes, this machine's by default) or read from a saved plan (--plan), the Plan bound to memory
+// (offload/) with one host backend per NUMA node and the routed experts in RAM mapped or copied to their nodes
+// (--host-experts), and the reports at the end: memory per device by class, planned next to the measured high-water
+// mark, and where the routed experts were computed.
 #pragma once
 
 #include <memory>
@@ -26,18 +26,21 @@ struct OffloadFlags {
   int64_t stream_min_tokens = -1;  // -1: from the cost model (offload::stream_min_tokens_for)
   std::string host_experts;        // "mmap" or "numa"; empty: not given (mmap)
   int numa = 0;                    // NUMA nodes to plan for; 0: this machine's
+  std::string plan_in;             // --plan FILE: run this saved plan instead of planning
+  std::string plan_out;            // --plan-out FILE: save the plan the run executes
   bool verbose = false;
 
   void add_to(CLI::App& app);
   bool enabled() const { return !gpu.empty(); }
-  // Throws ferry::Error when a flag that only --gpu uses is given without it.
+  // Throws ferry::Error when a flag that only --gpu uses is given without it, or a planning flag with --plan.
   void check() const;
 };
 
 class OffloadRun {
  public:
-  // Plans for the simulated device from the checkpoint's headers alone: throws ferry::Error with the planner's
-  // shortfall line when it does not fit, before any weight is read.
+  // Plans for the simulated device from the checkpoint's headers alone, or reads the --plan file and checks it
+  // against them and the device: throws ferry::Error with one line (the planner's shortfall, the plan's
+  // mismatch) when it does not fit, before any weight is read. Saves the plan to --plan-out.
   OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& session);
   ~OffloadRun();
 
@@ -46,6 +49,8 @@ class OffloadRun {
   const runtime::ModelWeights& weights() const { return bound_->weights(); }
   runtime::SessionOptions session_options(runtime::SessionOptions base) { return bound_->session_options(base); }
   const planner::Plan& plan() const { return plan_; }
+  // `base` with the plan's context, KV type, chunk and MTP choice (those of --plan, or `session`'s).
+  runtime::SessionOptions planned_session(runtime::SessionOptions base) const;
   const offload::BoundPlan& bound() const { return *bound_; }
   const runtime::SimBackend& gpu() const { return *gpu_; }
   // The host backends, one per NUMA device of the plan, in plan order; host() is NUMA node 0's.

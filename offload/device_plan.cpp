@@ -2,7 +2,10 @@
 
 #include <tbb/task_arena.h>
 
+#include <algorithm>
+
 #include "planner/core/error.h"
+#include "planner/core/units.h"
 #include "planner/report.h"
 
 namespace ferry::offload {
@@ -17,8 +20,8 @@ planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::Ho
   g.name = device.name;
   g.memory_bytes = g.free_bytes = device.capacity;
   // The compute figures only feed the speed estimate; a simulated device computes with the CPU's kernels.
-  g.memory_bandwidth = 936e9;
-  g.bf16_tflops = 71;
+  g.memory_bandwidth = planner::reference_gpu().memory_bandwidth;
+  g.bf16_tflops = planner::reference_gpu().bf16_tflops;
   hw.gpus.push_back(g);
   hw.gpu_reserve_bytes = 0;  // no driver context on a simulated device
   hw.source = "flags";
@@ -40,6 +43,33 @@ planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::Ho
     FERRY_THROW("does not fit on " + device.name + ": " + why + " (`ferry plan` shows the whole plan)");
   }
   return plan;
+}
+
+void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& model, const DeviceRequest& device) {
+  planner::check_plan_for_model(plan, model);
+  FERRY_CHECK(plan.hardware.nodes == 1, "plan: made for " + std::to_string(plan.hardware.nodes) +
+                                            " nodes; ferry run runs one-node plans for now");
+  const auto gpu = std::find_if(plan.devices.begin(), plan.devices.end(),
+                                [](const planner::DevicePlan& d) { return d.kind == planner::DeviceKind::Gpu; });
+  FERRY_CHECK(
+      plan.hardware.gpus.size() == 1 && gpu != plan.devices.end(),
+      "plan: has " + std::to_string(plan.hardware.gpus.size()) + " GPUs; ferry run runs plans with one GPU for now");
+  FERRY_CHECK(gpu->used() <= device.capacity, "does not fit on " + device.name + ": the plan puts " +
+                                                  core::format_bytes(gpu->used()) + " on " + gpu->id +
+                                                  ", the device has " + core::format_bytes(device.capacity));
+  const int64_t threads = plan.options.threads > 0 ? plan.options.threads : plan.hardware.host.cores;
+  const int64_t here = tbb::this_task_arena::max_concurrency();
+  FERRY_CHECK(threads >= here, "plan: its workspace is for " + std::to_string(threads) +
+                                   " worker threads, this process runs " + std::to_string(here) +
+                                   " (make the plan on this machine)");
+}
+
+runtime::SessionOptions planned_session(const planner::Plan& plan, runtime::SessionOptions base) {
+  base.ctx = plan.options.ctx;
+  base.kv_type = plan.kv_type;
+  base.ubatch = plan.options.ubatch;
+  base.mtp = plan.options.mtp;
+  return base;
 }
 
 }  // namespace ferry::offload

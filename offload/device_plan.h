@@ -1,5 +1,6 @@
 // The Plan of a run on one GPU-like device next to host RAM (`ferry run --gpu sim:SIZE[@BW]`), made from the
-// checkpoint's headers alone, so that a device too small fails before any weight is read.
+// checkpoint's headers alone, so that a device too small fails before any weight is read; or a saved plan
+// (`ferry run --plan FILE`) checked against the checkpoint and the device before any weight is read.
 #pragma once
 
 #include <cstdint>
@@ -23,5 +24,13 @@ struct DeviceRequest {
 // when it does not fit.
 planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::HostSpec& host,
                               const DeviceRequest& device, const runtime::SessionOptions& session);
+
+// Checks that a saved plan runs here: it is `model`'s and fits (planner::check_plan_for_model), has one node
+// with one GPU, `device` holds what the plan puts on that GPU, and the plan's workspace has room for this
+// process's worker threads. Throws a one-line ferry::Error naming the first problem.
+void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& model, const DeviceRequest& device);
+
+// `base` with the plan's context, KV type, prefill chunk and MTP choice.
+runtime::SessionOptions planned_session(const planner::Plan& plan, runtime::SessionOptions base);
 
 }  // namespace ferry::offload

@@ -1,5 +1,4 @@
 #include "offload/expert_dispatch.h"
-#include "offload/host_expert_store.h"
 
 #include <algorithm>
 #include <chrono>
@@ -34,17 +33,19 @@ struct ExpertDispatch::Layer {
   std::vector<ExpertWeights> on_gpu;  // resident: every expert's device copy
   std::vector<DeviceBuffer> resident_buffers;
   std::vector<DeviceBuffer> slots;  // cache slots, one expert each
+  std::vector<int> host_node;       // per expert in RAM: the NUMA node the CPU computes it from
 };
 
 ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWeights& host_experts,
-                               runtime::Backend& gpu, runtime::Backend& host, const DispatchOptions& options)
+                               runtime::Backend& gpu, runtime::Backend& host, const DispatchOptions& options,
+                               const std::vector<std::vector<int>>& host_nodes)
     : host_(host_experts),
       gpu_(gpu),
       options_(options),
       cache_(
           [&] {
             std::vector<int64_t> slots(sz(host_experts.config().n_layers_total()), 0);
-            for (const auto& lp : plan.layers) slots[sz(lp.layer)] = lp.cache_slots;
+            for (const auto& lp : plan.layers) slots[sz(lp.layer)] = planner::expert_counts(plan, lp, 0).cache_slots;
             return slots;
           }(),
           host_experts.config().n_routed_experts, options.policy) {
@@ -60,18 +61,20 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
     if (plan.devices[i].kind == planner::DeviceKind::Gpu) gpu_index = static_cast<int>(i);
   bool any_in_ram = false;
   for (const auto& lp : plan.layers) {
-    layers_[sz(lp.layer)]->gpu_layer = lp.device == gpu_index;
-    if (lp.experts_per_node == 0) continue;
+    const planner::LayerRun* run = planner::run_on_node(plan, lp, 0);
+    layers_[sz(lp.layer)]->gpu_layer = run && run->device == gpu_index;
+    if (lp.experts.empty()) continue;
     const runtime::LayerWeights& L = lp.mtp ? *host_.mtp() : host_.layer(lp.layer);
-    FERRY_CHECK(lp.experts_per_node == static_cast<int64_t>(L.experts.size()),
-                "plan: layer " + std::to_string(lp.layer) + " places " + std::to_string(lp.experts_per_node) +
+    FERRY_CHECK(lp.n_experts() == static_cast<int64_t>(L.experts.size()),
+                "plan: layer " + std::to_string(lp.layer) + " places " + std::to_string(lp.n_experts()) +
                     " experts, the checkpoint has " + std::to_string(L.experts.size()));
-    FERRY_CHECK(lp.experts_on_gpu == 0 || lp.experts_on_gpu == lp.experts_per_node,
+    const planner::ExpertCounts homes = planner::expert_counts(plan, lp, 0);
+    FERRY_CHECK(homes.on_gpu == 0 || homes.on_gpu == homes.held,
                 "plan: layer " + std::to_string(lp.layer) + " keeps part of its experts on the GPU");
     Layer& dst = *layers_[sz(lp.layer)];
     dst.moe = true;
     expert_bytes_ = runtime::expert_bytes(L.experts.front());
-    if (lp.experts_on_gpu > 0) {
+    if (homes.on_gpu > 0) {
       dst.resident = true;
       runtime::WeightCopier copier(gpu_);
       dst.on_gpu = L.experts;
@@ -80,7 +83,11 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
       continue;
     }
     any_in_ram = true;
-    for (int64_t s = 0; s < lp.cache_slots; ++s)
+    dst.host_node = host_nodes.at(sz(lp.layer));
+    FERRY_CHECK(dst.host_node.size() == L.experts.size(),
+                "expert dispatch: layer " + std::to_string(lp.layer) + " has NUMA nodes for " +
+                    std::to_string(dst.host_node.size()) + " experts of " + std::to_string(L.experts.size()));
+    for (int64_t s = 0; s < homes.cache_slots; ++s)
       dst.slots.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
   }
   if (!any_in_ram) return;
@@ -119,12 +126,12 @@ ExpertUse ExpertDispatch::in_slot(int expert, const ExpertWeights& host, const D
   return u;
 }
 
-ExpertUse ExpertDispatch::on_cpu(const ExpertWeights& host, DispatchStats& s) {
+ExpertUse ExpertDispatch::on_cpu(const ExpertWeights& host, DispatchStats& s, int host_node) {
   ++s.cpu;
   ExpertUse u;
   u.weights = &host;
   u.scratch = &cpu_scratch_;
-  u.host_node = host_expert_node(host.w1.data);
+  u.host_node = host_node;
   return u;
 }
 
@@ -210,7 +217,7 @@ ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t ex
           if (!many) {
             // Its prefetch is still landing: the CPU computes this use rather than wait; the next use hits.
             cache_.release(l, lk.slot);
-            return on_cpu(host, s);
+            return on_cpu(host, s, L.host_node[sz(e)]);
           }
           ready = in_flight_event(l, lk.slot);  // the device waits for it on its stream, the host does not
         }
@@ -241,7 +248,7 @@ ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t ex
     acquired_stream_ = static_cast<int>(k);
     return in_slot(e, host, stream_slots_[k], ready);
   }
-  return on_cpu(host, s);
+  return on_cpu(host, s, L.host_node[sz(e)]);
 }
 
 void ExpertDispatch::release(const runtime::LayerWeights& layer, int64_t, runtime::ComputeEvent done) {

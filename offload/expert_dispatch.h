@@ -63,11 +63,14 @@ int64_t stream_min_tokens_for(double cpu_expert_bytes_per_s, double link_bytes_p
 
 class ExpertDispatch final : public runtime::ExpertProvider {
  public:
-  // `weights` are the bound model's (non-routed tensors already placed); `host_experts` the checkpoint's.
-  // Allocates the cache slots, stream slots (device, class ExpertCache), staging (host, Staging) and the
-  // CPU path's buffers (host, Workspace) as the Plan sizes them, and moves resident layers' experts to `gpu`.
+  // `plan` runs on node 0 with one GPU (BoundPlan checks); its expert homes say which layers' experts are
+  // resident on `gpu`. `host_experts` are the checkpoint's; `host_nodes[layer][expert]` the NUMA node the CPU
+  // computes an expert in RAM from (HostExpertStore::host_nodes(); -1: none). Allocates the cache slots, stream
+  // slots (device, class ExpertCache), staging (host, Staging) and the CPU path's buffers (host, Workspace) as
+  // the Plan sizes them, and moves resident layers' experts to `gpu`.
   ExpertDispatch(const planner::Plan& plan, const runtime::ModelWeights& host_experts, runtime::Backend& gpu,
-                 runtime::Backend& host, const DispatchOptions& options);
+                 runtime::Backend& host, const DispatchOptions& options,
+                 const std::vector<std::vector<int>>& host_nodes);
   ~ExpertDispatch() override;
 
   void routed(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) override;
@@ -96,7 +99,7 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   // The acquired expert's use on the device, from a slot holding its packed bytes once `ready` has landed.
   runtime::ExpertUse in_slot(int expert, const runtime::ExpertWeights& host, const runtime::DeviceBuffer& slot,
                              runtime::CopyEvent ready);
-  runtime::ExpertUse on_cpu(const runtime::ExpertWeights& host, DispatchStats& s);
+  runtime::ExpertUse on_cpu(const runtime::ExpertWeights& host, DispatchStats& s, int host_node);
   runtime::CopyEvent in_flight_event(int layer, int slot) const;
   void reap();  // fills whose copies have landed become Ready; pins whose readers have run are released
 

@@ -4,8 +4,6 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <mutex>
-#include <shared_mutex>
 
 #include <hwloc.h>
 #include <tbb/parallel_for.h>
@@ -31,62 +29,58 @@ namespace {
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
-// Every live numa store's buffers, for host_expert_node(): a few ranges per store, read once per expert the
-// CPU computes, written when a store is made or destroyed.
-struct Range {
-  const uint8_t* begin;
-  const uint8_t* end;
-  int node;
-};
-std::shared_mutex registry_mu;
-std::vector<Range> registry;
-
-void unregister(const uint8_t* begin) {
-  std::unique_lock lock(registry_mu);
-  std::erase_if(registry, [&](const Range& r) { return r.begin == begin; });
-}
-
-// The layers whose experts live in host RAM, with every expert there (ExpertDispatch refuses a layer split
-// between the GPU and RAM).
-std::vector<int64_t> in_ram_layers(const planner::Plan& plan, const runtime::ModelWeights& weights) {
+// The layers with experts homed on a host device.
+std::vector<int64_t> in_ram_layers(const planner::Plan& plan, const std::vector<int>& host_of_device) {
   std::vector<int64_t> layers;
   for (const auto& lp : plan.layers) {
-    if (lp.experts_in_ram <= 0) continue;
+    const bool in_ram = std::any_of(lp.experts.begin(), lp.experts.end(),
+                                    [&](const planner::ExpertHome& h) { return host_of_device[sz(h.device)] >= 0; });
+    if (!in_ram) continue;
     FERRY_CHECK(!lp.mtp, "host experts: the MTP layer's experts are not stored yet (run without --mtp)");
-    const auto n = static_cast<int64_t>(weights.layer(lp.layer).experts.size());
-    FERRY_CHECK(lp.experts_in_ram == n, "plan: layer " + std::to_string(lp.layer) + " keeps " +
-                                            std::to_string(lp.experts_in_ram) + " of its " + std::to_string(n) +
-                                            " experts in host RAM; the host store takes whole layers");
     layers.push_back(lp.layer);
   }
   return layers;
 }
 
-}  // namespace
-
-int host_expert_node(const void* p) {
-  const auto* b = static_cast<const uint8_t*>(p);
-  std::shared_lock lock(registry_mu);
-  for (const Range& r : registry)
-    if (b >= r.begin && b < r.end) return r.node;
-  return -1;
+// The host device (position among the plan's host devices) holding expert e of `lp`; -1: a GPU, or another
+// node's device (not in a node's view of the plan).
+int host_of_expert(const planner::LayerPlan& lp, int64_t e, const std::vector<int>& host_of_device) {
+  const planner::ExpertHome* h = lp.home_of(e);
+  return h ? host_of_device[sz(h->device)] : -1;
 }
+
+const planner::LayerPlan& layer_plan(const planner::Plan& plan, int64_t layer) {
+  for (const auto& lp : plan.layers)
+    if (lp.layer == layer) return lp;
+  FERRY_THROW("plan: no layer " + std::to_string(layer));
+}
+
+}  // namespace
 
 HostExpertStore::HostExpertStore(const planner::Plan& plan, runtime::ModelWeights& weights,
                                  std::span<runtime::Backend* const> hosts, HostExperts mode)
     : mode_(mode), hosts_(hosts.begin(), hosts.end()) {
   FERRY_CHECK(!hosts_.empty(), "host experts: no host backend");
   const size_t n = hosts_.size();
+  int host_devices = 0;
+  for (const auto& d : plan.devices)
+    host_of_device_.push_back(d.kind == planner::DeviceKind::Host ? host_devices++ : -1);
+  FERRY_CHECK(sz(host_devices) == n, "host experts: the plan has " + std::to_string(host_devices) +
+                                         " host devices, the store was given " + std::to_string(n) + " backends");
   reserved_.assign(n, 0);
-  for (const int64_t l : in_ram_layers(plan, weights)) {
+  for (const int64_t l : in_ram_layers(plan, host_of_device_)) {
     const auto& experts = weights.layer(l).experts;
-    for (size_t e = 0; e < experts.size(); ++e) reserved_[e % n] += runtime::expert_bytes(experts[e]);
+    const planner::LayerPlan& lp = layer_plan(plan, l);
+    for (size_t e = 0; e < experts.size(); ++e)
+      if (const int k = host_of_expert(lp, static_cast<int64_t>(e), host_of_device_); k >= 0)
+        reserved_[sz(k)] += runtime::expert_bytes(experts[e]);
   }
   // All ledgers or none: a refusal on node k must not leave nodes before it charged.
   size_t k = 0;
   try {
     for (; k < n; ++k) hosts_[k]->ledger().reserve(MemoryClass::Weights, reserved_[k]);
     if (mode_ == HostExperts::Numa) copy_to_nodes(plan, weights);
+    fill_host_nodes(plan, weights.config().n_layers_total());
   } catch (...) {
     free_regions();
     for (size_t j = 0; j < k; ++j) hosts_[j]->ledger().release(MemoryClass::Weights, reserved_[j]);
@@ -109,7 +103,6 @@ int64_t HostExpertStore::total_bytes() const {
 void HostExpertStore::free_regions() noexcept {
   auto t = static_cast<hwloc_topology_t>(topology_);
   for (const Region& r : regions_) {
-    unregister(r.data);
     hwloc_free(t, const_cast<uint8_t*>(r.data), sz(r.bytes));
   }
   regions_.clear();
@@ -123,7 +116,7 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
   topology_ = t;
   FERRY_CHECK(hwloc_topology_load(t) == 0, "host experts: hwloc_topology_load failed");
   const int machine_nodes = std::max(1, hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE));
-  const std::vector<int64_t> layers = in_ram_layers(plan, weights);
+  const std::vector<int64_t> layers = in_ram_layers(plan, host_of_device_);
   const size_t n = hosts_.size();
   bool warned = false;
   for (size_t k = 0; k < n; ++k) {
@@ -151,12 +144,8 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
     }
     r.data = static_cast<const uint8_t*>(p);
     regions_.push_back(r);
-    {
-      std::unique_lock lock(registry_mu);
-      registry.push_back({r.data, r.data + r.bytes, r.machine_node});
-    }
 
-    // This node's experts (e % n == k), packed back to back in layer then expert order, copied and
+    // This node's experts (homed on its host device), packed back to back in layer then expert order, copied and
     // re-pointed in parallel by the node's own threads: with first-touch memory that is what places the
     // pages; with bound memory it keeps the copy's writes local.
     struct Job {
@@ -169,7 +158,9 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
     int64_t offset = 0;
     for (const int64_t l : layers) {
       auto& experts = weights.layer_to_place(l).experts;
-      for (size_t e = k; e < experts.size(); e += n) {
+      const planner::LayerPlan& lp = layer_plan(plan, l);
+      for (size_t e = 0; e < experts.size(); ++e) {
+        if (host_of_expert(lp, static_cast<int64_t>(e), host_of_device_) != static_cast<int>(k)) continue;
         jobs.push_back({&experts[e], experts[e], base + offset});
         offset += runtime::expert_bytes(experts[e]);
       }
@@ -183,6 +174,19 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
         *j.view = runtime::expert_in_slot(j.from, j.to);
       });
     });
+  }
+}
+
+void HostExpertStore::fill_host_nodes(const planner::Plan& plan, int64_t n_layers) {
+  std::vector<int> node_of_host(hosts_.size(), -1);  // -1: mmap, the experts stay in the mapping
+  for (const Region& r : regions_) node_of_host[sz(r.plan_node)] = r.machine_node;
+  host_nodes_.assign(sz(n_layers), {});
+  for (const auto& lp : plan.layers) {
+    std::vector<int>& row = host_nodes_.at(sz(lp.layer));
+    for (const planner::ExpertHome& h : lp.experts) row.resize(std::max(row.size(), sz(h.last() + 1)), -1);
+    for (size_t e = 0; e < row.size(); ++e)
+      if (const int k = host_of_expert(lp, static_cast<int64_t>(e), host_of_device_); k >= 0)
+        row[e] = node_of_host[sz(k)];
   }
 }
 

@@ -1,6 +1,6 @@
-// The host weight store for routed experts the Plan leaves in host RAM (issue 5, item 1). The planner deals
-// each layer's in-RAM experts to the plan's NUMA nodes round-robin (expert e on plan node e % N) and sizes each
-// node's share as that node's routed-expert weights; this store makes memory match:
+// The host weight store for routed experts the Plan leaves in host RAM (issue 5, item 1). The Plan's expert
+// homes (planner/plan.h ExpertHome) say which of its NUMA devices holds each expert, and each device's ledger
+// counts those experts' weights; this store makes memory match:
 //   - mmap (the default): the experts stay in the checkpoint's mapping, where the page cache put them; each
 //     plan node's share is only accounted in that node's ledger.
 //   - numa: each plan node's experts are copied into one buffer bound to a machine NUMA node (plan node k on
@@ -10,8 +10,8 @@
 // The bytes are reserved as MemoryClass::Weights in the ledger of the plan node's host backend, before any
 // memory is taken, so that a store larger than the plan is refused.
 //
-// One buffer per node rather than one per expert: one binding call and one page-rounding per node, and the
-// ranges that answer host_expert_node() stay a handful however many experts the model has.
+// One buffer per node rather than one per expert: one binding call and one page-rounding per node however many
+// experts the model has.
 #pragma once
 
 #include <cstdint>
@@ -42,9 +42,9 @@ class HostExpertStore {
     bool bound = false;    // false: the OS refused binding, first-touch memory
   };
 
-  // `weights` is the bound model: its in-RAM experts (LayerPlan::experts_in_ram > 0) are re-pointed at the
-  // copies (numa). `hosts[k]` is the backend of the plan's k-th host device, in plan order. Throws ferry::Error
-  // when a ledger refuses the bytes or memory cannot be had.
+  // `plan` is a one-node plan, or one node's view (planner::plan_for_node). `weights` is the bound model: its experts
+  // homed on a host device are re-pointed at the copies (numa). `hosts[k]` is the backend of the plan's k-th host
+  // device, in plan order. Throws ferry::Error when a ledger refuses the bytes or memory cannot be had.
   HostExpertStore(const planner::Plan& plan, runtime::ModelWeights& weights, std::span<runtime::Backend* const> hosts,
                   HostExperts mode);
   ~HostExpertStore();
@@ -56,9 +56,14 @@ class HostExpertStore {
   // Bytes of in-RAM experts each plan node holds (the ledger's reservation).
   const std::vector<int64_t>& bytes_by_plan_node() const { return reserved_; }
   int64_t total_bytes() const;
+  // Per layer, per routed expert: the NUMA node (Region::machine_node) of the memory the CPU computes it from,
+  // what ExpertDispatch puts in runtime::ExpertUse::host_node; -1 for an expert in the checkpoint's mapping
+  // (mmap) or held on a GPU. Rows of layers without routed experts are empty.
+  const std::vector<std::vector<int>>& host_nodes() const { return host_nodes_; }
 
  private:
   void copy_to_nodes(const planner::Plan& plan, runtime::ModelWeights& weights);
+  void fill_host_nodes(const planner::Plan& plan, int64_t n_layers);
   void free_regions() noexcept;
 
   HostExperts mode_;
@@ -66,10 +71,8 @@ class HostExpertStore {
   std::vector<runtime::Backend*> hosts_;
   std::vector<int64_t> reserved_;
   std::vector<Region> regions_;
+  std::vector<int> host_of_device_;  // per plan device: its position among the host devices; -1: a GPU
+  std::vector<std::vector<int>> host_nodes_;
 };
-
-// The NUMA node (Region::machine_node) of the store memory `p` points into; -1 when `p` is in no numa store (the
-// mapping, or a GPU slot). What ExpertDispatch puts in runtime::ExpertUse::host_node. Thread-safe.
-int host_expert_node(const void* p);
 
 }  // namespace ferry::offload

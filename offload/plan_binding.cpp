@@ -8,21 +8,10 @@ namespace ferry::offload {
 
 using runtime::MemoryClass;
 
-std::optional<MemoryClass> memory_class_of(std::string_view c) {
-  if (c == "reserve") return std::nullopt;
-  if (c.starts_with("weights.")) return MemoryClass::Weights;
-  if (c == "kv.csa_indexer" || c == "kv.mla_indexer") return MemoryClass::Indexer;
-  if (c.starts_with("kv.")) return MemoryClass::Kv;
-  if (c == "workspace") return MemoryClass::Workspace;
-  if (c == "expert_cache" || c == "expert_stream") return MemoryClass::ExpertCache;
-  if (c == "staging") return MemoryClass::Staging;
-  FERRY_THROW("plan: unknown memory class '" + std::string(c) + "'");
-}
-
 std::array<int64_t, runtime::kMemoryClasses> planned_by_class(const planner::DevicePlan& d) {
   std::array<int64_t, runtime::kMemoryClasses> b{};
   for (const auto& [cls, bytes] : d.use)
-    if (const auto m = memory_class_of(cls)) b[static_cast<size_t>(*m)] += bytes;
+    if (cls.ledger) b[static_cast<size_t>(*cls.ledger)] += bytes;
   return b;
 }
 
@@ -74,9 +63,11 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   runtime::WeightCopier copier(gpu);
   for (const auto& lp : plan.layers) {
     FERRY_CHECK(!lp.mtp, "binding a plan with the MTP layer is not supported yet (run without --mtp)");
-    if (lp.device == gpu_index) copier.move_non_routed(weights_.layer_to_place(lp.layer));
+    const planner::LayerRun* run = planner::run_on_node(plan, lp, 0);
+    if (run && run->device == gpu_index) copier.move_non_routed(weights_.layer_to_place(lp.layer));
   }
-  const bool head_on_gpu = plan.devices[static_cast<size_t>(gpu_index)].bytes_of("weights.head") > 0;
+  const bool head_on_gpu =
+      plan.devices[static_cast<size_t>(gpu_index)].bytes_of(planner::use_class(core::WeightClass::Head).name) > 0;
   if (head_on_gpu) {
     copier.move(weights_.head_to_place());
     copier.move(weights_.norm_to_place());
@@ -87,7 +78,7 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   host0.ledger().reserve(MemoryClass::Weights, mapped_bytes_);
   try {
     store_ = std::make_unique<HostExpertStore>(plan, weights_, hosts_, host_experts);
-    dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, host0, options);
+    dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, host0, options, store_->host_nodes());
   } catch (...) {
     dispatch_.reset();
     store_.reset();

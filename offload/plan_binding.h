@@ -10,9 +10,7 @@
 
 #include <array>
 #include <memory>
-#include <optional>
 #include <span>
-#include <string_view>
 #include <vector>
 
 #include "offload/expert_dispatch.h"
@@ -24,9 +22,8 @@
 
 namespace ferry::offload {
 
-// The ledger class of one of the Plan's classes ("weights.attention" -> Weights, "kv.csa_indexer" -> Indexer,
-// "expert_stream" -> ExpertCache, ...); nullopt for "reserve" (memory the plan leaves to the driver / the OS).
-std::optional<runtime::MemoryClass> memory_class_of(std::string_view plan_class);
+// A device's planned bytes by ledger class (each of the Plan's classes carries its own; `reserve`, memory the
+// plan leaves to the driver or the OS, is in none).
 std::array<int64_t, runtime::kMemoryClasses> planned_by_class(const planner::DevicePlan& d);
 void set_planned(runtime::MemoryLedger& ledger, const planner::DevicePlan& d);
 

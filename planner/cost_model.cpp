@@ -102,13 +102,18 @@ double kv_read_bytes(const core::ModelConfig& c, int64_t l, KvType t, int64_t ct
   return double(ctx) * row.main;
 }
 
-double hit_rate(const PlanOptions& o, const LayerPlan& lp) {
-  if (lp.experts_per_node == 0) return 0;
-  if (lp.experts_on_gpu == lp.experts_per_node) return 1;
-  if (lp.experts_on_gpu > 0) return double(lp.experts_on_gpu) / lp.experts_per_node;
-  if (lp.cache_slots == 0) return 0;
+double hit_rate(const PlanOptions& o, const ExpertCounts& n) {
+  if (n.held == 0) return 0;
+  if (n.on_gpu == n.held) return 1;
+  if (n.on_gpu > 0) return double(n.on_gpu) / n.held;
+  if (n.cache_slots == 0) return 0;
   if (o.expert_hit_rate >= 0) return o.expert_hit_rate;
-  return std::pow(double(lp.cache_slots) / lp.experts_per_node, kCacheHitExponent);
+  return std::pow(double(n.cache_slots) / n.held, kCacheHitExponent);
+}
+
+// The estimate is node 0's: every node runs alike (replicated layers, an equal share of the experts).
+const DevicePlan& runner(const Plan& p, const LayerPlan& lp) {
+  return p.devices[static_cast<size_t>(lp.runs.front().device)];
 }
 
 }  // namespace
@@ -131,13 +136,14 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
     if (lp.mtp) continue;  // MTP runs beside decoding (speculation), not in the base token time
     const auto& w = spec.layers[static_cast<size_t>(lp.layer)];
     const double read = double(w.non_routed()) + kv_read_bytes(c, lp.layer, plan.kv_type, o.ctx);
-    const auto& dev = plan.devices[static_cast<size_t>(lp.device)];
+    const auto& dev = runner(plan, lp);
+    const ExpertCounts node0 = expert_counts(plan, lp, 0);
     const double dev_bw = dev.kind == DeviceKind::Gpu
                               ? hw.gpus[static_cast<size_t>(dev.index)].memory_bandwidth * kGpuBandwidthEfficiency
                               : host_bw;
     gpu_s += read / dev_bw;
-    if (lp.experts_per_node == 0) continue;
-    const double h = hit_rate(o, lp);
+    if (node0.held == 0) continue;
+    const double h = hit_rate(o, node0);
     routed_uses += topk;
     hits += topk * h;
     routed_bytes_per_token += topk * eb;
@@ -174,18 +180,19 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
     for (const LayerPlan& lp : plan.layers) {
       if (lp.mtp) continue;
       const LayerFlops f = layer_flops(c, lp.layer);
-      const auto& dev = plan.devices[static_cast<size_t>(lp.device)];
+      const auto& dev = runner(plan, lp);
+      const ExpertCounts node0 = expert_counts(plan, lp, 0);
       const double flops_rate = dev.kind == DeviceKind::Gpu
                                     ? hw.gpus[static_cast<size_t>(dev.index)].bf16_tflops * 1e12 * kGpuFlopsEfficiency
                                     : host_flops;
-      const double h = lp.experts_per_node > 0 ? hit_rate(o, lp) : 0;
+      const double h = node0.held > 0 ? hit_rate(o, node0) : 0;
       double compute = u * (f.dense + attention_flops(c, lp.layer, pos) + topk * h * f.expert) / flops_rate;
       double experts = 0;
-      if (lp.experts_in_ram > 0) {
+      if (node0.in_ram > 0) {
         const double share = 1 - h;
         const double uses = u * topk * share / nodes;
         // Distinct experts a chunk touches on one node, of those in its RAM.
-        const double touched = lp.experts_in_ram * (1 - std::pow(1 - topk / double(c.n_routed_experts), u));
+        const double touched = node0.in_ram * (1 - std::pow(1 - topk / double(c.n_routed_experts), u));
         const double stream =
             has_gpu ? touched * eb / pcie_h2d_bandwidth(hw.gpus[0].pcie) + uses * f.expert / flops_rate : INFINITY;
         const double cpu = std::max(uses * f.expert / host_flops, touched * eb / host_bw);

@@ -1,5 +1,6 @@
 #include "planner/hardware.h"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 
@@ -50,6 +51,12 @@ const std::vector<GpuPreset>& gpu_presets() {
   return presets;
 }
 
+const GpuPreset& reference_gpu() {
+  static const GpuPreset& ref =
+      *std::find_if(gpu_presets().begin(), gpu_presets().end(), [](const GpuPreset& p) { return p.name == "rtx3090"; });
+  return ref;
+}
+
 GpuSpec parse_gpu_spec(std::string_view text) {
   std::string_view name = text;
   std::string_view cap;
@@ -81,9 +88,9 @@ GpuSpec parse_gpu_spec(std::string_view text) {
     // A card we have no datasheet for: assume the reference workstation card's speeds.
     g.name = "custom";
     g.memory_bytes = core::parse_size(name, "GPU memory");
-    g.memory_bandwidth = 936e9;
-    g.bf16_tflops = 71;
-    g.pcie = PcieGen::Gen4;
+    g.memory_bandwidth = reference_gpu().memory_bandwidth;
+    g.bf16_tflops = reference_gpu().bf16_tflops;
+    g.pcie = reference_gpu().pcie;
   }
   if (!cap.empty()) {
     const int64_t limit = core::parse_size(cap, "GPU memory limit");

@@ -60,6 +60,9 @@ struct GpuPreset {
   std::string_view sm;
 };
 const std::vector<GpuPreset>& gpu_presets();
+// The reference workstation card of hardware.md (an RTX 3090): the speeds assumed for a GPU without a
+// datasheet (`--gpu 24GiB`, a probed card no preset matches, a simulated device).
+const GpuPreset& reference_gpu();
 
 // "rtx3090" (a preset) or "24GiB" (a custom card with a conservative bandwidth), optionally "rtx4090:20GiB"
 // to cap the memory ferry may use. Throws naming the unknown GPU and the known ones.

@@ -13,7 +13,7 @@
 
 namespace ferry::planner {
 
-void DevicePlan::add(const std::string& cls, int64_t bytes) {
+void DevicePlan::add(const UseClass& cls, int64_t bytes) {
   if (bytes == 0) return;
   for (auto& [c, b] : use)
     if (c == cls) {
@@ -29,16 +29,13 @@ int64_t DevicePlan::used() const {
   return s;
 }
 
-int64_t DevicePlan::bytes_of(const std::string& cls) const {
+int64_t DevicePlan::bytes_of(std::string_view cls) const {
   for (const auto& [c, b] : use)
-    if (c == cls) return b;
+    if (c.name == cls) return b;
   return 0;
 }
 
 namespace {
-
-std::string weights_key(core::WeightClass c) { return "weights." + std::string(core::weight_class_name(c)); }
-std::string kv_key(KvKind k) { return "kv." + std::string(kv_kind_name(k)); }
 
 class Placer {
  public:
@@ -74,7 +71,7 @@ class Placer {
         d.index = g;
         d.name = hw_.gpus[static_cast<size_t>(g)].name;
         d.capacity = hw_.gpus[static_cast<size_t>(g)].free_bytes;
-        d.add("reserve", hw_.gpu_reserve_bytes);
+        d.add(use_class(Pool::Reserve), hw_.gpu_reserve_bytes);
         plan_.devices.push_back(std::move(d));
       }
       for (int k = 0; k < numa(); ++k) {
@@ -86,7 +83,7 @@ class Placer {
         d.name = numa() > 1 ? "host RAM, NUMA " + std::to_string(k) : "host RAM";
         // RAM and the OS reserve split evenly; the first NUMA node takes the remainder.
         d.capacity = hw_.host.ram_bytes / numa() + (k == 0 ? hw_.host.ram_bytes % numa() : 0);
-        d.add("reserve", hw_.host_reserve_bytes / numa());
+        d.add(use_class(Pool::Reserve), hw_.host_reserve_bytes / numa());
         plan_.devices.push_back(std::move(d));
       }
     }
@@ -120,20 +117,20 @@ class Placer {
     const auto& w = s_.layers[static_cast<size_t>(l)];
     for (size_t k = 0; k < core::kNumWeightClasses; ++k)
       if (k != static_cast<size_t>(core::WeightClass::RoutedExpert))
-        d.add(weights_key(static_cast<core::WeightClass>(k)), w.bytes[k]);
+        d.add(use_class(static_cast<core::WeightClass>(k)), w.bytes[k]);
     const KvBytes kv = layer_kv(l);
-    for (size_t k = 0; k < kNumKvKinds; ++k) d.add(kv_key(static_cast<KvKind>(k)), kv[k]);
+    for (size_t k = 0; k < kNumKvKinds; ++k) d.add(use_class(static_cast<KvKind>(k)), kv[k]);
   }
 
   void put_head(DevicePlan& d) {
     for (size_t k = 0; k < core::kNumWeightClasses; ++k)
       if (k != static_cast<size_t>(core::WeightClass::Embedding))
-        d.add(weights_key(static_cast<core::WeightClass>(k)), s_.global[k]);
+        d.add(use_class(static_cast<core::WeightClass>(k)), s_.global[k]);
   }
 
   void put_embedding(int node) {
     plan_.devices[static_cast<size_t>(host_device(node, 0))].add(
-        weights_key(core::WeightClass::Embedding), s_.global[static_cast<size_t>(core::WeightClass::Embedding)]);
+        use_class(core::WeightClass::Embedding), s_.global[static_cast<size_t>(core::WeightClass::Embedding)]);
   }
 
   void place_cpu_only() {
@@ -141,9 +138,8 @@ class Placer {
       auto& host = plan_.devices[static_cast<size_t>(host_device(n, 0))];
       for (int l : layers_) put_layer(l, host);
       put_head(host);
-      host.add("workspace", workspace_bytes());
+      host.add(use_class(Pool::Workspace), workspace_bytes());
       put_embedding(n);
-      for (int l : layers_) owner_[l] = host_device(n, 0);
     }
     plan_.layout = "CPU only: every layer and the KV cache in host RAM";
     if (hw_.nodes > 1)
@@ -225,7 +221,8 @@ class Placer {
           owner_[layers_[i]] = dev;
         }
         put_head(plan_.devices[static_cast<size_t>(all_gpus.back())]);
-        for (int dev : all_gpus) plan_.devices[static_cast<size_t>(dev)].add("workspace", gpu_fixed_ - stream_part());
+        for (int dev : all_gpus)
+          plan_.devices[static_cast<size_t>(dev)].add(use_class(Pool::Workspace), gpu_fixed_ - stream_part());
         put_embedding(0);
         const int stages = owner_all.back() + 1;
         plan_.layout = "pipeline over " + std::to_string(stages) + " GPUs on " + std::to_string(hw_.nodes) +
@@ -241,7 +238,8 @@ class Placer {
       }
       put_head(plan_.devices[static_cast<size_t>(gpu_device(n, G - 1))]);
       for (int g = 0; g < G; ++g)
-        plan_.devices[static_cast<size_t>(gpu_device(n, g))].add("workspace", gpu_fixed_ - stream_part());
+        plan_.devices[static_cast<size_t>(gpu_device(n, g))].add(use_class(Pool::Workspace),
+                                                                 gpu_fixed_ - stream_part());
       put_embedding(n);
     }
     const int used_gpus = owner.empty() ? 1 : owner.back() + 1;
@@ -255,7 +253,7 @@ class Placer {
 
   int64_t stream_part() const { return s_.expert_bytes() > 0 ? expert_stream_slot_bytes(s_) : 0; }
 
-  // Routed experts of layer l homed on node n (experts are dealt to nodes by id).
+  // Routed experts of layer l homed on node n: each node a contiguous block, the first e % nodes one more.
   int64_t experts_on_node(int l, int n) const {
     const int64_t e = s_.layers[static_cast<size_t>(l)].n_experts;
     return e / hw_.nodes + (n < e % hw_.nodes ? 1 : 0);
@@ -270,14 +268,12 @@ class Placer {
     return f;
   }
 
-  void place_experts() {
-    const int64_t eb = s_.expert_bytes();
-    std::vector<int> moe;
-    for (int l : layers_)
-      if (c_.is_moe_layer(l) && s_.layers[static_cast<size_t>(l)].n_experts > 0) moe.push_back(l);
-    std::vector<std::vector<int64_t>> resident(hw_.nodes, std::vector<int64_t>(c_.n_layers_total(), 0));
-    std::vector<std::vector<int64_t>> slots(hw_.nodes, std::vector<int64_t>(c_.n_layers_total(), 0));
+  using PerNode = std::vector<std::vector<int64_t>>;  // [node][layer]
 
+  // Which layers keep their experts resident on the GPU that runs them for a node, and how many GPU
+  // expert-cache slots the others get there, from the VRAM each GPU has left.
+  void choose_gpu_experts(const std::vector<int>& moe, PerNode& resident, PerNode& slots) const {
+    const int64_t eb = s_.expert_bytes();
     for (int n = 0; n < hw_.nodes && gpus_per_node() > 0; ++n) {
       // RAM the node still needs for its experts, the CPU path's buffers and pinned staging.
       int64_t host_need = cpu_expert_workspace_bytes(c_, o_.ubatch) + pinned_staging_bytes(s_);
@@ -289,7 +285,7 @@ class Placer {
         for (int l : moe)
           if (gpu_of_layer_on_node(l, n) == dev) hosted.push_back(l);
         if (hosted.empty()) continue;
-        auto& d = plan_.devices[static_cast<size_t>(dev)];
+        const auto& d = plan_.devices[static_cast<size_t>(dev)];
         int64_t leftover = d.capacity - d.used();
         int64_t all = 0;
         for (int l : hosted) all += experts_on_node(l, n) * eb;
@@ -319,54 +315,89 @@ class Placer {
         for (int l : cached) slots[n][l] = std::min(per_layer, experts_on_node(l, n) - 1);
       }
     }
+  }
 
-    std::vector<bool> streams(plan_.devices.size(), false);
+  // Layer l's experts: each node's contiguous block, the first resident[n][l] of it on the GPU that runs the
+  // layer for node n, the rest dealt to the node's NUMA nodes round-robin (so that every NUMA node's cores
+  // share each layer), cached or streamed by that GPU when there is one.
+  std::vector<ExpertHome> homes_of(int l, const PerNode& resident) const {
+    std::vector<ExpertHome> homes;
+    int64_t begin = 0;
     for (int n = 0; n < hw_.nodes; ++n) {
-      bool any_in_ram = false;
-      for (int l : moe) {
-        const int64_t on_node = experts_on_node(l, n);
-        const int64_t in_ram = on_node - resident[n][l];
-        if (resident[n][l] > 0)
-          plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add(
-              weights_key(core::WeightClass::RoutedExpert), resident[n][l] * eb);
-        if (slots[n][l] > 0)
-          plan_.devices[static_cast<size_t>(gpu_of_layer_on_node(l, n))].add("expert_cache", slots[n][l] * eb);
-        // Experts are dealt to NUMA nodes round-robin so that every NUMA node's cores share each layer.
-        for (int k = 0; k < numa(); ++k) {
-          const int64_t count = in_ram / numa() + (k < in_ram % numa() ? 1 : 0);
-          plan_.devices[static_cast<size_t>(host_device(n, k))].add(weights_key(core::WeightClass::RoutedExpert),
-                                                                    count * eb);
-        }
-        if (in_ram > 0) {
-          any_in_ram = true;
-          if (const int gpu = gpus_per_node() > 0 ? gpu_of_layer_on_node(l, n) : -1; gpu >= 0)
-            streams[static_cast<size_t>(gpu)] = true;
-        }
+      const int64_t on_node = experts_on_node(l, n), on_gpu = resident[static_cast<size_t>(n)][static_cast<size_t>(l)];
+      const int gpu = gpus_per_node() > 0 ? gpu_of_layer_on_node(l, n) : -1;
+      if (on_gpu > 0) homes.push_back({begin, on_gpu, 1, gpu, -1});
+      const int64_t in_ram = on_node - on_gpu;
+      for (int k = 0; k < numa(); ++k) {
+        const int64_t count = in_ram / numa() + (k < in_ram % numa() ? 1 : 0);
+        if (count > 0) homes.push_back({begin + on_gpu + k, count, numa(), host_device(n, k), gpu});
       }
-      if (any_in_ram) {
-        auto& host0 = plan_.devices[static_cast<size_t>(host_device(n, 0))];
-        host0.add("workspace", cpu_expert_workspace_bytes(c_, o_.ubatch));
-        if (gpus_per_node() > 0) host0.add("staging", pinned_staging_bytes(s_));
-      }
+      begin += on_node;
     }
-    // Stream slots only on GPUs that run a layer with experts in RAM.
-    for (size_t i = 0; i < streams.size(); ++i)
-      if (streams[i]) plan_.devices[i].add("expert_stream", stream_part());
+    return homes;
+  }
 
+  std::vector<LayerRun> runs_of(int l, const PerNode& slots) const {
+    std::vector<LayerRun> runs;
+    if (gpus_per_node() == 0) {
+      for (int n = 0; n < hw_.nodes; ++n) runs.push_back({host_device(n, 0), 0});
+    } else if (replicated_) {
+      for (int n = 0; n < hw_.nodes; ++n)
+        runs.push_back({gpu_of_layer_on_node(l, n), slots[static_cast<size_t>(n)][static_cast<size_t>(l)]});
+    } else {
+      const int owner = owner_.at(l);
+      const int node = plan_.devices[static_cast<size_t>(owner)].node;
+      runs.push_back({owner, slots[static_cast<size_t>(node)][static_cast<size_t>(l)]});
+    }
+    return runs;
+  }
+
+  void place_experts() {
+    std::vector<int> moe;
+    for (int l : layers_)
+      if (c_.is_moe_layer(l) && s_.layers[static_cast<size_t>(l)].n_experts > 0) moe.push_back(l);
+    PerNode resident(static_cast<size_t>(hw_.nodes), std::vector<int64_t>(c_.n_layers_total(), 0));
+    PerNode slots = resident;
+    choose_gpu_experts(moe, resident, slots);
     for (int l : layers_) {
       LayerPlan lp;
       lp.layer = l;
       lp.attn = c_.attn_kind(l);
       lp.mtp = c_.is_mtp_layer(l);
-      lp.device = owner_.count(l) ? owner_.at(l) : -1;
-      if (std::find(moe.begin(), moe.end(), l) != moe.end()) {
-        lp.experts_per_node = experts_on_node(l, 0);
-        lp.experts_on_gpu = resident[0][l];
-        lp.cache_slots = slots[0][l];
-        lp.experts_in_ram = lp.experts_per_node - lp.experts_on_gpu;
-      }
-      plan_.layers.push_back(lp);
+      lp.runs = runs_of(l, slots);
+      if (std::find(moe.begin(), moe.end(), l) != moe.end()) lp.experts = homes_of(l, resident);
+      plan_.layers.push_back(std::move(lp));
     }
+    charge_experts();
+  }
+
+  // The devices' bytes for the routed experts, all from the layers' homes and runs: the experts where they
+  // are held, the GPU expert caches, the CPU expert path's buffers and pinned staging on a node that keeps
+  // experts in RAM, and stream slots on the GPUs that cache or stream them.
+  void charge_experts() {
+    const int64_t eb = s_.expert_bytes();
+    std::vector<bool> streams(plan_.devices.size(), false);
+    for (int n = 0; n < hw_.nodes; ++n) {
+      bool any_in_ram = false;
+      for (const LayerPlan& lp : plan_.layers) {
+        for (const ExpertHome& h : lp.experts) {
+          DevicePlan& d = plan_.devices[static_cast<size_t>(h.device)];
+          if (d.node != n) continue;
+          d.add(use_class(core::WeightClass::RoutedExpert), h.count * eb);
+          any_in_ram |= d.kind == DeviceKind::Host;
+          if (h.cache >= 0) streams[static_cast<size_t>(h.cache)] = true;
+        }
+        if (const LayerRun* r = run_on_node(plan_, lp, n))
+          plan_.devices[static_cast<size_t>(r->device)].add(use_class(Pool::ExpertCache), r->cache_slots * eb);
+      }
+      if (any_in_ram) {
+        auto& host0 = plan_.devices[static_cast<size_t>(host_device(n, 0))];
+        host0.add(use_class(Pool::Workspace), cpu_expert_workspace_bytes(c_, o_.ubatch));
+        if (gpus_per_node() > 0) host0.add(use_class(Pool::Staging), pinned_staging_bytes(s_));
+      }
+    }
+    for (size_t i = 0; i < streams.size(); ++i)
+      if (streams[i]) plan_.devices[i].add(use_class(Pool::ExpertStream), stream_part());
   }
 
   // The GPU that runs layer l's attention for node n's tokens (replicated: node n's own GPU; pipeline: the
@@ -384,11 +415,11 @@ class Placer {
     for (const auto& d : plan_.devices) {
       if (!d.over()) continue;
       plan_.fits = false;
-      std::vector<std::pair<std::string, int64_t>> items = d.use;
+      auto items = d.use;
       std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.second > b.second; });
       std::string detail;
       for (size_t i = 0; i < items.size() && i < 3; ++i)
-        detail += (i ? ", " : "") + items[i].first + " " + core::format_bytes(items[i].second);
+        detail += (i ? ", " : "") + items[i].first.name + " " + core::format_bytes(items[i].second);
       plan_.shortfalls.push_back({d.id, d.used(), d.capacity, detail});
     }
   }

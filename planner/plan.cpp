@@ -133,4 +133,41 @@ Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& opt
   return plan;
 }
 
+void check_plan_for_model(const Plan& plan, const ModelSpec& spec) {
+  const core::ModelConfig& c = spec.config;
+  const int64_t weights = spec.total_bytes - (plan.options.mtp ? 0 : spec.mtp_bytes());
+  // Not by name: a checkpoint directory is named by its path, which may change between planning and running.
+  FERRY_CHECK(plan.arch == c.arch && plan.weights_bytes == weights,
+              "plan: made for " + plan.model + " (" + std::string(core::arch_name(plan.arch)) + ", " +
+                  core::format_bytes(plan.weights_bytes) + " of weights), the model is " + c.name + " (" +
+                  std::string(core::arch_name(c.arch)) + ", " + core::format_bytes(weights) + ")");
+  check_homes(plan);
+  std::vector<int> want;
+  for (int64_t l = 0; l < c.n_layers_total(); ++l)
+    if (!c.is_mtp_layer(l) || plan.options.mtp) want.push_back(static_cast<int>(l));
+  std::vector<int> have;
+  for (const LayerPlan& lp : plan.layers) have.push_back(lp.layer);
+  FERRY_CHECK(have == want, "plan: places " + std::to_string(have.size()) + " layers, the model has " +
+                                std::to_string(want.size()) + (plan.options.mtp ? " (with MTP)" : ""));
+  std::vector<int64_t> held(plan.devices.size(), 0);
+  for (const LayerPlan& lp : plan.layers) {
+    const auto& w = spec.layers[static_cast<size_t>(lp.layer)];
+    const int64_t n = c.is_moe_layer(lp.layer) ? w.n_experts : 0;
+    FERRY_CHECK(lp.n_experts() == n, "plan: layer " + std::to_string(lp.layer) + " homes " +
+                                         std::to_string(lp.n_experts()) + " routed experts, the model has " +
+                                         std::to_string(n));
+    for (const ExpertHome& h : lp.experts) held[static_cast<size_t>(h.device)] += h.count * spec.expert_bytes();
+  }
+  for (size_t i = 0; i < plan.devices.size(); ++i) {
+    const DevicePlan& d = plan.devices[i];
+    const int64_t planned = d.bytes_of(use_class(core::WeightClass::RoutedExpert).name);
+    FERRY_CHECK(planned == held[i], "plan: " + d.id + " plans " + core::format_bytes(planned) +
+                                        " of routed experts, the experts homed there are " +
+                                        core::format_bytes(held[i]));
+    FERRY_CHECK(!d.over(), "plan: does not fit: " + d.id + " needs " + core::format_bytes(d.used()) + " but has " +
+                               core::format_bytes(d.capacity));
+  }
+  FERRY_CHECK(plan.fits, "plan: does not fit (its \"fits\" is false)");
+}
+
 }  // namespace ferry::planner

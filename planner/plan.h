@@ -6,12 +6,14 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 #include "planner/hardware.h"
 #include "planner/kv_cache.h"
 #include "planner/model_spec.h"
+#include "planner/use_class.h"
 
 namespace ferry::planner {
 
@@ -40,23 +42,57 @@ struct DevicePlan {
   int index = 0;     // GPU index or NUMA node
   std::string name;  // "rtx3090", "host RAM"
   int64_t capacity = 0;
-  std::vector<std::pair<std::string, int64_t>> use;  // class -> bytes, in placement order
+  std::vector<std::pair<UseClass, int64_t>> use;  // class -> bytes, in placement order
 
-  void add(const std::string& cls, int64_t bytes);
+  void add(const UseClass& cls, int64_t bytes);
   int64_t used() const;
-  int64_t bytes_of(const std::string& cls) const;
+  int64_t bytes_of(std::string_view cls) const;  // by the class's name
   bool over() const { return used() > capacity; }
+};
+
+// A strided range of one layer's routed experts that share a home: experts first, first + step, ...,
+// first + (count - 1) * step. The placer deals a layer's experts to the nodes in contiguous blocks and a node's
+// block to its NUMA nodes round-robin, so one range with step = NUMA nodes is one NUMA node's share.
+// Where they are computed follows from the home: on the holding GPU (resident); on the holding NUMA node's
+// cores (in host RAM); and, for experts in RAM with a `cache` GPU, on that GPU whenever the runtime puts one in
+// its expert cache or streams it there (a cache hit, a prefill with many tokens for it) — the runtime's choice
+// per use, so the plan names the GPU and leaves the choice.
+struct ExpertHome {
+  int64_t first = 0, count = 0, step = 1;
+  int device = -1;  // Plan::devices index holding the weights: a GPU (resident) or a host NUMA device (in RAM)
+  int cache = -1;   // in RAM only: the GPU whose expert cache and stream slots may take them; -1: none
+  int64_t last() const { return first + (count - 1) * step; }
+  bool contains(int64_t e) const { return e >= first && e <= last() && (e - first) % step == 0; }
+  bool operator==(const ExpertHome&) const = default;
+};
+
+// A device that runs a layer's non-routed part (attention, shared expert, router, norms) and holds its
+// non-routed weights and KV.
+struct LayerRun {
+  int device = -1;          // Plan::devices index
+  int64_t cache_slots = 0;  // GPU expert-cache slots for the layer's experts in this node's RAM
+  bool operator==(const LayerRun&) const = default;
 };
 
 struct LayerPlan {
   int layer = 0;
   core::AttnKind attn = core::AttnKind::Swa;
   bool mtp = false;
-  int device = -1;               // index into Plan::devices: attention, non-routed weights and KV
-  int64_t experts_per_node = 0;  // routed experts this layer keeps on each node
-  int64_t experts_on_gpu = 0;    // of those, resident on the layer's GPU (computed there, never on the CPU)
-  int64_t cache_slots = 0;       // GPU expert-cache slots for the rest
-  int64_t experts_in_ram = 0;    // per node, computed by the CPU or streamed
+  // In node order. Replicated layouts: one per node, each node running the layer for its tokens on its own
+  // device. A pipeline over the nodes: the one owner, which every node's experts send their outputs to.
+  std::vector<LayerRun> runs;
+  std::vector<ExpertHome> experts;  // each routed expert of the layer exactly once; empty: no routed experts
+
+  int64_t n_experts() const;
+  const ExpertHome* home_of(int64_t expert) const;  // nullptr: no such expert
+};
+
+// One node's share of a layer's routed experts, counted from the homes.
+struct ExpertCounts {
+  int64_t held = 0;         // homed on the node
+  int64_t on_gpu = 0;       // of those, resident on a GPU
+  int64_t in_ram = 0;       // in host RAM
+  int64_t cache_slots = 0;  // GPU expert-cache slots the node's run of the layer has for those in RAM
 };
 
 struct CostEstimate {
@@ -87,7 +123,7 @@ struct Shortfall {
 };
 
 struct Plan {
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   std::string model;  // name
   core::Arch arch = core::Arch::DeepseekV4;
@@ -117,5 +153,24 @@ Plan place(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options
 
 // Fills plan.cost from the placement (cost_model.cpp).
 void estimate_cost(const ModelSpec& spec, Plan& plan);
+
+// Checks that a plan (read from a file, perhaps edited) is for this model and can run: the same model
+// (architecture, weight bytes, layers, routed experts per layer), every device's routed-expert bytes those its
+// homes give it, every device within its capacity. Throws a one-line ferry::Error naming the first problem.
+void check_plan_for_model(const Plan& plan, const ModelSpec& spec);
+
+// ---- homes (homes.cpp) ----
+
+// Layer `l`'s experts homed on `node`, and the node's cache slots for them.
+ExpertCounts expert_counts(const Plan& plan, const LayerPlan& l, int node);
+// The run of a layer on `node`; nullptr when no device of that node runs it.
+const LayerRun* run_on_node(const Plan& plan, const LayerPlan& l, int node);
+// Checks the homes and runs of every layer: devices that exist; each expert 0..n-1 of a layer homed exactly
+// once; a cache GPU only for experts in RAM, on the holder's node, running the layer; cache slots only on GPU
+// runs; at most one run per node. Throws a one-line ferry::Error naming the layer.
+void check_homes(const Plan& plan);
+// Node `node`'s view: its devices (indices renumbered), each layer's runs and expert homes on them, its
+// shortfalls and whether its devices fit. The view of a one-node plan is the plan.
+Plan plan_for_node(const Plan& plan, int node);
 
 }  // namespace ferry::planner

@@ -63,6 +63,203 @@ core::AttnKind attn_from(const std::string& s) {
   FERRY_THROW("plan: unknown layer attention kind '" + s + "'");
 }
 
+ojson hardware_to_json(const Hardware& hw) {
+  ojson gpus = ojson::array();
+  for (const auto& g : hw.gpus)
+    gpus.push_back({{"name", g.name},
+                    {"memory_bytes", g.memory_bytes},
+                    {"free_bytes", g.free_bytes},
+                    {"memory_bandwidth", g.memory_bandwidth},
+                    {"bf16_tflops", g.bf16_tflops},
+                    {"pcie", std::string(pcie_name(g.pcie))},
+                    {"sm", g.sm},
+                    {"probed", g.probed}});
+  const auto& h = hw.host;
+  return {{"source", hw.source},
+          {"nodes", hw.nodes},
+          {"gpus", gpus},
+          {"host",
+           {{"ram_bytes", h.ram_bytes},
+            {"memory_bandwidth", h.memory_bandwidth},
+            {"numa_nodes", h.numa_nodes},
+            {"cores", h.cores},
+            {"gflops_per_core", h.gflops_per_core},
+            {"probed", h.probed}}},
+          {"network", {{"bandwidth", hw.network.bandwidth}, {"latency_s", hw.network.latency_s}}},
+          {"gpu_reserve_bytes", hw.gpu_reserve_bytes},
+          {"host_reserve_bytes", hw.host_reserve_bytes}};
+}
+
+ojson devices_to_json(const std::vector<DevicePlan>& devices) {
+  ojson out = ojson::array();
+  for (const auto& d : devices) {
+    ojson use;
+    for (const auto& [c, b] : d.use) use[c.name] = b;
+    out.push_back({{"id", d.id},
+                   {"kind", d.kind == DeviceKind::Gpu ? "gpu" : "host"},
+                   {"node", d.node},
+                   {"index", d.index},
+                   {"name", d.name},
+                   {"capacity_bytes", d.capacity},
+                   {"used_bytes", d.used()},
+                   {"use", use}});
+  }
+  return out;
+}
+
+ojson layers_to_json(const Plan& p) {
+  auto id = [&](int device) { return p.devices[static_cast<size_t>(device)].id; };
+  ojson layers = ojson::array();
+  for (const auto& l : p.layers) {
+    ojson runs = ojson::array();
+    for (const auto& r : l.runs) runs.push_back({{"device", id(r.device)}, {"cache_slots", r.cache_slots}});
+    ojson experts = ojson::array();
+    for (const auto& h : l.experts) {
+      ojson e = {{"first", h.first}, {"count", h.count}, {"step", h.step}, {"device", id(h.device)}};
+      if (h.cache >= 0) e["cache"] = id(h.cache);
+      experts.push_back(e);
+    }
+    layers.push_back({{"layer", l.layer},
+                      {"attn", std::string(core::attn_kind_name(l.attn))},
+                      {"mtp", l.mtp},
+                      {"runs", runs},
+                      {"experts", experts}});
+  }
+  return layers;
+}
+
+ojson cost_to_json(const CostEstimate& c) {
+  return {{"decode_tok_s", c.decode_tok_s},
+          {"decode_bottleneck", c.decode_bottleneck},
+          {"decode_gpu_ms", c.decode_gpu_ms},
+          {"decode_cpu_ms", c.decode_cpu_ms},
+          {"decode_sync_ms", c.decode_sync_ms},
+          {"decode_ceiling_tok_s", c.decode_ceiling_tok_s},
+          {"expert_hit_rate", c.expert_hit_rate},
+          {"prefill_tok_s", c.prefill_tok_s},
+          {"prefill_full_tok_s", c.prefill_full_tok_s},
+          {"prefill_bottleneck", c.prefill_bottleneck},
+          {"prefill_expert_path", c.prefill_expert_path}};
+}
+
+Hardware hardware_from_json(const ojson& hw) {
+  Hardware out;
+  out.source = field<std::string>(hw, "source", "hardware");
+  out.nodes = field<int>(hw, "nodes", "hardware");
+  for (const auto& g : object(hw, "gpus", "hardware")) {
+    GpuSpec s;
+    s.name = field<std::string>(g, "name", "gpu");
+    s.memory_bytes = field<int64_t>(g, "memory_bytes", "gpu");
+    s.free_bytes = field<int64_t>(g, "free_bytes", "gpu");
+    s.memory_bandwidth = field<double>(g, "memory_bandwidth", "gpu");
+    s.bf16_tflops = field<double>(g, "bf16_tflops", "gpu");
+    s.pcie = parse_pcie(field<std::string>(g, "pcie", "gpu"));
+    s.sm = field<std::string>(g, "sm", "gpu");
+    s.probed = field<bool>(g, "probed", "gpu");
+    out.gpus.push_back(s);
+  }
+  const ojson& host = object(hw, "host", "hardware");
+  out.host.ram_bytes = field<int64_t>(host, "ram_bytes", "host");
+  out.host.memory_bandwidth = field<double>(host, "memory_bandwidth", "host");
+  out.host.numa_nodes = field<int>(host, "numa_nodes", "host");
+  out.host.cores = field<int>(host, "cores", "host");
+  out.host.gflops_per_core = field<double>(host, "gflops_per_core", "host");
+  out.host.probed = field<bool>(host, "probed", "host");
+  const ojson& net = object(hw, "network", "hardware");
+  out.network.bandwidth = field<double>(net, "bandwidth", "network");
+  out.network.latency_s = field<double>(net, "latency_s", "network");
+  out.gpu_reserve_bytes = field<int64_t>(hw, "gpu_reserve_bytes", "hardware");
+  out.host_reserve_bytes = field<int64_t>(hw, "host_reserve_bytes", "hardware");
+  return out;
+}
+
+void options_from_json(const ojson& o, Plan& p) {
+  p.options.ctx = field<int64_t>(o, "ctx", "options");
+  p.options.parallel = field<int64_t>(o, "parallel", "options");
+  p.kv_type = kv_from(field<std::string>(o, "kv_type", "options"));
+  p.options.kv_type = p.kv_type;
+  p.options.kv_auto = field<bool>(o, "kv_auto", "options");
+  p.options.ubatch = field<int64_t>(o, "ubatch", "options");
+  p.options.threads = field<int64_t>(o, "threads", "options");
+  p.options.mtp = field<bool>(o, "mtp", "options");
+  p.options.expert_cache = cache_mode_from(field<std::string>(o, "expert_cache", "options"));
+  p.options.expert_cache_slots = field<int64_t>(o, "expert_cache_slots", "options");
+  p.options.logits_all = field<bool>(o, "logits_all", "options");
+  p.options.expert_hit_rate = field<double>(o, "expert_hit_rate", "options");
+}
+
+std::vector<DevicePlan> devices_from_json(const ojson& devices) {
+  std::vector<DevicePlan> out;
+  for (const auto& d : devices) {
+    DevicePlan dp;
+    dp.id = field<std::string>(d, "id", "device");
+    const std::string kind = field<std::string>(d, "kind", "device");
+    if (kind != "gpu" && kind != "host") FERRY_THROW("plan: device " + dp.id + " has unknown kind '" + kind + "'");
+    dp.kind = kind == "gpu" ? DeviceKind::Gpu : DeviceKind::Host;
+    dp.node = field<int>(d, "node", "device");
+    dp.index = field<int>(d, "index", "device");
+    dp.name = field<std::string>(d, "name", "device");
+    dp.capacity = field<int64_t>(d, "capacity_bytes", "device");
+    for (const auto& [cls, bytes] : object(d, "use", "device").items()) {
+      const UseClass* c = find_use_class(cls);
+      if (!c) FERRY_THROW("plan: device " + dp.id + " has unknown memory class '" + cls + "'");
+      if (!bytes.is_number_integer() || bytes.get<int64_t>() < 0)
+        FERRY_THROW("plan: device " + dp.id + " use." + cls + " must be a byte count");
+      dp.use.emplace_back(*c, bytes.get<int64_t>());
+    }
+    out.push_back(std::move(dp));
+  }
+  return out;
+}
+
+// The layers, their runs and expert homes naming devices by id; check_homes() then checks them.
+std::vector<LayerPlan> layers_from_json(const ojson& layers, const std::vector<DevicePlan>& devices) {
+  auto device = [&](const std::string& id, const std::string& where) {
+    auto it = std::find_if(devices.begin(), devices.end(), [&](const DevicePlan& d) { return d.id == id; });
+    if (it == devices.end()) FERRY_THROW("plan: " + where + " names unknown device '" + id + "'");
+    return static_cast<int>(it - devices.begin());
+  };
+  std::vector<LayerPlan> out;
+  for (const auto& l : layers) {
+    LayerPlan lp;
+    lp.layer = field<int>(l, "layer", "layer");
+    lp.attn = attn_from(field<std::string>(l, "attn", "layer"));
+    lp.mtp = field<bool>(l, "mtp", "layer");
+    const std::string where = "layer " + std::to_string(lp.layer);
+    for (const auto& r : object(l, "runs", "layer")) {
+      const int d = device(field<std::string>(r, "device", "run"), where);
+      lp.runs.push_back({d, field<int64_t>(r, "cache_slots", "run")});
+    }
+    for (const auto& e : object(l, "experts", "layer")) {
+      ExpertHome h;
+      h.first = field<int64_t>(e, "first", "experts");
+      h.count = field<int64_t>(e, "count", "experts");
+      h.step = field<int64_t>(e, "step", "experts");
+      h.device = device(field<std::string>(e, "device", "experts"), where);
+      if (e.contains("cache")) h.cache = device(field<std::string>(e, "cache", "experts"), where);
+      lp.experts.push_back(h);
+    }
+    out.push_back(std::move(lp));
+  }
+  return out;
+}
+
+CostEstimate cost_from_json(const ojson& c) {
+  CostEstimate e;
+  e.decode_tok_s = field<double>(c, "decode_tok_s", "cost");
+  e.decode_bottleneck = field<std::string>(c, "decode_bottleneck", "cost");
+  e.decode_gpu_ms = field<double>(c, "decode_gpu_ms", "cost");
+  e.decode_cpu_ms = field<double>(c, "decode_cpu_ms", "cost");
+  e.decode_sync_ms = field<double>(c, "decode_sync_ms", "cost");
+  e.decode_ceiling_tok_s = field<double>(c, "decode_ceiling_tok_s", "cost");
+  e.expert_hit_rate = field<double>(c, "expert_hit_rate", "cost");
+  e.prefill_tok_s = field<double>(c, "prefill_tok_s", "cost");
+  e.prefill_full_tok_s = field<double>(c, "prefill_full_tok_s", "cost");
+  e.prefill_bottleneck = field<std::string>(c, "prefill_bottleneck", "cost");
+  e.prefill_expert_path = field<std::string>(c, "prefill_expert_path", "cost");
+  return e;
+}
+
 }  // namespace
 
 ojson plan_to_json(const Plan& p) {
@@ -73,33 +270,7 @@ ojson plan_to_json(const Plan& p) {
                 {"arch", std::string(core::arch_name(p.arch))},
                 {"source", p.model_source},
                 {"weights_bytes", p.weights_bytes}};
-
-  ojson gpus = ojson::array();
-  for (const auto& g : p.hardware.gpus)
-    gpus.push_back({{"name", g.name},
-                    {"memory_bytes", g.memory_bytes},
-                    {"free_bytes", g.free_bytes},
-                    {"memory_bandwidth", g.memory_bandwidth},
-                    {"bf16_tflops", g.bf16_tflops},
-                    {"pcie", std::string(pcie_name(g.pcie))},
-                    {"sm", g.sm},
-                    {"probed", g.probed}});
-  const auto& h = p.hardware.host;
-  j["hardware"] = {
-      {"source", p.hardware.source},
-      {"nodes", p.hardware.nodes},
-      {"gpus", gpus},
-      {"host",
-       {{"ram_bytes", h.ram_bytes},
-        {"memory_bandwidth", h.memory_bandwidth},
-        {"numa_nodes", h.numa_nodes},
-        {"cores", h.cores},
-        {"gflops_per_core", h.gflops_per_core},
-        {"probed", h.probed}}},
-      {"network", {{"bandwidth", p.hardware.network.bandwidth}, {"latency_s", p.hardware.network.latency_s}}},
-      {"gpu_reserve_bytes", p.hardware.gpu_reserve_bytes},
-      {"host_reserve_bytes", p.hardware.host_reserve_bytes}};
-
+  j["hardware"] = hardware_to_json(p.hardware);
   const auto& o = p.options;
   j["options"] = {{"ctx", o.ctx},
                   {"parallel", o.parallel},
@@ -114,51 +285,13 @@ ojson plan_to_json(const Plan& p) {
                   {"expert_hit_rate", o.expert_hit_rate}};
   j["fits"] = p.fits;
   j["layout"] = p.layout;
-
   ojson kinds;
   for (size_t k = 0; k < kNumKvKinds; ++k)
     if (p.kv[k] > 0) kinds[std::string(kv_kind_name(static_cast<KvKind>(k)))] = p.kv[k];
   j["kv_cache"] = {{"type", std::string(kv_type_name(p.kv_type))}, {"total_bytes", kv_total(p.kv)}, {"by_kind", kinds}};
-
-  ojson devices = ojson::array();
-  for (const auto& d : p.devices) {
-    ojson use;
-    for (const auto& [c, b] : d.use) use[c] = b;
-    devices.push_back({{"id", d.id},
-                       {"kind", d.kind == DeviceKind::Gpu ? "gpu" : "host"},
-                       {"node", d.node},
-                       {"index", d.index},
-                       {"name", d.name},
-                       {"capacity_bytes", d.capacity},
-                       {"used_bytes", d.used()},
-                       {"use", use}});
-  }
-  j["devices"] = devices;
-
-  ojson layers = ojson::array();
-  for (const auto& l : p.layers)
-    layers.push_back({{"layer", l.layer},
-                      {"attn", std::string(core::attn_kind_name(l.attn))},
-                      {"mtp", l.mtp},
-                      {"device", l.device >= 0 ? p.devices[static_cast<size_t>(l.device)].id : ""},
-                      {"experts_per_node", l.experts_per_node},
-                      {"experts_on_gpu", l.experts_on_gpu},
-                      {"cache_slots", l.cache_slots},
-                      {"experts_in_ram", l.experts_in_ram}});
-  j["layers"] = layers;
-
-  const auto& c = p.cost;
-  j["cost"] = {{"decode_tok_s", c.decode_tok_s},
-               {"decode_bottleneck", c.decode_bottleneck},
-               {"decode_gpu_ms", c.decode_gpu_ms},
-               {"decode_cpu_ms", c.decode_cpu_ms},
-               {"decode_sync_ms", c.decode_sync_ms},
-               {"decode_ceiling_tok_s", c.decode_ceiling_tok_s},
-               {"expert_hit_rate", c.expert_hit_rate},
-               {"prefill_tok_s", c.prefill_tok_s},
-               {"prefill_full_tok_s", c.prefill_full_tok_s},
-               {"prefill_bottleneck", c.prefill_bottleneck},
-               {"prefill_expert_path", c.prefill_expert_path}};
+  j["devices"] = devices_to_json(p.devices);
+  j["layers"] = layers_to_json(p);
+  j["cost"] = cost_to_json(p.cost);
   ojson fits = ojson::array();
   for (const auto& f : p.kv_fits)
     fits.push_back(
@@ -186,51 +319,10 @@ Plan plan_from_json(const ojson& j) {
   p.arch = arch_from(field<std::string>(m, "arch", "model"));
   p.model_source = field<std::string>(m, "source", "model");
   p.weights_bytes = field<int64_t>(m, "weights_bytes", "model");
-
-  const ojson& hw = object(j, "hardware", "plan");
-  p.hardware.source = field<std::string>(hw, "source", "hardware");
-  p.hardware.nodes = field<int>(hw, "nodes", "hardware");
-  for (const auto& g : object(hw, "gpus", "hardware")) {
-    GpuSpec s;
-    s.name = field<std::string>(g, "name", "gpu");
-    s.memory_bytes = field<int64_t>(g, "memory_bytes", "gpu");
-    s.free_bytes = field<int64_t>(g, "free_bytes", "gpu");
-    s.memory_bandwidth = field<double>(g, "memory_bandwidth", "gpu");
-    s.bf16_tflops = field<double>(g, "bf16_tflops", "gpu");
-    s.pcie = parse_pcie(field<std::string>(g, "pcie", "gpu"));
-    s.sm = field<std::string>(g, "sm", "gpu");
-    s.probed = field<bool>(g, "probed", "gpu");
-    p.hardware.gpus.push_back(s);
-  }
-  const ojson& host = object(hw, "host", "hardware");
-  p.hardware.host.ram_bytes = field<int64_t>(host, "ram_bytes", "host");
-  p.hardware.host.memory_bandwidth = field<double>(host, "memory_bandwidth", "host");
-  p.hardware.host.numa_nodes = field<int>(host, "numa_nodes", "host");
-  p.hardware.host.cores = field<int>(host, "cores", "host");
-  p.hardware.host.gflops_per_core = field<double>(host, "gflops_per_core", "host");
-  p.hardware.host.probed = field<bool>(host, "probed", "host");
-  const ojson& net = object(hw, "network", "hardware");
-  p.hardware.network.bandwidth = field<double>(net, "bandwidth", "network");
-  p.hardware.network.latency_s = field<double>(net, "latency_s", "network");
-  p.hardware.gpu_reserve_bytes = field<int64_t>(hw, "gpu_reserve_bytes", "hardware");
-  p.hardware.host_reserve_bytes = field<int64_t>(hw, "host_reserve_bytes", "hardware");
-
-  const ojson& o = object(j, "options", "plan");
-  p.options.ctx = field<int64_t>(o, "ctx", "options");
-  p.options.parallel = field<int64_t>(o, "parallel", "options");
-  p.kv_type = kv_from(field<std::string>(o, "kv_type", "options"));
-  p.options.kv_type = p.kv_type;
-  p.options.kv_auto = field<bool>(o, "kv_auto", "options");
-  p.options.ubatch = field<int64_t>(o, "ubatch", "options");
-  p.options.threads = field<int64_t>(o, "threads", "options");
-  p.options.mtp = field<bool>(o, "mtp", "options");
-  p.options.expert_cache = cache_mode_from(field<std::string>(o, "expert_cache", "options"));
-  p.options.expert_cache_slots = field<int64_t>(o, "expert_cache_slots", "options");
-  p.options.logits_all = field<bool>(o, "logits_all", "options");
-  p.options.expert_hit_rate = field<double>(o, "expert_hit_rate", "options");
+  p.hardware = hardware_from_json(object(j, "hardware", "plan"));
+  options_from_json(object(j, "options", "plan"), p);
   p.fits = field<bool>(j, "fits", "plan");
   p.layout = field<std::string>(j, "layout", "plan");
-
   const ojson& kv = object(j, "kv_cache", "plan");
   for (const auto& [name, bytes] : object(kv, "by_kind", "kv_cache").items()) {
     bool known = false;
@@ -241,52 +333,10 @@ Plan plan_from_json(const ojson& j) {
       }
     if (!known) FERRY_THROW("plan: unknown KV kind '" + name + "'");
   }
-
-  for (const auto& d : object(j, "devices", "plan")) {
-    DevicePlan dp;
-    dp.id = field<std::string>(d, "id", "device");
-    const std::string kind = field<std::string>(d, "kind", "device");
-    if (kind != "gpu" && kind != "host") FERRY_THROW("plan: device " + dp.id + " has unknown kind '" + kind + "'");
-    dp.kind = kind == "gpu" ? DeviceKind::Gpu : DeviceKind::Host;
-    dp.node = field<int>(d, "node", "device");
-    dp.index = field<int>(d, "index", "device");
-    dp.name = field<std::string>(d, "name", "device");
-    dp.capacity = field<int64_t>(d, "capacity_bytes", "device");
-    for (const auto& [cls, bytes] : object(d, "use", "device").items()) {
-      if (!bytes.is_number_integer() || bytes.get<int64_t>() < 0)
-        FERRY_THROW("plan: device " + dp.id + " use." + cls + " must be a byte count");
-      dp.use.emplace_back(cls, bytes.get<int64_t>());
-    }
-    p.devices.push_back(std::move(dp));
-  }
-  for (const auto& l : object(j, "layers", "plan")) {
-    LayerPlan lp;
-    lp.layer = field<int>(l, "layer", "layer");
-    lp.attn = attn_from(field<std::string>(l, "attn", "layer"));
-    lp.mtp = field<bool>(l, "mtp", "layer");
-    const std::string dev = field<std::string>(l, "device", "layer");
-    auto it = std::find_if(p.devices.begin(), p.devices.end(), [&](const DevicePlan& d) { return d.id == dev; });
-    if (it == p.devices.end())
-      FERRY_THROW("plan: layer " + std::to_string(lp.layer) + " names unknown device '" + dev + "'");
-    lp.device = static_cast<int>(it - p.devices.begin());
-    lp.experts_per_node = field<int64_t>(l, "experts_per_node", "layer");
-    lp.experts_on_gpu = field<int64_t>(l, "experts_on_gpu", "layer");
-    lp.cache_slots = field<int64_t>(l, "cache_slots", "layer");
-    lp.experts_in_ram = field<int64_t>(l, "experts_in_ram", "layer");
-    p.layers.push_back(lp);
-  }
-  const ojson& c = object(j, "cost", "plan");
-  p.cost.decode_tok_s = field<double>(c, "decode_tok_s", "cost");
-  p.cost.decode_bottleneck = field<std::string>(c, "decode_bottleneck", "cost");
-  p.cost.decode_gpu_ms = field<double>(c, "decode_gpu_ms", "cost");
-  p.cost.decode_cpu_ms = field<double>(c, "decode_cpu_ms", "cost");
-  p.cost.decode_sync_ms = field<double>(c, "decode_sync_ms", "cost");
-  p.cost.decode_ceiling_tok_s = field<double>(c, "decode_ceiling_tok_s", "cost");
-  p.cost.expert_hit_rate = field<double>(c, "expert_hit_rate", "cost");
-  p.cost.prefill_tok_s = field<double>(c, "prefill_tok_s", "cost");
-  p.cost.prefill_full_tok_s = field<double>(c, "prefill_full_tok_s", "cost");
-  p.cost.prefill_bottleneck = field<std::string>(c, "prefill_bottleneck", "cost");
-  p.cost.prefill_expert_path = field<std::string>(c, "prefill_expert_path", "cost");
+  p.devices = devices_from_json(object(j, "devices", "plan"));
+  p.layers = layers_from_json(object(j, "layers", "plan"), p.devices);
+  check_homes(p);
+  p.cost = cost_from_json(object(j, "cost", "plan"));
   for (const auto& f : object(j, "kv_fits", "plan"))
     p.kv_fits.push_back({kv_from(field<std::string>(f, "type", "kv_fits")), field<int64_t>(f, "max_ctx", "kv_fits"),
                          field<int64_t>(f, "bytes_at_ctx", "kv_fits")});

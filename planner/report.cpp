@@ -52,38 +52,49 @@ void devices_section(const Plan& p, std::string& out) {
                       core::format_bytes(d.capacity).c_str(), d.capacity > 0 ? 100.0 * used / d.capacity : 0.0);
     out += "  " + bar(used, d.capacity) + "\n";
     for (const auto& [cls, bytes] : d.use)
-      out += printf_str("    %-28s %12s %6.1f%%\n", cls.c_str(), core::format_bytes(bytes).c_str(),
+      out += printf_str("    %-28s %12s %6.1f%%\n", cls.name.c_str(), core::format_bytes(bytes).c_str(),
                         d.capacity > 0 ? 100.0 * bytes / d.capacity : 0.0);
     out += printf_str("    %-28s %12s\n", d.over() ? "SHORT BY" : "free",
                       core::format_bytes(std::abs(d.capacity - used)).c_str());
   }
 }
 
+// The devices that run a layer, in words: "gpu0", or "node0.gpu0 ... node3.gpu0 (one per node)".
+std::string runs_text(const Plan& p, const std::vector<LayerRun>& runs) {
+  if (runs.empty()) return "?";
+  const auto id = [&](const LayerRun& r) { return p.devices[static_cast<size_t>(r.device)].id; };
+  if (runs.size() == 1) return id(runs.front());
+  if (runs.size() == 2) return id(runs.front()) + ", " + id(runs.back());
+  return id(runs.front()) + " ... " + id(runs.back()) + " (one per node)";
+}
+
 void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
   out += "Placement\n";
-  // Layers grouped by the device their attention runs on.
-  std::map<int, std::vector<int>> by_device;
-  std::map<int, std::map<std::string, int>> kinds;
+  // Layers grouped by the devices their attention runs on.
+  std::map<std::string, std::vector<int>> by_runs;
+  std::map<std::string, std::map<std::string, int>> kinds;
   for (const auto& l : p.layers) {
-    by_device[l.device].push_back(l.layer);
-    ++kinds[l.device][std::string(core::attn_kind_name(l.attn)) + (l.mtp ? " (mtp)" : "")];
+    const std::string where = runs_text(p, l.runs);
+    by_runs[where].push_back(l.layer);
+    ++kinds[where][std::string(core::attn_kind_name(l.attn)) + (l.mtp ? " (mtp)" : "")];
   }
-  for (const auto& [dev, ids] : by_device) {
+  for (const auto& [where, ids] : by_runs) {
     std::string k;
-    for (const auto& [name, n] : kinds[dev]) k += (k.empty() ? "" : ", ") + std::to_string(n) + " " + name;
+    for (const auto& [name, n] : kinds[where]) k += (k.empty() ? "" : ", ") + std::to_string(n) + " " + name;
     out += printf_str("  layers %-12s (%s): non-routed weights + KV on %s\n", ranges(ids).c_str(), k.c_str(),
-                      dev >= 0 ? p.devices[static_cast<size_t>(dev)].id.c_str() : "?");
+                      where.c_str());
   }
   int64_t moe = 0, resident = 0, slots_min = -1, slots_max = 0, per_node = 0;
   for (const auto& l : p.layers) {
-    if (l.experts_per_node == 0) continue;
+    const ExpertCounts n = expert_counts(p, l, 0);
+    if (n.held == 0) continue;
     ++moe;
-    per_node = std::max(per_node, l.experts_per_node);
-    if (l.experts_on_gpu == l.experts_per_node)
+    per_node = std::max(per_node, n.held);
+    if (n.on_gpu == n.held)
       ++resident;
     else {
-      slots_min = slots_min < 0 ? l.cache_slots : std::min(slots_min, l.cache_slots);
-      slots_max = std::max(slots_max, l.cache_slots);
+      slots_min = slots_min < 0 ? n.cache_slots : std::min(slots_min, n.cache_slots);
+      slots_max = std::max(slots_max, n.cache_slots);
     }
   }
   if (moe > 0) {
@@ -106,11 +117,48 @@ void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
                        " slots per layer (LRU)\n";
     }
   }
-  out +=
-      "  embedding in host RAM (one row per token); output head on " +
-      (p.hardware.gpus.empty() ? std::string("the CPU") : p.devices[static_cast<size_t>(p.layers.back().device)].id) +
-      "\n";
+  out += "  embedding in host RAM (one row per token); output head on " +
+         (p.hardware.gpus.empty() ? std::string("the CPU") : runs_text(p, p.layers.back().runs)) + "\n";
   out += "  layout: " + p.layout + "\n";
+}
+
+// Node n's homes of one layer in words: "experts 0-127 in RAM on host.numa0 (64), host.numa1 (64); cached or
+// streamed by gpu0", "experts 0-127 resident on gpu0"; empty when the node holds none of its experts.
+std::string node_homes_text(const Plan& p, const LayerPlan& l, int node) {
+  std::vector<int> ids;
+  std::string resident, ram, cache;
+  for (const ExpertHome& h : l.experts) {
+    const DevicePlan& d = p.devices[static_cast<size_t>(h.device)];
+    if (d.node != node) continue;
+    for (int64_t e = h.first; e <= h.last(); e += h.step) ids.push_back(static_cast<int>(e));
+    std::string& list = d.kind == DeviceKind::Gpu ? resident : ram;
+    list += (list.empty() ? "" : ", ") + d.id + " (" + std::to_string(h.count) + ")";
+    if (h.cache >= 0) cache = p.devices[static_cast<size_t>(h.cache)].id;
+  }
+  if (ids.empty()) return "";
+  std::sort(ids.begin(), ids.end());
+  std::string out = "experts " + ranges(ids);
+  if (!resident.empty()) out += " resident on " + resident + (ram.empty() ? "" : ";");
+  if (!ram.empty()) out += " in RAM on " + ram;
+  if (!cache.empty()) out += "; cached or streamed by " + cache;
+  return out;
+}
+
+// Where each routed expert lives: per node, the MoE layers grouped by their homes on that node.
+void homes_section(const Plan& p, std::string& out) {
+  out += "Expert homes (in RAM: computed by that NUMA node's cores, or on the GPU that caches or streams it)\n";
+  for (int n = 0; n < p.hardware.nodes; ++n) {
+    std::vector<std::pair<std::string, std::vector<int>>> groups;  // homes text -> layers, in layer order
+    for (const LayerPlan& l : p.layers) {
+      const std::string text = node_homes_text(p, l, n);
+      if (text.empty()) continue;
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == text; });
+      if (it == groups.end()) it = groups.insert(groups.end(), {text, {}});
+      it->second.push_back(l.layer);
+    }
+    for (const auto& [text, layers] : groups)
+      out += printf_str("  node%-3d layers %-10s ", n, ranges(layers).c_str()) + text + "\n";
+  }
 }
 
 void kv_section(const Plan& p, std::string& out) {
@@ -179,6 +227,10 @@ std::string format_plan(const Plan& p, const ModelSpec& spec) {
   out += "\n";
   placement_section(p, spec, out);
   out += "\n";
+  if (std::any_of(p.layers.begin(), p.layers.end(), [](const LayerPlan& l) { return !l.experts.empty(); })) {
+    homes_section(p, out);
+    out += "\n";
+  }
   kv_section(p, out);
   out += "\n";
   if (p.fits) {

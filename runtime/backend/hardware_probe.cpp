@@ -120,7 +120,7 @@ planner::GpuSpec gpu_spec_from_report(int index, const DeviceReport& report, std
 
   // Without a datasheet, assume the reference workstation card, as `--gpu 24GiB` does.
   const auto preset_name = preset_for_device_name(report.name);
-  const planner::GpuPreset& preset = preset_named(preset_name ? *preset_name : "rtx3090");
+  const planner::GpuPreset& preset = preset_name ? preset_named(*preset_name) : planner::reference_gpu();
   g.bf16_tflops = preset.bf16_tflops;
   // No CUDA attribute gives the link generation, and the link trains down at idle, so the card's own generation
   // is the best guess for the slot.

@@ -7,18 +7,6 @@
 
 namespace ferry::runtime {
 
-std::string_view memory_class_name(MemoryClass c) {
-  switch (c) {
-    case MemoryClass::Weights: return "weights";
-    case MemoryClass::Kv: return "kv cache";
-    case MemoryClass::Indexer: return "indexer";
-    case MemoryClass::Workspace: return "workspace";
-    case MemoryClass::ExpertCache: return "expert cache";
-    case MemoryClass::Staging: return "staging";
-  }
-  return "?";
-}
-
 MemoryLedger::MemoryLedger(std::string device, int64_t capacity) : device_(std::move(device)), capacity_(capacity) {
   FERRY_CHECK(capacity_ >= 0, device_ + ": negative capacity");
   for (auto& u : by_class_) u.planned = kUnplanned;

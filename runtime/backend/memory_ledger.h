@@ -9,12 +9,14 @@
 #include <string>
 #include <string_view>
 
+#include "planner/core/memory_class.h"
+
 namespace ferry::runtime {
 
-// The classes of the memory report (llama.cpp's breakdown, with a planned column).
-enum class MemoryClass { Weights, Kv, Indexer, Workspace, ExpertCache, Staging };
-inline constexpr int kMemoryClasses = 6;
-std::string_view memory_class_name(MemoryClass c);
+// The classes of the memory report, shared with the planner, which tags every planned byte with one.
+using core::kMemoryClasses;
+using core::memory_class_name;
+using core::MemoryClass;
 
 struct MemoryClassUsage {
   int64_t planned = 0;  // bytes the Plan gives this class; kUnplanned: no limit (a CPU-only run's host RAM)

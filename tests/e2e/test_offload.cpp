@@ -207,7 +207,7 @@ class Offload : public ::testing::Test {
       EXPECT_EQ(gpu.pinned_bytes(), hosts.front()->ledger().usage(runtime::MemoryClass::Staging).current);
       out.regions.assign(bound.host_experts().regions().begin(), bound.host_experts().regions().end());
       for (const auto& lp : plan.layers)
-        if (lp.experts_in_ram > 0)
+        if (planner::expert_counts(plan, lp, 0).in_ram > 0)
           for (const auto& e : bound.weights().layer(lp.layer).experts)
             out.experts_outside_store += !in_regions(e, out.regions);
       runtime::SessionOptions bso = bound.session_options(so);

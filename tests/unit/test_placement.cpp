@@ -38,7 +38,7 @@ int64_t sum_prefix(const Plan& p, const std::string& prefix, DeviceKind kind) {
   for (const auto& d : p.devices)
     if (d.kind == kind)
       for (const auto& [c, b] : d.use)
-        if (c.rfind(prefix, 0) == 0) s += b;
+        if (c.name.rfind(prefix, 0) == 0) s += b;
   return s;
 }
 
@@ -71,9 +71,10 @@ TEST(Placement, FlashOn3090At1MFitsWithKvOnGpuAndExpertsInRam) {
   EXPECT_LE(gpu.used(), gpu.capacity);
   EXPECT_LT(gpu.capacity - gpu.used(), 43 * s.expert_bytes());  // less than one more slot per layer is left
   for (const auto& l : p.layers) {
-    EXPECT_EQ(l.device, 0);
-    EXPECT_EQ(l.experts_in_ram, 256);
-    EXPECT_GT(l.cache_slots, 0);
+    ASSERT_EQ(l.runs.size(), 1u);
+    EXPECT_EQ(l.runs[0].device, 0);
+    EXPECT_EQ(expert_counts(p, l, 0).in_ram, 256);
+    EXPECT_GT(l.runs[0].cache_slots, 0);
   }
 }
 
@@ -141,7 +142,8 @@ TEST(Placement, ProOnOneWorkstationDoesNotFitAndFourNodesDo) {
   for (const auto& d : q.devices)
     if (d.kind == DeviceKind::Gpu) experts_on_gpu += d.bytes_of("weights.routed_experts");
   EXPECT_EQ(experts_in_ram + experts_on_gpu, 61 * 384 * s.expert_bytes());
-  for (const auto& l : q.layers) EXPECT_EQ(l.experts_per_node, 96);
+  for (const auto& l : q.layers)
+    for (int n = 0; n < 4; ++n) EXPECT_EQ(expert_counts(q, l, n).held, 96);
 }
 
 TEST(Placement, WorkspaceDependsOnUbatchNotContext) {
@@ -204,8 +206,8 @@ TEST(Placement, TwoGpusSplitLayersAndBothCacheExperts) {
   hw.gpus.push_back(parse_gpu_spec("rtx3090"));
   const Plan p = make_plan(s, hw, at_ctx(1048576));
   ASSERT_TRUE(p.fits);
-  EXPECT_EQ(p.layers.front().device, 0);
-  EXPECT_EQ(p.layers.back().device, 1);
+  EXPECT_EQ(p.layers.front().runs.at(0).device, 0);
+  EXPECT_EQ(p.layers.back().runs.at(0).device, 1);
   EXPECT_GT(p.devices[0].bytes_of("expert_cache"), 0);
   EXPECT_GT(p.devices[1].bytes_of("expert_cache"), 0);
   EXPECT_GT(p.devices[1].bytes_of("weights.head"), 0);

@@ -1,0 +1,130 @@
+// The Plan's expert homes and layer runs: counting them per node, checking a plan's (perhaps edited) homes,
+// and one node's view of a plan.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "planner/core/error.h"
+#include "planner/plan.h"
+
+namespace ferry::planner {
+namespace {
+
+size_t sz(int64_t v) { return static_cast<size_t>(v); }
+
+std::string range_text(const ExpertHome& h) {
+  std::string s = "experts " + std::to_string(h.first);
+  if (h.count > 1) s += "-" + std::to_string(h.last());
+  if (h.count > 1 && h.step > 1) s += " step " + std::to_string(h.step);
+  return s;
+}
+
+void check_runs(const Plan& p, const LayerPlan& l, const std::string& where) {
+  std::vector<bool> node_runs(sz(std::max(1, p.hardware.nodes)), false);
+  for (const LayerRun& r : l.runs) {
+    FERRY_CHECK(r.device >= 0 && sz(r.device) < p.devices.size(), where + ": runs on a device that does not exist");
+    const DevicePlan& d = p.devices[sz(r.device)];
+    FERRY_CHECK(d.node >= 0 && sz(d.node) < node_runs.size() && !node_runs[sz(d.node)],
+                where + ": more than one run on node " + std::to_string(d.node));
+    node_runs[sz(d.node)] = true;
+    FERRY_CHECK(r.cache_slots >= 0, where + ": negative cache_slots on " + d.id);
+    FERRY_CHECK(r.cache_slots == 0 || d.kind == DeviceKind::Gpu, where + ": cache slots on " + d.id + ", not a GPU");
+  }
+}
+
+void check_layer_homes(const Plan& p, const LayerPlan& l, const std::string& where) {
+  const int64_t n = l.n_experts();
+  std::vector<bool> homed(sz(n), false);
+  for (const ExpertHome& h : l.experts) {
+    const std::string what = where + " " + range_text(h);
+    FERRY_CHECK(h.count >= 1 && h.step >= 1 && h.first >= 0, what + ": count and step must be >= 1, first >= 0");
+    FERRY_CHECK(h.device >= 0 && sz(h.device) < p.devices.size(), what + ": held on a device that does not exist");
+    const DevicePlan& holder = p.devices[sz(h.device)];
+    if (h.cache >= 0) {
+      FERRY_CHECK(holder.kind == DeviceKind::Host, what + ": resident on " + holder.id + " and cached too");
+      FERRY_CHECK(sz(h.cache) < p.devices.size(), what + ": cached on a device that does not exist");
+      const DevicePlan& gpu = p.devices[sz(h.cache)];
+      const bool runs =
+          std::any_of(l.runs.begin(), l.runs.end(), [&](const LayerRun& r) { return r.device == h.cache; });
+      FERRY_CHECK(gpu.kind == DeviceKind::Gpu && gpu.node == holder.node && runs,
+                  what + ": cache " + gpu.id + " is not a GPU of " + holder.id + "'s node that runs the layer");
+    }
+    FERRY_CHECK(h.last() < n, what + ": beyond expert " + std::to_string(n - 1) + ", the last of the " +
+                                  std::to_string(n) + " the homes count (each expert needs exactly one home)");
+    for (int64_t e = h.first; e <= h.last(); e += h.step) {
+      FERRY_CHECK(!homed[sz(e)], where + ": expert " + std::to_string(e) + " has two homes");
+      homed[sz(e)] = true;
+    }
+  }
+}
+
+}  // namespace
+
+int64_t LayerPlan::n_experts() const {
+  int64_t n = 0;
+  for (const ExpertHome& h : experts) n += h.count;
+  return n;
+}
+
+const ExpertHome* LayerPlan::home_of(int64_t expert) const {
+  for (const ExpertHome& h : experts)
+    if (h.contains(expert)) return &h;
+  return nullptr;
+}
+
+ExpertCounts expert_counts(const Plan& plan, const LayerPlan& l, int node) {
+  ExpertCounts c;
+  for (const ExpertHome& h : l.experts) {
+    const DevicePlan& d = plan.devices[sz(h.device)];
+    if (d.node != node) continue;
+    c.held += h.count;
+    (d.kind == DeviceKind::Gpu ? c.on_gpu : c.in_ram) += h.count;
+  }
+  if (const LayerRun* r = run_on_node(plan, l, node)) c.cache_slots = r->cache_slots;
+  return c;
+}
+
+const LayerRun* run_on_node(const Plan& plan, const LayerPlan& l, int node) {
+  for (const LayerRun& r : l.runs)
+    if (plan.devices[sz(r.device)].node == node) return &r;
+  return nullptr;
+}
+
+void check_homes(const Plan& plan) {
+  for (const LayerPlan& l : plan.layers) {
+    const std::string where = "plan: layer " + std::to_string(l.layer);
+    check_runs(plan, l, where);
+    check_layer_homes(plan, l, where);
+  }
+}
+
+Plan plan_for_node(const Plan& plan, int node) {
+  FERRY_CHECK(node >= 0 && node < plan.hardware.nodes, "plan: no node " + std::to_string(node) + " in a plan of " +
+                                                           std::to_string(plan.hardware.nodes) + " nodes");
+  Plan v = plan;
+  v.devices.clear();
+  v.shortfalls.clear();
+  std::vector<int> renumber(plan.devices.size(), -1);
+  for (size_t i = 0; i < plan.devices.size(); ++i)
+    if (plan.devices[i].node == node) {
+      renumber[i] = static_cast<int>(v.devices.size());
+      v.devices.push_back(plan.devices[i]);
+    }
+  for (LayerPlan& l : v.layers) {
+    std::erase_if(l.runs, [&](const LayerRun& r) { return renumber[sz(r.device)] < 0; });
+    for (LayerRun& r : l.runs) r.device = renumber[sz(r.device)];
+    std::erase_if(l.experts, [&](const ExpertHome& h) { return renumber[sz(h.device)] < 0; });
+    for (ExpertHome& h : l.experts) {
+      h.device = renumber[sz(h.device)];
+      if (h.cache >= 0) h.cache = renumber[sz(h.cache)];  // on the holder's node (check_homes)
+    }
+  }
+  v.fits = true;
+  for (const DevicePlan& d : v.devices) v.fits = v.fits && !d.over();
+  for (const Shortfall& s : plan.shortfalls)
+    if (std::any_of(v.devices.begin(), v.devices.end(), [&](const DevicePlan& d) { return d.id == s.device; }))
+      v.shortfalls.push_back(s);
+  return v;
+}
+
+}  // namespace ferry::planner
