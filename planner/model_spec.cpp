@@ -60,8 +60,8 @@ WeightTally::WeightTally(ModelSpec& spec) : spec_(spec) {
 
 int64_t held_bytes(const core::TensorInfo& t, core::Arch arch) {
   if (arch != core::Arch::DeepseekV4) return t.bytes;
-  if (t.dtype == core::DType::BF16 && t.shape.size() == 1) return 2 * t.bytes;  // norm weights, decoded to fp32
-  if (t.dtype == core::DType::I64) return t.bytes / 2;                          // hash-routing tables, as int32
+  if (t.format == core::TensorFormat::SmallBf16) return 2 * t.bytes;  // decoded to fp32
+  if (t.format == core::TensorFormat::HashTable) return t.bytes / 2;  // narrowed to int32
   return t.bytes;
 }
 
@@ -164,6 +164,7 @@ ModelSpec spec_from_checkpoint(const fs::path& dir) {
         t.cls = it->second->cls;
         t.layer = it->second->layer;
         t.expert = it->second->expert;
+        t.format = it->second->format;
       } else {
         t.layer = layer_of_name(spec.config, h.name);
         ++spec.unexpected_tensors;

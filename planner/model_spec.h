@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "planner/core/model_config.h"
-#include "planner/core/tensor_inventory.h"
+#include "planner/core/tensor_table.h"
 
 namespace ferry::planner {
 
@@ -45,8 +45,9 @@ struct ModelSpec {
   int64_t held_bytes_total() const;             // all layers + global, as held (what placement distributes)
 };
 
-// Bytes the runtime holds for a tensor: its stored bytes, except that V4's norm weights (BF16 vectors) are
-// decoded to fp32 and its hash-routing tables (I64) narrowed to int32 (runtime/model/model_weights.h).
+// Bytes the runtime holds for a tensor, as its format says (core::TensorFormat): its stored bytes, except that
+// V4's small BF16 tensors (norm weights) are decoded to fp32 and its hash-routing tables narrowed to int32
+// (runtime/model/model_weights.h). V3 checkpoints, which ferry plans but does not run, count as stored.
 int64_t held_bytes(const core::TensorInfo& t, core::Arch arch);
 
 // Per-layer and per-class byte sums of held_bytes, fed one tensor at a time.
