@@ -1,4 +1,4 @@
-// planner::ModelSpec: a model's config plus its exact tensor inventory and the per-layer byte sums the
+// planner::ModelSpec: a model's config plus its exact tensor list and the per-layer byte sums the
 // placement solver works with. Built from a preset, a config.json, or a checkpoint directory (whose
 // safetensors headers give the exact bytes of every tensor).
 #pragma once
@@ -28,8 +28,8 @@ struct ModelSpec {
   core::ModelConfig config;
   ModelSource source = ModelSource::Preset;
   std::string origin;  // preset name or path
-  // The checkpoint's own tensors when read from headers; empty for a preset or config.json, whose inventory
-  // make_tensor_inventory(config) generates on demand.
+  // The checkpoint's own tensors when read from headers; empty for a preset or config.json, whose tensors
+  // core::make_tensor_inventory(config) lists on demand.
   std::vector<core::TensorInfo> tensors;
   int64_t tensor_count = 0;
   std::vector<LayerWeights> layers;  // config.n_layers_total() entries; MTP layers last

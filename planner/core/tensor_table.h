@@ -136,7 +136,7 @@ struct TensorInfo {
 std::string layer_prefix(const ModelConfig& c, int64_t layer);
 
 // The rows of layer `layer` (in [0, n_layers_total())), of the tensors outside layers, or of the whole model
-// (main layers, MTP layers, then the global rows), handed to `sink` one at a time: V4-Pro has 72,500 weights
+// (main layers, MTP layers, then the global rows), handed to `sink` one at a time: V4-Pro has 73,164 weights
 // and planning only needs their sums.
 void for_each_layer_weight(const ModelConfig& c, int64_t layer, const std::function<void(TensorSpec&&)>& sink);
 void for_each_global_weight(const ModelConfig& c, const std::function<void(TensorSpec&&)>& sink);

@@ -16,12 +16,13 @@ using core::TensorSpec;
 namespace {
 
 // Where a weight goes: a matrix used in place, a small tensor decoded to fp32, or a hash table as int32; all
-// null for a role of no such place.
+// null for a role of no such place. Built implicitly from a field's address, so that the role switches below
+// read as a table.
 struct Slot {
   Slot() = default;
-  Slot(core::WeightView* p) : matrix(p) {}     // NOLINT(google-explicit-constructor): the switches read better
-  Slot(DeviceVector<float>* p) : floats(p) {}  // NOLINT(google-explicit-constructor)
-  Slot(DeviceVector<int32_t>* p) : ints(p) {}  // NOLINT(google-explicit-constructor)
+  Slot(core::WeightView* p) : matrix(p) {}
+  Slot(DeviceVector<float>* p) : floats(p) {}
+  Slot(DeviceVector<int32_t>* p) : ints(p) {}
   core::WeightView* matrix = nullptr;
   DeviceVector<float>* floats = nullptr;
   DeviceVector<int32_t>* ints = nullptr;
@@ -126,26 +127,26 @@ class WeightBinder {
   }
 
   void bind(const TensorSpec& w, const Slot& s) {
-    const std::string misplaced = "tensor table: " + w.name + " has no place of its format in the loaded model";
+    auto misplaced = [&] { return "tensor table: " + w.name + " has no place of its format in the loaded model"; };
     switch (w.format) {
       case TensorFormat::Fp8Linear:
       case TensorFormat::Mxfp4Linear:
       case TensorFormat::Bf16Matrix:
-        FERRY_CHECK(s.matrix, misplaced);
+        FERRY_CHECK(s.matrix, misplaced());
         *s.matrix = matrix(w);
         return;
       case TensorFormat::SmallBf16:
       case TensorFormat::SmallF32:
-        FERRY_CHECK(s.floats, misplaced);
+        FERRY_CHECK(s.floats, misplaced());
         *s.floats = floats(w);
         return;
       case TensorFormat::HashTable:
-        FERRY_CHECK(s.ints, misplaced);
+        FERRY_CHECK(s.ints, misplaced());
         *s.ints = hash_table(w);
         return;
       case TensorFormat::Unexplained: break;
     }
-    FERRY_THROW(misplaced);
+    FERRY_THROW(misplaced());
   }
 
   // Checks a stored tensor against the checkpoint: present, with the table's dtype and shape.
