@@ -137,11 +137,10 @@ void v4_moe(Rows& b, const ModelConfig& c, int64_t layer, const std::string& p) 
     b.expert(ep + ".w3", inter, dim, R::ExpertW3);
   }
   b.set_expert(-1);
-  // One shared expert as wide as a routed one: V4's reference asserts n_shared_experts == 1 (so does the
-  // config reader).
-  b.fp8(p + "ffn.shared_experts.w1", inter, dim, W::SharedExpert, R::SharedW1);
-  b.fp8(p + "ffn.shared_experts.w2", dim, inter, W::SharedExpert, R::SharedW2);
-  b.fp8(p + "ffn.shared_experts.w3", inter, dim, W::SharedExpert, R::SharedW3);
+  const int64_t shared = c.shared_expert_width();  // one expert: the config reader checks it, as V4's reference
+  b.fp8(p + "ffn.shared_experts.w1", shared, dim, W::SharedExpert, R::SharedW1);
+  b.fp8(p + "ffn.shared_experts.w2", dim, shared, W::SharedExpert, R::SharedW2);
+  b.fp8(p + "ffn.shared_experts.w3", shared, dim, W::SharedExpert, R::SharedW3);
 }
 
 void v4_layer(Rows& b, const ModelConfig& c, int64_t layer) {
@@ -208,8 +207,7 @@ void v3_mlp(Rows& b, const ModelConfig& c, int64_t layer, const std::string& m) 
     b.fp8(ep + "down_proj", dim, inter, W::RoutedExpert);
   }
   b.set_expert(-1);
-  // V3 keeps its shared experts as one MLP n_shared_experts times as wide as a routed expert.
-  const int64_t shared = inter * c.n_shared_experts;
+  const int64_t shared = c.shared_expert_width();
   if (shared > 0) {
     b.fp8(m + "shared_experts.gate_proj", shared, dim, W::SharedExpert);
     b.fp8(m + "shared_experts.up_proj", shared, dim, W::SharedExpert);
