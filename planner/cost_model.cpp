@@ -51,7 +51,7 @@ LayerFlops layer_flops(const core::ModelConfig& c, int64_t l) {
     if (!c.is_moe_layer(l)) f.dense += 3 * dim * c.intermediate_size;
   }
   if (c.is_moe_layer(l)) {
-    f.dense += 3 * dim * c.moe_intermediate_size * c.n_shared_experts + dim * c.n_routed_experts;
+    f.dense += 3 * dim * c.shared_expert_width() + dim * c.n_routed_experts;
     f.expert = 3 * dim * c.moe_intermediate_size;
   }
   f.dense *= 2;

@@ -6,7 +6,7 @@ namespace ferry::planner {
 
 int64_t activation_bytes_per_token(const core::ModelConfig& c) {
   const int64_t dim = c.hidden_size, heads = c.num_attention_heads, topk = c.num_experts_per_tok;
-  const int64_t inter = c.moe_intermediate_size, shared = c.moe_intermediate_size * c.n_shared_experts;
+  const int64_t inter = c.moe_intermediate_size, shared = c.shared_expert_width();
   const bool v4 = c.arch == core::Arch::DeepseekV4;
   const int64_t q_head = v4 ? c.head_dim : c.qk_nope_head_dim + c.qk_rope_head_dim;
   const int64_t kv_row = v4 ? c.head_dim : c.kv_lora_rank + c.qk_rope_head_dim;

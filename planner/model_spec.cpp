@@ -1,7 +1,6 @@
 #include "planner/model_spec.h"
 
 #include <algorithm>
-#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -60,8 +59,8 @@ WeightTally::WeightTally(ModelSpec& spec) : spec_(spec) {
 
 int64_t held_bytes(const core::TensorInfo& t, core::Arch arch) {
   if (arch != core::Arch::DeepseekV4) return t.bytes;
-  if (t.dtype == core::DType::BF16 && t.shape.size() == 1) return 2 * t.bytes;  // norm weights, decoded to fp32
-  if (t.dtype == core::DType::I64) return t.bytes / 2;                          // hash-routing tables, as int32
+  if (t.format == core::TensorFormat::SmallBf16) return 2 * t.bytes;  // decoded to fp32
+  if (t.format == core::TensorFormat::HashTable) return t.bytes / 2;  // narrowed to int32
   return t.bytes;
 }
 
@@ -118,27 +117,14 @@ std::string read_text_file(const fs::path& p) {
   return ss.str();
 }
 
-// Layer index of a checkpoint name the inventory does not know ("layers.7.", "mtp.0.", "model.layers.7.").
+// Layer of a checkpoint name the table does not know, by the table's layer prefixes; -1 if none.
 int32_t layer_of_name(const core::ModelConfig& c, const std::string& name) {
-  auto number_after = [&](const std::string& key) -> int64_t {
-    auto pos = name.find(key);
-    if (pos == std::string::npos) return -1;
-    pos += key.size();
-    int64_t v = 0;
-    size_t digits = 0;
-    while (pos < name.size() && std::isdigit(static_cast<unsigned char>(name[pos])) && digits < 9) {
-      v = v * 10 + (name[pos++] - '0');
-      ++digits;
-    }
-    return digits ? v : -1;
-  };
-  if (int64_t k = number_after("mtp."); k >= 0 && name.rfind("mtp.", 0) == 0)
-    return k < c.num_nextn_predict_layers ? static_cast<int32_t>(c.num_hidden_layers + k) : -1;
-  if (int64_t l = number_after("layers."); l >= 0) return l < c.n_layers_total() ? static_cast<int32_t>(l) : -1;
+  for (int64_t l = 0; l < c.n_layers_total(); ++l)
+    if (name.starts_with(core::layer_prefix(c, l))) return static_cast<int32_t>(l);
   return -1;
 }
 
-// The checkpoint's own tensors, classified by the inventory the config implies; exact bytes from the headers.
+// The checkpoint's own tensors, classified by the tensor table the config implies; exact bytes from the headers.
 ModelSpec spec_from_checkpoint(const fs::path& dir) {
   const fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) FERRY_THROW("model directory " + dir.string() + " has no config.json");
@@ -164,6 +150,7 @@ ModelSpec spec_from_checkpoint(const fs::path& dir) {
         t.cls = it->second->cls;
         t.layer = it->second->layer;
         t.expert = it->second->expert;
+        t.format = it->second->format;
       } else {
         t.layer = layer_of_name(spec.config, h.name);
         ++spec.unexpected_tensors;

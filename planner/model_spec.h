@@ -1,4 +1,4 @@
-// planner::ModelSpec: a model's config plus its exact tensor inventory and the per-layer byte sums the
+// planner::ModelSpec: a model's config plus its exact tensor list and the per-layer byte sums the
 // placement solver works with. Built from a preset, a config.json, or a checkpoint directory (whose
 // safetensors headers give the exact bytes of every tensor).
 #pragma once
@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "planner/core/model_config.h"
-#include "planner/core/tensor_inventory.h"
+#include "planner/core/tensor_table.h"
 
 namespace ferry::planner {
 
@@ -28,8 +28,8 @@ struct ModelSpec {
   core::ModelConfig config;
   ModelSource source = ModelSource::Preset;
   std::string origin;  // preset name or path
-  // The checkpoint's own tensors when read from headers; empty for a preset or config.json, whose inventory
-  // make_tensor_inventory(config) generates on demand.
+  // The checkpoint's own tensors when read from headers; empty for a preset or config.json, whose tensors
+  // core::make_tensor_inventory(config) lists on demand.
   std::vector<core::TensorInfo> tensors;
   int64_t tensor_count = 0;
   std::vector<LayerWeights> layers;  // config.n_layers_total() entries; MTP layers last
@@ -45,8 +45,9 @@ struct ModelSpec {
   int64_t held_bytes_total() const;             // all layers + global, as held (what placement distributes)
 };
 
-// Bytes the runtime holds for a tensor: its stored bytes, except that V4's norm weights (BF16 vectors) are
-// decoded to fp32 and its hash-routing tables (I64) narrowed to int32 (runtime/model/model_weights.h).
+// Bytes the runtime holds for a tensor, as its format says (core::TensorFormat): its stored bytes, except that
+// V4's small BF16 tensors (norm weights) are decoded to fp32 and its hash-routing tables narrowed to int32
+// (runtime/model/model_weights.h). V3 checkpoints, which ferry plans but does not run, count as stored.
 int64_t held_bytes(const core::TensorInfo& t, core::Arch arch);
 
 // Per-layer and per-class byte sums of held_bytes, fed one tensor at a time.

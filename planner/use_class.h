@@ -9,7 +9,7 @@
 #include <string_view>
 
 #include "planner/core/memory_class.h"
-#include "planner/core/tensor_inventory.h"
+#include "planner/core/tensor_table.h"
 #include "planner/kv_cache.h"
 
 namespace ferry::planner {

@@ -94,6 +94,8 @@ struct ModelConfig {
   int64_t compress_ratio(int64_t layer) const;  // 0 for non-V4 models
   bool is_moe_layer(int64_t layer) const;       // false for V3's leading dense layers
   bool is_hash_layer(int64_t layer) const;
+  // The shared experts are one MLP this wide: n_shared_experts routed experts side by side (V3; V4 has one).
+  int64_t shared_expert_width() const { return moe_intermediate_size * n_shared_experts; }
 };
 
 // From a parsed config.json. Throws ferry::Error naming the key or the unsupported model_type.

@@ -4,21 +4,21 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
-#include <map>
 #include <string_view>
 
 #include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 #include "planner/core/model_config.h"
-#include "planner/core/tensor_inventory.h"
+#include "planner/core/tensor_table.h"
 #include "runtime/checkpoint/safetensors_writer.h"
 #include "runtime/checkpoint/tiny_tokenizer.h"
 
 namespace ferry::runtime {
 
 namespace fs = std::filesystem;
-using core::DType;
-using core::TensorInfo;
+using core::TensorFormat;
+using core::TensorRole;
+using core::TensorSpec;
 
 namespace {
 
@@ -47,10 +47,6 @@ uint64_t tensor_seed(uint64_t seed, std::string_view name) {
   return h ^ (seed * 0x9E3779B97F4A7C15ull);
 }
 
-bool ends_with(std::string_view s, std::string_view suffix) {
-  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
-}
-
 int64_t numel(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -71,8 +67,8 @@ int pow2_exponent(float amax, float limit) {
 // KV), and a comparison with the reference then measures the chaos, not the code. At 0.1 the same seeds give
 // 4e-7 .. 1e-5 (docs/forward-semantics.md, "Why the tiny model's branches are small").
 constexpr float kResidualBranchScale = 0.1f;
-bool is_residual_branch_output(std::string_view name) {
-  return ends_with(name, ".wo_b.weight") || ends_with(name, ".w2.weight");
+bool is_residual_branch_output(TensorRole r) {
+  return r == TensorRole::WoB || r == TensorRole::ExpertW2 || r == TensorRole::SharedW2;
 }
 
 // Values of a linear weight [out, in]: variance gain^2/in, so a layer keeps its activations' scale (gain 1).
@@ -143,25 +139,42 @@ std::vector<uint8_t> to_f32_bytes(const std::vector<float>& v) {
   return out;
 }
 
+bool is_norm(TensorRole r) {
+  switch (r) {
+    case TensorRole::QNorm:
+    case TensorRole::KvNorm:
+    case TensorRole::CompressorNorm:
+    case TensorRole::IndexerCompressorNorm:
+    case TensorRole::AttnNorm:
+    case TensorRole::FfnNorm:
+    case TensorRole::ENorm:
+    case TensorRole::HNorm:
+    case TensorRole::MtpNorm:
+    case TensorRole::FinalNorm: return true;
+    default: return false;
+  }
+}
+
 // Small non-linear parameters: norms near 1, mixing and biases near 0, sinks and scales moderate.
-std::vector<float> small_values(Rng& rng, const core::TensorInfo& t) {
-  std::vector<float> v(static_cast<size_t>(numel(t.shape)));
-  const std::string_view n = t.name;
+std::vector<float> small_values(Rng& rng, const TensorSpec& w) {
+  std::vector<float> v(static_cast<size_t>(numel(w.shape)));
+  using R = TensorRole;
+  const R r = w.role;
   float base = 0, spread = 0.1f;
-  if (ends_with(n, "norm.weight"))
+  if (is_norm(r))
     base = 1.0f;
-  else if (n.find("hc_") != std::string_view::npos && ends_with(n, "_fn"))
-    spread = 0.1f * std::sqrt(3.0f / static_cast<float>(t.shape.back()));
-  else if (n.find("hc_") != std::string_view::npos && ends_with(n, "_scale"))
+  else if (r == R::HcAttnFn || r == R::HcFfnFn || r == R::HcHeadFn)
+    spread = 0.1f * std::sqrt(3.0f / static_cast<float>(w.shape.back()));
+  else if (r == R::HcAttnScale || r == R::HcFfnScale || r == R::HcHeadScale)
     base = 1.0f;
-  else if (ends_with(n, "attn_sink"))
+  else if (r == R::AttnSink)
     spread = 0.5f;
-  else if (ends_with(n, "embed.weight"))
+  else if (r == R::Embed)
     spread = 1.0f;
-  else if (ends_with(n, ".bias"))
+  else if (r == R::GateBias)
     spread = 0.01f;
-  else if (t.shape.size() == 2)
-    spread = std::sqrt(3.0f / static_cast<float>(t.shape[1]));  // BF16 linears
+  else if (w.shape.size() == 2)
+    spread = std::sqrt(3.0f / static_cast<float>(w.shape[1]));  // BF16 linears
   for (auto& x : v) x = base + spread * rng.uniform();
   return v;
 }
@@ -183,37 +196,36 @@ std::vector<uint8_t> tid2eid_bytes(Rng& rng, int64_t vocab, int64_t topk, int64_
   return out;
 }
 
+// The bytes of a weight's stored tensors (a linear's codes, then its scales), from the weight's own stream.
+std::vector<std::vector<uint8_t>> weight_bytes(const core::ModelConfig& c, const TensorSpec& w, uint64_t seed) {
+  Rng rng(tensor_seed(seed, w.name));
+  switch (w.format) {
+    case TensorFormat::Fp8Linear:
+    case TensorFormat::Mxfp4Linear: {
+      const int64_t out = w.shape[0], in = w.shape[1];
+      const std::vector<float> v =
+          linear_values(rng, out, in, is_residual_branch_output(w.role) ? kResidualBranchScale : 1.0f);
+      Quantized q = w.format == TensorFormat::Mxfp4Linear ? quantize_fp4_rows(v, out, in, c.fp4_block)
+                                                          : quantize_fp8_blocks(v, out, in, c.weight_block_size);
+      return {std::move(q.codes), std::move(q.scales)};
+    }
+    case TensorFormat::HashTable: return {tid2eid_bytes(rng, w.shape[0], w.shape[1], c.n_routed_experts)};
+    case TensorFormat::Bf16Matrix:
+    case TensorFormat::SmallBf16: return {to_bf16_bytes(small_values(rng, w))};
+    case TensorFormat::SmallF32: return {to_f32_bytes(small_values(rng, w))};
+    case TensorFormat::Unexplained: break;
+  }
+  FERRY_THROW("make-tiny: no generator for tensor '" + w.name + "'");
+}
+
 std::vector<TensorData> generate_tensors(const core::ModelConfig& c, uint64_t seed) {
   std::vector<TensorData> out;
-  std::map<std::string, std::vector<uint8_t>> pending_scales;  // "<prefix>.scale" -> bytes, made with its weight
-  core::for_each_tensor(c, [&](core::TensorInfo&& t) {
-    TensorData d{t.name, t.dtype, t.shape, {}};
-    Rng rng(tensor_seed(seed, t.name));
-    if (auto it = pending_scales.find(t.name); it != pending_scales.end()) {
-      d.bytes = std::move(it->second);
-      pending_scales.erase(it);
-    } else if (t.dtype == core::DType::F8_E4M3 || t.dtype == core::DType::I8) {
-      const std::string scale_name = t.name.substr(0, t.name.size() - std::string_view(".weight").size()) + ".scale";
-      const int64_t out_dim = t.shape[0], in_dim = t.dtype == core::DType::I8 ? 2 * t.shape[1] : t.shape[1];
-      const std::vector<float> w =
-          linear_values(rng, out_dim, in_dim, is_residual_branch_output(t.name) ? kResidualBranchScale : 1.0f);
-      Quantized q = t.dtype == core::DType::I8 ? quantize_fp4_rows(w, out_dim, in_dim, c.fp4_block)
-                                               : quantize_fp8_blocks(w, out_dim, in_dim, c.weight_block_size);
-      d.bytes = std::move(q.codes);
-      pending_scales[scale_name] = std::move(q.scales);
-    } else if (t.dtype == core::DType::I64) {
-      d.bytes = tid2eid_bytes(rng, t.shape[0], t.shape[1], c.n_routed_experts);
-    } else if (t.dtype == core::DType::BF16) {
-      d.bytes = to_bf16_bytes(small_values(rng, t));
-    } else if (t.dtype == core::DType::F32) {
-      d.bytes = to_f32_bytes(small_values(rng, t));
-    } else {
-      FERRY_THROW("make-tiny: no generator for tensor '" + t.name + "'");
-    }
-    out.push_back(std::move(d));
+  core::for_each_weight(c, [&](TensorSpec&& w) {
+    std::vector<std::vector<uint8_t>> bytes = weight_bytes(c, w, seed);
+    std::vector<core::TensorInfo> tensors = core::stored_tensors(c, w);
+    for (size_t i = 0; i < tensors.size(); ++i)
+      out.push_back({std::move(tensors[i].name), tensors[i].dtype, std::move(tensors[i].shape), std::move(bytes[i])});
   });
-  FERRY_CHECK(pending_scales.empty(),
-              "make-tiny: a quantized weight has no scale tensor: " + pending_scales.begin()->first);
   return out;
 }
 
@@ -257,6 +269,7 @@ void make_tiny_model(const fs::path& dir, const TinyOptions& o) {
   if (ec) FERRY_THROW("cannot create " + dir.string() + ": " + ec.message());
   const nlohmann::json config = tiny_config_json(o);
   const core::ModelConfig c = core::config_from_json(config, "tiny");
+  FERRY_CHECK(c.arch == core::Arch::DeepseekV4, "make-tiny writes DeepSeek V4 checkpoints only");
   write_sharded_checkpoint(dir, generate_tensors(c, o.seed), o.shards);
   std::ofstream(dir / "config.json", std::ios::trunc) << config.dump(2) << "\n";
   std::ofstream tok(dir / "tokenizer.json", std::ios::trunc);

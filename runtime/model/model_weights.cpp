@@ -9,180 +9,221 @@
 
 namespace ferry::runtime {
 
-using core::DType;
-using core::WeightFormat;
-using core::WeightView;
+using core::TensorFormat;
+using core::TensorRole;
+using core::TensorSpec;
 
+namespace {
+
+// Where a weight goes: a matrix used in place, a small tensor decoded to fp32, or a hash table as int32; all
+// null for a role of no such place. Built implicitly from a field's address, so that the role switches below
+// read as a table.
+struct Slot {
+  Slot() = default;
+  Slot(core::WeightView* p) : matrix(p) {}
+  Slot(DeviceVector<float>* p) : floats(p) {}
+  Slot(DeviceVector<int32_t>* p) : ints(p) {}
+  core::WeightView* matrix = nullptr;
+  DeviceVector<float>* floats = nullptr;
+  DeviceVector<int32_t>* ints = nullptr;
+};
+
+CompressorWeights& present(std::optional<CompressorWeights>& c) {
+  if (!c) c.emplace();
+  return *c;
+}
+
+// The field of a layer that a table row's role names (core::TensorRole).
+Slot layer_slot(LayerWeights& L, const TensorSpec& w) {
+  using R = TensorRole;
+  switch (w.role) {
+    case R::HcAttnFn: return &L.hc_attn.fn;
+    case R::HcAttnBase: return &L.hc_attn.base;
+    case R::HcAttnScale: return &L.hc_attn.scale;
+    case R::HcFfnFn: return &L.hc_ffn.fn;
+    case R::HcFfnBase: return &L.hc_ffn.base;
+    case R::HcFfnScale: return &L.hc_ffn.scale;
+    case R::HcHeadFn: return &L.hc_head.fn;
+    case R::HcHeadBase: return &L.hc_head.base;
+    case R::HcHeadScale: return &L.hc_head.scale;
+    case R::AttnNorm: return &L.attn_norm;
+    case R::FfnNorm: return &L.ffn_norm;
+    case R::WqA: return &L.wq_a;
+    case R::QNorm: return &L.q_norm;
+    case R::WqB: return &L.wq_b;
+    case R::Wkv: return &L.wkv;
+    case R::KvNorm: return &L.kv_norm;
+    case R::WoA: return &L.wo_a;
+    case R::WoB: return &L.wo_b;
+    case R::AttnSink: return &L.attn_sink;
+    case R::CompressorWkv: return &present(L.compressor).wkv;
+    case R::CompressorWgate: return &present(L.compressor).wgate;
+    case R::CompressorApe: return &present(L.compressor).ape;
+    case R::CompressorNorm: return &present(L.compressor).norm;
+    case R::IndexerWqB: return &L.indexer_wq_b;
+    case R::IndexerWeightsProj: return &L.indexer_weights_proj;
+    case R::IndexerCompressorWkv: return &present(L.indexer_compressor).wkv;
+    case R::IndexerCompressorWgate: return &present(L.indexer_compressor).wgate;
+    case R::IndexerCompressorApe: return &present(L.indexer_compressor).ape;
+    case R::IndexerCompressorNorm: return &present(L.indexer_compressor).norm;
+    case R::Gate: return &L.gate;
+    case R::GateBias: return &L.gate_bias;
+    case R::Tid2eid: return &L.tid2eid;
+    case R::ExpertW1: return &L.experts.at(static_cast<size_t>(w.expert)).w1;
+    case R::ExpertW2: return &L.experts.at(static_cast<size_t>(w.expert)).w2;
+    case R::ExpertW3: return &L.experts.at(static_cast<size_t>(w.expert)).w3;
+    case R::SharedW1: return &L.shared.w1;
+    case R::SharedW2: return &L.shared.w2;
+    case R::SharedW3: return &L.shared.w3;
+    case R::EProj: return &L.e_proj;
+    case R::HProj: return &L.h_proj;
+    case R::ENorm: return &L.enorm;
+    case R::HNorm: return &L.hnorm;
+    case R::MtpNorm: return &L.mtp_norm;
+    default: return {};
+  }
+}
+
+std::string shape_text(const std::vector<int64_t>& s) {
+  std::string t = "[";
+  for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
+  return t + "]";
+}
+
+}  // namespace
+
+// Walks the tensor table (planner/core/tensor_table.h) and binds each row where its role says, in the form its
+// format says, after checking its stored tensors against the checkpoint.
 class WeightBinder {
  public:
   explicit WeightBinder(ModelWeights& m) : m_(m), c_(m.config_) {}
 
-  const core::SafetensorsTensor& info(const std::string& name, core::DType dtype, std::vector<int64_t> shape) {
-    FERRY_CHECK(m_.ckpt_->has(name), "checkpoint is missing tensor " + name);
-    const auto& t = m_.ckpt_->info(name);
-    FERRY_CHECK(t.dtype == dtype, "tensor " + name + " has dtype " + std::string(core::dtype_name(t.dtype)) +
-                                      ", expected " + std::string(core::dtype_name(dtype)));
-    FERRY_CHECK(t.shape == shape,
-                "tensor " + name + " has shape " + shape_text(t.shape) + ", expected " + shape_text(shape));
-    m_.weight_bytes_ += t.end - t.begin;
-    return t;
+  LayerWeights layer(int64_t i) {
+    LayerWeights L;
+    L.index = i;
+    L.ratio = c_.compress_ratio(i);
+    L.hash_routed = c_.is_hash_layer(i);
+    L.prefix = core::layer_prefix(c_, i);
+    L.experts.resize(static_cast<size_t>(c_.n_routed_experts));
+    core::for_each_layer_weight(c_, i, [&](TensorSpec&& w) { bind(w, layer_slot(L, w)); });
+    return L;
   }
 
-  // A matrix in its stored encoding: FP8 (+ .scale), MXFP4 (I8 + .scale), BF16 or F32.
-  core::WeightView matrix(const std::string& name, core::WeightFormat f, int64_t rows, int64_t cols) {
-    core::WeightView v;
-    v.format = f;
-    v.rows = v.tensor_rows = rows;
-    v.cols = cols;
-    switch (f) {
-      case core::WeightFormat::FP8:
-        info(name + ".weight", core::DType::F8_E4M3, {rows, cols});
-        info(name + ".scale", core::DType::F8_E8M0, {(rows + 127) / 128, (cols + 127) / 128});
-        v.data = bytes(name + ".weight");
-        v.scales = bytes(name + ".scale");
-        break;
-      case core::WeightFormat::MXFP4:
-        FERRY_CHECK(cols % 32 == 0, name + ": FP4 columns must be a multiple of 32");
-        info(name + ".weight", core::DType::I8, {rows, cols / 2});
-        info(name + ".scale", core::DType::F8_E8M0, {rows, cols / 32});
-        v.data = bytes(name + ".weight");
-        v.scales = bytes(name + ".scale");
-        break;
-      case core::WeightFormat::BF16:
-        info(name + ".weight", core::DType::BF16, {rows, cols});
-        v.data = aligned(name + ".weight", 2);
-        break;
-      case core::WeightFormat::F32:
-        info(name + ".weight", core::DType::F32, {rows, cols});
-        v.data = aligned(name + ".weight", 4);
-        break;
+  void globals() {
+    core::for_each_global_weight(c_, [&](TensorSpec&& w) { bind(w, global_slot(w)); });
+  }
+
+ private:
+  Slot global_slot(const TensorSpec& w) {
+    switch (w.role) {
+      case TensorRole::Embed: return &m_.embed_;
+      case TensorRole::Head: return &m_.head_;
+      case TensorRole::FinalNorm: return &m_.norm_;
+      case TensorRole::HcHeadFn: return &m_.hc_head_.fn;
+      case TensorRole::HcHeadBase: return &m_.hc_head_.base;
+      case TensorRole::HcHeadScale: return &m_.hc_head_.scale;
+      default: return {};
     }
+  }
+
+  void bind(const TensorSpec& w, const Slot& s) {
+    auto misplaced = [&] { return "tensor table: " + w.name + " has no place of its format in the loaded model"; };
+    switch (w.format) {
+      case TensorFormat::Fp8Linear:
+      case TensorFormat::Mxfp4Linear:
+      case TensorFormat::Bf16Matrix:
+        FERRY_CHECK(s.matrix, misplaced());
+        *s.matrix = matrix(w);
+        return;
+      case TensorFormat::SmallBf16:
+      case TensorFormat::SmallF32:
+        FERRY_CHECK(s.floats, misplaced());
+        *s.floats = floats(w);
+        return;
+      case TensorFormat::HashTable:
+        FERRY_CHECK(s.ints, misplaced());
+        *s.ints = hash_table(w);
+        return;
+      case TensorFormat::Unexplained: break;
+    }
+    FERRY_THROW(misplaced());
+  }
+
+  // Checks a stored tensor against the checkpoint: present, with the table's dtype and shape.
+  const core::SafetensorsTensor& check(const core::TensorInfo& t) {
+    FERRY_CHECK(m_.ckpt_->has(t.name), "checkpoint is missing tensor " + t.name);
+    const auto& h = m_.ckpt_->info(t.name);
+    FERRY_CHECK(h.dtype == t.dtype, "tensor " + t.name + " has dtype " + std::string(core::dtype_name(h.dtype)) +
+                                        ", expected " + std::string(core::dtype_name(t.dtype)));
+    FERRY_CHECK(h.shape == t.shape,
+                "tensor " + t.name + " has shape " + shape_text(h.shape) + ", expected " + shape_text(t.shape));
+    m_.weight_bytes_ += h.end - h.begin;
+    return h;
+  }
+
+  // The one stored tensor of a weight that is not a scaled linear, checked.
+  core::TensorInfo single(const TensorSpec& w) {
+    std::vector<core::TensorInfo> t = core::stored_tensors(c_, w);
+    check(t.front());
+    return std::move(t.front());
+  }
+
+  void hold(const TensorSpec& w, int64_t bytes) { m_.class_bytes_[static_cast<size_t>(w.cls)] += bytes; }
+
+  // A matrix in its stored encoding: FP8 or MXFP4 codes with their scales, or BF16.
+  core::WeightView matrix(const TensorSpec& w) {
+    const std::vector<core::TensorInfo> t = core::stored_tensors(c_, w);
+    for (const auto& x : t) check(x);
+    core::WeightView v;
+    v.rows = v.tensor_rows = w.shape[0];
+    v.cols = w.shape[1];
+    if (w.format == TensorFormat::Bf16Matrix) {
+      v.format = core::WeightFormat::BF16;
+      v.data = aligned(t[0].name, 2);
+    } else {
+      v.format = w.format == TensorFormat::Fp8Linear ? core::WeightFormat::FP8 : core::WeightFormat::MXFP4;
+      v.data = bytes(t[0].name);
+      v.scales = bytes(t[1].name);
+    }
+    hold(w, core::weight_view_bytes(v));
     return v;
   }
 
-  // A small tensor decoded to float: BF16 (norm weights) or F32.
-  DeviceVector<float> floats(const std::string& name, std::vector<int64_t> shape) {
-    FERRY_CHECK(m_.ckpt_->has(name), "checkpoint is missing tensor " + name);
-    const core::DType dt = m_.ckpt_->info(name).dtype;
-    FERRY_CHECK(dt == core::DType::BF16 || dt == core::DType::F32,
-                "tensor " + name + " has dtype " + std::string(core::dtype_name(dt)) + ", expected BF16 or F32");
-    info(name, dt, shape);
-    const auto raw = m_.ckpt_->bytes(name);
-    int64_t n = 1;
-    for (int64_t s : shape) n *= s;
-    DeviceVector<float> out(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      if (dt == core::DType::BF16) {
+  // A small tensor decoded to fp32: BF16 (norm weights) or F32.
+  DeviceVector<float> floats(const TensorSpec& w) {
+    const core::TensorInfo t = single(w);
+    const auto raw = m_.ckpt_->bytes(t.name);
+    const size_t n = raw.size() / core::dtype_size(t.dtype);
+    DeviceVector<float> out(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (t.dtype == core::DType::BF16) {
         uint16_t b;
         std::memcpy(&b, raw.data() + 2 * i, 2);
-        out[static_cast<size_t>(i)] = core::bf16_to_float(b);
+        out[i] = core::bf16_to_float(b);
       } else {
-        std::memcpy(&out[static_cast<size_t>(i)], raw.data() + 4 * i, 4);
+        std::memcpy(&out[i], raw.data() + 4 * i, 4);
       }
     }
+    hold(w, static_cast<int64_t>(n * sizeof(float)));
     return out;
   }
 
-  DeviceVector<int32_t> hash_table(const std::string& name) {
-    const int64_t vocab = c_.vocab_size, k = c_.num_experts_per_tok;
-    info(name, core::DType::I64, {vocab, k});
-    const auto raw = m_.ckpt_->bytes(name);
-    DeviceVector<int32_t> out(static_cast<size_t>(vocab * k));
-    for (int64_t i = 0; i < vocab * k; ++i) {
+  // Hash routing's token -> expert ids [vocab, top-k], narrowed to int32 and checked against the expert count.
+  DeviceVector<int32_t> hash_table(const TensorSpec& w) {
+    const core::TensorInfo t = single(w);
+    const auto raw = m_.ckpt_->bytes(t.name);
+    const int64_t n = t.shape[0] * t.shape[1], k = t.shape[1];
+    DeviceVector<int32_t> out(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
       int64_t e;
       std::memcpy(&e, raw.data() + 8 * i, 8);
-      FERRY_CHECK(e >= 0 && e < c_.n_routed_experts, "tensor " + name + " routes token " + std::to_string(i / k) +
+      FERRY_CHECK(e >= 0 && e < c_.n_routed_experts, "tensor " + t.name + " routes token " + std::to_string(i / k) +
                                                          " to expert " + std::to_string(e) + ", beyond " +
                                                          std::to_string(c_.n_routed_experts) + " experts");
       out[static_cast<size_t>(i)] = static_cast<int32_t>(e);
     }
+    hold(w, n * static_cast<int64_t>(sizeof(int32_t)));
     return out;
-  }
-
-  HcWeights hc_weights(const std::string& p, const std::string& site, int64_t mix) {
-    const int64_t hc = c_.hc_mult, d = c_.hidden_size;
-    HcWeights w;
-    w.fn = floats(p + "hc_" + site + "_fn", {mix, hc * d});
-    w.base = floats(p + "hc_" + site + "_base", {mix});
-    w.scale = floats(p + "hc_" + site + "_scale", {site == "head" ? 1 : 3});
-    return w;
-  }
-
-  CompressorWeights compressor(const std::string& p, int64_t ratio, int64_t dim) {
-    const int64_t coff = ratio == 4 ? 2 : 1, d = c_.hidden_size;
-    CompressorWeights w;
-    w.wkv = matrix(p + "wkv", core::WeightFormat::BF16, coff * dim, d);
-    w.wgate = matrix(p + "wgate", core::WeightFormat::BF16, coff * dim, d);
-    w.ape = floats(p + "ape", {ratio, coff * dim});
-    w.norm = floats(p + "norm.weight", {dim});
-    return w;
-  }
-
-  LayerWeights layer(int64_t i) {
-    const auto& c = c_;
-    const int64_t d = c.hidden_size, nh = c.num_attention_heads, hd = c.head_dim, hc = c.hc_mult;
-    LayerWeights L;
-    L.index = i;
-    L.ratio = c.compress_ratio(i);
-    L.prefix = c.is_mtp_layer(i) ? "mtp." + std::to_string(i - c.num_hidden_layers) + "."
-                                 : "layers." + std::to_string(i) + ".";
-    L.hash_routed = !c.is_mtp_layer(i) && i < c.num_hash_layers;
-    const std::string& p = L.prefix;
-    const int64_t mix = (2 + hc) * hc;
-    L.hc_attn = hc_weights(p, "attn", mix);
-    L.hc_ffn = hc_weights(p, "ffn", mix);
-    L.attn_norm = floats(p + "attn_norm.weight", {d});
-    L.ffn_norm = floats(p + "ffn_norm.weight", {d});
-    const std::string a = p + "attn.";
-    L.wq_a = matrix(a + "wq_a", core::WeightFormat::FP8, c.q_lora_rank, d);
-    L.q_norm = floats(a + "q_norm.weight", {c.q_lora_rank});
-    L.wq_b = matrix(a + "wq_b", core::WeightFormat::FP8, nh * hd, c.q_lora_rank);
-    L.wkv = matrix(a + "wkv", core::WeightFormat::FP8, hd, d);
-    L.kv_norm = floats(a + "kv_norm.weight", {hd});
-    L.wo_a = matrix(a + "wo_a", core::WeightFormat::FP8, c.o_groups * c.o_lora_rank, nh * hd / c.o_groups);
-    L.wo_b = matrix(a + "wo_b", core::WeightFormat::FP8, d, c.o_groups * c.o_lora_rank);
-    L.attn_sink = floats(a + "attn_sink", {nh});
-    if (L.ratio > 0) L.compressor = compressor(a + "compressor.", L.ratio, hd);
-    if (L.ratio == 4) {
-      L.indexer_compressor = compressor(a + "indexer.compressor.", 4, c.index_head_dim);
-      L.indexer_wq_b =
-          matrix(a + "indexer.wq_b", core::WeightFormat::FP8, c.index_n_heads * c.index_head_dim, c.q_lora_rank);
-      L.indexer_weights_proj = matrix(a + "indexer.weights_proj", core::WeightFormat::BF16, c.index_n_heads, d);
-    }
-    const std::string f = p + "ffn.";
-    const int64_t E = c.n_routed_experts, inter = c.moe_intermediate_size;
-    L.gate = matrix(f + "gate", core::WeightFormat::BF16, E, d);
-    if (L.hash_routed)
-      L.tid2eid = hash_table(f + "gate.tid2eid");
-    else
-      L.gate_bias = floats(f + "gate.bias", {E});
-    const core::WeightFormat ef = c.fp4_experts ? core::WeightFormat::MXFP4 : core::WeightFormat::FP8;
-    L.experts.resize(static_cast<size_t>(E));
-    for (int64_t e = 0; e < E; ++e) {
-      const std::string x = f + "experts." + std::to_string(e) + ".";
-      L.experts[static_cast<size_t>(e)] = {matrix(x + "w1", ef, inter, d), matrix(x + "w2", ef, d, inter),
-                                           matrix(x + "w3", ef, inter, d)};
-    }
-    const std::string s = f + "shared_experts.";
-    L.shared = {matrix(s + "w1", core::WeightFormat::FP8, inter, d),
-                matrix(s + "w2", core::WeightFormat::FP8, d, inter),
-                matrix(s + "w3", core::WeightFormat::FP8, inter, d)};
-    if (c.is_mtp_layer(i)) {
-      L.e_proj = matrix(p + "e_proj", core::WeightFormat::FP8, d, d);
-      L.h_proj = matrix(p + "h_proj", core::WeightFormat::FP8, d, d);
-      L.enorm = floats(p + "enorm.weight", {d});
-      L.hnorm = floats(p + "hnorm.weight", {d});
-      L.mtp_norm = floats(p + "norm.weight", {d});
-      L.hc_head = hc_weights(p, "head", hc);
-    }
-    return L;
-  }
-
- private:
-  static std::string shape_text(const std::vector<int64_t>& s) {
-    std::string t = "[";
-    for (size_t i = 0; i < s.size(); ++i) t += (i ? ", " : "") + std::to_string(s[i]);
-    return t + "]";
   }
 
   const uint8_t* bytes(const std::string& name) {
@@ -216,12 +257,11 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir) {
               "config: num_attention_heads must be a multiple of o_groups");
   FERRY_CHECK(c.index_head_dim % 32 == 0 && (c.index_head_dim & (c.index_head_dim - 1)) == 0,
               "config: index_head_dim must be a power of two (Hadamard)");
+  FERRY_CHECK(c.weight_block_size == core::kFp8Block, "config: quantization_config.weight_block_size is " +
+                                                          std::to_string(c.weight_block_size) +
+                                                          "; ferry's FP8 kernels read 128x128 blocks");
   WeightBinder b(m);
-  const int64_t d = c.hidden_size;
-  m.embed_ = b.matrix("embed", core::WeightFormat::BF16, c.vocab_size, d);
-  m.head_ = b.matrix("head", core::WeightFormat::BF16, c.vocab_size, d);
-  m.norm_ = b.floats("norm.weight", {d});
-  m.hc_head_ = b.hc_weights("", "head", c.hc_mult);
+  b.globals();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) m.layers_.push_back(b.layer(i));
   if (c.num_nextn_predict_layers > 0) m.mtp_ = b.layer(c.num_hidden_layers);
   return m;

@@ -1,9 +1,11 @@
 // The weights of a V4 checkpoint bound for the CPU forward pass: large matrices are views into the memory-
 // mapped shards in their stored encodings (never dequantized); small vectors (norms, mHC mixing, sinks, biases,
-// hash tables) are decoded once into float / int arrays. Every tensor is checked against the config — name,
-// dtype, shape — before anything runs, so a wrong or incomplete checkpoint fails at load with the tensor's name.
+// hash tables) are decoded once into float / int arrays. Which tensors there are, and where each goes, comes
+// from the tensor table (planner/core/tensor_table.h). Every tensor is checked against it — name, dtype, shape —
+// before anything runs, so a wrong or incomplete checkpoint fails at load with the tensor's name.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "planner/core/model_config.h"
+#include "planner/core/tensor_table.h"
 #include "runtime/backend/device_vector.h"
 #include "runtime/checkpoint/checkpoint.h"
 #include "runtime/kernels/cpu/linear.h"
@@ -72,6 +75,9 @@ class ModelWeights {
   const HcWeights& hc_head() const { return hc_head_; }
   // Bytes of the checkpoint tensors this model reads (for the memory report).
   int64_t weight_bytes() const { return weight_bytes_; }
+  // Bytes held for one class of weights, measured on what was bound: matrices as stored, small tensors as
+  // decoded (fp32, int32). planner::ModelSpec::bytes_of plans the same figure.
+  int64_t bytes_of(core::WeightClass c) const { return class_bytes_[static_cast<size_t>(c)]; }
   // Decoded copy of one embedding row.
   void embed_row(int64_t token, float* out) const;
 
@@ -91,6 +97,7 @@ class ModelWeights {
   DeviceVector<float> norm_;
   HcWeights hc_head_;
   int64_t weight_bytes_ = 0;
+  std::array<int64_t, core::kNumWeightClasses> class_bytes_{};
   // Copies of BF16/F32 tensors the checkpoint stores at an address unsuitable for direct use (misaligned).
   std::vector<std::vector<uint8_t>> owned_;
 
