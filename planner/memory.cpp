@@ -59,7 +59,8 @@ CpuForwardWorkspace cpu_forward_workspace(const core::ModelConfig& c, KvType kv,
   w.route_w = w.route_ids = w.expert_tokens = n * topk;
   w.xg = n * d;
   w.eo = n * topk * d;  // kept until the combine, so that host and device experts can run at once
-  w.eg = w.eu = n * inter;
+  // The experts' gate and up: a routed expert's rows, or the shared experts' (one MLP n_shared wide).
+  w.eg = w.eu = n * std::max(inter, c.shared_expert_width());
   w.residual = n * hc * d;
   w.mtp_residual = mtp ? w.residual + hc * d : 0;
   w.mtp_pending = mtp ? hc * d : 0;

@@ -177,10 +177,6 @@ void read_v4(const Reader& r, ModelConfig& c) {
   if (kv_heads != 1)
     FERRY_THROW("config.json: deepseek_v4 has one shared KV head, got num_key_value_heads = " +
                 std::to_string(kv_heads));
-  // DeepSeek's V4 inference/model.py asserts n_shared_experts == 1 and builds that expert moe_inter_dim wide.
-  if (c.n_shared_experts != 1)
-    FERRY_THROW("config.json: deepseek_v4 has one shared expert, got n_shared_experts = " +
-                std::to_string(c.n_shared_experts));
   if (c.num_attention_heads % c.o_groups != 0)
     FERRY_THROW("config.json: num_attention_heads (" + std::to_string(c.num_attention_heads) +
                 ") must be a multiple of o_groups (" + std::to_string(c.o_groups) + ")");

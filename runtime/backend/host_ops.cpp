@@ -183,7 +183,7 @@ void run(const ops::MoeCombine& a) {
     for (int64_t j = 0; j < d; ++j) {
       float acc = 0.0f;
       for (int64_t i = 0; i < k; ++i) acc += wt[i] * rows[i][j];
-      yt[j] += acc;
+      yt[j] = a.add ? yt[j] + acc : acc;
     }
   });
 }

@@ -250,14 +250,16 @@ struct GatherRows {
   float* dst = nullptr;  // [m, d]
 };
 
-// y[t] += sum over the token's k choices, in ascending sorted position, of weight·expert_out[position]:
-// sorted position p holds choice order[p] = t·k + i and its output row expert_out[p].
+// y[t] += sum over the token's k choices, in ascending sorted position, of weight·expert_out[position]
+// (y[t] = the sum when !add): sorted position p holds choice order[p] = t·k + i and its output row
+// expert_out[p].
 struct MoeCombine {
   const float* expert_out = nullptr;  // [n·k, d]
   const int32_t* order = nullptr;     // [n·k]
   const float* weights = nullptr;     // [n·k], the route weights by choice
   int64_t n = 0, k = 0, d = 0;
   float* y = nullptr;  // [n, d]
+  bool add = true;
 };
 
 // out[t, s, :] = a[t, :] + b[t, s, :]: the MTP layer's input streams from its projected embedding and state.

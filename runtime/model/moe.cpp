@@ -61,17 +61,20 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
                                                 " computes its experts on another device than its attention");
   }
 
-  // Shared expert (no clamp) straight into y, on the layer's device.
-  s.run(ops::ExpertFfn{.w1 = w.shared.w1,
-                       .w2 = w.shared.w2,
-                       .w3 = w.shared.w3,
-                       .x = xn,
-                       .m = n,
-                       .limit = 0.0,
-                       .gate = ws.eg.data(),
-                       .up = ws.eu.data(),
-                       .out = y,
-                       .bits = ch.bits});
+  // Shared experts (one MLP n_shared wide, no clamp) straight into y, on the layer's device; without them the
+  // combine writes y instead of adding to it.
+  const bool shared = c.n_shared_experts > 0;
+  if (shared)
+    s.run(ops::ExpertFfn{.w1 = w.shared.w1,
+                         .w2 = w.shared.w2,
+                         .w3 = w.shared.w3,
+                         .x = xn,
+                         .m = n,
+                         .limit = 0.0,
+                         .gate = ws.eg.data(),
+                         .up = ws.eu.data(),
+                         .out = y,
+                         .bits = ch.bits});
 
   // Routed experts, in expert order, each over the tokens that chose it (sorted positions b … b+m−1), its
   // outputs into eo's rows b … b+m−1.
@@ -141,7 +144,8 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
                         .n = n,
                         .k = k,
                         .d = d,
-                        .y = y});
+                        .y = y,
+                        .add = shared});
 }
 
 }  // namespace ferry::runtime::detail

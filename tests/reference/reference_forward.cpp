@@ -389,7 +389,7 @@ class Forward {
     }
     double sum = 0;
     for (int64_t id : ids) sum += sc[z(id)];
-    Vec y = expert(L.shared, x, 0);
+    Vec y = c_.n_shared_experts > 0 ? expert(L.shared, x, 0) : Vec(x.size(), 0.0);
     for (int64_t id : ids) {
       const Vec ey = expert(L.experts[z(id)], x, c_.swiglu_limit);
       const double wk = sc[z(id)] / sum * c_.routed_scaling_factor;

@@ -192,8 +192,9 @@ CompressorWeights compressor_weights(Reader& rd, const std::string& p, int64_t r
   return w;
 }
 
-ExpertWeights expert_weights(Reader& rd, const std::string& p, const core::ModelConfig& c) {
-  const int64_t d = c.hidden_size, inter = c.moe_intermediate_size;
+// A SwiGLU MLP `inter` wide: a routed expert, or the shared experts (one MLP n_shared routed experts wide).
+ExpertWeights expert_weights(Reader& rd, const std::string& p, const core::ModelConfig& c, int64_t inter) {
+  const int64_t d = c.hidden_size;
   return {rd.matrix(p + "w1", inter, d), rd.matrix(p + "w2", d, inter), rd.matrix(p + "w3", inter, d)};
 }
 
@@ -234,8 +235,8 @@ LayerWeights layer_weights(Reader& rd, int64_t i, const core::ModelConfig& c) {
     L.gate_bias = rd.vec(p + "ffn.gate.bias", E);
   }
   for (int64_t e = 0; e < E; ++e)
-    L.experts.push_back(expert_weights(rd, p + "ffn.experts." + std::to_string(e) + ".", c));
-  L.shared = expert_weights(rd, p + "ffn.shared_experts.", c);
+    L.experts.push_back(expert_weights(rd, p + "ffn.experts." + std::to_string(e) + ".", c, c.moe_intermediate_size));
+  if (c.n_shared_experts > 0) L.shared = expert_weights(rd, p + "ffn.shared_experts.", c, c.shared_expert_width());
   if (mtp) {
     L.e_proj = rd.matrix(p + "e_proj", d, d);
     L.h_proj = rd.matrix(p + "h_proj", d, d);
@@ -256,7 +257,6 @@ ReferenceWeights load_reference_weights(const std::filesystem::path& model_dir, 
   w.config = planner::load_model_spec(model_dir.string()).config;
   const core::ModelConfig& c = w.config;
   FERRY_CHECK(c.arch == core::Arch::DeepseekV4, "reference: only DeepSeek V4 checkpoints are supported");
-  FERRY_CHECK(c.n_shared_experts == 1, "reference: V4 has exactly one shared expert");
   FERRY_CHECK(c.o_groups > 0 && c.num_attention_heads % c.o_groups == 0, "reference: heads must split into o_groups");
   FERRY_CHECK(c.head_dim > c.qk_rope_head_dim && c.index_head_dim >= c.qk_rope_head_dim,
               "reference: rope dims exceed a head");
