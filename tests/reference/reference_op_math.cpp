@@ -171,15 +171,20 @@ void window_store(std::vector<uint8_t>& ring, const std::vector<uint8_t>& rows, 
     std::memcpy(&ring[z((p0 + t) % window * row_bytes)], &rows[z(t * row_bytes)], z(row_bytes));
 }
 
-Vec compressed_entry(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, const CompressorShape& c,
-                     const MarginSink& sink) {
+Vec pooled_entry(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, const CompressorShape& c) {
   const int64_t D = c.dim, rd = 2 * static_cast<int64_t>(c.freqs->size());
   FERRY_CHECK(static_cast<int64_t>(std::min(a.size(), s.size())) >= c.ratio * (j + 1),
               "reference: a compressed entry past the positions seen");
   Vec e = rms_norm(pool_block(a, s, j, c.ratio, D), *c.norm, c.eps);
   apply_rope(e.data() + D - rd, *c.freqs, c.ratio * j, false);  // the position of the block's first token
   if (c.kind == RowKind::IndexerKey) hadamard(e.data(), D);
-  round_kv_row(e.data(), D, c.kind, c.kv, rd, sink);
+  return e;
+}
+
+Vec compressed_entry(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, const CompressorShape& c,
+                     const MarginSink& sink) {
+  Vec e = pooled_entry(a, s, j, c);
+  round_kv_row(e.data(), c.dim, c.kind, c.kv, 2 * static_cast<int64_t>(c.freqs->size()), sink);
   return e;
 }
 

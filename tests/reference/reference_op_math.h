@@ -72,9 +72,12 @@ struct CompressorShape {
   planner::KvType kv = planner::KvType::FP8;
 };
 
-// Compressed entry j, as stored, from every position's values a and scores s (ape included) of positions
-// 0 … ratio·(j+1) − 1: the block's softmax pooling per channel (ratio 4 overlaps the previous block through
-// the first half of the channels), then norm, RoPE at position ratio·j, Hadamard for an indexer key, rounding.
+// Compressed entry j before its storage rounding, from every position's values a and scores s (ape included)
+// of positions 0 … ratio·(j+1) − 1: the block's softmax pooling per channel (ratio 4 overlaps the previous
+// block through the first half of the channels), then norm, RoPE at position ratio·j, Hadamard for an indexer
+// key.
+Vec pooled_entry(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, const CompressorShape& c);
+// The same as stored: rounded as a row of c.kind for c.kv.
 Vec compressed_entry(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, const CompressorShape& c,
                      const MarginSink& sink);
 

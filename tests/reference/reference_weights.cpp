@@ -1,5 +1,6 @@
 #include "reference_weights.h"
 
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -240,7 +241,18 @@ Matrix decode_matrix(DType dtype, std::span<const std::byte> codes, std::span<co
   Matrix m{rows, cols, Vec(static_cast<size_t>(rows * cols))};
   const auto* b = reinterpret_cast<const uint8_t*>(codes.data());
   const auto* sc = reinterpret_cast<const uint8_t*>(scales.data());
-  auto scale = [&](int64_t i) { return static_cast<double>(core::e8m0_to_float(sc[i])); };
+  // The scalar decoders' values by code: a weight of V4's size decodes several times faster from tables.
+  static const auto tables = [] {
+    std::array<std::array<double, 256>, 3> t{};  // E4M3, E8M0, E2M1 (the low 16 codes)
+    for (int c = 0; c < 256; ++c) {
+      t[0][c] = core::e4m3_to_float(static_cast<uint8_t>(c));
+      t[1][c] = core::e8m0_to_float(static_cast<uint8_t>(c));
+      t[2][c] = core::e2m1_to_float(static_cast<uint8_t>(c & 0xF));
+    }
+    return t;
+  }();
+  const auto &e4m3 = tables[0], &e8m0 = tables[1], &e2m1 = tables[2];
+  auto scale = [&](int64_t i) { return e8m0[sc[i]]; };
   if (dtype == DType::F8_E4M3) {  // E4M3 codes × the E8M0 scale of their block×block block
     const int64_t scale_cols = (cols + block - 1) / block;
     FERRY_CHECK(static_cast<int64_t>(codes.size()) == rows * cols &&
@@ -249,7 +261,7 @@ Matrix decode_matrix(DType dtype, std::span<const std::byte> codes, std::span<co
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t col = 0; col < cols; ++col)
         m.w[static_cast<size_t>(r * cols + col)] =
-            static_cast<double>(core::e4m3_to_float(b[r * cols + col])) * scale((r / block) * scale_cols + col / block);
+            e4m3[b[r * cols + col]] * scale((r / block) * scale_cols + col / block);
   } else if (dtype == DType::I8) {  // packed FP4: element 2k in the low nibble of byte k of the row
     FERRY_CHECK(cols % 2 == 0 && cols % block == 0 && static_cast<int64_t>(codes.size()) == rows * cols / 2 &&
                     static_cast<int64_t>(scales.size()) == rows * (cols / block),
@@ -258,8 +270,7 @@ Matrix decode_matrix(DType dtype, std::span<const std::byte> codes, std::span<co
       for (int64_t col = 0; col < cols; ++col) {
         const uint8_t byte = b[r * (cols / 2) + col / 2];
         const uint8_t code = col % 2 == 0 ? core::fp4_low(byte) : core::fp4_high(byte);
-        m.w[static_cast<size_t>(r * cols + col)] =
-            static_cast<double>(core::e2m1_to_float(code)) * scale(r * (cols / block) + col / block);
+        m.w[static_cast<size_t>(r * cols + col)] = e2m1[code] * scale(r * (cols / block) + col / block);
       }
   } else {
     m.w = decode_plain(dtype, codes, what);
