@@ -93,41 +93,93 @@ TYPED_TEST(KvOps, KvWindowStore) {
   }
 }
 
-// One compressor's inputs over `total` positions, run as two chunks that split a block.
+// One compressor's inputs over `total` positions from p0 (a multiple of the ratio), run as two chunks that split
+// a block.
 struct CompressCase {
-  int64_t ratio, dim, width, total, first;
+  int64_t ratio, dim, width, p0, total, first;
   bool indexer;
 };
 
+// From the start, where ratio 4's first block has no previous one, and at position 20480, where RoPE turns
+// even the lowest frequencies by a visible angle.
 std::vector<CompressCase> compress_cases(const Shape& s) {
   const int64_t hd = s.c.head_dim, ihd = s.c.index_head_dim, r = s.hca_ratio;
-  return {{4, hd, 2 * hd, 13, 6, false}, {4, ihd, 2 * ihd, 13, 7, true}, {r, hd, hd, 2 * r + 3, r + 1, false}};
+  std::vector<CompressCase> cases;
+  for (const int64_t p0 : {int64_t{0}, int64_t{20480}}) {
+    cases.push_back({4, hd, 2 * hd, p0, 13, 6, false});
+    cases.push_back({4, ihd, 2 * ihd, p0, 13, 7, true});
+    cases.push_back({r, hd, hd, p0, 2 * r + 3, r + 1, false});
+  }
+  return cases;
+}
+
+struct CompressInputs {
+  std::vector<float> a, s, ape, norm;
+};
+
+// The stored entries the reference expects (rounded), their values before rounding, and the noise float32
+// may add to each: a few 1e-7 of its row's largest value (pooling in double, then norm, RoPE and the Hadamard
+// butterflies in float), so 1e-5 of it; for the q types plus a flip of the f16 scale d = f16(amax/qmax), which
+// moves each value q·d of its block by up to qmax·ulp(d) = amax·2^-10.
+struct CompressExpected {
+  Vec ref, exact, noise;
+};
+
+CompressExpected compress_reference(const Shape& s, const CompressCase& k, KvType t, const CompressInputs& in,
+                                    const Vec& freqs) {
+  const int64_t r = k.ratio;
+  // Positions before p0 of ratio 4's previous block: what a fresh state holds, values and scores 0.
+  const int64_t first = r == 4 && k.p0 > 0 ? k.p0 - r : k.p0;
+  std::vector<Vec> a(z(k.p0 - first), Vec(z(k.width), 0.0)), sc = a;
+  for (int64_t t0 = 0; t0 < k.total; ++t0) {
+    a.push_back(slice(in.a, t0, k.width));
+    sc.push_back(slice(in.s, t0, k.width));
+    for (int64_t i = 0; i < k.width; ++i) sc.back()[z(i)] += in.ape[z((k.p0 + t0) % r * k.width + i)];
+  }
+  const Vec norm = to_double(in.norm);
+  const auto kind = k.indexer ? reference::RowKind::IndexerKey : reference::RowKind::Main;
+  const reference::CompressorShape shape{r, k.dim, &norm, s.c.rms_norm_eps, &freqs, kind, t, first};
+  const bool q = t == KvType::Q8_0 || t == KvType::Q4_0;
+  CompressExpected x;
+  for (int64_t j = k.p0 / r; j < (k.p0 + k.total) / r; ++j) {
+    const Vec e = reference::pooled_entry(a, sc, j, shape);
+    Vec rounded = e;
+    reference::round_kv_row(rounded.data(), k.dim, kind, t, s.c.qk_rope_head_dim, {});
+    double amax = 0;
+    for (double v : e) amax = std::max(amax, std::fabs(v));
+    for (int64_t i = 0; i < k.dim; ++i) {
+      double block_amax = 0;  // the q types' block of 32
+      for (int64_t b = i / 32 * 32; q && b < i / 32 * 32 + 32; ++b)
+        block_amax = std::max(block_amax, std::fabs(e[z(b)]));
+      x.noise.push_back(1e-5 * amax + block_amax * std::ldexp(1.0, -10));
+    }
+    x.ref.insert(x.ref.end(), rounded.begin(), rounded.end());
+    x.exact.insert(x.exact.end(), e.begin(), e.end());
+  }
+  return x;
 }
 
 // Every block completed in either chunk is pooled, normalised, rotated, (indexer) Hadamard-transformed and
-// stored rounded. Float32 moves an entry by a few 1e-7 of its row's largest value (pooling in double, then
-// norm, RoPE and the Hadamard butterflies in float): 1e-5 of that may put an exact value on the other side of
-// a rounding boundary (a flip, at most a few per case); a q type's f16 scale d = f16(amax/qmax) may then
-// also take the other neighbour, which moves each value q·d of its block by up to qmax·ulp(d) = amax·2^-10.
+// stored rounded; values within noise of a rounding boundary may take the other neighbour (at most a few).
 TYPED_TEST(KvOps, Compress) {
   for (const Shape& s : shapes())
     for (const CompressCase& k : compress_cases(s))
       for (const KvType t : planner::kKvTypesByFidelity) {
         const KvRowLayout l = layout_of(s.c, t, k.indexer);
-        const int64_t r = k.ratio, entries = k.total / r, state_rows = r == 4 ? 2 * r : r;
+        const int64_t r = k.ratio, state_rows = r == 4 ? 2 * r : r;
+        const int64_t j0 = k.p0 / r, capacity = (k.p0 + k.total) / r;
         std::mt19937_64 rng(23);
-        const std::vector<float> a = normal(k.total * k.width, 1.0, rng), sc = normal(k.total * k.width, 2.0, rng);
-        const std::vector<float> ape = normal(r * k.width, 0.5, rng);
-        std::vector<float> norm = normal(k.dim, 0.2, rng);
-        for (float& v : norm) v += 1;
+        CompressInputs in{normal(k.total * k.width, 1.0, rng), normal(k.total * k.width, 2.0, rng),
+                          normal(r * k.width, 0.5, rng), normal(k.dim, 0.2, rng)};
+        for (float& v : in.norm) v += 1;
         const Vec freqs = reference::rope_frequencies(s.c, true);
         const auto out = this->run(Kind::Compress, [&](DeviceMemory& m) {
-          ops::Compress op{m.upload(a),
-                           m.upload(sc),
-                           m.upload(ape),
-                           m.upload(norm),
+          ops::Compress op{m.upload(in.a),
+                           m.upload(in.s),
+                           m.upload(in.ape),
+                           m.upload(in.norm),
                            k.first,
-                           0,
+                           k.p0,
                            r,
                            k.dim,
                            k.width,
@@ -137,49 +189,24 @@ TYPED_TEST(KvOps, Compress) {
                            m.zeros<float>(state_rows * k.width),
                            m.zeros<float>(state_rows * k.width),
                            l,
-                           m.zeros<uint8_t>(entries * l.bytes),
-                           entries};
+                           m.zeros<uint8_t>(capacity * l.bytes),
+                           capacity};
           m.run(op);
           op.a += k.first * k.width;  // the second chunk continues from the state
           op.s += k.first * k.width;
-          op.p0 = k.first;
+          op.p0 += k.first;
           op.n = k.total - k.first;
           m.run(op);
           Outputs o;
-          o.add("rows", m.read(op.rows, entries * l.bytes));
+          o.add("rows", m.read(op.rows + j0 * l.bytes, (capacity - j0) * l.bytes));
           return o;
         });
         if (!out) return;
-        std::vector<Vec> ah, sh;
-        for (int64_t p = 0; p < k.total; ++p) {
-          ah.push_back(slice(a, p, k.width));
-          sh.push_back(slice(sc, p, k.width));
-          for (int64_t i = 0; i < k.width; ++i) sh.back()[z(i)] += ape[z(p % r * k.width + i)];
-        }
-        const auto kind = k.indexer ? reference::RowKind::IndexerKey : reference::RowKind::Main;
-        const reference::CompressorShape shape{r, k.dim, nullptr, s.c.rms_norm_eps, &freqs, kind, t};
-        const Vec norm_d = to_double(norm);
-        Vec ref, exact, noise;
-        for (int64_t j = 0; j < entries; ++j) {
-          reference::CompressorShape sj = shape;
-          sj.norm = &norm_d;
-          const Vec e = reference::pooled_entry(ah, sh, j, sj);
-          Vec rounded = e;
-          reference::round_kv_row(rounded.data(), k.dim, kind, t, s.c.qk_rope_head_dim, {});
-          double amax = 0;
-          for (double v : e) amax = std::max(amax, std::fabs(v));
-          const bool q = t == KvType::Q8_0 || t == KvType::Q4_0;
-          for (int64_t i = 0; i < k.dim; ++i) {
-            double block_amax = 0;  // the q types' 32-value block
-            for (int64_t b = i / 32 * 32; b < i / 32 * 32 + 32 && q; ++b)
-              block_amax = std::max(block_amax, std::fabs(e[z(b)]));
-            noise.push_back(1e-5 * amax + (q ? block_amax * std::ldexp(1.0, -10) : 0.0));
-          }
-          ref.insert(ref.end(), rounded.begin(), rounded.end());
-          exact.insert(exact.end(), e.begin(), e.end());
-        }
-        const std::string what = layout_text(s, l) + " compress ratio " + std::to_string(r);
-        expect_rounded(decode_rows(l, out->u8("rows"), entries), ref, exact, noise, 3 + entries * k.dim / 200, what);
+        const CompressExpected x = compress_reference(s, k, t, in, freqs);
+        const std::string what =
+            layout_text(s, l) + " compress ratio " + std::to_string(r) + " from " + std::to_string(k.p0);
+        expect_rounded(decode_rows(l, out->u8("rows"), capacity - j0), x.ref, x.exact, x.noise,
+                       3 + static_cast<int64_t>(x.ref.size()) / 200, what);
       }
 }
 

@@ -72,16 +72,21 @@ Vec mix_streams(const Vec& H, const Vec& weight, const HcShape& s) {
 // Pooled channel values of compressor block j: per channel, a softmax over the candidates' scores weights their
 // values. Ratio 4: the previous block's tokens through the first half of the channels, this block's through
 // the second; block 0 has no previous block.
-Vec pool_block(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, int64_t r, int64_t D) {
+Vec pool_block(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, int64_t r, int64_t D, int64_t first) {
+  const int64_t from = r == 4 && j > 0 ? r * (j - 1) : r * j;
+  FERRY_CHECK(from >= first && static_cast<int64_t>(std::min(a.size(), s.size())) >= r * (j + 1) - first,
+              "reference: a compressed entry outside the positions given");
+  auto A = [&](int64_t t, int64_t k) { return a[z(t - first)][z(k)]; };
+  auto S = [&](int64_t t, int64_t k) { return s[z(t - first)][z(k)]; };
   Vec e(z(D));
   for (int64_t k = 0; k < D; ++k) {
     std::vector<std::pair<double, double>> cand;  // (score, value) of channel k
     if (r == 4) {
       if (j > 0)
-        for (int64_t t = r * (j - 1); t < r * j; ++t) cand.emplace_back(s[z(t)][z(k)], a[z(t)][z(k)]);
-      for (int64_t t = r * j; t < r * j + r; ++t) cand.emplace_back(s[z(t)][z(D + k)], a[z(t)][z(D + k)]);
+        for (int64_t t = r * (j - 1); t < r * j; ++t) cand.emplace_back(S(t, k), A(t, k));
+      for (int64_t t = r * j; t < r * j + r; ++t) cand.emplace_back(S(t, D + k), A(t, D + k));
     } else {
-      for (int64_t t = r * j; t < r * j + r; ++t) cand.emplace_back(s[z(t)][z(k)], a[z(t)][z(k)]);
+      for (int64_t t = r * j; t < r * j + r; ++t) cand.emplace_back(S(t, k), A(t, k));
     }
     double mx = -INFINITY, num = 0, den = 0;
     for (const auto& [score, value] : cand) mx = std::max(mx, score);
@@ -173,9 +178,7 @@ void window_store(std::vector<uint8_t>& ring, const std::vector<uint8_t>& rows, 
 
 Vec pooled_entry(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, const CompressorShape& c) {
   const int64_t D = c.dim, rd = 2 * static_cast<int64_t>(c.freqs->size());
-  FERRY_CHECK(static_cast<int64_t>(std::min(a.size(), s.size())) >= c.ratio * (j + 1),
-              "reference: a compressed entry past the positions seen");
-  Vec e = rms_norm(pool_block(a, s, j, c.ratio, D), *c.norm, c.eps);
+  Vec e = rms_norm(pool_block(a, s, j, c.ratio, D, c.first), *c.norm, c.eps);
   apply_rope(e.data() + D - rd, *c.freqs, c.ratio * j, false);  // the position of the block's first token
   if (c.kind == RowKind::IndexerKey) hadamard(e.data(), D);
   return e;

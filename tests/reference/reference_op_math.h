@@ -70,12 +70,13 @@ struct CompressorShape {
   const Vec* freqs = nullptr;
   RowKind kind = RowKind::Main;
   planner::KvType kv = planner::KvType::FP8;
+  int64_t first = 0;  // the position of a[0] and s[0]
 };
 
-// Compressed entry j before its storage rounding, from every position's values a and scores s (ape included)
-// of positions 0 … ratio·(j+1) − 1: the block's softmax pooling per channel (ratio 4 overlaps the previous
-// block through the first half of the channels), then norm, RoPE at position ratio·j, Hadamard for an indexer
-// key.
+// Compressed entry j before its storage rounding, from the values a and scores s (ape included) of positions
+// first, first + 1, … (those of block j and, for ratio 4, block j − 1): the block's softmax pooling per channel (ratio
+// 4 overlaps the previous block through the first half of the channels), then norm, RoPE at position ratio·j, Hadamard
+// for an indexer key.
 Vec pooled_entry(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, const CompressorShape& c);
 // The same as stored: rounded as a row of c.kind for c.kv.
 Vec compressed_entry(const std::vector<Vec>& a, const std::vector<Vec>& s, int64_t j, const CompressorShape& c,
