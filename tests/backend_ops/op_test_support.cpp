@@ -16,12 +16,6 @@
 
 namespace ferry::runtime::ops_test {
 
-namespace {
-
-size_t sz(int64_t v) { return static_cast<size_t>(v); }
-
-}  // namespace
-
 std::unique_ptr<Backend> HostFactory::make(std::string&) { return std::make_unique<cpu::CpuBackend>(); }
 
 // Room for the largest case (a V4-Flash expert's three MXFP4 matrices and their activations).

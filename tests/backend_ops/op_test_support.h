@@ -22,6 +22,7 @@
 #include "interim_host_ops.h"
 #include "planner/core/model_config.h"
 #include "planner/core/weight_view.h"
+#include "planner/kv_cache.h"
 #include "reference_ops.h"
 #include "reference_weights.h"
 #include "runtime/backend/backend.h"
@@ -30,7 +31,11 @@
 
 namespace ferry::runtime::ops_test {
 
+using ops::Kind;
+using planner::KvType;
 using reference::Vec;
+
+inline size_t sz(int64_t i) { return static_cast<size_t>(i); }
 
 // ---- backends ----
 
@@ -110,10 +115,11 @@ class DeviceMemory {
 class Outputs {
  public:
   template <class T>
-  void add(std::string name, const std::vector<T>& v) {
+  Outputs& add(std::string name, const std::vector<T>& v) {
     std::vector<uint8_t> bytes(v.size() * sizeof(T));
     if (!v.empty()) std::memcpy(bytes.data(), v.data(), bytes.size());
     blobs_.emplace_back(std::move(name), std::move(bytes));
+    return *this;
   }
   // Not templates: the tests call them on a dependent type.
   std::vector<float> f32(std::string_view name) const { return get<float>(name); }
@@ -173,6 +179,12 @@ class OpTest : public ::testing::Test {
   }
   std::unique_ptr<Backend> backend_;
 };
+
+// A typed suite `name` of OpTest over every backend.
+#define FERRY_OP_SUITE(name)        \
+  template <class F>                \
+  class name : public OpTest<F> {}; \
+  TYPED_TEST_SUITE(name, Backends, BackendNames)
 
 // ---- shapes and inputs ----
 

@@ -17,14 +17,7 @@
 namespace ferry::runtime::ops_test {
 namespace {
 
-using ops::Kind;
-using planner::KvType;
-
-size_t z(int64_t i) { return static_cast<size_t>(i); }
-
-template <class F>
-class AttentionOps : public OpTest<F> {};
-TYPED_TEST_SUITE(AttentionOps, Backends, BackendNames);
+FERRY_OP_SUITE(AttentionOps);
 
 // Encodes `rows` rows of x on the device (KvEncode); returns the bytes' buffer and sets x to the rounded values.
 uint8_t* encode(DeviceMemory& m, const KvRowLayout& l, std::vector<float>& x, int64_t rows) {
@@ -70,7 +63,7 @@ AttentionInputs attention_inputs(const Shape& s, const AttentionCase& k, std::mt
   in.comp = normal(std::max<int64_t>(in.entries, 1) * hd, 1.0, rng);
   if (k.ratio == 4) {  // a random selection of the visible entries; unused slots hold −1
     in.topk = s.c.index_topk;
-    in.sel.assign(z(k.n * in.topk), -1);
+    in.sel.assign(sz(k.n * in.topk), -1);
     for (int64_t t = 0; t < k.n; ++t) {
       std::vector<int32_t> all((k.p0 + t + 1) / 4);
       std::iota(all.begin(), all.end(), 0);
@@ -94,7 +87,7 @@ Vec attention_reference(const Shape& s, const AttentionCase& k, const AttentionI
   for (int64_t pos = std::max<int64_t>(0, p - W + 1); pos <= p; ++pos)
     rows.push_back(pos >= k.p0 ? slice(in.kv, pos - k.p0, hd) : slice(in.history, pos - (k.p0 - W), hd));
   if (k.ratio == 4)
-    for (int64_t i = 0; i < in.sel_count[z(t)]; ++i) rows.push_back(slice(in.comp, in.sel[z(t * in.topk + i)], hd));
+    for (int64_t i = 0; i < in.sel_count[sz(t)]; ++i) rows.push_back(slice(in.comp, in.sel[sz(t * in.topk + i)], hd));
   else if (k.ratio > 0)
     for (int64_t j = 0; j < (p + 1) / k.ratio; ++j) rows.push_back(slice(in.comp, j, hd));
   std::vector<const Vec*> ptrs;
@@ -119,7 +112,7 @@ TYPED_TEST(AttentionOps, Attention) {
           // The ring holds positions p0 − W … p0 − 1 at their slots; the chunk's own rows are rounded floats.
           std::vector<float> history = in.history, kv = in.kv, comp = in.comp;
           const std::vector<uint8_t> hist_bytes = m.read(encode(m, l, history, W), W * l.bytes);
-          std::vector<uint8_t> ring(z(W * l.bytes));
+          std::vector<uint8_t> ring(sz(W * l.bytes));
           reference::window_store(ring, hist_bytes, W, k.p0 - W, W, l.bytes);
           encode(m, l, kv, k.n);
           uint8_t* comp_rows = encode(m, l, comp, std::max<int64_t>(in.entries, 1));
@@ -142,12 +135,11 @@ TYPED_TEST(AttentionOps, Attention) {
                             tile_scratch(m, s.c),
                             m.zeros<float>(k.n * nh * hd)};
           m.run(op);
-          Outputs o;
-          o.add("history", history);
-          o.add("kv", kv);
-          o.add("comp", comp);
-          o.add("o", m.read(op.o, k.n * nh * hd));
-          return o;
+          return Outputs()
+              .add("history", history)
+              .add("kv", kv)
+              .add("comp", comp)
+              .add("o", m.read(op.o, k.n * nh * hd));
         });
         if (!out) return;
         in.history = out->f32("history");  // what the rows store
@@ -218,16 +210,15 @@ TYPED_TEST(AttentionOps, IndexerSelect) {
                                 m.zeros<float>(tile * hd),
                                 tile,
                                 tile_scratch(m, s.c),
-                                m.upload(std::vector<int32_t>(z(k.n * topk), -1)),
+                                m.upload(std::vector<int32_t>(sz(k.n * topk), -1)),
                                 m.zeros<int32_t>(k.n)};
           m.run(op);
-          Outputs o;
-          o.add("keys", rounded_keys);
-          o.add("q", m.read(op.q, k.n * ih * hd));
-          o.add("w", m.read(op.w, k.n * ih));
-          o.add("sel", m.read(op.sel, k.n * topk));
-          o.add("sel_count", m.read(op.sel_count, k.n));
-          return o;
+          return Outputs()
+              .add("keys", rounded_keys)
+              .add("q", m.read(op.q, k.n * ih * hd))
+              .add("w", m.read(op.w, k.n * ih))
+              .add("sel", m.read(op.sel, k.n * topk))
+              .add("sel_count", m.read(op.sel_count, k.n));
         });
         if (!out) return;
         const std::vector<float> got_q = out->f32("q"), got_w = out->f32("w"), rounded_keys = out->f32("keys");
@@ -246,8 +237,8 @@ TYPED_TEST(AttentionOps, IndexerSelect) {
           reference::indexer_weights(wr, hd);
           for (int64_t h = 0; h < ih; ++h) {
             double amax = 0;
-            for (int64_t i = 0; i < hd; ++i) amax = std::max(amax, std::fabs(qe[z(h * hd + i)]));
-            noise_q.insert(noise_q.end(), z(hd), 1e-5 * amax);
+            for (int64_t i = 0; i < hd; ++i) amax = std::max(amax, std::fabs(qe[sz(h * hd + i)]));
+            noise_q.insert(noise_q.end(), sz(hd), 1e-5 * amax);
           }
           ref_q.insert(ref_q.end(), qr.begin(), qr.end());
           exact_q.insert(exact_q.end(), qe.begin(), qe.end());
@@ -256,7 +247,7 @@ TYPED_TEST(AttentionOps, IndexerSelect) {
               reference::indexer_scores(slice(got_q, tk, ih * hd), slice(got_w, tk, ih), key_rows, (p + 1) / 4);
           double smax = 0;
           for (double v : score) smax = std::max(smax, std::fabs(v));
-          const std::vector<int32_t> chosen(sel.begin() + tk * topk, sel.begin() + tk * topk + count[z(tk)]);
+          const std::vector<int32_t> chosen(sel.begin() + tk * topk, sel.begin() + tk * topk + count[sz(tk)]);
           std::vector<int64_t> tie_class(score.size(), -1);
           for (size_t j = 0; j < tie_class.size() && k.classes > 0; ++j)
             tie_class[j] = static_cast<int64_t>(j) % k.classes;

@@ -9,11 +9,7 @@
 namespace ferry::runtime::ops_test {
 namespace {
 
-using ops::Kind;
-
-template <class F>
-class BasicOps : public OpTest<F> {};
-TYPED_TEST_SUITE(BasicOps, Backends, BackendNames);
+FERRY_OP_SUITE(BasicOps);
 
 // Host and sim run every op; what cuda runs is reported (its kernels come in a later issue).
 TYPED_TEST(BasicOps, SupportsEveryKindOnTheHostAndTheSimulatedDevice) {
@@ -39,9 +35,7 @@ TYPED_TEST(BasicOps, Embed) {
     const auto out = this->run(Kind::Embed, [&](DeviceMemory& m) {
       ops::Embed op{m.weight(table), tokens.data(), 4, hc, m.zeros<float>(4 * hc * d)};
       m.run(op);
-      Outputs o;
-      o.add("out", m.read(op.out, 4 * hc * d));
-      return o;
+      return Outputs().add("out", m.read(op.out, 4 * hc * d));
     });
     if (!out) return;
     const reference::Matrix ref_table = table.decoded();
@@ -68,29 +62,25 @@ TYPED_TEST(BasicOps, RmsNorm) {
         m.run(ops::RmsNorm{xs, rows, dim, stride, 0, weighted ? m.upload(w) : nullptr, s.c.rms_norm_eps, y});
         // In place, strided: out aliases x.
         m.run(ops::RmsNorm{xs, rows, dim, stride, stride, weighted ? m.upload(w) : nullptr, s.c.rms_norm_eps, xs});
-        Outputs o;
-        o.add("out", m.read(y, rows * dim));
-        o.add("in_place", m.read(xs, rows * stride));
-        return o;
+        return Outputs().add("out", m.read(y, rows * dim)).add("in_place", m.read(xs, rows * stride));
       });
       if (!out) return;
       Vec ref, tol, ref_in_place = to_double(x);
       for (int64_t r = 0; r < rows; ++r) {
         Vec row = slice(x, r, stride);
-        row.resize(static_cast<size_t>(dim));  // the padding after each row is not normalised
+        row.resize(sz(dim));  // the padding after each row is not normalised
         const Vec y = reference::rms_norm(row, weighted ? to_double(w) : Vec{}, s.c.rms_norm_eps);
         for (int64_t k = 0; k < dim; ++k) {
-          ref.push_back(y[static_cast<size_t>(k)]);
-          tol.push_back(1e-6 * std::fabs(y[static_cast<size_t>(k)]));
-          ref_in_place[static_cast<size_t>(r * stride + k)] = y[static_cast<size_t>(k)];
+          ref.push_back(y[sz(k)]);
+          tol.push_back(1e-6 * std::fabs(y[sz(k)]));
+          ref_in_place[sz(r * stride + k)] = y[sz(k)];
         }
       }
       const std::string what = s.name + (weighted ? " rms_norm" : " rms_norm without weight");
       expect_near(out->f32("out"), ref, tol, what);
       Vec tol_in_place(ref_in_place.size(), 0.0);
       for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < dim; ++k)
-          tol_in_place[static_cast<size_t>(r * stride + k)] = tol[static_cast<size_t>(r * dim + k)];
+        for (int64_t k = 0; k < dim; ++k) tol_in_place[sz(r * stride + k)] = tol[sz(r * dim + k)];
       expect_near(out->f32("in_place"), ref_in_place, tol_in_place, what + " in place");
     }
   }
@@ -111,9 +101,7 @@ TYPED_TEST(BasicOps, Rope) {
           const auto out = this->run(Kind::Rope, [&](DeviceMemory& m) {
             float* v = m.upload(x);
             m.run(ops::Rope{v, n, heads, hd, offset, p0, rope_table(freqs), inverse});
-            Outputs o;
-            o.add("x", m.read(v, n * heads * hd));
-            return o;
+            return Outputs().add("x", m.read(v, n * heads * hd));
           });
           if (!out) return;
           Vec ref = to_double(x), tol(ref.size(), 0.0);
@@ -122,8 +110,7 @@ TYPED_TEST(BasicOps, Rope) {
               const size_t base = static_cast<size_t>((t * heads + h) * hd + offset);
               reference::apply_rope(ref.data() + base, freqs, p0 + t, inverse);
               for (int64_t i = 0; i < rd; ++i)
-                tol[base + static_cast<size_t>(i)] = 1e-6 * (std::fabs(x[base + static_cast<size_t>(i & ~1)]) +
-                                                             std::fabs(x[base + static_cast<size_t>(i | 1)]));
+                tol[base + sz(i)] = 1e-6 * (std::fabs(x[base + sz(i & ~1)]) + std::fabs(x[base + sz(i | 1)]));
             }
           expect_near(
               out->f32("x"), ref, tol,
@@ -141,6 +128,14 @@ struct HcCase {
     return {to_double(fn), Vec(base.begin(), base.begin() + rows), to_double(scale)};
   }
 };
+
+// The case's streams and parameters on the device.
+struct HcBuffers {
+  const float *H, *fn, *scale, *base;
+};
+HcBuffers upload(DeviceMemory& m, const HcCase& k) {
+  return {m.upload(k.H), m.upload(k.fn), m.upload(k.scale), m.upload(k.base)};
+}
 
 HcCase hc_case(const core::ModelConfig& c, int64_t fn_rows, int64_t scales, std::mt19937_64& rng) {
   HcCase k;
@@ -163,23 +158,21 @@ TYPED_TEST(BasicOps, HcPre) {
     const int64_t hc = s.c.hc_mult, rows = (2 + hc) * hc, mw = 2 * hc + hc * hc;
     const HcCase k = hc_case(s.c, rows, 3, rng);
     const auto out = this->run(Kind::HcPre, [&](DeviceMemory& m) {
-      ops::HcPre op{m.upload(k.H),
+      const HcBuffers b = upload(m, k);
+      ops::HcPre op{b.H,
                     k.n,
                     hc,
                     k.d,
-                    m.upload(k.fn),
-                    m.upload(k.scale),
-                    m.upload(k.base),
+                    b.fn,
+                    b.scale,
+                    b.base,
                     s.c.hc_sinkhorn_iters,
                     s.c.hc_eps,
                     s.c.rms_norm_eps,
                     m.zeros<float>(k.n * mw),
                     m.zeros<float>(k.n * k.d)};
       m.run(op);
-      Outputs o;
-      o.add("mix", m.read(op.mix, k.n * mw));
-      o.add("x", m.read(op.x, k.n * k.d));
-      return o;
+      return Outputs().add("mix", m.read(op.mix, k.n * mw)).add("x", m.read(op.x, k.n * k.d));
     });
     if (!out) return;
     Vec ref_mix, ref_x, tol_x;
@@ -192,7 +185,7 @@ TYPED_TEST(BasicOps, HcPre) {
       ref_x.insert(ref_x.end(), x.begin(), x.end());
       for (int64_t i = 0; i < k.d; ++i) {
         double sum = 0;
-        for (int64_t st = 0; st < hc; ++st) sum += std::fabs(H[static_cast<size_t>(st * k.d + i)]);
+        for (int64_t st = 0; st < hc; ++st) sum += std::fabs(H[sz(st * k.d + i)]);
         tol_x.push_back(1e-6 * sum);
       }
     }
@@ -213,9 +206,7 @@ TYPED_TEST(BasicOps, HcPost) {
     const auto out = this->run(Kind::HcPost, [&](DeviceMemory& m) {
       float* h = m.upload(H);
       m.run(ops::HcPost{m.upload(y), m.upload(mix), n, hc, d, h});
-      Outputs o;
-      o.add("H", m.read(h, n * hc * d));
-      return o;
+      return Outputs().add("H", m.read(h, n * hc * d));
     });
     if (!out) return;
     Vec ref, tol;
@@ -229,9 +220,9 @@ TYPED_TEST(BasicOps, HcPost) {
       ref.insert(ref.end(), Ht.begin(), Ht.end());
       for (int64_t j = 0; j < hc; ++j)
         for (int64_t k = 0; k < d; ++k) {
-          double mag = std::fabs(mx.post[static_cast<size_t>(j)] * yt[static_cast<size_t>(k)]);
+          double mag = std::fabs(mx.post[sz(j)] * yt[sz(k)]);
           for (int64_t i = 0; i < hc; ++i)
-            mag += std::fabs(mx.comb[static_cast<size_t>(i * hc + j)] * H[static_cast<size_t>((t * hc + i) * d + k)]);
+            mag += std::fabs(mx.comb[sz(i * hc + j)] * H[static_cast<size_t>((t * hc + i) * d + k)]);
           tol.push_back(1e-6 * mag);
         }
     }
@@ -246,20 +237,10 @@ TYPED_TEST(BasicOps, HcHead) {
     const int64_t hc = s.c.hc_mult;
     const HcCase k = hc_case(s.c, hc, 1, rng);
     const auto out = this->run(Kind::HcHead, [&](DeviceMemory& m) {
-      ops::HcHead op{m.upload(k.H),
-                     k.n,
-                     hc,
-                     k.d,
-                     m.upload(k.fn),
-                     m.upload(k.scale),
-                     m.upload(k.base),
-                     s.c.hc_eps,
-                     s.c.rms_norm_eps,
-                     m.zeros<float>(k.n * k.d)};
+      const HcBuffers b = upload(m, k);
+      ops::HcHead op{b.H, k.n, hc, k.d, b.fn, b.scale, b.base, s.c.hc_eps, s.c.rms_norm_eps, m.zeros<float>(k.n * k.d)};
       m.run(op);
-      Outputs o;
-      o.add("y", m.read(op.y, k.n * k.d));
-      return o;
+      return Outputs().add("y", m.read(op.y, k.n * k.d));
     });
     if (!out) return;
     Vec ref, tol;
@@ -269,7 +250,7 @@ TYPED_TEST(BasicOps, HcHead) {
       ref.insert(ref.end(), y.begin(), y.end());
       for (int64_t i = 0; i < k.d; ++i) {
         double sum = 0;
-        for (int64_t st = 0; st < hc; ++st) sum += std::fabs(H[static_cast<size_t>(st * k.d + i)]);
+        for (int64_t st = 0; st < hc; ++st) sum += std::fabs(H[sz(st * k.d + i)]);
         tol.push_back(1e-6 * sum);
       }
     }
@@ -286,9 +267,7 @@ TYPED_TEST(BasicOps, AddStreams) {
     const auto out = this->run(Kind::AddStreams, [&](DeviceMemory& m) {
       ops::AddStreams op{m.upload(a), m.upload(b), n, st, d, m.zeros<float>(n * st * d)};
       m.run(op);
-      Outputs o;
-      o.add("out", m.read(op.out, n * st * d));
-      return o;
+      return Outputs().add("out", m.read(op.out, n * st * d));
     });
     if (!out) return;
     Vec ref;

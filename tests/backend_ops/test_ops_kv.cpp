@@ -11,14 +11,7 @@
 namespace ferry::runtime::ops_test {
 namespace {
 
-using ops::Kind;
-using planner::KvType;
-
-size_t z(int64_t i) { return static_cast<size_t>(i); }
-
-template <class F>
-class KvOps : public OpTest<F> {};
-TYPED_TEST_SUITE(KvOps, Backends, BackendNames);
+FERRY_OP_SUITE(KvOps);
 
 KvRowLayout layout_of(const core::ModelConfig& c, KvType t, bool indexer) {
   return indexer ? KvRowLayout::indexer_row(c, t) : KvRowLayout::main_row(c, t);
@@ -30,7 +23,7 @@ std::string layout_text(const Shape& s, const KvRowLayout& l) {
 
 // The values stored rows decode to, on the host.
 std::vector<float> decode_rows(const KvRowLayout& l, const std::vector<uint8_t>& bytes, int64_t rows) {
-  std::vector<float> v(z(rows * l.dims));
+  std::vector<float> v(sz(rows * l.dims));
   for (int64_t r = 0; r < rows; ++r) decode_kv_row(l, bytes.data() + r * l.bytes, v.data() + r * l.dims);
   return v;
 }
@@ -48,14 +41,11 @@ TYPED_TEST(KvOps, KvEncode) {
         const int64_t rows = 6;
         std::vector<float> x = normal(rows * l.dims, 1.0, rng);
         const double range[rows] = {1, 30, 1e-3, 0, 1e-7, 2};
-        for (int64_t i = 0; i < rows * l.dims; ++i) x[z(i)] *= static_cast<float>(range[i / l.dims]);
+        for (int64_t i = 0; i < rows * l.dims; ++i) x[sz(i)] *= static_cast<float>(range[i / l.dims]);
         const auto out = this->run(Kind::KvEncode, [&](DeviceMemory& m) {
           ops::KvEncode op{l, m.upload(x), rows, m.zeros<uint8_t>(rows * l.bytes)};
           m.run(op);
-          Outputs o;
-          o.add("x", m.read(op.x, rows * l.dims));
-          o.add("bytes", m.read(op.out, rows * l.bytes));
-          return o;
+          return Outputs().add("x", m.read(op.x, rows * l.dims)).add("bytes", m.read(op.out, rows * l.bytes));
         });
         if (!out) return;
         Vec ref = to_double(x);
@@ -75,15 +65,13 @@ TYPED_TEST(KvOps, KvWindowStore) {
     const std::pair<int64_t, int64_t> cases[] = {{3, W - 2}, {W + 5, 7}, {1, 1000003}};  // (n, p0)
     for (const auto& [n, p0] : cases) {
       std::mt19937_64 rng(22);
-      std::vector<uint8_t> ring(z(W * bytes)), rows(z(n * bytes));
+      std::vector<uint8_t> ring(sz(W * bytes)), rows(sz(n * bytes));
       for (uint8_t& b : ring) b = static_cast<uint8_t>(rng());
       for (uint8_t& b : rows) b = static_cast<uint8_t>(rng());
       const auto out = this->run(Kind::KvWindowStore, [&](DeviceMemory& m) {
         ops::KvWindowStore op{m.upload(rows), n, p0, W, bytes, m.upload(ring)};
         m.run(op);
-        Outputs o;
-        o.add("ring", m.read(op.ring, W * bytes));
-        return o;
+        return Outputs().add("ring", m.read(op.ring, W * bytes));
       });
       if (!out) return;
       std::vector<uint8_t> ref = ring;
@@ -130,11 +118,11 @@ CompressExpected compress_reference(const Shape& s, const CompressCase& k, KvTyp
   const int64_t r = k.ratio;
   // Positions before p0 of ratio 4's previous block: what a fresh state holds, values and scores 0.
   const int64_t first = r == 4 && k.p0 > 0 ? k.p0 - r : k.p0;
-  std::vector<Vec> a(z(k.p0 - first), Vec(z(k.width), 0.0)), sc = a;
+  std::vector<Vec> a(sz(k.p0 - first), Vec(sz(k.width), 0.0)), sc = a;
   for (int64_t t0 = 0; t0 < k.total; ++t0) {
     a.push_back(slice(in.a, t0, k.width));
     sc.push_back(slice(in.s, t0, k.width));
-    for (int64_t i = 0; i < k.width; ++i) sc.back()[z(i)] += in.ape[z((k.p0 + t0) % r * k.width + i)];
+    for (int64_t i = 0; i < k.width; ++i) sc.back()[sz(i)] += in.ape[sz((k.p0 + t0) % r * k.width + i)];
   }
   const Vec norm = to_double(in.norm);
   const auto kind = k.indexer ? reference::RowKind::IndexerKey : reference::RowKind::Main;
@@ -150,7 +138,7 @@ CompressExpected compress_reference(const Shape& s, const CompressCase& k, KvTyp
     for (int64_t i = 0; i < k.dim; ++i) {
       double block_amax = 0;  // the q types' block of 32
       for (int64_t b = i / 32 * 32; q && b < i / 32 * 32 + 32; ++b)
-        block_amax = std::max(block_amax, std::fabs(e[z(b)]));
+        block_amax = std::max(block_amax, std::fabs(e[sz(b)]));
       x.noise.push_back(1e-5 * amax + block_amax * std::ldexp(1.0, -10));
     }
     x.ref.insert(x.ref.end(), rounded.begin(), rounded.end());
@@ -197,9 +185,7 @@ TYPED_TEST(KvOps, Compress) {
           op.p0 += k.first;
           op.n = k.total - k.first;
           m.run(op);
-          Outputs o;
-          o.add("rows", m.read(op.rows + j0 * l.bytes, (capacity - j0) * l.bytes));
-          return o;
+          return Outputs().add("rows", m.read(op.rows + j0 * l.bytes, (capacity - j0) * l.bytes));
         });
         if (!out) return;
         const CompressExpected x = compress_reference(s, k, t, in, freqs);

@@ -15,17 +15,12 @@ namespace ferry::runtime::ops_test {
 namespace {
 
 using core::WeightFormat;
-using ops::Kind;
-
-size_t z(int64_t i) { return static_cast<size_t>(i); }
 
 constexpr double kDotTol = 2e-6;
 
 int bits_of(cpu::ActivationBits b) { return static_cast<int>(b); }
 
-template <class F>
-class LinearOps : public OpTest<F> {};
-TYPED_TEST_SUITE(LinearOps, Backends, BackendNames);
+FERRY_OP_SUITE(LinearOps);
 
 struct LinearCase {
   WeightFormat format;
@@ -72,23 +67,21 @@ TYPED_TEST(LinearOps, Linear) {
         ops::Linear op{
             m.weight(w).slice_rows(k.row_begin, k.rows), m.upload(x), k.n, xs, m.zeros<float>(k.n * ys), ys, k.bits};
         m.run(op);
-        Outputs o;
-        o.add("y", m.read(op.y, k.n * ys));
-        return o;
+        return Outputs().add("y", m.read(op.y, k.n * ys));
       });
       if (!out) return;
       const reference::Matrix W = w.decoded();
       const reference::Matrix view{
           k.rows, k.cols, Vec(W.w.begin() + k.row_begin * k.cols, W.w.begin() + (k.row_begin + k.rows) * k.cols)};
-      Vec ref(z(k.n * ys), 0.0), tol(z(k.n * ys), 0.0);  // the padding stays zero
+      Vec ref(sz(k.n * ys), 0.0), tol(sz(k.n * ys), 0.0);  // the padding stays zero
       for (int64_t t = 0; t < k.n; ++t) {
         Vec xt = slice(x, t, xs);
-        xt.resize(z(k.cols));
+        xt.resize(sz(k.cols));
         xt = reference::mxfp4_input(xt, k.format == WeightFormat::MXFP4 ? bits_of(k.bits) : 0);
         const Vec y = view * xt, mag = abs_products(view, xt);
         for (int64_t r = 0; r < k.rows; ++r) {
-          ref[z(t * ys + r)] = y[z(r)];
-          tol[z(t * ys + r)] = kDotTol * mag[z(r)];
+          ref[sz(t * ys + r)] = y[sz(r)];
+          tol[sz(t * ys + r)] = kDotTol * mag[sz(r)];
         }
       }
       expect_near(out->f32("y"), ref, tol, s.name + " linear " + k.text());
@@ -116,17 +109,15 @@ TYPED_TEST(LinearOps, LinearGrouped) {
         for (const StoredWeight& sw : w) views.push_back(m.weight(sw));
         float* y = m.zeros<float>(n * inter);
         m.run(ops::LinearGrouped{views.data(), row_begin.data(), groups, m.upload(x), d, y, inter, bits});
-        Outputs o;
-        o.add("y", m.read(y, n * inter));
-        return o;
+        return Outputs().add("y", m.read(y, n * inter));
       });
       if (!out) return;
       Vec ref, tol;
       for (int64_t g = 0; g < groups; ++g) {
-        const reference::Matrix W = w[z(g)].decoded();
-        for (int64_t t = row_begin[z(g)]; t < row_begin[z(g + 1)]; ++t) {
+        const reference::Matrix W = w[sz(g)].decoded();
+        for (int64_t t = row_begin[sz(g)]; t < row_begin[sz(g + 1)]; ++t) {
           const Vec xt =
-              reference::mxfp4_input(slice(x, t, d), w[z(g)].format == WeightFormat::MXFP4 ? bits_of(bits) : 0);
+              reference::mxfp4_input(slice(x, t, d), w[sz(g)].format == WeightFormat::MXFP4 ? bits_of(bits) : 0);
           const Vec y = W * xt, mag = abs_products(W, xt);
           ref.insert(ref.end(), y.begin(), y.end());
           for (double v : mag) tol.push_back(kDotTol * v);
@@ -174,10 +165,7 @@ TYPED_TEST(LinearOps, ExpertFfn) {
                           dm.zeros<float>(m * d),
                           k.bits};
         dm.run(op);
-        Outputs o;
-        o.add("hidden", dm.read(op.gate, m * inter));
-        o.add("out", dm.read(op.out, m * d));
-        return o;
+        return Outputs().add("hidden", dm.read(op.gate, m * inter)).add("out", dm.read(op.out, m * d));
       });
       if (!out) return;
       const reference::ExpertWeights e{w1.decoded(), w2.decoded(), w3.decoded()};
@@ -189,14 +177,14 @@ TYPED_TEST(LinearOps, ExpertFfn) {
         Vec h;
         const Vec y = reference::expert_ffn(e, xt, k.limit, bits, &h);
         const Vec g = e.w1 * xr, u = e.w3 * xr, a1 = abs_products(e.w1, xr), a3 = abs_products(e.w3, xr);
-        Vec hmag(z(inter));
+        Vec hmag(sz(inter));
         for (int64_t i = 0; i < inter; ++i) {
-          const double gi = k.limit > 0 ? std::min(g[z(i)], k.limit) : g[z(i)];
-          const double ui = k.limit > 0 ? std::clamp(u[z(i)], -k.limit, k.limit) : u[z(i)];
-          limited += k.limit > 0 && (g[z(i)] > k.limit || std::fabs(u[z(i)]) > k.limit);
-          const double err = kDotTol * (1.1 * std::fabs(ui) * a1[z(i)] + std::fabs(reference::silu(gi)) * a3[z(i)]);
+          const double gi = k.limit > 0 ? std::min(g[sz(i)], k.limit) : g[sz(i)];
+          const double ui = k.limit > 0 ? std::clamp(u[sz(i)], -k.limit, k.limit) : u[sz(i)];
+          limited += k.limit > 0 && (g[sz(i)] > k.limit || std::fabs(u[sz(i)]) > k.limit);
+          const double err = kDotTol * (1.1 * std::fabs(ui) * a1[sz(i)] + std::fabs(reference::silu(gi)) * a3[sz(i)]);
           tol_h.push_back(err);
-          hmag[z(i)] = std::fabs(h[z(i)]) + err / kDotTol;
+          hmag[sz(i)] = std::fabs(h[sz(i)]) + err / kDotTol;
         }
         ref_h.insert(ref_h.end(), h.begin(), h.end());
         ref_out.insert(ref_out.end(), y.begin(), y.end());

@@ -11,13 +11,7 @@
 namespace ferry::runtime::ops_test {
 namespace {
 
-using ops::Kind;
-
-size_t z(int64_t i) { return static_cast<size_t>(i); }
-
-template <class F>
-class MoeOps : public OpTest<F> {};
-TYPED_TEST_SUITE(MoeOps, Backends, BackendNames);
+FERRY_OP_SUITE(MoeOps);
 
 // Score routing: tokens of random logits, and one whose best experts tie exactly (equal logits and biases):
 // the lower ids win. sqrt(softplus(·)) in float32 is a few roundings from the exact score (1e-6 relative),
@@ -29,7 +23,7 @@ TYPED_TEST(MoeOps, RouteByScore) {
     std::vector<float> logits = normal(n * E, 2.0, rng), bias = normal(E, 0.1, rng);
     std::vector<int64_t> tied;  // token n − 1: k + 2 experts at logit 20 with bias 0, above every other
     for (int64_t e = 1; e < E && static_cast<int64_t>(tied.size()) < k + 2; e += 3) tied.push_back(e);
-    for (int64_t e : tied) logits[z((n - 1) * E + e)] = 20, bias[z(e)] = 0;
+    for (int64_t e : tied) logits[sz((n - 1) * E + e)] = 20, bias[sz(e)] = 0;
     const auto out = this->run(Kind::Route, [&](DeviceMemory& m) {
       ops::Route op{m.upload(logits),
                     n,
@@ -42,11 +36,10 @@ TYPED_TEST(MoeOps, RouteByScore) {
                     m.zeros<int32_t>(n * k),
                     m.zeros<float>(n * k)};
       m.run(op);
-      Outputs o;
-      o.add("scores", m.read(op.scores, n * E));
-      o.add("ids", m.read(op.ids, n * k));
-      o.add("weights", m.read(op.weights, n * k));
-      return o;
+      return Outputs()
+          .add("scores", m.read(op.scores, n * E))
+          .add("ids", m.read(op.ids, n * k))
+          .add("weights", m.read(op.weights, n * k));
     });
     if (!out) return;
     const std::vector<int32_t> ids = out->i32("ids");
@@ -57,10 +50,10 @@ TYPED_TEST(MoeOps, RouteByScore) {
       ref_scores.insert(ref_scores.end(), sc.begin(), sc.end());
       Vec biased(sc.size());
       double bmax = 0;
-      for (int64_t e = 0; e < E; ++e) bmax = std::max(bmax, std::fabs(biased[z(e)] = sc[z(e)] + bias[z(e)]));
+      for (int64_t e = 0; e < E; ++e) bmax = std::max(bmax, std::fabs(biased[sz(e)] = sc[sz(e)] + bias[sz(e)]));
       const std::vector<int32_t> chosen(ids.begin() + t * k, ids.begin() + (t + 1) * k);
-      std::vector<int64_t> tie_class(z(E), -1);
-      for (int64_t e : tied) tie_class[z(e)] = t == n - 1 ? 0 : -1;
+      std::vector<int64_t> tie_class(sz(E), -1);
+      for (int64_t e : tied) tie_class[sz(e)] = t == n - 1 ? 0 : -1;
       check_selection(chosen, biased, k, 1e-6 * bmax, tie_class, s.name + " route token " + std::to_string(t));
       const Vec w =
           reference::route_weights(sc, std::vector<int64_t>(chosen.begin(), chosen.end()), s.c.routed_scaling_factor);
@@ -84,7 +77,7 @@ TYPED_TEST(MoeOps, RouteByHash) {
     const std::vector<float> logits = normal(n * E, 2.0, rng);
     std::vector<int32_t> tid2eid;
     for (int64_t v = 0; v < vocab; ++v) {
-      std::vector<int32_t> all(z(E));
+      std::vector<int32_t> all(sz(E));
       std::iota(all.begin(), all.end(), 0);
       std::shuffle(all.begin(), all.end(), rng);
       tid2eid.insert(tid2eid.end(), all.begin(), all.begin() + k);
@@ -102,16 +95,13 @@ TYPED_TEST(MoeOps, RouteByHash) {
                     m.zeros<int32_t>(n * k),
                     m.zeros<float>(n * k)};
       m.run(op);
-      Outputs o;
-      o.add("ids", m.read(op.ids, n * k));
-      o.add("weights", m.read(op.weights, n * k));
-      return o;
+      return Outputs().add("ids", m.read(op.ids, n * k)).add("weights", m.read(op.weights, n * k));
     });
     if (!out) return;
     std::vector<int32_t> ref_ids;
     Vec ref_w, tol_w;
     for (int64_t t = 0; t < n; ++t) {
-      const auto row = tid2eid.begin() + tokens[z(t)] * k;
+      const auto row = tid2eid.begin() + tokens[sz(t)] * k;
       ref_ids.insert(ref_ids.end(), row, row + k);
       const Vec w = reference::route_weights(reference::route_scores(slice(logits, t, E)),
                                              std::vector<int64_t>(row, row + k), s.c.routed_scaling_factor);
@@ -134,9 +124,7 @@ TYPED_TEST(MoeOps, GatherRows) {
     const auto out = this->run(Kind::GatherRows, [&](DeviceMemory& dm) {
       ops::GatherRows op{dm.upload(src), d, dm.upload(index), k, m, dm.zeros<float>(m * d)};
       dm.run(op);
-      Outputs o;
-      o.add("dst", dm.read(op.dst, m * d));
-      return o;
+      return Outputs().add("dst", dm.read(op.dst, m * d));
     });
     if (!out) return;
     Vec ref;
@@ -157,27 +145,25 @@ TYPED_TEST(MoeOps, MoeCombine) {
     const std::vector<float> eo = normal(n * k * d, 1.0, rng), y = normal(n * d, 1.0, rng);
     std::vector<float> w = normal(n * k, 1.0, rng);
     for (float& v : w) v = std::fabs(v);
-    std::vector<int32_t> order(z(n * k));  // sorted position p holds choice order[p]
+    std::vector<int32_t> order(sz(n * k));  // sorted position p holds choice order[p]
     std::iota(order.begin(), order.end(), 0);
     std::shuffle(order.begin(), order.end(), rng);
     const auto out = this->run(Kind::MoeCombine, [&](DeviceMemory& m) {
       ops::MoeCombine op{m.upload(eo), m.upload(order), m.upload(w), n, k, d, m.upload(y)};
       m.run(op);
-      Outputs o;
-      o.add("y", m.read(op.y, n * d));
-      return o;
+      return Outputs().add("y", m.read(op.y, n * d));
     });
     if (!out) return;
     Vec ref = to_double(y), mag(ref.size());
     for (size_t i = 0; i < ref.size(); ++i) mag[i] = std::fabs(ref[i]);
     for (int64_t p = 0; p < n * k; ++p) {
-      const int64_t choice = order[z(p)], t = choice / k;
+      const int64_t choice = order[sz(p)], t = choice / k;
       Vec yt = slice(ref, t, d), mt = slice(mag, t, d);
       const Vec row = slice(eo, p, d);
-      reference::add_scaled(yt, w[z(choice)], row);
+      reference::add_scaled(yt, w[sz(choice)], row);
       Vec abs_row(row.size());
       for (size_t i = 0; i < row.size(); ++i) abs_row[i] = std::fabs(row[i]);
-      reference::add_scaled(mt, w[z(choice)], abs_row);
+      reference::add_scaled(mt, w[sz(choice)], abs_row);
       std::copy(yt.begin(), yt.end(), ref.begin() + t * d);
       std::copy(mt.begin(), mt.end(), mag.begin() + t * d);
     }
