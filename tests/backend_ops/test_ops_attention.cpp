@@ -95,10 +95,9 @@ Vec attention_reference(const Shape& s, const AttentionCase& k, const AttentionI
   return reference::attend(slice(in.q, t, nh * hd), ptrs, to_double(in.sink), freqs, p);
 }
 
-// Online softmax over key tiles in float32: each output is a weighted mean of up to ~1200 rows, within a few
-// 1e-7 of the largest |row| value of its dimension; 1e-5 of sum_t p_t·|row_t| (the weighted mean of the
-// magnitudes, what the exponentials' and the sums' rounding scales with) and 1e-6 absolute (the inverse
-// RoPE's float rotation of values of order 1) leave a margin of ten.
+// Online softmax over key tiles in float32: each output is a weighted mean of up to ~1200 rows, and the
+// exponentials', the sums' and the inverse RoPE's roundings keep it within 2.5e-7 of the largest |row| value;
+// 2e-6 of that leaves a margin of eight.
 TYPED_TEST(AttentionOps, Attention) {
   for (const Shape& s : shapes())
     for (const AttentionCase& k : attention_cases(s))
@@ -145,18 +144,15 @@ TYPED_TEST(AttentionOps, Attention) {
         in.history = out->f32("history");  // what the rows store
         in.kv = out->f32("kv");
         in.comp = out->f32("comp");
-        Vec ref, tol;
+        double row_max = 0;
+        for (const auto* v : {&in.kv, &in.history, &in.comp})
+          for (float x : *v) row_max = std::max(row_max, std::fabs(double(x)));
+        Vec ref;
         for (int64_t tk = 0; tk < k.n; ++tk) {
           const Vec o = attention_reference(s, k, in, freqs, tk);
-          // The magnitude scale: the same attention over |rows| without the rotation is close enough to
-          // sum_t p_t·|row_t|; the largest |row| value bounds it simply.
-          double row_max = 0;
-          for (const auto* v : {&in.kv, &in.history, &in.comp})
-            for (float x : *v) row_max = std::max(row_max, std::fabs(double(x)));
           ref.insert(ref.end(), o.begin(), o.end());
-          tol.insert(tol.end(), o.size(), 2e-6 * row_max);
         }
-        expect_near(out->f32("o"), ref, tol,
+        expect_near(out->f32("o"), ref, {2e-6 * row_max},
                     s.name + " " + std::string(planner::kv_type_name(t)) + " attention ratio " +
                         std::to_string(k.ratio) + " at " + std::to_string(k.p0));
       }
@@ -174,11 +170,62 @@ std::vector<IndexerCase> indexer_cases(const Shape& s) {
   return {{2100, 2, 0}, {5000, 1, 0}, {2100, 2, 7}};
 }
 
-// The indexer's queries come back rotated, Hadamard-transformed and rounded as the KV type says (a float32
-// rotation and butterflies from the exact value: 1e-5 of the head's largest value may flip a rounding), its
-// head weights scaled (two float roundings: 1e-6 relative); the scores, computed by the reference from the
-// op's own queries and weights, choose the entries. A score is a sum over 64 heads of 128-term float products:
-// within 1e-5 of the largest score magnitude.
+// The queries come back rotated, Hadamard-transformed and rounded as the KV type says (from the exact value, a
+// float32 rotation and butterflies: 1e-5 of the head's largest value may flip a rounding), the head weights
+// scaled (two float roundings: 1e-6 relative).
+void check_indexer_inputs(const Shape& s, const IndexerCase& k, KvType t, const std::vector<float>& q,
+                          const std::vector<float>& w, const Outputs& out, const Vec& freqs, const std::string& what) {
+  const int64_t ih = s.c.index_n_heads, hd = s.c.index_head_dim;
+  Vec ref_q, exact_q, noise_q, ref_w, tol_w;
+  for (int64_t tk = 0; tk < k.n; ++tk) {
+    Vec qr = slice(q, tk, ih * hd), qe = qr, wr = slice(w, tk, ih);
+    reference::indexer_query(qr, ih, freqs, k.p0 + tk, t, {});
+    reference::indexer_query(qe, ih, freqs, k.p0 + tk, KvType::BF16, {});  // bf16 leaves the query unrounded
+    reference::indexer_weights(wr, hd);
+    for (int64_t h = 0; h < ih; ++h) {
+      double amax = 0;
+      for (int64_t i = 0; i < hd; ++i) amax = std::max(amax, std::fabs(qe[sz(h * hd + i)]));
+      noise_q.insert(noise_q.end(), sz(hd), 1e-5 * amax);
+    }
+    ref_q.insert(ref_q.end(), qr.begin(), qr.end());
+    exact_q.insert(exact_q.end(), qe.begin(), qe.end());
+    for (double v : wr) ref_w.push_back(v), tol_w.push_back(1e-6 * std::fabs(v));
+  }
+  expect_rounded(out.f32("q"), ref_q, exact_q, noise_q, 2, what + " query");
+  expect_near(out.f32("w"), ref_w, tol_w, what + " head weights");
+}
+
+// The choice against the scores the reference computes from the op's own queries, weights and keys: a score
+// sums 64 heads' 128-term float products, within 1e-5 of the largest score's magnitude. With tied keys, a cut
+// that splits a class of them must have been decided by the tie rule.
+void check_indexer_choice(const Shape& s, const IndexerCase& k, const Outputs& out, const std::string& what) {
+  const int64_t ih = s.c.index_n_heads, hd = s.c.index_head_dim, topk = s.c.index_topk;
+  const std::vector<float> q = out.f32("q"), w = out.f32("w"), keys = out.f32("keys");
+  const std::vector<int32_t> sel = out.i32("sel"), count = out.i32("sel_count");
+  std::vector<Vec> key_rows;
+  for (int64_t j = 0; j < (k.p0 + k.n) / 4; ++j) key_rows.push_back(slice(keys, j, hd));
+  int64_t split_classes = 0;
+  for (int64_t tk = 0; tk < k.n; ++tk) {
+    const int64_t visible = (k.p0 + tk + 1) / 4;
+    const Vec score = reference::indexer_scores(slice(q, tk, ih * hd), slice(w, tk, ih), key_rows, visible);
+    double smax = 0;
+    for (double v : score) smax = std::max(smax, std::fabs(v));
+    const std::vector<int32_t> chosen(sel.begin() + tk * topk, sel.begin() + tk * topk + count[sz(tk)]);
+    std::vector<int64_t> tie_class(score.size(), -1);
+    for (int64_t j = 0; j < visible && k.classes > 0; ++j) tie_class[sz(j)] = j % k.classes;
+    check_selection(chosen, score, topk, 1e-5 * smax, tie_class, what + " token " + std::to_string(tk));
+    for (int64_t c = 0; c < k.classes; ++c) {
+      int64_t in = 0, members = 0;
+      for (int64_t j = c; j < visible; j += k.classes, ++members)
+        in += std::count(chosen.begin(), chosen.end(), static_cast<int32_t>(j));
+      split_classes += in > 0 && in < members;
+    }
+  }
+  if (k.classes > 0) {
+    EXPECT_GT(split_classes, 0) << what << ": no tie at the cut";
+  }
+}
+
 TYPED_TEST(AttentionOps, IndexerSelect) {
   for (const Shape& s : shapes())
     for (const IndexerCase& k : indexer_cases(s))
@@ -221,49 +268,10 @@ TYPED_TEST(AttentionOps, IndexerSelect) {
               .add("sel_count", m.read(op.sel_count, k.n));
         });
         if (!out) return;
-        const std::vector<float> got_q = out->f32("q"), got_w = out->f32("w"), rounded_keys = out->f32("keys");
-        const std::vector<int32_t> sel = out->i32("sel"), count = out->i32("sel_count");
-        std::vector<Vec> key_rows;
-        for (int64_t j = 0; j < entries; ++j) key_rows.push_back(slice(rounded_keys, j, hd));
         const std::string what = s.name + " " + std::string(planner::kv_type_name(t)) + " indexer at " +
                                  std::to_string(k.p0) + (k.classes ? " with ties" : "");
-        Vec ref_q, exact_q, noise_q, ref_w, tol_w;
-        int64_t split_classes = 0;
-        for (int64_t tk = 0; tk < k.n; ++tk) {
-          const int64_t p = k.p0 + tk;
-          Vec qr = slice(q, tk, ih * hd), qe = qr, wr = slice(w, tk, ih);
-          reference::indexer_query(qr, ih, freqs, p, t, {});
-          reference::indexer_query(qe, ih, freqs, p, KvType::BF16, {});  // bf16 leaves the query unrounded
-          reference::indexer_weights(wr, hd);
-          for (int64_t h = 0; h < ih; ++h) {
-            double amax = 0;
-            for (int64_t i = 0; i < hd; ++i) amax = std::max(amax, std::fabs(qe[sz(h * hd + i)]));
-            noise_q.insert(noise_q.end(), sz(hd), 1e-5 * amax);
-          }
-          ref_q.insert(ref_q.end(), qr.begin(), qr.end());
-          exact_q.insert(exact_q.end(), qe.begin(), qe.end());
-          for (double v : wr) ref_w.push_back(v), tol_w.push_back(1e-6 * std::fabs(v));
-          const Vec score =
-              reference::indexer_scores(slice(got_q, tk, ih * hd), slice(got_w, tk, ih), key_rows, (p + 1) / 4);
-          double smax = 0;
-          for (double v : score) smax = std::max(smax, std::fabs(v));
-          const std::vector<int32_t> chosen(sel.begin() + tk * topk, sel.begin() + tk * topk + count[sz(tk)]);
-          std::vector<int64_t> tie_class(score.size(), -1);
-          for (size_t j = 0; j < tie_class.size() && k.classes > 0; ++j)
-            tie_class[j] = static_cast<int64_t>(j) % k.classes;
-          check_selection(chosen, score, topk, 1e-5 * smax, tie_class, what + " token " + std::to_string(tk));
-          for (int64_t c = 0; c < k.classes; ++c) {  // a class the cut splits: the tie rule decided
-            int64_t in = 0, members = 0;
-            for (int64_t j = c; j < (p + 1) / 4; j += k.classes, ++members)
-              in += std::count(chosen.begin(), chosen.end(), static_cast<int32_t>(j));
-            split_classes += in > 0 && in < members;
-          }
-        }
-        if (k.classes > 0) {
-          EXPECT_GT(split_classes, 0) << what << ": no tie at the cut";
-        }
-        expect_rounded(got_q, ref_q, exact_q, noise_q, 2, what + " query");
-        expect_near(got_w, ref_w, tol_w, what + " head weights");
+        check_indexer_inputs(s, k, t, q, w, *out, freqs, what);
+        check_indexer_choice(s, k, *out, what);
       }
 }
 
