@@ -47,24 +47,27 @@ TYPED_TEST(BasicOps, Embed) {
   }
 }
 
-// Every row normalised, with and without a weight, through strides, in place. The float32 result is three
-// roundings (the inverse rms, x·r, then ·w) from the exact value: within 1e-6 relative.
+// Every row normalised, through strides, in place: the hidden vector and the query's low rank with a weight,
+// a head (the per-head query norm) without. The float32 result is three roundings (the inverse rms, x·r,
+// then ·w) from the exact value: within 1e-6 relative.
 TYPED_TEST(BasicOps, RmsNorm) {
   for (const Shape& s : shapes()) {
-    std::mt19937_64 rng(2);
-    const int64_t rows = 3, dim = s.c.hidden_size, stride = dim + 8;
-    const std::vector<float> x = normal(rows * stride, 3.0, rng), w = normal(dim, 1.0, rng);
-    for (const bool weighted : {true, false}) {
+    const std::pair<int64_t, bool> cases[] = {
+        {s.c.hidden_size, true}, {s.c.q_lora_rank, true}, {s.c.head_dim, false}};  // (dim, weighted)
+    for (const auto& [dim, weighted] : cases) {
+      std::mt19937_64 rng(2);
+      const int64_t rows = 3, stride = dim + 8;
+      const std::vector<float> x = normal(rows * stride, 3.0, rng), w = normal(dim, 1.0, rng);
       const auto out = this->run(Kind::RmsNorm, [&](DeviceMemory& m) {
         float* xs = m.upload(x);
         float* y = m.zeros<float>(rows * dim);
-        m.run(ops::RmsNorm{xs, rows, dim, stride, 0, weighted ? m.upload(w) : nullptr, s.c.rms_norm_eps, y});
-        // In place, strided: out aliases x.
-        m.run(ops::RmsNorm{xs, rows, dim, stride, stride, weighted ? m.upload(w) : nullptr, s.c.rms_norm_eps, xs});
+        float* wd = weighted ? m.upload(w) : nullptr;
+        m.run(ops::RmsNorm{xs, rows, dim, stride, 0, wd, s.c.rms_norm_eps, y});
+        m.run(ops::RmsNorm{xs, rows, dim, stride, stride, wd, s.c.rms_norm_eps, xs});  // out aliases x
         return Outputs().add("out", m.read(y, rows * dim)).add("in_place", m.read(xs, rows * stride));
       });
       if (!out) return;
-      Vec ref, tol, ref_in_place = to_double(x);
+      Vec ref, tol, ref_in_place = to_double(x), tol_in_place(ref_in_place.size(), 0.0);
       for (int64_t r = 0; r < rows; ++r) {
         Vec row = slice(x, r, stride);
         row.resize(sz(dim));  // the padding after each row is not normalised
@@ -73,13 +76,11 @@ TYPED_TEST(BasicOps, RmsNorm) {
           ref.push_back(y[sz(k)]);
           tol.push_back(1e-6 * std::fabs(y[sz(k)]));
           ref_in_place[sz(r * stride + k)] = y[sz(k)];
+          tol_in_place[sz(r * stride + k)] = tol.back();
         }
       }
-      const std::string what = s.name + (weighted ? " rms_norm" : " rms_norm without weight");
+      const std::string what = s.name + " rms_norm of " + std::to_string(dim) + (weighted ? "" : " without weight");
       expect_near(out->f32("out"), ref, tol, what);
-      Vec tol_in_place(ref_in_place.size(), 0.0);
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t k = 0; k < dim; ++k) tol_in_place[sz(r * stride + k)] = tol[sz(r * dim + k)];
       expect_near(out->f32("in_place"), ref_in_place, tol_in_place, what + " in place");
     }
   }
@@ -91,7 +92,8 @@ TYPED_TEST(BasicOps, RmsNorm) {
 TYPED_TEST(BasicOps, Rope) {
   for (const Shape& s : shapes()) {
     std::mt19937_64 rng(3);
-    const int64_t n = 3, heads = 4, hd = s.c.head_dim, rd = s.c.qk_rope_head_dim, offset = hd - rd;
+    const int64_t n = 3, heads = s.c.num_attention_heads, hd = s.c.head_dim, rd = s.c.qk_rope_head_dim;
+    const int64_t offset = hd - rd;
     const std::vector<float> x = normal(n * heads * hd, 2.0, rng);
     for (const bool compressed : {false, true})
       for (const bool inverse : {false, true})

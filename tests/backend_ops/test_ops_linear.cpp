@@ -30,6 +30,7 @@ struct LinearCase {
   int64_t n;
   int64_t x_pad = 0, y_pad = 0;  // strides beyond the row
   cpu::ActivationBits bits = cpu::ActivationBits::Int24;
+  int64_t x_offset = 0, y_offset = 0;  // where each token's input and output start in its row
   std::string text() const {
     static const char* names[] = {"f32", "bf16", "fp8", "mxfp4"};
     return std::string(names[static_cast<int>(format)]) + " [" + std::to_string(rows) + " of " +
@@ -40,9 +41,12 @@ struct LinearCase {
 };
 
 // Every format whole and as a view; one token (the matvec kernels) and several (the matmul kernels); FP8
-// views inside a 128-row scale block (decoded row by row); MXFP4 at both precisions.
+// views inside a 128-row scale block (decoded row by row); MXFP4 at both precisions; and the grouped output
+// projection's use: group 1 of wo_a (here two groups of o_lora rows; V4-Flash has 8) on its heads' part of
+// the attention output, into its part of z.
 std::vector<LinearCase> linear_cases(const core::ModelConfig& c) {
   const int64_t d = c.hidden_size, ql = c.q_lora_rank, inter = c.moe_intermediate_size;
+  const int64_t ol = c.o_lora_rank, gin = c.num_attention_heads * c.head_dim / c.o_groups;
   using B = cpu::ActivationBits;
   return {
       {WeightFormat::F32, 24, d, 0, 24, 2},
@@ -53,6 +57,7 @@ std::vector<LinearCase> linear_cases(const core::ModelConfig& c) {
       {WeightFormat::MXFP4, inter, d, 0, inter, 3, 0, 0, B::Int24},
       {WeightFormat::MXFP4, d, inter, 0, d, 2, 32, 0, B::Int16},
       {WeightFormat::MXFP4, inter, d, 0, inter, 1, 0, 0, B::Int16},
+      {WeightFormat::FP8, 2 * ol, gin, ol, ol, 2, gin, ol, B::Int24, gin, ol},
   };
 }
 
@@ -65,10 +70,10 @@ TYPED_TEST(LinearOps, Linear) {
       std::vector<float> x = normal(k.n * xs, 1.0, rng);
       std::fill_n(x.begin(), 32, 0.0f);  // an all-zero activation block
       const auto out = this->run(Kind::Linear, [&](DeviceMemory& m) {
-        ops::Linear op{
-            m.weight(w).slice_rows(k.row_begin, k.rows), m.upload(x), k.n, xs, m.zeros<float>(k.n * ys), ys, k.bits};
-        m.run(op);
-        return Outputs().add("y", m.read(op.y, k.n * ys));
+        float* y = m.zeros<float>(k.n * ys);
+        m.run(ops::Linear{m.weight(w).slice_rows(k.row_begin, k.rows), m.upload(x) + k.x_offset, k.n, xs,
+                          y + k.y_offset, ys, k.bits});
+        return Outputs().add("y", m.read(y, k.n * ys));
       });
       if (!out) return;
       const reference::Matrix W = w.decoded();
@@ -77,12 +82,13 @@ TYPED_TEST(LinearOps, Linear) {
       Vec ref(sz(k.n * ys), 0.0), tol(sz(k.n * ys), 0.0);  // the padding stays zero
       for (int64_t t = 0; t < k.n; ++t) {
         Vec xt = slice(x, t, xs);
+        xt.erase(xt.begin(), xt.begin() + k.x_offset);
         xt.resize(sz(k.cols));
         xt = reference::mxfp4_input(xt, k.format == WeightFormat::MXFP4 ? bits_of(k.bits) : 0);
         const Vec y = view * xt, mag = abs_products(view, xt);
         for (int64_t r = 0; r < k.rows; ++r) {
-          ref[sz(t * ys + r)] = y[sz(r)];
-          tol[sz(t * ys + r)] = kDotTol * mag[sz(r)];
+          ref[sz(t * ys + k.y_offset + r)] = y[sz(r)];
+          tol[sz(t * ys + k.y_offset + r)] = kDotTol * mag[sz(r)];
         }
       }
       expect_near(out->f32("y"), ref, tol, s.name + " linear " + k.text());
