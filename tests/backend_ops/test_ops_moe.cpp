@@ -127,11 +127,7 @@ TYPED_TEST(MoeOps, GatherRows) {
       return Outputs().add("dst", dm.read(op.dst, m * d));
     });
     if (!out) return;
-    Vec ref;
-    for (int32_t i : index) {
-      const Vec row = slice(src, i / k, d);
-      ref.insert(ref.end(), row.begin(), row.end());
-    }
+    const Vec ref = reference::gather_rows(to_double(src), d, index, k);
     expect_exact(out->f32("dst"), ref, s.name + " gather rows");
   }
 }
@@ -154,20 +150,24 @@ TYPED_TEST(MoeOps, MoeCombine) {
       return Outputs().add("y", m.read(op.y, n * d));
     });
     if (!out) return;
-    Vec ref = to_double(y), mag(ref.size());
-    for (size_t i = 0; i < ref.size(); ++i) mag[i] = std::fabs(ref[i]);
-    for (int64_t p = 0; p < n * k; ++p) {
-      const int64_t choice = order[sz(p)], t = choice / k;
-      Vec yt = slice(ref, t, d), mt = slice(mag, t, d);
-      const Vec row = slice(eo, p, d);
-      reference::add_scaled(yt, w[sz(choice)], row);
-      Vec abs_row(row.size());
-      for (size_t i = 0; i < row.size(); ++i) abs_row[i] = std::fabs(row[i]);
-      reference::add_scaled(mt, w[sz(choice)], abs_row);
-      std::copy(yt.begin(), yt.end(), ref.begin() + t * d);
-      std::copy(mt.begin(), mt.end(), mag.begin() + t * d);
+    // Each token's outputs (and their magnitudes, for the tolerance) by choice: choice order[p] is at row p.
+    std::vector<int64_t> row_of(sz(n * k));
+    for (int64_t p = 0; p < n * k; ++p) row_of[sz(order[sz(p)])] = p;
+    Vec ref, mag;
+    for (int64_t t = 0; t < n; ++t) {
+      std::vector<Vec> outs, abs_outs;
+      Vec wt, yt = slice(y, t, d), abs_y(yt.size());
+      for (int64_t i = 0; i < k; ++i) {
+        outs.push_back(slice(eo, row_of[sz(t * k + i)], d));
+        abs_outs.push_back(outs.back());
+        for (double& v : abs_outs.back()) v = std::fabs(v);
+        wt.push_back(w[sz(t * k + i)]);
+      }
+      for (size_t i = 0; i < yt.size(); ++i) abs_y[i] = std::fabs(yt[i]);
+      const Vec yr = reference::moe_combine(yt, outs, wt), m = reference::moe_combine(abs_y, abs_outs, wt);
+      ref.insert(ref.end(), yr.begin(), yr.end());
+      for (double v : m) mag.push_back(1e-6 * v);
     }
-    for (double& v : mag) v *= 1e-6;
     expect_near(out->f32("y"), ref, mag, s.name + " moe combine");
   }
 }

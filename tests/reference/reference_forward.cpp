@@ -227,9 +227,9 @@ class Forward {
         L.hash_routed ? std::vector<int64_t>(L.tid2eid.begin() + tok * k, L.tid2eid.begin() + (tok + 1) * k)
                       : route_by_score(sc, L.gate_bias, k, sink);
     const Vec wk = route_weights(sc, ids, c_.routed_scaling_factor);
-    Vec y = expert_ffn(L.shared, x, 0);
-    for (size_t i = 0; i < ids.size(); ++i) add_scaled(y, wk[i], expert_ffn(L.experts[z(ids[i])], x, c_.swiglu_limit));
-    return y;
+    std::vector<Vec> routed;
+    for (int64_t id : ids) routed.push_back(expert_ffn(L.experts[z(id)], x, c_.swiglu_limit));
+    return moe_combine(expert_ffn(L.shared, x, 0), routed, wk);
   }
 
   const ReferenceWeights& w_;

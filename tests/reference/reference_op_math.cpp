@@ -276,8 +276,16 @@ std::vector<int64_t> select(TopK sel, FragileKind kind, const MarginSink& sink) 
   return std::move(sel.ids);
 }
 
-void add_scaled(Vec& y, double w, const Vec& v) {
-  for (size_t i = 0; i < y.size(); ++i) y[i] += w * v[i];
+Vec gather_rows(const Vec& src, int64_t d, const std::vector<int32_t>& index, int64_t div) {
+  Vec dst;
+  for (int32_t i : index) dst.insert(dst.end(), src.begin() + i / div * d, src.begin() + (i / div + 1) * d);
+  return dst;
+}
+
+Vec moe_combine(Vec y, const std::vector<Vec>& outputs, const Vec& weights) {
+  for (size_t e = 0; e < outputs.size(); ++e)
+    for (size_t i = 0; i < y.size(); ++i) y[i] += weights[e] * outputs[e][i];
+  return y;
 }
 
 }  // namespace ferry::reference

@@ -106,7 +106,10 @@ Vec route_weights(const Vec& scores, const std::vector<int64_t>& ids, double sca
 // A top-k selection, taken the other way when the sink says so: the runner-up replaces the last selected.
 std::vector<int64_t> select(TopK sel, FragileKind kind, const MarginSink& sink);
 
-// y += w·v.
-void add_scaled(Vec& y, double w, const Vec& v);
+// dst[i] = src row index[i] / div, rows of width d: an expert's input rows by their (token·k + choice).
+Vec gather_rows(const Vec& src, int64_t d, const std::vector<int32_t>& index, int64_t div);
+
+// y + sum_i weights[i]·outputs[i]: a token's routed experts' outputs added to its shared expert's.
+Vec moe_combine(Vec y, const std::vector<Vec>& outputs, const Vec& weights);
 
 }  // namespace ferry::reference
