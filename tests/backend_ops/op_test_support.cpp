@@ -100,8 +100,8 @@ StoredWeight stored_weight(core::WeightFormat f, int64_t rows, int64_t cols, dou
 core::WeightView DeviceMemory::weight(const StoredWeight& w) {
   core::WeightView v;
   v.format = w.format;
-  v.data = upload(w.codes);
-  v.scales = w.scales.empty() ? nullptr : upload(w.scales);
+  v.data = upload(w.codes, MemoryClass::Weights);
+  v.scales = w.scales.empty() ? nullptr : upload(w.scales, MemoryClass::Weights);
   v.rows = v.tensor_rows = w.rows;
   v.cols = w.cols;
   return v;
@@ -109,9 +109,9 @@ core::WeightView DeviceMemory::weight(const StoredWeight& w) {
 
 void DeviceMemory::run(const ops::Op& op) { run_op(b_, op); }
 
-void* DeviceMemory::upload_bytes(const void* src, int64_t bytes) {
+void* DeviceMemory::upload_bytes(const void* src, int64_t bytes, MemoryClass c) {
   // One byte at least, so that every buffer has an address of its own to be found by.
-  DeviceBuffer buf = b_.allocate(MemoryClass::Workspace, std::max<int64_t>(bytes, 1));
+  DeviceBuffer buf = b_.allocate(c, std::max<int64_t>(bytes, 1));
   if (bytes > 0) b_.wait(b_.copy_to_device(buf, 0, src, bytes));
   buffers_.push_back(std::move(buf));
   return buffers_.back().data();

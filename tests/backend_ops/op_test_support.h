@@ -81,10 +81,9 @@ class DeviceMemory {
   DeviceMemory(const DeviceMemory&) = delete;
   DeviceMemory& operator=(const DeviceMemory&) = delete;
 
-  Backend& backend() { return b_; }
   template <class T>
-  T* upload(const std::vector<T>& v) {
-    return static_cast<T*>(upload_bytes(v.data(), static_cast<int64_t>(v.size() * sizeof(T))));
+  T* upload(const std::vector<T>& v, MemoryClass c = MemoryClass::Workspace) {
+    return static_cast<T*>(upload_bytes(v.data(), static_cast<int64_t>(v.size() * sizeof(T)), c));
   }
   template <class T>
   T* zeros(int64_t n) {
@@ -101,7 +100,7 @@ class DeviceMemory {
   void run(const ops::Op& op);
 
  private:
-  void* upload_bytes(const void* src, int64_t bytes);
+  void* upload_bytes(const void* src, int64_t bytes, MemoryClass c);
   void read_bytes(const void* src, void* dst, int64_t bytes) const;
   Backend& b_;
   std::vector<DeviceBuffer> buffers_;
