@@ -33,11 +33,16 @@ int64_t compute_workspace_bytes(const core::ModelConfig& c, int64_t ubatch, bool
   return ubatch * activation_bytes_per_token(c) + logits_rows * c.vocab_size * 4;
 }
 
-int64_t cpu_tile_scratch_floats(const core::ModelConfig& c) {
-  // A key tile's rows, its scores (or an indexer tile's), and per head the output accumulator, max and sum.
+CpuTileLayout cpu_tile_layout(const core::ModelConfig& c) {
   const int64_t nh = c.num_attention_heads;
-  return kAttnKeyTile * c.head_dim + std::max(kAttnKeyTile, kIndexerTile) + nh * c.head_dim + 2 * nh;
+  CpuTileLayout t;
+  t.key_rows = kAttnKeyTile * c.head_dim;
+  t.scores = std::max(kAttnKeyTile, kIndexerTile);
+  t.per_thread = t.key_rows + t.scores + nh * c.head_dim + 2 * nh;
+  return t;
 }
+
+int64_t cpu_tile_scratch_floats(const core::ModelConfig& c) { return cpu_tile_layout(c).per_thread; }
 
 CpuForwardWorkspace cpu_forward_workspace(const core::ModelConfig& c, KvType kv, int64_t n, int64_t threads, bool mtp) {
   CpuForwardWorkspace w;

@@ -47,8 +47,13 @@ struct CpuForwardWorkspace {
   int64_t kv_rows_bytes = 0;  // the chunk's own window rows in the cache encoding
   int64_t bytes() const;
 };
-// fp32 elements of one worker thread's attention/indexer tile scratch.
-int64_t cpu_tile_scratch_floats(const core::ModelConfig& c);
+// One worker thread's attention/indexer tile scratch, fp32 elements: a key tile's decoded rows, then a tile's
+// scores (attention's or the indexer's), then per head the attention's accumulator, maximum and sum.
+struct CpuTileLayout {
+  int64_t key_rows = 0, scores = 0, per_thread = 0;
+};
+CpuTileLayout cpu_tile_layout(const core::ModelConfig& c);
+int64_t cpu_tile_scratch_floats(const core::ModelConfig& c);  // cpu_tile_layout(c).per_thread
 CpuForwardWorkspace cpu_forward_workspace(const core::ModelConfig& c, KvType kv, int64_t ubatch, int64_t threads,
                                           bool mtp);
 

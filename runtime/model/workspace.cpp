@@ -17,11 +17,10 @@ Workspace::Workspace(const planner::CpuForwardWorkspace& l, const core::ModelCon
     : ubatch(l.ubatch),
       threads(l.threads),
       scratch_per_thread(l.tile_scratch),
-      tile_rows(planner::kAttnKeyTile * c.head_dim),
-      tile_scores(std::max(planner::kAttnKeyTile, planner::kIndexerTile)) {
-  FERRY_CHECK(
-      tile_rows + tile_scores + c.num_attention_heads * c.head_dim + 2 * c.num_attention_heads == scratch_per_thread,
-      "the tile scratch layout disagrees with planner::cpu_tile_scratch_floats");
+      tile_rows(planner::cpu_tile_layout(c).key_rows),
+      tile_scores(planner::cpu_tile_layout(c).scores) {
+  FERRY_CHECK(planner::cpu_tile_layout(c).per_thread == scratch_per_thread,
+              "the tile scratch layout disagrees with the planner's workspace");
   auto f32 = [&](int64_t n) { return device_vector<float>(device, MemoryClass::Workspace, sz(n)); };
   auto i32 = [&](int64_t n) { return device_vector<int32_t>(device, MemoryClass::Workspace, sz(n)); };
   x = f32(l.x);

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "planner/core/error.h"
+#include "reference_op_math.h"
 #include "reference_ops.h"
 #include "reference_rounding.h"
 #include "reference_weights.h"
@@ -16,8 +17,6 @@
 namespace ferry::reference {
 
 namespace {
-
-using Streams = std::vector<Vec>;  // the hc hidden streams H[s], each [d]
 
 size_t z(int64_t i) { return static_cast<size_t>(i); }
 
@@ -48,7 +47,8 @@ class Forward {
         c_(w_.config),
         o_(o),
         freqs_plain_(rope_frequencies(c_, false)),
-        freqs_compressed_(rope_frequencies(c_, true)) {}
+        freqs_compressed_(rope_frequencies(c_, true)),
+        hc_{c_.hc_mult, c_.hidden_size, c_.hc_sinkhorn_iters, c_.hc_eps, c_.rms_norm_eps} {}
 
   ReferenceOutput run(const std::vector<int32_t>& tokens) {
     check_tokens(tokens);
@@ -93,7 +93,7 @@ class Forward {
   void step(const std::vector<int32_t>& tokens) {
     const int64_t p = next_++;
     const int32_t tok = tokens[z(p)];
-    Streams H(z(c_.hc_mult), w_.embed.row(tok));
+    Vec H = embed_streams(w_.embed, tok, c_.hc_mult);
     for (size_t l = 0; l < w_.layers.size(); ++l) block(w_.layers[l], history_[l], H, p, tok, out_);
     append(out_.logits, head_logits(H, w_.hc_head, w_.norm));
     finals_.push_back(std::move(H));
@@ -103,19 +103,20 @@ class Forward {
   ReferenceOutput finish(const std::vector<int32_t>& tokens) {
     ReferenceOutput& out = out_;
     const int64_t n = next_;
-    const std::vector<Streams>& finals = finals_;
+    const std::vector<Vec>& finals = finals_;
     if (o_.mtp && w_.mtp) {
       const LayerWeights& m = *w_.mtp;
       LayerHistory mtp_history;
       for (int64_t p = 0; p + 1 < n; ++p) {
         const int32_t next = tokens[z(p + 1)];
+        const int64_t d = c_.hidden_size;
         const Vec e = m.e_proj * rms_norm(w_.embed.row(next), m.enorm, c_.rms_norm_eps);
-        Streams H(z(c_.hc_mult));
+        Vec h;
         for (int64_t s = 0; s < c_.hc_mult; ++s) {
-          const Vec h = m.h_proj * rms_norm(finals[z(p)][z(s)], m.hnorm, c_.rms_norm_eps);
-          H[z(s)].resize(z(c_.hidden_size));
-          for (int64_t k = 0; k < c_.hidden_size; ++k) H[z(s)][z(k)] = e[z(k)] + h[z(k)];
+          const Vec stream(finals[z(p)].begin() + s * d, finals[z(p)].begin() + (s + 1) * d);
+          append(h, m.h_proj * rms_norm(stream, m.hnorm, c_.rms_norm_eps));
         }
+        Vec H = add_streams(e, h, c_.hc_mult);
         block(m, mtp_history, H, p, next, out);
         append(out.mtp_logits, head_logits(H, m.hc_head, m.norm));
       }
@@ -135,167 +136,46 @@ class Forward {
     };
   }
 
-  // A top-k selection, taken the other way when the sink says so: the runner-up replaces the last selected.
-  static std::vector<int64_t> select(TopK sel, FragileKind kind, const MarginSink& sink) {
-    if (sel.margin && sink(kind, *sel.margin)) sel.ids.back() = sel.runner_up;
-    return std::move(sel.ids);
-  }
-
   const Vec& freqs(const LayerWeights& L) const { return L.ratio > 0 ? freqs_compressed_ : freqs_plain_; }
 
-  // mix = (fn · flatten(H)) / sqrt(mean(flatten(H)²) + eps), the first `rows` entries of it.
-  Vec hc_mix(const Streams& H, const HcWeights& w, int64_t rows) const {
-    Vec f;
-    for (const Vec& h : H) f.insert(f.end(), h.begin(), h.end());
-    double sum_sq = 0;
-    for (double v : f) sum_sq += v * v;
-    const double inv = 1 / std::sqrt(sum_sq / static_cast<double>(f.size()) + c_.rms_norm_eps);
-    Vec mix(z(rows));
-    for (int64_t r = 0; r < rows; ++r) {
-      double acc = 0;
-      for (size_t i = 0; i < f.size(); ++i) acc += w.fn[z(r) * f.size() + i] * f[i];
-      mix[z(r)] = acc * inv;
-    }
-    return mix;
+  Vec head_logits(const Vec& H, const HcWeights& w, const Vec& norm) const {
+    return w_.head * rms_norm(hc_head(H, w, hc_), norm, c_.rms_norm_eps);
   }
 
-  // hc_pre: returns x = sum_s pre[s]·H[s] and sets post[s] and the Sinkhorn-normalized C[i][j] (comb[i·hc + j]).
-  Vec hc_pre(const Streams& H, const HcWeights& w, Vec& post, Vec& comb) const {
-    const int64_t hc = c_.hc_mult, d = c_.hidden_size;
-    const double eps = c_.hc_eps;
-    const Vec mix = hc_mix(H, w, (2 + hc) * hc);
-    Vec pre(z(hc));
-    post.assign(z(hc), 0.0);
-    for (int64_t s = 0; s < hc; ++s) {
-      pre[z(s)] = sigmoid(mix[z(s)] * w.scale[0] + w.base[z(s)]) + eps;
-      post[z(s)] = 2 * sigmoid(mix[z(hc + s)] * w.scale[1] + w.base[z(hc + s)]);
-    }
-    comb.assign(z(hc * hc), 0.0);
-    auto C = [&](int64_t i, int64_t j) -> double& { return comb[z(i * hc + j)]; };
-    for (int64_t i = 0; i < hc; ++i) {  // row softmax + eps
-      double mx = -INFINITY, sum = 0;
-      for (int64_t j = 0; j < hc; ++j) {
-        C(i, j) = mix[z(2 * hc + i * hc + j)] * w.scale[2] + w.base[z(2 * hc + i * hc + j)];
-        mx = std::max(mx, C(i, j));
-      }
-      for (int64_t j = 0; j < hc; ++j) sum += C(i, j) = std::exp(C(i, j) - mx);
-      for (int64_t j = 0; j < hc; ++j) C(i, j) = C(i, j) / sum + eps;
-    }
-    auto normalize_columns = [&] {
-      for (int64_t j = 0; j < hc; ++j) {
-        double sum = 0;
-        for (int64_t i = 0; i < hc; ++i) sum += C(i, j);
-        for (int64_t i = 0; i < hc; ++i) C(i, j) /= sum + eps;
-      }
-    };
-    normalize_columns();  // completes Sinkhorn iteration 1
-    for (int64_t it = 1; it < c_.hc_sinkhorn_iters; ++it) {
-      for (int64_t i = 0; i < hc; ++i) {
-        double sum = 0;
-        for (int64_t j = 0; j < hc; ++j) sum += C(i, j);
-        for (int64_t j = 0; j < hc; ++j) C(i, j) /= sum + eps;
-      }
-      normalize_columns();
-    }
-    Vec x(z(d), 0.0);
-    for (int64_t s = 0; s < hc; ++s)
-      for (int64_t k = 0; k < d; ++k) x[z(k)] += pre[z(s)] * H[z(s)][z(k)];
-    return x;
-  }
-
-  // hc_post: H'[j] = post[j]·y + sum_i C[i][j]·H[i].
-  void hc_post(Streams& H, const Vec& y, const Vec& post, const Vec& comb) const {
-    const int64_t hc = c_.hc_mult, d = c_.hidden_size;
-    const Streams old = H;
-    for (int64_t j = 0; j < hc; ++j)
-      for (int64_t k = 0; k < d; ++k) {
-        double acc = post[z(j)] * y[z(k)];
-        for (int64_t i = 0; i < hc; ++i) acc += comb[z(i * hc + j)] * old[z(i)][z(k)];
-        H[z(j)][z(k)] = acc;
-      }
-  }
-
-  Vec head_logits(const Streams& H, const HcWeights& w, const Vec& norm) const {
-    const Vec mix = hc_mix(H, w, c_.hc_mult);
-    Vec y(z(c_.hidden_size), 0.0);
-    for (int64_t s = 0; s < c_.hc_mult; ++s) {
-      const double pre = sigmoid(mix[z(s)] * w.scale[0] + w.base[z(s)]) + c_.hc_eps;
-      for (int64_t k = 0; k < c_.hidden_size; ++k) y[z(k)] += pre * H[z(s)][z(k)];
-    }
-    return w_.head * rms_norm(y, norm, c_.rms_norm_eps);
-  }
-
-  void block(const LayerWeights& L, LayerHistory& hist, Streams& H, int64_t p, int32_t tok,
-             ReferenceOutput& out) const {
+  void block(const LayerWeights& L, LayerHistory& hist, Vec& H, int64_t p, int32_t tok, ReferenceOutput& out) const {
     const MarginSink sink = sink_for(p, L.index, out);
-    Vec post, comb;
-    Vec x = hc_pre(H, L.hc_attn, post, comb);
-    hc_post(H, attention(L, hist, rms_norm(x, L.attn_norm, c_.rms_norm_eps), p, sink), post, comb);
-    x = hc_pre(H, L.hc_ffn, post, comb);
-    hc_post(H, moe(L, rms_norm(x, L.ffn_norm, c_.rms_norm_eps), tok, sink), post, comb);
+    HcMix mix;
+    Vec x = hc_pre(H, L.hc_attn, hc_, mix);
+    hc_post(H, attention(L, hist, rms_norm(x, L.attn_norm, c_.rms_norm_eps), p, sink), mix, hc_);
+    x = hc_pre(H, L.hc_ffn, hc_, mix);
+    hc_post(H, moe(L, rms_norm(x, L.ffn_norm, c_.rms_norm_eps), tok, sink), mix, hc_);
   }
 
   // COMPRESS: records this position's inputs; when p ends block j, stores entry j.
   void compress(const LayerWeights& L, CompressorRun run, const Vec& x, int64_t p, const MarginSink& sink) const {
-    const int64_t r = L.ratio, D = run.dim;
+    const int64_t r = L.ratio;
     Vec a = run.w.wkv * x, s = run.w.wgate * x;
     for (size_t k = 0; k < s.size(); ++k) s[k] += run.w.ape.at(p % r, static_cast<int64_t>(k));
     run.a.push_back(std::move(a));
     run.s.push_back(std::move(s));
     if ((p + 1) % r != 0) return;
-    const int64_t j = (p + 1) / r - 1;
-    Vec e(z(D));
-    for (int64_t k = 0; k < D; ++k) {
-      std::vector<std::pair<double, double>> cand;  // (score, value) of channel k
-      if (r == 4) {
-        // Overlapping blocks: the previous block's tokens through the first half of the channels, this
-        // block's through the second; block 0 has no previous block.
-        if (j > 0)
-          for (int64_t t = r * (j - 1); t < r * j; ++t) cand.emplace_back(run.s[z(t)][z(k)], run.a[z(t)][z(k)]);
-        for (int64_t t = r * j; t < r * j + r; ++t) cand.emplace_back(run.s[z(t)][z(D + k)], run.a[z(t)][z(D + k)]);
-      } else {
-        for (int64_t t = r * j; t < r * j + r; ++t) cand.emplace_back(run.s[z(t)][z(k)], run.a[z(t)][z(k)]);
-      }
-      double mx = -INFINITY, num = 0, den = 0;
-      for (const auto& [score, value] : cand) mx = std::max(mx, score);
-      for (const auto& [score, value] : cand) {
-        num += std::exp(score - mx) * value;
-        den += std::exp(score - mx);
-      }
-      e[z(k)] = num / den;
-    }
-    e = rms_norm(e, run.w.norm, c_.rms_norm_eps);
-    const int64_t rd = c_.qk_rope_head_dim;
-    apply_rope(e.data() + D - rd, freqs_compressed_, r * j, false);  // the position of the block's first token
-    if (run.kind == RowKind::IndexerKey) hadamard(e.data(), D);
-    round_kv_row(e.data(), D, run.kind, o_.kv_type, rd, sink);
-    run.rows.push_back(std::move(e));
+    const CompressorShape shape{r, run.dim, &run.w.norm, c_.rms_norm_eps, &freqs_compressed_, run.kind, o_.kv_type};
+    run.rows.push_back(compressed_entry(run.a, run.s, (p + 1) / r - 1, shape, sink));
   }
 
   // INDEXER: the ids of the compressed entries position p attends to (ratio-4 layers).
   std::vector<int64_t> indexer(const LayerWeights& L, LayerHistory& hist, const Vec& x, const Vec& qr, int64_t p,
                                const MarginSink& sink) const {
-    const int64_t ih = c_.index_n_heads, ihd = c_.index_head_dim, rd = c_.qk_rope_head_dim;
+    const int64_t ihd = c_.index_head_dim;
     compress(L, {L.index_compressor, hist.index_a, hist.index_s, hist.index_keys, ihd, RowKind::IndexerKey}, x, p,
              sink);
     Vec qi = L.index_wq_b * qr;
-    for (int64_t h = 0; h < ih; ++h) {
-      double* q = qi.data() + h * ihd;
-      apply_rope(q + ihd - rd, freqs_compressed_, p, false);
-      hadamard(q, ihd);
-      round_kv_row(q, ihd, RowKind::IndexerQuery, o_.kv_type, rd, sink);
-    }
+    indexer_query(qi, c_.index_n_heads, freqs_compressed_, p, o_.kv_type, sink);
     Vec w = L.index_weights_proj * x;
-    for (double& v : w) v /= std::sqrt(static_cast<double>(ihd)) * std::sqrt(static_cast<double>(ih));
+    indexer_weights(w, ihd);
     const int64_t visible = (p + 1) / L.ratio;
     FERRY_CHECK(static_cast<int64_t>(hist.index_keys.size()) == visible, "reference: indexer key count out of step");
-    Vec score(z(visible), 0.0);
-    for (int64_t j = 0; j < visible; ++j)
-      for (int64_t h = 0; h < ih; ++h) {
-        double dot = 0;
-        for (int64_t k = 0; k < ihd; ++k) dot += qi[z(h * ihd + k)] * hist.index_keys[z(j)][z(k)];
-        score[z(j)] += w[z(h)] * std::max(dot, 0.0);
-      }
+    const Vec score = indexer_scores(qi, w, hist.index_keys, visible);
     return select(top_k(score, std::min(c_.index_topk, visible)), FragileKind::IndexerTopk, sink);
   }
 
@@ -327,26 +207,7 @@ class Forward {
     for (int64_t t = std::max<int64_t>(0, p - c_.sliding_window + 1); t <= p; ++t) rows.push_back(&hist.window[z(t)]);
     for (int64_t j : selected) rows.push_back(&hist.compressed.at(z(j)));
 
-    Vec o(z(nh * hd), 0.0);
-    const double scale = 1 / std::sqrt(static_cast<double>(hd));
-    for (int64_t h = 0; h < nh; ++h) {
-      Vec s(rows.size());
-      double mx = L.attn_sink[z(h)];
-      for (size_t t = 0; t < rows.size(); ++t) {
-        double dot = 0;
-        for (int64_t k = 0; k < hd; ++k) dot += q[z(h * hd + k)] * (*rows[t])[z(k)];
-        s[t] = dot * scale;
-        mx = std::max(mx, s[t]);
-      }
-      double den = std::exp(L.attn_sink[z(h)] - mx);  // the sink takes probability mass but adds no value
-      for (size_t t = 0; t < rows.size(); ++t) {
-        const double e = std::exp(s[t] - mx);
-        den += e;
-        for (int64_t k = 0; k < hd; ++k) o[z(h * hd + k)] += e * (*rows[t])[z(k)];
-      }
-      for (int64_t k = 0; k < hd; ++k) o[z(h * hd + k)] /= den;
-      apply_rope(o.data() + h * hd + hd - rd, freqs(L), p, true);
-    }
+    const Vec o = attend(q, rows, L.attn_sink, freqs(L), p);
     // Grouped low-rank output: group g is heads [g·nh/G, (g+1)·nh/G), projected by rows [g·ol, (g+1)·ol) of wo_a.
     const int64_t G = c_.o_groups, ol = c_.o_lora_rank, group_in = nh * hd / G;
     Vec zg(z(G * ol), 0.0);
@@ -359,53 +220,28 @@ class Forward {
     return L.wo_b * zg;
   }
 
-  // w2 · (silu(min(w1·x, L)) ⊙ clamp(w3·x, −L, L)); no clamp when limit is 0.
-  static Vec expert(const ExpertWeights& e, const Vec& x, double limit) {
-    Vec g = e.w1 * x;
-    const Vec u = e.w3 * x;
-    for (size_t k = 0; k < g.size(); ++k) {
-      double gk = g[k], uk = u[k];
-      if (limit > 0) {
-        gk = std::min(gk, limit);
-        uk = std::clamp(uk, -limit, limit);
-      }
-      g[k] = silu(gk) * uk;
-    }
-    return e.w2 * g;
-  }
-
   Vec moe(const LayerWeights& L, const Vec& x, int32_t tok, const MarginSink& sink) const {
-    const int64_t E = c_.n_routed_experts, k = c_.num_experts_per_tok;
-    const Vec logits = L.gate * x;
-    Vec sc(z(E));
-    for (int64_t e = 0; e < E; ++e) sc[z(e)] = std::sqrt(softplus(logits[z(e)]));
-    std::vector<int64_t> ids;
-    if (L.hash_routed) {
-      ids.assign(L.tid2eid.begin() + tok * k, L.tid2eid.begin() + (tok + 1) * k);
-    } else {
-      Vec biased(z(E));  // the bias picks the experts but does not weight them
-      for (int64_t e = 0; e < E; ++e) biased[z(e)] = sc[z(e)] + L.gate_bias[z(e)];
-      ids = select(top_k(biased, k), FragileKind::RouterTopk, sink);
-    }
-    double sum = 0;
-    for (int64_t id : ids) sum += sc[z(id)];
-    Vec y = c_.n_shared_experts > 0 ? expert(L.shared, x, 0) : Vec(x.size(), 0.0);
-    for (int64_t id : ids) {
-      const Vec ey = expert(L.experts[z(id)], x, c_.swiglu_limit);
-      const double wk = sc[z(id)] / sum * c_.routed_scaling_factor;
-      for (size_t i = 0; i < y.size(); ++i) y[i] += wk * ey[i];
-    }
-    return y;
+    const int64_t k = c_.num_experts_per_tok;
+    const Vec sc = route_scores(L.gate * x);
+    const std::vector<int64_t> ids =
+        L.hash_routed ? std::vector<int64_t>(L.tid2eid.begin() + tok * k, L.tid2eid.begin() + (tok + 1) * k)
+                      : route_by_score(sc, L.gate_bias, k, sink);
+    const Vec wk = route_weights(sc, ids, c_.routed_scaling_factor);
+    std::vector<Vec> routed;
+    for (int64_t id : ids) routed.push_back(expert_ffn(L.experts[z(id)], x, c_.swiglu_limit));
+    const Vec shared = c_.n_shared_experts > 0 ? expert_ffn(L.shared, x, 0) : Vec(x.size(), 0.0);
+    return moe_combine(shared, routed, wk);
   }
 
   const ReferenceWeights& w_;
   const core::ModelConfig& c_;
   ReferenceOptions o_;
   Vec freqs_plain_, freqs_compressed_;
+  HcShape hc_;
   // The run so far: positions [0, next_) computed.
   int64_t next_ = 0;
   std::vector<LayerHistory> history_ = std::vector<LayerHistory>(w_.layers.size());
-  std::vector<Streams> finals_;  // the main model's last streams per position, the MTP layer's input
+  std::vector<Vec> finals_;  // the main model's last streams per position, the MTP layer's input
   ReferenceOutput out_;
   mutable uint64_t decisions_ = 0;  // every decision of the run, in order
 };

@@ -144,6 +144,19 @@ void qdq_q_block(double* x, int64_t n, bool four_bit, const MarginSink& sink) {
   }
 }
 
+void round_mxfp4_activation_block(double* x, int64_t n, int bits) {
+  FERRY_CHECK(bits == 24 || bits == 16, "reference: MXFP4 activations are 24 or 16 bits");
+  // Every part a signed byte: qmax = 127·(1 + 256 [+ 65536]).
+  const double qmax = bits == 24 ? 127.0 * (1 + 256 + 65536) : 127.0 * (1 + 256);
+  const double amax = amax_of(x, n);
+  if (amax == 0) return;
+  // The smallest k with amax <= qmax·2^k: start near it and step (every product is exact).
+  int k = std::ilogb(amax) - bits;
+  while (amax > std::ldexp(qmax, k)) ++k;
+  while (amax <= std::ldexp(qmax, k - 1)) --k;
+  for (int64_t i = 0; i < n; ++i) x[i] = std::ldexp(rne_integer(std::ldexp(x[i], -k)), k);
+}
+
 void round_kv_row(double* x, int64_t n, RowKind kind, planner::KvType kv, int64_t rope_dims, const MarginSink& sink) {
   using planner::KvType;
   switch (kv) {

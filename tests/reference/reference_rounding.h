@@ -32,6 +32,12 @@ void qdq_fp8_block(double* x, int64_t n, const MarginSink& sink = {});
 void qdq_fp4_block(double* x, int64_t n, const MarginSink& sink = {});
 void qdq_q_block(double* x, int64_t n, bool four_bit, const MarginSink& sink = {});
 
+// The MXFP4 expert activation rounding (runtime/kernels/cpu/mxfp4_activation.h) on one block of up to 32
+// values: with qmax = 8355711 (bits 24) or 32639 (bits 16) and k the smallest integer with
+// max|x| <= qmax·2^k, x <- rne(x / 2^k)·2^k. Not a decision of the contract (docs/forward-semantics.md:
+// int24 stays within float32's resolution), so no margins are reported.
+void round_mxfp4_activation_block(double* x, int64_t n, int bits);
+
 // What a stored (or, for the indexer query, scored) vector is, which picks its rounding per KV type.
 enum class RowKind : uint8_t { Main, IndexerKey, IndexerQuery };
 // The rounding of one finished row as the table in docs/forward-semantics.md says. `rope_dims` are the last

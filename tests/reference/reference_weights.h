@@ -6,9 +6,11 @@
 #include <cstdint>
 #include <filesystem>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "planner/core/dtype.h"
 #include "planner/core/model_config.h"
 #include "reference_forward.h"
 #include "reference_ops.h"
@@ -23,6 +25,13 @@ struct Matrix {
   Vec row(int64_t r) const;
   double at(int64_t r, int64_t c) const { return w[static_cast<size_t>(r * cols + c)]; }
 };
+
+// A weight matrix [rows, cols] decoded from its stored bytes: FP8 E4M3 codes with one E8M0 scale per
+// block×block tile ([ceil(rows/block), ceil(cols/block)]), packed FP4 E2M1 (dtype I8, [rows, cols/2]) with one
+// E8M0 scale per `block` along the row ([rows, cols/block]), or BF16 / F16 / F32 (no scales, block unused).
+// Throws ferry::Error naming `what` when the byte sizes do not match.
+Matrix decode_matrix(core::DType dtype, std::span<const std::byte> codes, std::span<const std::byte> scales,
+                     int64_t rows, int64_t cols, int64_t block, const std::string& what);
 
 struct HcWeights {
   Vec fn;     // [(2 + hc)·hc, hc·d] for a block site, [hc, hc·d] for a head

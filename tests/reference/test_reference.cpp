@@ -192,6 +192,24 @@ TEST(ReferenceRounding, QBlocks) {
   EXPECT_EQ(zero, std::vector<double>(32, 0.0));
 }
 
+// k is the smallest integer with max|x| <= qmax·2^k, then x rounds to the integers times 2^k, ties to even.
+TEST(ReferenceRounding, Mxfp4ActivationBlocks) {
+  std::vector<double> x{32639, 1.5, -2.5, 0.4};  // int16: qmax = 32639, k = 0
+  round_mxfp4_activation_block(x.data(), 4, 16);
+  EXPECT_EQ(x, (std::vector<double>{32639, 2, -2, 0}));
+  x = {32640, 3, -5, 1};  // just above qmax: k = 1, steps of 2
+  round_mxfp4_activation_block(x.data(), 4, 16);
+  EXPECT_EQ(x, (std::vector<double>{32640, 4, -4, 0}));
+  // int24: qmax = 8355711 = 0.996·2^23, so amax 1 needs k = −22 (a step of 2^−22).
+  x = {1, std::ldexp(1, -23), std::ldexp(3, -23), -std::ldexp(5, -23)};
+  round_mxfp4_activation_block(x.data(), 4, 24);
+  EXPECT_EQ(x, (std::vector<double>{1, 0, std::ldexp(1, -21), -std::ldexp(1, -21)}));
+  x = {0, 0};
+  round_mxfp4_activation_block(x.data(), 2, 24);
+  EXPECT_EQ(x, (std::vector<double>{0, 0}));
+  EXPECT_THROW(round_mxfp4_activation_block(x.data(), 2, 8), ferry::Error);
+}
+
 TEST(ReferenceRounding, RowRoundingFollowsTheKvTypeTable) {
   const int64_t n = 128, rope = 64;
   std::vector<double> row(n);

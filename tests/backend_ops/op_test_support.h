@@ -1,0 +1,230 @@
+// What every test of tests/backend_ops shares, in the manner of ggml's test-backend-ops: the backends to run
+// on (a typed suite over their factories), device memory filled from and read back to the host, weights in
+// their stored encodings, seeded inputs, the model shapes (a tiny model's and V4-Flash's), and comparisons
+// against the float64 reference (tests/reference) with per-element tolerances.
+//
+// Each test body runs one case on the backend under test through `OpTest::run`; where that backend computes
+// with the host's kernels (sim), the case runs on a host backend too and the outputs must be bitwise equal.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "planner/core/model_config.h"
+#include "planner/core/weight_view.h"
+#include "planner/kv_cache.h"
+#include "reference_ops.h"
+#include "reference_weights.h"
+#include "runtime/backend/backend.h"
+#include "runtime/backend/cpu_backend.h"
+#include "runtime/backend/ops.h"
+
+namespace ferry::runtime::ops_test {
+
+using ops::Kind;
+using planner::KvType;
+using reference::Vec;
+
+inline size_t sz(int64_t i) { return static_cast<size_t>(i); }
+
+// ---- backends ----
+
+// A backend factory: its name in test names, whether it computes with the host's CPU kernels (then its
+// outputs equal the host's bit for bit), and make(), which returns null with the reason when the backend is
+// absent (no CUDA device).
+struct HostFactory {
+  static constexpr const char* kName = "host";
+  static constexpr bool kHostKernels = true;
+  static std::unique_ptr<Backend> make(std::string& why_absent);
+};
+struct SimFactory {
+  static constexpr const char* kName = "sim";
+  static constexpr bool kHostKernels = true;
+  static std::unique_ptr<Backend> make(std::string& why_absent);
+};
+struct CudaFactory {
+  static constexpr const char* kName = "cuda";
+  static constexpr bool kHostKernels = false;
+  static std::unique_ptr<Backend> make(std::string& why_absent);
+};
+// Instances are numbered (BasicOps/1.Rope): CTest's test discovery reads type-parameterized names only in that
+// form, and names them by the factory (BasicOps.Rope<ferry::runtime::ops_test::SimFactory>).
+using Backends = ::testing::Types<HostFactory, SimFactory, CudaFactory>;
+
+// ---- device memory and outputs ----
+
+// A weight in its stored encoding (host bytes), and the float64 matrix it decodes to.
+struct StoredWeight {
+  core::WeightFormat format = core::WeightFormat::F32;
+  int64_t rows = 0, cols = 0;
+  std::vector<uint8_t> codes, scales;
+  reference::Matrix decoded() const;
+};
+// A random rows × cols weight of typical magnitude sd: F32 and BF16 drawn N(0, sd²); FP8 (one E8M0 scale per
+// 128×128 block) and MXFP4 (one per 32 along the row) as random codes under random scales.
+StoredWeight stored_weight(core::WeightFormat f, int64_t rows, int64_t cols, double sd, std::mt19937_64& rng);
+
+// The buffers of one case on one backend, freed with it. upload() allocates and fills, read() copies back.
+class DeviceMemory {
+ public:
+  explicit DeviceMemory(Backend& b) : b_(b) {}
+  DeviceMemory(const DeviceMemory&) = delete;
+  DeviceMemory& operator=(const DeviceMemory&) = delete;
+
+  template <class T>
+  T* upload(const std::vector<T>& v, MemoryClass c = MemoryClass::Workspace) {
+    return static_cast<T*>(upload_bytes(v.data(), static_cast<int64_t>(v.size() * sizeof(T)), c));
+  }
+  template <class T>
+  T* zeros(int64_t n) {
+    return upload(std::vector<T>(static_cast<size_t>(n)));
+  }
+  core::WeightView weight(const StoredWeight& w);
+  template <class T>
+  std::vector<T> read(const T* p, int64_t n) const {
+    std::vector<T> v(static_cast<size_t>(n));
+    read_bytes(p, v.data(), n * static_cast<int64_t>(sizeof(T)));
+    return v;
+  }
+  // Runs the op on the backend and waits for it.
+  void run(const ops::Op& op);
+
+ private:
+  void* upload_bytes(const void* src, int64_t bytes, MemoryClass c);
+  void read_bytes(const void* src, void* dst, int64_t bytes) const;
+  Backend& b_;
+  std::vector<DeviceBuffer> buffers_;
+};
+
+// A case's outputs by name, as bytes: compared bit for bit across backends.
+class Outputs {
+ public:
+  template <class T>
+  Outputs& add(std::string name, const std::vector<T>& v) {
+    std::vector<uint8_t> bytes(v.size() * sizeof(T));
+    if (!v.empty()) std::memcpy(bytes.data(), v.data(), bytes.size());
+    blobs_.emplace_back(std::move(name), std::move(bytes));
+    return *this;
+  }
+  // Not templates: the tests call them on a dependent type.
+  std::vector<float> f32(std::string_view name) const { return get<float>(name); }
+  std::vector<int32_t> i32(std::string_view name) const { return get<int32_t>(name); }
+  std::vector<uint8_t> u8(std::string_view name) const { return get<uint8_t>(name); }
+  // "" when both hold the same names with the same bytes; else where they first differ.
+  static std::string first_difference(const Outputs& a, const Outputs& b);
+
+ private:
+  template <class T>
+  std::vector<T> get(std::string_view name) const {
+    const std::vector<uint8_t>& b = blob(name);
+    std::vector<T> v(b.size() / sizeof(T));
+    if (!v.empty()) std::memcpy(v.data(), b.data(), b.size());
+    return v;
+  }
+  const std::vector<uint8_t>& blob(std::string_view name) const;
+  std::vector<std::pair<std::string, std::vector<uint8_t>>> blobs_;
+};
+
+// ---- the typed suite ----
+
+template <class Factory>
+class OpTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string why;
+    backend_ = Factory::make(why);
+    if (!backend_) GTEST_SKIP() << Factory::kName << " is absent: " << why;
+  }
+
+  // Runs `body(DeviceMemory&) -> Outputs` on the backend under test; on a backend with the host's kernels
+  // (other than the host itself) also on a host backend, expecting bitwise equal outputs. nullopt, with the
+  // test marked skipped, when the backend does not run `kind` (host and sim must run every kind).
+  template <class Body>
+  std::optional<Outputs> run(ops::Kind kind, Body&& body) {
+    if (!backend_->supports(kind)) {
+      if (Factory::kHostKernels)
+        ADD_FAILURE() << Factory::kName << " must run " << ops::kind_name(kind);
+      else
+        [&] { GTEST_SKIP() << Factory::kName << " does not run " << ops::kind_name(kind) << " yet"; }();
+      return std::nullopt;
+    }
+    Outputs out = [&] {
+      DeviceMemory m(*backend_);
+      return body(m);
+    }();
+    if (Factory::kHostKernels && std::string_view(Factory::kName) != HostFactory::kName) {
+      cpu::CpuBackend host;
+      DeviceMemory m(host);
+      const std::string diff = Outputs::first_difference(out, body(m));
+      EXPECT_EQ(diff, "") << Factory::kName << " and host differ on " << ops::kind_name(kind);
+    }
+    return out;
+  }
+  std::unique_ptr<Backend> backend_;
+};
+
+// A typed suite `name` of OpTest over every backend.
+#define FERRY_OP_SUITE(name)        \
+  template <class F>                \
+  class name : public OpTest<F> {}; \
+  TYPED_TEST_SUITE(name, Backends)
+
+// ---- shapes and inputs ----
+
+// The shapes every op runs at: the tiny model's (runtime/checkpoint/tiny_model.h, window 16, ratios 4 and 16)
+// and V4-Flash's (hidden 4096, 64 heads of 512, window 128, ratios 4 and 128, 256 experts top-6, ...).
+struct Shape {
+  std::string name;
+  core::ModelConfig c;
+  int64_t hca_ratio = 0;  // the ratio of the model's HCA layers
+};
+const std::vector<Shape>& shapes();
+
+std::vector<float> normal(int64_t n, double sd, std::mt19937_64& rng);
+Vec to_double(const std::vector<float>& v);
+// Rows [row, row + count) of a flat [·, width] array, as doubles.
+template <class T>
+Vec slice(const std::vector<T>& v, int64_t row, int64_t width, int64_t count = 1) {
+  return Vec(v.begin() + row * width, v.begin() + (row + count) * width);
+}
+
+// ---- comparisons ----
+
+// Expects |got[i] − ref[i]| <= tol[i] for every i (tol broadcast when it has one element); `what` names the
+// output in failures, which show the first few elements out of tolerance and how many there were.
+void expect_near(const std::vector<float>& got, const Vec& ref, const Vec& tol, const std::string& what);
+// Expects got == float(ref) (−0 equal to 0): outputs the backend computes exactly (copies, decoded weights,
+// roundings of exact inputs).
+void expect_exact(const std::vector<float>& got, const Vec& ref, const std::string& what);
+
+// Rounded values (KV storage, compressed entries, indexer queries): got[i] must be the reference's rounding
+// `ref` up to `noise[i]` (float32's error in the value before rounding, or in a value the KV type leaves
+// unrounded), or — where that noise put the exact value `exact` on the other side of a rounding boundary — no
+// farther than `ref` from `exact` up to 2·noise[i] (the other neighbour on the grid). At most `max_flips`
+// elements may take such a flip.
+void expect_rounded(const std::vector<float>& got, const Vec& ref, const Vec& exact, const Vec& noise,
+                    int64_t max_flips, const std::string& what);
+
+// A top-k choice (the indexer's, the router's) against the reference scores: the right count, each entry
+// once and in range, and a set that differs from the exact top-k only by entries within `tol` of the cut
+// (float32 rounds the scores). Entries of one tie class (tie_class[j] >= 0) score exactly alike: the lower
+// entry must be chosen first.
+void check_selection(const std::vector<int32_t>& chosen, const Vec& score, int64_t k, double tol,
+                     const std::vector<int64_t>& tie_class, const std::string& what);
+
+// sum_k |W[r, k]·x[k]| for every row r: the scale of a dot product's float32 rounding error.
+Vec abs_products(const reference::Matrix& w, const Vec& x);
+
+// An op's view of a RoPE frequency table (host memory: `freqs` must outlive the op).
+ops::RopeFreqs rope_table(const Vec& freqs);
+
+}  // namespace ferry::runtime::ops_test
