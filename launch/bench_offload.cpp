@@ -40,16 +40,19 @@ class TimingProvider final : public runtime::ForwardingExpertProvider {
  public:
   TimingProvider(runtime::ExpertProvider& inner, int64_t layers, int64_t expert_bytes)
       : ForwardingExpertProvider(inner), gpu_bytes(layers, 0), cpu_seconds(layers, 0), expert_bytes_(expert_bytes) {}
-  runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
-    const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
-    on_cpu_ = !u.on_device;  // the host computes it between acquire and release
-    if (!on_cpu_) gpu_bytes[static_cast<size_t>(l.index)] += expert_bytes_;
-    t0_ = Clock::now();
-    return u;
+  runtime::MoeSchedule schedule(const runtime::LayerWeights& l, std::span<const int64_t> tokens) override {
+    runtime::MoeSchedule s = inner_.schedule(l, tokens);
+    for (const runtime::ExpertTask& t : s.tasks)
+      if (t.on_device) gpu_bytes[static_cast<size_t>(l.index)] += expert_bytes_;
+    return s;
   }
-  void release(const runtime::LayerWeights& l, int64_t e, runtime::ComputeEvent done) override {
-    if (on_cpu_) cpu_seconds[static_cast<size_t>(l.index)] += since(t0_);
-    inner_.release(l, e, done);
+  runtime::CopyEvent start(runtime::MoeSchedule& s, size_t i) override {
+    t0_ = Clock::now();  // a host task is computed between its start and its issue
+    return inner_.start(s, i);
+  }
+  void issued(runtime::MoeSchedule& s, size_t i, runtime::ComputeEvent done) override {
+    if (!s.tasks[i].on_device) cpu_seconds[static_cast<size_t>(s.layer)] += since(t0_);
+    inner_.issued(s, i, done);
   }
   void reset() {
     std::fill(gpu_bytes.begin(), gpu_bytes.end(), 0);
@@ -61,7 +64,6 @@ class TimingProvider final : public runtime::ForwardingExpertProvider {
 
  private:
   int64_t expert_bytes_;
-  bool on_cpu_ = false;
   Clock::time_point t0_;
 };
 

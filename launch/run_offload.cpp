@@ -108,8 +108,7 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
                                     ? flags.stream_min_tokens
                                     : offload::stream_min_tokens_for(cpu_bw, spec.link_bytes_per_s);
   gpu_ = std::make_unique<runtime::SimBackend>(spec);
-  for (const auto& d : plan_.devices)
-    if (d.kind == planner::DeviceKind::Host) hosts_.push_back(std::make_unique<runtime::cpu::CpuBackend>(d.id));
+  hosts_ = offload::make_host_backends(plan_);
 }
 
 OffloadRun::~OffloadRun() = default;

@@ -180,6 +180,45 @@ void ExpertCache::release(int layer, int slot) {
   --s.pins;
 }
 
+void ExpertCache::filling(int layer, int slot, runtime::CopyEvent copy) {
+  std::lock_guard lock(mu_);
+  Layer& l = layer_at(layer);
+  check_slot(l, layer, slot);
+  loading_slot(l, layer, slot, "filling()").fill = copy;
+}
+
+void ExpertCache::reading(int layer, int slot, runtime::ComputeEvent op) {
+  std::lock_guard lock(mu_);
+  Layer& l = layer_at(layer);
+  check_slot(l, layer, slot);
+  Slot& s = l.slots[static_cast<size_t>(slot)];
+  FERRY_CHECK(s.pins > static_cast<int>(s.readers.size()),
+              "expert cache: reading() of layer {} slot {}, which the caller has not pinned", layer, slot);
+  s.readers.push_back(op);
+}
+
+void ExpertCache::sync(const runtime::Backend& device) {
+  std::lock_guard lock(mu_);
+  for (Layer& l : layers_)
+    for (Slot& s : l.slots) {
+      if (s.state == SlotState::Loading && s.fill.sequence != 0 && device.completed(s.fill)) {
+        s.state = SlotState::Ready;
+        s.fill = {};
+      }
+      const auto ran = [&](runtime::ComputeEvent e) { return device.completed(e); };
+      const auto done = std::remove_if(s.readers.begin(), s.readers.end(), ran);
+      s.pins -= static_cast<int>(s.readers.end() - done);
+      s.readers.erase(done, s.readers.end());
+    }
+}
+
+runtime::CopyEvent ExpertCache::fill_event(int layer, int slot) const {
+  std::lock_guard lock(mu_);
+  const Layer& l = layer_at(layer);
+  check_slot(l, layer, slot);
+  return l.slots[static_cast<size_t>(slot)].fill;
+}
+
 bool ExpertCache::contains(int layer, int expert) const {
   std::lock_guard lock(mu_);
   const Layer& l = layer_at(layer);

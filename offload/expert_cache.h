@@ -1,7 +1,10 @@
-// The GPU expert cache's bookkeeping: which routed expert each device slot holds, per MoE layer, and which slot a
-// missed expert goes to. It moves no bytes: the streamer copies an expert into the slot it was given
-// (Backend::copy_to_device), calls loaded() once the copy's event has completed, and the compute side reads a
-// slot only between the lookup() that pinned it and its release().
+// The GPU expert cache's bookkeeping: which routed expert each device slot holds, per MoE layer, which slot a
+// missed expert goes to, and the device events that decide each slot's state. It moves no bytes: the streamer
+// copies an expert into the slot it was given (Backend::copy_to_device) and hands the cache the copy's event
+// (filling()); the compute side reads a slot only between the lookup() that pinned it and the op whose event it
+// hands back (reading()). sync() applies what the device has completed: a landed fill makes its slot Ready, a
+// finished reader drops its pin. The bare transitions (loaded(), release()) are what sync() applies, for a
+// caller that tracks completion itself.
 //
 // Slot states: Free -> Loading (a copy is queued into it) -> Ready, plus a reader pin count. A slot that is
 // Loading or pinned is never chosen as a victim, so a slot is never overwritten while a copy is landing in it or
@@ -25,6 +28,8 @@
 #include <mutex>
 #include <span>
 #include <vector>
+
+#include "runtime/backend/backend.h"
 
 namespace ferry::offload {
 
@@ -94,6 +99,15 @@ class ExpertCache {
   // One reader of `slot` is done.
   void release(int layer, int slot);
 
+  // The Loading `slot` is being filled by the copy `copy`: it becomes Ready at the first sync() after it lands.
+  void filling(int layer, int slot, runtime::CopyEvent copy);
+  // The caller's pin of `slot` is held by the op `op`: released at the first sync() after it has run.
+  void reading(int layer, int slot, runtime::ComputeEvent op);
+  // Applies what `device` has completed: landed fills and finished readers.
+  void sync(const runtime::Backend& device);
+  // The copy a Loading slot waits for (none when the caller fills it without an event).
+  runtime::CopyEvent fill_event(int layer, int slot) const;
+
   bool contains(int layer, int expert) const;  // has a slot, Loading or Ready
   CacheStats stats(int layer) const;
   SlotInfo slot_info(int layer, int slot) const;
@@ -109,7 +123,9 @@ class ExpertCache {
     int expert = -1;
     SlotState state = SlotState::Free;
     int pins = 0;
-    uint64_t last_use = 0;  // clock_ value at the slot's last use or fill
+    uint64_t last_use = 0;                       // clock_ value at the slot's last use or fill
+    runtime::CopyEvent fill;                     // Loading: the copy landing in it
+    std::vector<runtime::ComputeEvent> readers;  // ops holding pins, released by sync()
   };
   struct Layer {
     std::vector<Slot> slots;

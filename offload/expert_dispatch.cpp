@@ -13,9 +13,10 @@ namespace ferry::offload {
 
 using runtime::CopyEvent;
 using runtime::DeviceBuffer;
-using runtime::ExpertUse;
+using runtime::ExpertTask;
 using runtime::ExpertWeights;
 using runtime::MemoryClass;
+using runtime::MoeSchedule;
 
 namespace {
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
@@ -33,14 +34,16 @@ struct ExpertDispatch::Layer {
   std::vector<ExpertWeights> on_gpu;  // resident: every expert's device copy
   std::vector<DeviceBuffer> resident_buffers;
   std::vector<DeviceBuffer> slots;  // cache slots, one expert each
-  std::vector<int> host_node;       // per expert in RAM: the NUMA node the CPU computes it from
+  std::vector<int> host;            // per expert in RAM: the host backend (index into hosts_) that holds it
+  const runtime::LayerWeights* bound = nullptr;  // the session's weights of the layer: the source of its copies
 };
 
 ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWeights& host_experts,
-                               runtime::Backend& gpu, runtime::Backend& host, const DispatchOptions& options,
-                               const std::vector<std::vector<int>>& host_nodes)
+                               runtime::Backend& gpu, std::span<runtime::Backend* const> hosts,
+                               const DispatchOptions& options, const std::vector<std::vector<int>>& host_of_expert)
     : host_(host_experts),
       gpu_(gpu),
+      hosts_(hosts.begin(), hosts.end()),
       options_(options),
       cache_(
           [&] {
@@ -55,7 +58,8 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
   per_layer_.resize(sz(n_layers));
   layers_.resize(sz(n_layers));
   for (auto& l : layers_) l = std::make_unique<Layer>();
-  views_.resize(sz(c.n_routed_experts));
+  FERRY_CHECK(!hosts_.empty(), "expert dispatch: no host backend");
+  runtime::Backend& host = *hosts_.front();
   int gpu_index = -1;
   for (size_t i = 0; i < plan.devices.size(); ++i)
     if (plan.devices[i].kind == planner::DeviceKind::Gpu) gpu_index = static_cast<int>(i);
@@ -83,10 +87,12 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
       continue;
     }
     any_in_ram = true;
-    dst.host_node = host_nodes.at(sz(lp.layer));
-    FERRY_CHECK(dst.host_node.size() == L.experts.size(),
-                "expert dispatch: layer " + std::to_string(lp.layer) + " has NUMA nodes for " +
-                    std::to_string(dst.host_node.size()) + " experts of " + std::to_string(L.experts.size()));
+    dst.host = host_of_expert.at(sz(lp.layer));
+    FERRY_CHECK(dst.host.size() == L.experts.size(), "expert dispatch: layer {} has homes for {} experts of {}",
+                lp.layer, dst.host.size(), L.experts.size());
+    for (const int k : dst.host)
+      FERRY_CHECK(k >= 0 && k < static_cast<int>(hosts_.size()),
+                  "expert dispatch: layer {} has an expert in RAM on host {} of {}", lp.layer, k, hosts_.size());
     for (int64_t s = 0; s < homes.cache_slots; ++s)
       dst.slots.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
   }
@@ -115,24 +121,22 @@ ExpertDispatch::~ExpertDispatch() {
   for (const CopyEvent& e : staging_events_) gpu_.wait(e);
 }
 
-ExpertUse ExpertDispatch::in_slot(int expert, const ExpertWeights& host, const DeviceBuffer& slot, CopyEvent ready) {
-  ExpertWeights& view = views_.at(sz(expert));
-  view = runtime::expert_in_slot(host, static_cast<const uint8_t*>(slot.data()));
-  ExpertUse u;
-  u.weights = &view;
-  u.on_device = true;
-  u.ready = ready;
-  u.reads = {slot.data(), slot.bytes()};
-  return u;
+ExpertTask ExpertDispatch::in_slot(const ExpertWeights& host, const DeviceBuffer& slot, CopyEvent ready) const {
+  ExpertTask t;
+  t.weights = runtime::expert_in_slot(host, static_cast<const uint8_t*>(slot.data()));
+  t.on_device = true;
+  t.ready = ready;
+  t.reads = {slot.data(), slot.bytes()};
+  return t;
 }
 
-ExpertUse ExpertDispatch::on_cpu(const ExpertWeights& host, DispatchStats& s, int host_node) {
-  ++s.cpu;
-  ExpertUse u;
-  u.weights = &host;
-  u.scratch = &cpu_scratch_;
-  u.host_node = host_node;
-  return u;
+ExpertTask ExpertDispatch::on_host(int layer, int expert, const ExpertWeights& host) {
+  ++per_layer_[sz(layer)].cpu;
+  ExpertTask t;
+  t.weights = host;
+  t.backend = hosts_[sz(layers_[sz(layer)]->host[sz(expert)])];
+  t.scratch = cpu_scratch_;
+  return t;
 }
 
 CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& dst, DispatchStats& stats,
@@ -151,58 +155,50 @@ CopyEvent ExpertDispatch::copy_expert(const ExpertWeights& host, DeviceBuffer& d
   return staging_events_[s];
 }
 
-CopyEvent ExpertDispatch::in_flight_event(int layer, int slot) const {
-  for (const InFlight& f : in_flight_)
-    if (f.layer == layer && f.slot == slot) return f.event;
-  FERRY_THROW("expert cache: layer " + std::to_string(layer) + " slot " + std::to_string(slot) +
-              " is Loading with no copy in flight");
-}
-
-void ExpertDispatch::reap() {
-  auto landed = [&](const InFlight& f) {
-    if (!gpu_.completed(f.event)) return false;
-    cache_.loaded(f.layer, f.slot);
-    return true;
-  };
-  in_flight_.erase(std::remove_if(in_flight_.begin(), in_flight_.end(), landed), in_flight_.end());
-  auto ran = [&](const Pin& p) {
-    if (!gpu_.completed(p.done)) return false;
-    cache_.release(p.layer, p.slot);
-    return true;
-  };
-  pins_.erase(std::remove_if(pins_.begin(), pins_.end(), ran), pins_.end());
-}
-
-void ExpertDispatch::routed(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) {
+// As soon as the router has chosen: the chosen experts the cache lacks get slots and their copies start.
+void ExpertDispatch::prefetch(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) {
   const int l = static_cast<int>(layer.index);
   Layer& L = *layers_.at(sz(l));
-  reap();
-  if (!L.moe || L.resident || L.slots.empty()) return;
   std::vector<int> chosen;
   for (size_t e = 0; e < tokens_per_expert.size(); ++e)
     if (tokens_per_expert[e] > 0 && !cache_.contains(l, static_cast<int>(e))) chosen.push_back(static_cast<int>(e));
   DispatchStats& s = per_layer_[sz(l)];
-  for (const Fill& f : cache_.prefetch(l, chosen)) {
-    in_flight_.push_back({l, f.slot, copy_expert(layer.experts[sz(f.expert)], L.slots[sz(f.slot)], s)});
-  }
+  for (const Fill& f : cache_.prefetch(l, chosen))
+    cache_.filling(l, f.slot, copy_expert(layer.experts[sz(f.expert)], L.slots[sz(f.slot)], s));
 }
 
-runtime::Backend* ExpertDispatch::device(const runtime::LayerWeights& layer) {
-  return layers_.at(sz(layer.index))->gpu_layer ? &gpu_ : nullptr;
-}
-
-ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t expert, int64_t tokens) {
-  const int l = static_cast<int>(layer.index), e = static_cast<int>(expert);
+MoeSchedule ExpertDispatch::schedule(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) {
+  const int l = static_cast<int>(layer.index);
   Layer& L = *layers_.at(sz(l));
-  FERRY_CHECK(L.moe, "expert dispatch: layer " + std::to_string(l) + " has no routed experts in the plan");
+  FERRY_CHECK(L.moe, "expert dispatch: layer {} has no routed experts in the plan", l);
+  cache_.sync(gpu_);
+  L.bound = &layer;
+  if (!L.resident && !L.slots.empty()) prefetch(layer, tokens_per_expert);
+  MoeSchedule plan;
+  plan.layer = layer.index;
+  plan.device = L.gpu_layer ? &gpu_ : nullptr;
+  std::vector<bool> stream_slot_taken(stream_slots_.size(), false);
+  for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
+    if (tokens_per_expert[e] == 0) continue;
+    ExpertTask t = plan_task(layer, static_cast<int>(e), tokens_per_expert[e], stream_slot_taken);
+    t.expert = static_cast<int32_t>(e);
+    t.tokens = tokens_per_expert[e];
+    plan.tasks.push_back(t);
+  }
+  return plan;
+}
+
+ExpertTask ExpertDispatch::plan_task(const runtime::LayerWeights& layer, int e, int64_t tokens,
+                                     std::vector<bool>& stream_slot_taken) {
+  const int l = static_cast<int>(layer.index);
+  Layer& L = *layers_[sz(l)];
   DispatchStats& s = per_layer_[sz(l)];
-  acquired_slot_ = acquired_stream_ = -1;
   if (L.resident) {
     ++s.resident;
-    ExpertUse u;
-    u.weights = &L.on_gpu[sz(e)];
-    u.on_device = true;
-    return u;
+    ExpertTask t;
+    t.weights = L.on_gpu[sz(e)];
+    t.on_device = true;
+    return t;
   }
   const ExpertWeights& host = layer.experts[sz(e)];
   // A layer whose device work runs on the host has nothing on the GPU to stream to.
@@ -210,51 +206,63 @@ ExpertUse ExpertDispatch::acquire(const runtime::LayerWeights& layer, int64_t ex
   if (!L.slots.empty()) {
     const Lookup lk = cache_.lookup(l, e);
     if (lk.kind == LookupKind::Hit) {
-      CopyEvent ready;
-      if (!lk.ready) {
-        reap();
-        if (cache_.slot_info(l, lk.slot).state != SlotState::Ready) {
-          if (!many) {
-            // Its prefetch is still landing: the CPU computes this use rather than wait; the next use hits.
-            cache_.release(l, lk.slot);
-            return on_cpu(host, s, L.host_node[sz(e)]);
-          }
-          ready = in_flight_event(l, lk.slot);  // the device waits for it on its stream, the host does not
-        }
+      const CopyEvent fill = cache_.fill_event(l, lk.slot);
+      if (!lk.ready && !many) {
+        // Its prefetch is still landing: the CPU computes this use rather than wait; the next use hits.
+        cache_.release(l, lk.slot);
+        return on_host(l, e, host);
       }
       ++s.cache_hits;
-      acquired_slot_ = lk.slot;
-      return in_slot(e, host, L.slots[sz(lk.slot)], ready);
+      ExpertTask t = in_slot(host, L.slots[sz(lk.slot)], lk.ready ? CopyEvent{} : fill);
+      t.cache_slot = lk.slot;  // pinned by the lookup until the task's op has run
+      return t;
     }
     if (lk.kind == LookupKind::Miss) {
       const CopyEvent ready = copy_expert(host, L.slots[sz(lk.slot)], s);
-      in_flight_.push_back({l, lk.slot, ready});
+      cache_.filling(l, lk.slot, ready);
       if (many) {
         ++s.streamed;
-        acquired_slot_ = lk.slot;
-        return in_slot(e, host, L.slots[sz(lk.slot)], ready);
+        ExpertTask t = in_slot(host, L.slots[sz(lk.slot)], ready);
+        t.cache_slot = lk.slot;
+        return t;
       }
       // Few tokens: the CPU computes it now; the slot fills in the background for the next use.
       cache_.release(l, lk.slot);
     }
   }
-  if (many) {
-    // The ring of stream slots: this copy lands once the work that read the slot last has run, and queues
-    // while the experts before it compute.
-    const size_t k = next_stream_;
-    next_stream_ = (next_stream_ + 1) % stream_slots_.size();
-    const CopyEvent ready = copy_expert(host, stream_slots_[k], s, stream_readers_[k]);
-    ++s.streamed;
-    acquired_stream_ = static_cast<int>(k);
-    return in_slot(e, host, stream_slots_[k], ready);
+  if (!many) return on_host(l, e, host);
+  // The ring of stream slots: the copy lands once the op that read the slot last has run, and queues while the
+  // experts before it compute. A slot an earlier task of this layer reads is copied into when the run reaches
+  // this task (start()), behind that task's op.
+  const size_t k = next_stream_;
+  next_stream_ = (next_stream_ + 1) % stream_slots_.size();
+  ++s.streamed;
+  ExpertTask t = in_slot(host, stream_slots_[k], {});
+  t.stream_slot = static_cast<int>(k);
+  if (stream_slot_taken[k]) {
+    t.copy_at_run = true;
+  } else {
+    t.ready = copy_expert(host, stream_slots_[k], s, stream_readers_[k]);
+    stream_slot_taken[k] = true;
   }
-  return on_cpu(host, s, L.host_node[sz(e)]);
+  return t;
 }
 
-void ExpertDispatch::release(const runtime::LayerWeights& layer, int64_t, runtime::ComputeEvent done) {
-  if (acquired_slot_ >= 0) pins_.push_back({static_cast<int>(layer.index), acquired_slot_, done});
-  if (acquired_stream_ >= 0) stream_readers_[sz(acquired_stream_)] = done;
-  acquired_slot_ = acquired_stream_ = -1;
+CopyEvent ExpertDispatch::start(MoeSchedule& plan, size_t i) {
+  ExpertTask& t = plan.tasks.at(i);
+  if (!t.copy_at_run) return t.ready;
+  const Layer& L = *layers_.at(sz(plan.layer));
+  const size_t k = sz(t.stream_slot);
+  t.ready =
+      copy_expert(L.bound->experts[sz(t.expert)], stream_slots_[k], per_layer_[sz(plan.layer)], stream_readers_[k]);
+  t.copy_at_run = false;
+  return t.ready;
+}
+
+void ExpertDispatch::issued(MoeSchedule& plan, size_t i, runtime::ComputeEvent done) {
+  const ExpertTask& t = plan.tasks.at(i);
+  if (t.cache_slot >= 0) cache_.reading(static_cast<int>(plan.layer), t.cache_slot, done);
+  if (t.stream_slot >= 0) stream_readers_[sz(t.stream_slot)] = done;
 }
 
 DispatchStats ExpertDispatch::total() const {

@@ -1,19 +1,20 @@
-// The per-layer expert policy (issue 5, item 4) and the machinery it drives: for each routed expert a chunk
-// uses, compute it
+// The per-layer expert policy (issue 5, item 4) as the MoE layer's planner (runtime/model/moe_schedule.h): after
+// routing, every chosen expert of the layer gets one task, computed
 //   - on the GPU when the Plan made its layer's experts resident there, or when the GPU expert cache holds it;
-//   - on the CPU, from the host copy and with the host's own buffers, when it lives in host RAM and the chunk
-//     has fewer than `stream_min_tokens` tokens for it (decode) — a miss still starts filling a cache slot on
-//     the copy stream, so that the next use hits;
+//   - on the CPU — by the host backend of the NUMA node the Plan homes it on, from its copy there, with the host's
+//     own buffers — when it lives in host RAM and the chunk has fewer than `stream_min_tokens` tokens for it
+//     (decode); a miss still starts filling a cache slot on the copy stream, so that the next use hits;
 //   - on the GPU after copying it there (a cache slot, or a stream slot when every slot is busy) when at least
 //     `stream_min_tokens` tokens use it (prefill), where one copy serves many tokens.
-// Prefetch: as soon as a layer's router has chosen (ExpertProvider::routed), the chosen experts that the
-// cache lacks get slots and their copies start, so copies overlap the shared expert and the experts before.
-// Nothing here waits for a copy: an expert on the GPU is launched on the device's compute stream after its
-// copy's event, so the host goes on to its own experts while the GPU works, and streamed experts are copied
-// ahead through the ring of stream slots while earlier ones compute (double buffering).
+// Prefetch: the chosen experts that the cache lacks get slots and their copies start when the layer is planned,
+// so copies overlap the shared expert and the experts before. Nothing here waits for a copy: a task on the GPU is
+// run on the device's compute stream after its copy's event, so the host goes on to its own tasks while the GPU
+// works, and streamed experts are copied ahead through the ring of stream slots while earlier ones compute
+// (double buffering); a ring slot an earlier task of the same layer reads is refilled when the run reaches its
+// task (ExpertProvider::start), behind that task's op.
 // Copies go through pinned staging slots on the host; a staging, cache or stream slot is reused only once the
-// copy that used it has landed and no kernel reads it: cache slots stay pinned (ExpertCache) until the work
-// reading them has run, and a stream slot's refill is queued behind the work that read it.
+// copy that used it has landed and no kernel reads it: the cache holds each slot's fill and reader events
+// (ExpertCache::filling / reading / sync), and a stream slot's refill is queued behind the op that read it.
 //
 // Every path runs the same CPU kernels on the same bytes in the same order as a CPU-only run (the simulated
 // device is host memory), so the logits are bitwise those of a CPU-only run.
@@ -29,8 +30,8 @@
 #include "planner/plan.h"
 #include "runtime/backend/backend.h"
 #include "runtime/backend/device_vector.h"
-#include "runtime/model/expert_provider.h"
 #include "runtime/model/model_weights.h"
+#include "runtime/model/moe_schedule.h"
 
 namespace ferry::offload {
 
@@ -64,19 +65,20 @@ int64_t stream_min_tokens_for(double cpu_expert_bytes_per_s, double link_bytes_p
 class ExpertDispatch final : public runtime::ExpertProvider {
  public:
   // `plan` runs on node 0 with one GPU (BoundPlan checks); its expert homes say which layers' experts are
-  // resident on `gpu`. `host_experts` are the checkpoint's; `host_nodes[layer][expert]` the NUMA node the CPU
-  // computes an expert in RAM from (HostExpertStore::host_nodes(); -1: none). Allocates the cache slots, stream
-  // slots (device, class ExpertCache), staging (host, Staging) and the CPU path's buffers (host, Workspace) as
-  // the Plan sizes them, and moves resident layers' experts to `gpu`.
+  // resident on `gpu`. `host_experts` are the checkpoint's. `hosts[k]` is the backend of the plan's k-th host
+  // device and `host_of_expert[layer][expert]` the one an expert in RAM is homed on
+  // (HostExpertStore::host_of_expert()). Allocates the cache slots, stream slots (device, class ExpertCache),
+  // staging (the first host, Staging) and the CPU path's buffers (the first host, Workspace) as the Plan sizes
+  // them, and moves resident layers' experts to `gpu`.
   ExpertDispatch(const planner::Plan& plan, const runtime::ModelWeights& host_experts, runtime::Backend& gpu,
-                 runtime::Backend& host, const DispatchOptions& options,
-                 const std::vector<std::vector<int>>& host_nodes);
+                 std::span<runtime::Backend* const> hosts, const DispatchOptions& options,
+                 const std::vector<std::vector<int>>& host_of_expert);
   ~ExpertDispatch() override;
 
-  void routed(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert) override;
-  runtime::Backend* device(const runtime::LayerWeights& layer) override;
-  runtime::ExpertUse acquire(const runtime::LayerWeights& layer, int64_t expert, int64_t tokens) override;
-  void release(const runtime::LayerWeights& layer, int64_t expert, runtime::ComputeEvent done) override;
+  runtime::MoeSchedule schedule(const runtime::LayerWeights& layer,
+                                std::span<const int64_t> tokens_per_expert) override;
+  runtime::CopyEvent start(runtime::MoeSchedule& s, size_t i) override;
+  void issued(runtime::MoeSchedule& s, size_t i, runtime::ComputeEvent done) override;
 
   const DispatchStats& stats(int64_t layer) const { return per_layer_.at(static_cast<size_t>(layer)); }
   DispatchStats total() const;
@@ -85,35 +87,27 @@ class ExpertDispatch final : public runtime::ExpertProvider {
 
  private:
   struct Layer;
-  struct InFlight {
-    int layer, slot;
-    runtime::CopyEvent event;
-  };
-  struct Pin {  // a cache slot pinned until the work reading it has run
-    int layer, slot;
-    runtime::ComputeEvent done;
-  };
-  // Stages `host` and queues its copy into `dst` (after the work `after` has run), counted in `s`.
+  // One chosen expert's task: resident, from a cache slot, through a stream slot, or on its host.
+  runtime::ExpertTask plan_task(const runtime::LayerWeights& layer, int expert, int64_t tokens,
+                                std::vector<bool>& stream_slot_taken);
+  runtime::ExpertTask in_slot(const runtime::ExpertWeights& host, const runtime::DeviceBuffer& slot,
+                              runtime::CopyEvent ready) const;
+  runtime::ExpertTask on_host(int layer, int expert, const runtime::ExpertWeights& host);
+  // Stages `host` and queues its copy into `dst` (after the op `after` has run), counted in `s`.
   runtime::CopyEvent copy_expert(const runtime::ExpertWeights& host, runtime::DeviceBuffer& dst, DispatchStats& s,
                                  runtime::ComputeEvent after = {});
-  // The acquired expert's use on the device, from a slot holding its packed bytes once `ready` has landed.
-  runtime::ExpertUse in_slot(int expert, const runtime::ExpertWeights& host, const runtime::DeviceBuffer& slot,
-                             runtime::CopyEvent ready);
-  runtime::ExpertUse on_cpu(const runtime::ExpertWeights& host, DispatchStats& s, int host_node);
-  runtime::CopyEvent in_flight_event(int layer, int slot) const;
-  void reap();  // fills whose copies have landed become Ready; pins whose readers have run are released
+  void prefetch(const runtime::LayerWeights& layer, std::span<const int64_t> tokens_per_expert);
 
   const runtime::ModelWeights& host_;
   runtime::Backend& gpu_;
+  std::vector<runtime::Backend*> hosts_;
   DispatchOptions options_;
   int64_t expert_bytes_ = 0;
   std::vector<std::unique_ptr<Layer>> layers_;
   ExpertCache cache_;
   std::vector<DispatchStats> per_layer_;
-  std::vector<InFlight> in_flight_;
-  std::vector<Pin> pins_;
   std::vector<runtime::DeviceBuffer> stream_slots_;
-  std::vector<runtime::ComputeEvent> stream_readers_;  // per stream slot, the last work reading it
+  std::vector<runtime::ComputeEvent> stream_readers_;  // per stream slot, the last op reading it
   size_t next_stream_ = 0;
   std::vector<runtime::DeviceBuffer> staging_;
   std::vector<std::shared_ptr<void>> staging_pins_;  // declared after staging_: unpinned before it is freed
@@ -121,10 +115,6 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   size_t next_staging_ = 0;
   runtime::DeviceVector<float> cpu_x_, cpu_gate_, cpu_up_, cpu_out_;
   runtime::ExpertScratch cpu_scratch_;
-  // Views into slots of the layer being computed, per expert (valid until its device work has run), and what
-  // the current acquire holds until its release().
-  std::vector<runtime::ExpertWeights> views_;
-  int acquired_slot_ = -1, acquired_stream_ = -1;
 };
 
 }  // namespace ferry::offload

@@ -9,6 +9,7 @@
 #include <tbb/parallel_for.h>
 
 #include "planner/core/error.h"
+#include "planner/core/log.h"
 #include "planner/core/units.h"
 #include "runtime/backend/numa_arenas.h"
 #include "runtime/model/weight_placement.h"
@@ -44,7 +45,7 @@ std::vector<int64_t> in_ram_layers(const planner::Plan& plan, const std::vector<
 
 // The host device (position among the plan's host devices) holding expert e of `lp`; -1: a GPU, or another
 // node's device (not in a node's view of the plan).
-int host_of_expert(const planner::LayerPlan& lp, int64_t e, const std::vector<int>& host_of_device) {
+int host_device_of(const planner::LayerPlan& lp, int64_t e, const std::vector<int>& host_of_device) {
   const planner::ExpertHome* h = lp.home_of(e);
   return h ? host_of_device[sz(h->device)] : -1;
 }
@@ -72,7 +73,7 @@ HostExpertStore::HostExpertStore(const planner::Plan& plan, runtime::ModelWeight
     const auto& experts = weights.layer(l).experts;
     const planner::LayerPlan& lp = layer_plan(plan, l);
     for (size_t e = 0; e < experts.size(); ++e)
-      if (const int k = host_of_expert(lp, static_cast<int64_t>(e), host_of_device_); k >= 0)
+      if (const int k = host_device_of(lp, static_cast<int64_t>(e), host_of_device_); k >= 0)
         reserved_[sz(k)] += runtime::expert_bytes(experts[e]);
   }
   // All ledgers or none: a refusal on node k must not leave nodes before it charged.
@@ -80,7 +81,7 @@ HostExpertStore::HostExpertStore(const planner::Plan& plan, runtime::ModelWeight
   try {
     for (; k < n; ++k) hosts_[k]->ledger().reserve(MemoryClass::Weights, reserved_[k]);
     if (mode_ == HostExperts::Numa) copy_to_nodes(plan, weights);
-    fill_host_nodes(plan, weights.config().n_layers_total());
+    fill_host_of_expert(plan, weights.config().n_layers_total());
   } catch (...) {
     free_regions();
     for (size_t j = 0; j < k; ++j) hosts_[j]->ledger().release(MemoryClass::Weights, reserved_[j]);
@@ -115,14 +116,14 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
   FERRY_CHECK(hwloc_topology_init(&t) == 0, "host experts: hwloc_topology_init failed");
   topology_ = t;
   FERRY_CHECK(hwloc_topology_load(t) == 0, "host experts: hwloc_topology_load failed");
-  const int machine_nodes = std::max(1, hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE));
   const std::vector<int64_t> layers = in_ram_layers(plan, host_of_device_);
   const size_t n = hosts_.size();
   bool warned = false;
   for (size_t k = 0; k < n; ++k) {
     if (reserved_[k] == 0) continue;
-    const hwloc_obj_t node = hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, static_cast<unsigned>(k % sz(machine_nodes)));
-    FERRY_CHECK(node, "host experts: hwloc reports no NUMA node " + std::to_string(k % sz(machine_nodes)));
+    const int machine_node = runtime::machine_numa_node(static_cast<int>(k));
+    const hwloc_obj_t node = hwloc_get_obj_by_type(t, HWLOC_OBJ_NUMANODE, static_cast<unsigned>(machine_node));
+    FERRY_CHECK(node, "host experts: hwloc reports no NUMA node {}", machine_node);
     Region r;
     r.bytes = reserved_[k];
     r.plan_node = static_cast<int>(k);
@@ -133,10 +134,10 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
     r.bound = p != nullptr;
     if (!p) {
       if (!warned)
-        std::fprintf(stderr,
-                     "warning: host experts: the OS refused binding memory to NUMA node %d (%s); using "
-                     "first-touch memory written from that node's threads\n",
-                     r.machine_node, std::strerror(errno));
+        core::logger().warn(
+            "host experts: the OS refused binding memory to NUMA node {} ({}); using first-touch memory written from "
+            "that node's threads",
+            r.machine_node, std::strerror(errno));
       warned = true;
       p = hwloc_alloc(t, sz(r.bytes));
       FERRY_CHECK(p, "host experts: out of memory allocating " + core::format_bytes(r.bytes) + " for NUMA node " +
@@ -160,14 +161,14 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
       auto& experts = weights.layer_to_place(l).experts;
       const planner::LayerPlan& lp = layer_plan(plan, l);
       for (size_t e = 0; e < experts.size(); ++e) {
-        if (host_of_expert(lp, static_cast<int64_t>(e), host_of_device_) != static_cast<int>(k)) continue;
+        if (host_device_of(lp, static_cast<int64_t>(e), host_of_device_) != static_cast<int>(k)) continue;
         jobs.push_back({&experts[e], experts[e], base + offset});
         offset += runtime::expert_bytes(experts[e]);
       }
     }
     FERRY_CHECK(offset == r.bytes, "host experts: node " + std::to_string(k) + " packed " + std::to_string(offset) +
                                        " bytes of " + std::to_string(r.bytes));
-    runtime::run_on_node(r.machine_node, [&] {
+    runtime::NumaArena(r.machine_node).execute([&] {
       tbb::parallel_for(size_t{0}, jobs.size(), [&](size_t i) {
         const Job& j = jobs[i];
         runtime::pack_expert(j.from, j.to);
@@ -177,16 +178,12 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
   }
 }
 
-void HostExpertStore::fill_host_nodes(const planner::Plan& plan, int64_t n_layers) {
-  std::vector<int> node_of_host(hosts_.size(), -1);  // -1: mmap, the experts stay in the mapping
-  for (const Region& r : regions_) node_of_host[sz(r.plan_node)] = r.machine_node;
-  host_nodes_.assign(sz(n_layers), {});
+void HostExpertStore::fill_host_of_expert(const planner::Plan& plan, int64_t n_layers) {
+  host_of_expert_.assign(sz(n_layers), {});
   for (const auto& lp : plan.layers) {
-    std::vector<int>& row = host_nodes_.at(sz(lp.layer));
+    std::vector<int>& row = host_of_expert_.at(sz(lp.layer));
     for (const planner::ExpertHome& h : lp.experts) row.resize(std::max(row.size(), sz(h.last() + 1)), -1);
-    for (size_t e = 0; e < row.size(); ++e)
-      if (const int k = host_of_expert(lp, static_cast<int64_t>(e), host_of_device_); k >= 0)
-        row[e] = node_of_host[sz(k)];
+    for (size_t e = 0; e < row.size(); ++e) row[e] = host_device_of(lp, static_cast<int64_t>(e), host_of_device_);
   }
 }
 

@@ -7,6 +7,7 @@
 //     machine node k % machine nodes, so that a plan made with --numa 2 runs on a one-node machine), and the
 //     bound model's expert views are re-pointed at the copies. When the OS refuses binding the buffer is
 //     first-touch memory written from that node's threads (runtime/backend/numa_arenas.h), with a one-line warning.
+//     Plan node k is machine node runtime::machine_numa_node(k), the node the host backend of plan node k computes on.
 // The bytes are reserved as MemoryClass::Weights in the ledger of the plan node's host backend, before any
 // memory is taken, so that a store larger than the plan is refused.
 //
@@ -56,14 +57,14 @@ class HostExpertStore {
   // Bytes of in-RAM experts each plan node holds (the ledger's reservation).
   const std::vector<int64_t>& bytes_by_plan_node() const { return reserved_; }
   int64_t total_bytes() const;
-  // Per layer, per routed expert: the NUMA node (Region::machine_node) of the memory the CPU computes it from,
-  // what ExpertDispatch puts in runtime::ExpertUse::host_node; -1 for an expert in the checkpoint's mapping
-  // (mmap) or held on a GPU. Rows of layers without routed experts are empty.
-  const std::vector<std::vector<int>>& host_nodes() const { return host_nodes_; }
+  // Per layer, per routed expert: the host device (index among the plan's host devices, `hosts`) its home is,
+  // whose backend computes it on the CPU (ExpertDispatch); -1 for an expert held on a GPU. Rows of layers without
+  // routed experts are empty.
+  const std::vector<std::vector<int>>& host_of_expert() const { return host_of_expert_; }
 
  private:
   void copy_to_nodes(const planner::Plan& plan, runtime::ModelWeights& weights);
-  void fill_host_nodes(const planner::Plan& plan, int64_t n_layers);
+  void fill_host_of_expert(const planner::Plan& plan, int64_t n_layers);
   void free_regions() noexcept;
 
   HostExperts mode_;
@@ -72,7 +73,7 @@ class HostExpertStore {
   std::vector<int64_t> reserved_;
   std::vector<Region> regions_;
   std::vector<int> host_of_device_;  // per plan device: its position among the host devices; -1: a GPU
-  std::vector<std::vector<int>> host_nodes_;
+  std::vector<std::vector<int>> host_of_expert_;
 };
 
 }  // namespace ferry::offload

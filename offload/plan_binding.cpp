@@ -2,6 +2,7 @@
 
 #include "planner/core/error.h"
 #include "runtime/kernels/cpu/linear.h"
+#include "runtime/model/op_support.h"
 #include "runtime/model/weight_placement.h"
 
 namespace ferry::offload {
@@ -37,6 +38,15 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
                      runtime::Backend& host, const DispatchOptions& options)
     : BoundPlan(plan, checkpoint, gpu, std::span<runtime::Backend* const>(std::array{&host}), options) {}
 
+std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> make_host_backends(const planner::Plan& plan) {
+  std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts;
+  for (const auto& d : plan.devices)
+    if (d.kind == planner::DeviceKind::Host && d.node == 0)
+      hosts.push_back(std::make_unique<runtime::cpu::CpuBackend>(d.id, runtime::MemoryLedger::kUnplanned,
+                                                                 runtime::machine_numa_node(d.index)));
+  return hosts;
+}
+
 BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& checkpoint, runtime::Backend& gpu,
                      std::span<runtime::Backend* const> hosts, const DispatchOptions& options, HostExperts host_experts)
     : hosts_(hosts.begin(), hosts.end()), weights_(checkpoint), gpu_(&gpu) {
@@ -53,6 +63,14 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
     FERRY_CHECK(plan.devices[static_cast<size_t>(h)].node == 0,
                 "ferry runs plans on one machine for now; this plan has more (" + plan.layout + ")");
   const int gpu_index = gpus.front();
+  // Every op of the layers the plan runs on the GPU, before a byte is placed.
+  std::vector<runtime::ops::Kind> needed;
+  for (const auto& lp : plan.layers) {
+    const planner::LayerRun* run = planner::run_on_node(plan, lp, 0);
+    if (run && run->device == gpu_index)
+      for (const runtime::ops::Kind k : runtime::ops_of_layer(checkpoint.config(), lp.layer)) needed.push_back(k);
+  }
+  runtime::require_ops(gpu, needed, "the layers this plan puts on it");
   set_planned(gpu.ledger(), plan.devices[static_cast<size_t>(gpu_index)]);
   for (size_t k = 0; k < hosts_.size(); ++k)
     set_planned(hosts_[k]->ledger(), plan.devices[static_cast<size_t>(host_devices[k])]);
@@ -78,7 +96,7 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   host0.ledger().reserve(MemoryClass::Weights, mapped_bytes_);
   try {
     store_ = std::make_unique<HostExpertStore>(plan, weights_, hosts_, host_experts);
-    dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, host0, options, store_->host_nodes());
+    dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, hosts_, options, store_->host_of_expert());
   } catch (...) {
     dispatch_.reset();
     store_.reset();

@@ -17,6 +17,7 @@
 #include "offload/host_expert_store.h"
 #include "planner/plan.h"
 #include "runtime/backend/backend.h"
+#include "runtime/backend/cpu_backend.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/model_weights.h"
 
@@ -26,6 +27,10 @@ namespace ferry::offload {
 // plan leaves to the driver or the OS, is in none).
 std::array<int64_t, runtime::kMemoryClasses> planned_by_class(const planner::DevicePlan& d);
 void set_planned(runtime::MemoryLedger& ledger, const planner::DevicePlan& d);
+
+// One host backend per host NUMA device of the plan's node 0, in plan order, named as the plan's device and
+// computing on the threads of the machine NUMA node the plan's node is bound to (runtime::machine_numa_node).
+std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> make_host_backends(const planner::Plan& plan);
 
 class BoundPlan {
  public:

@@ -25,7 +25,7 @@ void CpuBackend::raw_free(void* p, int64_t) { std::free(p); }
 
 ComputeEvent CpuBackend::run(const ops::Op& op, CopyEvent after, DeviceRange) {
   wait(after);
-  run_on_host(op);
+  arena_.execute([&op] { run_on_host(op); });
   return {};
 }
 

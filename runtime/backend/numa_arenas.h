@@ -1,10 +1,14 @@
-// Computing next to the memory: one oneTBB arena per NUMA node, its threads kept on that node's cores
-// (tbbbind), so that work on host-resident routed experts bound to a node (offload/host_expert_store.h) reads
-// local RAM. Node ids are tbb::info::numa_nodes()'s: hwloc's logical indexes of the NUMA nodes (tbbbind's
-// numbering, not the OS's); they are what runtime::ExpertUse::host_node carries.
+// Computing next to the memory: a oneTBB arena whose threads stay on one NUMA node's cores (tbbbind), owned by
+// the host backend of that node, so that routed experts bound to a node (offload/host_expert_store.h) are
+// computed from local RAM. Node ids are hwloc's logical indexes of the NUMA nodes (tbbbind's numbering, not the
+// OS's); a plan's host NUMA device k runs on machine node k modulo the nodes the machine has, so that a plan made
+// for more nodes than this machine has still runs here.
 #pragma once
 
+#include <tbb/task_arena.h>
+
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace ferry::runtime {
@@ -14,13 +18,26 @@ namespace ferry::runtime {
 // refuses (it aborts the process), so those builds run without NUMA arenas.
 std::vector<int> tbb_numa_nodes();
 
-// The NUMA nodes this process may run on, as oneTBB sees them; empty when it sees a single node or no
-// topology (tbbbind missing), in which case run_on_node() runs everything in the caller's arena.
-const std::vector<int>& numa_arena_nodes();
+// The machine NUMA node (hwloc's logical index) a plan's host NUMA device `plan_node` is bound to.
+int machine_numa_node(int plan_node);
 
-// Runs `f` in the arena of NUMA node `node` and returns when it has finished (tbb::parallel_for inside `f`
-// uses that node's threads only). Runs `f` in the caller's arena when `node` is -1 (no preference), when
-// oneTBB reports one node or no topology, or when the process may not run on `node`. Thread-safe.
-void run_on_node(int node, const std::function<void()>& f);
+class NumaArena {
+ public:
+  // The threads of machine node `node`; -1: no preference. Runs in the caller's arena when oneTBB reports one node
+  // or no topology, or when the process may not run on `node`.
+  explicit NumaArena(int node = -1);
+  ~NumaArena();
+  NumaArena(const NumaArena&) = delete;
+  NumaArena& operator=(const NumaArena&) = delete;
+
+  int node() const { return node_; }
+  bool has_own_threads() const { return arena_ != nullptr; }
+  // Runs `f` on the node's threads (tbb::parallel_for inside uses only them) and returns when it has finished.
+  void execute(const std::function<void()>& f);
+
+ private:
+  int node_;
+  std::unique_ptr<tbb::task_arena> arena_;  // null: the caller's arena
+};
 
 }  // namespace ferry::runtime

@@ -14,9 +14,9 @@
 #include "planner/memory.h"
 #include "runtime/kernels/cpu/mxfp4_activation.h"
 #include "runtime/kernels/cpu/ops.h"
-#include "runtime/model/expert_provider.h"
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
+#include "runtime/model/moe_schedule.h"
 
 namespace ferry::runtime {
 

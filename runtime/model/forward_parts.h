@@ -12,9 +12,9 @@
 #include "planner/memory.h"
 #include "runtime/backend/ops.h"
 #include "runtime/kernels/cpu/ops.h"
-#include "runtime/model/expert_provider.h"
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
+#include "runtime/model/moe_schedule.h"
 
 namespace ferry::runtime::detail {
 
@@ -91,7 +91,7 @@ void compress(const Chunk& ch, const CompressorWeights& w, int64_t ratio, const 
 void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, const LayerKv& kv, Workspace& ws,
                     const float* xn, const float* qr);
 // y[t] = MOE(xn[t], tokens[t]).
-// `experts` (nullptr: the checkpoint's, with this workspace) says where each routed expert is computed.
+// `experts` (nullptr: the checkpoint's, on this device with this workspace) plans where each routed expert runs.
 void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, const float* xn, float* y);
 
 }  // namespace ferry::runtime::detail

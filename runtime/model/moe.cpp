@@ -1,16 +1,14 @@
 // The V4 MoE layer over a chunk (docs/forward-semantics.md, MOE), as ops: the sqrt-softplus router with hash
 // routing in the first layers and biased top-k selection in the others, clamped SwiGLU routed experts and the
-// shared expert, and the combine. Tokens are grouped by expert so that each expert's weights are read once per
-// chunk. The host groups them (it reads the routing), the expert provider says where each expert runs, the
-// layer's device computes its experts on its stream while the host computes the ones in RAM, and the outputs of
-// every expert, kept per (token, choice), are combined in expert order: the same arithmetic whichever side
-// computed what.
+// shared experts, and the combine. Tokens are grouped by expert so that each expert's weights are read once per
+// chunk. The host groups them (it reads the routing), the expert provider plans where each expert runs
+// (moe_schedule.h), the layer's device computes its experts on its stream while the host computes the ones in
+// RAM, and the outputs of every expert, kept per (token, choice), are combined in expert order: the same
+// arithmetic whichever side computed what.
 #include <algorithm>
 #include <vector>
 
 #include "planner/core/error.h"
-#include "runtime/backend/host_ops.h"
-#include "runtime/backend/numa_arenas.h"
 #include "runtime/model/forward_parts.h"
 
 namespace ferry::runtime::detail {
@@ -19,29 +17,16 @@ namespace {
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
-// Counting sort of the chunk's n·k choices by expert: ws.expert_tokens[p] is the choice (t·k + i) at sorted
-// position p, and expert e's tokens are positions offsets[e] … offsets[e+1]−1.
-std::vector<int64_t> group_by_expert(const Chunk& ch, Workspace& ws, int64_t experts, int64_t k) {
-  const int64_t choices = ch.n * k;
-  std::vector<int64_t> offsets(sz(experts + 1), 0);
-  for (int64_t i = 0; i < choices; ++i) ++offsets[sz(ws.route_ids[sz(i)] + 1)];
-  for (int64_t e = 0; e < experts; ++e) offsets[sz(e + 1)] += offsets[sz(e)];
-  std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
-  for (int64_t i = 0; i < choices; ++i) ws.expert_tokens[sz(fill[sz(ws.route_ids[sz(i)])]++)] = static_cast<int32_t>(i);
-  return offsets;
-}
-
-}  // namespace
-
-void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, const float* xn, float* y) {
+// The router's scores and choice on the layer's device, read by the host, which groups the chunk's n·k choices by
+// expert (a counting sort): ws.expert_tokens[p] is the choice (t·k + i) at sorted position p, and expert e's
+// tokens are positions offsets[e] … offsets[e+1]−1.
+std::vector<int64_t> route(const Chunk& ch, const LayerWeights& w, Workspace& ws, const float* xn) {
   const auto& c = ch.c;
-  const int64_t n = ch.n, d = c.hidden_size, E = c.n_routed_experts, k = c.num_experts_per_tok;
+  const int64_t E = c.n_routed_experts, k = c.num_experts_per_tok, choices = ch.n * k;
   OpStream& s = ch.ops;
-
-  // Router, then the host reads its choice.
-  s.run(ops::Linear{.w = w.gate, .x = xn, .n = n, .y = ws.gate.data(), .bits = ch.bits});
+  s.run(ops::Linear{.w = w.gate, .x = xn, .n = ch.n, .y = ws.gate.data(), .bits = ch.bits});
   s.run(ops::Route{.scores = ws.gate.data(),
-                   .n = n,
+                   .n = ch.n,
                    .experts = E,
                    .k = k,
                    .bias = w.hash_routed ? nullptr : w.gate_bias.data(),
@@ -51,18 +36,96 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
                    .ids = ws.route_ids.data(),
                    .weights = ws.route_w.data()});
   s.sync();
-  const std::vector<int64_t> offsets = group_by_expert(ch, ws, E, k);
-  if (experts) {
-    std::vector<int64_t> tokens_per_expert(sz(E));
-    for (int64_t e = 0; e < E; ++e) tokens_per_expert[sz(e)] = offsets[sz(e + 1)] - offsets[sz(e)];
-    experts->routed(w, tokens_per_expert);
-    Backend* dev = experts->device(w);
-    FERRY_CHECK(!dev || dev == &s.device(), "expert provider: layer " + std::to_string(w.index) +
-                                                " computes its experts on another device than its attention");
-  }
+  std::vector<int64_t> offsets(sz(E + 1), 0);
+  for (int64_t i = 0; i < choices; ++i) ++offsets[sz(ws.route_ids[sz(i)] + 1)];
+  for (int64_t e = 0; e < E; ++e) offsets[sz(e + 1)] += offsets[sz(e)];
+  std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+  for (int64_t i = 0; i < choices; ++i) ws.expert_tokens[sz(fill[sz(ws.route_ids[sz(i)])]++)] = static_cast<int32_t>(i);
+  return offsets;
+}
 
-  // Shared experts (one MLP n_shared wide, no clamp) straight into y, on the layer's device; without them the
-  // combine writes y instead of adding to it.
+// Without a provider: every chosen expert is the checkpoint's, computed on the layer's device.
+MoeSchedule own_schedule(const LayerWeights& w, std::span<const int64_t> tokens_per_expert) {
+  MoeSchedule s;
+  s.layer = w.index;
+  for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
+    if (tokens_per_expert[e] == 0) continue;
+    ExpertTask t;
+    t.expert = static_cast<int32_t>(e);
+    t.tokens = tokens_per_expert[e];
+    t.weights = w.experts[e];
+    t.on_device = true;
+    s.tasks.push_back(t);
+  }
+  return s;
+}
+
+// Runs one task over its tokens (sorted positions b … b+m−1), its outputs into eo's rows b … b+m−1: on the layer's
+// device with the session's workspace, or on its host backend with the host's buffers (the session's belong to the
+// device's work meanwhile), in the threads of the NUMA node holding the expert.
+ComputeEvent run_task(const Chunk& ch, Workspace& ws, const ExpertTask& t, CopyEvent ready, int64_t b,
+                      const float* xn) {
+  const auto& c = ch.c;
+  const int64_t d = c.hidden_size, m = t.tokens;
+  const ExpertWeights& ew = t.weights;
+  float* const out = ws.eo.data() + b * d;
+  if (t.on_device) {
+    ch.ops.run(ops::GatherRows{.src = xn,
+                               .d = d,
+                               .index = ws.expert_tokens.data() + b,
+                               .div = c.num_experts_per_tok,
+                               .m = m,
+                               .dst = ws.xg.data()});
+    ch.ops.run(ops::ExpertFfn{.w1 = ew.w1,
+                              .w2 = ew.w2,
+                              .w3 = ew.w3,
+                              .x = ws.xg.data(),
+                              .m = m,
+                              .limit = c.swiglu_limit,
+                              .gate = ws.eg.data(),
+                              .up = ws.eu.data(),
+                              .out = out,
+                              .bits = ch.bits},
+               ready, t.reads);
+    return ch.ops.last();
+  }
+  FERRY_CHECK(t.backend && t.scratch.x, "expert provider: expert {} of layer runs on the host without its buffers",
+              t.expert);
+  const ExpertScratch& sc = t.scratch;
+  (void)t.backend->run(ops::GatherRows{
+      .src = xn, .d = d, .index = ws.expert_tokens.data() + b, .div = c.num_experts_per_tok, .m = m, .dst = sc.x});
+  (void)t.backend->run(ops::ExpertFfn{.w1 = ew.w1,
+                                      .w2 = ew.w2,
+                                      .w3 = ew.w3,
+                                      .x = sc.x,
+                                      .m = m,
+                                      .limit = c.swiglu_limit,
+                                      .gate = sc.gate,
+                                      .up = sc.up,
+                                      .out = sc.out,
+                                      .bits = ch.bits});
+  std::copy_n(sc.out, m * d, out);
+  return {};
+}
+
+}  // namespace
+
+void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, const float* xn, float* y) {
+  const auto& c = ch.c;
+  const int64_t n = ch.n, d = c.hidden_size, k = c.num_experts_per_tok;
+  OpStream& s = ch.ops;
+
+  // Plan: route, then where each chosen expert runs.
+  const std::vector<int64_t> offsets = route(ch, w, ws, xn);
+  std::vector<int64_t> tokens_per_expert(offsets.size() - 1);
+  for (size_t e = 0; e < tokens_per_expert.size(); ++e) tokens_per_expert[e] = offsets[e + 1] - offsets[e];
+  MoeSchedule plan = experts ? experts->schedule(w, tokens_per_expert) : own_schedule(w, tokens_per_expert);
+  FERRY_CHECK(!plan.device || plan.device == &s.device(),
+              "expert provider: layer {} computes its experts on another device than its attention", w.index);
+
+  // Run. Shared experts (one MLP n_shared wide, no clamp) straight into y, on the layer's device; without them
+  // the combine writes y instead of adding to it. Then every task in expert order: the device's queue on its
+  // stream, the host's run at once beside them.
   const bool shared = c.n_shared_experts > 0;
   if (shared)
     s.run(ops::ExpertFfn{.w1 = w.shared.w1,
@@ -75,70 +138,23 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
                          .up = ws.eu.data(),
                          .out = y,
                          .bits = ch.bits});
-
-  // Routed experts, in expert order, each over the tokens that chose it (sorted positions b … b+m−1), its
-  // outputs into eo's rows b … b+m−1.
-  float* const out_rows = ws.eo.data();
-  for (int64_t e = 0; e < E; ++e) {
-    const int64_t b = offsets[sz(e)], m = offsets[sz(e + 1)] - b;
-    if (m == 0) continue;
-    const ops::GatherRows gather{.src = xn, .d = d, .index = ws.expert_tokens.data() + b, .div = k, .m = m};
-    if (!experts) {
-      s.run(ops::GatherRows{gather.src, gather.d, gather.index, gather.div, gather.m, ws.xg.data()});
-      const ExpertWeights& ew = w.experts[sz(e)];
-      s.run(ops::ExpertFfn{.w1 = ew.w1,
-                           .w2 = ew.w2,
-                           .w3 = ew.w3,
-                           .x = ws.xg.data(),
-                           .m = m,
-                           .limit = c.swiglu_limit,
-                           .gate = ws.eg.data(),
-                           .up = ws.eu.data(),
-                           .out = out_rows + b * d,
-                           .bits = ch.bits});
-      continue;
-    }
-    const ExpertUse use = experts->acquire(w, e, m);
-    const ExpertWeights& ew = *use.weights;
-    if (use.on_device) {
-      s.run(ops::GatherRows{gather.src, gather.d, gather.index, gather.div, gather.m, ws.xg.data()});
-      s.run(ops::ExpertFfn{.w1 = ew.w1,
-                           .w2 = ew.w2,
-                           .w3 = ew.w3,
-                           .x = ws.xg.data(),
-                           .m = m,
-                           .limit = c.swiglu_limit,
-                           .gate = ws.eg.data(),
-                           .up = ws.eu.data(),
-                           .out = out_rows + b * d,
-                           .bits = ch.bits},
-            use.ready, use.reads);
-      experts->release(w, e, s.last());
-      continue;
-    }
-    // On the host, beside the device's work, next to its memory: the threads of the NUMA node holding the expert
-    // (offload/host_expert_store.h), with the host's own buffers (the session's belong to the device's work).
-    FERRY_CHECK(use.scratch, "expert provider: an expert on the host needs its own buffers");
-    const ExpertScratch& sc = *use.scratch;
-    run_on_node(use.host_node, [&] {
-      run_on_host(ops::GatherRows{gather.src, gather.d, gather.index, gather.div, gather.m, sc.x});
-      run_on_host(ops::ExpertFfn{.w1 = ew.w1,
-                                 .w2 = ew.w2,
-                                 .w3 = ew.w3,
-                                 .x = sc.x,
-                                 .m = m,
-                                 .limit = c.swiglu_limit,
-                                 .gate = sc.gate,
-                                 .up = sc.up,
-                                 .out = sc.out,
-                                 .bits = ch.bits});
-    });
-    std::copy_n(sc.out, m * d, out_rows + b * d);
-    experts->release(w, e, {});
+  const auto chosen =
+      std::count_if(tokens_per_expert.begin(), tokens_per_expert.end(), [](int64_t m) { return m > 0; });
+  FERRY_CHECK(static_cast<int64_t>(plan.tasks.size()) == chosen,
+              "expert provider: layer {} planned {} experts of the {} chosen", w.index, plan.tasks.size(), chosen);
+  for (size_t i = 0; i < plan.tasks.size(); ++i) {
+    const ExpertTask& t = plan.tasks[i];
+    FERRY_CHECK(i == 0 || plan.tasks[i - 1].expert < t.expert, "expert provider: tasks out of expert order");
+    FERRY_CHECK(t.tokens == tokens_per_expert[sz(t.expert)],
+                "expert provider: task of expert {} covers {} tokens of {}", t.expert, t.tokens,
+                tokens_per_expert[sz(t.expert)]);
+    const CopyEvent ready = experts ? experts->start(plan, i) : CopyEvent{};
+    const ComputeEvent done = run_task(ch, ws, t, ready, offsets[sz(t.expert)], xn);
+    if (experts) experts->issued(plan, i, done);
   }
 
   // Combine, after every expert: each token's outputs weighted and summed in expert order, added to y.
-  s.run(ops::MoeCombine{.expert_out = out_rows,
+  s.run(ops::MoeCombine{.expert_out = ws.eo.data(),
                         .order = ws.expert_tokens.data(),
                         .weights = ws.route_w.data(),
                         .n = n,

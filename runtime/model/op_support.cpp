@@ -31,9 +31,12 @@ std::vector<Kind> ops_of_model(const core::ModelConfig& c, bool mtp) {
 }
 
 void require_ops(const Backend& device, std::span<const Kind> kinds, std::string_view what) {
-  std::string missing;
+  std::vector<Kind> lacking;
   for (Kind k : kinds)
-    if (!device.supports(k)) missing += (missing.empty() ? "" : ", ") + std::string(ops::kind_name(k));
+    if (!device.supports(k) && std::find(lacking.begin(), lacking.end(), k) == lacking.end()) lacking.push_back(k);
+  std::sort(lacking.begin(), lacking.end());
+  std::string missing;
+  for (Kind k : lacking) missing += (missing.empty() ? "" : ", ") + std::string(ops::kind_name(k));
   FERRY_CHECK(missing.empty(),
               device.name() + " cannot run " + std::string(what) + ": it has no kernel for " + missing);
 }

@@ -54,7 +54,8 @@ struct Hosts {
   explicit Hosts(const planner::Plan& plan) {
     for (const auto& d : plan.devices) {
       if (d.kind != planner::DeviceKind::Host) continue;
-      backends.push_back(std::make_unique<runtime::cpu::CpuBackend>(d.id));
+      backends.push_back(std::make_unique<runtime::cpu::CpuBackend>(d.id, runtime::MemoryLedger::kUnplanned,
+                                                                    runtime::machine_numa_node(d.index)));
       offload::set_planned(backends.back()->ledger(), d);
       ptrs.push_back(backends.back().get());
       planned_experts.push_back(d.bytes_of("weights.routed_experts"));
@@ -158,10 +159,9 @@ TEST(HostExpertStore, NumaCopiesAreBoundToTheirNodeAndHoldTheExpertsBytes) {
         const int k = plan_node_of(plan, l, static_cast<int64_t>(e));
         ASSERT_EQ(k, static_cast<int>(e % kPlanNodes)) << "layer " << l << " expert " << e;
         ASSERT_EQ(region_of(store, copies[e]), k) << "layer " << l << " expert " << e;
-        // What the dispatcher puts in ExpertUse::host_node: the node of the memory the copy is in.
-        ASSERT_EQ(store.host_nodes().at(static_cast<size_t>(l)).at(e),
-                  store.regions()[static_cast<size_t>(k)].machine_node)
-            << "layer " << l << " expert " << e;
+        // The host backend the dispatcher gives the expert's tasks: the one of the node whose memory holds it.
+        ASSERT_EQ(store.host_of_expert().at(static_cast<size_t>(l)).at(e), k) << "layer " << l << " expert " << e;
+        ASSERT_EQ(store.regions()[static_cast<size_t>(k)].machine_node, runtime::machine_numa_node(k));
         const auto want = runtime::expert_regions(mapped[e]);
         const auto got = runtime::expert_regions(copies[e]);
         for (size_t i = 0; i < want.size(); ++i) {
@@ -187,8 +187,9 @@ TEST(HostExpertStore, MmapOnlyAccountsEachNodesShare) {
     EXPECT_TRUE(store.regions().empty());
     EXPECT_EQ(weights.layer(layers.front()).experts.front().w1.data, before) << "mmap moved an expert";
     for (const int64_t l : layers)
-      for (const int node : store.host_nodes().at(static_cast<size_t>(l)))
-        EXPECT_EQ(node, -1) << "the mapping is on no NUMA node of the store";
+      for (size_t e = 0; e < store.host_of_expert().at(static_cast<size_t>(l)).size(); ++e)
+        EXPECT_EQ(store.host_of_expert()[static_cast<size_t>(l)][e], plan_node_of(plan, l, static_cast<int64_t>(e)))
+            << "layer " << l << " expert " << e;
     for (size_t k = 0; k < hosts.ptrs.size(); ++k) {
       EXPECT_GT(hosts.planned_experts[k], 0);
       EXPECT_EQ(hosts.weights(k), hosts.planned_experts[k]);

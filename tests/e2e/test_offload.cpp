@@ -82,33 +82,45 @@ class CheckingProvider final : public runtime::ForwardingExpertProvider, public 
   }
   ~CheckingProvider() override { gpu_.set_observer(nullptr); }
 
-  runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
-    use_ = inner_.acquire(l, e, tokens);
-    Expected x{use_.weights->w1.data, runtime::expert_regions(l.experts[static_cast<size_t>(e)]),
-               runtime::expert_regions(*use_.weights)};
-    if (use_.on_device) {
-      ++device_uses;
-      std::lock_guard<std::mutex> lock(mu_);
-      pending_.push_back(x);  // the device's expert ops run in the order they are issued
-    } else {
-      cpu_nodes.push_back(use_.host_node);  // a CPU use
-      compare(x);
-      host_expected_ = x;
+  runtime::MoeSchedule schedule(const runtime::LayerWeights& l, std::span<const int64_t> tokens) override {
+    runtime::MoeSchedule s = inner_.schedule(l, tokens);
+    expected_.clear();
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const runtime::ExpertTask& t : s.tasks) {
+      expected_.push_back({t.weights.w1.data, runtime::expert_regions(l.experts[static_cast<size_t>(t.expert)]),
+                           runtime::expert_regions(t.weights)});
+      if (t.on_device) {
+        ++device_uses;
+        pending_.push_back(expected_.back());  // the device's expert ops run in the order of the tasks
+      } else {
+        const auto* host = dynamic_cast<const runtime::cpu::CpuBackend*>(t.backend);
+        // A CPU use: the host backend that computes it, and the NUMA node whose threads do.
+        cpu_uses.push_back({l.index, t.expert, host ? host->name() : "?", host ? host->numa_node() : -2});
+      }
     }
-    return use_;
+    return s;
   }
-  void release(const runtime::LayerWeights& l, int64_t e, runtime::ComputeEvent done) override {
-    if (!use_.on_device) compare(host_expected_);
-    inner_.release(l, e, done);
+  runtime::CopyEvent start(runtime::MoeSchedule& s, size_t i) override {
+    if (!s.tasks[i].on_device) compare(expected_[i]);
+    return inner_.start(s, i);
   }
-  // On the device's stream: the expert op of the oldest device use not yet checked (the shared expert's op and
+  void issued(runtime::MoeSchedule& s, size_t i, runtime::ComputeEvent done) override {
+    if (!s.tasks[i].on_device) compare(expected_[i]);
+    inner_.issued(s, i, done);
+  }
+  // On the device's stream: the expert op of the oldest device task not yet checked (the shared expert's op and
   // the others do not read a slot).
   void before(const runtime::ops::Op& op) override { check_expert_op(op, false); }
   void after(const runtime::ops::Op& op) override { check_expert_op(op, true); }
 
   std::atomic<int64_t> checks = 0, mismatches = 0;
   int64_t device_uses = 0;
-  std::vector<int> cpu_nodes;  // ExpertUse::host_node of each CPU use
+  struct CpuUse {
+    int64_t layer, expert;
+    std::string backend;
+    int numa_node;
+  };
+  std::vector<CpuUse> cpu_uses;
   int64_t unchecked() {
     std::lock_guard<std::mutex> lock(mu_);
     return static_cast<int64_t>(pending_.size());
@@ -136,8 +148,7 @@ class CheckingProvider final : public runtime::ForwardingExpertProvider, public 
     if (last) pending_.pop_front();
   }
   runtime::SimBackend& gpu_;
-  runtime::ExpertUse use_;
-  Expected host_expected_;
+  std::vector<Expected> expected_;  // the current layer's tasks
   std::mutex mu_;
   std::deque<Expected> pending_;
 };
@@ -159,7 +170,7 @@ struct Outcome {
   int64_t device_uses = 0;  // expert uses launched on the device
   int64_t conflicts = 0;
   int64_t max_copies_in_flight = 0;
-  std::vector<int> cpu_nodes;
+  std::vector<int> cpu_nodes;         // per CPU use, the NUMA node whose threads computed it
   int64_t experts_outside_store = 0;  // numa: bound in-RAM experts whose views are not in the store's memory
   std::vector<offload::HostExpertStore::Region> regions;
 };
@@ -187,15 +198,12 @@ class Offload : public ::testing::Test {
     req.cache_slots = sc.cache_slots;
     const planner::Plan plan = offload::plan_for_device(spec, host_spec(sc.numa), req, so);
     runtime::SimBackend gpu({sc.capacity, 25e9});
-    std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts;
+    std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts = offload::make_host_backends(plan);
     std::vector<runtime::Backend*> host_ptrs;
     std::vector<const planner::DevicePlan*> host_plans;
-    for (const auto& dp : plan.devices) {
-      if (dp.kind != planner::DeviceKind::Host) continue;
-      hosts.push_back(std::make_unique<runtime::cpu::CpuBackend>(dp.id));
-      host_ptrs.push_back(hosts.back().get());
-      host_plans.push_back(&dp);
-    }
+    for (const auto& h : hosts) host_ptrs.push_back(h.get());
+    for (const auto& dp : plan.devices)
+      if (dp.kind == planner::DeviceKind::Host) host_plans.push_back(&dp);
     EXPECT_EQ(static_cast<int>(hosts.size()), sc.numa);
     offload::DispatchOptions d;
     d.stream_min_tokens = sc.stream_min_tokens;
@@ -231,7 +239,18 @@ class Offload : public ::testing::Test {
         EXPECT_EQ(gpu.ledger().total_current(), held);
       }
       if (check_slots) {  // the session has ended: every op it issued has run
-        out.cpu_nodes = checker->cpu_nodes;
+        // Every CPU use is computed by the host backend of the NUMA device the plan homes the expert on.
+        for (const CheckingProvider::CpuUse& u : checker->cpu_uses) {
+          const planner::LayerPlan* lp = nullptr;
+          for (const auto& x : plan.layers)
+            if (x.layer == u.layer) lp = &x;
+          EXPECT_TRUE(lp && lp->home_of(u.expert));
+          if (lp && lp->home_of(u.expert)) {
+            EXPECT_EQ(u.backend, plan.devices[static_cast<size_t>(lp->home_of(u.expert)->device)].id)
+                << "layer " << u.layer << " expert " << u.expert;
+          }
+          out.cpu_nodes.push_back(u.numa_node);
+        }
         EXPECT_GT(checker->checks, 0);
         EXPECT_EQ(checker->unchecked(), 0) << "a device use whose expert op was never seen";
         EXPECT_EQ(checker->mismatches, 0) << "a kernel read bytes that were not its expert's";
@@ -335,16 +354,14 @@ class OverlapProbe final : public runtime::ForwardingExpertProvider, public runt
     gpu_.set_observer(this);
   }
   ~OverlapProbe() override { gpu_.set_observer(nullptr); }
-  void routed(const runtime::LayerWeights& l, std::span<const int64_t> t) override {
-    inner_.routed(l, t);
-    if (!inner_.device(l)) return;
-    last_expert_ = -1;
-    for (size_t e = 0; e < t.size(); ++e)
-      if (t[e] > 0) last_expert_ = static_cast<int64_t>(e);
+  runtime::MoeSchedule schedule(const runtime::LayerWeights& l, std::span<const int64_t> t) override {
+    runtime::MoeSchedule s = inner_.schedule(l, t);
+    if (!s.device) return s;
     std::lock_guard<std::mutex> lock(mu_);
     open_ = false;
     hold_next_ = true;
     first_host_ = true;
+    return s;
   }
   void before(const runtime::ops::Op&) override {
     std::unique_lock<std::mutex> lock(mu_);
@@ -352,19 +369,18 @@ class OverlapProbe final : public runtime::ForwardingExpertProvider, public runt
     hold_next_ = false;
     cv_.wait_for(lock, std::chrono::seconds(2), [this] { return open_; });
   }
-  runtime::ExpertUse acquire(const runtime::LayerWeights& l, int64_t e, int64_t tokens) override {
-    const runtime::ExpertUse u = inner_.acquire(l, e, tokens);
-    if (!u.on_device && first_host_) {
+  runtime::CopyEvent start(runtime::MoeSchedule& s, size_t i) override {
+    if (!s.tasks[i].on_device && first_host_) {
       first_host_ = false;
       ++layers_with_host_experts;
       if (gpu_.pending_work() >= 1) ++overlapped;  // the held shared expert at least
       open();
     }
-    return u;
+    return inner_.start(s, i);
   }
-  void release(const runtime::LayerWeights& l, int64_t e, runtime::ComputeEvent done) override {
-    inner_.release(l, e, done);
-    if (e == last_expert_) open();  // a layer without host experts
+  void issued(runtime::MoeSchedule& s, size_t i, runtime::ComputeEvent done) override {
+    inner_.issued(s, i, done);
+    if (i + 1 == s.tasks.size()) open();  // a layer without host experts
   }
   int64_t layers_with_host_experts = 0, overlapped = 0;
 
@@ -377,7 +393,6 @@ class OverlapProbe final : public runtime::ForwardingExpertProvider, public runt
     cv_.notify_all();
   }
   runtime::SimBackend& gpu_;
-  int64_t last_expert_ = -1;
   std::mutex mu_;
   std::condition_variable cv_;
   bool open_ = true, hold_next_ = false, first_host_ = false;
@@ -460,7 +475,37 @@ TEST_F(Offload, MappedHostExpertsOnATwoNodePlanAreAccountedPerNode) {
   expect_bitwise(o.logits, cpu_logits(planner::KvType::BF16, 512));
   EXPECT_TRUE(o.regions.empty());
   ASSERT_FALSE(o.cpu_nodes.empty());
-  for (const int n : o.cpu_nodes) ASSERT_EQ(n, -1) << "mapped experts have no node";
+  // Computed by the threads of their home's node, from the mapping (on this one-node machine: node 0).
+  for (const int n : o.cpu_nodes) ASSERT_EQ(n, 0) << "a CPU use not on its home node's threads";
+}
+
+// A device standing in for a GPU that has no kernel for two of the ops the layers need.
+class DeviceWithout final : public runtime::cpu::CpuBackend {
+ public:
+  explicit DeviceWithout(int64_t capacity) : CpuBackend("partial-gpu", capacity) {}
+  bool supports(runtime::ops::Kind k) const override {
+    return k != runtime::ops::Kind::Attention && k != runtime::ops::Kind::Compress;
+  }
+};
+
+TEST_F(Offload, APlanNeedingAnOpTheDeviceLacksIsRefusedBeforeAnythingIsPlaced) {
+  const planner::ModelSpec spec = planner::load_model_spec(tiny_model_dir().string());
+  offload::DeviceRequest req;
+  req.name = "partial-gpu";
+  req.capacity = 20 << 20;
+  const planner::Plan plan =
+      offload::plan_for_device(spec, host_spec(), req, session_options(planner::KvType::BF16, 512));
+  DeviceWithout gpu(req.capacity);
+  runtime::cpu::CpuBackend host;
+  try {
+    offload::BoundPlan bound(plan, tiny_model(), gpu, host, {});
+    FAIL() << "a device without attention was bound";
+  } catch (const ferry::Error& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "partial-gpu cannot run the layers this plan puts on it: it has no kernel for compress, attention");
+  }
+  EXPECT_EQ(gpu.ledger().total_high_water(), 0);
+  EXPECT_EQ(host.ledger().total_high_water(), 0);
 }
 
 TEST_F(Offload, ABudgetTooSmallForTheNonRoutedWeightsFailsWithThePlannersMessage) {

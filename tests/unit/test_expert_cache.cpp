@@ -623,5 +623,42 @@ TEST(ExpertCache, CancelledCopyFreesTheSlotForTheNextMiss) {
   EXPECT_EQ(cache.stats(0).evictions, 0);
 }
 
+// The cache owns its slots' device events: a fill's slot stays Loading until its copy has landed and sync()
+// sees it; a reader's pin holds the slot (never a victim) until its op has run.
+TEST(ExpertCacheEvents, SlotsFollowTheirFillAndReaderEvents) {
+  runtime::SimBackend dev(runtime::parse_sim_device("sim:1MiB"));
+  ExpertCache cache({1}, 4);
+  runtime::DeviceBuffer slot = dev.allocate(runtime::MemoryClass::ExpertCache, 64);
+  std::vector<float> src(16, 2.0f), out(16);
+  dev.pause();
+  const Lookup miss = cache.lookup(0, 1);
+  ASSERT_EQ(miss.kind, LookupKind::Miss);
+  cache.filling(0, miss.slot, dev.copy_to_device(slot, 0, src.data(), 64));
+  cache.sync(dev);
+  EXPECT_EQ(cache.slot_info(0, miss.slot).state, SlotState::Loading);  // the copy has not landed
+  EXPECT_EQ(cache.fill_event(0, miss.slot).sequence, 1u);
+  dev.resume();
+  dev.wait(cache.fill_event(0, miss.slot));
+  cache.sync(dev);
+  EXPECT_EQ(cache.slot_info(0, miss.slot).state, SlotState::Ready);
+
+  // The lookup's pin is handed to the op that reads the slot: still pinned until that op has run.
+  dev.pause_compute();
+  const auto* floats = static_cast<const float*>(slot.data());
+  const runtime::ComputeEvent reader =
+      dev.run(runtime::ops::AddStreams{.a = floats, .b = floats, .n = 1, .streams = 1, .d = 16, .out = out.data()});
+  cache.reading(0, miss.slot, reader);
+  cache.sync(dev);
+  EXPECT_EQ(cache.slot_info(0, miss.slot).pins, 1);
+  EXPECT_EQ(cache.lookup(0, 2).kind, LookupKind::NoSlot);  // the only slot is read: never a victim
+  dev.resume_compute();
+  dev.wait(reader);
+  cache.sync(dev);
+  EXPECT_EQ(cache.slot_info(0, miss.slot).pins, 0);
+  // Handing an op a pin the caller does not hold is a bug.
+  EXPECT_NE(error_of([&] { cache.reading(0, miss.slot, reader); }).find("has not pinned"), std::string::npos);
+  EXPECT_EQ(cache.lookup(0, 2).kind, LookupKind::Miss);  // now it can be refilled
+}
+
 }  // namespace
 }  // namespace ferry::offload

@@ -1,7 +1,9 @@
-// runtime/backend/numa_arenas.h: run_on_node runs its function exactly once, before returning, for a node with an
-// arena, for no preference (-1) and for a node the process may not run on; a parallel loop inside covers
-// every index; a machine with several NUMA nodes gets one arena per node, each as wide as its node.
+// runtime/backend/numa_arenas.h: a NumaArena runs its function exactly once, before returning, for a node with
+// its own threads, for no preference (-1) and for a node the process may not run on; a parallel loop inside
+// covers every index; on a machine with several NUMA nodes each node's arena is as wide as its node. Plan NUMA
+// devices map onto the machine's nodes modulo their number.
 #include <gtest/gtest.h>
+#include <hwloc.h>
 
 #include <atomic>
 #include <thread>
@@ -15,24 +17,30 @@
 namespace ferry::runtime {
 namespace {
 
-TEST(NumaArenas, OneArenaPerNodeOnlyWhenThereAreSeveral) {
-  const std::vector<int> tbb_nodes = tbb_numa_nodes();
-  const bool several = tbb_nodes.size() >= 2 && tbb_nodes.front() != tbb::task_arena::automatic;
-  EXPECT_EQ(numa_arena_nodes().size(), several ? tbb_nodes.size() : 0u);
-  for (const int n : numa_arena_nodes()) {
+bool several_tbb_nodes() {
+  const std::vector<int> n = tbb_numa_nodes();
+  return n.size() >= 2 && n.front() != tbb::task_arena::automatic;
+}
+
+TEST(NumaArenas, OwnThreadsOnlyWhenThereAreSeveralNodes) {
+  for (const int n : tbb_numa_nodes()) {
+    NumaArena arena(n);
+    EXPECT_EQ(arena.has_own_threads(), several_tbb_nodes()) << "node " << n;
+    if (!arena.has_own_threads()) continue;
     int width = 0;
-    run_on_node(n, [&] { width = tbb::this_task_arena::max_concurrency(); });
+    arena.execute([&] { width = tbb::this_task_arena::max_concurrency(); });
     EXPECT_EQ(width, tbb::info::default_concurrency(n)) << "node " << n;
   }
 }
 
 TEST(NumaArenas, RunsTheFunctionOnceBeforeReturning) {
-  std::vector<int> nodes = numa_arena_nodes();
+  std::vector<int> nodes = tbb_numa_nodes();
   nodes.insert(nodes.end(), {-1, 0, 4095});  // no preference, node 0, a node this machine does not have
   for (const int n : nodes) {
+    NumaArena arena(n);
     std::atomic<int> calls{0};
     std::atomic<int64_t> sum{0};
-    run_on_node(n, [&] {
+    arena.execute([&] {
       ++calls;
       tbb::parallel_for(0, 1000, [&](int i) { sum += i; });
     });
@@ -41,12 +49,22 @@ TEST(NumaArenas, RunsTheFunctionOnceBeforeReturning) {
   }
 }
 
-TEST(NumaArenas, WithoutAnArenaTheCallerRunsIt) {
-  if (!numa_arena_nodes().empty()) GTEST_SKIP() << "several NUMA nodes: node 0 has its own arena";
+TEST(NumaArenas, WithoutItsOwnThreadsTheCallerRunsIt) {
+  NumaArena arena(several_tbb_nodes() ? 4095 : 0);
+  ASSERT_FALSE(arena.has_own_threads());
   const auto caller = std::this_thread::get_id();
   std::thread::id ran;
-  run_on_node(0, [&] { ran = std::this_thread::get_id(); });
+  arena.execute([&] { ran = std::this_thread::get_id(); });
   EXPECT_EQ(ran, caller);
+}
+
+TEST(NumaArenas, PlanNodesMapOntoTheMachinesNodes) {
+  hwloc_topology_t t = nullptr;
+  ASSERT_EQ(hwloc_topology_init(&t), 0);
+  ASSERT_EQ(hwloc_topology_load(t), 0);
+  const int nodes = std::max(1, hwloc_get_nbobjs_by_type(t, HWLOC_OBJ_NUMANODE));
+  hwloc_topology_destroy(t);
+  for (int k = 0; k < 2 * nodes + 1; ++k) EXPECT_EQ(machine_numa_node(k), k % nodes) << "plan node " << k;
 }
 
 }  // namespace
