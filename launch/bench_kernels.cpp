@@ -120,8 +120,8 @@ void bench_chunks(int64_t rows, int64_t cols, const char* what, const std::vecto
     for (size_t i = 0; i < x.size(); ++i) x[i] = 0.25f + 0.5f * float(i % 7) / 7.0f;
     const double flops = 2.0 * double(rows) * double(cols) * n;
     for (const cpu::CpuIsa isa : cpu::mxfp4_isas()) {
-      for (const auto bits : {cpu::ActivationBits::Int24, cpu::ActivationBits::Int16}) {
-        if (isa == cpu::CpuIsa::Portable && bits == cpu::ActivationBits::Int16) continue;
+      for (const auto bits : {core::ActivationBits::Int24, core::ActivationBits::Int16}) {
+        if (isa == cpu::CpuIsa::Portable && bits == core::ActivationBits::Int16) continue;
         std::vector<cpu::Mxfp4Activation> a(static_cast<size_t>(n));
         for (int t = 0; t < n; ++t) cpu::quantize_mxfp4_activation(x.data() + t * cols, cols, a[size_t(t)], bits);
         const int64_t row_bytes = cols / 2 + cols / 32;
@@ -141,7 +141,7 @@ void bench_chunks(int64_t rows, int64_t cols, const char* what, const std::vecto
               cpu::detail::matmul_mxfp4_on(isa, codes, scales, nr, a.data(), n, y.data() + r0, rows);
             });
         std::snprintf(label, sizeof label, "MXFP4 %lldx%lld (%s) %s %s", (long long)rows, (long long)cols, what,
-                      cpu::isa_name(isa), cpu::activation_bits_name(bits));
+                      cpu::isa_name(isa), core::activation_bits_name(bits));
         print_chunk(label, n, flops, double(rows * row_bytes) * n, per_token, tiled);
       }
     }
@@ -207,8 +207,8 @@ void run_kernel_bench(int repetitions, int working_set_mib, int threads, const s
     char label[96];
     auto fp4_weights = make_weights(count(fp4 + fp4_scales), fp4, fp4_scales);
     for (const runtime::cpu::CpuIsa isa : runtime::cpu::mxfp4_isas()) {
-      for (const auto bits : {runtime::cpu::ActivationBits::Int24, runtime::cpu::ActivationBits::Int16}) {
-        if (isa == runtime::cpu::CpuIsa::Portable && bits == runtime::cpu::ActivationBits::Int16) continue;
+      for (const auto bits : {core::ActivationBits::Int24, core::ActivationBits::Int16}) {
+        if (isa == runtime::cpu::CpuIsa::Portable && bits == core::ActivationBits::Int16) continue;
         // Timed with the activation's rounding, as a decode step pays it once per matvec.
         auto kernel = [isa, bits](const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols,
                                   const float* x, float* y) {
@@ -218,7 +218,7 @@ void run_kernel_bench(int repetitions, int working_set_mib, int threads, const s
         };
         const double g4 = kernel_gbps(fp4_weights, s.rows, s.cols, repetitions, kernel);
         std::snprintf(label, sizeof label, "MXFP4 %lldx%lld (%s) %s %s", (long long)s.rows, (long long)s.cols, s.what,
-                      runtime::cpu::isa_name(isa), runtime::cpu::activation_bits_name(bits));
+                      runtime::cpu::isa_name(isa), core::activation_bits_name(bits));
         std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g4, 100 * g4 / triad);
       }
     }

@@ -117,8 +117,7 @@ class RunCommand : public Command {
     so.ctx = ctx;
     so.kv_type = kv;
     so.ubatch = ubatch_;
-    so.expert_bits =
-        expert_activations_ == "int16" ? runtime::cpu::ActivationBits::Int16 : runtime::cpu::ActivationBits::Int24;
+    so.expert_bits = expert_activations_ == "int16" ? core::ActivationBits::Int16 : core::ActivationBits::Int24;
     // With --gpu the run is planned first, from the checkpoint's headers (or --plan is read and checked against
     // them): a device too small fails here, before any weight is read.
     std::unique_ptr<OffloadRun> offload;
@@ -186,7 +185,7 @@ class RunCommand : public Command {
                  static_cast<long long>(r.prompt_tokens), r.prefill_seconds,
                  r.prompt_tokens / std::max(r.prefill_seconds, 1e-9), static_cast<long long>(r.decoded_tokens),
                  r.decode_seconds, r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
-                 runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), runtime::cpu::activation_bits_name(so.expert_bits));
+                 runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), core::activation_bits_name(so.expert_bits));
     if (offload) {
       std::cerr << offload->memory_report() << offload->expert_report();
       return kExitOk;

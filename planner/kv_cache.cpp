@@ -131,4 +131,22 @@ KvBytes kv_cache_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_
   return total;
 }
 
+KvRowLayout KvRowLayout::main_row(const core::ModelConfig& c, KvType t) {
+  KvRowLayout l;
+  l.type = t;
+  l.dims = c.head_dim;
+  l.rope_dims = c.qk_rope_head_dim;
+  l.bytes = kv_row_bytes(c, t).main;
+  return l;
+}
+
+KvRowLayout KvRowLayout::indexer_row(const core::ModelConfig& c, KvType t) {
+  KvRowLayout l;
+  l.type = t;
+  l.dims = c.index_head_dim;
+  l.indexer = true;
+  l.bytes = kv_row_bytes(c, t).indexer;
+  return l;
+}
+
 }  // namespace ferry::planner

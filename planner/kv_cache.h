@@ -46,6 +46,18 @@ struct KvRowBytes {
 };
 KvRowBytes kv_row_bytes(const core::ModelConfig& c, KvType t);
 
+// How one stored row is laid out, what every backend's KV-row encoding reads (runtime/kernels/cpu/kv_rows.h).
+struct KvRowLayout {
+  KvType type = KvType::FP8;
+  int64_t dims = 0;       // values per row
+  int64_t rope_dims = 0;  // the last rope_dims stay BF16 in fp8 main rows
+  bool indexer = false;   // indexer key: FP4 instead of FP8 in the fp8 type
+  int64_t bytes = 0;      // stored bytes per row: kv_row_bytes
+
+  static KvRowLayout main_row(const core::ModelConfig& c, KvType t);
+  static KvRowLayout indexer_row(const core::ModelConfig& c, KvType t);
+};
+
 // fp32 kv_state + score_state of a compressed layer's compressors (main, and the indexer's for ratio 4).
 int64_t compressor_state_bytes(const core::ModelConfig& c, int64_t layer);
 

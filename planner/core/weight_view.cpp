@@ -32,6 +32,8 @@ int64_t weight_view_scale_bytes(const WeightView& w) {
   return 0;
 }
 
+const char* activation_bits_name(ActivationBits bits) { return bits == ActivationBits::Int16 ? "int16" : "int24"; }
+
 int64_t weight_view_bytes(const WeightView& w) { return weight_view_code_bytes(w) + weight_view_scale_bytes(w); }
 
 }  // namespace ferry::core

@@ -1,5 +1,6 @@
 #include "runtime/backend/backend.h"
 
+#include <cstring>
 #include <utility>
 
 #include "planner/core/error.h"
@@ -68,6 +69,15 @@ std::shared_ptr<void> Backend::pinned_handle(int64_t bytes, std::shared_ptr<void
     lock.reset();
     pinned_bytes_ -= bytes;
   });
+}
+
+void Backend::copy_to_host(void* dst, const DeviceBuffer& src, int64_t offset, int64_t bytes,
+                           std::chrono::milliseconds) {
+  FERRY_CHECK(host_addressable(), "{}: no copy back to the host", name());
+  FERRY_CHECK(src.backend() == this, "{}: copy from a buffer of another device", name());
+  FERRY_CHECK(offset >= 0 && bytes >= 0 && offset <= src.bytes() && bytes <= src.bytes() - offset,
+              "{}: copy of {} bytes at offset {} overruns a buffer of {}", name(), bytes, offset, src.bytes());
+  if (bytes > 0) std::memcpy(dst, static_cast<const char*>(src.data()) + offset, static_cast<size_t>(bytes));
 }
 
 bool Backend::completed(ComputeEvent) const { return true; }

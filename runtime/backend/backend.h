@@ -93,6 +93,11 @@ class Backend {
   // valid, and `dst`'s range must not be read, until the returned event has completed.
   virtual CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) = 0;
   virtual bool completed(CopyEvent e) const = 0;
+  // Reads `bytes` at `offset` of `src` into host memory `dst` and returns when they are there, after every copy
+  // queued before it (wait for the ops that write `src` first). The default, for host-addressable memory, copies
+  // at once.
+  virtual void copy_to_host(void* dst, const DeviceBuffer& src, int64_t offset, int64_t bytes,
+                            std::chrono::milliseconds timeout = std::chrono::seconds(60));
   // Blocks until `e` completes; throws ferry::Error after `timeout` (every wait has one: DESIGN.md §6).
   virtual void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const = 0;
 

@@ -11,6 +11,7 @@
 
 #include "planner/core/error.h"
 #include "runtime/backend/host_ops.h"
+#include "runtime/kernels/cpu/kv_rows.h"
 #include "runtime/kernels/cpu/ops.h"
 #include "runtime/kernels/cpu/vec.h"
 

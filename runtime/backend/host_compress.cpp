@@ -10,6 +10,7 @@
 
 #include "planner/core/error.h"
 #include "runtime/backend/host_ops.h"
+#include "runtime/kernels/cpu/kv_rows.h"
 #include "runtime/kernels/cpu/ops.h"
 #include "runtime/kernels/cpu/vec.h"
 

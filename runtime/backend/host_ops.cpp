@@ -2,6 +2,7 @@
 // gathering and combining expert rows. Tokens are independent in all of them, so they spread over tokens (or
 // rows) with oneTBB; each token's arithmetic is the same whatever the split.
 #include "runtime/backend/host_ops.h"
+#include "runtime/kernels/cpu/kv_rows.h"
 
 #include <tbb/parallel_for.h>
 

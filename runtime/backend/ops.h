@@ -23,8 +23,6 @@
 
 #include "planner/core/weight_view.h"
 #include "planner/kv_cache.h"
-#include "runtime/kernels/cpu/kv_rows.h"
-#include "runtime/kernels/cpu/mxfp4_activation.h"
 
 namespace ferry::runtime::ops {
 
@@ -118,20 +116,20 @@ struct Linear {
   int64_t n = 0, x_stride = 0;  // 0: w.cols
   float* y = nullptr;
   int64_t y_stride = 0;  // 0: w.rows
-  cpu::ActivationBits bits = cpu::ActivationBits::Int24;
+  core::ActivationBits bits = core::ActivationBits::Int24;
 };
 
 // One linear layer per group over consecutive runs of rows (a routed expert's tokens): rows
 // [row_begin[g], row_begin[g+1]) of x and y go through weight w[g]. The grouped GEMM of a device.
 struct LinearGrouped {
-  const core::WeightView* w = nullptr;  // [groups]
+  const core::WeightView* w = nullptr;  // [groups], host memory (the views point at the device's weights)
   const int64_t* row_begin = nullptr;   // [groups + 1], host memory
   int64_t groups = 0;
   const float* x = nullptr;
   int64_t x_stride = 0;
   float* y = nullptr;
   int64_t y_stride = 0;
-  cpu::ActivationBits bits = cpu::ActivationBits::Int24;
+  core::ActivationBits bits = core::ActivationBits::Int24;
 };
 
 // A SwiGLU feed-forward (a routed or the shared expert) over m rows: gate = w1·x, up = w3·x (MXFP4 w1/w3 share
@@ -144,14 +142,14 @@ struct ExpertFfn {
   float* gate = nullptr;  // [m, inter]
   float* up = nullptr;    // [m, inter]
   float* out = nullptr;   // [m, d]
-  cpu::ActivationBits bits = cpu::ActivationBits::Int24;
+  core::ActivationBits bits = core::ActivationBits::Int24;
 };
 
 // ---- KV rows, compressors, indexer, attention ----
 
 // Rounds each of `rows` rows of x (in place) to what `layout` stores and writes the stored bytes to out.
 struct KvEncode {
-  KvRowLayout layout;
+  planner::KvRowLayout layout;
   float* x = nullptr;
   int64_t rows = 0;
   uint8_t* out = nullptr;  // [rows, layout.bytes]
@@ -179,7 +177,7 @@ struct Compress {
   bool indexer = false;
   float* state_kv = nullptr;     // [rows, width] (CompressorState)
   float* state_score = nullptr;  // [rows, width]
-  KvRowLayout layout;
+  planner::KvRowLayout layout;
   uint8_t* rows = nullptr;  // compressed entries, [capacity, layout.bytes]
   int64_t capacity = 0;
 };
@@ -193,14 +191,14 @@ struct IndexerSelect {
   float* q = nullptr;
   float* w = nullptr;
   const uint8_t* keys = nullptr;  // [entries, layout.bytes]
-  KvRowLayout layout;
+  planner::KvRowLayout layout;
   planner::KvType kv_type = planner::KvType::FP8;
   int64_t n = 0, p0 = 0, heads = 0, head_dim = 0, topk = 0;
   RopeFreqs freqs;
   float* key_tile = nullptr;  // decoded keys of one tile
   int64_t key_tile_rows = 0;
   TileScratch tiles;
-  int32_t* sel = nullptr;        // [n, topk]
+  int32_t* sel = nullptr;        // [n, topk]: a token's entries in no particular order (attention sums in list order)
   int32_t* sel_count = nullptr;  // [n]
 };
 
@@ -213,7 +211,7 @@ struct Attention {
   const float* kv = nullptr;            // [n, head_dim], this chunk's rows (already rounded as stored)
   const uint8_t* window = nullptr;      // the ring, [window, layout.bytes]
   const uint8_t* compressed = nullptr;  // [entries, layout.bytes]
-  KvRowLayout layout;
+  planner::KvRowLayout layout;
   const int32_t* sel = nullptr;  // ratio 4: [n, topk]
   const int32_t* sel_count = nullptr;
   int64_t topk = 0;

@@ -10,7 +10,7 @@ void compress(const Chunk& ch, const CompressorWeights& w, int64_t ratio, const 
               bool indexer, DeviceVector<uint8_t>& rows, Workspace& ws, const float* xn) {
   const auto& c = ch.c;
   const int64_t width = st.width, dim = indexer ? c.index_head_dim : c.head_dim;
-  const KvRowLayout& layout = indexer ? ch.index : ch.main;
+  const planner::KvRowLayout& layout = indexer ? ch.index : ch.main;
   OpStream& s = ch.ops;
   s.run(ops::Linear{.w = w.wkv, .x = xn, .n = ch.n, .y = ws.comp_a.data(), .y_stride = width, .bits = ch.bits});
   s.run(ops::Linear{.w = w.wgate, .x = xn, .n = ch.n, .y = ws.comp_s.data(), .y_stride = width, .bits = ch.bits});

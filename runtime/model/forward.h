@@ -36,7 +36,7 @@ struct SessionOptions {
   // Where routed experts are computed (offload/); nullptr: every expert from the checkpoint, on the CPU.
   ExpertProvider* experts = nullptr;
   // Precision of routed-expert inputs in the CPU's MXFP4 kernels (runtime/kernels/cpu/mxfp4_activation.h).
-  cpu::ActivationBits expert_bits = cpu::ActivationBits::Int24;
+  core::ActivationBits expert_bits = core::ActivationBits::Int24;
 };
 
 class Session {

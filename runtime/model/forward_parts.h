@@ -70,12 +70,12 @@ class OpStream {
 struct Chunk {
   const core::ModelConfig& c;
   planner::KvType kv_type;
-  const KvRowLayout& main;
-  const KvRowLayout& index;
+  const planner::KvRowLayout& main;
+  const planner::KvRowLayout& index;
   int64_t p0;
   int64_t n;
   const int32_t* tokens;  // host memory
-  cpu::ActivationBits bits;
+  core::ActivationBits bits;
   OpStream& ops;
 };
 

@@ -24,7 +24,10 @@ CompressorState make_state(int64_t ratio, int64_t dim, Backend* device, MemoryCl
 }  // namespace
 
 KvCache::KvCache(const core::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp, Backend* device)
-    : type_(type), ctx_(ctx), main_(KvRowLayout::main_row(c, type)), index_(KvRowLayout::indexer_row(c, type)) {
+    : type_(type),
+      ctx_(ctx),
+      main_(planner::KvRowLayout::main_row(c, type)),
+      index_(planner::KvRowLayout::indexer_row(c, type)) {
   FERRY_CHECK(c.arch == core::Arch::DeepseekV4, "the CPU KV cache holds V4 layouts only");
   FERRY_CHECK(ctx >= 1, "context must be at least 1 token");
   const int64_t n = with_mtp ? c.n_layers_total() : c.num_hidden_layers;

@@ -41,8 +41,8 @@ class KvCache {
 
   planner::KvType type() const { return type_; }
   int64_t ctx() const { return ctx_; }
-  const KvRowLayout& main_layout() const { return main_; }
-  const KvRowLayout& index_layout() const { return index_; }
+  const planner::KvRowLayout& main_layout() const { return main_; }
+  const planner::KvRowLayout& index_layout() const { return index_; }
   LayerKv& layer(int64_t i) { return layers_[static_cast<size_t>(i)]; }
   const LayerKv& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
   int64_t n_layers() const { return static_cast<int64_t>(layers_.size()); }
@@ -55,7 +55,7 @@ class KvCache {
  private:
   planner::KvType type_;
   int64_t ctx_;
-  KvRowLayout main_, index_;
+  planner::KvRowLayout main_, index_;
   std::vector<LayerKv> layers_;
 };
 

@@ -123,15 +123,8 @@ void DeviceMemory::read_bytes(const void* src, void* dst, int64_t bytes) const {
   for (const DeviceBuffer& buf : buffers_) {
     const auto* base = static_cast<const char*>(buf.data());
     if (p < base || p + bytes > base + buf.bytes()) continue;
-    if (b_.host_addressable()) {
-      std::memcpy(dst, p, sz(bytes));
-      return;
-    }
-#ifdef FERRY_HAVE_CUDA
-    // Backend has no copy back to the host; CUDA's own does it.
-    if (auto* cuda = dynamic_cast<cuda::CudaBackend*>(&b_)) return cuda->copy_to_host(dst, buf, p - base, bytes);
-#endif
-    FERRY_THROW("test: cannot read back memory of " + b_.name());
+    b_.copy_to_host(dst, buf, p - base, bytes);
+    return;
   }
   FERRY_THROW("test: reading memory that no buffer of this case holds");
 }

@@ -20,7 +20,7 @@ namespace {
 FERRY_OP_SUITE(AttentionOps);
 
 // Encodes `rows` rows of x on the device (KvEncode); returns the bytes' buffer and sets x to the rounded values.
-uint8_t* encode(DeviceMemory& m, const KvRowLayout& l, std::vector<float>& x, int64_t rows) {
+uint8_t* encode(DeviceMemory& m, const planner::KvRowLayout& l, std::vector<float>& x, int64_t rows) {
   float* xd = m.upload(x);
   uint8_t* bytes = m.zeros<uint8_t>(rows * l.bytes);
   m.run(ops::KvEncode{l, xd, rows, bytes});
@@ -108,7 +108,7 @@ TYPED_TEST(AttentionOps, Attention) {
     for (const AttentionCase& k : attention_cases(s))
       for (const KvType t : k.kv_types) {
         const int64_t nh = s.c.num_attention_heads, hd = s.c.head_dim, W = s.c.sliding_window;
-        const KvRowLayout l = KvRowLayout::main_row(s.c, t);
+        const planner::KvRowLayout l = planner::KvRowLayout::main_row(s.c, t);
         std::mt19937_64 rng(31);
         AttentionInputs in = attention_inputs(s, k, rng);
         const Vec freqs = reference::rope_frequencies(s.c, k.ratio > 0);
@@ -237,7 +237,7 @@ TYPED_TEST(AttentionOps, IndexerSelect) {
       for (const KvType t : planner::kKvTypesByFidelity) {
         const int64_t ih = s.c.index_n_heads, hd = s.c.index_head_dim, topk = s.c.index_topk;
         const int64_t entries = (k.p0 + k.n) / 4, tile = s.c.hidden_size <= 1024 ? 5 : 300;
-        const KvRowLayout l = KvRowLayout::indexer_row(s.c, t);
+        const planner::KvRowLayout l = planner::KvRowLayout::indexer_row(s.c, t);
         std::mt19937_64 rng(32);
         const std::vector<float> q = normal(k.n * ih * hd, 1.0, rng), w = normal(k.n * ih, 1.0, rng);
         const std::vector<float> distinct = normal(entries * hd, 1.0, rng);

@@ -13,16 +13,16 @@ namespace {
 
 FERRY_OP_SUITE(KvOps);
 
-KvRowLayout layout_of(const core::ModelConfig& c, KvType t, bool indexer) {
-  return indexer ? KvRowLayout::indexer_row(c, t) : KvRowLayout::main_row(c, t);
+planner::KvRowLayout layout_of(const core::ModelConfig& c, KvType t, bool indexer) {
+  return indexer ? planner::KvRowLayout::indexer_row(c, t) : planner::KvRowLayout::main_row(c, t);
 }
 
-std::string layout_text(const Shape& s, const KvRowLayout& l) {
+std::string layout_text(const Shape& s, const planner::KvRowLayout& l) {
   return s.name + " " + std::string(planner::kv_type_name(l.type)) + (l.indexer ? " indexer" : " main");
 }
 
 // The values stored rows decode to, on the host.
-std::vector<float> decode_rows(const KvRowLayout& l, const std::vector<uint8_t>& bytes, int64_t rows) {
+std::vector<float> decode_rows(const planner::KvRowLayout& l, const std::vector<uint8_t>& bytes, int64_t rows) {
   std::vector<float> v(sz(rows * l.dims));
   for (int64_t r = 0; r < rows; ++r) decode_kv_row(l, bytes.data() + r * l.bytes, v.data() + r * l.dims);
   return v;
@@ -36,7 +36,7 @@ TYPED_TEST(KvOps, KvEncode) {
   for (const Shape& s : shapes())
     for (const KvType t : planner::kKvTypesByFidelity)
       for (const bool indexer : {false, true}) {
-        const KvRowLayout l = layout_of(s.c, t, indexer);
+        const planner::KvRowLayout l = layout_of(s.c, t, indexer);
         std::mt19937_64 rng(21);
         const int64_t rows = 6;
         std::vector<float> x = normal(rows * l.dims, 1.0, rng);
@@ -61,7 +61,7 @@ TYPED_TEST(KvOps, KvEncode) {
 // one token far into the context. Bytes are copied exactly.
 TYPED_TEST(KvOps, KvWindowStore) {
   for (const Shape& s : shapes()) {
-    const int64_t W = s.c.sliding_window, bytes = KvRowLayout::main_row(s.c, KvType::FP8).bytes;
+    const int64_t W = s.c.sliding_window, bytes = planner::KvRowLayout::main_row(s.c, KvType::FP8).bytes;
     const std::pair<int64_t, int64_t> cases[] = {{3, W - 2}, {W + 5, 7}, {1, 1000003}};  // (n, p0)
     for (const auto& [n, p0] : cases) {
       std::mt19937_64 rng(22);
@@ -153,7 +153,7 @@ TYPED_TEST(KvOps, Compress) {
   for (const Shape& s : shapes())
     for (const CompressCase& k : compress_cases(s))
       for (const KvType t : planner::kKvTypesByFidelity) {
-        const KvRowLayout l = layout_of(s.c, t, k.indexer);
+        const planner::KvRowLayout l = layout_of(s.c, t, k.indexer);
         const int64_t r = k.ratio, state_rows = r == 4 ? 2 * r : r;
         const int64_t j0 = k.p0 / r, capacity = (k.p0 + k.total) / r;
         std::mt19937_64 rng(23);

@@ -19,7 +19,7 @@ using core::WeightFormat;
 
 constexpr double kDotTol = 2e-6;
 
-int bits_of(cpu::ActivationBits b) { return static_cast<int>(b); }
+int bits_of(core::ActivationBits b) { return static_cast<int>(b); }
 
 FERRY_OP_SUITE(LinearOps);
 
@@ -29,14 +29,14 @@ struct LinearCase {
   int64_t row_begin, rows;  // the view
   int64_t n;
   int64_t x_pad = 0, y_pad = 0;  // strides beyond the row
-  cpu::ActivationBits bits = cpu::ActivationBits::Int24;
+  core::ActivationBits bits = core::ActivationBits::Int24;
   int64_t x_offset = 0, y_offset = 0;  // where each token's input and output start in its row
   std::string text() const {
     static const char* names[] = {"f32", "bf16", "fp8", "mxfp4"};
     return std::string(names[static_cast<int>(format)]) + " [" + std::to_string(rows) + " of " +
            std::to_string(tensor_rows) + " from " + std::to_string(row_begin) + ", " + std::to_string(cols) + "] x" +
            std::to_string(n) +
-           (format == WeightFormat::MXFP4 ? " " + std::string(cpu::activation_bits_name(bits)) : "");
+           (format == WeightFormat::MXFP4 ? " " + std::string(core::activation_bits_name(bits)) : "");
   }
 };
 
@@ -47,7 +47,7 @@ struct LinearCase {
 std::vector<LinearCase> linear_cases(const core::ModelConfig& c) {
   const int64_t d = c.hidden_size, ql = c.q_lora_rank, inter = c.moe_intermediate_size;
   const int64_t ol = c.o_lora_rank, gin = c.num_attention_heads * c.head_dim / c.o_groups;
-  using B = cpu::ActivationBits;
+  using B = core::ActivationBits;
   return {
       {WeightFormat::F32, 24, d, 0, 24, 2},
       {WeightFormat::BF16, 256, d, 64, 64, 3, 16, 8},
@@ -104,7 +104,7 @@ TYPED_TEST(LinearOps, LinearGrouped) {
     const std::vector<int64_t> row_begin =
         real ? std::vector<int64_t>{0, 1, 1, 3} : std::vector<int64_t>{0, 2, 2, 5, 6};
     const int64_t groups = static_cast<int64_t>(row_begin.size()) - 1, n = row_begin.back();
-    for (const auto bits : {cpu::ActivationBits::Int24, cpu::ActivationBits::Int16}) {
+    for (const auto bits : {core::ActivationBits::Int24, core::ActivationBits::Int16}) {
       std::mt19937_64 rng(12);
       std::vector<StoredWeight> w;
       for (int64_t g = 0; g < groups; ++g)
@@ -130,7 +130,7 @@ TYPED_TEST(LinearOps, LinearGrouped) {
           for (double v : mag) tol.push_back(kDotTol * v);
         }
       }
-      expect_near(out->f32("y"), ref, tol, s.name + " linear_grouped " + cpu::activation_bits_name(bits));
+      expect_near(out->f32("y"), ref, tol, s.name + " linear_grouped " + core::activation_bits_name(bits));
     }
   }
 }
@@ -138,7 +138,7 @@ TYPED_TEST(LinearOps, LinearGrouped) {
 struct ExpertCase {
   WeightFormat format;
   double limit;
-  cpu::ActivationBits bits;
+  core::ActivationBits bits;
 };
 
 // A routed expert (MXFP4, limit swiglu_limit, inputs large enough that the limit cuts) and, at the tiny
@@ -148,10 +148,10 @@ struct ExpertCase {
 TYPED_TEST(LinearOps, ExpertFfn) {
   for (const Shape& s : shapes()) {
     const int64_t d = s.c.hidden_size, inter = s.c.moe_intermediate_size, m = 3;
-    std::vector<ExpertCase> cases{{WeightFormat::MXFP4, s.c.swiglu_limit, cpu::ActivationBits::Int24}};
+    std::vector<ExpertCase> cases{{WeightFormat::MXFP4, s.c.swiglu_limit, core::ActivationBits::Int24}};
     if (d <= 1024) {
-      cases.push_back({WeightFormat::MXFP4, s.c.swiglu_limit, cpu::ActivationBits::Int16});
-      cases.push_back({WeightFormat::FP8, 0.0, cpu::ActivationBits::Int24});
+      cases.push_back({WeightFormat::MXFP4, s.c.swiglu_limit, core::ActivationBits::Int16});
+      cases.push_back({WeightFormat::FP8, 0.0, core::ActivationBits::Int24});
     }
     for (const ExpertCase& k : cases) {
       std::mt19937_64 rng(13);
@@ -198,7 +198,7 @@ TYPED_TEST(LinearOps, ExpertFfn) {
         for (double v : abs_products(e.w2, hmag)) tol_out.push_back(kDotTol * v);
       }
       const std::string what = s.name + " expert " + (k.format == WeightFormat::FP8 ? "fp8" : "mxfp4 ") +
-                               (bits ? cpu::activation_bits_name(k.bits) : "");
+                               (bits ? core::activation_bits_name(k.bits) : "");
       if (k.limit > 0) {
         EXPECT_GT(limited, m * inter / 20) << what << ": the limit must cut some values";
       }

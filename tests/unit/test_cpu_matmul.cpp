@@ -77,11 +77,11 @@ TEST(CpuMatmul, Mxfp4MatchesTheMatvecBitwiseOnEveryPath) {
     const uint8_t* c = codes.data() + offset * s.cols / 2;
     const uint8_t* sc = scales.data() + offset * s.cols / 32;
     const std::vector<float> x = random_tokens(rng, 64, s.cols);
-    for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
+    for (core::ActivationBits bits : {core::ActivationBits::Int16, core::ActivationBits::Int24}) {
       std::vector<Mxfp4Activation> a(64);
       for (int64_t t = 0; t < 64; ++t) quantize_mxfp4_activation(x.data() + t * s.cols, s.cols, a[size_t(t)], bits);
       for (CpuIsa isa : mxfp4_isas()) {
-        SCOPED_TRACE(name(s, offset) + " " + activation_bits_name(bits) + " " + isa_name(isa));
+        SCOPED_TRACE(name(s, offset) + " " + core::activation_bits_name(bits) + " " + isa_name(isa));
         std::vector<float> want(size_t(64 * s.rows));
         for (int64_t t = 0; t < 64; ++t)
           detail::matvec_mxfp4_on(isa, c, sc, s.rows, a[size_t(t)], want.data() + t * s.rows);
@@ -149,11 +149,11 @@ TEST(CpuMatmul, LinearChunkEqualsOneTokenCalls) {
   const core::WeightView w8{core::WeightFormat::FP8, fp8.data(), fp8_scales.data(), 0, rows, cols, rows};
   const int64_t n_max = 19;
   const std::vector<float> x = random_tokens(rng, n_max, cols);
-  for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
+  for (core::ActivationBits bits : {core::ActivationBits::Int16, core::ActivationBits::Int24}) {
     for (const core::WeightView& v :
          {w4.slice_rows(1, rows - 2), w4.slice_rows(131, 2999), w8.slice_rows(128, 4000), w8}) {
       SCOPED_TRACE(std::string(v.format == core::WeightFormat::FP8 ? "fp8" : "mxfp4") + " from row " +
-                   std::to_string(v.row_begin) + " " + activation_bits_name(bits));
+                   std::to_string(v.row_begin) + " " + core::activation_bits_name(bits));
       std::vector<float> want(size_t(n_max * v.rows));
       for (int64_t t = 0; t < n_max; ++t)
         linear(v, x.data() + t * cols, 1, cols, want.data() + t * v.rows, v.rows, bits);

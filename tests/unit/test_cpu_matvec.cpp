@@ -79,7 +79,7 @@ double weight_at(const Mxfp4Case& c, int64_t r, int64_t k) {
 
 // The activation as the kernels see it, recomputed here from the rounding's definition in double:
 // per block, k = the smallest integer with amax <= qmax * 2^k, q = rne(x / 2^k).
-std::vector<double> rounded_x(const std::vector<float>& x, ActivationBits bits) {
+std::vector<double> rounded_x(const std::vector<float>& x, core::ActivationBits bits) {
   const double qmax = activation_qmax(bits);
   std::vector<double> q(x.size(), 0.0);
   for (size_t b = 0; b < x.size() / 32; ++b) {
@@ -94,7 +94,7 @@ std::vector<double> rounded_x(const std::vector<float>& x, ActivationBits bits) 
   return q;
 }
 
-std::vector<float> run_on(CpuIsa isa, const Mxfp4Case& c, ActivationBits bits) {
+std::vector<float> run_on(CpuIsa isa, const Mxfp4Case& c, core::ActivationBits bits) {
   Mxfp4Activation a;
   quantize_mxfp4_activation(c.x.data(), c.s.cols, a, bits);
   std::vector<float> y(size_t(c.s.rows), NAN);
@@ -112,8 +112,8 @@ TEST(CpuMatvec, Mxfp4MatchesReferenceOnTheRoundedActivation) {
   for (const Shape s : kMxfp4Shapes) {
     SCOPED_TRACE(name(s));
     const Mxfp4Case c = random_mxfp4(s, 1234 + static_cast<unsigned>(s.rows + s.cols));
-    for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
-      SCOPED_TRACE(activation_bits_name(bits));
+    for (core::ActivationBits bits : {core::ActivationBits::Int16, core::ActivationBits::Int24}) {
+      SCOPED_TRACE(core::activation_bits_name(bits));
       const std::vector<double> q = rounded_x(c.x, bits);
       std::vector<double> ref(size_t(s.rows), 0.0);
       for (int64_t r = 0; r < s.rows; ++r)
@@ -135,7 +135,7 @@ TEST(CpuMatvec, Mxfp4DefaultIsAsExactAsFloat) {
     for (int64_t r = 0; r < s.rows; ++r)
       for (int64_t k = 0; k < s.cols; ++k) ref[size_t(r)] += weight_at(c, r, k) * c.x[size_t(k)];
     std::vector<float> y(size_t(s.rows));
-    matvec_mxfp4(c.codes.data(), c.scales.data(), s.rows, s.cols, c.x.data(), y.data(), ActivationBits::Int24);
+    matvec_mxfp4(c.codes.data(), c.scales.data(), s.rows, s.cols, c.x.data(), y.data(), core::ActivationBits::Int24);
     EXPECT_LE(relative_error(y, ref), 2e-6);
   }
 }
@@ -144,8 +144,8 @@ TEST(CpuMatvec, Mxfp4DefaultIsAsExactAsFloat) {
 // element, so |y - y_exact| <= sum_k |W[r,k]| 2^(k_b - 1) (plus float noise), and about 2^-16 of |y| typically.
 TEST(CpuMatvec, Mxfp4ActivationRoundingStaysWithinItsBound) {
   const Mxfp4Case c = random_mxfp4({512, 4096}, 99);
-  const std::vector<double> q = rounded_x(c.x, ActivationBits::Int16);
-  const std::vector<float> y = run_on(mxfp4_isa(), c, ActivationBits::Int16);
+  const std::vector<double> q = rounded_x(c.x, core::ActivationBits::Int16);
+  const std::vector<float> y = run_on(mxfp4_isa(), c, core::ActivationBits::Int16);
   double mean_rel = 0;
   for (int64_t r = 0; r < 512; ++r) {
     double exact = 0, bound = 0, mag = 0;
@@ -175,7 +175,7 @@ TEST(CpuMatvec, Mxfp4DecodesEveryCodeExactly) {
   }
   const Mxfp4Case c{{rows, cols}, codes, scales, std::vector<float>(cols, 1.0f)};
   for (CpuIsa isa : mxfp4_isas()) {
-    for (ActivationBits bits : {ActivationBits::Int16, ActivationBits::Int24}) {
+    for (core::ActivationBits bits : {core::ActivationBits::Int16, core::ActivationBits::Int24}) {
       const std::vector<float> y = run_on(isa, c, bits);
       for (int64_t i = 0; i < rows; ++i) {
         const float want = core::e2m1_to_float(static_cast<uint8_t>(i)) * std::ldexp(1.0f, static_cast<int>(i % 5) - 3);
@@ -190,10 +190,10 @@ TEST(CpuMatvec, Mxfp4NonFiniteActivationGivesNonFiniteOutput) {
   Mxfp4Case c = random_mxfp4({4, 96}, 5);
   c.x[40] = NAN;
   for (CpuIsa isa : mxfp4_isas())
-    for (float v : run_on(isa, c, ActivationBits::Int24)) EXPECT_FALSE(std::isfinite(v)) << isa_name(isa);
+    for (float v : run_on(isa, c, core::ActivationBits::Int24)) EXPECT_FALSE(std::isfinite(v)) << isa_name(isa);
   c.x[40] = INFINITY;
   for (CpuIsa isa : mxfp4_isas())
-    for (float v : run_on(isa, c, ActivationBits::Int16)) EXPECT_FALSE(std::isfinite(v)) << isa_name(isa);
+    for (float v : run_on(isa, c, core::ActivationBits::Int16)) EXPECT_FALSE(std::isfinite(v)) << isa_name(isa);
 }
 
 TEST(CpuMatvec, Fp8MatchesReference) {
@@ -247,7 +247,7 @@ TEST(CpuMatvec, Fp8DecodesEveryCodeExactly) {
 TEST(CpuMatvec, Mxfp4RejectsColumnsOffTheBlock) {
   std::vector<uint8_t> codes(24), scales(1);
   std::vector<float> x(48), y(1);
-  EXPECT_THROW(matvec_mxfp4(codes.data(), scales.data(), 1, 48, x.data(), y.data(), ActivationBits::Int24),
+  EXPECT_THROW(matvec_mxfp4(codes.data(), scales.data(), 1, 48, x.data(), y.data(), core::ActivationBits::Int24),
                ferry::Error);
   EXPECT_THROW(matvec_fp8(codes.data(), scales.data(), -1, 4, x.data(), y.data()), ferry::Error);
 }
@@ -256,7 +256,7 @@ TEST(CpuMatvec, EmptyShapes) {
   std::vector<float> y(3, NAN);
   matvec_fp8(nullptr, nullptr, 3, 0, nullptr, y.data());
   for (float v : y) EXPECT_EQ(v, 0.0f);
-  matvec_mxfp4(nullptr, nullptr, 0, 64, nullptr, nullptr, ActivationBits::Int24);
+  matvec_mxfp4(nullptr, nullptr, 0, 64, nullptr, nullptr, core::ActivationBits::Int24);
 }
 
 }  // namespace

@@ -35,7 +35,7 @@ std::vector<float> random_row(int64_t n, uint64_t seed, float scale) {
 }
 
 // Encodes with guard bytes after the row: the encoder must write exactly layout.bytes.
-std::vector<uint8_t> encode_guarded(const KvRowLayout& l, std::vector<float>& x) {
+std::vector<uint8_t> encode_guarded(const planner::KvRowLayout& l, std::vector<float>& x) {
   std::vector<uint8_t> buf(static_cast<size_t>(l.bytes + 16), 0xA5);
   encode_kv_row(l, x.data(), buf.data());
   for (int64_t i = l.bytes; i < l.bytes + 16; ++i) EXPECT_EQ(buf[static_cast<size_t>(i)], 0xA5) << "wrote past the row";
@@ -46,7 +46,8 @@ TEST(KvRows, SizesAreThePlannersAndDecodeReturnsTheRoundedValues) {
   for (const auto& c : {tiny(), core::preset_config("deepseek-v4-flash")}) {
     for (KvType t : planner::kKvTypesByFidelity) {
       for (bool indexer : {false, true}) {
-        const KvRowLayout l = indexer ? KvRowLayout::indexer_row(c, t) : KvRowLayout::main_row(c, t);
+        const planner::KvRowLayout l =
+            indexer ? planner::KvRowLayout::indexer_row(c, t) : planner::KvRowLayout::main_row(c, t);
         const auto rb = planner::kv_row_bytes(c, t);
         EXPECT_EQ(l.bytes, indexer ? rb.indexer : rb.main);
         std::vector<float> x = random_row(l.dims, 7, 3.0f), rounded = x;
@@ -70,7 +71,7 @@ TEST(KvRows, SizesAreThePlannersAndDecodeReturnsTheRoundedValues) {
 
 TEST(KvRows, Fp8MainRowFollowsTheModelsOwnSimulation) {
   const auto c = core::preset_config("deepseek-v4-flash");
-  const KvRowLayout l = KvRowLayout::main_row(c, KvType::FP8);
+  const planner::KvRowLayout l = planner::KvRowLayout::main_row(c, KvType::FP8);
   std::vector<float> x(512, 0.0f);
   x[0] = 448.0f;         // block 0: amax 448 -> scale 1
   x[1] = 1.0625f;        // midpoint of 1 and 1.125 -> ties to even: 1
@@ -94,7 +95,7 @@ TEST(KvRows, Fp8MainRowFollowsTheModelsOwnSimulation) {
 
 TEST(KvRows, Fp4IndexerKeyAndQueryRoundTheSameWay) {
   const auto c = tiny();
-  const KvRowLayout l = KvRowLayout::indexer_row(c, KvType::FP8);
+  const planner::KvRowLayout l = planner::KvRowLayout::indexer_row(c, KvType::FP8);
   std::vector<float> x = random_row(l.dims, 3, 1.0f);
   x[0] = 6.0f;   // block 0: amax 6 -> scale 1
   x[1] = 2.5f;   // midpoint 2 / 3 -> 2
@@ -116,7 +117,7 @@ TEST(KvRows, Fp4IndexerKeyAndQueryRoundTheSameWay) {
 TEST(KvRows, QuantBlocksUseAnF16ScaleOfAmaxOverQmax) {
   const auto c = tiny();
   for (KvType t : {KvType::Q8_0, KvType::Q4_0}) {
-    const KvRowLayout l = KvRowLayout::main_row(c, t);
+    const planner::KvRowLayout l = planner::KvRowLayout::main_row(c, t);
     std::vector<float> x = random_row(l.dims, 11, 2.0f), r = x;
     const auto buf = encode_guarded(l, r);
     const float qmax = t == KvType::Q8_0 ? 127.0f : 7.0f;

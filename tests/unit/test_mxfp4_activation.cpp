@@ -20,15 +20,15 @@ int32_t q_of(const Mxfp4Activation& a, int64_t i) {
   return q;
 }
 
-constexpr ActivationBits kBoth[] = {ActivationBits::Int16, ActivationBits::Int24};
+constexpr core::ActivationBits kBoth[] = {core::ActivationBits::Int16, core::ActivationBits::Int24};
 
 TEST(Mxfp4Activation, LimitsAreThreeOrTwoSignedBytes) {
-  EXPECT_EQ(activation_qmax(ActivationBits::Int16), 127 * 256 + 127);
-  EXPECT_EQ(activation_qmax(ActivationBits::Int24), 127 * 65536 + 127 * 256 + 127);
+  EXPECT_EQ(activation_qmax(core::ActivationBits::Int16), 127 * 256 + 127);
+  EXPECT_EQ(activation_qmax(core::ActivationBits::Int24), 127 * 65536 + 127 * 256 + 127);
 }
 
 TEST(Mxfp4Activation, ExponentIsTheSmallestThatFits) {
-  for (ActivationBits bits : kBoth) {
+  for (core::ActivationBits bits : kBoth) {
     const double qmax = activation_qmax(bits);
     for (int k = -30; k <= 20; ++k) {
       const float at_limit = static_cast<float>(std::ldexp(qmax, k));  // exact: qmax has at most 23 bits
@@ -49,7 +49,7 @@ TEST(Mxfp4Activation, RoundsToNearestEvenAndSplitsIntoBytes) {
   const int32_t want[] = {2, 4, -2, 0, 0, 2, 128, 128, -128, -129, 256, -32639, 0};
   for (size_t i = 0; i < std::size(vals); ++i) x[i + 1] = vals[i];
   Mxfp4Activation a;
-  quantize_mxfp4_activation(x.data(), 64, a, ActivationBits::Int16);
+  quantize_mxfp4_activation(x.data(), 64, a, core::ActivationBits::Int16);
   EXPECT_EQ(a.blocks, 2);
   EXPECT_EQ(a.parts, 2);
   EXPECT_EQ(a.exponent[0], -1);  // k - 1
@@ -60,15 +60,15 @@ TEST(Mxfp4Activation, RoundsToNearestEvenAndSplitsIntoBytes) {
 }
 
 TEST(Mxfp4Activation, ReconstructsWithinHalfAStepAndSumsLanes) {
-  for (ActivationBits bits : kBoth) {
-    SCOPED_TRACE(activation_bits_name(bits));
+  for (core::ActivationBits bits : kBoth) {
+    SCOPED_TRACE(core::activation_bits_name(bits));
     std::mt19937 rng(3);
     std::normal_distribution<float> n(0.0f, 1.0f);
     std::vector<float> x(32 * 40);
     for (size_t i = 0; i < x.size(); ++i) x[i] = n(rng) * std::ldexp(1.0f, int(i / 32) - 20);  // scales 2^-20 .. 2^19
     Mxfp4Activation a;
     quantize_mxfp4_activation(x.data(), int64_t(x.size()), a, bits);
-    EXPECT_EQ(a.parts, bits == ActivationBits::Int16 ? 2 : 3);
+    EXPECT_EQ(a.parts, bits == core::ActivationBits::Int16 ? 2 : 3);
     EXPECT_EQ(a.even[0].size() % (16 * 16), 0u);  // padded to 16 blocks
     const double qmax = activation_qmax(bits);
     for (int64_t b = 0; b < a.blocks; ++b) {
@@ -106,8 +106,8 @@ TEST(Mxfp4Activation, VectorPathIsBitwiseTheDefinition) {
       x[b * 32 + i] = b % 11 == 0 ? 0.0f : v;  // some all-zero blocks
     }
   }
-  for (ActivationBits bits : kBoth) {
-    SCOPED_TRACE(activation_bits_name(bits));
+  for (core::ActivationBits bits : kBoth) {
+    SCOPED_TRACE(core::activation_bits_name(bits));
     Mxfp4Activation fast, def;
     quantize_mxfp4_activation(x.data(), int64_t(x.size()), fast, bits);
     detail::quantize_mxfp4_activation_portable(x.data(), int64_t(x.size()), def, bits);
@@ -124,7 +124,7 @@ TEST(Mxfp4Activation, VectorPathIsBitwiseTheDefinition) {
 TEST(Mxfp4Activation, RejectsColumnsOffTheBlock) {
   std::vector<float> x(48, 1.0f);
   Mxfp4Activation a;
-  EXPECT_THROW(quantize_mxfp4_activation(x.data(), 48, a, ActivationBits::Int24), ferry::Error);
+  EXPECT_THROW(quantize_mxfp4_activation(x.data(), 48, a, core::ActivationBits::Int24), ferry::Error);
 }
 
 }  // namespace

@@ -43,7 +43,7 @@ class CudaBackend final : public Backend {
   // have landed. A pageable `dst` makes CUDA block in the call until the stream reaches the copy (so do not
   // call it with the stream paused); a pinned one is waited for with `timeout`.
   void copy_to_host(void* dst, const DeviceBuffer& src, int64_t offset, int64_t bytes,
-                    std::chrono::milliseconds timeout = std::chrono::seconds(60));
+                    std::chrono::milliseconds timeout = std::chrono::seconds(60)) override;
 
   int device() const { return device_; }
 

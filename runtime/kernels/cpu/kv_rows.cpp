@@ -101,25 +101,7 @@ uint8_t quantize_fp4_block(const float* x, int64_t n, uint8_t* codes) {
   return e8m0_code(e);
 }
 
-KvRowLayout KvRowLayout::main_row(const core::ModelConfig& c, planner::KvType t) {
-  KvRowLayout l;
-  l.type = t;
-  l.dims = c.head_dim;
-  l.rope_dims = c.qk_rope_head_dim;
-  l.bytes = planner::kv_row_bytes(c, t).main;
-  return l;
-}
-
-KvRowLayout KvRowLayout::indexer_row(const core::ModelConfig& c, planner::KvType t) {
-  KvRowLayout l;
-  l.type = t;
-  l.dims = c.index_head_dim;
-  l.indexer = true;
-  l.bytes = planner::kv_row_bytes(c, t).indexer;
-  return l;
-}
-
-void encode_kv_row(const KvRowLayout& l, float* x, uint8_t* out) {
+void encode_kv_row(const planner::KvRowLayout& l, float* x, uint8_t* out) {
   using planner::KvType;
   switch (l.type) {
     case KvType::BF16:
@@ -175,7 +157,7 @@ void encode_kv_row(const KvRowLayout& l, float* x, uint8_t* out) {
   }
 }
 
-void decode_kv_row(const KvRowLayout& l, const uint8_t* in, float* x) {
+void decode_kv_row(const planner::KvRowLayout& l, const uint8_t* in, float* x) {
   using planner::KvType;
   switch (l.type) {
     case KvType::BF16:

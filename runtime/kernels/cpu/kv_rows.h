@@ -10,21 +10,10 @@
 
 namespace ferry::runtime {
 
-struct KvRowLayout {
-  planner::KvType type = planner::KvType::FP8;
-  int64_t dims = 0;       // values per row
-  int64_t rope_dims = 0;  // the last rope_dims stay BF16 in fp8 main rows
-  bool indexer = false;   // indexer key: FP4 instead of FP8 in the fp8 type
-  int64_t bytes = 0;      // stored bytes per row
-
-  static KvRowLayout main_row(const core::ModelConfig& c, planner::KvType t);
-  static KvRowLayout indexer_row(const core::ModelConfig& c, planner::KvType t);
-};
-
 // Rounds `x` to what the layout stores, writes the stored bytes to `out` (layout.bytes) and the rounded values
 // back into `x`, so that the caller can use the row without decoding it again.
-void encode_kv_row(const KvRowLayout& layout, float* x, uint8_t* out);
-void decode_kv_row(const KvRowLayout& layout, const uint8_t* in, float* x);
+void encode_kv_row(const planner::KvRowLayout& layout, float* x, uint8_t* out);
+void decode_kv_row(const planner::KvRowLayout& layout, const uint8_t* in, float* x);
 
 // The indexer query's rounding for the KV type (FP4 per 32 for fp8; none otherwise).
 void round_indexer_query(planner::KvType t, float* q, int64_t n);

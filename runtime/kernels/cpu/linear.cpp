@@ -57,7 +57,7 @@ void decode_row(const core::WeightView& w, int64_t r, float* out) {
 }  // namespace
 
 std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64_t x_stride, int64_t cols,
-                                                ActivationBits bits) {
+                                                core::ActivationBits bits) {
   std::vector<Mxfp4Activation> acts(static_cast<size_t>(n));
   if (n == 1)
     quantize_mxfp4_activation(x, cols, acts[0], bits);
@@ -68,7 +68,7 @@ std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64
 }
 
 void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride,
-            ActivationBits bits, const std::vector<Mxfp4Activation>* rounded) {
+            core::ActivationBits bits, const std::vector<Mxfp4Activation>* rounded) {
   FERRY_CHECK(w.data != nullptr && w.rows >= 0 && w.cols > 0, "linear: empty weight view");
   FERRY_CHECK(w.format != core::WeightFormat::MXFP4 || w.cols % core::kFp4Block == 0,
               "linear: MXFP4 cols not a multiple of 32");

@@ -16,10 +16,10 @@ namespace ferry::runtime::cpu {
 // An MXFP4 weight takes x rounded per token to `bits` (mxfp4_activation.h); `rounded`, when given, is that
 // rounding already made by round_mxfp4_inputs (so that w1 and w3 of an expert share one), else linear makes it.
 void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stride, float* y, int64_t y_stride,
-            ActivationBits bits, const std::vector<Mxfp4Activation>* rounded = nullptr);
+            core::ActivationBits bits, const std::vector<Mxfp4Activation>* rounded = nullptr);
 
 // The MXFP4 rounding of n tokens of `cols` values each, one Mxfp4Activation per token.
 std::vector<Mxfp4Activation> round_mxfp4_inputs(const float* x, int64_t n, int64_t x_stride, int64_t cols,
-                                                ActivationBits bits);
+                                                core::ActivationBits bits);
 
 }  // namespace ferry::runtime::cpu

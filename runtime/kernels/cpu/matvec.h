@@ -21,7 +21,7 @@ const char* isa_name(CpuIsa isa);
 // integers per block of 32 (mxfp4_activation.h: `bits`); the products are then exact integers per block.
 // E8M0 255 (NaN) is not expected in weights.
 void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y,
-                  ActivationBits bits);
+                  core::ActivationBits bits);
 // The same with x already rounded, so several weights (or row blocks) can share one rounding of x.
 void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation& x, float* y);
 // The same for n tokens at once (prefill): y[t * y_stride + r] = sum_k W[r,k] * x[t][k]. Each weight vector is

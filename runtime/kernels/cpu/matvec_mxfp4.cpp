@@ -493,7 +493,7 @@ void matmul_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, con
 }
 
 void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y,
-                  ActivationBits bits) {
+                  core::ActivationBits bits) {
   detail::check_matvec_shape(rows, cols, "matvec_mxfp4");
   FERRY_CHECK(cols % kBlock == 0,
               "matvec_mxfp4: cols must be a multiple of 32 (the MXFP4 block), got " + std::to_string(cols));

@@ -39,15 +39,13 @@ inline int32_t round_to_int(float v) {
 }
 }  // namespace
 
-const char* activation_bits_name(ActivationBits bits) { return bits == ActivationBits::Int16 ? "int16" : "int24"; }
-
 // Every part a signed byte: 127 * (1 + 256 [+ 65536]).
-int32_t activation_qmax(ActivationBits bits) { return bits == ActivationBits::Int16 ? 32639 : 8355711; }
+int32_t activation_qmax(core::ActivationBits bits) { return bits == core::ActivationBits::Int16 ? 32639 : 8355711; }
 
-int mxfp4_activation_exponent(float amax, ActivationBits bits) {
+int mxfp4_activation_exponent(float amax, core::ActivationBits bits) {
   // 2^e <= amax < 2^(e+1), so amax / 2^(e-b) is in [2^b, 2^(b+1)) and qmax is just below 2^(b+1): at most one
   // step up.
-  const int b = bits == ActivationBits::Int16 ? 14 : 22;
+  const int b = bits == core::ActivationBits::Int16 ? 14 : 22;
   uint32_t u;
   std::memcpy(&u, &amax, sizeof u);
   const int e = (u >> 23) & 255;
@@ -59,7 +57,7 @@ int mxfp4_activation_exponent(float amax, ActivationBits bits) {
 namespace {
 
 // Block b of a from its 32 values: the definition, element by element.
-void quantize_block_portable(const float* xb, ActivationBits bits, Mxfp4Activation& a, int64_t b) {
+void quantize_block_portable(const float* xb, core::ActivationBits bits, Mxfp4Activation& a, int64_t b) {
   float amax = 0.0f;
   bool finite = true;
   for (int64_t i = 0; i < kBlock; ++i) {
@@ -103,7 +101,7 @@ void quantize_block_portable(const float* xb, ActivationBits bits, Mxfp4Activati
 // the rounding once per expert input, serially before the matvec's threads start: in scalar code it was 4-8%
 // of a V4-Flash expert matvec. Returns false, leaving the block to the portable path, for a block whose amax
 // is so small that 2^-k overflows float.
-__attribute__((target("avx2"))) bool quantize_block_avx2(const float* xb, ActivationBits bits, Mxfp4Activation& a,
+__attribute__((target("avx2"))) bool quantize_block_avx2(const float* xb, core::ActivationBits bits, Mxfp4Activation& a,
                                                          int64_t b) {
   __m256 v[4];
   const __m256i exponent_field = _mm256_set1_epi32(0x7f800000);
@@ -162,13 +160,13 @@ bool have_avx2() {
 }
 #endif
 
-void quantize(const float* x, int64_t cols, Mxfp4Activation& a, ActivationBits bits, bool vector) {
+void quantize(const float* x, int64_t cols, Mxfp4Activation& a, core::ActivationBits bits, bool vector) {
   FERRY_CHECK(cols % kBlock == 0, "MXFP4 activation: cols must be a multiple of 32, got " + std::to_string(cols));
   const int64_t blocks = cols / kBlock;
   const int64_t padded = (blocks + kPadBlocks - 1) / kPadBlocks * kPadBlocks;
   a.cols = cols;
   a.blocks = blocks;
-  a.parts = bits == ActivationBits::Int16 ? 2 : 3;
+  a.parts = bits == core::ActivationBits::Int16 ? 2 : 3;
   for (int j = 0; j < 3; ++j) {
     const size_t n = j < a.parts ? static_cast<size_t>(padded * 16) : 0;
     a.even[j].assign(n, 0);
@@ -186,7 +184,7 @@ void quantize(const float* x, int64_t cols, Mxfp4Activation& a, ActivationBits b
 
 }  // namespace
 
-void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& a, ActivationBits bits) {
+void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& a, core::ActivationBits bits) {
 #if defined(__x86_64__)
   static const bool vector = have_avx2() && mxfp4_isa() != CpuIsa::Portable;
 #else
@@ -196,7 +194,7 @@ void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& a,
 }
 
 namespace detail {
-void quantize_mxfp4_activation_portable(const float* x, int64_t cols, Mxfp4Activation& a, ActivationBits bits) {
+void quantize_mxfp4_activation_portable(const float* x, int64_t cols, Mxfp4Activation& a, core::ActivationBits bits) {
   quantize(x, cols, a, bits, false);
 }
 }  // namespace detail

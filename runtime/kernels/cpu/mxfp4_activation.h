@@ -18,10 +18,9 @@
 #include <new>
 #include <vector>
 
-namespace ferry::runtime::cpu {
+#include "planner/core/weight_view.h"
 
-enum class ActivationBits : int { Int16 = 16, Int24 = 24 };
-const char* activation_bits_name(ActivationBits bits);  // "int16" / "int24"
+namespace ferry::runtime::cpu {
 
 // Cache-line-aligned storage: the kernels' 32- and 64-byte loads of the planes then never straddle two lines.
 template <class T>
@@ -58,16 +57,16 @@ struct Mxfp4Activation {
 };
 
 // The largest |q| of a precision.
-int32_t activation_qmax(ActivationBits bits);
+int32_t activation_qmax(core::ActivationBits bits);
 // The block exponent k for a finite amax > 0 (exact: scaling by powers of two is exact in float).
-int mxfp4_activation_exponent(float amax, ActivationBits bits);
+int mxfp4_activation_exponent(float amax, core::ActivationBits bits);
 
 // On AVX2 (unless FERRY_CPU_ISA=portable) a vector path computes bitwise the portable result.
-void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& out, ActivationBits bits);
+void quantize_mxfp4_activation(const float* x, int64_t cols, Mxfp4Activation& out, core::ActivationBits bits);
 
 namespace detail {
 // The element-by-element definition, always available, for tests to compare the vector path with.
-void quantize_mxfp4_activation_portable(const float* x, int64_t cols, Mxfp4Activation& out, ActivationBits bits);
+void quantize_mxfp4_activation_portable(const float* x, int64_t cols, Mxfp4Activation& out, core::ActivationBits bits);
 }  // namespace detail
 
 }  // namespace ferry::runtime::cpu
