@@ -43,15 +43,15 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   FERRY_CHECK(plan.fits, "the plan does not fit");
   const std::vector<int> gpus = devices_of(plan, planner::DeviceKind::Gpu);
   const std::vector<int> host_devices = devices_of(plan, planner::DeviceKind::Host);
-  FERRY_CHECK(gpus.size() == 1, "ferry runs plans with one GPU for now; this plan has " + std::to_string(gpus.size()) +
-                                    " (" + plan.layout + ")");
+  FERRY_CHECK(gpus.size() == 1, "ferry runs plans with one GPU for now; this plan has {} ({})", gpus.size(),
+              plan.layout);
   FERRY_CHECK(!host_devices.empty(), "the plan has no host");
-  FERRY_CHECK(host_devices.size() == hosts_.size(), "the plan has " + std::to_string(host_devices.size()) +
-                                                        " host memory nodes, the binding was given " +
-                                                        std::to_string(hosts_.size()) + " host backends");
+  FERRY_CHECK(host_devices.size() == hosts_.size(),
+              "the plan has {} host memory nodes, the binding was given {} host backends", host_devices.size(),
+              hosts_.size());
   for (const int h : host_devices)
     FERRY_CHECK(plan.devices[static_cast<size_t>(h)].node == 0,
-                "ferry runs plans on one machine for now; this plan has more (" + plan.layout + ")");
+                "ferry runs plans on one machine for now; this plan has more ({})", plan.layout);
   const int gpu_index = gpus.front();
   set_planned(gpu.ledger(), plan.devices[static_cast<size_t>(gpu_index)]);
   for (size_t k = 0; k < hosts_.size(); ++k)

@@ -131,7 +131,7 @@ void DeviceMemory::read_bytes(const void* src, void* dst, int64_t bytes) const {
     // Backend has no copy back to the host; CUDA's own does it.
     if (auto* cuda = dynamic_cast<cuda::CudaBackend*>(&b_)) return cuda->copy_to_host(dst, buf, p - base, bytes);
 #endif
-    FERRY_THROW("test: cannot read back memory of " + b_.name());
+    FERRY_THROW("test: cannot read back memory of {}", b_.name());
   }
   FERRY_THROW("test: reading memory that no buffer of this case holds");
 }
@@ -151,7 +151,7 @@ std::string Outputs::first_difference(const Outputs& a, const Outputs& b) {
 const std::vector<uint8_t>& Outputs::blob(std::string_view name) const {
   for (const auto& [n, b] : blobs_)
     if (n == name) return b;
-  FERRY_THROW("test: no output named " + std::string(name));
+  FERRY_THROW("test: no output named {}", name);
 }
 
 const std::vector<Shape>& shapes() {
