@@ -59,7 +59,6 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
 
   // The embedding stays in the checkpoint's mapping; it is the first host's weights in the report. The routed
   // experts the plan leaves in RAM are the host expert store's.
-  mapped_bytes_ = core::weight_view_bytes(checkpoint.embed());
   runtime::WeightCopier copier(gpu);
   for (const auto& lp : plan.layers) {
     FERRY_CHECK(!lp.mtp, "binding a plan with the MTP layer is not supported yet (run without --mtp)");
@@ -75,22 +74,10 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   }
   weight_buffers_ = copier.finish();
   runtime::Backend& host0 = *hosts_.front();
-  host0.ledger().reserve(MemoryClass::Weights, mapped_bytes_);
-  try {
-    store_ = std::make_unique<HostExpertStore>(plan, weights_, hosts_, host_experts);
-    dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, host0, options, store_->host_nodes());
-  } catch (...) {
-    dispatch_.reset();
-    store_.reset();
-    host0.ledger().release(MemoryClass::Weights, mapped_bytes_);
-    throw;
-  }
-}
-
-BoundPlan::~BoundPlan() {
-  dispatch_.reset();
-  store_.reset();
-  hosts_.front()->ledger().release(MemoryClass::Weights, mapped_bytes_);
+  mapped_ = runtime::MemoryLedger::Reservation(host0.ledger(), MemoryClass::Weights,
+                                               core::weight_view_bytes(checkpoint.embed()));
+  store_ = std::make_unique<HostExpertStore>(plan, weights_, hosts_, host_experts);
+  dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, host0, options, store_->host_nodes());
 }
 
 runtime::SessionOptions BoundPlan::session_options(runtime::SessionOptions base) {

@@ -27,14 +27,10 @@ void DeviceBuffer::reset() {
 }
 
 DeviceBuffer Backend::allocate(MemoryClass c, int64_t bytes) {
-  ledger_.reserve(c, bytes);
+  MemoryLedger::Reservation reserved(ledger_, c, bytes);
   DeviceBuffer b;
-  try {
-    b.data_ = bytes > 0 ? raw_allocate(bytes) : nullptr;
-  } catch (...) {
-    ledger_.release(c, bytes);
-    throw;
-  }
+  b.data_ = bytes > 0 ? raw_allocate(bytes) : nullptr;
+  reserved.commit();  // the buffer releases it (DeviceBuffer::reset)
   b.backend_ = this;
   b.bytes_ = bytes;
   b.class_ = c;
@@ -43,13 +39,10 @@ DeviceBuffer Backend::allocate(MemoryClass c, int64_t bytes) {
 
 void* Backend::allocate_host_addressable(MemoryClass c, int64_t bytes) {
   FERRY_CHECK(host_addressable(), "{}: the CPU kernels cannot use this device's memory in place", name());
-  ledger_.reserve(c, bytes);
-  try {
-    return bytes > 0 ? raw_allocate(bytes) : nullptr;
-  } catch (...) {
-    ledger_.release(c, bytes);
-    throw;
-  }
+  MemoryLedger::Reservation reserved(ledger_, c, bytes);
+  void* p = bytes > 0 ? raw_allocate(bytes) : nullptr;
+  reserved.commit();  // the caller releases it (free_host_addressable)
+  return p;
 }
 
 void Backend::free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexcept {

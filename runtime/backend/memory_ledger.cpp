@@ -1,6 +1,7 @@
 #include "runtime/backend/memory_ledger.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "planner/core/error.h"
 #include "planner/core/units.h"
@@ -41,6 +42,28 @@ void MemoryLedger::release(MemoryClass c, int64_t bytes) {
   FERRY_CHECK(bytes >= 0 && bytes <= u.current, "{}: releasing more {} than is held", device_, memory_class_name(c));
   u.current -= bytes;
   total_ -= bytes;
+}
+
+MemoryLedger::Reservation::Reservation(MemoryLedger& ledger, MemoryClass c, int64_t bytes) : class_(c), bytes_(bytes) {
+  ledger.reserve(c, bytes);
+  ledger_ = &ledger;
+}
+
+MemoryLedger::Reservation::Reservation(Reservation&& o) noexcept
+    : ledger_(std::exchange(o.ledger_, nullptr)), class_(o.class_), bytes_(o.bytes_) {}
+
+MemoryLedger::Reservation& MemoryLedger::Reservation::operator=(Reservation&& o) noexcept {
+  if (this != &o) {
+    reset();
+    ledger_ = std::exchange(o.ledger_, nullptr);
+    class_ = o.class_;
+    bytes_ = o.bytes_;
+  }
+  return *this;
+}
+
+void MemoryLedger::Reservation::reset() noexcept {
+  if (ledger_) std::exchange(ledger_, nullptr)->release(class_, bytes_);
 }
 
 MemoryClassUsage MemoryLedger::usage(MemoryClass c) const {
