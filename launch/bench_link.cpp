@@ -80,10 +80,10 @@ int run(const Options& o) {
   if (gpus.empty()) {
     std::string why = notes.empty() ? "no CUDA GPU found" : notes.front();
     why = why.substr(0, why.rfind(": planning"));  // the probe's note goes on about the plan
-    FERRY_THROW("link: " + why);
+    FERRY_THROW("link: {}", why);
   }
-  FERRY_CHECK(o.device < static_cast<int>(gpus.size()),
-              "--device " + std::to_string(o.device) + ": this machine has " + std::to_string(gpus.size()) + " GPU(s)");
+  FERRY_CHECK(o.device < static_cast<int>(gpus.size()), "--device {}: this machine has {} GPU(s)", o.device,
+              gpus.size());
   const planner::GpuSpec& gpu = gpus[static_cast<size_t>(o.device)];
   const double expected = planner::pcie_h2d_bandwidth(gpu.pcie);
   std::unique_ptr<runtime::Backend> dev = runtime::cuda::make_cuda_backend(o.device);

@@ -43,7 +43,7 @@ std::vector<int32_t> parse_tokens(const std::string& text) {
       used = 0;
     }
     FERRY_CHECK(used == item.size() && v >= 0 && v <= INT32_MAX,
-                "--tokens: '" + item + "' is not a token id (a non-negative integer)");
+                "--tokens: '{}' is not a token id (a non-negative integer)", item);
     ids.push_back(static_cast<int32_t>(v));
   }
   FERRY_CHECK(!ids.empty(), "--tokens is empty: give comma-separated token ids like 1,2,3");
@@ -111,8 +111,8 @@ class RunCommand : public Command {
     const bool tty = isatty(STDERR_FILENO);
     const bool from_plan = !offload_.plan_in.empty();
     for (const char* flag : {"--ctx", "--kv-type", "--ubatch"})
-      FERRY_CHECK(!from_plan || app_->count(flag) == 0,
-                  std::string(flag) + ": the plan sets it (--plan replaces the planning flags)");
+      FERRY_CHECK(!from_plan || app_->count(flag) == 0, "{}: the plan sets it (--plan replaces the planning flags)",
+                  flag);
     runtime::SessionOptions so;
     so.ctx = ctx;
     so.kv_type = kv;
@@ -126,16 +126,14 @@ class RunCommand : public Command {
       so = offload->planned_session(so);
     }
     const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
-    FERRY_CHECK(need <= so.ctx, (from_plan ? "the plan's context " : "--ctx ") + std::to_string(so.ctx) +
-                                    " is smaller than the prompt (" + std::to_string(prompt.size()) +
-                                    " tokens) plus -n " + std::to_string(n_predict_));
+    FERRY_CHECK(need <= so.ctx, "{} {} is smaller than the prompt ({} tokens) plus -n {}",
+                from_plan ? "the plan's context" : "--ctx", so.ctx, prompt.size(), n_predict_);
     if (tty) std::cerr << "loading " << model_ << " ...\n";
     const runtime::ModelWeights checkpoint = runtime::ModelWeights::load(model_);
     const auto& c = checkpoint.config();
     for (int32_t t : prompt)
-      FERRY_CHECK(t < c.vocab_size, std::string(text_mode ? "--prompt" : "--tokens") + ": token id " +
-                                        std::to_string(t) + " is outside the vocabulary [0, " +
-                                        std::to_string(c.vocab_size) + ")");
+      FERRY_CHECK(t < c.vocab_size, "{}: token id {} is outside the vocabulary [0, {})",
+                  text_mode ? "--prompt" : "--tokens", t, c.vocab_size);
     if (offload) {
       offload->bind(checkpoint);
       so = offload->session_options(so);

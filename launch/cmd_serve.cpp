@@ -96,7 +96,7 @@ class ServeCommand : public Command {
     options_.io_timeout = std::chrono::seconds(io_timeout_s_);
     ShutdownSignals signals;  // before any thread starts, so that all of them inherit the mask
     const std::unique_ptr<server::Engine> engine = open_engine_(model_, ctx);
-    FERRY_CHECK(engine, "no engine for " + model_);
+    FERRY_CHECK(engine, "no engine for {}", model_);
     options_.extra_metrics = [e = engine.get()] { return e->metrics(); };
     server::HttpServer http(*engine, options_);
     const int port = http.bind();

@@ -22,14 +22,14 @@ std::vector<int32_t> parse_ids(const std::string& text) {
   try {
     ids = Json::parse(text);
   } catch (const Json::exception& e) {
-    FERRY_THROW(std::string("--decode: stdin is not JSON: ") + e.what());
+    FERRY_THROW("--decode: stdin is not JSON: {}", e.what());
   }
   FERRY_CHECK(ids.is_array(), "--decode: stdin must be a JSON array of token ids, like [0, 42, 7]");
   std::vector<int32_t> out;
   out.reserve(ids.size());
   for (const Json& id : ids) {
     FERRY_CHECK(id.is_number_integer() && id.get<int64_t>() >= 0 && id.get<int64_t>() <= INT32_MAX,
-                "--decode: " + id.dump() + " is not a token id (a non-negative integer)");
+                "--decode: {} is not a token id (a non-negative integer)", id.dump());
     out.push_back(static_cast<int32_t>(id.get<int64_t>()));
   }
   return out;

@@ -58,11 +58,11 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
   }
   if (!host_bw.empty()) hw.host.memory_bandwidth = core::parse_bandwidth(host_bw, "--host-bw");
   if (numa) {
-    if (*numa < 1 || *numa > 64) FERRY_THROW("--numa must be in [1, 64], got " + std::to_string(*numa));
+    if (*numa < 1 || *numa > 64) FERRY_THROW("--numa must be in [1, 64], got {}", *numa);
     hw.host.numa_nodes = *numa;
   }
   if (cores) {
-    if (*cores < 1 || *cores > 4096) FERRY_THROW("--cores must be in [1, 4096], got " + std::to_string(*cores));
+    if (*cores < 1 || *cores > 4096) FERRY_THROW("--cores must be in [1, 4096], got {}", *cores);
     hw.host.cores = *cores;
   }
 
@@ -76,7 +76,7 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
     for (auto& g : hw.gpus) g.pcie = gen;
   }
   if (nodes) {
-    if (*nodes < 1 || *nodes > 1024) FERRY_THROW("--nodes must be in [1, 1024], got " + std::to_string(*nodes));
+    if (*nodes < 1 || *nodes > 1024) FERRY_THROW("--nodes must be in [1, 1024], got {}", *nodes);
     hw.nodes = *nodes;
   }
   if (!net_bw.empty()) hw.network.bandwidth = core::parse_bandwidth(net_bw, "--net-bw");

@@ -13,14 +13,14 @@ void write_file_atomically(const std::string& path, const std::string& text) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) FERRY_THROW("cannot write " + path);
+    if (!out) FERRY_THROW("cannot write {}", path);
     out << text;
     out.flush();
-    if (!out) FERRY_THROW("cannot write " + path + " (disk full?)");
+    if (!out) FERRY_THROW("cannot write {} (disk full?)", path);
   }
   std::error_code ec;
   std::filesystem::rename(tmp, path, ec);
-  if (ec) FERRY_THROW("cannot write " + path + ": " + ec.message());
+  if (ec) FERRY_THROW("cannot write {}: {}", path, ec.message());
 }
 
 void write_plan_file(const std::string& path, const planner::Plan& plan) {
@@ -29,7 +29,7 @@ void write_plan_file(const std::string& path, const planner::Plan& plan) {
 
 planner::Plan read_plan_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  FERRY_CHECK(in, "cannot read the plan file " + path);
+  FERRY_CHECK(in, "cannot read the plan file {}", path);
   std::stringstream text;
   text << in.rdbuf();
   return planner::plan_from_json_text(text.str());

@@ -34,15 +34,14 @@ planner::PlanOptions PlanFlags::resolve() const {
     else if (auto t = kv_type_from_name(kv_type))
       o.kv_type = *t;
     else
-      FERRY_THROW("unknown --kv-type '" + kv_type + "' (expected bf16, fp8, q8_0, q4_0 or auto)");
+      FERRY_THROW("unknown --kv-type '{}' (expected bf16, fp8, q8_0, q4_0 or auto)", kv_type);
   }
   if (ubatch) {
-    if (*ubatch < 1 || *ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got " + std::to_string(*ubatch));
+    if (*ubatch < 1 || *ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got {}", *ubatch);
     o.ubatch = *ubatch;
   }
   if (parallel) {
-    if (*parallel < 1 || *parallel > 4096)
-      FERRY_THROW("--parallel must be in [1, 4096], got " + std::to_string(*parallel));
+    if (*parallel < 1 || *parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got {}", *parallel);
     o.parallel = *parallel;
   }
   o.mtp = mtp;
@@ -56,8 +55,7 @@ planner::PlanOptions PlanFlags::resolve() const {
       try {
         o.expert_cache_slots = core::parse_count(expert_cache, "--expert-cache");
       } catch (const Error&) {
-        FERRY_THROW("invalid --expert-cache '" + expert_cache +
-                    "' (expected auto, off or a number of slots per layer)");
+        FERRY_THROW("invalid --expert-cache '{}' (expected auto, off or a number of slots per layer)", expert_cache);
       }
     }
   }

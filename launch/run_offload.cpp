@@ -74,9 +74,9 @@ void OffloadFlags::check() const {
 OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so)
     : flags_(flags) {
   FERRY_CHECK(flags.gpu.starts_with("sim:"),
-              "--gpu '" + flags.gpu +
-                  "': ferry run computes with the CPU's kernels for now; give a simulated "
-                  "device, e.g. --gpu sim:24GiB or sim:24GiB@25GB/s (`ferry plan --gpu` takes real GPUs)");
+              "--gpu '{}': ferry run computes with the CPU's kernels for now; give a simulated device, e.g. --gpu "
+              "sim:24GiB or sim:24GiB@25GB/s (`ferry plan --gpu` takes real GPUs)",
+              flags.gpu);
   const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags.gpu);
   const planner::ModelSpec model = planner::load_model_spec(model_dir);
   if (!flags.host_experts.empty()) host_experts_ = *offload::host_experts_from_name(flags.host_experts);
@@ -90,7 +90,7 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
       plan_ = read_plan_file(flags.plan_in);
       offload::check_plan_for_device(plan_, model, device);
     } catch (const Error& e) {
-      FERRY_THROW("--plan " + flags.plan_in + ": " + e.what());
+      FERRY_THROW("--plan {}: {}", flags.plan_in, e.what());
     }
   } else {
     std::vector<std::string> notes;

@@ -12,7 +12,7 @@ namespace ferry::offload {
 
 planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::HostSpec& host,
                               const DeviceRequest& device, const runtime::SessionOptions& session) {
-  FERRY_CHECK(device.capacity > 0, "device " + device.name + ": capacity must be positive");
+  FERRY_CHECK(device.capacity > 0, "device {}: capacity must be positive", device.name);
   planner::Hardware hw;
   hw.host = host;
   hw.host_reserve_bytes = 0;  // measured against this process's own allocations
@@ -40,28 +40,26 @@ planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::Ho
   if (!plan.fits) {
     std::string why;
     for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
-    FERRY_THROW("does not fit on " + device.name + ": " + why + " (`ferry plan` shows the whole plan)");
+    FERRY_THROW("does not fit on {}: {} (`ferry plan` shows the whole plan)", device.name, why);
   }
   return plan;
 }
 
 void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& model, const DeviceRequest& device) {
   planner::check_plan_for_model(plan, model);
-  FERRY_CHECK(plan.hardware.nodes == 1, "plan: made for " + std::to_string(plan.hardware.nodes) +
-                                            " nodes; ferry run runs one-node plans for now");
+  FERRY_CHECK(plan.hardware.nodes == 1, "plan: made for {} nodes; ferry run runs one-node plans for now",
+              plan.hardware.nodes);
   const auto gpu = std::find_if(plan.devices.begin(), plan.devices.end(),
                                 [](const planner::DevicePlan& d) { return d.kind == planner::DeviceKind::Gpu; });
-  FERRY_CHECK(
-      plan.hardware.gpus.size() == 1 && gpu != plan.devices.end(),
-      "plan: has " + std::to_string(plan.hardware.gpus.size()) + " GPUs; ferry run runs plans with one GPU for now");
-  FERRY_CHECK(gpu->used() <= device.capacity, "does not fit on " + device.name + ": the plan puts " +
-                                                  core::format_bytes(gpu->used()) + " on " + gpu->id +
-                                                  ", the device has " + core::format_bytes(device.capacity));
+  FERRY_CHECK(plan.hardware.gpus.size() == 1 && gpu != plan.devices.end(),
+              "plan: has {} GPUs; ferry run runs plans with one GPU for now", plan.hardware.gpus.size());
+  FERRY_CHECK(gpu->used() <= device.capacity, "does not fit on {}: the plan puts {} on {}, the device has {}",
+              device.name, core::format_bytes(gpu->used()), gpu->id, core::format_bytes(device.capacity));
   const int64_t threads = plan.options.threads > 0 ? plan.options.threads : plan.hardware.host.cores;
   const int64_t here = tbb::this_task_arena::max_concurrency();
-  FERRY_CHECK(threads >= here, "plan: its workspace is for " + std::to_string(threads) +
-                                   " worker threads, this process runs " + std::to_string(here) +
-                                   " (make the plan on this machine)");
+  FERRY_CHECK(threads >= here,
+              "plan: its workspace is for {} worker threads, this process runs {} (make the plan on this machine)",
+              threads, here);
 }
 
 runtime::SessionOptions planned_session(const planner::Plan& plan, runtime::SessionOptions base) {

@@ -53,15 +53,15 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   FERRY_CHECK(plan.fits, "the plan does not fit");
   const std::vector<int> gpus = devices_of(plan, planner::DeviceKind::Gpu);
   const std::vector<int> host_devices = devices_of(plan, planner::DeviceKind::Host);
-  FERRY_CHECK(gpus.size() == 1, "ferry runs plans with one GPU for now; this plan has " + std::to_string(gpus.size()) +
-                                    " (" + plan.layout + ")");
+  FERRY_CHECK(gpus.size() == 1, "ferry runs plans with one GPU for now; this plan has {} ({})", gpus.size(),
+              plan.layout);
   FERRY_CHECK(!host_devices.empty(), "the plan has no host");
-  FERRY_CHECK(host_devices.size() == hosts_.size(), "the plan has " + std::to_string(host_devices.size()) +
-                                                        " host memory nodes, the binding was given " +
-                                                        std::to_string(hosts_.size()) + " host backends");
+  FERRY_CHECK(host_devices.size() == hosts_.size(),
+              "the plan has {} host memory nodes, the binding was given {} host backends", host_devices.size(),
+              hosts_.size());
   for (const int h : host_devices)
     FERRY_CHECK(plan.devices[static_cast<size_t>(h)].node == 0,
-                "ferry runs plans on one machine for now; this plan has more (" + plan.layout + ")");
+                "ferry runs plans on one machine for now; this plan has more ({})", plan.layout);
   const int gpu_index = gpus.front();
   // Every op of the layers the plan runs on the GPU, before a byte is placed.
   std::vector<runtime::ops::Kind> needed;
@@ -77,7 +77,6 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
 
   // The embedding stays in the checkpoint's mapping; it is the first host's weights in the report. The routed
   // experts the plan leaves in RAM are the host expert store's.
-  mapped_bytes_ = core::weight_view_bytes(checkpoint.embed());
   runtime::WeightCopier copier(gpu);
   for (const auto& lp : plan.layers) {
     FERRY_CHECK(!lp.mtp, "binding a plan with the MTP layer is not supported yet (run without --mtp)");
@@ -93,22 +92,10 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   }
   weight_buffers_ = copier.finish();
   runtime::Backend& host0 = *hosts_.front();
-  host0.ledger().reserve(MemoryClass::Weights, mapped_bytes_);
-  try {
-    store_ = std::make_unique<HostExpertStore>(plan, weights_, hosts_, host_experts);
-    dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, hosts_, options, store_->host_of_expert());
-  } catch (...) {
-    dispatch_.reset();
-    store_.reset();
-    host0.ledger().release(MemoryClass::Weights, mapped_bytes_);
-    throw;
-  }
-}
-
-BoundPlan::~BoundPlan() {
-  dispatch_.reset();
-  store_.reset();
-  hosts_.front()->ledger().release(MemoryClass::Weights, mapped_bytes_);
+  mapped_ = runtime::MemoryLedger::Reservation(host0.ledger(), MemoryClass::Weights,
+                                               core::weight_view_bytes(checkpoint.embed()));
+  store_ = std::make_unique<HostExpertStore>(plan, weights_, hosts_, host_experts);
+  dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, hosts_, options, store_->host_of_expert());
 }
 
 runtime::SessionOptions BoundPlan::session_options(runtime::SessionOptions base) {

@@ -42,7 +42,6 @@ class BoundPlan {
   // A plan with one host device, its experts left in the mapping.
   BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& checkpoint, runtime::Backend& gpu,
             runtime::Backend& host, const DispatchOptions& options);
-  ~BoundPlan();
   BoundPlan(const BoundPlan&) = delete;
   BoundPlan& operator=(const BoundPlan&) = delete;
 
@@ -56,10 +55,12 @@ class BoundPlan {
   std::vector<runtime::Backend*> hosts_;
   runtime::ModelWeights weights_;
   std::vector<runtime::DeviceBuffer> weight_buffers_;
+  // The embedding, left in the mapping, counted as the first host's weights; released after the store and the
+  // dispatch are gone.
+  runtime::MemoryLedger::Reservation mapped_;
   std::unique_ptr<HostExpertStore> store_;  // outlives dispatch_, which reads its experts
   std::unique_ptr<ExpertDispatch> dispatch_;
   runtime::Backend* gpu_;
-  int64_t mapped_bytes_ = 0;  // the embedding, left in the mapping, counted as the first host's weights
 };
 
 }  // namespace ferry::offload

@@ -22,7 +22,7 @@ PcieGen parse_pcie(std::string_view text) {
   if (text == "gen3" || text == "3") return PcieGen::Gen3;
   if (text == "gen4" || text == "4") return PcieGen::Gen4;
   if (text == "gen5" || text == "5") return PcieGen::Gen5;
-  FERRY_THROW("invalid --pcie '" + std::string(text) + "': expected gen3, gen4 or gen5");
+  FERRY_THROW("invalid --pcie '{}': expected gen3, gen4 or gen5", text);
 }
 
 double pcie_h2d_bandwidth(PcieGen g) {
@@ -83,7 +83,7 @@ GpuSpec parse_gpu_spec(std::string_view text) {
     if (!looks_like_size || !cap.empty()) {
       std::string known;
       for (const auto& p : gpu_presets()) known += (known.empty() ? "" : ", ") + std::string(p.name);
-      FERRY_THROW("unknown GPU '" + std::string(text) + "' (known: " + known + "; or a size such as 24GiB)");
+      FERRY_THROW("unknown GPU '{}' (known: {}; or a size such as 24GiB)", text, known);
     }
     // A card we have no datasheet for: assume the reference workstation card's speeds.
     g.name = "custom";
@@ -95,8 +95,7 @@ GpuSpec parse_gpu_spec(std::string_view text) {
   if (!cap.empty()) {
     const int64_t limit = core::parse_size(cap, "GPU memory limit");
     if (limit > g.memory_bytes)
-      FERRY_THROW("GPU memory limit " + std::string(cap) + " exceeds " + g.name + "'s " +
-                  core::format_bytes(g.memory_bytes));
+      FERRY_THROW("GPU memory limit {} exceeds {}'s {}", cap, g.name, core::format_bytes(g.memory_bytes));
     g.memory_bytes = limit;
   }
   g.free_bytes = g.memory_bytes;

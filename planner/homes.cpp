@@ -1,5 +1,6 @@
 // The Plan's expert homes and layer runs: counting them per node, checking a plan's (perhaps edited) homes,
 // and one node's view of a plan.
+#include <fmt/format.h>
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -22,13 +23,13 @@ std::string range_text(const ExpertHome& h) {
 void check_runs(const Plan& p, const LayerPlan& l, const std::string& where) {
   std::vector<bool> node_runs(sz(std::max(1, p.hardware.nodes)), false);
   for (const LayerRun& r : l.runs) {
-    FERRY_CHECK(r.device >= 0 && sz(r.device) < p.devices.size(), where + ": runs on a device that does not exist");
+    FERRY_CHECK(r.device >= 0 && sz(r.device) < p.devices.size(), "{}: runs on a device that does not exist", where);
     const DevicePlan& d = p.devices[sz(r.device)];
     FERRY_CHECK(d.node >= 0 && sz(d.node) < node_runs.size() && !node_runs[sz(d.node)],
-                where + ": more than one run on node " + std::to_string(d.node));
+                "{}: more than one run on node {}", where, d.node);
     node_runs[sz(d.node)] = true;
-    FERRY_CHECK(r.cache_slots >= 0, where + ": negative cache_slots on " + d.id);
-    FERRY_CHECK(r.cache_slots == 0 || d.kind == DeviceKind::Gpu, where + ": cache slots on " + d.id + ", not a GPU");
+    FERRY_CHECK(r.cache_slots >= 0, "{}: negative cache_slots on {}", where, d.id);
+    FERRY_CHECK(r.cache_slots == 0 || d.kind == DeviceKind::Gpu, "{}: cache slots on {}, not a GPU", where, d.id);
   }
 }
 
@@ -37,22 +38,23 @@ void check_layer_homes(const Plan& p, const LayerPlan& l, const std::string& whe
   std::vector<bool> homed(sz(n), false);
   for (const ExpertHome& h : l.experts) {
     const std::string what = where + " " + range_text(h);
-    FERRY_CHECK(h.count >= 1 && h.step >= 1 && h.first >= 0, what + ": count and step must be >= 1, first >= 0");
-    FERRY_CHECK(h.device >= 0 && sz(h.device) < p.devices.size(), what + ": held on a device that does not exist");
+    FERRY_CHECK(h.count >= 1 && h.step >= 1 && h.first >= 0, "{}: count and step must be >= 1, first >= 0", what);
+    FERRY_CHECK(h.device >= 0 && sz(h.device) < p.devices.size(), "{}: held on a device that does not exist", what);
     const DevicePlan& holder = p.devices[sz(h.device)];
     if (h.cache >= 0) {
-      FERRY_CHECK(holder.kind == DeviceKind::Host, what + ": resident on " + holder.id + " and cached too");
-      FERRY_CHECK(sz(h.cache) < p.devices.size(), what + ": cached on a device that does not exist");
+      FERRY_CHECK(holder.kind == DeviceKind::Host, "{}: resident on {} and cached too", what, holder.id);
+      FERRY_CHECK(sz(h.cache) < p.devices.size(), "{}: cached on a device that does not exist", what);
       const DevicePlan& gpu = p.devices[sz(h.cache)];
       const bool runs =
           std::any_of(l.runs.begin(), l.runs.end(), [&](const LayerRun& r) { return r.device == h.cache; });
       FERRY_CHECK(gpu.kind == DeviceKind::Gpu && gpu.node == holder.node && runs,
-                  what + ": cache " + gpu.id + " is not a GPU of " + holder.id + "'s node that runs the layer");
+                  "{}: cache {} is not a GPU of {}'s node that runs the layer", what, gpu.id, holder.id);
     }
-    FERRY_CHECK(h.last() < n, what + ": beyond expert " + std::to_string(n - 1) + ", the last of the " +
-                                  std::to_string(n) + " the homes count (each expert needs exactly one home)");
+    FERRY_CHECK(h.last() < n,
+                "{}: beyond expert {}, the last of the {} the homes count (each expert needs exactly one home)", what,
+                n - 1, n);
     for (int64_t e = h.first; e <= h.last(); e += h.step) {
-      FERRY_CHECK(!homed[sz(e)], where + ": expert " + std::to_string(e) + " has two homes");
+      FERRY_CHECK(!homed[sz(e)], "{}: expert {} has two homes", where, e);
       homed[sz(e)] = true;
     }
   }
@@ -92,15 +94,15 @@ const LayerRun* run_on_node(const Plan& plan, const LayerPlan& l, int node) {
 
 void check_homes(const Plan& plan) {
   for (const LayerPlan& l : plan.layers) {
-    const std::string where = "plan: layer " + std::to_string(l.layer);
+    const std::string where = fmt::format("plan: layer {}", l.layer);
     check_runs(plan, l, where);
     check_layer_homes(plan, l, where);
   }
 }
 
 Plan plan_for_node(const Plan& plan, int node) {
-  FERRY_CHECK(node >= 0 && node < plan.hardware.nodes, "plan: no node " + std::to_string(node) + " in a plan of " +
-                                                           std::to_string(plan.hardware.nodes) + " nodes");
+  FERRY_CHECK(node >= 0 && node < plan.hardware.nodes, "plan: no node {} in a plan of {} nodes", node,
+              plan.hardware.nodes);
   Plan v = plan;
   v.devices.clear();
   v.shortfalls.clear();

@@ -111,7 +111,7 @@ namespace {
 
 std::string read_text_file(const fs::path& p) {
   std::ifstream in(p, std::ios::binary);
-  if (!in) FERRY_THROW("cannot read " + p.string());
+  if (!in) FERRY_THROW("cannot read {}", p.string());
   std::ostringstream ss;
   ss << in.rdbuf();
   return ss.str();
@@ -127,7 +127,7 @@ int32_t layer_of_name(const core::ModelConfig& c, const std::string& name) {
 // The checkpoint's own tensors, classified by the tensor table the config implies; exact bytes from the headers.
 ModelSpec spec_from_checkpoint(const fs::path& dir) {
   const fs::path config_path = dir / "config.json";
-  if (!fs::exists(config_path)) FERRY_THROW("model directory " + dir.string() + " has no config.json");
+  if (!fs::exists(config_path)) FERRY_THROW("model directory {} has no config.json", dir.string());
   core::ModelConfig config = core::config_from_json_text(read_text_file(config_path), dir.string());
   const core::CheckpointHeaders headers = core::read_checkpoint_headers(dir);
   const std::vector<core::TensorInfo> implied = core::make_tensor_inventory(config);
@@ -190,8 +190,8 @@ ModelSpec load_model_spec(const std::string& model) {
   }
   std::string known;
   for (const auto& n : core::preset_names()) known += (known.empty() ? "" : ", ") + n;
-  FERRY_THROW("--model '" + model + "' is neither a known preset (" + known +
-              ") nor an existing config.json or model directory");
+  FERRY_THROW("--model '{}' is neither a known preset ({}) nor an existing config.json or model directory", model,
+              known);
 }
 
 }  // namespace ferry::planner

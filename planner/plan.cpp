@@ -12,25 +12,22 @@ namespace {
 
 void validate(const ModelSpec& spec, const Hardware& hw, const PlanOptions& o) {
   const int64_t max_ctx = spec.config.max_position_embeddings;
-  if (o.ctx < 0) FERRY_THROW("--ctx must be positive, got " + std::to_string(o.ctx));
+  if (o.ctx < 0) FERRY_THROW("--ctx must be positive, got {}", o.ctx);
   if (o.ctx > max_ctx)
-    FERRY_THROW("--ctx " + std::to_string(o.ctx) + " exceeds " + spec.config.name + "'s maximum context of " +
-                std::to_string(max_ctx) + " tokens");
-  if (o.parallel < 1 || o.parallel > 4096)
-    FERRY_THROW("--parallel must be in [1, 4096], got " + std::to_string(o.parallel));
-  if (o.ubatch < 1 || o.ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got " + std::to_string(o.ubatch));
+    FERRY_THROW("--ctx {} exceeds {}'s maximum context of {} tokens", o.ctx, spec.config.name, max_ctx);
+  if (o.parallel < 1 || o.parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got {}", o.parallel);
+  if (o.ubatch < 1 || o.ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got {}", o.ubatch);
   if (o.expert_cache == ExpertCacheMode::Slots &&
       (o.expert_cache_slots < 0 || o.expert_cache_slots > spec.config.n_routed_experts))
-    FERRY_THROW("--expert-cache slots must be in [0, " + std::to_string(spec.config.n_routed_experts) + "], got " +
-                std::to_string(o.expert_cache_slots));
+    FERRY_THROW("--expert-cache slots must be in [0, {}], got {}", spec.config.n_routed_experts, o.expert_cache_slots);
   if (o.expert_hit_rate > 1) FERRY_THROW("--expert-hit-rate must be in [0, 1]");
-  if (hw.nodes < 1 || hw.nodes > 1024) FERRY_THROW("--nodes must be in [1, 1024], got " + std::to_string(hw.nodes));
+  if (hw.nodes < 1 || hw.nodes > 1024) FERRY_THROW("--nodes must be in [1, 1024], got {}", hw.nodes);
   if (hw.host.ram_bytes <= 0) FERRY_THROW("host RAM must be positive");
   if (hw.host.numa_nodes < 1 || hw.host.numa_nodes > 64)
-    FERRY_THROW("--numa must be in [1, 64], got " + std::to_string(hw.host.numa_nodes));
+    FERRY_THROW("--numa must be in [1, 64], got {}", hw.host.numa_nodes);
   if (hw.host.memory_bandwidth <= 0) FERRY_THROW("--host-bw must be positive");
   for (const auto& g : hw.gpus)
-    if (g.free_bytes <= 0) FERRY_THROW("GPU " + g.name + " has no free memory");
+    if (g.free_bytes <= 0) FERRY_THROW("GPU {} has no free memory", g.name);
 }
 
 // Longest context (<= the model's maximum) for which `fits` holds; 0 when even one token does not fit.
@@ -138,34 +135,31 @@ void check_plan_for_model(const Plan& plan, const ModelSpec& spec) {
   const int64_t weights = spec.total_bytes - (plan.options.mtp ? 0 : spec.mtp_bytes());
   // Not by name: a checkpoint directory is named by its path, which may change between planning and running.
   FERRY_CHECK(plan.arch == c.arch && plan.weights_bytes == weights,
-              "plan: made for " + plan.model + " (" + std::string(core::arch_name(plan.arch)) + ", " +
-                  core::format_bytes(plan.weights_bytes) + " of weights), the model is " + c.name + " (" +
-                  std::string(core::arch_name(c.arch)) + ", " + core::format_bytes(weights) + ")");
+              "plan: made for {} ({}, {} of weights), the model is {} ({}, {})", plan.model, core::arch_name(plan.arch),
+              core::format_bytes(plan.weights_bytes), c.name, core::arch_name(c.arch), core::format_bytes(weights));
   check_homes(plan);
   std::vector<int> want;
   for (int64_t l = 0; l < c.n_layers_total(); ++l)
     if (!c.is_mtp_layer(l) || plan.options.mtp) want.push_back(static_cast<int>(l));
   std::vector<int> have;
   for (const LayerPlan& lp : plan.layers) have.push_back(lp.layer);
-  FERRY_CHECK(have == want, "plan: places " + std::to_string(have.size()) + " layers, the model has " +
-                                std::to_string(want.size()) + (plan.options.mtp ? " (with MTP)" : ""));
+  FERRY_CHECK(have == want, "plan: places {} layers, the model has {}{}", have.size(), want.size(),
+              plan.options.mtp ? " (with MTP)" : "");
   std::vector<int64_t> held(plan.devices.size(), 0);
   for (const LayerPlan& lp : plan.layers) {
     const auto& w = spec.layers[static_cast<size_t>(lp.layer)];
     const int64_t n = c.is_moe_layer(lp.layer) ? w.n_experts : 0;
-    FERRY_CHECK(lp.n_experts() == n, "plan: layer " + std::to_string(lp.layer) + " homes " +
-                                         std::to_string(lp.n_experts()) + " routed experts, the model has " +
-                                         std::to_string(n));
+    FERRY_CHECK(lp.n_experts() == n, "plan: layer {} homes {} routed experts, the model has {}", lp.layer,
+                lp.n_experts(), n);
     for (const ExpertHome& h : lp.experts) held[static_cast<size_t>(h.device)] += h.count * spec.expert_bytes();
   }
   for (size_t i = 0; i < plan.devices.size(); ++i) {
     const DevicePlan& d = plan.devices[i];
     const int64_t planned = d.bytes_of(use_class(core::WeightClass::RoutedExpert).name);
-    FERRY_CHECK(planned == held[i], "plan: " + d.id + " plans " + core::format_bytes(planned) +
-                                        " of routed experts, the experts homed there are " +
-                                        core::format_bytes(held[i]));
-    FERRY_CHECK(!d.over(), "plan: does not fit: " + d.id + " needs " + core::format_bytes(d.used()) + " but has " +
-                               core::format_bytes(d.capacity));
+    FERRY_CHECK(planned == held[i], "plan: {} plans {} of routed experts, the experts homed there are {}", d.id,
+                core::format_bytes(planned), core::format_bytes(held[i]));
+    FERRY_CHECK(!d.over(), "plan: does not fit: {} needs {} but has {}", d.id, core::format_bytes(d.used()),
+                core::format_bytes(d.capacity));
   }
   FERRY_CHECK(plan.fits, "plan: does not fit (its \"fits\" is false)");
 }

@@ -1,5 +1,6 @@
 #include "planner/plan_json.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 
 #include "planner/core/error.h"
@@ -23,36 +24,35 @@ ExpertCacheMode cache_mode_from(const std::string& s) {
   if (s == "auto") return ExpertCacheMode::Auto;
   if (s == "off") return ExpertCacheMode::Off;
   if (s == "slots") return ExpertCacheMode::Slots;
-  FERRY_THROW("plan: unknown options.expert_cache '" + s + "'");
+  FERRY_THROW("plan: unknown options.expert_cache '{}'", s);
 }
 
 template <class T>
 T field(const ojson& j, const char* key, const char* where) {
   auto it = j.find(key);
-  if (it == j.end()) FERRY_THROW(std::string("plan: missing ") + where + "." + key);
+  if (it == j.end()) FERRY_THROW("plan: missing {}.{}", where, key);
   try {
     return it->get<T>();
   } catch (const nlohmann::json::exception&) {
-    FERRY_THROW(std::string("plan: ") + where + "." + key + " has the wrong type (" + it->type_name() + ")");
+    FERRY_THROW("plan: {}.{} has the wrong type ({})", where, key, it->type_name());
   }
 }
 
 const ojson& object(const ojson& j, const char* key, const char* where) {
   auto it = j.find(key);
-  if (it == j.end() || !(it->is_object() || it->is_array()))
-    FERRY_THROW(std::string("plan: missing ") + where + "." + key);
+  if (it == j.end() || !(it->is_object() || it->is_array())) FERRY_THROW("plan: missing {}.{}", where, key);
   return *it;
 }
 
 core::Arch arch_from(const std::string& s) {
   for (core::Arch a : {core::Arch::DeepseekV4, core::Arch::DeepseekV3, core::Arch::DeepseekV32})
     if (core::arch_name(a) == s) return a;
-  FERRY_THROW("plan: unknown model.arch '" + s + "'");
+  FERRY_THROW("plan: unknown model.arch '{}'", s);
 }
 
 KvType kv_from(const std::string& s) {
   auto t = kv_type_from_name(s);
-  if (!t) FERRY_THROW("plan: unknown KV type '" + s + "'");
+  if (!t) FERRY_THROW("plan: unknown KV type '{}'", s);
   return *t;
 }
 
@@ -60,7 +60,7 @@ core::AttnKind attn_from(const std::string& s) {
   for (core::AttnKind k :
        {core::AttnKind::Swa, core::AttnKind::Csa, core::AttnKind::Hca, core::AttnKind::Mla, core::AttnKind::MlaDsa})
     if (core::attn_kind_name(k) == s) return k;
-  FERRY_THROW("plan: unknown layer attention kind '" + s + "'");
+  FERRY_THROW("plan: unknown layer attention kind '{}'", s);
 }
 
 ojson hardware_to_json(const Hardware& hw) {
@@ -194,7 +194,7 @@ std::vector<DevicePlan> devices_from_json(const ojson& devices) {
     DevicePlan dp;
     dp.id = field<std::string>(d, "id", "device");
     const std::string kind = field<std::string>(d, "kind", "device");
-    if (kind != "gpu" && kind != "host") FERRY_THROW("plan: device " + dp.id + " has unknown kind '" + kind + "'");
+    if (kind != "gpu" && kind != "host") FERRY_THROW("plan: device {} has unknown kind '{}'", dp.id, kind);
     dp.kind = kind == "gpu" ? DeviceKind::Gpu : DeviceKind::Host;
     dp.node = field<int>(d, "node", "device");
     dp.index = field<int>(d, "index", "device");
@@ -202,9 +202,9 @@ std::vector<DevicePlan> devices_from_json(const ojson& devices) {
     dp.capacity = field<int64_t>(d, "capacity_bytes", "device");
     for (const auto& [cls, bytes] : object(d, "use", "device").items()) {
       const UseClass* c = find_use_class(cls);
-      if (!c) FERRY_THROW("plan: device " + dp.id + " has unknown memory class '" + cls + "'");
+      if (!c) FERRY_THROW("plan: device {} has unknown memory class '{}'", dp.id, cls);
       if (!bytes.is_number_integer() || bytes.get<int64_t>() < 0)
-        FERRY_THROW("plan: device " + dp.id + " use." + cls + " must be a byte count");
+        FERRY_THROW("plan: device {} use.{} must be a byte count", dp.id, cls);
       dp.use.emplace_back(*c, bytes.get<int64_t>());
     }
     out.push_back(std::move(dp));
@@ -216,7 +216,7 @@ std::vector<DevicePlan> devices_from_json(const ojson& devices) {
 std::vector<LayerPlan> layers_from_json(const ojson& layers, const std::vector<DevicePlan>& devices) {
   auto device = [&](const std::string& id, const std::string& where) {
     auto it = std::find_if(devices.begin(), devices.end(), [&](const DevicePlan& d) { return d.id == id; });
-    if (it == devices.end()) FERRY_THROW("plan: " + where + " names unknown device '" + id + "'");
+    if (it == devices.end()) FERRY_THROW("plan: {} names unknown device '{}'", where, id);
     return static_cast<int>(it - devices.begin());
   };
   std::vector<LayerPlan> out;
@@ -225,7 +225,7 @@ std::vector<LayerPlan> layers_from_json(const ojson& layers, const std::vector<D
     lp.layer = field<int>(l, "layer", "layer");
     lp.attn = attn_from(field<std::string>(l, "attn", "layer"));
     lp.mtp = field<bool>(l, "mtp", "layer");
-    const std::string where = "layer " + std::to_string(lp.layer);
+    const std::string where = fmt::format("layer {}", lp.layer);
     for (const auto& r : object(l, "runs", "layer")) {
       const int d = device(field<std::string>(r, "device", "run"), where);
       lp.runs.push_back({d, field<int64_t>(r, "cache_slots", "run")});
@@ -311,8 +311,7 @@ Plan plan_from_json(const ojson& j) {
     FERRY_THROW("plan: not a ferry plan (schema != \"ferry.plan\")");
   const int version = field<int>(j, "schema_version", "plan");
   if (version != Plan::kSchemaVersion)
-    FERRY_THROW("plan: schema_version " + std::to_string(version) + " is not supported (this ferry reads " +
-                std::to_string(Plan::kSchemaVersion) + ")");
+    FERRY_THROW("plan: schema_version {} is not supported (this ferry reads {})", version, Plan::kSchemaVersion);
   Plan p;
   const ojson& m = object(j, "model", "plan");
   p.model = field<std::string>(m, "name", "model");
@@ -331,7 +330,7 @@ Plan plan_from_json(const ojson& j) {
         p.kv[k] = bytes.get<int64_t>();
         known = true;
       }
-    if (!known) FERRY_THROW("plan: unknown KV kind '" + name + "'");
+    if (!known) FERRY_THROW("plan: unknown KV kind '{}'", name);
   }
   p.devices = devices_from_json(object(j, "devices", "plan"));
   p.layers = layers_from_json(object(j, "layers", "plan"), p.devices);
@@ -356,7 +355,7 @@ Plan plan_from_json_text(std::string_view text) {
   } catch (const nlohmann::json::parse_error& e) {
     std::string what = e.what();
     std::replace(what.begin(), what.end(), '\n', ' ');
-    FERRY_THROW("plan file is not valid JSON: " + what);
+    FERRY_THROW("plan file is not valid JSON: {}", what);
   }
   return plan_from_json(j);
 }

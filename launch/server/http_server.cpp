@@ -245,7 +245,7 @@ int HttpServer::bind() {
   int port = o.port;
   if (port == 0) {
     port = impl_->http.bind_to_any_port(o.host);
-    FERRY_CHECK(port > 0, "cannot listen on " + o.host + ": no free port");
+    FERRY_CHECK(port > 0, "cannot listen on {}: no free port", o.host);
   } else {
     FERRY_CHECK(
         impl_->http.bind_to_port(o.host, o.port),

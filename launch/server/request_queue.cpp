@@ -17,8 +17,8 @@ void RequestQueue::Lease::release() {
 }
 
 RequestQueue::RequestQueue(int parallel, int capacity) : parallel_(parallel), capacity_(capacity) {
-  FERRY_CHECK(parallel >= 1, "--parallel must be at least 1, got " + std::to_string(parallel));
-  FERRY_CHECK(capacity >= 0, "--queue must be >= 0, got " + std::to_string(capacity));
+  FERRY_CHECK(parallel >= 1, "--parallel must be at least 1, got {}", parallel);
+  FERRY_CHECK(capacity >= 0, "--queue must be >= 0, got {}", capacity);
 }
 
 RequestQueue::Admission RequestQueue::acquire(std::chrono::milliseconds timeout) {

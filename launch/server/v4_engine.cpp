@@ -43,8 +43,7 @@ class V4Engine : public Engine {
     std::vector<int32_t> ids;
     if (r.kind == RequestKind::Chat) {
       FERRY_CHECK(!r.thinking || format_ == runtime::ChatFormat::DeepSeekV4,
-                  "thinking mode needs a DeepSeek V4 model; this one speaks " +
-                      std::string(runtime::chat_format_name(format_)));
+                  "thinking mode needs a DeepSeek V4 model; this one speaks {}", runtime::chat_format_name(format_));
       runtime::ChatEncodeOptions o;
       o.mode = r.thinking ? runtime::ThinkingMode::Thinking : runtime::ThinkingMode::Chat;
       ids = tokenizer_.encode(runtime::encode_chat(format_, r.messages, r.tools, o));
@@ -56,8 +55,7 @@ class V4Engine : public Engine {
     }
     const int64_t vocab = weights_.config().vocab_size;
     for (int32_t id : ids)
-      FERRY_CHECK(id < vocab, "the prompt has token " + std::to_string(id) + ", beyond the model's vocabulary of " +
-                                  std::to_string(vocab));
+      FERRY_CHECK(id < vocab, "the prompt has token {}, beyond the model's vocabulary of {}", id, vocab);
     return ids;
   }
 

@@ -1,5 +1,6 @@
 #include "planner/core/model_config.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
@@ -66,7 +67,7 @@ class Reader {
   const json& require(const char* key) const {
     auto it = j_.find(key);
     if (it == j_.end() || it->is_null())
-      FERRY_THROW(std::string("config.json: missing key '") + key + "' (required for " + model_type_ + ")");
+      FERRY_THROW("config.json: missing key '{}' (required for {})", key, model_type_);
     return *it;
   }
 
@@ -89,25 +90,21 @@ class Reader {
   std::string string_or(const char* key, std::string fallback) const {
     auto it = j_.find(key);
     if (it == j_.end() || it->is_null()) return fallback;
-    if (!it->is_string())
-      FERRY_THROW(std::string("config.json: key '") + key + "' must be a string, got " + json_type(*it));
+    if (!it->is_string()) FERRY_THROW("config.json: key '{}' must be a string, got {}", key, json_type(*it));
     return it->get<std::string>();
   }
 
   static int64_t check_int(const std::string& key, const json& v, int64_t lo, int64_t hi) {
     if (!v.is_number_integer() &&
         !(v.is_number_float() && v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>()))))
-      FERRY_THROW("config.json: key '" + key + "' must be an integer, got " +
-                  (v.is_number() ? v.dump() : json_type(v)));
+      FERRY_THROW("config.json: key '{}' must be an integer, got {}", key, v.is_number() ? v.dump() : json_type(v));
     const int64_t x = v.is_number_integer() ? v.get<int64_t>() : static_cast<int64_t>(v.get<double>());
-    if (x < lo || x > hi)
-      FERRY_THROW("config.json: key '" + key + "' = " + std::to_string(x) + " is out of range [" + std::to_string(lo) +
-                  ", " + std::to_string(hi) + "]");
+    if (x < lo || x > hi) FERRY_THROW("config.json: key '{}' = {} is out of range [{}, {}]", key, x, lo, hi);
     return x;
   }
 
   static double check_number(const std::string& key, const json& v) {
-    if (!v.is_number()) FERRY_THROW("config.json: key '" + key + "' must be a number, got " + json_type(v));
+    if (!v.is_number()) FERRY_THROW("config.json: key '{}' must be a number, got {}", key, json_type(v));
     return v.get<double>();
   }
 
@@ -146,9 +143,9 @@ void read_quantization(const Reader& r, ModelConfig& c) {
   Reader q(*it, "quantization_config");
   const std::string method = q.string_or("quant_method", "");
   if (method != "fp8")
-    FERRY_THROW("config.json: unsupported quantization_config.quant_method '" + method + "' (ferry reads 'fp8')");
+    FERRY_THROW("config.json: unsupported quantization_config.quant_method '{}' (ferry reads 'fp8')", method);
   const std::string fmt = q.string_or("fmt", "e4m3");
-  if (fmt != "e4m3") FERRY_THROW("config.json: unsupported quantization_config.fmt '" + fmt + "' (expected e4m3)");
+  if (fmt != "e4m3") FERRY_THROW("config.json: unsupported quantization_config.fmt '{}' (expected e4m3)", fmt);
   auto bs = it->find("weight_block_size");
   if (bs != it->end()) {
     if (!bs->is_array() || bs->size() != 2 || !(*bs)[0].is_number_integer() || (*bs)[0] != (*bs)[1])
@@ -175,16 +172,16 @@ void read_v4(const Reader& r, ModelConfig& c) {
   c.swiglu_limit = r.number_or("swiglu_limit", 0);
   const int64_t kv_heads = r.integer_or("num_key_value_heads", 1, 1, kMaxDim);
   if (kv_heads != 1)
-    FERRY_THROW("config.json: deepseek_v4 has one shared KV head, got num_key_value_heads = " +
-                std::to_string(kv_heads));
+    FERRY_THROW("config.json: deepseek_v4 has one shared KV head, got num_key_value_heads = {}", kv_heads);
   if (c.num_attention_heads % c.o_groups != 0)
-    FERRY_THROW("config.json: num_attention_heads (" + std::to_string(c.num_attention_heads) +
-                ") must be a multiple of o_groups (" + std::to_string(c.o_groups) + ")");
+    FERRY_THROW("config.json: num_attention_heads ({}) must be a multiple of o_groups ({})", c.num_attention_heads,
+                c.o_groups);
   const json& ratios = r.require("compress_ratios");
   if (!ratios.is_array()) FERRY_THROW("config.json: key 'compress_ratios' must be an array");
   if (static_cast<int64_t>(ratios.size()) != c.n_layers_total())
-    FERRY_THROW("config.json: compress_ratios has " + std::to_string(ratios.size()) + " entries, expected " +
-                std::to_string(c.n_layers_total()) + " (num_hidden_layers + num_nextn_predict_layers)");
+    FERRY_THROW(
+        "config.json: compress_ratios has {} entries, expected {} (num_hidden_layers + num_nextn_predict_layers)",
+        ratios.size(), c.n_layers_total());
   for (const auto& v : ratios) {
     const int64_t ratio = Reader::check_int("compress_ratios[]", v, 0, int64_t(1) << 20);
     if (ratio == 1) FERRY_THROW("config.json: compress_ratios entries must be 0 (SWA-only) or at least 2, got 1");
@@ -228,9 +225,10 @@ ModelConfig config_from_json(const json& j, std::string name) {
   else if (model_type == "deepseek_v32")
     c.arch = Arch::DeepseekV32;
   else {
-    FERRY_THROW("unsupported architecture " +
-                (model_type.empty() ? std::string("(no model_type in config.json)") : "'" + model_type + "'") +
-                ": ferry supports deepseek_v4 (V4-Flash, V4-Pro), deepseek_v3 (V3, V3.1, R1) and deepseek_v32 (V3.2)");
+    FERRY_THROW(
+        "unsupported architecture {}: ferry supports deepseek_v4 (V4-Flash, V4-Pro), deepseek_v3 (V3, V3.1, R1) and "
+        "deepseek_v32 (V3.2)",
+        model_type.empty() ? std::string("(no model_type in config.json)") : fmt::format("'{}'", model_type));
   }
   Reader r(j, model_type);
   c.vocab_size = r.integer("vocab_size", 2, int64_t(1) << 24);
@@ -267,7 +265,7 @@ ModelConfig config_from_json_text(std::string_view text, std::string name) {
     // nlohmann's message names the byte offset; keep it on one line.
     std::string what = e.what();
     std::replace(what.begin(), what.end(), '\n', ' ');
-    FERRY_THROW("config.json is not valid JSON: " + what);
+    FERRY_THROW("config.json is not valid JSON: {}", what);
   }
   return config_from_json(j, std::move(name));
 }

@@ -58,7 +58,7 @@ nlohmann::json preset_config_json(std::string_view name) {
   if (!p) {
     std::string known;
     for (const auto& n : preset_names()) known += (known.empty() ? "" : ", ") + n;
-    FERRY_THROW("unknown model preset '" + std::string(name) + "' (known: " + known + ")");
+    FERRY_THROW("unknown model preset '{}' (known: {})", name, known);
   }
   return nlohmann::json::parse(p->config_json);
 }

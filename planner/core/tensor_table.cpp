@@ -48,9 +48,8 @@ class Rows {
   // A V4 routed-expert linear: MXFP4 (or FP8 for an `expert_dtype: fp8` checkpoint).
   void expert(const std::string& prefix, int64_t out, int64_t in, R role) {
     if (!c_.fp4_experts) return fp8(prefix, out, in, W::RoutedExpert, role);
-    FERRY_CHECK(in % 2 == 0 && in % c_.fp4_block == 0, "expert input dimension " + std::to_string(in) +
-                                                           " is not a multiple of the FP4 block " +
-                                                           std::to_string(c_.fp4_block));
+    FERRY_CHECK(in % 2 == 0 && in % c_.fp4_block == 0,
+                "expert input dimension {} is not a multiple of the FP4 block {}", in, c_.fp4_block);
     add(prefix + ".weight", F::Mxfp4Linear, {out, in}, W::RoutedExpert, role);
   }
   void bf16(std::string name, std::vector<int64_t> shape, W cls, R role = R::None) {
@@ -254,7 +253,7 @@ std::string layer_prefix(const ModelConfig& c, int64_t layer) {
 }
 
 void for_each_layer_weight(const ModelConfig& c, int64_t layer, const std::function<void(TensorSpec&&)>& sink) {
-  FERRY_CHECK(layer >= 0 && layer < c.n_layers_total(), "tensor table: no layer " + std::to_string(layer));
+  FERRY_CHECK(layer >= 0 && layer < c.n_layers_total(), "tensor table: no layer {}", layer);
   Rows b(c, layer, sink);
   if (c.arch == Arch::DeepseekV4)
     v4_layer(b, c, layer);
@@ -278,7 +277,7 @@ void for_each_weight(const ModelConfig& c, const std::function<void(TensorSpec&&
 std::string scale_tensor_name(const ModelConfig& c, const TensorSpec& w) {
   constexpr std::string_view kWeight = ".weight";
   FERRY_CHECK((w.format == F::Fp8Linear || w.format == F::Mxfp4Linear) && w.name.ends_with(kWeight),
-              "tensor table: " + w.name + " is not a scaled linear");
+              "tensor table: {} is not a scaled linear", w.name);
   const std::string prefix = w.name.substr(0, w.name.size() - kWeight.size());
   return prefix + (w.format == F::Fp8Linear && !c.scale_e8m0 ? ".weight_scale_inv" : ".scale");
 }
@@ -302,7 +301,7 @@ std::vector<TensorInfo> stored_tensors(const ModelConfig& c, const TensorSpec& w
     case F::HashTable: return {stored(w, w.name, DType::I64, w.shape)};
     case F::Unexplained: break;
   }
-  FERRY_THROW("tensor table: " + w.name + " has no storage format");
+  FERRY_THROW("tensor table: {} has no storage format", w.name);
 }
 
 void for_each_tensor(const ModelConfig& c, const std::function<void(TensorInfo&&)>& sink) {

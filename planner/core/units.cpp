@@ -68,7 +68,7 @@ int64_t parse_size(std::string_view text, std::string_view what) {
     FERRY_THROW(bad);
   const double bytes = value * scale;
   if (!(bytes >= 1) || bytes > 9.0e18) {
-    FERRY_THROW(std::string(what) + " '" + std::string(text) + "' is out of range");
+    FERRY_THROW("{} '{}' is out of range", what, text);
   }
   return static_cast<int64_t>(std::llround(bytes));
 }
@@ -80,7 +80,7 @@ double parse_bandwidth(std::string_view text, std::string_view what) {
                           "': expected GB/s, e.g. 76.8 or 76.8GB/s";
   if (!split_number(text, value, suffix)) FERRY_THROW(bad);
   if (!suffix.empty() && suffix != "gb/s" && suffix != "gb" && suffix != "gbps") FERRY_THROW(bad);
-  if (!(value > 0) || value > 1e6) FERRY_THROW(std::string(what) + " '" + std::string(text) + "' is out of range");
+  if (!(value > 0) || value > 1e6) FERRY_THROW("{} '{}' is out of range", what, text);
   return value * 1e9;
 }
 
@@ -92,7 +92,7 @@ int64_t parse_count(std::string_view text, std::string_view what) {
   if (!split_number(text, value, suffix)) {
     std::string_view t = trim(text);
     if (!t.empty() && t.front() == '-') {
-      FERRY_THROW(std::string(what) + " must be positive, got '" + std::string(text) + "'");
+      FERRY_THROW("{} must be positive, got '{}'", what, text);
     }
     FERRY_THROW(bad);
   }
@@ -105,8 +105,8 @@ int64_t parse_count(std::string_view text, std::string_view what) {
     FERRY_THROW(bad);
   const double n = value * scale;
   if (n != std::floor(n)) FERRY_THROW(bad);
-  if (n < 1) FERRY_THROW(std::string(what) + " must be positive, got '" + std::string(text) + "'");
-  if (n > 9.0e18) FERRY_THROW(std::string(what) + " '" + std::string(text) + "' is out of range");
+  if (n < 1) FERRY_THROW("{} must be positive, got '{}'", what, text);
+  if (n > 9.0e18) FERRY_THROW("{} '{}' is out of range", what, text);
   return static_cast<int64_t>(n);
 }
 

@@ -28,14 +28,10 @@ void DeviceBuffer::reset() {
 }
 
 DeviceBuffer Backend::allocate(MemoryClass c, int64_t bytes) {
-  ledger_.reserve(c, bytes);
+  MemoryLedger::Reservation reserved(ledger_, c, bytes);
   DeviceBuffer b;
-  try {
-    b.data_ = bytes > 0 ? raw_allocate(bytes) : nullptr;
-  } catch (...) {
-    ledger_.release(c, bytes);
-    throw;
-  }
+  b.data_ = bytes > 0 ? raw_allocate(bytes) : nullptr;
+  reserved.commit();  // the buffer releases it (DeviceBuffer::reset)
   b.backend_ = this;
   b.bytes_ = bytes;
   b.class_ = c;
@@ -43,14 +39,11 @@ DeviceBuffer Backend::allocate(MemoryClass c, int64_t bytes) {
 }
 
 void* Backend::allocate_host_addressable(MemoryClass c, int64_t bytes) {
-  FERRY_CHECK(host_addressable(), name() + ": the CPU kernels cannot use this device's memory in place");
-  ledger_.reserve(c, bytes);
-  try {
-    return bytes > 0 ? raw_allocate(bytes) : nullptr;
-  } catch (...) {
-    ledger_.release(c, bytes);
-    throw;
-  }
+  FERRY_CHECK(host_addressable(), "{}: the CPU kernels cannot use this device's memory in place", name());
+  MemoryLedger::Reservation reserved(ledger_, c, bytes);
+  void* p = bytes > 0 ? raw_allocate(bytes) : nullptr;
+  reserved.commit();  // the caller releases it (free_host_addressable)
+  return p;
 }
 
 void Backend::free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexcept {
@@ -59,7 +52,7 @@ void Backend::free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexc
 }
 
 std::shared_ptr<void> Backend::pin_host(void* p, int64_t bytes) {
-  FERRY_CHECK(p || bytes == 0, name() + ": pinning a null pointer");
+  FERRY_CHECK(p || bytes == 0, "{}: pinning a null pointer", name());
   return pinned_handle(bytes, nullptr);
 }
 
@@ -91,11 +84,10 @@ CopyEvent Backend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, const
 }
 
 void Backend::check_copy(const DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) const {
-  FERRY_CHECK(dst.backend() == this, name() + ": copy into a buffer of another device");
+  FERRY_CHECK(dst.backend() == this, "{}: copy into a buffer of another device", name());
   FERRY_CHECK(offset >= 0 && bytes >= 0 && offset <= dst.bytes() && bytes <= dst.bytes() - offset,
-              name() + ": copy of " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
-                  " overruns a buffer of " + std::to_string(dst.bytes()));
-  FERRY_CHECK(src || bytes == 0, name() + ": copy from a null pointer");
+              "{}: copy of {} bytes at offset {} overruns a buffer of {}", name(), bytes, offset, dst.bytes());
+  FERRY_CHECK(src || bytes == 0, "{}: copy from a null pointer", name());
 }
 
 }  // namespace ferry::runtime

@@ -78,7 +78,7 @@ const planner::GpuPreset& preset_named(std::string_view name) {
   for (const auto& p : planner::gpu_presets()) {
     if (p.name == name) return p;
   }
-  FERRY_THROW("internal: no GPU preset named " + std::string(name));
+  FERRY_THROW("internal: no GPU preset named {}", name);
 }
 
 }  // namespace

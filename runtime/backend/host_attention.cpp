@@ -104,8 +104,7 @@ void attend(const ops::Attention& a, int64_t t, int64_t h0, int64_t h1) {
 TileSlice tile_slice(const ops::TileScratch& t, int64_t heads, int64_t head_dim) {
   // The arena's thread slots are 0 … max_concurrency−1; a thread outside any arena yet is the master, slot 0.
   const int slot = std::max(0, tbb::this_task_arena::current_thread_index());
-  FERRY_CHECK(slot < t.threads, "a tile loop ran on worker " + std::to_string(slot) + " of scratch for " +
-                                    std::to_string(t.threads) + " threads");
+  FERRY_CHECK(slot < t.threads, "a tile loop ran on worker {} of scratch for {} threads", slot, t.threads);
   FERRY_CHECK(t.key_rows + t.scores + heads * head_dim + 2 * heads <= t.per_thread,
               "tile scratch: a slice is too small for the op");
   float* p = t.data + slot * t.per_thread;

@@ -1,6 +1,7 @@
 #include "runtime/backend/memory_ledger.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "planner/core/error.h"
 #include "planner/core/units.h"
@@ -8,28 +9,27 @@
 namespace ferry::runtime {
 
 MemoryLedger::MemoryLedger(std::string device, int64_t capacity) : device_(std::move(device)), capacity_(capacity) {
-  FERRY_CHECK(capacity_ >= 0, device_ + ": negative capacity");
+  FERRY_CHECK(capacity_ >= 0, "{}: negative capacity", device_);
   for (auto& u : by_class_) u.planned = kUnplanned;
 }
 
 void MemoryLedger::set_planned(MemoryClass c, int64_t bytes) {
-  FERRY_CHECK(bytes >= 0, device_ + ": negative plan for " + std::string(memory_class_name(c)));
+  FERRY_CHECK(bytes >= 0, "{}: negative plan for {}", device_, memory_class_name(c));
   std::lock_guard<std::mutex> lock(mu_);
   by_class_[static_cast<size_t>(c)].planned = bytes;
 }
 
 void MemoryLedger::reserve(MemoryClass c, int64_t bytes) {
-  FERRY_CHECK(bytes >= 0, device_ + ": negative allocation of " + std::string(memory_class_name(c)));
+  FERRY_CHECK(bytes >= 0, "{}: negative allocation of {}", device_, memory_class_name(c));
   std::lock_guard<std::mutex> lock(mu_);
   MemoryClassUsage& u = by_class_[static_cast<size_t>(c)];
   if (bytes > u.planned - u.current)
-    FERRY_THROW(device_ + ": allocating " + core::format_bytes(bytes) + " of " + std::string(memory_class_name(c)) +
-                " would exceed its plan (" + core::format_bytes(u.current) + " held of " +
-                core::format_bytes(u.planned) + " planned)");
+    FERRY_THROW("{}: allocating {} of {} would exceed its plan ({} held of {} planned)", device_,
+                core::format_bytes(bytes), memory_class_name(c), core::format_bytes(u.current),
+                core::format_bytes(u.planned));
   if (bytes > capacity_ - total_)
-    FERRY_THROW(device_ + ": allocating " + core::format_bytes(bytes) + " of " + std::string(memory_class_name(c)) +
-                " would exceed the device's " + core::format_bytes(capacity_) + " (" + core::format_bytes(total_) +
-                " held)");
+    FERRY_THROW("{}: allocating {} of {} would exceed the device's {} ({} held)", device_, core::format_bytes(bytes),
+                memory_class_name(c), core::format_bytes(capacity_), core::format_bytes(total_));
   u.current += bytes;
   u.high_water = std::max(u.high_water, u.current);
   total_ += bytes;
@@ -39,10 +39,31 @@ void MemoryLedger::reserve(MemoryClass c, int64_t bytes) {
 void MemoryLedger::release(MemoryClass c, int64_t bytes) {
   std::lock_guard<std::mutex> lock(mu_);
   MemoryClassUsage& u = by_class_[static_cast<size_t>(c)];
-  FERRY_CHECK(bytes >= 0 && bytes <= u.current,
-              device_ + ": releasing more " + std::string(memory_class_name(c)) + " than is held");
+  FERRY_CHECK(bytes >= 0 && bytes <= u.current, "{}: releasing more {} than is held", device_, memory_class_name(c));
   u.current -= bytes;
   total_ -= bytes;
+}
+
+MemoryLedger::Reservation::Reservation(MemoryLedger& ledger, MemoryClass c, int64_t bytes) : class_(c), bytes_(bytes) {
+  ledger.reserve(c, bytes);
+  ledger_ = &ledger;
+}
+
+MemoryLedger::Reservation::Reservation(Reservation&& o) noexcept
+    : ledger_(std::exchange(o.ledger_, nullptr)), class_(o.class_), bytes_(o.bytes_) {}
+
+MemoryLedger::Reservation& MemoryLedger::Reservation::operator=(Reservation&& o) noexcept {
+  if (this != &o) {
+    reset();
+    ledger_ = std::exchange(o.ledger_, nullptr);
+    class_ = o.class_;
+    bytes_ = o.bytes_;
+  }
+  return *this;
+}
+
+void MemoryLedger::Reservation::reset() noexcept {
+  if (ledger_) std::exchange(ledger_, nullptr)->release(class_, bytes_);
 }
 
 MemoryClassUsage MemoryLedger::usage(MemoryClass c) const {

@@ -45,12 +45,39 @@ class MemoryLedger {
   int64_t total_current() const;
   int64_t total_high_water() const;  // the most held at once over all classes
 
+  class Reservation;
+
  private:
   std::string device_;
   int64_t capacity_;
   mutable std::mutex mu_;
   std::array<MemoryClassUsage, kMemoryClasses> by_class_{};
   int64_t total_ = 0, total_high_ = 0;
+};
+
+// Bytes of one class reserved for as long as this object lives, so that a failure between reserving and
+// handing the bytes to their owner releases them without a hand-written rollback. The ledger outlives it.
+class MemoryLedger::Reservation {
+ public:
+  Reservation() = default;
+  // Reserves as MemoryLedger::reserve does (throwing, and holding nothing, when the bytes do not fit).
+  Reservation(MemoryLedger& ledger, MemoryClass c, int64_t bytes);
+  Reservation(Reservation&& o) noexcept;
+  Reservation& operator=(Reservation&& o) noexcept;
+  Reservation(const Reservation&) = delete;
+  Reservation& operator=(const Reservation&) = delete;
+  ~Reservation() { reset(); }
+
+  // The bytes stay reserved after this object is gone: their new owner releases them with
+  // MemoryLedger::release.
+  void commit() noexcept { ledger_ = nullptr; }
+
+ private:
+  void reset() noexcept;  // releases the bytes unless committed, moved from or empty
+
+  MemoryLedger* ledger_ = nullptr;
+  MemoryClass class_ = MemoryClass::Weights;
+  int64_t bytes_ = 0;
 };
 
 }  // namespace ferry::runtime

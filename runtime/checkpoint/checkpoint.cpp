@@ -16,11 +16,11 @@ namespace fs = std::filesystem;
 
 MappedFile::MappedFile(const fs::path& file) {
   const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) FERRY_THROW("cannot open " + file.string() + ": " + std::strerror(errno));
+  if (fd < 0) FERRY_THROW("cannot open {}: {}", file.string(), std::strerror(errno));
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
     ::close(fd);
-    FERRY_THROW("cannot stat " + file.string());
+    FERRY_THROW("cannot stat {}", file.string());
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ > 0) {
@@ -28,7 +28,7 @@ MappedFile::MappedFile(const fs::path& file) {
     if (data_ == MAP_FAILED) {
       data_ = nullptr;
       ::close(fd);
-      FERRY_THROW("cannot map " + file.string() + ": " + std::strerror(errno));
+      FERRY_THROW("cannot map {}: {}", file.string(), std::strerror(errno));
     }
   }
   ::close(fd);  // the mapping keeps the file alive
@@ -51,7 +51,7 @@ Checkpoint Checkpoint::open(const fs::path& path) {
       c.headers_.by_name.emplace(h.tensors[i].name, std::make_pair(size_t{0}, i));
     c.headers_.shards.push_back(std::move(h));
   } else {
-    FERRY_THROW(path.string() + " is neither a checkpoint directory nor a .safetensors file");
+    FERRY_THROW("{} is neither a checkpoint directory nor a .safetensors file", path.string());
   }
   c.maps_.resize(c.headers_.shards.size());
   return c;
@@ -59,13 +59,13 @@ Checkpoint Checkpoint::open(const fs::path& path) {
 
 const core::SafetensorsTensor& Checkpoint::info(const std::string& name) const {
   const auto* t = headers_.find(name);
-  if (!t) FERRY_THROW("checkpoint has no tensor '" + name + "'");
+  if (!t) FERRY_THROW("checkpoint has no tensor '{}'", name);
   return *t;
 }
 
 std::span<const std::byte> Checkpoint::bytes(const std::string& name) const {
   auto it = headers_.by_name.find(name);
-  if (it == headers_.by_name.end()) FERRY_THROW("checkpoint has no tensor '" + name + "'");
+  if (it == headers_.by_name.end()) FERRY_THROW("checkpoint has no tensor '{}'", name);
   const auto [shard, index] = it->second;
   const auto& h = headers_.shards[shard];
   auto& map = maps_[shard];
@@ -74,7 +74,7 @@ std::span<const std::byte> Checkpoint::bytes(const std::string& name) const {
   const auto& t = h.tensors[index];
   // The header was validated against the file size when it was read; a file that shrank since is caught here.
   if (static_cast<int64_t>(file.size()) < h.data_offset + t.end)
-    FERRY_THROW(h.file + " is shorter than its header says (changed on disk?)");
+    FERRY_THROW("{} is shorter than its header says (changed on disk?)", h.file);
   return file.subspan(static_cast<size_t>(h.data_offset + t.begin), static_cast<size_t>(t.bytes()));
 }
 

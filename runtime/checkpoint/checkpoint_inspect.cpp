@@ -22,7 +22,7 @@ std::string shape_text(const std::vector<int64_t>& shape) {
 CheckpointReport inspect_checkpoint(const std::filesystem::path& dir) {
   CheckpointReport r;
   r.spec = planner::load_model_spec(dir.string());
-  FERRY_CHECK(r.spec.source == planner::ModelSource::Checkpoint, dir.string() + " is not a checkpoint directory");
+  FERRY_CHECK(r.spec.source == planner::ModelSource::Checkpoint, "{} is not a checkpoint directory", dir.string());
   const core::CheckpointHeaders headers = core::read_checkpoint_headers(dir);
   r.shards = static_cast<int64_t>(headers.shards.size());
   for (const auto& t : r.spec.tensors) r.bytes_by_dtype[std::string(core::dtype_name(t.dtype))] += t.bytes;

@@ -17,15 +17,14 @@ void check_size(const TensorData& t) {
   int64_t n = 1;
   for (int64_t d : t.shape) n *= d;
   FERRY_CHECK(n * core::dtype_size(t.dtype) == static_cast<int64_t>(t.bytes.size()),
-              "tensor '" + t.name + "' holds " + std::to_string(t.bytes.size()) + " bytes, its shape needs " +
-                  std::to_string(n * core::dtype_size(t.dtype)));
+              "tensor '{}' holds {} bytes, its shape needs {}", t.name, t.bytes.size(), n * core::dtype_size(t.dtype));
 }
 
 void write_atomically(const fs::path& file, const std::string& header, const std::vector<const TensorData*>& tensors) {
   const fs::path tmp = file.string() + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) FERRY_THROW("cannot write " + file.string());
+    if (!out) FERRY_THROW("cannot write {}", file.string());
     const uint64_t n = header.size();
     unsigned char len[8];
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
@@ -34,11 +33,11 @@ void write_atomically(const fs::path& file, const std::string& header, const std
     for (const auto* t : tensors)
       out.write(reinterpret_cast<const char*>(t->bytes.data()), static_cast<std::streamsize>(t->bytes.size()));
     out.flush();
-    if (!out) FERRY_THROW("cannot write " + file.string() + " (disk full?)");
+    if (!out) FERRY_THROW("cannot write {} (disk full?)", file.string());
   }
   std::error_code ec;
   fs::rename(tmp, file, ec);
-  if (ec) FERRY_THROW("cannot write " + file.string() + ": " + ec.message());
+  if (ec) FERRY_THROW("cannot write {}: {}", file.string(), ec.message());
 }
 
 }  // namespace
@@ -54,7 +53,7 @@ void write_safetensors(const fs::path& file, const std::vector<const TensorData*
   int64_t offset = 0;
   for (const auto* t : tensors) {
     check_size(*t);
-    FERRY_CHECK(!h.contains(t->name), "tensor '" + t->name + "' added twice");
+    FERRY_CHECK(!h.contains(t->name), "tensor '{}' added twice", t->name);
     const int64_t end = offset + static_cast<int64_t>(t->bytes.size());
     h[t->name] = {
         {"dtype", std::string(core::dtype_name(t->dtype))}, {"shape", t->shape}, {"data_offsets", {offset, end}}};
@@ -70,8 +69,8 @@ std::vector<std::string> write_sharded_checkpoint(const fs::path& dir, const std
   FERRY_CHECK(shards >= 1, "a checkpoint needs at least one shard");
   int64_t total = 0;
   for (const auto& t : tensors) total += static_cast<int64_t>(t.bytes.size());
-  FERRY_CHECK(tensors.size() >= static_cast<size_t>(shards),
-              std::to_string(tensors.size()) + " tensors cannot fill " + std::to_string(shards) + " shards");
+  FERRY_CHECK(tensors.size() >= static_cast<size_t>(shards), "{} tensors cannot fill {} shards", tensors.size(),
+              shards);
   // Fill shards in order up to an equal share of the bytes, like Hugging Face's max_shard_size splitting,
   // while leaving at least one tensor for every later shard: an empty shard would be absent from the index.
   std::vector<std::vector<const TensorData*>> groups(static_cast<size_t>(shards));
@@ -103,7 +102,7 @@ std::vector<std::string> write_sharded_checkpoint(const fs::path& dir, const std
   }
   std::ofstream out(dir / "model.safetensors.index.json", std::ios::trunc);
   out << index.dump(2) << "\n";
-  if (!out) FERRY_THROW("cannot write " + (dir / "model.safetensors.index.json").string());
+  if (!out) FERRY_THROW("cannot write {}", (dir / "model.safetensors.index.json").string());
   return names;
 }
 

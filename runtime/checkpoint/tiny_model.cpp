@@ -215,7 +215,7 @@ std::vector<std::vector<uint8_t>> weight_bytes(const core::ModelConfig& c, const
     case TensorFormat::SmallF32: return {to_f32_bytes(small_values(rng, w))};
     case TensorFormat::Unexplained: break;
   }
-  FERRY_THROW("make-tiny: no generator for tensor '" + w.name + "'");
+  FERRY_THROW("make-tiny: no generator for tensor '{}'", w.name);
 }
 
 std::vector<TensorData> generate_tensors(const core::ModelConfig& c, uint64_t seed) {
@@ -263,10 +263,10 @@ nlohmann::json tiny_config_json(const TinyOptions& o) {
 }
 
 void make_tiny_model(const fs::path& dir, const TinyOptions& o) {
-  FERRY_CHECK(o.shards >= 2 && o.shards <= 64, "--shards must be in [2, 64], got " + std::to_string(o.shards));
+  FERRY_CHECK(o.shards >= 2 && o.shards <= 64, "--shards must be in [2, 64], got {}", o.shards);
   std::error_code ec;
   fs::create_directories(dir, ec);
-  if (ec) FERRY_THROW("cannot create " + dir.string() + ": " + ec.message());
+  if (ec) FERRY_THROW("cannot create {}: {}", dir.string(), ec.message());
   const nlohmann::json config = tiny_config_json(o);
   const core::ModelConfig c = core::config_from_json(config, "tiny");
   FERRY_CHECK(c.arch == core::Arch::DeepseekV4, "make-tiny writes DeepSeek V4 checkpoints only");
@@ -274,7 +274,7 @@ void make_tiny_model(const fs::path& dir, const TinyOptions& o) {
   std::ofstream(dir / "config.json", std::ios::trunc) << config.dump(2) << "\n";
   std::ofstream tok(dir / "tokenizer.json", std::ios::trunc);
   tok << make_tiny_tokenizer_json(static_cast<int>(c.vocab_size));
-  if (!tok) FERRY_THROW("cannot write " + (dir / "tokenizer.json").string());
+  if (!tok) FERRY_THROW("cannot write {}", (dir / "tokenizer.json").string());
 }
 
 }  // namespace ferry::runtime

@@ -180,9 +180,9 @@ struct Word {
 }  // namespace
 
 std::string make_tiny_tokenizer_json(int vocab_size) {
-  FERRY_CHECK(vocab_size >= kFirstMergeId + 1, "tiny tokenizer: vocab_size " + std::to_string(vocab_size) +
-                                                   " is below " + std::to_string(kFirstMergeId + 1) +
-                                                   " (3 special tokens, 256 bytes and at least one merge)");
+  FERRY_CHECK(vocab_size >= kFirstMergeId + 1,
+              "tiny tokenizer: vocab_size {} is below {} (3 special tokens, 256 bytes and at least one merge)",
+              vocab_size, kFirstMergeId + 1);
 
   std::vector<std::string> tokens(kSpecialTokens.begin(), kSpecialTokens.end());
   const std::array<std::string, 256>& byte_symbols = byte_level_symbols();
@@ -224,9 +224,9 @@ std::string make_tiny_tokenizer_json(int vocab_size) {
         best_count = count;
       }
     }
-    FERRY_CHECK(best != nullptr, "tiny tokenizer: vocab_size " + std::to_string(vocab_size) +
-                                     " is larger than the built-in training text supports (" +
-                                     std::to_string(tokens.size()) + ")");
+    FERRY_CHECK(best != nullptr,
+                "tiny tokenizer: vocab_size {} is larger than the built-in training text supports ({})", vocab_size,
+                tokens.size());
     const auto [left, right] = *best;
     std::string merged = tokens[left] + tokens[right];
     if (ids.count(merged)) {

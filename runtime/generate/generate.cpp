@@ -19,9 +19,8 @@ GenerateResult generate(Session& session, const std::vector<int32_t>& prompt, co
   FERRY_CHECK(o.n_predict >= 0, "-n must be non-negative");
   const int64_t ctx = session.options().ctx,
                 need = session.position() + static_cast<int64_t>(prompt.size()) + o.n_predict;
-  FERRY_CHECK(need <= ctx, "the prompt (" + std::to_string(prompt.size()) + " tokens) plus -n " +
-                               std::to_string(o.n_predict) + " needs a context of " + std::to_string(need) +
-                               " tokens, more than --ctx " + std::to_string(ctx));
+  FERRY_CHECK(need <= ctx, "the prompt ({} tokens) plus -n {} needs a context of {} tokens, more than --ctx {}",
+              prompt.size(), o.n_predict, need, ctx);
   GenerateResult r;
   r.prompt_tokens = static_cast<int64_t>(prompt.size());
   Sampler sampler(o.sampler);

@@ -19,7 +19,7 @@ void write_npy_f32(const std::filesystem::path& file, const float* data, int64_t
   const std::filesystem::path tmp = file.string() + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    FERRY_CHECK(out.good(), "cannot write " + tmp.string());
+    FERRY_CHECK(out.good(), "cannot write {}", tmp.string());
     const uint16_t len = static_cast<uint16_t>(header.size());
     out.write("\x93NUMPY\x01\x00", 8);
     const char len_bytes[2] = {static_cast<char>(len & 0xFF), static_cast<char>(len >> 8)};
@@ -27,33 +27,33 @@ void write_npy_f32(const std::filesystem::path& file, const float* data, int64_t
     out.write(header.data(), static_cast<std::streamsize>(header.size()));
     out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(rows * cols * sizeof(float)));
     out.flush();
-    FERRY_CHECK(out.good(), "write failed: " + tmp.string());
+    FERRY_CHECK(out.good(), "write failed: {}", tmp.string());
   }
   std::error_code ec;
   std::filesystem::rename(tmp, file, ec);
-  FERRY_CHECK(!ec, "cannot rename " + tmp.string() + " to " + file.string() + ": " + ec.message());
+  FERRY_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), file.string(), ec.message());
 }
 
 std::vector<float> read_npy_f32(const std::filesystem::path& file, int64_t* rows, int64_t* cols) {
   std::ifstream in(file, std::ios::binary);
-  FERRY_CHECK(in.good(), "cannot open " + file.string());
+  FERRY_CHECK(in.good(), "cannot open {}", file.string());
   char magic[10];
   in.read(magic, 10);
-  FERRY_CHECK(in.good() && std::memcmp(magic, "\x93NUMPY\x01\x00", 8) == 0, file.string() + " is not a .npy v1 file");
+  FERRY_CHECK(in.good() && std::memcmp(magic, "\x93NUMPY\x01\x00", 8) == 0, "{} is not a .npy v1 file", file.string());
   const size_t len = static_cast<unsigned char>(magic[8]) | (static_cast<unsigned char>(magic[9]) << 8);
   std::string header(len, '\0');
   in.read(header.data(), static_cast<std::streamsize>(len));
   const size_t shape = header.find("'shape': (");
   FERRY_CHECK(header.find("'descr': '<f4'") != std::string::npos && shape != std::string::npos,
-              file.string() + ": not a float32 array");
+              "{}: not a float32 array", file.string());
   long long r = -1, c = -1;
   FERRY_CHECK(std::sscanf(header.c_str() + shape, "'shape': (%lld, %lld)", &r, &c) == 2 && r >= 0 && c >= 0,
-              file.string() + ": not a 2-D array");
+              "{}: not a 2-D array", file.string());
   *rows = r;
   *cols = c;
   std::vector<float> v(static_cast<size_t>(*rows * *cols));
   in.read(reinterpret_cast<char*>(v.data()), static_cast<std::streamsize>(v.size() * sizeof(float)));
-  FERRY_CHECK(in.good(), file.string() + " is truncated");
+  FERRY_CHECK(in.good(), "{} is truncated", file.string());
   return v;
 }
 

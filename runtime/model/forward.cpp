@@ -22,9 +22,8 @@ Session::Session(const ModelWeights& model, SessionOptions options)
     : model_(model), options_(options), rope_(model.config(), false), rope_compressed_(model.config(), true) {
   const auto& c = model.config();
   FERRY_CHECK(options.ctx >= 1, "--ctx must be at least 1");
-  FERRY_CHECK(options.ctx <= c.max_position_embeddings, "--ctx " + std::to_string(options.ctx) +
-                                                            " is beyond the model's " +
-                                                            std::to_string(c.max_position_embeddings) + " positions");
+  FERRY_CHECK(options.ctx <= c.max_position_embeddings, "--ctx {} is beyond the model's {} positions", options.ctx,
+              c.max_position_embeddings);
   FERRY_CHECK(options.ubatch >= 1, "--ubatch must be at least 1");
   if (!options.device) own_host_ = std::make_unique<cpu::CpuBackend>();
   device_ = options.device ? options.device : own_host_.get();
@@ -68,11 +67,9 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
   const auto& c = model_.config();
   const int64_t n = static_cast<int64_t>(tokens.size());
   for (int64_t i = 0; i < n; ++i)
-    FERRY_CHECK(tokens[sz(i)] >= 0 && tokens[sz(i)] < c.vocab_size, "token id " + std::to_string(tokens[sz(i)]) +
-                                                                        " is outside the vocabulary [0, " +
-                                                                        std::to_string(c.vocab_size) + ")");
-  FERRY_CHECK(pos_ + n <= options_.ctx, "the context is full: " + std::to_string(pos_) + " + " + std::to_string(n) +
-                                            " tokens exceed --ctx " + std::to_string(options_.ctx));
+    FERRY_CHECK(tokens[sz(i)] >= 0 && tokens[sz(i)] < c.vocab_size, "token id {} is outside the vocabulary [0, {})",
+                tokens[sz(i)], c.vocab_size);
+  FERRY_CHECK(pos_ + n <= options_.ctx, "the context is full: {} + {} tokens exceed --ctx {}", pos_, n, options_.ctx);
   const int64_t vocab = c.vocab_size;
   if (all_logits) all_logits->resize(sz(n * vocab));
   if (last_logits) last_logits->resize(sz(vocab));

@@ -151,12 +151,12 @@ class WeightBinder {
 
   // Checks a stored tensor against the checkpoint: present, with the table's dtype and shape.
   const core::SafetensorsTensor& check(const core::TensorInfo& t) {
-    FERRY_CHECK(m_.ckpt_->has(t.name), "checkpoint is missing tensor " + t.name);
+    FERRY_CHECK(m_.ckpt_->has(t.name), "checkpoint is missing tensor {}", t.name);
     const auto& h = m_.ckpt_->info(t.name);
-    FERRY_CHECK(h.dtype == t.dtype, "tensor " + t.name + " has dtype " + std::string(core::dtype_name(h.dtype)) +
-                                        ", expected " + std::string(core::dtype_name(t.dtype)));
-    FERRY_CHECK(h.shape == t.shape,
-                "tensor " + t.name + " has shape " + shape_text(h.shape) + ", expected " + shape_text(t.shape));
+    FERRY_CHECK(h.dtype == t.dtype, "tensor {} has dtype {}, expected {}", t.name, core::dtype_name(h.dtype),
+                core::dtype_name(t.dtype));
+    FERRY_CHECK(h.shape == t.shape, "tensor {} has shape {}, expected {}", t.name, shape_text(h.shape),
+                shape_text(t.shape));
     m_.weight_bytes_ += h.end - h.begin;
     return h;
   }
@@ -217,9 +217,8 @@ class WeightBinder {
     for (int64_t i = 0; i < n; ++i) {
       int64_t e;
       std::memcpy(&e, raw.data() + 8 * i, 8);
-      FERRY_CHECK(e >= 0 && e < c_.n_routed_experts, "tensor " + t.name + " routes token " + std::to_string(i / k) +
-                                                         " to expert " + std::to_string(e) + ", beyond " +
-                                                         std::to_string(c_.n_routed_experts) + " experts");
+      FERRY_CHECK(e >= 0 && e < c_.n_routed_experts, "tensor {} routes token {} to expert {}, beyond {} experts",
+                  t.name, i / k, e, c_.n_routed_experts);
       out[static_cast<size_t>(i)] = static_cast<int32_t>(e);
     }
     hold(w, n * static_cast<int64_t>(sizeof(int32_t)));
@@ -248,8 +247,8 @@ class WeightBinder {
 ModelWeights ModelWeights::load(const std::filesystem::path& dir) {
   ModelWeights m;
   const planner::ModelSpec spec = planner::load_model_spec(dir.string());
-  FERRY_CHECK(spec.config.arch == core::Arch::DeepseekV4, "ferry runs DeepSeek V4 checkpoints; " + dir.string() +
-                                                              " is " + std::string(core::arch_name(spec.config.arch)));
+  FERRY_CHECK(spec.config.arch == core::Arch::DeepseekV4, "ferry runs DeepSeek V4 checkpoints; {} is {}", dir.string(),
+              core::arch_name(spec.config.arch));
   m.config_ = spec.config;
   m.ckpt_ = std::make_shared<Checkpoint>(Checkpoint::open(dir));
   const auto& c = m.config_;
@@ -257,9 +256,9 @@ ModelWeights ModelWeights::load(const std::filesystem::path& dir) {
               "config: num_attention_heads must be a multiple of o_groups");
   FERRY_CHECK(c.index_head_dim % 32 == 0 && (c.index_head_dim & (c.index_head_dim - 1)) == 0,
               "config: index_head_dim must be a power of two (Hadamard)");
-  FERRY_CHECK(c.weight_block_size == core::kFp8Block, "config: quantization_config.weight_block_size is " +
-                                                          std::to_string(c.weight_block_size) +
-                                                          "; ferry's FP8 kernels read 128x128 blocks");
+  FERRY_CHECK(c.weight_block_size == core::kFp8Block,
+              "config: quantization_config.weight_block_size is {}; ferry's FP8 kernels read 128x128 blocks",
+              c.weight_block_size);
   WeightBinder b(m);
   b.globals();
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) m.layers_.push_back(b.layer(i));

@@ -37,8 +37,7 @@ void require_ops(const Backend& device, std::span<const Kind> kinds, std::string
   std::sort(lacking.begin(), lacking.end());
   std::string missing;
   for (Kind k : lacking) missing += (missing.empty() ? "" : ", ") + std::string(ops::kind_name(k));
-  FERRY_CHECK(missing.empty(),
-              device.name() + " cannot run " + std::string(what) + ": it has no kernel for " + missing);
+  FERRY_CHECK(missing.empty(), "{} cannot run {}: it has no kernel for {}", device.name(), what, missing);
 }
 
 }  // namespace ferry::runtime

@@ -7,7 +7,7 @@
 namespace ferry::runtime {
 
 WeightCopier::WeightCopier(Backend& device) : device_(device) {
-  FERRY_CHECK(device.host_addressable(), device.name() + ": weights for the CPU ops must be host-addressable");
+  FERRY_CHECK(device.host_addressable(), "{}: weights for the CPU ops must be host-addressable", device.name());
 }
 
 const uint8_t* WeightCopier::copy(const void* src, int64_t bytes) {

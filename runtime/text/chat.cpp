@@ -15,7 +15,7 @@ std::optional<nlohmann::json> read_json(const std::filesystem::path& file) {
   std::ifstream in(file);
   if (!in) return std::nullopt;
   nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  FERRY_CHECK(!j.is_discarded(), file.string() + " is not valid JSON");
+  FERRY_CHECK(!j.is_discarded(), "{} is not valid JSON", file.string());
   return j;
 }
 
@@ -33,8 +33,8 @@ std::string_view chat_format_name(ChatFormat format) {
 
 ChatFormat chat_format_for_model_dir(const std::filesystem::path& dir) {
   std::optional<nlohmann::json> config = read_json(dir / "config.json");
-  FERRY_CHECK(config, dir.string() + " has no config.json");
-  FERRY_CHECK(config->is_object(), (dir / "config.json").string() + " is not a JSON object");
+  FERRY_CHECK(config, "{} has no config.json", dir.string());
+  FERRY_CHECK(config->is_object(), "{} is not a JSON object", (dir / "config.json").string());
   if (config->value("model_type", "") == "deepseek_v4" || config->contains("compress_ratios"))
     return ChatFormat::DeepSeekV4;
   std::optional<nlohmann::json> tokenizer_config = read_json(dir / "tokenizer_config.json");
@@ -42,13 +42,14 @@ ChatFormat chat_format_for_model_dir(const std::filesystem::path& dir) {
     auto t = tokenizer_config->find("chat_template");
     if (t != tokenizer_config->end() && t->is_string()) {
       FERRY_CHECK(is_v3_template(t->get<std::string>()),
-                  (dir / "tokenizer_config.json").string() +
-                      ": its chat_template is not DeepSeek V3's (ferry renders the V3 and V4 chat formats only)");
+                  "{}: its chat_template is not DeepSeek V3's (ferry renders the V3 and V4 chat formats only)",
+                  (dir / "tokenizer_config.json").string());
       return ChatFormat::DeepSeekV3;
     }
   }
-  FERRY_THROW(dir.string() + ": no chat format found (config.json is not DeepSeek V4's and tokenizer_config.json " +
-              "has no chat_template)");
+  FERRY_THROW(
+      "{}: no chat format found (config.json is not DeepSeek V4's and tokenizer_config.json has no chat_template)",
+      dir.string());
 }
 
 std::string encode_chat(ChatFormat format, const nlohmann::ordered_json& messages, const nlohmann::ordered_json& tools,

@@ -1,5 +1,6 @@
 #include "runtime/text/chat_message.h"
 
+#include <fmt/format.h>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -70,7 +71,7 @@ std::string python_json(const OrderedJson& value) {
 }
 
 std::string message_label(const OrderedJson& message, size_t index) {
-  std::string label = "message " + std::to_string(index);
+  std::string label = fmt::format("message {}", index);
   if (message.is_object())
     if (auto it = message.find("role"); it != message.end() && it->is_string())
       label += " (" + it->get<std::string>() + ")";
@@ -79,18 +80,17 @@ std::string message_label(const OrderedJson& message, size_t index) {
 
 const OrderedJson& checked_message(const OrderedJson& messages, size_t index) {
   const OrderedJson& m = messages[index];
-  FERRY_CHECK(m.is_object(), message_label(m, index) + ": must be a JSON object, got " + m.type_name());
+  FERRY_CHECK(m.is_object(), "{}: must be a JSON object, got {}", message_label(m, index), m.type_name());
   auto role = m.find("role");
-  FERRY_CHECK(role != m.end(), message_label(m, index) + ": has no role");
-  FERRY_CHECK(role->is_string(), message_label(m, index) + ": role must be a string, got " + role->type_name());
+  FERRY_CHECK(role != m.end(), "{}: has no role", message_label(m, index));
+  FERRY_CHECK(role->is_string(), "{}: role must be a string, got {}", message_label(m, index), role->type_name());
   return m;
 }
 
 std::optional<std::string> string_field(const OrderedJson& message, size_t index, const char* key) {
   auto it = message.find(key);
   if (it == message.end() || it->is_null()) return std::nullopt;
-  FERRY_CHECK(it->is_string(),
-              message_label(message, index) + ": " + key + " must be a string, got " + it->type_name());
+  FERRY_CHECK(it->is_string(), "{}: {} must be a string, got {}", message_label(message, index), key, it->type_name());
   return it->get<std::string>();
 }
 
@@ -99,18 +99,18 @@ std::optional<std::string> content_text(const OrderedJson& message, size_t index
   if (it == message.end() || it->is_null()) return std::nullopt;
   if (it->is_string()) return it->get<std::string>();
   const std::string where = message_label(message, index);
-  FERRY_CHECK(it->is_array(),
-              where + ": content must be a string, null or an array of text parts, got " + it->type_name());
+  FERRY_CHECK(it->is_array(), "{}: content must be a string, null or an array of text parts, got {}", where,
+              it->type_name());
   std::string text;
   for (size_t i = 0; i < it->size(); ++i) {
     const OrderedJson& part = (*it)[i];
-    const std::string part_where = where + ": content[" + std::to_string(i) + "]";
-    FERRY_CHECK(part.is_object(), part_where + " must be an object");
+    const std::string part_where = fmt::format("{}: content[{}]", where, i);
+    FERRY_CHECK(part.is_object(), "{} must be an object", part_where);
     auto type = part.find("type");
     FERRY_CHECK(type != part.end() && type->is_string() && *type == "text",
-                part_where + " is not a text part (only {\"type\": \"text\"} parts can be rendered)");
+                "{} is not a text part (only {{\"type\": \"text\"}} parts can be rendered)", part_where);
     auto t = part.find("text");
-    FERRY_CHECK(t != part.end() && t->is_string(), part_where + ": text must be a string");
+    FERRY_CHECK(t != part.end() && t->is_string(), "{}: text must be a string", part_where);
     if (i) text += part_separator;
     text += t->get<std::string>();
   }
@@ -122,26 +122,26 @@ std::vector<ToolCallIn> tool_calls_of(const OrderedJson& message, size_t index) 
   auto it = message.find("tool_calls");
   if (it == message.end() || it->is_null()) return calls;
   const std::string where = message_label(message, index);
-  FERRY_CHECK(it->is_array(), where + ": tool_calls must be an array, got " + it->type_name());
+  FERRY_CHECK(it->is_array(), "{}: tool_calls must be an array, got {}", where, it->type_name());
   for (size_t i = 0; i < it->size(); ++i) {
     const OrderedJson& tc = (*it)[i];
-    const std::string tc_where = where + ": tool_calls[" + std::to_string(i) + "]";
-    FERRY_CHECK(tc.is_object(), tc_where + " must be an object");
+    const std::string tc_where = fmt::format("{}: tool_calls[{}]", where, i);
+    FERRY_CHECK(tc.is_object(), "{} must be an object", tc_where);
     ToolCallIn call;
     if (auto id = tc.find("id"); id != tc.end() && !id->is_null()) {
-      FERRY_CHECK(id->is_string(), tc_where + ": id must be a string");
+      FERRY_CHECK(id->is_string(), "{}: id must be a string", tc_where);
       call.id = id->get<std::string>();
     }
     call.type = "function";
     if (auto type = tc.find("type"); type != tc.end() && !type->is_null()) {
-      FERRY_CHECK(type->is_string(), tc_where + ": type must be a string");
+      FERRY_CHECK(type->is_string(), "{}: type must be a string", tc_where);
       call.type = type->get<std::string>();
     }
     auto fn = tc.find("function");
-    FERRY_CHECK(fn != tc.end() && fn->is_object(), tc_where + " has no function object");
+    FERRY_CHECK(fn != tc.end() && fn->is_object(), "{} has no function object", tc_where);
     auto name = fn->find("name");
     FERRY_CHECK(name != fn->end() && name->is_string() && !name->get_ref<const std::string&>().empty(),
-                tc_where + ": tool call without a name");
+                "{}: tool call without a name", tc_where);
     call.name = name->get<std::string>();
     auto args = fn->find("arguments");
     if (args == fn->end() || args->is_null()) {
@@ -149,8 +149,8 @@ std::vector<ToolCallIn> tool_calls_of(const OrderedJson& message, size_t index) 
     } else if (args->is_string()) {
       call.arguments_text = args->get<std::string>();
     } else {
-      FERRY_CHECK(args->is_object(),
-                  tc_where + ": arguments must be a JSON text or an object, got " + args->type_name());
+      FERRY_CHECK(args->is_object(), "{}: arguments must be a JSON text or an object, got {}", tc_where,
+                  args->type_name());
       call.arguments_text = python_json(*args);
       call.arguments_object = &*args;
     }

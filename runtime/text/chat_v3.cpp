@@ -20,7 +20,7 @@ constexpr std::string_view kOutputEnd = "<｜tool▁output▁end｜>";
 
 std::string required_content(const OrderedJson& m, size_t index) {
   std::optional<std::string> content = chat::content_text(m, index, "\n");
-  FERRY_CHECK(content, chat::message_label(m, index) + ": needs content");
+  FERRY_CHECK(content, "{}: needs content", chat::message_label(m, index));
   return *content;
 }
 
@@ -36,7 +36,7 @@ std::string render_call(const chat::ToolCallIn& call) {
 }  // namespace
 
 std::string encode_v3_chat(const nlohmann::ordered_json& messages, const ChatEncodeOptions& options) {
-  FERRY_CHECK(messages.is_array(), std::string("messages must be an array, got ") + messages.type_name());
+  FERRY_CHECK(messages.is_array(), "messages must be an array, got {}", messages.type_name());
   std::string out;
   if (options.add_bos) out += kBosToken;
 
@@ -71,7 +71,7 @@ std::string encode_v3_chat(const nlohmann::ordered_json& messages, const ChatEnc
         continue;
       }
       std::vector<chat::ToolCallIn> calls = chat::tool_calls_of(m, i);
-      FERRY_CHECK(!calls.empty(), label + ": has neither content nor tool_calls");
+      FERRY_CHECK(!calls.empty(), "{}: has neither content nor tool_calls", label);
       in_tool_outputs = false;
       for (const chat::ToolCallIn& call : calls) {
         if (!first_call_written) {
@@ -93,7 +93,7 @@ std::string encode_v3_chat(const nlohmann::ordered_json& messages, const ChatEnc
       out += kOutputEnd;
       first_output_written = true;
     } else {
-      FERRY_THROW(label + ": unknown role (V3 knows system, user, assistant, tool)");
+      FERRY_THROW("{}: unknown role (V3 knows system, user, assistant, tool)", label);
     }
   }
   if (in_tool_outputs) out += kOutputsEnd;

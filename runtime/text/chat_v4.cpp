@@ -1,5 +1,6 @@
 #include "runtime/text/chat_v4.h"
 
+#include <fmt/format.h>
 #include <algorithm>
 #include <array>
 #include <cstddef>
@@ -94,16 +95,16 @@ struct Message {
 
 const OrderedJson* tools_array(const OrderedJson& tools, const std::string& where) {
   if (tools.is_null()) return nullptr;
-  FERRY_CHECK(tools.is_array(), where + " must be an array, got " + tools.type_name());
+  FERRY_CHECK(tools.is_array(), "{} must be an array, got {}", where, tools.type_name());
   for (size_t i = 0; i < tools.size(); ++i) {
     const OrderedJson& t = tools[i];
-    const std::string at = where + "[" + std::to_string(i) + "]";
-    FERRY_CHECK(t.is_object(), at + " must be an object");
+    const std::string at = fmt::format("{}[{}]", where, i);
+    FERRY_CHECK(t.is_object(), "{} must be an object", at);
     auto fn = t.find("function");
-    FERRY_CHECK(fn != t.end() && fn->is_object(), at + " has no function object");
+    FERRY_CHECK(fn != t.end() && fn->is_object(), "{} has no function object", at);
     auto name = fn->find("name");
     FERRY_CHECK(name != fn->end() && name->is_string() && !name->get_ref<const std::string&>().empty(),
-                at + ": function without a name");
+                "{}: function without a name", at);
   }
   return tools.empty() ? nullptr : &tools;
 }
@@ -116,11 +117,10 @@ std::vector<ToolCallOut> tool_calls_with_objects(const OrderedJson& m, size_t in
       call.arguments = *in.arguments_object;
     } else {
       call.arguments = OrderedJson::parse(in.arguments_text, nullptr, /*allow_exceptions=*/false);
-      FERRY_CHECK(!call.arguments.is_discarded(),
-                  label + ": arguments of tool call '" + call.name + "' are not valid JSON: " + in.arguments_text);
+      FERRY_CHECK(!call.arguments.is_discarded(), "{}: arguments of tool call '{}' are not valid JSON: {}", label,
+                  call.name, in.arguments_text);
     }
-    FERRY_CHECK(call.arguments.is_object(),
-                label + ": arguments of tool call '" + call.name + "' must be a JSON object");
+    FERRY_CHECK(call.arguments.is_object(), "{}: arguments of tool call '{}' must be a JSON object", label, call.name);
     out.push_back(std::move(call));
   }
   return out;
@@ -131,15 +131,15 @@ void read_task(const OrderedJson& m, size_t index, Message& msg) {
   if (!task) return;
   for (const auto& [name, token] : kTaskTokens)
     if (*task == name) msg.task_token = token;
-  FERRY_CHECK(msg.task_token,
-              msg.label + ": unknown task '" + *task + "' (known: action, query, authority, domain, title, read_url)");
+  FERRY_CHECK(msg.task_token, "{}: unknown task '{}' (known: action, query, authority, domain, title, read_url)",
+              msg.label, *task);
   msg.task = *task;
 }
 
 // Reads and checks the messages, merging tool results and consecutive user messages into user turns the way
 // DeepSeek's encoder does.
 std::vector<Message> read_messages(const OrderedJson& messages, const OrderedJson& tools) {
-  FERRY_CHECK(messages.is_array(), std::string("messages must be an array, got ") + messages.type_name());
+  FERRY_CHECK(messages.is_array(), "messages must be an array, got {}", messages.type_name());
   std::vector<Message> out;
   for (size_t i = 0; i < messages.size(); ++i) {
     const OrderedJson& m = chat::checked_message(messages, i);
@@ -149,7 +149,7 @@ std::vector<Message> read_messages(const OrderedJson& messages, const OrderedJso
     read_task(m, i, msg);
     if (msg.role == "system" || msg.role == "developer") {
       msg.content = chat::content_text(m, i, "\n").value_or("");
-      FERRY_CHECK(msg.role == "system" || !msg.content.empty(), msg.label + ": needs non-empty content");
+      FERRY_CHECK(msg.role == "system" || !msg.content.empty(), "{}: needs non-empty content", msg.label);
       if (auto t = m.find("tools"); t != m.end()) msg.tools = tools_array(*t, msg.label + ": tools");
       if (auto rf = m.find("response_format"); rf != m.end() && !rf->empty()) msg.response_format = &*rf;
     } else if (msg.role == "user") {
@@ -178,15 +178,15 @@ std::vector<Message> read_messages(const OrderedJson& messages, const OrderedJso
       msg.reasoning = reasoning.value_or("");
       msg.tool_calls = tool_calls_with_objects(m, i, msg.label);
       if (auto w = m.find("wo_eos"); w != m.end() && !w->is_null()) {
-        FERRY_CHECK(w->is_boolean(), msg.label + ": wo_eos must be true or false");
+        FERRY_CHECK(w->is_boolean(), "{}: wo_eos must be true or false", msg.label);
         msg.wo_eos = w->get<bool>();
       }
     } else if (msg.role == "latest_reminder") {
       std::optional<std::string> content = chat::content_text(m, i, "\n");
-      FERRY_CHECK(content, msg.label + ": needs content");
+      FERRY_CHECK(content, "{}: needs content", msg.label);
       msg.content = *content;
     } else {
-      FERRY_THROW(msg.label + ": unknown role (V4 knows system, developer, user, assistant, tool, latest_reminder)");
+      FERRY_THROW("{}: unknown role (V4 knows system, developer, user, assistant, tool, latest_reminder)", msg.label);
     }
     out.push_back(std::move(msg));
   }

@@ -1,6 +1,7 @@
 #include "runtime/text/regex_split.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
+#include <fmt/format.h>
 #include <pcre2.h>
 
 #include "planner/core/error.h"
@@ -12,7 +13,7 @@ namespace {
 std::string pcre2_message(int code) {
   PCRE2_UCHAR buffer[256];
   const int n = pcre2_get_error_message(code, buffer, sizeof(buffer));
-  return n < 0 ? "PCRE2 error " + std::to_string(code) : std::string(reinterpret_cast<const char*>(buffer), n);
+  return n < 0 ? fmt::format("PCRE2 error {}", code) : std::string(reinterpret_cast<const char*>(buffer), n);
 }
 
 // Length of the UTF-8 character starting with `lead` (the text is valid UTF-8).
@@ -28,8 +29,8 @@ RegexSplit::RegexSplit(const std::string& pattern) : pattern_(pattern) {
   PCRE2_SIZE offset = 0;
   code_.reset(pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(), PCRE2_UTF | PCRE2_UCP, &error,
                             &offset, nullptr));
-  FERRY_CHECK(code_ != nullptr, "the pre-tokenizer regex '" + pattern + "' is rejected by PCRE2: " +
-                                    pcre2_message(error) + " at offset " + std::to_string(offset));
+  FERRY_CHECK(code_ != nullptr, "the pre-tokenizer regex '{}' is rejected by PCRE2: {} at offset {}", pattern,
+              pcre2_message(error), offset);
   // Without JIT (a library built without it) pcre2_match interprets the pattern: slower, same result.
   pcre2_jit_compile(code_.get(), PCRE2_JIT_COMPLETE);
 }
@@ -48,7 +49,7 @@ void RegexSplit::split(std::string_view text, std::vector<std::string_view>& out
   while (at < text.size()) {
     const int rc = pcre2_match(code_.get(), subject, text.size(), at, PCRE2_NO_UTF_CHECK, data, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    FERRY_CHECK(rc >= 0, "the pre-tokenizer regex '" + pattern_ + "' failed on the text: " + pcre2_message(rc));
+    FERRY_CHECK(rc >= 0, "the pre-tokenizer regex '{}' failed on the text: {}", pattern_, pcre2_message(rc));
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
     const size_t begin = ovector[0], end = ovector[1];
     if (begin == end) {

@@ -6,6 +6,7 @@
 #include <sstream>
 #include <unordered_map>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "planner/core/error.h"
@@ -32,42 +33,48 @@ class Reader {
  public:
   explicit Reader(std::string source) : source_(std::move(source)) {}
 
-  [[noreturn]] void fail(const std::string& message) const { FERRY_THROW(source_ + ": " + message); }
-  void check(bool ok, const std::string& message) const {
-    if (!ok) fail(message);
+  // A message is a fmt format string with its arguments, formatted only when a check fails: check() runs once per
+  // vocabulary entry and merge.
+  template <class... A>
+  [[noreturn]] void fail(fmt::format_string<A...> format, A&&... a) const {
+    FERRY_THROW("{}: {}", source_, fmt::format(format, std::forward<A>(a)...));
+  }
+  template <class... A>
+  void check(bool ok, fmt::format_string<A...> format, A&&... a) const {
+    if (!ok) fail(format, std::forward<A>(a)...);
   }
 
   const Json& object(const Json& parent, const char* key, const std::string& where) const {
-    check(parent.contains(key) && parent[key].is_object(), where + " must have an object '" + key + "'");
+    check(parent.contains(key) && parent[key].is_object(), "{} must have an object '{}'", where, key);
     return parent[key];
   }
   const Json& array(const Json& parent, const char* key, const std::string& where) const {
-    check(parent.contains(key) && parent[key].is_array(), where + " must have an array '" + key + "'");
+    check(parent.contains(key) && parent[key].is_array(), "{} must have an array '{}'", where, key);
     return parent[key];
   }
   std::string string(const Json& parent, const char* key, const std::string& where) const {
-    check(parent.contains(key) && parent[key].is_string(), where + " must have a string '" + key + "'");
+    check(parent.contains(key) && parent[key].is_string(), "{} must have a string '{}'", where, key);
     return parent[key].get<std::string>();
   }
   bool flag(const Json& parent, const char* key, bool fallback, const std::string& where) const {
     if (!parent.contains(key) || parent[key].is_null()) return fallback;
-    check(parent[key].is_boolean(), where + ": '" + key + "' must be true or false");
+    check(parent[key].is_boolean(), "{}: '{}' must be true or false", where, key);
     return parent[key].get<bool>();
   }
   int32_t id(const Json& value, const std::string& where) const {
     check(value.is_number_integer() && value.get<int64_t>() >= 0 && value.get<int64_t>() < kMaxVocab,
-          where + ": the id must be an integer in [0, " + std::to_string(kMaxVocab) + "), not " + value.dump());
+          "{}: the id must be an integer in [0, {}), not {}", where, kMaxVocab, value.dump());
     return static_cast<int32_t>(value.get<int64_t>());
   }
   // A setting ferry does not implement must be absent, null or the neutral value.
   void require_unset(const Json& parent, const char* key, const std::string& where) const {
     if (!parent.contains(key)) return;
     const Json& v = parent[key];
-    check(v.is_null() || v == false || v == "" || v == 0,
-          where + ": '" + key + "' = " + v.dump() + " is not supported by ferry's tokenizer");
+    check(v.is_null() || v == false || v == "" || v == 0, "{}: '{}' = {} is not supported by ferry's tokenizer", where,
+          key, v.dump());
   }
   std::string type(const Json& part, const std::string& where) const {
-    check(part.is_object(), where + " must be an object");
+    check(part.is_object(), "{} must be an object", where);
     return string(part, "type", where);
   }
 
@@ -81,7 +88,7 @@ void check_normalizer(const Reader& r, const Json& root) {
   const Json& n = root["normalizer"];
   const std::string type = r.type(n, "the normalizer");
   r.check(type == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array() && n["normalizers"].empty(),
-          "unsupported normalizer '" + type + "' (ferry supports none, or an empty Sequence)");
+          "unsupported normalizer '{}' (ferry supports none, or an empty Sequence)", type);
 }
 
 std::vector<std::string> read_pre_tokenizer(const Reader& r, const Json& root) {
@@ -96,22 +103,21 @@ std::vector<std::string> read_pre_tokenizer(const Reader& r, const Json& root) {
   }
   std::vector<std::string> patterns;
   for (size_t k = 0; k < steps.size(); ++k) {
-    const std::string where = "pre-tokenizer " + std::to_string(k);
+    const std::string where = fmt::format("pre-tokenizer {}", k);
     const Json& step = steps[k];
     const std::string type = r.type(step, where);
     if (type == "ByteLevel") {
-      r.check(k + 1 == steps.size(), where + ": ByteLevel must be the last pre-tokenizer");
+      r.check(k + 1 == steps.size(), "{}: ByteLevel must be the last pre-tokenizer", where);
       r.require_unset(step, "add_prefix_space", where);
       r.require_unset(step, "use_regex", where);
       return patterns;
     }
-    r.check(type == "Split", "unsupported pre-tokenizer '" + type + "' (ferry supports Split and ByteLevel)");
+    r.check(type == "Split", "unsupported pre-tokenizer '{}' (ferry supports Split and ByteLevel)", type);
     const Json& pattern = r.object(step, "pattern", where);
     r.check(pattern.contains("Regex") && pattern["Regex"].is_string(),
-            where + ": only Split patterns of the form {\"Regex\": ...} are supported");
+            "{}: only Split patterns of the form {{\"Regex\": ...}} are supported", where);
     const std::string behavior = r.string(step, "behavior", where);
-    r.check(behavior == "Isolated",
-            where + ": unsupported Split behavior '" + behavior + "' (ferry supports Isolated)");
+    r.check(behavior == "Isolated", "{}: unsupported Split behavior '{}' (ferry supports Isolated)", where, behavior);
     r.require_unset(step, "invert", where);
     patterns.push_back(pattern["Regex"].get<std::string>());
   }
@@ -122,13 +128,13 @@ std::vector<AddedToken> read_added_tokens(const Reader& r, const Json& root) {
   std::vector<AddedToken> tokens;
   if (!root.contains("added_tokens") || root["added_tokens"].is_null()) return tokens;
   for (const Json& a : r.array(root, "added_tokens", "the file")) {
-    const std::string where = "added token " + std::to_string(tokens.size());
-    r.check(a.is_object() && a.contains("id"), where + " must be an object with an id");
+    const std::string where = fmt::format("added token {}", tokens.size());
+    r.check(a.is_object() && a.contains("id"), "{} must be an object with an id", where);
     AddedToken t;
     t.id = r.id(a["id"], where);
     t.content = r.string(a, "content", where);
-    r.check(!t.content.empty(), where + " has an empty content");
-    r.check(first_invalid_utf8(t.content) == std::string::npos, where + " is not valid UTF-8");
+    r.check(!t.content.empty(), "{} has an empty content", where);
+    r.check(first_invalid_utf8(t.content) == std::string::npos, "{} is not valid UTF-8", where);
     t.special = r.flag(a, "special", false, where);
     t.normalized = r.flag(a, "normalized", !t.special, where);
     for (const char* key : {"lstrip", "rstrip", "single_word"}) r.require_unset(a, key, where + " '" + t.content + "'");
@@ -139,17 +145,17 @@ std::vector<AddedToken> read_added_tokens(const Reader& r, const Json& root) {
 
 // "left right" (the usual form) or ["left", "right"] (newer files).
 std::pair<std::string, std::string> merge_parts(const Reader& r, const Json& m, size_t rank) {
-  const std::string where = "merge " + std::to_string(rank);
+  const std::string where = fmt::format("merge {}", rank);
   if (m.is_array()) {
-    r.check(m.size() == 2 && m[0].is_string() && m[1].is_string(), where + " must be two strings");
+    r.check(m.size() == 2 && m[0].is_string() && m[1].is_string(), "{} must be two strings", where);
     return {m[0].get<std::string>(), m[1].get<std::string>()};
   }
-  r.check(m.is_string(), where + " must be a string \"left right\" or an array of two strings");
+  r.check(m.is_string(), "{} must be a string \"left right\" or an array of two strings", where);
   const std::string s = m.get<std::string>();
   const size_t space = s.find(' ');
   const bool two_parts =
       space != std::string::npos && space > 0 && space + 1 < s.size() && s.find(' ', space + 1) == std::string::npos;
-  r.check(two_parts, where + " '" + s + "' is not two tokens separated by one space");
+  r.check(two_parts, "{} '{}' is not two tokens separated by one space", where, s);
   return {s.substr(0, space), s.substr(space + 1)};
 }
 
@@ -178,15 +184,15 @@ std::shared_ptr<Tokenizer::Impl> TokenizerLoader::build(const Reader& r, const J
 
   const Json& model = r.object(root, "model", "the file");
   const std::string type = model.contains("type") ? r.string(model, "type", "the model") : "BPE";
-  r.check(type == "BPE", "unsupported model type '" + type + "' (ferry reads byte-level BPE tokenizers)");
+  r.check(type == "BPE", "unsupported model type '{}' (ferry reads byte-level BPE tokenizers)", type);
   for (const char* key : {"dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix"})
     r.require_unset(model, key, "the BPE model");
   check_normalizer(r, root);
   impl->pre_tokenizer = std::make_unique<SplitSequence>(read_pre_tokenizer(r, root));
   const Json& decoder = root.contains("decoder") ? root["decoder"] : Json();
   r.check(decoder.is_object() && decoder.value("type", "") == "ByteLevel",
-          "unsupported decoder " + (decoder.is_object() ? "'" + decoder.value("type", "?") + "'" : decoder.dump()) +
-              " (ferry supports ByteLevel)");
+          "unsupported decoder {} (ferry supports ByteLevel)",
+          decoder.is_object() ? fmt::format("'{}'", decoder.value("type", "?")) : decoder.dump());
 
   const Json& vocab = r.object(model, "vocab", "the BPE model");
   const std::vector<AddedToken> added = read_added_tokens(r, root);
@@ -203,8 +209,7 @@ std::shared_ptr<Tokenizer::Impl> TokenizerLoader::build(const Reader& r, const J
   model_ids.reserve(vocab.size());
   for (const auto& [token, value] : vocab.items()) {
     const int32_t id = value.get<int32_t>();
-    r.check(!impl->known[id],
-            "vocab id " + std::to_string(id) + " is given to both '" + impl->text[id] + "' and '" + token + "'");
+    r.check(!impl->known[id], "vocab id {} is given to both '{}' and '{}'", id, impl->text[id], token);
     impl->known[id] = 1;
     impl->text[id] = token;
     model_ids.emplace(token, id);
@@ -224,8 +229,9 @@ std::shared_ptr<Tokenizer::Impl> TokenizerLoader::build(const Reader& r, const J
   std::array<int32_t, 256> byte_ids{};
   for (int b = 0; b < 256; ++b) {
     auto it = model_ids.find(byte_level_symbols()[b]);
-    r.check(it != model_ids.end(), "the vocabulary lacks the byte-level token '" + byte_level_symbols()[b] +
-                                       "' of byte " + std::to_string(b) + ", so it is not a byte-level BPE vocabulary");
+    r.check(it != model_ids.end(),
+            "the vocabulary lacks the byte-level token '{}' of byte {}, so it is not a byte-level BPE vocabulary",
+            byte_level_symbols()[b], b);
     byte_ids[b] = it->second;
   }
   std::vector<Bpe::Merge> merges;
@@ -235,8 +241,8 @@ std::shared_ptr<Tokenizer::Impl> TokenizerLoader::build(const Reader& r, const J
     const auto [left, right] = merge_parts(r, m, merges.size());
     auto id_of = [&](const std::string& token) {
       auto it = model_ids.find(token);
-      r.check(it != model_ids.end(), "merge " + std::to_string(merges.size()) + " '" + left + " " + right + "': '" +
-                                         token + "' is not in the vocabulary");
+      r.check(it != model_ids.end(), "merge {} '{} {}': '{}' is not in the vocabulary", merges.size(), left, right,
+              token);
       return it->second;
     };
     merges.push_back({id_of(left), id_of(right), id_of(left + right)});
@@ -258,12 +264,12 @@ std::shared_ptr<Tokenizer::Impl> TokenizerLoader::parse(std::string_view text, c
   try {
     root = Json::parse(text);
   } catch (const Json::exception& e) {
-    r.fail(std::string("not valid JSON: ") + e.what());
+    r.fail("not valid JSON: {}", e.what());
   }
   try {
     return build(r, root);
   } catch (const Json::exception& e) {
-    r.fail(e.what());  // a value of an unexpected type that no check above names
+    r.fail("{}", e.what());  // a value of an unexpected type that no check above names
   }
 }
 
@@ -271,13 +277,12 @@ namespace {
 
 std::string read_file(const std::string& path) {
   std::error_code ec;
-  FERRY_CHECK(std::filesystem::is_regular_file(path, ec),
-              "tokenizer file '" + path + "' does not exist or is not a file");
+  FERRY_CHECK(std::filesystem::is_regular_file(path, ec), "tokenizer file '{}' does not exist or is not a file", path);
   std::ifstream in(path, std::ios::binary);
-  FERRY_CHECK(in.good(), "cannot open tokenizer file '" + path + "'");
+  FERRY_CHECK(in.good(), "cannot open tokenizer file '{}'", path);
   std::ostringstream text;
   text << in.rdbuf();
-  FERRY_CHECK(!in.bad(), "cannot read tokenizer file '" + path + "'");
+  FERRY_CHECK(!in.bad(), "cannot read tokenizer file '{}'", path);
   return text.str();
 }
 
@@ -290,7 +295,7 @@ std::optional<std::string> configured_bos(const std::string& config_path) {
   try {
     config = Json::parse(read_file(config_path));
   } catch (const Json::exception& e) {
-    r.fail(std::string("not valid JSON: ") + e.what());
+    r.fail("not valid JSON: {}", e.what());
   }
   if (!config.is_object() || !config.contains("bos_token")) return std::nullopt;
   const Json& bos = config["bos_token"];
@@ -316,14 +321,14 @@ Tokenizer Tokenizer::from_json_text(std::string_view json_text) {
 Tokenizer Tokenizer::from_model_dir(const std::string& dir) {
   const std::filesystem::path d(dir);
   std::error_code ec;
-  FERRY_CHECK(std::filesystem::is_directory(d, ec), "model directory '" + dir + "' does not exist");
+  FERRY_CHECK(std::filesystem::is_directory(d, ec), "model directory '{}' does not exist", dir);
   const std::string json = (d / "tokenizer.json").string();
-  FERRY_CHECK(std::filesystem::is_regular_file(json, ec), "'" + dir + "' has no tokenizer.json");
+  FERRY_CHECK(std::filesystem::is_regular_file(json, ec), "'{}' has no tokenizer.json", dir);
   auto impl = TokenizerLoader::parse(read_file(json), json);
   const std::string config = (d / "tokenizer_config.json").string();
   if (std::optional<std::string> bos = configured_bos(config)) {
     auto it = impl->ids.find(*bos);
-    FERRY_CHECK(it != impl->ids.end(), config + ": bos_token '" + *bos + "' is not a token of tokenizer.json");
+    FERRY_CHECK(it != impl->ids.end(), "{}: bos_token '{}' is not a token of tokenizer.json", config, *bos);
     impl->bos = it->second;
   }
   return Tokenizer(std::move(impl));
@@ -331,7 +336,7 @@ Tokenizer Tokenizer::from_model_dir(const std::string& dir) {
 
 std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special) const {
   const size_t bad = first_invalid_utf8(text);
-  FERRY_CHECK(bad == std::string_view::npos, "the text is not valid UTF-8 (at byte " + std::to_string(bad) + ")");
+  FERRY_CHECK(bad == std::string_view::npos, "the text is not valid UTF-8 (at byte {})", bad);
   FERRY_CHECK(text.size() < INT32_MAX, "the text is too long to tokenize at once (2 GiB or more)");
   std::vector<int32_t> ids;
   ids.reserve(text.size() / 3 + 1);
@@ -346,9 +351,8 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, bool parse_special
 }
 
 const std::string& Tokenizer::token_bytes(int32_t id) const {
-  FERRY_CHECK(id >= 0 && id < vocab_size() && impl_->known[id], "token id " + std::to_string(id) +
-                                                                    " is not in the tokenizer's vocabulary (" +
-                                                                    std::to_string(vocab_size()) + " ids)");
+  FERRY_CHECK(id >= 0 && id < vocab_size() && impl_->known[id],
+              "token id {} is not in the tokenizer's vocabulary ({} ids)", id, vocab_size());
   return impl_->bytes[id];
 }
 

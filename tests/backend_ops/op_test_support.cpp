@@ -144,7 +144,7 @@ std::string Outputs::first_difference(const Outputs& a, const Outputs& b) {
 const std::vector<uint8_t>& Outputs::blob(std::string_view name) const {
   for (const auto& [n, b] : blobs_)
     if (n == name) return b;
-  FERRY_THROW("test: no output named " + std::string(name));
+  FERRY_THROW("test: no output named {}", name);
 }
 
 const std::vector<Shape>& shapes() {

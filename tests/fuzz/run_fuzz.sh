@@ -9,7 +9,8 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 work="${FERRY_FUZZ_WORK:-$root/build-fuzz}"
-flags=(-std=c++20 -g -O1 "-fsanitize=fuzzer,address,undefined" -fno-sanitize-recover=undefined)
+# fmt header-only: the error messages' formatting is built into the target, instrumented like the rest.
+flags=(-std=c++20 -g -O1 "-fsanitize=fuzzer,address,undefined" -fno-sanitize-recover=undefined -DFMT_HEADER_ONLY)
 packages="clang-14 libclang-rt-14-dev"
 
 cxx="${FERRY_FUZZ_CXX:-$(command -v clang++ || command -v clang++-14 || true)}"
@@ -27,6 +28,10 @@ if ! "$cxx" "${flags[@]}" "$probe" -o "$work/probe" 2>"$work/probe.log"; then
 fi
 if ! echo '#include <nlohmann/json.hpp>' | "$cxx" -std=c++20 -fsyntax-only -x c++ - 2>/dev/null; then
   echo "run_fuzz: nlohmann/json.hpp not found (Debian: apt-get install nlohmann-json3-dev)" >&2
+  exit 2
+fi
+if ! echo '#include <fmt/format.h>' | "$cxx" -std=c++20 -fsyntax-only -x c++ - 2>/dev/null; then
+  echo "run_fuzz: fmt/format.h not found (Debian: apt-get install libfmt-dev)" >&2
   exit 2
 fi
 if [ "${1:-}" = "--check" ]; then

@@ -85,8 +85,8 @@ class Forward {
  private:
   void check_tokens(const std::vector<int32_t>& tokens) const {
     for (int32_t t : tokens)
-      FERRY_CHECK(t >= 0 && t < c_.vocab_size, "reference: token id " + std::to_string(t) +
-                                                   " is outside the vocabulary of " + std::to_string(c_.vocab_size));
+      FERRY_CHECK(t >= 0 && t < c_.vocab_size, "reference: token id {} is outside the vocabulary of {}", t,
+                  c_.vocab_size);
   }
 
   // The main model at position next_.

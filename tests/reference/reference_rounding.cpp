@@ -167,7 +167,7 @@ void round_kv_row(double* x, int64_t n, RowKind kind, planner::KvType kv, int64_
     case KvType::Q8_0:
     case KvType::Q4_0:
       if (kind == RowKind::IndexerQuery) return;
-      FERRY_CHECK(n % 32 == 0, "reference: a q8_0/q4_0 row of " + std::to_string(n) + " dims is not whole blocks");
+      FERRY_CHECK(n % 32 == 0, "reference: a q8_0/q4_0 row of {} dims is not whole blocks", n);
       for (int64_t b = 0; b < n; b += 32) qdq_q_block(x + b, 32, kv == KvType::Q4_0, sink);
       return;
     case KvType::FP8:

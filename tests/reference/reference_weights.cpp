@@ -70,7 +70,7 @@ Vec decode_plain(DType dtype, std::span<const std::byte> raw, const std::string&
     case DType::F32:
       for (size_t i = 0; i + 4 <= raw.size(); i += 4) v.push_back(load_le<float>(raw.data() + i));
       break;
-    default: FERRY_THROW("reference: " + what + " has an unsupported dtype for a dense tensor");
+    default: FERRY_THROW("reference: {} has an unsupported dtype for a dense tensor", what);
   }
   return v;
 }
@@ -92,8 +92,8 @@ class Reader {
       scales = scale_bytes(prefix + ".scale", {(rows + block - 1) / block, (cols + block - 1) / block});
     } else if (t.dtype == core::DType::I8) {  // packed FP4
       block = c_.fp4_block;
-      FERRY_CHECK(cols % 2 == 0 && cols % block == 0,
-                  "reference: " + name + " has an FP4 row length that is not whole blocks");
+      FERRY_CHECK(cols % 2 == 0 && cols % block == 0, "reference: {} has an FP4 row length that is not whole blocks",
+                  name);
       expect_shape(t, {rows, cols / 2});
       scales = scale_bytes(prefix + ".scale", {rows, cols / block});
     } else {
@@ -109,10 +109,9 @@ class Reader {
     const auto& t = info(name);
     int64_t n = 1;
     for (int64_t s : t.shape) n *= s;
-    FERRY_CHECK(n == numel, "reference: " + name + " has shape " + shape_text(t.shape) + ", expected " +
-                                std::to_string(numel) + " elements");
+    FERRY_CHECK(n == numel, "reference: {} has shape {}, expected {} elements", name, shape_text(t.shape), numel);
     Vec v = decode_plain(t.dtype, ck_.bytes(name), name);
-    FERRY_CHECK(static_cast<int64_t>(v.size()) == numel, "reference: " + name + " has the wrong byte size");
+    FERRY_CHECK(static_cast<int64_t>(v.size()) == numel, "reference: {} has the wrong byte size", name);
     check_finite(name, v);
     return v;
   }
@@ -122,10 +121,9 @@ class Reader {
     expect_shape(t, {rows, cols});
     const auto raw = ck_.bytes(name);
     std::vector<int64_t> v(static_cast<size_t>(rows * cols));
-    FERRY_CHECK(t.dtype == core::DType::I64 || t.dtype == core::DType::I32,
-                "reference: " + name + " must be I64 or I32");
+    FERRY_CHECK(t.dtype == core::DType::I64 || t.dtype == core::DType::I32, "reference: {} must be I64 or I32", name);
     const size_t es = t.dtype == core::DType::I64 ? 8 : 4;
-    FERRY_CHECK(raw.size() == v.size() * es, "reference: " + name + " has the wrong byte size");
+    FERRY_CHECK(raw.size() == v.size() * es, "reference: {} has the wrong byte size", name);
     for (size_t i = 0; i < v.size(); ++i)
       v[i] = es == 8 ? load_le<int64_t>(raw.data() + 8 * i) : load_le<int32_t>(raw.data() + 4 * i);
     return v;
@@ -133,28 +131,28 @@ class Reader {
 
  private:
   const core::SafetensorsTensor& info(const std::string& name) const {
-    FERRY_CHECK(ck_.has(name), "reference: checkpoint is missing tensor " + name);
+    FERRY_CHECK(ck_.has(name), "reference: checkpoint is missing tensor {}", name);
     return ck_.info(name);
   }
 
   static void expect_shape(const core::SafetensorsTensor& t, const std::vector<int64_t>& shape) {
-    FERRY_CHECK(t.shape == shape,
-                "reference: " + t.name + " has shape " + shape_text(t.shape) + ", expected " + shape_text(shape));
+    FERRY_CHECK(t.shape == shape, "reference: {} has shape {}, expected {}", t.name, shape_text(t.shape),
+                shape_text(shape));
   }
 
   static void check_finite(const std::string& name, const Vec& v) {
-    for (double x : v) FERRY_CHECK(std::isfinite(x), "reference: " + name + " decodes to a non-finite value");
+    for (double x : v) FERRY_CHECK(std::isfinite(x), "reference: {} decodes to a non-finite value", name);
   }
 
   // E8M0 block scales, checked.
   std::span<const std::byte> scale_bytes(const std::string& name, const std::vector<int64_t>& shape) {
     const auto& t = info(name);
-    FERRY_CHECK(t.dtype == core::DType::F8_E8M0, "reference: " + name + " must be F8_E8M0");
+    FERRY_CHECK(t.dtype == core::DType::F8_E8M0, "reference: {} must be F8_E8M0", name);
     expect_shape(t, shape);
     const auto raw = ck_.bytes(name);
     for (std::byte b : raw)
       FERRY_CHECK(std::isfinite(core::e8m0_to_float(static_cast<uint8_t>(b))),
-                  "reference: " + name + " decodes to a non-finite value");
+                  "reference: {} decodes to a non-finite value", name);
     return raw;
   }
 
@@ -216,8 +214,7 @@ LayerWeights layer_weights(Reader& rd, int64_t i, const core::ModelConfig& c) {
   L.gate = rd.matrix(p + "ffn.gate", E, d);
   if (L.hash_routed) {
     L.tid2eid = rd.integers(p + "ffn.gate.tid2eid", c.vocab_size, c.num_experts_per_tok);
-    for (int64_t e : L.tid2eid)
-      FERRY_CHECK(e >= 0 && e < E, "reference: " + p + "ffn.gate.tid2eid names a missing expert");
+    for (int64_t e : L.tid2eid) FERRY_CHECK(e >= 0 && e < E, "reference: {}ffn.gate.tid2eid names a missing expert", p);
   } else {
     L.gate_bias = rd.vec(p + "ffn.gate.bias", E);
   }
@@ -258,7 +255,7 @@ Matrix decode_matrix(DType dtype, std::span<const std::byte> codes, std::span<co
     const int64_t scale_cols = (cols + block - 1) / block;
     FERRY_CHECK(static_cast<int64_t>(codes.size()) == rows * cols &&
                     static_cast<int64_t>(scales.size()) == (rows + block - 1) / block * scale_cols,
-                "reference: " + what + " has the wrong byte size");
+                "reference: {} has the wrong byte size", what);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t col = 0; col < cols; ++col)
         m.w[static_cast<size_t>(r * cols + col)] =
@@ -266,7 +263,7 @@ Matrix decode_matrix(DType dtype, std::span<const std::byte> codes, std::span<co
   } else if (dtype == DType::I8) {  // packed FP4: element 2k in the low nibble of byte k of the row
     FERRY_CHECK(cols % 2 == 0 && cols % block == 0 && static_cast<int64_t>(codes.size()) == rows * cols / 2 &&
                     static_cast<int64_t>(scales.size()) == rows * (cols / block),
-                "reference: " + what + " has the wrong byte size");
+                "reference: {} has the wrong byte size", what);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t col = 0; col < cols; ++col) {
         const uint8_t byte = b[r * (cols / 2) + col / 2];
@@ -275,14 +272,13 @@ Matrix decode_matrix(DType dtype, std::span<const std::byte> codes, std::span<co
       }
   } else {
     m.w = decode_plain(dtype, codes, what);
-    FERRY_CHECK(static_cast<int64_t>(m.w.size()) == rows * cols, "reference: " + what + " has the wrong byte size");
+    FERRY_CHECK(static_cast<int64_t>(m.w.size()) == rows * cols, "reference: {} has the wrong byte size", what);
   }
   return m;
 }
 
 ReferenceWeights load_reference_weights(const std::filesystem::path& model_dir, bool with_mtp) {
-  FERRY_CHECK(std::filesystem::is_directory(model_dir),
-              "reference: " + model_dir.string() + " is not a model directory");
+  FERRY_CHECK(std::filesystem::is_directory(model_dir), "reference: {} is not a model directory", model_dir.string());
   ReferenceWeights w;
   w.config = planner::load_model_spec(model_dir.string()).config;
   const core::ModelConfig& c = w.config;

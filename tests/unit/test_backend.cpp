@@ -1,8 +1,9 @@
 // Backends and their memory accounting: the ledger refuses allocations beyond the plan or the device and
-// tracks high-water marks exactly; the host backend and the simulated device copy bytes where they are asked
-// to, the simulated device in order, with events that complete only once a copy has landed; its compute
-// stream runs launched work in order, each piece after the copy it waits for, beside the caller, and it
-// counts a copy that lands under work still reading the memory.
+// tracks high-water marks exactly, and releases a reservation that goes without reaching its owner; the host
+// backend and the simulated device copy bytes where they are asked to, the simulated device in order, with
+// events that complete only once a copy has landed; its compute stream runs launched work in order, each
+// piece after the copy it waits for, beside the caller, and it counts a copy that lands under work still
+// reading the memory.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -78,6 +79,61 @@ TEST(MemoryLedger, ConcurrentReservationsNeverOvershootThePlan) {
   for (auto& x : t) x.join();
   EXPECT_EQ(granted.load(), 1000);
   EXPECT_EQ(l.usage(MemoryClass::ExpertCache).high_water, 1000);
+}
+
+TEST(MemoryLedger, AReservationIsReleasedWhenAnErrorLeavesItsScope) {
+  MemoryLedger l("dev");
+  l.set_planned(MemoryClass::Kv, 100);
+  const std::string e = error_of([&] {
+    MemoryLedger::Reservation r(l, MemoryClass::Kv, 60);
+    EXPECT_EQ(l.usage(MemoryClass::Kv).current, 60);
+    MemoryLedger::Reservation beyond(l, MemoryClass::Kv, 41);  // refused: holds nothing
+  });
+  EXPECT_NE(e.find("exceed its plan"), std::string::npos) << e;
+  EXPECT_EQ(l.usage(MemoryClass::Kv).current, 0);
+  EXPECT_EQ(l.usage(MemoryClass::Kv).high_water, 60);
+}
+
+TEST(MemoryLedger, ACommittedReservationStaysForItsOwnerToRelease) {
+  MemoryLedger l("dev");
+  {
+    MemoryLedger::Reservation r(l, MemoryClass::Weights, 7);
+    r.commit();
+  }
+  EXPECT_EQ(l.usage(MemoryClass::Weights).current, 7);
+  l.release(MemoryClass::Weights, 7);
+  EXPECT_EQ(l.total_current(), 0);
+}
+
+TEST(MemoryLedger, AReservationMovesWithOneOwner) {
+  MemoryLedger l("dev");
+  MemoryLedger::Reservation kept;
+  {
+    MemoryLedger::Reservation a(l, MemoryClass::Staging, 5);
+    MemoryLedger::Reservation b(std::move(a));
+    kept = std::move(b);
+  }
+  EXPECT_EQ(l.usage(MemoryClass::Staging).current, 5);             // the moved-from ones released nothing
+  kept = MemoryLedger::Reservation(l, MemoryClass::Workspace, 3);  // assignment releases what it held
+  EXPECT_EQ(l.usage(MemoryClass::Staging).current, 0);
+  EXPECT_EQ(l.usage(MemoryClass::Workspace).current, 3);
+  kept = MemoryLedger::Reservation();
+  EXPECT_EQ(l.total_current(), 0);
+}
+
+// A host backend whose allocator fails after the ledger has agreed.
+class FailingHost : public cpu::CpuBackend {
+ protected:
+  void* raw_allocate(int64_t) override { FERRY_THROW("out of host memory (test)"); }
+};
+
+TEST(Backend, AFailedAllocationLeavesNothingReserved) {
+  FailingHost host;
+  EXPECT_NE(error_of([&] { host.allocate(MemoryClass::Kv, 100); }).find("out of host memory"), std::string::npos);
+  EXPECT_NE(error_of([&] { host.allocate_host_addressable(MemoryClass::Weights, 100); }).find("out of host memory"),
+            std::string::npos);
+  EXPECT_EQ(host.ledger().total_current(), 0);
+  EXPECT_EQ(host.ledger().total_high_water(), 100);
 }
 
 TEST(Backend, BuffersAreAccountedAndReleasedWithTheirOwner) {

@@ -33,7 +33,7 @@ int64_t device_memory(int device) {
   const std::string who = device_name(device);
   int count = 0;
   check(cudaGetDeviceCount(&count), who, "no usable CUDA device");
-  FERRY_CHECK(device >= 0 && device < count, who + ": no such device (" + std::to_string(count) + " visible)");
+  FERRY_CHECK(device >= 0 && device < count, "{}: no such device ({} visible)", who, count);
   DeviceGuard guard(device, who);
   size_t free_bytes = 0;
   size_t total_bytes = 0;
@@ -180,11 +180,10 @@ CopyEvent CudaBackend::copy_to_device(DeviceBuffer& dst, int64_t offset, const v
 
 void CudaBackend::copy_to_host(void* dst, const DeviceBuffer& src, int64_t offset, int64_t bytes,
                                std::chrono::milliseconds timeout) {
-  FERRY_CHECK(src.backend() == this, name() + ": reading a buffer of another device");
+  FERRY_CHECK(src.backend() == this, "{}: reading a buffer of another device", name());
   FERRY_CHECK(offset >= 0 && bytes >= 0 && offset <= src.bytes() && bytes <= src.bytes() - offset,
-              name() + ": reading " + std::to_string(bytes) + " bytes at offset " + std::to_string(offset) +
-                  " overruns a buffer of " + std::to_string(src.bytes()));
-  FERRY_CHECK(dst || bytes == 0, name() + ": reading into a null pointer");
+              "{}: reading {} bytes at offset {} overruns a buffer of {}", name(), bytes, offset, src.bytes());
+  FERRY_CHECK(dst || bytes == 0, "{}: reading into a null pointer", name());
   DeviceGuard guard(device_, name());
   if (bytes > 0)
     check(cudaMemcpyAsync(dst, static_cast<const char*>(src.data()) + offset, static_cast<size_t>(bytes),
@@ -199,14 +198,14 @@ std::shared_ptr<void> CudaBackend::pin_host(void* p, int64_t bytes) {
 }
 
 ComputeEvent CudaBackend::run(const ops::Op& op, CopyEvent, DeviceRange) {
-  FERRY_THROW(name() + ": no CUDA kernel for " + std::string(ops::kind_name(ops::kind_of(op))) +
-              " yet; run the forward pass on the CPU or the simulated device");
+  FERRY_THROW("{}: no CUDA kernel for {} yet; run the forward pass on the CPU or the simulated device", name(),
+              ops::kind_name(ops::kind_of(op)));
 }
 
 bool CudaBackend::completed(CopyEvent e) const {
   Stream& s = *stream_;
   std::lock_guard<std::mutex> lock(s.mu);
-  FERRY_CHECK(e.sequence <= s.queued, name() + ": an event this device never issued");
+  FERRY_CHECK(e.sequence <= s.queued, "{}: an event this device never issued", name());
   if (e.sequence > s.landed) s.reap();
   return s.landed >= e.sequence;
 }
@@ -219,8 +218,7 @@ void CudaBackend::wait(CopyEvent e, std::chrono::milliseconds timeout) const {
   std::chrono::microseconds nap(10);
   while (!completed(e)) {
     const auto now = std::chrono::steady_clock::now();
-    if (now >= deadline)
-      FERRY_THROW(name() + ": a copy did not land within " + std::to_string(timeout.count()) + " ms");
+    if (now >= deadline) FERRY_THROW("{}: a copy did not land within {} ms", name(), timeout.count());
     if (++polls <= 64) {
       std::this_thread::yield();
     } else {

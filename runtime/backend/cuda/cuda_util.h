@@ -16,7 +16,7 @@ namespace ferry::runtime::cuda {
 inline void check(cudaError_t status, const std::string& who, std::string_view what) {
   if (status == cudaSuccess) return;
   cudaGetLastError();
-  FERRY_THROW(who + ": " + std::string(what) + ": " + cudaGetErrorString(status));
+  FERRY_THROW("{}: {}: {}", who, what, cudaGetErrorString(status));
 }
 
 // The current device is per thread and decides where cudaMalloc and friends go; a call on one backend must not

@@ -56,8 +56,9 @@ std::vector<planner::GpuSpec> probe_gpus(std::vector<std::string>& notes) {
     // device that is visible but unusable (busy in exclusive mode, fallen off the bus) stops the probe.
     if (e != cudaSuccess) {
       cudaGetLastError();
-      FERRY_THROW("GPU cuda:" + std::to_string(i) + " is visible but unusable (" + cudaGetErrorString(e) +
-                  "): hide it with CUDA_VISIBLE_DEVICES or give the GPUs with --gpu");
+      FERRY_THROW(
+          "GPU cuda:{} is visible but unusable ({}): hide it with CUDA_VISIBLE_DEVICES or give the GPUs with --gpu", i,
+          cudaGetErrorString(e));
     }
     DeviceReport report;
     report.name = prop.name;

@@ -10,7 +10,7 @@
 namespace ferry::runtime::cuda {
 
 namespace {
-[[noreturn]] void built_without_cuda(const std::string& who) { FERRY_THROW(who + ": ferry was built without CUDA"); }
+[[noreturn]] void built_without_cuda(const std::string& who) { FERRY_THROW("{}: ferry was built without CUDA", who); }
 }  // namespace
 
 std::unique_ptr<Backend> make_cuda_backend(int device) { built_without_cuda("cuda:" + std::to_string(device)); }

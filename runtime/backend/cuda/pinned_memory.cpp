@@ -25,7 +25,7 @@ void report_release_failure(cudaError_t status, const char* what) {
 }  // namespace
 
 PinnedBuffer::PinnedBuffer(int64_t bytes, HostCaching caching) : bytes_(bytes) {
-  FERRY_CHECK(bytes >= 0, std::string(kWho) + ": negative size");
+  FERRY_CHECK(bytes >= 0, "{}: negative size", kWho);
   if (bytes == 0) return;
   unsigned flags = cudaHostAllocPortable;
   if (caching == HostCaching::WriteCombined) flags |= cudaHostAllocWriteCombined;
@@ -37,8 +37,8 @@ PinnedBuffer::PinnedBuffer(int64_t bytes, HostCaching caching) : bytes_(bytes) {
 void PinnedBuffer::FreeHost::operator()(void* p) const { report_release_failure(cudaFreeHost(p), "cudaFreeHost"); }
 
 HostRegistration::HostRegistration(const void* data, int64_t bytes, HostAccess access) : bytes_(bytes) {
-  FERRY_CHECK(bytes >= 0, std::string(kWho) + ": negative size");
-  FERRY_CHECK(data || bytes == 0, std::string(kWho) + ": registering a null pointer");
+  FERRY_CHECK(bytes >= 0, "{}: negative size", kWho);
+  FERRY_CHECK(data || bytes == 0, "{}: registering a null pointer", kWho);
   if (bytes == 0) return;
   unsigned flags = cudaHostRegisterPortable;
   if (access == HostAccess::ReadOnly) flags |= cudaHostRegisterReadOnly;

@@ -50,7 +50,7 @@ void decode_row(const core::WeightView& w, int64_t r, float* out) {
       return;
     }
     case core::WeightFormat::MXFP4:  // linear() always sends MXFP4 to the integer kernels
-      throw Error("linear: MXFP4 rows are never decoded to float");
+      FERRY_THROW("linear: MXFP4 rows are never decoded to float");
   }
 }
 

@@ -422,7 +422,7 @@ CpuIsa chosen() {
         if (want == isa_name(i)) return i;
         names += std::string(names.empty() ? "" : ", ") + isa_name(i);
       }
-      throw Error("FERRY_CPU_ISA=" + want + ": not a code path this CPU has (it has " + names + ")");
+      FERRY_THROW("FERRY_CPU_ISA={}: not a code path this CPU has (it has {})", want, names);
     }
     return best;
   }();
@@ -495,8 +495,7 @@ void matmul_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, con
 void matvec_mxfp4(const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y,
                   core::ActivationBits bits) {
   detail::check_matvec_shape(rows, cols, "matvec_mxfp4");
-  FERRY_CHECK(cols % kBlock == 0,
-              "matvec_mxfp4: cols must be a multiple of 32 (the MXFP4 block), got " + std::to_string(cols));
+  FERRY_CHECK(cols % kBlock == 0, "matvec_mxfp4: cols must be a multiple of 32 (the MXFP4 block), got {}", cols);
   if (rows == 0) return;
   Mxfp4Activation a;  // per call, not thread_local: a TBB thread waiting in run_tiles() may steal another matvec
   quantize_mxfp4_activation(x, cols, a, bits);
@@ -507,13 +506,13 @@ namespace detail {
 
 void matvec_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation& x,
                      float* y) {
-  FERRY_CHECK(cpu_has(isa), std::string("matvec_mxfp4: this CPU has no ") + isa_name(isa) + " path");
+  FERRY_CHECK(cpu_has(isa), "matvec_mxfp4: this CPU has no {} path", isa_name(isa));
   run_tiles(isa, codes, scales, rows, &x, 1, y, 1);
 }
 
 void matmul_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t rows, const Mxfp4Activation* x,
                      int64_t n, float* y, int64_t y_stride) {
-  FERRY_CHECK(cpu_has(isa), std::string("matmul_mxfp4: this CPU has no ") + isa_name(isa) + " path");
+  FERRY_CHECK(cpu_has(isa), "matmul_mxfp4: this CPU has no {} path", isa_name(isa));
   run_tiles(isa, codes, scales, rows, x, n, y, y_stride);
 }
 

@@ -15,8 +15,7 @@ namespace ferry::runtime::cpu::detail {
 constexpr int64_t kRowChunkBytes = 64 << 10;  // weight bytes per TBB task: big enough to amortise scheduling
 
 inline void check_matvec_shape(int64_t rows, int64_t cols, const char* what) {
-  FERRY_CHECK(rows >= 0 && cols >= 0,
-              std::string(what) + ": negative shape " + std::to_string(rows) + "x" + std::to_string(cols));
+  FERRY_CHECK(rows >= 0 && cols >= 0, "{}: negative shape {}x{}", what, rows, cols);
 }
 
 // Runs range(r0, r1) over consecutive row ranges covering [0, rows), in parallel once the weight is large

@@ -161,7 +161,7 @@ bool have_avx2() {
 #endif
 
 void quantize(const float* x, int64_t cols, Mxfp4Activation& a, core::ActivationBits bits, bool vector) {
-  FERRY_CHECK(cols % kBlock == 0, "MXFP4 activation: cols must be a multiple of 32, got " + std::to_string(cols));
+  FERRY_CHECK(cols % kBlock == 0, "MXFP4 activation: cols must be a multiple of 32, got {}", cols);
   const int64_t blocks = cols / kBlock;
   const int64_t padded = (blocks + kPadBlocks - 1) / kPadBlocks * kPadBlocks;
   a.cols = cols;
