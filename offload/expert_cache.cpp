@@ -22,15 +22,14 @@ ExpertCache::ExpertCache(const std::vector<int64_t>& slots_per_layer, int64_t ex
     : policy_(policy) {
   constexpr int64_t kMaxIndex = std::numeric_limits<int>::max();
   FERRY_CHECK(experts_per_layer >= 0 && experts_per_layer <= kMaxIndex,
-              "expert cache: experts per layer " + std::to_string(experts_per_layer) + " out of range");
+              "expert cache: experts per layer {} out of range", experts_per_layer);
   experts_ = static_cast<int>(experts_per_layer);
   layers_.resize(slots_per_layer.size());
   for (size_t i = 0; i < slots_per_layer.size(); ++i) {
     const int64_t n = slots_per_layer[i];
     // More slots than experts could never all be filled: a planning error, not a bigger cache.
-    FERRY_CHECK(n >= 0 && n <= experts_per_layer, "expert cache: layer " + std::to_string(i) + " has " +
-                                                      std::to_string(n) + " slots for " +
-                                                      std::to_string(experts_per_layer) + " experts");
+    FERRY_CHECK(n >= 0 && n <= experts_per_layer, "expert cache: layer {} has {} slots for {} experts", i, n,
+                experts_per_layer);
     layers_[i].slots.resize(static_cast<size_t>(n));
     layers_[i].slot_of.assign(static_cast<size_t>(experts_), -1);
     layers_[i].uses.assign(static_cast<size_t>(experts_), 0);
@@ -38,8 +37,7 @@ ExpertCache::ExpertCache(const std::vector<int64_t>& slots_per_layer, int64_t ex
 }
 
 const ExpertCache::Layer& ExpertCache::layer_at(int layer) const {
-  FERRY_CHECK(layer >= 0 && layer < layers(), "expert cache: layer " + std::to_string(layer) + " out of range (" +
-                                                  std::to_string(layers()) + " layers)");
+  FERRY_CHECK(layer >= 0 && layer < layers(), "expert cache: layer {} out of range ({} layers)", layer, layers());
   return layers_[static_cast<size_t>(layer)];
 }
 
@@ -48,14 +46,13 @@ ExpertCache::Layer& ExpertCache::layer_at(int layer) {
 }
 
 void ExpertCache::check_expert(int expert) const {
-  FERRY_CHECK(expert >= 0 && expert < experts_, "expert cache: expert " + std::to_string(expert) + " out of range (" +
-                                                    std::to_string(experts_) + " per layer)");
+  FERRY_CHECK(expert >= 0 && expert < experts_, "expert cache: expert {} out of range ({} per layer)", expert,
+              experts_);
 }
 
 void ExpertCache::check_slot(const Layer& l, int layer, int slot) {
   FERRY_CHECK(slot >= 0 && static_cast<size_t>(slot) < l.slots.size(),
-              "expert cache: slot " + std::to_string(slot) + " out of range (layer " + std::to_string(layer) + " has " +
-                  std::to_string(l.slots.size()) + ")");
+              "expert cache: slot {} out of range (layer {} has {})", slot, layer, l.slots.size());
 }
 
 int ExpertCache::choose_slot(const Layer& l, std::span<const int> keep) const {
@@ -143,9 +140,8 @@ std::vector<Fill> ExpertCache::prefetch(int layer, std::span<const int> experts)
 // The slot a streamer's call names, which must be Loading.
 ExpertCache::Slot& ExpertCache::loading_slot(Layer& l, int layer, int slot, const char* call) {
   Slot& s = l.slots[static_cast<size_t>(slot)];
-  FERRY_CHECK(s.state == SlotState::Loading, std::string("expert cache: ") + call + " on layer " +
-                                                 std::to_string(layer) + " slot " + std::to_string(slot) +
-                                                 ", which is " + slot_state_name(s.state) + ", not loading");
+  FERRY_CHECK(s.state == SlotState::Loading, "expert cache: {} on layer {} slot {}, which is {}, not loading", call,
+              layer, slot, slot_state_name(s.state));
   return s;
 }
 
@@ -163,8 +159,8 @@ void ExpertCache::cancel(int layer, int slot) {
   check_slot(l, layer, slot);
   Slot& s = loading_slot(l, layer, slot, "cancel()");
   // A reader still pinning it would wait for a copy that never lands.
-  FERRY_CHECK(s.pins == 0, "expert cache: cancel() on layer " + std::to_string(layer) + " slot " +
-                               std::to_string(slot) + ", which " + std::to_string(s.pins) + " reader(s) still pin");
+  FERRY_CHECK(s.pins == 0, "expert cache: cancel() on layer {} slot {}, which {} reader(s) still pin", layer, slot,
+              s.pins);
   l.slot_of[static_cast<size_t>(s.expert)] = -1;
   s.expert = -1;
   s.state = SlotState::Free;
@@ -175,8 +171,7 @@ void ExpertCache::release(int layer, int slot) {
   Layer& l = layer_at(layer);
   check_slot(l, layer, slot);
   Slot& s = l.slots[static_cast<size_t>(slot)];
-  FERRY_CHECK(s.pins > 0, "expert cache: release() of layer " + std::to_string(layer) + " slot " +
-                              std::to_string(slot) + ", which is not pinned");
+  FERRY_CHECK(s.pins > 0, "expert cache: release() of layer {} slot {}, which is not pinned", layer, slot);
   --s.pins;
 }
 

@@ -70,11 +70,10 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
     if (lp.experts.empty()) continue;
     const runtime::LayerWeights& L = lp.mtp ? *host_.mtp() : host_.layer(lp.layer);
     FERRY_CHECK(lp.n_experts() == static_cast<int64_t>(L.experts.size()),
-                "plan: layer " + std::to_string(lp.layer) + " places " + std::to_string(lp.n_experts()) +
-                    " experts, the checkpoint has " + std::to_string(L.experts.size()));
+                "plan: layer {} places {} experts, the checkpoint has {}", lp.layer, lp.n_experts(), L.experts.size());
     const planner::ExpertCounts homes = planner::expert_counts(plan, lp, 0);
-    FERRY_CHECK(homes.on_gpu == 0 || homes.on_gpu == homes.held,
-                "plan: layer " + std::to_string(lp.layer) + " keeps part of its experts on the GPU");
+    FERRY_CHECK(homes.on_gpu == 0 || homes.on_gpu == homes.held, "plan: layer {} keeps part of its experts on the GPU",
+                lp.layer);
     Layer& dst = *layers_[sz(lp.layer)];
     dst.moe = true;
     expert_bytes_ = runtime::expert_bytes(L.experts.front());

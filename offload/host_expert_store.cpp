@@ -53,7 +53,7 @@ int host_device_of(const planner::LayerPlan& lp, int64_t e, const std::vector<in
 const planner::LayerPlan& layer_plan(const planner::Plan& plan, int64_t layer) {
   for (const auto& lp : plan.layers)
     if (lp.layer == layer) return lp;
-  FERRY_THROW("plan: no layer " + std::to_string(layer));
+  FERRY_THROW("plan: no layer {}", layer);
 }
 
 }  // namespace
@@ -66,8 +66,8 @@ HostExpertStore::HostExpertStore(const planner::Plan& plan, runtime::ModelWeight
   int host_devices = 0;
   for (const auto& d : plan.devices)
     host_of_device_.push_back(d.kind == planner::DeviceKind::Host ? host_devices++ : -1);
-  FERRY_CHECK(sz(host_devices) == n, "host experts: the plan has " + std::to_string(host_devices) +
-                                         " host devices, the store was given " + std::to_string(n) + " backends");
+  FERRY_CHECK(sz(host_devices) == n, "host experts: the plan has {} host devices, the store was given {} backends",
+              host_devices, n);
   reserved_.assign(n, 0);
   for (const int64_t l : in_ram_layers(plan, host_of_device_)) {
     const auto& experts = weights.layer(l).experts;
@@ -140,8 +140,8 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
             r.machine_node, std::strerror(errno));
       warned = true;
       p = hwloc_alloc(t, sz(r.bytes));
-      FERRY_CHECK(p, "host experts: out of memory allocating " + core::format_bytes(r.bytes) + " for NUMA node " +
-                         std::to_string(r.machine_node));
+      FERRY_CHECK(p, "host experts: out of memory allocating {} for NUMA node {}", core::format_bytes(r.bytes),
+                  r.machine_node);
     }
     r.data = static_cast<const uint8_t*>(p);
     regions_.push_back(r);
@@ -166,8 +166,7 @@ void HostExpertStore::copy_to_nodes(const planner::Plan& plan, runtime::ModelWei
         offset += runtime::expert_bytes(experts[e]);
       }
     }
-    FERRY_CHECK(offset == r.bytes, "host experts: node " + std::to_string(k) + " packed " + std::to_string(offset) +
-                                       " bytes of " + std::to_string(r.bytes));
+    FERRY_CHECK(offset == r.bytes, "host experts: node {} packed {} bytes of {}", k, offset, r.bytes);
     runtime::NumaArena(r.machine_node).execute([&] {
       tbb::parallel_for(size_t{0}, jobs.size(), [&](size_t i) {
         const Job& j = jobs[i];

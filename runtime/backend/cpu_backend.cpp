@@ -17,7 +17,7 @@ constexpr size_t kAlign = 64;  // a cache line: the SIMD kernels' loads never sp
 void* CpuBackend::raw_allocate(int64_t bytes) {
   const size_t n = (static_cast<size_t>(bytes) + kAlign - 1) / kAlign * kAlign;
   void* p = std::aligned_alloc(kAlign, n);
-  if (!p) FERRY_THROW(name() + ": out of host memory allocating " + core::format_bytes(bytes));
+  if (!p) FERRY_THROW("{}: out of host memory allocating {}", name(), core::format_bytes(bytes));
   return p;
 }
 

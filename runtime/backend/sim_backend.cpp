@@ -14,15 +14,15 @@ namespace ferry::runtime {
 SimDeviceSpec parse_sim_device(std::string_view spec) {
   const std::string text(spec);
   FERRY_CHECK(spec.substr(0, 4) == "sim:",
-              "--gpu " + text + ": a simulated device is written sim:SIZE[@BANDWIDTH], e.g. sim:24GiB@25GB/s");
+              "--gpu {}: a simulated device is written sim:SIZE[@BANDWIDTH], e.g. sim:24GiB@25GB/s", text);
   std::string_view rest = spec.substr(4);
   SimDeviceSpec s;
   const size_t at = rest.find('@');
   s.capacity = core::parse_size(rest.substr(0, at), "--gpu " + text + " capacity");
-  FERRY_CHECK(s.capacity > 0, "--gpu " + text + ": the capacity must be positive");
+  FERRY_CHECK(s.capacity > 0, "--gpu {}: the capacity must be positive", text);
   if (at != std::string_view::npos) {
     s.link_bytes_per_s = core::parse_bandwidth(rest.substr(at + 1), "--gpu " + text + " bandwidth");
-    FERRY_CHECK(s.link_bytes_per_s > 0, "--gpu " + text + ": the bandwidth must be positive");
+    FERRY_CHECK(s.link_bytes_per_s > 0, "--gpu {}: the bandwidth must be positive", text);
   }
   return s;
 }
@@ -57,7 +57,7 @@ SimBackend::~SimBackend() {
 
 void* SimBackend::raw_allocate(int64_t bytes) {
   void* p = std::aligned_alloc(64, (static_cast<size_t>(bytes) + 63) / 64 * 64);
-  if (!p) FERRY_THROW(name() + ": out of host memory backing " + core::format_bytes(bytes));
+  if (!p) FERRY_THROW("{}: out of host memory backing {}", name(), core::format_bytes(bytes));
   return p;
 }
 
@@ -95,7 +95,7 @@ ComputeEvent SimBackend::run(const ops::Op& op, CopyEvent after, DeviceRange rea
   ComputeEvent e;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    FERRY_CHECK(after.sequence <= issued_, name() + ": an op waits for a copy that was never queued");
+    FERRY_CHECK(after.sequence <= issued_, "{}: an op waits for a copy that was never queued", name());
     e.sequence = ++launched_;
     work_.push_back({op, after.sequence, reads, e.sequence});
   }
@@ -160,7 +160,7 @@ bool SimBackend::completed(ComputeEvent e) const {
 void SimBackend::wait(ComputeEvent e, std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(mu_);
   if (!cv_.wait_for(lock, timeout, [&] { return ran_ >= e.sequence; }))
-    FERRY_THROW(name() + ": an op did not finish within " + std::to_string(timeout.count()) + " ms");
+    FERRY_THROW("{}: an op did not finish within {} ms", name(), timeout.count());
   if (failure_ && e.sequence >= failed_sequence_) std::rethrow_exception(failure_);
 }
 
@@ -222,7 +222,7 @@ bool SimBackend::completed(CopyEvent e) const {
 void SimBackend::wait(CopyEvent e, std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(mu_);
   if (!cv_.wait_for(lock, timeout, [&] { return landed_ >= e.sequence; }))
-    FERRY_THROW(name() + ": a copy did not land within " + std::to_string(timeout.count()) + " ms");
+    FERRY_THROW("{}: a copy did not land within {} ms", name(), timeout.count());
 }
 
 LinkStats SimBackend::link_stats() const {
