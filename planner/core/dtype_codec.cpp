@@ -99,4 +99,14 @@ uint8_t float_to_e2m1(float f) {
   return std::signbit(f) ? static_cast<uint8_t>(code | 8) : code;
 }
 
+const Fp8DecodeTables& fp8_decode_tables() {
+  static const Fp8DecodeTables t = [] {
+    Fp8DecodeTables d;
+    for (int i = 0; i < 256; ++i) d.e4m3[i] = e4m3_to_float(static_cast<uint8_t>(i));
+    for (int i = 0; i < 256; ++i) d.e8m0[i] = e8m0_to_float(static_cast<uint8_t>(i));
+    return d;
+  }();
+  return t;
+}
+
 }  // namespace ferry::core

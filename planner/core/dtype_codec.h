@@ -18,6 +18,14 @@ float e4m3_to_float(uint8_t b);  // 0x7F / 0xFF are NaN
 uint8_t float_to_e4m3(float f);  // RNE, saturating to +-448; NaN -> 0x7F
 
 float e8m0_to_float(uint8_t e);  // 2^(e - 127); 0xFF is NaN
+
+// Every E4M3 and E8M0 code decoded once (by the functions above, so that table lookups agree with them bit for
+// bit): what the kernels decode FP8 weights with.
+struct Fp8DecodeTables {
+  float e4m3[256];
+  float e8m0[256];
+};
+const Fp8DecodeTables& fp8_decode_tables();
 // The E8M0 code of a power of two 2^k (k in [-127, 127]).
 uint8_t e8m0_from_exponent(int k);
 

@@ -14,6 +14,7 @@
 #include "planner/core/units.h"
 #include "planner/plan.h"
 #include "planner/plan_json.h"
+#include "small_v4_config.h"
 
 using namespace ferry;
 using namespace ferry::planner;
@@ -37,22 +38,7 @@ Hardware machine(int nodes, const char* gpu, int64_t ram, int numa = 1) {
 
 // A small V4 whose 11 experts per layer split unevenly over 3 nodes and 2 NUMA nodes.
 ModelSpec tiny_spec() {
-  auto j = core::preset_config_json("deepseek-v4-flash");
-  j["hidden_size"] = 256;
-  j["num_hidden_layers"] = 4;
-  j["num_attention_heads"] = 4;
-  j["head_dim"] = 128;
-  j["q_lora_rank"] = 64;
-  j["o_groups"] = 2;
-  j["o_lora_rank"] = 32;
-  j["n_routed_experts"] = 11;
-  j["moe_intermediate_size"] = 1024;
-  j["index_n_heads"] = 2;
-  j["index_head_dim"] = 64;
-  j["index_topk"] = 8;
-  j["vocab_size"] = 512;
-  j["num_hash_layers"] = 1;
-  j["compress_ratios"] = {0, 4, 16, 4, 0};
+  auto j = ferry_test::small_v4_config(11, 1024);
   j["max_position_embeddings"] = 4096;
   return spec_from_config(core::config_from_json(j, "tiny"), ModelSource::ConfigJson, "tiny");
 }

@@ -11,6 +11,7 @@
 #include "planner/core/units.h"
 #include "planner/model_spec.h"
 #include "planner/plan.h"
+#include "small_v4_config.h"
 
 using namespace ferry;
 using namespace ferry::planner;
@@ -19,25 +20,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // A small V4 with every kind of layer, so the checkpoint stays a few MB.
-nlohmann::json tiny_config() {
-  auto j = core::preset_config_json("deepseek-v4-flash");
-  j["hidden_size"] = 256;
-  j["num_hidden_layers"] = 4;
-  j["num_attention_heads"] = 4;
-  j["head_dim"] = 128;
-  j["q_lora_rank"] = 64;
-  j["o_groups"] = 2;
-  j["o_lora_rank"] = 32;
-  j["n_routed_experts"] = 8;
-  j["moe_intermediate_size"] = 64;
-  j["index_n_heads"] = 2;
-  j["index_head_dim"] = 64;
-  j["index_topk"] = 8;
-  j["vocab_size"] = 512;
-  j["num_hash_layers"] = 1;
-  j["compress_ratios"] = {0, 4, 16, 4, 0};
-  return j;
-}
+nlohmann::json tiny_config() { return ferry_test::small_v4_config(8, 64); }
 
 struct TempDir {
   fs::path path;

@@ -17,22 +17,10 @@ namespace ferry::runtime::cpu {
 
 namespace {
 
-struct DecodeTables {
-  float e4m3[256], e8m0[256];
-  DecodeTables() {
-    for (int i = 0; i < 256; ++i) e4m3[i] = core::e4m3_to_float(static_cast<uint8_t>(i));
-    for (int i = 0; i < 256; ++i) e8m0[i] = core::e8m0_to_float(static_cast<uint8_t>(i));
-  }
-};
-const DecodeTables& tables() {
-  static const DecodeTables t;
-  return t;
-}
-
 // Row r of the view, decoded to float (scales applied). One row at a time: a chunk's tokens then share it.
 void decode_row(const core::WeightView& w, int64_t r, float* out) {
   const int64_t row = w.row_begin + r, cols = w.cols;
-  const DecodeTables& tb = tables();
+  const core::Fp8DecodeTables& tb = core::fp8_decode_tables();
   switch (w.format) {
     case core::WeightFormat::F32:
       std::memcpy(out, reinterpret_cast<const float*>(w.data) + row * cols, static_cast<size_t>(cols) * sizeof(float));

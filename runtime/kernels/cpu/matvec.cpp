@@ -19,20 +19,6 @@ namespace {
 
 constexpr int64_t kFp8Block = 128;  // FP8: one E8M0 scale per 128x128 tile
 
-// Decode tables built once from dtype_codec, so every path agrees with the reference decoders bit for bit.
-struct Tables {
-  std::array<float, 256> e4m3{};
-  std::array<float, 256> e8m0{};
-  Tables() {
-    for (int i = 0; i < 256; ++i) e4m3[i] = core::e4m3_to_float(static_cast<uint8_t>(i));
-    for (int i = 0; i < 256; ++i) e8m0[i] = core::e8m0_to_float(static_cast<uint8_t>(i));
-  }
-};
-const Tables& tables() {
-  static const Tables t;
-  return t;
-}
-
 // One weight row against a tile of T tokens x + t * x_stride: out[t] = row . x[t]. Each token's arithmetic is
 // the same sequence whatever T is (T = 1 is the matvec), so its result does not depend on the tile; the tile
 // only shares the decoding of the weight bytes among its tokens.
@@ -45,7 +31,7 @@ constexpr int kMaxTile = 4;
 template <int T>
 void fp8_tile_portable(const uint8_t* w, const uint8_t* scales, int64_t cols, const float* x, int64_t x_stride,
                        float* out) {
-  const Tables& t = tables();
+  const core::Fp8DecodeTables& t = core::fp8_decode_tables();
   float total[T] = {};
   for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kFp8Block, ++b) {
     const int64_t c1 = std::min(cols, c0 + kFp8Block);
@@ -87,7 +73,7 @@ constexpr int64_t kFp8PrefetchAhead = 2048;  // bytes
 template <int T>
 __attribute__((target("avx2,fma,f16c"))) void fp8_tile_avx2(const uint8_t* w, const uint8_t* scales, int64_t cols,
                                                             const float* x, int64_t x_stride, float* out) {
-  const Tables& t = tables();
+  const core::Fp8DecodeTables& t = core::fp8_decode_tables();
   float total[T] = {};
   for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kFp8Block, ++b) {
     const int64_t c1 = std::min(cols, c0 + kFp8Block);
