@@ -141,7 +141,7 @@ void SimBackend::compute_loop() {
     const uint64_t seq = work_.front().sequence;
     work_.pop_front();
     ran_ = seq;
-    ++compute_stats_.launches;
+    ++compute_stats_.ops_run;
     compute_stats_.busy_seconds += busy;
     if (failed && !failure_) {
       failure_ = failed;

@@ -270,7 +270,7 @@ TEST(SimDevice, OpsRunInOrderAfterTheirCopyBesideTheCaller) {
   EXPECT_TRUE(dev.completed(k1));
   EXPECT_EQ(log.ran, (std::vector<ops::Kind>{ops::Kind::GatherRows, ops::Kind::AddStreams}));
   EXPECT_EQ(doubled, std::vector<float>(16, 3.0f));
-  EXPECT_EQ(dev.compute_stats().launches, 2);
+  EXPECT_EQ(dev.compute_stats().ops_run, 2);
   EXPECT_EQ(dev.compute_stats().overwrite_conflicts, 0);
   EXPECT_GT(dev.compute_stats().copy_wait_seconds, 0.0);
   dev.set_observer(nullptr);
