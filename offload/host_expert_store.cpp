@@ -76,24 +76,20 @@ HostExpertStore::HostExpertStore(const planner::Plan& plan, runtime::ModelWeight
       if (const int k = host_device_of(lp, static_cast<int64_t>(e), host_of_device_); k >= 0)
         reserved_[sz(k)] += runtime::expert_bytes(experts[e]);
   }
-  // All ledgers or none: a refusal on node k must not leave nodes before it charged.
-  size_t k = 0;
+  // All ledgers or none: a refusal on node k releases the nodes before it as the reservations go.
+  for (size_t k = 0; k < n; ++k) reservations_.emplace_back(hosts_[k]->ledger(), MemoryClass::Weights, reserved_[k]);
   try {
-    for (; k < n; ++k) hosts_[k]->ledger().reserve(MemoryClass::Weights, reserved_[k]);
     if (mode_ == HostExperts::Numa) copy_to_nodes(plan, weights);
-    fill_host_of_expert(plan, weights.config().n_layers_total());
   } catch (...) {
     free_regions();
-    for (size_t j = 0; j < k; ++j) hosts_[j]->ledger().release(MemoryClass::Weights, reserved_[j]);
     throw;
   }
+  fill_host_of_expert(plan, weights.config().n_layers_total());
 }
 
-HostExpertStore::~HostExpertStore() {
-  // The bound model's views of the copies dangle from here on: BoundPlan destroys its dispatch first.
-  free_regions();
-  for (size_t k = 0; k < hosts_.size(); ++k) hosts_[k]->ledger().release(MemoryClass::Weights, reserved_[k]);
-}
+// The bound model's views of the copies dangle from here on: BoundPlan destroys its dispatch first. The ledgers'
+// bytes go with the reservations.
+HostExpertStore::~HostExpertStore() { free_regions(); }
 
 int64_t HostExpertStore::total_bytes() const {
   int64_t t = 0;

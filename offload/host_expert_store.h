@@ -71,6 +71,7 @@ class HostExpertStore {
   void* topology_ = nullptr;  // hwloc_topology_t of the numa store: hwloc_free() needs the one that allocated
   std::vector<runtime::Backend*> hosts_;
   std::vector<int64_t> reserved_;
+  std::vector<runtime::MemoryLedger::Reservation> reservations_;  // reserved_[k] in hosts_[k]'s ledger
   std::vector<Region> regions_;
   std::vector<int> host_of_device_;  // per plan device: its position among the host devices; -1: a GPU
   std::vector<std::vector<int>> host_of_expert_;

@@ -43,11 +43,4 @@ NumaArena::NumaArena(int node) : node_(node) {
 
 NumaArena::~NumaArena() = default;
 
-void NumaArena::execute(const std::function<void()>& f) {
-  if (arena_)
-    arena_->execute(f);
-  else
-    f();
-}
-
 }  // namespace ferry::runtime

@@ -7,8 +7,8 @@
 
 #include <tbb/task_arena.h>
 
-#include <functional>
 #include <memory>
+#include <utility>
 #include <vector>
 
 namespace ferry::runtime {
@@ -33,7 +33,13 @@ class NumaArena {
   int node() const { return node_; }
   bool has_own_threads() const { return arena_ != nullptr; }
   // Runs `f` on the node's threads (tbb::parallel_for inside uses only them) and returns when it has finished.
-  void execute(const std::function<void()>& f);
+  template <class F>
+  void execute(F&& f) {
+    if (arena_)
+      arena_->execute(std::forward<F>(f));
+    else
+      f();
+  }
 
  private:
   int node_;
