@@ -27,6 +27,7 @@ namespace {
 using server::FinishReason;
 using Json = nlohmann::ordered_json;
 
+// The one piece of process-wide state a signal handler can reach.
 std::atomic<bool> g_interrupted{false};
 static_assert(std::atomic<bool>::is_always_lock_free, "the SIGINT handler sets it");
 
