@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -61,6 +63,38 @@ std::vector<int32_t> encode_prompt(const runtime::Tokenizer& tokenizer, const st
 
 std::string gib(int64_t bytes) { return core::format_bytes(bytes); }
 
+// Rewrites one stderr line with the prefill's progress and speed.
+std::function<void(int64_t, int64_t)> prefill_progress_printer() {
+  const auto start = std::chrono::steady_clock::now();
+  return [start](int64_t done, int64_t total) {
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::fprintf(stderr, "\rprefill %lld/%lld tokens (%.0f tok/s)", static_cast<long long>(done),
+                 static_cast<long long>(total), done / std::max(s, 1e-9));
+    if (done == total) std::fprintf(stderr, "\n");
+  };
+}
+
+void print_timing(const runtime::GenerateResult& r, core::ActivationBits expert_bits) {
+  std::fprintf(stderr,
+               "timing: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), "
+               "kernels: fp8 %s, mxfp4 %s %s\n",
+               static_cast<long long>(r.prompt_tokens), r.prefill_seconds,
+               r.prompt_tokens / std::max(r.prefill_seconds, 1e-9), static_cast<long long>(r.decoded_tokens),
+               r.decode_seconds, r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
+               runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), core::activation_bits_name(expert_bits));
+}
+
+// A CPU-only run's memory, each item next to what the planner predicts for it.
+void print_host_memory(const runtime::ModelWeights& model, const runtime::Session& session,
+                       const runtime::SessionOptions& so) {
+  const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(model.config(), so.kv_type, so.ctx, 1, false));
+  const int64_t kv_used = planner::kv_total(session.cache().bytes());
+  const int64_t ws_planned = session.planned_workspace().bytes();
+  std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
+               gib(model.weight_bytes()).c_str(), gib(kv_used).c_str(), gib(kv_planned).c_str(),
+               gib(session.workspace_bytes()).c_str(), gib(ws_planned).c_str());
+}
+
 class RunCommand : public Command {
  public:
   explicit RunCommand(CLI::App& parent) {
@@ -106,18 +140,7 @@ class RunCommand : public Command {
     std::optional<runtime::Tokenizer> tokenizer;
     if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(model_);
     const std::vector<int32_t> prompt = text_mode ? encode_prompt(*tokenizer, prompt_text_) : parse_tokens(tokens_);
-    const int64_t ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
-    const planner::KvType kv = *planner::kv_type_from_name(kv_type_);
-    const bool tty = isatty(STDERR_FILENO);
-    const bool from_plan = !offload_.plan_in.empty();
-    for (const char* flag : {"--ctx", "--kv-type", "--ubatch"})
-      FERRY_CHECK(!from_plan || app_->count(flag) == 0, "{}: the plan sets it (--plan replaces the planning flags)",
-                  flag);
-    runtime::SessionOptions so;
-    so.ctx = ctx;
-    so.kv_type = kv;
-    so.ubatch = ubatch_;
-    so.expert_bits = expert_activations_ == "int16" ? core::ActivationBits::Int16 : core::ActivationBits::Int24;
+    runtime::SessionOptions so = session_options();
     // With --gpu the run is planned first, from the checkpoint's headers (or --plan is read and checked against
     // them): a device too small fails here, before any weight is read.
     std::unique_ptr<OffloadRun> offload;
@@ -127,7 +150,8 @@ class RunCommand : public Command {
     }
     const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
     FERRY_CHECK(need <= so.ctx, "{} {} is smaller than the prompt ({} tokens) plus -n {}",
-                from_plan ? "the plan's context" : "--ctx", so.ctx, prompt.size(), n_predict_);
+                from_plan() ? "the plan's context" : "--ctx", so.ctx, prompt.size(), n_predict_);
+    const bool tty = isatty(STDERR_FILENO);
     if (tty) std::cerr << "loading " << model_ << " ...\n";
     const runtime::ModelWeights checkpoint = runtime::ModelWeights::load(model_);
     const auto& c = checkpoint.config();
@@ -142,6 +166,36 @@ class RunCommand : public Command {
     runtime::Session session(model, so);
     if (offload && offload_.verbose) std::cerr << offload->memory_report();
 
+    const runtime::GenerateResult r = generate_and_print(session, prompt, tokenizer, tty);
+    if (!logits_out_.empty()) write_logits(r.logits, c.vocab_size);
+    print_timing(r, so.expert_bits);
+    if (offload) {
+      std::cerr << offload->memory_report() << offload->expert_report();
+      return kExitOk;
+    }
+    print_host_memory(model, session, so);
+    return kExitOk;
+  }
+
+ private:
+  bool from_plan() const { return !offload_.plan_in.empty(); }
+
+  // The session the flags ask for; with --gpu, OffloadRun adjusts it to the plan.
+  runtime::SessionOptions session_options() const {
+    runtime::SessionOptions so;
+    so.ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
+    so.kv_type = *planner::kv_type_from_name(kv_type_);
+    for (const char* flag : {"--ctx", "--kv-type", "--ubatch"})
+      FERRY_CHECK(!from_plan() || app_->count(flag) == 0, "{}: the plan sets it (--plan replaces the planning flags)",
+                  flag);
+    so.ubatch = ubatch_;
+    so.expert_bits = expert_activations_ == "int16" ? core::ActivationBits::Int16 : core::ActivationBits::Int24;
+    return so;
+  }
+
+  // Generates and prints the result on stdout: the text as it comes (--prompt) or the ids at the end (--tokens).
+  runtime::GenerateResult generate_and_print(runtime::Session& session, const std::vector<int32_t>& prompt,
+                                             const std::optional<runtime::Tokenizer>& tokenizer, bool tty) const {
     runtime::GenerateOptions go;
     go.n_predict = n_predict_;
     go.sampler = sampler_;
@@ -149,55 +203,27 @@ class RunCommand : public Command {
     go.keep_logits = !logits_out_.empty();
     runtime::GenerateCallbacks cb;
     // Progress for prompts longer than one chunk, on a terminal only (logs stay clean).
-    if (tty && static_cast<int64_t>(prompt.size()) > ubatch_) {
-      const auto start = std::chrono::steady_clock::now();
-      cb.prefill_progress = [start](int64_t done, int64_t total) {
-        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        std::fprintf(stderr, "\rprefill %lld/%lld tokens (%.0f tok/s)", static_cast<long long>(done),
-                     static_cast<long long>(total), done / std::max(s, 1e-9));
-        if (done == total) std::fprintf(stderr, "\n");
-      };
-    }
+    if (tty && static_cast<int64_t>(prompt.size()) > ubatch_) cb.prefill_progress = prefill_progress_printer();
     std::optional<runtime::StreamDecoder> stream;
-    if (text_mode) {
+    if (tokenizer) {
       stream.emplace(*tokenizer, true);
       cb.on_token = [&stream](int32_t token) { std::cout << stream->push(token) << std::flush; };
     }
-    const runtime::GenerateResult r = runtime::generate(session, prompt, go, cb);
-
-    if (text_mode) {
+    runtime::GenerateResult r = runtime::generate(session, prompt, go, cb);
+    if (stream) {
       std::cout << stream->flush();
     } else {
       for (size_t i = 0; i < r.tokens.size(); ++i) std::cout << (i ? "," : "") << r.tokens[i];
     }
     std::cout << std::endl;  // before the stderr lines, so a terminal shows them in order
-    if (!logits_out_.empty()) {
-      runtime::write_npy_f32(logits_out_, r.logits.data(), static_cast<int64_t>(r.logits.size()) / c.vocab_size,
-                             c.vocab_size);
-      std::cerr << "wrote logits [" << r.logits.size() / c.vocab_size << ", " << c.vocab_size << "] to " << logits_out_
-                << "\n";
-    }
-    std::fprintf(stderr,
-                 "timing: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), "
-                 "kernels: fp8 %s, mxfp4 %s %s\n",
-                 static_cast<long long>(r.prompt_tokens), r.prefill_seconds,
-                 r.prompt_tokens / std::max(r.prefill_seconds, 1e-9), static_cast<long long>(r.decoded_tokens),
-                 r.decode_seconds, r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
-                 runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), core::activation_bits_name(so.expert_bits));
-    if (offload) {
-      std::cerr << offload->memory_report() << offload->expert_report();
-      return kExitOk;
-    }
-    const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(c, so.kv_type, so.ctx, 1, false));
-    const int64_t kv_used = planner::kv_total(session.cache().bytes());
-    const int64_t ws_planned = session.planned_workspace().bytes();
-    std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
-                 gib(model.weight_bytes()).c_str(), gib(kv_used).c_str(), gib(kv_planned).c_str(),
-                 gib(session.workspace_bytes()).c_str(), gib(ws_planned).c_str());
-    return kExitOk;
+    return r;
   }
 
- private:
+  void write_logits(const std::vector<float>& logits, int64_t vocab) const {
+    runtime::write_npy_f32(logits_out_, logits.data(), static_cast<int64_t>(logits.size()) / vocab, vocab);
+    std::cerr << "wrote logits [" << logits.size() / vocab << ", " << vocab << "] to " << logits_out_ << "\n";
+  }
+
   CLI::App* app_ = nullptr;
   CLI::Option* prompt_option_ = nullptr;
   std::string model_, tokens_, prompt_text_, ctx_, kv_type_ = "fp8", logits_out_, expert_activations_ = "int24";

@@ -4,6 +4,8 @@
 // routed experts that live in host RAM, whichever path is cheaper per layer.
 #include <algorithm>
 #include <cmath>
+#include <string>
+#include <utility>
 
 #include "planner/plan.h"
 
@@ -116,114 +118,180 @@ const DevicePlan& runner(const Plan& p, const LayerPlan& lp) {
   return p.devices[static_cast<size_t>(lp.runs.front().device)];
 }
 
+// What every term of the estimate reads: the model, the plan and its machine, and the rates derived from them.
+struct CostInputs {
+  CostInputs(const ModelSpec& model, const Plan& p)
+      : spec(model),
+        plan(p),
+        c(model.config),
+        hw(p.hardware),
+        o(p.options),
+        eb(double(model.expert_bytes())),
+        topk(double(c.num_experts_per_tok)),
+        nodes(hw.nodes),
+        has_gpu(!hw.gpus.empty()),
+        host_bw(hw.host.memory_bandwidth * kHostBandwidthEfficiency),
+        host_flops(std::max(1.0, hw.host.cores * hw.host.gflops_per_core * 1e9)) {}
+
+  const ModelSpec& spec;
+  const Plan& plan;
+  const core::ModelConfig& c;
+  const Hardware& hw;
+  const PlanOptions& o;
+  const double eb;    // bytes of one routed expert
+  const double topk;  // routed experts per token
+  const double nodes;
+  const bool has_gpu;
+  const double host_bw;     // reachable, bytes/s
+  const double host_flops;  // reachable, all cores
+};
+
+// Seconds of one decode token by where they are spent, and the routed-expert traffic behind them.
+struct DecodeTimes {
+  double gpu_s = 0, cpu_s = 0, sync_s = 0;
+  double routed_uses = 0, hits = 0, routed_bytes_per_token = 0;
+};
+
+DecodeTimes decode_times(const CostInputs& in) {
+  const core::ModelConfig& c = in.c;
+  const Hardware& hw = in.hw;
+  const double topk = in.topk, eb = in.eb, nodes = in.nodes;
+  DecodeTimes t;
+  for (const LayerPlan& lp : in.plan.layers) {
+    if (lp.mtp) continue;  // MTP runs beside decoding (speculation), not in the base token time
+    const auto& w = in.spec.layers[static_cast<size_t>(lp.layer)];
+    const double read = double(w.non_routed()) + kv_read_bytes(c, lp.layer, in.plan.kv_type, in.o.ctx);
+    const auto& dev = runner(in.plan, lp);
+    const ExpertCounts node0 = expert_counts(in.plan, lp, 0);
+    const double dev_bw = dev.kind == DeviceKind::Gpu
+                              ? hw.gpus[static_cast<size_t>(dev.index)].memory_bandwidth * kGpuBandwidthEfficiency
+                              : in.host_bw;
+    t.gpu_s += read / dev_bw;
+    if (node0.held == 0) continue;
+    const double h = hit_rate(in.o, node0);
+    t.routed_uses += topk;
+    t.hits += topk * h;
+    t.routed_bytes_per_token += topk * eb;
+    // Each node computes the uses that land on its experts, the nodes in parallel: 1/nodes of the uses each.
+    if (dev.kind == DeviceKind::Gpu) t.gpu_s += topk * h * eb / nodes / dev_bw;
+    t.cpu_s += topk * (1 - h) * eb / nodes / in.host_bw;
+    if (in.has_gpu && h < 1) t.sync_s += kGpuCpuHandoffS;
+    if (hw.nodes > 1) t.sync_s += 2 * hw.network.latency_s + 2 * double(c.hidden_size) * 4 / hw.network.bandwidth;
+  }
+  const double head = double(in.spec.global[static_cast<size_t>(core::WeightClass::Head)]);
+  t.gpu_s += head / (in.has_gpu ? hw.gpus.back().memory_bandwidth * kGpuBandwidthEfficiency : in.host_bw);
+  return t;
+}
+
+const char* decode_bottleneck(const CostInputs& in, const DecodeTimes& t) {
+  if (t.cpu_s >= t.gpu_s && t.cpu_s >= t.sync_s) return "host RAM bandwidth (routed experts computed by the CPU)";
+  if (t.gpu_s >= t.sync_s)
+    return in.has_gpu ? "GPU memory bandwidth (non-routed weights, KV cache, cached experts)"
+                      : "host RAM bandwidth (every weight read by the CPU)";
+  return in.hw.nodes > 1 ? "latency of GPU-CPU hand-offs and network collectives" : "latency of GPU-CPU hand-offs";
+}
+
+void estimate_decode(const CostInputs& in, CostEstimate& e) {
+  const DecodeTimes t = decode_times(in);
+  e.decode_gpu_ms = t.gpu_s * 1e3;
+  e.decode_cpu_ms = t.cpu_s * 1e3;
+  e.decode_sync_ms = t.sync_s * 1e3;
+  e.decode_tok_s = 1 / std::max(1e-9, t.gpu_s + t.cpu_s + t.sync_s);
+  e.expert_hit_rate = t.routed_uses > 0 ? t.hits / t.routed_uses : 0;
+  e.decode_ceiling_tok_s =
+      t.routed_bytes_per_token > 0 ? in.hw.host.memory_bandwidth * in.nodes / t.routed_bytes_per_token : 0;
+  e.decode_bottleneck = decode_bottleneck(in, t);
+}
+
+// Seconds of one layer's routed experts in RAM for a chunk of `u` tokens, by the cheaper of the two paths.
+struct RamExperts {
+  double seconds = 0;
+  bool streamed = false;  // copied to the GPU and computed there, rather than computed by the CPU
+};
+
+RamExperts ram_experts(const CostInputs& in, const ExpertCounts& node0, const LayerFlops& f, double u, double h,
+                       double flops_rate) {
+  const double topk = in.topk, eb = in.eb;
+  const double share = 1 - h;
+  const double uses = u * topk * share / in.nodes;
+  // Distinct experts a chunk touches on one node, of those in its RAM.
+  const double touched = node0.in_ram * (1 - std::pow(1 - topk / double(in.c.n_routed_experts), u));
+  const double stream =
+      in.has_gpu ? touched * eb / pcie_h2d_bandwidth(in.hw.gpus[0].pcie) + uses * f.expert / flops_rate : INFINITY;
+  const double cpu = std::max(uses * f.expert / in.host_flops, touched * eb / in.host_bw);
+  RamExperts r;
+  r.streamed = stream < cpu;
+  r.seconds = std::min(stream, cpu);
+  if (in.hw.nodes > 1)
+    r.seconds += 2 * in.hw.network.latency_s + 2 * u * in.c.hidden_size * 4 / in.hw.network.bandwidth;
+  return r;
+}
+
+struct PrefillRate {
+  double tok_s = 0;
+  std::string bottleneck;
+  std::string expert_path;
+};
+
+// Chunks of ubatch tokens at mean position `pos`.
+PrefillRate prefill_rate(const CostInputs& in, double pos) {
+  const core::ModelConfig& c = in.c;
+  const Hardware& hw = in.hw;
+  const double u = double(in.o.ubatch);
+  double total = 0, compute_total = 0, expert_total = 0;
+  int streamed = 0, cpu_layers = 0;
+  for (const LayerPlan& lp : in.plan.layers) {
+    if (lp.mtp) continue;
+    const LayerFlops f = layer_flops(c, lp.layer);
+    const auto& dev = runner(in.plan, lp);
+    const ExpertCounts node0 = expert_counts(in.plan, lp, 0);
+    const double flops_rate = dev.kind == DeviceKind::Gpu
+                                  ? hw.gpus[static_cast<size_t>(dev.index)].bf16_tflops * 1e12 * kGpuFlopsEfficiency
+                                  : in.host_flops;
+    const double h = node0.held > 0 ? hit_rate(in.o, node0) : 0;
+    double compute = u * (f.dense + attention_flops(c, lp.layer, pos) + in.topk * h * f.expert) / flops_rate;
+    double experts = 0;
+    if (node0.in_ram > 0) {
+      const RamExperts r = ram_experts(in, node0, f, u, h, flops_rate);
+      if (r.streamed)
+        ++streamed;
+      else
+        ++cpu_layers;
+      experts = r.seconds;
+    }
+    // Streaming and CPU experts overlap the GPU's work on the same layer (copy stream, CPU threads).
+    total += std::max(compute, experts);
+    compute_total += compute;
+    expert_total += experts;
+  }
+  const double head = 2.0 * c.vocab_size * c.hidden_size * (in.o.logits_all ? u : 1) /
+                      (in.has_gpu ? hw.gpus.back().bf16_tflops * 1e12 * kGpuFlopsEfficiency : in.host_flops);
+  total += head;
+  PrefillRate r;
+  r.tok_s = u / std::max(1e-12, total);
+  if (expert_total > compute_total)
+    r.bottleneck = streamed >= cpu_layers ? "PCIe (routed experts streamed to the GPU)"
+                                          : "CPU FLOPs (routed experts computed by the CPU)";
+  else
+    r.bottleneck = in.has_gpu ? "GPU compute" : "CPU FLOPs";
+  r.expert_path = streamed + cpu_layers == 0 ? "GPU (no expert in RAM)"
+                  : streamed >= cpu_layers   ? "stream to GPU"
+                                             : "CPU";
+  return r;
+}
+
 }  // namespace
 
 void estimate_cost(const ModelSpec& spec, Plan& plan) {
-  const core::ModelConfig& c = spec.config;
-  const Hardware& hw = plan.hardware;
-  const PlanOptions& o = plan.options;
+  const CostInputs in(spec, plan);
   CostEstimate& e = plan.cost;
-  const double eb = double(spec.expert_bytes());
-  const double topk = double(c.num_experts_per_tok);
-  const double nodes = hw.nodes;
-  const bool has_gpu = !hw.gpus.empty();
-  const double host_bw = hw.host.memory_bandwidth * kHostBandwidthEfficiency;
-  const double host_flops = std::max(1.0, hw.host.cores * hw.host.gflops_per_core * 1e9);
-
-  // ---- decode, batch 1 ----
-  double gpu_s = 0, cpu_s = 0, sync_s = 0, routed_uses = 0, hits = 0, routed_bytes_per_token = 0;
-  for (const LayerPlan& lp : plan.layers) {
-    if (lp.mtp) continue;  // MTP runs beside decoding (speculation), not in the base token time
-    const auto& w = spec.layers[static_cast<size_t>(lp.layer)];
-    const double read = double(w.non_routed()) + kv_read_bytes(c, lp.layer, plan.kv_type, o.ctx);
-    const auto& dev = runner(plan, lp);
-    const ExpertCounts node0 = expert_counts(plan, lp, 0);
-    const double dev_bw = dev.kind == DeviceKind::Gpu
-                              ? hw.gpus[static_cast<size_t>(dev.index)].memory_bandwidth * kGpuBandwidthEfficiency
-                              : host_bw;
-    gpu_s += read / dev_bw;
-    if (node0.held == 0) continue;
-    const double h = hit_rate(o, node0);
-    routed_uses += topk;
-    hits += topk * h;
-    routed_bytes_per_token += topk * eb;
-    // Each node computes the uses that land on its experts, the nodes in parallel: 1/nodes of the uses each.
-    if (dev.kind == DeviceKind::Gpu) gpu_s += topk * h * eb / nodes / dev_bw;
-    cpu_s += topk * (1 - h) * eb / nodes / host_bw;
-    if (has_gpu && h < 1) sync_s += kGpuCpuHandoffS;
-    if (hw.nodes > 1) sync_s += 2 * hw.network.latency_s + 2 * double(c.hidden_size) * 4 / hw.network.bandwidth;
-  }
-  {
-    const double head = double(spec.global[static_cast<size_t>(core::WeightClass::Head)]);
-    gpu_s += head / (has_gpu ? hw.gpus.back().memory_bandwidth * kGpuBandwidthEfficiency : host_bw);
-  }
-  e.decode_gpu_ms = gpu_s * 1e3;
-  e.decode_cpu_ms = cpu_s * 1e3;
-  e.decode_sync_ms = sync_s * 1e3;
-  e.decode_tok_s = 1 / std::max(1e-9, gpu_s + cpu_s + sync_s);
-  e.expert_hit_rate = routed_uses > 0 ? hits / routed_uses : 0;
-  e.decode_ceiling_tok_s = routed_bytes_per_token > 0 ? hw.host.memory_bandwidth * nodes / routed_bytes_per_token : 0;
-  if (cpu_s >= gpu_s && cpu_s >= sync_s)
-    e.decode_bottleneck = "host RAM bandwidth (routed experts computed by the CPU)";
-  else if (gpu_s >= sync_s)
-    e.decode_bottleneck = has_gpu ? "GPU memory bandwidth (non-routed weights, KV cache, cached experts)"
-                                  : "host RAM bandwidth (every weight read by the CPU)";
-  else
-    e.decode_bottleneck =
-        hw.nodes > 1 ? "latency of GPU-CPU hand-offs and network collectives" : "latency of GPU-CPU hand-offs";
-
-  // ---- prefill: chunks of ubatch tokens at mean position `pos` ----
-  const double u = double(o.ubatch);
-  auto prefill_rate = [&](double pos, std::string* bottleneck, std::string* path) {
-    double total = 0, compute_total = 0, expert_total = 0;
-    int streamed = 0, cpu_layers = 0;
-    for (const LayerPlan& lp : plan.layers) {
-      if (lp.mtp) continue;
-      const LayerFlops f = layer_flops(c, lp.layer);
-      const auto& dev = runner(plan, lp);
-      const ExpertCounts node0 = expert_counts(plan, lp, 0);
-      const double flops_rate = dev.kind == DeviceKind::Gpu
-                                    ? hw.gpus[static_cast<size_t>(dev.index)].bf16_tflops * 1e12 * kGpuFlopsEfficiency
-                                    : host_flops;
-      const double h = node0.held > 0 ? hit_rate(o, node0) : 0;
-      double compute = u * (f.dense + attention_flops(c, lp.layer, pos) + topk * h * f.expert) / flops_rate;
-      double experts = 0;
-      if (node0.in_ram > 0) {
-        const double share = 1 - h;
-        const double uses = u * topk * share / nodes;
-        // Distinct experts a chunk touches on one node, of those in its RAM.
-        const double touched = node0.in_ram * (1 - std::pow(1 - topk / double(c.n_routed_experts), u));
-        const double stream =
-            has_gpu ? touched * eb / pcie_h2d_bandwidth(hw.gpus[0].pcie) + uses * f.expert / flops_rate : INFINITY;
-        const double cpu = std::max(uses * f.expert / host_flops, touched * eb / host_bw);
-        if (stream < cpu)
-          ++streamed;
-        else
-          ++cpu_layers;
-        experts = std::min(stream, cpu);
-        if (hw.nodes > 1) experts += 2 * hw.network.latency_s + 2 * u * c.hidden_size * 4 / hw.network.bandwidth;
-      }
-      // Streaming and CPU experts overlap the GPU's work on the same layer (copy stream, CPU threads).
-      total += std::max(compute, experts);
-      compute_total += compute;
-      expert_total += experts;
-    }
-    const double head = 2.0 * c.vocab_size * c.hidden_size * (o.logits_all ? u : 1) /
-                        (has_gpu ? hw.gpus.back().bf16_tflops * 1e12 * kGpuFlopsEfficiency : host_flops);
-    total += head;
-    if (bottleneck) {
-      if (expert_total > compute_total)
-        *bottleneck = streamed >= cpu_layers ? "PCIe (routed experts streamed to the GPU)"
-                                             : "CPU FLOPs (routed experts computed by the CPU)";
-      else
-        *bottleneck = has_gpu ? "GPU compute" : "CPU FLOPs";
-    }
-    if (path)
-      *path = streamed + cpu_layers == 0 ? "GPU (no expert in RAM)" : streamed >= cpu_layers ? "stream to GPU" : "CPU";
-    return u / std::max(1e-12, total);
-  };
-  e.prefill_tok_s = prefill_rate(u / 2, &e.prefill_bottleneck, &e.prefill_expert_path);
-  e.prefill_full_tok_s = prefill_rate(double(o.ctx) / 2, nullptr, nullptr);
+  estimate_decode(in, e);
+  const double u = double(plan.options.ubatch);
+  PrefillRate first_chunk = prefill_rate(in, u / 2);
+  e.prefill_tok_s = first_chunk.tok_s;
+  e.prefill_bottleneck = std::move(first_chunk.bottleneck);
+  e.prefill_expert_path = std::move(first_chunk.expert_path);
+  e.prefill_full_tok_s = prefill_rate(in, double(plan.options.ctx) / 2).tok_s;
 }
 
 }  // namespace ferry::planner

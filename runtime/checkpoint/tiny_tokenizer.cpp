@@ -3,6 +3,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -177,19 +178,24 @@ struct Word {
   int64_t count;
 };
 
-}  // namespace
-
-std::string make_tiny_tokenizer_json(int vocab_size) {
-  FERRY_CHECK(vocab_size >= kFirstMergeId + 1,
-              "tiny tokenizer: vocab_size {} is below {} (3 special tokens, 256 bytes and at least one merge)",
-              vocab_size, kFirstMergeId + 1);
-
-  std::vector<std::string> tokens(kSpecialTokens.begin(), kSpecialTokens.end());
-  const std::array<std::string, 256>& byte_symbols = byte_level_symbols();
-  tokens.insert(tokens.end(), byte_symbols.begin(), byte_symbols.end());
+// The vocabulary as the trainer grows it: tokens in id order, the id of every token, the merges in rank order.
+struct Vocabulary {
+  std::vector<std::string> tokens;
   std::map<std::string, int> ids;
-  for (size_t id = 0; id < tokens.size(); ++id) ids.emplace(tokens[id], static_cast<int>(id));
+  std::vector<std::string> merges;
+};
 
+Vocabulary base_vocabulary() {
+  Vocabulary v;
+  v.tokens.assign(kSpecialTokens.begin(), kSpecialTokens.end());
+  const std::array<std::string, 256>& byte_symbols = byte_level_symbols();
+  v.tokens.insert(v.tokens.end(), byte_symbols.begin(), byte_symbols.end());
+  for (size_t id = 0; id < v.tokens.size(); ++id) v.ids.emplace(v.tokens[id], static_cast<int>(id));
+  return v;
+}
+
+// The training text's pre-tokenized chunks, each once with its count, as byte tokens.
+std::vector<Word> training_words() {
   // std::map keeps the words, and so the pair counts, in one order on every platform.
   std::map<std::string, int64_t> chunk_counts;
   for (const std::string& chunk : pre_split(kTrainingText)) ++chunk_counts[chunk];
@@ -199,60 +205,93 @@ std::string make_tiny_tokenizer_json(int vocab_size) {
     for (char byte : chunk) word.symbols.push_back(kFirstByteId + static_cast<unsigned char>(byte));
     words.push_back(std::move(word));
   }
+  return words;
+}
 
-  std::vector<std::string> merges;
+// The most frequent adjacent pair not in `rejected`, or none if every pair is rejected.
+std::optional<std::pair<int, int>> most_frequent_pair(const std::vector<Word>& words,
+                                                      const std::set<std::pair<int, int>>& rejected,
+                                                      const std::vector<std::string>& tokens) {
+  std::map<std::pair<int, int>, int64_t> pair_counts;
+  for (const Word& word : words)
+    for (size_t k = 0; k + 1 < word.symbols.size(); ++k)
+      pair_counts[{word.symbols[k], word.symbols[k + 1]}] += word.count;
+
+  // Ties go to the lexicographically smallest (left, right) strings so the choice does not depend on id order or
+  // container iteration.
+  const std::pair<int, int>* best = nullptr;
+  int64_t best_count = 0;
+  for (const auto& [pair, count] : pair_counts) {
+    if (rejected.count(pair)) continue;
+    bool better = best == nullptr || count > best_count ||
+                  (count == best_count && std::tie(tokens[pair.first], tokens[pair.second]) <
+                                              std::tie(tokens[best->first], tokens[best->second]));
+    if (better) {
+      best = &pair;
+      best_count = count;
+    }
+  }
+  if (best == nullptr) return std::nullopt;
+  return *best;
+}
+
+// Replaces every (left, right) in the words, scanning left to right, with `merged_id`.
+void apply_merge(std::vector<Word>& words, int left, int right, int merged_id) {
+  for (Word& word : words) {
+    std::vector<int> out;
+    out.reserve(word.symbols.size());
+    for (size_t k = 0; k < word.symbols.size(); ++k) {
+      if (k + 1 < word.symbols.size() && word.symbols[k] == left && word.symbols[k + 1] == right) {
+        out.push_back(merged_id);
+        ++k;
+      } else {
+        out.push_back(word.symbols[k]);
+      }
+    }
+    word.symbols = std::move(out);
+  }
+}
+
+// Byte-level BPE on the training text until the vocabulary holds `vocab_size` tokens.
+Vocabulary train_bpe(int vocab_size) {
+  Vocabulary v = base_vocabulary();
+  std::vector<Word> words = training_words();
   // Pairs whose concatenation is already a token (reached through another split): a second merge to the same
   // token would add no vocabulary and could name a result older than one of its parts, so they are never merged.
   std::set<std::pair<int, int>> rejected;
-  while (tokens.size() < static_cast<size_t>(vocab_size)) {
-    std::map<std::pair<int, int>, int64_t> pair_counts;
-    for (const Word& word : words)
-      for (size_t k = 0; k + 1 < word.symbols.size(); ++k)
-        pair_counts[{word.symbols[k], word.symbols[k + 1]}] += word.count;
-
-    // Most frequent pair; ties go to the lexicographically smallest (left, right) strings so the choice does not
-    // depend on id order or container iteration.
-    const std::pair<int, int>* best = nullptr;
-    int64_t best_count = 0;
-    for (const auto& [pair, count] : pair_counts) {
-      if (rejected.count(pair)) continue;
-      bool better = best == nullptr || count > best_count ||
-                    (count == best_count && std::tie(tokens[pair.first], tokens[pair.second]) <
-                                                std::tie(tokens[best->first], tokens[best->second]));
-      if (better) {
-        best = &pair;
-        best_count = count;
-      }
-    }
-    FERRY_CHECK(best != nullptr,
+  while (v.tokens.size() < static_cast<size_t>(vocab_size)) {
+    const std::optional<std::pair<int, int>> best = most_frequent_pair(words, rejected, v.tokens);
+    FERRY_CHECK(best.has_value(),
                 "tiny tokenizer: vocab_size {} is larger than the built-in training text supports ({})", vocab_size,
-                tokens.size());
+                v.tokens.size());
     const auto [left, right] = *best;
-    std::string merged = tokens[left] + tokens[right];
-    if (ids.count(merged)) {
+    std::string merged = v.tokens[left] + v.tokens[right];
+    if (v.ids.count(merged)) {
       rejected.insert({left, right});
       continue;
     }
-
-    const int merged_id = static_cast<int>(tokens.size());
-    tokens.push_back(merged);
-    ids.emplace(merged, merged_id);
-    merges.push_back(tokens[left] + " " + tokens[right]);
-    for (Word& word : words) {
-      std::vector<int> out;
-      out.reserve(word.symbols.size());
-      for (size_t k = 0; k < word.symbols.size(); ++k) {
-        if (k + 1 < word.symbols.size() && word.symbols[k] == left && word.symbols[k + 1] == right) {
-          out.push_back(merged_id);
-          ++k;
-        } else {
-          out.push_back(word.symbols[k]);
-        }
-      }
-      word.symbols = std::move(out);
-    }
+    const int merged_id = static_cast<int>(v.tokens.size());
+    v.tokens.push_back(merged);
+    v.ids.emplace(merged, merged_id);
+    v.merges.push_back(v.tokens[left] + " " + v.tokens[right]);
+    apply_merge(words, left, right, merged_id);
   }
+  return v;
+}
 
+// The pre-tokenizer of DeepSeek's tokenizer.json: the split regexes, then bytes to symbols.
+Json pre_tokenizer() {
+  Json pretokenizers = Json::array();
+  for (const char* pattern : kSplitPatterns) {
+    pretokenizers.push_back(
+        {{"type", "Split"}, {"pattern", {{"Regex", pattern}}}, {"behavior", "Isolated"}, {"invert", false}});
+  }
+  pretokenizers.push_back(byte_level(false, true, false));
+  return {{"type", "Sequence"}, {"pretokenizers", pretokenizers}};
+}
+
+// The keys in the order Hugging Face's tokenizers writes them (ordered_json keeps insertion order).
+std::string tokenizer_json(const Vocabulary& v) {
   Json json;
   json["version"] = "1.0";
   json["truncation"] = nullptr;
@@ -268,17 +307,11 @@ std::string make_tiny_tokenizer_json(int vocab_size) {
                                     {"special", true}});
   }
   json["normalizer"] = nullptr;
-  Json pretokenizers = Json::array();
-  for (const char* pattern : kSplitPatterns) {
-    pretokenizers.push_back(
-        {{"type", "Split"}, {"pattern", {{"Regex", pattern}}}, {"behavior", "Isolated"}, {"invert", false}});
-  }
-  pretokenizers.push_back(byte_level(false, true, false));
-  json["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", pretokenizers}};
+  json["pre_tokenizer"] = pre_tokenizer();
   json["post_processor"] = byte_level(true, false, true);
   json["decoder"] = byte_level(true, true, true);
   Json vocab = Json::object();
-  for (size_t id = 0; id < tokens.size(); ++id) vocab[tokens[id]] = id;
+  for (size_t id = 0; id < v.tokens.size(); ++id) vocab[v.tokens[id]] = id;
   json["model"] = {{"type", "BPE"},
                    {"dropout", nullptr},
                    {"unk_token", nullptr},
@@ -287,8 +320,17 @@ std::string make_tiny_tokenizer_json(int vocab_size) {
                    {"fuse_unk", false},
                    {"byte_fallback", false},
                    {"vocab", vocab},
-                   {"merges", merges}};
+                   {"merges", v.merges}};
   return json.dump(2);
+}
+
+}  // namespace
+
+std::string make_tiny_tokenizer_json(int vocab_size) {
+  FERRY_CHECK(vocab_size >= kFirstMergeId + 1,
+              "tiny tokenizer: vocab_size {} is below {} (3 special tokens, 256 bytes and at least one merge)",
+              vocab_size, kFirstMergeId + 1);
+  return tokenizer_json(train_bpe(vocab_size));
 }
 
 }  // namespace ferry::runtime
