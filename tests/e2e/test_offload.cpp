@@ -121,7 +121,7 @@ class CheckingProvider final : public runtime::ForwardingExpertProvider, public 
     int numa_node;
   };
   std::vector<CpuUse> cpu_uses;
-  int64_t unchecked() {
+  int64_t unchecked() const {
     std::lock_guard<std::mutex> lock(mu_);
     return static_cast<int64_t>(pending_.size());
   }
@@ -149,7 +149,7 @@ class CheckingProvider final : public runtime::ForwardingExpertProvider, public 
   }
   runtime::SimBackend& gpu_;
   std::vector<Expected> expected_;  // the current layer's tasks
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::deque<Expected> pending_;
 };
 
@@ -184,6 +184,74 @@ bool in_regions(const runtime::ExpertWeights& e, std::span<const offload::HostEx
     if (!inside) return false;
   }
   return true;
+}
+
+// Every CPU use is computed by the host backend of the NUMA device the plan homes the expert on; the checks
+// around every kernel saw its expert's bytes.
+void collect_checks(const CheckingProvider& checker, const planner::Plan& plan, Outcome& out) {
+  for (const CheckingProvider::CpuUse& u : checker.cpu_uses) {
+    const planner::LayerPlan* lp = nullptr;
+    for (const auto& x : plan.layers)
+      if (x.layer == u.layer) lp = &x;
+    EXPECT_TRUE(lp && lp->home_of(u.expert));
+    if (lp && lp->home_of(u.expert)) {
+      EXPECT_EQ(u.backend, plan.devices[static_cast<size_t>(lp->home_of(u.expert)->device)].id)
+          << "layer " << u.layer << " expert " << u.expert;
+    }
+    out.cpu_nodes.push_back(u.numa_node);
+  }
+  EXPECT_GT(checker.checks, 0);
+  EXPECT_EQ(checker.unchecked(), 0) << "a device use whose expert op was never seen";
+  EXPECT_EQ(checker.mismatches, 0) << "a kernel read bytes that were not its expert's";
+  out.device_uses = checker.device_uses;
+}
+
+// Every device's high-water mark is within its plan, class by class, and within 2% of it; each host node holds
+// exactly the weights the plan gives it: its share of the routed experts (and, on node 0, the embedding).
+void expect_within_plan(const runtime::Backend& gpu,
+                        const std::vector<std::unique_ptr<runtime::cpu::CpuBackend>>& hosts,
+                        const std::vector<const planner::DevicePlan*>& host_plans) {
+  std::vector<const runtime::Backend*> devices{&gpu};
+  for (const auto& h : hosts) devices.push_back(h.get());
+  for (const runtime::Backend* b : devices) {
+    int64_t planned = 0;
+    for (int i = 0; i < runtime::kMemoryClasses; ++i) {
+      const auto u = b->ledger().usage(static_cast<runtime::MemoryClass>(i));
+      EXPECT_LE(u.high_water, u.planned) << b->name() << " "
+                                         << runtime::memory_class_name(static_cast<runtime::MemoryClass>(i));
+      planned += u.planned;
+    }
+    const int64_t high = b->ledger().total_high_water();
+    EXPECT_LE(high, planned) << b->name();
+    EXPECT_GE(static_cast<double>(high), 0.98 * static_cast<double>(planned))
+        << b->name() << ": high-water " << high << " of " << planned << " planned";
+  }
+  for (size_t k = 0; k < hosts.size(); ++k) {
+    const int64_t planned =
+        offload::planned_by_class(*host_plans[k])[static_cast<size_t>(runtime::MemoryClass::Weights)];
+    EXPECT_GT(planned, 0) << host_plans[k]->id;
+    EXPECT_EQ(hosts[k]->ledger().usage(runtime::MemoryClass::Weights).high_water, planned) << host_plans[k]->id;
+  }
+}
+
+// The session's logits, and an allocation beyond the plan refused, naming the class, changing nothing.
+std::vector<float> generate_on(const runtime::ModelWeights& weights, const runtime::SessionOptions& so,
+                               runtime::Backend& gpu) {
+  runtime::Session s(weights, so);
+  runtime::GenerateOptions go;
+  go.n_predict = kGenerate;
+  go.stop_at_eos = false;
+  go.keep_logits = true;
+  std::vector<float> logits = runtime::generate(s, prompt_tokens(kPrompt), go).logits;
+  const int64_t held = gpu.ledger().total_current();
+  try {
+    (void)gpu.allocate(runtime::MemoryClass::Kv, 1);
+    ADD_FAILURE() << "an allocation beyond the plan was accepted";
+  } catch (const ferry::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kv cache"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(gpu.ledger().total_current(), held);
+  return logits;
 }
 
 class Offload : public ::testing::Test {
@@ -221,70 +289,15 @@ class Offload : public ::testing::Test {
       runtime::SessionOptions bso = bound.session_options(so);
       std::optional<CheckingProvider> checker;
       if (check_slots) bso.experts = &checker.emplace(*bso.experts, gpu);
-      {
-        runtime::Session s(bound.weights(), bso);
-        runtime::GenerateOptions go;
-        go.n_predict = kGenerate;
-        go.stop_at_eos = false;
-        go.keep_logits = true;
-        out.logits = runtime::generate(s, prompt_tokens(kPrompt), go).logits;
-        // An allocation beyond the plan is refused, naming the class, and changes nothing.
-        const int64_t held = gpu.ledger().total_current();
-        try {
-          gpu.allocate(runtime::MemoryClass::Kv, 1);
-          ADD_FAILURE() << "an allocation beyond the plan was accepted";
-        } catch (const ferry::Error& e) {
-          EXPECT_NE(std::string(e.what()).find("kv cache"), std::string::npos) << e.what();
-        }
-        EXPECT_EQ(gpu.ledger().total_current(), held);
-      }
-      if (check_slots) {  // the session has ended: every op it issued has run
-        // Every CPU use is computed by the host backend of the NUMA device the plan homes the expert on.
-        for (const CheckingProvider::CpuUse& u : checker->cpu_uses) {
-          const planner::LayerPlan* lp = nullptr;
-          for (const auto& x : plan.layers)
-            if (x.layer == u.layer) lp = &x;
-          EXPECT_TRUE(lp && lp->home_of(u.expert));
-          if (lp && lp->home_of(u.expert)) {
-            EXPECT_EQ(u.backend, plan.devices[static_cast<size_t>(lp->home_of(u.expert)->device)].id)
-                << "layer " << u.layer << " expert " << u.expert;
-          }
-          out.cpu_nodes.push_back(u.numa_node);
-        }
-        EXPECT_GT(checker->checks, 0);
-        EXPECT_EQ(checker->unchecked(), 0) << "a device use whose expert op was never seen";
-        EXPECT_EQ(checker->mismatches, 0) << "a kernel read bytes that were not its expert's";
-        out.device_uses = checker->device_uses;
-      }
+      out.logits = generate_on(bound.weights(), bso, gpu);
+      if (check_slots) collect_checks(*checker, plan, out);  // the session has ended: every op it issued has run
       out.conflicts = gpu.compute_stats().overwrite_conflicts;
       out.max_copies_in_flight = gpu.link_stats().max_in_flight;
-      EXPECT_EQ(out.conflicts, 0) << "a copy landed in a slot that launched work still read";
+      EXPECT_EQ(out.conflicts, 0) << "a copy landed in a slot that an op still read";
       out.stats = bound.dispatch().total();
       for (int l = 0; l < bound.dispatch().cache().layers(); ++l)
         out.evictions += bound.dispatch().cache().stats(l).evictions;
-      std::vector<const runtime::Backend*> devices{&gpu};
-      for (const auto& h : hosts) devices.push_back(h.get());
-      for (const runtime::Backend* b : devices) {
-        int64_t planned = 0;
-        for (int i = 0; i < runtime::kMemoryClasses; ++i) {
-          const auto u = b->ledger().usage(static_cast<runtime::MemoryClass>(i));
-          EXPECT_LE(u.high_water, u.planned)
-              << b->name() << " " << runtime::memory_class_name(static_cast<runtime::MemoryClass>(i));
-          planned += u.planned;
-        }
-        const int64_t high = b->ledger().total_high_water();
-        EXPECT_LE(high, planned) << b->name();
-        EXPECT_GE(static_cast<double>(high), 0.98 * static_cast<double>(planned))
-            << b->name() << ": high-water " << high << " of " << planned << " planned";
-      }
-      // Each host node holds exactly the weights the plan gives it: its share of the routed experts (and,
-      // on node 0, the embedding).
-      for (size_t k = 0; k < hosts.size(); ++k) {
-        const int64_t planned =
-            offload::planned_by_class(*host_plans[k])[static_cast<size_t>(runtime::MemoryClass::Weights)];
-        EXPECT_GT(planned, 0) << host_plans[k]->id;
-        EXPECT_EQ(hosts[k]->ledger().usage(runtime::MemoryClass::Weights).high_water, planned) << host_plans[k]->id;
-      }
+      expect_within_plan(gpu, hosts, host_plans);
     }
     for (const auto& h : hosts)
       EXPECT_EQ(h->ledger().total_current(), 0) << h->name() << ": the binding left host memory behind";

@@ -358,6 +358,8 @@ TEST(ExpertCache, PrefetchForTheNextStepNeverTakesSlotsStillRead) {
   EXPECT_EQ(rest[1].evicted, 1);
 }
 
+// Over 80 lines on purpose: one randomized simulation whose shadow model, actions and checks read best together;
+// split, the shadow's state would travel through every piece.
 TEST(ExpertCache, RandomInterleavingsNeverOverwriteALoadingOrPinnedSlot) {
   struct Shadow {
     int expert = -1;
