@@ -175,8 +175,8 @@ std::string OffloadRun::expert_report() const {
       "%.4f, host staging %.4f): %.0f%% hidden behind compute\n",
       (long long)t.copies, bytes(t.copy_bytes).c_str(), link.busy_seconds, link.modeled_seconds, waited,
       compute.copy_wait_seconds, t.copy_wait_seconds, 100 * hidden);
-  out += line("device compute stream: %lld ops, busy %.4f s; overwrite conflicts %lld\n",
-              (long long)compute.ops_run, compute.busy_seconds, (long long)compute.overwrite_conflicts);
+  out += line("device compute stream: %lld ops, busy %.4f s; overwrite conflicts %lld\n", (long long)compute.ops_run,
+              compute.busy_seconds, (long long)compute.overwrite_conflicts);
   out += host_experts_line();
   return out;
 }

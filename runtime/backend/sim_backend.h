@@ -43,7 +43,7 @@ struct LinkStats {
 };
 
 struct ComputeStats {
-  int64_t ops_run = 0;             // ops run
+  int64_t ops_run = 0;              // ops run
   double busy_seconds = 0;          // wall time the compute stream spent running ops
   double copy_wait_seconds = 0;     // time ops waited for the copy they depend on to land
   int64_t overwrite_conflicts = 0;  // copies that landed in memory read by an op that had not finished
