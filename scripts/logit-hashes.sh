@@ -3,7 +3,7 @@
 # with every expert placement, NUMA host experts) made with the given ferry binary: run it with the binary before
 # and after a change that must not move the logits, and compare the two files. The hashes belong to a machine (its
 # SIMD paths), not to the repository.
-# Usage: record.sh FERRY OUTFILE
+# Usage: scripts/logit-hashes.sh FERRY OUTFILE
 set -euo pipefail
 F=$1; OUT=$2; T=$(mktemp -d)
 $F make-tiny $T/tiny --seed 7 >/dev/null
