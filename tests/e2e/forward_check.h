@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "runtime/backend/cpu_backend.h"
 #include "runtime/checkpoint/tiny_model.h"
 #include "runtime/generate/generate.h"
 #include "runtime/model/model_weights.h"
@@ -32,6 +33,20 @@ inline std::filesystem::path tiny_model_dir() {
   }();
   return dir;
 }
+
+// A host backend standing in for a device that has no kernel for some ops.
+class BackendWithout final : public runtime::cpu::CpuBackend {
+ public:
+  BackendWithout(std::string name, std::vector<runtime::ops::Kind> missing,
+                 int64_t capacity = runtime::MemoryLedger::kUnplanned)
+      : CpuBackend(std::move(name), capacity), missing_(std::move(missing)) {}
+  bool supports(runtime::ops::Kind k) const override {
+    return std::find(missing_.begin(), missing_.end(), k) == missing_.end();
+  }
+
+ private:
+  std::vector<runtime::ops::Kind> missing_;
+};
 
 inline const runtime::ModelWeights& tiny_model() {
   static const runtime::ModelWeights m = runtime::ModelWeights::load(tiny_model_dir());

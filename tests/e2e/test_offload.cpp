@@ -492,15 +492,6 @@ TEST_F(Offload, MappedHostExpertsOnATwoNodePlanAreAccountedPerNode) {
   for (const int n : o.cpu_nodes) ASSERT_EQ(n, 0) << "a CPU use not on its home node's threads";
 }
 
-// A device standing in for a GPU that has no kernel for two of the ops the layers need.
-class DeviceWithout final : public runtime::cpu::CpuBackend {
- public:
-  explicit DeviceWithout(int64_t capacity) : CpuBackend("partial-gpu", capacity) {}
-  bool supports(runtime::ops::Kind k) const override {
-    return k != runtime::ops::Kind::Attention && k != runtime::ops::Kind::Compress;
-  }
-};
-
 TEST_F(Offload, APlanNeedingAnOpTheDeviceLacksIsRefusedBeforeAnythingIsPlaced) {
   const planner::ModelSpec spec = planner::load_model_spec(tiny_model_dir().string());
   offload::DeviceRequest req;
@@ -508,7 +499,7 @@ TEST_F(Offload, APlanNeedingAnOpTheDeviceLacksIsRefusedBeforeAnythingIsPlaced) {
   req.capacity = 20 << 20;
   const planner::Plan plan =
       offload::plan_for_device(spec, host_spec(), req, session_options(planner::KvType::BF16, 512));
-  DeviceWithout gpu(req.capacity);
+  BackendWithout gpu("partial-gpu", {runtime::ops::Kind::Attention, runtime::ops::Kind::Compress}, req.capacity);
   runtime::cpu::CpuBackend host;
   try {
     offload::BoundPlan bound(plan, tiny_model(), gpu, host, {});

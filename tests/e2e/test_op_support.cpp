@@ -32,16 +32,6 @@ struct KindSet final : runtime::SimOpObserver {
   }
 };
 
-// A host that has no kernel for one op.
-class HostWithout final : public runtime::cpu::CpuBackend {
- public:
-  explicit HostWithout(Kind missing) : CpuBackend("partial-host"), missing_(missing) {}
-  bool supports(Kind k) const override { return k != missing_; }
-
- private:
-  Kind missing_;
-};
-
 std::vector<float> logits_on(runtime::Backend* device, bool mtp, KindSet* observer = nullptr,
                              runtime::SimBackend* sim = nullptr) {
   runtime::SessionOptions so;
@@ -83,7 +73,7 @@ TEST(OpSupport, TheForwardPassOnTheSimulatedDeviceIsBitwiseTheHosts) {
 }
 
 TEST(OpSupport, ADeviceWithoutAnOpIsRefusedBeforeAnythingRuns) {
-  HostWithout partial(Kind::Attention);
+  BackendWithout partial("partial-host", {Kind::Attention});
   runtime::SessionOptions so;
   so.ctx = 64;
   so.device = &partial;

@@ -36,10 +36,6 @@ Rope::Rope(const core::ModelConfig& c, bool compressed) {
   }
 }
 
-void Rope::apply(float* v, int64_t pos, bool inverse) const {
-  rope_rotate(v, freqs_.data(), static_cast<int64_t>(freqs_.size()), pos, inverse);
-}
-
 void rope_rotate(float* v, const double* freqs, int64_t count, int64_t pos, bool inverse) {
   const double sign = inverse ? -1.0 : 1.0;
   for (int64_t i = 0; i < count; ++i) {

@@ -17,14 +17,12 @@ void rms_norm(const float* x, const float* w, int64_t n, double eps, float* out)
 // Rotates the pairs (2i, 2i+1) of v[0 .. 2·count) by pos·freqs[i] (backwards when `inverse`), in double.
 void rope_rotate(float* v, const double* freqs, int64_t count, int64_t pos, bool inverse);
 
-// Rotation frequencies of one layer kind: plain RoPE (ratio 0) or V4's YaRN-corrected RoPE (compressed layers).
+// Rotation frequencies of one layer kind: plain RoPE (ratio 0) or V4's YaRN-corrected RoPE (compressed layers),
+// what rope_rotate turns the rope dims by.
 class Rope {
  public:
   Rope() = default;
   Rope(const core::ModelConfig& c, bool compressed);
-  // Rotates the pairs (2i, 2i+1) of v[0 .. dims) by pos·f_i (backwards when `inverse`).
-  void apply(float* v, int64_t pos, bool inverse = false) const;
-  int64_t dims() const { return static_cast<int64_t>(freqs_.size()) * 2; }
   const std::vector<double>& freqs() const { return freqs_; }
 
  private:
