@@ -5,6 +5,7 @@
 #include "launch/hardware_flags.h"
 #include "launch/plan_file.h"
 #include "launch/plan_flags.h"
+#include "planner/core/file_io.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
 
@@ -41,7 +42,7 @@ class PlanCommand : public Command {
     planner::Plan plan = planner::make_plan(spec, hw, options);
     plan.warnings.insert(plan.warnings.begin(), notes.begin(), notes.end());
     const std::string json = planner::plan_to_json(plan).dump(2) + "\n";
-    if (!plan_out_.empty()) write_file_atomically(plan_out_, json);
+    if (!plan_out_.empty()) core::write_file_atomically(plan_out_, [&](std::ostream& out) { out << json; });
     if (json_)
       std::cout << json;
     else

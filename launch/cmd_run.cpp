@@ -203,7 +203,8 @@ class RunCommand : public Command {
     go.keep_logits = !logits_out_.empty();
     runtime::GenerateCallbacks cb;
     // Progress for prompts longer than one chunk, on a terminal only (logs stay clean).
-    if (tty && static_cast<int64_t>(prompt.size()) > ubatch_) cb.prefill_progress = prefill_progress_printer();
+    if (tty && static_cast<int64_t>(prompt.size()) > session.options().ubatch)
+      cb.prefill_progress = prefill_progress_printer();
     std::optional<runtime::StreamDecoder> stream;
     if (tokenizer) {
       stream.emplace(*tokenizer, true);

@@ -8,8 +8,7 @@
 
 namespace ferry::launch {
 
-// Writes through a temporary file and a rename, so an interrupted write never leaves half a file behind.
-void write_file_atomically(const std::string& path, const std::string& text);
+// Written through a temporary file and a rename (core::write_file_atomically).
 void write_plan_file(const std::string& path, const planner::Plan& plan);
 // The plan in `path`; throws a one-line ferry::Error when it cannot be read or is not a valid plan.
 planner::Plan read_plan_file(const std::string& path);

@@ -2,11 +2,10 @@
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <unordered_map>
 
 #include "planner/core/error.h"
+#include "planner/core/file_io.h"
 #include "planner/core/safetensors_header.h"
 
 namespace ferry::planner {
@@ -109,14 +108,6 @@ ModelSpec spec_from_config(core::ModelConfig config, ModelSource source, std::st
 
 namespace {
 
-std::string read_text_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) FERRY_THROW("cannot read {}", p.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 // Layer of a checkpoint name the table does not know, by the table's layer prefixes; -1 if none.
 int32_t layer_of_name(const core::ModelConfig& c, const std::string& name) {
   for (int64_t l = 0; l < c.n_layers_total(); ++l)
@@ -128,7 +119,7 @@ int32_t layer_of_name(const core::ModelConfig& c, const std::string& name) {
 ModelSpec spec_from_checkpoint(const fs::path& dir) {
   const fs::path config_path = dir / "config.json";
   if (!fs::exists(config_path)) FERRY_THROW("model directory {} has no config.json", dir.string());
-  core::ModelConfig config = core::config_from_json_text(read_text_file(config_path), dir.string());
+  core::ModelConfig config = core::config_from_json_text(core::read_text_file(config_path), dir.string());
   const core::CheckpointHeaders headers = core::read_checkpoint_headers(dir);
   const std::vector<core::TensorInfo> implied = core::make_tensor_inventory(config);
 
@@ -185,7 +176,7 @@ ModelSpec load_model_spec(const std::string& model) {
   std::error_code ec;
   if (fs::is_directory(p, ec)) return spec_from_checkpoint(p);
   if (fs::is_regular_file(p, ec)) {
-    return spec_from_config(core::config_from_json_text(read_text_file(p), p.string()), ModelSource::ConfigJson,
+    return spec_from_config(core::config_from_json_text(core::read_text_file(p), p.string()), ModelSource::ConfigJson,
                             p.string());
   }
   std::string known;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "planner/core/error.h"
+#include "planner/core/file_io.h"
 
 namespace ferry::runtime {
 
@@ -21,10 +22,7 @@ void check_size(const TensorData& t) {
 }
 
 void write_atomically(const fs::path& file, const std::string& header, const std::vector<const TensorData*>& tensors) {
-  const fs::path tmp = file.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) FERRY_THROW("cannot write {}", file.string());
+  core::write_file_atomically(file, [&](std::ostream& out) {
     const uint64_t n = header.size();
     unsigned char len[8];
     for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
@@ -32,12 +30,7 @@ void write_atomically(const fs::path& file, const std::string& header, const std
     out.write(header.data(), static_cast<std::streamsize>(header.size()));
     for (const auto* t : tensors)
       out.write(reinterpret_cast<const char*>(t->bytes.data()), static_cast<std::streamsize>(t->bytes.size()));
-    out.flush();
-    if (!out) FERRY_THROW("cannot write {} (disk full?)", file.string());
-  }
-  std::error_code ec;
-  fs::rename(tmp, file, ec);
-  if (ec) FERRY_THROW("cannot write {}: {}", file.string(), ec.message());
+  });
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "planner/core/error.h"
+#include "planner/core/file_io.h"
 
 namespace ferry::runtime {
 
@@ -16,22 +17,14 @@ void write_npy_f32(const std::filesystem::path& file, const float* data, int64_t
   const size_t total = (10 + header.size() + 1 + 63) / 64 * 64;
   header.append(total - 10 - header.size() - 1, ' ');
   header.push_back('\n');
-  const std::filesystem::path tmp = file.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    FERRY_CHECK(out.good(), "cannot write {}", tmp.string());
+  core::write_file_atomically(file, [&](std::ostream& out) {
     const uint16_t len = static_cast<uint16_t>(header.size());
     out.write("\x93NUMPY\x01\x00", 8);
     const char len_bytes[2] = {static_cast<char>(len & 0xFF), static_cast<char>(len >> 8)};
     out.write(len_bytes, 2);
     out.write(header.data(), static_cast<std::streamsize>(header.size()));
     out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(rows * cols * sizeof(float)));
-    out.flush();
-    FERRY_CHECK(out.good(), "write failed: {}", tmp.string());
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, file, ec);
-  FERRY_CHECK(!ec, "cannot rename {} to {}: {}", tmp.string(), file.string(), ec.message());
+  });
 }
 
 std::vector<float> read_npy_f32(const std::filesystem::path& file, int64_t* rows, int64_t* cols) {
