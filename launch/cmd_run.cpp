@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "launch/commands.h"
+#include "launch/rank_setup.h"
 #include "launch/run_offload.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
@@ -127,6 +128,7 @@ class RunCommand : public Command {
     app_->add_option("--logits-out", logits_out_,
                      "Write the logits of every prompt position and generated token to FILE.npy (float32 [n, vocab])");
     offload_.add_to(*app_);
+    ranks_.add_to(*app_);
     app_->footer(
         "Give --prompt or --tokens. Prints the generated text (--prompt, special tokens left out) or ids "
         "(--tokens) on stdout; progress, timing and memory lines go to stderr.");
@@ -144,7 +146,13 @@ class RunCommand : public Command {
     // With --gpu the run is planned first, from the checkpoint's headers (or --plan is read and checked against
     // them): a device too small fails here, before any weight is read.
     std::unique_ptr<OffloadRun> offload;
-    if (offload_.enabled()) {
+    std::unique_ptr<RankRun> ranks;
+    const transport::World* world = transport::World::current();
+    if (world && world->distributed()) {
+      FERRY_CHECK(!offload_.enabled(), "--gpu under mpirun: ranks compute on their CPUs for now");
+      ranks = std::make_unique<RankRun>(*world, ranks_, model_, so);
+      so = ranks->session_options(so);
+    } else if (offload_.enabled()) {
       offload = std::make_unique<OffloadRun>(offload_, model_, so);
       so = offload->planned_session(so);
     }
@@ -164,9 +172,14 @@ class RunCommand : public Command {
     }
     const runtime::ModelWeights& model = offload ? offload->weights() : checkpoint;
     runtime::Session session(model, so);
+    if (ranks && !ranks->leads()) {
+      ranks->follow(session);
+      return kExitOk;
+    }
     if (offload && offload_.verbose) std::cerr << offload->memory_report();
 
     const runtime::GenerateResult r = generate_and_print(session, prompt, tokenizer, tty);
+    if (ranks) ranks->finish();
     if (!logits_out_.empty()) write_logits(r.logits, c.vocab_size);
     print_timing(r, so.expert_bits);
     if (offload) {
@@ -232,6 +245,7 @@ class RunCommand : public Command {
   runtime::SamplerOptions sampler_;
   bool ignore_eos_ = false;
   OffloadFlags offload_;
+  RankFlags ranks_;
 };
 
 }  // namespace

@@ -1,5 +1,6 @@
 // The `ferry` executable: parses the command line, runs one subcommand, and turns every error into one line
-// on stderr and a non-zero exit.
+// on stderr and a non-zero exit. Under mpirun every rank runs it: rank 0 owns stdout (tables, tokens), an error
+// every rank knows of is printed once by rank 0, and an error of one rank alone ends all of them (World::abort).
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -13,9 +14,32 @@
 #include "launch/server/v4_engine.h"
 #include "planner/core/error.h"
 #include "planner/core/log.h"
+#include "transport/world.h"
+
+namespace {
+
+// The command's error as one line: printed once when every rank has it, or ending every rank when only this one
+// does (the others would wait for it).
+int report(const ferry::transport::World& world, const CLI::App& cmd, const std::exception& e) {
+  const bool agreed = dynamic_cast<const ferry::transport::AgreedError*>(&e) != nullptr;
+  if (world.distributed() && !agreed) world.abort(cmd.get_name() + ": " + e.what());
+  if (world.leader()) std::fprintf(stderr, "ferry %s: error: %s\n", cmd.get_name().c_str(), e.what());
+  return ferry::launch::kExitError;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace ferry::launch;
+  std::unique_ptr<ferry::transport::World> world;
+  try {
+    world = std::make_unique<ferry::transport::World>(&argc, &argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "ferry: error: %s\n", e.what());
+    return kExitError;
+  }
+  // Only rank 0 prints results; the others' stdout would repeat or interleave them.
+  if (!world->leader() && !std::freopen("/dev/null", "w", stdout)) return kExitError;
   CLI::App app("ferry: DeepSeek V4 on hardware far smaller than the model", "ferry");
   app.require_subcommand(1);
   app.set_version_flag("--version", "ferry 0.1.0");
@@ -50,12 +74,10 @@ int main(int argc, char** argv) {
     try {
       return cmd->run();
     } catch (const ferry::Error& e) {
-      std::fprintf(stderr, "ferry %s: error: %s\n", cmd->app()->get_name().c_str(), e.what());
       if (!e.where().empty()) ferry::core::logger().debug("thrown at {}", e.where());
-      return kExitError;
+      return report(*world, *cmd->app(), e);
     } catch (const std::exception& e) {
-      std::fprintf(stderr, "ferry %s: error: %s\n", cmd->app()->get_name().c_str(), e.what());
-      return kExitError;
+      return report(*world, *cmd->app(), e);
     }
   }
   return kExitUsage;

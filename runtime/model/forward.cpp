@@ -31,7 +31,10 @@ Session::Session(const ModelWeights& model, SessionOptions options)
   options_.mtp = options.mtp && model.mtp() != nullptr;
   require_ops(*device_, ops_of_model(c, options_.mtp), "this model's forward pass");
   options_.ubatch = std::min(options.ubatch, options.ctx);
-  cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device);
+  FERRY_CHECK(!options_.mtp || !options.ranks, "--mtp runs in one process for now (not under mpirun)");
+  std::function<bool(int64_t)> holds_kv;  // the layers this rank runs
+  if (options.ranks) holds_kv = [r = options.ranks](int64_t l) { return r->runs_layer(l); };
+  cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device, holds_kv);
   layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, tbb::this_task_arena::max_concurrency(),
                                            options_.mtp);
   ws_ = std::make_unique<detail::Workspace>(layout_, c, options.device);
@@ -56,6 +59,7 @@ int64_t Session::workspace_bytes() const {
 }
 
 void Session::reset() {
+  if (options_.ranks && options_.ranks->leads()) options_.ranks->announce_reset();
   cache_->clear();
   pos_ = 0;
   has_mtp_pending_ = false;
@@ -70,7 +74,22 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
     FERRY_CHECK(tokens[sz(i)] >= 0 && tokens[sz(i)] < c.vocab_size, "token id {} is outside the vocabulary [0, {})",
                 tokens[sz(i)], c.vocab_size);
   FERRY_CHECK(pos_ + n <= options_.ctx, "the context is full: {} + {} tokens exceed --ctx {}", pos_, n, options_.ctx);
-  const int64_t vocab = c.vocab_size;
+  if (options_.ranks && options_.ranks->leads())
+    options_.ranks->announce_feed(tokens, all_logits    ? LogitsWanted::All
+                                          : last_logits ? LogitsWanted::Last
+                                                        : LogitsWanted::None);
+  compute(tokens, all_logits, last_logits, progress);
+}
+
+void Session::follow_feed(std::span<const int32_t> tokens, LogitsWanted want) {
+  std::vector<float> rows;
+  compute(tokens, want == LogitsWanted::All ? &rows : nullptr, want == LogitsWanted::Last ? &rows : nullptr, {});
+}
+
+void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_logits, std::vector<float>* last_logits,
+                      const std::function<void(int64_t, int64_t)>& progress) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t vocab = model_.config().vocab_size;
   if (all_logits) all_logits->resize(sz(n * vocab));
   if (last_logits) last_logits->resize(sz(vocab));
   for (int64_t done = 0; done < n;) {
@@ -92,24 +111,47 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
 }
 
 // The chunk's ops are issued on the device in order and waited for once, at the end (and where the host reads
-// what they computed: routing, MTP's streams).
+// what they computed: routing, MTP's streams, the exchanges with other ranks).
 void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows) {
   const auto& c = model_.config();
   const int64_t hc = c.hc_mult, d = c.hidden_size;
   detail::OpStream& ops = *ops_;
-  // Embedding, copied into every stream.
-  ops.run(ops::Embed{.table = model_.embed(), .tokens = tokens, .n = n, .copies = hc, .out = H_.data()});
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
-    run_block(ops, model_.layer(l), cache_->layer(l), H_.data(), tokens, pos_, n);
+  RankExchange* ranks = options_.ranks;
+  // Embedding, copied into every stream, by the ranks that run the first layer.
+  if (!ranks || ranks->runs_layer(0))
+    ops.run(ops::Embed{.table = model_.embed(), .tokens = tokens, .n = n, .copies = hc, .out = H_.data()});
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (ranks && l > 0) {
+      ops.sync();
+      ranks->hand_over(l, H_.data(), n * hc * d);
+    }
+    run_layer(ops, l, tokens, n);
+  }
   if (logits_rows) {
-    if (all_rows)
-      head(ops, H_.data(), model_.hc_head(), model_.norm(), n, logits_rows);
-    else
-      head(ops, H_.data() + (n - 1) * hc * d, model_.hc_head(), model_.norm(), 1, logits_rows);
+    const int64_t rows = all_rows ? n : 1;
+    if (!ranks || ranks->runs_head())
+      head(ops, H_.data() + (n - rows) * hc * d, model_.hc_head(), model_.norm(), rows, logits_rows);
+    if (ranks) {
+      ops.sync();
+      ranks->logits(logits_rows, rows * c.vocab_size);
+    }
   }
   if (options_.mtp) run_mtp(ops, H_.data(), tokens, n);
   ops.sync();
   pos_ += n;
+}
+
+// Layer l as this rank takes part in it: the whole block, only its experts for the rank that runs it, or nothing.
+void Session::run_layer(detail::OpStream& ops, int64_t l, const int32_t* tokens, int64_t n) {
+  RankExchange* ranks = options_.ranks;
+  if (!ranks || ranks->runs_layer(l)) {
+    run_block(ops, model_.layer(l), cache_->layer(l), H_.data(), tokens, pos_, n);
+  } else if (ranks->computes_experts(l)) {
+    const auto& c = model_.config();
+    const detail::Chunk ch{
+        c, options_.kv_type, cache_->main_layout(), cache_->index_layout(), pos_, n, tokens, options_.expert_bits, ops};
+    detail::moe_for_peers(ch, model_.layer(l), *ws_, options_.experts, *ranks);
+  }
 }
 
 void Session::run_block(detail::OpStream& ops, const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens,
@@ -141,7 +183,7 @@ void Session::run_block(detail::OpStream& ops, const LayerWeights& w, LayerKv& k
   detail::attention(ch, w, rope, kv, ws, ws.xn.data(), ws.y.data());
   post();
   pre(w.hc_ffn, w.ffn_norm);
-  detail::moe(ch, w, ws, options_.experts, ws.xn.data(), ws.y.data());
+  detail::moe(ch, w, ws, options_.experts, options_.ranks, ws.xn.data(), ws.y.data());
   post();
 }
 

@@ -17,6 +17,7 @@
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
 #include "runtime/model/moe_schedule.h"
+#include "runtime/model/rank_exchange.h"
 
 namespace ferry::runtime {
 
@@ -37,6 +38,10 @@ struct SessionOptions {
   ExpertProvider* experts = nullptr;
   // Precision of routed-expert inputs in the CPU's MXFP4 kernels (runtime/kernels/cpu/mxfp4_activation.h).
   core::ActivationBits expert_bits = core::ActivationBits::Int24;
+  // The forward pass spread over ranks (transport/): the layers, experts and head this rank computes and the
+  // exchanges between them; nullptr: one process computes everything. Rank 0's feed and reset are announced to
+  // the others, which follow (transport::follow).
+  RankExchange* ranks = nullptr;
 };
 
 class Session {
@@ -56,6 +61,9 @@ class Session {
   // Forgets the sequence so that the session serves a new one (a server's next request): position 0, the KV
   // cache and the MTP state cleared, every buffer kept. What follows computes exactly what a fresh session would.
   void reset();
+  // What a rank that follows rank 0 runs for an announced feed: the same chunks, the logits (when wanted) left
+  // to rank 0.
+  void follow_feed(std::span<const int32_t> tokens, LogitsWanted want);
 
   int64_t position() const { return pos_; }
   int32_t eos_token() const { return static_cast<int32_t>(model_.config().eos_token_id); }
@@ -72,7 +80,10 @@ class Session {
   int64_t mtp_first_position() const { return 0; }
 
  private:
+  void compute(std::span<const int32_t> tokens, std::vector<float>* all_logits, std::vector<float>* last_logits,
+               const std::function<void(int64_t, int64_t)>& progress);
   void run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows);
+  void run_layer(detail::OpStream& ops, int64_t l, const int32_t* tokens, int64_t n);
   void run_block(detail::OpStream& ops, const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens, int64_t p0,
                  int64_t n);
   void head(detail::OpStream& ops, const float* H, const HcWeights& hc, const DeviceVector<float>& norm, int64_t n,

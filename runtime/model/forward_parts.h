@@ -15,6 +15,7 @@
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
 #include "runtime/model/moe_schedule.h"
+#include "runtime/model/rank_exchange.h"
 
 namespace ferry::runtime::detail {
 
@@ -91,7 +92,13 @@ void compress(const Chunk& ch, const CompressorWeights& w, int64_t ratio, const 
 void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, const LayerKv& kv, Workspace& ws,
                     const float* xn, const float* qr);
 // y[t] = MOE(xn[t], tokens[t]).
-// `experts` (nullptr: the checkpoint's, on this device with this workspace) plans where each routed expert runs.
-void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, const float* xn, float* y);
+// `experts` (nullptr: the checkpoint's, on this device with this workspace) plans where each routed expert runs;
+// `ranks` (nullptr: one process) sends the inputs to the ranks holding the layer's other experts and gathers their
+// outputs before the combine.
+void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange* ranks,
+         const float* xn, float* y);
+// The part of layer w's MoE a rank that holds some of its experts but does not run the layer computes: it receives
+// the inputs and choices, computes its experts and sends their outputs to the layer's runners.
+void moe_for_peers(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange& ranks);
 
 }  // namespace ferry::runtime::detail

@@ -23,7 +23,8 @@ CompressorState make_state(int64_t ratio, int64_t dim, Backend* device, MemoryCl
 
 }  // namespace
 
-KvCache::KvCache(const core::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp, Backend* device)
+KvCache::KvCache(const core::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp, Backend* device,
+                 const std::function<bool(int64_t)>& holds)
     : type_(type),
       ctx_(ctx),
       main_(planner::KvRowLayout::main_row(c, type)),
@@ -35,6 +36,7 @@ KvCache::KvCache(const core::ModelConfig& c, planner::KvType type, int64_t ctx, 
   for (int64_t i = 0; i < n; ++i) {
     LayerKv& L = layers_[sz(i)];
     L.ratio = c.compress_ratio(i);
+    if (holds && !holds(i)) continue;
     L.window_rows = std::min(ctx, c.sliding_window);
     L.window = device_vector<uint8_t>(device, MemoryClass::Kv, sz(L.window_rows * main_.bytes));
     if (L.ratio == 0) continue;

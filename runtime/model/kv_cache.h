@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "planner/kv_cache.h"
@@ -34,10 +35,12 @@ struct LayerKv {
 
 class KvCache {
  public:
-  // Layers 0 … num_hidden_layers−1, plus the MTP layer when `with_mtp`. The buffers come from `device`
-  // (nullptr: the plain heap): the indexer keys as class Indexer, the rest (compressor states included, as the
-  // planner counts them) as Kv.
-  KvCache(const core::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp, Backend* device = nullptr);
+  // Layers 0 … num_hidden_layers−1, plus the MTP layer when `with_mtp`; of those, only the layers `holds` names
+  // get buffers (empty: all; a rank holds the layers it runs). The buffers come from `device` (nullptr: the plain
+  // heap): the indexer keys as class Indexer, the rest (compressor states included, as the planner counts them)
+  // as Kv.
+  KvCache(const core::ModelConfig& c, planner::KvType type, int64_t ctx, bool with_mtp, Backend* device = nullptr,
+          const std::function<bool(int64_t)>& holds = {});
 
   planner::KvType type() const { return type_; }
   int64_t ctx() const { return ctx_; }

@@ -10,6 +10,7 @@
 
 #include "planner/core/error.h"
 #include "runtime/model/forward_parts.h"
+#include "runtime/model/rank_exchange.h"
 
 namespace ferry::runtime::detail {
 
@@ -17,12 +18,22 @@ namespace {
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
-// The router's scores and choice on the layer's device, read by the host, which groups the chunk's n·k choices by
-// expert (a counting sort): ws.expert_tokens[p] is the choice (t·k + i) at sorted position p, and expert e's
-// tokens are positions offsets[e] … offsets[e+1]−1.
+// A counting sort of the chunk's n·k choices by expert: ws.expert_tokens[p] is the choice (t·k + i) at sorted
+// position p, and expert e's tokens are positions offsets[e] … offsets[e+1]−1.
+std::vector<int64_t> group_by_expert(const Chunk& ch, Workspace& ws) {
+  const int64_t E = ch.c.n_routed_experts, choices = ch.n * ch.c.num_experts_per_tok;
+  std::vector<int64_t> offsets(sz(E + 1), 0);
+  for (int64_t i = 0; i < choices; ++i) ++offsets[sz(ws.route_ids[sz(i)] + 1)];
+  for (int64_t e = 0; e < E; ++e) offsets[sz(e + 1)] += offsets[sz(e)];
+  std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
+  for (int64_t i = 0; i < choices; ++i) ws.expert_tokens[sz(fill[sz(ws.route_ids[sz(i)])]++)] = static_cast<int32_t>(i);
+  return offsets;
+}
+
+// The router's scores and choice on the layer's device, read by the host, which groups them by expert.
 std::vector<int64_t> route(const Chunk& ch, const LayerWeights& w, Workspace& ws, const float* xn) {
   const auto& c = ch.c;
-  const int64_t E = c.n_routed_experts, k = c.num_experts_per_tok, choices = ch.n * k;
+  const int64_t E = c.n_routed_experts, k = c.num_experts_per_tok;
   OpStream& s = ch.ops;
   s.run(ops::Linear{.w = w.gate, .x = xn, .n = ch.n, .y = ws.gate.data(), .bits = ch.bits});
   s.run(ops::Route{.scores = ws.gate.data(),
@@ -36,20 +47,15 @@ std::vector<int64_t> route(const Chunk& ch, const LayerWeights& w, Workspace& ws
                    .ids = ws.route_ids.data(),
                    .weights = ws.route_w.data()});
   s.sync();
-  std::vector<int64_t> offsets(sz(E + 1), 0);
-  for (int64_t i = 0; i < choices; ++i) ++offsets[sz(ws.route_ids[sz(i)] + 1)];
-  for (int64_t e = 0; e < E; ++e) offsets[sz(e + 1)] += offsets[sz(e)];
-  std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
-  for (int64_t i = 0; i < choices; ++i) ws.expert_tokens[sz(fill[sz(ws.route_ids[sz(i)])]++)] = static_cast<int32_t>(i);
-  return offsets;
+  return group_by_expert(ch, ws);
 }
 
-// Without a provider: every chosen expert is the checkpoint's, computed on the layer's device.
-MoeSchedule own_schedule(const LayerWeights& w, std::span<const int64_t> tokens_per_expert) {
+// Without a provider: every chosen expert (of this rank) is the checkpoint's, computed on the layer's device.
+MoeSchedule own_schedule(const LayerWeights& w, std::span<const int64_t> tokens_per_expert, const RankExchange* ranks) {
   MoeSchedule s;
   s.layer = w.index;
   for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
-    if (tokens_per_expert[e] == 0) continue;
+    if (tokens_per_expert[e] == 0 || (ranks && !ranks->computes_expert(w.index, static_cast<int64_t>(e)))) continue;
     ExpertTask t;
     t.expert = static_cast<int32_t>(e);
     t.tokens = tokens_per_expert[e];
@@ -108,24 +114,60 @@ ComputeEvent run_task(const Chunk& ch, Workspace& ws, const ExpertTask& t, CopyE
   return {};
 }
 
+// Plans the chosen experts this rank computes (every chosen expert in one process): where each runs.
+MoeSchedule plan_experts(const Chunk& ch, const LayerWeights& w, ExpertProvider* experts, const RankExchange* ranks,
+                         const std::vector<int64_t>& tokens_per_expert) {
+  MoeSchedule plan = experts ? experts->schedule(w, tokens_per_expert) : own_schedule(w, tokens_per_expert, ranks);
+  FERRY_CHECK(!plan.device || plan.device == &ch.ops.device(),
+              "expert provider: layer {} computes its experts on another device than its attention", w.index);
+  int64_t chosen = 0;
+  for (size_t e = 0; e < tokens_per_expert.size(); ++e)
+    chosen += tokens_per_expert[e] > 0 && (!ranks || ranks->computes_expert(w.index, static_cast<int64_t>(e)));
+  FERRY_CHECK(static_cast<int64_t>(plan.tasks.size()) == chosen,
+              "expert provider: layer {} planned {} experts of the {} chosen here", w.index, plan.tasks.size(), chosen);
+  for (size_t i = 0; i < plan.tasks.size(); ++i) {
+    const ExpertTask& t = plan.tasks[i];
+    FERRY_CHECK(i == 0 || plan.tasks[i - 1].expert < t.expert, "expert provider: tasks out of expert order");
+    FERRY_CHECK(t.tokens == tokens_per_expert[sz(t.expert)],
+                "expert provider: task of expert {} covers {} tokens of {}", t.expert, t.tokens,
+                tokens_per_expert[sz(t.expert)]);
+  }
+  return plan;
+}
+
+// Runs the planned experts in expert order, each one's outputs into its rows of ws.eo.
+void run_experts(const Chunk& ch, Workspace& ws, ExpertProvider* experts, MoeSchedule& plan,
+                 const std::vector<int64_t>& offsets, const float* xn) {
+  for (size_t i = 0; i < plan.tasks.size(); ++i) {
+    const ExpertTask& t = plan.tasks[i];
+    const CopyEvent ready = experts ? experts->start(plan, i) : CopyEvent{};
+    const ComputeEvent done = run_task(ch, ws, t, ready, offsets[sz(t.expert)], xn);
+    if (experts) experts->issued(plan, i, done);
+  }
+}
+
+std::vector<int64_t> tokens_per_expert(const std::vector<int64_t>& offsets) {
+  std::vector<int64_t> m(offsets.size() - 1);
+  for (size_t e = 0; e < m.size(); ++e) m[e] = offsets[e + 1] - offsets[e];
+  return m;
+}
+
 }  // namespace
 
-void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, const float* xn, float* y) {
+void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange* ranks,
+         const float* xn, float* y) {
   const auto& c = ch.c;
   const int64_t n = ch.n, d = c.hidden_size, k = c.num_experts_per_tok;
   OpStream& s = ch.ops;
 
-  // Plan: route, then where each chosen expert runs.
+  // Route; the ranks holding experts of the layer without running it get its inputs and choices.
   const std::vector<int64_t> offsets = route(ch, w, ws, xn);
-  std::vector<int64_t> tokens_per_expert(offsets.size() - 1);
-  for (size_t e = 0; e < tokens_per_expert.size(); ++e) tokens_per_expert[e] = offsets[e + 1] - offsets[e];
-  MoeSchedule plan = experts ? experts->schedule(w, tokens_per_expert) : own_schedule(w, tokens_per_expert);
-  FERRY_CHECK(!plan.device || plan.device == &s.device(),
-              "expert provider: layer {} computes its experts on another device than its attention", w.index);
+  if (ranks) ranks->dispatch(w.index, const_cast<float*>(xn), n, d, ws.route_ids.data(), k);
+  MoeSchedule plan = plan_experts(ch, w, experts, ranks, tokens_per_expert(offsets));
 
-  // Run. Shared experts (one MLP n_shared wide, no clamp) straight into y, on the layer's device; without them
-  // the combine writes y instead of adding to it. Then every task in expert order: the device's queue on its
-  // stream, the host's run at once beside them.
+  // Shared experts (one MLP n_shared wide, no clamp) straight into y, on the layer's device; without them the
+  // combine writes y instead of adding to it. Then the routed experts: the device's queue on its stream, the
+  // host's run at once beside them.
   const bool shared = c.n_shared_experts > 0;
   if (shared)
     s.run(ops::ExpertFfn{.w1 = w.shared.w1,
@@ -138,19 +180,11 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
                          .up = ws.eu.data(),
                          .out = y,
                          .bits = ch.bits});
-  const auto chosen =
-      std::count_if(tokens_per_expert.begin(), tokens_per_expert.end(), [](int64_t m) { return m > 0; });
-  FERRY_CHECK(static_cast<int64_t>(plan.tasks.size()) == chosen,
-              "expert provider: layer {} planned {} experts of the {} chosen", w.index, plan.tasks.size(), chosen);
-  for (size_t i = 0; i < plan.tasks.size(); ++i) {
-    const ExpertTask& t = plan.tasks[i];
-    FERRY_CHECK(i == 0 || plan.tasks[i - 1].expert < t.expert, "expert provider: tasks out of expert order");
-    FERRY_CHECK(t.tokens == tokens_per_expert[sz(t.expert)],
-                "expert provider: task of expert {} covers {} tokens of {}", t.expert, t.tokens,
-                tokens_per_expert[sz(t.expert)]);
-    const CopyEvent ready = experts ? experts->start(plan, i) : CopyEvent{};
-    const ComputeEvent done = run_task(ch, ws, t, ready, offsets[sz(t.expert)], xn);
-    if (experts) experts->issued(plan, i, done);
+  run_experts(ch, ws, experts, plan, offsets, xn);
+  // The other ranks' experts' rows.
+  if (ranks) {
+    s.sync();
+    ranks->combine(w.index, ws.eo.data(), offsets, d);
   }
 
   // Combine, after every expert: each token's outputs weighted and summed in expert order, added to y.
@@ -162,6 +196,17 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
                         .d = d,
                         .y = y,
                         .add = shared});
+}
+
+void moe_for_peers(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts,
+                   RankExchange& ranks) {
+  const int64_t d = ch.c.hidden_size;
+  ranks.dispatch(w.index, ws.xn.data(), ch.n, d, ws.route_ids.data(), ch.c.num_experts_per_tok);
+  const std::vector<int64_t> offsets = group_by_expert(ch, ws);
+  MoeSchedule plan = plan_experts(ch, w, experts, &ranks, tokens_per_expert(offsets));
+  run_experts(ch, ws, experts, plan, offsets, ws.xn.data());
+  ch.ops.sync();
+  ranks.combine(w.index, ws.eo.data(), offsets, d);
 }
 
 }  // namespace ferry::runtime::detail

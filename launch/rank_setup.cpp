@@ -1,0 +1,150 @@
+#include "launch/rank_setup.h"
+
+#include <tbb/task_arena.h>
+
+#include <algorithm>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "planner/core/error.h"
+#include "planner/core/log.h"
+#include "planner/model_spec.h"
+#include "planner/plan_json.h"
+#include "planner/report.h"
+#include "runtime/backend/hardware_probe.h"
+#include "runtime/checkpoint/fingerprint.h"
+
+namespace ferry::launch {
+
+namespace {
+
+constexpr const char* kVersion = "ferry 0.1.0";
+
+// One line per rank: the ferry version, the checkpoint's fingerprint, and its node's host.
+std::string rank_identity(const std::string& model_dir) {
+  const runtime::CheckpointFingerprint f = runtime::checkpoint_fingerprint(model_dir);
+  std::vector<std::string> notes;
+  const planner::HostSpec h = runtime::probe_host(notes);
+  nlohmann::json j{{"version", kVersion},        {"config", f.config},   {"headers", f.headers},
+                   {"shards", f.shards},         {"tensors", f.tensors}, {"ram", h.ram_bytes},
+                   {"numa", h.numa_nodes},       {"cores", h.cores},     {"bandwidth", h.memory_bandwidth},
+                   {"gflops", h.gflops_per_core}};
+  return j.dump();
+}
+
+runtime::CheckpointFingerprint fingerprint_of(const nlohmann::json& j) {
+  return {j["config"].get<uint64_t>(), j["headers"].get<uint64_t>(), j["shards"].get<int64_t>(),
+          j["tensors"].get<int64_t>()};
+}
+
+// The same ferry and checkpoint on every rank, and one rank per node unless told otherwise.
+void check_ranks(const transport::World& world, const std::vector<nlohmann::json>& ids, bool ranks_as_nodes) {
+  const nlohmann::json& zero = ids.front();
+  for (size_t r = 1; r < ids.size(); ++r) {
+    const std::string who = world.where(static_cast<int>(r));
+    FERRY_CHECK(ids[r]["version"] == zero["version"], "{} runs {}, rank 0 runs {}", who,
+                ids[r]["version"].get<std::string>(), zero["version"].get<std::string>());
+    const std::string diff = fingerprint_of(ids[r]).difference(fingerprint_of(zero));
+    FERRY_CHECK(diff.empty(), "{} opened another checkpoint than rank 0: {}", who, diff);
+  }
+  if (ranks_as_nodes) return;
+  std::map<std::string, int> first_on;
+  for (int r = 0; r < world.size(); ++r) {
+    const auto [it, fresh] = first_on.try_emplace(world.hosts()[static_cast<size_t>(r)], r);
+    FERRY_CHECK(fresh,
+                "ranks {} and {} share host {}: run one rank per node, or pass --ranks-as-nodes to run each rank as a "
+                "node of its own",
+                it->second, r, it->first);
+  }
+}
+
+// The nodes' hardware as the planner sees it: identical nodes, each with the least any rank has.
+planner::Hardware nodes_hardware(const std::vector<nlohmann::json>& ids) {
+  planner::Hardware hw;
+  hw.nodes = static_cast<int>(ids.size());
+  hw.source = "probed";
+  hw.host_reserve_bytes = 0;  // measured against this process's own allocations, as a single run is
+  planner::HostSpec& h = hw.host;
+  h.probed = true;
+  h.ram_bytes = ids.front()["ram"].get<int64_t>();
+  h.numa_nodes = ids.front()["numa"].get<int>();
+  h.cores = ids.front()["cores"].get<int>();
+  h.memory_bandwidth = ids.front()["bandwidth"].get<double>();
+  h.gflops_per_core = ids.front()["gflops"].get<double>();
+  for (const nlohmann::json& j : ids) {
+    h.ram_bytes = std::min(h.ram_bytes, j["ram"].get<int64_t>());
+    h.cores = std::min(h.cores, j["cores"].get<int>());
+    h.memory_bandwidth = std::min(h.memory_bandwidth, j["bandwidth"].get<double>());
+  }
+  h.numa_nodes = 1;  // each rank computes on its own threads; NUMA placement per rank comes with --gpu
+  return hw;
+}
+
+planner::Plan plan_nodes(const planner::Hardware& hw, const std::string& model_dir, const runtime::SessionOptions& so) {
+  const planner::ModelSpec spec = planner::load_model_spec(model_dir);
+  planner::PlanOptions o;
+  o.ctx = so.ctx;
+  o.kv_type = so.kv_type;
+  o.ubatch = so.ubatch;
+  o.threads = tbb::this_task_arena::max_concurrency();
+  planner::Plan plan = planner::place(spec, hw, o, so.kv_type);
+  if (!plan.fits) {
+    std::string why;
+    for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
+    FERRY_THROW("does not fit on {} nodes: {} (`ferry plan --nodes {}` shows the whole plan)", hw.nodes, why, hw.nodes);
+  }
+  return plan;
+}
+
+}  // namespace
+
+void RankFlags::add_to(CLI::App& app) {
+  app.add_flag("--ranks-as-nodes", ranks_as_nodes,
+               "Under mpirun: run each rank as a node of its own even when ranks share a machine (each rank's RAM "
+               "counts as its node's; for trying multi-node layouts on one machine)");
+}
+
+RankRun::RankRun(const transport::World& world, const RankFlags& flags, const std::string& model_dir,
+                 const runtime::SessionOptions& session)
+    : world_(world) {
+  FERRY_CHECK(!session.mtp, "--mtp runs in one process for now (not under mpirun)");
+  std::string mine;
+  world.agree("opening the checkpoint", [&] { mine = rank_identity(model_dir); });
+  std::vector<nlohmann::json> ids;
+  for (const std::string& text : world.allgather_text(mine, "the ranks' checkpoints and hardware"))
+    ids.push_back(nlohmann::json::parse(text));
+  std::string plan_json;
+  world.agree("checking the ranks", [&] {
+    check_ranks(world, ids, flags.ranks_as_nodes);
+    if (world.leader()) plan_json = planner::plan_to_json(plan_nodes(nodes_hardware(ids), model_dir, session)).dump();
+  });
+  plan_json = world.broadcast_text(plan_json, 0, "the plan");
+  world.agree("reading the plan", [&] {
+    plan_ = planner::plan_from_json_text(plan_json);
+    exchange_ = std::make_unique<transport::MpiRankExchange>(world, transport::layer_roles(plan_, world.size()));
+  });
+  core::logger().info("{}", describe());
+}
+
+runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base) {
+  base.ctx = plan_.options.ctx;
+  base.kv_type = plan_.kv_type;
+  base.ubatch = plan_.options.ubatch;
+  base.ranks = exchange_.get();
+  return base;
+}
+
+std::string RankRun::describe() const {
+  const auto& roles = exchange_->roles();
+  std::string out =
+      fmt::format("{} ranks as {} nodes ({}); {}:", world_.size(), plan_.hardware.nodes, plan_.layout, world_.where());
+  int64_t runs = 0;
+  for (size_t l = 0; l < roles.size(); ++l) runs += exchange_->runs_layer(static_cast<int64_t>(l));
+  out += fmt::format(" runs {} of {} layers", runs, roles.size());
+  for (const auto& h : roles.front().holders)
+    if (h.rank == world_.rank()) out += fmt::format(", experts {}-{} of layer 0", h.first, h.last);
+  if (exchange_->runs_head()) out += ", the head";
+  return out;
+}
+
+}  // namespace ferry::launch

@@ -1,0 +1,53 @@
+// ferry under `mpirun -np N` (DESIGN.md §4): every rank probes its node and fingerprints the checkpoint it opened;
+// the ranks check that they all run the same ferry on the same checkpoint; rank 0 plans for all the nodes and
+// broadcasts the Plan as JSON, so every rank executes the very same Plan; each rank then knows from it which
+// layers, experts and head it computes (transport/layer_roles.h). One rank per node, or, with --ranks-as-nodes,
+// every rank a node of its own on one machine (its RAM counts as that node's), so that every multi-node layout
+// runs in tests.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "planner/plan.h"
+#include "runtime/model/forward.h"
+#include "transport/rank_exchange.h"
+#include "transport/world.h"
+
+namespace ferry::launch {
+
+struct RankFlags {
+  bool ranks_as_nodes = false;
+
+  void add_to(CLI::App& app);
+};
+
+class RankRun {
+ public:
+  // Collective: every rank constructs it together. Throws transport::AgreedError on every rank (rank 0 prints
+  // it) when a rank cannot open the checkpoint, ranks opened different ones or run different ferry versions,
+  // ranks share a host without --ranks-as-nodes, or the plan does not fit.
+  RankRun(const transport::World& world, const RankFlags& flags, const std::string& model_dir,
+          const runtime::SessionOptions& session);
+
+  const planner::Plan& plan() const { return plan_; }
+  transport::MpiRankExchange& exchange() { return *exchange_; }
+  // `base` with the plan's context, KV type and chunk, and this rank's part of the forward pass.
+  runtime::SessionOptions session_options(runtime::SessionOptions base);
+  // Rank 0 leads the command; the others follow it and return at its end.
+  bool leads() const { return world_.leader(); }
+  void follow(runtime::Session& session) { exchange_->follow(session); }
+  // Rank 0, its command done: the followers stop.
+  void finish() { exchange_->announce_stop(); }
+  // "3 ranks as 3 nodes: rank 0 layers 0-3 + experts 0-7, …": who computes what, for the log.
+  std::string describe() const;
+
+ private:
+  const transport::World& world_;
+  planner::Plan plan_;
+  std::unique_ptr<transport::MpiRankExchange> exchange_;
+};
+
+}  // namespace ferry::launch

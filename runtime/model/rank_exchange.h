@@ -1,0 +1,53 @@
+// A forward pass spread over ranks (DESIGN.md §4): which parts of the model this rank computes, the exchanges
+// at the seams of the forward pass, and the lockstep that keeps the ranks on the same step. transport/ implements
+// it from the Plan over MPI; the forward pass only calls it (no MPI here). Every exchange keeps the arithmetic of
+// one process: each value is computed by exactly one rank with the same kernels on the same inputs and copied to
+// the ranks that read it, and the MoE combine adds the experts' outputs in expert order as one process does, so
+// the logits are bitwise those of a single-process run.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+namespace ferry::runtime {
+
+enum class LogitsWanted : uint8_t { None, Last, All };
+
+class RankExchange {
+ public:
+  virtual ~RankExchange() = default;
+
+  // ---- roles, from the Plan ----
+  // Rank 0: owns the tokens and sampling; announces every step.
+  virtual bool leads() const = 0;
+  // Runs layer l's non-routed part (attention, router, shared expert) and its combine; holds its KV.
+  virtual bool runs_layer(int64_t l) const = 0;
+  // Computes routed expert e of layer l (its weights are homed on this rank's node).
+  virtual bool computes_expert(int64_t l, int64_t e) const = 0;
+  // Computes some routed expert of layer l.
+  virtual bool computes_experts(int64_t l) const = 0;
+  // Computes the output head (the last layer's runner; rank 0 when it is one).
+  virtual bool runs_head() const = 0;
+
+  // ---- lockstep (rank 0 only; the others follow, transport::follow) ----
+  // At the start of Session::feed, once the tokens are checked: the other ranks feed the same tokens.
+  virtual void announce_feed(std::span<const int32_t> tokens, LogitsWanted want) = 0;
+  // At Session::reset.
+  virtual void announce_reset() = 0;
+
+  // ---- seams, called by every rank in the same order ----
+  // Before layer l (1 <= l < layers): the ranks that run l without having run l−1 receive the hidden streams H
+  // (`floats` floats) from a rank that ran l−1.
+  virtual void hand_over(int64_t l, float* H, int64_t floats) = 0;
+  // After layer l's router: the ranks computing experts of l without running it receive its normalized inputs
+  // xn [n, d] and the choices ids [n, k] from a runner.
+  virtual void dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32_t* ids, int64_t k) = 0;
+  // Every rank computing experts of l has written its experts' rows of eo [n·k, d] (expert e's tokens at sorted
+  // positions offsets[e] … offsets[e+1]−1; one rank's experts are one contiguous range); the runners of l receive
+  // every other rank's rows in place.
+  virtual void combine(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) = 0;
+  // After the head: its runner's `floats` logits reach rank 0's `rows`.
+  virtual void logits(float* rows, int64_t floats) = 0;
+};
+
+}  // namespace ferry::runtime

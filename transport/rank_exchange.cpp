@@ -1,0 +1,141 @@
+#include "transport/rank_exchange.h"
+
+#include <algorithm>
+#include <array>
+
+#include "planner/core/error.h"
+
+namespace ferry::transport {
+
+namespace {
+
+size_t sz(int64_t v) { return static_cast<size_t>(v); }
+
+// Tags keep the seams apart; within one seam, MPI's ordering between two ranks keeps the layers apart.
+enum Tag : int { kHidden = 11, kDispatchInputs = 12, kDispatchChoices = 13, kCombine = 14, kLogits = 15 };
+
+bool has(const std::vector<int>& ranks, int r) { return std::find(ranks.begin(), ranks.end(), r) != ranks.end(); }
+
+}  // namespace
+
+MpiRankExchange::MpiRankExchange(const World& world, std::vector<LayerRoles> roles)
+    : world_(world), roles_(std::move(roles)) {
+  FERRY_CHECK(!roles_.empty(), "transport: a model without layers");
+  const std::vector<int>& last = roles_.back().runners;
+  head_rank_ = has(last, 0) ? 0 : last.front();
+}
+
+bool MpiRankExchange::runs_layer(int64_t l) const { return has(roles_.at(sz(l)).runners, world_.rank()); }
+
+const ExpertRange* MpiRankExchange::my_range(int64_t l) const {
+  for (const ExpertRange& r : roles_.at(sz(l)).holders)
+    if (r.rank == world_.rank()) return &r;
+  return nullptr;
+}
+
+bool MpiRankExchange::computes_expert(int64_t l, int64_t e) const {
+  const ExpertRange* r = my_range(l);
+  return r && r->contains(e);
+}
+
+bool MpiRankExchange::computes_experts(int64_t l) const { return my_range(l) != nullptr; }
+
+// A command is a fixed header {command, tokens, logits wanted} and then its tokens, both broadcast from rank 0.
+void MpiRankExchange::broadcast_command(Command c, std::span<const int32_t> tokens, runtime::LogitsWanted want) {
+  std::array<int64_t, 3> header{static_cast<int64_t>(c), static_cast<int64_t>(tokens.size()),
+                                static_cast<int64_t>(want)};
+  world_.broadcast(header.data(), sizeof header, 0, "a command to the ranks");
+  if (!tokens.empty())
+    world_.broadcast(const_cast<int32_t*>(tokens.data()), static_cast<int64_t>(tokens.size_bytes()), 0,
+                     "a command's tokens");
+}
+
+void MpiRankExchange::announce_feed(std::span<const int32_t> tokens, runtime::LogitsWanted want) {
+  broadcast_command(Command::Feed, tokens, want);
+}
+
+void MpiRankExchange::announce_reset() { broadcast_command(Command::Reset, {}, runtime::LogitsWanted::None); }
+
+void MpiRankExchange::announce_stop() { broadcast_command(Command::Stop, {}, runtime::LogitsWanted::None); }
+
+void MpiRankExchange::follow(runtime::Session& session) {
+  FERRY_CHECK(!world_.leader(), "transport: rank 0 leads, it does not follow");
+  std::vector<int32_t> tokens;
+  for (;;) {
+    std::array<int64_t, 3> header{};
+    std::vector<MPI_Request> r(1);
+    MPI_Ibcast(header.data(), sizeof header, MPI_BYTE, 0, world_.comm(), &r[0]);
+    world_.wait_all(r, {0}, "the next command", /*bounded=*/false);
+    const auto command = static_cast<Command>(header[0]);
+    if (command == Command::Stop) return;
+    if (command == Command::Reset) {
+      session.reset();
+      continue;
+    }
+    FERRY_CHECK(command == Command::Feed && header[1] > 0, "transport: rank 0 sent an unknown command {}", header[0]);
+    tokens.resize(sz(header[1]));
+    world_.broadcast(tokens.data(), header[1] * static_cast<int64_t>(sizeof(int32_t)), 0, "a command's tokens");
+    session.follow_feed(tokens, static_cast<runtime::LogitsWanted>(header[2]));
+  }
+}
+
+// The runners of l that did not run l−1 receive H from the first rank that did.
+void MpiRankExchange::hand_over(int64_t l, float* H, int64_t floats) {
+  const std::vector<int>& before = roles_.at(sz(l - 1)).runners;
+  const std::vector<int>& now = roles_.at(sz(l)).runners;
+  if (before == now) return;
+  const int from = before.front(), me = world_.rank();
+  World::Pending p(world_);
+  for (const int r : now) {
+    if (has(before, r)) continue;
+    if (me == from) p.send(H, floats * 4, r, kHidden);
+    if (me == r) p.recv(H, floats * 4, from, kHidden);
+  }
+  p.wait("the hidden state before layer " + std::to_string(l));
+}
+
+// The first runner sends the layer's inputs and choices to the holders that do not run it.
+void MpiRankExchange::dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32_t* ids, int64_t k) {
+  const LayerRoles& roles = roles_.at(sz(l));
+  const int from = roles.runners.front(), me = world_.rank();
+  World::Pending p(world_);
+  for (const ExpertRange& h : roles.holders) {
+    if (has(roles.runners, h.rank)) continue;
+    if (me == from) {
+      p.send(xn, n * d * 4, h.rank, kDispatchInputs);
+      p.send(ids, n * k * 4, h.rank, kDispatchChoices);
+    }
+    if (me == h.rank) {
+      p.recv(xn, n * d * 4, from, kDispatchInputs);
+      p.recv(ids, n * k * 4, from, kDispatchChoices);
+    }
+  }
+  p.wait("the inputs of layer " + std::to_string(l) + "'s experts");
+}
+
+// Each holder's rows (its experts' sorted positions, one contiguous block) go to every runner but itself.
+void MpiRankExchange::combine(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) {
+  const LayerRoles& roles = roles_.at(sz(l));
+  const int me = world_.rank();
+  World::Pending p(world_);
+  for (const ExpertRange& h : roles.holders) {
+    const int64_t begin = offsets[sz(h.first)], end = offsets[sz(h.last + 1)];
+    if (end == begin) continue;
+    float* rows = eo + begin * d;
+    const int64_t bytes = (end - begin) * d * 4;
+    for (const int r : roles.runners) {
+      if (r == h.rank) continue;
+      if (me == h.rank) p.send(rows, bytes, r, kCombine);
+      if (me == r) p.recv(rows, bytes, h.rank, kCombine);
+    }
+  }
+  p.wait("the outputs of layer " + std::to_string(l) + "'s experts");
+}
+
+void MpiRankExchange::logits(float* rows, int64_t floats) {
+  if (head_rank_ == 0) return;
+  if (world_.rank() == head_rank_) world_.send(rows, floats * 4, 0, kLogits, "the logits");
+  if (world_.leader()) world_.recv(rows, floats * 4, head_rank_, kLogits, "the logits");
+}
+
+}  // namespace ferry::transport

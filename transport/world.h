@@ -1,0 +1,123 @@
+// The processes of one ferry run: a world of MPI ranks under `mpirun -np N`, or a world of one without it (the
+// same binary, no MPI call made). Every wait for another rank has a deadline, so no rank hangs forever: past it
+// the run ends with one line naming the rank that did not answer (World::abort: the line, then MPI_Abort, which
+// ends every rank). Host buffers only: Debian's Open MPI is not CUDA-aware, device buffers travel over NCCL.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "planner/core/error.h"
+
+namespace ferry::transport {
+
+// A failure every rank knows of (World::agree): each rank throws it, rank 0 prints it, all exit non-zero
+// together without MPI_Abort.
+class AgreedError : public Error {
+ public:
+  using Error::Error;
+};
+
+class World {
+ public:
+  // Starts MPI when mpirun launched this process, with MPI_THREAD_SERIALIZED: ferry calls MPI from one thread at a
+  // time (the main thread, or the server's engine thread that runs the forward pass), never from two at once, and
+  // the worker threads of the kernels never call it. Names the logger's lines "rank R host" when size > 1.
+  World(int* argc, char*** argv);
+  ~World();  // MPI_Finalize
+  World(const World&) = delete;
+  World& operator=(const World&) = delete;
+
+  // The world of this process once constructed; nullptr before (tests without one, tools).
+  static World* current();
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  bool distributed() const { return size_ > 1; }
+  bool leader() const { return rank_ == 0; }
+  // Rank within this host (MPI_COMM_TYPE_SHARED) and the ranks on it.
+  int node_rank() const { return node_rank_; }
+  int node_size() const { return node_size_; }
+  const std::string& host() const { return host_; }
+  // "rank 1 (host)": how lines name a rank.
+  std::string where() const { return where(rank_); }
+  std::string where(int rank) const;
+  const std::vector<std::string>& hosts() const { return hosts_; }  // of every rank
+
+  // Seconds any wait for another rank may take (FERRY_RANK_TIMEOUT, default 300: longer than any one step of the
+  // forward pass takes on a rank; an idle follower waiting for its next command has no deadline).
+  double timeout_s() const { return timeout_s_; }
+  void set_timeout(double seconds) { timeout_s_ = seconds; }
+
+  // Prints "ferry: error: rank R (host): LINE" and ends every rank (MPI_Abort); a world of one exits.
+  [[noreturn]] void abort(std::string_view line) const;
+
+  // Runs `step` on every rank and shares the outcome: when any rank throws, every rank throws AgreedError with
+  // the line of the lowest failing rank ("rank R (host): what"), so all end together and rank 0 prints it.
+  template <class Step>
+  void agree(std::string_view what, Step&& step) const {
+    std::string failure;
+    try {
+      step();
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    share_failure(what, failure);
+  }
+
+  // ---- moving bytes; `what` names the exchange in the timeout's line ----
+  void broadcast(void* data, int64_t bytes, int root, std::string_view what) const;
+  // Rank `root`'s text on every rank.
+  std::string broadcast_text(std::string text, int root, std::string_view what) const;
+  // Every rank's text, in rank order, on every rank.
+  std::vector<std::string> allgather_text(const std::string& mine, std::string_view what) const;
+  void send(const void* data, int64_t bytes, int to, int tag, std::string_view what) const;
+  void recv(void* data, int64_t bytes, int from, int tag, std::string_view what) const;
+  void barrier(std::string_view what) const;
+
+  // Non-blocking transfers posted together and waited for together, with the world's deadline.
+  class Pending {
+   public:
+    explicit Pending(const World& world) : world_(world) {}
+    ~Pending();  // cancels what was not waited for (an exception between post and wait)
+    Pending(const Pending&) = delete;
+    Pending& operator=(const Pending&) = delete;
+    void send(const void* data, int64_t bytes, int to, int tag);
+    void recv(void* data, int64_t bytes, int from, int tag);
+    // Waits for every posted transfer; past the deadline, aborts naming `what` and the first peer not done.
+    void wait(std::string_view what);
+    bool empty() const { return requests_.empty(); }
+
+   private:
+    const World& world_;
+    std::vector<MPI_Request> requests_;
+    std::vector<int> peers_;
+  };
+
+  // Waits for `requests` (peers[i] is request i's peer, -1 for a collective) until the deadline, or forever with
+  // `bounded` false. Public for the exchanges built on the world (transport/exchange).
+  void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, std::string_view what,
+                bool bounded = true) const;
+
+  MPI_Comm comm() const { return comm_; }
+
+ private:
+  void share_failure(std::string_view what, const std::string& failure) const;
+
+  bool mpi_ = false;
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  MPI_Comm node_comm_ = MPI_COMM_NULL;
+  int rank_ = 0, size_ = 1, node_rank_ = 0, node_size_ = 1;
+  std::string host_;
+  std::vector<std::string> hosts_;
+  double timeout_s_ = 300;
+};
+
+// True when this process was started by mpirun (Open MPI's or PMIx's environment), before MPI is initialized.
+bool launched_by_mpirun();
+
+}  // namespace ferry::transport
