@@ -149,9 +149,9 @@ class RunCommand : public Command {
     std::unique_ptr<RankRun> ranks;
     const transport::World* world = transport::World::current();
     if (world && world->distributed()) {
-      FERRY_CHECK(!offload_.enabled(), "--gpu under mpirun: ranks compute on their CPUs for now");
-      ranks = std::make_unique<RankRun>(*world, ranks_, model_, so);
+      ranks = std::make_unique<RankRun>(*world, ranks_, offload_, model_, so);
       so = ranks->session_options(so);
+      if (offload_.enabled()) offload = std::make_unique<OffloadRun>(offload_, ranks->node_view());
     } else if (offload_.enabled()) {
       offload = std::make_unique<OffloadRun>(offload_, model_, so);
       so = offload->planned_session(so);
@@ -174,6 +174,7 @@ class RunCommand : public Command {
     runtime::Session session(model, so);
     if (ranks && !ranks->leads()) {
       ranks->follow(session);
+      if (offload) ranks->gather_reports(offload->memory_report() + offload->expert_report());
       return kExitOk;
     }
     if (offload && offload_.verbose) std::cerr << offload->memory_report();
@@ -183,7 +184,8 @@ class RunCommand : public Command {
     if (!logits_out_.empty()) write_logits(r.logits, c.vocab_size);
     print_timing(r, so.expert_bits);
     if (offload) {
-      std::cerr << offload->memory_report() << offload->expert_report();
+      const std::string report = offload->memory_report() + offload->expert_report();
+      std::cerr << (ranks ? ranks->gather_reports(report) : report);
       return kExitOk;
     }
     print_host_memory(model, session, so);

@@ -6,6 +6,8 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "launch/plan_file.h"
+#include "offload/device_plan.h"
 #include "planner/core/error.h"
 #include "planner/core/log.h"
 #include "planner/model_spec.h"
@@ -76,24 +78,30 @@ planner::Hardware nodes_hardware(const std::vector<nlohmann::json>& ids) {
     h.cores = std::min(h.cores, j["cores"].get<int>());
     h.memory_bandwidth = std::min(h.memory_bandwidth, j["bandwidth"].get<double>());
   }
-  h.numa_nodes = 1;  // each rank computes on its own threads; NUMA placement per rank comes with --gpu
+  for (const nlohmann::json& j : ids) h.numa_nodes = std::min(h.numa_nodes, j["numa"].get<int>());
   return hw;
 }
 
-planner::Plan plan_nodes(const planner::Hardware& hw, const std::string& model_dir, const runtime::SessionOptions& so) {
+// Rank 0's plan for every node: CPU only, or each node with the simulated device of --gpu.
+planner::Plan plan_nodes(planner::Hardware hw, const OffloadFlags& offload, const std::string& model_dir,
+                         const runtime::SessionOptions& so) {
   const planner::ModelSpec spec = planner::load_model_spec(model_dir);
-  planner::PlanOptions o;
-  o.ctx = so.ctx;
-  o.kv_type = so.kv_type;
-  o.ubatch = so.ubatch;
-  o.threads = tbb::this_task_arena::max_concurrency();
-  planner::Plan plan = planner::place(spec, hw, o, so.kv_type);
-  if (!plan.fits) {
-    std::string why;
-    for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
-    FERRY_THROW("does not fit on {} nodes: {} (`ferry plan --nodes {}` shows the whole plan)", hw.nodes, why, hw.nodes);
+  const std::string where = fmt::format("{} nodes", hw.nodes);
+  if (!offload.enabled()) {
+    planner::PlanOptions o;
+    o.ctx = so.ctx;
+    o.kv_type = so.kv_type;
+    o.ubatch = so.ubatch;
+    o.threads = tbb::this_task_arena::max_concurrency();
+    return offload::place_or_explain(spec, hw, o, where);
   }
-  return plan;
+  const offload::DeviceRequest device = offload.device_request();
+  planner::HostSpec host = hw.host;
+  host.numa_nodes = offload.numa > 0 ? offload.numa : host.numa_nodes;
+  planner::Hardware with_gpu = offload::device_hardware(host, device);
+  with_gpu.nodes = hw.nodes;
+  return offload::place_or_explain(spec, with_gpu, offload::device_plan_options(device, so),
+                                   where + " with " + device.name);
 }
 
 }  // namespace
@@ -104,10 +112,11 @@ void RankFlags::add_to(CLI::App& app) {
                "counts as its node's; for trying multi-node layouts on one machine)");
 }
 
-RankRun::RankRun(const transport::World& world, const RankFlags& flags, const std::string& model_dir,
-                 const runtime::SessionOptions& session)
+RankRun::RankRun(const transport::World& world, const RankFlags& flags, const OffloadFlags& offload,
+                 const std::string& model_dir, const runtime::SessionOptions& session)
     : world_(world) {
   FERRY_CHECK(!session.mtp, "--mtp runs in one process for now (not under mpirun)");
+  FERRY_CHECK(offload.plan_in.empty(), "--plan runs in one process for now (under mpirun rank 0 plans)");
   std::string mine;
   world.agree("opening the checkpoint", [&] { mine = rank_identity(model_dir); });
   std::vector<nlohmann::json> ids;
@@ -116,7 +125,10 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const st
   std::string plan_json;
   world.agree("checking the ranks", [&] {
     check_ranks(world, ids, flags.ranks_as_nodes);
-    if (world.leader()) plan_json = planner::plan_to_json(plan_nodes(nodes_hardware(ids), model_dir, session)).dump();
+    if (!world.leader()) return;
+    const planner::Plan plan = plan_nodes(nodes_hardware(ids), offload, model_dir, session);
+    if (!offload.plan_out.empty()) write_plan_file(offload.plan_out, plan);
+    plan_json = planner::plan_to_json(plan).dump();
   });
   plan_json = world.broadcast_text(plan_json, 0, "the plan");
   world.agree("reading the plan", [&] {
@@ -124,6 +136,15 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const st
     exchange_ = std::make_unique<transport::MpiRankExchange>(world, transport::layer_roles(plan_, world.size()));
   });
   core::logger().info("{}", describe());
+}
+
+planner::Plan RankRun::node_view() const { return planner::plan_for_node(plan_, world_.rank()); }
+
+std::string RankRun::gather_reports(const std::string& mine) const {
+  const std::vector<std::string> all = world_.allgather_text(mine, "the ranks' reports");
+  std::string out;
+  for (size_t r = 0; r < all.size(); ++r) out += world_.where(static_cast<int>(r)) + ":\n" + all[r];
+  return out;
 }
 
 runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base) {

@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "launch/run_offload.h"
 #include "planner/plan.h"
 #include "runtime/model/forward.h"
 #include "transport/rank_exchange.h"
@@ -29,10 +30,16 @@ class RankRun {
   // Collective: every rank constructs it together. Throws transport::AgreedError on every rank (rank 0 prints
   // it) when a rank cannot open the checkpoint, ranks opened different ones or run different ferry versions,
   // ranks share a host without --ranks-as-nodes, or the plan does not fit.
-  RankRun(const transport::World& world, const RankFlags& flags, const std::string& model_dir,
-          const runtime::SessionOptions& session);
+  // With --gpu sim:…, every node has such a device (its ledger and its share of the plan); --plan-out saves the
+  // whole plan (rank 0).
+  RankRun(const transport::World& world, const RankFlags& flags, const OffloadFlags& offload,
+          const std::string& model_dir, const runtime::SessionOptions& session);
 
   const planner::Plan& plan() const { return plan_; }
+  // This rank's node's part of the plan (planner::plan_for_node), what it binds.
+  planner::Plan node_view() const;
+  // Collective: every rank's report, under its "rank R (host):" line, in rank order (for rank 0 to print).
+  std::string gather_reports(const std::string& mine) const;
   transport::MpiRankExchange& exchange() { return *exchange_; }
   // `base` with the plan's context, KV type and chunk, and this rank's part of the forward pass.
   runtime::SessionOptions session_options(runtime::SessionOptions base);

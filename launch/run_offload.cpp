@@ -71,20 +71,24 @@ void OffloadFlags::check() const {
   FERRY_CHECK(plan_out.empty(), "--plan-out needs --gpu (a CPU-only run is not planned)");
 }
 
-OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so)
-    : flags_(flags) {
-  FERRY_CHECK(flags.gpu.starts_with("sim:"),
+offload::DeviceRequest OffloadFlags::device_request() const {
+  FERRY_CHECK(gpu.starts_with("sim:"),
               "--gpu '{}': ferry run computes with the CPU's kernels for now; give a simulated device, e.g. --gpu "
               "sim:24GiB or sim:24GiB@25GB/s (`ferry plan --gpu` takes real GPUs)",
-              flags.gpu);
-  const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags.gpu);
-  const planner::ModelSpec model = planner::load_model_spec(model_dir);
-  if (!flags.host_experts.empty()) host_experts_ = *offload::host_experts_from_name(flags.host_experts);
+              gpu);
+  const runtime::SimDeviceSpec spec = runtime::parse_sim_device(gpu);
   offload::DeviceRequest device;
-  device.name = "--gpu " + flags.gpu;
+  device.name = "--gpu " + gpu;
   device.capacity = spec.capacity;
   device.link_bytes_per_s = spec.link_bytes_per_s;
-  device.cache_slots = flags.cache_slots;
+  device.cache_slots = cache_slots;
+  return device;
+}
+
+OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so)
+    : flags_(flags) {
+  const offload::DeviceRequest device = flags.device_request();
+  const planner::ModelSpec model = planner::load_model_spec(model_dir);
   if (!flags.plan_in.empty()) {
     try {
       plan_ = read_plan_file(flags.plan_in);
@@ -99,13 +103,22 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
     plan_ = offload::plan_for_device(model, host, device, so);
   }
   if (!flags.plan_out.empty()) write_plan_file(flags.plan_out, plan_);
-  const planner::HostSpec& host = plan_.hardware.host;
+  prepare();
+}
 
-  dispatch_.policy = flags.policy == "lfu" ? offload::CachePolicy::Lfu : offload::CachePolicy::Lru;
+OffloadRun::OffloadRun(const OffloadFlags& flags, planner::Plan node_view)
+    : flags_(flags), plan_(std::move(node_view)) {
+  prepare();
+}
+
+void OffloadRun::prepare() {
+  const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags_.gpu);
+  if (!flags_.host_experts.empty()) host_experts_ = *offload::host_experts_from_name(flags_.host_experts);
+  dispatch_.policy = flags_.policy == "lfu" ? offload::CachePolicy::Lfu : offload::CachePolicy::Lru;
   // The CPU expert kernels reach ~60% of the host's RAM bandwidth (`ferry bench kernels`).
-  const double cpu_bw = 0.6 * host.memory_bandwidth;
-  dispatch_.stream_min_tokens = flags.stream_min_tokens >= 0
-                                    ? flags.stream_min_tokens
+  const double cpu_bw = 0.6 * plan_.hardware.host.memory_bandwidth;
+  dispatch_.stream_min_tokens = flags_.stream_min_tokens >= 0
+                                    ? flags_.stream_min_tokens
                                     : offload::stream_min_tokens_for(cpu_bw, spec.link_bytes_per_s);
   gpu_ = std::make_unique<runtime::SimBackend>(spec);
   hosts_ = offload::make_host_backends(plan_);

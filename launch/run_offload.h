@@ -11,6 +11,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "offload/device_plan.h"
 #include "offload/plan_binding.h"
 #include "planner/plan.h"
 #include "runtime/backend/cpu_backend.h"
@@ -32,6 +33,8 @@ struct OffloadFlags {
 
   void add_to(CLI::App& app);
   bool enabled() const { return !gpu.empty(); }
+  // The simulated device --gpu names, with --expert-cache-slots; throws naming a device that is not sim:….
+  offload::DeviceRequest device_request() const;
   // Throws ferry::Error when a flag that only --gpu uses is given without it, or a planning flag with --plan.
   void check() const;
 };
@@ -42,6 +45,8 @@ class OffloadRun {
   // against them and the device: throws ferry::Error with one line (the planner's shortfall, the plan's
   // mismatch) when it does not fit, before any weight is read. Saves the plan to --plan-out.
   OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& session);
+  // Runs a node's view of a plan made elsewhere (rank 0 under mpirun: planner::plan_for_node).
+  OffloadRun(const OffloadFlags& flags, planner::Plan node_view);
   ~OffloadRun();
 
   // Places the weights as planned and readies the expert policy.
@@ -65,6 +70,8 @@ class OffloadRun {
   std::string host_experts_line() const;
 
  private:
+  void prepare();  // the device, the host backends and the expert policy, from plan_ and the flags
+
   OffloadFlags flags_;
   planner::Plan plan_;
   std::unique_ptr<runtime::SimBackend> gpu_;

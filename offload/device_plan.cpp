@@ -10,8 +10,7 @@
 
 namespace ferry::offload {
 
-planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::HostSpec& host,
-                              const DeviceRequest& device, const runtime::SessionOptions& session) {
+planner::Hardware device_hardware(const planner::HostSpec& host, const DeviceRequest& device) {
   FERRY_CHECK(device.capacity > 0, "device {}: capacity must be positive", device.name);
   planner::Hardware hw;
   hw.host = host;
@@ -25,7 +24,10 @@ planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::Ho
   hw.gpus.push_back(g);
   hw.gpu_reserve_bytes = 0;  // no driver context on a simulated device
   hw.source = "flags";
+  return hw;
+}
 
+planner::PlanOptions device_plan_options(const DeviceRequest& device, const runtime::SessionOptions& session) {
   planner::PlanOptions o;
   o.ctx = session.ctx;
   o.kv_type = session.kv_type;
@@ -36,13 +38,23 @@ planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::Ho
     o.expert_cache = device.cache_slots > 0 ? planner::ExpertCacheMode::Slots : planner::ExpertCacheMode::Off;
     o.expert_cache_slots = device.cache_slots;
   }
-  planner::Plan plan = planner::place(model, hw, o, session.kv_type);
+  return o;
+}
+
+planner::Plan place_or_explain(const planner::ModelSpec& model, const planner::Hardware& hw,
+                               const planner::PlanOptions& options, const std::string& where) {
+  planner::Plan plan = planner::place(model, hw, options, *options.kv_type);
   if (!plan.fits) {
     std::string why;
     for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
-    FERRY_THROW("does not fit on {}: {} (`ferry plan` shows the whole plan)", device.name, why);
+    FERRY_THROW("does not fit on {}: {} (`ferry plan` shows the whole plan)", where, why);
   }
   return plan;
+}
+
+planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::HostSpec& host,
+                              const DeviceRequest& device, const runtime::SessionOptions& session) {
+  return place_or_explain(model, device_hardware(host, device), device_plan_options(device, session), device.name);
 }
 
 void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& model, const DeviceRequest& device) {

@@ -19,6 +19,15 @@ struct DeviceRequest {
   int64_t cache_slots = -1;     // GPU expert-cache slots per MoE layer; -1: what room is left
 };
 
+// The machine of such a run: `host` and one GPU-like device (a simulated one: its speeds are the reference card's).
+planner::Hardware device_hardware(const planner::HostSpec& host, const DeviceRequest& device);
+// `session`'s context, KV type, chunk and MTP choice, the device's cache slots, this process's worker threads.
+planner::PlanOptions device_plan_options(const DeviceRequest& device, const runtime::SessionOptions& session);
+// planner::place with the options' KV type; throws ferry::Error "does not fit on WHERE: <the planner's shortfall
+// lines>" when it does not fit.
+planner::Plan place_or_explain(const planner::ModelSpec& model, const planner::Hardware& hw,
+                               const planner::PlanOptions& options, const std::string& where);
+
 // Plans `session`'s context, KV type, chunk and MTP choice for the device and `host`, the forward pass's
 // workspace sized for this process's worker threads. Throws ferry::Error with the planner's shortfall lines
 // when it does not fit.

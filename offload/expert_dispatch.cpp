@@ -35,6 +35,7 @@ struct ExpertDispatch::Layer {
   std::vector<DeviceBuffer> resident_buffers;
   std::vector<DeviceBuffer> slots;  // cache slots, one expert each
   std::vector<int> host;            // per expert in RAM: the host backend (index into hosts_) that holds it
+  std::vector<bool> held;           // per expert: homed on this node (a node's view holds only its share)
   const runtime::LayerWeights* bound = nullptr;  // the session's weights of the layer: the source of its copies
 };
 
@@ -48,7 +49,8 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
       cache_(
           [&] {
             std::vector<int64_t> slots(sz(host_experts.config().n_layers_total()), 0);
-            for (const auto& lp : plan.layers) slots[sz(lp.layer)] = planner::expert_counts(plan, lp, 0).cache_slots;
+            const int node = planner::view_node(plan);
+            for (const auto& lp : plan.layers) slots[sz(lp.layer)] = planner::expert_counts(plan, lp, node).cache_slots;
             return slots;
           }(),
           host_experts.config().n_routed_experts, options.policy) {
@@ -64,34 +66,41 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
   for (size_t i = 0; i < plan.devices.size(); ++i)
     if (plan.devices[i].kind == planner::DeviceKind::Gpu) gpu_index = static_cast<int>(i);
   bool any_in_ram = false;
+  const int node = planner::view_node(plan);
   for (const auto& lp : plan.layers) {
-    const planner::LayerRun* run = planner::run_on_node(plan, lp, 0);
+    const planner::LayerRun* run = planner::run_on_node(plan, lp, node);
     layers_[sz(lp.layer)]->gpu_layer = run && run->device == gpu_index;
     if (lp.experts.empty()) continue;
     const runtime::LayerWeights& L = lp.mtp ? *host_.mtp() : host_.layer(lp.layer);
-    FERRY_CHECK(lp.n_experts() == static_cast<int64_t>(L.experts.size()),
-                "plan: layer {} places {} experts, the checkpoint has {}", lp.layer, lp.n_experts(), L.experts.size());
-    const planner::ExpertCounts homes = planner::expert_counts(plan, lp, 0);
+    const planner::ExpertCounts homes = planner::expert_counts(plan, lp, node);
     FERRY_CHECK(homes.on_gpu == 0 || homes.on_gpu == homes.held, "plan: layer {} keeps part of its experts on the GPU",
                 lp.layer);
     Layer& dst = *layers_[sz(lp.layer)];
     dst.moe = true;
+    dst.held.assign(L.experts.size(), false);
+    for (const planner::ExpertHome& h : lp.experts)
+      for (int64_t e = h.first; e <= h.last(); e += h.step) {
+        FERRY_CHECK(e < static_cast<int64_t>(L.experts.size()), "plan: layer {} homes expert {}, the checkpoint has {}",
+                    lp.layer, e, L.experts.size());
+        dst.held[sz(e)] = true;
+      }
     expert_bytes_ = runtime::expert_bytes(L.experts.front());
     if (homes.on_gpu > 0) {
       dst.resident = true;
       runtime::WeightCopier copier(gpu_);
       dst.on_gpu = L.experts;
-      for (auto& e : dst.on_gpu) copier.move(e);
+      for (size_t e = 0; e < dst.on_gpu.size(); ++e)
+        if (dst.held[e]) copier.move(dst.on_gpu[e]);
       dst.resident_buffers = copier.finish();
       continue;
     }
     any_in_ram = true;
     dst.host = host_of_expert.at(sz(lp.layer));
-    FERRY_CHECK(dst.host.size() == L.experts.size(), "expert dispatch: layer {} has homes for {} experts of {}",
-                lp.layer, dst.host.size(), L.experts.size());
-    for (const int k : dst.host)
-      FERRY_CHECK(k >= 0 && k < static_cast<int>(hosts_.size()),
-                  "expert dispatch: layer {} has an expert in RAM on host {} of {}", lp.layer, k, hosts_.size());
+    dst.host.resize(L.experts.size(), -1);
+    for (size_t e = 0; e < dst.host.size(); ++e)
+      FERRY_CHECK(!dst.held[e] || (dst.host[e] >= 0 && dst.host[e] < static_cast<int>(hosts_.size())),
+                  "expert dispatch: layer {} has expert {} in RAM on host {} of {}", lp.layer, e, dst.host[e],
+                  hosts_.size());
     for (int64_t s = 0; s < homes.cache_slots; ++s)
       dst.slots.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
   }
@@ -160,7 +169,8 @@ void ExpertDispatch::prefetch(const runtime::LayerWeights& layer, std::span<cons
   Layer& L = *layers_.at(sz(l));
   std::vector<int> chosen;
   for (size_t e = 0; e < tokens_per_expert.size(); ++e)
-    if (tokens_per_expert[e] > 0 && !cache_.contains(l, static_cast<int>(e))) chosen.push_back(static_cast<int>(e));
+    if (tokens_per_expert[e] > 0 && L.held[e] && !cache_.contains(l, static_cast<int>(e)))
+      chosen.push_back(static_cast<int>(e));
   DispatchStats& s = per_layer_[sz(l)];
   for (const Fill& f : cache_.prefetch(l, chosen))
     cache_.filling(l, f.slot, copy_expert(layer.experts[sz(f.expert)], L.slots[sz(f.slot)], s));
@@ -178,7 +188,7 @@ MoeSchedule ExpertDispatch::schedule(const runtime::LayerWeights& layer, std::sp
   plan.device = L.gpu_layer ? &gpu_ : nullptr;
   std::vector<bool> stream_slot_taken(stream_slots_.size(), false);
   for (size_t e = 0; e < tokens_per_expert.size(); ++e) {
-    if (tokens_per_expert[e] == 0) continue;
+    if (tokens_per_expert[e] == 0 || !L.held[e]) continue;  // another rank's
     ExpertTask t = plan_task(layer, static_cast<int>(e), tokens_per_expert[e], stream_slot_taken);
     t.expert = static_cast<int32_t>(e);
     t.tokens = tokens_per_expert[e];

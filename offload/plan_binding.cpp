@@ -40,8 +40,9 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
 
 std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> make_host_backends(const planner::Plan& plan) {
   std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts;
+  const int node = plan.devices.empty() ? 0 : plan.devices.front().node;
   for (const auto& d : plan.devices)
-    if (d.kind == planner::DeviceKind::Host && d.node == 0)
+    if (d.kind == planner::DeviceKind::Host && d.node == node)
       hosts.push_back(std::make_unique<runtime::cpu::CpuBackend>(d.id, runtime::MemoryLedger::kUnplanned,
                                                                  runtime::machine_numa_node(d.index)));
   return hosts;
@@ -59,14 +60,13 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   FERRY_CHECK(host_devices.size() == hosts_.size(),
               "the plan has {} host memory nodes, the binding was given {} host backends", host_devices.size(),
               hosts_.size());
-  for (const int h : host_devices)
-    FERRY_CHECK(plan.devices[static_cast<size_t>(h)].node == 0,
-                "ferry runs plans on one machine for now; this plan has more ({})", plan.layout);
+  // One node's part: the whole plan of one node, or a node's view of a multi-node plan (plan_for_node).
+  const int node = planner::view_node(plan);
   const int gpu_index = gpus.front();
   // Every op of the layers the plan runs on the GPU, before a byte is placed.
   std::vector<runtime::ops::Kind> needed;
   for (const auto& lp : plan.layers) {
-    const planner::LayerRun* run = planner::run_on_node(plan, lp, 0);
+    const planner::LayerRun* run = planner::run_on_node(plan, lp, node);
     if (run && run->device == gpu_index)
       for (const runtime::ops::Kind k : runtime::ops_of_layer(checkpoint.config(), lp.layer)) needed.push_back(k);
   }
@@ -80,7 +80,7 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   runtime::WeightCopier copier(gpu);
   for (const auto& lp : plan.layers) {
     FERRY_CHECK(!lp.mtp, "binding a plan with the MTP layer is not supported yet (run without --mtp)");
-    const planner::LayerRun* run = planner::run_on_node(plan, lp, 0);
+    const planner::LayerRun* run = planner::run_on_node(plan, lp, node);
     if (run && run->device == gpu_index) copier.move_non_routed(weights_.layer_to_place(lp.layer));
   }
   const bool head_on_gpu =
@@ -92,8 +92,10 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
   }
   weight_buffers_ = copier.finish();
   runtime::Backend& host0 = *hosts_.front();
-  mapped_ = runtime::MemoryLedger::Reservation(host0.ledger(), MemoryClass::Weights,
-                                               core::weight_view_bytes(checkpoint.embed()));
+  const std::string embedding = planner::use_class(core::WeightClass::Embedding).name;
+  if (plan.devices[static_cast<size_t>(host_devices.front())].bytes_of(embedding) > 0)  // not on a later stage
+    mapped_ = runtime::MemoryLedger::Reservation(host0.ledger(), MemoryClass::Weights,
+                                                 core::weight_view_bytes(checkpoint.embed()));
   store_ = std::make_unique<HostExpertStore>(plan, weights_, hosts_, host_experts);
   dispatch_ = std::make_unique<ExpertDispatch>(plan, checkpoint, gpu, hosts_, options, store_->host_of_expert());
 }

@@ -28,7 +28,8 @@ namespace ferry::offload {
 std::array<int64_t, runtime::kMemoryClasses> planned_by_class(const planner::DevicePlan& d);
 void set_planned(runtime::MemoryLedger& ledger, const planner::DevicePlan& d);
 
-// One host backend per host NUMA device of the plan's node 0, in plan order, named as the plan's device and
+// One host backend per host NUMA device of the plan's node (a one-node plan, or a node's view of a multi-node plan:
+// planner::plan_for_node), in plan order, named as the plan's device and
 // computing on the threads of the machine NUMA node the plan's node is bound to (runtime::machine_numa_node).
 std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> make_host_backends(const planner::Plan& plan);
 

@@ -129,4 +129,12 @@ Plan plan_for_node(const Plan& plan, int node) {
   return v;
 }
 
+int view_node(const Plan& plan) {
+  FERRY_CHECK(!plan.devices.empty(), "plan: no devices");
+  const int node = plan.devices.front().node;
+  for (const DevicePlan& d : plan.devices)
+    FERRY_CHECK(d.node == node, "plan: devices on nodes {} and {}; bind one node's view (plan_for_node)", node, d.node);
+  return node;
+}
+
 }  // namespace ferry::planner

@@ -172,5 +172,8 @@ void check_homes(const Plan& plan);
 // Node `node`'s view: its devices (indices renumbered), each layer's runs and expert homes on them, its
 // shortfalls and whether its devices fit. The view of a one-node plan is the plan.
 Plan plan_for_node(const Plan& plan, int node);
+// The node whose view `plan` is (the node of its devices; 0 for a one-node plan). Throws when its devices are on
+// several nodes (a whole multi-node plan, not a view).
+int view_node(const Plan& plan);
 
 }  // namespace ferry::planner

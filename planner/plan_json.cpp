@@ -93,7 +93,7 @@ ojson hardware_to_json(const Hardware& hw) {
 ojson devices_to_json(const std::vector<DevicePlan>& devices) {
   ojson out = ojson::array();
   for (const auto& d : devices) {
-    ojson use;
+    ojson use = ojson::object();  // {} for a device the plan leaves empty, not null
     for (const auto& [c, b] : d.use) use[c.name] = b;
     out.push_back({{"id", d.id},
                    {"kind", d.kind == DeviceKind::Gpu ? "gpu" : "host"},

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""check_run_ranks_sim.py FERRY DIR MPIRUN...: `ferry run --gpu sim:…` under `mpirun -np 2` and `-np 3` (each rank
+a node with its own simulated device and RAM) gives the logits file and ids of the single-process run with the same
+device, byte for byte: chunked prefill and decode with bf16 KV, an expert cache of 2 slots per layer with streaming,
+the other experts computed by each rank's CPU from its RAM (mapped, and copied to 2 NUMA nodes). Each rank reports
+its own memory (planned next to high-water, within the plan) and where its experts ran, gathered by rank 0."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+ferry, work, mpirun = sys.argv[1], sys.argv[2], sys.argv[3:]
+shutil.rmtree(work, ignore_errors=True)
+os.makedirs(work)
+tiny = os.path.join(work, "tiny")
+subprocess.run([ferry, "make-tiny", tiny, "--seed", "7"], check=True, capture_output=True)
+PROMPT = ",".join(str((i * 37 + 11) % 200) for i in range(70))
+# 10 MiB: too small for a node's share of the experts when there are 1 or 2 nodes (cache, streaming and CPU).
+DEVICE = ["--gpu", "sim:10MiB", "--expert-cache-slots", "2", "--kv-type", "bf16", "--ubatch", "32"]
+
+
+def run(name, ranks, *args):
+    out = os.path.join(work, name + ".npy")
+    cmd = [ferry, "run", "-m", tiny, "--tokens", PROMPT, "-n", "12", "--ignore-eos", "--logits-out", out, *DEVICE,
+           *args]
+    if ranks:
+        cmd = [*mpirun, "-np", str(ranks), *cmd, "--ranks-as-nodes"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+    with open(out, "rb") as f:
+        return r.stdout.strip().splitlines()[-1], f.read(), r.stderr
+
+
+def per_rank(stderr, ranks):
+    """The gathered report: one block per rank, in rank order."""
+    blocks = re.split(r"^rank (\d+) \([^)]*\):\n", stderr, flags=re.M)
+    got = {int(blocks[i]): blocks[i + 1] for i in range(1, len(blocks), 2)}
+    assert sorted(got) == list(range(ranks)), (sorted(got), stderr)
+    return got
+
+
+for extra in ([], ["--host-experts", "numa", "--numa", "2"]):
+    ids, logits, _ = run("one", 0, *extra)
+    for ranks in (2, 3):
+        got_ids, got, err = run(f"ranks{ranks}", ranks, *extra)
+        assert got_ids == ids, (extra, ranks, got_ids, ids)
+        assert got == logits, f"{extra}: the logits of {ranks} ranks differ from one process's"
+        reports = per_rank(err, ranks)
+        for r, text in reports.items():
+            # Every device of the rank within its plan, each class too.
+            for planned, high, share in re.findall(r"^\s+\S.*?\s([\d.]+ \w?i?B)\s+([\d.]+ \w?i?B)\s+([\d.]+)%$", text,
+                                                   flags=re.M):
+                assert float(share) <= 100.0, (r, planned, high, share, text)
+            uses = re.search(r"^experts: (\d+) uses.*CPU (\d+)$", text, flags=re.M)
+            assert uses and int(uses.group(1)) > 0, (r, text)
+        if ranks == 2:
+            # Rank 1 holds half of every layer's experts, more than its device takes: its CPU computes some.
+            cpu = int(re.search(r"^experts: .*CPU (\d+)$", reports[1], flags=re.M).group(1))
+            assert cpu > 0, reports[1]
+        print(f"{extra or 'mmap'}: {ranks} ranks == 1 process ({ids})")
