@@ -7,11 +7,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <thread>
 
 #include "launch/commands.h"
+#include "launch/rank_setup.h"
 #include "launch/server/engine.h"
 #include "launch/server/http_server.h"
+#include "launch/server/v4_engine.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 
@@ -27,6 +30,9 @@ class ShutdownSignals {
     sigemptyset(&set_);
     sigaddset(&set_, SIGINT);
     sigaddset(&set_, SIGTERM);
+    // mpirun ends the job itself on SIGTERM and SIGINT but forwards SIGUSR1 to every rank: the way to stop a server
+    // running under mpirun gracefully.
+    sigaddset(&set_, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set_, &previous_);
     thread_ = std::thread([this] { watch(); });
   }
@@ -39,6 +45,9 @@ class ShutdownSignals {
   ShutdownSignals& operator=(const ShutdownSignals&) = delete;
 
   void attach(server::HttpServer* s) { server_ = s; }
+  // A rank other than 0 under mpirun: mpirun delivers the signal to every rank, and rank 0 ends the run for all of
+  // them (its last command stops the followers), so here a signal changes nothing.
+  void leave_to_rank_0() { follower_ = true; }
 
  private:
   void watch() {
@@ -46,7 +55,7 @@ class ShutdownSignals {
     bool stopping = false;
     while (!done_) {
       const int sig = sigtimedwait(&set_, nullptr, &poll);
-      if (sig <= 0) continue;
+      if (sig <= 0 || follower_) continue;
       server::HttpServer* s = server_.load();
       // Nothing to drain while the model loads; a second signal means "now".
       if (!s || stopping) {
@@ -62,7 +71,7 @@ class ShutdownSignals {
 
   sigset_t set_{}, previous_{};
   std::atomic<server::HttpServer*> server_{nullptr};
-  std::atomic<bool> done_{false};
+  std::atomic<bool> done_{false}, follower_{false};
   std::thread thread_;
 };
 
@@ -86,7 +95,11 @@ class ServeCommand : public Command {
     app_->add_option("--timeout", io_timeout_s_, "Socket read/write timeout in seconds (default 30)")
         ->check(CLI::Range(1, 3600));
     app_->add_option("-c,--ctx,--ctx-size", ctx_, "Context length per sequence, e.g. 4096 or 128K (default 4096)");
-    app_->footer("SIGINT/SIGTERM: stop accepting, let running requests finish (30 s at most), exit.");
+    ranks_.add_to(*app_);
+    app_->footer(
+        "SIGINT/SIGTERM/SIGUSR1: stop accepting, let running requests finish (30 s at most), exit. Under mpirun "
+        "rank 0 serves and the other ranks compute their part of every request's forward pass; stop it with SIGUSR1 "
+        "to mpirun (it forwards that one; on SIGTERM mpirun kills the job).");
   }
   CLI::App* app() const override { return app_; }
 
@@ -95,7 +108,26 @@ class ServeCommand : public Command {
     options_.queue_timeout = std::chrono::seconds(queue_timeout_s_);
     options_.io_timeout = std::chrono::seconds(io_timeout_s_);
     ShutdownSignals signals;  // before any thread starts, so that all of them inherit the mask
-    const std::unique_ptr<server::Engine> engine = open_engine_(model_, ctx);
+    const transport::World* world = transport::World::current();
+    if (!world || !world->distributed()) return serve(open_engine_(model_, ctx), signals);
+    // Under mpirun: rank 0 serves on a V4 engine whose sessions compute with the other ranks; they follow.
+    runtime::SessionOptions so;
+    so.ctx = ctx;
+    RankRun ranks(*world, ranks_, OffloadFlags{}, model_, so);
+    if (!ranks.leads()) {
+      signals.leave_to_rank_0();
+      return follow(ranks, so);
+    }
+    server::V4EngineOptions eo;
+    eo.ctx = ctx;
+    eo.configure_session = [&](int slot, runtime::SessionOptions& o) { o = ranks.session_options(o, slot); };
+    const int status = serve(server::open_v4_engine(model_, eo), signals);
+    ranks.finish();
+    return status;
+  }
+
+ private:
+  int serve(std::unique_ptr<server::Engine> engine, ShutdownSignals& signals) {
     FERRY_CHECK(engine, "no engine for {}", model_);
     options_.extra_metrics = [e = engine.get()] { return e->metrics(); };
     server::HttpServer http(*engine, options_);
@@ -109,11 +141,23 @@ class ServeCommand : public Command {
     return kExitOk;
   }
 
- private:
+  // A rank other than 0: the weights and, for each slot rank 0 uses, a session that follows it.
+  int follow(RankRun& ranks, const runtime::SessionOptions& so) {
+    const runtime::ModelWeights weights = runtime::ModelWeights::load(model_);
+    std::map<int, std::unique_ptr<runtime::Session>> sessions;
+    ranks.follow([&](int slot) -> runtime::Session& {
+      auto& s = sessions[slot];
+      if (!s) s = std::make_unique<runtime::Session>(weights, ranks.session_options(so, slot));
+      return *s;
+    });
+    return kExitOk;
+  }
+
   EngineFactory open_engine_;
   CLI::App* app_ = nullptr;
   std::string model_, ctx_;
   server::ServerOptions options_;
+  RankFlags ranks_;
   int64_t queue_timeout_s_ = 600, io_timeout_s_ = 30;
 };
 

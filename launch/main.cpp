@@ -1,6 +1,9 @@
 // The `ferry` executable: parses the command line, runs one subcommand, and turns every error into one line
 // on stderr and a non-zero exit. Under mpirun every rank runs it: rank 0 owns stdout (tables, tokens), an error
 // every rank knows of is printed once by rank 0, and an error of one rank alone ends all of them (World::abort).
+#include <pthread.h>
+
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -31,6 +34,12 @@ int report(const ferry::transport::World& world, const CLI::App& cmd, const std:
 
 int main(int argc, char** argv) {
   using namespace ferry::launch;
+  // SIGUSR1 is how a server under mpirun is stopped (mpirun forwards it to every rank; cmd_serve.cpp answers it):
+  // blocked before MPI starts its threads, which inherit the mask, so that only `ferry serve` ever takes it.
+  sigset_t usr1;
+  sigemptyset(&usr1);
+  sigaddset(&usr1, SIGUSR1);
+  pthread_sigmask(SIG_BLOCK, &usr1, nullptr);
   std::unique_ptr<ferry::transport::World> world;
   try {
     world = std::make_unique<ferry::transport::World>(&argc, &argv);

@@ -133,7 +133,7 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const Of
   plan_json = world.broadcast_text(plan_json, 0, "the plan");
   world.agree("reading the plan", [&] {
     plan_ = planner::plan_from_json_text(plan_json);
-    exchange_ = std::make_unique<transport::MpiRankExchange>(world, transport::layer_roles(plan_, world.size()));
+    group_ = std::make_unique<transport::RankGroup>(world, transport::layer_roles(plan_, world.size()));
   });
   core::logger().info("{}", describe());
 }
@@ -147,24 +147,28 @@ std::string RankRun::gather_reports(const std::string& mine) const {
   return out;
 }
 
-runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base) {
+runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base, int slot) {
   base.ctx = plan_.options.ctx;
   base.kv_type = plan_.kv_type;
   base.ubatch = plan_.options.ubatch;
-  base.ranks = exchange_.get();
+  std::lock_guard lock(slots_mutex_);
+  auto& exchange = slots_[slot];
+  if (!exchange) exchange = std::make_unique<transport::MpiRankExchange>(*group_, slot);
+  base.ranks = exchange.get();
   return base;
 }
 
 std::string RankRun::describe() const {
-  const auto& roles = exchange_->roles();
+  const auto& roles = group_->roles();
+  const int me = world_.rank();
   std::string out =
       fmt::format("{} ranks as {} nodes ({}); {}:", world_.size(), plan_.hardware.nodes, plan_.layout, world_.where());
   int64_t runs = 0;
-  for (size_t l = 0; l < roles.size(); ++l) runs += exchange_->runs_layer(static_cast<int64_t>(l));
+  for (const transport::LayerRoles& r : roles) runs += std::count(r.runners.begin(), r.runners.end(), me);
   out += fmt::format(" runs {} of {} layers", runs, roles.size());
   for (const auto& h : roles.front().holders)
-    if (h.rank == world_.rank()) out += fmt::format(", experts {}-{} of layer 0", h.first, h.last);
-  if (exchange_->runs_head()) out += ", the head";
+    if (h.rank == me) out += fmt::format(", experts {}-{} of layer 0", h.first, h.last);
+  if (group_->head_rank() == me) out += ", the head";
   return out;
 }
 

@@ -6,7 +6,10 @@
 // runs in tests.
 #pragma once
 
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -40,21 +43,29 @@ class RankRun {
   planner::Plan node_view() const;
   // Collective: every rank's report, under its "rank R (host):" line, in rank order (for rank 0 to print).
   std::string gather_reports(const std::string& mine) const;
-  transport::MpiRankExchange& exchange() { return *exchange_; }
-  // `base` with the plan's context, KV type and chunk, and this rank's part of the forward pass.
-  runtime::SessionOptions session_options(runtime::SessionOptions base);
+  // `base` with the plan's context, KV type and chunk, and this rank's part of the forward pass for the session of
+  // `slot` (a server's sessions are slots 0, 1, …; each rank's session of a slot follows rank 0's).
+  runtime::SessionOptions session_options(runtime::SessionOptions base, int slot = 0);
   // Rank 0 leads the command; the others follow it and return at its end.
   bool leads() const { return world_.leader(); }
-  void follow(runtime::Session& session) { exchange_->follow(session); }
+  void follow(runtime::Session& session) {
+    group_->follow([&](int slot) -> runtime::Session& {
+      FERRY_CHECK(slot == 0, "transport: rank 0 drives slot {}, this command has one session", slot);
+      return session;
+    });
+  }
+  void follow(const std::function<runtime::Session&(int slot)>& session_of) { group_->follow(session_of); }
   // Rank 0, its command done: the followers stop.
-  void finish() { exchange_->announce_stop(); }
+  void finish() { group_->announce_stop(); }
   // "3 ranks as 3 nodes: rank 0 layers 0-3 + experts 0-7, …": who computes what, for the log.
   std::string describe() const;
 
  private:
   const transport::World& world_;
   planner::Plan plan_;
-  std::unique_ptr<transport::MpiRankExchange> exchange_;
+  std::unique_ptr<transport::RankGroup> group_;
+  std::mutex slots_mutex_;  // a server's sessions are made on its request threads
+  std::map<int, std::unique_ptr<transport::MpiRankExchange>> slots_;
 };
 
 }  // namespace ferry::launch

@@ -18,17 +18,54 @@ bool has(const std::vector<int>& ranks, int r) { return std::find(ranks.begin(),
 
 }  // namespace
 
-MpiRankExchange::MpiRankExchange(const World& world, std::vector<LayerRoles> roles)
-    : world_(world), roles_(std::move(roles)) {
+RankGroup::RankGroup(const World& world, std::vector<LayerRoles> roles) : world_(world), roles_(std::move(roles)) {
   FERRY_CHECK(!roles_.empty(), "transport: a model without layers");
   const std::vector<int>& last = roles_.back().runners;
   head_rank_ = has(last, 0) ? 0 : last.front();
 }
 
-bool MpiRankExchange::runs_layer(int64_t l) const { return has(roles_.at(sz(l)).runners, world_.rank()); }
+// A command is a fixed header {command, slot, tokens, logits wanted} and then its tokens, broadcast from rank 0.
+void RankGroup::broadcast_command(Command c, int slot, std::span<const int32_t> tokens, runtime::LogitsWanted want) {
+  std::array<int64_t, 4> header{static_cast<int64_t>(c), slot, static_cast<int64_t>(tokens.size()),
+                                static_cast<int64_t>(want)};
+  world_.broadcast(header.data(), sizeof header, 0, "a command to the ranks");
+  if (!tokens.empty())
+    world_.broadcast(const_cast<int32_t*>(tokens.data()), static_cast<int64_t>(tokens.size_bytes()), 0,
+                     "a command's tokens");
+}
+
+void RankGroup::announce_stop() {
+  std::lock_guard lock(step_);
+  broadcast_command(Command::Stop, 0, {}, runtime::LogitsWanted::None);
+}
+
+void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session_of) {
+  FERRY_CHECK(!world_.leader(), "transport: rank 0 leads, it does not follow");
+  std::vector<int32_t> tokens;
+  for (;;) {
+    std::array<int64_t, 4> header{};
+    std::vector<MPI_Request> r(1);
+    MPI_Ibcast(header.data(), sizeof header, MPI_BYTE, 0, world_.comm(), &r[0]);
+    world_.wait_all(r, {0}, "the next command", /*bounded=*/false);
+    const auto command = static_cast<Command>(header[0]);
+    if (command == Command::Stop) return;
+    FERRY_CHECK(header[1] >= 0 && header[1] < 1 << 20, "transport: rank 0 sent a command for slot {}", header[1]);
+    runtime::Session& session = session_of(static_cast<int>(header[1]));
+    if (command == Command::Reset) {
+      session.reset();
+      continue;
+    }
+    FERRY_CHECK(command == Command::Feed && header[2] > 0, "transport: rank 0 sent an unknown command {}", header[0]);
+    tokens.resize(sz(header[2]));
+    world_.broadcast(tokens.data(), header[2] * static_cast<int64_t>(sizeof(int32_t)), 0, "a command's tokens");
+    session.follow_feed(tokens, static_cast<runtime::LogitsWanted>(header[3]));
+  }
+}
+
+bool MpiRankExchange::runs_layer(int64_t l) const { return has(roles(l).runners, world_.rank()); }
 
 const ExpertRange* MpiRankExchange::my_range(int64_t l) const {
-  for (const ExpertRange& r : roles_.at(sz(l)).holders)
+  for (const ExpertRange& r : roles(l).holders)
     if (r.rank == world_.rank()) return &r;
   return nullptr;
 }
@@ -40,49 +77,22 @@ bool MpiRankExchange::computes_expert(int64_t l, int64_t e) const {
 
 bool MpiRankExchange::computes_experts(int64_t l) const { return my_range(l) != nullptr; }
 
-// A command is a fixed header {command, tokens, logits wanted} and then its tokens, both broadcast from rank 0.
-void MpiRankExchange::broadcast_command(Command c, std::span<const int32_t> tokens, runtime::LogitsWanted want) {
-  std::array<int64_t, 3> header{static_cast<int64_t>(c), static_cast<int64_t>(tokens.size()),
-                                static_cast<int64_t>(want)};
-  world_.broadcast(header.data(), sizeof header, 0, "a command to the ranks");
-  if (!tokens.empty())
-    world_.broadcast(const_cast<int32_t*>(tokens.data()), static_cast<int64_t>(tokens.size_bytes()), 0,
-                     "a command's tokens");
+std::unique_lock<std::mutex> MpiRankExchange::announce_feed(std::span<const int32_t> tokens,
+                                                            runtime::LogitsWanted want) {
+  std::unique_lock lock(group_.step_lock());
+  group_.broadcast_command(Command::Feed, slot_, tokens, want);
+  return lock;
 }
 
-void MpiRankExchange::announce_feed(std::span<const int32_t> tokens, runtime::LogitsWanted want) {
-  broadcast_command(Command::Feed, tokens, want);
-}
-
-void MpiRankExchange::announce_reset() { broadcast_command(Command::Reset, {}, runtime::LogitsWanted::None); }
-
-void MpiRankExchange::announce_stop() { broadcast_command(Command::Stop, {}, runtime::LogitsWanted::None); }
-
-void MpiRankExchange::follow(runtime::Session& session) {
-  FERRY_CHECK(!world_.leader(), "transport: rank 0 leads, it does not follow");
-  std::vector<int32_t> tokens;
-  for (;;) {
-    std::array<int64_t, 3> header{};
-    std::vector<MPI_Request> r(1);
-    MPI_Ibcast(header.data(), sizeof header, MPI_BYTE, 0, world_.comm(), &r[0]);
-    world_.wait_all(r, {0}, "the next command", /*bounded=*/false);
-    const auto command = static_cast<Command>(header[0]);
-    if (command == Command::Stop) return;
-    if (command == Command::Reset) {
-      session.reset();
-      continue;
-    }
-    FERRY_CHECK(command == Command::Feed && header[1] > 0, "transport: rank 0 sent an unknown command {}", header[0]);
-    tokens.resize(sz(header[1]));
-    world_.broadcast(tokens.data(), header[1] * static_cast<int64_t>(sizeof(int32_t)), 0, "a command's tokens");
-    session.follow_feed(tokens, static_cast<runtime::LogitsWanted>(header[2]));
-  }
+void MpiRankExchange::announce_reset() {
+  std::lock_guard lock(group_.step_lock());
+  group_.broadcast_command(Command::Reset, slot_, {}, runtime::LogitsWanted::None);
 }
 
 // The runners of l that did not run l−1 receive H from the first rank that did.
 void MpiRankExchange::hand_over(int64_t l, float* H, int64_t floats) {
-  const std::vector<int>& before = roles_.at(sz(l - 1)).runners;
-  const std::vector<int>& now = roles_.at(sz(l)).runners;
+  const std::vector<int>& before = roles(l - 1).runners;
+  const std::vector<int>& now = roles(l).runners;
   if (before == now) return;
   const int from = before.front(), me = world_.rank();
   World::Pending p(world_);
@@ -96,7 +106,7 @@ void MpiRankExchange::hand_over(int64_t l, float* H, int64_t floats) {
 
 // The first runner sends the layer's inputs and choices to the holders that do not run it.
 void MpiRankExchange::dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32_t* ids, int64_t k) {
-  const LayerRoles& roles = roles_.at(sz(l));
+  const LayerRoles& roles = this->roles(l);
   const int from = roles.runners.front(), me = world_.rank();
   World::Pending p(world_);
   for (const ExpertRange& h : roles.holders) {
@@ -115,7 +125,7 @@ void MpiRankExchange::dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32
 
 // Each holder's rows (its experts' sorted positions, one contiguous block) go to every runner but itself.
 void MpiRankExchange::combine(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) {
-  const LayerRoles& roles = roles_.at(sz(l));
+  const LayerRoles& roles = this->roles(l);
   const int me = world_.rank();
   World::Pending p(world_);
   for (const ExpertRange& h : roles.holders) {
@@ -133,9 +143,10 @@ void MpiRankExchange::combine(int64_t l, float* eo, std::span<const int64_t> off
 }
 
 void MpiRankExchange::logits(float* rows, int64_t floats) {
-  if (head_rank_ == 0) return;
-  if (world_.rank() == head_rank_) world_.send(rows, floats * 4, 0, kLogits, "the logits");
-  if (world_.leader()) world_.recv(rows, floats * 4, head_rank_, kLogits, "the logits");
+  const int head = group_.head_rank();
+  if (head == 0) return;
+  if (world_.rank() == head) world_.send(rows, floats * 4, 0, kLogits, "the logits");
+  if (world_.leader()) world_.recv(rows, floats * 4, head, kLogits, "the logits");
 }
 
 }  // namespace ferry::transport

@@ -140,6 +140,7 @@ class V4Engine : public Engine {
   runtime::Session* new_session() {
     runtime::SessionOptions so;
     so.ctx = options_.ctx;
+    if (options_.configure_session) options_.configure_session(static_cast<int>(sessions_.size()), so);
     sessions_.push_back(std::make_unique<runtime::Session>(weights_, so));
     return sessions_.back().get();
   }

@@ -8,16 +8,21 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
 #include "launch/server/engine.h"
+#include "runtime/model/forward.h"
 
 namespace ferry::launch::server {
 
 struct V4EngineOptions {
   int64_t ctx = 4096;       // tokens per sequence: prompt + answer
   bool ignore_eos = false;  // generate through the end-of-sentence token until max_tokens (tests, load runs)
+  // Adjusts the options of the session of each slot (0, 1, … in the order they are made) before it is made: under
+  // mpirun, the plan's KV type and chunk and the slot's part of the forward pass (launch/rank_setup.h).
+  std::function<void(int slot, runtime::SessionOptions&)> configure_session;
 };
 
 // Loads the checkpoint, its tokenizer.json and its chat format, and allocates the first session (so that a

@@ -74,10 +74,11 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
     FERRY_CHECK(tokens[sz(i)] >= 0 && tokens[sz(i)] < c.vocab_size, "token id {} is outside the vocabulary [0, {})",
                 tokens[sz(i)], c.vocab_size);
   FERRY_CHECK(pos_ + n <= options_.ctx, "the context is full: {} + {} tokens exceed --ctx {}", pos_, n, options_.ctx);
+  std::unique_lock<std::mutex> step;  // held until the step's exchanges are done
   if (options_.ranks && options_.ranks->leads())
-    options_.ranks->announce_feed(tokens, all_logits    ? LogitsWanted::All
-                                          : last_logits ? LogitsWanted::Last
-                                                        : LogitsWanted::None);
+    step = options_.ranks->announce_feed(tokens, all_logits    ? LogitsWanted::All
+                                                 : last_logits ? LogitsWanted::Last
+                                                               : LogitsWanted::None);
   compute(tokens, all_logits, last_logits, progress);
 }
 

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <span>
 
 namespace ferry::runtime {
@@ -29,9 +30,11 @@ class RankExchange {
   // Computes the output head (the last layer's runner; rank 0 when it is one).
   virtual bool runs_head() const = 0;
 
-  // ---- lockstep (rank 0 only; the others follow, transport::follow) ----
-  // At the start of Session::feed, once the tokens are checked: the other ranks feed the same tokens.
-  virtual void announce_feed(std::span<const int32_t> tokens, LogitsWanted want) = 0;
+  // ---- lockstep (rank 0 only; the others follow) ----
+  // At the start of Session::feed, once the tokens are checked: the other ranks feed the same tokens to their
+  // session of the same slot. Returns the step's lock: the sessions of one run (a server's slots) take turns, one
+  // forward pass at a time across the ranks, so that no two steps' exchanges interleave.
+  virtual std::unique_lock<std::mutex> announce_feed(std::span<const int32_t> tokens, LogitsWanted want) = 0;
   // At Session::reset.
   virtual void announce_reset() = 0;
 

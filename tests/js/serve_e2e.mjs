@@ -1,4 +1,6 @@
-// node serve_e2e.mjs FERRY WORKDIR: `ferry serve` on a tiny model, spoken to by the official `openai` npm client.
+// node serve_e2e.mjs FERRY WORKDIR [LAUNCHER...]: `ferry serve` on a tiny model, spoken to by the official `openai`
+// npm client; with LAUNCHER (e.g. `mpiexec --oversubscribe -np 2`) the server runs under it, every rank a node
+// holding its share of the experts (--ranks-as-nodes), and is stopped with SIGUSR1 (what mpirun forwards).
 // (a) a chat completion, (b) the same streamed, (c) a tools + thinking request whose prompt is DeepSeek's own
 // encoding of it (test vector 1), (d) usage counts, (e) /v1/models, (f) 16 clients at once, (g) a client that
 // aborts mid-stream, (h) malformed requests answered 400 — the server serving on after each — and a graceful
@@ -16,9 +18,9 @@ if (!fs.existsSync(path.join(here, 'node_modules', 'openai'))) {
 }
 const { default: OpenAI } = await import('openai');
 
-const [ferry, work] = process.argv.slice(2);
+const [ferry, work, ...launcher] = process.argv.slice(2);
 if (!ferry || !work) {
-  console.error('usage: node serve_e2e.mjs FERRY WORKDIR');
+  console.error('usage: node serve_e2e.mjs FERRY WORKDIR [LAUNCHER...]');
   process.exit(2);
 }
 fs.rmSync(work, { recursive: true, force: true });
@@ -30,8 +32,12 @@ const vectors = path.join(here, '..', 'data', 'deepseek-v4-flash', 'encoding-tes
 // Token count of `text` with the model's tokenizer, from `ferry tokenize` (no BOS added: the texts carry it).
 const countTokens = (text) => JSON.parse(execFileSync(ferry, ['tokenize', '-m', modelDir], { input: text })).length;
 
-const server = spawn(ferry, ['serve', '--model', modelDir, '--port', '0', '--ctx', String(CTX), '--parallel', '4'],
+const serveArgs = ['serve', '--model', modelDir, '--port', '0', '--ctx', String(CTX), '--parallel', '4'];
+const ranks = launcher.length > 0;
+const server = spawn(ranks ? launcher[0] : ferry,
+                     ranks ? [...launcher.slice(1), ferry, ...serveArgs, '--ranks-as-nodes'] : serveArgs,
                      { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FERRY_LOG_LEVEL: 'info' } });
+const stopSignal = ranks ? 'SIGUSR1' : 'SIGTERM';
 let serverLog = '';
 const port = await new Promise((resolve, reject) => {
   const timer = setTimeout(() => reject(new Error(`no port announced in 60 s: ${serverLog}`)), 60000);
@@ -214,12 +220,16 @@ try {
   failed = true;
   console.error(`FAIL ${e.stack ?? e}\n--- ferry serve stderr ---\n${serverLog}`);
 }
+if (ranks && !/rank 1 \([^)]*\): runs \d+ of \d+ layers, experts \d+-\d+/.test(serverLog)) {
+  failed = true;
+  console.error(`rank 1 holds no experts:\n${serverLog}`);
+}
 const exited = new Promise((resolve) => server.on('exit', (code, signal) => resolve({ code, signal })));
-server.kill('SIGTERM');
+server.kill(stopSignal);
 const { code } = await Promise.race([exited, new Promise((r) => setTimeout(() => r({ code: 'timeout' }), 30000))]);
 if (code !== 0) {
   failed = true;
-  console.error(`ferry serve did not exit 0 after SIGTERM: ${code}\n${serverLog}`);
+  console.error(`ferry serve did not exit 0 after ${stopSignal}: ${code}\n${serverLog}`);
 }
 if (!failed) fs.rmSync(work, { recursive: true, force: true });
 process.exit(failed ? 1 : 0);
