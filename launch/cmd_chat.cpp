@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.h"
+#include "launch/rank_setup.h"
 #include "launch/server/v4_engine.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
@@ -137,6 +138,7 @@ class ChatCommand : public Command {
     app_->add_flag("--thinking", thinking_, "DeepSeek's thinking mode: the model reasons before it answers");
     app_->add_option("--system", system_, "A system prompt at the start of the conversation");
     app_->add_flag("--ignore-eos", ignore_eos_, "Answers run to -n tokens, through the end-of-turn token (tests)");
+    ranks_.add_to(*app_);
     app_->footer(
         "Type a message and Enter. /reset clears the conversation; /exit, Ctrl-D or Ctrl-C at the prompt quits; "
         "Ctrl-C during an answer stops that answer. Speed goes to stderr after each answer.");
@@ -147,6 +149,25 @@ class ChatCommand : public Command {
     server::V4EngineOptions eo;
     eo.ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
     eo.ignore_eos = ignore_eos_;
+    const transport::World* world = transport::World::current();
+    if (!world || !world->distributed()) return converse(eo);
+    // Under mpirun: rank 0 (mpirun gives it stdin) chats; the other ranks compute their part of each answer.
+    runtime::SessionOptions so;
+    so.ctx = eo.ctx;
+    RankRun ranks(*world, ranks_, OffloadFlags{}, model_, so);
+    if (!ranks.leads()) {
+      ranks.follow_slots(model_, so);
+      return kExitOk;
+    }
+    eo.configure_session = [&](int slot, runtime::SessionOptions& o) { o = ranks.session_options(o, slot); };
+    const int status = converse(eo);
+    ranks.finish();
+    return status;
+  }
+
+ private:
+  // The conversation, until /exit, end of input or Ctrl-C at the prompt.
+  int converse(const server::V4EngineOptions& eo) {
     if (isatty(STDERR_FILENO)) std::fprintf(stderr, "loading %s ...\n", model_.c_str());
     const std::unique_ptr<server::Engine> engine = server::open_v4_engine(model_, eo);
     std::fprintf(stderr,
@@ -178,7 +199,6 @@ class ChatCommand : public Command {
     }
   }
 
- private:
   void reset() {
     history_ = Json::array();
     if (!system_.empty()) history_.push_back({{"role", "system"}, {"content", system_}});
@@ -243,6 +263,7 @@ class ChatCommand : public Command {
 
   CLI::App* app_ = nullptr;
   std::string model_, ctx_, system_;
+  RankFlags ranks_;
   int64_t n_predict_ = 0;  // 0: the rest of the context
   runtime::SamplerOptions sampler_{.temperature = 0.6, .top_p = 0.95};
   bool thinking_ = false, ignore_eos_ = false;

@@ -7,7 +7,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <map>
 #include <thread>
 
 #include "launch/commands.h"
@@ -116,7 +115,8 @@ class ServeCommand : public Command {
     RankRun ranks(*world, ranks_, OffloadFlags{}, model_, so);
     if (!ranks.leads()) {
       signals.leave_to_rank_0();
-      return follow(ranks, so);
+      ranks.follow_slots(model_, so);
+      return kExitOk;
     }
     server::V4EngineOptions eo;
     eo.ctx = ctx;
@@ -138,18 +138,6 @@ class ServeCommand : public Command {
                  port, options_.parallel, options_.queue);
     http.serve();
     signals.attach(nullptr);
-    return kExitOk;
-  }
-
-  // A rank other than 0: the weights and, for each slot rank 0 uses, a session that follows it.
-  int follow(RankRun& ranks, const runtime::SessionOptions& so) {
-    const runtime::ModelWeights weights = runtime::ModelWeights::load(model_);
-    std::map<int, std::unique_ptr<runtime::Session>> sessions;
-    ranks.follow([&](int slot) -> runtime::Session& {
-      auto& s = sessions[slot];
-      if (!s) s = std::make_unique<runtime::Session>(weights, ranks.session_options(so, slot));
-      return *s;
-    });
     return kExitOk;
   }
 

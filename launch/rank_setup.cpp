@@ -158,6 +158,16 @@ runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base, i
   return base;
 }
 
+void RankRun::follow_slots(const std::string& model_dir, const runtime::SessionOptions& base) {
+  const runtime::ModelWeights weights = runtime::ModelWeights::load(model_dir);
+  std::map<int, std::unique_ptr<runtime::Session>> sessions;
+  group_->follow([&](int slot) -> runtime::Session& {
+    auto& s = sessions[slot];
+    if (!s) s = std::make_unique<runtime::Session>(weights, session_options(base, slot));
+    return *s;
+  });
+}
+
 std::string RankRun::describe() const {
   const auto& roles = group_->roles();
   const int me = world_.rank();

@@ -54,7 +54,9 @@ class RankRun {
       return session;
     });
   }
-  void follow(const std::function<runtime::Session&(int slot)>& session_of) { group_->follow(session_of); }
+  // A rank other than 0 of a command with several sessions (serve, chat): loads the weights and, for each slot
+  // rank 0 uses, makes a session of `base` (session_options) that follows it, until rank 0's end.
+  void follow_slots(const std::string& model_dir, const runtime::SessionOptions& base);
   // Rank 0, its command done: the followers stop.
   void finish() { group_->announce_stop(); }
   // "3 ranks as 3 nodes: rank 0 layers 0-3 + experts 0-7, …": who computes what, for the log.

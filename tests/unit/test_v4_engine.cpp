@@ -148,7 +148,8 @@ TEST(V4Engine, ResetSessionsAnswerLikeFreshOnes) {
 }
 
 TEST(V4Engine, MaxTokensEndsWithLength) {
-  const auto e = ferry::launch::server::open_v4_engine(tiny_dir().string(), {.ctx = 256, .ignore_eos = true});
+  const auto e = ferry::launch::server::open_v4_engine(tiny_dir().string(),
+                                                       {.ctx = 256, .ignore_eos = true, .configure_session = {}});
   const Answer a = generate(*e, chat("Count"), 7);
   EXPECT_EQ(a.result.finish, FinishReason::Length);
   EXPECT_EQ(a.result.completion_tokens, 7);
