@@ -6,6 +6,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "launch/plan_flags.h"
 #include "planner/core/error.h"
 #include "planner/core/log.h"
 #include "planner/model_spec.h"
@@ -80,9 +81,11 @@ planner::Hardware nodes_hardware(const std::vector<nlohmann::json>& ids) {
   return hw;
 }
 
-planner::Plan plan_nodes(const planner::Hardware& hw, const std::string& model_dir, const runtime::SessionOptions& so) {
+planner::Plan plan_nodes(const planner::Hardware& hw, const std::string& model_dir, const runtime::SessionOptions& so,
+                         planner::Split split) {
   const planner::ModelSpec spec = planner::load_model_spec(model_dir);
   planner::PlanOptions o;
+  o.split = split;
   o.ctx = so.ctx;
   o.kv_type = so.kv_type;
   o.ubatch = so.ubatch;
@@ -91,7 +94,8 @@ planner::Plan plan_nodes(const planner::Hardware& hw, const std::string& model_d
   if (!plan.fits) {
     std::string why;
     for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
-    FERRY_THROW("does not fit on {} nodes: {} (`ferry plan --nodes {}` shows the whole plan)", hw.nodes, why, hw.nodes);
+    FERRY_THROW("does not fit on {} nodes: {} (`ferry plan --nodes {} --split {}` shows the whole plan)", hw.nodes, why,
+                hw.nodes, planner::split_name(split));
   }
   return plan;
 }
@@ -102,6 +106,8 @@ void RankFlags::add_to(CLI::App& app) {
   app.add_flag("--ranks-as-nodes", ranks_as_nodes,
                "Under mpirun: run each rank as a node of its own even when ranks share a machine (each rank's RAM "
                "counts as its node's; for trying multi-node layouts on one machine)");
+  app.add_option("--split", split, std::string("Under mpirun: how the ranks share the model. ") + kSplitHelp)
+      ->check(CLI::IsMember({"auto", "experts", "layers", "layers+experts"}));
 }
 
 RankRun::RankRun(const transport::World& world, const RankFlags& flags, const std::string& model_dir,
@@ -116,7 +122,9 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const st
   std::string plan_json;
   world.agree("checking the ranks", [&] {
     check_ranks(world, ids, flags.ranks_as_nodes);
-    if (world.leader()) plan_json = planner::plan_to_json(plan_nodes(nodes_hardware(ids), model_dir, session)).dump();
+    if (world.leader())
+      plan_json =
+          planner::plan_to_json(plan_nodes(nodes_hardware(ids), model_dir, session, parse_split(flags.split))).dump();
   });
   plan_json = world.broadcast_text(plan_json, 0, "the plan");
   world.agree("reading the plan", [&] {
@@ -136,14 +144,37 @@ runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base) {
 
 std::string RankRun::describe() const {
   const auto& roles = exchange_->roles();
-  std::string out =
-      fmt::format("{} ranks as {} nodes ({}); {}:", world_.size(), plan_.hardware.nodes, plan_.layout, world_.where());
-  int64_t runs = 0;
-  for (size_t l = 0; l < roles.size(); ++l) runs += exchange_->runs_layer(static_cast<int64_t>(l));
-  out += fmt::format(" runs {} of {} layers", runs, roles.size());
-  for (const auto& h : roles.front().holders)
-    if (h.rank == world_.rank()) out += fmt::format(", experts {}-{} of layer 0", h.first, h.last);
-  if (exchange_->runs_head()) out += ", the head";
+  std::string out = fmt::format("{} ranks as {} nodes ({}; split {}); {}:", world_.size(), plan_.hardware.nodes,
+                                plan_.layout, planner::split_name(plan_.split), world_.where());
+  // "experts 0-5 of layers 0-2,4": consecutive layers where this rank has the same part, grouped.
+  auto parts = [&](auto part) {
+    std::vector<std::pair<std::string, std::string>> groups;  // part -> layer ranges, in layer order
+    for (size_t l = 0; l < roles.size();) {
+      size_t end = l + 1;
+      while (end < roles.size() && part(end) == part(l)) ++end;
+      const std::string what = part(l), range = end - l > 1 ? fmt::format("{}-{}", l, end - 1) : std::to_string(l);
+      l = end;
+      if (what.empty()) continue;
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == what; });
+      if (it == groups.end())
+        groups.emplace_back(what, range);
+      else
+        it->second += "," + range;
+    }
+    std::string text;
+    for (const auto& [what, layers] : groups) text += fmt::format("{}{} {}", text.empty() ? "" : ", ", what, layers);
+    return text;
+  };
+  const std::string runs =
+      parts([&](size_t l) { return exchange_->runs_layer(static_cast<int64_t>(l)) ? "runs layers" : ""; });
+  out += runs.empty() ? " runs no layer" : " " + runs;
+  const std::string experts = parts([&](size_t l) -> std::string {
+    for (const auto& h : roles[l].holders)
+      if (h.rank == world_.rank()) return fmt::format("experts {}-{} of layers", h.first, h.last);
+    return "";
+  });
+  if (!experts.empty()) out += "; " + experts;
+  if (exchange_->runs_head()) out += "; the head";
   return out;
 }
 
