@@ -73,7 +73,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    std::fprintf(stderr, "ferry: error: %s (see --help)\n", e.what());
+    // Every rank parses the same command line: rank 0 speaks for them.
+    if (world->leader()) std::fprintf(stderr, "ferry: error: %s (see --help)\n", e.what());
     return kExitUsage;
   }
 

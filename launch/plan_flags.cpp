@@ -5,6 +5,18 @@
 
 namespace ferry::launch {
 
+const char* const kSplitHelp =
+    "With several nodes: experts (every node runs every layer, each layer's routed experts sharded over the "
+    "nodes), layers (each node owns a range of whole layers with their experts: a pipeline), layers+experts "
+    "(the non-routed layers a pipeline, the experts sharded), or auto (the fastest that fits, by the cost "
+    "model; default)";
+
+planner::Split parse_split(const std::string& text) {
+  const auto s = planner::split_from_name(text);
+  FERRY_CHECK(s.has_value(), "unknown --split '{}' (expected experts, layers, layers+experts or auto)", text);
+  return *s;
+}
+
 void PlanFlags::add_to(CLI::App& app, bool model_required) {
   std::string presets;
   for (const auto& n : core::preset_names()) presets += (presets.empty() ? "" : ", ") + n;
@@ -22,6 +34,7 @@ void PlanFlags::add_to(CLI::App& app, bool model_required) {
                  "GPU expert cache: auto (the VRAM left over), off, or N slots per layer (default auto)");
   app.add_option("--expert-hit-rate", hit_rate,
                  "Expected expert-cache hit rate 0..1 for the speed estimate (default: estimated from the cache size)");
+  app.add_option("--split", split, kSplitHelp);
 }
 
 planner::PlanOptions PlanFlags::resolve() const {
@@ -63,6 +76,7 @@ planner::PlanOptions PlanFlags::resolve() const {
     if (!(*hit_rate >= 0 && *hit_rate <= 1)) FERRY_THROW("--expert-hit-rate must be in [0, 1]");
     o.expert_hit_rate = *hit_rate;
   }
+  if (!split.empty()) o.split = parse_split(split);
   return o;
 }
 

@@ -1,5 +1,5 @@
 // The planning flags (`--model`, `--ctx`, `--kv-type`, ...) shared by `ferry plan`, `ferry bench plan` and,
-// later, `ferry run`.
+// later, `ferry run`. parse_split is `--split` for `ferry run` under mpirun too.
 #pragma once
 
 #include <optional>
@@ -13,7 +13,7 @@ namespace ferry::launch {
 
 struct PlanFlags {
   std::string model;
-  std::string ctx, kv_type, expert_cache;
+  std::string ctx, kv_type, expert_cache, split;
   std::optional<int64_t> ubatch, parallel;
   std::optional<double> hit_rate;
   bool mtp = false;
@@ -21,5 +21,9 @@ struct PlanFlags {
   void add_to(CLI::App& app, bool model_required);
   planner::PlanOptions resolve() const;
 };
+
+// The help of `--split` and its value: experts, layers, layers+experts or auto; a one-line error otherwise.
+extern const char* const kSplitHelp;
+planner::Split parse_split(const std::string& text);
 
 }  // namespace ferry::launch

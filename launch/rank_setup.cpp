@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/plan_file.h"
+#include "launch/plan_flags.h"
 #include "offload/device_plan.h"
 #include "planner/core/error.h"
 #include "planner/core/log.h"
@@ -82,13 +83,14 @@ planner::Hardware nodes_hardware(const std::vector<nlohmann::json>& ids) {
   return hw;
 }
 
-// Rank 0's plan for every node: CPU only, or each node with the simulated device of --gpu.
+// Rank 0's plan for every node, laid out as --split says: CPU only, or each node with the simulated device of --gpu.
 planner::Plan plan_nodes(planner::Hardware hw, const OffloadFlags& offload, const std::string& model_dir,
-                         const runtime::SessionOptions& so) {
+                         const runtime::SessionOptions& so, planner::Split split) {
   const planner::ModelSpec spec = planner::load_model_spec(model_dir);
-  const std::string where = fmt::format("{} nodes", hw.nodes);
+  const std::string where = fmt::format("{} nodes (--split {})", hw.nodes, planner::split_name(split));
   if (!offload.enabled()) {
     planner::PlanOptions o;
+    o.split = split;
     o.ctx = so.ctx;
     o.kv_type = so.kv_type;
     o.ubatch = so.ubatch;
@@ -100,8 +102,9 @@ planner::Plan plan_nodes(planner::Hardware hw, const OffloadFlags& offload, cons
   host.numa_nodes = offload.numa > 0 ? offload.numa : host.numa_nodes;
   planner::Hardware with_gpu = offload::device_hardware(host, device);
   with_gpu.nodes = hw.nodes;
-  return offload::place_or_explain(spec, with_gpu, offload::device_plan_options(device, so),
-                                   where + " with " + device.name);
+  planner::PlanOptions o = offload::device_plan_options(device, so);
+  o.split = split;
+  return offload::place_or_explain(spec, with_gpu, o, where + " with " + device.name);
 }
 
 }  // namespace
@@ -110,6 +113,8 @@ void RankFlags::add_to(CLI::App& app) {
   app.add_flag("--ranks-as-nodes", ranks_as_nodes,
                "Under mpirun: run each rank as a node of its own even when ranks share a machine (each rank's RAM "
                "counts as its node's; for trying multi-node layouts on one machine)");
+  app.add_option("--split", split, std::string("Under mpirun: how the ranks share the model. ") + kSplitHelp)
+      ->check(CLI::IsMember({"auto", "experts", "layers", "layers+experts"}));
 }
 
 RankRun::RankRun(const transport::World& world, const RankFlags& flags, const OffloadFlags& offload,
@@ -126,7 +131,7 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const Of
   world.agree("checking the ranks", [&] {
     check_ranks(world, ids, flags.ranks_as_nodes);
     if (!world.leader()) return;
-    const planner::Plan plan = plan_nodes(nodes_hardware(ids), offload, model_dir, session);
+    const planner::Plan plan = plan_nodes(nodes_hardware(ids), offload, model_dir, session, parse_split(flags.split));
     if (!offload.plan_out.empty()) write_plan_file(offload.plan_out, plan);
     plan_json = planner::plan_to_json(plan).dump();
   });
@@ -171,14 +176,38 @@ void RankRun::follow_slots(const std::string& model_dir, const runtime::SessionO
 std::string RankRun::describe() const {
   const auto& roles = group_->roles();
   const int me = world_.rank();
-  std::string out =
-      fmt::format("{} ranks as {} nodes ({}); {}:", world_.size(), plan_.hardware.nodes, plan_.layout, world_.where());
-  int64_t runs = 0;
-  for (const transport::LayerRoles& r : roles) runs += std::count(r.runners.begin(), r.runners.end(), me);
-  out += fmt::format(" runs {} of {} layers", runs, roles.size());
-  for (const auto& h : roles.front().holders)
-    if (h.rank == me) out += fmt::format(", experts {}-{} of layer 0", h.first, h.last);
-  if (group_->head_rank() == me) out += ", the head";
+  std::string out = fmt::format("{} ranks as {} nodes ({}; split {}); {}:", world_.size(), plan_.hardware.nodes,
+                                plan_.layout, planner::split_name(plan_.split), world_.where());
+  // "experts 0-5 of layers 0-2,4": consecutive layers where this rank has the same part, grouped.
+  auto parts = [&](auto part) {
+    std::vector<std::pair<std::string, std::string>> groups;  // part -> layer ranges, in layer order
+    for (size_t l = 0; l < roles.size();) {
+      size_t end = l + 1;
+      while (end < roles.size() && part(end) == part(l)) ++end;
+      const std::string what = part(l), range = end - l > 1 ? fmt::format("{}-{}", l, end - 1) : std::to_string(l);
+      l = end;
+      if (what.empty()) continue;
+      auto it = std::find_if(groups.begin(), groups.end(), [&](const auto& g) { return g.first == what; });
+      if (it == groups.end())
+        groups.emplace_back(what, range);
+      else
+        it->second += "," + range;
+    }
+    std::string text;
+    for (const auto& [what, layers] : groups) text += fmt::format("{}{} {}", text.empty() ? "" : ", ", what, layers);
+    return text;
+  };
+  const std::string runs = parts([&](size_t l) {
+    return std::count(roles[l].runners.begin(), roles[l].runners.end(), me) > 0 ? "runs layers" : "";
+  });
+  out += runs.empty() ? " runs no layer" : " " + runs;
+  const std::string experts = parts([&](size_t l) -> std::string {
+    for (const auto& h : roles[l].holders)
+      if (h.rank == me) return fmt::format("experts {}-{} of layers", h.first, h.last);
+    return "";
+  });
+  if (!experts.empty()) out += "; " + experts;
+  if (group_->head_rank() == me) out += "; the head";
   return out;
 }
 

@@ -24,6 +24,7 @@ namespace ferry::launch {
 
 struct RankFlags {
   bool ranks_as_nodes = false;
+  std::string split = "auto";  // planner::Split by name
 
   void add_to(CLI::App& app);
 };
@@ -59,7 +60,7 @@ class RankRun {
   void follow_slots(const std::string& model_dir, const runtime::SessionOptions& base);
   // Rank 0, its command done: the followers stop.
   void finish() { group_->announce_stop(); }
-  // "3 ranks as 3 nodes: rank 0 layers 0-3 + experts 0-7, …": who computes what, for the log.
+  // "… rank 1 (host): runs layers 2-3; experts 0-15 of layers 2-3; the head": who computes what, for the log.
   std::string describe() const;
 
  private:

@@ -66,6 +66,7 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
   for (size_t i = 0; i < plan.devices.size(); ++i)
     if (plan.devices[i].kind == planner::DeviceKind::Gpu) gpu_index = static_cast<int>(i);
   bool any_in_ram = false;
+  bool streams = false;  // some experts in RAM have this GPU to be cached or streamed on
   const int node = planner::view_node(plan);
   for (const auto& lp : plan.layers) {
     const planner::LayerRun* run = planner::run_on_node(plan, lp, node);
@@ -95,6 +96,7 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
       continue;
     }
     any_in_ram = true;
+    for (const planner::ExpertHome& h : lp.experts) streams |= h.cache >= 0;
     dst.host = host_of_expert.at(sz(lp.layer));
     dst.host.resize(L.experts.size(), -1);
     for (size_t e = 0; e < dst.host.size(); ++e)
@@ -105,8 +107,9 @@ ExpertDispatch::ExpertDispatch(const planner::Plan& plan, const runtime::ModelWe
       dst.slots.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
   }
   if (!any_in_ram) return;
-  // Stream slots and staging as planner/memory.h sizes them: two groups of top-k experts.
-  const int64_t ring = 2 * c.num_experts_per_tok;
+  // Stream slots and staging as planner/memory.h sizes them: two groups of top-k experts; none when this GPU runs
+  // none of the layers whose experts this node keeps in RAM (a pipeline stage holding a later stage's experts).
+  const int64_t ring = streams ? 2 * c.num_experts_per_tok : 0;
   for (int64_t i = 0; i < ring; ++i) {
     stream_slots_.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
     staging_.push_back(host.allocate(MemoryClass::Staging, expert_bytes_));

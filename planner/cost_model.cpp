@@ -1,11 +1,14 @@
 // The cost model: a roofline over the placement (../shared/spec/hardware.md, "Bytes per decode token"):
 //   t_token = bytes read on the GPU / BW_vram + (1 - h) * routed bytes / (eta * BW_dram) + syncs.
 // Decode at batch 1 is memory-bound; prefill is compute-bound on the GPU and bound by PCIe or CPU FLOPs for the
-// routed experts that live in host RAM, whichever path is cheaper per layer.
+// routed experts that live in host RAM, whichever path is cheaper per layer. With several nodes each node computes
+// its share of a layer's experts (the slowest counts) and every exchange between nodes the layout makes is paid
+// for (docs/plan-schema.md, "Layouts over nodes").
 #include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "planner/plan.h"
 
@@ -113,10 +116,20 @@ double hit_rate(const PlanOptions& o, const ExpertCounts& n) {
   return std::pow(double(n.cache_slots) / n.held, kCacheHitExponent);
 }
 
-// The estimate is node 0's: every node runs alike (replicated layers, an equal share of the experts).
+// The device that runs a layer's non-routed part; every run of a layer is alike (replicated layouts run it on
+// the same kind of device on every node).
 const DevicePlan& runner(const Plan& p, const LayerPlan& lp) {
   return p.devices[static_cast<size_t>(lp.runs.front().device)];
 }
+
+std::vector<int> runner_nodes(const Plan& p, const LayerPlan& lp) {
+  std::vector<int> nodes;
+  for (const LayerRun& r : lp.runs) nodes.push_back(p.devices[static_cast<size_t>(r.device)].node);
+  std::sort(nodes.begin(), nodes.end());
+  return nodes;
+}
+
+bool has(const std::vector<int>& v, int x) { return std::find(v.begin(), v.end(), x) != v.end(); }
 
 // What every term of the estimate reads: the model, the plan and its machine, and the rates derived from them.
 struct CostInputs {
@@ -128,10 +141,16 @@ struct CostInputs {
         o(p.options),
         eb(double(model.expert_bytes())),
         topk(double(c.num_experts_per_tok)),
-        nodes(hw.nodes),
         has_gpu(!hw.gpus.empty()),
         host_bw(hw.host.memory_bandwidth * kHostBandwidthEfficiency),
         host_flops(std::max(1.0, hw.host.cores * hw.host.gflops_per_core * 1e9)) {}
+
+  double gpu_bw(const DevicePlan& d) const {
+    return hw.gpus[static_cast<size_t>(d.index)].memory_bandwidth * kGpuBandwidthEfficiency;
+  }
+  double gpu_flops(const DevicePlan& d) const {
+    return hw.gpus[static_cast<size_t>(d.index)].bf16_tflops * 1e12 * kGpuFlopsEfficiency;
+  }
 
   const ModelSpec& spec;
   const Plan& plan;
@@ -140,46 +159,139 @@ struct CostInputs {
   const PlanOptions& o;
   const double eb;    // bytes of one routed expert
   const double topk;  // routed experts per token
-  const double nodes;
   const bool has_gpu;
   const double host_bw;     // reachable, bytes/s
   const double host_flops;  // reachable, all cores
 };
 
+// One node's share of a layer's routed experts: routing being uniform on average, also its share of the uses.
+struct NodeShare {
+  int node = 0;
+  ExpertCounts counts;
+  double share = 0;
+  double hit = 0;                   // of its uses, served on a GPU
+  const DevicePlan* gpu = nullptr;  // the GPU holding or caching them; nullptr: none may take them
+};
+
+std::vector<NodeShare> node_shares(const CostInputs& in, const LayerPlan& lp) {
+  std::vector<NodeShare> out;
+  const double experts = double(lp.n_experts());
+  for (int node = 0; node < in.hw.nodes; ++node) {
+    NodeShare s;
+    s.node = node;
+    s.counts = expert_counts(in.plan, lp, node);
+    if (s.counts.held == 0) continue;
+    s.share = double(s.counts.held) / experts;
+    s.hit = hit_rate(in.o, s.counts);
+    for (const ExpertHome& h : lp.experts) {
+      const DevicePlan& d = in.plan.devices[static_cast<size_t>(h.device)];
+      if (d.node != node) continue;
+      if (d.kind == DeviceKind::Gpu)
+        s.gpu = &d;
+      else if (h.cache >= 0)
+        s.gpu = &in.plan.devices[static_cast<size_t>(h.cache)];
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+// Seconds of the exchanges between nodes at layer lp for `n` tokens (transport/rank_exchange.cpp): the hidden
+// streams (hc·d floats a token) to its runners that did not run the layer before, the MoE inputs to the holders
+// of its experts that do not run it, and each holder's rows of expert outputs to every other runner. An
+// exchange's transfers go at once: one latency, and its bytes through the busiest node's link.
+double exchange_s(const CostInputs& in, const LayerPlan& lp, const LayerPlan* prev,
+                  const std::vector<NodeShare>& shares, double n) {
+  if (in.hw.nodes == 1) return 0;
+  const double latency = in.hw.network.latency_s, bw = in.hw.network.bandwidth, d = double(in.c.hidden_size);
+  const std::vector<int> runners = runner_nodes(in.plan, lp);
+  double s = 0;
+  if (prev) {
+    const std::vector<int> before = runner_nodes(in.plan, *prev);
+    const double fresh = double(std::count_if(runners.begin(), runners.end(), [&](int r) { return !has(before, r); }));
+    if (fresh > 0) s += latency + fresh * n * double(std::max<int64_t>(1, in.c.hc_mult)) * d * 4 / bw;
+  }
+  const double outside =
+      double(std::count_if(shares.begin(), shares.end(), [&](const NodeShare& h) { return !has(runners, h.node); }));
+  if (outside > 0) s += latency + outside * n * (d + in.topk) * 4 / bw;
+  std::vector<double> sent(static_cast<size_t>(in.hw.nodes), 0), received = sent;
+  bool any = false;
+  for (const NodeShare& h : shares)
+    for (int r : runners) {
+      if (r == h.node) continue;
+      const double bytes = n * in.topk * h.share * d * 4;
+      sent[static_cast<size_t>(h.node)] += bytes;
+      received[static_cast<size_t>(r)] += bytes;
+      any = true;
+    }
+  if (any)
+    s +=
+        latency +
+        std::max(*std::max_element(sent.begin(), sent.end()), *std::max_element(received.begin(), received.end())) / bw;
+  return s;
+}
+
+const LayerPlan& last_layer(const Plan& p) {
+  for (auto it = p.layers.rbegin(); it != p.layers.rend(); ++it)
+    if (!it->mtp) return *it;
+  return p.layers.back();
+}
+
+// The logits of `rows` positions from the head's node to node 0's, when the head runs elsewhere.
+double logits_s(const CostInputs& in, double rows) {
+  if (in.hw.nodes == 1 || in.plan.layers.empty() || has(runner_nodes(in.plan, last_layer(in.plan)), 0)) return 0;
+  return in.hw.network.latency_s + rows * double(in.c.vocab_size) * 4 / in.hw.network.bandwidth;
+}
+
 // Seconds of one decode token by where they are spent, and the routed-expert traffic behind them.
 struct DecodeTimes {
   double gpu_s = 0, cpu_s = 0, sync_s = 0;
-  double routed_uses = 0, hits = 0, routed_bytes_per_token = 0;
+  double routed_uses = 0, hits = 0;
+  double ceiling_s = 0;  // routed experts alone, each node reading its share from RAM at peak
 };
+
+// One token's routed experts of a layer: every node computes the uses that land on its experts, the nodes in
+// parallel, so the slowest node's time counts.
+void decode_experts(const CostInputs& in, const std::vector<NodeShare>& shares, DecodeTimes& t) {
+  double worst = -1, gpu = 0, cpu = 0, sync = 0, ceiling = 0;
+  for (const NodeShare& h : shares) {
+    const double uses = in.topk * h.share;
+    const double g = h.gpu ? uses * h.hit * in.eb / in.gpu_bw(*h.gpu) : 0;
+    const double c = uses * (1 - h.hit) * in.eb / in.host_bw;
+    const double handoff = in.has_gpu && h.hit < 1 ? kGpuCpuHandoffS : 0;
+    if (g + c + handoff > worst) {
+      worst = g + c + handoff;
+      gpu = g, cpu = c, sync = handoff;
+    }
+    ceiling = std::max(ceiling, uses * in.eb / in.hw.host.memory_bandwidth);
+    t.hits += uses * h.hit;
+  }
+  t.gpu_s += gpu;
+  t.cpu_s += cpu;
+  t.sync_s += sync;
+  t.ceiling_s += ceiling;
+  t.routed_uses += in.topk;
+}
 
 DecodeTimes decode_times(const CostInputs& in) {
   const core::ModelConfig& c = in.c;
   const Hardware& hw = in.hw;
-  const double topk = in.topk, eb = in.eb, nodes = in.nodes;
   DecodeTimes t;
+  const LayerPlan* prev = nullptr;
   for (const LayerPlan& lp : in.plan.layers) {
     if (lp.mtp) continue;  // MTP runs beside decoding (speculation), not in the base token time
     const auto& w = in.spec.layers[static_cast<size_t>(lp.layer)];
     const double read = double(w.non_routed()) + kv_read_bytes(c, lp.layer, in.plan.kv_type, in.o.ctx);
     const auto& dev = runner(in.plan, lp);
-    const ExpertCounts node0 = expert_counts(in.plan, lp, 0);
-    const double dev_bw = dev.kind == DeviceKind::Gpu
-                              ? hw.gpus[static_cast<size_t>(dev.index)].memory_bandwidth * kGpuBandwidthEfficiency
-                              : in.host_bw;
-    t.gpu_s += read / dev_bw;
-    if (node0.held == 0) continue;
-    const double h = hit_rate(in.o, node0);
-    t.routed_uses += topk;
-    t.hits += topk * h;
-    t.routed_bytes_per_token += topk * eb;
-    // Each node computes the uses that land on its experts, the nodes in parallel: 1/nodes of the uses each.
-    if (dev.kind == DeviceKind::Gpu) t.gpu_s += topk * h * eb / nodes / dev_bw;
-    t.cpu_s += topk * (1 - h) * eb / nodes / in.host_bw;
-    if (in.has_gpu && h < 1) t.sync_s += kGpuCpuHandoffS;
-    if (hw.nodes > 1) t.sync_s += 2 * hw.network.latency_s + 2 * double(c.hidden_size) * 4 / hw.network.bandwidth;
+    t.gpu_s += read / (dev.kind == DeviceKind::Gpu ? in.gpu_bw(dev) : in.host_bw);
+    const std::vector<NodeShare> shares = node_shares(in, lp);
+    t.sync_s += exchange_s(in, lp, prev, shares, 1);
+    prev = &lp;
+    if (!shares.empty()) decode_experts(in, shares, t);
   }
   const double head = double(in.spec.global[static_cast<size_t>(core::WeightClass::Head)]);
   t.gpu_s += head / (in.has_gpu ? hw.gpus.back().memory_bandwidth * kGpuBandwidthEfficiency : in.host_bw);
+  t.sync_s += logits_s(in, 1);
   return t;
 }
 
@@ -188,7 +300,8 @@ const char* decode_bottleneck(const CostInputs& in, const DecodeTimes& t) {
   if (t.gpu_s >= t.sync_s)
     return in.has_gpu ? "GPU memory bandwidth (non-routed weights, KV cache, cached experts)"
                       : "host RAM bandwidth (every weight read by the CPU)";
-  return in.hw.nodes > 1 ? "latency of GPU-CPU hand-offs and network collectives" : "latency of GPU-CPU hand-offs";
+  if (in.hw.nodes > 1) return in.has_gpu ? "latency of GPU-CPU hand-offs and network exchanges" : "network exchanges";
+  return "latency of GPU-CPU hand-offs";
 }
 
 void estimate_decode(const CostInputs& in, CostEstimate& e) {
@@ -198,33 +311,27 @@ void estimate_decode(const CostInputs& in, CostEstimate& e) {
   e.decode_sync_ms = t.sync_s * 1e3;
   e.decode_tok_s = 1 / std::max(1e-9, t.gpu_s + t.cpu_s + t.sync_s);
   e.expert_hit_rate = t.routed_uses > 0 ? t.hits / t.routed_uses : 0;
-  e.decode_ceiling_tok_s =
-      t.routed_bytes_per_token > 0 ? in.hw.host.memory_bandwidth * in.nodes / t.routed_bytes_per_token : 0;
+  e.decode_ceiling_tok_s = t.ceiling_s > 0 ? 1 / t.ceiling_s : 0;
   e.decode_bottleneck = decode_bottleneck(in, t);
 }
 
-// Seconds of one layer's routed experts in RAM for a chunk of `u` tokens, by the cheaper of the two paths.
+// Seconds of one node's routed experts in RAM of a layer for a chunk of `u` tokens, by the cheaper of two paths:
+// streamed to the GPU that may take them and computed there, or computed by the CPU.
 struct RamExperts {
   double seconds = 0;
-  bool streamed = false;  // copied to the GPU and computed there, rather than computed by the CPU
+  bool streamed = false;
 };
 
-RamExperts ram_experts(const CostInputs& in, const ExpertCounts& node0, const LayerFlops& f, double u, double h,
-                       double flops_rate) {
-  const double topk = in.topk, eb = in.eb;
-  const double share = 1 - h;
-  const double uses = u * topk * share / in.nodes;
-  // Distinct experts a chunk touches on one node, of those in its RAM.
-  const double touched = node0.in_ram * (1 - std::pow(1 - topk / double(in.c.n_routed_experts), u));
-  const double stream =
-      in.has_gpu ? touched * eb / pcie_h2d_bandwidth(in.hw.gpus[0].pcie) + uses * f.expert / flops_rate : INFINITY;
-  const double cpu = std::max(uses * f.expert / in.host_flops, touched * eb / in.host_bw);
-  RamExperts r;
-  r.streamed = stream < cpu;
-  r.seconds = std::min(stream, cpu);
-  if (in.hw.nodes > 1)
-    r.seconds += 2 * in.hw.network.latency_s + 2 * u * in.c.hidden_size * 4 / in.hw.network.bandwidth;
-  return r;
+RamExperts ram_experts(const CostInputs& in, const NodeShare& h, const LayerFlops& f, double u) {
+  const double uses = u * in.topk * h.share * (1 - h.hit);
+  // Distinct experts a chunk touches of those in the node's RAM.
+  const double touched = h.counts.in_ram * (1 - std::pow(1 - in.topk / double(in.c.n_routed_experts), u));
+  const double stream = h.gpu
+                            ? touched * in.eb / pcie_h2d_bandwidth(in.hw.gpus[static_cast<size_t>(h.gpu->index)].pcie) +
+                                  uses * f.expert / in.gpu_flops(*h.gpu)
+                            : INFINITY;
+  const double cpu = std::max(uses * f.expert / in.host_flops, touched * in.eb / in.host_bw);
+  return {std::min(stream, cpu), stream < cpu};
 }
 
 struct PrefillRate {
@@ -233,43 +340,79 @@ struct PrefillRate {
   std::string expert_path;
 };
 
-// Chunks of ubatch tokens at mean position `pos`.
+// A chunk's work on each node in one layer: on its compute device (the non-routed part where it runs the
+// layer, its experts served on a GPU) and on its experts in RAM (streamed or on the CPU). With a GPU the two
+// overlap (copy stream, CPU threads); without one the CPU does both.
+struct ChunkWork {
+  std::vector<double> device, ram;
+  int streamed = 0, cpu_layers = 0;
+  double node(size_t n, bool overlap) const { return overlap ? std::max(device[n], ram[n]) : device[n] + ram[n]; }
+};
+
+ChunkWork chunk_work(const CostInputs& in, const LayerPlan& lp, const std::vector<NodeShare>& shares, double u,
+                     double pos) {
+  const LayerFlops f = layer_flops(in.c, lp.layer);
+  const auto& dev = runner(in.plan, lp);
+  const double rate = dev.kind == DeviceKind::Gpu ? in.gpu_flops(dev) : in.host_flops;
+  ChunkWork w{std::vector<double>(static_cast<size_t>(in.hw.nodes), 0),
+              std::vector<double>(static_cast<size_t>(in.hw.nodes), 0)};
+  for (int r : runner_nodes(in.plan, lp))
+    w.device[static_cast<size_t>(r)] += u * (f.dense + attention_flops(in.c, lp.layer, pos)) / rate;
+  for (const NodeShare& h : shares) {
+    if (h.gpu) w.device[static_cast<size_t>(h.node)] += u * in.topk * h.share * h.hit * f.expert / in.gpu_flops(*h.gpu);
+    if (h.counts.in_ram == 0) continue;
+    const RamExperts r = ram_experts(in, h, f, u);
+    w.ram[static_cast<size_t>(h.node)] += r.seconds;
+    ++(r.streamed ? w.streamed : w.cpu_layers);
+  }
+  return w;
+}
+
+// Chunks of ubatch tokens at mean position `pos`. One chunk crosses the layers in order; in a pure pipeline (each
+// layer on one node, its experts there too) the nodes work on successive chunks at once, so the busiest node
+// sets the rate.
 PrefillRate prefill_rate(const CostInputs& in, double pos) {
   const core::ModelConfig& c = in.c;
   const Hardware& hw = in.hw;
   const double u = double(in.o.ubatch);
-  double total = 0, compute_total = 0, expert_total = 0;
+  const size_t nodes = static_cast<size_t>(hw.nodes);
+  double total = 0, compute_total = 0, expert_total = 0, net_total = 0;
   int streamed = 0, cpu_layers = 0;
+  std::vector<double> busy(nodes, 0);
+  bool pipeline = nodes > 1;
+  const LayerPlan* prev = nullptr;
   for (const LayerPlan& lp : in.plan.layers) {
     if (lp.mtp) continue;
-    const LayerFlops f = layer_flops(c, lp.layer);
-    const auto& dev = runner(in.plan, lp);
-    const ExpertCounts node0 = expert_counts(in.plan, lp, 0);
-    const double flops_rate = dev.kind == DeviceKind::Gpu
-                                  ? hw.gpus[static_cast<size_t>(dev.index)].bf16_tflops * 1e12 * kGpuFlopsEfficiency
-                                  : in.host_flops;
-    const double h = node0.held > 0 ? hit_rate(in.o, node0) : 0;
-    double compute = u * (f.dense + attention_flops(c, lp.layer, pos) + in.topk * h * f.expert) / flops_rate;
-    double experts = 0;
-    if (node0.in_ram > 0) {
-      const RamExperts r = ram_experts(in, node0, f, u, h, flops_rate);
-      if (r.streamed)
-        ++streamed;
-      else
-        ++cpu_layers;
-      experts = r.seconds;
+    const std::vector<NodeShare> shares = node_shares(in, lp);
+    const ChunkWork w = chunk_work(in, lp, shares, u, pos);
+    const double net = exchange_s(in, lp, prev, shares, u);
+    prev = &lp;
+    double slowest = 0;
+    int involved = 0;
+    for (size_t n = 0; n < nodes; ++n) {
+      const double t = w.node(n, in.has_gpu);
+      slowest = std::max(slowest, t);
+      if (t > 0) busy[n] += t + net, ++involved;
     }
-    // Streaming and CPU experts overlap the GPU's work on the same layer (copy stream, CPU threads).
-    total += std::max(compute, experts);
-    compute_total += compute;
-    expert_total += experts;
+    pipeline = pipeline && involved == 1;
+    total += slowest + net;
+    compute_total += *std::max_element(w.device.begin(), w.device.end());
+    expert_total += *std::max_element(w.ram.begin(), w.ram.end());
+    net_total += net;
+    streamed += w.streamed;
+    cpu_layers += w.cpu_layers;
   }
   const double head = 2.0 * c.vocab_size * c.hidden_size * (in.o.logits_all ? u : 1) /
-                      (in.has_gpu ? hw.gpus.back().bf16_tflops * 1e12 * kGpuFlopsEfficiency : in.host_flops);
+                          (in.has_gpu ? hw.gpus.back().bf16_tflops * 1e12 * kGpuFlopsEfficiency : in.host_flops) +
+                      logits_s(in, in.o.logits_all ? u : 1);
   total += head;
+  if (!in.plan.layers.empty())
+    for (int r : runner_nodes(in.plan, last_layer(in.plan))) busy[static_cast<size_t>(r)] += head;
   PrefillRate r;
-  r.tok_s = u / std::max(1e-12, total);
-  if (expert_total > compute_total)
+  r.tok_s = u / std::max(1e-12, pipeline ? *std::max_element(busy.begin(), busy.end()) : total);
+  if (net_total > expert_total && net_total > compute_total)
+    r.bottleneck = "network exchanges between nodes";
+  else if (expert_total > compute_total)
     r.bottleneck = streamed >= cpu_layers ? "PCIe (routed experts streamed to the GPU)"
                                           : "CPU FLOPs (routed experts computed by the CPU)";
   else

@@ -60,6 +60,25 @@ void check_layer_homes(const Plan& p, const LayerPlan& l, const std::string& whe
   }
 }
 
+// The runs and homes the plan's split makes: a run on every node (Experts), or one run (a pipeline), and with
+// Layers every expert on the runner's node.
+void check_split(const Plan& p, const LayerPlan& l, const std::string& where) {
+  const std::string_view split = split_name(p.split);
+  if (p.split == Split::Experts) {
+    FERRY_CHECK(l.runs.size() == sz(p.hardware.nodes), "{}: split {} runs every layer on every node, this one on {}",
+                where, split, l.runs.size());
+    return;
+  }
+  FERRY_CHECK(l.runs.size() == 1, "{}: split {} runs each layer on one node, this one on {}", where, split,
+              l.runs.size());
+  if (p.split != Split::Layers) return;
+  const int runner = p.devices[sz(l.runs.front().device)].node;
+  for (const ExpertHome& h : l.experts)
+    FERRY_CHECK(p.devices[sz(h.device)].node == runner,
+                "{} {}: split {} homes a layer's experts on its runner's node {}, these are on {}", where,
+                range_text(h), split, runner, p.devices[sz(h.device)].id);
+}
+
 }  // namespace
 
 int64_t LayerPlan::n_experts() const {
@@ -93,10 +112,12 @@ const LayerRun* run_on_node(const Plan& plan, const LayerPlan& l, int node) {
 }
 
 void check_homes(const Plan& plan) {
+  FERRY_CHECK(plan.split != Split::Auto, "plan: split is auto; a plan names the layout it placed");
   for (const LayerPlan& l : plan.layers) {
     const std::string where = fmt::format("plan: layer {}", l.layer);
     check_runs(plan, l, where);
     check_layer_homes(plan, l, where);
+    check_split(plan, l, where);
   }
 }
 

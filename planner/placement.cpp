@@ -1,6 +1,7 @@
 // The placement solver (DESIGN.md §1): non-routed weights, KV cache and indexer cache on the GPU(s) first,
 // then workspaces, then the remaining VRAM to whole layers' experts or a GPU expert cache; routed experts in
-// host RAM split across NUMA nodes, and across nodes with --nodes.
+// host RAM split across NUMA nodes, and with --nodes spread over the nodes as the Split says: sharded
+// (Experts, LayersExperts) or with their layer's owner (Layers).
 #include <algorithm>
 #include <map>
 #include <numeric>
@@ -37,19 +38,67 @@ int64_t DevicePlan::bytes_of(std::string_view cls) const {
 
 namespace {
 
+// Items of sizes `fp`, in order, as contiguous ranges over bins of `room`: proportional to each bin's room,
+// or, when that overflows a bin, filling the bins in order. Returns each item's bin; whether everything fits
+// is the devices' ledgers' to say.
+std::vector<int> split_by_room(const std::vector<int64_t>& room, const std::vector<int64_t>& fp) {
+  const size_t n = room.size();
+  const int64_t total = std::accumulate(fp.begin(), fp.end(), int64_t{0});
+  auto check = [&](const std::vector<int>& owner) {
+    std::vector<int64_t> sum(n, 0);
+    for (size_t i = 0; i < owner.size(); ++i) sum[static_cast<size_t>(owner[i])] += fp[i];
+    for (size_t i = 0; i < n; ++i)
+      if (sum[i] > room[i]) return false;
+    return true;
+  };
+
+  std::vector<int> proportional(fp.size());
+  const double room_total = std::max<double>(1, std::accumulate(room.begin(), room.end(), 0.0, [](double a, int64_t r) {
+                                               return a + std::max<int64_t>(r, 0);
+                                             }));
+  int64_t assigned = 0;
+  size_t d = 0;
+  double target = total * (std::max<int64_t>(room[0], 0) / room_total);
+  for (size_t i = 0; i < fp.size(); ++i) {
+    while (d + 1 < n && assigned + fp[i] / 2 > target) {
+      ++d;
+      target += total * (std::max<int64_t>(room[d], 0) / room_total);
+    }
+    proportional[i] = static_cast<int>(d);
+    assigned += fp[i];
+  }
+  if (check(proportional)) return proportional;
+
+  std::vector<int> greedy(fp.size());
+  std::vector<int64_t> left = room;
+  d = 0;
+  for (size_t i = 0; i < fp.size(); ++i) {
+    while (d + 1 < n && fp[i] > left[d]) ++d;
+    greedy[i] = static_cast<int>(d);
+    left[d] -= fp[i];
+  }
+  return check(greedy) ? greedy : proportional;
+}
+
 class Placer {
  public:
-  Placer(const ModelSpec& s, const Hardware& hw, const PlanOptions& o, KvType kv, Plan& plan)
-      : s_(s), c_(s.config), hw_(hw), o_(o), kv_(kv), plan_(plan) {}
+  Placer(const ModelSpec& s, const Hardware& hw, const PlanOptions& o, KvType kv, Split split, Plan& plan)
+      : s_(s), c_(s.config), hw_(hw), o_(o), kv_(kv), split_(split), plan_(plan) {}
 
   void run() {
     make_devices();
     for (int64_t l = 0; l < c_.n_layers_total(); ++l)
       if (!c_.is_mtp_layer(l) || o_.mtp) layers_.push_back(static_cast<int>(l));
-    if (gpus_per_node() == 0)
+    if (gpus_per_node() == 0 && split_ == Split::Experts)
       place_cpu_only();
+    else if (gpus_per_node() == 0)
+      place_cpu_pipeline();
+    else if (split_ == Split::Experts)
+      place_replicated();
+    else if (split_ == Split::LayersExperts)
+      place_gpu_pipeline();
     else
-      place_on_gpus();
+      place_node_stages();
     place_experts();
     finish();
   }
@@ -146,91 +195,37 @@ class Placer {
       plan_.layout += ", replicated on " + std::to_string(hw_.nodes) + " nodes, experts sharded across them";
   }
 
-  // Contiguous layer ranges over `gpus` (device indices), proportional to each GPU's free room, the head on
-  // the last. Falls back to filling GPUs in order when the proportional split overflows one. Returns the
-  // owner of each planned layer and whether everything fits.
-  std::pair<std::vector<int>, bool> split(const std::vector<int>& gpus) const {
-    const size_t n = gpus.size();
-    std::vector<int64_t> room(n);
-    for (size_t i = 0; i < n; ++i) {
+  // Contiguous ranges of `layers` over `gpus` (device indices), proportional to each GPU's free room, the head
+  // on the last with `head`. Returns the index into `gpus` of each layer's owner.
+  std::vector<int> split(const std::vector<int>& gpus, const std::vector<int>& layers, bool head) const {
+    std::vector<int64_t> room(gpus.size());
+    for (size_t i = 0; i < gpus.size(); ++i) {
       const auto& d = plan_.devices[static_cast<size_t>(gpus[i])];
       room[i] = d.capacity - d.used() - gpu_fixed_;
     }
-    room[n - 1] -= head_bytes();
-    std::vector<int64_t> fp(layers_.size());
-    for (size_t i = 0; i < layers_.size(); ++i) fp[i] = footprint(layers_[i]);
-    const int64_t total = std::accumulate(fp.begin(), fp.end(), int64_t{0});
-
-    auto check = [&](const std::vector<int>& owner) {
-      std::vector<int64_t> sum(n, 0);
-      for (size_t i = 0; i < owner.size(); ++i) sum[static_cast<size_t>(owner[i])] += fp[i];
-      for (size_t i = 0; i < n; ++i)
-        if (sum[i] > room[i]) return false;
-      return true;
-    };
-
-    std::vector<int> proportional(layers_.size());
-    const double room_total =
-        std::max<double>(1, std::accumulate(room.begin(), room.end(), 0.0,
-                                            [](double a, int64_t r) { return a + std::max<int64_t>(r, 0); }));
-    double target = 0;
-    int64_t assigned = 0;
-    size_t d = 0;
-    target = total * (std::max<int64_t>(room[0], 0) / room_total);
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      while (d + 1 < n && assigned + fp[i] / 2 > target) {
-        ++d;
-        target += total * (std::max<int64_t>(room[d], 0) / room_total);
-      }
-      proportional[i] = static_cast<int>(d);
-      assigned += fp[i];
-    }
-    if (check(proportional)) return {proportional, true};
-
-    std::vector<int> greedy(layers_.size());
-    std::vector<int64_t> left = room;
-    d = 0;
-    for (size_t i = 0; i < layers_.size(); ++i) {
-      while (d + 1 < n && fp[i] > left[d]) ++d;
-      greedy[i] = static_cast<int>(d);
-      left[d] -= fp[i];
-    }
-    if (check(greedy)) return {greedy, true};
-    return {proportional, false};
+    if (head) room.back() -= head_bytes();
+    std::vector<int64_t> fp(layers.size());
+    for (size_t i = 0; i < layers.size(); ++i) fp[i] = footprint(layers[i]);
+    return split_by_room(room, fp);
   }
 
-  void place_on_gpus() {
-    const int G = gpus_per_node();
+  std::vector<int> node_gpus(int node) const {
+    std::vector<int> gpus;
+    for (int g = 0; g < gpus_per_node(); ++g) gpus.push_back(gpu_device(node, g));
+    return gpus;
+  }
+
+  void set_gpu_fixed() {
     gpu_fixed_ = workspace_bytes();
     if (s_.expert_bytes() > 0) gpu_fixed_ += expert_stream_slot_bytes(s_);
+  }
 
-    std::vector<int> node0_gpus;
-    for (int g = 0; g < G; ++g) node0_gpus.push_back(gpu_device(0, g));
-    auto [owner, fits] = split(node0_gpus);
-    replicated_ = true;
-    if (!fits && hw_.nodes > 1) {
-      std::vector<int> all_gpus;
-      for (int n = 0; n < hw_.nodes; ++n)
-        for (int g = 0; g < G; ++g) all_gpus.push_back(gpu_device(n, g));
-      auto [owner_all, fits_all] = split(all_gpus);
-      if (fits_all) {
-        replicated_ = false;
-        for (size_t i = 0; i < layers_.size(); ++i) {
-          const int dev = all_gpus[static_cast<size_t>(owner_all[i])];
-          put_layer(layers_[i], plan_.devices[static_cast<size_t>(dev)]);
-          owner_[layers_[i]] = dev;
-        }
-        put_head(plan_.devices[static_cast<size_t>(all_gpus.back())]);
-        for (int dev : all_gpus)
-          plan_.devices[static_cast<size_t>(dev)].add(use_class(Pool::Workspace), gpu_fixed_ - stream_part());
-        put_embedding(0);
-        const int stages = owner_all.back() + 1;
-        plan_.layout = "pipeline over " + std::to_string(stages) + " GPUs on " + std::to_string(hw_.nodes) +
-                       " nodes (non-routed layers split by layer range), routed experts sharded across the nodes' RAM";
-        return;
-      }
-    }
-    for (int n = 0; n < (replicated_ ? hw_.nodes : 1); ++n) {
+  // Every node runs every layer, on the GPU of node 0's split with the same index.
+  void place_replicated() {
+    const int G = gpus_per_node();
+    set_gpu_fixed();
+    const std::vector<int> owner = split(node_gpus(0), layers_, true);
+    for (int n = 0; n < hw_.nodes; ++n) {
       for (size_t i = 0; i < layers_.size(); ++i) {
         const int dev = gpu_device(n, owner[i]);
         put_layer(layers_[i], plan_.devices[static_cast<size_t>(dev)]);
@@ -251,11 +246,117 @@ class Placer {
                       " nodes, routed experts sharded across them (expert parallel)";
   }
 
+  // Each planned layer on its owner device and the head with the last layer's (the runtime computes it there).
+  // The embedding is node 0's, which runs the first layer.
+  void put_pipeline(const std::vector<int>& owner_device) {
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      put_layer(layers_[i], plan_.devices[static_cast<size_t>(owner_device[i])]);
+      owner_[layers_[i]] = owner_device[i];
+    }
+    put_head(plan_.devices[static_cast<size_t>(owner_device.back())]);
+  }
+
+  void add_gpu_workspaces() {
+    for (int n = 0; n < hw_.nodes; ++n)
+      for (int dev : node_gpus(n))
+        plan_.devices[static_cast<size_t>(dev)].add(use_class(Pool::Workspace), gpu_fixed_ - stream_part());
+  }
+
+  // LayersExperts: the non-routed layers over every node's GPUs by layer range.
+  void place_gpu_pipeline() {
+    set_gpu_fixed();
+    put_embedding(0);
+    std::vector<int> all_gpus;
+    for (int n = 0; n < hw_.nodes; ++n)
+      for (int dev : node_gpus(n)) all_gpus.push_back(dev);
+    const std::vector<int> owner = split(all_gpus, layers_, true);
+    std::vector<int> owner_device(layers_.size());
+    for (size_t i = 0; i < layers_.size(); ++i) owner_device[i] = all_gpus[static_cast<size_t>(owner[i])];
+    put_pipeline(owner_device);
+    add_gpu_workspaces();
+    const int stages = owner.back() + 1;
+    plan_.layout = "pipeline over " + std::to_string(stages) + " GPUs on " + std::to_string(hw_.nodes) +
+                   " nodes (non-routed layers split by layer range), routed experts sharded across the nodes' RAM";
+  }
+
+  // Host bytes a node needs besides weights when it holds routed experts in RAM: the CPU expert path's buffers
+  // and, with GPUs, the pinned staging of expert copies.
+  int64_t host_expert_fixed() const {
+    if (s_.expert_bytes() == 0) return 0;
+    return cpu_expert_workspace_bytes(c_, o_.ubatch) + (gpus_per_node() > 0 ? pinned_staging_bytes(s_) : 0);
+  }
+
+  int64_t routed_bytes(int l) const {
+    return c_.is_moe_layer(l) ? s_.layers[static_cast<size_t>(l)].n_experts * s_.expert_bytes() : 0;
+  }
+
+  // Layers: the layers over the nodes by each node's room (its GPUs' and RAM's together, for a layer's
+  // non-routed part and its experts), then a node's layers over its GPUs.
+  void place_node_stages() {
+    set_gpu_fixed();
+    put_embedding(0);
+    std::vector<int64_t> room(static_cast<size_t>(hw_.nodes));
+    for (int n = 0; n < hw_.nodes; ++n) {
+      room[static_cast<size_t>(n)] = host_free(n) - host_expert_fixed();
+      for (int dev : node_gpus(n)) {
+        const auto& d = plan_.devices[static_cast<size_t>(dev)];
+        room[static_cast<size_t>(n)] += d.capacity - d.used() - gpu_fixed_;
+      }
+    }
+    room.back() -= head_bytes();
+    std::vector<int64_t> fp(layers_.size());
+    for (size_t i = 0; i < layers_.size(); ++i) fp[i] = footprint(layers_[i]) + routed_bytes(layers_[i]);
+    const std::vector<int> node_of = split_by_room(room, fp);
+    std::vector<int> owner_device(layers_.size());
+    for (int n = 0; n < hw_.nodes; ++n) {
+      std::vector<int> mine;
+      for (size_t i = 0; i < layers_.size(); ++i)
+        if (node_of[i] == n) mine.push_back(layers_[i]);
+      const std::vector<int> gpus = node_gpus(n);
+      const std::vector<int> owner = split(gpus, mine, n == node_of.back());
+      for (size_t i = 0, j = 0; i < layers_.size(); ++i)
+        if (node_of[i] == n) owner_device[i] = gpus[static_cast<size_t>(owner[j++])];
+    }
+    put_pipeline(owner_device);
+    add_gpu_workspaces();
+    plan_.layout = "pipeline over " + std::to_string(hw_.nodes) +
+                   " nodes, each owning a range of whole layers with their routed experts (on its GPUs or in its RAM)";
+  }
+
+  // CPU only, Layers or LayersExperts: the non-routed layers a pipeline over the nodes' hosts, split by each
+  // node's room; with Layers a layer's experts go with it.
+  void place_cpu_pipeline() {
+    for (int n = 0; n < hw_.nodes; ++n)
+      plan_.devices[static_cast<size_t>(host_device(n, 0))].add(use_class(Pool::Workspace), workspace_bytes());
+    put_embedding(0);
+    const bool with_experts = split_ == Split::Layers;
+    std::vector<int64_t> room(static_cast<size_t>(hw_.nodes));
+    for (int n = 0; n < hw_.nodes; ++n) {
+      room[static_cast<size_t>(n)] = host_free(n) - host_expert_fixed();
+      if (!with_experts)
+        for (int l : layers_)
+          if (routed_bytes(l) > 0) room[static_cast<size_t>(n)] -= experts_on_node(l, n) * s_.expert_bytes();
+    }
+    room.back() -= head_bytes();
+    std::vector<int64_t> fp(layers_.size());
+    for (size_t i = 0; i < layers_.size(); ++i)
+      fp[i] = footprint(layers_[i]) + (with_experts ? routed_bytes(layers_[i]) : 0);
+    const std::vector<int> node_of = split_by_room(room, fp);
+    std::vector<int> owner_device(layers_.size());
+    for (size_t i = 0; i < layers_.size(); ++i) owner_device[i] = host_device(node_of[i], 0);
+    put_pipeline(owner_device);
+    plan_.layout = "CPU only: a pipeline over " + std::to_string(hw_.nodes) + " nodes by layer range, " +
+                   (with_experts ? "each layer's routed experts in its owner's RAM"
+                                 : "routed experts sharded across the nodes' RAM");
+  }
+
   int64_t stream_part() const { return s_.expert_bytes() > 0 ? expert_stream_slot_bytes(s_) : 0; }
 
-  // Routed experts of layer l homed on node n: each node a contiguous block, the first e % nodes one more.
+  // Routed experts of layer l homed on node n: with Layers all on the layer's owner node; otherwise each node a
+  // contiguous block, the first e % nodes one more.
   int64_t experts_on_node(int l, int n) const {
     const int64_t e = s_.layers[static_cast<size_t>(l)].n_experts;
+    if (split_ == Split::Layers) return plan_.devices[static_cast<size_t>(owner_.at(l))].node == n ? e : 0;
     return e / hw_.nodes + (n < e % hw_.nodes ? 1 : 0);
   }
 
@@ -339,9 +440,9 @@ class Placer {
 
   std::vector<LayerRun> runs_of(int l, const PerNode& slots) const {
     std::vector<LayerRun> runs;
-    if (gpus_per_node() == 0) {
+    if (split_ == Split::Experts && gpus_per_node() == 0) {
       for (int n = 0; n < hw_.nodes; ++n) runs.push_back({host_device(n, 0), 0});
-    } else if (replicated_) {
+    } else if (split_ == Split::Experts) {
       for (int n = 0; n < hw_.nodes; ++n)
         runs.push_back({gpu_of_layer_on_node(l, n), slots[static_cast<size_t>(n)][static_cast<size_t>(l)]});
     } else {
@@ -404,7 +505,7 @@ class Placer {
   // single owner, which only caches experts homed on its own node).
   int gpu_of_layer_on_node(int l, int n) const {
     const int owner = owner_.at(l);
-    if (replicated_) return owner + n * (gpus_per_node() + numa());
+    if (split_ == Split::Experts) return owner + n * (gpus_per_node() + numa());
     return plan_.devices[static_cast<size_t>(owner)].node == n ? owner : -1;
   }
 
@@ -429,16 +530,17 @@ class Placer {
   const Hardware& hw_;
   const PlanOptions& o_;
   KvType kv_;
+  Split split_;
   Plan& plan_;
   std::vector<int> layers_;
-  std::map<int, int> owner_;
+  std::map<int, int> owner_;  // layer -> the device that runs it (Experts: node 0's)
   int64_t gpu_fixed_ = 0;
-  bool replicated_ = true;
 };
 
 }  // namespace
 
-Plan place(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options, KvType kv) {
+Plan place_as(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options, KvType kv, Split split) {
+  FERRY_CHECK(split != Split::Auto, "place_as: a layout, not auto");
   Plan plan;
   plan.model = spec.config.name;
   plan.arch = spec.config.arch;
@@ -447,7 +549,8 @@ Plan place(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options
   plan.options = options;
   if (plan.options.ctx == 0) plan.options.ctx = spec.config.max_position_embeddings;
   plan.kv_type = kv;
-  Placer(spec, hw, plan.options, kv, plan).run();
+  plan.split = split;
+  Placer(spec, hw, plan.options, kv, split, plan).run();
   return plan;
 }
 

@@ -55,6 +55,13 @@ void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
     if (f.type == plan.kv_type && f.max_ctx > 0)
       plan.suggestions.push_back("--ctx " + std::to_string(f.max_ctx) + " (the longest context that fits with " +
                                  std::string(kv_type_name(f.type)) + ")");
+  if (o.split != Split::Auto && hw.nodes > 1) {
+    PlanOptions any = o;
+    any.split = Split::Auto;
+    const Plan other = place(spec, hw, any, plan.kv_type);
+    if (other.fits)
+      plan.suggestions.push_back("--split " + std::string(split_name(other.split)) + " (the fastest layout that fits)");
+  }
   for (int64_t ub = o.ubatch / 2; ub >= 16; ub /= 2) {
     PlanOptions smaller = o;
     smaller.ubatch = ub;

@@ -19,6 +19,18 @@ namespace ferry::planner {
 
 enum class ExpertCacheMode : uint8_t { Auto, Off, Slots };
 
+// How the layers and routed experts of a plan are spread over several nodes (one node: all are the same).
+//   Experts: every node runs every layer's non-routed part for the tokens; each layer's routed experts are sharded
+//     over the nodes in contiguous ranges (expert parallel: per MoE layer, a combine of the experts' rows).
+//   Layers: each node owns a contiguous range of whole layers with their routed experts (a pipeline: one
+//     hidden-state send per stage boundary).
+//   LayersExperts: the non-routed layers are a pipeline over the nodes, each layer's experts sharded over all of
+//     them (what fits when one node's GPUs cannot hold every non-routed layer).
+//   Auto: the fastest that fits, by the cost model.
+enum class Split : uint8_t { Auto, Experts, Layers, LayersExperts };
+std::string_view split_name(Split s);  // auto, experts, layers, layers+experts
+std::optional<Split> split_from_name(std::string_view name);
+
 struct PlanOptions {
   int64_t ctx = 0;                // tokens per sequence; 0 = the model's maximum
   int64_t parallel = 1;           // sequences decoded together, each with its own cache
@@ -31,6 +43,7 @@ struct PlanOptions {
   int64_t expert_cache_slots = 0;  // per MoE layer, with ExpertCacheMode::Slots
   bool logits_all = false;         // keep every position's logits (ferry run --logits-out)
   double expert_hit_rate = -1;     // override the cache hit-rate estimate (0..1); < 0 = estimate
+  Split split = Split::Auto;       // how to spread the model over several nodes
 };
 
 enum class DeviceKind : uint8_t { Gpu, Host };
@@ -131,7 +144,9 @@ struct Plan {
   Hardware hardware;
   PlanOptions options;  // as requested, ctx resolved
   KvType kv_type = KvType::FP8;
-  std::string layout;  // how layers and experts are spread
+  std::string layout;            // how layers and experts are spread, in words
+  Split split = Split::Experts;  // the layout placed (never Auto)
+  std::string split_reason;      // why that one, in one line
   bool fits = false;
 
   std::vector<DevicePlan> devices;
@@ -148,8 +163,12 @@ struct Plan {
 // Validates the options (one-line ferry::Error naming the flag), places everything and estimates speed.
 Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options);
 
-// One placement for a fixed KV type: no KV search, no suggestions. The building block of make_plan.
+// One placement for a fixed KV type: no KV search, no suggestions. The building block of make_plan. With
+// options.split Auto and several nodes, every layout is placed and estimated, and the fastest that fits is kept
+// (split.cpp); the plan is estimated then.
 Plan place(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options, KvType kv);
+// One placement in the given layout (not Auto), not estimated (placement.cpp).
+Plan place_as(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options, KvType kv, Split split);
 
 // Fills plan.cost from the placement (cost_model.cpp).
 void estimate_cost(const ModelSpec& spec, Plan& plan);
@@ -167,7 +186,8 @@ ExpertCounts expert_counts(const Plan& plan, const LayerPlan& l, int node);
 const LayerRun* run_on_node(const Plan& plan, const LayerPlan& l, int node);
 // Checks the homes and runs of every layer: devices that exist; each expert 0..n-1 of a layer homed exactly
 // once; a cache GPU only for experts in RAM, on the holder's node, running the layer; cache slots only on GPU
-// runs; at most one run per node. Throws a one-line ferry::Error naming the layer.
+// runs; at most one run per node; the runs and homes of plan.split (Experts: a run on every node; Layers: one
+// run, every expert on its node; LayersExperts: one run). Throws a one-line ferry::Error naming the layer.
 void check_homes(const Plan& plan);
 // Node `node`'s view: its devices (indices renumbered), each layer's runs and expert homes on them, its
 // shortfalls and whether its devices fit. The view of a one-node plan is the plan.

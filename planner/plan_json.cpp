@@ -56,6 +56,27 @@ KvType kv_from(const std::string& s) {
   return *t;
 }
 
+Split split_from(const std::string& s, const char* where) {
+  auto v = split_from_name(s);
+  if (!v) FERRY_THROW("plan: unknown {} '{}' (expected auto, experts, layers or layers+experts)", where, s);
+  return *v;
+}
+
+// The layout of a plan written before plans named it (schema 2 files may lack `split`): a run on every node is
+// expert parallel; one run per layer with its experts on its node, layers; one run, layers+experts.
+Split split_of_structure(const Plan& p) {
+  bool every_node = true, experts_with_runner = true;
+  for (const LayerPlan& l : p.layers) {
+    every_node = every_node && l.runs.size() == static_cast<size_t>(p.hardware.nodes);
+    for (const ExpertHome& h : l.experts)
+      experts_with_runner = experts_with_runner && !l.runs.empty() &&
+                            p.devices.at(static_cast<size_t>(h.device)).node ==
+                                p.devices.at(static_cast<size_t>(l.runs.front().device)).node;
+  }
+  if (every_node) return Split::Experts;
+  return experts_with_runner ? Split::Layers : Split::LayersExperts;
+}
+
 core::AttnKind attn_from(const std::string& s) {
   for (core::AttnKind k :
        {core::AttnKind::Swa, core::AttnKind::Csa, core::AttnKind::Hca, core::AttnKind::Mla, core::AttnKind::MlaDsa})
@@ -186,6 +207,7 @@ void options_from_json(const ojson& o, Plan& p) {
   p.options.expert_cache_slots = field<int64_t>(o, "expert_cache_slots", "options");
   p.options.logits_all = field<bool>(o, "logits_all", "options");
   p.options.expert_hit_rate = field<double>(o, "expert_hit_rate", "options");
+  if (o.contains("split")) p.options.split = split_from(field<std::string>(o, "split", "options"), "options.split");
 }
 
 std::vector<DevicePlan> devices_from_json(const ojson& devices) {
@@ -282,9 +304,12 @@ ojson plan_to_json(const Plan& p) {
                   {"expert_cache", std::string(cache_mode_name(o.expert_cache))},
                   {"expert_cache_slots", o.expert_cache_slots},
                   {"logits_all", o.logits_all},
-                  {"expert_hit_rate", o.expert_hit_rate}};
+                  {"expert_hit_rate", o.expert_hit_rate},
+                  {"split", std::string(split_name(o.split))}};
   j["fits"] = p.fits;
   j["layout"] = p.layout;
+  j["split"] = std::string(split_name(p.split));
+  j["split_reason"] = p.split_reason;
   ojson kinds;
   for (size_t k = 0; k < kNumKvKinds; ++k)
     if (p.kv[k] > 0) kinds[std::string(kv_kind_name(static_cast<KvKind>(k)))] = p.kv[k];
@@ -334,6 +359,12 @@ Plan plan_from_json(const ojson& j) {
   }
   p.devices = devices_from_json(object(j, "devices", "plan"));
   p.layers = layers_from_json(object(j, "layers", "plan"), p.devices);
+  if (j.contains("split")) {
+    p.split = split_from(field<std::string>(j, "split", "plan"), "split");
+    p.split_reason = field<std::string>(j, "split_reason", "plan");
+  } else {
+    p.split = split_of_structure(p);  // the devices' ids are resolved: every index is valid
+  }
   check_homes(p);
   p.cost = cost_from_json(object(j, "cost", "plan"));
   for (const auto& f : object(j, "kv_fits", "plan"))

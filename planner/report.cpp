@@ -84,26 +84,33 @@ void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
     out += printf_str("  layers %-12s (%s): non-routed weights + KV on %s\n", ranges(ids).c_str(), k.c_str(),
                       where.c_str());
   }
+  const int nodes = p.hardware.nodes;
   int64_t moe = 0, resident = 0, slots_min = -1, slots_max = 0, per_node = 0;
   for (const auto& l : p.layers) {
-    const ExpertCounts n = expert_counts(p, l, 0);
-    if (n.held == 0) continue;
+    if (l.experts.empty()) continue;
     ++moe;
-    per_node = std::max(per_node, n.held);
-    if (n.on_gpu == n.held)
-      ++resident;
-    else {
+    bool all_resident = true;
+    for (int node = 0; node < nodes; ++node) {
+      const ExpertCounts n = expert_counts(p, l, node);
+      if (n.held == 0) continue;
+      per_node = std::max(per_node, n.held);
+      if (n.on_gpu == n.held) continue;
+      all_resident = false;
       slots_min = slots_min < 0 ? n.cache_slots : std::min(slots_min, n.cache_slots);
       slots_max = std::max(slots_max, n.cache_slots);
     }
+    resident += all_resident;
   }
   if (moe > 0) {
-    const int nodes = p.hardware.nodes;
     out += printf_str("  routed experts: %lld per layer x %lld MoE layers, %s each",
                       (long long)spec.config.n_routed_experts, (long long)moe,
                       core::format_bytes(spec.expert_bytes()).c_str());
-    out +=
-        nodes > 1 ? printf_str("; %lld per node on each of %d nodes\n", (long long)per_node, nodes) : std::string("\n");
+    if (nodes == 1)
+      out += "\n";
+    else if (p.split == Split::Layers)
+      out += "; all of a layer's on the node that runs it\n";
+    else
+      out += printf_str("; %lld per node on each of %d nodes\n", (long long)per_node, nodes);
     if (resident > 0) out += printf_str("    %lld layers' experts resident on the GPU\n", (long long)resident);
     if (resident < moe) {
       const int numa = p.hardware.host.numa_nodes;
@@ -120,6 +127,7 @@ void placement_section(const Plan& p, const ModelSpec& spec, std::string& out) {
   out += "  embedding in host RAM (one row per token); output head on " +
          (p.hardware.gpus.empty() ? std::string("the CPU") : runs_text(p, p.layers.back().runs)) + "\n";
   out += "  layout: " + p.layout + "\n";
+  if (p.hardware.nodes > 1) out += "  split: " + std::string(split_name(p.split)) + " (" + p.split_reason + ")\n";
 }
 
 // Node n's homes of one layer in words: "experts 0-127 in RAM on host.numa0 (64), host.numa1 (64); cached or

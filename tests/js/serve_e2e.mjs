@@ -220,7 +220,7 @@ try {
   failed = true;
   console.error(`FAIL ${e.stack ?? e}\n--- ferry serve stderr ---\n${serverLog}`);
 }
-if (ranks && !/rank 1 \([^)]*\): runs \d+ of \d+ layers, experts \d+-\d+/.test(serverLog)) {
+if (ranks && !/rank 1 \([^)]*\): .*experts \d+-\d+ of layer/.test(serverLog)) {
   failed = true;
   console.error(`rank 1 holds no experts:\n${serverLog}`);
 }

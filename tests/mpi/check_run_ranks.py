@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """check_run_ranks.py FERRY DIR MPIRUN...: `ferry run` under `mpirun -np 2` and `-np 3` (each rank a node of its
 own) gives the logits file and the ids of the single-process run, byte for byte: a prompt prefilled in several
-chunks, then decode, with bf16 KV (and fp8, the default)."""
+chunks, then decode, with bf16 KV (and fp8, the default), in every layout (`--split experts|layers|layers+experts`
+and auto). Each rank's roles (its log line at FERRY_LOG_LEVEL=info) show the layout really ran: with experts every
+rank runs every layer; in a pipeline each rank runs its own contiguous range of layers, in rank order, and with
+layers it holds all of their experts and no other's."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +17,18 @@ os.makedirs(work)
 tiny = os.path.join(work, "tiny")
 subprocess.run([ferry, "make-tiny", tiny, "--seed", "7"], check=True, capture_output=True)
 PROMPT = ",".join(str((i * 37 + 11) % 200) for i in range(70))
+LAYERS = set(range(5))  # the tiny model's
+N_EXPERTS = 16
+ROLE = re.compile(r"rank (\d+) .*; split ([a-z+]+)\); rank \d+ \(.*?\): (?:runs layers ([0-9,-]+)|runs no layer)"
+                  r"(?:; experts (\d+)-(\d+) of layers ([0-9,-]+))?")
+
+
+def layer_set(ranges):
+    out = set()
+    for part in ranges.split(","):
+        first, _, last = part.partition("-")
+        out |= set(range(int(first), int(last or first) + 1))
+    return out
 
 
 def run(name, ranks, *args):
@@ -21,17 +37,49 @@ def run(name, ranks, *args):
            "--logits-out", out, *args]
     if ranks:
         cmd = [*mpirun, "-np", str(ranks), *cmd, "--ranks-as-nodes"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    env = dict(os.environ, FERRY_LOG_LEVEL="info")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, (cmd, r.stdout, r.stderr)
     with open(out, "rb") as f:
-        return r.stdout.strip().splitlines()[-1], f.read()
+        return r.stdout.strip().splitlines()[-1], f.read(), r.stderr
+
+
+def check_roles(split, ranks, log):
+    """Each rank's layers and experts, from its log line, are those of the layout."""
+    roles = {}
+    for m in ROLE.finditer(log):
+        rank, placed = int(m[1]), m[2]
+        assert split in ("auto", placed), (split, placed)
+        runs = layer_set(m[3]) if m[3] else set()
+        held = (int(m[4]), int(m[5]), layer_set(m[6])) if m[4] else None
+        roles[rank] = (placed, runs, held)
+    assert sorted(roles) == list(range(ranks)), log
+    placed = roles[0][0]
+    if placed == "experts":
+        assert all(runs == LAYERS for _, runs, _ in roles.values()), roles
+        return placed
+    order = [roles[r][1] for r in range(ranks)]
+    assert all(order), f"{placed}: a rank without layers: {roles}"
+    assert set().union(*order) == LAYERS and sum(map(len, order)) == len(LAYERS), roles
+    assert all(max(a) < min(b) for a, b in zip(order, order[1:])), f"{placed}: layers not in rank order: {roles}"
+    for runs in order:
+        assert max(runs) - min(runs) + 1 == len(runs), f"{placed}: a rank's layers are not one range: {roles}"
+    for _, runs, held in roles.values():
+        if placed == "layers":
+            assert held == (0, N_EXPERTS - 1, runs), f"layers: a rank's experts are not its layers' all: {roles}"
+        else:
+            assert held and held[2] == LAYERS, f"{placed}: a rank does not hold a share of every layer: {roles}"
+    return placed
 
 
 for kv in ("bf16", "fp8"):
-    ids, logits = run(kv + "-1", 0, "--kv-type", kv)
+    ids, logits, _ = run(kv + "-1", 0, "--kv-type", kv)
     assert len(logits) > 70 * 512 * 4, len(logits)
-    for ranks in (2, 3):
-        got_ids, got = run(f"{kv}-{ranks}", ranks, "--kv-type", kv)
-        assert got_ids == ids, (kv, ranks, got_ids, ids)
-        assert got == logits, f"{kv}: the logits of {ranks} ranks differ from one process's"
-        print(f"{kv}: {ranks} ranks == 1 process ({ids})")
+    for split in ("experts", "layers", "layers+experts", "auto"):
+        for ranks in (2, 3):
+            name = f"{kv}-{split}-{ranks}"
+            got_ids, got, log = run(name, ranks, "--kv-type", kv, "--split", split)
+            placed = check_roles(split, ranks, log)
+            assert got_ids == ids, (name, got_ids, ids)
+            assert got == logits, f"{name}: the logits of {ranks} ranks differ from one process's"
+            print(f"{kv}: {ranks} ranks, split {placed}{' (auto)' if split == 'auto' else ''} == 1 process ({ids})")

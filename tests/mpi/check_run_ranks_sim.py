@@ -3,7 +3,9 @@
 a node with its own simulated device and RAM) gives the logits file and ids of the single-process run with the same
 device, byte for byte: chunked prefill and decode with bf16 KV, an expert cache of 2 slots per layer with streaming,
 the other experts computed by each rank's CPU from its RAM (mapped, and copied to 2 NUMA nodes). Each rank reports
-its own memory (planned next to high-water, within the plan) and where its experts ran, gathered by rank 0."""
+its own memory (planned next to high-water, within the plan) and where its experts ran, gathered by rank 0. Every
+layout: experts sharded (each rank runs every layer), layers pipelined with their experts, and the pipeline of
+layers with experts sharded over all ranks."""
 import os
 import re
 import shutil
@@ -40,10 +42,11 @@ def per_rank(stderr, ranks):
     return got
 
 
-for extra in ([], ["--host-experts", "numa", "--numa", "2"]):
+for split, extra in (("experts", []), ("experts", ["--host-experts", "numa", "--numa", "2"]), ("layers", []),
+                     ("layers+experts", [])):
     ids, logits, _ = run("one", 0, *extra)
     for ranks in (2, 3):
-        got_ids, got, err = run(f"ranks{ranks}", ranks, *extra)
+        got_ids, got, err = run(f"ranks{ranks}", ranks, *extra, "--split", split)
         assert got_ids == ids, (extra, ranks, got_ids, ids)
         assert got == logits, f"{extra}: the logits of {ranks} ranks differ from one process's"
         reports = per_rank(err, ranks)
@@ -54,8 +57,8 @@ for extra in ([], ["--host-experts", "numa", "--numa", "2"]):
                 assert float(share) <= 100.0, (r, planned, high, share, text)
             uses = re.search(r"^experts: (\d+) uses.*CPU (\d+)$", text, flags=re.M)
             assert uses and int(uses.group(1)) > 0, (r, text)
-        if ranks == 2:
+        if ranks == 2 and split == "experts":
             # Rank 1 holds half of every layer's experts, more than its device takes: its CPU computes some.
             cpu = int(re.search(r"^experts: .*CPU (\d+)$", reports[1], flags=re.M).group(1))
             assert cpu > 0, reports[1]
-        print(f"{extra or 'mmap'}: {ranks} ranks == 1 process ({ids})")
+        print(f"--split {split} {extra or 'mmap'}: {ranks} ranks == 1 process ({ids})")

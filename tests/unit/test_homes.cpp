@@ -4,6 +4,7 @@
 // node's devices, runs and homes.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
 #include <set>
 #include <string>
@@ -75,10 +76,15 @@ void expect_every_expert_homed_once(const Plan& p, const ModelSpec& s) {
       }
     }
     for (int64_t e = 0; e < n; ++e) ASSERT_EQ(homes[size_t(e)], 1) << "layer " << l.layer << " expert " << e;
-    // Each node holds its share (the first n % nodes one more), and the planner's counts are the homes'.
+    // A layer runs on one device per node (expert parallel) or on one in all (a pipeline).
+    ASSERT_EQ(l.runs.size(), p.split == Split::Experts ? size_t(nodes) : 1u) << "layer " << l.layer;
+    const int runner = p.devices[size_t(l.runs.front().device)].node;
+    // Each node holds its share: sharded, the first n % nodes one more; with Layers all on the runner's node.
+    // The planner's counts are the homes'.
     int64_t total = 0;
     for (int node = 0; node < nodes; ++node) {
-      const int64_t share = n / nodes + (node < n % nodes ? 1 : 0);
+      const int64_t share =
+          p.split == Split::Layers ? (node == runner ? n : 0) : n / nodes + (node < n % nodes ? 1 : 0);
       EXPECT_EQ(per_node[l.layer][node], share) << "layer " << l.layer << " node " << node;
       const ExpertCounts c = expert_counts(p, l, node);
       EXPECT_EQ(c.held, share);
@@ -86,8 +92,6 @@ void expect_every_expert_homed_once(const Plan& p, const ModelSpec& s) {
       total += c.held;
     }
     EXPECT_EQ(total, n);
-    // A layer runs on one device per node (replicated) or on one in all (pipeline).
-    EXPECT_TRUE(l.runs.size() == size_t(nodes) || l.runs.size() == 1) << l.runs.size();
   }
   EXPECT_GT(moe_layers, 0);
   // The homes give each device exactly the routed-expert bytes its ledger plans; host NUMA nodes share evenly.
@@ -127,32 +131,44 @@ TEST(Homes, ProOnThreeWorkstationsHomesEveryExpertOnce) {
 
 TEST(Homes, TinyModelOnThreeNodesWithTwoNumaNodesEach) {
   const ModelSpec s = tiny_spec();
-  // CPU only, every expert resident on the GPUs, and GPUs that leave some nodes' experts in RAM.
-  for (const char* gpu : {static_cast<const char*>(nullptr), "1GiB", "100MiB"}) {
-    SCOPED_TRACE(gpu ? gpu : "cpu only");
-    const Plan p = make_plan(s, machine(3, gpu, 2 * core::kGiB, 2), at_ctx(4096));
-    ASSERT_TRUE(p.fits) << (p.shortfalls.empty() ? "" : p.shortfalls[0].detail);
-    expect_every_expert_homed_once(p, s);
-    int64_t on_gpu = 0, in_ram = 0;
-    for (const LayerPlan& l : p.layers)
-      for (int n = 0; n < 3; ++n) {
-        on_gpu += expert_counts(p, l, n).on_gpu;
-        in_ram += expert_counts(p, l, n).in_ram;
+  // CPU only, every expert resident on the GPUs, and GPUs that leave some nodes' experts in RAM; each layout.
+  for (const Split split : {Split::Experts, Split::Layers, Split::LayersExperts})
+    for (const char* gpu : {static_cast<const char*>(nullptr), "1GiB", "100MiB"}) {
+      SCOPED_TRACE(std::string(gpu ? gpu : "cpu only") + ", split " + std::string(split_name(split)));
+      PlanOptions o = at_ctx(4096);
+      o.split = split;
+      const Plan p = make_plan(s, machine(3, gpu, 2 * core::kGiB, 2), o);
+      ASSERT_TRUE(p.fits) << (p.shortfalls.empty() ? "" : p.shortfalls[0].detail);
+      EXPECT_EQ(p.split, split);
+      expect_every_expert_homed_once(p, s);
+      int64_t on_gpu = 0, in_ram = 0;
+      for (const LayerPlan& l : p.layers)
+        for (int n = 0; n < 3; ++n) {
+          on_gpu += expert_counts(p, l, n).on_gpu;
+          in_ram += expert_counts(p, l, n).in_ram;
+        }
+      const std::string name = gpu ? gpu : "";
+      if (name.empty()) {
+        EXPECT_EQ(on_gpu, 0);
+      } else if (name == "1GiB") {
+        EXPECT_GT(on_gpu, 0);
+        // Every expert fits a GPU, but with LayersExperts only the runner's GPU may take a layer's experts: the
+        // other nodes' shares stay in their RAM.
+        if (split == Split::LayersExperts)
+          EXPECT_GT(in_ram, 0);
+        else
+          EXPECT_EQ(in_ram, 0);
+      } else {
+        EXPECT_GT(in_ram, 0);
+        EXPECT_GT(on_gpu, 0);
       }
-    const std::string name = gpu ? gpu : "";
-    if (name.empty()) {
-      EXPECT_EQ(on_gpu, 0);
-    } else if (name == "1GiB") {
-      EXPECT_EQ(in_ram, 0);
-    } else {
-      EXPECT_GT(in_ram, 0);
-      EXPECT_GT(on_gpu, 0);
     }
-  }
 }
 
 TEST(Homes, CpuOnlyNodesEachRunEveryLayer) {
-  const Plan p = make_plan(tiny_spec(), machine(3, nullptr, 2 * core::kGiB), at_ctx(4096));
+  PlanOptions o = at_ctx(4096);
+  o.split = Split::Experts;
+  const Plan p = make_plan(tiny_spec(), machine(3, nullptr, 2 * core::kGiB), o);
   for (const LayerPlan& l : p.layers) {
     ASSERT_EQ(l.runs.size(), 3u);
     for (int n = 0; n < 3; ++n) {
@@ -161,6 +177,50 @@ TEST(Homes, CpuOnlyNodesEachRunEveryLayer) {
       EXPECT_EQ(d.kind, DeviceKind::Host);
     }
   }
+}
+
+// A pipeline (Layers, LayersExperts): each node owns a contiguous range of whole layers in node order, holds
+// their non-routed weights and KV and nothing of the others'; with Layers their experts too. The head goes
+// with the last layer, the embedding to node 0, which runs the first.
+TEST(Homes, PipelinesGiveEachNodeAContiguousRangeOfLayers) {
+  const ModelSpec s = tiny_spec();
+  for (const Split split : {Split::Layers, Split::LayersExperts})
+    for (const char* gpu : {static_cast<const char*>(nullptr), "100MiB"}) {
+      SCOPED_TRACE(std::string(gpu ? gpu : "cpu only") + ", split " + std::string(split_name(split)));
+      PlanOptions o = at_ctx(4096);
+      o.split = split;
+      const Plan p = make_plan(s, machine(3, gpu, 2 * core::kGiB), o);
+      ASSERT_TRUE(p.fits);
+      std::vector<int> owner;
+      for (const LayerPlan& l : p.layers) {
+        ASSERT_EQ(l.runs.size(), 1u);
+        const DevicePlan& d = p.devices[size_t(l.runs[0].device)];
+        EXPECT_EQ(d.kind, gpu ? DeviceKind::Gpu : DeviceKind::Host);
+        owner.push_back(d.node);
+        for (const ExpertHome& h : l.experts) {
+          if (split == Split::Layers) {
+            EXPECT_EQ(p.devices[size_t(h.device)].node, d.node) << "layer " << l.layer;
+          }
+        }
+      }
+      EXPECT_TRUE(std::is_sorted(owner.begin(), owner.end()));
+      EXPECT_EQ(std::set<int>(owner.begin(), owner.end()), (std::set<int>{0, 1, 2})) << "4 layers over 3 nodes";
+      EXPECT_EQ(owner.front(), 0);
+      // Non-routed weights and KV only where their layer runs.
+      for (const DevicePlan& d : p.devices) {
+        int64_t want_kv = 0;
+        for (size_t i = 0; i < p.layers.size(); ++i)
+          if (p.layers[i].runs[0].device == int(&d - p.devices.data()))
+            want_kv += kv_total(layer_kv_bytes(s.config, p.layers[i].layer, p.kv_type, 4096));
+        int64_t kv = 0;
+        for (const auto& [c, b] : d.use)
+          if (c.name.rfind("kv.", 0) == 0) kv += b;
+        EXPECT_EQ(kv, want_kv) << d.id;
+        const bool head = p.layers.back().runs[0].device == int(&d - p.devices.data());
+        EXPECT_EQ(d.bytes_of("weights.head") > 0, head) << d.id;
+        EXPECT_EQ(d.bytes_of("weights.embedding") > 0, d.node == 0 && d.kind == DeviceKind::Host) << d.id;
+      }
+    }
 }
 
 TEST(Homes, PlanForNodeIsThatNodesDevicesRunsAndHomes) {
@@ -233,6 +293,43 @@ TEST(Homes, APlanIsCheckedAgainstItsModel) {
   Plan over = p;
   over.devices[0].capacity = over.devices[0].used() - 1;
   expect_error(over, "does not fit");
+}
+
+// check_homes holds a plan to its split: a pipeline layer on several nodes, an expert parallel layer on one, a
+// Layers expert away from its layer's node are refused.
+TEST(Homes, HomesAndRunsFollowTheSplit) {
+  const ModelSpec s = tiny_spec();
+  PlanOptions o = at_ctx(4096);
+  o.split = Split::Layers;
+  const Plan layers = make_plan(s, machine(3, nullptr, 2 * core::kGiB), o);
+  ASSERT_NO_THROW(check_homes(layers));
+  auto expect_error = [](const Plan& bad, const std::string& text) {
+    try {
+      check_homes(bad);
+      ADD_FAILURE() << "accepted; expected an error mentioning " << text;
+    } catch (const ferry::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  Plan relabeled = layers;
+  relabeled.split = Split::Experts;
+  expect_error(relabeled, "plan: layer 0: split experts runs every layer on every node, this one on 1");
+  Plan auto_split = layers;
+  auto_split.split = Split::Auto;
+  expect_error(auto_split, "split is auto");
+  // Layer 3 runs on node 2; its experts moved to node 1's host.
+  Plan moved = layers;
+  LayerPlan& last = moved.layers.back();
+  ASSERT_EQ(moved.devices[size_t(last.runs[0].device)].node, 2);
+  last.experts[0].device = last.runs[0].device - 1;
+  expect_error(moved, "split layers homes a layer's experts on its runner's node 2, these are on node1.host");
+  // The same expert move is fine when only the runs are a pipeline.
+  moved.split = Split::LayersExperts;
+  EXPECT_NO_THROW(check_homes(moved));
+  o.split = Split::Experts;
+  Plan experts = make_plan(s, machine(3, nullptr, 2 * core::kGiB), o);
+  experts.split = Split::LayersExperts;
+  expect_error(experts, "split layers+experts runs each layer on one node, this one on 3");
 }
 
 }  // namespace

@@ -257,3 +257,80 @@ TEST(Placement, RejectsOutOfRangeOptions) {
   o.ubatch = 0;
   EXPECT_THROW(make_plan(s, workstation(), o), ferry::Error);
 }
+
+namespace {
+
+Plan forced(const ModelSpec& s, const Hardware& hw, PlanOptions o, Split split) {
+  o.split = split;
+  return make_plan(s, hw, o);
+}
+
+// Auto's plan is the forced plan of the layout it names, and no other layout that fits decodes faster.
+void expect_fastest_that_fits(const ModelSpec& s, const Hardware& hw, const PlanOptions& o, Split want) {
+  const Plan chosen = make_plan(s, hw, o);
+  ASSERT_TRUE(chosen.fits);
+  EXPECT_EQ(chosen.split, want) << chosen.split_reason;
+  EXPECT_EQ(chosen.options.split, Split::Auto);
+  EXPECT_EQ(chosen.split_reason.rfind("auto: the fastest layout that fits", 0), 0u) << chosen.split_reason;
+  const Plan same = forced(s, hw, o, want);
+  EXPECT_EQ(same.layout, chosen.layout);
+  EXPECT_DOUBLE_EQ(same.cost.decode_tok_s, chosen.cost.decode_tok_s);
+  for (const Split other : {Split::Experts, Split::Layers, Split::LayersExperts}) {
+    if (other == want) continue;
+    const Plan p = forced(s, hw, o, other);
+    EXPECT_EQ(p.split, other);
+    if (p.fits) {
+      EXPECT_LT(p.cost.decode_tok_s, chosen.cost.decode_tok_s) << split_name(other);
+    }
+  }
+}
+
+}  // namespace
+
+// Experts in host RAM: expert parallel reads each token's experts with every node's RAM bandwidth at once.
+TEST(Placement, AutoSplitShardsExpertsInRamOverTheNodes) {
+  expect_fastest_that_fits(load_model_spec("deepseek-v4-flash"), workstation(2), at_ctx(65536), Split::Experts);
+}
+
+// Every expert resident on the GPUs: nothing left to aggregate, so the per-layer exchanges of expert parallel
+// cost more than a pipeline's one hidden-state send per stage boundary.
+TEST(Placement, AutoSplitPipelinesWholeLayersWhenExpertsFitTheGpus) {
+  Hardware hw = workstation(2, "h200");
+  hw.gpus.push_back(parse_gpu_spec("h200"));
+  expect_fastest_that_fits(load_model_spec("deepseek-v4-flash"), hw, at_ctx(65536), Split::Layers);
+}
+
+// V4-Pro on 4 x (3090 + 256 GB): one node's GPU cannot hold every non-routed layer, so expert parallel does not
+// fit; the non-routed layers are a pipeline over the 4 GPUs and the experts stay sharded.
+TEST(Placement, AutoSplitPipelinesNonRoutedLayersWhenOneGpuIsTooSmall) {
+  const ModelSpec s = load_model_spec("deepseek-v4-pro");
+  expect_fastest_that_fits(s, workstation(4), PlanOptions{}, Split::LayersExperts);
+  const Plan experts = forced(s, workstation(4), PlanOptions{}, Split::Experts);
+  EXPECT_FALSE(experts.fits);
+  EXPECT_EQ(experts.split_reason, "--split experts");
+  EXPECT_TRUE(suggests(experts, "--split layers+experts"));
+}
+
+// The network's latency decides between the layouts for the same machine: expert parallel pays an exchange per
+// MoE layer, a pipeline one per stage boundary.
+TEST(Placement, AutoSplitFollowsTheNetworkCost) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  Hardware hw = workstation(2);
+  hw.network.latency_s = 20e-6;
+  EXPECT_EQ(make_plan(s, hw, PlanOptions{}).split, Split::Experts);
+  hw.network.latency_s = 500e-6;
+  expect_fastest_that_fits(s, hw, PlanOptions{}, Split::Layers);
+  const Plan slow = forced(s, hw, PlanOptions{}, Split::Experts);
+  hw.network.latency_s = 20e-6;
+  const Plan fast = forced(s, hw, PlanOptions{}, Split::Experts);
+  // 43 MoE layers, one combine each (every node runs every layer: nothing to dispatch), 480 us more each.
+  EXPECT_NEAR(slow.cost.decode_sync_ms - fast.cost.decode_sync_ms, 43 * 0.48, 1e-6);
+}
+
+TEST(Placement, OneNodeHasNothingToSplit) {
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  const Plan p = make_plan(s, workstation(), at_ctx(65536));
+  EXPECT_EQ(p.split, Split::Experts);
+  EXPECT_EQ(p.split_reason, "one node: nothing to split");
+  EXPECT_EQ(forced(s, workstation(), at_ctx(65536), Split::Layers).layout, p.layout);
+}

@@ -108,3 +108,35 @@ TEST(PlanJson, RejectsHomesThatDoNotHomeEveryExpertOnce) {
   unknown_class["devices"][0]["use"]["weights.everything"] = 1;
   expect_error(unknown_class, "unknown memory class 'weights.everything'");
 }
+
+// The plan records the split asked for (options.split), the one placed and why; a plan file without them (written
+// before plans named their layout) reads as the layout its runs and homes make.
+TEST(PlanJson, RecordsTheSplit) {
+  const ModelSpec s = load_model_spec("deepseek-v4-pro");
+  Hardware h = hw();
+  h.nodes = 4;
+  for (const Split asked : {Split::Auto, Split::Experts, Split::Layers, Split::LayersExperts}) {
+    PlanOptions o;
+    o.split = asked;
+    const Plan p = make_plan(s, h, o);
+    const auto j = plan_to_json(p);
+    EXPECT_EQ(j["options"]["split"], std::string(split_name(asked)));
+    EXPECT_EQ(j["split"], std::string(split_name(asked == Split::Auto ? Split::LayersExperts : asked)));
+    EXPECT_EQ(j["split_reason"], p.split_reason);
+    const Plan back = plan_from_json(j);
+    EXPECT_EQ(back.options.split, asked);
+    EXPECT_EQ(back.split, p.split);
+    auto old = j;
+    old.erase("split");
+    old.erase("split_reason");
+    old["options"].erase("split");
+    const Plan inferred = plan_from_json(old);
+    EXPECT_EQ(inferred.split, p.split) << split_name(asked);
+    EXPECT_EQ(inferred.options.split, Split::Auto);
+  }
+  auto bad = plan_to_json(make_plan(s, h, PlanOptions{}));
+  bad["split"] = "rows";
+  EXPECT_THROW(plan_from_json(bad), ferry::Error);
+  bad["split"] = "layers";  // the runs of layers+experts, every layer's experts on all nodes
+  EXPECT_THROW(plan_from_json(bad), ferry::Error);
+}
