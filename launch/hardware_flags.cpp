@@ -85,7 +85,10 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
     hw.network.latency_s = *net_latency_us * 1e-6;
   }
   hw.gpu_reserve_bytes = gpu_reserve.empty() ? kDefaultGpuReserve : core::parse_size(gpu_reserve, "--gpu-reserve");
-  hw.host_reserve_bytes = host_reserve.empty() ? kDefaultHostReserve : core::parse_size(host_reserve, "--host-reserve");
+  // 0 is a size here (no reserve: what the ranks under mpirun plan with, see launch/rank_setup.cpp).
+  hw.host_reserve_bytes = host_reserve.empty()  ? kDefaultHostReserve
+                          : host_reserve == "0" ? 0
+                                                : core::parse_size(host_reserve, "--host-reserve");
   hw.source = host_given && gpus_given ? "flags" : (!host_given && !gpus_given ? "probed" : "flags + probed");
   return hw;
 }

@@ -3,11 +3,12 @@
 #include <tbb/task_arena.h>
 
 #include <algorithm>
-#include <map>
 #include <nlohmann/json.hpp>
 
 #include "planner/core/error.h"
 #include "planner/core/log.h"
+#include "planner/core/units.h"
+#include "planner/kv_cache.h"
 #include "planner/model_spec.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
@@ -20,42 +21,47 @@ namespace {
 
 constexpr const char* kVersion = "ferry 0.1.0";
 
-// One line per rank: the ferry version, the checkpoint's fingerprint, and its node's host.
+// One line per rank: the ferry version, the checkpoint's directory and fingerprint, and its node's host.
 std::string rank_identity(const std::string& model_dir) {
   const runtime::CheckpointFingerprint f = runtime::checkpoint_fingerprint(model_dir);
   std::vector<std::string> notes;
   const planner::HostSpec h = runtime::probe_host(notes);
-  nlohmann::json j{{"version", kVersion},        {"config", f.config},   {"headers", f.headers},
-                   {"shards", f.shards},         {"tensors", f.tensors}, {"ram", h.ram_bytes},
-                   {"numa", h.numa_nodes},       {"cores", h.cores},     {"bandwidth", h.memory_bandwidth},
+  nlohmann::json j{{"version", kVersion},
+                   {"dir", model_dir},
+                   {"config", f.config},
+                   {"headers", f.headers},
+                   {"weights", f.weights},
+                   {"shards", f.shards},
+                   {"tensors", f.tensors},
+                   {"ram", h.ram_bytes},
+                   {"numa", h.numa_nodes},
+                   {"cores", h.cores},
+                   {"bandwidth", h.memory_bandwidth},
                    {"gflops", h.gflops_per_core}};
   return j.dump();
 }
 
 runtime::CheckpointFingerprint fingerprint_of(const nlohmann::json& j) {
-  return {j["config"].get<uint64_t>(), j["headers"].get<uint64_t>(), j["shards"].get<int64_t>(),
-          j["tensors"].get<int64_t>()};
+  return {j["config"].get<uint64_t>(), j["headers"].get<uint64_t>(), j["weights"].get<uint64_t>(),
+          j["shards"].get<int64_t>(), j["tensors"].get<int64_t>()};
 }
 
-// The same ferry and checkpoint on every rank, and one rank per node unless told otherwise.
-void check_ranks(const transport::World& world, const std::vector<nlohmann::json>& ids, bool ranks_as_nodes) {
+// This rank runs the same ferry on the same checkpoint as rank 0, and, unless told otherwise, on a node of its
+// own. Each rank checks itself, so that the agreed line names the lowest rank that differs.
+void check_rank(const transport::World& world, const std::vector<nlohmann::json>& ids, bool ranks_as_nodes) {
   const nlohmann::json& zero = ids.front();
-  for (size_t r = 1; r < ids.size(); ++r) {
-    const std::string who = world.where(static_cast<int>(r));
-    FERRY_CHECK(ids[r]["version"] == zero["version"], "{} runs {}, rank 0 runs {}", who,
-                ids[r]["version"].get<std::string>(), zero["version"].get<std::string>());
-    const std::string diff = fingerprint_of(ids[r]).difference(fingerprint_of(zero));
-    FERRY_CHECK(diff.empty(), "{} opened another checkpoint than rank 0: {}", who, diff);
-  }
+  const nlohmann::json& mine = ids[static_cast<size_t>(world.rank())];
+  FERRY_CHECK(mine["version"] == zero["version"], "runs {}, rank 0 runs {}", mine["version"].get<std::string>(),
+              zero["version"].get<std::string>());
+  const std::string diff = fingerprint_of(mine).difference(fingerprint_of(zero));
+  FERRY_CHECK(diff.empty(), "its checkpoint {} is not rank 0's {}: {}", mine["dir"].get<std::string>(),
+              zero["dir"].get<std::string>(), diff);
   if (ranks_as_nodes) return;
-  std::map<std::string, int> first_on;
-  for (int r = 0; r < world.size(); ++r) {
-    const auto [it, fresh] = first_on.try_emplace(world.hosts()[static_cast<size_t>(r)], r);
-    FERRY_CHECK(fresh,
-                "ranks {} and {} share host {}: run one rank per node, or pass --ranks-as-nodes to run each rank as a "
+  for (int r = 0; r < world.rank(); ++r)
+    FERRY_CHECK(world.hosts()[static_cast<size_t>(r)] != world.host(),
+                "shares host {} with rank {}: run one rank per node, or pass --ranks-as-nodes to run each rank as a "
                 "node of its own",
-                it->second, r, it->first);
-  }
+                world.host(), r);
 }
 
 // The nodes' hardware as the planner sees it: identical nodes, each with the least any rank has.
@@ -80,7 +86,17 @@ planner::Hardware nodes_hardware(const std::vector<nlohmann::json>& ids) {
   return hw;
 }
 
-planner::Plan plan_nodes(const planner::Hardware& hw, const std::string& model_dir, const runtime::SessionOptions& so) {
+// The rank whose RAM every node is planned with (the lowest of those with the least).
+int least_ram_rank(const std::vector<nlohmann::json>& ids) {
+  const auto least = std::min_element(ids.begin(), ids.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
+    return a["ram"].get<int64_t>() < b["ram"].get<int64_t>();
+  });
+  return static_cast<int>(least - ids.begin());
+}
+
+planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohmann::json>& ids,
+                         const std::string& model_dir, const runtime::SessionOptions& so) {
+  const planner::Hardware hw = nodes_hardware(ids);
   const planner::ModelSpec spec = planner::load_model_spec(model_dir);
   planner::PlanOptions o;
   o.ctx = so.ctx;
@@ -91,7 +107,11 @@ planner::Plan plan_nodes(const planner::Hardware& hw, const std::string& model_d
   if (!plan.fits) {
     std::string why;
     for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
-    FERRY_THROW("does not fit on {} nodes: {} (`ferry plan --nodes {}` shows the whole plan)", hw.nodes, why, hw.nodes);
+    FERRY_THROW(
+        "does not fit on {} nodes of {} RAM, the least of any rank ({}'s): {} (`ferry plan -m {} --nodes {} --host-ram "
+        "{} --host-reserve 0 --no-gpu --cores {} --ctx {} --kv-type {} --ubatch {}` shows the whole plan)",
+        hw.nodes, core::format_bytes(hw.host.ram_bytes), world.where(least_ram_rank(ids)), why, model_dir, hw.nodes,
+        hw.host.ram_bytes, hw.host.cores, so.ctx, planner::kv_type_name(so.kv_type), so.ubatch);
   }
   return plan;
 }
@@ -113,10 +133,10 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const st
   std::vector<nlohmann::json> ids;
   for (const std::string& text : world.allgather_text(mine, "the ranks' checkpoints and hardware"))
     ids.push_back(nlohmann::json::parse(text));
+  world.agree("checking the ranks", [&] { check_rank(world, ids, flags.ranks_as_nodes); });
   std::string plan_json;
-  world.agree("checking the ranks", [&] {
-    check_ranks(world, ids, flags.ranks_as_nodes);
-    if (world.leader()) plan_json = planner::plan_to_json(plan_nodes(nodes_hardware(ids), model_dir, session)).dump();
+  world.agree("planning", [&] {
+    if (world.leader()) plan_json = planner::plan_to_json(plan_nodes(world, ids, model_dir, session)).dump();
   });
   plan_json = world.broadcast_text(plan_json, 0, "the plan");
   world.agree("reading the plan", [&] {
