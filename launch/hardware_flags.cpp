@@ -84,8 +84,12 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
     if (!(*net_latency_us >= 0) || *net_latency_us > 1e6) FERRY_THROW("--net-latency-us must be in [0, 1000000]");
     hw.network.latency_s = *net_latency_us * 1e-6;
   }
-  hw.gpu_reserve_bytes = gpu_reserve.empty() ? kDefaultGpuReserve : core::parse_size(gpu_reserve, "--gpu-reserve");
-  hw.host_reserve_bytes = host_reserve.empty() ? kDefaultHostReserve : core::parse_size(host_reserve, "--host-reserve");
+  // 0 is a size here (no reserve: what the ranks under mpirun plan with, see launch/rank_setup.cpp).
+  auto reserve = [](const std::string& text, int64_t fallback, const char* flag) -> int64_t {
+    return text.empty() ? fallback : text == "0" ? 0 : core::parse_size(text, flag);
+  };
+  hw.gpu_reserve_bytes = reserve(gpu_reserve, kDefaultGpuReserve, "--gpu-reserve");
+  hw.host_reserve_bytes = reserve(host_reserve, kDefaultHostReserve, "--host-reserve");
   hw.source = host_given && gpus_given ? "flags" : (!host_given && !gpus_given ? "probed" : "flags + probed");
   return hw;
 }

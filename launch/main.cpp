@@ -1,6 +1,6 @@
 // The `ferry` executable: parses the command line, runs one subcommand, and turns every error into one line
 // on stderr and a non-zero exit. Under mpirun every rank runs it: rank 0 owns stdout (tables, tokens), an error
-// every rank knows of is printed once by rank 0, and an error of one rank alone ends all of them (World::abort).
+// every rank knows of is printed once by rank 0, and an error of one rank alone ends all of them (World::fail).
 #include <pthread.h>
 
 #include <csignal>
@@ -21,11 +21,15 @@
 
 namespace {
 
-// The command's error as one line: printed once when every rank has it, or ending every rank when only this one
-// does (the others would wait for it).
+// The command's error as one line: printed once by rank 0 when every rank has it (agreed, or met by all: the same
+// flags fail the same check everywhere), or ending every rank when only this one does (the others would wait for it).
 int report(const ferry::transport::World& world, const CLI::App& cmd, const std::exception& e) {
   const bool agreed = dynamic_cast<const ferry::transport::AgreedError*>(&e) != nullptr;
-  if (world.distributed() && !agreed) world.abort(cmd.get_name() + ": " + e.what());
+  if (world.distributed() && !agreed) {
+    for (const std::string& line : world.fail(cmd.get_name() + ": " + e.what()))
+      if (world.leader()) std::fprintf(stderr, "ferry: error: %s\n", line.c_str());
+    return ferry::launch::kExitError;
+  }
   if (world.leader()) std::fprintf(stderr, "ferry %s: error: %s\n", cmd.get_name().c_str(), e.what());
   return ferry::launch::kExitError;
 }
@@ -73,8 +77,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    // Every rank parses the same command line: rank 0 speaks for them.
-    if (world->leader()) std::fprintf(stderr, "ferry: error: %s (see --help)\n", e.what());
+    for (const std::string& line : world->fail(std::string(e.what()) + " (see --help)"))
+      if (world->leader()) std::fprintf(stderr, "ferry: error: %s\n", line.c_str());
     return kExitUsage;
   }
 

@@ -3,7 +3,6 @@
 #include <tbb/task_arena.h>
 
 #include <algorithm>
-#include <map>
 #include <nlohmann/json.hpp>
 
 #include "launch/plan_file.h"
@@ -11,6 +10,8 @@
 #include "offload/device_plan.h"
 #include "planner/core/error.h"
 #include "planner/core/log.h"
+#include "planner/core/units.h"
+#include "planner/kv_cache.h"
 #include "planner/model_spec.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
@@ -23,42 +24,47 @@ namespace {
 
 constexpr const char* kVersion = "ferry 0.1.0";
 
-// One line per rank: the ferry version, the checkpoint's fingerprint, and its node's host.
+// One line per rank: the ferry version, the checkpoint's directory and fingerprint, and its node's host.
 std::string rank_identity(const std::string& model_dir) {
   const runtime::CheckpointFingerprint f = runtime::checkpoint_fingerprint(model_dir);
   std::vector<std::string> notes;
   const planner::HostSpec h = runtime::probe_host(notes);
-  nlohmann::json j{{"version", kVersion},        {"config", f.config},   {"headers", f.headers},
-                   {"shards", f.shards},         {"tensors", f.tensors}, {"ram", h.ram_bytes},
-                   {"numa", h.numa_nodes},       {"cores", h.cores},     {"bandwidth", h.memory_bandwidth},
+  nlohmann::json j{{"version", kVersion},
+                   {"dir", model_dir},
+                   {"config", f.config},
+                   {"headers", f.headers},
+                   {"weights", f.weights},
+                   {"shards", f.shards},
+                   {"tensors", f.tensors},
+                   {"ram", h.ram_bytes},
+                   {"numa", h.numa_nodes},
+                   {"cores", h.cores},
+                   {"bandwidth", h.memory_bandwidth},
                    {"gflops", h.gflops_per_core}};
   return j.dump();
 }
 
 runtime::CheckpointFingerprint fingerprint_of(const nlohmann::json& j) {
-  return {j["config"].get<uint64_t>(), j["headers"].get<uint64_t>(), j["shards"].get<int64_t>(),
-          j["tensors"].get<int64_t>()};
+  return {j["config"].get<uint64_t>(), j["headers"].get<uint64_t>(), j["weights"].get<uint64_t>(),
+          j["shards"].get<int64_t>(), j["tensors"].get<int64_t>()};
 }
 
-// The same ferry and checkpoint on every rank, and one rank per node unless told otherwise.
-void check_ranks(const transport::World& world, const std::vector<nlohmann::json>& ids, bool ranks_as_nodes) {
+// This rank runs the same ferry on the same checkpoint as rank 0, and, unless told otherwise, on a node of its
+// own. Each rank checks itself, so that the agreed line names the lowest rank that differs.
+void check_rank(const transport::World& world, const std::vector<nlohmann::json>& ids, bool ranks_as_nodes) {
   const nlohmann::json& zero = ids.front();
-  for (size_t r = 1; r < ids.size(); ++r) {
-    const std::string who = world.where(static_cast<int>(r));
-    FERRY_CHECK(ids[r]["version"] == zero["version"], "{} runs {}, rank 0 runs {}", who,
-                ids[r]["version"].get<std::string>(), zero["version"].get<std::string>());
-    const std::string diff = fingerprint_of(ids[r]).difference(fingerprint_of(zero));
-    FERRY_CHECK(diff.empty(), "{} opened another checkpoint than rank 0: {}", who, diff);
-  }
+  const nlohmann::json& mine = ids[static_cast<size_t>(world.rank())];
+  FERRY_CHECK(mine["version"] == zero["version"], "runs {}, rank 0 runs {}", mine["version"].get<std::string>(),
+              zero["version"].get<std::string>());
+  const std::string diff = fingerprint_of(mine).difference(fingerprint_of(zero));
+  FERRY_CHECK(diff.empty(), "its checkpoint {} is not rank 0's {}: {}", mine["dir"].get<std::string>(),
+              zero["dir"].get<std::string>(), diff);
   if (ranks_as_nodes) return;
-  std::map<std::string, int> first_on;
-  for (int r = 0; r < world.size(); ++r) {
-    const auto [it, fresh] = first_on.try_emplace(world.hosts()[static_cast<size_t>(r)], r);
-    FERRY_CHECK(fresh,
-                "ranks {} and {} share host {}: run one rank per node, or pass --ranks-as-nodes to run each rank as a "
+  for (int r = 0; r < world.rank(); ++r)
+    FERRY_CHECK(world.hosts()[static_cast<size_t>(r)] != world.host(),
+                "shares host {} with rank {}: run one rank per node, or pass --ranks-as-nodes to run each rank as a "
                 "node of its own",
-                it->second, r, it->first);
-  }
+                world.host(), r);
 }
 
 // The nodes' hardware as the planner sees it: identical nodes, each with the least any rank has.
@@ -83,28 +89,51 @@ planner::Hardware nodes_hardware(const std::vector<nlohmann::json>& ids) {
   return hw;
 }
 
+// The rank whose RAM every node is planned with (the lowest of those with the least).
+int least_ram_rank(const std::vector<nlohmann::json>& ids) {
+  const auto least = std::min_element(ids.begin(), ids.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
+    return a["ram"].get<int64_t>() < b["ram"].get<int64_t>();
+  });
+  return static_cast<int>(least - ids.begin());
+}
+
 // Rank 0's plan for every node, laid out as --split says: CPU only, or each node with the simulated device of --gpu.
-planner::Plan plan_nodes(planner::Hardware hw, const OffloadFlags& offload, const std::string& model_dir,
-                         const runtime::SessionOptions& so, planner::Split split) {
+// A plan that does not fit names the rank whose RAM the nodes were planned with and the `ferry plan` command that
+// shows the same plan.
+planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohmann::json>& ids,
+                         const OffloadFlags& offload, const std::string& model_dir, const runtime::SessionOptions& so,
+                         planner::Split split) {
+  planner::Hardware hw = nodes_hardware(ids);
   const planner::ModelSpec spec = planner::load_model_spec(model_dir);
-  const std::string where = fmt::format("{} nodes (--split {})", hw.nodes, planner::split_name(split));
-  if (!offload.enabled()) {
-    planner::PlanOptions o;
-    o.split = split;
-    o.ctx = so.ctx;
-    o.kv_type = so.kv_type;
-    o.ubatch = so.ubatch;
-    o.threads = tbb::this_task_arena::max_concurrency();
-    return offload::place_or_explain(spec, hw, o, where);
+  planner::PlanOptions o;
+  o.ctx = so.ctx;
+  o.kv_type = so.kv_type;
+  o.ubatch = so.ubatch;
+  o.threads = tbb::this_task_arena::max_concurrency();
+  std::string gpu_flag = "--no-gpu";
+  if (offload.enabled()) {
+    const offload::DeviceRequest device = offload.device_request();
+    planner::HostSpec host = hw.host;
+    host.numa_nodes = offload.numa > 0 ? offload.numa : host.numa_nodes;
+    const int nodes = hw.nodes;
+    hw = offload::device_hardware(host, device);
+    hw.nodes = nodes;
+    o = offload::device_plan_options(device, so);
+    gpu_flag = fmt::format("--gpu {}B --gpu-reserve 0", device.capacity);
   }
-  const offload::DeviceRequest device = offload.device_request();
-  planner::HostSpec host = hw.host;
-  host.numa_nodes = offload.numa > 0 ? offload.numa : host.numa_nodes;
-  planner::Hardware with_gpu = offload::device_hardware(host, device);
-  with_gpu.nodes = hw.nodes;
-  planner::PlanOptions o = offload::device_plan_options(device, so);
   o.split = split;
-  return offload::place_or_explain(spec, with_gpu, o, where + " with " + device.name);
+  planner::Plan plan = planner::place(spec, hw, o, so.kv_type);
+  if (!plan.fits) {
+    std::string why;
+    for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
+    FERRY_THROW(
+        "does not fit on {} nodes of {} RAM, the least of any rank ({}'s): {} (`ferry plan -m {} --nodes {} --host-ram "
+        "{} --host-reserve 0 {} --cores {} --ctx {} --kv-type {} --ubatch {} --split {}` shows the whole plan)",
+        hw.nodes, core::format_bytes(hw.host.ram_bytes), world.where(least_ram_rank(ids)), why, model_dir, hw.nodes,
+        hw.host.ram_bytes, gpu_flag, hw.host.cores, so.ctx, planner::kv_type_name(so.kv_type), so.ubatch,
+        planner::split_name(split));
+  }
+  return plan;
 }
 
 }  // namespace
@@ -127,11 +156,11 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const Of
   std::vector<nlohmann::json> ids;
   for (const std::string& text : world.allgather_text(mine, "the ranks' checkpoints and hardware"))
     ids.push_back(nlohmann::json::parse(text));
+  world.agree("checking the ranks", [&] { check_rank(world, ids, flags.ranks_as_nodes); });
   std::string plan_json;
-  world.agree("checking the ranks", [&] {
-    check_ranks(world, ids, flags.ranks_as_nodes);
+  world.agree("planning", [&] {
     if (!world.leader()) return;
-    const planner::Plan plan = plan_nodes(nodes_hardware(ids), offload, model_dir, session, parse_split(flags.split));
+    const planner::Plan plan = plan_nodes(world, ids, offload, model_dir, session, parse_split(flags.split));
     if (!offload.plan_out.empty()) write_plan_file(offload.plan_out, plan);
     plan_json = planner::plan_to_json(plan).dump();
   });

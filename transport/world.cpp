@@ -15,10 +15,24 @@ namespace ferry::transport {
 
 namespace {
 
+using Clock = std::chrono::steady_clock;
+
 World* g_world = nullptr;
 
 // Messages above this go as several (MPI counts are int).
 constexpr int64_t kChunk = int64_t{1} << 30;
+
+// A gap this long between two polls means this process did not run (stopped, paused, swapped out): that time does
+// not count against the deadline, so a rank resumed after a stop does not blame the ranks it was waiting for.
+constexpr auto kNotRunning = std::chrono::seconds(1);
+
+// How long a failing rank waits for the others to fail too (fail()), at most; a quarter of the deadline when that
+// is shorter, so that the ranks waiting for a failing rank do not time out first and blame it for not answering.
+constexpr double kFailGrace = 2;
+// The bytes of each rank's line in fail()'s gather (one collective of fixed size); longer lines are cut.
+constexpr int kFailLine = 4096;
+// Seconds: a wait without deadline.
+constexpr double kForever = 1e9;
 
 std::string this_host() {
   char name[256] = {};
@@ -35,12 +49,15 @@ double timeout_from_env() {
   return s;
 }
 
-void check_mpi(int rc, const char* call) {
-  if (rc == MPI_SUCCESS) return;
+std::string mpi_error_text(int rc) {
   char text[MPI_MAX_ERROR_STRING] = {};
   int len = 0;
   MPI_Error_string(rc, text, &len);
-  FERRY_THROW("{} failed: {}", call, text);
+  return std::string(text, static_cast<size_t>(len));
+}
+
+void check_mpi(int rc, const char* call) {
+  if (rc != MPI_SUCCESS) FERRY_THROW("{} failed: {}", call, mpi_error_text(rc));
 }
 
 }  // namespace
@@ -62,6 +79,10 @@ World::World(int* argc, char*** argv) : host_(this_host()), timeout_s_(timeout_f
                   MPI_THREAD_SERIALIZED);
     }
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
+    // Errors come back as codes (check_mpi throws them as ferry::Error, main turns that into one line); the
+    // communicators made from comm_ inherit it.
+    check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+    check_mpi(MPI_Comm_dup(comm_, &fail_comm_), "MPI_Comm_dup");
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
     check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_comm_),
@@ -78,6 +99,7 @@ World::~World() {
   g_world = nullptr;
   if (!mpi_) return;
   if (node_comm_ != MPI_COMM_NULL) MPI_Comm_free(&node_comm_);
+  if (fail_comm_ != MPI_COMM_NULL) MPI_Comm_free(&fail_comm_);
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   MPI_Finalize();
 }
@@ -97,36 +119,74 @@ void World::abort(std::string_view line) const {
   std::_Exit(1);
 }
 
-void World::wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, std::string_view what,
-                     bool bounded) const {
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
-  const auto deadline = start + std::chrono::duration<double>(timeout_s_);
+std::vector<std::string> World::fail(std::string_view line) const {
+  if (!distributed()) return {std::string(line)};
+  std::vector<char> mine(kFailLine, '\0'), all(static_cast<size_t>(kFailLine) * static_cast<size_t>(size_));
+  std::copy_n(line.data(), std::min<size_t>(line.size(), kFailLine - 1), mine.data());
+  std::vector<MPI_Request> r(1);
+  check_mpi(MPI_Iallgather(mine.data(), kFailLine, MPI_CHAR, all.data(), kFailLine, MPI_CHAR, fail_comm_, &r[0]),
+            "MPI_Iallgather");
+  // Some rank did not fail: it may be waiting for this one, which must end the run (the posted gather dies with it).
+  if (!poll(r, std::min(kFailGrace, timeout_s_ / 4), "the ranks' failures")) abort(line);
+  std::vector<std::string> lines, seen;
+  for (int rank = 0; rank < size_; ++rank) {
+    std::string text(all.data() + static_cast<size_t>(rank) * kFailLine);
+    if (std::find(seen.begin(), seen.end(), text) != seen.end()) continue;
+    lines.push_back(where(rank) + ": " + text);
+    seen.push_back(std::move(text));
+  }
+  return lines;
+}
+
+bool World::poll(std::vector<MPI_Request>& requests, double limit_s, std::string_view what) const {
+  const auto start = Clock::now();
+  auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limit_s));
+  auto last = start;
+  std::vector<int> done(requests.size());
+  std::vector<MPI_Status> statuses(requests.size());
   bool idle = false;  // waited long enough that a short sleep per poll costs nothing that matters
   for (uint64_t spin = 0;; ++spin) {
-    int done = 0;
-    check_mpi(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE),
-              "MPI_Testall");
-    if (done) return;
+    int count = 0;
+    // Testsome, not Testall: it frees what completed, so the requests left name the peers that did not answer.
+    const int rc =
+        MPI_Testsome(static_cast<int>(requests.size()), requests.data(), &count, done.data(), statuses.data());
+    if (rc != MPI_SUCCESS) {
+      int error = rc;
+      for (int i = 0; rc == MPI_ERR_IN_STATUS && i < count; ++i)
+        if (statuses[static_cast<size_t>(i)].MPI_ERROR != MPI_SUCCESS)
+          error = statuses[static_cast<size_t>(i)].MPI_ERROR;
+      FERRY_THROW("MPI failed while waiting for {}: {}", what, mpi_error_text(error));
+    }
+    if (count == MPI_UNDEFINED ||
+        std::all_of(requests.begin(), requests.end(), [](MPI_Request r) { return r == MPI_REQUEST_NULL; }))
+      return true;
     // Spin first (an answer due in microseconds), then give the core away (ranks may share cores), then, after
     // 50 ms, sleep between polls (an idle follower must not burn a core).
     if (idle)
       usleep(200);
     else if (spin > 1000)
       sched_yield();
-    if (spin % 256 == 0 && !idle) idle = clock::now() - start > std::chrono::milliseconds(50);
-    if (bounded && spin % 256 == 0 && clock::now() > deadline) {
-      int peer = -1;
-      for (size_t i = 0; i < requests.size(); ++i)
-        if (requests[i] != MPI_REQUEST_NULL) {
-          peer = peers[i];
-          break;
-        }
-      const std::string who = peer >= 0 ? where(peer) : std::string("the other ranks");
-      abort(fmt::format("no answer from {} within {:.0f} s ({}; FERRY_RANK_TIMEOUT sets the limit)", who, timeout_s_,
-                        what));
-    }
+    if (spin % 256 != 0) continue;
+    const auto now = Clock::now();
+    if (now - last > kNotRunning) deadline += now - last;
+    last = now;
+    idle = idle || now - start > std::chrono::milliseconds(50);
+    if (now > deadline) return false;
   }
+}
+
+void World::wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, std::string_view what,
+                     bool bounded) const {
+  if (poll(requests, bounded ? timeout_s_ : kForever, what)) return;
+  int peer = -1;
+  for (size_t i = 0; i < requests.size(); ++i)
+    if (requests[i] != MPI_REQUEST_NULL) {
+      peer = peers[i];
+      break;
+    }
+  const std::string who = peer >= 0 ? where(peer) : std::string("the other ranks");
+  abort(
+      fmt::format("no answer from {} within {:.0f} s ({}; FERRY_RANK_TIMEOUT sets the limit)", who, timeout_s_, what));
 }
 
 void World::broadcast(void* data, int64_t bytes, int root, std::string_view what) const {

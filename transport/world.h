@@ -56,6 +56,12 @@ class World {
   // Prints "ferry: error: rank R (host): LINE" and ends every rank (MPI_Abort); a world of one exits.
   [[noreturn]] void abort(std::string_view line) const;
 
+  // This rank failed outside agree() with `line`. When every rank fails within a short grace (the same flags fail
+  // the same check on every rank), returns the ranks' distinct lines, each as "rank R (host): line", lowest rank
+  // first, for rank 0 to print once, and every rank may exit non-zero together. Otherwise this rank's line ends
+  // every rank (abort). A world of one returns {line}.
+  std::vector<std::string> fail(std::string_view line) const;
+
   // Runs `step` on every rank and shares the outcome: when any rank throws, every rank throws AgreedError with
   // the line of the lowest failing rank ("rank R (host): what"), so all end together and rank 0 prints it.
   template <class Step>
@@ -99,7 +105,9 @@ class World {
   };
 
   // Waits for `requests` (peers[i] is request i's peer, -1 for a collective) until the deadline, or forever with
-  // `bounded` false. Public for the exchanges built on the world (transport/exchange).
+  // `bounded` false; past the deadline, aborts naming the first peer whose transfer is not done. An MPI error
+  // (e.g. a message longer than its receive) throws ferry::Error naming `what`. Public for the exchanges built on
+  // the world (transport/exchange).
   void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, std::string_view what,
                 bool bounded = true) const;
 
@@ -107,9 +115,13 @@ class World {
 
  private:
   void share_failure(std::string_view what, const std::string& failure) const;
+  // Polls until every request is done (true) or `limit_s` seconds have passed (false); completed requests become
+  // MPI_REQUEST_NULL, the others stay posted.
+  bool poll(std::vector<MPI_Request>& requests, double limit_s, std::string_view what) const;
 
   bool mpi_ = false;
   MPI_Comm comm_ = MPI_COMM_NULL;
+  MPI_Comm fail_comm_ = MPI_COMM_NULL;  // fail() only: its collective must not match one of comm_'s
   MPI_Comm node_comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, node_rank_ = 0, node_size_ = 1;
   std::string host_;
