@@ -8,6 +8,7 @@
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 #include "planner/core/log.h"
 
@@ -68,6 +69,7 @@ World::World(int* argc, char*** argv) : host_(this_host()), timeout_s_(timeout_f
               "MPI_Comm_split_type");
     MPI_Comm_rank(node_comm_, &node_rank_);
     MPI_Comm_size(node_comm_, &node_size_);
+    oversubscribed_ = static_cast<unsigned>(node_size_) > std::max(1u, std::thread::hardware_concurrency());
   }
   g_world = this;
   hosts_ = allgather_text(host_, "the host names");
@@ -108,11 +110,13 @@ void World::wait_all(std::vector<MPI_Request>& requests, const std::vector<int>&
     check_mpi(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE),
               "MPI_Testall");
     if (done) return;
-    // Spin first (an answer due in microseconds), then give the core away (ranks may share cores), then, after
-    // 50 ms, sleep between polls (an idle follower must not burn a core).
+    // Poll without pause, as MPI_Waitall does: an answer due in microseconds, a transfer that moves as this rank
+    // polls. Giving the core away between polls would hand it to any other process for a time slice (ms) on a
+    // busy machine, so only a host with more ranks than cores does it, for a peer that may need this core.
+    // After 50 ms, sleep between polls (an idle follower must not burn a core).
     if (idle)
       usleep(200);
-    else if (spin > 1000)
+    else if (oversubscribed_ && spin > 1000)
       sched_yield();
     if (spin % 256 == 0 && !idle) idle = clock::now() - start > std::chrono::milliseconds(50);
     if (bounded && spin % 256 == 0 && clock::now() > deadline) {

@@ -112,6 +112,7 @@ class World {
   MPI_Comm comm_ = MPI_COMM_NULL;
   MPI_Comm node_comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, node_rank_ = 0, node_size_ = 1;
+  bool oversubscribed_ = false;  // more ranks on this host than it has cores
   std::string host_;
   std::vector<std::string> hosts_;
   double timeout_s_ = 300;
