@@ -243,10 +243,9 @@ class Dispatch final : public Exchange {
 // Pipeline stages: layer l is run by rank l mod P, so the hidden streams go round the ring of ranks.
 class HandOver final : public Exchange {
  public:
-  HandOver(const World& w, const Shape& s, int64_t n)
-      : Exchange(w, rotating_roles(ring(w.size() + 1, w.size()), s.experts, w.size())),
-        floats_(s.hc * n * s.d),
-        H_(sz(floats_)) {
+  HandOver(const World& w, const Shape& s, int64_t n) : HandOver(w, s.hc * n * s.d, s.experts) {}
+  HandOver(const World& w, int64_t floats, int64_t experts)
+      : Exchange(w, rotating_roles(ring(w.size() + 1, w.size()), experts, w.size())), floats_(floats), H_(sz(floats)) {
     bytes = floats_ * 4;
     per_iteration = ranks();
   }
@@ -342,8 +341,9 @@ Row measure(const World& w, Exchange& x, const Options& o) {
 void print_row(const Row& r) {
   const auto gbs = [&](double s) { return static_cast<double>(r.bytes) / s / 1e9; };
   const std::string collective = std::isnan(r.collective_s) ? "-" : fmt::format("{:.1f}", r.collective_s * 1e6);
-  std::printf("%-10s %-6s %6lld %11s %10.1f %10.1f %13s %10.2f %9.2f %+8.1f%%\n", r.op.c_str(), r.model.c_str(),
-              static_cast<long long>(r.tokens), core::format_bytes(r.bytes, 1).c_str(), r.ferry_s * 1e6, r.mpi_s * 1e6,
+  const std::string tokens = r.tokens > 0 ? std::to_string(r.tokens) : "-";
+  std::printf("%-10s %-6s %6s %11s %10.1f %10.1f %13s %10.2f %9.2f %+8.1f%%\n", r.op.c_str(), r.model.c_str(),
+              tokens.c_str(), core::format_bytes(r.bytes, 1).c_str(), r.ferry_s * 1e6, r.mpi_s * 1e6,
               collective.c_str(), gbs(r.ferry_s), gbs(r.raw_s()), 100 * r.overhead);
   std::fflush(stdout);
 }
@@ -365,19 +365,20 @@ void print_acceptance(const std::vector<Row>& rows) {
                 100 * kAcceptedOverhead, over, rows.size(), where.c_str());
 }
 
-// The link as the planner models it (latency + bytes / bandwidth), from ferry's hand_over rows, one message
-// each: the best bandwidth of any (the largest messages may fall out of the caches), and the least time any row
-// takes beyond its bytes at that bandwidth.
-planner::NetworkSpec measured_link(const std::vector<Row>& rows) {
+// The link as the planner models it (latency + bytes / bandwidth): the latency of ferry's hand_over of one
+// float, and the median rate of its hand_overs of at least 1 MiB (or the largest), where the latency is lost in
+// the transfer.
+planner::NetworkSpec measured_link(const std::vector<Row>& rows, const Row& latency) {
+  int64_t largest = 0;
+  for (const Row& r : rows)
+    if (r.op == "hand_over") largest = std::max(largest, r.bytes);
+  std::vector<double> rates;
+  for (const Row& r : rows)
+    if (r.op == "hand_over" && r.bytes >= std::min(largest, core::kMiB))
+      rates.push_back(static_cast<double>(r.bytes) / r.ferry_s);
   planner::NetworkSpec link;
-  link.bandwidth = 0;
-  link.latency_s = INFINITY;
-  for (const Row& r : rows)
-    if (r.op == "hand_over") link.bandwidth = std::max(link.bandwidth, static_cast<double>(r.bytes) / r.ferry_s);
-  for (const Row& r : rows)
-    if (r.op == "hand_over")
-      link.latency_s = std::min(link.latency_s, r.ferry_s - static_cast<double>(r.bytes) / link.bandwidth);
-  link.latency_s = std::max(0.0, link.latency_s);
+  link.latency_s = latency.ferry_s;
+  link.bandwidth = median(rates);
   return link;
 }
 
@@ -390,8 +391,9 @@ void print_predictions(const planner::NetworkSpec& link) {
   options.ctx = spec.config.max_position_embeddings;  // `ferry plan`'s default
   const std::string net_bw = fmt::format("{:.2f}", link.bandwidth / 1e9);
   const std::string net_latency = fmt::format("{:.1f}", link.latency_s * 1e6);
-  std::printf("\nmeasured link (ferry's hand_over: the best GB/s, the least time beyond it): %s GB/s, %s us\n",
-              net_bw.c_str(), net_latency.c_str());
+  std::printf(
+      "\nmeasured link (ferry's hand_over: the median GB/s from 1 MiB, the latency of 4 bytes): %s GB/s, %s us\n",
+      net_bw.c_str(), net_latency.c_str());
   std::printf("planner: %s, 4x rtx3090 + 256 GiB RAM per node, ctx %s\n", model.c_str(),
               core::format_count(options.ctx).c_str());
   std::printf("%5s  %-34s %12s %9s %13s  %s\n", "nodes", "network", "decode tok/s", "sync ms", "prefill tok/s", "fits");
@@ -463,9 +465,15 @@ int run(const Options& o) {
   run_exchange<Combine>(*w, "combine", shapes, o, rows);
   run_exchange<Dispatch>(*w, "dispatch", shapes, o, rows);
   run_exchange<HandOver>(*w, "hand_over", shapes, o, rows);
+  HandOver one_float(*w, 1, shapes.front().experts);
+  Row latency = measure(*w, one_float, o);
+  latency.op = "latency";
+  latency.model = "-";
   if (!w->leader()) return 0;
+  print_row(latency);
+  rows.push_back(latency);
   print_acceptance(rows);
-  print_predictions(measured_link(rows));
+  print_predictions(measured_link(rows, latency));
   return 0;
 }
 

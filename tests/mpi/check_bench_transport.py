@@ -10,7 +10,7 @@ import sys
 ferry, work, mpirun = sys.argv[1], sys.argv[2], sys.argv[3:]
 TOKENS = [1, 4]
 NUMBER = r"-?\d+(?:\.\d+)?"
-ROW = re.compile(rf"^(combine|dispatch|hand_over) +(flash|pro) +(\d+) +{NUMBER} [KMG]?i?B +({NUMBER}) +({NUMBER}) "
+ROW = re.compile(rf"^(combine|dispatch|hand_over|latency) +(flash|pro|-) +(\d+|-) +{NUMBER} [KMG]?i?B +({NUMBER}) +({NUMBER}) "
                  rf"+(-|{NUMBER}) +({NUMBER}) +({NUMBER}) +([+-]{NUMBER})%$")
 
 r = subprocess.run([ferry, "bench", "transport"], capture_output=True, text=True, timeout=60)
@@ -27,11 +27,11 @@ for ranks in (2, 3):
     assert out[0].startswith(f"ferry bench transport: {ranks} ranks"), out[0]
     header = next(l for l in out if l.startswith("exchange"))
     assert header.split()[-1] == "overhead", header
-    rows = [ROW.match(l) for l in out if l.startswith(("combine", "dispatch", "hand_over"))]
-    assert all(rows), [l for l in out if l.startswith(("combine", "dispatch", "hand_over"))]
-    got = [(m[1], m[2], int(m[3])) for m in rows]
-    want = [(op, model, n) for op in ("combine", "dispatch", "hand_over") for model in ("flash", "pro")
-            for n in TOKENS]
+    rows = [ROW.match(l) for l in out if l.startswith(("combine", "dispatch", "hand_over", "latency"))]
+    assert all(rows), [l for l in out if l.startswith(("combine", "dispatch", "hand_over", "latency"))]
+    got = [(m[1], m[2], m[3]) for m in rows]
+    want = [(op, model, str(n)) for op in ("combine", "dispatch", "hand_over") for model in ("flash", "pro")
+            for n in TOKENS] + [("latency", "-", "-")]  # ferry's hand_over of one float
     assert got == want, got
     for m in rows:
         assert float(m[4]) > 0 and float(m[5]) > 0, m[0]
