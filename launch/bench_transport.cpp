@@ -84,7 +84,8 @@ void check_filled(const float* p, int64_t count, int rank, const char* what) {
                 p[i]);
 }
 
-// Raw MPI as osu_latency does it: post everything, then MPI_Waitall (no deadline: the reference).
+// Raw MPI as osu_latency does it: post everything, then MPI_Waitall (no deadline: the reference). One per exchange,
+// reused, so that posting allocates nothing.
 class RawTransfers {
  public:
   explicit RawTransfers(MPI_Comm comm) : comm_(comm) {}
@@ -109,7 +110,8 @@ class RawTransfers {
 // One exchange at one size, run by ferry and by raw MPI; every rank calls the same methods in the same order.
 class Exchange {
  public:
-  Exchange(const World& world, std::vector<LayerRoles> roles) : world_(world), ex_(world, std::move(roles)) {}
+  Exchange(const World& world, std::vector<LayerRoles> roles)
+      : world_(world), ex_(world, std::move(roles)), raw_(world.comm()) {}
   virtual ~Exchange() = default;
   virtual void ferry() = 0;
   virtual void mpi() = 0;  // the same messages between the same pairs
@@ -123,6 +125,7 @@ class Exchange {
  protected:
   const World& world_;
   transport::MpiRankExchange ex_;
+  RawTransfers raw_;
   int me() const { return world_.rank(); }
   int ranks() const { return world_.size(); }
 };
@@ -151,7 +154,7 @@ class Combine final : public Exchange {
   }
   void ferry() override { ex_.combine(0, eo_.data(), offsets_, d_); }
   void mpi() override {
-    RawTransfers t(world_.comm());
+    RawTransfers& t = raw_;
     for (int r = 0; r < ranks(); ++r)
       if (r != me() && rows_[sz(r)] > 0) t.recv(block(r), rows_[sz(r)] * d_ * 4, r);
     for (int r = 0; r < ranks(); ++r)
@@ -207,7 +210,7 @@ class Dispatch final : public Exchange {
   }
   void mpi() override {
     for (int from = 0; from < ranks(); ++from) {
-      RawTransfers t(world_.comm());
+      RawTransfers& t = raw_;
       for (int r = 0; r < ranks(); ++r) {
         if (r == from || (me() != from && me() != r)) continue;
         if (me() == from) {
@@ -254,7 +257,7 @@ class HandOver final : public Exchange {
   }
   void mpi() override {
     for (int l = 1; l <= ranks(); ++l) {
-      RawTransfers t(world_.comm());
+      RawTransfers& t = raw_;
       const int from = (l - 1) % ranks(), to = l % ranks();
       if (me() == to) t.recv(H_.data(), floats_ * 4, from);
       if (me() == from) t.send(H_.data(), floats_ * 4, to);
@@ -343,9 +346,9 @@ Row measure(const World& w, Exchange& x, const Options& o) {
 
 void print_row(const Row& r) {
   const auto gbs = [&](double s) { return static_cast<double>(r.bytes) / s / 1e9; };
-  const std::string collective = std::isnan(r.collective_s) ? "-" : fmt::format("{:.1f}", r.collective_s * 1e6);
+  const std::string collective = std::isnan(r.collective_s) ? "-" : fmt::format("{:.2f}", r.collective_s * 1e6);
   const std::string tokens = r.tokens > 0 ? std::to_string(r.tokens) : "-";
-  std::printf("%-10s %-6s %6s %11s %10.1f %10.1f %13s %10.2f %9.2f %+8.1f%%\n", r.op.c_str(), r.model.c_str(),
+  std::printf("%-10s %-6s %6s %11s %10.2f %10.2f %13s %10.2f %9.2f %+8.1f%%\n", r.op.c_str(), r.model.c_str(),
               tokens.c_str(), core::format_bytes(r.bytes, 1).c_str(), r.ferry_s * 1e6, r.mpi_s * 1e6,
               collective.c_str(), gbs(r.ferry_s), gbs(r.raw_s()), 100 * r.overhead);
   std::fflush(stdout);
