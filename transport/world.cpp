@@ -99,11 +99,12 @@ void World::abort(std::string_view line) const {
   std::_Exit(1);
 }
 
-void World::wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, std::string_view what,
+void World::wait_all(std::span<MPI_Request> requests, std::span<const int> peers, std::string_view what, int64_t layer,
                      bool bounded) const {
   using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
-  const auto deadline = start + std::chrono::duration<double>(timeout_s_);
+  constexpr uint64_t kPollsPerCheck = 256;
+  clock::time_point start;  // from the first check: a wait done within as many polls reads no clock
+  std::chrono::time_point<clock, std::chrono::duration<double>> deadline;
   bool idle = false;  // waited long enough that a short sleep per poll costs nothing that matters
   for (uint64_t spin = 0;; ++spin) {
     int done = 0;
@@ -118,8 +119,14 @@ void World::wait_all(std::vector<MPI_Request>& requests, const std::vector<int>&
       usleep(200);
     else if (oversubscribed_ && spin > 1000)
       sched_yield();
-    if (spin % 256 == 0 && !idle) idle = clock::now() - start > std::chrono::milliseconds(50);
-    if (bounded && spin % 256 == 0 && clock::now() > deadline) {
+    if (spin % kPollsPerCheck != kPollsPerCheck - 1) continue;
+    const auto now = clock::now();
+    if (spin == kPollsPerCheck - 1) {
+      start = now;
+      deadline = now + std::chrono::duration<double>(timeout_s_);
+    }
+    idle = idle || now - start > std::chrono::milliseconds(50);
+    if (bounded && now > deadline) {
       int peer = -1;
       for (size_t i = 0; i < requests.size(); ++i)
         if (requests[i] != MPI_REQUEST_NULL) {
@@ -127,8 +134,9 @@ void World::wait_all(std::vector<MPI_Request>& requests, const std::vector<int>&
           break;
         }
       const std::string who = peer >= 0 ? where(peer) : std::string("the other ranks");
+      const std::string of = layer >= 0 ? fmt::format("{} {}", what, layer) : std::string(what);
       abort(fmt::format("no answer from {} within {:.0f} s ({}; FERRY_RANK_TIMEOUT sets the limit)", who, timeout_s_,
-                        what));
+                        of));
     }
   }
 }
@@ -202,20 +210,36 @@ void World::share_failure(std::string_view what, const std::string& failure) con
 }
 
 World::Pending::~Pending() {
-  for (MPI_Request& r : requests_)
-    if (r != MPI_REQUEST_NULL) {
-      MPI_Cancel(&r);
-      MPI_Request_free(&r);
+  MPI_Request* r = requests();
+  for (size_t i = 0; i < count_; ++i)
+    if (r[i] != MPI_REQUEST_NULL) {
+      MPI_Cancel(&r[i]);
+      MPI_Request_free(&r[i]);
     }
+}
+
+MPI_Request& World::Pending::add(int peer) {
+  if (count_ < kInline) {
+    inline_peers_[count_] = peer;
+    inline_requests_[count_] = MPI_REQUEST_NULL;  // what the destructor skips should the post fail
+    return inline_requests_[count_++];
+  }
+  if (count_ == kInline) {
+    heap_requests_.assign(inline_requests_.begin(), inline_requests_.end());
+    heap_peers_.assign(inline_peers_.begin(), inline_peers_.end());
+  }
+  heap_requests_.push_back(MPI_REQUEST_NULL);
+  heap_peers_.push_back(peer);
+  ++count_;
+  return heap_requests_.back();
 }
 
 void World::Pending::send(const void* data, int64_t bytes, int to, int tag) {
   FERRY_CHECK(world_.mpi_, "transport: a send in a world of one");
   for (int64_t off = 0; off < std::max<int64_t>(bytes, 1); off += kChunk) {
-    requests_.emplace_back();
-    peers_.push_back(to);
+    MPI_Request& r = add(to);
     check_mpi(MPI_Isend(static_cast<const char*>(data) + off, static_cast<int>(std::min(kChunk, bytes - off)), MPI_BYTE,
-                        to, tag, world_.comm_, &requests_.back()),
+                        to, tag, world_.comm_, &r),
               "MPI_Isend");
   }
 }
@@ -223,18 +247,18 @@ void World::Pending::send(const void* data, int64_t bytes, int to, int tag) {
 void World::Pending::recv(void* data, int64_t bytes, int from, int tag) {
   FERRY_CHECK(world_.mpi_, "transport: a receive in a world of one");
   for (int64_t off = 0; off < std::max<int64_t>(bytes, 1); off += kChunk) {
-    requests_.emplace_back();
-    peers_.push_back(from);
+    MPI_Request& r = add(from);
     check_mpi(MPI_Irecv(static_cast<char*>(data) + off, static_cast<int>(std::min(kChunk, bytes - off)), MPI_BYTE, from,
-                        tag, world_.comm_, &requests_.back()),
+                        tag, world_.comm_, &r),
               "MPI_Irecv");
   }
 }
 
-void World::Pending::wait(std::string_view what) {
-  world_.wait_all(requests_, peers_, what);
-  requests_.clear();
-  peers_.clear();
+void World::Pending::wait(std::string_view what, int64_t layer) {
+  world_.wait_all(std::span(requests(), count_), std::span(peers(), count_), what, layer, true);
+  count_ = 0;
+  heap_requests_.clear();
+  heap_peers_.clear();
 }
 
 }  // namespace ferry::transport
