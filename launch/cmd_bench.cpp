@@ -4,6 +4,7 @@
 //   ferry bench context   prefill and decode speed of the CPU forward pass as the context grows
 //   ferry bench offload   decode/prefill tok/s of expert placements through the simulated device
 //   ferry bench link      host-to-device GB/s of a GPU, pageable against pinned memory
+//   ferry bench transport ferry's exchanges between mpirun ranks next to raw MPI, and the calibrated planner
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -16,6 +17,7 @@
 #include "launch/bench_kernels.h"
 #include "launch/bench_link.h"
 #include "launch/bench_offload.h"
+#include "launch/bench_transport.h"
 #include "launch/commands.h"
 #include "launch/hardware_flags.h"
 #include "launch/plan_flags.h"
@@ -41,6 +43,7 @@ class BenchCommand : public Command {
     run_context_ = add_context_bench(*app_, context_);
     run_link_ = add_link_bench(*app_, link_);
     run_offload_ = add_offload_bench(*app_, offload_);
+    run_transport_ = add_transport_bench(*app_, transport_);
     plan_ = app_->add_subcommand("plan",
                                  "Time `ferry plan` end to end (model spec, placement, KV-type search, suggestions)");
     plan_flags_.add_to(*plan_, false);
@@ -71,6 +74,7 @@ class BenchCommand : public Command {
       return run_context_();
     }
     if (link_->parsed()) return run_link_();
+    if (transport_->parsed()) return run_transport_();
     if (offload_->parsed()) {
       std::printf("machine: %s\n", cpu_model().c_str());
       return run_offload_();
@@ -126,6 +130,8 @@ class BenchCommand : public Command {
   std::function<int()> run_link_;
   CLI::App* offload_ = nullptr;
   std::function<int()> run_offload_;
+  CLI::App* transport_ = nullptr;
+  std::function<int()> run_transport_;
   int repetitions_ = 5;
   int threads_ = 0;
   int working_set_mib_ = 0;  // 0: from the cache size

@@ -28,10 +28,12 @@ void HardwareFlags::add_to(CLI::App& app) {
   app.add_option("--nodes", nodes,
                  "Identical nodes (mpirun ranks, one per node); routed experts are sharded across them")
       ->group("Hardware (default: probe this machine)");
-  app.add_option("--net-bw", net_bw, "Bandwidth between nodes in GB/s (default 12.5: 100 GbE)")
+  app.add_option("--net-bw", net_bw,
+                 "Bandwidth between nodes in GB/s (default 12.5: 100 GbE; `ferry bench transport` measures it)")
       ->group("Hardware (default: probe this machine)");
-  app.add_option("--net-latency-us", net_latency_us,
-                 "Latency of one collective between nodes in microseconds (default 50)")
+  app.add_option(
+         "--net-latency-us", net_latency_us,
+         "Latency of one exchange between nodes in microseconds (default 50; `ferry bench transport` measures it)")
       ->group("Hardware (default: probe this machine)");
   app.add_option("--gpu-reserve", gpu_reserve,
                  "Memory per GPU kept for the CUDA context and libraries (default 512MiB)")

@@ -101,7 +101,7 @@ void MpiRankExchange::hand_over(int64_t l, float* H, int64_t floats) {
     if (me == from) p.send(H, floats * 4, r, kHidden);
     if (me == r) p.recv(H, floats * 4, from, kHidden);
   }
-  p.wait("the hidden state before layer " + std::to_string(l));
+  p.wait("the hidden state before layer", l);
 }
 
 // The first runner sends the layer's inputs and choices to the holders that do not run it.
@@ -120,7 +120,7 @@ void MpiRankExchange::dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32
       p.recv(ids, n * k * 4, from, kDispatchChoices);
     }
   }
-  p.wait("the inputs of layer " + std::to_string(l) + "'s experts");
+  p.wait("the experts' inputs of layer", l);
 }
 
 // Each holder's rows (its experts' sorted positions, one contiguous block) go to every runner but itself.
@@ -139,7 +139,7 @@ void MpiRankExchange::combine(int64_t l, float* eo, std::span<const int64_t> off
       if (me == r) p.recv(rows, bytes, h.rank, kCombine);
     }
   }
-  p.wait("the outputs of layer " + std::to_string(l) + "'s experts");
+  p.wait("the experts' outputs of layer", l);
 }
 
 void MpiRankExchange::logits(float* rows, int64_t floats) {

@@ -4,10 +4,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <thread>
 
 #include "planner/core/log.h"
 
@@ -89,6 +91,7 @@ World::World(int* argc, char*** argv) : host_(this_host()), timeout_s_(timeout_f
               "MPI_Comm_split_type");
     MPI_Comm_rank(node_comm_, &node_rank_);
     MPI_Comm_size(node_comm_, &node_size_);
+    oversubscribed_ = static_cast<unsigned>(node_size_) > std::max(1u, std::thread::hardware_concurrency());
   }
   g_world = this;
   hosts_ = allgather_text(host_, "the host names");
@@ -138,36 +141,50 @@ std::vector<std::string> World::fail(std::string_view line) const {
   return lines;
 }
 
-bool World::poll(std::vector<MPI_Request>& requests, double limit_s, std::string_view what) const {
-  const auto start = Clock::now();
-  auto deadline = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limit_s));
-  auto last = start;
-  std::vector<int> done(requests.size());
-  std::vector<MPI_Status> statuses(requests.size());
-  bool idle = false;  // waited long enough that a short sleep per poll costs nothing that matters
+bool World::poll(std::span<MPI_Request> requests, double limit_s, std::string_view what) const {
+  // Small sets (an exchange posts a few per peer) poll without allocating.
+  constexpr size_t kInline = 16;
+  std::array<int, kInline> done_inline{};
+  std::array<MPI_Status, kInline> statuses_inline{};
+  std::vector<int> done_heap;
+  std::vector<MPI_Status> statuses_heap;
+  if (requests.size() > kInline) {
+    done_heap.resize(requests.size());
+    statuses_heap.resize(requests.size());
+  }
+  int* done = requests.size() > kInline ? done_heap.data() : done_inline.data();
+  MPI_Status* statuses = requests.size() > kInline ? statuses_heap.data() : statuses_inline.data();
+  constexpr uint64_t kPollsPerCheck = 256;
+  Clock::time_point start, last, deadline;  // from the first check: a wait done within as many polls reads no clock
+  bool idle = false;                        // waited long enough that a short sleep per poll costs nothing that matters
   for (uint64_t spin = 0;; ++spin) {
     int count = 0;
     // Testsome, not Testall: it frees what completed, so the requests left name the peers that did not answer.
-    const int rc =
-        MPI_Testsome(static_cast<int>(requests.size()), requests.data(), &count, done.data(), statuses.data());
+    const int rc = MPI_Testsome(static_cast<int>(requests.size()), requests.data(), &count, done, statuses);
     if (rc != MPI_SUCCESS) {
       int error = rc;
       for (int i = 0; rc == MPI_ERR_IN_STATUS && i < count; ++i)
-        if (statuses[static_cast<size_t>(i)].MPI_ERROR != MPI_SUCCESS)
-          error = statuses[static_cast<size_t>(i)].MPI_ERROR;
+        if (statuses[i].MPI_ERROR != MPI_SUCCESS) error = statuses[i].MPI_ERROR;
       FERRY_THROW("MPI failed while waiting for {}: {}", what, mpi_error_text(error));
     }
     if (count == MPI_UNDEFINED ||
         std::all_of(requests.begin(), requests.end(), [](MPI_Request r) { return r == MPI_REQUEST_NULL; }))
       return true;
-    // Spin first (an answer due in microseconds), then give the core away (ranks may share cores), then, after
-    // 50 ms, sleep between polls (an idle follower must not burn a core).
+    // Poll without pause, as MPI_Waitall does: an answer due in microseconds, a transfer that moves as this rank
+    // polls. Giving the core away between polls would hand it to any other process for a time slice (ms) on a
+    // busy machine, so only a host with more ranks than cores does it, for a peer that may need this core.
+    // After 50 ms, sleep between polls (an idle follower must not burn a core).
     if (idle)
       usleep(200);
-    else if (spin > 1000)
+    else if (oversubscribed_ && spin > 1000)
       sched_yield();
-    if (spin % 256 != 0) continue;
+    if (spin % kPollsPerCheck != kPollsPerCheck - 1) continue;
     const auto now = Clock::now();
+    if (spin == kPollsPerCheck - 1) {
+      start = last = now;
+      deadline = now + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(limit_s));
+    }
+    // Time this process did not run (stopped, swapped out) is no peer's silence.
     if (now - last > kNotRunning) deadline += now - last;
     last = now;
     idle = idle || now - start > std::chrono::milliseconds(50);
@@ -175,7 +192,7 @@ bool World::poll(std::vector<MPI_Request>& requests, double limit_s, std::string
   }
 }
 
-void World::wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, std::string_view what,
+void World::wait_all(std::span<MPI_Request> requests, std::span<const int> peers, std::string_view what, int64_t layer,
                      bool bounded) const {
   if (poll(requests, bounded ? timeout_s_ : kForever, what)) return;
   int peer = -1;
@@ -185,8 +202,8 @@ void World::wait_all(std::vector<MPI_Request>& requests, const std::vector<int>&
       break;
     }
   const std::string who = peer >= 0 ? where(peer) : std::string("the other ranks");
-  abort(
-      fmt::format("no answer from {} within {:.0f} s ({}; FERRY_RANK_TIMEOUT sets the limit)", who, timeout_s_, what));
+  const std::string of = layer >= 0 ? fmt::format("{} {}", what, layer) : std::string(what);
+  abort(fmt::format("no answer from {} within {:.0f} s ({}; FERRY_RANK_TIMEOUT sets the limit)", who, timeout_s_, of));
 }
 
 void World::broadcast(void* data, int64_t bytes, int root, std::string_view what) const {
@@ -258,20 +275,36 @@ void World::share_failure(std::string_view what, const std::string& failure) con
 }
 
 World::Pending::~Pending() {
-  for (MPI_Request& r : requests_)
-    if (r != MPI_REQUEST_NULL) {
-      MPI_Cancel(&r);
-      MPI_Request_free(&r);
+  MPI_Request* r = requests();
+  for (size_t i = 0; i < count_; ++i)
+    if (r[i] != MPI_REQUEST_NULL) {
+      MPI_Cancel(&r[i]);
+      MPI_Request_free(&r[i]);
     }
+}
+
+MPI_Request& World::Pending::add(int peer) {
+  if (count_ < kInline) {
+    inline_peers_[count_] = peer;
+    inline_requests_[count_] = MPI_REQUEST_NULL;  // what the destructor skips should the post fail
+    return inline_requests_[count_++];
+  }
+  if (count_ == kInline) {
+    heap_requests_.assign(inline_requests_.begin(), inline_requests_.end());
+    heap_peers_.assign(inline_peers_.begin(), inline_peers_.end());
+  }
+  heap_requests_.push_back(MPI_REQUEST_NULL);
+  heap_peers_.push_back(peer);
+  ++count_;
+  return heap_requests_.back();
 }
 
 void World::Pending::send(const void* data, int64_t bytes, int to, int tag) {
   FERRY_CHECK(world_.mpi_, "transport: a send in a world of one");
   for (int64_t off = 0; off < std::max<int64_t>(bytes, 1); off += kChunk) {
-    requests_.emplace_back();
-    peers_.push_back(to);
+    MPI_Request& r = add(to);
     check_mpi(MPI_Isend(static_cast<const char*>(data) + off, static_cast<int>(std::min(kChunk, bytes - off)), MPI_BYTE,
-                        to, tag, world_.comm_, &requests_.back()),
+                        to, tag, world_.comm_, &r),
               "MPI_Isend");
   }
 }
@@ -279,18 +312,18 @@ void World::Pending::send(const void* data, int64_t bytes, int to, int tag) {
 void World::Pending::recv(void* data, int64_t bytes, int from, int tag) {
   FERRY_CHECK(world_.mpi_, "transport: a receive in a world of one");
   for (int64_t off = 0; off < std::max<int64_t>(bytes, 1); off += kChunk) {
-    requests_.emplace_back();
-    peers_.push_back(from);
+    MPI_Request& r = add(from);
     check_mpi(MPI_Irecv(static_cast<char*>(data) + off, static_cast<int>(std::min(kChunk, bytes - off)), MPI_BYTE, from,
-                        tag, world_.comm_, &requests_.back()),
+                        tag, world_.comm_, &r),
               "MPI_Irecv");
   }
 }
 
-void World::Pending::wait(std::string_view what) {
-  world_.wait_all(requests_, peers_, what);
-  requests_.clear();
-  peers_.clear();
+void World::Pending::wait(std::string_view what, int64_t layer) {
+  world_.wait_all(std::span(requests(), count_), std::span(peers(), count_), what, layer, true);
+  count_ = 0;
+  heap_requests_.clear();
+  heap_peers_.clear();
 }
 
 }  // namespace ferry::transport

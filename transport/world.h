@@ -6,7 +6,9 @@
 
 #include <mpi.h>
 
+#include <array>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -94,14 +96,25 @@ class World {
     Pending& operator=(const Pending&) = delete;
     void send(const void* data, int64_t bytes, int to, int tag);
     void recv(void* data, int64_t bytes, int from, int tag);
-    // Waits for every posted transfer; past the deadline, aborts naming `what` and the first peer not done.
-    void wait(std::string_view what);
-    bool empty() const { return requests_.empty(); }
+    // Waits for every posted transfer; past the deadline, aborts naming `what` (followed by `layer` when >= 0:
+    // the line is formatted only then, a wait builds no string) and the first peer not done.
+    void wait(std::string_view what, int64_t layer = -1);
+    bool empty() const { return count_ == 0; }
 
    private:
+    MPI_Request& add(int peer);
+    MPI_Request* requests() { return count_ > kInline ? heap_requests_.data() : inline_requests_.data(); }
+    const int* peers() const { return count_ > kInline ? heap_peers_.data() : inline_peers_.data(); }
+
     const World& world_;
-    std::vector<MPI_Request> requests_;
-    std::vector<int> peers_;
+    // The first kInline transfers live in the object (an exchange posts a few per peer), so that posting
+    // allocates nothing; past that, all of them move to the heap.
+    static constexpr size_t kInline = 8;
+    size_t count_ = 0;
+    std::array<MPI_Request, kInline> inline_requests_{};
+    std::array<int, kInline> inline_peers_{};
+    std::vector<MPI_Request> heap_requests_;
+    std::vector<int> heap_peers_;
   };
 
   // Waits for `requests` (peers[i] is request i's peer, -1 for a collective) until the deadline, or forever with
@@ -109,7 +122,11 @@ class World {
   // (e.g. a message longer than its receive) throws ferry::Error naming `what`. Public for the exchanges built on
   // the world (transport/exchange).
   void wait_all(std::vector<MPI_Request>& requests, const std::vector<int>& peers, std::string_view what,
-                bool bounded = true) const;
+                bool bounded = true) const {
+    wait_all(requests, peers, what, -1, bounded);
+  }
+  void wait_all(std::span<MPI_Request> requests, std::span<const int> peers, std::string_view what, int64_t layer,
+                bool bounded) const;
 
   MPI_Comm comm() const { return comm_; }
 
@@ -117,13 +134,14 @@ class World {
   void share_failure(std::string_view what, const std::string& failure) const;
   // Polls until every request is done (true) or `limit_s` seconds have passed (false); completed requests become
   // MPI_REQUEST_NULL, the others stay posted.
-  bool poll(std::vector<MPI_Request>& requests, double limit_s, std::string_view what) const;
+  bool poll(std::span<MPI_Request> requests, double limit_s, std::string_view what) const;
 
   bool mpi_ = false;
   MPI_Comm comm_ = MPI_COMM_NULL;
   MPI_Comm fail_comm_ = MPI_COMM_NULL;  // fail() only: its collective must not match one of comm_'s
   MPI_Comm node_comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, node_rank_ = 0, node_size_ = 1;
+  bool oversubscribed_ = false;  // more ranks on this host than it has cores
   std::string host_;
   std::vector<std::string> hosts_;
   double timeout_s_ = 300;
