@@ -401,13 +401,13 @@ void print_predictions(const planner::NetworkSpec& link) {
   std::printf(
       "\nmeasured link (ferry's hand_over: the median GB/s from 1 MiB, the latency of 4 bytes): %s GB/s, %s us\n",
       net_bw.c_str(), net_latency.c_str());
-  std::printf("planner: %s, 4x rtx3090 + 256 GiB RAM per node, ctx %s\n", model.c_str(),
+  std::printf("planner: %s, nodes of one rtx3090 + 256 GiB RAM (the README's V4-Pro layout), ctx %s\n", model.c_str(),
               core::format_count(options.ctx).c_str());
   std::printf("%5s  %-34s %12s %9s %13s  %s\n", "nodes", "network", "decode tok/s", "sync ms", "prefill tok/s", "fits");
   for (int nodes : {2, 4})
     for (bool calibrated : {false, true}) {
       HardwareFlags hw_flags;
-      hw_flags.gpus.assign(4, "rtx3090");
+      hw_flags.gpus.assign(1, "rtx3090");
       hw_flags.host_ram = "256GiB";
       hw_flags.nodes = nodes;
       if (calibrated) {
@@ -423,7 +423,7 @@ void print_predictions(const planner::NetworkSpec& link) {
                   plan.cost.decode_sync_ms, plan.cost.prefill_tok_s, plan.fits ? "yes" : "no");
     }
   std::printf(
-      "plan with the measured link: ferry plan -m %s --gpu rtx3090 --gpu rtx3090 --gpu rtx3090 --gpu rtx3090 "
+      "plan with the measured link: ferry plan -m %s --gpu rtx3090 "
       "--host-ram 256GiB --nodes 4 --net-bw %s --net-latency-us %s\n",
       model.c_str(), net_bw.c_str(), net_latency.c_str());
 }

@@ -137,7 +137,8 @@ class RunCommand : public Command {
 
   int run() override {
     const bool text_mode = prompt_option_->count() > 0;
-    offload_.check();
+    const transport::World* world = transport::World::current();
+    offload_.check(world && world->distributed());
     FERRY_CHECK(text_mode || app_->count("--tokens") > 0, "give the prompt as --prompt TEXT or --tokens IDS");
     std::optional<runtime::Tokenizer> tokenizer;
     if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(model_);
@@ -147,7 +148,6 @@ class RunCommand : public Command {
     // them): a device too small fails here, before any weight is read.
     std::unique_ptr<OffloadRun> offload;
     std::unique_ptr<RankRun> ranks;
-    const transport::World* world = transport::World::current();
     if (world && world->distributed()) {
       ranks = std::make_unique<RankRun>(*world, ranks_, offload_, model_, so);
       so = ranks->session_options(so);

@@ -122,7 +122,8 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
     gpu_flag = fmt::format("--gpu {}B --gpu-reserve 0", device.capacity);
   }
   o.split = split;
-  planner::Plan plan = planner::place(spec, hw, o, so.kv_type);
+  // As `ferry plan` does (the same Plan for the same hardware: tests/mpi/check_plan_same.py).
+  planner::Plan plan = planner::make_plan(spec, hw, o);
   if (!plan.fits) {
     std::string why;
     for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);

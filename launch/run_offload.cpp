@@ -58,7 +58,7 @@ void OffloadFlags::add_to(CLI::App& app) {
   app.add_flag("--verbose", verbose, "Print the memory report at load too");
 }
 
-void OffloadFlags::check() const {
+void OffloadFlags::check(bool ranks) const {
   if (!plan_in.empty()) {
     FERRY_CHECK(enabled(), "--plan needs --gpu sim:SIZE[@BW], the device that runs the plan's GPU");
     FERRY_CHECK(numa == 0, "--numa: the plan sets the host's NUMA nodes (--plan replaces the planning flags)");
@@ -68,7 +68,8 @@ void OffloadFlags::check() const {
   if (enabled()) return;
   FERRY_CHECK(host_experts.empty(), "--host-experts needs --gpu (a CPU-only run computes from the mapping)");
   FERRY_CHECK(numa == 0, "--numa needs --gpu (a CPU-only run is not planned)");
-  FERRY_CHECK(plan_out.empty(), "--plan-out needs --gpu (a CPU-only run is not planned)");
+  // Under mpirun rank 0 plans even a CPU-only run (the ranks' roles come from the plan).
+  FERRY_CHECK(ranks || plan_out.empty(), "--plan-out needs --gpu (a CPU-only run in one process is not planned)");
 }
 
 offload::DeviceRequest OffloadFlags::device_request() const {

@@ -35,8 +35,9 @@ struct OffloadFlags {
   bool enabled() const { return !gpu.empty(); }
   // The simulated device --gpu names, with --expert-cache-slots; throws naming a device that is not sim:….
   offload::DeviceRequest device_request() const;
-  // Throws ferry::Error when a flag that only --gpu uses is given without it, or a planning flag with --plan.
-  void check() const;
+  // Throws ferry::Error when a flag that only --gpu uses is given without it (--plan-out is also for runs under
+  // mpirun, `ranks`), or a planning flag with --plan.
+  void check(bool ranks = false) const;
 };
 
 class OffloadRun {
