@@ -153,7 +153,10 @@ class Combine final : public Exchange {
       bytes += rows_.back() * d_ * 4 * (ranks() - 1);
     }
   }
-  void ferry() override { ex_.combine(0, eo_.data(), offsets_, d_); }
+  void ferry() override {
+    ex_.expect_rows(0, eo_.data(), offsets_, d_);
+    ex_.combine(0, eo_.data(), offsets_, d_);
+  }
   void mpi() override {
     RawTransfers& t = raw_;
     for (int r = 0; r < ranks(); ++r)
@@ -207,7 +210,10 @@ class Dispatch final : public Exchange {
     per_iteration = ranks();
   }
   void ferry() override {
-    for (int r = 0; r < ranks(); ++r) ex_.dispatch(r, xn_.data(), n_, d_, ids_.data(), k_);
+    for (int r = 0; r < ranks(); ++r) {
+      ex_.dispatch(r, xn_.data(), n_, d_, ids_.data(), k_);
+      ex_.complete(r);  // the sender's transfers (a layer's complete in its combine)
+    }
   }
   void mpi() override {
     for (int from = 0; from < ranks(); ++from) {
@@ -233,6 +239,7 @@ class Dispatch final : public Exchange {
       for (int64_t i = 0; i < n_ * k_; ++i) ids_[sz(i)] = static_cast<int32_t>(i % 384);
     }
     ex_.dispatch(0, xn_.data(), n_, d_, ids_.data(), k_);
+    ex_.complete(0);
     check_filled(xn_.data(), n_ * d_, 0, "dispatch");
     for (int64_t i = 0; i < n_ * k_; ++i)
       FERRY_CHECK(ids_[sz(i)] == i % 384, "bench transport: dispatch: choice {} arrived as {}", i, ids_[sz(i)]);

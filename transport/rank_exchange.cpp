@@ -104,42 +104,55 @@ void MpiRankExchange::hand_over(int64_t l, float* H, int64_t floats) {
   p.wait("the hidden state before layer", l);
 }
 
-// The first runner sends the layer's inputs and choices to the holders that do not run it.
+// The first runner sends the layer's inputs and choices to the holders that do not run it (completing in
+// combine(), behind its own experts' compute); they wait for them.
 void MpiRankExchange::dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32_t* ids, int64_t k) {
   const LayerRoles& roles = this->roles(l);
   const int from = roles.runners.front(), me = world_.rank();
-  World::Pending p(world_);
   for (const ExpertRange& h : roles.holders) {
     if (has(roles.runners, h.rank)) continue;
     if (me == from) {
-      p.send(xn, n * d * 4, h.rank, kDispatchInputs);
-      p.send(ids, n * k * 4, h.rank, kDispatchChoices);
+      layer_.send(xn, n * d * 4, h.rank, kDispatchInputs);
+      layer_.send(ids, n * k * 4, h.rank, kDispatchChoices);
     }
     if (me == h.rank) {
+      World::Pending p(world_);
       p.recv(xn, n * d * 4, from, kDispatchInputs);
       p.recv(ids, n * k * 4, from, kDispatchChoices);
+      p.wait("the inputs of the experts of layer", l);
     }
   }
-  p.wait("the experts' inputs of layer", l);
 }
 
-// Each holder's rows (its experts' sorted positions, one contiguous block) go to every runner but itself.
+// Rows of holder h: its experts' sorted positions, one contiguous block of eo.
+namespace {
+std::pair<int64_t, int64_t> rows_of(const ExpertRange& h, std::span<const int64_t> offsets) {
+  return {offsets[sz(h.first)], offsets[sz(h.last + 1)]};
+}
+}  // namespace
+
+void MpiRankExchange::expect_rows(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) {
+  const LayerRoles& roles = this->roles(l);
+  const int me = world_.rank();
+  if (!has(roles.runners, me)) return;
+  for (const ExpertRange& h : roles.holders) {
+    const auto [begin, end] = rows_of(h, offsets);
+    if (h.rank != me && end > begin) layer_.recv(eo + begin * d, (end - begin) * d * 4, h.rank, kCombine);
+  }
+}
+
+// This rank's rows go to every runner but itself; then the layer's transfers complete.
 void MpiRankExchange::combine(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) {
   const LayerRoles& roles = this->roles(l);
   const int me = world_.rank();
-  World::Pending p(world_);
   for (const ExpertRange& h : roles.holders) {
-    const int64_t begin = offsets[sz(h.first)], end = offsets[sz(h.last + 1)];
+    if (h.rank != me) continue;
+    const auto [begin, end] = rows_of(h, offsets);
     if (end == begin) continue;
-    float* rows = eo + begin * d;
-    const int64_t bytes = (end - begin) * d * 4;
-    for (const int r : roles.runners) {
-      if (r == h.rank) continue;
-      if (me == h.rank) p.send(rows, bytes, r, kCombine);
-      if (me == r) p.recv(rows, bytes, h.rank, kCombine);
-    }
+    for (const int r : roles.runners)
+      if (r != me) layer_.send(eo + begin * d, (end - begin) * d * 4, r, kCombine);
   }
-  p.wait("the experts' outputs of layer", l);
+  layer_.wait("the outputs of the experts of layer", l);
 }
 
 void MpiRankExchange::logits(float* rows, int64_t floats) {

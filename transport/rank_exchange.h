@@ -49,7 +49,8 @@ class RankGroup {
 // One session's runtime::RankExchange: its slot's commands, and the exchanges of its forward passes.
 class MpiRankExchange final : public runtime::RankExchange {
  public:
-  MpiRankExchange(RankGroup& group, int slot) : group_(group), world_(group.world()), slot_(slot) {}
+  MpiRankExchange(RankGroup& group, int slot)
+      : group_(group), world_(group.world()), slot_(slot), layer_(group.world()) {}
 
   bool leads() const override { return world_.leader(); }
   bool runs_layer(int64_t l) const override;
@@ -62,7 +63,11 @@ class MpiRankExchange final : public runtime::RankExchange {
 
   void hand_over(int64_t l, float* H, int64_t floats) override;
   void dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32_t* ids, int64_t k) override;
+  void expect_rows(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) override;
+  void progress() override { layer_.progress(); }
   void combine(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) override;
+  // Completes the layer's transfers in flight (what combine() ends with): for a dispatch alone (benchmarks).
+  void complete(int64_t l) { layer_.wait("the transfers of layer", l); }
   void logits(float* rows, int64_t floats) override;
 
  private:
@@ -72,6 +77,9 @@ class MpiRankExchange final : public runtime::RankExchange {
   RankGroup& group_;
   const World& world_;
   int slot_;
+  // The MoE layer's transfers in flight from dispatch() (a runner's sends) and expect_rows() (its receives) to
+  // combine(), where they complete with this rank's sends.
+  World::Pending layer_;
 };
 
 }  // namespace ferry::transport

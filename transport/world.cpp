@@ -319,6 +319,12 @@ void World::Pending::recv(void* data, int64_t bytes, int from, int tag) {
   }
 }
 
+void World::Pending::progress() {
+  if (count_ == 0) return;
+  int done = 0;  // all done: the requests are freed and null, and wait() finds nothing left
+  check_mpi(MPI_Testall(static_cast<int>(count_), requests(), &done, MPI_STATUSES_IGNORE), "MPI_Testall");
+}
+
 void World::Pending::wait(std::string_view what, int64_t layer) {
   world_.wait_all(std::span(requests(), count_), std::span(peers(), count_), what, layer, true);
   count_ = 0;

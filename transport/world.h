@@ -100,6 +100,8 @@ class World {
     // the line is formatted only then, a wait builds no string) and the first peer not done.
     void wait(std::string_view what, int64_t layer = -1);
     bool empty() const { return count_ == 0; }
+    // Moves what it can of the posted transfers (MPI progresses only inside its calls) without waiting.
+    void progress();
 
    private:
     MPI_Request& add(int peer);

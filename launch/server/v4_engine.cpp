@@ -158,7 +158,9 @@ class V4Engine : public Engine {
 }  // namespace
 
 std::unique_ptr<Engine> open_v4_engine(const std::string& model_dir, int64_t ctx) {
-  return open_v4_engine(model_dir, V4EngineOptions{.ctx = ctx});
+  V4EngineOptions options;
+  options.ctx = ctx;
+  return open_v4_engine(model_dir, options);
 }
 
 std::unique_ptr<Engine> open_v4_engine(const std::string& model_dir, const V4EngineOptions& options) {

@@ -135,14 +135,16 @@ MoeSchedule plan_experts(const Chunk& ch, const LayerWeights& w, ExpertProvider*
   return plan;
 }
 
-// Runs the planned experts in expert order, each one's outputs into its rows of ws.eo.
-void run_experts(const Chunk& ch, Workspace& ws, ExpertProvider* experts, MoeSchedule& plan,
+// Runs the planned experts in expert order, each one's outputs into its rows of ws.eo; between two, the other
+// ranks' rows move (`ranks`).
+void run_experts(const Chunk& ch, Workspace& ws, ExpertProvider* experts, RankExchange* ranks, MoeSchedule& plan,
                  const std::vector<int64_t>& offsets, const float* xn) {
   for (size_t i = 0; i < plan.tasks.size(); ++i) {
     const ExpertTask& t = plan.tasks[i];
     const CopyEvent ready = experts ? experts->start(plan, i) : CopyEvent{};
     const ComputeEvent done = run_task(ch, ws, t, ready, offsets[sz(t.expert)], xn);
     if (experts) experts->issued(plan, i, done);
+    if (ranks) ranks->progress();
   }
 }
 
@@ -162,7 +164,10 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
 
   // Route; the ranks holding experts of the layer without running it get its inputs and choices.
   const std::vector<int64_t> offsets = route(ch, w, ws, xn);
-  if (ranks) ranks->dispatch(w.index, const_cast<float*>(xn), n, d, ws.route_ids.data(), k);
+  if (ranks) {
+    ranks->dispatch(w.index, const_cast<float*>(xn), n, d, ws.route_ids.data(), k);
+    ranks->expect_rows(w.index, ws.eo.data(), offsets, d);
+  }
   MoeSchedule plan = plan_experts(ch, w, experts, ranks, tokens_per_expert(offsets));
 
   // Shared experts (one MLP n_shared wide, no clamp) straight into y, on the layer's device; without them the
@@ -180,8 +185,8 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
                          .up = ws.eu.data(),
                          .out = y,
                          .bits = ch.bits});
-  run_experts(ch, ws, experts, plan, offsets, xn);
-  // The other ranks' experts' rows.
+  run_experts(ch, ws, experts, ranks, plan, offsets, xn);
+  // The other ranks' experts' rows (arriving meanwhile), once this rank's are computed and sent.
   if (ranks) {
     s.sync();
     ranks->combine(w.index, ws.eo.data(), offsets, d);
@@ -204,7 +209,7 @@ void moe_for_peers(const Chunk& ch, const LayerWeights& w, Workspace& ws, Expert
   ranks.dispatch(w.index, ws.xn.data(), ch.n, d, ws.route_ids.data(), ch.c.num_experts_per_tok);
   const std::vector<int64_t> offsets = group_by_expert(ch, ws);
   MoeSchedule plan = plan_experts(ch, w, experts, &ranks, tokens_per_expert(offsets));
-  run_experts(ch, ws, experts, plan, offsets, ws.xn.data());
+  run_experts(ch, ws, experts, &ranks, plan, offsets, ws.xn.data());
   ch.ops.sync();
   ranks.combine(w.index, ws.eo.data(), offsets, d);
 }

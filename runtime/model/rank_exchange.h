@@ -43,11 +43,17 @@ class RankExchange {
   // (`floats` floats) from a rank that ran l−1.
   virtual void hand_over(int64_t l, float* H, int64_t floats) = 0;
   // After layer l's router: the ranks computing experts of l without running it receive its normalized inputs
-  // xn [n, d] and the choices ids [n, k] from a runner.
+  // xn [n, d] and the choices ids [n, k] from a runner (whose sends may still be in flight: xn and ids stay as they
+  // are until combine()).
   virtual void dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32_t* ids, int64_t k) = 0;
-  // Every rank computing experts of l has written its experts' rows of eo [n·k, d] (expert e's tokens at sorted
-  // positions offsets[e] … offsets[e+1]−1; one rank's experts are one contiguous range); the runners of l receive
-  // every other rank's rows in place.
+  // Before this rank computes its experts of l: a runner of l posts the receives of the other ranks' rows of eo
+  // [n·k, d] (expert e's tokens at sorted positions offsets[e] … offsets[e+1]−1; one rank's experts are one
+  // contiguous range), so that they land while it computes its own.
+  virtual void expect_rows(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) = 0;
+  // Between two expert tasks: moves what has arrived or can leave, never waits.
+  virtual void progress() = 0;
+  // This rank's experts of l are computed: their rows go to every runner but itself, and every transfer of the
+  // layer completes; a runner then has every rank's rows in place.
   virtual void combine(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) = 0;
   // After the head: its runner's `floats` logits reach rank 0's `rows`.
   virtual void logits(float* rows, int64_t floats) = 0;
