@@ -129,7 +129,7 @@ void Comm::choose_device() {
   });
   // Every rank sees every rank's place, so every rank refuses together.
   const std::vector<std::string> places =
-      world_.allgather_text(world_.host() + " cuda:" + std::to_string(device_), "the ranks' GPUs");
+      world_.allgather_text("cuda:" + std::to_string(device_) + " of host " + world_.host(), "the ranks' GPUs");
   for (size_t a = 0; a < places.size(); ++a)
     for (size_t b = a + 1; b < places.size(); ++b)
       if (places[a] == places[b])
