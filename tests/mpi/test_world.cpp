@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "planner/core/error.h"
+#include "tests/mpi/mpi_gtest.h"
 #include "transport/world.h"
 
 namespace ferry::transport {
@@ -257,20 +258,6 @@ int run_silent_rank_1(const World& w, const std::string& mode) {
   return 0;
 }
 
-// The other ranks' printer: their failed assertions only, with the rank, since rank 0's printer reports its own.
-class FailurePrinter : public testing::EmptyTestEventListener {
- public:
-  explicit FailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?", r.line_number(),
-                 r.summary());
-  }
-
- private:
-  int rank_;
-};
-
 }  // namespace
 }  // namespace ferry::transport
 
@@ -285,15 +272,5 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: test_world [gtest flags] | test_world --silent-rank-1 MODE (see test_world.cpp)\n");
     return 2;
   }
-  testing::TestEventListeners& listeners = testing::UnitTest::GetInstance()->listeners();
-  if (!world.leader()) {
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new ferry::transport::FailurePrinter(world.rank()));
-  }
-  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  std::vector<MPI_Request> r(1);
-  MPI_Iallreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, world.comm(), &r[0]);
-  world.wait_all(r, {-1}, "the ranks' test results");
-  if (failed && world.leader()) std::fprintf(stderr, "test_world: a test failed on some rank (see above)\n");
-  return failed;
+  return ferry::transport::testing_mpi::run_all_tests_on_ranks(world, "test_world") ? 1 : 0;
 }
