@@ -5,6 +5,7 @@
 #include "launch/hardware_flags.h"
 #include "launch/plan_file.h"
 #include "launch/plan_flags.h"
+#include "launch/rank_setup.h"
 #include "planner/core/file_io.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
@@ -23,6 +24,7 @@ class PlanCommand : public Command {
         "  ferry plan -m deepseek-v4-flash --gpu rtx3090 --host-ram 256GiB --ctx 1M\n"
         "  ferry plan -m deepseek-v4-pro --gpu rtx3090 --host-ram 256GiB --nodes 4 --json\n"
         "  ferry plan -m /models/DeepSeek-V4-Flash          (exact bytes from the safetensors headers)\n"
+        "  mpirun -np 4 ferry plan -m /models/DeepSeek-V4-Pro   (the 4 ranks' nodes, as each probes its own)\n"
         "Exit status: 0 fits, 3 does not fit (the output says why and what would), 1 bad input, 2 bad flags.");
     plan_flags_.add_to(*app_, true);
     hw_flags_.add_to(*app_);
@@ -30,6 +32,7 @@ class PlanCommand : public Command {
                    "Print the plan as JSON (schema ferry.plan v" + std::to_string(planner::Plan::kSchemaVersion) +
                        ", docs/plan-schema.md)");
     app_->add_option("--plan-out", plan_out_, "Also save the plan as JSON to this file (for ferry run --plan)");
+    ranks_.add_to(*app_, false);
   }
 
   CLI::App* app() const override { return app_; }
@@ -37,7 +40,10 @@ class PlanCommand : public Command {
   int run() override {
     const planner::PlanOptions options = plan_flags_.resolve();
     std::vector<std::string> notes;
-    const planner::Hardware hw = hw_flags_.resolve(notes);
+    planner::Hardware hw = hw_flags_.resolve(notes);
+    // Under mpirun: the ranks' nodes, each as its rank saw it (rank 0 prints the plan).
+    const transport::World* world = transport::World::current();
+    if (world && world->distributed()) plan_for_ranks(*world, ranks_, hw_flags_.nodes.has_value(), hw, notes);
     const planner::ModelSpec spec = planner::load_model_spec(plan_flags_.model);
     planner::Plan plan = planner::make_plan(spec, hw, options);
     plan.warnings.insert(plan.warnings.begin(), notes.begin(), notes.end());
@@ -54,6 +60,7 @@ class PlanCommand : public Command {
   CLI::App* app_ = nullptr;
   PlanFlags plan_flags_;
   HardwareFlags hw_flags_;
+  RankFlags ranks_;
   bool json_ = false;
   std::string plan_out_;
 };

@@ -139,12 +139,36 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
 
 }  // namespace
 
-void RankFlags::add_to(CLI::App& app) {
+void RankFlags::add_to(CLI::App& app, bool with_split) {
   app.add_flag("--ranks-as-nodes", ranks_as_nodes,
                "Under mpirun: run each rank as a node of its own even when ranks share a machine (each rank's RAM "
                "counts as its node's; for trying multi-node layouts on one machine)");
-  app.add_option("--split", split, std::string("Under mpirun: how the ranks share the model. ") + kSplitHelp)
-      ->check(CLI::IsMember({"auto", "experts", "layers", "layers+experts"}));
+  if (with_split)
+    app.add_option("--split", split, std::string("Under mpirun: how the ranks share the model. ") + kSplitHelp)
+        ->check(CLI::IsMember({"auto", "experts", "layers", "layers+experts"}));
+}
+
+void plan_for_ranks(const transport::World& world, const RankFlags& flags, bool nodes_given, planner::Hardware& hw,
+                    std::vector<std::string>& notes) {
+  const nlohmann::json mine{{"ram", hw.host.ram_bytes},
+                            {"cores", hw.host.cores},
+                            {"bandwidth", hw.host.memory_bandwidth},
+                            {"gpus", hw.gpus.size()}};
+  const std::vector<std::string> all = world.allgather_text(mine.dump(), "the ranks' hardware");
+  if (nodes_given) return;
+  std::set<std::string> hosts(world.hosts().begin(), world.hosts().end());
+  hw.nodes = flags.ranks_as_nodes ? world.size() : static_cast<int>(hosts.size());
+  for (size_t r = 0; r < all.size(); ++r) {
+    const nlohmann::json j = nlohmann::json::parse(all[r]);
+    hw.host.ram_bytes = std::min(hw.host.ram_bytes, j["ram"].get<int64_t>());
+    hw.host.cores = std::min(hw.host.cores, j["cores"].get<int>());
+    hw.host.memory_bandwidth = std::min(hw.host.memory_bandwidth, j["bandwidth"].get<double>());
+    if (j["gpus"].get<size_t>() != hw.gpus.size())
+      notes.push_back(fmt::format("{} has {} GPUs, rank 0 {}: every node is planned with rank 0's",
+                                  world.where(static_cast<int>(r)), j["gpus"].get<size_t>(), hw.gpus.size()));
+  }
+  notes.push_back(fmt::format("{} nodes: the {} ranks of mpirun{}, each with the least RAM, cores and bandwidth of any",
+                              hw.nodes, world.size(), flags.ranks_as_nodes ? " (--ranks-as-nodes)" : ""));
 }
 
 RankRun::RankRun(const transport::World& world, const RankFlags& flags, const OffloadFlags& offload,

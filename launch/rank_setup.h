@@ -26,8 +26,15 @@ struct RankFlags {
   bool ranks_as_nodes = false;
   std::string split = "auto";  // planner::Split by name
 
-  void add_to(CLI::App& app);
+  // `with_split` false: a command that has --split already (ferry plan).
+  void add_to(CLI::App& app, bool with_split = true);
 };
+
+// `ferry plan` under mpirun: every rank resolves its node's hardware (probed or from the flags) and `hw` becomes
+// the nodes of the run as RankRun plans them — one per rank (one per host without --ranks-as-nodes), each with
+// the least RAM, cores and bandwidth of any rank and rank 0's GPUs — unless --nodes was given. Collective.
+void plan_for_ranks(const transport::World& world, const RankFlags& flags, bool nodes_given, planner::Hardware& hw,
+                    std::vector<std::string>& notes);
 
 class RankRun {
  public:

@@ -54,7 +54,18 @@ for ranks in (2, 3):
         assert mine["hardware"]["nodes"] == ranks and mine["split"] == split, (mine["hardware"], mine["split"])
         theirs = cli_plan(mine, "--no-gpu")
         assert without_sources(mine) == without_sources(theirs), (ranks, split)
-        print(f"CPU, {ranks} ranks, --split {split}: the run's plan == ferry plan --nodes {ranks}")
+        # `ferry plan` itself under mpirun: each rank probes its node, rank 0 plans for all of them.
+        o = mine["options"]
+        cmd = [*mpirun, "-np", str(ranks), ferry, "plan", "-m", tiny, "--json", "--ranks-as-nodes", "--no-gpu",
+               "--host-reserve", "0", "--gpu-reserve", "0", "--ctx", str(o["ctx"]), "--kv-type", o["kv_type"],
+               "--ubatch", str(o["ubatch"]), "--split", split]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (cmd, r.stderr)
+        planned = json.loads(r.stdout)
+        # Warnings aside: it says where its nodes came from.
+        assert dict(without_sources(planned), warnings=[]) == dict(without_sources(mine), warnings=[]), (
+            ranks, split, "mpirun ferry plan")
+        print(f"CPU, {ranks} ranks, --split {split}: the run's plan == ferry plan --nodes {ranks} == mpirun ferry plan")
 
     mine = ranks_plan(f"sim-{ranks}", ranks, "--gpu", "sim:10MiB", "--split", "layers", "--ubatch", "32")
     gpu = mine["devices"][0]
