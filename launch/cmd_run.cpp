@@ -1,6 +1,7 @@
 // `ferry run`: load a V4 checkpoint, prefill a prompt (token ids, or text through the model's tokenizer) on the
 // CPU, generate, and report speed and memory (planned next to used). `--logits-out` writes every position's
 // logits as NumPy float32.
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "launch/commands.h"
 #include "launch/rank_setup.h"
 #include "launch/run_offload.h"
+#include "offload/plan_binding.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 #include "planner/kv_cache.h"
@@ -85,15 +87,22 @@ void print_timing(const runtime::GenerateResult& r, core::ActivationBits expert_
                runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), core::activation_bits_name(expert_bits));
 }
 
-// A CPU-only run's memory, each item next to what the planner predicts for it.
-void print_host_memory(const runtime::ModelWeights& model, const runtime::Session& session,
-                       const runtime::SessionOptions& so) {
-  const int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(model.config(), so.kv_type, so.ctx, 1, false));
+// A CPU-only run's memory, each item next to what the planner predicts for it: from the formulas (one process),
+// or from this rank's host device in the plan (under mpirun: the KV of the layers it runs).
+std::string host_memory_line(const runtime::ModelWeights& model, const runtime::Session& session,
+                             const runtime::SessionOptions& so, const planner::DevicePlan* planned) {
+  int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(model.config(), so.kv_type, so.ctx, 1, false));
+  int64_t ws_planned = session.planned_workspace().bytes();
+  if (planned) {
+    const auto b = offload::planned_by_class(*planned);
+    kv_planned =
+        b[static_cast<size_t>(runtime::MemoryClass::Kv)] + b[static_cast<size_t>(runtime::MemoryClass::Indexer)];
+    ws_planned = b[static_cast<size_t>(runtime::MemoryClass::Workspace)];
+  }
   const int64_t kv_used = planner::kv_total(session.cache().bytes());
-  const int64_t ws_planned = session.planned_workspace().bytes();
-  std::fprintf(stderr, "memory host: weights %s mapped, kv cache %s (planned %s), workspace %s (planned %s)\n",
-               gib(model.weight_bytes()).c_str(), gib(kv_used).c_str(), gib(kv_planned).c_str(),
-               gib(session.workspace_bytes()).c_str(), gib(ws_planned).c_str());
+  return fmt::format("memory host: weights {} mapped, kv cache {} (planned {}), workspace {} (planned {})\n",
+                     gib(model.weight_bytes()), gib(kv_used), gib(kv_planned), gib(session.workspace_bytes()),
+                     gib(ws_planned));
 }
 
 class RunCommand : public Command {
@@ -174,7 +183,7 @@ class RunCommand : public Command {
     runtime::Session session(model, so);
     if (ranks && !ranks->leads()) {
       ranks->follow(session);
-      if (offload) ranks->gather_reports(offload->memory_report() + offload->expert_report());
+      ranks->gather_reports(rank_report(offload.get(), *ranks, model, session, so));
       return kExitOk;
     }
     if (offload && offload_.verbose) std::cerr << offload->memory_report();
@@ -183,17 +192,24 @@ class RunCommand : public Command {
     if (ranks) ranks->finish();
     if (!logits_out_.empty()) write_logits(r.logits, c.vocab_size);
     print_timing(r, so.expert_bits);
-    if (offload) {
-      const std::string report = offload->memory_report() + offload->expert_report();
-      std::cerr << (ranks ? ranks->gather_reports(report) : report);
-      return kExitOk;
-    }
-    print_host_memory(model, session, so);
+    if (ranks)
+      std::cerr << ranks->gather_reports(rank_report(offload.get(), *ranks, model, session, so));
+    else
+      std::cerr << (offload ? offload->memory_report() + offload->expert_report()
+                            : host_memory_line(model, session, so, nullptr));
     return kExitOk;
   }
 
  private:
   bool from_plan() const { return !offload_.plan_in.empty(); }
+
+  // What a rank reports at the end (rank 0 prints every rank's): its devices' memory next to its part of the plan.
+  static std::string rank_report(const OffloadRun* offload, const RankRun& ranks, const runtime::ModelWeights& model,
+                                 const runtime::Session& session, const runtime::SessionOptions& so) {
+    if (offload) return offload->memory_report() + offload->expert_report();
+    const planner::Plan view = ranks.node_view();
+    return host_memory_line(model, session, so, &view.devices.front());
+  }
 
   // The session the flags ask for; with --gpu, OffloadRun adjusts it to the plan.
   runtime::SessionOptions session_options() const {

@@ -72,6 +72,21 @@ def check_roles(split, ranks, log):
     return placed
 
 
+UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
+
+
+def check_memory(name, ranks, log):
+    """Rank 0 prints every rank's memory: its KV cache exactly what the plan gives its node (a pipeline stage holds
+    only its layers'), its workspace within the plan."""
+    size = lambda v, u: float(v) * UNITS[u]
+    found = re.findall(r"^rank (\d+) \([^)]*\):\nmemory host: .*?kv cache ([\d.]+) (\w+) \(planned ([\d.]+) (\w+)\), "
+                       r"workspace ([\d.]+) (\w+) \(planned ([\d.]+) (\w+)\)$", log, flags=re.M)
+    assert [int(f[0]) for f in found] == list(range(ranks)), (name, log)
+    for r, kv, kvu, kvp, kvpu, ws, wsu, wsp, wspu in found:
+        assert size(kv, kvu) == size(kvp, kvpu), (name, r, kv, kvp)
+        assert size(ws, wsu) <= size(wsp, wspu), (name, r, ws, wsp)
+
+
 for kv in ("bf16", "fp8"):
     ids, logits, _ = run(kv + "-1", 0, "--kv-type", kv)
     assert len(logits) > 70 * 512 * 4, len(logits)
@@ -82,4 +97,5 @@ for kv in ("bf16", "fp8"):
             placed = check_roles(split, ranks, log)
             assert got_ids == ids, (name, got_ids, ids)
             assert got == logits, f"{name}: the logits of {ranks} ranks differ from one process's"
+            check_memory(name, ranks, log)
             print(f"{kv}: {ranks} ranks, split {placed}{' (auto)' if split == 'auto' else ''} == 1 process ({ids})")
