@@ -67,6 +67,13 @@ void check_rank(const transport::World& world, const std::vector<nlohmann::json>
                 world.host(), r);
 }
 
+// Every node is planned with the least RAM, cores and bandwidth of any rank (the planner's nodes are identical).
+void take_least(planner::HostSpec& h, const nlohmann::json& rank) {
+  h.ram_bytes = std::min(h.ram_bytes, rank["ram"].get<int64_t>());
+  h.cores = std::min(h.cores, rank["cores"].get<int>());
+  h.memory_bandwidth = std::min(h.memory_bandwidth, rank["bandwidth"].get<double>());
+}
+
 // The nodes' hardware as the planner sees it: identical nodes, each with the least any rank has.
 planner::Hardware nodes_hardware(const std::vector<nlohmann::json>& ids) {
   planner::Hardware hw;
@@ -81,11 +88,9 @@ planner::Hardware nodes_hardware(const std::vector<nlohmann::json>& ids) {
   h.memory_bandwidth = ids.front()["bandwidth"].get<double>();
   h.gflops_per_core = ids.front()["gflops"].get<double>();
   for (const nlohmann::json& j : ids) {
-    h.ram_bytes = std::min(h.ram_bytes, j["ram"].get<int64_t>());
-    h.cores = std::min(h.cores, j["cores"].get<int>());
-    h.memory_bandwidth = std::min(h.memory_bandwidth, j["bandwidth"].get<double>());
+    take_least(h, j);
+    h.numa_nodes = std::min(h.numa_nodes, j["numa"].get<int>());
   }
-  for (const nlohmann::json& j : ids) h.numa_nodes = std::min(h.numa_nodes, j["numa"].get<int>());
   return hw;
 }
 
@@ -160,9 +165,7 @@ void plan_for_ranks(const transport::World& world, const RankFlags& flags, bool 
   hw.nodes = flags.ranks_as_nodes ? world.size() : static_cast<int>(hosts.size());
   for (size_t r = 0; r < all.size(); ++r) {
     const nlohmann::json j = nlohmann::json::parse(all[r]);
-    hw.host.ram_bytes = std::min(hw.host.ram_bytes, j["ram"].get<int64_t>());
-    hw.host.cores = std::min(hw.host.cores, j["cores"].get<int>());
-    hw.host.memory_bandwidth = std::min(hw.host.memory_bandwidth, j["bandwidth"].get<double>());
+    take_least(hw.host, j);
     if (j["gpus"].get<size_t>() != hw.gpus.size())
       notes.push_back(fmt::format("{} has {} GPUs, rank 0 {}: every node is planned with rank 0's",
                                   world.where(static_cast<int>(r)), j["gpus"].get<size_t>(), hw.gpus.size()));

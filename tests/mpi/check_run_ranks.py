@@ -5,18 +5,12 @@ chunks, then decode, with bf16 KV (and fp8, the default), in every layout (`--sp
 and auto). Each rank's roles (its log line at FERRY_LOG_LEVEL=info) show the layout really ran: with experts every
 rank runs every layer; in a pipeline each rank runs its own contiguous range of layers, in rank order, and with
 layers it holds all of their experts and no other's."""
-import os
 import re
-import shutil
-import subprocess
 import sys
 
-ferry, work, mpirun = sys.argv[1], sys.argv[2], sys.argv[3:]
-shutil.rmtree(work, ignore_errors=True)
-os.makedirs(work)
-tiny = os.path.join(work, "tiny")
-subprocess.run([ferry, "make-tiny", tiny, "--seed", "7"], check=True, capture_output=True)
-PROMPT = ",".join(str((i * 37 + 11) % 200) for i in range(70))
+from ranks_common import Runs
+
+runs = Runs(sys.argv)
 LAYERS = set(range(5))  # the tiny model's
 N_EXPERTS = 16
 ROLE = re.compile(r"rank (\d+) .*; split ([a-z+]+)\); rank \d+ \(.*?\): (?:runs layers ([0-9,-]+)|runs no layer)"
@@ -32,16 +26,7 @@ def layer_set(ranges):
 
 
 def run(name, ranks, *args):
-    out = os.path.join(work, name + ".npy")
-    cmd = [ferry, "run", "-m", tiny, "--tokens", PROMPT, "-n", "12", "--ignore-eos", "--ubatch", "32",
-           "--logits-out", out, *args]
-    if ranks:
-        cmd = [*mpirun, "-np", str(ranks), *cmd, "--ranks-as-nodes"]
-    env = dict(os.environ, FERRY_LOG_LEVEL="info")
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, (cmd, r.stdout, r.stderr)
-    with open(out, "rb") as f:
-        return r.stdout.strip().splitlines()[-1], f.read(), r.stderr
+    return runs.run(name, ranks, "--ubatch", "32", *args)
 
 
 def check_roles(split, ranks, log):

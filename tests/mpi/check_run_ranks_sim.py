@@ -6,32 +6,18 @@ the other experts computed by each rank's CPU from its RAM (mapped, and copied t
 its own memory (planned next to high-water, within the plan) and where its experts ran, gathered by rank 0. Every
 layout: experts sharded (each rank runs every layer), layers pipelined with their experts, and the pipeline of
 layers with experts sharded over all ranks."""
-import os
 import re
-import shutil
-import subprocess
 import sys
 
-ferry, work, mpirun = sys.argv[1], sys.argv[2], sys.argv[3:]
-shutil.rmtree(work, ignore_errors=True)
-os.makedirs(work)
-tiny = os.path.join(work, "tiny")
-subprocess.run([ferry, "make-tiny", tiny, "--seed", "7"], check=True, capture_output=True)
-PROMPT = ",".join(str((i * 37 + 11) % 200) for i in range(70))
+from ranks_common import Runs
+
+runs = Runs(sys.argv)
 # 10 MiB: too small for a node's share of the experts when there are 1 or 2 nodes (cache, streaming and CPU).
 DEVICE = ["--gpu", "sim:10MiB", "--expert-cache-slots", "2", "--kv-type", "bf16", "--ubatch", "32"]
 
 
 def run(name, ranks, *args):
-    out = os.path.join(work, name + ".npy")
-    cmd = [ferry, "run", "-m", tiny, "--tokens", PROMPT, "-n", "12", "--ignore-eos", "--logits-out", out, *DEVICE,
-           *args]
-    if ranks:
-        cmd = [*mpirun, "-np", str(ranks), *cmd, "--ranks-as-nodes"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, (cmd, r.stdout, r.stderr)
-    with open(out, "rb") as f:
-        return r.stdout.strip().splitlines()[-1], f.read(), r.stderr
+    return runs.run(name, ranks, *DEVICE, *args)
 
 
 def per_rank(stderr, ranks):
