@@ -151,6 +151,11 @@ void RankFlags::add_to(CLI::App& app, bool with_split) {
   if (with_split)
     app.add_option("--split", split, std::string("Under mpirun: how the ranks share the model. ") + kSplitHelp)
         ->check(CLI::IsMember({"auto", "experts", "layers", "layers+experts"}));
+  app.add_option("--pipeline", pipeline,
+                 "Under mpirun, with several sequences (serve --parallel): on (default), rank 0 starts a sequence's "
+                 "step while the ranks of the later layers finish another's; off, one step at a time across the ranks "
+                 "(for comparison)")
+      ->check(CLI::IsMember({"on", "off"}));
 }
 
 void plan_for_ranks(const transport::World& world, const RankFlags& flags, bool nodes_given, planner::Hardware& hw,
@@ -195,7 +200,8 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const Of
   plan_json = world.broadcast_text(plan_json, 0, "the plan");
   world.agree("reading the plan", [&] {
     plan_ = planner::plan_from_json_text(plan_json);
-    group_ = std::make_unique<transport::RankGroup>(world, transport::layer_roles(plan_, world.size()));
+    group_ = std::make_unique<transport::RankGroup>(world, transport::layer_roles(plan_, world.size()),
+                                                    flags.pipeline == "on");
   });
   core::logger().info("{}", describe());
 }
@@ -228,6 +234,20 @@ void RankRun::follow_slots(const std::string& model_dir, const runtime::SessionO
     if (!s) s = std::make_unique<runtime::Session>(weights, session_options(base, slot));
     return *s;
   });
+}
+
+void RankRun::finish() {
+  group_->announce_stop();
+  const int64_t steps = group_->steps();
+  if (steps < 2) return;
+  if (group_->pipelined())
+    core::logger().info("pipeline: {} of {} steps started while another sequence's step was on the later ranks",
+                        group_->overlapped_steps(), steps);
+  else
+    core::logger().info("pipeline: none, {} steps one at a time across the ranks ({})", steps,
+                        group_->head_rank() == 0             ? "rank 0 computes the head"
+                        : !world_.concurrent_threads() ? "this MPI lacks MPI_THREAD_MULTIPLE"
+                                                       : "--pipeline off");
 }
 
 std::string RankRun::describe() const {

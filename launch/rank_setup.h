@@ -25,6 +25,7 @@ namespace ferry::launch {
 struct RankFlags {
   bool ranks_as_nodes = false;
   std::string split = "auto";  // planner::Split by name
+  std::string pipeline = "on";  // on: a sequence's step may start while another's is on the later stages
 
   // `with_split` false: a command that has --split already (ferry plan).
   void add_to(CLI::App& app, bool with_split = true);
@@ -65,8 +66,8 @@ class RankRun {
   // A rank other than 0 of a command with several sessions (serve, chat): loads the weights and, for each slot
   // rank 0 uses, makes a session of `base` (session_options) that follows it, until rank 0's end.
   void follow_slots(const std::string& model_dir, const runtime::SessionOptions& base);
-  // Rank 0, its command done: the followers stop.
-  void finish() { group_->announce_stop(); }
+  // Rank 0, its command done: the followers stop; logs how many steps overlapped another's (pipelining).
+  void finish();
   // "… rank 1 (host): runs layers 2-3; experts 0-15 of layers 2-3; the head": who computes what, for the log.
   std::string describe() const;
 

@@ -11,17 +11,34 @@ namespace {
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
-// Tags keep the seams apart; within one seam, MPI's ordering between two ranks keeps the layers apart.
-enum Tag : int { kHidden = 11, kDispatchInputs = 12, kDispatchChoices = 13, kCombine = 14, kLogits = 15 };
+// Tags keep the seams apart; within one seam, MPI's ordering between two ranks keeps the layers apart. Rank 0 may
+// still await a step's logits when the next step has started (RankGroup): it posts the receive before it lets that
+// step start, so receives match the head's sends in step order; the logits' tag per slot (kLogits + slot) makes
+// sure besides that a slot's receive can match only its own logits.
+enum Tag : int { kHidden = 11, kDispatchInputs = 12, kDispatchChoices = 13, kCombine = 14, kLogits = 1000 };
+static_assert(kLogits + MpiRankExchange::kMaxSlots <= 32767, "MPI guarantees tags up to 32767 (MPI_TAG_UB)");
 
 bool has(const std::vector<int>& ranks, int r) { return std::find(ranks.begin(), ranks.end(), r) != ranks.end(); }
 
 }  // namespace
 
-RankGroup::RankGroup(const World& world, std::vector<LayerRoles> roles) : world_(world), roles_(std::move(roles)) {
+RankGroup::RankGroup(const World& world, std::vector<LayerRoles> roles, bool pipeline)
+    : world_(world), roles_(std::move(roles)) {
   FERRY_CHECK(!roles_.empty(), "transport: a model without layers");
   const std::vector<int>& last = roles_.back().runners;
   head_rank_ = has(last, 0) ? 0 : last.front();
+  pipelined_ = pipeline && head_rank_ != 0 && world.concurrent_threads();
+}
+
+std::unique_lock<std::mutex> RankGroup::start_step(Command c, int slot, std::span<const int32_t> tokens,
+                                                   runtime::LogitsWanted want) {
+  std::unique_lock lock(step_);
+  if (c == Command::Feed) {
+    steps_.fetch_add(1);
+    if (awaiting_logits_.load() > 0) overlapped_steps_.fetch_add(1);
+  }
+  broadcast_command(c, slot, tokens, want);
+  return lock;
 }
 
 // A command is a fixed header {command, slot, tokens, logits wanted} and then its tokens, broadcast from rank 0.
@@ -34,10 +51,7 @@ void RankGroup::broadcast_command(Command c, int slot, std::span<const int32_t> 
                      "a command's tokens");
 }
 
-void RankGroup::announce_stop() {
-  std::lock_guard lock(step_);
-  broadcast_command(Command::Stop, 0, {}, runtime::LogitsWanted::None);
-}
+void RankGroup::announce_stop() { start_step(Command::Stop, 0, {}, runtime::LogitsWanted::None); }
 
 void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session_of) {
   FERRY_CHECK(!world_.leader(), "transport: rank 0 leads, it does not follow");
@@ -62,6 +76,11 @@ void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session
   }
 }
 
+MpiRankExchange::MpiRankExchange(RankGroup& group, int slot)
+    : group_(group), world_(group.world()), slot_(slot), layer_(group.world()) {
+  FERRY_CHECK(slot >= 0 && slot < kMaxSlots, "transport: slot {} is beyond the {} a run may have", slot, kMaxSlots);
+}
+
 bool MpiRankExchange::runs_layer(int64_t l) const { return has(roles(l).runners, world_.rank()); }
 
 const ExpertRange* MpiRankExchange::my_range(int64_t l) const {
@@ -79,15 +98,10 @@ bool MpiRankExchange::computes_experts(int64_t l) const { return my_range(l) != 
 
 std::unique_lock<std::mutex> MpiRankExchange::announce_feed(std::span<const int32_t> tokens,
                                                             runtime::LogitsWanted want) {
-  std::unique_lock lock(group_.step_lock());
-  group_.broadcast_command(Command::Feed, slot_, tokens, want);
-  return lock;
+  return group_.start_step(Command::Feed, slot_, tokens, want);
 }
 
-void MpiRankExchange::announce_reset() {
-  std::lock_guard lock(group_.step_lock());
-  group_.broadcast_command(Command::Reset, slot_, {}, runtime::LogitsWanted::None);
-}
+void MpiRankExchange::announce_reset() { group_.start_step(Command::Reset, slot_, {}, runtime::LogitsWanted::None); }
 
 // The runners of l that did not run l−1 receive H from the first rank that did.
 void MpiRankExchange::hand_over(int64_t l, float* H, int64_t floats) {
@@ -155,11 +169,15 @@ void MpiRankExchange::combine(int64_t l, float* eo, std::span<const int64_t> off
   layer_.wait("the outputs of the experts of layer", l);
 }
 
-void MpiRankExchange::logits(float* rows, int64_t floats) {
+void MpiRankExchange::logits(float* rows, int64_t floats, std::unique_lock<std::mutex>* step) {
   const int head = group_.head_rank();
   if (head == 0) return;
-  if (world_.rank() == head) world_.send(rows, floats * 4, 0, kLogits, "the logits");
-  if (world_.leader()) world_.recv(rows, floats * 4, head, kLogits, "the logits");
+  const int tag = kLogits + slot_;
+  if (world_.rank() == head) world_.send(rows, floats * 4, 0, tag, "the logits");
+  if (!world_.leader()) return;
+  World::Pending p(world_);
+  p.recv(rows, floats * 4, head, tag);
+  group_.await_logits(step, [&] { p.wait("the logits"); });
 }
 
 }  // namespace ferry::transport

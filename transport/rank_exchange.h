@@ -4,6 +4,7 @@
 // RankGroup and take turns.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -19,19 +20,43 @@ namespace ferry::transport {
 
 enum class Command : int32_t { Feed = 1, Reset = 2, Stop = 3 };
 
-// What the sessions of one run share across the ranks: the roles, and the lock that makes their steps take turns.
-// Rank 0 announces each session's steps with its slot; the other ranks follow (follow()).
+// What the sessions of one run share across the ranks: the roles, and the lock under which rank 0 starts their
+// steps one at a time. Rank 0 announces each session's steps with its slot; the other ranks follow (follow()), one
+// command after the other, so every rank sees the steps' exchanges in the same order. Rank 0 lets the next step
+// start once its own part of a step is done, while it waits for that step's logits: in a pipeline of layers
+// (`--split layers`), the first stages then compute one sequence while the last stages finish another.
 class RankGroup {
  public:
-  RankGroup(const World& world, std::vector<LayerRoles> roles);
+  // `pipeline` false: rank 0 holds the lock until each step's logits are in (one step at a time across the
+  // ranks; for comparison). An MPI without MPI_THREAD_MULTIPLE always runs so.
+  RankGroup(const World& world, std::vector<LayerRoles> roles, bool pipeline = true);
 
   const World& world() const { return world_; }
   const std::vector<LayerRoles>& roles() const { return roles_; }
   int head_rank() const { return head_rank_; }
-  std::mutex& step_lock() { return step_; }
+  // Rank 0 may start a step while another awaits its logits: the head is another rank's, threads may call MPI at
+  // once, and the run asked for it.
+  bool pipelined() const { return pipelined_; }
 
-  // Rank 0 (with the step lock held): a command for the session of `slot`.
-  void broadcast_command(Command c, int slot, std::span<const int32_t> tokens, runtime::LogitsWanted want);
+  // Rank 0: starts a step of `slot` (takes the lock, then broadcasts the command); the lock is the step's.
+  std::unique_lock<std::mutex> start_step(Command c, int slot, std::span<const int32_t> tokens,
+                                          runtime::LogitsWanted want);
+  // Rank 0: its part of a step is done and it waits for the step's logits, with `step` released when pipelined.
+  // Counts the steps that start meanwhile.
+  template <class Wait>
+  void await_logits(std::unique_lock<std::mutex>* step, Wait&& wait) {
+    if (!pipelined_ || !step || !step->owns_lock()) return wait();
+    awaiting_logits_.fetch_add(1);
+    step->unlock();
+    struct Done {
+      std::atomic<int>& n;
+      ~Done() { n.fetch_sub(1); }
+    } done{awaiting_logits_};
+    wait();
+  }
+  // Rank 0: feeds started, and those of them that started while an earlier step still awaited its logits.
+  int64_t steps() const { return steps_.load(); }
+  int64_t overlapped_steps() const { return overlapped_steps_.load(); }
   // Rank 0, when its command is done: the followers return from follow().
   void announce_stop();
   // Ranks other than 0: runs what rank 0 announces, each command on `session_of(slot)` (made on first use), until
@@ -40,17 +65,23 @@ class RankGroup {
   void follow(const std::function<runtime::Session&(int slot)>& session_of);
 
  private:
+  void broadcast_command(Command c, int slot, std::span<const int32_t> tokens, runtime::LogitsWanted want);
+
   const World& world_;
   std::vector<LayerRoles> roles_;
   int head_rank_ = 0;
+  bool pipelined_ = false;
   std::mutex step_;
+  std::atomic<int> awaiting_logits_{0};
+  std::atomic<int64_t> steps_{0}, overlapped_steps_{0};
 };
 
 // One session's runtime::RankExchange: its slot's commands, and the exchanges of its forward passes.
 class MpiRankExchange final : public runtime::RankExchange {
  public:
-  MpiRankExchange(RankGroup& group, int slot)
-      : group_(group), world_(group.world()), slot_(slot), layer_(group.world()) {}
+  // `slot` < kMaxSlots: its logits travel with a tag of their own.
+  MpiRankExchange(RankGroup& group, int slot);
+  static constexpr int kMaxSlots = 4096;
 
   bool leads() const override { return world_.leader(); }
   bool runs_layer(int64_t l) const override;
@@ -61,6 +92,7 @@ class MpiRankExchange final : public runtime::RankExchange {
   std::unique_lock<std::mutex> announce_feed(std::span<const int32_t> tokens, runtime::LogitsWanted want) override;
   void announce_reset() override;
 
+  bool hands_over(int64_t l) const override { return roles(l - 1).runners != roles(l).runners; }
   void hand_over(int64_t l, float* H, int64_t floats) override;
   void dispatch(int64_t l, float* xn, int64_t n, int64_t d, int32_t* ids, int64_t k) override;
   void expect_rows(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) override;
@@ -68,7 +100,7 @@ class MpiRankExchange final : public runtime::RankExchange {
   void combine(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) override;
   // Completes the layer's transfers in flight (what combine() ends with): for a dispatch alone (benchmarks).
   void complete(int64_t l) { layer_.wait("the transfers of layer", l); }
-  void logits(float* rows, int64_t floats) override;
+  void logits(float* rows, int64_t floats, std::unique_lock<std::mutex>* step) override;
 
  private:
   const ExpertRange* my_range(int64_t l) const;

@@ -73,13 +73,14 @@ World::World(int* argc, char*** argv) : host_(this_host()), timeout_s_(timeout_f
   FERRY_CHECK(!g_world, "transport: one World per process");
   if (launched_by_mpirun()) {
     int provided = 0;
-    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_SERIALIZED, &provided), "MPI_Init_thread");
+    check_mpi(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided), "MPI_Init_thread");
     mpi_ = true;
     if (provided < MPI_THREAD_SERIALIZED) {
       MPI_Finalize();
-      FERRY_THROW("this MPI gives thread level {}; ferry needs MPI_THREAD_SERIALIZED ({})", provided,
+      FERRY_THROW("this MPI gives thread level {}; ferry needs MPI_THREAD_SERIALIZED ({}) at least", provided,
                   MPI_THREAD_SERIALIZED);
     }
+    concurrent_threads_ = provided >= MPI_THREAD_MULTIPLE;
     check_mpi(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
     // Errors come back as codes (check_mpi throws them as ferry::Error, main turns that into one line); the
     // communicators made from comm_ inherit it.

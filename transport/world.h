@@ -26,9 +26,11 @@ class AgreedError : public Error {
 
 class World {
  public:
-  // Starts MPI when mpirun launched this process, with MPI_THREAD_SERIALIZED: ferry calls MPI from one thread at a
-  // time (the main thread, or the server's engine thread that runs the forward pass), never from two at once, and
-  // the worker threads of the kernels never call it. Names the logger's lines "rank R host" when size > 1.
+  // Starts MPI when mpirun launched this process, asking for MPI_THREAD_MULTIPLE: a server's slots each run their
+  // forward pass on a thread of their own, and on rank 0 one slot waits for its logits from the last pipeline stage
+  // while another slot's step exchanges with the ranks (RankGroup). With only MPI_THREAD_SERIALIZED (an MPI built
+  // without thread support) the slots' steps run one at a time, whole (concurrent_threads() false). The kernels'
+  // worker threads never call MPI. Names the logger's lines "rank R host" when size > 1.
   World(int* argc, char*** argv);
   ~World();  // MPI_Finalize
   World(const World&) = delete;
@@ -41,6 +43,8 @@ class World {
   int size() const { return size_; }
   bool distributed() const { return size_ > 1; }
   bool leader() const { return rank_ == 0; }
+  // Two threads may call MPI at once (MPI_THREAD_MULTIPLE); always true in a world of one.
+  bool concurrent_threads() const { return concurrent_threads_; }
   // Rank within this host (MPI_COMM_TYPE_SHARED) and the ranks on it.
   int node_rank() const { return node_rank_; }
   int node_size() const { return node_size_; }
@@ -143,6 +147,7 @@ class World {
   MPI_Comm fail_comm_ = MPI_COMM_NULL;  // fail() only: its collective must not match one of comm_'s
   MPI_Comm node_comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, node_rank_ = 0, node_size_ = 1;
+  bool concurrent_threads_ = true;
   bool oversubscribed_ = false;  // more ranks on this host than it has cores
   std::string host_;
   std::vector<std::string> hosts_;

@@ -74,17 +74,21 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
     FERRY_CHECK(tokens[sz(i)] >= 0 && tokens[sz(i)] < c.vocab_size, "token id {} is outside the vocabulary [0, {})",
                 tokens[sz(i)], c.vocab_size);
   FERRY_CHECK(pos_ + n <= options_.ctx, "the context is full: {} + {} tokens exceed --ctx {}", pos_, n, options_.ctx);
-  std::unique_lock<std::mutex> step;  // held until the step's exchanges are done
   if (options_.ranks && options_.ranks->leads())
-    step = options_.ranks->announce_feed(tokens, all_logits    ? LogitsWanted::All
-                                                 : last_logits ? LogitsWanted::Last
-                                                               : LogitsWanted::None);
+    step_ = options_.ranks->announce_feed(tokens, all_logits    ? LogitsWanted::All
+                                                  : last_logits ? LogitsWanted::Last
+                                                                : LogitsWanted::None);
+  struct EndStep {  // the lock is released when the feed ends, if logits() has not released it before
+    std::unique_lock<std::mutex>& step;
+    ~EndStep() { step = std::unique_lock<std::mutex>(); }
+  } end_step{step_};
   compute(tokens, all_logits, last_logits, progress);
 }
 
+// Only the head's runner computes logits (for rank 0); the other followers compute none.
 void Session::follow_feed(std::span<const int32_t> tokens, LogitsWanted want) {
-  std::vector<float> rows;
-  compute(tokens, want == LogitsWanted::All ? &rows : nullptr, want == LogitsWanted::Last ? &rows : nullptr, {});
+  std::vector<float>* rows = want != LogitsWanted::None && options_.ranks->runs_head() ? &follower_logits_ : nullptr;
+  compute(tokens, want == LogitsWanted::All ? rows : nullptr, want == LogitsWanted::Last ? rows : nullptr, {});
 }
 
 void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_logits, std::vector<float>* last_logits,
@@ -101,7 +105,7 @@ void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_l
       logits_tmp_.resize(sz(vocab));
       rows = logits_tmp_.data();
     }
-    run_chunk(tokens.data() + done, m, rows, all_logits != nullptr);
+    run_chunk(tokens.data() + done, m, rows, all_logits != nullptr, last_chunk);
     done += m;
     if (last_chunk && last_logits) {
       const float* last = all_logits ? all_logits->data() + (n - 1) * vocab : logits_tmp_.data();
@@ -113,7 +117,7 @@ void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_l
 
 // The chunk's ops are issued on the device in order and waited for once, at the end (and where the host reads
 // what they computed: routing, MTP's streams, the exchanges with other ranks).
-void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows) {
+void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows, bool last_chunk) {
   const auto& c = model_.config();
   const int64_t hc = c.hc_mult, d = c.hidden_size;
   detail::OpStream& ops = *ops_;
@@ -122,7 +126,7 @@ void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bo
   if (!ranks || ranks->runs_layer(0))
     ops.run(ops::Embed{.table = model_.embed(), .tokens = tokens, .n = n, .copies = hc, .out = H_.data()});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (ranks && l > 0) {
+    if (ranks && l > 0 && ranks->hands_over(l)) {
       ops.sync();
       ranks->hand_over(l, H_.data(), n * hc * d);
     }
@@ -134,7 +138,7 @@ void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bo
       head(ops, H_.data() + (n - rows) * hc * d, model_.hc_head(), model_.norm(), rows, logits_rows);
     if (ranks) {
       ops.sync();
-      ranks->logits(logits_rows, rows * c.vocab_size);
+      ranks->logits(logits_rows, rows * c.vocab_size, last_chunk && step_.owns_lock() ? &step_ : nullptr);
     }
   }
   if (options_.mtp) run_mtp(ops, H_.data(), tokens, n);

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <vector>
 
@@ -82,7 +83,7 @@ class Session {
  private:
   void compute(std::span<const int32_t> tokens, std::vector<float>* all_logits, std::vector<float>* last_logits,
                const std::function<void(int64_t, int64_t)>& progress);
-  void run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows);
+  void run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bool all_rows, bool last_chunk);
   void run_layer(detail::OpStream& ops, int64_t l, const int32_t* tokens, int64_t n);
   void run_block(detail::OpStream& ops, const LayerWeights& w, LayerKv& kv, float* H, const int32_t* tokens, int64_t p0,
                  int64_t n);
@@ -103,6 +104,10 @@ class Session {
   bool has_mtp_pending_ = false;
   std::vector<float> mtp_logits_;
   int64_t pos_ = 0;
+  // Under mpirun, rank 0: the lock of the feed in progress (RankExchange::announce_feed), released once rank 0's
+  // part of the feed is done. Another rank, the head's runner: the logits rows it computes for rank 0.
+  std::unique_lock<std::mutex> step_;
+  std::vector<float> follower_logits_;
 };
 
 }  // namespace ferry::runtime

@@ -94,9 +94,10 @@ void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rop
 // y[t] = MOE(xn[t], tokens[t]).
 // `experts` (nullptr: the checkpoint's, on this device with this workspace) plans where each routed expert runs;
 // `ranks` (nullptr: one process) sends the inputs to the ranks holding the layer's other experts and gathers their
-// outputs before the combine.
+// outputs before the combine. `xn` is read, never written, here; it is not const because the exchange's dispatch
+// is one call for the runner that sends it and the ranks that receive into it.
 void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange* ranks,
-         const float* xn, float* y);
+         float* xn, float* y);
 // The part of layer w's MoE a rank that holds some of its experts but does not run the layer computes: it receives
 // the inputs and choices, computes its experts and sends their outputs to the layer's runners.
 void moe_for_peers(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange& ranks);

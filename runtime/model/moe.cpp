@@ -157,7 +157,7 @@ std::vector<int64_t> tokens_per_expert(const std::vector<int64_t>& offsets) {
 }  // namespace
 
 void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange* ranks,
-         const float* xn, float* y) {
+         float* xn, float* y) {
   const auto& c = ch.c;
   const int64_t n = ch.n, d = c.hidden_size, k = c.num_experts_per_tok;
   OpStream& s = ch.ops;
@@ -165,7 +165,7 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
   // Route; the ranks holding experts of the layer without running it get its inputs and choices.
   const std::vector<int64_t> offsets = route(ch, w, ws, xn);
   if (ranks) {
-    ranks->dispatch(w.index, const_cast<float*>(xn), n, d, ws.route_ids.data(), k);
+    ranks->dispatch(w.index, xn, n, d, ws.route_ids.data(), k);
     ranks->expect_rows(w.index, ws.eo.data(), offsets, d);
   }
   MoeSchedule plan = plan_experts(ch, w, experts, ranks, tokens_per_expert(offsets));

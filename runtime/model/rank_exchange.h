@@ -32,13 +32,17 @@ class RankExchange {
 
   // ---- lockstep (rank 0 only; the others follow) ----
   // At the start of Session::feed, once the tokens are checked: the other ranks feed the same tokens to their
-  // session of the same slot. Returns the step's lock: the sessions of one run (a server's slots) take turns, one
-  // forward pass at a time across the ranks, so that no two steps' exchanges interleave.
+  // session of the same slot. Returns the step's lock: the sessions of one run (a server's slots) start their steps
+  // one at a time, so that the ranks see every step's exchanges in the order rank 0 announced them. Rank 0 holds it
+  // until its own part of the step is done (logits()), not until the last stage's part is.
   virtual std::unique_lock<std::mutex> announce_feed(std::span<const int32_t> tokens, LogitsWanted want) = 0;
   // At Session::reset.
   virtual void announce_reset() = 0;
 
   // ---- seams, called by every rank in the same order ----
+  // Whether the runners of layer l (1 <= l < layers) differ from those of l−1, so that hand_over(l) moves the
+  // hidden streams (the host must then see them: the device's queued ops are done first).
+  virtual bool hands_over(int64_t l) const = 0;
   // Before layer l (1 <= l < layers): the ranks that run l without having run l−1 receive the hidden streams H
   // (`floats` floats) from a rank that ran l−1.
   virtual void hand_over(int64_t l, float* H, int64_t floats) = 0;
@@ -55,8 +59,11 @@ class RankExchange {
   // This rank's experts of l are computed: their rows go to every runner but itself, and every transfer of the
   // layer completes; a runner then has every rank's rows in place.
   virtual void combine(int64_t l, float* eo, std::span<const int64_t> offsets, int64_t d) = 0;
-  // After the head: its runner's `floats` logits reach rank 0's `rows`.
-  virtual void logits(float* rows, int64_t floats) = 0;
+  // After the head: its runner's `floats` logits reach rank 0's `rows`. `step`: on rank 0, the lock of the feed
+  // whose last chunk this is (nullptr otherwise). Rank 0 has no other exchange left in the step, so it lets the next
+  // step start before it waits: another sequence's step runs on the first pipeline stages while the last stages
+  // finish this one (pipelining across sequences).
+  virtual void logits(float* rows, int64_t floats, std::unique_lock<std::mutex>* step) = 0;
 };
 
 }  // namespace ferry::runtime
