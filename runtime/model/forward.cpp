@@ -62,6 +62,7 @@ void Session::reset() {
   if (options_.ranks && options_.ranks->leads()) options_.ranks->announce_reset();
   cache_->clear();
   pos_ = 0;
+  tokens_.clear();
   has_mtp_pending_ = false;
   mtp_logits_.clear();
 }
@@ -144,6 +145,7 @@ void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bo
   if (options_.mtp) run_mtp(ops, H_.data(), tokens, n);
   ops.sync();
   pos_ += n;
+  tokens_.insert(tokens_.end(), tokens, tokens + n);
 }
 
 // Layer l as this rank takes part in it: the whole block, only its experts for the rank that runs it, or nothing.

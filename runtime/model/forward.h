@@ -67,6 +67,8 @@ class Session {
   void follow_feed(std::span<const int32_t> tokens, LogitsWanted want);
 
   int64_t position() const { return pos_; }
+  // The tokens fed since the last reset, position by position (what the KV cache holds).
+  const std::vector<int32_t>& tokens() const { return tokens_; }
   int32_t eos_token() const { return static_cast<int32_t>(model_.config().eos_token_id); }
   const KvCache& cache() const { return *cache_; }
   const SessionOptions& options() const { return options_; }
@@ -104,6 +106,7 @@ class Session {
   bool has_mtp_pending_ = false;
   std::vector<float> mtp_logits_;
   int64_t pos_ = 0;
+  std::vector<int32_t> tokens_;  // tokens()
   // Under mpirun, rank 0: the lock of the feed in progress (RankExchange::announce_feed), released once rank 0's
   // part of the feed is done. Another rank, the head's runner: the logits rows it computes for rank 0.
   std::unique_lock<std::mutex> step_;

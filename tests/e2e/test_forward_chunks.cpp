@@ -100,6 +100,7 @@ TEST(ForwardChunks, BadTokensAndAFullContextFailBeforeAnyWork) {
   s.feed(prompt_tokens(6), nullptr, &last);
   EXPECT_THROW(s.feed(prompt_tokens(3), nullptr, &last), Error);
   EXPECT_EQ(s.position(), 6);
+  EXPECT_EQ(s.tokens(), prompt_tokens(6));  // the failed feeds left no token behind
 }
 
 // A server reuses one session for request after request: after reset() it must compute exactly what a fresh
@@ -118,8 +119,10 @@ TEST(ForwardChunks, AResetSessionComputesWhatAFreshOneDoes) {
   };
   runtime::Session used(tiny_model(), o);
   used.feed(prompt_tokens(300, 2), nullptr, nullptr);  // past the window and many compressed blocks
+  EXPECT_EQ(used.tokens(), prompt_tokens(300, 2));
   used.reset();
   EXPECT_EQ(used.position(), 0);
+  EXPECT_TRUE(used.tokens().empty());
   EXPECT_TRUE(used.mtp_logits().empty());
   runtime::Session fresh(tiny_model(), o);
   EXPECT_EQ(run(used), run(fresh));
