@@ -17,7 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "launch/commands.h"
-#include "launch/rank_setup.h"
+#include "launch/engine_setup.h"
 #include "launch/server/v4_engine.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
@@ -122,10 +122,7 @@ class ChatCommand : public Command {
  public:
   explicit ChatCommand(CLI::App& parent) {
     app_ = parent.add_subcommand("chat", "Interactive chat in the terminal (the model's chat format, streamed)");
-    app_->add_option("--model,-m", model_, "Checkpoint directory (config.json + safetensors + tokenizer.json)")
-        ->required();
-    app_->add_option("-c,--ctx,--ctx-size", ctx_,
-                     "Context length: the whole conversation, e.g. 4096 or 128K (default 4096)");
+    engine_.add_to(*app_, "Context length: the whole conversation, e.g. 4096 or 128K (default 4096)");
     app_->add_option("-n,--n-predict", n_predict_, "Most tokens per answer (default: the rest of the context)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0.6)")
@@ -138,7 +135,6 @@ class ChatCommand : public Command {
     app_->add_flag("--thinking", thinking_, "DeepSeek's thinking mode: the model reasons before it answers");
     app_->add_option("--system", system_, "A system prompt at the start of the conversation");
     app_->add_flag("--ignore-eos", ignore_eos_, "Answers run to -n tokens, through the end-of-turn token (tests)");
-    ranks_.add_to(*app_);
     app_->footer(
         "Type a message and Enter. /reset clears the conversation; /exit, Ctrl-D or Ctrl-C at the prompt quits; "
         "Ctrl-C during an answer stops that answer. Speed goes to stderr after each answer.");
@@ -146,30 +142,23 @@ class ChatCommand : public Command {
   CLI::App* app() const override { return app_; }
 
   int run() override {
-    server::V4EngineOptions eo;
-    eo.ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
-    eo.ignore_eos = ignore_eos_;
-    const transport::World* world = transport::World::current();
-    if (!world || !world->distributed()) return converse(eo);
-    // Under mpirun: rank 0 (mpirun gives it stdin) chats; the other ranks compute their part of each answer.
-    runtime::SessionOptions so;
-    so.ctx = eo.ctx;
-    RankRun ranks(*world, ranks_, OffloadFlags{}, model_, so);
-    if (!ranks.leads()) {
-      ranks.follow_slots(model_, so);
+    EngineSetup setup(engine_, *app_, 4096);
+    if (!setup.leads()) {
+      // Under mpirun: rank 0 (mpirun gives it stdin) chats; the other ranks compute their part of each answer.
+      setup.load();
+      setup.follow_slots();
       return kExitOk;
     }
-    eo.configure_session = [&](int slot, runtime::SessionOptions& o) { o = ranks.session_options(o, slot); };
-    const int status = converse(eo);
-    ranks.finish();
+    const int status = converse(setup);
+    setup.finish();
     return status;
   }
 
  private:
   // The conversation, until /exit, end of input or Ctrl-C at the prompt.
-  int converse(const server::V4EngineOptions& eo) {
-    if (isatty(STDERR_FILENO)) std::fprintf(stderr, "loading %s ...\n", model_.c_str());
-    const std::unique_ptr<server::Engine> engine = server::open_v4_engine(model_, eo);
+  int converse(EngineSetup& setup) {
+    if (isatty(STDERR_FILENO)) std::fprintf(stderr, "loading %s ...\n", engine_.model.c_str());
+    const std::unique_ptr<server::Engine> engine = open_v4_engine(setup, ignore_eos_);
     std::fprintf(stderr,
                  "ferry chat: %s, context %lld tokens%s. /reset clears the conversation, /exit quits; Ctrl-C stops "
                  "an answer.\n",
@@ -262,8 +251,8 @@ class ChatCommand : public Command {
   }
 
   CLI::App* app_ = nullptr;
-  std::string model_, ctx_, system_;
-  RankFlags ranks_;
+  EngineFlags engine_;
+  std::string system_;
   int64_t n_predict_ = 0;  // 0: the rest of the context
   runtime::SamplerOptions sampler_{.temperature = 0.6, .top_p = 0.95};
   bool thinking_ = false, ignore_eos_ = false;

@@ -1,7 +1,6 @@
 // `ferry run`: load a V4 checkpoint, prefill a prompt (token ids, or text through the model's tokenizer) on the
 // CPU, generate, and report speed and memory (planned next to used). `--logits-out` writes every position's
 // logits as NumPy float32.
-#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,13 +15,9 @@
 #include <vector>
 
 #include "launch/commands.h"
-#include "launch/rank_setup.h"
-#include "launch/run_offload.h"
-#include "offload/plan_binding.h"
+#include "launch/engine_setup.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
-#include "planner/kv_cache.h"
-#include "planner/memory.h"
 #include "runtime/generate/generate.h"
 #include "runtime/generate/npy.h"
 #include "runtime/kernels/cpu/matvec.h"
@@ -64,8 +59,6 @@ std::vector<int32_t> encode_prompt(const runtime::Tokenizer& tokenizer, const st
   return ids;
 }
 
-std::string gib(int64_t bytes) { return core::format_bytes(bytes); }
-
 // Rewrites one stderr line with the prefill's progress and speed.
 std::function<void(int64_t, int64_t)> prefill_progress_printer() {
   const auto start = std::chrono::steady_clock::now();
@@ -87,45 +80,17 @@ void print_timing(const runtime::GenerateResult& r, core::ActivationBits expert_
                runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), core::activation_bits_name(expert_bits));
 }
 
-// A CPU-only run's memory, each item next to what the planner predicts for it: from the formulas (one process),
-// or from this rank's host device in the plan (under mpirun: the KV of the layers it runs).
-std::string host_memory_line(const runtime::ModelWeights& model, const runtime::Session& session,
-                             const runtime::SessionOptions& so, const planner::DevicePlan* planned) {
-  int64_t kv_planned = planner::kv_total(planner::kv_cache_bytes(model.config(), so.kv_type, so.ctx, 1, false));
-  int64_t ws_planned = session.planned_workspace().bytes();
-  if (planned) {
-    const auto b = offload::planned_by_class(*planned);
-    kv_planned =
-        b[static_cast<size_t>(runtime::MemoryClass::Kv)] + b[static_cast<size_t>(runtime::MemoryClass::Indexer)];
-    ws_planned = b[static_cast<size_t>(runtime::MemoryClass::Workspace)];
-  }
-  const int64_t kv_used = planner::kv_total(session.cache().bytes());
-  return fmt::format("memory host: weights {} mapped, kv cache {} (planned {}), workspace {} (planned {})\n",
-                     gib(model.weight_bytes()), gib(kv_used), gib(kv_planned), gib(session.workspace_bytes()),
-                     gib(ws_planned));
-}
-
 class RunCommand : public Command {
  public:
   explicit RunCommand(CLI::App& parent) {
     app_ = parent.add_subcommand("run", "Prefill a prompt and generate on the CPU; print the generated text or ids");
-    app_->add_option("--model,-m", model_, "Checkpoint directory (config.json + safetensors)")->required();
     auto* tokens = app_->add_option("--tokens", tokens_, "Prompt as comma-separated token ids, e.g. 0,42,7");
     prompt_option_ = app_->add_option("--prompt,-p", prompt_text_,
                                       "Prompt as text, tokenized with the model directory's tokenizer.json (BOS "
                                       "prepended); the generated text streams to stdout");
     tokens->excludes(prompt_option_);
     app_->add_option("-n,--n-predict", n_predict_, "Tokens to generate (default 16)")->check(CLI::Range(0, 1 << 24));
-    app_->add_option("-c,--ctx,--ctx-size", ctx_,
-                     "Context length the KV cache holds, e.g. 4096 or 128K (default 4096)");
-    app_->add_option("--kv-type,--cache-type", kv_type_,
-                     "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
-        ->check(CLI::IsMember({"fp8", "bf16", "q8_0", "q4_0"}));
-    app_->add_option("--expert-activations", expert_activations_,
-                     "Precision of routed-expert inputs in the CPU MXFP4 kernels: int24 (default, as exact as float) "
-                     "or int16 (faster; error <= 2^-15 of each 32-block's largest value)")
-        ->check(CLI::IsMember({"int24", "int16"}));
-    app_->add_option("--ubatch", ubatch_, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 65536));
+    engine_.add_to(*app_, "Context length the KV cache holds, e.g. 4096 or 128K (default 4096)");
     app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0)")
         ->check(CLI::Range(0.0, 100.0));
     app_->add_option("--top-p", sampler_.top_p, "Nucleus sampling threshold in (0, 1] (default 1)")
@@ -136,8 +101,6 @@ class RunCommand : public Command {
     app_->add_flag("--ignore-eos", ignore_eos_, "Keep generating after the end-of-sequence token");
     app_->add_option("--logits-out", logits_out_,
                      "Write the logits of every prompt position and generated token to FILE.npy (float32 [n, vocab])");
-    offload_.add_to(*app_);
-    ranks_.add_to(*app_);
     app_->footer(
         "Give --prompt or --tokens. Prints the generated text (--prompt, special tokens left out) or ids "
         "(--tokens) on stdout; progress, timing and memory lines go to stderr.");
@@ -146,84 +109,41 @@ class RunCommand : public Command {
 
   int run() override {
     const bool text_mode = prompt_option_->count() > 0;
-    const transport::World* world = transport::World::current();
-    offload_.check(world && world->distributed());
     FERRY_CHECK(text_mode || app_->count("--tokens") > 0, "give the prompt as --prompt TEXT or --tokens IDS");
     std::optional<runtime::Tokenizer> tokenizer;
-    if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(model_);
+    if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(engine_.model);
     const std::vector<int32_t> prompt = text_mode ? encode_prompt(*tokenizer, prompt_text_) : parse_tokens(tokens_);
-    runtime::SessionOptions so = session_options();
-    // With --gpu the run is planned first, from the checkpoint's headers (or --plan is read and checked against
-    // them): a device too small fails here, before any weight is read.
-    std::unique_ptr<OffloadRun> offload;
-    std::unique_ptr<RankRun> ranks;
-    if (world && world->distributed()) {
-      ranks = std::make_unique<RankRun>(*world, ranks_, offload_, model_, so);
-      so = ranks->session_options(so);
-      if (offload_.enabled()) offload = std::make_unique<OffloadRun>(offload_, ranks->node_view());
-    } else if (offload_.enabled()) {
-      offload = std::make_unique<OffloadRun>(offload_, model_, so);
-      so = offload->planned_session(so);
-    }
+    // Planned first, from the checkpoint's headers (with --gpu, under mpirun, or --plan read and checked against
+    // them): a plan that does not fit fails here, before any weight is read.
+    EngineSetup engine(engine_, *app_, 4096);
+    const runtime::SessionOptions& so = engine.planned();
     const int64_t need = static_cast<int64_t>(prompt.size()) + n_predict_;
     FERRY_CHECK(need <= so.ctx, "{} {} is smaller than the prompt ({} tokens) plus -n {}",
-                from_plan() ? "the plan's context" : "--ctx", so.ctx, prompt.size(), n_predict_);
+                engine_.from_plan() ? "the plan's context" : "--ctx", so.ctx, prompt.size(), n_predict_);
     const bool tty = isatty(STDERR_FILENO);
-    if (tty) std::cerr << "loading " << model_ << " ...\n";
-    const runtime::ModelWeights checkpoint = runtime::ModelWeights::load(model_);
-    const auto& c = checkpoint.config();
+    if (tty) std::cerr << "loading " << engine_.model << " ...\n";
+    engine.load();
+    const auto& c = engine.checkpoint().config();
     for (int32_t t : prompt)
       FERRY_CHECK(t < c.vocab_size, "{}: token id {} is outside the vocabulary [0, {})",
                   text_mode ? "--prompt" : "--tokens", t, c.vocab_size);
-    if (offload) {
-      offload->bind(checkpoint);
-      so = offload->session_options(so);
-    }
-    const runtime::ModelWeights& model = offload ? offload->weights() : checkpoint;
-    runtime::Session session(model, so);
-    if (ranks && !ranks->leads()) {
-      ranks->follow(session);
-      ranks->gather_reports(rank_report(offload.get(), *ranks, model, session, so));
+    runtime::Session session(engine.weights(), engine.session_options());
+    if (!engine.leads()) {
+      engine.ranks()->follow(session);
+      engine.report(session);  // collective: rank 0 prints every rank's
       return kExitOk;
     }
-    if (offload && offload_.verbose) std::cerr << offload->memory_report();
+    if (engine.offload() && engine_.offload.verbose) std::cerr << engine.offload()->memory_report();
 
     const runtime::GenerateResult r = generate_and_print(session, prompt, tokenizer, tty);
-    if (ranks) ranks->finish();
+    engine.finish();
     if (!logits_out_.empty()) write_logits(r.logits, c.vocab_size);
     print_timing(r, so.expert_bits);
-    if (ranks)
-      std::cerr << ranks->gather_reports(rank_report(offload.get(), *ranks, model, session, so));
-    else
-      std::cerr << (offload ? offload->memory_report() + offload->expert_report()
-                            : host_memory_line(model, session, so, nullptr));
+    std::cerr << engine.report(session);
     return kExitOk;
   }
 
  private:
-  bool from_plan() const { return !offload_.plan_in.empty(); }
-
-  // What a rank reports at the end (rank 0 prints every rank's): its devices' memory next to its part of the plan.
-  static std::string rank_report(const OffloadRun* offload, const RankRun& ranks, const runtime::ModelWeights& model,
-                                 const runtime::Session& session, const runtime::SessionOptions& so) {
-    if (offload) return offload->memory_report() + offload->expert_report();
-    const planner::Plan view = ranks.node_view();
-    return host_memory_line(model, session, so, &view.devices.front());
-  }
-
-  // The session the flags ask for; with --gpu, OffloadRun adjusts it to the plan.
-  runtime::SessionOptions session_options() const {
-    runtime::SessionOptions so;
-    so.ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
-    so.kv_type = *planner::kv_type_from_name(kv_type_);
-    for (const char* flag : {"--ctx", "--kv-type", "--ubatch"})
-      FERRY_CHECK(!from_plan() || app_->count(flag) == 0, "{}: the plan sets it (--plan replaces the planning flags)",
-                  flag);
-    so.ubatch = ubatch_;
-    so.expert_bits = expert_activations_ == "int16" ? core::ActivationBits::Int16 : core::ActivationBits::Int24;
-    return so;
-  }
-
   // Generates and prints the result on stdout: the text as it comes (--prompt) or the ids at the end (--tokens).
   runtime::GenerateResult generate_and_print(runtime::Session& session, const std::vector<int32_t>& prompt,
                                              const std::optional<runtime::Tokenizer>& tokenizer, bool tty) const {
@@ -258,12 +178,11 @@ class RunCommand : public Command {
 
   CLI::App* app_ = nullptr;
   CLI::Option* prompt_option_ = nullptr;
-  std::string model_, tokens_, prompt_text_, ctx_, kv_type_ = "fp8", logits_out_, expert_activations_ = "int24";
-  int64_t n_predict_ = 16, ubatch_ = 512;
+  std::string tokens_, prompt_text_, logits_out_;
+  int64_t n_predict_ = 16;
   runtime::SamplerOptions sampler_;
   bool ignore_eos_ = false;
-  OffloadFlags offload_;
-  RankFlags ranks_;
+  EngineFlags engine_;
 };
 
 }  // namespace

@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "launch/commands.h"
-#include "launch/rank_setup.h"
+#include "launch/engine_setup.h"
 #include "launch/server/engine.h"
 #include "launch/server/http_server.h"
 #include "launch/server/v4_engine.h"
@@ -78,7 +78,6 @@ class ServeCommand : public Command {
  public:
   ServeCommand(CLI::App& parent, EngineFactory open_engine) : open_engine_(std::move(open_engine)) {
     app_ = parent.add_subcommand("serve", "OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions)");
-    app_->add_option("--model,-m", model_, "Checkpoint directory (config.json + safetensors + tokenizer)")->required();
     app_->add_option("--host", options_.host, "Address to listen on (default 127.0.0.1; 0.0.0.0: every interface)");
     app_->add_option("--port", options_.port, "Port (default 8080; 0: a free one, named on stderr)")
         ->check(CLI::Range(0, 65535));
@@ -93,8 +92,7 @@ class ServeCommand : public Command {
         ->check(CLI::Range(1, 86400));
     app_->add_option("--timeout", io_timeout_s_, "Socket read/write timeout in seconds (default 30)")
         ->check(CLI::Range(1, 3600));
-    app_->add_option("-c,--ctx,--ctx-size", ctx_, "Context length per sequence, e.g. 4096 or 128K (default 4096)");
-    ranks_.add_to(*app_);
+    engine_.add_to(*app_, "Context length per sequence, e.g. 4096 or 128K (default 4096)");
     app_->footer(
         "SIGINT/SIGTERM/SIGUSR1: stop accepting, let running requests finish (30 s at most), exit. Under mpirun "
         "rank 0 serves and the other ranks compute their part of every request's forward pass; stop it with SIGUSR1 "
@@ -103,32 +101,26 @@ class ServeCommand : public Command {
   CLI::App* app() const override { return app_; }
 
   int run() override {
-    const int64_t ctx = ctx_.empty() ? 4096 : core::parse_count(ctx_, "--ctx");
     options_.queue_timeout = std::chrono::seconds(queue_timeout_s_);
     options_.io_timeout = std::chrono::seconds(io_timeout_s_);
     ShutdownSignals signals;  // before any thread starts, so that all of them inherit the mask
-    const transport::World* world = transport::World::current();
-    if (!world || !world->distributed()) return serve(open_engine_(model_, ctx), signals);
-    // Under mpirun: rank 0 serves on a V4 engine whose sessions compute with the other ranks; they follow.
-    runtime::SessionOptions so;
-    so.ctx = ctx;
-    RankRun ranks(*world, ranks_, OffloadFlags{}, model_, so);
-    if (!ranks.leads()) {
+    // Planned for --parallel sequences (each slot its KV cache): under mpirun every rank together.
+    EngineSetup setup(engine_, *app_, 4096, options_.parallel);
+    if (!setup.leads()) {
+      // Under mpirun: rank 0 serves; the other ranks compute their part of every request's forward pass.
       signals.leave_to_rank_0();
-      ranks.follow_slots(model_, so);
+      setup.load();
+      setup.follow_slots();
       return kExitOk;
     }
-    server::V4EngineOptions eo;
-    eo.ctx = ctx;
-    eo.configure_session = [&](int slot, runtime::SessionOptions& o) { o = ranks.session_options(o, slot); };
-    const int status = serve(server::open_v4_engine(model_, eo), signals);
-    ranks.finish();
+    const int status = serve(open_engine_(setup), signals);
+    setup.finish();
     return status;
   }
 
  private:
   int serve(std::unique_ptr<server::Engine> engine, ShutdownSignals& signals) {
-    FERRY_CHECK(engine, "no engine for {}", model_);
+    FERRY_CHECK(engine, "no engine for {}", engine_.model);
     options_.extra_metrics = [e = engine.get()] { return e->metrics(); };
     server::HttpServer http(*engine, options_);
     const int port = http.bind();
@@ -143,9 +135,8 @@ class ServeCommand : public Command {
 
   EngineFactory open_engine_;
   CLI::App* app_ = nullptr;
-  std::string model_, ctx_;
+  EngineFlags engine_;
   server::ServerOptions options_;
-  RankFlags ranks_;
   int64_t queue_timeout_s_ = 600, io_timeout_s_ = 30;
 };
 

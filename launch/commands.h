@@ -34,8 +34,9 @@ std::unique_ptr<Command> make_tokenize_command(CLI::App& parent);
 namespace server {
 class Engine;
 }
-// Opens the model behind `ferry serve`: the checkpoint directory and the context length per sequence.
-using EngineFactory = std::function<std::unique_ptr<server::Engine>(const std::string& model_dir, int64_t ctx)>;
+class EngineSetup;
+// Opens the model behind `ferry serve` on the flags' setup (planned, not yet loaded: the factory loads it).
+using EngineFactory = std::function<std::unique_ptr<server::Engine>(EngineSetup& setup)>;
 // main.cpp gives it the V4 engine (launch/server/v4_engine.h); tests give it a double.
 std::unique_ptr<Command> make_serve_command(CLI::App& parent, EngineFactory open_engine);
 std::unique_ptr<Command> make_chat_command(CLI::App& parent);

@@ -14,7 +14,7 @@
 
 #include "launch/commands.h"
 #include "launch/server/engine.h"
-#include "launch/server/v4_engine.h"
+#include "launch/engine_setup.h"
 #include "planner/core/error.h"
 #include "planner/core/log.h"
 #include "transport/world.h"
@@ -64,8 +64,7 @@ int main(int argc, char** argv) {
   commands.push_back(make_inspect_command(app));
   commands.push_back(make_run_command(app));
   commands.push_back(make_tokenize_command(app));
-  commands.push_back(
-      make_serve_command(app, [](const std::string& dir, int64_t ctx) { return server::open_v4_engine(dir, ctx); }));
+  commands.push_back(make_serve_command(app, [](EngineSetup& setup) { return open_v4_engine(setup); }));
   commands.push_back(make_chat_command(app));
 
   try {

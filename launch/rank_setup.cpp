@@ -107,13 +107,14 @@ int least_ram_rank(const std::vector<nlohmann::json>& ids) {
 // shows the same plan.
 planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohmann::json>& ids,
                          const OffloadFlags& offload, const std::string& model_dir, const runtime::SessionOptions& so,
-                         planner::Split split) {
+                         int64_t parallel, planner::Split split) {
   planner::Hardware hw = nodes_hardware(ids);
   const planner::ModelSpec spec = planner::load_model_spec(model_dir);
   planner::PlanOptions o;
   o.ctx = so.ctx;
   o.kv_type = so.kv_type;
   o.ubatch = so.ubatch;
+  o.parallel = parallel;
   o.threads = tbb::this_task_arena::max_concurrency();
   std::string gpu_flag = "--no-gpu";
   if (offload.enabled()) {
@@ -123,7 +124,7 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
     const int nodes = hw.nodes;
     hw = offload::device_hardware(host, device);
     hw.nodes = nodes;
-    o = offload::device_plan_options(device, so);
+    o = offload::device_plan_options(device, so, parallel);
     gpu_flag = fmt::format("--gpu {}B --gpu-reserve 0", device.capacity);
   }
   o.split = split;
@@ -134,10 +135,10 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
     for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
     FERRY_THROW(
         "does not fit on {} nodes of {} RAM, the least of any rank ({}'s): {} (`ferry plan -m {} --nodes {} --host-ram "
-        "{} --host-reserve 0 {} --cores {} --ctx {} --kv-type {} --ubatch {} --split {}` shows the whole plan)",
+        "{} --host-reserve 0 {} --cores {} --ctx {} --kv-type {} --ubatch {}{} --split {}` shows the whole plan)",
         hw.nodes, core::format_bytes(hw.host.ram_bytes), world.where(least_ram_rank(ids)), why, model_dir, hw.nodes,
         hw.host.ram_bytes, gpu_flag, hw.host.cores, so.ctx, planner::kv_type_name(so.kv_type), so.ubatch,
-        planner::split_name(split));
+        parallel > 1 ? fmt::format(" --parallel {}", parallel) : "", planner::split_name(split));
   }
   return plan;
 }
@@ -180,7 +181,7 @@ void plan_for_ranks(const transport::World& world, const RankFlags& flags, bool 
 }
 
 RankRun::RankRun(const transport::World& world, const RankFlags& flags, const OffloadFlags& offload,
-                 const std::string& model_dir, const runtime::SessionOptions& session)
+                 const std::string& model_dir, const runtime::SessionOptions& session, int64_t parallel)
     : world_(world) {
   FERRY_CHECK(!session.mtp, "--mtp runs in one process for now (not under mpirun)");
   FERRY_CHECK(offload.plan_in.empty(), "--plan runs in one process for now (under mpirun rank 0 plans)");
@@ -193,7 +194,7 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const Of
   std::string plan_json;
   world.agree("planning", [&] {
     if (!world.leader()) return;
-    const planner::Plan plan = plan_nodes(world, ids, offload, model_dir, session, parse_split(flags.split));
+    const planner::Plan plan = plan_nodes(world, ids, offload, model_dir, session, parallel, parse_split(flags.split));
     if (!offload.plan_out.empty()) write_plan_file(offload.plan_out, plan);
     plan_json = planner::plan_to_json(plan).dump();
   });
@@ -215,10 +216,15 @@ std::string RankRun::gather_reports(const std::string& mine) const {
   return out;
 }
 
-runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base, int slot) {
+runtime::SessionOptions RankRun::planned_session(runtime::SessionOptions base) const {
   base.ctx = plan_.options.ctx;
   base.kv_type = plan_.kv_type;
   base.ubatch = plan_.options.ubatch;
+  return base;
+}
+
+runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base, int slot) {
+  base = planned_session(base);
   std::lock_guard lock(slots_mutex_);
   auto& exchange = slots_[slot];
   if (!exchange) exchange = std::make_unique<transport::MpiRankExchange>(*group_, slot);
@@ -226,12 +232,12 @@ runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base, i
   return base;
 }
 
-void RankRun::follow_slots(const std::string& model_dir, const runtime::SessionOptions& base) {
-  const runtime::ModelWeights weights = runtime::ModelWeights::load(model_dir);
+void RankRun::follow_slots(const runtime::ModelWeights& weights,
+                           const std::function<runtime::SessionOptions(int slot)>& options_of) {
   std::map<int, std::unique_ptr<runtime::Session>> sessions;
   group_->follow([&](int slot) -> runtime::Session& {
     auto& s = sessions[slot];
-    if (!s) s = std::make_unique<runtime::Session>(weights, session_options(base, slot));
+    if (!s) s = std::make_unique<runtime::Session>(weights, options_of(slot));
     return *s;
   });
 }

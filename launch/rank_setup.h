@@ -44,16 +44,19 @@ class RankRun {
   // ranks share a host without --ranks-as-nodes, or the plan does not fit.
   // With --gpu sim:…, every node has such a device (its ledger and its share of the plan); --plan-out saves the
   // whole plan (rank 0).
+  // `parallel`: the sequences the run keeps at once (a server's slots), each with its KV cache.
   RankRun(const transport::World& world, const RankFlags& flags, const OffloadFlags& offload,
-          const std::string& model_dir, const runtime::SessionOptions& session);
+          const std::string& model_dir, const runtime::SessionOptions& session, int64_t parallel = 1);
 
   const planner::Plan& plan() const { return plan_; }
   // This rank's node's part of the plan (planner::plan_for_node), what it binds.
   planner::Plan node_view() const;
   // Collective: every rank's report, under its "rank R (host):" line, in rank order (for rank 0 to print).
   std::string gather_reports(const std::string& mine) const;
-  // `base` with the plan's context, KV type and chunk, and this rank's part of the forward pass for the session of
-  // `slot` (a server's sessions are slots 0, 1, …; each rank's session of a slot follows rank 0's).
+  // `base` with the plan's context, KV type and chunk.
+  runtime::SessionOptions planned_session(runtime::SessionOptions base) const;
+  // planned_session(base) with this rank's part of the forward pass for the session of `slot` (a server's sessions
+  // are slots 0, 1, …; each rank's session of a slot follows rank 0's).
   runtime::SessionOptions session_options(runtime::SessionOptions base, int slot = 0);
   // Rank 0 leads the command; the others follow it and return at its end.
   bool leads() const { return world_.leader(); }
@@ -63,9 +66,10 @@ class RankRun {
       return session;
     });
   }
-  // A rank other than 0 of a command with several sessions (serve, chat): loads the weights and, for each slot
-  // rank 0 uses, makes a session of `base` (session_options) that follows it, until rank 0's end.
-  void follow_slots(const std::string& model_dir, const runtime::SessionOptions& base);
+  // A rank other than 0 of a command with several sessions (serve, chat): for each slot rank 0 uses, makes a
+  // session of `weights` with `options_of(slot)` that follows it, until rank 0's end.
+  void follow_slots(const runtime::ModelWeights& weights,
+                    const std::function<runtime::SessionOptions(int slot)>& options_of);
   // Rank 0, its command done: the followers stop; logs how many steps overlapped another's (pipelining).
   void finish();
   // "… rank 1 (host): runs layers 2-3; experts 0-15 of layers 2-3; the head": who computes what, for the log.

@@ -86,7 +86,8 @@ offload::DeviceRequest OffloadFlags::device_request() const {
   return device;
 }
 
-OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so)
+OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so,
+                       int64_t parallel)
     : flags_(flags) {
   const offload::DeviceRequest device = flags.device_request();
   const planner::ModelSpec model = planner::load_model_spec(model_dir);
@@ -94,6 +95,8 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
     try {
       plan_ = read_plan_file(flags.plan_in);
       offload::check_plan_for_device(plan_, model, device);
+      FERRY_CHECK(plan_.options.parallel >= parallel, "it plans {} sequence(s) at once; --parallel {} needs {}",
+                  plan_.options.parallel, parallel, parallel);
     } catch (const Error& e) {
       FERRY_THROW("--plan {}: {}", flags.plan_in, e.what());
     }
@@ -101,7 +104,7 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
     std::vector<std::string> notes;
     planner::HostSpec host = runtime::probe_host(notes);
     if (flags.numa > 0) host.numa_nodes = flags.numa;
-    plan_ = offload::plan_for_device(model, host, device, so);
+    plan_ = offload::plan_for_device(model, host, device, so, parallel);
   }
   if (!flags.plan_out.empty()) write_plan_file(flags.plan_out, plan_);
   prepare();

@@ -45,7 +45,9 @@ class OffloadRun {
   // Plans for the simulated device from the checkpoint's headers alone, or reads the --plan file and checks it
   // against them and the device: throws ferry::Error with one line (the planner's shortfall, the plan's
   // mismatch) when it does not fit, before any weight is read. Saves the plan to --plan-out.
-  OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& session);
+  // `parallel`: the sequences the run keeps at once (a server's slots), each with its KV cache on the device.
+  OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& session,
+             int64_t parallel = 1);
   // Runs a node's view of a plan made elsewhere (rank 0 under mpirun: planner::plan_for_node).
   OffloadRun(const OffloadFlags& flags, planner::Plan node_view);
   ~OffloadRun();

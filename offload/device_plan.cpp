@@ -27,9 +27,11 @@ planner::Hardware device_hardware(const planner::HostSpec& host, const DeviceReq
   return hw;
 }
 
-planner::PlanOptions device_plan_options(const DeviceRequest& device, const runtime::SessionOptions& session) {
+planner::PlanOptions device_plan_options(const DeviceRequest& device, const runtime::SessionOptions& session,
+                                         int64_t parallel) {
   planner::PlanOptions o;
   o.ctx = session.ctx;
+  o.parallel = parallel;
   o.kv_type = session.kv_type;
   o.ubatch = session.ubatch;
   o.mtp = session.mtp;
@@ -53,8 +55,9 @@ planner::Plan place_or_explain(const planner::ModelSpec& model, const planner::H
 }
 
 planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::HostSpec& host,
-                              const DeviceRequest& device, const runtime::SessionOptions& session) {
-  return place_or_explain(model, device_hardware(host, device), device_plan_options(device, session), device.name);
+                              const DeviceRequest& device, const runtime::SessionOptions& session, int64_t parallel) {
+  return place_or_explain(model, device_hardware(host, device), device_plan_options(device, session, parallel),
+                          device.name);
 }
 
 void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& model, const DeviceRequest& device) {

@@ -2,6 +2,8 @@
 
 #include <filesystem>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <vector>
 
 #include "launch/server/answer_stream.h"
@@ -31,7 +33,8 @@ class V4Engine : public Engine {
         id_(model_name(dir)),
         format_(runtime::chat_format_for_model_dir(dir)),
         tokenizer_(runtime::Tokenizer::from_model_dir(dir)),
-        weights_(runtime::ModelWeights::load(dir)) {
+        own_weights_(options.weights ? std::nullopt : std::optional(runtime::ModelWeights::load(dir))),
+        weights_(options.weights ? *options.weights : *own_weights_) {
     FERRY_CHECK(options.ctx >= 2, "--ctx must be at least 2 (a prompt and one token)");
     idle_.push_back(new_session());
   }
@@ -97,9 +100,10 @@ class V4Engine : public Engine {
     int64_t kv = 0, workspace = 0, sessions = 0;
     {
       std::lock_guard lock(mutex_);
+      std::set<const runtime::FeedBuffers*> counted;  // sessions may share their feed buffers: counted once
       for (const auto& s : sessions_) {
         kv += planner::kv_total(s->cache().bytes());
-        workspace += s->workspace_bytes();
+        if (counted.insert(s->feed_buffers()).second) workspace += s->workspace_bytes();
       }
       sessions = static_cast<int64_t>(sessions_.size());
     }
@@ -149,7 +153,8 @@ class V4Engine : public Engine {
   const std::string id_;
   const runtime::ChatFormat format_;
   const runtime::Tokenizer tokenizer_;
-  const runtime::ModelWeights weights_;
+  const std::optional<runtime::ModelWeights> own_weights_;  // without options.weights
+  const runtime::ModelWeights& weights_;
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<runtime::Session>> sessions_;  // every session made, for the metrics
   std::vector<runtime::Session*> idle_;

@@ -14,6 +14,7 @@
 
 #include "launch/server/engine.h"
 #include "runtime/model/forward.h"
+#include "runtime/model/model_weights.h"
 
 namespace ferry::launch::server {
 
@@ -23,6 +24,9 @@ struct V4EngineOptions {
   // Adjusts the options of the session of each slot (0, 1, … in the order they are made) before it is made: under
   // mpirun, the plan's KV type and chunk and the slot's part of the forward pass (launch/rank_setup.h).
   std::function<void(int slot, runtime::SessionOptions&)> configure_session;
+  // The weights to compute with, placed as planned (launch/engine_setup.h; they outlive the engine); nullptr: the
+  // engine loads the directory's checkpoint itself, for the CPU.
+  const runtime::ModelWeights* weights = nullptr;
 };
 
 // Loads the checkpoint, its tokenizer.json and its chat format, and allocates the first session (so that a

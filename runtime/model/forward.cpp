@@ -37,12 +37,29 @@ Session::Session(const ModelWeights& model, SessionOptions options)
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device, holds_kv);
   layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, tbb::this_task_arena::max_concurrency(),
                                            options_.mtp);
-  ws_ = std::make_unique<detail::Workspace>(layout_, c, options.device);
-  auto f32 = [&](int64_t n) { return device_vector<float>(options.device, MemoryClass::Workspace, sz(n)); };
-  H_ = f32(layout_.residual);
-  H_mtp_ = f32(layout_.mtp_residual);
-  mtp_pending_ = f32(layout_.mtp_pending);
-  logits_tmp_ = f32(layout_.logits_row);
+  auto make = [&] { return std::make_shared<FeedBuffers>(layout_, c, options.device); };
+  feed_ = options.shared_feed_buffers ? options.shared_feed_buffers->get_or_make(make) : make();
+  mtp_pending_ = device_vector<float>(options.device, MemoryClass::Workspace, sz(layout_.mtp_pending));
+}
+
+FeedBuffers::FeedBuffers(const planner::CpuForwardWorkspace& layout, const core::ModelConfig& c, Backend* device)
+    : ws(layout, c, device) {
+  auto f32 = [&](int64_t n) { return device_vector<float>(device, MemoryClass::Workspace, sz(n)); };
+  H = f32(layout.residual);
+  H_mtp = f32(layout.mtp_residual);
+  logits_row = f32(layout.logits_row);
+}
+
+int64_t FeedBuffers::bytes() const {
+  auto f = [](const DeviceVector<float>& v) { return static_cast<int64_t>(v.capacity() * sizeof(float)); };
+  return ws.bytes() + f(H) + f(H_mtp) + f(logits_row);
+}
+
+std::shared_ptr<FeedBuffers> SharedFeedBuffers::get_or_make(
+    const std::function<std::shared_ptr<FeedBuffers>()>& make) {
+  std::lock_guard lock(mutex_);
+  if (!buffers_) buffers_ = make();
+  return buffers_;
 }
 
 // Ops queued on the device read the buffers about to be freed: they finish first.
@@ -54,8 +71,7 @@ Session::~Session() {
 }
 
 int64_t Session::workspace_bytes() const {
-  auto f = [](const DeviceVector<float>& v) { return static_cast<int64_t>(v.capacity() * sizeof(float)); };
-  return ws_->bytes() + f(H_) + f(H_mtp_) + f(mtp_pending_) + f(logits_tmp_);
+  return feed_->bytes() + static_cast<int64_t>(mtp_pending_.capacity() * sizeof(float));
 }
 
 void Session::reset() {
@@ -75,6 +91,8 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
     FERRY_CHECK(tokens[sz(i)] >= 0 && tokens[sz(i)] < c.vocab_size, "token id {} is outside the vocabulary [0, {})",
                 tokens[sz(i)], c.vocab_size);
   FERRY_CHECK(pos_ + n <= options_.ctx, "the context is full: {} + {} tokens exceed --ctx {}", pos_, n, options_.ctx);
+  std::unique_lock<std::mutex> turn;
+  if (options_.device_turns) turn = std::unique_lock(*options_.device_turns);
   if (options_.ranks && options_.ranks->leads())
     step_ = options_.ranks->announce_feed(tokens, all_logits    ? LogitsWanted::All
                                                   : last_logits ? LogitsWanted::Last
@@ -102,15 +120,16 @@ void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_l
     const int64_t m = std::min(options_.ubatch, n - done);
     const bool last_chunk = done + m == n;
     float* rows = all_logits ? all_logits->data() + done * vocab : nullptr;
-    if (!rows && last_chunk && last_logits) {
-      logits_tmp_.resize(sz(vocab));
-      rows = logits_tmp_.data();
-    }
+    // The last row: computed into the feed's logits row, or, by a rank that receives it from the head's runner,
+    // straight into the caller's buffer (rank 0 may receive it while another session uses the feed buffers).
+    float* row = options_.ranks && !options_.ranks->runs_head() && last_logits ? last_logits->data()
+                                                                               : feed_->logits_row.data();
+    if (!rows && last_chunk && last_logits) rows = row;
     run_chunk(tokens.data() + done, m, rows, all_logits != nullptr, last_chunk);
     done += m;
     if (last_chunk && last_logits) {
-      const float* last = all_logits ? all_logits->data() + (n - 1) * vocab : logits_tmp_.data();
-      std::copy_n(last, vocab, last_logits->data());
+      const float* last = all_logits ? all_logits->data() + (n - 1) * vocab : row;
+      if (last != last_logits->data()) std::copy_n(last, vocab, last_logits->data());
     }
     if (progress) progress(done, n);
   }
@@ -125,24 +144,24 @@ void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bo
   RankExchange* ranks = options_.ranks;
   // Embedding, copied into every stream, by the ranks that run the first layer.
   if (!ranks || ranks->runs_layer(0))
-    ops.run(ops::Embed{.table = model_.embed(), .tokens = tokens, .n = n, .copies = hc, .out = H_.data()});
+    ops.run(ops::Embed{.table = model_.embed(), .tokens = tokens, .n = n, .copies = hc, .out = feed_->H.data()});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (ranks && l > 0 && ranks->hands_over(l)) {
       ops.sync();
-      ranks->hand_over(l, H_.data(), n * hc * d);
+      ranks->hand_over(l, feed_->H.data(), n * hc * d);
     }
     run_layer(ops, l, tokens, n);
   }
   if (logits_rows) {
     const int64_t rows = all_rows ? n : 1;
     if (!ranks || ranks->runs_head())
-      head(ops, H_.data() + (n - rows) * hc * d, model_.hc_head(), model_.norm(), rows, logits_rows);
+      head(ops, feed_->H.data() + (n - rows) * hc * d, model_.hc_head(), model_.norm(), rows, logits_rows);
     if (ranks) {
       ops.sync();
       ranks->logits(logits_rows, rows * c.vocab_size, last_chunk && step_.owns_lock() ? &step_ : nullptr);
     }
   }
-  if (options_.mtp) run_mtp(ops, H_.data(), tokens, n);
+  if (options_.mtp) run_mtp(ops, feed_->H.data(), tokens, n);
   ops.sync();
   pos_ += n;
   tokens_.insert(tokens_.end(), tokens, tokens + n);
@@ -152,12 +171,12 @@ void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bo
 void Session::run_layer(detail::OpStream& ops, int64_t l, const int32_t* tokens, int64_t n) {
   RankExchange* ranks = options_.ranks;
   if (!ranks || ranks->runs_layer(l)) {
-    run_block(ops, model_.layer(l), cache_->layer(l), H_.data(), tokens, pos_, n);
+    run_block(ops, model_.layer(l), cache_->layer(l), feed_->H.data(), tokens, pos_, n);
   } else if (ranks->computes_experts(l)) {
     const auto& c = model_.config();
     const detail::Chunk ch{
         c, options_.kv_type, cache_->main_layout(), cache_->index_layout(), pos_, n, tokens, options_.expert_bits, ops};
-    detail::moe_for_peers(ch, model_.layer(l), *ws_, options_.experts, *ranks);
+    detail::moe_for_peers(ch, model_.layer(l), feed_->ws, options_.experts, *ranks);
   }
 }
 
@@ -165,7 +184,7 @@ void Session::run_block(detail::OpStream& ops, const LayerWeights& w, LayerKv& k
                         int64_t p0, int64_t n) {
   const auto& c = model_.config();
   const int64_t hc = c.hc_mult, d = c.hidden_size;
-  detail::Workspace& ws = *ws_;
+  detail::Workspace& ws = feed_->ws;
   const detail::Chunk ch{
       c, options_.kv_type, cache_->main_layout(), cache_->index_layout(), p0, n, tokens, options_.expert_bits, ops};
   const cpu::Rope& rope = w.ratio > 0 ? rope_compressed_ : rope_;
@@ -198,7 +217,7 @@ void Session::head(detail::OpStream& ops, const float* H, const HcWeights& hc_w,
                    int64_t n, float* logits) {
   const auto& c = model_.config();
   const int64_t d = c.hidden_size;
-  detail::Workspace& ws = *ws_;
+  detail::Workspace& ws = feed_->ws;
   ops.run(ops::HcHead{.H = H,
                       .n = n,
                       .hc = c.hc_mult,
@@ -226,7 +245,7 @@ void Session::run_mtp(detail::OpStream& ops, const float* H_main, const int32_t*
   // Streams in: the pending position, then this chunk's positions but the last (copied by the host once the
   // main layers' ops have run).
   ops.sync();
-  float* Hm = H_mtp_.data();
+  float* Hm = feed_->H_mtp.data();
   if (pending) std::copy_n(mtp_pending_.data(), sd, Hm);
   std::copy_n(H_main, (n - 1) * sd, Hm + (pending ? sd : 0));
   std::copy_n(H_main + (n - 1) * sd, sd, mtp_pending_.data());

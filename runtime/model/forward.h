@@ -27,6 +27,20 @@ struct Workspace;
 class OpStream;
 }  // namespace detail
 
+// The buffers one feed uses and leaves nothing in: the chunk's workspace, the residual streams, the logits row.
+struct FeedBuffers;
+// Feed buffers shared by sessions that never feed at once (a server's slots taking turns on one device, or a rank's
+// followers, which run one command at a time): made by the first session, on its device, used by all, so that the
+// run holds one workspace however many sequences it keeps — what the planner counts.
+class SharedFeedBuffers {
+ public:
+  std::shared_ptr<FeedBuffers> get_or_make(const std::function<std::shared_ptr<FeedBuffers>()>& make);
+
+ private:
+  std::mutex mutex_;
+  std::shared_ptr<FeedBuffers> buffers_;
+};
+
 struct SessionOptions {
   int64_t ctx = 4096;  // tokens the KV cache holds
   planner::KvType kv_type = planner::KvType::FP8;
@@ -43,6 +57,13 @@ struct SessionOptions {
   // exchanges between them; nullptr: one process computes everything. Rank 0's feed and reset are announced to
   // the others, which follow (transport::follow).
   RankExchange* ranks = nullptr;
+  // Shared by the sessions of a run whose device and expert provider are shared (a server's slots on one GPU):
+  // their feeds take turns, one at a time, since the provider's stream slots, staging and cache are one device's.
+  // Not needed under mpirun (rank 0's step lock already lets one feed compute at a time); nullptr: none.
+  std::mutex* device_turns = nullptr;
+  // The feed buffers this session shares with the others of the run (they must never feed at once: device_turns,
+  // or rank 0's step lock with the logits received into the caller's buffer); nullptr: its own.
+  SharedFeedBuffers* shared_feed_buffers = nullptr;
 };
 
 class Session {
@@ -73,8 +94,10 @@ class Session {
   const KvCache& cache() const { return *cache_; }
   const SessionOptions& options() const { return options_; }
   // Bytes of the chunk workspace (activations, tiles), measured from the buffers: depends on the model and
-  // ubatch, not on ctx, and equals planned_workspace().bytes().
+  // ubatch, not on ctx, and equals planned_workspace().bytes(). Shared feed buffers count in every session that
+  // shares them: feed_buffers() tells them apart.
   int64_t workspace_bytes() const;
+  const FeedBuffers* feed_buffers() const { return feed_.get(); }
   const planner::CpuForwardWorkspace& planned_workspace() const { return layout_; }
 
   // MTP logits (options.mtp): row i belongs to position mtp_first_position() + i; position p's row exists once
@@ -101,8 +124,8 @@ class Session {
   cpu::Rope rope_, rope_compressed_;       // RoPE of SWA-only and of compressed layers
   std::unique_ptr<KvCache> cache_;
   planner::CpuForwardWorkspace layout_;
-  std::unique_ptr<detail::Workspace> ws_;
-  DeviceVector<float> H_, H_mtp_, mtp_pending_, logits_tmp_;
+  std::shared_ptr<FeedBuffers> feed_;
+  DeviceVector<float> mtp_pending_;  // the MTP layer's last position, waiting for the next token
   bool has_mtp_pending_ = false;
   std::vector<float> mtp_logits_;
   int64_t pos_ = 0;

@@ -52,6 +52,22 @@ struct Workspace {
   DeviceVector<float> eo;               // expert outputs, one row per (token, choice) [n·k, d]
 };
 
+}  // namespace ferry::runtime::detail
+
+namespace ferry::runtime {
+
+struct FeedBuffers {
+  FeedBuffers(const planner::CpuForwardWorkspace& layout, const core::ModelConfig& c, Backend* device);
+  int64_t bytes() const;
+
+  detail::Workspace ws;
+  DeviceVector<float> H, H_mtp, logits_row;  // residual streams of the chunk, of its MTP positions; one logits row
+};
+
+}  // namespace ferry::runtime
+
+namespace ferry::runtime::detail {
+
 // The ops issued on one backend, in order, and the event of the last: a later op runs after it, so waiting for
 // `last` waits for all of them.
 class OpStream {

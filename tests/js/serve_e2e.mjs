@@ -1,6 +1,7 @@
-// node serve_e2e.mjs FERRY WORKDIR [LAUNCHER...]: `ferry serve` on a tiny model, spoken to by the official `openai`
-// npm client; with LAUNCHER (e.g. `mpiexec --oversubscribe -np 2`) the server runs under it, every rank a node
-// holding its share of the experts (--ranks-as-nodes), and is stopped with SIGUSR1 (what mpirun forwards).
+// node serve_e2e.mjs FERRY WORKDIR [LAUNCHER...] [-- SERVE_FLAGS...]: `ferry serve` on a tiny model, spoken to by
+// the official `openai` npm client; with LAUNCHER (e.g. `mpiexec --oversubscribe -np 2`) the server runs under it,
+// every rank a node holding its share of the experts (--ranks-as-nodes), and is stopped with SIGUSR1 (what mpirun
+// forwards); SERVE_FLAGS go to `ferry serve` (a placement: `--gpu sim:… --kv-type q8_0`).
 // (a) a chat completion, (b) the same streamed, (c) a tools + thinking request whose prompt is DeepSeek's own
 // encoding of it (test vector 1), (d) usage counts, (e) /v1/models, (f) 16 clients at once, (g) a client that
 // aborts mid-stream, (h) malformed requests answered 400 — the server serving on after each — and a graceful
@@ -18,9 +19,11 @@ if (!fs.existsSync(path.join(here, 'node_modules', 'openai'))) {
 }
 const { default: OpenAI } = await import('openai');
 
-const [ferry, work, ...launcher] = process.argv.slice(2);
+const [ferry, work, ...rest] = process.argv.slice(2);
+const split = rest.includes('--') ? rest.indexOf('--') : rest.length;
+const launcher = rest.slice(0, split), serveFlags = rest.slice(split + 1);
 if (!ferry || !work) {
-  console.error('usage: node serve_e2e.mjs FERRY WORKDIR [LAUNCHER...]');
+  console.error('usage: node serve_e2e.mjs FERRY WORKDIR [LAUNCHER...] [-- SERVE_FLAGS...]');
   process.exit(2);
 }
 fs.rmSync(work, { recursive: true, force: true });
@@ -32,7 +35,8 @@ const vectors = path.join(here, '..', 'data', 'deepseek-v4-flash', 'encoding-tes
 // Token count of `text` with the model's tokenizer, from `ferry tokenize` (no BOS added: the texts carry it).
 const countTokens = (text) => JSON.parse(execFileSync(ferry, ['tokenize', '-m', modelDir], { input: text })).length;
 
-const serveArgs = ['serve', '--model', modelDir, '--port', '0', '--ctx', String(CTX), '--parallel', '4'];
+const serveArgs = ['serve', '--model', modelDir, '--port', '0', '--ctx', String(CTX), '--parallel', '4',
+                   ...serveFlags];
 const ranks = launcher.length > 0;
 const server = spawn(ranks ? launcher[0] : ferry,
                      ranks ? [...launcher.slice(1), ferry, ...serveArgs, '--ranks-as-nodes'] : serveArgs,

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "launch/commands.h"
+#include "launch/engine_setup.h"
 #include "scripted_engine.h"
 #include "test_errors.h"
 
@@ -41,12 +42,12 @@ struct Serve {
   int64_t ctx = 0;
 
   explicit Serve(bool open) {
-    cmd = ferry::launch::make_serve_command(app, [this, open](const std::string& dir, int64_t c) {
-      model_dir = dir;
-      ctx = c;
+    cmd = ferry::launch::make_serve_command(app, [this, open](ferry::launch::EngineSetup& setup) {
+      model_dir = setup.flags().model;
+      ctx = setup.planned().ctx;
       if (!open) FERRY_THROW("no model here");
       auto engine = std::make_unique<ferry_test::ScriptedEngine>();
-      engine->ctx = c;
+      engine->ctx = ctx;
       return std::unique_ptr<ferry::launch::server::Engine>(std::move(engine));
     });
   }
