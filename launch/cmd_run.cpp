@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -23,10 +24,12 @@
 #include "planner/core/units.h"
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
+#include "runtime/checkpoint/fingerprint.h"
 #include "runtime/generate/generate.h"
 #include "runtime/generate/npy.h"
 #include "runtime/kernels/cpu/matvec.h"
 #include "runtime/kernels/cpu/mxfp4_activation.h"
+#include "runtime/model/session_file.h"
 #include "runtime/text/tokenizer.h"
 
 namespace ferry::launch {
@@ -105,6 +108,27 @@ std::string host_memory_line(const runtime::ModelWeights& model, const runtime::
                      gib(ws_planned));
 }
 
+// --session FILE, before generating (llama.cpp's --prompt-cache): the sequence saved in FILE is put back and
+// only the prompt's tokens after it are fed; the prompt must extend it. Returns the tokens to feed.
+std::vector<int32_t> resume_session(runtime::Session& session, const runtime::CheckpointFingerprint& model,
+                                    const std::string& file, const std::vector<int32_t>& prompt) {
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(file, ec))) {
+    std::cerr << fmt::format("session: {} does not exist yet; fed all {} prompt tokens\n", file, prompt.size());
+    return prompt;
+  }
+  runtime::load_session(session, model, file);
+  const std::vector<int32_t>& saved = session.tokens();
+  const auto differ = std::mismatch(saved.begin(), saved.end(), prompt.begin(), prompt.end()).first - saved.begin();
+  FERRY_CHECK(differ == static_cast<int64_t>(saved.size()),
+              "{}: the prompt does not start with the {} tokens saved there (they differ at token {})", file,
+              saved.size(), differ);
+  FERRY_CHECK(prompt.size() > saved.size(), "{}: the prompt adds no token to the {} saved there", file, saved.size());
+  std::cerr << fmt::format("session: restored {} tokens from {}; fed {} new\n", saved.size(), file,
+                           prompt.size() - saved.size());
+  return {prompt.begin() + static_cast<std::ptrdiff_t>(saved.size()), prompt.end()};
+}
+
 class RunCommand : public Command {
  public:
   explicit RunCommand(CLI::App& parent) {
@@ -136,6 +160,10 @@ class RunCommand : public Command {
     app_->add_flag("--ignore-eos", ignore_eos_, "Keep generating after the end-of-sequence token");
     app_->add_option("--logits-out", logits_out_,
                      "Write the logits of every prompt position and generated token to FILE.npy (float32 [n, vocab])");
+    app_->add_option("--session", session_,
+                     "KV session file: when it exists, the sequence saved there is restored and only the rest of "
+                     "the prompt, which must extend it, is fed (--logits-out then has the rows of those tokens); "
+                     "the prompt and generated tokens are saved there at the end");
     offload_.add_to(*app_);
     ranks_.add_to(*app_);
     app_->footer(
@@ -148,6 +176,7 @@ class RunCommand : public Command {
     const bool text_mode = prompt_option_->count() > 0;
     const transport::World* world = transport::World::current();
     offload_.check(world && world->distributed());
+    FERRY_CHECK(session_.empty() || !(world && world->distributed()), "--session does not run under mpirun yet");
     FERRY_CHECK(text_mode || app_->count("--tokens") > 0, "give the prompt as --prompt TEXT or --tokens IDS");
     std::optional<runtime::Tokenizer> tokenizer;
     if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(model_);
@@ -188,7 +217,15 @@ class RunCommand : public Command {
     }
     if (offload && offload_.verbose) std::cerr << offload->memory_report();
 
-    const runtime::GenerateResult r = generate_and_print(session, prompt, tokenizer, tty);
+    std::optional<runtime::CheckpointFingerprint> fingerprint;
+    if (!session_.empty()) fingerprint = runtime::checkpoint_fingerprint(model_);
+    const runtime::GenerateResult r = generate_and_print(
+        session, fingerprint ? resume_session(session, *fingerprint, session_, prompt) : prompt, tokenizer, tty);
+    if (fingerprint) {
+      const runtime::SessionFileStats st = runtime::save_session(session, *fingerprint, session_);
+      std::cerr << fmt::format("session: saved {} tokens to {} ({:.2f} MiB)\n", st.tokens, session_,
+                               static_cast<double>(st.bytes) / (1 << 20));
+    }
     if (ranks) ranks->finish();
     if (!logits_out_.empty()) write_logits(r.logits, c.vocab_size);
     print_timing(r, so.expert_bits);
@@ -259,6 +296,7 @@ class RunCommand : public Command {
   CLI::App* app_ = nullptr;
   CLI::Option* prompt_option_ = nullptr;
   std::string model_, tokens_, prompt_text_, ctx_, kv_type_ = "fp8", logits_out_, expert_activations_ = "int24";
+  std::string session_;
   int64_t n_predict_ = 16, ubatch_ = 512;
   runtime::SamplerOptions sampler_;
   bool ignore_eos_ = false;
