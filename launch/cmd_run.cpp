@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -14,14 +15,18 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "launch/commands.h"
 #include "launch/engine_setup.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
+#include "runtime/checkpoint/fingerprint.h"
 #include "runtime/generate/generate.h"
 #include "runtime/generate/npy.h"
 #include "runtime/kernels/cpu/matvec.h"
 #include "runtime/kernels/cpu/mxfp4_activation.h"
+#include "runtime/model/session_file.h"
 #include "runtime/text/tokenizer.h"
 
 namespace ferry::launch {
@@ -80,6 +85,27 @@ void print_timing(const runtime::GenerateResult& r, core::ActivationBits expert_
                runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), core::activation_bits_name(expert_bits));
 }
 
+// --session FILE, before generating (llama.cpp's --prompt-cache): the sequence saved in FILE is put back and
+// only the prompt's tokens after it are fed; the prompt must extend it. Returns the tokens to feed.
+std::vector<int32_t> resume_session(runtime::Session& session, const runtime::CheckpointFingerprint& model,
+                                    const std::string& file, const std::vector<int32_t>& prompt) {
+  std::error_code ec;
+  if (!std::filesystem::exists(std::filesystem::symlink_status(file, ec))) {
+    std::cerr << fmt::format("session: {} does not exist yet; fed all {} prompt tokens\n", file, prompt.size());
+    return prompt;
+  }
+  runtime::load_session(session, model, file);
+  const std::vector<int32_t>& saved = session.tokens();
+  const auto differ = std::mismatch(saved.begin(), saved.end(), prompt.begin(), prompt.end()).first - saved.begin();
+  FERRY_CHECK(differ == static_cast<int64_t>(saved.size()),
+              "{}: the prompt does not start with the {} tokens saved there (they differ at token {})", file,
+              saved.size(), differ);
+  FERRY_CHECK(prompt.size() > saved.size(), "{}: the prompt adds no token to the {} saved there", file, saved.size());
+  std::cerr << fmt::format("session: restored {} tokens from {}; fed {} new\n", saved.size(), file,
+                           prompt.size() - saved.size());
+  return {prompt.begin() + static_cast<std::ptrdiff_t>(saved.size()), prompt.end()};
+}
+
 class RunCommand : public Command {
  public:
   explicit RunCommand(CLI::App& parent) {
@@ -91,6 +117,10 @@ class RunCommand : public Command {
     tokens->excludes(prompt_option_);
     app_->add_option("-n,--n-predict", n_predict_, "Tokens to generate (default 16)")->check(CLI::Range(0, 1 << 24));
     engine_.add_to(*app_, "Context length the KV cache holds, e.g. 4096 or 128K (default 4096)");
+    app_->add_option("--session", session_,
+                     "KV session file: when it exists, the sequence saved there is restored and only the rest of "
+                     "the prompt, which must extend it, is fed (--logits-out then has the rows of those tokens); "
+                     "the prompt and generated tokens are saved there at the end");
     app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0)")
         ->check(CLI::Range(0.0, 100.0));
     app_->add_option("--top-p", sampler_.top_p, "Nucleus sampling threshold in (0, 1] (default 1)")
@@ -110,6 +140,8 @@ class RunCommand : public Command {
   int run() override {
     const bool text_mode = prompt_option_->count() > 0;
     FERRY_CHECK(text_mode || app_->count("--tokens") > 0, "give the prompt as --prompt TEXT or --tokens IDS");
+    const transport::World* world = transport::World::current();
+    FERRY_CHECK(session_.empty() || !(world && world->distributed()), "--session does not run under mpirun yet");
     std::optional<runtime::Tokenizer> tokenizer;
     if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(engine_.model);
     const std::vector<int32_t> prompt = text_mode ? encode_prompt(*tokenizer, prompt_text_) : parse_tokens(tokens_);
@@ -135,7 +167,15 @@ class RunCommand : public Command {
     }
     if (engine.offload() && engine_.offload.verbose) std::cerr << engine.offload()->memory_report();
 
-    const runtime::GenerateResult r = generate_and_print(session, prompt, tokenizer, tty);
+    std::optional<runtime::CheckpointFingerprint> fingerprint;
+    if (!session_.empty()) fingerprint = runtime::checkpoint_fingerprint(engine_.model);
+    const runtime::GenerateResult r = generate_and_print(
+        session, fingerprint ? resume_session(session, *fingerprint, session_, prompt) : prompt, tokenizer, tty);
+    if (fingerprint) {
+      const runtime::SessionFileStats st = runtime::save_session(session, *fingerprint, session_);
+      std::cerr << fmt::format("session: saved {} tokens to {} ({:.2f} MiB)\n", st.tokens, session_,
+                               static_cast<double>(st.bytes) / (1 << 20));
+    }
     engine.finish();
     if (!logits_out_.empty()) write_logits(r.logits, c.vocab_size);
     print_timing(r, so.expert_bits);
@@ -178,7 +218,7 @@ class RunCommand : public Command {
 
   CLI::App* app_ = nullptr;
   CLI::Option* prompt_option_ = nullptr;
-  std::string tokens_, prompt_text_, logits_out_;
+  std::string tokens_, prompt_text_, logits_out_, session_;
   int64_t n_predict_ = 16;
   runtime::SamplerOptions sampler_;
   bool ignore_eos_ = false;

@@ -15,6 +15,7 @@ packages=(
   libgtest-dev libgmock-dev        # tests
   libpcre2-dev                     # the tokenizer's pre-tokenizer regexes (UTF + Unicode properties)
   libcpp-httplib-dev               # `ferry serve`: the HTTP server
+  zlib1g-dev                       # CRC-32 of saved KV sessions
   clang-14 libclang-rt-14-dev      # the libFuzzer target (tests/fuzz): clang with its fuzzer and sanitizer runtimes
 )
 

@@ -83,6 +83,22 @@ void Session::reset() {
   mtp_logits_.clear();
 }
 
+void Session::restore(const std::function<std::vector<int32_t>(KvCache&)>& write) {
+  FERRY_CHECK(!options_.ranks && !options_.mtp, "a saved session restores in one process without --mtp for now");
+  ops_->sync();  // nothing queued still reads or writes the cache
+  pos_ = 0;
+  tokens_.clear();
+  has_mtp_pending_ = false;
+  mtp_logits_.clear();
+  try {
+    tokens_ = write(*cache_);
+  } catch (...) {
+    cache_->clear();
+    throw;
+  }
+  pos_ = static_cast<int64_t>(tokens_.size());
+}
+
 void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logits, std::vector<float>* last_logits,
                    const std::function<void(int64_t, int64_t)>& progress) {
   const auto& c = model_.config();

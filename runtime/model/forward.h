@@ -83,6 +83,9 @@ class Session {
   // Forgets the sequence so that the session serves a new one (a server's next request): position 0, the KV
   // cache and the MTP state cleared, every buffer kept. What follows computes exactly what a fresh session would.
   void reset();
+  // Session files (session_file.h) put a saved sequence back: `write` fills the cache with its state and returns
+  // its tokens, which the session then holds (position tokens.size()). If `write` throws, the session is reset.
+  void restore(const std::function<std::vector<int32_t>(KvCache&)>& write);
   // What a rank that follows rank 0 runs for an announced feed: the same chunks, the logits (when wanted) left
   // to rank 0.
   void follow_feed(std::span<const int32_t> tokens, LogitsWanted want);
