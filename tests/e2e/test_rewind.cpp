@@ -76,6 +76,17 @@ TEST(Rewind, FeedingMoreGivesTheLogitsOfTheWholeSequence) {
   }
 }
 
+// The session holds `tokens` and its cache counts the compressed entries of that many positions.
+void expect_at(const runtime::Session& s, const std::vector<int32_t>& tokens, const std::string& what) {
+  const int64_t p = static_cast<int64_t>(tokens.size());
+  EXPECT_EQ(s.position(), p) << what;
+  EXPECT_EQ(s.tokens(), tokens) << what;
+  for (int64_t l = 0; l < s.cache().n_layers(); ++l) {
+    const runtime::LayerKv& L = s.cache().layer(l);
+    if (L.ratio > 0) EXPECT_EQ(L.n_compressed, p / L.ratio) << what << ", layer " << l;
+  }
+}
+
 // A is long enough to pass the window and many compressed blocks; the points: the end, inside the window of the
 // end, just after / at / just before a multiple of K, below K, and 0. Every snapshot is kept.
 TEST(Rewind, RewindingInsideTheSequenceGivesTheLogitsOfAFreshPrefill) {
@@ -93,12 +104,12 @@ TEST(Rewind, RewindingInsideTheSequenceGivesTheLogitsOfAFreshPrefill) {
         const int64_t cost = p == s.position() ? 0 : p % kEvery;
         EXPECT_EQ(s.rewind_cost(p), cost) << what;
         EXPECT_EQ(s.rewind(p), cost) << what;
-        EXPECT_EQ(s.position(), p) << what;
-        EXPECT_EQ(s.tokens(), prefix(a, p)) << what;
+        expect_at(s, prefix(a, p), what);
         std::vector<float> lc;
         s.feed(c, &lc, nullptr);
         expect_rows(lc, want[i], p, what);
         EXPECT_EQ(s.rewind(p), p % kEvery) << what << ", back from C";
+        expect_at(s, prefix(a, p), what + ", back from C");
       }
     });
   }
