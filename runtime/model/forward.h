@@ -49,9 +49,9 @@ struct SessionOptions {
   // Feeds are then cut into chunks at multiples of K, which changes no result. Not with mtp or ranks.
   int64_t snapshot_every = 0;
   // The most recent snapshots kept (planner::kv_snapshot_bytes). V4-Flash's is 14.7 MiB at fp8 (43 window rings of
-  // 128 × 584 B plus 11.64 MiB of compressor states, mostly the 21 HCA layers' 128 × 512 fp32 kv + score): 4 cost
-  // 59 MiB a sequence, under 2% of a 1M-token fp8 cache (3.45 GiB), and cover a rollback of up to 3K tokens — a
-  // chat's next turn needs one or two.
+  // 128 × 584 B = 3.07 MiB, compressor states 11.64 MiB: 10 MiB of them the 20 HCA layers' 128 × 512 fp32 kv +
+  // score): 4 cost 59 MiB a sequence, under 2% of a 1M-token fp8 cache (3.45 GiB), and cover a rollback of up to
+  // 3K tokens at the K−1 bound — a chat's next turn needs one or two.
   int64_t snapshot_keep = 4;
 };
 
@@ -79,8 +79,9 @@ class Session {
   // had been fed since the last reset, so what is fed next computes bitwise what a fresh session fed the whole
   // sequence would. Restores the latest kept snapshot s <= p (or clears the cache: s = 0, when none is kept — a p
   // older than every kept snapshot, or no snapshots) and recomputes tokens()[s, p); returns p − s, at most K−1
-  // when s is a kept snapshot. Snapshots after p are forgotten. Throws ferry::Error for a p outside
-  // [0, position()], and for p < position() with mtp or under mpirun, changing nothing.
+  // while the snapshot at ⌊p/K⌋·K is kept (one of the last snapshot_keep multiples of K fed). Snapshots after p are
+  // forgotten. Throws ferry::Error for a p outside [0, position()], and for p < position() with mtp or under mpirun,
+  // changing nothing.
   int64_t rewind(int64_t p);
   // The tokens rewind(p) would recompute (p − the latest kept snapshot <= p; 0 at position()), for choosing what
   // to reuse.
