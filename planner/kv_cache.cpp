@@ -131,6 +131,17 @@ KvBytes kv_cache_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_
   return total;
 }
 
+int64_t kv_snapshot_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_t keep) {
+  FERRY_CHECK(c.arch == core::Arch::DeepseekV4, "KV snapshots hold V4 state only");
+  FERRY_CHECK(keep >= 0, "negative snapshot count");
+  int64_t one = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const KvBytes b = layer_kv_bytes(c, l, t, ctx);
+    one += b[static_cast<size_t>(KvKind::SwaRing)] + b[static_cast<size_t>(KvKind::CompressorState)];
+  }
+  return keep * one;
+}
+
 KvRowLayout KvRowLayout::main_row(const core::ModelConfig& c, KvType t) {
   KvRowLayout l;
   l.type = t;

@@ -66,4 +66,10 @@ KvBytes layer_kv_bytes(const core::ModelConfig& c, int64_t layer, KvType t, int6
 // All main layers (and the MTP layers when `with_mtp`), `parallel` sequences.
 KvBytes kv_cache_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_t parallel, bool with_mtp);
 
+// Host bytes of `keep` snapshots of one V4 sequence's volatile state (runtime/model/snapshots.h): what later
+// tokens overwrite — every main layer's window ring and compressor states. Compressed rows and indexer keys are
+// never rewritten below the count stored, so a snapshot needs no copy of them. V4-Flash at fp8: 14.7 MiB each
+// (43 rings of 128 × 584 B = 3.07 MiB, compressor states 11.64 MiB).
+int64_t kv_snapshot_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_t keep);
+
 }  // namespace ferry::planner

@@ -19,7 +19,11 @@ size_t sz(int64_t v) { return static_cast<size_t>(v); }
 }  // namespace
 
 Session::Session(const ModelWeights& model, SessionOptions options)
-    : model_(model), options_(options), rope_(model.config(), false), rope_compressed_(model.config(), true) {
+    : model_(model),
+      options_(options),
+      rope_(model.config(), false),
+      rope_compressed_(model.config(), true),
+      snapshots_(options.snapshot_keep) {
   const auto& c = model.config();
   FERRY_CHECK(options.ctx >= 1, "--ctx must be at least 1");
   FERRY_CHECK(options.ctx <= c.max_position_embeddings, "--ctx {} is beyond the model's {} positions", options.ctx,
@@ -32,6 +36,9 @@ Session::Session(const ModelWeights& model, SessionOptions options)
   require_ops(*device_, ops_of_model(c, options_.mtp), "this model's forward pass");
   options_.ubatch = std::min(options.ubatch, options.ctx);
   FERRY_CHECK(!options_.mtp || !options.ranks, "--mtp runs in one process for now (not under mpirun)");
+  FERRY_CHECK(options.snapshot_every >= 0, "snapshot_every must not be negative, not {}", options.snapshot_every);
+  FERRY_CHECK(options.snapshot_every == 0 || (!options_.mtp && !options.ranks),
+              "prefix reuse (KV snapshots) runs without --mtp and in one process for now");
   std::function<bool(int64_t)> holds_kv;  // the layers this rank runs
   if (options.ranks) holds_kv = [r = options.ranks](int64_t l) { return r->runs_layer(l); };
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device, holds_kv);
@@ -79,6 +86,7 @@ void Session::reset() {
   cache_->clear();
   pos_ = 0;
   tokens_.clear();
+  snapshots_.clear();
   has_mtp_pending_ = false;
   mtp_logits_.clear();
 }
@@ -88,6 +96,7 @@ void Session::restore(const std::function<std::vector<int32_t>(KvCache&)>& write
   ops_->sync();  // nothing queued still reads or writes the cache
   pos_ = 0;
   tokens_.clear();
+  snapshots_.clear();  // another sequence's; a rewind into the restored one recomputes from its start
   has_mtp_pending_ = false;
   mtp_logits_.clear();
   try {
@@ -120,6 +129,20 @@ void Session::feed(std::span<const int32_t> tokens, std::vector<float>* all_logi
   compute(tokens, all_logits, last_logits, progress);
 }
 
+int64_t Session::rewind(int64_t p) {
+  FERRY_CHECK(p >= 0 && p <= pos_, "cannot rewind to position {}: the session holds positions 0 to {}", p, pos_);
+  if (p == pos_) return 0;
+  FERRY_CHECK(!options_.mtp, "rewinding a session runs without --mtp for now");
+  FERRY_CHECK(!options_.ranks, "rewinding a session runs in one process for now (not under mpirun)");
+  snapshots_.drop_after(p);
+  const int64_t s = snapshots_.restore(*cache_, p);
+  const std::vector<int32_t> redo(tokens_.begin() + s, tokens_.begin() + p);
+  tokens_.resize(sz(s));
+  pos_ = s;
+  compute(redo, nullptr, nullptr, {});
+  return p - s;
+}
+
 // Only the head's runner computes logits (for rank 0); the other followers compute none.
 void Session::follow_feed(std::span<const int32_t> tokens, LogitsWanted want) {
   std::vector<float>* rows = want != LogitsWanted::None && options_.ranks->runs_head() ? &follower_logits_ : nullptr;
@@ -133,7 +156,8 @@ void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_l
   if (all_logits) all_logits->resize(sz(n * vocab));
   if (last_logits) last_logits->resize(sz(vocab));
   for (int64_t done = 0; done < n;) {
-    const int64_t m = std::min(options_.ubatch, n - done);
+    const int64_t every = options_.snapshot_every;
+    const int64_t m = std::min({options_.ubatch, n - done, every > 0 ? every - pos_ % every : n});
     const bool last_chunk = done + m == n;
     float* rows = all_logits ? all_logits->data() + done * vocab : nullptr;
     // The last row: computed into the feed's logits row, or, by a rank that receives it from the head's runner,
@@ -147,6 +171,7 @@ void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_l
       const float* last = all_logits ? all_logits->data() + (n - 1) * vocab : row;
       if (last != last_logits->data()) std::copy_n(last, vocab, last_logits->data());
     }
+    if (every > 0 && pos_ % every == 0) snapshots_.save(*cache_, pos_);
     if (progress) progress(done, n);
   }
 }

@@ -19,6 +19,7 @@
 #include "runtime/model/model_weights.h"
 #include "runtime/model/moe_schedule.h"
 #include "runtime/model/rank_exchange.h"
+#include "runtime/model/snapshots.h"
 
 namespace ferry::runtime {
 
@@ -64,6 +65,15 @@ struct SessionOptions {
   // The feed buffers this session shares with the others of the run (they must never feed at once: device_turns,
   // or rank 0's step lock with the logits received into the caller's buffer); nullptr: its own.
   SharedFeedBuffers* shared_feed_buffers = nullptr;
+  // Prefix reuse (rewind): every `snapshot_every` positions K the session copies the cache's volatile state to
+  // host memory (runtime/model/snapshots.h), so that rewind() recomputes at most K−1 tokens; 0: no snapshots.
+  // Feeds are then cut into chunks at multiples of K, which changes no result. Not with mtp or ranks.
+  int64_t snapshot_every = 0;
+  // The most recent snapshots kept (planner::kv_snapshot_bytes). V4-Flash's is 14.7 MiB at fp8 (43 window rings of
+  // 128 × 584 B = 3.07 MiB, compressor states 11.64 MiB: 10 MiB of them the 20 HCA layers' 128 × 512 fp32 kv +
+  // score): 4 cost 59 MiB a sequence, under 2% of a 1M-token fp8 cache (3.45 GiB), and cover a rollback of up to
+  // 3K tokens at the K−1 bound — a chat's next turn needs one or two.
+  int64_t snapshot_keep = 4;
 };
 
 class Session {
@@ -89,6 +99,21 @@ class Session {
   // What a rank that follows rank 0 runs for an announced feed: the same chunks, the logits (when wanted) left
   // to rank 0.
   void follow_feed(std::span<const int32_t> tokens, LogitsWanted want);
+  // Goes back to position p (0 <= p <= position()): afterwards the session is exactly as if only tokens()[0, p)
+  // had been fed since the last reset, so what is fed next computes bitwise what a fresh session fed the whole
+  // sequence would. Restores the latest kept snapshot s <= p (or clears the cache: s = 0, when none is kept — a p
+  // older than every kept snapshot, or no snapshots) and recomputes tokens()[s, p); returns p − s, at most K−1
+  // while the snapshot at ⌊p/K⌋·K is kept (one of the last snapshot_keep multiples of K fed). Snapshots after p are
+  // forgotten. Throws ferry::Error for a p outside [0, position()], and for p < position() with mtp or under mpirun,
+  // changing nothing.
+  int64_t rewind(int64_t p);
+  // The tokens rewind(p) would recompute (p − the latest kept snapshot <= p; 0 at position()), for choosing what
+  // to reuse.
+  int64_t rewind_cost(int64_t p) const { return p == pos_ ? 0 : p - snapshots_.latest_at_or_before(p); }
+  // Host bytes of the snapshots held, measured from the buffers: planner::kv_snapshot_bytes(config, kv_type, ctx,
+  // n) for n snapshots, n <= snapshot_keep.
+  int64_t snapshot_bytes() const { return snapshots_.bytes(); }
+  const KvSnapshots& snapshots() const { return snapshots_; }
 
   int64_t position() const { return pos_; }
   // The tokens fed since the last reset, position by position (what the KV cache holds).
@@ -126,6 +151,7 @@ class Session {
   std::unique_ptr<detail::OpStream> ops_;  // the ops issued on device_
   cpu::Rope rope_, rope_compressed_;       // RoPE of SWA-only and of compressed layers
   std::unique_ptr<KvCache> cache_;
+  KvSnapshots snapshots_;
   planner::CpuForwardWorkspace layout_;
   std::shared_ptr<FeedBuffers> feed_;
   DeviceVector<float> mtp_pending_;  // the MTP layer's last position, waiting for the next token

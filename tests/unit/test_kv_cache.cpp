@@ -108,3 +108,15 @@ TEST(KvCache, CompressedEntriesAppearOnlyForWholeBlocks) {
   EXPECT_EQ(layer_kv_bytes(flash, 3, KvType::FP8, 128)[static_cast<size_t>(KvKind::Hca)], 584);
   EXPECT_EQ(layer_kv_bytes(flash, 0, KvType::FP8, 1000)[static_cast<size_t>(KvKind::SwaRing)], 128 * 584);
 }
+
+// A snapshot of the volatile state (window rings + compressor states), as the Session's default keep is argued.
+TEST(KvCache, V4FlashSnapshotBytes) {
+  const auto flash = core::preset_config("deepseek-v4-flash");
+  const int64_t rings = 43 * 128 * 584;
+  const KvBytes b = kv_cache_bytes(flash, KvType::FP8, k1M, 1, false);
+  EXPECT_EQ(kv_snapshot_bytes(flash, KvType::FP8, k1M, 1), rings + b[static_cast<size_t>(KvKind::CompressorState)]);
+  EXPECT_NEAR(double(kv_snapshot_bytes(flash, KvType::FP8, k1M, 4)) / core::kMiB, 58.8, 0.1);
+  EXPECT_EQ(kv_snapshot_bytes(flash, KvType::BF16, 64, 1) - kv_snapshot_bytes(flash, KvType::BF16, 32, 1),
+            43 * 32 * 1024);  // rings of min(ctx, 128) rows
+  EXPECT_EQ(kv_snapshot_bytes(flash, KvType::FP8, k1M, 0), 0);
+}

@@ -1,0 +1,100 @@
+#include "runtime/model/snapshots.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "planner/core/error.h"
+
+namespace ferry::runtime {
+
+namespace {
+
+template <class T>
+size_t byte_size(const DeviceVector<T>& v) {
+  return v.size() * sizeof(T);
+}
+
+// Every volatile buffer of the cache, in the snapshot's order: calls f(data, bytes) for each.
+template <class Cache, class F>
+void for_each_volatile(Cache& cache, F&& f) {
+  for (int64_t l = 0; l < cache.n_layers(); ++l) {
+    auto& L = cache.layer(l);
+    f(L.window.data(), byte_size(L.window));
+    for (auto* s : {&L.main_state, &L.index_state}) {
+      f(s->kv.data(), byte_size(s->kv));
+      f(s->score.data(), byte_size(s->score));
+    }
+  }
+}
+
+}  // namespace
+
+KvSnapshots::KvSnapshots(int64_t keep) : keep_(keep) {
+  FERRY_CHECK(keep >= 1, "snapshot_keep must be at least 1, not {}", keep);
+}
+
+void KvSnapshots::save(const KvCache& cache, int64_t pos) {
+  FERRY_CHECK(snaps_.empty() || snaps_.back().pos < pos, "snapshot at {} after one at {}", pos, snaps_.back().pos);
+  Snapshot s;
+  if (count() == keep_) {
+    s = std::move(snaps_.front());
+    snaps_.pop_front();
+  }
+  s.pos = pos;
+  size_t total = 0;
+  for_each_volatile(cache, [&](const void*, size_t n) { total += n; });
+  s.bytes.resize(total);
+  size_t at = 0;
+  for_each_volatile(cache, [&](const void* p, size_t n) {
+    if (n) std::memcpy(s.bytes.data() + at, p, n);
+    at += n;
+  });
+  snaps_.push_back(std::move(s));
+}
+
+void KvSnapshots::drop_after(int64_t pos) {
+  while (!snaps_.empty() && snaps_.back().pos > pos) snaps_.pop_back();
+}
+
+const KvSnapshots::Snapshot* KvSnapshots::at_or_before(int64_t pos) const {
+  for (auto it = snaps_.rbegin(); it != snaps_.rend(); ++it)
+    if (it->pos <= pos) return &*it;
+  return nullptr;
+}
+
+int64_t KvSnapshots::latest_at_or_before(int64_t pos) const {
+  const Snapshot* snap = at_or_before(pos);
+  return snap ? snap->pos : 0;
+}
+
+int64_t KvSnapshots::restore(KvCache& cache, int64_t pos) const {
+  const Snapshot* snap = at_or_before(pos);
+  if (!snap) {
+    cache.clear();
+    return 0;
+  }
+  size_t at = 0;
+  for_each_volatile(cache, [&](void* p, size_t n) {
+    if (n) std::memcpy(p, snap->bytes.data() + at, n);
+    at += n;
+  });
+  for (int64_t l = 0; l < cache.n_layers(); ++l) {
+    LayerKv& L = cache.layer(l);
+    L.n_compressed = L.ratio > 0 ? snap->pos / L.ratio : 0;
+  }
+  return snap->pos;
+}
+
+int64_t KvSnapshots::bytes() const {
+  int64_t b = 0;
+  for (const Snapshot& s : snaps_) b += static_cast<int64_t>(s.bytes.capacity());
+  return b;
+}
+
+std::vector<int64_t> KvSnapshots::positions() const {
+  std::vector<int64_t> p;
+  for (const Snapshot& s : snaps_) p.push_back(s.pos);
+  return p;
+}
+
+}  // namespace ferry::runtime
