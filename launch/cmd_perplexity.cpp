@@ -90,9 +90,10 @@ class Engine {
  public:
   Engine(const EngineFlags& flags, int64_t default_ctx) : flags_(flags) {
     const transport::World* world = transport::World::current();
-    FERRY_CHECK(!world || !world->distributed(),
-                "{} runs in one process for now: run it without mpirun (--gpu sim:… places the model)",
-                flags.app->get_name());
+    // Every rank refuses alike, so rank 0 prints it once.
+    if (world && world->distributed())
+      throw transport::AgreedError(
+          "it runs in one process for now: run it without mpirun (--gpu sim:… places the model)");
     flags.offload.check();
     so_ = flags.session_options(default_ctx);
     if (flags.offload.enabled()) {

@@ -152,8 +152,9 @@ KlBase read_kl_base(const std::filesystem::path& file, const KlBaseHeader& run) 
   check_matches(base.header, run, name);
   const int64_t p = base.header.chunks * scored_per_chunk(base.header.ctx), k = base.header.top_k;
   const size_t data = static_cast<size_t>(p) * (sizeof(double) + sizeof(float) + k * 8);
-  FERRY_CHECK(bytes.size() == r.at() + data + sizeof(uint64_t), "{} has {} bytes, its header says {}", name,
-              bytes.size(), r.at() + data + sizeof(uint64_t));
+  FERRY_CHECK(bytes.size() == r.at() + data + sizeof(uint64_t),
+              "{} is truncated or corrupted: {} bytes, its header says {}", name, bytes.size(),
+              r.at() + data + sizeof(uint64_t));
   r.get_all(base.nll, p);
   r.get_all(base.log_tail, p);
   r.get_all(base.ids, p * k);
