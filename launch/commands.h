@@ -30,6 +30,7 @@ std::unique_ptr<Command> make_make_tiny_command(CLI::App& parent);
 std::unique_ptr<Command> make_inspect_command(CLI::App& parent);
 std::unique_ptr<Command> make_run_command(CLI::App& parent);
 std::unique_ptr<Command> make_tokenize_command(CLI::App& parent);
+std::unique_ptr<Command> make_perplexity_command(CLI::App& parent);
 
 namespace server {
 class Engine;

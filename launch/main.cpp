@@ -64,6 +64,7 @@ int main(int argc, char** argv) {
   commands.push_back(make_inspect_command(app));
   commands.push_back(make_run_command(app));
   commands.push_back(make_tokenize_command(app));
+  commands.push_back(make_perplexity_command(app));
   commands.push_back(make_serve_command(app, [](EngineSetup& setup) { return open_v4_engine(setup); }));
   commands.push_back(make_chat_command(app));
 
