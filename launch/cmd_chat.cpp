@@ -123,6 +123,7 @@ class ChatCommand : public Command {
   explicit ChatCommand(CLI::App& parent) {
     app_ = parent.add_subcommand("chat", "Interactive chat in the terminal (the model's chat format, streamed)");
     engine_.add_to(*app_, "Context length: the whole conversation, e.g. 4096 or 128K (default 4096)");
+    engine_.add_reuse_to(*app_);
     app_->add_option("-n,--n-predict", n_predict_, "Most tokens per answer (default: the rest of the context)")
         ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
     app_->add_option("--temp", sampler_.temperature, "Sampling temperature; 0 = greedy (default 0.6)")

@@ -50,6 +50,19 @@ void EngineFlags::add_to(CLI::App& app, const std::string& ctx_help) {
   ranks.add_to(app);
 }
 
+void EngineFlags::add_reuse_to(CLI::App& app) {
+  app.add_option("--prefix-reuse", prefix_reuse,
+                 "on (default): a request reuses the longest prefix of its prompt a session holds (the next turn of "
+                 "a conversation computes only its new tokens; the results are bitwise a fresh prefill's); off: "
+                 "every request prefills its whole prompt")
+      ->check(CLI::IsMember({"on", "off"}));
+  app.add_option("--snapshot-every", snapshot_every,
+                 "Tokens between snapshots of each session's window and compressor state, so that reusing a prefix "
+                 "recomputes fewer than this many tokens (default 256; 0: none, a rewind recomputes from the start; "
+                 "the last 4 are kept)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+}
+
 runtime::SessionOptions EngineFlags::session_options(const CLI::App& app, int64_t default_ctx) const {
   for (const char* flag : {"--ctx", "--kv-type", "--ubatch"})
     FERRY_CHECK(!from_plan() || app.count(flag) == 0, "{}: the plan sets it (--plan replaces the planning flags)",
@@ -63,7 +76,7 @@ runtime::SessionOptions EngineFlags::session_options(const CLI::App& app, int64_
 }
 
 EngineSetup::EngineSetup(const EngineFlags& flags, const CLI::App& app, int64_t default_ctx, int64_t parallel)
-    : flags_(flags) {
+    : flags_(flags), parallel_(parallel) {
   const transport::World* world = transport::World::current();
   const bool distributed = world && world->distributed();
   flags.offload.check(distributed);
@@ -123,6 +136,9 @@ std::unique_ptr<server::Engine> open_v4_engine(EngineSetup& setup, bool ignore_e
   server::V4EngineOptions eo;
   eo.ctx = setup.planned().ctx;
   eo.ignore_eos = ignore_eos;
+  eo.prefix_reuse = setup.flags().prefix_reuse == "on";
+  eo.snapshot_every = setup.flags().snapshot_every;
+  eo.max_sessions = setup.parallel();
   eo.weights = &setup.weights();
   eo.configure_session = [&setup](int slot, runtime::SessionOptions& o) { o = setup.session_options(slot); };
   return server::open_v4_engine(setup.flags().model, eo);

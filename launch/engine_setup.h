@@ -33,9 +33,14 @@ struct EngineFlags {
   int64_t ubatch = 512;
   OffloadFlags offload;
   RankFlags ranks;
+  // Commands that keep conversations (serve, chat): server::V4EngineOptions' prefix reuse and snapshots.
+  std::string prefix_reuse = "on";
+  int64_t snapshot_every = 256;
 
   // Adds the flags to `app`; `ctx_help` says what --ctx means for the command.
   void add_to(CLI::App& app, const std::string& ctx_help);
+  // Adds --prefix-reuse and --snapshot-every (serve, chat).
+  void add_reuse_to(CLI::App& app);
   // The session the flags ask for (--ctx defaulting to `default_ctx`); throws ferry::Error on a planning flag
   // given with --plan (the plan sets them).
   runtime::SessionOptions session_options(const CLI::App& app, int64_t default_ctx) const;
@@ -52,6 +57,7 @@ class EngineSetup {
 
   // The session options every slot starts from: the flags' as the plan sets them (context, KV type, chunk).
   const runtime::SessionOptions& planned() const { return planned_; }
+  int64_t parallel() const { return parallel_; }
   // Loads the checkpoint and places its weights as planned.
   void load();
   const runtime::ModelWeights& checkpoint() const { return *checkpoint_; }
@@ -82,6 +88,7 @@ class EngineSetup {
  private:
   EngineFlags flags_;
   runtime::SessionOptions planned_;
+  int64_t parallel_ = 1;
   std::unique_ptr<RankRun> ranks_;
   std::unique_ptr<OffloadRun> offload_;
   std::optional<runtime::ModelWeights> checkpoint_;

@@ -1,6 +1,9 @@
 #include "launch/server/v4_engine.h"
 
+#include <algorithm>
+#include <atomic>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -64,9 +67,41 @@ class V4Engine : public Engine {
 
   EngineResult generate(const GenerationRequest& request, const std::vector<int32_t>& prompt, int64_t max_tokens,
                         const EngineCallbacks& callbacks, const StopRequested& stop_requested) override {
-    Lease lease(*this);
+    Lease lease(*this, prompt);
     runtime::Session& session = *lease.session;
-    session.reset();
+    try {
+      return generate_on(session, request, reuse_prefix(session, prompt), max_tokens, callbacks, stop_requested);
+    } catch (...) {
+      session.reset();  // a feed that failed midway may have written rows past what the session says it holds
+      throw;
+    }
+  }
+
+ private:
+  // Brings `session` to the longest prefix of `prompt` it can reuse (at least the prompt's last token is left to
+  // compute: its logits start the answer) and returns the tokens still to feed; counts cached and computed tokens.
+  std::vector<int32_t> reuse_prefix(runtime::Session& session, const std::vector<int32_t>& prompt) {
+    int64_t reuse = options_.prefix_reuse ? common_prefix(session.tokens(), prompt) : 0;
+    reuse = std::min(reuse, static_cast<int64_t>(prompt.size()) - 1);
+    int64_t recomputed = 0;
+    if (reuse < session.position() && (reuse == 0 || session.options().ranks)) {
+      session.reset();
+      reuse = 0;
+    } else if (reuse < session.position()) {
+      recomputed = session.rewind(reuse);
+    }
+    cached_tokens_ += reuse - recomputed;
+    computed_tokens_ += static_cast<int64_t>(prompt.size()) - reuse + recomputed;
+    return {prompt.begin() + reuse, prompt.end()};
+  }
+
+  static int64_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
+    return std::mismatch(a.begin(), a.end(), b.begin(), b.end()).first - a.begin();
+  }
+
+  EngineResult generate_on(runtime::Session& session, const GenerationRequest& request,
+                           const std::vector<int32_t>& prompt, int64_t max_tokens, const EngineCallbacks& callbacks,
+                           const StopRequested& stop_requested) {
     AnswerStream answer(tokenizer_, request, callbacks);
     const int32_t eos = session.eos_token();
     bool ended_turn = false;
@@ -96,13 +131,15 @@ class V4Engine : public Engine {
     return result;
   }
 
+ public:
   std::vector<MetricSample> metrics() const override {
-    int64_t kv = 0, workspace = 0, sessions = 0;
+    int64_t kv = 0, workspace = 0, sessions = 0, snapshots = 0;
     {
       std::lock_guard lock(mutex_);
       std::set<const runtime::FeedBuffers*> counted;  // sessions may share their feed buffers: counted once
       for (const auto& s : sessions_) {
         kv += planner::kv_total(s->cache().bytes());
+        snapshots += s->snapshot_bytes();
         if (counted.insert(s->feed_buffers()).second) workspace += s->workspace_bytes();
       }
       sessions = static_cast<int64_t>(sessions_.size());
@@ -114,6 +151,17 @@ class V4Engine : public Engine {
     return {bytes("weights", weights_.weight_bytes()),
             bytes("kv_cache", kv),
             bytes("workspace", workspace),
+            bytes("kv_snapshots", snapshots),
+            {"ferry_prompt_tokens_cached_total",
+             "counter",
+             "Prompt tokens a session already held (prefix reuse): not computed again",
+             {},
+             static_cast<double>(cached_tokens_.load())},
+            {"ferry_prompt_tokens_computed_total",
+             "counter",
+             "Prompt tokens computed (with those a rewind to a reused prefix recomputed)",
+             {},
+             static_cast<double>(computed_tokens_.load())},
             {"ferry_sessions",
              "gauge",
              "Sequences allocated (KV cache and workspace each)",
@@ -122,13 +170,28 @@ class V4Engine : public Engine {
   }
 
  private:
-  // A session for one generate() call, back to the idle ones afterwards.
+  // A session for one generate() call, back to the idle ones afterwards: the idle one holding the longest prefix
+  // of the prompt (the next turn of its conversation; the least recently used among equals). A new session rather
+  // than one whose tokens the prompt would discard, while fewer than max_sessions exist: every conversation keeps
+  // its own cache as long as there are slots for them.
   struct Lease {
-    explicit Lease(V4Engine& e) : engine(e) {
+    Lease(V4Engine& e, const std::vector<int32_t>& prompt) : engine(e) {
       std::lock_guard lock(e.mutex_);
-      if (e.idle_.empty()) e.idle_.push_back(e.new_session());
-      session = e.idle_.back();
-      e.idle_.pop_back();
+      auto best = e.idle_.end();
+      int64_t longest = -1;
+      for (auto it = e.idle_.begin(); it != e.idle_.end(); ++it) {
+        const int64_t n = common_prefix((*it)->tokens(), prompt);
+        if (n > longest || (n == longest && e.last_used_[*it] < e.last_used_[*best])) longest = n, best = it;
+      }
+      const bool discards = best == e.idle_.end() || longest < (*best)->position();
+      if (discards && static_cast<int64_t>(e.sessions_.size()) < e.options_.max_sessions) {
+        session = e.new_session();
+      } else {
+        if (best == e.idle_.end()) best = e.idle_.insert(e.idle_.end(), e.new_session());
+        session = *best;
+        e.idle_.erase(best);
+      }
+      e.last_used_[session] = ++e.uses_;
     }
     ~Lease() {
       std::lock_guard lock(engine.mutex_);
@@ -145,6 +208,7 @@ class V4Engine : public Engine {
     runtime::SessionOptions so;
     so.ctx = options_.ctx;
     if (options_.configure_session) options_.configure_session(static_cast<int>(sessions_.size()), so);
+    if (!so.ranks && !so.mtp) so.snapshot_every = options_.snapshot_every;
     sessions_.push_back(std::make_unique<runtime::Session>(weights_, so));
     return sessions_.back().get();
   }
@@ -158,6 +222,9 @@ class V4Engine : public Engine {
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<runtime::Session>> sessions_;  // every session made, for the metrics
   std::vector<runtime::Session*> idle_;
+  std::map<const runtime::Session*, uint64_t> last_used_;  // when each session was last leased (uses_)
+  uint64_t uses_ = 0;
+  std::atomic<int64_t> cached_tokens_{0}, computed_tokens_{0};  // prompt tokens reused, and computed
 };
 
 }  // namespace

@@ -3,8 +3,9 @@
 // thinking mode) and tokenizes; generate runs runtime::generate on a session of its own and streams the
 // answer through AnswerStream.
 //
-// Sessions: one per generate() running at once (the server's --parallel), made on first need and reused,
-// reset, by later requests; each holds a KV cache of `ctx` tokens.
+// Sessions: one per generate() running at once (the server's --parallel), made on first need and reused by later
+// requests; each holds a KV cache of `ctx` tokens. A request takes the idle session that holds the longest prefix
+// of its prompt and computes only the rest (prefix reuse; bitwise what a fresh prefill computes).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,17 @@ struct V4EngineOptions {
   // The weights to compute with, placed as planned (launch/engine_setup.h; they outlive the engine); nullptr: the
   // engine loads the directory's checkpoint itself, for the CPU.
   const runtime::ModelWeights* weights = nullptr;
+  // Prefix reuse: a request is given the idle session holding the longest prefix of its prompt, and only the rest
+  // is computed (a rewind recomputes at most snapshot_every − 1 tokens back to that prefix; under mpirun, where
+  // sessions do not rewind, only a prompt extending all a session holds is reused). Off: every request prefills
+  // its whole prompt.
+  bool prefix_reuse = true;
+  // Sessions the engine may make (the server's --parallel, what the plan holds KV for); past them a request takes
+  // an idle session's cache.
+  int64_t max_sessions = 1;
+  // Snapshots every K tokens of each session (runtime::SessionOptions::snapshot_every; 0: none, a rewind then
+  // recomputes from the start); not under mpirun.
+  int64_t snapshot_every = 256;
 };
 
 // Loads the checkpoint, its tokenizer.json and its chat format, and allocates the first session (so that a

@@ -139,6 +139,8 @@ int64_t Session::rewind(int64_t p) {
   const std::vector<int32_t> redo(tokens_.begin() + s, tokens_.begin() + p);
   tokens_.resize(sz(s));
   pos_ = s;
+  std::unique_lock<std::mutex> turn;  // as feed(): the sessions sharing a device compute one at a time
+  if (options_.device_turns) turn = std::unique_lock(*options_.device_turns);
   compute(redo, nullptr, nullptr, {});
   return p - s;
 }
