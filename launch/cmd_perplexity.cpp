@@ -19,9 +19,9 @@
 #include <vector>
 
 #include "launch/commands.h"
+#include "launch/engine_setup.h"
 #include "launch/kl_base_file.h"
 #include "launch/perplexity_scoring.h"
-#include "launch/engine_setup.h"
 #include "planner/core/error.h"
 #include "planner/core/file_io.h"
 #include "planner/core/units.h"

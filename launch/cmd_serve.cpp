@@ -94,6 +94,9 @@ class ServeCommand : public Command {
         ->check(CLI::Range(1, 3600));
     engine_.add_to(*app_, "Context length per sequence, e.g. 4096 or 128K (default 4096)");
     engine_.add_reuse_to(*app_);
+    app_->add_option("--slot-save-path", options_.slot_save_path,
+                     "Directory of KV session files for POST /slots/{id}?action=save|restore (llama-server's API)")
+        ->check(CLI::ExistingDirectory);
     app_->footer(
         "SIGINT/SIGTERM/SIGUSR1: stop accepting, let running requests finish (30 s at most), exit. Under mpirun "
         "rank 0 serves and the other ranks compute their part of every request's forward pass; stop it with SIGUSR1 "

@@ -36,10 +36,10 @@ std::string host_memory_line(const runtime::ModelWeights& model, const runtime::
 }  // namespace
 
 void EngineFlags::add_to(CLI::App& app, const std::string& ctx_help) {
-  app.add_option("--model,-m", model, "Checkpoint directory (config.json + safetensors + tokenizer.json)")
-      ->required();
+  app.add_option("--model,-m", model, "Checkpoint directory (config.json + safetensors + tokenizer.json)")->required();
   app.add_option("-c,--ctx,--ctx-size", ctx, ctx_help);
-  app.add_option("--kv-type,--cache-type", kv_type, "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
+  app.add_option("--kv-type,--cache-type", kv_type,
+                 "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
       ->check(CLI::IsMember({"fp8", "bf16", "q8_0", "q4_0"}));
   app.add_option("--expert-activations", expert_activations,
                  "Precision of routed-expert inputs in the CPU MXFP4 kernels: int24 (default, as exact as float) or "

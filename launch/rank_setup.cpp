@@ -251,7 +251,7 @@ void RankRun::finish() {
                         group_->overlapped_steps(), steps);
   else
     core::logger().info("pipeline: none, {} steps one at a time across the ranks ({})", steps,
-                        group_->head_rank() == 0             ? "rank 0 computes the head"
+                        group_->head_rank() == 0       ? "rank 0 computes the head"
                         : !world_.concurrent_threads() ? "this MPI lacks MPI_THREAD_MULTIPLE"
                                                        : "--pipeline off");
 }

@@ -24,7 +24,7 @@ namespace ferry::launch {
 
 struct RankFlags {
   bool ranks_as_nodes = false;
-  std::string split = "auto";  // planner::Split by name
+  std::string split = "auto";   // planner::Split by name
   std::string pipeline = "on";  // on: a sequence's step may start while another's is on the later stages
 
   // `with_split` false: a command that has --split already (ferry plan).

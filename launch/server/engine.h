@@ -90,6 +90,16 @@ class Engine {
   // Samples of its own for GET /metrics (e.g. the memory the model holds); asked on every scrape, from any
   // thread, also while generate() runs.
   virtual std::vector<MetricSample> metrics() const { return {}; }
+
+  // llama-server's POST /slots/{id}?action=save|restore|erase (slot_actions.h): the sequence slot `id` holds, saved
+  // to or restored from `file` (a KV session file), or forgotten. Throw ApiError: 404 for a slot beyond the
+  // server's, 409 while a request uses it, 400 for a file that cannot be saved or restored (the slot untouched).
+  struct SlotFile {
+    int64_t tokens = 0, bytes = 0;
+  };
+  virtual SlotFile save_slot(int id, const std::string& file);
+  virtual SlotFile restore_slot(int id, const std::string& file);
+  virtual int64_t erase_slot(int id);  // the tokens the slot held
 };
 
 }  // namespace ferry::launch::server

@@ -16,6 +16,7 @@
 #include "launch/server/generation_job.h"
 #include "launch/server/openai_request.h"
 #include "launch/server/openai_response.h"
+#include "launch/server/slot_actions.h"
 #include "planner/core/error.h"
 #include "planner/core/log.h"
 
@@ -174,6 +175,9 @@ void HttpServer::Impl::install_routes() {
              const json model = {{"id", engine.model_id()}, {"object", "model"}, {"created", 0}, {"owned_by", "ferry"}};
              res.set_content(dump_json({{"object", "list"}, {"data", json::array({model})}}), "application/json");
            }));
+  http.Post(R"(/slots/(\d+))", route(true, [this](const httplib::Request& req, httplib::Response& res) {
+              answer_slot_action(engine, options.slot_save_path, req, res);
+            }));
   http.Get("/health", route(false, [this](const httplib::Request&, httplib::Response& res) {
              res.status = stopping ? 503 : 200;
              res.set_content(stopping ? R"({"status":"shutting down"})" : R"({"status":"ok"})", "application/json");

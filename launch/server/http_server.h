@@ -29,6 +29,7 @@ struct ServerOptions {
   std::chrono::seconds io_timeout{30};  // a socket read or write that makes no progress for this long fails
   size_t max_body_bytes = size_t{64} << 20;
   MetricsSource extra_metrics;  // e.g. memory per device, expert-cache hit rate
+  std::string slot_save_path;   // POST /slots/{id}?action=save|restore files live here; empty: not offered
 };
 
 class HttpServer {

@@ -1,5 +1,7 @@
 #include "launch/server/v4_engine.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <atomic>
 #include <filesystem>
@@ -10,11 +12,14 @@
 #include <vector>
 
 #include "launch/server/answer_stream.h"
+#include "launch/server/api_error.h"
 #include "planner/core/error.h"
 #include "planner/kv_cache.h"
+#include "runtime/checkpoint/fingerprint.h"
 #include "runtime/generate/generate.h"
 #include "runtime/model/forward.h"
 #include "runtime/model/model_weights.h"
+#include "runtime/model/session_file.h"
 #include "runtime/text/chat.h"
 #include "runtime/text/tokenizer.h"
 
@@ -33,6 +38,7 @@ class V4Engine : public Engine {
  public:
   V4Engine(const std::string& dir, const V4EngineOptions& options)
       : options_(options),
+        dir_(dir),
         id_(model_name(dir)),
         format_(runtime::chat_format_for_model_dir(dir)),
         tokenizer_(runtime::Tokenizer::from_model_dir(dir)),
@@ -132,6 +138,23 @@ class V4Engine : public Engine {
   }
 
  public:
+  SlotFile save_slot(int id, const std::string& file) override {
+    SlotHold slot(*this, id);
+    const runtime::SessionFileStats st = runtime::save_session(*slot.session, fingerprint(), file);
+    return {st.tokens, st.bytes};
+  }
+  SlotFile restore_slot(int id, const std::string& file) override {
+    SlotHold slot(*this, id);
+    const runtime::SessionFileStats st = runtime::load_session(*slot.session, fingerprint(), file);
+    return {st.tokens, st.bytes};
+  }
+  int64_t erase_slot(int id) override {
+    SlotHold slot(*this, id);
+    const int64_t n = slot.session->position();
+    slot.session->reset();
+    return n;
+  }
+
   std::vector<MetricSample> metrics() const override {
     int64_t kv = 0, workspace = 0, sessions = 0, snapshots = 0;
     {
@@ -172,8 +195,8 @@ class V4Engine : public Engine {
  private:
   // A session for one generate() call, back to the idle ones afterwards: the idle one holding the longest prefix
   // of the prompt (the next turn of its conversation; the least recently used among equals). A new session rather
-  // than one whose tokens the prompt would discard, while fewer than max_sessions exist: every conversation keeps
-  // its own cache as long as there are slots for them.
+  // than one the prompt shares less than half of, while fewer than max_sessions exist: every conversation keeps its
+  // own cache as long as there are slots for them.
   struct Lease {
     Lease(V4Engine& e, const std::vector<int32_t>& prompt) : engine(e) {
       std::lock_guard lock(e.mutex_);
@@ -183,8 +206,10 @@ class V4Engine : public Engine {
         const int64_t n = common_prefix((*it)->tokens(), prompt);
         if (n > longest || (n == longest && e.last_used_[*it] < e.last_used_[*best])) longest = n, best = it;
       }
-      const bool discards = best == e.idle_.end() || longest < (*best)->position();
-      if (discards && static_cast<int64_t>(e.sessions_.size()) < e.options_.max_sessions) {
+      // llama-server's rule (--slot-prompt-similarity 0.5): the prompt reuses a session that shares at least half
+      // of what it holds; a new session is made for one that shares less, while there is room for one.
+      const bool similar = best != e.idle_.end() && 2 * longest >= (*best)->position();
+      if (!similar && static_cast<int64_t>(e.sessions_.size()) < e.options_.max_sessions) {
         session = e.new_session();
       } else {
         if (best == e.idle_.end()) best = e.idle_.insert(e.idle_.end(), e.new_session());
@@ -203,6 +228,37 @@ class V4Engine : public Engine {
     runtime::Session* session = nullptr;
   };
 
+  // Slot `id` (the id-th session made; made now if need be) taken out of the idle ones for a slot action, back at
+  // the end. 404 beyond the server's slots, 409 while a request uses it.
+  struct SlotHold {
+    SlotHold(V4Engine& e, int id) : engine(e) {
+      std::lock_guard lock(e.mutex_);
+      if (id < 0 || id >= e.options_.max_sessions)
+        throw ApiError(404, fmt::format("no slot {}: the server has {} (--parallel)", id, e.options_.max_sessions),
+                       "not_found_error");
+      while (static_cast<int64_t>(e.sessions_.size()) <= id) e.idle_.push_back(e.new_session());
+      session = e.sessions_[static_cast<size_t>(id)].get();
+      const auto it = std::find(e.idle_.begin(), e.idle_.end(), session);
+      if (it == e.idle_.end())
+        throw ApiError(409, fmt::format("slot {} is busy with a request; retry when it is done", id), "conflict_error");
+      e.idle_.erase(it);
+    }
+    ~SlotHold() {
+      std::lock_guard lock(engine.mutex_);
+      engine.idle_.push_back(session);
+    }
+    SlotHold(const SlotHold&) = delete;
+    SlotHold& operator=(const SlotHold&) = delete;
+    V4Engine& engine;
+    runtime::Session* session = nullptr;
+  };
+
+  // The checkpoint's fingerprint, read once, for the slots' session files.
+  const runtime::CheckpointFingerprint& fingerprint() {
+    std::call_once(fingerprint_once_, [&] { fingerprint_ = runtime::checkpoint_fingerprint(dir_); });
+    return fingerprint_;
+  }
+
   // Called with mutex_ held (or from the constructor).
   runtime::Session* new_session() {
     runtime::SessionOptions so;
@@ -214,6 +270,7 @@ class V4Engine : public Engine {
   }
 
   const V4EngineOptions options_;
+  const std::string dir_;
   const std::string id_;
   const runtime::ChatFormat format_;
   const runtime::Tokenizer tokenizer_;
@@ -222,6 +279,8 @@ class V4Engine : public Engine {
   mutable std::mutex mutex_;
   std::vector<std::unique_ptr<runtime::Session>> sessions_;  // every session made, for the metrics
   std::vector<runtime::Session*> idle_;
+  std::once_flag fingerprint_once_;
+  runtime::CheckpointFingerprint fingerprint_;
   std::map<const runtime::Session*, uint64_t> last_used_;  // when each session was last leased (uses_)
   uint64_t uses_ = 0;
   std::atomic<int64_t> cached_tokens_{0}, computed_tokens_{0};  // prompt tokens reused, and computed

@@ -62,8 +62,7 @@ int64_t FeedBuffers::bytes() const {
   return ws.bytes() + f(H) + f(H_mtp) + f(logits_row);
 }
 
-std::shared_ptr<FeedBuffers> SharedFeedBuffers::get_or_make(
-    const std::function<std::shared_ptr<FeedBuffers>()>& make) {
+std::shared_ptr<FeedBuffers> SharedFeedBuffers::get_or_make(const std::function<std::shared_ptr<FeedBuffers>()>& make) {
   std::lock_guard lock(mutex_);
   if (!buffers_) buffers_ = make();
   return buffers_;
@@ -164,8 +163,8 @@ void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_l
     float* rows = all_logits ? all_logits->data() + done * vocab : nullptr;
     // The last row: computed into the feed's logits row, or, by a rank that receives it from the head's runner,
     // straight into the caller's buffer (rank 0 may receive it while another session uses the feed buffers).
-    float* row = options_.ranks && !options_.ranks->runs_head() && last_logits ? last_logits->data()
-                                                                               : feed_->logits_row.data();
+    float* row =
+        options_.ranks && !options_.ranks->runs_head() && last_logits ? last_logits->data() : feed_->logits_row.data();
     if (!rows && last_chunk && last_logits) rows = row;
     run_chunk(tokens.data() + done, m, rows, all_logits != nullptr, last_chunk);
     done += m;
