@@ -20,6 +20,7 @@
 #include "launch/engine_setup.h"
 #include "launch/server/v4_engine.h"
 #include "planner/core/error.h"
+#include "planner/core/file_io.h"
 #include "planner/core/units.h"
 
 namespace ferry::launch {
@@ -137,7 +138,8 @@ class ChatCommand : public Command {
     app_->add_option("--system", system_, "A system prompt at the start of the conversation");
     app_->add_flag("--ignore-eos", ignore_eos_, "Answers run to -n tokens, through the end-of-turn token (tests)");
     app_->footer(
-        "Type a message and Enter. /reset clears the conversation; /exit, Ctrl-D or Ctrl-C at the prompt quits; "
+        "Type a message and Enter. /reset clears the conversation; /save NAME writes it (NAME.json) and its KV cache "
+        "(NAME) to files, /load NAME continues a saved one; /exit, Ctrl-D or Ctrl-C at the prompt quits; "
         "Ctrl-C during an answer stops that answer. Speed goes to stderr after each answer.");
   }
   CLI::App* app() const override { return app_; }
@@ -181,11 +183,53 @@ class ChatCommand : public Command {
         std::fprintf(stderr, "(conversation cleared)\n");
         continue;
       }
+      if (line.rfind("/save ", 0) == 0 || line.rfind("/load ", 0) == 0) {
+        save_or_load(*engine, line.substr(0, 5), line.substr(6));
+        continue;
+      }
       if (line[0] == '/') {
-        std::fprintf(stderr, "unknown command %s: /reset clears the conversation, /exit quits\n", line.c_str());
+        std::fprintf(stderr,
+                     "unknown command %s: /reset clears the conversation, /save NAME and /load NAME keep it in a file, "
+                     "/exit quits\n",
+                     line.c_str());
         continue;
       }
       answer(*engine, line);
+    }
+  }
+
+  // /save NAME: the conversation to NAME.json and its KV cache to NAME (a session file), so that /load NAME, in this
+  // chat or a later one, continues it exactly without computing it again. /load changes nothing unless both read.
+  void save_or_load(server::Engine& engine, const std::string& command, const std::string& name) {
+    try {
+      FERRY_CHECK(!name.empty() && name.find_first_not_of(' ') != std::string::npos, "give a file name: {} NAME",
+                  command);
+      const std::string conversation = name + ".json";
+      if (command == "/save") {
+        core::write_file_atomically(conversation, [&](std::ostream& out) {
+          out << Json{{"history", history_}, {"turns", turns_}}.dump(1) << "\n";
+        });
+        const server::Engine::SlotFile st = engine.save_slot(0, name);
+        std::fprintf(stderr, "(saved %zu messages and %lld tokens to %s)\n", history_.size(),
+                     static_cast<long long>(st.tokens), name.c_str());
+        return;
+      }
+      Json saved;
+      try {
+        saved = Json::parse(core::read_text_file(conversation));
+      } catch (const Json::exception& e) {
+        FERRY_THROW("{} is not a saved conversation ({})", conversation, e.what());
+      }
+      FERRY_CHECK(saved.is_object() && saved.contains("history") && saved["history"].is_array() &&
+                      saved.contains("turns") && saved["turns"].is_number_unsigned(),
+                  "{} is not a saved conversation (no history and turns)", conversation);
+      const server::Engine::SlotFile st = engine.restore_slot(0, name);
+      history_ = saved["history"];
+      turns_ = saved["turns"].get<uint64_t>();
+      std::fprintf(stderr, "(loaded %zu messages and %lld tokens from %s)\n", history_.size(),
+                   static_cast<long long>(st.tokens), name.c_str());
+    } catch (const ferry::Error& e) {
+      std::fprintf(stderr, "ferry chat: %s: %s (the conversation is unchanged)\n", command.c_str(), e.what());
     }
   }
 
