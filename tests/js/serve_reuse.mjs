@@ -25,11 +25,14 @@ if (!ferry || !work) {
 fs.rmSync(work, { recursive: true, force: true });
 const modelDir = path.join(work, 'tiny');
 execFileSync(ferry, ['make-tiny', modelDir, '--seed', '11']);
-const K = 8, TURNS = 8;
+// As a benchmark at a long context: FERRY_REUSE_WORDS words per message (default 3 × the turn), FERRY_REUSE_CTX
+// context, FERRY_REUSE_K snapshot spacing.
+const K = Number(process.env.FERRY_REUSE_K ?? 8), TURNS = 8;
+const WORDS = Number(process.env.FERRY_REUSE_WORDS ?? 0), CTX = process.env.FERRY_REUSE_CTX ?? '4096';
 
 // A server on a free port; resolves once it announced the port.
 function startServer(flags) {
-  const args = ['serve', '--model', modelDir, '--port', '0', '--ctx', '4096', '--parallel', '2', ...serveFlags, ...flags];
+  const args = ['serve', '--model', modelDir, '--port', '0', '--ctx', CTX, '--parallel', '2', ...serveFlags, ...flags];
   const proc = spawn(ferry, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   const port = new Promise((resolve, reject) => {
@@ -62,7 +65,7 @@ async function converse(server) {
   const turns = [];
   for (let t = 0; t < TURNS; ++t) {
     for (let c = 0; c < histories.length; ++c) {
-      const messages = [...histories[c], { role: 'user', content: `Conversation ${c}, turn ${t}: ${'tell me more '.repeat(t + 1)}` }];
+      const messages = [...histories[c], { role: 'user', content: `Conversation ${c}, turn ${t}: ${'tell me more '.repeat(WORDS > 0 ? WORDS / 3 : t + 1)}` }];
       const before = await counters(base);
       const start = performance.now();
       let ttft = null, content = '', usage = null;
