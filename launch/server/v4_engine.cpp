@@ -73,7 +73,7 @@ class V4Engine : public Engine {
 
   EngineResult generate(const GenerationRequest& request, const std::vector<int32_t>& prompt, int64_t max_tokens,
                         const EngineCallbacks& callbacks, const StopRequested& stop_requested) override {
-    Lease lease(*this, prompt);
+    Lease lease(*this, [&] { return take_for(prompt); });
     runtime::Session& session = *lease.session;
     try {
       return generate_on(session, request, reuse_prefix(session, prompt), max_tokens, callbacks, stop_requested);
@@ -139,17 +139,17 @@ class V4Engine : public Engine {
 
  public:
   SlotFile save_slot(int id, const std::string& file) override {
-    SlotHold slot(*this, id);
+    Lease slot(*this, [&] { return take_slot(id); });
     const runtime::SessionFileStats st = runtime::save_session(*slot.session, fingerprint(), file);
     return {st.tokens, st.bytes};
   }
   SlotFile restore_slot(int id, const std::string& file) override {
-    SlotHold slot(*this, id);
+    Lease slot(*this, [&] { return take_slot(id); });
     const runtime::SessionFileStats st = runtime::load_session(*slot.session, fingerprint(), file);
     return {st.tokens, st.bytes};
   }
   int64_t erase_slot(int id) override {
-    SlotHold slot(*this, id);
+    Lease slot(*this, [&] { return take_slot(id); });
     const int64_t n = slot.session->position();
     slot.session->reset();
     return n;
@@ -193,30 +193,12 @@ class V4Engine : public Engine {
   }
 
  private:
-  // A session for one generate() call, back to the idle ones afterwards: the idle one holding the longest prefix
-  // of the prompt (the next turn of its conversation; the least recently used among equals). A new session rather
-  // than one the prompt shares less than half of, while fewer than max_sessions exist: every conversation keeps its
-  // own cache as long as there are slots for them.
+  // A session taken out of the idle ones (by `take`, called with mutex_ held) and given back at the end.
   struct Lease {
-    Lease(V4Engine& e, const std::vector<int32_t>& prompt) : engine(e) {
+    template <class Take>
+    Lease(V4Engine& e, Take&& take) : engine(e) {
       std::lock_guard lock(e.mutex_);
-      auto best = e.idle_.end();
-      int64_t longest = -1;
-      for (auto it = e.idle_.begin(); it != e.idle_.end(); ++it) {
-        const int64_t n = common_prefix((*it)->tokens(), prompt);
-        if (n > longest || (n == longest && e.last_used_[*it] < e.last_used_[*best])) longest = n, best = it;
-      }
-      // llama-server's rule (--slot-prompt-similarity 0.5): the prompt reuses a session that shares at least half
-      // of what it holds; a new session is made for one that shares less, while there is room for one.
-      const bool similar = best != e.idle_.end() && 2 * longest >= (*best)->position();
-      if (!similar && static_cast<int64_t>(e.sessions_.size()) < e.options_.max_sessions) {
-        session = e.new_session();
-      } else {
-        if (best == e.idle_.end()) best = e.idle_.insert(e.idle_.end(), e.new_session());
-        session = *best;
-        e.idle_.erase(best);
-      }
-      e.last_used_[session] = ++e.uses_;
+      session = take();
     }
     ~Lease() {
       std::lock_guard lock(engine.mutex_);
@@ -228,30 +210,46 @@ class V4Engine : public Engine {
     runtime::Session* session = nullptr;
   };
 
-  // Slot `id` (the id-th session made; made now if need be) taken out of the idle ones for a slot action, back at
-  // the end. 404 beyond the server's slots, 409 while a request uses it.
-  struct SlotHold {
-    SlotHold(V4Engine& e, int id) : engine(e) {
-      std::lock_guard lock(e.mutex_);
-      if (id < 0 || id >= e.options_.max_sessions)
-        throw ApiError(404, fmt::format("no slot {}: the server has {} (--parallel)", id, e.options_.max_sessions),
-                       "not_found_error");
-      while (static_cast<int64_t>(e.sessions_.size()) <= id) e.idle_.push_back(e.new_session());
-      session = e.sessions_[static_cast<size_t>(id)].get();
-      const auto it = std::find(e.idle_.begin(), e.idle_.end(), session);
-      if (it == e.idle_.end())
-        throw ApiError(409, fmt::format("slot {} is busy with a request; retry when it is done", id), "conflict_error");
-      e.idle_.erase(it);
+  // For a generate() call (mutex_ held): the idle session holding the longest prefix of the prompt (the next turn
+  // of its conversation; the least recently used among equals). A new session rather than one the prompt shares
+  // less than half of, while fewer than max_sessions exist: every conversation keeps its own cache as long as there
+  // are slots for them.
+  runtime::Session* take_for(const std::vector<int32_t>& prompt) {
+    auto best = idle_.end();
+    int64_t longest = -1;
+    for (auto it = idle_.begin(); it != idle_.end(); ++it) {
+      const int64_t n = common_prefix((*it)->tokens(), prompt);
+      if (n > longest || (n == longest && last_used_[*it] < last_used_[*best])) longest = n, best = it;
     }
-    ~SlotHold() {
-      std::lock_guard lock(engine.mutex_);
-      engine.idle_.push_back(session);
-    }
-    SlotHold(const SlotHold&) = delete;
-    SlotHold& operator=(const SlotHold&) = delete;
-    V4Engine& engine;
+    // llama-server's rule (--slot-prompt-similarity 0.5): the prompt reuses a session that shares at least half of
+    // what it holds; a new session is made for one that shares less, while there is room for one.
+    const bool similar = best != idle_.end() && 2 * longest >= (*best)->position();
     runtime::Session* session = nullptr;
-  };
+    if (!similar && static_cast<int64_t>(sessions_.size()) < options_.max_sessions) {
+      session = new_session();
+    } else {
+      if (best == idle_.end()) best = idle_.insert(idle_.end(), new_session());
+      session = *best;
+      idle_.erase(best);
+    }
+    last_used_[session] = ++uses_;
+    return session;
+  }
+
+  // For a slot action (mutex_ held): slot `id`, the id-th session made (made now if need be). 404 beyond the
+  // server's slots, 409 while a request uses it.
+  runtime::Session* take_slot(int id) {
+    if (id < 0 || id >= options_.max_sessions)
+      throw ApiError(404, fmt::format("no slot {}: the server has {} (--parallel)", id, options_.max_sessions),
+                     "not_found_error");
+    while (static_cast<int64_t>(sessions_.size()) <= id) idle_.push_back(new_session());
+    runtime::Session* session = sessions_[static_cast<size_t>(id)].get();
+    const auto it = std::find(idle_.begin(), idle_.end(), session);
+    if (it == idle_.end())
+      throw ApiError(409, fmt::format("slot {} is busy with a request; retry when it is done", id), "conflict_error");
+    idle_.erase(it);
+    return session;
+  }
 
   // The checkpoint's fingerprint, read once, for the slots' session files.
   const runtime::CheckpointFingerprint& fingerprint() {
