@@ -179,7 +179,10 @@ bool World::poll(std::span<MPI_Request> requests, double limit_s, std::string_vi
       usleep(200);
     else if (oversubscribed_ && spin > 1000)
       sched_yield();
-    if (spin % kPollsPerCheck != kPollsPerCheck - 1) continue;
+    // Once idle, the clock is read every poll (it costs nothing beside the sleep): a deadline then passes within a
+    // poll of its time, so of two ranks waiting in a chain the one that began waiting first times out first and
+    // names the rank that went silent, not a peer that is itself waiting for it.
+    if (!idle && spin % kPollsPerCheck != kPollsPerCheck - 1) continue;
     const auto now = Clock::now();
     if (spin == kPollsPerCheck - 1) {
       start = last = now;
