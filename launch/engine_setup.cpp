@@ -51,6 +51,7 @@ void EngineFlags::add_to(CLI::App& app, const std::string& ctx_help) {
 }
 
 void EngineFlags::add_reuse_to(CLI::App& app) {
+  keeps_conversations = true;
   app.add_option("--prefix-reuse", prefix_reuse,
                  "on (default): a request reuses the longest prefix of its prompt a session holds (the next turn of "
                  "a conversation computes only its new tokens; the results are bitwise a fresh prefill's); off: "
@@ -72,6 +73,7 @@ runtime::SessionOptions EngineFlags::session_options(const CLI::App& app, int64_
   so.kv_type = *planner::kv_type_from_name(kv_type);
   so.ubatch = ubatch;
   so.expert_bits = expert_activations == "int16" ? core::ActivationBits::Int16 : core::ActivationBits::Int24;
+  if (keeps_conversations && prefix_reuse == "on") so.snapshot_every = snapshot_every;
   return so;
 }
 

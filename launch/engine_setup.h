@@ -36,6 +36,7 @@ struct EngineFlags {
   // Commands that keep conversations (serve, chat): server::V4EngineOptions' prefix reuse and snapshots.
   std::string prefix_reuse = "on";
   int64_t snapshot_every = 256;
+  bool keeps_conversations = false;  // add_reuse_to was called: sessions snapshot (and the plan counts them)
 
   // Adds the flags to `app`; `ctx_help` says what --ctx means for the command.
   void add_to(CLI::App& app, const std::string& ctx_help);

@@ -29,6 +29,9 @@ void PlanFlags::add_to(CLI::App& app, bool model_required) {
                  "Default: the model's own (fp8 for V4, bf16 for V3/V3.2)");
   app.add_option("-u,--ubatch,--ubatch-size", ubatch, "Prefill chunk in tokens; workspaces grow with it (default 512)");
   app.add_option("--parallel", parallel, "Sequences decoded together, each with its own KV cache (default 1)");
+  app.add_option("--snapshots", snapshots,
+                 "Prefix-reuse snapshots kept per sequence in host RAM (serve and chat keep 4 with --prefix-reuse on; "
+                 "default 0)");
   app.add_flag("--mtp", mtp, "Load the MTP layer (for speculative decoding)");
   app.add_option("--expert-cache", expert_cache,
                  "GPU expert cache: auto (the VRAM left over), off, or N slots per layer (default auto)");
@@ -56,6 +59,10 @@ planner::PlanOptions PlanFlags::resolve() const {
   if (parallel) {
     if (*parallel < 1 || *parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got {}", *parallel);
     o.parallel = *parallel;
+  }
+  if (snapshots) {
+    if (*snapshots < 0 || *snapshots > 1024) FERRY_THROW("--snapshots must be in [0, 1024], got {}", *snapshots);
+    o.snapshot_keep = *snapshots;
   }
   o.mtp = mtp;
   if (!expert_cache.empty()) {

@@ -115,6 +115,7 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
   o.kv_type = so.kv_type;
   o.ubatch = so.ubatch;
   o.parallel = parallel;
+  o.snapshot_keep = so.snapshot_every > 0 ? so.snapshot_keep : 0;
   o.threads = tbb::this_task_arena::max_concurrency();
   std::string gpu_flag = "--no-gpu";
   if (offload.enabled()) {
@@ -135,10 +136,11 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
     for (const auto& s : plan.shortfalls) why += (why.empty() ? "" : "; ") + planner::shortfall_text(s);
     FERRY_THROW(
         "does not fit on {} nodes of {} RAM, the least of any rank ({}'s): {} (`ferry plan -m {} --nodes {} --host-ram "
-        "{} --host-reserve 0 {} --cores {} --ctx {} --kv-type {} --ubatch {}{} --split {}` shows the whole plan)",
+        "{} --host-reserve 0 {} --cores {} --ctx {} --kv-type {} --ubatch {}{}{} --split {}` shows the whole plan)",
         hw.nodes, core::format_bytes(hw.host.ram_bytes), world.where(least_ram_rank(ids)), why, model_dir, hw.nodes,
         hw.host.ram_bytes, gpu_flag, hw.host.cores, so.ctx, planner::kv_type_name(so.kv_type), so.ubatch,
-        parallel > 1 ? fmt::format(" --parallel {}", parallel) : "", planner::split_name(split));
+        parallel > 1 ? fmt::format(" --parallel {}", parallel) : "",
+        o.snapshot_keep > 0 ? fmt::format(" --snapshots {}", o.snapshot_keep) : "", planner::split_name(split));
   }
   return plan;
 }

@@ -97,6 +97,11 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
       offload::check_plan_for_device(plan_, model, device);
       FERRY_CHECK(plan_.options.parallel >= parallel, "it plans {} sequence(s) at once; --parallel {} needs {}",
                   plan_.options.parallel, parallel, parallel);
+      const int64_t keep = so.snapshot_every > 0 ? so.snapshot_keep : 0;
+      FERRY_CHECK(plan_.options.snapshot_keep >= keep,
+                  "it plans {} prefix-reuse snapshot(s) per sequence; this command keeps {} (plan with `--snapshots "
+                  "{}`, or run with --prefix-reuse off)",
+                  plan_.options.snapshot_keep, keep, keep);
     } catch (const Error& e) {
       FERRY_THROW("--plan {}: {}", flags.plan_in, e.what());
     }

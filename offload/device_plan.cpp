@@ -32,6 +32,7 @@ planner::PlanOptions device_plan_options(const DeviceRequest& device, const runt
   planner::PlanOptions o;
   o.ctx = session.ctx;
   o.parallel = parallel;
+  o.snapshot_keep = session.snapshot_every > 0 ? session.snapshot_keep : 0;
   o.kv_type = session.kv_type;
   o.ubatch = session.ubatch;
   o.mtp = session.mtp;

@@ -135,11 +135,14 @@ int64_t kv_snapshot_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int
   FERRY_CHECK(c.arch == core::Arch::DeepseekV4, "KV snapshots hold V4 state only");
   FERRY_CHECK(keep >= 0, "negative snapshot count");
   int64_t one = 0;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    const KvBytes b = layer_kv_bytes(c, l, t, ctx);
-    one += b[static_cast<size_t>(KvKind::SwaRing)] + b[static_cast<size_t>(KvKind::CompressorState)];
-  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) one += layer_snapshot_bytes(c, l, t, ctx);
   return keep * one;
+}
+
+int64_t layer_snapshot_bytes(const core::ModelConfig& c, int64_t layer, KvType t, int64_t ctx) {
+  if (layer >= c.num_hidden_layers) return 0;  // MTP layers: sessions with MTP keep no snapshots
+  const KvBytes b = layer_kv_bytes(c, layer, t, ctx);
+  return b[static_cast<size_t>(KvKind::SwaRing)] + b[static_cast<size_t>(KvKind::CompressorState)];
 }
 
 KvRowLayout KvRowLayout::main_row(const core::ModelConfig& c, KvType t) {

@@ -71,5 +71,7 @@ KvBytes kv_cache_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_
 // never rewritten below the count stored, so a snapshot needs no copy of them. V4-Flash at fp8: 14.7 MiB each
 // (43 rings of 128 × 584 B = 3.07 MiB, compressor states 11.64 MiB).
 int64_t kv_snapshot_bytes(const core::ModelConfig& c, KvType t, int64_t ctx, int64_t keep);
+// One snapshot's share of one layer (kv_snapshot_bytes is their sum over the main layers, times `keep`).
+int64_t layer_snapshot_bytes(const core::ModelConfig& c, int64_t layer, KvType t, int64_t ctx);
 
 }  // namespace ferry::planner

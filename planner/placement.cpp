@@ -151,6 +151,9 @@ class Placer {
     return b;
   }
 
+  // Host bytes of the layer's prefix-reuse snapshots, every sequence's.
+  int64_t snapshots(int l) const { return o_.snapshot_keep * o_.parallel * layer_snapshot_bytes(c_, l, kv_, ctx()); }
+
   int64_t footprint(int l) const { return s_.layers[static_cast<size_t>(l)].non_routed() + kv_total(layer_kv(l)); }
 
   // Final norm, output head and head mixing: everything global but the embedding, which stays in host RAM
@@ -169,6 +172,9 @@ class Placer {
         d.add(use_class(static_cast<core::WeightClass>(k)), w.bytes[k]);
     const KvBytes kv = layer_kv(l);
     for (size_t k = 0; k < kNumKvKinds; ++k) d.add(use_class(static_cast<KvKind>(k)), kv[k]);
+    // The layer's snapshots stay in the RAM of the node that computes it, whichever device holds its cache.
+    if (o_.snapshot_keep > 0)
+      plan_.devices[static_cast<size_t>(host_device(d.node, 0))].add(use_class(Pool::Snapshots), snapshots(l));
   }
 
   void put_head(DevicePlan& d) {
@@ -305,7 +311,7 @@ class Placer {
     }
     room.back() -= head_bytes();
     std::vector<int64_t> fp(layers_.size());
-    for (size_t i = 0; i < layers_.size(); ++i) fp[i] = footprint(layers_[i]) + routed_bytes(layers_[i]);
+    for (size_t i = 0; i < layers_.size(); ++i) fp[i] = footprint(layers_[i]) + routed_bytes(layers_[i]) + snapshots(layers_[i]);
     const std::vector<int> node_of = split_by_room(room, fp);
     std::vector<int> owner_device(layers_.size());
     for (int n = 0; n < hw_.nodes; ++n) {
@@ -340,7 +346,7 @@ class Placer {
     room.back() -= head_bytes();
     std::vector<int64_t> fp(layers_.size());
     for (size_t i = 0; i < layers_.size(); ++i)
-      fp[i] = footprint(layers_[i]) + (with_experts ? routed_bytes(layers_[i]) : 0);
+      fp[i] = footprint(layers_[i]) + snapshots(layers_[i]) + (with_experts ? routed_bytes(layers_[i]) : 0);
     const std::vector<int> node_of = split_by_room(room, fp);
     std::vector<int> owner_device(layers_.size());
     for (size_t i = 0; i < layers_.size(); ++i) owner_device[i] = host_device(node_of[i], 0);

@@ -34,6 +34,7 @@ std::optional<Split> split_from_name(std::string_view name);
 struct PlanOptions {
   int64_t ctx = 0;                // tokens per sequence; 0 = the model's maximum
   int64_t parallel = 1;           // sequences decoded together, each with its own cache
+  int64_t snapshot_keep = 0;      // prefix-reuse snapshots kept per sequence, in host RAM (serve and chat: 4)
   std::optional<KvType> kv_type;  // nullopt = the model's native type (default_kv_type)
   bool kv_auto = false;           // highest-fidelity type that fits
   int64_t ubatch = 512;           // prefill chunk (tokens per forward step)

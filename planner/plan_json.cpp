@@ -197,6 +197,7 @@ Hardware hardware_from_json(const ojson& hw) {
 void options_from_json(const ojson& o, Plan& p) {
   p.options.ctx = field<int64_t>(o, "ctx", "options");
   p.options.parallel = field<int64_t>(o, "parallel", "options");
+  if (o.contains("snapshot_keep")) p.options.snapshot_keep = field<int64_t>(o, "snapshot_keep", "options");
   p.kv_type = kv_from(field<std::string>(o, "kv_type", "options"));
   p.options.kv_type = p.kv_type;
   p.options.kv_auto = field<bool>(o, "kv_auto", "options");
@@ -296,6 +297,7 @@ ojson plan_to_json(const Plan& p) {
   const auto& o = p.options;
   j["options"] = {{"ctx", o.ctx},
                   {"parallel", o.parallel},
+                  {"snapshot_keep", o.snapshot_keep},
                   {"kv_type", std::string(kv_type_name(p.kv_type))},
                   {"kv_auto", o.kv_auto},
                   {"ubatch", o.ubatch},

@@ -177,6 +177,11 @@ void kv_section(const Plan& p, std::string& out) {
     if (p.kv[k] > 0)
       out += printf_str("    %-28s %12s\n", std::string(kv_kind_name(static_cast<KvKind>(k))).c_str(),
                         core::format_bytes(p.kv[k], 3).c_str());
+  if (p.options.snapshot_keep == 0) return;
+  int64_t snapshots = 0;
+  for (const DevicePlan& d : p.devices) snapshots += d.bytes_of(use_class(Pool::Snapshots).name);
+  out += printf_str("  prefix-reuse snapshots (%lld per sequence, host RAM): %s\n", (long long)p.options.snapshot_keep,
+                    core::format_bytes(snapshots, 3).c_str());
 }
 
 void speed_section(const Plan& p, std::string& out) {

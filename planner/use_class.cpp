@@ -10,11 +10,12 @@ using core::MemoryClass;
 struct Table {
   std::array<UseClass, core::kNumWeightClasses> weights;
   std::array<UseClass, kNumKvKinds> kv;
-  std::array<UseClass, 5> pools{{{"reserve", std::nullopt},
+  std::array<UseClass, 6> pools{{{"reserve", std::nullopt},
                                  {"workspace", MemoryClass::Workspace},
                                  {"expert_cache", MemoryClass::ExpertCache},
                                  {"expert_stream", MemoryClass::ExpertCache},
-                                 {"staging", MemoryClass::Staging}}};
+                                 {"staging", MemoryClass::Staging},
+                                 {"kv_snapshots", std::nullopt}}};
 
   Table() {
     for (size_t k = 0; k < weights.size(); ++k)

@@ -21,7 +21,8 @@ struct UseClass {
 };
 
 // The planned buffers that are neither weights nor KV.
-enum class Pool : uint8_t { Reserve, Workspace, ExpertCache, ExpertStream, Staging };
+// Snapshots: prefix-reuse copies of each sequence's window and compressor state, in plain host memory (no ledger).
+enum class Pool : uint8_t { Reserve, Workspace, ExpertCache, ExpertStream, Staging, Snapshots };
 
 const UseClass& use_class(core::WeightClass c);  // "weights.<class>", ledger Weights
 const UseClass& use_class(KvKind k);             // "kv.<kind>", ledger Kv (Indexer for the indexer keys)

@@ -262,7 +262,7 @@ class V4Engine : public Engine {
     runtime::SessionOptions so;
     so.ctx = options_.ctx;
     if (options_.configure_session) options_.configure_session(static_cast<int>(sessions_.size()), so);
-    if (!so.ranks && !so.mtp) so.snapshot_every = options_.snapshot_every;
+    so.snapshot_every = so.ranks || so.mtp || !options_.prefix_reuse ? 0 : options_.snapshot_every;
     sessions_.push_back(std::make_unique<runtime::Session>(weights_, so));
     return sessions_.back().get();
   }

@@ -146,4 +146,21 @@ three = subprocess.run([ferry, "plan", "-m", tiny, "--gpu", "1GiB", "--host-ram"
                         "--plan-out", path("three.json")], capture_output=True, text=True)
 assert three.returncode == 0, three.stderr
 expect_error("made for 3 nodes", "--gpu", "sim:1GiB", "--plan", path("three.json"))
+
+# serve keeps prefix-reuse snapshots: a plan without them is refused before loading; one with them, or serve without
+# reuse, gets as far as listening (on an address that cannot be, so that it stops there).
+def serve_plan(plan, *extra):
+    return subprocess.run([ferry, "serve", "-m", tiny, "--gpu", "sim:64MiB", "--plan", plan, "--host", "256.1.1.1",
+                           *extra],
+                          capture_output=True, text=True, timeout=60)
+for keep in ("0", "4"):
+    made = subprocess.run([ferry, "plan", "-m", tiny, "--gpu", "64MiB", "--gpu-reserve", "0", "--host-ram", "16GiB",
+                           "--ctx", "4096", "--snapshots", keep, "--plan-out", path(f"snap{keep}.json")],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+refused = serve_plan(path("snap0.json"))
+assert refused.returncode != 0 and "it plans 0 prefix-reuse snapshot(s) per sequence; this command keeps 4" in \
+    refused.stderr, refused.stderr
+for ok in (serve_plan(path("snap4.json")), serve_plan(path("snap0.json"), "--prefix-reuse", "off")):
+    assert "snapshot" not in ok.stderr and "cannot listen on 256.1.1.1" in ok.stderr, ok.stderr
 print("ok")
