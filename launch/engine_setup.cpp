@@ -35,8 +35,11 @@ std::string host_memory_line(const runtime::ModelWeights& model, const runtime::
 
 }  // namespace
 
-void EngineFlags::add_to(CLI::App& app, const std::string& ctx_help) {
-  app.add_option("--model,-m", model, "Checkpoint directory (config.json + safetensors + tokenizer.json)")->required();
+void EngineFlags::add_to(CLI::App& app, const std::string& ctx_help, const std::string& model_default) {
+  auto* m = app.add_option("--model,-m", model,
+                           "Checkpoint directory (config.json + safetensors + tokenizer.json)" +
+                               (model_default.empty() ? std::string() : " (default: " + model_default + ")"));
+  if (model_default.empty()) m->required();
   app.add_option("-c,--ctx,--ctx-size", ctx, ctx_help);
   app.add_option("--kv-type,--cache-type", kv_type,
                  "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")

@@ -38,8 +38,9 @@ struct EngineFlags {
   int64_t snapshot_every = 256;
   bool keeps_conversations = false;  // add_reuse_to was called: sessions snapshot (and the plan counts them)
 
-  // Adds the flags to `app`; `ctx_help` says what --ctx means for the command.
-  void add_to(CLI::App& app, const std::string& ctx_help);
+  // Adds the flags to `app`; `ctx_help` says what --ctx means for the command; --model is required unless the
+  // command has a default (`model_default` says which).
+  void add_to(CLI::App& app, const std::string& ctx_help, const std::string& model_default = "");
   // Adds --prefix-reuse and --snapshot-every (serve, chat).
   void add_reuse_to(CLI::App& app);
   // The session the flags ask for (--ctx defaulting to `default_ctx`); throws ferry::Error on a planning flag
