@@ -38,8 +38,8 @@ struct SessionFileStats {
 // whose fingerprint is `model`, with the snapshots it keeps. Atomic: written to a temporary file beside `path`
 // (session_temp_path), synced, then renamed over it, so that an error or a crash leaves whatever `path` held
 // before. A crash leaves the temporary file too: the next save of `path` on this host removes those of processes
-// that no longer exist. Sessions under mpirun (options().ranks) or with
-// MTP are refused for now. Throws ferry::Error, one line naming the file and the problem.
+// that no longer exist. Sessions under mpirun (options().ranks) or with MTP are refused for now. Throws
+// ferry::Error, one line naming the file and the problem.
 //
 // Test hook: with FERRY_TEST_SESSION_SAVE_STALL_S=N in the environment, a save stops for N seconds after writing
 // the header and tokens to the temporary file (saying so on stderr), so a test can kill the process mid-write.
@@ -52,12 +52,11 @@ std::filesystem::path session_temp_path(const std::filesystem::path& path, int64
 
 // Replaces the sequence `session` holds with the one saved in `path`, and its snapshots with the saved ones when
 // both take them every options().snapshot_every tokens (otherwise it has none; still exact, a rewind recomputes
-// more). Checks everything before changing anything:
-// the format and its version, the model (`model` against the file's fingerprint), the KV type, that the context
-// holds the saved tokens, the file's size against its header, and the checksum of the whole file. Any failure
-// throws ferry::Error (one line naming the file and the problem) with the session as it was. (The file is read
-// twice, once to check it and once into the cache; should it change in place between the two reads, the second
-// read's checksum fails and the session is left reset.)
+// more). Checks everything before changing anything: the format and its version, the model (`model` against the
+// file's fingerprint), the KV type, that the context holds the saved tokens, the file's size against its header, and
+// the checksum of the whole file. Any failure throws ferry::Error (one line naming the file and the problem) with
+// the session as it was. (The file is read twice, once to check it and once into the cache; should it change in
+// place between the two reads, the second read's checksum fails and the session is left reset.)
 SessionFileStats load_session(Session& session, const CheckpointFingerprint& model, const std::filesystem::path& path);
 
 }  // namespace ferry::runtime
