@@ -80,8 +80,7 @@ int64_t Session::workspace_bytes() const {
   return feed_->bytes() + static_cast<int64_t>(mtp_pending_.capacity() * sizeof(float));
 }
 
-void Session::reset() {
-  if (options_.ranks && options_.ranks->leads()) options_.ranks->announce_reset();
+void Session::forget_sequence() {
   cache_->clear();
   pos_ = 0;
   tokens_.clear();
@@ -90,18 +89,19 @@ void Session::reset() {
   mtp_logits_.clear();
 }
 
-void Session::restore(const std::function<std::vector<int32_t>(KvCache&)>& write) {
+void Session::reset() {
+  if (options_.ranks && options_.ranks->leads()) options_.ranks->announce_reset();
+  forget_sequence();
+}
+
+void Session::restore(const std::function<std::vector<int32_t>(KvCache&, KvSnapshots&)>& write) {
   FERRY_CHECK(!options_.ranks && !options_.mtp, "a saved session restores in one process without --mtp for now");
   ops_->sync();  // nothing queued still reads or writes the cache
-  pos_ = 0;
-  tokens_.clear();
-  snapshots_.clear();  // another sequence's; a rewind into the restored one recomputes from its start
-  has_mtp_pending_ = false;
-  mtp_logits_.clear();
+  forget_sequence();
   try {
-    tokens_ = write(*cache_);
+    tokens_ = write(*cache_, snapshots_);
   } catch (...) {
-    cache_->clear();
+    forget_sequence();
     throw;
   }
   pos_ = static_cast<int64_t>(tokens_.size());

@@ -93,9 +93,10 @@ class Session {
   // Forgets the sequence so that the session serves a new one (a server's next request): position 0, the KV
   // cache and the MTP state cleared, every buffer kept. What follows computes exactly what a fresh session would.
   void reset();
-  // Session files (session_file.h) put a saved sequence back: `write` fills the cache with its state and returns
-  // its tokens, which the session then holds (position tokens.size()). If `write` throws, the session is reset.
-  void restore(const std::function<std::vector<int32_t>(KvCache&)>& write);
+  // Session files (session_file.h) put a saved sequence back: `write` fills the cache with its state, and the
+  // (empty) snapshots with the saved ones it keeps, and returns its tokens, which the session then holds (position
+  // tokens.size()). If `write` throws, the session is reset.
+  void restore(const std::function<std::vector<int32_t>(KvCache&, KvSnapshots&)>& write);
   // What a rank that follows rank 0 runs for an announced feed: the same chunks, the logits (when wanted) left
   // to rank 0.
   void follow_feed(std::span<const int32_t> tokens, LogitsWanted want);
@@ -143,6 +144,8 @@ class Session {
   void head(detail::OpStream& ops, const float* H, const HcWeights& hc, const DeviceVector<float>& norm, int64_t n,
             float* logits);
   void run_mtp(detail::OpStream& ops, const float* H_main, const int32_t* tokens, int64_t n);
+  // Position 0, the cache, snapshots and MTP state cleared (reset, restore); announces nothing to other ranks.
+  void forget_sequence();
 
   const ModelWeights& model_;
   SessionOptions options_;

@@ -1,6 +1,7 @@
 #include "runtime/model/session_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -8,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -24,8 +26,9 @@ namespace {
 
 constexpr char kMagic[8] = {'F', 'E', 'R', 'R', 'Y', 'S', 'E', 'S'};
 constexpr size_t kKvNameBytes = 8;
-// magic, version, KV type name, fingerprint (3 hashes, 2 counts), tokens, layers, payload bytes, header CRC.
-constexpr int64_t kHeaderBytes = 8 + 4 + kKvNameBytes + 5 * 8 + 3 * 8 + 4;
+// magic, version, KV type name, fingerprint (3 hashes, 2 counts), tokens, layers, payload bytes, snapshot_every,
+// snapshots, snapshot bytes, header CRC.
+constexpr int64_t kHeaderBytes = 8 + 4 + kKvNameBytes + 5 * 8 + 6 * 8 + 4;
 constexpr int64_t kRecordFields = 7;
 constexpr size_t kIoChunk = size_t{4} << 20;
 
@@ -73,8 +76,17 @@ struct Header {
   uint32_t version = kSessionFormatVersion;
   std::string kv_type;
   CheckpointFingerprint model;
-  int64_t tokens = 0, layers = 0, payload = 0;
+  int64_t tokens = 0, layers = 0, payload = 0;  // payload: the tokens and layer records
+  int64_t snapshot_every = 0, snapshots = 0, snapshot_bytes = 0;
 };
+
+// The snapshot section of a session's file: per kept snapshot its position, then its stored form.
+int64_t snapshot_section_bytes(const Session& s) {
+  int64_t b = 0;
+  for (int64_t pos : s.snapshots().positions())
+    b += static_cast<int64_t>(sizeof pos) + KvSnapshots::stored_bytes(s.cache(), pos);
+  return b;
+}
 
 template <class T>
 void append(std::string& out, const T& v) {
@@ -88,7 +100,9 @@ std::string encode_header(const Header& h) {
   name.resize(kKvNameBytes, '\0');
   out += name;
   for (uint64_t v : {h.model.config, h.model.headers, h.model.weights}) append(out, v);
-  for (int64_t v : {h.model.shards, h.model.tensors, h.tokens, h.layers, h.payload}) append(out, v);
+  for (int64_t v : {h.model.shards, h.model.tensors, h.tokens, h.layers, h.payload, h.snapshot_every, h.snapshots,
+                    h.snapshot_bytes})
+    append(out, v);
   append(out, crc_of(0, out.data(), out.size()));
   return out;
 }
@@ -126,6 +140,9 @@ Header decode_header(const std::string& bytes, const std::string& file) {
   h.tokens = f.next<int64_t>();
   h.layers = f.next<int64_t>();
   h.payload = f.next<int64_t>();
+  h.snapshot_every = f.next<int64_t>();
+  h.snapshots = f.next<int64_t>();
+  h.snapshot_bytes = f.next<int64_t>();
   return h;
 }
 
@@ -237,6 +254,9 @@ void write_session(const Session& s, const CheckpointFingerprint& model, int fd,
   h.tokens = pos;
   h.layers = cache.n_layers();
   h.payload = payload_bytes(cache, pos);
+  h.snapshot_every = s.options().snapshot_every;
+  h.snapshots = s.snapshots().count();
+  h.snapshot_bytes = snapshot_section_bytes(s);
   Writer w(fd, tmp);
   const std::string header = encode_header(h);
   w.put(header.data(), header.size());
@@ -259,9 +279,56 @@ void write_session(const Session& s, const CheckpointFingerprint& model, int fd,
       w.put(st->score.data(), st->score.size() * sizeof(float));
     }
   }
+  const std::vector<int64_t> positions = s.snapshots().positions();
+  for (int64_t i = 0; i < h.snapshots; ++i) {
+    w.put(&positions[static_cast<size_t>(i)], sizeof(int64_t));
+    s.snapshots().store(cache, i, [&](const void* p, size_t n) { w.put(p, n); });
+  }
   const uint32_t crc = w.crc();
   w.put(&crc, sizeof crc);
   w.flush();
+}
+
+std::filesystem::path directory_of(const std::filesystem::path& path) {
+  return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+}
+
+// This host's name as a file name part ('/' would make it a path).
+std::string host_name() {
+  char name[256] = {};
+  ::gethostname(name, sizeof name - 1);
+  std::string h = name;
+  std::replace(h.begin(), h.end(), '/', '_');
+  return h;
+}
+
+// The pid of a temporary file's "<pid>.<serial>" (session_temp_path); 0 when it is not that.
+int temp_owner(std::string_view pid_serial) {
+  const size_t dot = pid_serial.find('.');
+  if (dot == std::string_view::npos) return 0;
+  const char* end = pid_serial.data() + pid_serial.size();
+  int pid = 0;
+  uint64_t serial = 0;
+  const auto p = std::from_chars(pid_serial.data(), pid_serial.data() + dot, pid);
+  const auto s = std::from_chars(pid_serial.data() + dot + 1, end, serial);
+  const bool whole = p.ec == std::errc() && p.ptr == pid_serial.data() + dot && s.ec == std::errc() && s.ptr == end;
+  return whole && pid > 0 ? pid : 0;
+}
+
+// Removes the temporary files that saves of `path` killed mid-write left: session_temp_path's names of this host
+// whose process no longer exists. A live process's, whoever it runs as (kill answers EPERM, not ESRCH), is never
+// touched, so two processes may save the same name at once (the last rename wins, each file whole); another
+// host's (a shared directory) is left alone, since its process cannot be seen from here. A pid reused since
+// keeps its file until that process ends too. Best effort: a listing or removal that fails changes nothing else.
+void remove_stale_temps(const std::filesystem::path& path) {
+  const std::string prefix = path.filename().string() + "." + host_name() + ".", suffix = ".tmp";
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(directory_of(path), ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() + suffix.size() || !name.starts_with(prefix) || !name.ends_with(suffix)) continue;
+    const int pid = temp_owner({name.data() + prefix.size(), name.size() - prefix.size() - suffix.size()});
+    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) ::unlink(it->path().c_str());
+  }
 }
 
 // Syncs the directory so that the rename itself survives a power loss.
@@ -283,6 +350,44 @@ void check_records(int fd, const KvCache& layout, int64_t tokens, const std::str
       *f = r.next<int64_t>();
     FERRY_CHECK(got == want, "{}: layer {}'s record does not match this model's layer", file, l);
     at += want.bytes();
+  }
+}
+
+// The next snapshot's position, after `prev`: a multiple of the file's snapshot_every within its tokens.
+int64_t snapshot_position(Reader& r, int64_t prev, const Header& h, const std::string& file) {
+  const auto pos = r.next<int64_t>();
+  FERRY_CHECK(pos > prev && pos <= h.tokens && pos % h.snapshot_every == 0,
+              "{}: holds a snapshot of position {} (after {}), not a multiple of {} up to its {} tokens", file, pos,
+              prev, h.snapshot_every, h.tokens);
+  return pos;
+}
+
+// The snapshot section, read at its place once the checksum has passed (as check_records): positions that fit,
+// each followed by the stored form this model's snapshot of it has, filling the section exactly.
+void check_snapshots(int fd, const KvCache& layout, const Header& h, const std::string& file) {
+  const int64_t first = kHeaderBytes + h.payload, end = first + h.snapshot_bytes;
+  int64_t at = first, prev = 0, i = 0;
+  for (; i < h.snapshots && at + 8 <= end; ++i) {
+    Reader r(fd, at, 0, file);
+    prev = snapshot_position(r, prev, h, file);
+    at += 8 + KvSnapshots::stored_bytes(layout, prev);
+  }
+  FERRY_CHECK(i == h.snapshots && at == end, "{}: its {} snapshots do not fill the {} bytes its header gives them",
+              file, h.snapshots, h.snapshot_bytes);
+}
+
+// Reads the checked snapshots into `snaps` when the session takes them every h.snapshot_every tokens too (with
+// another period its rewinds would not find them where its K−1 bound needs them); past them otherwise.
+void read_snapshots(Reader& r, const KvCache& cache, KvSnapshots& snaps, int64_t every, const Header& h,
+                    const std::string& file) {
+  if (every != h.snapshot_every) {
+    r.get(nullptr, static_cast<size_t>(h.snapshot_bytes));
+    return;
+  }
+  int64_t prev = 0;
+  for (int64_t i = 0; i < h.snapshots; ++i) {
+    prev = snapshot_position(r, prev, h, file);
+    snaps.load(cache, prev, [&](void* p, size_t n) { r.get(p, n); });
   }
 }
 
@@ -348,13 +453,27 @@ Header checked_header(int fd, int64_t size, const Session& s, const CheckpointFi
   const int64_t payload = payload_bytes(s.cache(), h.tokens);
   FERRY_CHECK(h.payload == payload, "{}: its header counts {} bytes of state for {} tokens, this model needs {}", file,
               h.payload, h.tokens, payload);
-  const int64_t want = kHeaderBytes + payload + 4;
+  // Bounds, not the exact size (the positions are in the section): each snapshot is at most that of the last position.
+  const bool snapshots_fit =
+      h.snapshot_every >= 0 && h.snapshots >= 0 &&
+      (h.snapshots == 0 || (h.snapshot_every > 0 && h.snapshots <= h.tokens / h.snapshot_every)) &&
+      h.snapshot_bytes >= 8 * h.snapshots &&
+      h.snapshot_bytes <= h.snapshots * (8 + KvSnapshots::stored_bytes(s.cache(), h.tokens));
+  FERRY_CHECK(snapshots_fit, "{}: its header's snapshot fields do not fit ({} snapshots every {} tokens in {} bytes)",
+              file, h.snapshots, h.snapshot_every, h.snapshot_bytes);
+  const int64_t want = kHeaderBytes + payload + h.snapshot_bytes + 4;
   FERRY_CHECK(size >= want, "{}: truncated ({} bytes, its header says {})", file, size, want);
   FERRY_CHECK(size == want, "{}: {} bytes longer than its header says ({} bytes)", file, size - want, want);
   return h;
 }
 
 }  // namespace
+
+std::filesystem::path session_temp_path(const std::filesystem::path& path, int64_t pid, int64_t serial) {
+  std::filesystem::path tmp = path;
+  tmp += fmt::format(".{}.{}.{}.tmp", host_name(), pid, serial);
+  return tmp;
+}
 
 SessionFileStats save_session(const Session& session, const CheckpointFingerprint& model,
                               const std::filesystem::path& path) {
@@ -363,10 +482,10 @@ SessionFileStats save_session(const Session& session, const CheckpointFingerprin
   std::error_code ec;
   FERRY_CHECK(!std::filesystem::is_directory(path, ec), "{}: a directory; give a file name to save the session to",
               file);
+  remove_stale_temps(path);
   // Unique per process and call: two slots of a server may save at once.
   static std::atomic<int64_t> serial{0};
-  std::filesystem::path tmp = path;
-  tmp += fmt::format(".{}-{}.tmp", ::getpid(), serial++);
+  const std::filesystem::path tmp = session_temp_path(path, ::getpid(), serial++);
   Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   FERRY_CHECK(fd.fd >= 0, "{}: cannot create {} ({})", file, tmp.string(), errno_text());
   try {
@@ -381,8 +500,9 @@ SessionFileStats save_session(const Session& session, const CheckpointFingerprin
     ::unlink(tmp.c_str());
     throw;
   }
-  sync_directory(path.has_parent_path() ? path.parent_path() : std::filesystem::path("."), file);
-  return {session.position(), kHeaderBytes + payload_bytes(session.cache(), session.position()) + 4};
+  sync_directory(directory_of(path), file);
+  return {session.position(),
+          kHeaderBytes + payload_bytes(session.cache(), session.position()) + snapshot_section_bytes(session) + 4};
 }
 
 SessionFileStats load_session(Session& session, const CheckpointFingerprint& model, const std::filesystem::path& path) {
@@ -396,15 +516,17 @@ SessionFileStats load_session(Session& session, const CheckpointFingerprint& mod
   // First pass: the whole file against its checksum, then the layer records, the session untouched.
   {
     Reader r(fd.fd, kHeaderBytes, header_crc, file);
-    r.get(nullptr, static_cast<size_t>(h.payload));
+    r.get(nullptr, static_cast<size_t>(h.payload + h.snapshot_bytes));
     const uint32_t crc = r.crc();
     FERRY_CHECK(r.next<uint32_t>() == crc, "{}: corrupted (the checksum does not match)", file);
   }
   check_records(fd.fd, session.cache(), h.tokens, file);
+  check_snapshots(fd.fd, session.cache(), h, file);
   // Second pass: into the cache; the file is read again rather than held in memory (it can be gigabytes).
   Reader r(fd.fd, kHeaderBytes, header_crc, file);
-  session.restore([&](KvCache& cache) {
+  session.restore([&](KvCache& cache, KvSnapshots& snaps) {
     std::vector<int32_t> tokens = read_payload(r, cache, h.tokens, file);
+    read_snapshots(r, cache, snaps, session.options().snapshot_every, h, file);
     const uint32_t crc = r.crc();
     FERRY_CHECK(r.next<uint32_t>() == crc, "{}: changed while being read (the checksum no longer matches)", file);
     return tokens;

@@ -27,13 +27,36 @@ void for_each_volatile(Cache& cache, F&& f) {
   }
 }
 
+// The stored form of a snapshot of position `pos` (snapshots.h): calls f(offset, bytes) for each part kept, the
+// offset into the snapshot's buffer.
+template <class F>
+void for_each_stored(const KvCache& cache, int64_t pos, F&& f) {
+  size_t at = 0;
+  for (int64_t l = 0; l < cache.n_layers(); ++l) {
+    const LayerKv& L = cache.layer(l);
+    f(at, static_cast<size_t>(std::min(pos, L.window_rows) * cache.main_layout().bytes));
+    at += byte_size(L.window);
+    for (const CompressorState* s : {&L.main_state, &L.index_state})
+      for (const DeviceVector<float>* v : {&s->kv, &s->score}) {
+        f(at, byte_size(*v));
+        at += byte_size(*v);
+      }
+  }
+}
+
+size_t volatile_bytes(const KvCache& cache) {
+  size_t total = 0;
+  for_each_volatile(cache, [&](const void*, size_t n) { total += n; });
+  return total;
+}
+
 }  // namespace
 
 KvSnapshots::KvSnapshots(int64_t keep) : keep_(keep) {
   FERRY_CHECK(keep >= 1, "snapshot_keep must be at least 1, not {}", keep);
 }
 
-void KvSnapshots::save(const KvCache& cache, int64_t pos) {
+KvSnapshots::Snapshot& KvSnapshots::push(int64_t pos) {
   FERRY_CHECK(snaps_.empty() || snaps_.back().pos < pos, "snapshot at {} after one at {}", pos, snaps_.back().pos);
   Snapshot s;
   if (count() == keep_) {
@@ -41,15 +64,18 @@ void KvSnapshots::save(const KvCache& cache, int64_t pos) {
     snaps_.pop_front();
   }
   s.pos = pos;
-  size_t total = 0;
-  for_each_volatile(cache, [&](const void*, size_t n) { total += n; });
-  s.bytes.resize(total);
+  snaps_.push_back(std::move(s));
+  return snaps_.back();
+}
+
+void KvSnapshots::save(const KvCache& cache, int64_t pos) {
+  Snapshot& s = push(pos);
+  s.bytes.resize(volatile_bytes(cache));
   size_t at = 0;
   for_each_volatile(cache, [&](const void* p, size_t n) {
     if (n) std::memcpy(s.bytes.data() + at, p, n);
     at += n;
   });
-  snaps_.push_back(std::move(s));
 }
 
 void KvSnapshots::drop_after(int64_t pos) {
@@ -89,6 +115,23 @@ int64_t KvSnapshots::bytes() const {
   int64_t b = 0;
   for (const Snapshot& s : snaps_) b += static_cast<int64_t>(s.bytes.capacity());
   return b;
+}
+
+int64_t KvSnapshots::stored_bytes(const KvCache& cache, int64_t pos) {
+  int64_t total = 0;
+  for_each_stored(cache, pos, [&](size_t, size_t n) { total += static_cast<int64_t>(n); });
+  return total;
+}
+
+void KvSnapshots::store(const KvCache& cache, int64_t i, const std::function<void(const void*, size_t)>& put) const {
+  const Snapshot& s = snaps_.at(static_cast<size_t>(i));
+  for_each_stored(cache, s.pos, [&](size_t at, size_t n) { put(s.bytes.data() + at, n); });
+}
+
+void KvSnapshots::load(const KvCache& cache, int64_t pos, const std::function<void(void*, size_t)>& get) {
+  Snapshot& s = push(pos);
+  s.bytes.assign(volatile_bytes(cache), 0);
+  for_each_stored(cache, pos, [&](size_t at, size_t n) { get(s.bytes.data() + at, n); });
 }
 
 std::vector<int64_t> KvSnapshots::positions() const {

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <vector>
 
 #include "runtime/model/kv_cache.h"
@@ -35,12 +36,26 @@ class KvSnapshots {
   int64_t count() const { return static_cast<int64_t>(snaps_.size()); }
   std::vector<int64_t> positions() const;
 
+  // Session files (session_file.h) hold each snapshot in a form that no context length changes: per layer the
+  // window slots in use at its position (the first min(pos, window_rows)), then the compressor states. A window
+  // of min(ctx, W) rows holds the same slots in use at any position a context holds, so a snapshot saved with
+  // one context loads into a session of another.
+  static int64_t stored_bytes(const KvCache& cache, int64_t pos);
+  // Writes the i-th kept snapshot (0: the oldest) in the stored form, in calls put(data, bytes).
+  void store(const KvCache& cache, int64_t i, const std::function<void(const void*, size_t)>& put) const;
+  // Keeps a snapshot of position `pos` (after every kept one, the oldest dropped beyond `keep`) read in the stored
+  // form by calls get(data, bytes); the window slots not in use are zero (nothing reads them before they are
+  // written again).
+  void load(const KvCache& cache, int64_t pos, const std::function<void(void*, size_t)>& get);
+
  private:
   struct Snapshot {
     int64_t pos = 0;
     std::vector<uint8_t> bytes;  // per layer: window ring, main state kv + score, indexer state kv + score
   };
   const Snapshot* at_or_before(int64_t pos) const;
+  // The snapshot to fill for position `pos`: the oldest one's buffer when `keep` are held.
+  Snapshot& push(int64_t pos);
 
   int64_t keep_;
   std::deque<Snapshot> snaps_;  // ascending positions

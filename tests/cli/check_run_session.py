@@ -4,7 +4,7 @@ tokens, gives bitwise the ids and logits of one run of the whole prompt (on the 
 sim); bad session files (another model, another KV type, truncated, flipped bytes, a directory, no read
 permission, a prompt that does not extend the saved tokens) give one line and a non-zero exit and leave the file
 as it was; a save killed mid-write (kill -9, paused by the test hook FERRY_TEST_SESSION_SAVE_STALL_S) leaves the
-previous file intact and loadable."""
+previous file intact and loadable, and the next save removes the temporary file it left."""
 import os
 import selectors
 import shutil
@@ -149,10 +149,14 @@ while "save stalled" not in err:
         err += p.stderr.readline()
 tmp = err.split(" with ")[1].split(" partly written")[0]
 assert os.path.getsize(tmp) > 0, tmp
+# "<file>.<host>.<pid>.<serial>.tmp": the pid tells the next save that its writer is gone.
+assert tmp.startswith(F + ".") and tmp.endswith(f".{p.pid}.0.tmp"), tmp
 p.send_signal(signal.SIGKILL)
 p.wait(timeout=30)
 assert open(F, "rb").read() == saved, "the killed save changed the previous file"
 r4 = run("--tokens", csv(P3), "-n", "2", "--session", F, *KV)
 ok(r4)
 assert f"session: restored 57 tokens from {F}; fed 20 new" in r4.stderr, r4.stderr
+assert not os.path.exists(tmp), f"the next save left the killed save's {tmp}"
+assert sorted(n for n in os.listdir(work) if n.startswith("s.ferry")) == ["s.ferry", "s.ferry.copy"], os.listdir(work)
 print("ok")

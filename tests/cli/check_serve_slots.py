@@ -129,13 +129,16 @@ assert status == 200 and again["n_saved"] == saved["n_saved"], again
 assert open(os.path.join(saves, "again.bin"), "rb").read() == good, "the slot changed after the refused restores"
 
 # The next turn continues from the restored slot (it holds the restored tokens and more afterwards) with the
-# unbroken server's answer. (A restored session keeps no snapshots: reusing only part of it recomputes from its
-# start, as the counters show.)
+# unbroken server's answer. The slot's snapshots (every 8 tokens) were restored with it: the turn reuses the
+# restored prefix up to a snapshot instead of computing it again (without them a rewind into it would start at 0
+# and nothing would count as cached).
 before = server.counters()
 assert server.complete(FIRST + answer1 + SECOND) == answer2
 after = server.counters()
-print(f"restored slot: the second turn answered as the unbroken server; cached {after['cached'] - before['cached']:.0f}"
-      f", computed {after['computed'] - before['computed']:.0f} prompt tokens")
+cached, computed = after['cached'] - before['cached'], after['computed'] - before['computed']
+print(f"restored slot: the second turn answered as the unbroken server; cached {cached:.0f}, computed {computed:.0f}"
+      " prompt tokens")
+assert cached >= 8, f"the restored slot's snapshots were not used: cached {cached}, computed {computed}"
 status, erased = server.post("/slots/0?action=erase", {})
 assert status == 200 and erased["n_erased"] > saved["n_saved"], erased
 server.stop()
