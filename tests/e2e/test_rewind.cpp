@@ -83,7 +83,9 @@ void expect_at(const runtime::Session& s, const std::vector<int32_t>& tokens, co
   EXPECT_EQ(s.tokens(), tokens) << what;
   for (int64_t l = 0; l < s.cache().n_layers(); ++l) {
     const runtime::LayerKv& L = s.cache().layer(l);
-    if (L.ratio > 0) EXPECT_EQ(L.n_compressed, p / L.ratio) << what << ", layer " << l;
+    if (L.ratio > 0) {
+      EXPECT_EQ(L.n_compressed, p / L.ratio) << what << ", layer " << l;
+    }
   }
 }
 
