@@ -18,6 +18,11 @@
 namespace ferry::launch {
 namespace {
 
+// The MXFP4 activation precisions: int24 and int16 run today's kernels (matvec_mxfp4.cpp), int8 the
+// whole-block ones (matvec_mxfp4_int8.cpp).
+constexpr core::ActivationBits kPrecisions[] = {core::ActivationBits::Int24, core::ActivationBits::Int16,
+                                                core::ActivationBits::Int8};
+
 double seconds_of(const std::function<void()>& f) {
   const auto t0 = std::chrono::steady_clock::now();
   f();
@@ -120,8 +125,8 @@ void bench_chunks(int64_t rows, int64_t cols, const char* what, const std::vecto
     for (size_t i = 0; i < x.size(); ++i) x[i] = 0.25f + 0.5f * float(i % 7) / 7.0f;
     const double flops = 2.0 * double(rows) * double(cols) * n;
     for (const cpu::CpuIsa isa : cpu::mxfp4_isas()) {
-      for (const auto bits : {core::ActivationBits::Int24, core::ActivationBits::Int16}) {
-        if (isa == cpu::CpuIsa::Portable && bits == core::ActivationBits::Int16) continue;
+      for (const auto bits : kPrecisions) {
+        if (isa == cpu::CpuIsa::Portable && bits != core::ActivationBits::Int24) continue;
         std::vector<cpu::Mxfp4Activation> a(static_cast<size_t>(n));
         for (int t = 0; t < n; ++t) cpu::quantize_mxfp4_activation(x.data() + t * cols, cols, a[size_t(t)], bits);
         const int64_t row_bytes = cols / 2 + cols / 32;
@@ -194,7 +199,7 @@ void run_kernel_bench(int repetitions, int working_set_mib, int threads, const s
               llc >> 20, working_set_mib);
   std::printf(
       "MXFP4 rows: code path, then the activation precision (int24: the forward pass's default, as exact as\n"
-      "float; int16: ferry run --expert-activations int16)\n");
+      "float; int16 / int8: ferry run --expert-activations int16 / int8; int8 runs the whole-block kernels)\n");
   std::printf("%-40s %8.1f GB/s\n", "triad (a = b + s*c)", triad);
   struct Shape {
     int64_t rows, cols;
@@ -207,8 +212,8 @@ void run_kernel_bench(int repetitions, int working_set_mib, int threads, const s
     char label[96];
     auto fp4_weights = make_weights(count(fp4 + fp4_scales), fp4, fp4_scales);
     for (const runtime::cpu::CpuIsa isa : runtime::cpu::mxfp4_isas()) {
-      for (const auto bits : {core::ActivationBits::Int24, core::ActivationBits::Int16}) {
-        if (isa == runtime::cpu::CpuIsa::Portable && bits == core::ActivationBits::Int16) continue;
+      for (const auto bits : kPrecisions) {
+        if (isa == runtime::cpu::CpuIsa::Portable && bits != core::ActivationBits::Int24) continue;
         // Timed with the activation's rounding, as a decode step pays it once per matvec.
         auto kernel = [isa, bits](const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols,
                                   const float* x, float* y) {

@@ -45,9 +45,10 @@ void EngineFlags::add_to(CLI::App& app, const std::string& ctx_help, const std::
                  "KV-cache storage: fp8 (default, the model's own), bf16, q8_0, q4_0")
       ->check(CLI::IsMember({"fp8", "bf16", "q8_0", "q4_0"}));
   app.add_option("--expert-activations", expert_activations,
-                 "Precision of routed-expert inputs in the CPU MXFP4 kernels: int24 (default, as exact as float) or "
-                 "int16 (faster; error <= 2^-15 of each 32-block's largest value)")
-      ->check(CLI::IsMember({"int24", "int16"}));
+                 "Precision of routed-expert inputs in the CPU MXFP4 kernels: int24 (default, as exact as float), "
+                 "int16 (faster; error <= 2^-15 of each 32-block's largest value) or int8 (fastest, the whole-block "
+                 "kernels; error <= 2^-8 of each 32-block's largest value)")
+      ->check(CLI::IsMember({"int24", "int16", "int8"}));
   app.add_option("--ubatch", ubatch, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 65536));
   offload.add_to(app);
   ranks.add_to(app);
@@ -75,7 +76,9 @@ runtime::SessionOptions EngineFlags::session_options(const CLI::App& app, int64_
   so.ctx = ctx.empty() ? default_ctx : core::parse_count(ctx, "--ctx");
   so.kv_type = *planner::kv_type_from_name(kv_type);
   so.ubatch = ubatch;
-  so.expert_bits = expert_activations == "int16" ? core::ActivationBits::Int16 : core::ActivationBits::Int24;
+  so.expert_bits = expert_activations == "int16"  ? core::ActivationBits::Int16
+                   : expert_activations == "int8" ? core::ActivationBits::Int8
+                                                  : core::ActivationBits::Int24;
   if (keeps_conversations && prefix_reuse == "on") so.snapshot_every = snapshot_every;
   return so;
 }

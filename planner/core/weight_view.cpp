@@ -32,7 +32,14 @@ int64_t weight_view_scale_bytes(const WeightView& w) {
   return 0;
 }
 
-const char* activation_bits_name(ActivationBits bits) { return bits == ActivationBits::Int16 ? "int16" : "int24"; }
+const char* activation_bits_name(ActivationBits bits) {
+  switch (bits) {
+    case ActivationBits::Int8: return "int8";
+    case ActivationBits::Int16: return "int16";
+    case ActivationBits::Int24: return "int24";
+  }
+  return "?";
+}
 
 int64_t weight_view_bytes(const WeightView& w) { return weight_view_code_bytes(w) + weight_view_scale_bytes(w); }
 

@@ -34,9 +34,10 @@ struct WeightView {
 };
 
 // The precision an MXFP4 weight's input is rounded to per block of 32 (runtime/kernels/cpu/mxfp4_activation.h):
-// 24-bit integers, as exact as float, or 16-bit ones, faster on the CPU.
-enum class ActivationBits : int { Int16 = 16, Int24 = 24 };
-const char* activation_bits_name(ActivationBits bits);  // "int16" / "int24"
+// 24-bit integers, as exact as float, or 16-bit ones, faster on the CPU, or 8-bit ones, the fastest (a step of
+// 2^-7 of each block's largest value, DeepSeek's own FP8 activation class).
+enum class ActivationBits : int { Int8 = 8, Int16 = 16, Int24 = 24 };
+const char* activation_bits_name(ActivationBits bits);  // "int8" / "int16" / "int24"
 
 // Bytes the view's weights occupy (codes and scales), for bandwidth reports and copies to a device.
 int64_t weight_view_bytes(const WeightView& w);

@@ -6,6 +6,7 @@ non-zero exit; with --gpu and --host-experts numa on a two-node plan it generate
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -65,8 +66,9 @@ assert s1 == s2 and s1.strip(), (s1, s2)
 p = run("-m", good, "--tokens", PROMPT, "-n", "8", "--ignore-eos", "--kv-type", "bf16", env={"FERRY_CPU_ISA": "portable"})
 assert p.returncode == 0 and p.stdout == r.stdout, (p.stdout, r.stdout, p.stderr)
 assert "mxfp4 portable int24" in p.stderr, p.stderr
-q = run("-m", good, "--tokens", PROMPT, "-n", "8", "--expert-activations", "int16")
-assert q.returncode == 0 and "int16" in q.stderr, q.stderr
+for bits in ("int16", "int8"):
+    q = run("-m", good, "--tokens", PROMPT, "-n", "8", "--expert-activations", bits)
+    assert q.returncode == 0 and re.search(rf"mxfp4 \w+ {bits}", q.stderr), q.stderr
 
 # --gpu with the routed experts copied to NUMA-bound memory, planned for two NUMA nodes (both bound to this
 # machine's node 0 on a one-node machine): the CPU-only run's ids, and the report lists both host nodes.
@@ -90,7 +92,7 @@ expect_error("'x' is not a token id", "--tokens", "0,x")
 expect_error("--ctx 4 is smaller than the prompt", "--tokens", PROMPT, "--ctx", "4")
 expect_error("--kv-type", "--tokens", PROMPT, "--kv-type", "fp7")
 expect_error("has no config.json", "--tokens", PROMPT, model=work)
-expect_error("--expert-activations", "--tokens", PROMPT, "--expert-activations", "int8")
+expect_error("--expert-activations", "--tokens", PROMPT, "--expert-activations", "int4")
 expect_error("--host-experts", "--tokens", PROMPT, "--gpu", "sim:20MiB", "--host-experts", "pinned")
 expect_error("--host-experts needs --gpu", "--tokens", PROMPT, "--host-experts", "numa")
 expect_error("--numa needs --gpu", "--tokens", PROMPT, "--numa", "2")

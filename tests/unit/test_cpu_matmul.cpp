@@ -1,6 +1,6 @@
 // The multi-token kernels (matmul_mxfp4, matmul_fp8) against the per-token matvec of the same code path, bit for
 // bit: linear() promises that a token's output does not depend on the chunk it was in, so prefill with any
-// ubatch and one-token decode agree exactly. Every path the CPU has, int16 and int24, row counts that are not
+// ubatch and one-token decode agree exactly. Every path the CPU has, int8, int16 and int24, row counts that are not
 // a multiple of the tile, token counts 1..9 and 64, rows that start at odd offsets.
 #include <gtest/gtest.h>
 
@@ -77,7 +77,8 @@ TEST(CpuMatmul, Mxfp4MatchesTheMatvecBitwiseOnEveryPath) {
     const uint8_t* c = codes.data() + offset * s.cols / 2;
     const uint8_t* sc = scales.data() + offset * s.cols / 32;
     const std::vector<float> x = random_tokens(rng, 64, s.cols);
-    for (core::ActivationBits bits : {core::ActivationBits::Int16, core::ActivationBits::Int24}) {
+    for (core::ActivationBits bits :
+         {core::ActivationBits::Int8, core::ActivationBits::Int16, core::ActivationBits::Int24}) {
       std::vector<Mxfp4Activation> a(64);
       for (int64_t t = 0; t < 64; ++t) quantize_mxfp4_activation(x.data() + t * s.cols, s.cols, a[size_t(t)], bits);
       for (CpuIsa isa : mxfp4_isas()) {

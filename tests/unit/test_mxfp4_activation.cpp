@@ -20,15 +20,17 @@ int32_t q_of(const Mxfp4Activation& a, int64_t i) {
   return q;
 }
 
-constexpr core::ActivationBits kBoth[] = {core::ActivationBits::Int16, core::ActivationBits::Int24};
+constexpr core::ActivationBits kAllBits[] = {core::ActivationBits::Int8, core::ActivationBits::Int16,
+                                             core::ActivationBits::Int24};
 
 TEST(Mxfp4Activation, LimitsAreThreeOrTwoSignedBytes) {
+  EXPECT_EQ(activation_qmax(core::ActivationBits::Int8), 127);
   EXPECT_EQ(activation_qmax(core::ActivationBits::Int16), 127 * 256 + 127);
   EXPECT_EQ(activation_qmax(core::ActivationBits::Int24), 127 * 65536 + 127 * 256 + 127);
 }
 
 TEST(Mxfp4Activation, ExponentIsTheSmallestThatFits) {
-  for (core::ActivationBits bits : kBoth) {
+  for (core::ActivationBits bits : kAllBits) {
     const double qmax = activation_qmax(bits);
     for (int k = -30; k <= 20; ++k) {
       const float at_limit = static_cast<float>(std::ldexp(qmax, k));  // exact: qmax has at most 23 bits
@@ -60,7 +62,7 @@ TEST(Mxfp4Activation, RoundsToNearestEvenAndSplitsIntoBytes) {
 }
 
 TEST(Mxfp4Activation, ReconstructsWithinHalfAStepAndSumsLanes) {
-  for (core::ActivationBits bits : kBoth) {
+  for (core::ActivationBits bits : kAllBits) {
     SCOPED_TRACE(core::activation_bits_name(bits));
     std::mt19937 rng(3);
     std::normal_distribution<float> n(0.0f, 1.0f);
@@ -68,7 +70,7 @@ TEST(Mxfp4Activation, ReconstructsWithinHalfAStepAndSumsLanes) {
     for (size_t i = 0; i < x.size(); ++i) x[i] = n(rng) * std::ldexp(1.0f, int(i / 32) - 20);  // scales 2^-20 .. 2^19
     Mxfp4Activation a;
     quantize_mxfp4_activation(x.data(), int64_t(x.size()), a, bits);
-    EXPECT_EQ(a.parts, bits == core::ActivationBits::Int16 ? 2 : 3);
+    EXPECT_EQ(a.parts, static_cast<int>(bits) / 8);
     EXPECT_EQ(a.even[0].size() % (16 * 16), 0u);  // padded to 16 blocks
     const double qmax = activation_qmax(bits);
     for (int64_t b = 0; b < a.blocks; ++b) {
@@ -86,6 +88,42 @@ TEST(Mxfp4Activation, ReconstructsWithinHalfAStepAndSumsLanes) {
       for (int m = 0; m < 4; ++m) EXPECT_EQ(a.correction[size_t(b * 4 + m)], 12 * lane[m]);
     }
   }
+}
+
+// The Int8 lane layout holds the planes' bytes regrouped (lane p of vector v: bytes 4 (v % 4) .. +3 of block
+// kLaneBlock[p] of the even (v < 4) or odd plane), each block's -12 * sum q and 2^(k - 1); padding is zero.
+TEST(Mxfp4Activation, Int8LanesRegroupThePlanes) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n(0.0f, 1.0f);
+  std::vector<float> x(32 * 21);  // 21 blocks: one whole group of 16 and a partial one
+  for (size_t i = 0; i < x.size(); ++i) x[i] = n(rng) * std::ldexp(1.0f, int(i / 32) % 9 - 4);
+  x[32 * 20 + 3] = NAN;
+  Mxfp4Activation a;
+  quantize_mxfp4_activation(x.data(), int64_t(x.size()), a, core::ActivationBits::Int8);
+  ASSERT_EQ(a.lanes.size(), 32u * 32);
+  ASSERT_EQ(a.lane_bias.size(), 32u);
+  for (int64_t g = 0; g < 2; ++g) {
+    for (int p = 0; p < 16; ++p) {
+      const int64_t b = 16 * g + kLaneBlock[p];
+      int32_t sum = 0;
+      for (int v = 0; v < 8; ++v) {
+        for (int m = 0; m < 4; ++m) {
+          const int64_t element = 32 * b + 2 * (4 * (v % 4) + m) + (v < 4 ? 0 : 1);
+          const int32_t want = b < a.blocks ? q_of(a, element) : 0;
+          EXPECT_EQ(a.lanes[size_t(512 * g + 64 * v + 4 * p + m)], want) << "block " << b << " v " << v;
+          sum += want;
+        }
+      }
+      EXPECT_EQ(a.lane_bias[size_t(16 * g + p)], -12 * sum) << "block " << b;
+      const float scale = a.lane_scale[size_t(16 * g + p)];
+      if (b == 20)
+        EXPECT_EQ(scale, INFINITY);
+      else if (b < a.blocks)
+        EXPECT_EQ(scale, std::ldexp(1.0f, a.exponent[size_t(b)])) << "block " << b;
+    }
+  }
+  quantize_mxfp4_activation(x.data(), int64_t(x.size()), a, core::ActivationBits::Int16);
+  EXPECT_TRUE(a.lanes.empty());  // only Int8 has the layout
 }
 
 // The dispatched rounding (AVX2 where the CPU has it) is bitwise the element-by-element definition: random
@@ -106,7 +144,7 @@ TEST(Mxfp4Activation, VectorPathIsBitwiseTheDefinition) {
       x[b * 32 + i] = b % 11 == 0 ? 0.0f : v;  // some all-zero blocks
     }
   }
-  for (core::ActivationBits bits : kBoth) {
+  for (core::ActivationBits bits : kAllBits) {
     SCOPED_TRACE(core::activation_bits_name(bits));
     Mxfp4Activation fast, def;
     quantize_mxfp4_activation(x.data(), int64_t(x.size()), fast, bits);

@@ -17,6 +17,7 @@
 
 #include "planner/core/dtype_codec.h"
 #include "runtime/kernels/cpu/matvec.h"
+#include "runtime/kernels/cpu/matvec_mxfp4_int8.h"
 #include "runtime/kernels/cpu/matvec_rows.h"
 
 #if defined(__x86_64__)
@@ -432,7 +433,7 @@ CpuIsa chosen() {
 void check_activations(const Mxfp4Activation* x, int64_t n, int64_t rows) {
   detail::check_matvec_shape(rows, n > 0 ? x[0].cols : 0, "matvec_mxfp4");
   for (int64_t t = 0; t < n; ++t)
-    FERRY_CHECK((x[t].parts == 2 || x[t].parts == 3) && x[t].cols == x[0].cols && x[t].parts == x[0].parts,
+    FERRY_CHECK(x[t].parts >= 1 && x[t].parts <= 3 && x[t].cols == x[0].cols && x[t].parts == x[0].parts,
                 "matvec_mxfp4: activations not prepared alike");
 }
 
@@ -452,6 +453,12 @@ void run_tiles(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, int64_t 
   check_activations(x, n, rows);
   if (n == 0 || rows == 0) return;
   const int64_t row_bytes = x[0].cols / 2, blocks = x[0].blocks;
+  if (x[0].parts == 1 && isa != CpuIsa::Portable) {  // Int8: its own kernels, all n tokens per row
+    detail::for_each_row_range(rows, row_bytes, [&](int64_t r0, int64_t r1) {
+      detail::mxfp4_int8_rows(isa, codes + r0 * row_bytes, scales + r0 * blocks, r1 - r0, x, n, y + r0, y_stride);
+    });
+    return;
+  }
   const int64_t tile = tile_tokens(x[0]);
   detail::for_each_row_range(rows, row_bytes, [&](int64_t r0, int64_t r1) {
     for (int64_t t0 = 0; t0 < n; t0 += tile) {

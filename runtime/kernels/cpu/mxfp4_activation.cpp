@@ -39,13 +39,20 @@ inline int32_t round_to_int(float v) {
 }
 }  // namespace
 
-// Every part a signed byte: 127 * (1 + 256 [+ 65536]).
-int32_t activation_qmax(core::ActivationBits bits) { return bits == core::ActivationBits::Int16 ? 32639 : 8355711; }
+// Every part a signed byte: 127 * (1 [+ 256 [+ 65536]]).
+int32_t activation_qmax(core::ActivationBits bits) {
+  switch (bits) {
+    case core::ActivationBits::Int8: return 127;
+    case core::ActivationBits::Int16: return 32639;
+    case core::ActivationBits::Int24: return 8355711;
+  }
+  return 0;
+}
 
 int mxfp4_activation_exponent(float amax, core::ActivationBits bits) {
   // 2^e <= amax < 2^(e+1), so amax / 2^(e-b) is in [2^b, 2^(b+1)) and qmax is just below 2^(b+1): at most one
   // step up.
-  const int b = bits == core::ActivationBits::Int16 ? 14 : 22;
+  const int b = bits == core::ActivationBits::Int8 ? 6 : bits == core::ActivationBits::Int16 ? 14 : 22;
   uint32_t u;
   std::memcpy(&u, &amax, sizeof u);
   const int e = (u >> 23) & 255;
@@ -160,13 +167,34 @@ bool have_avx2() {
 }
 #endif
 
+// The Int8 lane layout (mxfp4_activation.h) from the planes, 4 bytes at a time; the bias and scale of each
+// block from its lane sums and exponent.
+void fill_lanes(Mxfp4Activation& a, int64_t padded) {
+  a.lanes.resize(static_cast<size_t>(padded * 32));
+  a.lane_bias.resize(static_cast<size_t>(padded));
+  a.lane_scale.resize(static_cast<size_t>(padded));
+  for (int64_t g = 0; g < padded / 16; ++g) {
+    for (int p = 0; p < 16; ++p) {
+      const int64_t b = 16 * g + kLaneBlock[p];
+      for (int v = 0; v < 8; ++v) {
+        const int8_t* plane = (v < 4 ? a.even[0] : a.odd[0]).data() + 16 * b + 4 * (v % 4);
+        std::memcpy(a.lanes.data() + 512 * g + 64 * v + 4 * p, plane, 4);
+      }
+      const int32_t* c = a.correction.data() + 4 * b;
+      a.lane_bias[size_t(16 * g + p)] = -(c[0] + c[1] + c[2] + c[3]);
+      const int32_t e = a.exponent[size_t(b)];
+      a.lane_scale[size_t(16 * g + p)] = e == kNonFiniteExponent ? INFINITY : std::ldexp(1.0f, e);
+    }
+  }
+}
+
 void quantize(const float* x, int64_t cols, Mxfp4Activation& a, core::ActivationBits bits, bool vector) {
   FERRY_CHECK(cols % kBlock == 0, "MXFP4 activation: cols must be a multiple of 32, got {}", cols);
   const int64_t blocks = cols / kBlock;
   const int64_t padded = (blocks + kPadBlocks - 1) / kPadBlocks * kPadBlocks;
   a.cols = cols;
   a.blocks = blocks;
-  a.parts = bits == core::ActivationBits::Int16 ? 2 : 3;
+  a.parts = static_cast<int>(bits) / 8;
   for (int j = 0; j < 3; ++j) {
     const size_t n = j < a.parts ? static_cast<size_t>(padded * 16) : 0;
     a.even[j].assign(n, 0);
@@ -179,6 +207,13 @@ void quantize(const float* x, int64_t cols, Mxfp4Activation& a, core::Activation
     if (vector && quantize_block_avx2(x + b * kBlock, bits, a, b)) continue;
 #endif
     quantize_block_portable(x + b * kBlock, bits, a, b);
+  }
+  if (a.parts == 1) {
+    fill_lanes(a, padded);
+  } else {
+    a.lanes.clear();
+    a.lane_bias.clear();
+    a.lane_scale.clear();
   }
 }
 
