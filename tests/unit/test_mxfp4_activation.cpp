@@ -116,10 +116,11 @@ TEST(Mxfp4Activation, Int8LanesRegroupThePlanes) {
       }
       EXPECT_EQ(a.lane_bias[size_t(16 * g + p)], -12 * sum) << "block " << b;
       const float scale = a.lane_scale[size_t(16 * g + p)];
-      if (b == 20)
+      if (b == 20) {
         EXPECT_EQ(scale, INFINITY);
-      else if (b < a.blocks)
+      } else if (b < a.blocks) {
         EXPECT_EQ(scale, std::ldexp(1.0f, a.exponent[size_t(b)])) << "block " << b;
+      }
     }
   }
   quantize_mxfp4_activation(x.data(), int64_t(x.size()), a, core::ActivationBits::Int16);
