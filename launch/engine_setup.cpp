@@ -115,7 +115,14 @@ runtime::SessionOptions EngineSetup::session_options(int slot) {
 
 void EngineSetup::follow_slots() {
   FERRY_CHECK(ranks_ && !ranks_->leads(), "EngineSetup: only a rank other than 0 follows");
-  ranks_->follow_slots(weights(), [&](int slot) { return session_options(slot); });
+  // Rank 0's sessions of serve and chat take snapshots every --snapshot-every tokens (open_v4_engine), which cuts
+  // their feeds there: the followers' sessions take theirs at the same positions, so their feeds are cut into the
+  // same chunks and a rewind finds the same snapshot on every rank.
+  ranks_->follow_slots(weights(), [&](int slot) {
+    runtime::SessionOptions so = session_options(slot);
+    so.snapshot_every = flags_.snapshot_every;
+    return so;
+  });
 }
 
 std::string EngineSetup::report(const runtime::Session& session) const {
