@@ -123,6 +123,9 @@ runtime::SessionOptions EngineSetup::session_options(int slot) {
 
 void EngineSetup::follow_slots() {
   FERRY_CHECK(ranks_ && !ranks_->leads(), "EngineSetup: only a rank other than 0 follows");
+  // session_options() carries the flags' --snapshot-every, as rank 0's engine sessions do: the followers' sessions
+  // snapshot at the same positions, so their feeds are cut into the same chunks and a rewind finds the same
+  // snapshot on every rank.
   ranks_->follow_slots(weights(), [&](int slot) { return session_options(slot); });
 }
 

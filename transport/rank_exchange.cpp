@@ -37,14 +37,17 @@ std::unique_lock<std::mutex> RankGroup::start_step(Command c, int slot, std::spa
     steps_.fetch_add(1);
     if (awaiting_logits_.load() > 0) overlapped_steps_.fetch_add(1);
   }
-  broadcast_command(c, slot, tokens, want);
+  broadcast_command(c, slot, static_cast<int64_t>(tokens.size()), static_cast<int64_t>(want), tokens);
   return lock;
 }
 
-// A command is a fixed header {command, slot, tokens, logits wanted} and then its tokens, broadcast from rank 0.
-void RankGroup::broadcast_command(Command c, int slot, std::span<const int32_t> tokens, runtime::LogitsWanted want) {
-  std::array<int64_t, 4> header{static_cast<int64_t>(c), slot, static_cast<int64_t>(tokens.size()),
-                                static_cast<int64_t>(want)};
+void RankGroup::announce_rewind(int slot, int64_t p, int64_t s) {
+  std::lock_guard lock(step_);
+  broadcast_command(Command::Rewind, slot, p, s);
+}
+
+void RankGroup::broadcast_command(Command c, int slot, int64_t a, int64_t b, std::span<const int32_t> tokens) {
+  std::array<int64_t, 4> header{static_cast<int64_t>(c), slot, a, b};
   world_.broadcast(header.data(), sizeof header, 0, "a command to the ranks");
   if (!tokens.empty())
     world_.broadcast(const_cast<int32_t*>(tokens.data()), static_cast<int64_t>(tokens.size_bytes()), 0,
@@ -67,6 +70,10 @@ void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session
     runtime::Session& session = session_of(static_cast<int>(header[1]));
     if (command == Command::Reset) {
       session.reset();
+      continue;
+    }
+    if (command == Command::Rewind) {
+      session.follow_rewind(header[2], header[3]);
       continue;
     }
     FERRY_CHECK(command == Command::Feed && header[2] > 0, "transport: rank 0 sent an unknown command {}", header[0]);

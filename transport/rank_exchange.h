@@ -18,7 +18,7 @@
 
 namespace ferry::transport {
 
-enum class Command : int32_t { Feed = 1, Reset = 2, Stop = 3 };
+enum class Command : int32_t { Feed = 1, Reset = 2, Stop = 3, Rewind = 4 };
 
 // What the sessions of one run share across the ranks: the roles, and the lock under which rank 0 starts their
 // steps one at a time. Rank 0 announces each session's steps with its slot; the other ranks follow (follow()), one
@@ -57,6 +57,9 @@ class RankGroup {
   // Rank 0: feeds started, and those of them that started while an earlier step still awaited its logits.
   int64_t steps() const { return steps_.load(); }
   int64_t overlapped_steps() const { return overlapped_steps_.load(); }
+  // Rank 0: the sessions of `slot` go back to position p from their snapshots at s (Session::follow_rewind). Only
+  // the command's broadcast is under the lock: the feed that recomputes [s, p) is a step of its own.
+  void announce_rewind(int slot, int64_t p, int64_t s);
   // Rank 0, when its command is done: the followers return from follow().
   void announce_stop();
   // Ranks other than 0: runs what rank 0 announces, each command on `session_of(slot)` (made on first use), until
@@ -65,7 +68,9 @@ class RankGroup {
   void follow(const std::function<runtime::Session&(int slot)>& session_of);
 
  private:
-  void broadcast_command(Command c, int slot, std::span<const int32_t> tokens, runtime::LogitsWanted want);
+  // A command is a fixed header {command, slot, a, b} — a feed's a: its token count, b: the logits wanted; a
+  // rewind's a: p, b: s — then a feed's tokens.
+  void broadcast_command(Command c, int slot, int64_t a, int64_t b, std::span<const int32_t> tokens = {});
 
   const World& world_;
   std::vector<LayerRoles> roles_;
@@ -91,6 +96,7 @@ class MpiRankExchange final : public runtime::RankExchange {
 
   std::unique_lock<std::mutex> announce_feed(std::span<const int32_t> tokens, runtime::LogitsWanted want) override;
   void announce_reset() override;
+  void announce_rewind(int64_t p, int64_t s) override { group_.announce_rewind(slot_, p, s); }
 
   bool hands_over(int64_t l) const override { return roles(l - 1).runners != roles(l).runners; }
   void hand_over(int64_t l, float* H, int64_t floats) override;

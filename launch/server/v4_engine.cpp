@@ -90,7 +90,7 @@ class V4Engine : public Engine {
     int64_t reuse = options_.prefix_reuse ? common_prefix(session.tokens(), prompt) : 0;
     reuse = std::min(reuse, static_cast<int64_t>(prompt.size()) - 1);
     int64_t recomputed = 0;
-    if (reuse < session.position() && (reuse == 0 || session.options().ranks)) {
+    if (reuse < session.position() && reuse == 0) {
       session.reset();
       reuse = 0;
     } else if (reuse < session.position()) {
@@ -262,7 +262,7 @@ class V4Engine : public Engine {
     runtime::SessionOptions so;
     so.ctx = options_.ctx;
     if (options_.configure_session) options_.configure_session(static_cast<int>(sessions_.size()), so);
-    so.snapshot_every = so.ranks || so.mtp || !options_.prefix_reuse ? 0 : options_.snapshot_every;
+    so.snapshot_every = so.mtp || !options_.prefix_reuse ? 0 : options_.snapshot_every;
     sessions_.push_back(std::make_unique<runtime::Session>(weights_, so));
     return sessions_.back().get();
   }

@@ -29,15 +29,15 @@ struct V4EngineOptions {
   // engine loads the directory's checkpoint itself, for the CPU.
   const runtime::ModelWeights* weights = nullptr;
   // Prefix reuse: a request is given the idle session holding the longest prefix of its prompt, and only the rest
-  // is computed (a rewind recomputes at most snapshot_every − 1 tokens back to that prefix; under mpirun, where
-  // sessions do not rewind, only a prompt extending all a session holds is reused). Off: every request prefills
-  // its whole prompt.
+  // is computed (a rewind recomputes at most snapshot_every − 1 tokens back to that prefix). Off: every request
+  // prefills its whole prompt.
   bool prefix_reuse = true;
   // Sessions the engine may make (the server's --parallel, what the plan holds KV for); past them a request takes
   // an idle session's cache.
   int64_t max_sessions = 1;
   // Snapshots every K tokens of each session (runtime::SessionOptions::snapshot_every; 0: none, a rewind then
-  // recomputes from the start); not under mpirun.
+  // recomputes from the start); under mpirun the other ranks' sessions take theirs at the same positions
+  // (EngineSetup::follow_slots).
   int64_t snapshot_every = 256;
 };
 

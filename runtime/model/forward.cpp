@@ -37,8 +37,7 @@ Session::Session(const ModelWeights& model, SessionOptions options)
   options_.ubatch = std::min(options.ubatch, options.ctx);
   FERRY_CHECK(!options_.mtp || !options.ranks, "--mtp runs in one process for now (not under mpirun)");
   FERRY_CHECK(options.snapshot_every >= 0, "snapshot_every must not be negative, not {}", options.snapshot_every);
-  FERRY_CHECK(options.snapshot_every == 0 || (!options_.mtp && !options.ranks),
-              "prefix reuse (KV snapshots) runs without --mtp and in one process for now");
+  FERRY_CHECK(options.snapshot_every == 0 || !options_.mtp, "prefix reuse (KV snapshots) runs without --mtp for now");
   std::function<bool(int64_t)> holds_kv;  // the layers this rank runs
   if (options.ranks) holds_kv = [r = options.ranks](int64_t l) { return r->runs_layer(l); };
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device, holds_kv);
@@ -132,16 +131,28 @@ int64_t Session::rewind(int64_t p) {
   FERRY_CHECK(p >= 0 && p <= pos_, "cannot rewind to position {}: the session holds positions 0 to {}", p, pos_);
   if (p == pos_) return 0;
   FERRY_CHECK(!options_.mtp, "rewinding a session runs without --mtp for now");
-  FERRY_CHECK(!options_.ranks, "rewinding a session runs in one process for now (not under mpirun)");
+  if (options_.ranks && options_.ranks->leads()) options_.ranks->announce_rewind(p, snapshots_.latest_at_or_before(p));
+  const std::vector<int32_t> redo = go_back(p);
+  // A feed like any other: under mpirun announced, and every rank recomputes its part of it.
+  if (!redo.empty()) feed(redo, nullptr, nullptr);
+  return static_cast<int64_t>(redo.size());
+}
+
+void Session::follow_rewind(int64_t p, int64_t s) {
+  FERRY_CHECK(p >= 0 && p <= pos_ && snapshots_.latest_at_or_before(p) == s,
+              "transport: rank 0 rewinds to position {} from its snapshot at {}; this rank holds {} positions and its "
+              "latest snapshot at or before {} is at {}",
+              p, s, pos_, p, snapshots_.latest_at_or_before(p));
+  go_back(p);
+}
+
+std::vector<int32_t> Session::go_back(int64_t p) {
   snapshots_.drop_after(p);
   const int64_t s = snapshots_.restore(*cache_, p);
-  const std::vector<int32_t> redo(tokens_.begin() + s, tokens_.begin() + p);
+  std::vector<int32_t> redo(tokens_.begin() + s, tokens_.begin() + p);
   tokens_.resize(sz(s));
   pos_ = s;
-  std::unique_lock<std::mutex> turn;  // as feed(): the sessions sharing a device compute one at a time
-  if (options_.device_turns) turn = std::unique_lock(*options_.device_turns);
-  compute(redo, nullptr, nullptr, {});
-  return p - s;
+  return redo;
 }
 
 // Only the head's runner computes logits (for rank 0); the other followers compute none.

@@ -67,7 +67,8 @@ struct SessionOptions {
   SharedFeedBuffers* shared_feed_buffers = nullptr;
   // Prefix reuse (rewind): every `snapshot_every` positions K the session copies the cache's volatile state to
   // host memory (runtime/model/snapshots.h), so that rewind() recomputes at most K−1 tokens; 0: no snapshots.
-  // Feeds are then cut into chunks at multiples of K, which changes no result. Not with mtp or ranks.
+  // Feeds are then cut into chunks at multiples of K, which changes no result. Not with mtp. Under mpirun every
+  // rank's session of a slot needs the same K (and ubatch): the ranks cut every feed into the same chunks.
   int64_t snapshot_every = 0;
   // The most recent snapshots kept (planner::kv_snapshot_bytes). V4-Flash's is 14.7 MiB at fp8 (43 window rings of
   // 128 × 584 B = 3.07 MiB, compressor states 11.64 MiB: 10 MiB of them the 20 HCA layers' 128 × 512 fp32 kv +
@@ -100,13 +101,19 @@ class Session {
   // What a rank that follows rank 0 runs for an announced feed: the same chunks, the logits (when wanted) left
   // to rank 0.
   void follow_feed(std::span<const int32_t> tokens, LogitsWanted want);
+  // What a rank that follows rank 0 runs for an announced rewind to p (RankExchange::announce_rewind): its part of
+  // the session back to its snapshot at s, the feed of [s, p) to follow. Throws ferry::Error, changing nothing,
+  // when this rank's session does not hold p or its latest snapshot at or before p is not at s (its sessions would
+  // no longer compute what rank 0's does).
+  void follow_rewind(int64_t p, int64_t s);
   // Goes back to position p (0 <= p <= position()): afterwards the session is exactly as if only tokens()[0, p)
   // had been fed since the last reset, so what is fed next computes bitwise what a fresh session fed the whole
   // sequence would. Restores the latest kept snapshot s <= p (or clears the cache: s = 0, when none is kept — a p
   // older than every kept snapshot, or no snapshots) and recomputes tokens()[s, p); returns p − s, at most K−1
   // while the snapshot at ⌊p/K⌋·K is kept (one of the last snapshot_keep multiples of K fed). Snapshots after p are
-  // forgotten. Throws ferry::Error for a p outside [0, position()], and for p < position() with mtp or under mpirun,
-  // changing nothing.
+  // forgotten. Under mpirun rank 0 announces the rewind and every rank does the same with its part of the session
+  // (follow_rewind). Throws ferry::Error for a p outside [0, position()], and for p < position() with mtp, changing
+  // nothing.
   int64_t rewind(int64_t p);
   // The tokens rewind(p) would recompute (p − the latest kept snapshot <= p; 0 at position()), for choosing what
   // to reuse.
@@ -146,6 +153,9 @@ class Session {
   void run_mtp(detail::OpStream& ops, const float* H_main, const int32_t* tokens, int64_t n);
   // Position 0, the cache, snapshots and MTP state cleared (reset, restore); announces nothing to other ranks.
   void forget_sequence();
+  // rewind()'s first half: the cache back to the latest kept snapshot s <= p (cleared when none: s = 0), the
+  // snapshots after p and the tokens after s forgotten; returns the tokens [s, p) to feed again.
+  std::vector<int32_t> go_back(int64_t p);
 
   const ModelWeights& model_;
   SessionOptions options_;

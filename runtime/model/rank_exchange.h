@@ -38,6 +38,10 @@ class RankExchange {
   virtual std::unique_lock<std::mutex> announce_feed(std::span<const int32_t> tokens, LogitsWanted want) = 0;
   // At Session::reset.
   virtual void announce_reset() = 0;
+  // At Session::rewind(p), before rank 0 changes anything: every rank puts its part of the session back to position
+  // s from its own snapshot at s (the latest at or before p; the ranks' sessions see the same tokens in the same
+  // chunks, so they take their snapshots at the same positions); the feed of tokens [s, p) follows as any feed.
+  virtual void announce_rewind(int64_t p, int64_t s) = 0;
 
   // ---- seams, called by every rank in the same order ----
   // Whether the runners of layer l (1 <= l < layers) differ from those of l−1, so that hand_over(l) moves the

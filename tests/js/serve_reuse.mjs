@@ -1,9 +1,13 @@
-// node serve_reuse.mjs FERRY WORKDIR [SERVE_FLAGS...]: prefix reuse through the official `openai` npm client. Two
-// 8-turn conversations, their turns interleaved, against `ferry serve --parallel 2 --snapshot-every K`: each turn
-// computes only what its conversation's session does not hold (the new turn, plus fewer than K tokens recomputed
-// after a rewind), read from /metrics' cached and computed prompt-token counters; the answers are exactly those of
-// a server with --prefix-reuse off (every prompt prefilled whole, greedy); the time to first token per turn of both
-// servers is printed. Fails (never skips) when tests/js/node_modules is missing.
+// node serve_reuse.mjs FERRY WORKDIR [LAUNCHER...] [-- SERVE_FLAGS...]: prefix reuse through the official `openai`
+// npm client. Two 8-turn conversations, their turns interleaved, against `ferry serve --parallel 2 --snapshot-every
+// K`: each turn computes only what its conversation's session does not hold (the new turn, plus fewer than K tokens
+// recomputed after a rewind), read from /metrics' cached and computed prompt-token counters; the answers are
+// exactly those of a server with --prefix-reuse off (every prompt prefilled whole, greedy); the time to first token
+// per turn of both servers is printed. With LAUNCHER (e.g. `mpiexec --oversubscribe -np 2`) the server with reuse
+// runs under it, every rank a node of its own (--ranks-as-nodes), stopped with SIGUSR1 (what mpirun forwards),
+// while the one without reuse is a single process: the ranks rewind their parts of a session together and answer
+// as one process does. SERVE_FLAGS go to both servers (a placement: `--gpu sim:… --kv-type q8_0`; `--split …` is
+// for ranks only and ignored by a single process). Fails (never skips) when tests/js/node_modules is missing.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -17,9 +21,11 @@ if (!fs.existsSync(path.join(here, 'node_modules', 'openai'))) {
 }
 const { default: OpenAI } = await import('openai');
 
-const [ferry, work, ...serveFlags] = process.argv.slice(2);
+const [ferry, work, ...rest] = process.argv.slice(2);
+const split = rest.includes('--') ? rest.indexOf('--') : rest.length;
+const launcher = rest.slice(0, split), serveFlags = rest.slice(split + 1);
 if (!ferry || !work) {
-  console.error('usage: node serve_reuse.mjs FERRY WORKDIR [SERVE_FLAGS...]');
+  console.error('usage: node serve_reuse.mjs FERRY WORKDIR [LAUNCHER...] [-- SERVE_FLAGS...]');
   process.exit(2);
 }
 fs.rmSync(work, { recursive: true, force: true });
@@ -30,10 +36,12 @@ execFileSync(ferry, ['make-tiny', modelDir, '--seed', '11']);
 const K = Number(process.env.FERRY_REUSE_K ?? 8), TURNS = 8;
 const WORDS = Number(process.env.FERRY_REUSE_WORDS ?? 0), CTX = process.env.FERRY_REUSE_CTX ?? '4096';
 
-// A server on a free port; resolves once it announced the port.
-function startServer(flags) {
+// A server on a free port, under the launcher when `ranks`; resolves once it announced the port.
+function startServer(flags, ranks) {
   const args = ['serve', '--model', modelDir, '--port', '0', '--ctx', CTX, '--parallel', '2', ...serveFlags, ...flags];
-  const proc = spawn(ferry, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = ranks ? spawn(launcher[0], [...launcher.slice(1), ferry, ...args, '--ranks-as-nodes'],
+                             { stdio: ['ignore', 'ignore', 'pipe'] })
+                     : spawn(ferry, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   const port = new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no port announced in 60 s: ${log}`)), 60000);
@@ -47,7 +55,7 @@ function startServer(flags) {
     });
     proc.on('exit', (code) => reject(new Error(`ferry serve exited with ${code}: ${log}`)));
   });
-  return { proc, port, log: () => log };
+  return { proc, port, log: () => log, stopSignal: ranks ? 'SIGUSR1' : 'SIGTERM' };
 }
 
 async function counters(base) {
@@ -88,16 +96,24 @@ async function converse(server) {
 
 let failed = false;
 const results = {};
-for (const [name, flags] of [['reuse', ['--snapshot-every', String(K)]], ['no-reuse', ['--prefix-reuse', 'off']]]) {
-  const server = startServer(flags);
+for (const [name, flags, ranks] of [['reuse', ['--snapshot-every', String(K)], launcher.length > 0],
+                                    ['no-reuse', ['--prefix-reuse', 'off'], false]]) {
+  const server = startServer(flags, ranks);
   try {
     results[name] = await converse(server);
   } catch (e) {
     failed = true;
     console.error(`FAIL ${name}: ${e.stack ?? e}\n--- ferry serve stderr ---\n${server.log()}`);
   }
-  server.proc.kill('SIGTERM');
-  await new Promise((r) => server.proc.on('exit', r));
+  // A rank that failed (a follower refusing a rewind) ends the server with non-zero, even if answers came.
+  const code = server.proc.exitCode ?? server.proc.signalCode ?? await new Promise((r) => {
+    server.proc.on('exit', (c) => r(c));
+    server.proc.kill(server.stopSignal);
+  });
+  if (code !== 0 && !failed) {
+    failed = true;
+    console.error(`FAIL ${name}: ferry serve exited with ${code}\n--- ferry serve stderr ---\n${server.log()}`);
+  }
 }
 
 if (!failed) {

@@ -12,10 +12,10 @@
 
 namespace ferry::transport::testing_mpi {
 
-class FailurePrinter : public testing::EmptyTestEventListener {
+class FailurePrinter : public ::testing::EmptyTestEventListener {
  public:
   explicit FailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const testing::TestPartResult& r) override {
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
     if (!r.failed()) return;
     std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?", r.line_number(),
                  r.summary());
@@ -27,7 +27,7 @@ class FailurePrinter : public testing::EmptyTestEventListener {
 
 // RUN_ALL_TESTS on every rank; true when a test failed on some rank (every rank returns the same).
 inline bool run_all_tests_on_ranks(const World& world, const char* binary) {
-  testing::TestEventListeners& listeners = testing::UnitTest::GetInstance()->listeners();
+  ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
   if (!world.leader()) {
     delete listeners.Release(listeners.default_result_printer());
     listeners.Append(new FailurePrinter(world.rank()));
