@@ -12,12 +12,11 @@
 #include <string>
 #include <vector>
 
-#include <tbb/task_arena.h>
-
 #include "launch/engine_setup.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 #include "planner/kv_cache.h"
+#include "runtime/backend/worker_threads.h"
 #include "runtime/checkpoint/tiny_model.h"
 #include "runtime/generate/sampler.h"
 #include "runtime/kernels/cpu/matvec.h"
@@ -112,10 +111,10 @@ int run(Options& o) {
     return 0;
   }
   const runtime::SessionOptions& so = s.options();
-  std::printf("ferry bench context: %s (%s), kv %s, ubatch %lld, kernels %s, %d threads%s\n",
+  std::printf("ferry bench context: %s (%s), kv %s, ubatch %lld, kernels %s, %s%s\n",
               tiny ? "tiny model, real ratios" : o.engine.model.c_str(), setup.checkpoint().config().name.c_str(),
               std::string(planner::kv_type_name(so.kv_type)).c_str(), static_cast<long long>(so.ubatch),
-              runtime::cpu::matvec_isa(), tbb::this_task_arena::max_concurrency(),
+              runtime::cpu::matvec_isa(), runtime::worker_threads_text().c_str(),
               setup.offload() ? (", on " + o.engine.offload.gpu).c_str() : "");
   measure_levels(s, setup.checkpoint().config().vocab_size, levels, o.decode);
   setup.finish();

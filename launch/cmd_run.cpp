@@ -22,6 +22,7 @@
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 #include "runtime/checkpoint/fingerprint.h"
+#include "runtime/backend/worker_threads.h"
 #include "runtime/generate/generate.h"
 #include "runtime/generate/npy.h"
 #include "runtime/kernels/cpu/matvec.h"
@@ -78,11 +79,12 @@ std::function<void(int64_t, int64_t)> prefill_progress_printer() {
 void print_timing(const runtime::GenerateResult& r, core::ActivationBits expert_bits) {
   std::fprintf(stderr,
                "timing: prefill %lld tokens in %.3f s (%.1f tok/s), decode %lld tokens in %.3f s (%.1f tok/s), "
-               "kernels: fp8 %s, mxfp4 %s %s\n",
+               "kernels: fp8 %s, mxfp4 %s %s, %s\n",
                static_cast<long long>(r.prompt_tokens), r.prefill_seconds,
                r.prompt_tokens / std::max(r.prefill_seconds, 1e-9), static_cast<long long>(r.decoded_tokens),
                r.decode_seconds, r.decoded_tokens / std::max(r.decode_seconds, 1e-9), runtime::cpu::matvec_isa(),
-               runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), core::activation_bits_name(expert_bits));
+               runtime::cpu::isa_name(runtime::cpu::mxfp4_isa()), core::activation_bits_name(expert_bits),
+               runtime::worker_threads_text().c_str());
 }
 
 // --session FILE, before generating (llama.cpp's --prompt-cache): the sequence saved in FILE is put back and

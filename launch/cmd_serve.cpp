@@ -16,6 +16,7 @@
 #include "launch/server/v4_engine.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
+#include "runtime/backend/worker_threads.h"
 
 namespace ferry::launch {
 namespace {
@@ -129,9 +130,9 @@ class ServeCommand : public Command {
     server::HttpServer http(*engine, options_);
     const int port = http.bind();
     signals.attach(&http);
-    std::fprintf(stderr, "ferry serve: %s (context %lld) on http://%s:%d, %d at a time, %d may wait\n",
+    std::fprintf(stderr, "ferry serve: %s (context %lld) on http://%s:%d, %d at a time, %d may wait; %s\n",
                  engine->model_id().c_str(), static_cast<long long>(engine->context_length()), options_.host.c_str(),
-                 port, options_.parallel, options_.queue);
+                 port, options_.parallel, options_.queue, runtime::worker_threads_text().c_str());
     http.serve();
     signals.attach(nullptr);
     return kExitOk;

@@ -7,6 +7,7 @@
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 #include "planner/kv_cache.h"
+#include "runtime/backend/worker_threads.h"
 #include "transport/world.h"
 
 namespace ferry::launch {
@@ -50,6 +51,9 @@ void EngineFlags::add_to(CLI::App& app, const std::string& ctx_help, const std::
                  "kernels; error <= 2^-8 of each 32-block's largest value)")
       ->check(CLI::IsMember({"int24", "int16", "int8"}));
   app.add_option("--ubatch", ubatch, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 65536));
+  app.add_option("-t,--threads", threads,
+                 "CPU worker threads, each pinned to a core while it computes (default: one per physical core)")
+      ->check(CLI::Range(1, 4096));
   offload.add_to(app);
   ranks.add_to(app);
 }
@@ -88,6 +92,9 @@ EngineSetup::EngineSetup(const EngineFlags& flags, const CLI::App& app, int64_t 
   const transport::World* world = transport::World::current();
   const bool distributed = world && world->distributed();
   flags.offload.check(distributed);
+  // Before planning: the workspace is sized for them. Ranks on one host share its cores.
+  runtime::set_worker_threads(flags.threads, distributed ? world->node_rank() : 0,
+                              distributed ? world->node_size() : 1);
   planned_ = flags.session_options(app, default_ctx);
   if (distributed) {
     ranks_ = std::make_unique<RankRun>(*world, flags.ranks, flags.offload, flags.model, planned_, parallel);

@@ -31,6 +31,7 @@ struct EngineFlags {
   std::string kv_type = "fp8";
   std::string expert_activations = "int24";
   int64_t ubatch = 512;
+  int threads = 0;  // 0: one per physical core (runtime/backend/worker_threads.h)
   OffloadFlags offload;
   RankFlags ranks;
   // Commands that keep conversations (serve, chat): server::V4EngineOptions' prefix reuse and snapshots.

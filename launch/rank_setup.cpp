@@ -1,7 +1,5 @@
 #include "launch/rank_setup.h"
 
-#include <tbb/task_arena.h>
-
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
@@ -15,6 +13,7 @@
 #include "planner/model_spec.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
+#include "runtime/backend/worker_threads.h"
 #include "runtime/backend/hardware_probe.h"
 #include "runtime/checkpoint/fingerprint.h"
 
@@ -116,7 +115,7 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
   o.ubatch = so.ubatch;
   o.parallel = parallel;
   o.snapshot_keep = so.snapshot_every > 0 ? so.snapshot_keep : 0;
-  o.threads = tbb::this_task_arena::max_concurrency();
+  o.threads = runtime::worker_threads();
   std::string gpu_flag = "--no-gpu";
   if (offload.enabled()) {
     const offload::DeviceRequest device = offload.device_request();

@@ -1,12 +1,12 @@
 #include "offload/device_plan.h"
 
-#include <tbb/task_arena.h>
 
 #include <algorithm>
 
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 #include "planner/report.h"
+#include "runtime/backend/worker_threads.h"
 
 namespace ferry::offload {
 
@@ -36,7 +36,7 @@ planner::PlanOptions device_plan_options(const DeviceRequest& device, const runt
   o.kv_type = session.kv_type;
   o.ubatch = session.ubatch;
   o.mtp = session.mtp;
-  o.threads = tbb::this_task_arena::max_concurrency();
+  o.threads = runtime::worker_threads();
   if (device.cache_slots >= 0) {
     o.expert_cache = device.cache_slots > 0 ? planner::ExpertCacheMode::Slots : planner::ExpertCacheMode::Off;
     o.expert_cache_slots = device.cache_slots;
@@ -72,7 +72,7 @@ void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& 
   FERRY_CHECK(gpu->used() <= device.capacity, "does not fit on {}: the plan puts {} on {}, the device has {}",
               device.name, core::format_bytes(gpu->used()), gpu->id, core::format_bytes(device.capacity));
   const int64_t threads = plan.options.threads > 0 ? plan.options.threads : plan.hardware.host.cores;
-  const int64_t here = tbb::this_task_arena::max_concurrency();
+  const int64_t here = runtime::worker_threads();
   FERRY_CHECK(threads >= here,
               "plan: its workspace is for {} worker threads, this process runs {} (make the plan on this machine)",
               threads, here);

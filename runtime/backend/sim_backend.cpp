@@ -38,7 +38,7 @@ std::string sim_device_name(const SimDeviceSpec& spec) {
 }
 
 SimBackend::SimBackend(const SimDeviceSpec& spec)
-    : Backend(sim_device_name(spec), spec.capacity), spec_(spec), arena_(tbb::this_task_arena::max_concurrency()) {
+    : Backend(sim_device_name(spec), spec.capacity), spec_(spec), arena_(worker_threads()) {
   stream_ = std::thread([this] { stream_loop(); });
   compute_ = std::thread([this] { compute_loop(); });
 }

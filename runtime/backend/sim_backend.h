@@ -22,6 +22,7 @@
 #include <tbb/task_arena.h>
 
 #include "runtime/backend/backend.h"
+#include "runtime/backend/worker_threads.h"
 
 namespace ferry::runtime {
 
@@ -131,7 +132,7 @@ class SimBackend final : public Backend {
   SimOpObserver* observer_ = nullptr;
   // The compute stream's ops run in an arena as wide as the one the device was created in, so that their tile
   // loops see the same thread slots as the session's scratch.
-  tbb::task_arena arena_;
+  WorkerArena arena_;
   std::thread stream_, compute_;
 };
 

@@ -41,8 +41,7 @@ Session::Session(const ModelWeights& model, SessionOptions options)
   std::function<bool(int64_t)> holds_kv;  // the layers this rank runs
   if (options.ranks) holds_kv = [r = options.ranks](int64_t l) { return r->runs_layer(l); };
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device, holds_kv);
-  layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, tbb::this_task_arena::max_concurrency(),
-                                           options_.mtp);
+  layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, workers_.threads(), options_.mtp);
   auto make = [&] { return std::make_shared<FeedBuffers>(layout_, c, options.device); };
   feed_ = options.shared_feed_buffers ? options.shared_feed_buffers->get_or_make(make) : make();
   mtp_pending_ = device_vector<float>(options.device, MemoryClass::Workspace, sz(layout_.mtp_pending));
@@ -167,25 +166,27 @@ void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_l
   const int64_t vocab = model_.config().vocab_size;
   if (all_logits) all_logits->resize(sz(n * vocab));
   if (last_logits) last_logits->resize(sz(vocab));
-  for (int64_t done = 0; done < n;) {
-    const int64_t every = options_.snapshot_every;
-    const int64_t m = std::min({options_.ubatch, n - done, every > 0 ? every - pos_ % every : n});
-    const bool last_chunk = done + m == n;
-    float* rows = all_logits ? all_logits->data() + done * vocab : nullptr;
-    // The last row: computed into the feed's logits row, or, by a rank that receives it from the head's runner,
-    // straight into the caller's buffer (rank 0 may receive it while another session uses the feed buffers).
-    float* row =
-        options_.ranks && !options_.ranks->runs_head() && last_logits ? last_logits->data() : feed_->logits_row.data();
-    if (!rows && last_chunk && last_logits) rows = row;
-    run_chunk(tokens.data() + done, m, rows, all_logits != nullptr, last_chunk);
-    done += m;
-    if (last_chunk && last_logits) {
-      const float* last = all_logits ? all_logits->data() + (n - 1) * vocab : row;
-      if (last != last_logits->data()) std::copy_n(last, vocab, last_logits->data());
+  workers_.execute([&] {
+    for (int64_t done = 0; done < n;) {
+      const int64_t every = options_.snapshot_every;
+      const int64_t m = std::min({options_.ubatch, n - done, every > 0 ? every - pos_ % every : n});
+      const bool last_chunk = done + m == n;
+      float* rows = all_logits ? all_logits->data() + done * vocab : nullptr;
+      // The last row: computed into the feed's logits row, or, by a rank that receives it from the head's runner,
+      // straight into the caller's buffer (rank 0 may receive it while another session uses the feed buffers).
+      float* row = options_.ranks && !options_.ranks->runs_head() && last_logits ? last_logits->data()
+                                                                                 : feed_->logits_row.data();
+      if (!rows && last_chunk && last_logits) rows = row;
+      run_chunk(tokens.data() + done, m, rows, all_logits != nullptr, last_chunk);
+      done += m;
+      if (last_chunk && last_logits) {
+        const float* last = all_logits ? all_logits->data() + (n - 1) * vocab : row;
+        if (last != last_logits->data()) std::copy_n(last, vocab, last_logits->data());
+      }
+      if (every > 0 && pos_ % every == 0) snapshots_.save(*cache_, pos_);
+      if (progress) progress(done, n);
     }
-    if (every > 0 && pos_ % every == 0) snapshots_.save(*cache_, pos_);
-    if (progress) progress(done, n);
-  }
+  });
 }
 
 // The chunk's ops are issued on the device in order and waited for once, at the end (and where the host reads

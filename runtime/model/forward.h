@@ -13,6 +13,7 @@
 
 #include "planner/kv_cache.h"
 #include "planner/memory.h"
+#include "runtime/backend/worker_threads.h"
 #include "runtime/kernels/cpu/mxfp4_activation.h"
 #include "runtime/kernels/cpu/ops.h"
 #include "runtime/model/kv_cache.h"
@@ -160,6 +161,7 @@ class Session {
   const ModelWeights& model_;
   SessionOptions options_;
   std::unique_ptr<Backend> own_host_;      // runs the ops of a session without a device
+  WorkerArena workers_;                    // the session's CPU work runs here (worker_threads.h)
   Backend* device_;                        // options_.device, or own_host_
   std::unique_ptr<detail::OpStream> ops_;  // the ops issued on device_
   cpu::Rope rope_, rope_compressed_;       // RoPE of SWA-only and of compressed layers

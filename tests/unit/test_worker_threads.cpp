@@ -1,0 +1,93 @@
+// runtime/backend/worker_threads.h: the worker count defaults to the physical cores this process may run on and
+// --threads overrides it; a WorkerArena is exactly that wide (the thread index its loops see stays below it); a
+// thread computing in it is bound to one core (its slot's), and the calling thread's own binding comes back when
+// the arena returns.
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <mutex>
+#include <set>
+#include <thread>
+#include <vector>
+
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include "planner/core/error.h"
+#include "runtime/backend/worker_threads.h"
+
+namespace ferry::runtime {
+namespace {
+
+cpu_set_t this_thread_affinity() {
+  cpu_set_t s;
+  CPU_ZERO(&s);
+  EXPECT_EQ(pthread_getaffinity_np(pthread_self(), sizeof s, &s), 0);
+  return s;
+}
+
+TEST(WorkerThreads, DefaultIsThePhysicalCoresAndThreadsOverrides) {
+  set_worker_threads(0);
+  const int cores = allowed_physical_cores();
+  EXPECT_GE(cores, 1);
+  EXPECT_LE(cores, static_cast<int>(std::thread::hardware_concurrency()));
+  EXPECT_EQ(worker_threads(), cores);
+  EXPECT_NE(worker_threads_text().find("one per physical core"), std::string::npos) << worker_threads_text();
+  set_worker_threads(cores + 1);
+  EXPECT_EQ(worker_threads(), cores + 1);
+  EXPECT_EQ(WorkerArena().threads(), cores + 1);
+  EXPECT_NE(worker_threads_text().find("--threads"), std::string::npos) << worker_threads_text();
+  // Ranks sharing the host: an equal share each, at least one.
+  set_worker_threads(0, 1, 2);
+  EXPECT_EQ(worker_threads(), std::max(1, cores / 2));
+  EXPECT_NE(worker_threads_text().find("this rank's share"), std::string::npos) << worker_threads_text();
+  set_worker_threads(0, 2, 3 * cores);
+  EXPECT_EQ(worker_threads(), 1);
+  set_worker_threads(5, 1, 2);
+  EXPECT_EQ(worker_threads(), 5);
+  set_worker_threads(0);
+  EXPECT_EQ(worker_threads(), cores);
+  EXPECT_THROW(set_worker_threads(-1), Error);
+  EXPECT_THROW(set_worker_threads(0, 2, 2), Error);
+}
+
+TEST(WorkerThreads, AnArenaIsAsWideAsAskedAndItsThreadsEachRunOnOneCore) {
+  const int cores = allowed_physical_cores();
+  const cpu_set_t before = this_thread_affinity();
+  for (const int width : {1, 2, cores}) {
+    WorkerArena arena(width);
+    std::mutex m;
+    std::set<int> slots;
+    std::vector<cpu_set_t> bindings;
+    int seen_width = 0;
+    arena.execute([&] {
+      seen_width = tbb::this_task_arena::max_concurrency();
+      tbb::parallel_for(0, 4096, [&](int) {
+        const int slot = tbb::this_task_arena::current_thread_index();
+        const cpu_set_t s = this_thread_affinity();
+        std::lock_guard lock(m);
+        slots.insert(slot);
+        bindings.push_back(s);
+      });
+    });
+    EXPECT_EQ(seen_width, width);
+    EXPECT_GE(*slots.begin(), 0);
+    EXPECT_LT(*slots.rbegin(), width) << "a slot beyond the arena's width";
+    const int allowed = CPU_COUNT(&before);
+    // One core's hardware threads: at most allowed / cores of them (SMT siblings), and fewer than all when the
+    // process may run on more than one core.
+    for (const cpu_set_t& s : bindings) {
+      EXPECT_LE(CPU_COUNT(&s), std::max(1, allowed / cores)) << "width " << width;
+      if (cores > 1) {
+        EXPECT_LT(CPU_COUNT(&s), allowed) << "width " << width;
+      }
+    }
+    const cpu_set_t after = this_thread_affinity();
+    EXPECT_TRUE(CPU_EQUAL(&before, &after)) << "the caller's binding did not come back (width " << width << ")";
+  }
+}
+
+}  // namespace
+}  // namespace ferry::runtime
