@@ -9,6 +9,8 @@
 #include "planner/core/file_io.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
+#include "runtime/backend/worker_threads.h"
+#include "transport/world.h"
 
 namespace ferry::launch {
 namespace {
@@ -38,12 +40,17 @@ class PlanCommand : public Command {
   CLI::App* app() const override { return app_; }
 
   int run() override {
-    const planner::PlanOptions options = plan_flags_.resolve();
+    planner::PlanOptions options = plan_flags_.resolve();
     std::vector<std::string> notes;
     planner::Hardware hw = hw_flags_.resolve(notes);
     // Under mpirun: the ranks' nodes, each as its rank saw it (rank 0 prints the plan).
     const transport::World* world = transport::World::current();
-    if (world && world->distributed()) plan_for_ranks(*world, ranks_, hw_flags_.nodes.has_value(), hw, notes);
+    if (world && world->distributed()) {
+      plan_for_ranks(*world, ranks_, hw_flags_.nodes.has_value(), hw, notes);
+      // The threads each rank would compute with in `ferry run` (ranks on one host share its cores).
+      runtime::set_worker_threads(0, world->node_rank(), world->node_size());
+      if (!plan_flags_.threads) options.threads = runtime::worker_threads();
+    }
     const planner::ModelSpec spec = planner::load_model_spec(plan_flags_.model);
     planner::Plan plan = planner::make_plan(spec, hw, options);
     plan.warnings.insert(plan.warnings.begin(), notes.begin(), notes.end());

@@ -32,6 +32,9 @@ void PlanFlags::add_to(CLI::App& app, bool model_required) {
   app.add_option("--snapshots", snapshots,
                  "Prefix-reuse snapshots kept per sequence in host RAM (serve and chat keep 4 with --prefix-reuse on; "
                  "default 0)");
+  app.add_option("--threads", threads,
+                 "CPU worker threads the workspaces are sized for (default: the host's cores; under mpirun, each "
+                 "rank's share of its host's cores, as `ferry run` takes)");
   app.add_flag("--mtp", mtp, "Load the MTP layer (for speculative decoding)");
   app.add_option("--expert-cache", expert_cache,
                  "GPU expert cache: auto (the VRAM left over), off, or N slots per layer (default auto)");
@@ -59,6 +62,10 @@ planner::PlanOptions PlanFlags::resolve() const {
   if (parallel) {
     if (*parallel < 1 || *parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got {}", *parallel);
     o.parallel = *parallel;
+  }
+  if (threads) {
+    if (*threads < 1 || *threads > 4096) FERRY_THROW("--threads must be in [1, 4096], got {}", *threads);
+    o.threads = *threads;
   }
   if (snapshots) {
     if (*snapshots < 0 || *snapshots > 1024) FERRY_THROW("--snapshots must be in [0, 1024], got {}", *snapshots);

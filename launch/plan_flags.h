@@ -14,7 +14,7 @@ namespace ferry::launch {
 struct PlanFlags {
   std::string model;
   std::string ctx, kv_type, expert_cache, split;
-  std::optional<int64_t> ubatch, parallel, snapshots;
+  std::optional<int64_t> ubatch, parallel, snapshots, threads;
   std::optional<double> hit_rate;
   bool mtp = false;
 

@@ -31,7 +31,7 @@ def cli_plan(plan, *gpu):
     cmd = [ferry, "plan", "-m", tiny, "--json", "--nodes", str(plan["hardware"]["nodes"]), "--host-ram",
            str(h["ram_bytes"]), "--host-reserve", "0", "--gpu-reserve", "0", "--cores", str(h["cores"]), "--numa", str(h["numa_nodes"]),
            "--ctx", str(o["ctx"]), "--kv-type", o["kv_type"], "--ubatch", str(o["ubatch"]), "--split", o["split"],
-           *gpu]
+           "--threads", str(o["threads"]), *gpu]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, (cmd, r.stderr)
     return json.loads(r.stdout)
