@@ -70,7 +70,7 @@ void RankGroup::broadcast_command(Command c, int slot, int64_t a, int64_t b, std
 
 void RankGroup::announce_stop() { start_step(Command::Stop, 0, {}, runtime::LogitsWanted::None); }
 
-void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session_of) {
+void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session_of, bool survive_session_files) {
   FERRY_CHECK(!world_.leader(), "transport: rank 0 leads, it does not follow");
   std::vector<int32_t> tokens;
   for (;;) {
@@ -95,6 +95,7 @@ void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session
         runtime::follow_session_file(session, command == Command::LoadSession);
       } catch (const AgreedError&) {
         // Rank 0 reports it; no rank's session changed (or every rank's was reset together).
+        if (!survive_session_files) throw;
       }
       continue;
     }

@@ -68,8 +68,9 @@ class RankGroup {
   // Ranks other than 0: runs what rank 0 announces, each command on `session_of(slot)` (made on first use), until
   // rank 0 announces the end. Waits for a command without a deadline (a server may idle for hours); every step's
   // exchanges keep theirs. A session file that fails on every rank together (an AgreedError: a bad file, which
-  // changed no rank's session) is rank 0's to report; the followers go on following.
-  void follow(const std::function<runtime::Session&(int slot)>& session_of);
+  // changed no rank's session) is rank 0's to report: with `survive_session_files` (a server, a chat: rank 0 goes
+  // on) the followers go on following; without (a run, which ends with it) they throw it too.
+  void follow(const std::function<runtime::Session&(int slot)>& session_of, bool survive_session_files = false);
 
  private:
   // A command is a fixed header {command, slot, a, b} — a feed's a: its token count, b: the logits wanted; a
