@@ -37,9 +37,9 @@ struct LayerKv {
 // session file lays out for every layer (session_file.h).
 struct LayerShape {
   int64_t ratio = 0;
-  int64_t window_rows = 0;                    // min(ctx, W)
-  int64_t state_floats = 0;                   // of the main compressor's kv (and of its score); 0 when uncompressed
-  int64_t index_state_floats = 0;             // of the indexer's compressor (ratio 4 only)
+  int64_t window_rows = 0;         // min(ctx, W)
+  int64_t state_floats = 0;        // of the main compressor's kv (and of its score); 0 when uncompressed
+  int64_t index_state_floats = 0;  // of the indexer's compressor (ratio 4 only)
   bool compressed() const { return ratio > 0; }
   bool indexed() const { return ratio == 4; }
 };

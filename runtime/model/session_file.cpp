@@ -208,7 +208,8 @@ Header header_of(const Session& s, const CheckpointFingerprint& model, const std
   h.payload = payload_bytes(s.cache(), h.tokens);
   h.snapshot_every = s.options().snapshot_every;
   h.snapshots = static_cast<int64_t>(positions.size());
-  for (int64_t pos : positions) h.snapshot_bytes += static_cast<int64_t>(sizeof pos) + KvSnapshots::stored_bytes(s.cache(), pos);
+  for (int64_t pos : positions)
+    h.snapshot_bytes += static_cast<int64_t>(sizeof pos) + KvSnapshots::stored_bytes(s.cache(), pos);
   return h;
 }
 

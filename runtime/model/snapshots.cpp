@@ -133,7 +133,8 @@ int64_t KvSnapshots::stored_bytes(const KvCache& cache, int64_t pos) {
 void KvSnapshots::store_layer(const KvCache& cache, int64_t i, int64_t l,
                               const std::function<void(const void*, size_t)>& put) const {
   const Snapshot& s = snaps_.at(static_cast<size_t>(i));
-  for_each_stored(cache, s.pos, [&](size_t at, size_t n) { put(s.bytes.data() + at, n); }, l);
+  for_each_stored(
+      cache, s.pos, [&](size_t at, size_t n) { put(s.bytes.data() + at, n); }, l);
 }
 
 void KvSnapshots::load(const KvCache& cache, int64_t pos, const std::function<void(void*, size_t)>& get) {

@@ -45,7 +45,8 @@ class KvSnapshots {
   static int64_t stored_layer_bytes(const KvCache& cache, int64_t l, int64_t pos);
   // Writes layer l's part of the i-th kept snapshot (0: the oldest) in the stored form, in calls put(data, bytes);
   // nothing for a layer the cache does not hold.
-  void store_layer(const KvCache& cache, int64_t i, int64_t l, const std::function<void(const void*, size_t)>& put) const;
+  void store_layer(const KvCache& cache, int64_t i, int64_t l,
+                   const std::function<void(const void*, size_t)>& put) const;
   // Keeps a snapshot of position `pos` (after every kept one, the oldest dropped beyond `keep`) read in the stored
   // form by calls get(data, bytes): the parts of the layers the cache holds, in layer order; the window slots not
   // in use are zero (nothing reads them before they are written again).
