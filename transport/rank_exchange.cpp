@@ -216,7 +216,7 @@ void MpiRankExchange::layer_from_leader(int64_t l, void* data, int64_t bytes) {
     if (me == 0) p.send(data, bytes, r, kSessionFile);
     if (me == r) p.recv(data, bytes, 0, kSessionFile);
   }
-  p.wait("a layer's state from a session file", l);
+  p.wait("the session file's state of layer", l);
 }
 
 void MpiRankExchange::logits(float* rows, int64_t floats, std::unique_lock<std::mutex>* step) {
