@@ -142,8 +142,6 @@ class RunCommand : public Command {
   int run() override {
     const bool text_mode = prompt_option_->count() > 0;
     FERRY_CHECK(text_mode || app_->count("--tokens") > 0, "give the prompt as --prompt TEXT or --tokens IDS");
-    const transport::World* world = transport::World::current();
-    FERRY_CHECK(session_.empty() || !(world && world->distributed()), "--session does not run under mpirun yet");
     std::optional<runtime::Tokenizer> tokenizer;
     if (text_mode) tokenizer = runtime::Tokenizer::from_model_dir(engine_.model);
     const std::vector<int32_t> prompt = text_mode ? encode_prompt(*tokenizer, prompt_text_) : parse_tokens(tokens_);

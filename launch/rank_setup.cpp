@@ -236,11 +236,13 @@ runtime::SessionOptions RankRun::session_options(runtime::SessionOptions base, i
 void RankRun::follow_slots(const runtime::ModelWeights& weights,
                            const std::function<runtime::SessionOptions(int slot)>& options_of) {
   std::map<int, std::unique_ptr<runtime::Session>> sessions;
-  group_->follow([&](int slot) -> runtime::Session& {
-    auto& s = sessions[slot];
-    if (!s) s = std::make_unique<runtime::Session>(weights, options_of(slot));
-    return *s;
-  });
+  group_->follow(
+      [&](int slot) -> runtime::Session& {
+        auto& s = sessions[slot];
+        if (!s) s = std::make_unique<runtime::Session>(weights, options_of(slot));
+        return *s;
+      },
+      /*survive_session_files=*/true);
 }
 
 void RankRun::finish() {

@@ -4,6 +4,7 @@
 #include <array>
 
 #include "planner/core/error.h"
+#include "runtime/model/session_file.h"
 
 namespace ferry::transport {
 
@@ -15,7 +16,14 @@ size_t sz(int64_t v) { return static_cast<size_t>(v); }
 // still await a step's logits when the next step has started (RankGroup): it posts the receive before it lets that
 // step start, so receives match the head's sends in step order; the logits' tag per slot (kLogits + slot) makes
 // sure besides that a slot's receive can match only its own logits.
-enum Tag : int { kHidden = 11, kDispatchInputs = 12, kDispatchChoices = 13, kCombine = 14, kLogits = 1000 };
+enum Tag : int {
+  kHidden = 11,
+  kDispatchInputs = 12,
+  kDispatchChoices = 13,
+  kCombine = 14,
+  kSessionFile = 15,
+  kLogits = 1000
+};
 static_assert(kLogits + MpiRankExchange::kMaxSlots <= 32767, "MPI guarantees tags up to 32767 (MPI_TAG_UB)");
 
 bool has(const std::vector<int>& ranks, int r) { return std::find(ranks.begin(), ranks.end(), r) != ranks.end(); }
@@ -46,6 +54,12 @@ void RankGroup::announce_rewind(int slot, int64_t p, int64_t s) {
   broadcast_command(Command::Rewind, slot, p, s);
 }
 
+std::unique_lock<std::mutex> RankGroup::announce_session_file(int slot, bool load) {
+  std::unique_lock lock(step_);
+  broadcast_command(load ? Command::LoadSession : Command::SaveSession, slot, 0, 0);
+  return lock;
+}
+
 void RankGroup::broadcast_command(Command c, int slot, int64_t a, int64_t b, std::span<const int32_t> tokens) {
   std::array<int64_t, 4> header{static_cast<int64_t>(c), slot, a, b};
   world_.broadcast(header.data(), sizeof header, 0, "a command to the ranks");
@@ -56,7 +70,7 @@ void RankGroup::broadcast_command(Command c, int slot, int64_t a, int64_t b, std
 
 void RankGroup::announce_stop() { start_step(Command::Stop, 0, {}, runtime::LogitsWanted::None); }
 
-void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session_of) {
+void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session_of, bool survive_session_files) {
   FERRY_CHECK(!world_.leader(), "transport: rank 0 leads, it does not follow");
   std::vector<int32_t> tokens;
   for (;;) {
@@ -74,6 +88,15 @@ void RankGroup::follow(const std::function<runtime::Session&(int slot)>& session
     }
     if (command == Command::Rewind) {
       session.follow_rewind(header[2], header[3]);
+      continue;
+    }
+    if (command == Command::SaveSession || command == Command::LoadSession) {
+      try {
+        runtime::follow_session_file(session, command == Command::LoadSession);
+      } catch (const AgreedError&) {
+        // Rank 0 reports it; no rank's session changed (or every rank's was reset together).
+        if (!survive_session_files) throw;
+      }
       continue;
     }
     FERRY_CHECK(command == Command::Feed && header[2] > 0, "transport: rank 0 sent an unknown command {}", header[0]);
@@ -174,6 +197,26 @@ void MpiRankExchange::combine(int64_t l, float* eo, std::span<const int64_t> off
       if (r != me) layer_.send(eo + begin * d, (end - begin) * d * 4, r, kCombine);
   }
   layer_.wait("the outputs of the experts of layer", l);
+}
+
+void MpiRankExchange::layer_to_leader(int64_t l, void* data, int64_t bytes) {
+  const int keeper = roles(l).runners.front();
+  if (keeper == 0 || bytes == 0) return;
+  if (world_.rank() == keeper) world_.send(data, bytes, 0, kSessionFile, "a layer's state for a session file");
+  if (world_.leader()) world_.recv(data, bytes, keeper, kSessionFile, "a layer's state for a session file");
+}
+
+void MpiRankExchange::layer_from_leader(int64_t l, void* data, int64_t bytes) {
+  if (bytes == 0) return;
+  const std::vector<int>& runners = roles(l).runners;
+  const int me = world_.rank();
+  World::Pending p(world_);
+  for (const int r : runners) {
+    if (r == 0) continue;
+    if (me == 0) p.send(data, bytes, r, kSessionFile);
+    if (me == r) p.recv(data, bytes, 0, kSessionFile);
+  }
+  p.wait("the session file's state of layer", l);
 }
 
 void MpiRankExchange::logits(float* rows, int64_t floats, std::unique_lock<std::mutex>* step) {

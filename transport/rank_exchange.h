@@ -18,7 +18,7 @@
 
 namespace ferry::transport {
 
-enum class Command : int32_t { Feed = 1, Reset = 2, Stop = 3, Rewind = 4 };
+enum class Command : int32_t { Feed = 1, Reset = 2, Stop = 3, Rewind = 4, SaveSession = 5, LoadSession = 6 };
 
 // What the sessions of one run share across the ranks: the roles, and the lock under which rank 0 starts their
 // steps one at a time. Rank 0 announces each session's steps with its slot; the other ranks follow (follow()), one
@@ -60,12 +60,17 @@ class RankGroup {
   // Rank 0: the sessions of `slot` go back to position p from their snapshots at s (Session::follow_rewind). Only
   // the command's broadcast is under the lock: the feed that recomputes [s, p) is a step of its own.
   void announce_rewind(int slot, int64_t p, int64_t s);
+  // Rank 0: the sessions of `slot` save or load their part of a session file (runtime::follow_session_file). Returns
+  // the step lock, held until the file is done.
+  std::unique_lock<std::mutex> announce_session_file(int slot, bool load);
   // Rank 0, when its command is done: the followers return from follow().
   void announce_stop();
   // Ranks other than 0: runs what rank 0 announces, each command on `session_of(slot)` (made on first use), until
   // rank 0 announces the end. Waits for a command without a deadline (a server may idle for hours); every step's
-  // exchanges keep theirs.
-  void follow(const std::function<runtime::Session&(int slot)>& session_of);
+  // exchanges keep theirs. A session file that fails on every rank together (an AgreedError: a bad file, which
+  // changed no rank's session) is rank 0's to report: with `survive_session_files` (a server, a chat: rank 0 goes
+  // on) the followers go on following; without (a run, which ends with it) they throw it too.
+  void follow(const std::function<runtime::Session&(int slot)>& session_of, bool survive_session_files = false);
 
  private:
   // A command is a fixed header {command, slot, a, b} — a feed's a: its token count, b: the logits wanted; a
@@ -97,6 +102,15 @@ class MpiRankExchange final : public runtime::RankExchange {
   std::unique_lock<std::mutex> announce_feed(std::span<const int32_t> tokens, runtime::LogitsWanted want) override;
   void announce_reset() override;
   void announce_rewind(int64_t p, int64_t s) override { group_.announce_rewind(slot_, p, s); }
+
+  std::unique_lock<std::mutex> announce_session_file(bool load) override {
+    return group_.announce_session_file(slot_, load);
+  }
+  bool keeps_layer(int64_t l) const override { return roles(l).runners.front() == world_.rank(); }
+  void layer_to_leader(int64_t l, void* data, int64_t bytes) override;
+  void layer_from_leader(int64_t l, void* data, int64_t bytes) override;
+  void broadcast(void* data, int64_t bytes) override { world_.broadcast(data, bytes, 0, "a session file's state"); }
+  void agree(std::string_view what, const std::function<void()>& step) override { world_.agree(what, step); }
 
   bool hands_over(int64_t l) const override { return roles(l - 1).runners != roles(l).runners; }
   void hand_over(int64_t l, float* H, int64_t floats) override;

@@ -93,7 +93,7 @@ void Session::reset() {
 }
 
 void Session::restore(const std::function<std::vector<int32_t>(KvCache&, KvSnapshots&)>& write) {
-  FERRY_CHECK(!options_.ranks && !options_.mtp, "a saved session restores in one process without --mtp for now");
+  FERRY_CHECK(!options_.mtp, "a saved session restores without --mtp for now");
   ops_->sync();  // nothing queued still reads or writes the cache
   forget_sequence();
   try {

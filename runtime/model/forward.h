@@ -97,7 +97,8 @@ class Session {
   void reset();
   // Session files (session_file.h) put a saved sequence back: `write` fills the cache with its state, and the
   // (empty) snapshots with the saved ones it keeps, and returns its tokens, which the session then holds (position
-  // tokens.size()). If `write` throws, the session is reset.
+  // tokens.size()). If `write` throws, the session is reset. Announces nothing: under mpirun every rank restores its
+  // part (follow_session_file).
   void restore(const std::function<std::vector<int32_t>(KvCache&, KvSnapshots&)>& write);
   // What a rank that follows rank 0 runs for an announced feed: the same chunks, the logits (when wanted) left
   // to rank 0.

@@ -11,6 +11,11 @@ namespace {
 
 size_t sz(int64_t v) { return static_cast<size_t>(v); }
 
+int64_t state_floats(int64_t ratio, int64_t dim) {
+  const int64_t coff = ratio == 4 ? 2 : 1;
+  return coff * ratio * coff * dim;
+}
+
 CompressorState make_state(int64_t ratio, int64_t dim, Backend* device, MemoryClass c) {
   const int64_t coff = ratio == 4 ? 2 : 1;
   CompressorState s;
@@ -33,9 +38,15 @@ KvCache::KvCache(const core::ModelConfig& c, planner::KvType type, int64_t ctx, 
   FERRY_CHECK(ctx >= 1, "context must be at least 1 token");
   const int64_t n = with_mtp ? c.n_layers_total() : c.num_hidden_layers;
   layers_.resize(sz(n));
+  shapes_.resize(sz(n));
   for (int64_t i = 0; i < n; ++i) {
     LayerKv& L = layers_[sz(i)];
     L.ratio = c.compress_ratio(i);
+    LayerShape& S = shapes_[sz(i)];
+    S.ratio = L.ratio;
+    S.window_rows = std::min(ctx, c.sliding_window);
+    if (L.ratio > 0) S.state_floats = state_floats(L.ratio, c.head_dim);
+    if (L.ratio == 4) S.index_state_floats = state_floats(L.ratio, c.index_head_dim);
     if (holds && !holds(i)) continue;
     L.window_rows = std::min(ctx, c.sliding_window);
     L.window = device_vector<uint8_t>(device, MemoryClass::Kv, sz(L.window_rows * main_.bytes));

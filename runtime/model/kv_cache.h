@@ -33,6 +33,17 @@ struct LayerKv {
   CompressorState main_state, index_state;
 };
 
+// A layer's geometry, whether or not this cache holds its buffers (a rank holds only the layers it runs): what a
+// session file lays out for every layer (session_file.h).
+struct LayerShape {
+  int64_t ratio = 0;
+  int64_t window_rows = 0;         // min(ctx, W)
+  int64_t state_floats = 0;        // of the main compressor's kv (and of its score); 0 when uncompressed
+  int64_t index_state_floats = 0;  // of the indexer's compressor (ratio 4 only)
+  bool compressed() const { return ratio > 0; }
+  bool indexed() const { return ratio == 4; }
+};
+
 class KvCache {
  public:
   // Layers 0 … num_hidden_layers−1, plus the MTP layer when `with_mtp`; of those, only the layers `holds` names
@@ -49,6 +60,7 @@ class KvCache {
   LayerKv& layer(int64_t i) { return layers_[static_cast<size_t>(i)]; }
   const LayerKv& layer(int64_t i) const { return layers_[static_cast<size_t>(i)]; }
   int64_t n_layers() const { return static_cast<int64_t>(layers_.size()); }
+  const LayerShape& shape(int64_t i) const { return shapes_[static_cast<size_t>(i)]; }
 
   // Bytes held, by kind, measured from the buffers themselves.
   planner::KvBytes bytes() const;
@@ -60,6 +72,7 @@ class KvCache {
   int64_t ctx_;
   planner::KvRowLayout main_, index_;
   std::vector<LayerKv> layers_;
+  std::vector<LayerShape> shapes_;
 };
 
 }  // namespace ferry::runtime

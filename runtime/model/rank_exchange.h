@@ -7,8 +7,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <span>
+#include <string_view>
 
 namespace ferry::runtime {
 
@@ -42,6 +44,23 @@ class RankExchange {
   // s from its own snapshot at s (the latest at or before p; the ranks' sessions see the same tokens in the same
   // chunks, so they take their snapshots at the same positions); the feed of tokens [s, p) follows as any feed.
   virtual void announce_rewind(int64_t p, int64_t s) = 0;
+
+  // ---- session files (session_file.h): rank 0 reads or writes the file, each rank moves its layers' part ----
+  // Rank 0, before it saves (`load` false) or loads a session's file: the other ranks run the same save or load of
+  // their part of the session of this slot (follow_session_file). Returns the step lock, held until the file is
+  // done, so that its transfers and agreements come between the steps of the other slots, never among them.
+  virtual std::unique_lock<std::mutex> announce_session_file(bool load) = 0;
+  // Whether this rank sends layer l's KV to rank 0 for a save: the first of its runners (they all hold the same).
+  virtual bool keeps_layer(int64_t l) const = 0;
+  // `bytes` at `data` from layer l's keeper to rank 0's `data`; nothing when rank 0 keeps it, and on other ranks.
+  virtual void layer_to_leader(int64_t l, void* data, int64_t bytes) = 0;
+  // `bytes` at rank 0's `data` to the `data` of every other runner of layer l; nothing on the other ranks.
+  virtual void layer_from_leader(int64_t l, void* data, int64_t bytes) = 0;
+  // Rank 0's `bytes` at `data` on every rank.
+  virtual void broadcast(void* data, int64_t bytes) = 0;
+  // Runs `step` on every rank and shares the outcome: when any rank throws, every rank throws the same error (the
+  // lowest failing rank's line), so that all of them change something or none does.
+  virtual void agree(std::string_view what, const std::function<void()>& step) = 0;
 
   // ---- seams, called by every rank in the same order ----
   // Whether the runners of layer l (1 <= l < layers) differ from those of l−1, so that hand_over(l) moves the

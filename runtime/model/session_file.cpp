@@ -19,10 +19,15 @@
 #include <vector>
 
 #include "planner/core/error.h"
+#include "runtime/model/session_io.h"
 
 namespace ferry::runtime {
 
 namespace {
+
+using session_io::crc_of;
+using session_io::Fd;
+using session_io::Reader;
 
 constexpr char kMagic[8] = {'F', 'E', 'R', 'R', 'Y', 'S', 'E', 'S'};
 constexpr size_t kKvNameBytes = 8;
@@ -30,15 +35,6 @@ constexpr size_t kKvNameBytes = 8;
 // snapshots, snapshot bytes, header CRC.
 constexpr int64_t kHeaderBytes = 8 + 4 + kKvNameBytes + 5 * 8 + 6 * 8 + 4;
 constexpr int64_t kRecordFields = 7;
-constexpr size_t kIoChunk = size_t{4} << 20;
-
-std::string errno_text() { return std::strerror(errno); }
-
-// zlib returns the initial value for a null buffer, which an empty part's data() may be.
-uint32_t crc_of(uint32_t crc, const void* p, size_t n) {
-  if (n == 0) return crc;
-  return static_cast<uint32_t>(crc32_z(crc, static_cast<const Bytef*>(p), n));
-}
 
 // What one layer's record holds: the sizes, then the bytes of each part in this order.
 struct LayerRecord {
@@ -52,17 +48,18 @@ struct LayerRecord {
 };
 
 // The part of layer l in use once `pos` tokens have been fed: the window slots written so far, the compressed
-// rows and indexer keys below n_compressed, and the whole compressor states.
+// rows and indexer keys below n_compressed, and the whole compressor states. From the layer's shape: a rank knows
+// every layer's record, also of the layers it does not hold.
 LayerRecord used_part(const KvCache& cache, int64_t l, int64_t pos) {
-  const LayerKv& L = cache.layer(l);
+  const LayerShape& S = cache.shape(l);
   LayerRecord r;
-  r.ratio = L.ratio;
-  r.n_compressed = L.ratio > 0 ? pos / L.ratio : 0;
-  r.window_bytes = std::min(pos, L.window_rows) * cache.main_layout().bytes;
-  r.compressed_bytes = L.compressed.empty() ? 0 : r.n_compressed * cache.main_layout().bytes;
-  r.index_bytes = L.index_keys.empty() ? 0 : r.n_compressed * cache.index_layout().bytes;
-  r.main_floats = static_cast<int64_t>(L.main_state.kv.size());
-  r.index_floats = static_cast<int64_t>(L.index_state.kv.size());
+  r.ratio = S.ratio;
+  r.n_compressed = S.compressed() ? pos / S.ratio : 0;
+  r.window_bytes = std::min(pos, S.window_rows) * cache.main_layout().bytes;
+  r.compressed_bytes = S.compressed() ? r.n_compressed * cache.main_layout().bytes : 0;
+  r.index_bytes = S.indexed() ? r.n_compressed * cache.index_layout().bytes : 0;
+  r.main_floats = S.state_floats;
+  r.index_floats = S.index_state_floats;
   return r;
 }
 
@@ -79,14 +76,6 @@ struct Header {
   int64_t tokens = 0, layers = 0, payload = 0;  // payload: the tokens and layer records
   int64_t snapshot_every = 0, snapshots = 0, snapshot_bytes = 0;
 };
-
-// The snapshot section of a session's file: per kept snapshot its position, then its stored form.
-int64_t snapshot_section_bytes(const Session& s) {
-  int64_t b = 0;
-  for (int64_t pos : s.snapshots().positions())
-    b += static_cast<int64_t>(sizeof pos) + KvSnapshots::stored_bytes(s.cache(), pos);
-  return b;
-}
 
 template <class T>
 void append(std::string& out, const T& v) {
@@ -146,195 +135,146 @@ Header decode_header(const std::string& bytes, const std::string& file) {
   return h;
 }
 
-// A file descriptor closed on every path.
-struct Fd {
-  int fd = -1;
-  explicit Fd(int f) : fd(f) {}
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  ~Fd() {
-    if (fd >= 0) ::close(fd);
-  }
-};
-
-// Buffered writes with a running CRC; large parts go straight to the file.
-class Writer {
- public:
-  Writer(int fd, std::string name) : fd_(fd), name_(std::move(name)) {}
-  void put(const void* p, size_t n) {
-    crc_ = crc_of(crc_, p, n);
-    if (buf_.size() + n > kIoChunk) flush();
-    if (n >= kIoChunk)
-      write_all(static_cast<const char*>(p), n);
-    else
-      buf_.append(static_cast<const char*>(p), n);
-  }
-  void flush() {
-    write_all(buf_.data(), buf_.size());
-    buf_.clear();
-  }
-  uint32_t crc() const { return crc_; }
-
- private:
-  void write_all(const char* p, size_t n) {
-    while (n > 0) {
-      const ssize_t w = ::write(fd_, p, n);
-      if (w < 0 && errno == EINTR) continue;
-      FERRY_CHECK(w > 0, "{}: cannot write ({})", name_, errno_text());
-      p += w;
-      n -= static_cast<size_t>(w);
-    }
-  }
-  int fd_;
-  std::string name_, buf_;
-  uint32_t crc_ = 0;
-};
-
-// Reads the file from an offset on, with a running CRC; a null destination reads and checks without keeping.
-class Reader {
- public:
-  Reader(int fd, int64_t offset, uint32_t crc, std::string name)
-      : fd_(fd), at_(offset), crc_(crc), name_(std::move(name)) {}
-  void get(void* dst, size_t n) {
-    while (n > 0) {
-      char* to = static_cast<char*>(dst);
-      size_t m = n;
-      if (!dst) {
-        scratch_.resize(std::min(n, kIoChunk));
-        to = scratch_.data();
-        m = scratch_.size();
-      }
-      const ssize_t r = ::pread(fd_, to, m, at_);
-      if (r < 0 && errno == EINTR) continue;
-      FERRY_CHECK(r >= 0, "{}: cannot read ({})", name_, errno_text());
-      FERRY_CHECK(r > 0, "{}: truncated (it ended at byte {} while being read)", name_, at_);
-      crc_ = crc_of(crc_, to, static_cast<size_t>(r));
-      at_ += r;
-      n -= static_cast<size_t>(r);
-      if (dst) dst = to + r;
-    }
+// The ranks a session's file moves between (RankExchange), or one process, which holds and reads every layer.
+struct Ranks {
+  RankExchange* x = nullptr;
+  bool leads() const { return !x || x->leads(); }
+  bool keeps(int64_t l) const { return !x || x->keeps_layer(l); }
+  bool runs(int64_t l) const { return !x || x->runs_layer(l); }
+  void agree(std::string_view what, const std::function<void()>& step) const { x ? x->agree(what, step) : step(); }
+  void broadcast(void* p, int64_t n) const {
+    if (x) x->broadcast(p, n);
   }
   template <class T>
-  T next() {
-    T v{};
-    get(&v, sizeof v);
-    return v;
+  void broadcast(std::vector<T>& v) const {
+    broadcast(v.data(), static_cast<int64_t>(v.size() * sizeof(T)));
   }
-  uint32_t crc() const { return crc_; }
-
- private:
-  int fd_;
-  int64_t at_;
-  uint32_t crc_;
-  std::string name_;
-  std::vector<char> scratch_;
 };
 
-void refuse_unsupported(const Session& s, const std::string& file) {
-  FERRY_CHECK(!s.options().mtp, "{}: sessions with --mtp cannot be saved or restored yet", file);
-  FERRY_CHECK(!s.options().ranks, "{}: sessions under mpirun cannot be saved or restored yet", file);
+using Put = std::function<void(const void*, size_t)>;
+
+// Layer l's record (session_file.h's payload): its sizes, then the parts in use at position `pos`.
+void put_record(const KvCache& cache, int64_t l, int64_t pos, const Put& put) {
+  const LayerKv& L = cache.layer(l);
+  const LayerRecord r = used_part(cache, l, pos);
+  FERRY_CHECK(r.n_compressed == L.n_compressed, "layer {} holds {} compressed rows at position {}, not {}", l,
+              L.n_compressed, pos, r.n_compressed);
+  for (int64_t v :
+       {r.ratio, r.n_compressed, r.window_bytes, r.compressed_bytes, r.index_bytes, r.main_floats, r.index_floats})
+    put(&v, sizeof v);
+  put(L.window.data(), static_cast<size_t>(r.window_bytes));
+  put(L.compressed.data(), static_cast<size_t>(r.compressed_bytes));
+  put(L.index_keys.data(), static_cast<size_t>(r.index_bytes));
+  for (const CompressorState* st : {&L.main_state, &L.index_state}) {
+    put(st->kv.data(), st->kv.size() * sizeof(float));
+    put(st->score.data(), st->score.size() * sizeof(float));
+  }
 }
 
-// The test hook of save_session (session_file.h): a pause mid-write for a kill -9.
-void stall_if_asked(const std::string& tmp) {
-  const char* s = std::getenv("FERRY_TEST_SESSION_SAVE_STALL_S");
-  if (!s) return;
-  const int seconds = std::atoi(s);
-  std::fprintf(stderr, "session: save stalled for %d s with %s partly written (FERRY_TEST_SESSION_SAVE_STALL_S)\n",
-               seconds, tmp.c_str());
-  std::this_thread::sleep_for(std::chrono::seconds(seconds));
+// Layer l's part of a save, as its keeper sends it to rank 0: its record, then its share of each kept snapshot.
+std::string encode_layer(const Session& s, int64_t l) {
+  std::string out;
+  const Put put = [&](const void* p, size_t n) { out.append(static_cast<const char*>(p), n); };
+  put_record(s.cache(), l, s.position(), put);
+  for (int64_t i = 0; i < s.snapshots().count(); ++i) s.snapshots().store_layer(s.cache(), i, l, put);
+  return out;
 }
 
-void write_session(const Session& s, const CheckpointFingerprint& model, int fd, const std::string& tmp) {
-  const KvCache& cache = s.cache();
-  const int64_t pos = s.position();
+// Where a save writes: rank 0's (or the one process's) temporary file, with the first write error kept rather than
+// thrown, so that rank 0 still takes every rank's layers and none waits for it in vain.
+struct SaveSink {
+  SaveSink(const CheckpointFingerprint& m, std::filesystem::path p) : model(m), path(std::move(p)) {}
+  const CheckpointFingerprint& model;
+  std::filesystem::path path;
+  std::optional<session_io::TempFile> tmp;
+  std::optional<session_io::Writer> w;
+  std::string error;
+  void put(const void* p, size_t n) {
+    if (!error.empty()) return;
+    try {
+      w->put(p, n);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+};
+
+Header header_of(const Session& s, const CheckpointFingerprint& model, const std::vector<int64_t>& positions) {
   Header h;
   h.kv_type = std::string(planner::kv_type_name(s.options().kv_type));
   h.model = model;
-  h.tokens = pos;
-  h.layers = cache.n_layers();
-  h.payload = payload_bytes(cache, pos);
+  h.tokens = s.position();
+  h.layers = s.cache().n_layers();
+  h.payload = payload_bytes(s.cache(), h.tokens);
   h.snapshot_every = s.options().snapshot_every;
-  h.snapshots = s.snapshots().count();
-  h.snapshot_bytes = snapshot_section_bytes(s);
-  Writer w(fd, tmp);
-  const std::string header = encode_header(h);
-  w.put(header.data(), header.size());
-  w.put(s.tokens().data(), s.tokens().size() * sizeof(int32_t));
-  w.flush();
-  stall_if_asked(tmp);
-  for (int64_t l = 0; l < cache.n_layers(); ++l) {
-    const LayerKv& L = cache.layer(l);
-    const LayerRecord r = used_part(cache, l, pos);
-    FERRY_CHECK(r.n_compressed == L.n_compressed, "layer {} holds {} compressed rows at position {}, not {}", l,
-                L.n_compressed, pos, r.n_compressed);
-    for (int64_t v :
-         {r.ratio, r.n_compressed, r.window_bytes, r.compressed_bytes, r.index_bytes, r.main_floats, r.index_floats})
-      w.put(&v, sizeof v);
-    w.put(L.window.data(), static_cast<size_t>(r.window_bytes));
-    w.put(L.compressed.data(), static_cast<size_t>(r.compressed_bytes));
-    w.put(L.index_keys.data(), static_cast<size_t>(r.index_bytes));
-    for (const CompressorState* st : {&L.main_state, &L.index_state}) {
-      w.put(st->kv.data(), st->kv.size() * sizeof(float));
-      w.put(st->score.data(), st->score.size() * sizeof(float));
-    }
-  }
-  const std::vector<int64_t> positions = s.snapshots().positions();
-  for (int64_t i = 0; i < h.snapshots; ++i) {
-    w.put(&positions[static_cast<size_t>(i)], sizeof(int64_t));
-    s.snapshots().store(cache, i, [&](const void* p, size_t n) { w.put(p, n); });
-  }
-  const uint32_t crc = w.crc();
-  w.put(&crc, sizeof crc);
-  w.flush();
-}
-
-std::filesystem::path directory_of(const std::filesystem::path& path) {
-  return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
-}
-
-// This host's name as a file name part ('/' would make it a path).
-std::string host_name() {
-  char name[256] = {};
-  ::gethostname(name, sizeof name - 1);
-  std::string h = name;
-  std::replace(h.begin(), h.end(), '/', '_');
+  h.snapshots = static_cast<int64_t>(positions.size());
+  for (int64_t pos : positions)
+    h.snapshot_bytes += static_cast<int64_t>(sizeof pos) + KvSnapshots::stored_bytes(s.cache(), pos);
   return h;
 }
 
-// The pid of a temporary file's "<pid>.<serial>" (session_temp_path); 0 when it is not that.
-int temp_owner(std::string_view pid_serial) {
-  const size_t dot = pid_serial.find('.');
-  if (dot == std::string_view::npos) return 0;
-  const char* end = pid_serial.data() + pid_serial.size();
-  int pid = 0;
-  uint64_t serial = 0;
-  const auto p = std::from_chars(pid_serial.data(), pid_serial.data() + dot, pid);
-  const auto s = std::from_chars(pid_serial.data() + dot + 1, end, serial);
-  const bool whole = p.ec == std::errc() && p.ptr == pid_serial.data() + dot && s.ec == std::errc() && s.ptr == end;
-  return whole && pid > 0 ? pid : 0;
-}
-
-// Removes the temporary files that saves of `path` killed mid-write left: session_temp_path's names of this host
-// whose process no longer exists. A live process's, whoever it runs as (kill answers EPERM, not ESRCH), is never
-// touched, so two processes may save the same name at once (the last rename wins, each file whole); another
-// host's (a shared directory) is left alone, since its process cannot be seen from here. A pid reused since
-// keeps its file until that process ends too. Best effort: a listing or removal that fails changes nothing else.
-void remove_stale_temps(const std::filesystem::path& path) {
-  const std::string prefix = path.filename().string() + "." + host_name() + ".", suffix = ".tmp";
-  std::error_code ec;
-  for (std::filesystem::directory_iterator it(directory_of(path), ec), end; !ec && it != end; it.increment(ec)) {
-    const std::string name = it->path().filename().string();
-    if (name.size() <= prefix.size() + suffix.size() || !name.starts_with(prefix) || !name.ends_with(suffix)) continue;
-    const int pid = temp_owner({name.data() + prefix.size(), name.size() - prefix.size() - suffix.size()});
-    if (pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH) ::unlink(it->path().c_str());
+// Every rank's part of a save; `sink` on rank 0 (the one process) only. The layers come to rank 0 in order from
+// their keepers: it writes each record as it comes and the snapshots' shares (small) at the end, the file exactly
+// as one process writes it.
+SessionFileStats save_parts(const Session& s, const Ranks& ranks, SaveSink* sink) {
+  std::vector<int64_t> head{s.position(), s.snapshots().count()};
+  ranks.broadcast(head);
+  std::vector<int64_t> positions = s.snapshots().positions();
+  positions.resize(static_cast<size_t>(head[1]));
+  ranks.broadcast(positions);
+  ranks.agree("saving a session file", [&] {
+    FERRY_CHECK(head[0] == s.position() && positions == s.snapshots().positions(),
+                "session: this rank's part holds {} tokens and {} snapshots, rank 0's {} and {}", s.position(),
+                s.snapshots().count(), head[0], head[1]);
+    if (!sink) return;
+    sink->tmp.emplace(sink->path);
+    sink->w.emplace(sink->tmp->fd(), sink->tmp->name());
+  });
+  const KvCache& cache = s.cache();
+  std::vector<std::string> shares(static_cast<size_t>(cache.n_layers()));
+  if (sink) {
+    const Header h = header_of(s, sink->model, positions);
+    const std::string header = encode_header(h);
+    sink->put(header.data(), header.size());
+    sink->put(s.tokens().data(), s.tokens().size() * sizeof(int32_t));
+    if (sink->error.empty()) sink->w->flush();
+    session_io::stall_if_asked(sink->tmp->name());
   }
-}
-
-// Syncs the directory so that the rename itself survives a power loss.
-void sync_directory(const std::filesystem::path& dir, const std::string& file) {
-  Fd d(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  FERRY_CHECK(d.fd >= 0 && ::fsync(d.fd) == 0, "{}: saved, but syncing its directory failed ({})", file, errno_text());
+  for (int64_t l = 0; l < cache.n_layers(); ++l) {
+    const int64_t record = used_part(cache, l, s.position()).bytes();
+    int64_t bytes = record;
+    for (int64_t pos : positions) bytes += KvSnapshots::stored_layer_bytes(cache, l, pos);
+    std::string part;
+    if (ranks.keeps(l))
+      part = encode_layer(s, l);
+    else if (sink)
+      part.resize(static_cast<size_t>(bytes));
+    else
+      continue;
+    FERRY_CHECK(static_cast<int64_t>(part.size()) == bytes, "layer {}'s part of a session is {} bytes, not {}", l,
+                part.size(), bytes);
+    if (ranks.x) ranks.x->layer_to_leader(l, part.data(), bytes);
+    if (!sink) continue;
+    sink->put(part.data(), static_cast<size_t>(record));
+    shares[static_cast<size_t>(l)] = part.substr(static_cast<size_t>(record));
+  }
+  if (!sink) return {};
+  std::vector<size_t> at(shares.size(), 0);
+  for (int64_t pos : positions) {
+    sink->put(&pos, sizeof pos);
+    for (size_t l = 0; l < shares.size(); ++l) {
+      const auto n = static_cast<size_t>(KvSnapshots::stored_layer_bytes(cache, static_cast<int64_t>(l), pos));
+      sink->put(shares[l].data() + at[l], n);
+      at[l] += n;
+    }
+  }
+  const uint32_t crc = sink->w->crc();
+  sink->put(&crc, sizeof crc);
+  if (sink->error.empty()) sink->w->flush();
+  FERRY_CHECK(sink->error.empty(), "{}", sink->error);
+  sink->tmp->commit();
+  const Header h = header_of(s, sink->model, positions);
+  return {h.tokens, kHeaderBytes + h.payload + h.snapshot_bytes + 4};
 }
 
 // The layer records, read at their places once the checksum has passed: a file that a ferry of the same format
@@ -364,69 +304,142 @@ int64_t snapshot_position(Reader& r, int64_t prev, const Header& h, const std::s
 
 // The snapshot section, read at its place once the checksum has passed (as check_records): positions that fit,
 // each followed by the stored form this model's snapshot of it has, filling the section exactly.
-void check_snapshots(int fd, const KvCache& layout, const Header& h, const std::string& file) {
+std::vector<int64_t> check_snapshots(int fd, const KvCache& layout, const Header& h, const std::string& file) {
   const int64_t first = kHeaderBytes + h.payload, end = first + h.snapshot_bytes;
   int64_t at = first, prev = 0, i = 0;
+  std::vector<int64_t> positions;
   for (; i < h.snapshots && at + 8 <= end; ++i) {
     Reader r(fd, at, 0, file);
     prev = snapshot_position(r, prev, h, file);
+    positions.push_back(prev);
     at += 8 + KvSnapshots::stored_bytes(layout, prev);
   }
   FERRY_CHECK(i == h.snapshots && at == end, "{}: its {} snapshots do not fill the {} bytes its header gives them",
               file, h.snapshots, h.snapshot_bytes);
+  return positions;
 }
 
-// Reads the checked snapshots into `snaps` when the session takes them every h.snapshot_every tokens too (with
-// another period its rewinds would not find them where its K−1 bound needs them); past them otherwise.
-void read_snapshots(Reader& r, const KvCache& cache, KvSnapshots& snaps, int64_t every, const Header& h,
-                    const std::string& file) {
-  if (every != h.snapshot_every) {
-    r.get(nullptr, static_cast<size_t>(h.snapshot_bytes));
-    return;
-  }
-  int64_t prev = 0;
-  for (int64_t i = 0; i < h.snapshots; ++i) {
-    prev = snapshot_position(r, prev, h, file);
-    snaps.load(cache, prev, [&](void* p, size_t n) { r.get(p, n); });
-  }
-}
+// What rank 0 has checked of a file and every rank needs to load its part: the tokens, whether the snapshots are
+// kept (the session takes them every snapshot_every tokens too: with another period its rewinds would not find
+// them where its K−1 bound needs them) and their positions, and every layer's record.
+struct LoadPlan {
+  int64_t tokens = 0;
+  bool snapshots = false;
+  std::vector<int64_t> positions;
+  std::vector<LayerRecord> records;
+};
 
-// Reads the checked payload into `cache`; returns the tokens.
-std::vector<int32_t> read_payload(Reader& r, KvCache& cache, int64_t tokens, const std::string& file) {
-  std::vector<int32_t> ids(static_cast<size_t>(tokens));
-  r.get(ids.data(), ids.size() * sizeof(int32_t));
-  for (int64_t l = 0; l < cache.n_layers(); ++l) {
+// Rank 0's reads of a load's second pass, with the first error kept rather than thrown (zeros read instead), so
+// that rank 0 still sends every rank its layers and none waits for it in vain.
+struct LoadSource {
+  LoadSource(const CheckpointFingerprint& m, std::filesystem::path p) : model(m), path(std::move(p)) {}
+  const CheckpointFingerprint& model;
+  std::filesystem::path path;
+  std::string file = path.string();
+  std::optional<session_io::Fd> fd;
+  int64_t size = 0;
+  Header h;
+  uint32_t header_crc = 0;
+  std::optional<Reader> r;
+  std::string error;
+  void get(void* p, size_t n) {
+    if (error.empty()) {
+      try {
+        r->get(p, n);
+        return;
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    }
+    if (p) std::memset(p, 0, n);
+  }
+  void fail(std::string e) {
+    if (error.empty()) error = std::move(e);
+  }
+};
+
+// Layer l's record from the source (rank 0) into every runner's cache, part after part.
+void load_layer(KvCache& cache, int64_t l, const LayerRecord& rec, const Ranks& ranks, LoadSource* src,
+                std::vector<uint8_t>& scratch) {
+  const bool runs = ranks.runs(l);
+  if (!runs && !src) return;
+  if (src) {
     LayerRecord got;
     for (int64_t* f : {&got.ratio, &got.n_compressed, &got.window_bytes, &got.compressed_bytes, &got.index_bytes,
                        &got.main_floats, &got.index_floats})
-      *f = r.next<int64_t>();
-    FERRY_CHECK(got == used_part(cache, l, tokens), "{}: changed while being read (layer {}'s record)", file, l);
-    LayerKv& L = cache.layer(l);
-    r.get(L.window.data(), static_cast<size_t>(got.window_bytes));
-    r.get(L.compressed.data(), static_cast<size_t>(got.compressed_bytes));
-    r.get(L.index_keys.data(), static_cast<size_t>(got.index_bytes));
-    for (CompressorState* st : {&L.main_state, &L.index_state}) {
-      r.get(st->kv.data(), st->kv.size() * sizeof(float));
-      r.get(st->score.data(), st->score.size() * sizeof(float));
-    }
-    L.n_compressed = got.n_compressed;
+      src->get(f, sizeof *f);
+    if (got != rec) src->fail(fmt::format("{}: changed while being read (layer {}'s record)", src->file, l));
   }
-  return ids;
+  LayerKv& L = cache.layer(l);
+  auto move = [&](void* dst, int64_t n) {
+    if (!runs) {
+      scratch.resize(static_cast<size_t>(n));
+      dst = scratch.data();
+    }
+    if (src) src->get(dst, static_cast<size_t>(n));
+    if (ranks.x) ranks.x->layer_from_leader(l, dst, n);
+  };
+  move(L.window.data(), rec.window_bytes);
+  move(L.compressed.data(), rec.compressed_bytes);
+  move(L.index_keys.data(), rec.index_bytes);
+  const auto floats = static_cast<int64_t>(sizeof(float));
+  move(L.main_state.kv.data(), rec.main_floats * floats);
+  move(L.main_state.score.data(), rec.main_floats * floats);
+  move(L.index_state.kv.data(), rec.index_floats * floats);
+  move(L.index_state.score.data(), rec.index_floats * floats);
+  if (runs) L.n_compressed = rec.n_compressed;
 }
 
-// Opens a saved session for reading: a regular file, or a one-line error naming what it is instead.
-int open_session_file(const std::filesystem::path& path, int64_t& size) {
-  const std::string file = path.string();
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  FERRY_CHECK(fd >= 0, "{}: cannot open the session file ({})", file, errno_text());
-  struct stat st {};
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    const bool dir = S_ISDIR(st.st_mode);
-    ::close(fd);
-    FERRY_THROW("{}: {}, not a session file", file, dir ? "a directory" : "not a regular file");
+// The kept snapshots: each from the source to every runner of each layer, kept by each rank for its layers.
+void load_snapshots(const KvCache& cache, KvSnapshots& snaps, const LoadPlan& plan, const Ranks& ranks,
+                    LoadSource* src) {
+  int64_t prev = 0;
+  for (const int64_t want : plan.positions) {
+    if (src) {
+      const int64_t pos = src->error.empty() ? snapshot_position(*src->r, prev, src->h, src->file) : want;
+      if (pos != want) src->fail(fmt::format("{}: changed while being read (a snapshot's position)", src->file));
+      prev = pos;
+    }
+    std::string mine;
+    std::string part;
+    for (int64_t l = 0; l < cache.n_layers(); ++l) {
+      if (!src && !ranks.runs(l)) continue;
+      part.assign(static_cast<size_t>(KvSnapshots::stored_layer_bytes(cache, l, want)), '\0');
+      if (src) src->get(part.data(), part.size());
+      if (ranks.x) ranks.x->layer_from_leader(l, part.data(), static_cast<int64_t>(part.size()));
+      if (ranks.runs(l)) mine += part;
+    }
+    size_t at = 0;
+    snaps.load(cache, want, [&](void* p, size_t n) {
+      std::memcpy(p, mine.data() + at, n);
+      at += n;
+    });
   }
-  size = static_cast<int64_t>(st.st_size);
-  return fd;
+}
+
+// Every rank's part of a load's second pass, in Session::restore: the tokens and every layer from rank 0 (the
+// one process) to the runners, then whether rank 0's reads all succeeded, agreed (a failure resets every rank).
+std::vector<int32_t> load_parts(KvCache& cache, KvSnapshots& snaps, const LoadPlan& plan, const Ranks& ranks,
+                                LoadSource* src) {
+  std::vector<int32_t> tokens(static_cast<size_t>(plan.tokens));
+  if (src) src->get(tokens.data(), tokens.size() * sizeof(int32_t));
+  ranks.broadcast(tokens);
+  std::vector<uint8_t> scratch;
+  for (int64_t l = 0; l < cache.n_layers(); ++l)
+    load_layer(cache, l, plan.records[static_cast<size_t>(l)], ranks, src, scratch);
+  if (plan.snapshots) {
+    load_snapshots(cache, snaps, plan, ranks, src);
+  } else if (src) {
+    src->get(nullptr, static_cast<size_t>(src->h.snapshot_bytes));
+  }
+  if (src) {
+    const uint32_t crc = src->r->crc();
+    uint32_t got = 0;
+    src->get(&got, sizeof got);
+    if (got != crc) src->fail(fmt::format("{}: changed while being read (the checksum no longer matches)", src->file));
+  }
+  ranks.agree("loading a session file", [&] { FERRY_CHECK(!src || src->error.empty(), "{}", src->error); });
+  return tokens;
 }
 
 // The header, checked against the session it is to be loaded into; every check that needs no more than the
@@ -436,7 +449,7 @@ Header checked_header(int fd, int64_t size, const Session& s, const CheckpointFi
   bytes.assign(static_cast<size_t>(std::min(size, kHeaderBytes)), '\0');
   const ssize_t got = ::pread(fd, bytes.data(), bytes.size(), 0);
   FERRY_CHECK(got == static_cast<ssize_t>(bytes.size()), "{}: cannot read ({})", file,
-              got < 0 ? errno_text() : "short read");
+              got < 0 ? session_io::errno_text() : "short read");
   FERRY_CHECK(size > 0, "{}: empty, not a session file", file);
   FERRY_CHECK(std::memcmp(bytes.data(), kMagic, std::min(bytes.size(), sizeof kMagic)) == 0,
               "{}: not a ferry session file", file);
@@ -467,71 +480,90 @@ Header checked_header(int fd, int64_t size, const Session& s, const CheckpointFi
   return h;
 }
 
-}  // namespace
-
-std::filesystem::path session_temp_path(const std::filesystem::path& path, int64_t pid, int64_t serial) {
-  std::filesystem::path tmp = path;
-  tmp += fmt::format(".{}.{}.{}.tmp", host_name(), pid, serial);
-  return tmp;
+// Rank 0's first pass (the one process's), before any session changes: the header, the whole file against its
+// checksum, the layer records and the snapshots' positions. Fills `plan`.
+void check_file(LoadSource& src, const Session& s, LoadPlan& plan) {
+  src.fd.emplace(session_io::open_session_file(src.path, src.size));
+  std::string header;
+  src.h = checked_header(src.fd->fd, src.size, s, src.model, src.file, header);
+  src.header_crc = crc_of(0, header.data(), header.size());
+  {
+    Reader r(src.fd->fd, kHeaderBytes, src.header_crc, src.file);
+    r.get(nullptr, static_cast<size_t>(src.h.payload + src.h.snapshot_bytes));
+    const uint32_t crc = r.crc();
+    FERRY_CHECK(r.next<uint32_t>() == crc, "{}: corrupted (the checksum does not match)", src.file);
+  }
+  check_records(src.fd->fd, s.cache(), src.h.tokens, src.file);
+  plan.positions = check_snapshots(src.fd->fd, s.cache(), src.h, src.file);
+  plan.tokens = src.h.tokens;
+  plan.snapshots = src.h.snapshot_every == s.options().snapshot_every;
+  if (!plan.snapshots) plan.positions.clear();
+  for (int64_t l = 0; l < s.cache().n_layers(); ++l) plan.records.push_back(used_part(s.cache(), l, plan.tokens));
 }
+
+// Every rank's load; `src` on rank 0 (the one process) only. Rank 0 checks the whole file, then every rank its
+// layers' records against its own cache, each agreed before any rank changes anything; the second pass then
+// reads the file again rather than holding it in memory (it can be gigabytes).
+SessionFileStats load_all(Session& s, const Ranks& ranks, LoadSource* src) {
+  LoadPlan plan;
+  ranks.agree("checking a session file", [&] {
+    if (src) check_file(*src, s, plan);
+  });
+  std::vector<int64_t> head{plan.tokens, plan.snapshots, static_cast<int64_t>(plan.positions.size())};
+  ranks.broadcast(head);
+  plan.tokens = head[0];
+  plan.snapshots = head[1] != 0;
+  plan.positions.resize(static_cast<size_t>(head[2]));
+  ranks.broadcast(plan.positions);
+  plan.records.resize(static_cast<size_t>(s.cache().n_layers()));
+  ranks.broadcast(plan.records);
+  ranks.agree("checking a session file's layers", [&] {
+    FERRY_CHECK(plan.tokens <= s.options().ctx, "session: a file of {} tokens does not fit this rank's context of {}",
+                plan.tokens, s.options().ctx);
+    for (int64_t l = 0; l < s.cache().n_layers(); ++l)
+      FERRY_CHECK(!ranks.runs(l) || plan.records[static_cast<size_t>(l)] == used_part(s.cache(), l, plan.tokens),
+                  "session: layer {}'s record in the file does not match this rank's layer", l);
+  });
+  if (src) src->r.emplace(src->fd->fd, kHeaderBytes, src->header_crc, src->file);
+  s.restore([&](KvCache& cache, KvSnapshots& snaps) { return load_parts(cache, snaps, plan, ranks, src); });
+  return {plan.tokens, src ? src->size : 0};
+}
+
+// Rank 0 (or the one process) saves or loads: under mpirun the other ranks follow with their parts, under the
+// step lock.
+RankExchange* leading_ranks(const Session& s, const std::string& file) {
+  FERRY_CHECK(!s.options().mtp, "{}: sessions with --mtp cannot be saved or restored yet", file);
+  RankExchange* x = s.options().ranks;
+  FERRY_CHECK(!x || x->leads(), "{}: only rank 0 saves or loads a session file", file);
+  return x;
+}
+
+}  // namespace
 
 SessionFileStats save_session(const Session& session, const CheckpointFingerprint& model,
                               const std::filesystem::path& path) {
-  const std::string file = path.string();
-  refuse_unsupported(session, file);
-  std::error_code ec;
-  FERRY_CHECK(!std::filesystem::is_directory(path, ec), "{}: a directory; give a file name to save the session to",
-              file);
-  remove_stale_temps(path);
-  // Unique per process and call: two slots of a server may save at once.
-  static std::atomic<int64_t> serial{0};
-  const std::filesystem::path tmp = session_temp_path(path, ::getpid(), serial++);
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  FERRY_CHECK(fd.fd >= 0, "{}: cannot create {} ({})", file, tmp.string(), errno_text());
-  try {
-    write_session(session, model, fd.fd, tmp.string());
-    FERRY_CHECK(::fsync(fd.fd) == 0, "{}: cannot sync {} ({})", file, tmp.string(), errno_text());
-    const int closed = ::close(fd.fd);
-    fd.fd = -1;
-    FERRY_CHECK(closed == 0, "{}: cannot close {} ({})", file, tmp.string(), errno_text());
-    FERRY_CHECK(::rename(tmp.c_str(), path.c_str()) == 0, "{}: cannot replace it with {} ({})", file, tmp.string(),
-                errno_text());
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  sync_directory(directory_of(path), file);
-  return {session.position(),
-          kHeaderBytes + payload_bytes(session.cache(), session.position()) + snapshot_section_bytes(session) + 4};
+  RankExchange* x = leading_ranks(session, path.string());
+  std::unique_lock<std::mutex> step;
+  if (x) step = x->announce_session_file(false);
+  SaveSink sink(model, path);
+  return save_parts(session, Ranks{x}, &sink);
 }
 
 SessionFileStats load_session(Session& session, const CheckpointFingerprint& model, const std::filesystem::path& path) {
-  const std::string file = path.string();
-  refuse_unsupported(session, file);
-  int64_t size = 0;
-  Fd fd(open_session_file(path, size));
-  std::string header;
-  const Header h = checked_header(fd.fd, size, session, model, file, header);
-  const uint32_t header_crc = crc_of(0, header.data(), header.size());
-  // First pass: the whole file against its checksum, then the layer records, the session untouched.
-  {
-    Reader r(fd.fd, kHeaderBytes, header_crc, file);
-    r.get(nullptr, static_cast<size_t>(h.payload + h.snapshot_bytes));
-    const uint32_t crc = r.crc();
-    FERRY_CHECK(r.next<uint32_t>() == crc, "{}: corrupted (the checksum does not match)", file);
-  }
-  check_records(fd.fd, session.cache(), h.tokens, file);
-  check_snapshots(fd.fd, session.cache(), h, file);
-  // Second pass: into the cache; the file is read again rather than held in memory (it can be gigabytes).
-  Reader r(fd.fd, kHeaderBytes, header_crc, file);
-  session.restore([&](KvCache& cache, KvSnapshots& snaps) {
-    std::vector<int32_t> tokens = read_payload(r, cache, h.tokens, file);
-    read_snapshots(r, cache, snaps, session.options().snapshot_every, h, file);
-    const uint32_t crc = r.crc();
-    FERRY_CHECK(r.next<uint32_t>() == crc, "{}: changed while being read (the checksum no longer matches)", file);
-    return tokens;
-  });
-  return {h.tokens, size};
+  RankExchange* x = leading_ranks(session, path.string());
+  std::unique_lock<std::mutex> step;
+  if (x) step = x->announce_session_file(true);
+  LoadSource src(model, path);
+  return load_all(session, Ranks{x}, &src);
+}
+
+void follow_session_file(Session& session, bool load) {
+  const Ranks ranks{session.options().ranks};
+  FERRY_CHECK(ranks.x && !ranks.x->leads(), "transport: only a rank other than 0 follows a session file");
+  if (load)
+    load_all(session, ranks, nullptr);
+  else
+    save_parts(session, ranks, nullptr);
 }
 
 }  // namespace ferry::runtime

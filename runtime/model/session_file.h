@@ -38,8 +38,8 @@ struct SessionFileStats {
 // whose fingerprint is `model`, with the snapshots it keeps. Atomic: written to a temporary file beside `path`
 // (session_temp_path), synced, then renamed over it, so that an error or a crash leaves whatever `path` held
 // before. A crash leaves the temporary file too: the next save of `path` on this host removes those of processes
-// that no longer exist. Sessions under mpirun (options().ranks) or with MTP are refused for now. Throws
-// ferry::Error, one line naming the file and the problem.
+// that no longer exist. Sessions with MTP are refused for now. Under mpirun only rank 0 calls it, and the other
+// ranks follow (follow_session_file). Throws ferry::Error, one line naming the file and the problem.
 //
 // Test hook: with FERRY_TEST_SESSION_SAVE_STALL_S=N in the environment, a save stops for N seconds after writing
 // the header and tokens to the temporary file (saying so on stderr), so a test can kill the process mid-write.
@@ -58,5 +58,14 @@ std::filesystem::path session_temp_path(const std::filesystem::path& path, int64
 // the session as it was. (The file is read twice, once to check it and once into the cache; should it change in
 // place between the two reads, the second read's checksum fails and the session is left reset.)
 SessionFileStats load_session(Session& session, const CheckpointFingerprint& model, const std::filesystem::path& path);
+
+// Under mpirun, what a rank other than 0 runs when rank 0 announces a save (`load` false) or load of its session
+// of a slot (RankExchange::announce_session_file): the file stays rank 0's, which reads and writes it as one
+// process does, so a file is the same whatever ranks saved it and loads under any. A save sends rank 0 the
+// layers this rank keeps (RankExchange::keeps_layer) and changes nothing here. A load receives this rank's layers
+// once rank 0 has checked the whole file and every rank its layers against its cache (both agreed); a failure
+// throws the same one-line error on every rank (RankExchange::agree) with every rank's session as it was — or, when
+// the file changes between rank 0's two reads, every rank's session reset.
+void follow_session_file(Session& session, bool load);
 
 }  // namespace ferry::runtime

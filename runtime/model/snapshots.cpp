@@ -27,18 +27,19 @@ void for_each_volatile(Cache& cache, F&& f) {
   }
 }
 
-// The stored form of a snapshot of position `pos` (snapshots.h): calls f(offset, bytes) for each part kept, the
-// offset into the snapshot's buffer.
+// The stored form of a snapshot of position `pos` (snapshots.h): calls f(offset, bytes) for each part kept of the
+// layers this cache holds (of layer `only` alone when >= 0), the offset into the snapshot's buffer.
 template <class F>
-void for_each_stored(const KvCache& cache, int64_t pos, F&& f) {
+void for_each_stored(const KvCache& cache, int64_t pos, F&& f, int64_t only = -1) {
   size_t at = 0;
   for (int64_t l = 0; l < cache.n_layers(); ++l) {
     const LayerKv& L = cache.layer(l);
-    f(at, static_cast<size_t>(std::min(pos, L.window_rows) * cache.main_layout().bytes));
+    const bool wanted = only < 0 || l == only;
+    if (wanted) f(at, static_cast<size_t>(std::min(pos, L.window_rows) * cache.main_layout().bytes));
     at += byte_size(L.window);
     for (const CompressorState* s : {&L.main_state, &L.index_state})
       for (const DeviceVector<float>* v : {&s->kv, &s->score}) {
-        f(at, byte_size(*v));
+        if (wanted) f(at, byte_size(*v));
         at += byte_size(*v);
       }
   }
@@ -117,15 +118,23 @@ int64_t KvSnapshots::bytes() const {
   return b;
 }
 
+int64_t KvSnapshots::stored_layer_bytes(const KvCache& cache, int64_t l, int64_t pos) {
+  const LayerShape& S = cache.shape(l);
+  return std::min(pos, S.window_rows) * cache.main_layout().bytes +
+         2 * (S.state_floats + S.index_state_floats) * static_cast<int64_t>(sizeof(float));
+}
+
 int64_t KvSnapshots::stored_bytes(const KvCache& cache, int64_t pos) {
   int64_t total = 0;
-  for_each_stored(cache, pos, [&](size_t, size_t n) { total += static_cast<int64_t>(n); });
+  for (int64_t l = 0; l < cache.n_layers(); ++l) total += stored_layer_bytes(cache, l, pos);
   return total;
 }
 
-void KvSnapshots::store(const KvCache& cache, int64_t i, const std::function<void(const void*, size_t)>& put) const {
+void KvSnapshots::store_layer(const KvCache& cache, int64_t i, int64_t l,
+                              const std::function<void(const void*, size_t)>& put) const {
   const Snapshot& s = snaps_.at(static_cast<size_t>(i));
-  for_each_stored(cache, s.pos, [&](size_t at, size_t n) { put(s.bytes.data() + at, n); });
+  for_each_stored(
+      cache, s.pos, [&](size_t at, size_t n) { put(s.bytes.data() + at, n); }, l);
 }
 
 void KvSnapshots::load(const KvCache& cache, int64_t pos, const std::function<void(void*, size_t)>& get) {

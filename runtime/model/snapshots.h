@@ -39,13 +39,17 @@ class KvSnapshots {
   // Session files (session_file.h) hold each snapshot in a form that no context length changes: per layer the
   // window slots in use at its position (the first min(pos, window_rows)), then the compressor states. A window
   // of min(ctx, W) rows holds the same slots in use at any position a context holds, so a snapshot saved with
-  // one context loads into a session of another.
+  // one context loads into a session of another. The sizes come from the layers' shapes, so a rank that holds
+  // only some layers knows every layer's part.
   static int64_t stored_bytes(const KvCache& cache, int64_t pos);
-  // Writes the i-th kept snapshot (0: the oldest) in the stored form, in calls put(data, bytes).
-  void store(const KvCache& cache, int64_t i, const std::function<void(const void*, size_t)>& put) const;
+  static int64_t stored_layer_bytes(const KvCache& cache, int64_t l, int64_t pos);
+  // Writes layer l's part of the i-th kept snapshot (0: the oldest) in the stored form, in calls put(data, bytes);
+  // nothing for a layer the cache does not hold.
+  void store_layer(const KvCache& cache, int64_t i, int64_t l,
+                   const std::function<void(const void*, size_t)>& put) const;
   // Keeps a snapshot of position `pos` (after every kept one, the oldest dropped beyond `keep`) read in the stored
-  // form by calls get(data, bytes); the window slots not in use are zero (nothing reads them before they are
-  // written again).
+  // form by calls get(data, bytes): the parts of the layers the cache holds, in layer order; the window slots not
+  // in use are zero (nothing reads them before they are written again).
   void load(const KvCache& cache, int64_t pos, const std::function<void(void*, size_t)>& get);
 
  private:
