@@ -41,7 +41,8 @@ struct Options {
   std::string shape = "flash";
   int64_t layers = 2, experts = 32, steps = 4;
   std::string calibration_out;
-  std::string machine;  // set by the caller
+  std::string machine;     // set by the caller
+  bool synthetic = false;  // the bench's own model (no --model)
 };
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -97,12 +98,16 @@ void repeat_rows(const uint8_t* src, int64_t have, uint8_t* dst, int64_t want, i
 }
 
 // Fills `s`'s cache to `fill` positions without computing them: a short prefill in a scratch session gives real
-// rows, which are repeated over the whole context (attention and the indexer then scan `fill` positions' rows).
-void fill_cache(runtime::Session& s, const runtime::ModelWeights& weights, runtime::SessionOptions so, int64_t fill,
-                int64_t vocab, uint64_t& seed) {
+// rows, which are repeated over the whole context (attention and the indexer then scan `fill` positions' rows). The
+// scratch session runs on the CPU from the checkpoint, outside the device's plan.
+void fill_cache(runtime::Session& s, const runtime::ModelWeights& checkpoint, int64_t fill, int64_t vocab,
+                uint64_t& seed) {
   const int64_t seed_len = std::min<int64_t>(fill, 1024);
+  runtime::SessionOptions so;
   so.ctx = seed_len;
-  runtime::Session scratch(weights, so);
+  so.kv_type = s.options().kv_type;
+  so.ubatch = s.options().ubatch;
+  runtime::Session scratch(checkpoint, so);
   scratch.feed(random_tokens(seed_len, vocab, seed), nullptr, nullptr);
   std::vector<int32_t> tokens = scratch.tokens();
   const std::vector<int32_t> more = random_tokens(fill - seed_len, vocab, seed);
@@ -270,8 +275,9 @@ void calibrate(const Options& o, const std::string& model, const Run& r) {
   f.machine = o.machine;
   f.threads = tbb::this_task_arena::max_concurrency();
   const double decode_tok_s = 1 / r.decode.wall_s, prefill_tok_s = static_cast<double>(r.ubatch) / r.prefill.wall_s;
-  f.measured = {o.shape == "tiny" ? "bench decode (tiny shapes)" : "bench decode (V4-Flash shapes)", r.decode_ctx,
-                r.ubatch, decode_tok_s, prefill_tok_s};
+  f.measured = {
+      o.synthetic ? (o.shape == "tiny" ? "bench decode (tiny shapes)" : "bench decode (V4-Flash shapes)") : model,
+      r.decode_ctx, r.ubatch, decode_tok_s, prefill_tok_s};
   f.phases_ms = phases_json(r);
   const planner::Calibration& c = f.rates;
   std::printf(
@@ -297,7 +303,7 @@ int run(Options& o) {
   const int64_t fill = o.engine.ctx.empty() ? 65536 : core::parse_count(o.engine.ctx, "--ctx");
   FERRY_CHECK(fill >= 1, "--ctx must be at least 1");
   std::shared_ptr<void> cleanup;
-  const bool synthetic = o.engine.model.empty();
+  const bool synthetic = o.synthetic = o.engine.model.empty();
   if (synthetic) {
     std::printf("writing the synthetic model...\n");
     std::fflush(stdout);
@@ -321,7 +327,7 @@ int run(Options& o) {
       static_cast<long long>(fill), static_cast<long long>(so.ubatch), tbb::this_task_arena::max_concurrency(),
       setup.offload() ? (", on " + o.engine.offload.gpu).c_str() : "");
   uint64_t seed = 42;
-  fill_cache(s, setup.weights(), setup.session_options(), fill, c.vocab_size, seed);
+  fill_cache(s, setup.checkpoint(), fill, c.vocab_size, seed);
   OpProfile profile;
   DeviceTimer timer(profile);
   runtime::SimBackend* sim = setup.offload() ? const_cast<runtime::SimBackend*>(&setup.offload()->gpu()) : nullptr;
@@ -349,7 +355,7 @@ int run(Options& o) {
 
 }  // namespace
 
-std::function<int()> add_decode_bench(CLI::App& bench, CLI::App*& sub) {
+std::function<int()> add_decode_bench(CLI::App& bench, CLI::App*& sub, std::function<std::string()> machine) {
   auto o = std::make_shared<Options>();
   sub = bench.add_subcommand("decode",
                              "Time of each part of a decode step and a prefill chunk of V4-Flash's shapes over a KV "
@@ -365,7 +371,10 @@ std::function<int()> add_decode_bench(CLI::App& bench, CLI::App*& sub) {
   sub->add_option("--steps", o->steps, "Decode steps measured, averaged (default 4)")->check(CLI::Range(1, 10000));
   sub->add_option("--calibration-out", o->calibration_out,
                   "Write the rates measured (and the triad) to this file for `ferry plan --calibration`");
-  return [o] { return run(*o); };
+  return [o, machine] {
+    o->machine = machine();
+    return run(*o);
+  };
 }
 
 }  // namespace ferry::launch

@@ -5,11 +5,13 @@
 #pragma once
 
 #include <functional>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
 namespace ferry::launch {
 
-std::function<int()> add_decode_bench(CLI::App& bench, CLI::App*& sub);
+// `machine` names the CPU, for the calibration file.
+std::function<int()> add_decode_bench(CLI::App& bench, CLI::App*& sub, std::function<std::string()> machine);
 
 }  // namespace ferry::launch

@@ -43,7 +43,7 @@ class BenchCommand : public Command {
     app_ = parent.add_subcommand("bench", "Benchmarks (numbers for notes and regressions; nothing is asserted)");
     app_->require_subcommand(1);
     run_context_ = add_context_bench(*app_, context_);
-    run_decode_ = add_decode_bench(*app_, decode_);
+    run_decode_ = add_decode_bench(*app_, decode_, cpu_model);
     run_link_ = add_link_bench(*app_, link_);
     run_offload_ = add_offload_bench(*app_, offload_);
     run_transport_ = add_transport_bench(*app_, transport_);
