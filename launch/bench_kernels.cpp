@@ -29,25 +29,6 @@ double seconds_of(const std::function<void()>& f) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// a = b + s * c over arrays far larger than the caches; 12 bytes move per element (two reads, one write),
-// counted as STREAM counts them. Best of `reps`.
-double triad_gbps(int reps) {
-  const size_t n = size_t(64) << 20;  // 64 Mi floats per array: 768 MiB in all
-  std::vector<float> a(n), b(n, 1.0f), c(n, 2.0f);
-  const float s = 3.0f;
-  double best = 1e30;
-  for (int r = 0; r < reps + 1; ++r) {
-    const double t = seconds_of([&] {
-      tbb::parallel_for(tbb::blocked_range<size_t>(0, n, size_t(1) << 16),
-                        [&](const tbb::blocked_range<size_t>& range) {
-                          for (size_t i = range.begin(); i < range.end(); ++i) a[i] = b[i] + s * c[i];
-                        });
-    });
-    if (r > 0) best = std::min(best, t);  // the first run faults the pages in
-  }
-  return 12.0 * double(n) / best / 1e9;
-}
-
 struct Weights {
   std::vector<uint8_t> codes, scales;
 };
@@ -186,6 +167,25 @@ size_t last_level_cache_bytes() {
 }
 
 }  // namespace
+
+// a = b + s * c over arrays far larger than the caches; 12 bytes move per element (two reads, one write),
+// counted as STREAM counts them. Best of `reps`.
+double triad_gbps(int reps) {
+  const size_t n = size_t(64) << 20;  // 64 Mi floats per array: 768 MiB in all
+  std::vector<float> a(n), b(n, 1.0f), c(n, 2.0f);
+  const float s = 3.0f;
+  double best = 1e30;
+  for (int r = 0; r < reps + 1; ++r) {
+    const double t = seconds_of([&] {
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, n, size_t(1) << 16),
+                        [&](const tbb::blocked_range<size_t>& range) {
+                          for (size_t i = range.begin(); i < range.end(); ++i) a[i] = b[i] + s * c[i];
+                        });
+    });
+    if (r > 0) best = std::min(best, t);  // the first run faults the pages in
+  }
+  return 12.0 * double(n) / best / 1e9;
+}
 
 void run_kernel_bench(int repetitions, int working_set_mib, int threads, const std::vector<int>& token_counts) {
   std::unique_ptr<tbb::global_control> limit;

@@ -8,6 +8,9 @@
 
 namespace ferry::launch {
 
+// GB/s of a STREAM triad (a = b + s*c over 768 MiB) on all the task arena's threads, best of `reps`.
+double triad_gbps(int reps);
+
 // Weights are cycled through `working_set_mib` of distinct matrices (0: twice the last-level cache, at least
 // 256 MiB), so they come from RAM, not the caches. threads 0: all cores. token_counts: the chunk sizes of the
 // prefill part (none: skip it).

@@ -1,6 +1,7 @@
 // `ferry bench`: benchmarks, reported with the machine and the numbers (never asserted in tests).
 //   ferry bench plan      time of a full `ferry plan` (spec + placement + KV search + suggestions)
 //   ferry bench kernels   GB/s of the CPU matvec kernels next to a STREAM-like triad
+//   ferry bench decode    time of each part of a decode step and a prefill chunk; --calibration-out for the planner
 //   ferry bench context   prefill and decode speed of the CPU forward pass as the context grows
 //   ferry bench offload   decode/prefill tok/s of expert placements through the simulated device
 //   ferry bench link      host-to-device GB/s of a GPU, pageable against pinned memory
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "launch/bench_context.h"
+#include "launch/bench_decode.h"
 #include "launch/bench_kernels.h"
 #include "launch/bench_link.h"
 #include "launch/bench_offload.h"
@@ -41,6 +43,7 @@ class BenchCommand : public Command {
     app_ = parent.add_subcommand("bench", "Benchmarks (numbers for notes and regressions; nothing is asserted)");
     app_->require_subcommand(1);
     run_context_ = add_context_bench(*app_, context_);
+    run_decode_ = add_decode_bench(*app_, decode_, cpu_model);
     run_link_ = add_link_bench(*app_, link_);
     run_offload_ = add_offload_bench(*app_, offload_);
     run_transport_ = add_transport_bench(*app_, transport_);
@@ -72,6 +75,10 @@ class BenchCommand : public Command {
     if (context_->parsed()) {
       std::printf("machine: %s\n", cpu_model().c_str());
       return run_context_();
+    }
+    if (decode_->parsed()) {
+      std::printf("machine: %s\n", cpu_model().c_str());
+      return run_decode_();
     }
     if (link_->parsed()) return run_link_();
     if (transport_->parsed()) return run_transport_();
@@ -126,6 +133,8 @@ class BenchCommand : public Command {
   CLI::App* kernels_ = nullptr;
   CLI::App* context_ = nullptr;
   std::function<int()> run_context_;
+  CLI::App* decode_ = nullptr;
+  std::function<int()> run_decode_;
   CLI::App* link_ = nullptr;
   std::function<int()> run_link_;
   CLI::App* offload_ = nullptr;

@@ -1,4 +1,5 @@
 // `ferry plan`: the dry run. Does it fit, where does every tensor go, how fast will it run.
+#include <fmt/format.h>
 #include <iostream>
 
 #include "launch/commands.h"
@@ -6,6 +7,7 @@
 #include "launch/plan_file.h"
 #include "launch/plan_flags.h"
 #include "launch/rank_setup.h"
+#include "planner/calibration.h"
 #include "planner/core/file_io.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
@@ -59,11 +61,23 @@ class PlanCommand : public Command {
     if (json_)
       std::cout << json;
     else
-      std::cout << planner::format_plan(plan, spec);
+      std::cout << planner::format_plan(plan, spec) << calibration_line(plan);
     return plan.fits ? kExitOk : kExitDoesNotFit;
   }
 
  private:
+  // The bench's measurement beside this plan's prediction (the same when the plan is for the bench's model).
+  std::string calibration_line(const planner::Plan& plan) const {
+    if (hw_flags_.calibration.empty()) return "";
+    const planner::CalibrationFile f = planner::read_calibration(hw_flags_.calibration);
+    const planner::CalibrationRun& m = f.measured;
+    return fmt::format(
+        "Calibration: {} ({}, {} threads) measured {} at ctx {}: decode {:.2f} tok/s, prefill {:.1f} tok/s "
+        "(chunks of {}); this plan predicts decode {:.2f} tok/s, prefill {:.1f} tok/s\n",
+        hw_flags_.calibration, f.machine, f.threads, m.model, m.ctx, m.decode_tok_s, m.prefill_tok_s, m.ubatch,
+        plan.cost.decode_tok_s, plan.cost.prefill_full_tok_s);
+  }
+
   CLI::App* app_ = nullptr;
   PlanFlags plan_flags_;
   HardwareFlags hw_flags_;

@@ -1,5 +1,6 @@
 #include "launch/hardware_flags.h"
 
+#include "planner/calibration.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 #include "runtime/backend/hardware_probe.h"
@@ -37,6 +38,10 @@ void HardwareFlags::add_to(CLI::App& app) {
       ->group("Hardware (default: probe this machine)");
   app.add_option("--gpu-reserve", gpu_reserve,
                  "Memory per GPU kept for the CUDA context and libraries (default 512MiB)")
+      ->group("Hardware (default: probe this machine)");
+  app.add_option("--calibration", calibration,
+                 "Rates measured on this machine by `ferry bench decode --calibration-out FILE`, used instead of "
+                 "the defaults for the host (and the link, where measured)")
       ->group("Hardware (default: probe this machine)");
   app.add_option("--host-reserve", host_reserve, "RAM per node kept for the OS and other processes (default 4GiB)")
       ->group("Hardware (default: probe this machine)");
@@ -92,6 +97,10 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
   };
   hw.gpu_reserve_bytes = reserve(gpu_reserve, kDefaultGpuReserve, "--gpu-reserve");
   hw.host_reserve_bytes = reserve(host_reserve, kDefaultHostReserve, "--host-reserve");
+  if (!calibration.empty()) {
+    hw.calibration = read_calibration(calibration).rates;
+    notes.push_back("host rates measured by ferry bench decode (" + calibration + ")");
+  }
   hw.source = host_given && gpus_given ? "flags" : (!host_given && !gpus_given ? "probed" : "flags + probed");
   return hw;
 }

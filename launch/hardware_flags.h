@@ -16,6 +16,7 @@ struct HardwareFlags {
   std::vector<std::string> gpus;
   bool no_gpu = false;
   std::string host_ram, host_bw, pcie, gpu_reserve, host_reserve, net_bw;
+  std::string calibration;  // a `ferry bench decode --calibration-out` file; empty: none
   std::optional<int> numa, nodes, cores;
   std::optional<double> net_latency_us;
 

@@ -27,10 +27,7 @@ constexpr double kGpuCpuHandoffS = 2 * 30e-6;
 // 67% hits with 1/8 cached on another MoE; 0.3-0.5 expected on a 3090). `--expert-hit-rate` overrides.
 constexpr double kCacheHitExponent = 0.35;
 
-struct LayerFlops {
-  double dense = 0;   // non-routed projections per token
-  double expert = 0;  // one routed expert per token
-};
+}  // namespace
 
 LayerFlops layer_flops(const core::ModelConfig& c, int64_t l) {
   const double dim = double(c.hidden_size), h = double(c.num_attention_heads);
@@ -85,6 +82,8 @@ double attention_flops(const core::ModelConfig& c, int64_t l, double pos) {
     return 4 * h * row * std::min<double>(c.index_topk, pos) + 2.0 * c.index_n_heads * c.index_head_dim * pos;
   return 4 * h * row * pos;
 }
+
+namespace {
 
 // KV bytes one decode step reads in layer l at context `ctx` (window + selected rows, all indexer keys,
 // all HCA rows; MLA reads every row).
@@ -142,8 +141,17 @@ struct CostInputs {
         eb(double(model.expert_bytes())),
         topk(double(c.num_experts_per_tok)),
         has_gpu(!hw.gpus.empty()),
-        host_bw(hw.host.memory_bandwidth * kHostBandwidthEfficiency),
-        host_flops(std::max(1.0, hw.host.cores * hw.host.gflops_per_core * 1e9)) {}
+        host_bw(or_default(hw.calibration.host_dense_bw, hw.host.memory_bandwidth * kHostBandwidthEfficiency)),
+        host_flops(
+            or_default(hw.calibration.host_dense_flops, std::max(1.0, hw.host.cores * hw.host.gflops_per_core * 1e9))),
+        host_expert_bw(or_default(hw.calibration.host_expert_bw, host_bw)),
+        host_expert_flops(or_default(hw.calibration.host_expert_flops, host_flops)) {}
+
+  // A measured rate where the calibration has one (planner/calibration.h), else the default.
+  static double or_default(double measured, double fallback) { return measured > 0 ? measured : fallback; }
+  double link_bw(const DevicePlan& d) const {
+    return or_default(hw.calibration.link_bw, pcie_h2d_bandwidth(hw.gpus[static_cast<size_t>(d.index)].pcie));
+  }
 
   double gpu_bw(const DevicePlan& d) const {
     return hw.gpus[static_cast<size_t>(d.index)].memory_bandwidth * kGpuBandwidthEfficiency;
@@ -160,8 +168,10 @@ struct CostInputs {
   const double eb;    // bytes of one routed expert
   const double topk;  // routed experts per token
   const bool has_gpu;
-  const double host_bw;     // reachable, bytes/s
-  const double host_flops;  // reachable, all cores
+  const double host_bw;         // reachable, bytes/s: the non-routed part on the CPU
+  const double host_flops;      // reachable, all cores
+  const double host_expert_bw;  // the same for routed experts on the CPU (a kernel of their own)
+  const double host_expert_flops;
 };
 
 // One node's share of a layer's routed experts: routing being uniform on average, also its share of the uses.
@@ -257,7 +267,7 @@ void decode_experts(const CostInputs& in, const std::vector<NodeShare>& shares, 
   for (const NodeShare& h : shares) {
     const double uses = in.topk * h.share;
     const double g = h.gpu ? uses * h.hit * in.eb / in.gpu_bw(*h.gpu) : 0;
-    const double c = uses * (1 - h.hit) * in.eb / in.host_bw;
+    const double c = uses * (1 - h.hit) * in.eb / in.host_expert_bw;
     const double handoff = in.has_gpu && h.hit < 1 ? kGpuCpuHandoffS : 0;
     if (g + c + handoff > worst) {
       worst = g + c + handoff;
@@ -326,11 +336,9 @@ RamExperts ram_experts(const CostInputs& in, const NodeShare& h, const LayerFlop
   const double uses = u * in.topk * h.share * (1 - h.hit);
   // Distinct experts a chunk touches of those in the node's RAM.
   const double touched = h.counts.in_ram * (1 - std::pow(1 - in.topk / double(in.c.n_routed_experts), u));
-  const double stream = h.gpu
-                            ? touched * in.eb / pcie_h2d_bandwidth(in.hw.gpus[static_cast<size_t>(h.gpu->index)].pcie) +
-                                  uses * f.expert / in.gpu_flops(*h.gpu)
-                            : INFINITY;
-  const double cpu = std::max(uses * f.expert / in.host_flops, touched * in.eb / in.host_bw);
+  const double stream =
+      h.gpu ? touched * in.eb / in.link_bw(*h.gpu) + uses * f.expert / in.gpu_flops(*h.gpu) : INFINITY;
+  const double cpu = std::max(uses * f.expert / in.host_expert_flops, touched * in.eb / in.host_expert_bw);
   return {std::min(stream, cpu), stream < cpu};
 }
 

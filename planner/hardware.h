@@ -40,6 +40,18 @@ struct NetworkSpec {
   double latency_s = 50e-6;   // per collective
 };
 
+// Rates measured on this machine by `ferry bench decode --calibration-out` (planner/calibration.h), which the cost
+// model takes instead of datasheet peaks times its assumed efficiencies; 0: not measured, the default stands.
+struct Calibration {
+  std::string source;            // the file read; empty: no calibration
+  double triad = 0;              // host bytes/s of a STREAM triad (replaces the host's memory bandwidth)
+  double host_dense_bw = 0;      // decode on the CPU: non-routed weights + KV read, bytes/s
+  double host_expert_bw = 0;     // decode on the CPU: routed experts, bytes/s
+  double host_dense_flops = 0;   // prefill on the CPU: non-routed part and attention, flop/s on all cores
+  double host_expert_flops = 0;  // prefill on the CPU: routed experts, flop/s on all cores
+  double link_bw = 0;            // host-to-device bytes/s measured (0: none)
+};
+
 struct Hardware {
   std::vector<GpuSpec> gpus;  // per node; every node is identical
   HostSpec host;
@@ -48,6 +60,7 @@ struct Hardware {
   int64_t gpu_reserve_bytes = 0;   // per GPU: CUDA context, library handles (not available to ferry)
   int64_t host_reserve_bytes = 0;  // per node: operating system and other processes
   std::string source;              // "flags" or "probed"
+  Calibration calibration;         // measured rates; none by default
 };
 
 // Presets from ../shared/spec/hardware.md (memory, bandwidth, link) plus the datasheet BF16 tensor throughput.

@@ -173,6 +173,14 @@ Plan place_as(const ModelSpec& spec, const Hardware& hw, const PlanOptions& opti
 
 // Fills plan.cost from the placement (cost_model.cpp).
 void estimate_cost(const ModelSpec& spec, Plan& plan);
+// The FLOPs of one token in layer l the cost model counts (cost_model.cpp): the non-routed part and one routed
+// expert; and attention with the indexer at position `pos`. What `ferry bench decode` divides its times into.
+struct LayerFlops {
+  double dense = 0;   // non-routed projections per token
+  double expert = 0;  // one routed expert per token
+};
+LayerFlops layer_flops(const core::ModelConfig& c, int64_t l);
+double attention_flops(const core::ModelConfig& c, int64_t l, double pos);
 
 // Checks that a plan (read from a file, perhaps edited) is for this model and can run: the same model
 // (architecture, weight bytes, layers, routed experts per layer), every device's routed-expert bytes those its

@@ -14,6 +14,7 @@ void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, La
   const double eps = c.rms_norm_eps;
   const ops::RopeFreqs freqs = freqs_of(rope);
   OpStream& s = ch.ops;
+  const PhaseScope phase(s.phase(), OpPhase::Attention);
   // Queries: low-rank, normalised per head (no weight), RoPE on the last rope dims.
   s.run(ops::Linear{.w = w.wq_a, .x = xn, .n = n, .y = ws.qa.data(), .bits = ch.bits});
   s.run(ops::RmsNorm{
@@ -31,6 +32,7 @@ void attention(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rope, La
   s.run(ops::KvEncode{.layout = ch.main, .x = ws.kv.data(), .rows = n, .out = ws.kv_rows.data()});
   if (ratio > 0) compress(ch, *w.compressor, ratio, rope, kv.main_state, false, kv.compressed, ws, xn);
   if (ratio == 4) {
+    const PhaseScope indexer(s.phase(), OpPhase::Indexer);
     compress(ch, *w.indexer_compressor, ratio, rope, kv.index_state, true, kv.index_keys, ws, xn);
     indexer_select(ch, w, rope, kv, ws, xn, ws.qa.data());
   }

@@ -92,6 +92,11 @@ void Session::reset() {
   forget_sequence();
 }
 
+void Session::set_profile(OpProfile* profile) {
+  ops_->sync();  // ops issued before are not the profile's
+  ops_->set_profile(profile);
+}
+
 void Session::restore(const std::function<std::vector<int32_t>(KvCache&, KvSnapshots&)>& write) {
   FERRY_CHECK(!options_.mtp, "a saved session restores without --mtp for now");
   ops_->sync();  // nothing queued still reads or writes the cache

@@ -19,6 +19,7 @@
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
 #include "runtime/model/moe_schedule.h"
+#include "runtime/model/op_profile.h"
 #include "runtime/model/rank_exchange.h"
 #include "runtime/model/snapshots.h"
 
@@ -131,6 +132,8 @@ class Session {
   int32_t eos_token() const { return static_cast<int32_t>(model_.config().eos_token_id); }
   const KvCache& cache() const { return *cache_; }
   const SessionOptions& options() const { return options_; }
+  // Times every op of the following feeds into `profile` by phase (op_profile.h); nullptr: stops.
+  void set_profile(OpProfile* profile);
   // Bytes of the chunk workspace (activations, tiles), measured from the buffers: depends on the model and
   // ubatch, not on ctx, and equals planned_workspace().bytes(). Shared feed buffers count in every session that
   // shares them: feed_buffers() tells them apart.

@@ -15,6 +15,7 @@
 #include "runtime/model/kv_cache.h"
 #include "runtime/model/model_weights.h"
 #include "runtime/model/moe_schedule.h"
+#include "runtime/model/op_profile.h"
 #include "runtime/model/rank_exchange.h"
 
 namespace ferry::runtime::detail {
@@ -74,13 +75,34 @@ class OpStream {
  public:
   explicit OpStream(Backend& device) : device_(device) {}
   Backend& device() const { return device_; }
-  void run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) { last_ = device_.run(op, after, reads); }
+  void run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) {
+    if (!profile_) {
+      last_ = device_.run(op, after, reads);
+      return;
+    }
+    if (profile_->async_device()) profile_->issued(phase_);
+    const auto t0 = OpProfile::Clock::now();
+    last_ = device_.run(op, after, reads);
+    profile_->add(phase_, t0);
+  }
   ComputeEvent last() const { return last_; }
-  void sync() const { device_.wait(last_); }
+  void sync() const {
+    if (!profile_) return device_.wait(last_);
+    const auto t0 = OpProfile::Clock::now();
+    device_.wait(last_);
+    profile_->add(OpPhase::Waits, t0);
+  }
+
+  // The profile the ops are timed into (nullptr: none) and the phase the forward pass is in.
+  void set_profile(OpProfile* p) { profile_ = p; }
+  OpProfile* profile() const { return profile_; }
+  OpPhase& phase() { return phase_; }
 
  private:
   Backend& device_;
   ComputeEvent last_;
+  OpProfile* profile_ = nullptr;
+  OpPhase phase_ = OpPhase::Other;
 };
 
 // A block over tokens at positions p0 … p0+n−1 (n <= ubatch), issued on `ops`.
@@ -112,8 +134,8 @@ void indexer_select(const Chunk& ch, const LayerWeights& w, const cpu::Rope& rop
 // `ranks` (nullptr: one process) sends the inputs to the ranks holding the layer's other experts and gathers their
 // outputs before the combine. `xn` is read, never written, here; it is not const because the exchange's dispatch
 // is one call for the runner that sends it and the ranks that receive into it.
-void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange* ranks,
-         float* xn, float* y);
+void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange* ranks, float* xn,
+         float* y);
 // The part of layer w's MoE a rank that holds some of its experts but does not run the layer computes: it receives
 // the inputs and choices, computes its experts and sends their outputs to the layer's runners.
 void moe_for_peers(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange& ranks);

@@ -35,6 +35,7 @@ std::vector<int64_t> route(const Chunk& ch, const LayerWeights& w, Workspace& ws
   const auto& c = ch.c;
   const int64_t E = c.n_routed_experts, k = c.num_experts_per_tok;
   OpStream& s = ch.ops;
+  const PhaseScope phase(s.phase(), OpPhase::Router);
   s.run(ops::Linear{.w = w.gate, .x = xn, .n = ch.n, .y = ws.gate.data(), .bits = ch.bits});
   s.run(ops::Route{.scores = ws.gate.data(),
                    .n = ch.n,
@@ -98,6 +99,8 @@ ComputeEvent run_task(const Chunk& ch, Workspace& ws, const ExpertTask& t, CopyE
   FERRY_CHECK(t.backend && t.scratch.x, "expert provider: expert {} of layer runs on the host without its buffers",
               t.expert);
   const ExpertScratch& sc = t.scratch;
+  OpProfile* profile = ch.ops.profile();
+  const auto t0 = OpProfile::Clock::now();
   (void)t.backend->run(ops::GatherRows{
       .src = xn, .d = d, .index = ws.expert_tokens.data() + b, .div = c.num_experts_per_tok, .m = m, .dst = sc.x});
   (void)t.backend->run(ops::ExpertFfn{.w1 = ew.w1,
@@ -111,6 +114,7 @@ ComputeEvent run_task(const Chunk& ch, Workspace& ws, const ExpertTask& t, CopyE
                                       .out = sc.out,
                                       .bits = ch.bits});
   std::copy_n(sc.out, m * d, out);
+  if (profile) profile->add(OpPhase::HostExperts, t0);
   return {};
 }
 
@@ -139,9 +143,13 @@ MoeSchedule plan_experts(const Chunk& ch, const LayerWeights& w, ExpertProvider*
 // ranks' rows move (`ranks`).
 void run_experts(const Chunk& ch, Workspace& ws, ExpertProvider* experts, RankExchange* ranks, MoeSchedule& plan,
                  const std::vector<int64_t>& offsets, const float* xn) {
+  const PhaseScope phase(ch.ops.phase(), OpPhase::Experts);
+  OpProfile* profile = ch.ops.profile();
   for (size_t i = 0; i < plan.tasks.size(); ++i) {
     const ExpertTask& t = plan.tasks[i];
+    const auto t0 = OpProfile::Clock::now();
     const CopyEvent ready = experts ? experts->start(plan, i) : CopyEvent{};
+    if (profile && experts) profile->add(OpPhase::Copies, t0);
     const ComputeEvent done = run_task(ch, ws, t, ready, offsets[sz(t.expert)], xn);
     if (experts) experts->issued(plan, i, done);
     if (ranks) ranks->progress();
@@ -156,8 +164,8 @@ std::vector<int64_t> tokens_per_expert(const std::vector<int64_t>& offsets) {
 
 }  // namespace
 
-void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange* ranks,
-         float* xn, float* y) {
+void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* experts, RankExchange* ranks, float* xn,
+         float* y) {
   const auto& c = ch.c;
   const int64_t n = ch.n, d = c.hidden_size, k = c.num_experts_per_tok;
   OpStream& s = ch.ops;
@@ -174,7 +182,8 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
   // combine writes y instead of adding to it. Then the routed experts: the device's queue on its stream, the
   // host's run at once beside them.
   const bool shared = c.n_shared_experts > 0;
-  if (shared)
+  if (shared) {
+    const PhaseScope phase(s.phase(), OpPhase::SharedExperts);
     s.run(ops::ExpertFfn{.w1 = w.shared.w1,
                          .w2 = w.shared.w2,
                          .w3 = w.shared.w3,
@@ -185,6 +194,7 @@ void moe(const Chunk& ch, const LayerWeights& w, Workspace& ws, ExpertProvider* 
                          .up = ws.eu.data(),
                          .out = y,
                          .bits = ch.bits});
+  }
   run_experts(ch, ws, experts, ranks, plan, offsets, xn);
   // The other ranks' experts' rows (arriving meanwhile), once this rank's are computed and sent.
   if (ranks) {
