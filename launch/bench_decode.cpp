@@ -245,7 +245,8 @@ planner::Calibration derive_rates(const planner::ModelSpec& spec, const Run& r, 
   double dense = 2.0 * static_cast<double>(c.vocab_size * c.hidden_size), expert = 0;
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const planner::LayerFlops f = planner::layer_flops(c, l);
-    dense += u * (f.dense + planner::attention_flops(c, l, pos));
+    const planner::AttnFlops a = planner::attention_flops(c, l, pos);
+    dense += u * (f.dense + a.attn + a.index);
     expert += u * static_cast<double>(c.num_experts_per_tok) * f.expert;
   }
   planner::Calibration rates;

@@ -29,21 +29,31 @@ using Clock = std::chrono::steady_clock;
 
 struct Options {
   int64_t layers = 3, experts = 32, prompt = 256, decode = 16, ubatch = 128;
+  int64_t stream_ubatch = 2048;  // the big-chunk streaming row's chunk (and at least its prompt)
   std::string link = "25GB/s";
   double gpu_gbs = planner::reference_gpu().memory_bandwidth / 1e9;
+  double gpu_tflops = planner::reference_gpu().bf16_tflops;
 };
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
-// Per layer and step: the expert bytes the GPU computes and the CPU's measured expert seconds.
+// Per layer and step: the expert bytes and FLOPs the GPU computes and the CPU's measured expert seconds.
 class TimingProvider final : public runtime::ForwardingExpertProvider {
  public:
-  TimingProvider(runtime::ExpertProvider& inner, int64_t layers, int64_t expert_bytes)
-      : ForwardingExpertProvider(inner), gpu_bytes(layers, 0), cpu_seconds(layers, 0), expert_bytes_(expert_bytes) {}
+  TimingProvider(runtime::ExpertProvider& inner, int64_t layers, int64_t expert_bytes, double expert_flops)
+      : ForwardingExpertProvider(inner),
+        gpu_bytes(layers, 0),
+        gpu_flops(layers, 0),
+        cpu_seconds(layers, 0),
+        expert_bytes_(expert_bytes),
+        expert_flops_(expert_flops) {}
   runtime::MoeSchedule schedule(const runtime::LayerWeights& l, std::span<const int64_t> tokens) override {
     runtime::MoeSchedule s = inner_.schedule(l, tokens);
     for (const runtime::ExpertTask& t : s.tasks)
-      if (t.on_device) gpu_bytes[static_cast<size_t>(l.index)] += expert_bytes_;
+      if (t.on_device) {
+        gpu_bytes[static_cast<size_t>(l.index)] += expert_bytes_;
+        gpu_flops[static_cast<size_t>(l.index)] += double(t.tokens) * expert_flops_;
+      }
     return s;
   }
   runtime::CopyEvent start(runtime::MoeSchedule& s, size_t i) override {
@@ -56,14 +66,17 @@ class TimingProvider final : public runtime::ForwardingExpertProvider {
   }
   void reset() {
     std::fill(gpu_bytes.begin(), gpu_bytes.end(), 0);
+    std::fill(gpu_flops.begin(), gpu_flops.end(), 0.0);
     std::fill(cpu_seconds.begin(), cpu_seconds.end(), 0.0);
   }
 
   std::vector<int64_t> gpu_bytes;   // this step, per layer
+  std::vector<double> gpu_flops;    // this step, per layer
   std::vector<double> cpu_seconds;  // this step, per layer
 
  private:
   int64_t expert_bytes_;
+  double expert_flops_;
   Clock::time_point t0_;
 };
 
@@ -72,6 +85,7 @@ struct Config {
   int64_t cache_slots = 0;  // per layer
   bool resident = false;    // every expert on the GPU
   bool stream = false;      // prefill streams experts with enough tokens
+  int64_t ubatch = 0;       // prefill chunk; 0: --ubatch
 };
 
 struct PhaseResult {
@@ -88,6 +102,7 @@ struct PhaseResult {
 
 struct ConfigResult {
   PhaseResult prefill, decode;
+  double link_busy_s = 0, copy_wait_s = 0;  // prefill on the simulated device: copying, and ops waiting for copies
   offload::DispatchStats stats;
   int64_t device_bytes = 0;
 };
@@ -104,10 +119,12 @@ class Bench {
   }
 
   ConfigResult run(const Config& cfg) {
+    const int64_t ubatch = cfg.ubatch > 0 ? cfg.ubatch : o_.ubatch;
+    const int64_t prompt_len = std::max(o_.prompt, ubatch);  // a big-chunk row prefills at least one chunk
     runtime::SessionOptions so;
-    so.ctx = o_.prompt + o_.decode;
+    so.ctx = prompt_len + o_.decode;
     so.kv_type = planner::KvType::FP8;
-    so.ubatch = o_.ubatch;
+    so.ubatch = ubatch;
     offload::DeviceRequest req;
     req.name = "sim (" + cfg.name + ")";
     req.link_bytes_per_s = link_;
@@ -120,19 +137,26 @@ class Bench {
     d.stream_min_tokens = cfg.stream ? offload::stream_min_tokens_for(0.6 * host_.memory_bandwidth, link_) : 0;
     offload::BoundPlan bound(plan, *weights_, gpu, host, d);
     runtime::SessionOptions bso = bound.session_options(so);
-    TimingProvider timing(*bso.experts, spec_.config.n_layers_total(), expert_bytes_);
+    const auto& c = spec_.config;
+    TimingProvider timing(*bso.experts, c.n_layers_total(), expert_bytes_,
+                          6.0 * double(c.hidden_size) * double(c.moe_intermediate_size));
     bso.experts = &timing;
     runtime::Session session(bound.weights(), bso);
 
     ConfigResult r;
-    std::vector<int32_t> prompt(static_cast<size_t>(o_.prompt));
-    for (int64_t i = 0; i < o_.prompt; ++i) prompt[static_cast<size_t>(i)] = static_cast<int32_t>(3 + (i * 7919) % 500);
+    std::vector<int32_t> prompt(static_cast<size_t>(prompt_len));
+    for (int64_t i = 0; i < prompt_len; ++i)
+      prompt[static_cast<size_t>(i)] = static_cast<int32_t>(3 + (i * 7919) % 500);
     std::vector<float> last;
-    for (int64_t p = 0; p < o_.prompt; p += o_.ubatch) {
-      const int64_t n = std::min(o_.ubatch, o_.prompt - p);
+    const runtime::LinkStats link0 = gpu.link_stats();
+    const runtime::ComputeStats compute0 = gpu.compute_stats();
+    for (int64_t p = 0; p < prompt_len; p += ubatch) {
+      const int64_t n = std::min(ubatch, prompt_len - p);
       r.prefill.add(step(session, timing, bound,
                          std::span(prompt).subspan(static_cast<size_t>(p), static_cast<size_t>(n)), last));
     }
+    r.link_busy_s = gpu.link_stats().busy_seconds - link0.busy_seconds;
+    r.copy_wait_s = gpu.compute_stats().copy_wait_seconds - compute0.copy_wait_seconds;
     for (int64_t i = 0; i < o_.decode; ++i) {
       const int32_t next = static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
       r.decode.add(step(session, timing, bound, std::span(&next, 1), last));
@@ -174,6 +198,10 @@ class Bench {
     r.measured_s = since(t0);
     r.tokens = static_cast<int64_t>(tokens.size());
     const double gpu_bw = o_.gpu_gbs * 1e9;
+    // The GPU's grouped GEMMs at half its BF16 peak (planner/cost_model.cpp); the shared expert's FP8 weights are
+    // one parameter a byte.
+    const double gpu_flops = o_.gpu_tflops * 1e12 * 0.5;
+    const double n_tok = double(tokens.size());
     for (int64_t l = 0; l < spec_.config.num_hidden_layers; ++l) {
       const auto li = static_cast<size_t>(l);
       const auto& lw = spec_.layers[li];
@@ -182,7 +210,9 @@ class Bench {
       // runs beside the CPU's experts (the runtime launches the one and computes the other at once), and the
       // copy stream beside both.
       const double t_attn = (lw.non_routed() - shared) / gpu_bw;
-      const double t_moe_gpu = (shared + timing.gpu_bytes[li]) / gpu_bw;
+      // Each expert's weights are read once per chunk; with many tokens its FLOPs take longer.
+      const double t_moe_gpu = std::max((shared + timing.gpu_bytes[li]) / gpu_bw,
+                                        (2 * n_tok * double(shared) + timing.gpu_flops[li]) / gpu_flops);
       const double t_cpu = timing.cpu_seconds[li];
       const double t_compute = t_attn + std::max(t_moe_gpu, t_cpu);
       const double t_copy = (bound.dispatch().stats(l).copy_bytes - copies_before[li]) / link_;
@@ -239,17 +269,22 @@ int run(const Options& o) {
   std::printf(
       "run: prompt %lld tokens in chunks of %lld, then %lld decoded; link %s; projection for a GPU of %.0f GB/s\n",
       (long long)o.prompt, (long long)o.ubatch, (long long)o.decode, o.link.c_str(), o.gpu_gbs);
-  std::printf("measured = on this machine, where the simulated GPU's work runs on the CPU too\n\n");
+  std::printf(
+      "measured = on this machine, where the simulated GPU's work runs on the CPU too; hidden copies: the\n"
+      "share of the copy time behind compute, projected (GPU at %.0f bf16 TFLOP/s x 0.5) and measured (prefill:\n"
+      "link time the simulated device's ops did not wait for)\n\n",
+      o.gpu_tflops);
 
   std::vector<Config> configs = {{"all experts on GPU", 0, true, false}, {"all in RAM, CPU", 0, false, false}};
   for (int pct : {10, 25, 50})
     configs.push_back({"cache " + std::to_string(pct) + "%", std::max<int64_t>(1, o.experts * pct / 100), false, true});
   configs.push_back({"stream prefill", 0, false, true});
+  configs.push_back({"stream, chunk " + std::to_string(o.stream_ubatch), 0, false, true, o.stream_ubatch});
 
-  std::printf("%-20s %9s | %10s %10s | %10s %10s | %7s %7s %7s | %6s\n", "configuration", "GPU mem", "decode",
-              "prefill", "decode", "prefill", "on GPU", "hits", "CPU", "hidden");
-  std::printf("%-20s %9s | %21s | %21s | %23s | %6s\n", "", "", "projected tok/s", "measured tok/s", "expert uses",
-              "copies");
+  std::printf("%-20s %9s | %10s %10s | %10s %10s | %7s %7s %7s | %6s %6s\n", "configuration", "GPU mem", "decode",
+              "prefill", "decode", "prefill", "on GPU", "hits", "CPU", "hidden", "hidden");
+  std::printf("%-20s %9s | %21s | %21s | %23s | %13s\n", "", "", "projected tok/s", "measured tok/s", "expert uses",
+              "copies pr/ms");
   for (const Config& cfg : configs) {
     const ConfigResult r = bench.run(cfg);
     const auto tps = [](const PhaseResult& p, bool projected) {
@@ -259,10 +294,12 @@ int run(const Options& o) {
     const double copy = r.prefill.copy_s + r.decode.copy_s,
                  exposed = r.prefill.exposed_copy_s + r.decode.exposed_copy_s;
     const double uses = std::max<int64_t>(1, r.stats.uses());
-    std::printf("%-20s %9s | %10.1f %10.1f | %10.2f %10.2f | %6.1f%% %6.1f%% %6.1f%% | %5.0f%%\n", cfg.name.c_str(),
-                core::format_bytes(r.device_bytes).c_str(), tps(r.decode, true), tps(r.prefill, true),
+    // Measured: of the prefill's link time, the share the device's ops did not spend waiting for a copy.
+    const double measured = r.link_busy_s > 0 ? 100 * std::max(0.0, 1 - r.copy_wait_s / r.link_busy_s) : 100.0;
+    std::printf("%-20s %9s | %10.1f %10.1f | %10.2f %10.2f | %6.1f%% %6.1f%% %6.1f%% | %5.0f%% %5.0f%%\n",
+                cfg.name.c_str(), core::format_bytes(r.device_bytes).c_str(), tps(r.decode, true), tps(r.prefill, true),
                 tps(r.decode, false), tps(r.prefill, false), 100 * r.stats.gpu_share(), 100 * r.stats.cache_hits / uses,
-                100 * r.stats.cpu / uses, copy > 0 ? 100 * (1 - exposed / copy) : 100.0);
+                100 * r.stats.cpu / uses, copy > 0 ? 100 * (1 - exposed / copy) : 100.0, measured);
     std::fflush(stdout);
   }
   return 0;
@@ -281,6 +318,12 @@ std::function<int()> add_offload_bench(CLI::App& bench, CLI::App*& sub) {
   sub->add_option("--prompt", o->prompt, "Prompt tokens (default 256)")->check(CLI::Range(1, 1 << 16));
   sub->add_option("--decode", o->decode, "Decoded tokens (default 16)")->check(CLI::Range(1, 1 << 16));
   sub->add_option("--ubatch", o->ubatch, "Prefill chunk (default 128)")->check(CLI::Range(1, 1 << 16));
+  sub->add_option("--stream-ubatch", o->stream_ubatch,
+                  "Prefill chunk of the big-chunk streaming row, also its least prompt (default 2048)")
+      ->check(CLI::Range(1, 1 << 16));
+  sub->add_option("--gpu-tflops", o->gpu_tflops,
+                  "GPU BF16 tensor TFLOP/s for the projection (default: the reference card's, an RTX 3090's)")
+      ->check(CLI::Range(1.0, 1e5));
   sub->add_option("--link", o->link, "Host-to-GPU link bandwidth of the simulated device (default 25GB/s)");
   sub->add_option("--gpu-bandwidth", o->gpu_gbs,
                   "GPU memory bandwidth in GB/s for the projection (default: the reference card's, an RTX 3090's)")

@@ -27,7 +27,8 @@ void PlanFlags::add_to(CLI::App& app, bool model_required) {
   app.add_option("--kv-type,--cache-type", kv_type,
                  "KV cache storage: bf16, fp8, q8_0, q4_0, or auto (the highest-fidelity that fits). "
                  "Default: the model's own (fp8 for V4, bf16 for V3/V3.2)");
-  app.add_option("-u,--ubatch,--ubatch-size", ubatch, "Prefill chunk in tokens; workspaces grow with it (default 512)");
+  app.add_option("-u,--ubatch,--ubatch-size", ubatch,
+                 "Prefill chunk in tokens; workspaces grow with it (default: the planner's choice, 512 to 16K)");
   app.add_option("--parallel", parallel, "Sequences decoded together, each with its own KV cache (default 1)");
   app.add_option("--snapshots", snapshots,
                  "Prefix-reuse snapshots kept per sequence in host RAM (serve and chat keep 4 with --prefix-reuse on; "
@@ -58,6 +59,8 @@ planner::PlanOptions PlanFlags::resolve() const {
   if (ubatch) {
     if (*ubatch < 1 || *ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got {}", *ubatch);
     o.ubatch = *ubatch;
+  } else {
+    o.choose_ubatch = true;
   }
   if (parallel) {
     if (*parallel < 1 || *parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got {}", *parallel);

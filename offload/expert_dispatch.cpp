@@ -244,8 +244,8 @@ ExpertTask ExpertDispatch::plan_task(const runtime::LayerWeights& layer, int e, 
   }
   if (!many) return on_host(l, e, host);
   // The ring of stream slots: the copy lands once the op that read the slot last has run, and queues while the
-  // experts before it compute. A slot an earlier task of this layer reads is copied into when the run reaches
-  // this task (start()), behind that task's op.
+  // experts before it compute. A slot an earlier task of this layer reads is copied into as soon as that task's
+  // op is issued (issued()), behind it.
   const size_t k = next_stream_;
   next_stream_ = (next_stream_ + 1) % stream_slots_.size();
   ++s.streamed;
@@ -274,7 +274,15 @@ CopyEvent ExpertDispatch::start(MoeSchedule& plan, size_t i) {
 void ExpertDispatch::issued(MoeSchedule& plan, size_t i, runtime::ComputeEvent done) {
   const ExpertTask& t = plan.tasks.at(i);
   if (t.cache_slot >= 0) cache_.reading(static_cast<int>(plan.layer), t.cache_slot, done);
-  if (t.stream_slot >= 0) stream_readers_[sz(t.stream_slot)] = done;
+  if (t.stream_slot < 0) return;
+  stream_readers_[sz(t.stream_slot)] = done;
+  // The next task through this ring slot gets its copy now, behind this op: copies run a ring ahead of the
+  // compute (the next expert's copy is queued before this one's op starts) instead of waiting for their task.
+  for (size_t j = i + 1; j < plan.tasks.size(); ++j)
+    if (plan.tasks[j].stream_slot == t.stream_slot) {
+      if (plan.tasks[j].copy_at_run) (void)start(plan, j);
+      break;
+    }
 }
 
 DispatchStats ExpertDispatch::total() const {

@@ -10,8 +10,8 @@
 // so copies overlap the shared expert and the experts before. Nothing here waits for a copy: a task on the GPU is
 // run on the device's compute stream after its copy's event, so the host goes on to its own tasks while the GPU
 // works, and streamed experts are copied ahead through the ring of stream slots while earlier ones compute
-// (double buffering); a ring slot an earlier task of the same layer reads is refilled when the run reaches its
-// task (ExpertProvider::start), behind that task's op.
+// (double buffering); a ring slot an earlier task of the same layer reads is refilled as soon as that task's op
+// is issued (ExpertProvider::issued), behind it, so the copy engine runs a ring ahead of the compute.
 // Copies go through pinned staging slots on the host; a staging, cache or stream slot is reused only once the
 // copy that used it has landed and no kernel reads it: the cache holds each slot's fill and reader events
 // (ExpertCache::filling / reading / sync), and a stream slot's refill is queued behind the op that read it.

@@ -21,6 +21,12 @@ namespace {
 constexpr double kGpuBandwidthEfficiency = 0.8;
 constexpr double kHostBandwidthEfficiency = 0.5;
 constexpr double kGpuFlopsEfficiency = 0.5;
+// Prefill chunks of thousands of tokens make the non-routed projections tall GEMMs, which cuBLAS runs at 80-90% of
+// peak (FlashAttention-2, arXiv 2307.08691, section 1); we take 0.75 from 2K tokens on. Attention and the indexer
+// stay at 0.5 (FlashAttention-2 forward: 50-73% of peak on A100), and so does the grouped GEMM of the routed
+// experts with MXFP4 dequantized in the kernel (hundreds of rows per expert at 16K tokens).
+constexpr double kTallGemmEfficiency = 0.75;
+constexpr int64_t kTallGemmTokens = 2048;
 // One GPU->CPU->GPU hand-off around the CPU experts of a MoE layer (two stream syncs, hardware.md: 20-50 us).
 constexpr double kGpuCpuHandoffS = 2 * 30e-6;
 // A cache of a fraction f of a layer's experts serves about f^0.35 of the uses: routing is skewed (hardware.md:
@@ -61,8 +67,11 @@ LayerFlops layer_flops(const core::ModelConfig& c, int64_t l) {
   return f;
 }
 
-// Attention and indexer FLOPs of one token at position `pos` (sparse selection makes this grow slowly).
-double attention_flops(const core::ModelConfig& c, int64_t l, double pos) {
+// Attention and indexer FLOPs of one token at position `pos`. Both grow with the position: the indexer scores every
+// earlier compressed key (V4: pos / 4, V3.2: pos), HCA attends to every pos / 128 row, MLA to every row; only
+// CSA's attention is bounded (window + top-k).
+
+AttnFlops attention_flops(const core::ModelConfig& c, int64_t l, double pos) {
   const double h = double(c.num_attention_heads);
   if (c.arch == core::Arch::DeepseekV4) {
     const double hd = double(c.head_dim), w = std::min<double>(pos, c.sliding_window);
@@ -75,15 +84,29 @@ double attention_flops(const core::ModelConfig& c, int64_t l, double pos) {
     } else if (r > 0) {
       keys += pos / r;
     }
-    return 4 * h * hd * keys + index;
+    return {4 * h * hd * keys, index};
   }
   const double row = double(c.kv_lora_rank + c.qk_rope_head_dim);
   if (c.arch == core::Arch::DeepseekV32)
-    return 4 * h * row * std::min<double>(c.index_topk, pos) + 2.0 * c.index_n_heads * c.index_head_dim * pos;
-  return 4 * h * row * pos;
+    return {4 * h * row * std::min<double>(c.index_topk, pos), 2.0 * c.index_n_heads * c.index_head_dim * pos};
+  return {4 * h * row * pos, 0};
 }
 
 namespace {
+
+// How much faster than its BF16 (FP32-accumulate) figure a GPU runs the indexer's products. V4's indexer queries
+// and keys are FP4 E2M1 with a power-of-two scale per 32 (spec/deepseek-v4.md, "Indexer keys"): every product is
+// exact in INT8 (x2: integers up to 12) with INT32 sums, and in FP8. Dense INT8/FP8 tensor throughput over dense
+// BF16 from the datasheets: GeForce Ampere/Ada/Blackwell 4x (RTX 3090: 284 INT8 TOPS vs 71 BF16 TFLOPS, their
+// FP32-accumulate BF16 runs at half rate); workstation and data-center cards 2x (A6000 309.7 vs 154.8, RTX 6000
+// Ada 728.5 vs 364.2, RTX PRO 6000 FP8 1000 vs 500, H100 1979 vs 989). Unknown cards: 1x.
+double low_precision_speedup(const GpuSpec& g) {
+  for (const char* n : {"rtx3090", "rtx3090ti", "rtx4090", "rtx5090"})
+    if (g.name == n) return 4;
+  for (const char* n : {"a6000", "rtx6000ada", "rtxpro6000", "h100", "h200"})
+    if (g.name == n) return 2;
+  return 1;
+}
 
 // KV bytes one decode step reads in layer l at context `ctx` (window + selected rows, all indexer keys,
 // all HCA rows; MLA reads every row).
@@ -158,6 +181,16 @@ struct CostInputs {
   }
   double gpu_flops(const DevicePlan& d) const {
     return hw.gpus[static_cast<size_t>(d.index)].bf16_tflops * 1e12 * kGpuFlopsEfficiency;
+  }
+  // Seconds of a chunk's non-routed work in one layer on the device `dev` that runs it: the projections (tall
+  // GEMMs from kTallGemmTokens on), attention, and the indexer on low-precision tensor cores.
+  double dense_s(const DevicePlan& dev, double u, double dense_flops, const AttnFlops& a) const {
+    if (dev.kind != DeviceKind::Gpu) return u * (dense_flops + a.attn + a.index) / host_flops;
+    const GpuSpec& g = hw.gpus[static_cast<size_t>(dev.index)];
+    const double peak = g.bf16_tflops * 1e12;
+    const double gemm = peak * (u >= double(kTallGemmTokens) ? kTallGemmEfficiency : kGpuFlopsEfficiency);
+    return u * (dense_flops / gemm + a.attn / (peak * kGpuFlopsEfficiency) +
+                a.index / (peak * kGpuFlopsEfficiency * low_precision_speedup(g)));
   }
 
   const ModelSpec& spec;
@@ -325,25 +358,31 @@ void estimate_decode(const CostInputs& in, CostEstimate& e) {
   e.decode_bottleneck = decode_bottleneck(in, t);
 }
 
-// Seconds of one node's routed experts in RAM of a layer for a chunk of `u` tokens, by the cheaper of two paths:
-// streamed to the GPU that may take them and computed there, or computed by the CPU.
+// One node's routed experts in RAM of a layer for a chunk of `u` tokens, by the cheaper of two paths. Streamed:
+// during prefill the GPU's expert-cache VRAM and stream slots are one ring of streaming slots; every expert the
+// chunk touches is copied once over the GPU's link (the copy engine: `ram` seconds) and computed on that GPU as a
+// grouped GEMM (`device` seconds) while the next ones are copied, so only the ring's first copy is exposed. On
+// the CPU: the cores compute them (`ram` seconds) beside the GPU's work.
 struct RamExperts {
-  double seconds = 0;
+  double ram = 0, device = 0, exposed = 0;
   bool streamed = false;
 };
 
-RamExperts ram_experts(const CostInputs& in, const NodeShare& h, const LayerFlops& f, double u) {
+RamExperts ram_experts(const CostInputs& in, const NodeShare& h, const LayerFlops& f, double u, double device) {
   const double uses = u * in.topk * h.share * (1 - h.hit);
   // Distinct experts a chunk touches of those in the node's RAM.
   const double touched = h.counts.in_ram * (1 - std::pow(1 - in.topk / double(in.c.n_routed_experts), u));
-  const double stream =
-      h.gpu ? touched * in.eb / in.link_bw(*h.gpu) + uses * f.expert / in.gpu_flops(*h.gpu) : INFINITY;
   const double cpu = std::max(uses * f.expert / in.host_expert_flops, touched * in.eb / in.host_expert_bw);
-  return {std::min(stream, cpu), stream < cpu};
+  if (!h.gpu) return {cpu, 0, 0, false};
+  const double link = in.link_bw(*h.gpu);
+  const RamExperts stream{touched * in.eb / link, uses * f.expert / in.gpu_flops(*h.gpu), in.eb / link, true};
+  const double t_stream = std::max(device + stream.device, stream.ram) + stream.exposed;
+  return t_stream < std::max(device, cpu) ? stream : RamExperts{cpu, 0, 0, false};
 }
 
 struct PrefillRate {
   double tok_s = 0;
+  double copy_s = 0, hidden_copy_s = 0;  // a chunk's expert copies, and how much of them GPU work covers
   std::string bottleneck;
   std::string expert_path;
 };
@@ -352,26 +391,32 @@ struct PrefillRate {
 // layer, its experts served on a GPU) and on its experts in RAM (streamed or on the CPU). With a GPU the two
 // overlap (copy stream, CPU threads); without one the CPU does both.
 struct ChunkWork {
-  std::vector<double> device, ram;
+  explicit ChunkWork(size_t nodes) : device(nodes, 0), ram(nodes, 0), exposed(nodes, 0) {}
+  std::vector<double> device, ram, exposed;
   int streamed = 0, cpu_layers = 0;
-  double node(size_t n, bool overlap) const { return overlap ? std::max(device[n], ram[n]) : device[n] + ram[n]; }
+  double copy_s = 0;  // of `ram`, expert copies over the links
+  double node(size_t n, bool overlap) const {
+    return (overlap ? std::max(device[n], ram[n]) : device[n] + ram[n]) + exposed[n];
+  }
 };
 
 ChunkWork chunk_work(const CostInputs& in, const LayerPlan& lp, const std::vector<NodeShare>& shares, double u,
                      double pos) {
   const LayerFlops f = layer_flops(in.c, lp.layer);
   const auto& dev = runner(in.plan, lp);
-  const double rate = dev.kind == DeviceKind::Gpu ? in.gpu_flops(dev) : in.host_flops;
-  ChunkWork w{std::vector<double>(static_cast<size_t>(in.hw.nodes), 0),
-              std::vector<double>(static_cast<size_t>(in.hw.nodes), 0)};
-  for (int r : runner_nodes(in.plan, lp))
-    w.device[static_cast<size_t>(r)] += u * (f.dense + attention_flops(in.c, lp.layer, pos)) / rate;
+  ChunkWork w(static_cast<size_t>(in.hw.nodes));
+  const double dense = in.dense_s(dev, u, f.dense, attention_flops(in.c, lp.layer, pos));
+  for (int r : runner_nodes(in.plan, lp)) w.device[static_cast<size_t>(r)] += dense;
   for (const NodeShare& h : shares) {
-    if (h.gpu) w.device[static_cast<size_t>(h.node)] += u * in.topk * h.share * h.hit * f.expert / in.gpu_flops(*h.gpu);
+    const size_t n = static_cast<size_t>(h.node);
+    if (h.gpu) w.device[n] += u * in.topk * h.share * h.hit * f.expert / in.gpu_flops(*h.gpu);
     if (h.counts.in_ram == 0) continue;
-    const RamExperts r = ram_experts(in, h, f, u);
-    w.ram[static_cast<size_t>(h.node)] += r.seconds;
+    const RamExperts r = ram_experts(in, h, f, u, w.device[n]);
+    w.device[n] += r.device;
+    w.ram[n] += r.ram;
+    w.exposed[n] += r.exposed;
     ++(r.streamed ? w.streamed : w.cpu_layers);
+    w.copy_s += r.streamed ? r.ram : 0;
   }
   return w;
 }
@@ -384,7 +429,7 @@ PrefillRate prefill_rate(const CostInputs& in, double pos) {
   const Hardware& hw = in.hw;
   const double u = double(in.o.ubatch);
   const size_t nodes = static_cast<size_t>(hw.nodes);
-  double total = 0, compute_total = 0, expert_total = 0, net_total = 0;
+  double total = 0, compute_total = 0, expert_total = 0, net_total = 0, copy_total = 0, hidden_total = 0;
   int streamed = 0, cpu_layers = 0;
   std::vector<double> busy(nodes, 0);
   bool pipeline = nodes > 1;
@@ -409,6 +454,8 @@ PrefillRate prefill_rate(const CostInputs& in, double pos) {
     net_total += net;
     streamed += w.streamed;
     cpu_layers += w.cpu_layers;
+    copy_total += w.copy_s;
+    hidden_total += std::min(w.copy_s, *std::max_element(w.device.begin(), w.device.end()));
   }
   const double head = 2.0 * c.vocab_size * c.hidden_size * (in.o.logits_all ? u : 1) /
                           (in.has_gpu ? hw.gpus.back().bf16_tflops * 1e12 * kGpuFlopsEfficiency : in.host_flops) +
@@ -418,6 +465,8 @@ PrefillRate prefill_rate(const CostInputs& in, double pos) {
     for (int r : runner_nodes(in.plan, last_layer(in.plan))) busy[static_cast<size_t>(r)] += head;
   PrefillRate r;
   r.tok_s = u / std::max(1e-12, pipeline ? *std::max_element(busy.begin(), busy.end()) : total);
+  r.copy_s = copy_total;
+  r.hidden_copy_s = hidden_total;
   if (net_total > expert_total && net_total > compute_total)
     r.bottleneck = "network exchanges between nodes";
   else if (expert_total > compute_total)
@@ -442,7 +491,14 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
   e.prefill_tok_s = first_chunk.tok_s;
   e.prefill_bottleneck = std::move(first_chunk.bottleneck);
   e.prefill_expert_path = std::move(first_chunk.expert_path);
-  e.prefill_full_tok_s = prefill_rate(in, double(plan.options.ctx) / 2).tok_s;
+  // Every term is linear in the position (or bounded), so the chunk at the middle of the context costs the mean.
+  PrefillRate full = prefill_rate(in, double(plan.options.ctx) / 2);
+  e.prefill_full_tok_s = full.tok_s;
+  e.prefill_full_s = double(plan.options.ctx) / std::max(1e-12, full.tok_s);
+  e.prefill_full_bottleneck = std::move(full.bottleneck);
+  e.prefill_full_expert_path = std::move(full.expert_path);
+  e.prefill_copy_s = full.copy_s;
+  e.prefill_copy_hidden = full.copy_s > 0 ? full.hidden_copy_s / full.copy_s : 1;
 }
 
 }  // namespace ferry::planner

@@ -2,6 +2,7 @@
 // the nearest configurations that do.
 #include "planner/plan.h"
 
+#include <algorithm>
 #include <string>
 
 #include "planner/core/error.h"
@@ -93,6 +94,31 @@ void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
   }
 }
 
+// The prefill chunk: the fastest whole-context prefill among 512 .. kMaxPrefillChunk tokens (at most the
+// context), placed with the chunk's workspace, as long as decode keeps 95% of its speed at the requested chunk
+// (a bigger workspace takes VRAM from the decode expert cache) and the plan still fits. A bigger chunk must gain
+// 5%: the smallest that is about as fast keeps the workspaces small.
+int64_t choose_prefill_chunk(const ModelSpec& spec, const Hardware& hw, const PlanOptions& o, KvType kv) {
+  Plan base = place(spec, hw, o, kv);
+  if (!base.fits) return o.ubatch;
+  estimate_cost(spec, base);
+  int64_t best = o.ubatch;
+  double best_rate = base.cost.prefill_full_tok_s;
+  for (int64_t u = 2 * o.ubatch; u <= std::min(kMaxPrefillChunk, o.ctx); u *= 2) {
+    PlanOptions p = o;
+    p.ubatch = u;
+    Plan cand = place(spec, hw, p, kv);
+    if (!cand.fits) break;
+    estimate_cost(spec, cand);
+    if (cand.cost.decode_tok_s < 0.95 * base.cost.decode_tok_s) break;
+    if (cand.cost.prefill_full_tok_s > 1.05 * best_rate) {
+      best = u;
+      best_rate = cand.cost.prefill_full_tok_s;
+    }
+  }
+  return best;
+}
+
 }  // namespace
 
 Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options) {
@@ -123,6 +149,7 @@ Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& opt
         break;
       }
   }
+  if (o.choose_ubatch) o.ubatch = choose_prefill_chunk(spec, hw, o, kv);
   Plan plan = place(spec, hw, o, kv);
   plan.options.kv_type = kv;
   plan.kv_fits = std::move(fits);

@@ -38,6 +38,7 @@ struct PlanOptions {
   std::optional<KvType> kv_type;  // nullopt = the model's native type (default_kv_type)
   bool kv_auto = false;           // highest-fidelity type that fits
   int64_t ubatch = 512;           // prefill chunk (tokens per forward step)
+  bool choose_ubatch = false;     // make_plan picks the chunk (ubatch .. kMaxPrefillChunk); `--ubatch` turns it off
   int64_t threads = 0;            // CPU worker threads of the forward pass; 0 = the host's cores
   bool mtp = false;               // load the MTP layer (weights + its KV)
   ExpertCacheMode expert_cache = ExpertCacheMode::Auto;
@@ -121,6 +122,10 @@ struct CostEstimate {
   double prefill_full_tok_s = 0;    // averaged over a prompt that fills the context
   std::string prefill_bottleneck;
   std::string prefill_expert_path;  // "stream to GPU" or "CPU"
+  double prefill_full_s = 0;        // seconds to prefill the whole context
+  std::string prefill_full_bottleneck, prefill_full_expert_path;
+  double prefill_copy_s = 0;       // a chunk's expert copies at mid-context, seconds
+  double prefill_copy_hidden = 1;  // share of those copies behind GPU compute
 };
 
 struct KvFit {
@@ -161,6 +166,10 @@ struct Plan {
   std::vector<std::string> warnings;
 };
 
+// The largest prefill chunk make_plan considers: big enough that streaming every routed expert of a layer once per
+// chunk pays on a PCIe 4.0 GPU, small enough that its workspace leaves the GPU room to stream through.
+constexpr int64_t kMaxPrefillChunk = 16384;
+
 // Validates the options (one-line ferry::Error naming the flag), places everything and estimates speed.
 Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options);
 
@@ -180,7 +189,11 @@ struct LayerFlops {
   double expert = 0;  // one routed expert per token
 };
 LayerFlops layer_flops(const core::ModelConfig& c, int64_t l);
-double attention_flops(const core::ModelConfig& c, int64_t l, double pos);
+struct AttnFlops {
+  double attn = 0;   // scores and weighted sum over the keys, BF16 tensor cores
+  double index = 0;  // indexer scores, FP4 queries x FP4 keys (V4), on the GPU's low-precision tensor cores
+};
+AttnFlops attention_flops(const core::ModelConfig& c, int64_t l, double pos);
 
 // Checks that a plan (read from a file, perhaps edited) is for this model and can run: the same model
 // (architecture, weight bytes, layers, routed experts per layer), every device's routed-expert bytes those its

@@ -33,6 +33,13 @@ std::string ctx_text(int64_t ctx) {
   return core::format_count(ctx);
 }
 
+// "3.4 h", "12 min", "45 s".
+std::string duration_text(double s) {
+  if (s >= 3600) return printf_str("%.1f h", s / 3600);
+  if (s >= 60) return printf_str("%.1f min", s / 60);
+  return printf_str("%.1f s", s);
+}
+
 // "0-42" style ranges of consecutive layer ids.
 std::string ranges(const std::vector<int>& ids) {
   std::string out;
@@ -196,8 +203,40 @@ void speed_section(const Plan& p, std::string& out) {
                       c.decode_ceiling_tok_s);
   out += printf_str("  prefill  %7.1f tok/s   first chunks (ubatch %lld), bound by %s; experts: %s\n", c.prefill_tok_s,
                     (long long)p.options.ubatch, c.prefill_bottleneck.c_str(), c.prefill_expert_path.c_str());
-  out += printf_str("           %7.1f tok/s   averaged over a prompt that fills the %s-token context\n",
-                    c.prefill_full_tok_s, core::format_count(p.options.ctx).c_str());
+  out +=
+      printf_str("           %7.1f tok/s   averaged over a prompt that fills the %s-token context: %s, bound by %s\n",
+                 c.prefill_full_tok_s, core::format_count(p.options.ctx).c_str(),
+                 duration_text(c.prefill_full_s).c_str(), c.prefill_full_bottleneck.c_str());
+  if (c.prefill_copy_s > 0)
+    out += printf_str("           expert copies %.0f ms a chunk at mid-context, %.0f%% of it behind GPU compute\n",
+                      1e3 * c.prefill_copy_s, 100 * c.prefill_copy_hidden);
+}
+
+// Per phase, where the routed experts in RAM are computed and what the GPU's expert VRAM holds.
+void phases_section(const Plan& p, const ModelSpec& spec, std::string& out) {
+  int64_t cache = 0, stream = 0;
+  for (const DevicePlan& d : p.devices) {
+    if (d.node != 0 || d.kind != DeviceKind::Gpu) continue;
+    cache += d.bytes_of(use_class(Pool::ExpertCache).name);
+    stream += d.bytes_of(use_class(Pool::ExpertStream).name);
+  }
+  const int64_t eb = std::max<int64_t>(1, spec.expert_bytes());
+  out += printf_str("Phases (prefill chunk %lld tokens%s)\n", (long long)p.options.ubatch,
+                    p.options.choose_ubatch ? ", chosen by the planner; --ubatch overrides" : ", from --ubatch");
+  if (p.cost.prefill_full_expert_path == "stream to GPU")
+    out += printf_str(
+        "  prefill  the expert cache and stream slots (%s, %lld experts) are one ring of streaming slots: each\n"
+        "           routed expert of a layer the chunk uses is copied once per chunk and computed on the GPU as a\n"
+        "           grouped GEMM while the next ones are copied\n",
+        core::format_bytes(cache + stream).c_str(), (long long)((cache + stream) / eb));
+  else
+    out += "  prefill  routed experts in RAM: " + p.cost.prefill_full_expert_path + "\n";
+  if (cache > 0)
+    out +=
+        printf_str("  decode   the expert cache (%s) refills from the experts decode uses (LRU); misses on the CPU\n",
+                   core::format_bytes(cache).c_str());
+  else
+    out += "  decode   routed experts where their homes are (no GPU expert cache)\n";
 }
 
 void fits_section(const Plan& p, std::string& out) {
@@ -249,6 +288,10 @@ std::string format_plan(const Plan& p, const ModelSpec& spec) {
   if (p.fits) {
     speed_section(p, out);
     out += "\n";
+    if (std::any_of(p.layers.begin(), p.layers.end(), [](const LayerPlan& l) { return !l.experts.empty(); })) {
+      phases_section(p, spec, out);
+      out += "\n";
+    }
   }
   fits_section(p, out);
   if (!p.warnings.empty()) {

@@ -84,6 +84,7 @@ CopyEvent SimBackend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, co
   {
     std::lock_guard<std::mutex> lock(mu_);
     e.sequence = ++issued_;
+    stats_.queued = static_cast<int64_t>(issued_);
     queue_.push_back({static_cast<char*>(dst.data()) + offset, src, bytes, e.sequence, after.sequence});
     stats_.max_in_flight = std::max(stats_.max_in_flight, static_cast<int64_t>(issued_ - landed_));
   }

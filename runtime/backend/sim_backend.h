@@ -36,6 +36,7 @@ SimDeviceSpec parse_sim_device(std::string_view spec);
 std::string sim_device_name(const SimDeviceSpec& spec);  // "sim:24.00 GiB@25.0GB/s"
 
 struct LinkStats {
+  int64_t queued = 0;  // copies queued (landed or not), in the order of their events' sequences
   int64_t copies = 0;
   int64_t bytes = 0;
   double modeled_seconds = 0;  // sum over copies of bytes / bandwidth (0 without a bandwidth)

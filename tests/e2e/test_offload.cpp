@@ -357,6 +357,83 @@ TEST_F(Offload, Fp8KvIsBitwiseToo) {
   EXPECT_GT(o.stats.cache_hits + o.stats.streamed, 0);
 }
 
+TEST_F(Offload, BigChunkStreamingGivesTheCpuLogits) {
+  // The whole prompt in one chunk, its experts through the cache slots and the ring of stream slots.
+  const Outcome o = run({"20MiB", 20 << 20, 2, 2, 512}, planner::KvType::BF16);
+  expect_bitwise(o.logits, cpu_logits(planner::KvType::BF16, 512));
+  EXPECT_GT(o.stats.streamed, 0);
+  EXPECT_GT(o.evictions, 0);  // prefill used the cache's slots for streaming; decode refilled them
+  EXPECT_GT(o.stats.cache_hits, 0);
+}
+
+// Records, in the host's program order, when each device task's copy was queued (its copy event's sequence)
+// and how many copies had been queued when its op was launched (between start() and issued()).
+class CopyOrderProbe final : public runtime::ForwardingExpertProvider {
+ public:
+  CopyOrderProbe(runtime::ExpertProvider& inner, runtime::SimBackend& gpu)
+      : ForwardingExpertProvider(inner), gpu_(gpu) {}
+  runtime::MoeSchedule schedule(const runtime::LayerWeights& l, std::span<const int64_t> t) override {
+    runtime::MoeSchedule s = inner_.schedule(l, t);
+    copy_of_.assign(s.tasks.size(), 0);
+    queued_at_launch_.assign(s.tasks.size(), 0);
+    return s;
+  }
+  runtime::CopyEvent start(runtime::MoeSchedule& s, size_t i) override {
+    const runtime::CopyEvent e = inner_.start(s, i);
+    copy_of_[i] = static_cast<int64_t>(e.sequence);
+    queued_at_launch_[i] = gpu_.link_stats().queued;  // the op is launched right after this returns
+    return e;
+  }
+  void issued(runtime::MoeSchedule& s, size_t i, runtime::ComputeEvent done) override {
+    inner_.issued(s, i, done);
+    if (i + 1 < s.tasks.size()) return;
+    // The layer's device tasks that waited for a copy, in order: each next one's copy was queued first.
+    size_t prev = s.tasks.size();
+    for (size_t k = 0; k < s.tasks.size(); ++k) {
+      if (!s.tasks[k].on_device || copy_of_[k] == 0) continue;
+      if (prev < s.tasks.size()) {
+        ++pairs;
+        if (copy_of_[k] > queued_at_launch_[prev]) ++late;
+      }
+      prev = k;
+    }
+  }
+  int64_t pairs = 0, late = 0;
+
+ private:
+  runtime::SimBackend& gpu_;
+  std::vector<int64_t> copy_of_, queued_at_launch_;
+};
+
+TEST_F(Offload, BigChunkStreamingQueuesTheNextExpertsCopyBeforeTheCurrentOneComputes) {
+  const planner::ModelSpec spec = planner::load_model_spec(tiny_model_dir().string());
+  const runtime::SessionOptions so = session_options(planner::KvType::BF16, 512);
+  offload::DeviceRequest req;
+  req.name = "sim:20MiB";
+  req.capacity = 20 << 20;
+  req.link_bytes_per_s = 25e9;
+  req.cache_slots = 0;  // only the ring of stream slots: it wraps within a layer
+  const planner::Plan plan = offload::plan_for_device(spec, host_spec(), req, so);
+  runtime::SimBackend gpu({req.capacity, 25e9});
+  runtime::cpu::CpuBackend host;
+  offload::DispatchOptions d;
+  d.stream_min_tokens = 2;
+  offload::BoundPlan bound(plan, tiny_model(), gpu, host, d);
+  runtime::SessionOptions bso = bound.session_options(so);
+  CopyOrderProbe probe(*bso.experts, gpu);
+  bso.experts = &probe;
+  {
+    runtime::Session s(bound.weights(), bso);
+    std::vector<float> last;
+    s.feed(prompt_tokens(kPrompt), nullptr, &last);
+  }
+  const int64_t ring = 2 * spec.config.num_experts_per_tok;
+  const offload::DispatchStats st = bound.dispatch().total();
+  EXPECT_GT(st.streamed, ring * (spec.config.num_hidden_layers - 1)) << "the ring never wrapped";
+  EXPECT_GT(probe.pairs, 0);
+  EXPECT_EQ(probe.late, 0) << "an expert's copy was queued after the op of the expert before it was launched";
+}
+
 // Holds each layer's device work at its first op after routing (the shared expert), on the device's stream,
 // until the first expert the host computes (or the layer's last expert, or 2 s): the host must reach its own
 // experts while the device's work of the same layer is still pending. A MoE layer that waited for the device

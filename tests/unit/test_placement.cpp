@@ -112,6 +112,37 @@ TEST(Placement, LongPromptsPayForTheIndexerWhenComputeBound) {
   EXPECT_LT(p.cost.prefill_full_tok_s, 0.5 * p.cost.prefill_tok_s);
 }
 
+TEST(Placement, BigChunkPrefillStreamsExpertsAndIsBoundedByTheIndexer) {
+  // V4-Flash on one RTX 3090 at 1M: with 512-token chunks the CPU computes the experts; the planner's chunk
+  // streams every expert of a layer once per chunk instead.
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  PlanOptions o = at_ctx(1048576);
+  const Plan small = make_plan(s, workstation(), o);
+  o.choose_ubatch = true;
+  const Plan p = make_plan(s, workstation(), o);
+  ASSERT_TRUE(p.fits);
+  EXPECT_GT(p.options.ubatch, 512);
+  EXPECT_LE(p.options.ubatch, kMaxPrefillChunk);
+  EXPECT_EQ(p.cost.prefill_full_expert_path, "stream to GPU");
+  EXPECT_GT(p.cost.prefill_full_tok_s, 5 * small.cost.prefill_full_tok_s);
+  EXPECT_GE(p.cost.decode_tok_s, 0.95 * small.cost.decode_tok_s);
+  EXPECT_NEAR(p.cost.prefill_full_s * p.cost.prefill_full_tok_s, 1048576, 1);
+  // An upper bound from the indexer alone: each CSA layer scores pos / 4 compressed keys with 64 heads x 128
+  // dims per token, 2 x 64 x 128 x pos / 4 FLOPs; summed over a 1M prompt, at the 3090's dense INT8 peak
+  // (284 TOPS, GA102 whitepaper), no plan can be faster.
+  const core::ModelConfig& c = s.config;
+  int64_t csa = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) csa += c.compress_ratio(l) == 4;
+  const double n = 1048576;
+  const double index_flops = double(csa) * 2 * 64 * 128 * (n * n / 2) / 4;
+  EXPECT_LT(p.cost.prefill_full_s, 2 * 3600);
+  EXPECT_GT(p.cost.prefill_full_s, index_flops / 284e12);
+  // --ubatch keeps its chunk.
+  o.ubatch = 1024;
+  o.choose_ubatch = false;
+  EXPECT_EQ(make_plan(s, workstation(), o).options.ubatch, 1024);
+}
+
 TEST(Placement, ProOnOneWorkstationDoesNotFitAndFourNodesDo) {
   const ModelSpec s = load_model_spec("deepseek-v4-pro");
   const Plan p = make_plan(s, workstation(), PlanOptions{});
