@@ -72,7 +72,8 @@ std::unique_ptr<tbb::global_control> thread_cap;
 
 }  // namespace
 
-// Pins a thread entering the arena to the core of its slot, and puts its own binding back when it leaves.
+// Pins a thread entering the arena to the core of its slot, and puts its own binding back when it leaves. A thread
+// may enter one arena from inside another (nested execute): the bindings it had are kept on a stack of its own.
 class CorePinning : public tbb::task_scheduler_observer {
  public:
   explicit CorePinning(tbb::task_arena& arena) : tbb::task_scheduler_observer(arena) { observe(true); }
@@ -81,26 +82,31 @@ class CorePinning : public tbb::task_scheduler_observer {
   void on_scheduler_entry(bool) override {
     const Cores& c = cores();
     const int slot = tbb::this_task_arena::current_thread_index();
-    if (!c.topology() || c.count() == 0 || slot < 0) return;
-    saved_ = hwloc_bitmap_alloc();
-    if (hwloc_get_cpubind(c.topology(), saved_, HWLOC_CPUBIND_THREAD) != 0 ||
-        hwloc_set_cpubind(c.topology(), c.core(first_core + slot), HWLOC_CPUBIND_THREAD) != 0) {
-      hwloc_bitmap_free(saved_);  // not allowed here (a container, a binding by mpirun): run where it may
-      saved_ = nullptr;
+    hwloc_bitmap_t before = nullptr;  // stays null where the thread may not be bound (a container, mpirun's binding)
+    if (c.topology() && c.count() > 0 && slot >= 0) {
+      before = hwloc_bitmap_alloc();
+      if (hwloc_get_cpubind(c.topology(), before, HWLOC_CPUBIND_THREAD) != 0 ||
+          hwloc_set_cpubind(c.topology(), c.core(first_core + slot), HWLOC_CPUBIND_THREAD) != 0) {
+        hwloc_bitmap_free(before);
+        before = nullptr;
+      }
     }
+    saved_.push_back(before);
   }
   void on_scheduler_exit(bool) override {
-    if (!saved_) return;
-    hwloc_set_cpubind(cores().topology(), saved_, HWLOC_CPUBIND_THREAD);
-    hwloc_bitmap_free(saved_);
-    saved_ = nullptr;
+    if (saved_.empty()) return;  // entered before the observer began observing
+    hwloc_bitmap_t before = saved_.back();
+    saved_.pop_back();
+    if (!before) return;
+    hwloc_set_cpubind(cores().topology(), before, HWLOC_CPUBIND_THREAD);
+    hwloc_bitmap_free(before);
   }
 
  private:
-  static thread_local hwloc_bitmap_t saved_;  // the binding of the thread in the arena, before it entered
+  static thread_local std::vector<hwloc_bitmap_t> saved_;  // the thread's bindings before each arena it is in
 };
 
-thread_local hwloc_bitmap_t CorePinning::saved_ = nullptr;
+thread_local std::vector<hwloc_bitmap_t> CorePinning::saved_;
 
 void set_worker_threads(int threads, int host_rank, int host_ranks) {
   FERRY_CHECK(threads >= 0 && threads <= 4096, "--threads must be in [0, 4096], not {}", threads);

@@ -89,5 +89,19 @@ TEST(WorkerThreads, AnArenaIsAsWideAsAskedAndItsThreadsEachRunOnOneCore) {
   }
 }
 
+TEST(WorkerThreads, NestedArenasPutEveryBindingBack) {
+  const cpu_set_t before = this_thread_affinity();
+  WorkerArena outer(2), inner(2);
+  cpu_set_t in_outer{}, back_in_outer{};
+  outer.execute([&] {
+    in_outer = this_thread_affinity();
+    inner.execute([&] { tbb::parallel_for(0, 256, [](int) {}); });
+    back_in_outer = this_thread_affinity();
+  });
+  EXPECT_TRUE(CPU_EQUAL(&in_outer, &back_in_outer)) << "leaving the inner arena lost the outer arena's binding";
+  const cpu_set_t after = this_thread_affinity();
+  EXPECT_TRUE(CPU_EQUAL(&before, &after)) << "the caller's binding did not come back";
+}
+
 }  // namespace
 }  // namespace ferry::runtime
