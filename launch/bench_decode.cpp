@@ -12,8 +12,6 @@
 #include <string>
 #include <vector>
 
-#include <tbb/task_arena.h>
-
 #include "launch/bench_kernels.h"
 #include "launch/engine_setup.h"
 #include "launch/run_offload.h"
@@ -25,6 +23,7 @@
 #include "planner/model_spec.h"
 #include "planner/plan.h"
 #include "runtime/backend/sim_backend.h"
+#include "runtime/backend/worker_threads.h"
 #include "runtime/checkpoint/tiny_model.h"
 #include "runtime/model/forward.h"
 
@@ -274,7 +273,7 @@ void calibrate(const Options& o, const std::string& model, const Run& r) {
   planner::CalibrationFile f;
   f.rates = derive_rates(spec, r, triad_gbps(3) * 1e9);
   f.machine = o.machine;
-  f.threads = tbb::this_task_arena::max_concurrency();
+  f.threads = runtime::worker_threads();
   const double decode_tok_s = 1 / r.decode.wall_s, prefill_tok_s = static_cast<double>(r.ubatch) / r.prefill.wall_s;
   f.measured = {
       o.synthetic ? (o.shape == "tiny" ? "bench decode (tiny shapes)" : "bench decode (V4-Flash shapes)") : model,
@@ -321,11 +320,11 @@ int run(Options& o) {
   const core::ModelConfig& c = setup.checkpoint().config();
   std::printf(
       "ferry bench decode: %s, %lld layers, %lld experts (top %lld), kv %s filled to %lld, ubatch %lld, "
-      "%d threads%s\n",
+      "%s%s\n",
       synthetic ? (o.shape == "tiny" ? "tiny shapes" : "V4-Flash shapes") : o.engine.model.c_str(),
       static_cast<long long>(c.num_hidden_layers), static_cast<long long>(c.n_routed_experts),
       static_cast<long long>(c.num_experts_per_tok), std::string(planner::kv_type_name(so.kv_type)).c_str(),
-      static_cast<long long>(fill), static_cast<long long>(so.ubatch), tbb::this_task_arena::max_concurrency(),
+      static_cast<long long>(fill), static_cast<long long>(so.ubatch), runtime::worker_threads_text().c_str(),
       setup.offload() ? (", on " + o.engine.offload.gpu).c_str() : "");
   uint64_t seed = 42;
   fill_cache(s, setup.checkpoint(), fill, c.vocab_size, seed);
