@@ -16,6 +16,6 @@ if [ "${SANITIZE:-1}" = 1 ]; then
     -DFERRY_SANITIZE=ON -DFERRY_ENABLE_CUDA=OFF >/dev/null
   cmake --build build-asan -j"$(nproc)"
   # scripts/lsan.supp: oneTBB's observer bookkeeping (40 bytes an observed arena), not ferry's.
-  ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp" UBSAN_OPTIONS=print_stacktrace=1 \
+  ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/scripts/lsan.supp:print_suppressions=0" UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan --output-on-failure -j"$(nproc)" -L "unit|e2e" -E "ForwardVsReference\..*Trace"
 fi
