@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,8 +41,9 @@ struct Options {
   std::string shape = "flash";
   int64_t layers = 2, experts = 32, steps = 4;
   std::string calibration_out;
-  std::string machine;     // set by the caller
-  bool synthetic = false;  // the bench's own model (no --model)
+  std::string calibration_in;  // rates measured by an earlier run, to predict this one with
+  std::string machine;         // set by the caller
+  bool synthetic = false;      // the bench's own model (no --model)
 };
 
 double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -257,6 +259,30 @@ planner::Calibration derive_rates(const planner::ModelSpec& spec, const Run& r, 
   return rates;
 }
 
+// The planner's estimate of this run from `rates` next to what the run measured.
+void print_prediction(const planner::ModelSpec& spec, const planner::Calibration& rates, const Run& r) {
+  const double decode_tok_s = 1 / r.decode.wall_s, prefill_tok_s = static_cast<double>(r.ubatch) / r.prefill.wall_s;
+  const planner::CostEstimate e = predict(spec, rates, r.decode_ctx, r.ubatch,
+                                          static_cast<double>(r.prefill_p0) + static_cast<double>(r.ubatch) / 2);
+  std::printf("%-10s %14s %14s %8s\n", "", "measured", "planner", "error");
+  std::printf("%-10s %10.3f tok/s %8.3f tok/s %+7.1f%%\n", "decode", decode_tok_s, e.decode_tok_s,
+              100 * (e.decode_tok_s / decode_tok_s - 1));
+  std::printf("%-10s %10.2f tok/s %8.2f tok/s %+7.1f%%\n", "prefill", prefill_tok_s, e.prefill_full_tok_s,
+              100 * (e.prefill_full_tok_s / prefill_tok_s - 1));
+}
+
+// This run predicted from the rates of an earlier one (--calibration): the cost model's structure checked across
+// contexts and chunks, which predicting a run from its own rates cannot do.
+void predict_from_file(const Options& o, const planner::CalibrationFile& f, const std::string& model, const Run& r) {
+  std::printf("\npredicted from %s (rates measured at ctx %lld, ubatch %lld, %d threads, on %s):\n",
+              o.calibration_in.c_str(), static_cast<long long>(f.measured.ctx),
+              static_cast<long long>(f.measured.ubatch), f.threads, f.measured.model.c_str());
+  if (f.threads != runtime::worker_threads())
+    std::printf("note: this run has %d threads; the rates were measured with %d\n", runtime::worker_threads(),
+                f.threads);
+  print_prediction(planner::load_model_spec(model), f.rates, r);
+}
+
 nlohmann::json phases_json(const Run& r) {
   nlohmann::json j = nlohmann::json::object();
   for (size_t i = 0; i < runtime::kOpPhases; ++i)
@@ -285,13 +311,7 @@ void calibrate(const Options& o, const std::string& model, const Run& r) {
       "prefill non-routed %.1f GFLOP/s, experts %.1f GFLOP/s\n",
       c.triad / 1e9, c.host_dense_bw / 1e9, c.host_expert_bw / 1e9, 100 * c.host_expert_bw / c.triad,
       c.host_dense_flops / 1e9, c.host_expert_flops / 1e9);
-  const planner::CostEstimate e =
-      predict(spec, c, r.decode_ctx, r.ubatch, static_cast<double>(r.prefill_p0) + static_cast<double>(r.ubatch) / 2);
-  std::printf("%-10s %14s %14s %8s\n", "", "measured", "planner", "error");
-  std::printf("%-10s %10.3f tok/s %8.3f tok/s %+7.1f%%\n", "decode", decode_tok_s, e.decode_tok_s,
-              100 * (e.decode_tok_s / decode_tok_s - 1));
-  std::printf("%-10s %10.2f tok/s %8.2f tok/s %+7.1f%%\n", "prefill", prefill_tok_s, e.prefill_full_tok_s,
-              100 * (e.prefill_full_tok_s / prefill_tok_s - 1));
+  print_prediction(spec, c, r);
   const std::string json = planner::calibration_to_json(f).dump(2) + "\n";
   core::write_file_atomically(o.calibration_out, [&](std::ostream& out) { out << json; });
   std::printf("calibration written to %s (ferry plan --calibration %s)\n", o.calibration_out.c_str(),
@@ -309,11 +329,18 @@ int run(Options& o) {
     std::fflush(stdout);
     cleanup = make_model(o, o.engine.model);
   }
-  o.engine.ctx = std::to_string(fill + 1 + o.steps + o.engine.ubatch);
+  // The measured chunk is the flag's or 512, never the planner's: the context is sized for it here.
+  if (!o.engine.ubatch) o.engine.ubatch = EngineFlags::kDefaultUbatch;
+  o.engine.ctx = std::to_string(fill + 1 + o.steps + *o.engine.ubatch);
   EngineSetup setup(o.engine, *o.app, 0);
   FERRY_CHECK(!setup.ranks(), "ferry bench decode runs in one process");
   FERRY_CHECK(o.calibration_out.empty() || !setup.offload(),
               "--calibration-out measures the CPU's rates: run it without --gpu");
+  FERRY_CHECK(o.calibration_in.empty() || !setup.offload(),
+              "--calibration predicts a CPU-only run: run it without --gpu");
+  // Read before the minutes of measuring: a bad file fails now.
+  std::optional<planner::CalibrationFile> earlier;
+  if (!o.calibration_in.empty()) earlier = planner::read_calibration(o.calibration_in);
   setup.load();
   runtime::Session s(setup.weights(), setup.session_options());
   const runtime::SessionOptions& so = s.options();
@@ -349,6 +376,7 @@ int run(Options& o) {
   std::printf("decode %.3f tok/s at ctx %lld; prefill %.2f tok/s (chunk of %lld at %lld)\n", 1 / r.decode.wall_s,
               static_cast<long long>(r.decode_ctx), static_cast<double>(r.ubatch) / r.prefill.wall_s,
               static_cast<long long>(r.ubatch), static_cast<long long>(r.prefill_p0));
+  if (earlier) predict_from_file(o, *earlier, o.engine.model, r);
   if (!o.calibration_out.empty()) calibrate(o, o.engine.model, r);
   return 0;
 }
@@ -371,6 +399,10 @@ std::function<int()> add_decode_bench(CLI::App& bench, CLI::App*& sub, std::func
   sub->add_option("--steps", o->steps, "Decode steps measured, averaged (default 4)")->check(CLI::Range(1, 10000));
   sub->add_option("--calibration-out", o->calibration_out,
                   "Write the rates measured (and the triad) to this file for `ferry plan --calibration`");
+  sub->add_option("--calibration", o->calibration_in,
+                  "Also print the planner's prediction of this run from the rates in FILE (an earlier "
+                  "--calibration-out, e.g. at another --ctx or --ubatch) next to the measurement")
+      ->check(CLI::ExistingFile);
   return [o, machine] {
     o->machine = machine();
     return run(*o);

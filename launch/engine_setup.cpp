@@ -50,7 +50,10 @@ void EngineFlags::add_to(CLI::App& app, const std::string& ctx_help, const std::
                  "int16 (faster; error <= 2^-15 of each 32-block's largest value) or int8 (fastest, the whole-block "
                  "kernels; error <= 2^-8 of each 32-block's largest value)")
       ->check(CLI::IsMember({"int24", "int16", "int8"}));
-  app.add_option("--ubatch", ubatch, "Prefill chunk in tokens (default 512)")->check(CLI::Range(1, 65536));
+  app.add_option("--ubatch", ubatch,
+                 "Prefill chunk in tokens; workspaces grow with it (default: with --gpu or under mpirun the planner's "
+                 "choice, 512 to 16K, as `ferry plan` prints it; otherwise 512)")
+      ->check(CLI::Range(1, 65536));
   app.add_option("-t,--threads", threads,
                  "CPU worker threads, each pinned to a core while it computes (default: one per physical core)")
       ->check(CLI::Range(1, 4096));
@@ -79,7 +82,7 @@ runtime::SessionOptions EngineFlags::session_options(const CLI::App& app, int64_
   runtime::SessionOptions so;
   so.ctx = ctx.empty() ? default_ctx : core::parse_count(ctx, "--ctx");
   so.kv_type = *planner::kv_type_from_name(kv_type);
-  so.ubatch = ubatch;
+  so.ubatch = ubatch.value_or(kDefaultUbatch);
   so.expert_bits = expert_activations == "int16"  ? core::ActivationBits::Int16
                    : expert_activations == "int8" ? core::ActivationBits::Int8
                                                   : core::ActivationBits::Int24;
@@ -97,11 +100,12 @@ EngineSetup::EngineSetup(const EngineFlags& flags, const CLI::App& app, int64_t 
                               distributed ? world->node_size() : 1);
   planned_ = flags.session_options(app, default_ctx);
   if (distributed) {
-    ranks_ = std::make_unique<RankRun>(*world, flags.ranks, flags.offload, flags.model, planned_, parallel);
+    ranks_ =
+        std::make_unique<RankRun>(*world, flags.ranks, flags.offload, flags.model, planned_, parallel, !flags.ubatch);
     planned_ = ranks_->planned_session(planned_);
     if (flags.offload.enabled()) offload_ = std::make_unique<OffloadRun>(flags.offload, ranks_->node_view());
   } else if (flags.offload.enabled()) {
-    offload_ = std::make_unique<OffloadRun>(flags.offload, flags.model, planned_, parallel);
+    offload_ = std::make_unique<OffloadRun>(flags.offload, flags.model, planned_, parallel, !flags.ubatch);
     planned_ = offload_->planned_session(planned_);
   }
 }

@@ -30,7 +30,10 @@ struct EngineFlags {
   std::string ctx;  // "4096", "128K"; empty: the command's default
   std::string kv_type = "fp8";
   std::string expert_activations = "int24";
-  int64_t ubatch = 512;
+  // The prefill chunk; none given: the planner's choice with --gpu or under mpirun (as `ferry plan` prints it),
+  // kDefaultUbatch in a CPU-only run in one process.
+  std::optional<int64_t> ubatch;
+  static constexpr int64_t kDefaultUbatch = 512;
   int threads = 0;  // 0: one per physical core (runtime/backend/worker_threads.h)
   OffloadFlags offload;
   RankFlags ranks;

@@ -13,8 +13,8 @@
 #include "planner/model_spec.h"
 #include "planner/plan_json.h"
 #include "planner/report.h"
-#include "runtime/backend/worker_threads.h"
 #include "runtime/backend/hardware_probe.h"
+#include "runtime/backend/worker_threads.h"
 #include "runtime/checkpoint/fingerprint.h"
 
 namespace ferry::launch {
@@ -106,7 +106,7 @@ int least_ram_rank(const std::vector<nlohmann::json>& ids) {
 // shows the same plan.
 planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohmann::json>& ids,
                          const OffloadFlags& offload, const std::string& model_dir, const runtime::SessionOptions& so,
-                         int64_t parallel, planner::Split split) {
+                         int64_t parallel, planner::Split split, bool choose_chunk) {
   planner::Hardware hw = nodes_hardware(ids);
   const planner::ModelSpec spec = planner::load_model_spec(model_dir);
   planner::PlanOptions o;
@@ -124,10 +124,11 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
     const int nodes = hw.nodes;
     hw = offload::device_hardware(host, device);
     hw.nodes = nodes;
-    o = offload::device_plan_options(device, so, parallel);
+    o = offload::device_plan_options(device, so, parallel, choose_chunk);
     gpu_flag = fmt::format("--gpu {}B --gpu-reserve 0", device.capacity);
   }
   o.split = split;
+  o.choose_ubatch = choose_chunk;
   // As `ferry plan` does (the same Plan for the same hardware: tests/mpi/check_plan_same.py).
   planner::Plan plan = planner::make_plan(spec, hw, o);
   if (!plan.fits) {
@@ -182,7 +183,8 @@ void plan_for_ranks(const transport::World& world, const RankFlags& flags, bool 
 }
 
 RankRun::RankRun(const transport::World& world, const RankFlags& flags, const OffloadFlags& offload,
-                 const std::string& model_dir, const runtime::SessionOptions& session, int64_t parallel)
+                 const std::string& model_dir, const runtime::SessionOptions& session, int64_t parallel,
+                 bool choose_chunk)
     : world_(world) {
   FERRY_CHECK(!session.mtp, "--mtp runs in one process for now (not under mpirun)");
   FERRY_CHECK(offload.plan_in.empty(), "--plan runs in one process for now (under mpirun rank 0 plans)");
@@ -195,7 +197,8 @@ RankRun::RankRun(const transport::World& world, const RankFlags& flags, const Of
   std::string plan_json;
   world.agree("planning", [&] {
     if (!world.leader()) return;
-    const planner::Plan plan = plan_nodes(world, ids, offload, model_dir, session, parallel, parse_split(flags.split));
+    const planner::Plan plan =
+        plan_nodes(world, ids, offload, model_dir, session, parallel, parse_split(flags.split), choose_chunk);
     if (!offload.plan_out.empty()) write_plan_file(offload.plan_out, plan);
     plan_json = planner::plan_to_json(plan).dump();
   });

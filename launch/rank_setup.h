@@ -45,8 +45,10 @@ class RankRun {
   // With --gpu sim:…, every node has such a device (its ledger and its share of the plan); --plan-out saves the
   // whole plan (rank 0).
   // `parallel`: the sequences the run keeps at once (a server's slots), each with its KV cache.
+  // `choose_chunk`: the planner chooses the prefill chunk (no --ubatch given), as `ferry plan` does.
   RankRun(const transport::World& world, const RankFlags& flags, const OffloadFlags& offload,
-          const std::string& model_dir, const runtime::SessionOptions& session, int64_t parallel = 1);
+          const std::string& model_dir, const runtime::SessionOptions& session, int64_t parallel = 1,
+          bool choose_chunk = false);
 
   const planner::Plan& plan() const { return plan_; }
   // This rank's node's part of the plan (planner::plan_for_node), what it binds.

@@ -87,7 +87,7 @@ offload::DeviceRequest OffloadFlags::device_request() const {
 }
 
 OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& so,
-                       int64_t parallel)
+                       int64_t parallel, bool choose_chunk)
     : flags_(flags) {
   const offload::DeviceRequest device = flags.device_request();
   const planner::ModelSpec model = planner::load_model_spec(model_dir);
@@ -109,7 +109,7 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
     std::vector<std::string> notes;
     planner::HostSpec host = runtime::probe_host(notes);
     if (flags.numa > 0) host.numa_nodes = flags.numa;
-    plan_ = offload::plan_for_device(model, host, device, so, parallel);
+    plan_ = offload::plan_for_device(model, host, device, so, parallel, choose_chunk);
   }
   if (!flags.plan_out.empty()) write_plan_file(flags.plan_out, plan_);
   prepare();

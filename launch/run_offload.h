@@ -46,8 +46,9 @@ class OffloadRun {
   // against them and the device: throws ferry::Error with one line (the planner's shortfall, the plan's
   // mismatch) when it does not fit, before any weight is read. Saves the plan to --plan-out.
   // `parallel`: the sequences the run keeps at once (a server's slots), each with its KV cache on the device.
+  // `choose_chunk`: the planner chooses the prefill chunk (no --ubatch given).
   OffloadRun(const OffloadFlags& flags, const std::string& model_dir, const runtime::SessionOptions& session,
-             int64_t parallel = 1);
+             int64_t parallel = 1, bool choose_chunk = false);
   // Runs a node's view of a plan made elsewhere (rank 0 under mpirun: planner::plan_for_node).
   OffloadRun(const OffloadFlags& flags, planner::Plan node_view);
   ~OffloadRun();

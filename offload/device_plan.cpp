@@ -1,6 +1,5 @@
 #include "offload/device_plan.h"
 
-
 #include <algorithm>
 
 #include "planner/core/error.h"
@@ -28,13 +27,14 @@ planner::Hardware device_hardware(const planner::HostSpec& host, const DeviceReq
 }
 
 planner::PlanOptions device_plan_options(const DeviceRequest& device, const runtime::SessionOptions& session,
-                                         int64_t parallel) {
+                                         int64_t parallel, bool choose_chunk) {
   planner::PlanOptions o;
   o.ctx = session.ctx;
   o.parallel = parallel;
   o.snapshot_keep = session.snapshot_every > 0 ? session.snapshot_keep : 0;
   o.kv_type = session.kv_type;
   o.ubatch = session.ubatch;
+  o.choose_ubatch = choose_chunk;
   o.mtp = session.mtp;
   o.threads = runtime::worker_threads();
   if (device.cache_slots >= 0) {
@@ -56,9 +56,12 @@ planner::Plan place_or_explain(const planner::ModelSpec& model, const planner::H
 }
 
 planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::HostSpec& host,
-                              const DeviceRequest& device, const runtime::SessionOptions& session, int64_t parallel) {
-  return place_or_explain(model, device_hardware(host, device), device_plan_options(device, session, parallel),
-                          device.name);
+                              const DeviceRequest& device, const runtime::SessionOptions& session, int64_t parallel,
+                              bool choose_chunk) {
+  const planner::Hardware hw = device_hardware(host, device);
+  planner::PlanOptions o = device_plan_options(device, session, parallel, choose_chunk);
+  if (o.choose_ubatch) o.ubatch = planner::choose_prefill_chunk(model, hw, o, *o.kv_type);
+  return place_or_explain(model, hw, o, device.name);
 }
 
 void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& model, const DeviceRequest& device) {

@@ -22,9 +22,10 @@ struct DeviceRequest {
 // The machine of such a run: `host` and one GPU-like device (a simulated one: its speeds are the reference card's).
 planner::Hardware device_hardware(const planner::HostSpec& host, const DeviceRequest& device);
 // `session`'s context, KV type, chunk and MTP choice for `parallel` such sequences (a server's slots), the device's
-// cache slots, this process's worker threads.
+// cache slots, this process's worker threads. `choose_chunk`: the planner chooses the prefill chunk from
+// session.ubatch up (planner::choose_prefill_chunk), as `ferry plan` does without --ubatch.
 planner::PlanOptions device_plan_options(const DeviceRequest& device, const runtime::SessionOptions& session,
-                                         int64_t parallel = 1);
+                                         int64_t parallel = 1, bool choose_chunk = false);
 // planner::place with the options' KV type; throws ferry::Error "does not fit on WHERE: <the planner's shortfall
 // lines>" when it does not fit.
 planner::Plan place_or_explain(const planner::ModelSpec& model, const planner::Hardware& hw,
@@ -33,9 +34,10 @@ planner::Plan place_or_explain(const planner::ModelSpec& model, const planner::H
 // Plans `session`'s context, KV type, chunk and MTP choice for `parallel` sequences on the device and `host`, the
 // forward pass's workspace sized for this process's worker threads. Throws ferry::Error with the planner's
 // shortfall lines when it does not fit.
+// `choose_chunk`: the prefill chunk is the planner's choice (device_plan_options), not session.ubatch.
 planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::HostSpec& host,
-                              const DeviceRequest& device, const runtime::SessionOptions& session,
-                              int64_t parallel = 1);
+                              const DeviceRequest& device, const runtime::SessionOptions& session, int64_t parallel = 1,
+                              bool choose_chunk = false);
 
 // Checks that a saved plan runs here: it is `model`'s and fits (planner::check_plan_for_model), has one node
 // with one GPU, `device` holds what the plan puts on that GPU, and the plan's workspace has room for this

@@ -94,10 +94,9 @@ void suggest(const ModelSpec& spec, const Hardware& hw, Plan& plan) {
   }
 }
 
-// The prefill chunk: the fastest whole-context prefill among 512 .. kMaxPrefillChunk tokens (at most the
-// context), placed with the chunk's workspace, as long as decode keeps 95% of its speed at the requested chunk
-// (a bigger workspace takes VRAM from the decode expert cache) and the plan still fits. A bigger chunk must gain
-// 5%: the smallest that is about as fast keeps the workspaces small.
+}  // namespace
+
+// A bigger chunk must gain 5%: the smallest that is about as fast keeps the workspaces small.
 int64_t choose_prefill_chunk(const ModelSpec& spec, const Hardware& hw, const PlanOptions& o, KvType kv) {
   Plan base = place(spec, hw, o, kv);
   if (!base.fits) return o.ubatch;
@@ -118,8 +117,6 @@ int64_t choose_prefill_chunk(const ModelSpec& spec, const Hardware& hw, const Pl
   }
   return best;
 }
-
-}  // namespace
 
 Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options) {
   validate(spec, hw, options);

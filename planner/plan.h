@@ -170,6 +170,12 @@ struct Plan {
 // chunk pays on a PCIe 4.0 GPU, small enough that its workspace leaves the GPU room to stream through.
 constexpr int64_t kMaxPrefillChunk = 16384;
 
+// The prefill chunk make_plan takes with choose_ubatch: the fastest whole-context prefill among o.ubatch ..
+// kMaxPrefillChunk tokens (at most the context), each placed with its chunk's workspace, as long as decode keeps
+// 95% of its speed at o.ubatch (a bigger workspace takes VRAM from the decode expert cache) and the plan still
+// fits; o.ubatch when it does not fit at all.
+int64_t choose_prefill_chunk(const ModelSpec& spec, const Hardware& hw, const PlanOptions& o, KvType kv);
+
 // Validates the options (one-line ferry::Error naming the flag), places everything and estimates speed.
 Plan make_plan(const ModelSpec& spec, const Hardware& hw, const PlanOptions& options);
 

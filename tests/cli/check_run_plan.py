@@ -101,6 +101,25 @@ m = run("--gpu", "sim:1GiB", "--plan", path("made.json"), "--logits-out", path("
 assert m.returncode == 0, m.stderr
 assert "resident 0," not in m.stderr and "CPU 0" in m.stderr, m.stderr
 
+# Without --ubatch, run's prefill chunk is the planner's choice for the device, the one `ferry plan` prints for
+# the same card (here not the 512 of a CPU-only run: a device holding every expert computes bigger chunks faster);
+# --ubatch overrides it.
+def planned_chunk(*flags, tool="run"):
+    if tool == "run":
+        r = subprocess.run([ferry, "run", "-m", tiny, "--tokens", "1,2,3", "-n", "1", "--gpu", "sim:1GiB", *flags,
+                            "--plan-out", path("chunk.json")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        return json.loads(read("chunk.json"))["options"]["ubatch"]
+    r = subprocess.run([ferry, "plan", "-m", tiny, "--gpu", "1GiB", "--host-ram", "16GiB", *flags, "--json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)["options"]["ubatch"]
+
+
+chosen = planned_chunk("--ctx", "4096")
+assert chosen == planned_chunk("--ctx", "4096", tool="plan") and chosen != 512, chosen
+assert planned_chunk("--ctx", "4096", "--ubatch", "64") == 64
+
 
 def expect_error(pattern, *args, model=tiny):
     r = run(*args, model=model)
