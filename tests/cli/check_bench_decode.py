@@ -2,7 +2,8 @@
 """check_bench_decode.py FERRY DIR: `ferry bench decode` on a tiny checkpoint: the phases it times cover the step
 (timed ops plus what is left between them make the step), its calibration file fed to `ferry plan --calibration` predicts the bench's own
 decode and prefill, and the prediction moves with the rates (half the bandwidth: half the decode rate; half the
-FLOP/s: half the prefill rate). Bad calibration files give one line naming the problem. Nothing is timed."""
+FLOP/s: half the prefill rate), and `bench decode --calibration FILE` prints its run's prediction from FILE's
+rates. Bad calibration files give one line naming the problem. Nothing is timed."""
 import json
 import os
 import re
@@ -101,6 +102,20 @@ bad("wrong_schema", '{"schema": "ferry.plan"}', "not a ferry.calibration file")
 r = run("plan", "-m", model, "--no-gpu", "--host-ram", "64GiB", "--calibration", os.path.join(tmp, "absent.json"),
         ok=False)
 assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+# --calibration FILE: the bench predicts its own run from an earlier run's rates (the half-bandwidth variant here),
+# as `ferry plan --calibration FILE` does at the context the run decoded at; a bad file fails before measuring.
+out = run("bench", "decode", "--model", model, "--ctx", "1K", "--ubatch", "32", "--steps", "1", "--calibration",
+          half_bw).stdout
+after = out.split("predicted from " + half_bw, 1)
+assert len(after) == 2, out
+row = re.search(r"^decode\s+([0-9.]+) tok/s\s+([0-9.]+) tok/s", after[1], re.M)
+ctx = int(re.search(r"^decode [0-9.]+ tok/s at ctx ([0-9]+);", out, re.M).group(1))
+expected = plan(half_bw, ctx)["decode_tok_s"]
+assert row and abs(float(row.group(2)) / expected - 1) < 0.01, (row, expected, out)
+r = run("bench", "decode", "--model", model, "--ctx", "1K", "--calibration", os.path.join(tmp, "truncated.json"),
+        ok=False)
+assert len(r.stderr.strip().splitlines()) == 1 and "not JSON" in r.stderr and "ferry bench decode:" not in r.stdout, r
 
 # On the simulated device: the ops the device runs are timed there, and the copies over its link are counted.
 out = run("bench", "decode", "--model", model, "--ctx", "1K", "--ubatch", "32", "--steps", "1", "--gpu",
