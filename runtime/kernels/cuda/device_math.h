@@ -1,12 +1,13 @@
 // What the per-element math headers of the CUDA kernels (*_math.h) share: FERRY_HD marks a function that both
 // g++ (the CPU tests of tests/unit/test_cuda_math.cpp) and nvcc (the kernels) compile, and the few primitives
 // whose spelling differs between the two: bit casts, products and sums that nvcc must not contract into an FMA
-// (the CPU rounds each one), exact scaling by powers of two, rounding to an integer.
+// (the CPU rounds each one), exact scaling by powers of two, rounding to an integer. C++17: nvcc compiles them
+// as such (kernels/cuda/CMakeLists.txt).
 #pragma once
 
-#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #if defined(__CUDACC__)
 #define FERRY_HD __host__ __device__ __forceinline__
@@ -20,7 +21,9 @@ FERRY_HD float float_from_bits(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return __uint_as_float(u);
 #else
-  return std::bit_cast<float>(u);
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
 #endif
 }
 
@@ -28,7 +31,9 @@ FERRY_HD uint32_t bits_of_float(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
 #else
-  return std::bit_cast<uint32_t>(f);
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
 #endif
 }
 
@@ -88,7 +93,7 @@ FERRY_HD int highest_bit(uint32_t u) {
 #if defined(__CUDA_ARCH__)
   return 31 - __clz(static_cast<int>(u));
 #else
-  return 31 - std::countl_zero(u);
+  return 31 - __builtin_clz(u);
 #endif
 }
 

@@ -53,8 +53,6 @@ FERRY_HD int activation_exponent(float amax, int bits) {
 
 // x rounded to the block's grid: q·2^k with q = rne(x / 2^k), exact in float (|q| < 2^23); q = 0 is +0, as the
 // CPU's integer q is.
-FERRY_HD float activation_round(float x, int k) {
-  return scale_pow2(add_rn(round_even(scale_pow2(x, -k)), 0.0f), k);
-}
+FERRY_HD float activation_round(float x, int k) { return scale_pow2(add_rn(round_even(scale_pow2(x, -k)), 0.0f), k); }
 
 }  // namespace ferry::runtime::cuda
