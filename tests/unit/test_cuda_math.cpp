@@ -1,10 +1,14 @@
 // The per-element math of the CUDA kernels (runtime/kernels/cuda/*_math.h), compiled here by g++ and run on the
 // CPU: every decoded code, every activation exponent and rounding, every normalised and rotated value must be
-// bitwise what the CPU kernels and planner/core's codecs compute. nvcc compiles the same functions into the
-// kernels; what this cannot check is the device's own double cos/sin (CUDA's, within 2 ulp of a double, where the
-// CPU uses glibc's) and the kernels' summation order (the op suite, tests/backend_ops, does on a GPU).
+// bitwise what the CPU kernels and planner/core's codecs compute; the matrix-vector kernel's 32 lanes, run one
+// after another, must read every value of a row with its own input and scale (within the op suite's CUDA
+// tolerance of the float64 product) and read shared memory without bank conflicts. nvcc compiles the same
+// functions into the kernels; what this cannot check is what only a device does: its double cos/sin (CUDA's,
+// within 2 ulp of a double, where the CPU uses glibc's), its shuffles, barriers and launches (the op suite,
+// tests/backend_ops, does on a GPU).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -16,6 +20,7 @@
 #include "runtime/kernels/cpu/mxfp4_activation.h"
 #include "runtime/kernels/cpu/ops.h"
 #include "runtime/kernels/cuda/dtype_math.h"
+#include "runtime/kernels/cuda/matvec_math.h"
 #include "runtime/kernels/cuda/norm_rope_math.h"
 
 namespace ferry::runtime::cuda {
@@ -151,6 +156,144 @@ TEST(CudaMath, RopeIsTheCpusBitForBit) {
         }
         for (size_t i = 0; i < x.size(); ++i)
           ASSERT_TRUE(same_float(x[i], want[i])) << "pos " << pos << " element " << i << (compressed ? " yarn" : "");
+      }
+  }
+}
+
+// ---- the matrix-vector kernel's lanes ----
+
+// Every step j of every lane reads a float4 group of its chunk once, and the 8 lanes of each quarter-warp read
+// float4s of 8 different bank groups at every step (no shared-memory bank conflicts).
+TEST(CudaMath, MatvecLanesReadEachGroupOnceWithoutBankConflicts) {
+  for (const int groups : {1, 2, 4, 8})
+    for (int j = 0; j < groups; ++j)
+      for (int quarter = 0; quarter < 4; ++quarter) {
+        std::vector<int> banks;
+        for (int lane = 8 * quarter; lane < 8 * quarter + 8; ++lane)
+          banks.push_back((groups * lane + rotated_group(j, lane, groups)) % 8);
+        std::sort(banks.begin(), banks.end());
+        EXPECT_EQ(std::unique(banks.begin(), banks.end()), banks.end()) << groups << " groups, step " << j;
+      }
+  for (const int groups : {1, 2, 4, 8})
+    for (int lane = 0; lane < 32; ++lane) {
+      std::vector<int> seen;
+      for (int j = 0; j < groups; ++j) seen.push_back(rotated_group(j, lane, groups));
+      std::sort(seen.begin(), seen.end());
+      for (int g = 0; g < groups; ++g) EXPECT_EQ(seen[size_t(g)], g) << groups << " groups, lane " << lane;
+    }
+}
+
+// A random stored weight of `rows` rows and its values decoded by planner/core's codecs.
+struct TestWeight {
+  MatvecFormat format;
+  int64_t rows, cols;
+  std::vector<uint8_t> codes, scales;
+  std::vector<double> values;  // [rows, cols]
+};
+
+TestWeight test_weight(MatvecFormat f, int64_t rows, int64_t cols, std::mt19937_64& rng) {
+  TestWeight w{f, rows, cols, {}, {}, std::vector<double>(size_t(rows * cols))};
+  std::uniform_int_distribution<int> byte(0, 255), scale(120, 130);
+  std::normal_distribution<float> g(0.0f, 0.05f);
+  auto at = [&](int64_t r, int64_t k) -> double& { return w.values[size_t(r * cols + k)]; };
+  switch (f) {
+    case MatvecFormat::F32:
+      w.codes.resize(size_t(4 * rows * cols));
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const float v = g(rng);
+        std::memcpy(&w.codes[size_t(4 * i)], &v, 4);
+        w.values[size_t(i)] = v;
+      }
+      break;
+    case MatvecFormat::BF16:
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        const uint16_t b = core::float_to_bf16(g(rng));
+        w.codes.push_back(static_cast<uint8_t>(b & 0xFF)), w.codes.push_back(static_cast<uint8_t>(b >> 8));
+        w.values[size_t(i)] = core::bf16_to_float(b);
+      }
+      break;
+    case MatvecFormat::FP8: {
+      const int64_t scale_cols = (cols + 127) / 128;
+      for (int64_t i = 0; i < ((rows + 127) / 128) * scale_cols; ++i) w.scales.push_back(uint8_t(scale(rng)));
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        uint8_t c;
+        do c = static_cast<uint8_t>(byte(rng));
+        while ((c & 0x7F) == 0x7F);
+        w.codes.push_back(c);
+        const int64_t r = i / cols, k = i % cols;
+        at(r, k) =
+            double(core::e4m3_to_float(c)) * core::e8m0_to_float(w.scales[size_t(r / 128 * scale_cols + k / 128)]);
+      }
+      break;
+    }
+    case MatvecFormat::MXFP4:
+      for (int64_t i = 0; i < rows * cols / 32; ++i) w.scales.push_back(uint8_t(scale(rng)));
+      for (int64_t i = 0; i < rows * cols / 2; ++i) w.codes.push_back(static_cast<uint8_t>(byte(rng)));
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < cols; ++k) {
+          const uint8_t b = w.codes[size_t((r * cols + k) / 2)];
+          at(r, k) = double(core::e2m1_to_float(k % 2 ? core::fp4_high(b) : core::fp4_low(b))) *
+                     core::e8m0_to_float(w.scales[size_t(r * cols / 32 + k / 32)]);
+        }
+      break;
+  }
+  return w;
+}
+
+// The warp's result for one row: all 32 lanes as the kernel runs them, their sums added.
+template <class F>
+std::vector<float> warp_row(const TestWeight& w, int64_t row, const std::vector<float>& xs, int nt, bool chunks) {
+  const WeightRows rows{w.codes.data(), w.scales.data(), w.cols};
+  std::vector<float> y(size_t(nt), 0.0f);
+  for (int lane = 0; lane < 32; ++lane) {
+    float acc[4] = {};
+    if (chunks)
+      lane_row_chunks<F, 4>(rows, row, xs.data(), nt, lane, acc);
+    else
+      lane_row_values<F, 4>(rows, row, xs.data(), nt, lane, acc);
+    for (int t = 0; t < nt; ++t) y[size_t(t)] += acc[t];
+  }
+  return y;
+}
+
+// Every format, both lane paths, three tokens of a tile of four, rows at and around FP8's 128-row scale
+// blocks: each warp sum within 2e-6 of sum |w·x| (the op suite's CUDA dot tolerance) of the float64 product of
+// the values planner/core's codecs decode; an MXFP4 input is rounded per block of 32 first, as the kernel
+// stages it. A value decoded from the wrong bits, or a chunk matched with the wrong inputs, misses by far more.
+TEST(CudaMath, MatvecWarpSumsAreTheDecodedProducts) {
+  std::mt19937_64 rng(25);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int64_t rows = 260, cols = 4096;
+  const int nt = 3;
+  for (const MatvecFormat f : {MatvecFormat::F32, MatvecFormat::BF16, MatvecFormat::FP8, MatvecFormat::MXFP4}) {
+    const TestWeight w = test_weight(f, rows, cols, rng);
+    std::vector<float> xs(size_t(nt * cols));
+    for (float& v : xs) v = g(rng);
+    if (f == MatvecFormat::MXFP4)
+      for (int64_t b = 0; b < nt * cols / 32; ++b) {
+        float amax = 0;
+        for (int64_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xs[size_t(b * 32 + i)]));
+        const int k = activation_exponent(amax, 16);
+        for (int64_t i = 0; i < 32; ++i) xs[size_t(b * 32 + i)] = activation_round(xs[size_t(b * 32 + i)], k);
+      }
+    for (const int64_t row : {int64_t{0}, int64_t{127}, int64_t{128}, int64_t{259}})
+      for (const bool chunks : {true, false}) {
+        std::vector<float> y;
+        switch (f) {
+          case MatvecFormat::F32: y = warp_row<F32Format>(w, row, xs, nt, chunks); break;
+          case MatvecFormat::BF16: y = warp_row<Bf16Format>(w, row, xs, nt, chunks); break;
+          case MatvecFormat::FP8: y = warp_row<Fp8Format>(w, row, xs, nt, chunks); break;
+          case MatvecFormat::MXFP4: y = warp_row<Mxfp4Format>(w, row, xs, nt, chunks); break;
+        }
+        for (int t = 0; t < nt; ++t) {
+          double want = 0, mag = 0;
+          for (int64_t k = 0; k < cols; ++k) {
+            const double p = w.values[size_t(row * cols + k)] * xs[size_t(t * cols + k)];
+            want += p, mag += std::fabs(p);
+          }
+          EXPECT_NEAR(y[size_t(t)], want, 2e-6 * mag)
+              << "format " << int(f) << " row " << row << " token " << t << (chunks ? " chunks" : " values");
+        }
       }
   }
 }

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "runtime/kernels/cuda/matvec_math.h"
+
 namespace ferry::runtime::cuda {
 
 // Token ids travel in the launch's own arguments (the op's are host memory): no copy, no staging buffer.
@@ -49,10 +51,9 @@ struct AddStreamsArgs {
 cudaError_t launch_add_streams(const AddStreamsArgs& a, cudaStream_t stream);
 
 // y[t·y_stride + r] = sum_k W[row_begin + r, k]·x[t·x_stride + k]: each warp streams one weight row in 16-byte
-// loads and applies it to a tile of up to 4 tokens held in shared memory (for MXFP4, rounded per block of 32 to
-// `bits` first, as the CPU rounds them); fp32 accumulation. The matrix-vector product of decode, and of prefill
-// until a tensor-core GEMM exists.
-enum class MatvecFormat : uint8_t { F32, BF16, FP8, MXFP4 };
+// loads (matvec_math.h) and applies it to a tile of up to 4 tokens held in shared memory (for MXFP4, rounded per
+// block of 32 to `bits` first, as the CPU rounds them); fp32 accumulation. The matrix-vector product of decode, and of
+// prefill until a tensor-core GEMM exists.
 constexpr int64_t kMatvecMaxCols = 12288;  // one token's input in the 48 KiB of shared memory a block gets
 struct MatvecArgs {
   MatvecFormat format = MatvecFormat::F32;
