@@ -1,7 +1,6 @@
 #include "runtime/backend/cuda/cuda_ops.h"
 
 #include <algorithm>
-#include <type_traits>
 
 #include "planner/core/error.h"
 #include "runtime/backend/cuda/cuda_util.h"
@@ -31,8 +30,10 @@ void launch(const ops::Embed& a, cudaStream_t stream, const std::string& who) {
 }
 
 void launch(const ops::RmsNorm& a, cudaStream_t stream, const std::string& who) {
-  const RmsNormArgs args{a.x,      a.rows, a.dim, a.x_stride ? a.x_stride : a.dim, a.out_stride ? a.out_stride : a.dim,
-                         a.weight, a.eps,  a.out};
+  RmsNormArgs args;
+  args.x = a.x, args.rows = a.rows, args.dim = a.dim;
+  args.x_stride = a.x_stride ? a.x_stride : a.dim, args.out_stride = a.out_stride ? a.out_stride : a.dim;
+  args.weight = a.weight, args.eps = a.eps, args.out = a.out;
   check(launch_rms_norm(args, stream), who, "rms_norm kernel launch");
 }
 
@@ -72,6 +73,8 @@ void launch(const ops::Linear& a, cudaStream_t stream, const std::string& who) {
   FERRY_CHECK(w.cols <= kMatvecMaxCols,
               "{}: linear: {} input columns; the CUDA matrix-vector kernel stages at most {} in shared memory", who,
               w.cols, kMatvecMaxCols);
+  FERRY_CHECK(a.n <= kMatvecMaxTokens, "{}: linear: {} tokens; the CUDA matrix-vector kernel takes at most {} a launch",
+              who, a.n, kMatvecMaxTokens);
   MatvecArgs args;
   args.format = matvec_format(w.format);
   args.codes = w.data, args.scales = w.scales;

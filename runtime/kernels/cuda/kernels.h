@@ -54,7 +54,8 @@ cudaError_t launch_add_streams(const AddStreamsArgs& a, cudaStream_t stream);
 // loads (matvec_math.h) and applies it to a tile of up to 4 tokens held in shared memory (for MXFP4, rounded per
 // block of 32 to `bits` first, as the CPU rounds them); fp32 accumulation. The matrix-vector product of decode, and of
 // prefill until a tensor-core GEMM exists.
-constexpr int64_t kMatvecMaxCols = 12288;  // one token's input in the 48 KiB of shared memory a block gets
+constexpr int64_t kMatvecMaxCols = 12288;    // one token's input in the 48 KiB of shared memory a block gets
+constexpr int64_t kMatvecMaxTokens = 65535;  // a grid's y extent, at one token a block
 struct MatvecArgs {
   MatvecFormat format = MatvecFormat::F32;
   const uint8_t* codes = nullptr;   // the whole tensor
