@@ -38,22 +38,49 @@ inline size_t sz(int64_t i) { return static_cast<size_t>(i); }
 
 // ---- backends ----
 
+// The tolerances of a backend's kernels where they round differently from the float64 reference, per op, each
+// relative to the scale its test names: an RMS-normalised value (of its magnitude), a RoPE-rotated value (of
+// |a| + |b| of its pair), a linear layer's output (of sum_k |W[r, k]·x[k]|, the scale of a dot product's float32
+// rounding error, whatever the terms cancel to). Embedding gathers and the stream sum are exact everywhere.
+struct OpTolerances {
+  double rms_norm = 0, rope = 0, dot = 0;
+};
+
+// The CPU kernels (host, sim). RMSNorm: three float roundings (the inverse rms, x·r, then ·w) from the exact
+// value. RoPE: a·c − b·s with c, s rounded to float. Dot: the SIMD-lane sums stay within 1.2e-7 at K = 4096;
+// 2e-6 leaves a margin of ten or more.
+inline constexpr OpTolerances kCpuTolerances{1e-6, 1e-6, 2e-6};
+
+// The CUDA kernels (runtime/kernels/cuda), which compute each element with the CPU's own math
+// (tests/unit/test_cuda_math.cpp checks it bitwise) and differ only where noted:
+//  - rms_norm 1e-6: the sum of squares is a double tree sum instead of a double loop; the order moves only the
+//    last bits of a double, far below the three float roundings that follow.
+//  - rope 1e-6: cos and sin come from CUDA's double libm (within 2 ulp of a double) instead of glibc's, then are
+//    rounded to float as on the CPU; the products are rounded one by one (no FMA), as on the CPU.
+//  - dot 2e-6: float32 accumulation in another order: a lane's FMA chain over a 16-byte chunk (4 to 32 values),
+//    then its chunks (K/128 to K/1024 of them), then a 5-level shuffle tree: at most ~45 roundings deep at
+//    K = 4096, a random walk of about sqrt(45)·6e-8 = 4e-7 of the scale, well inside the CPU's 2e-6.
+inline constexpr OpTolerances kCudaTolerances{1e-6, 1e-6, 2e-6};
+
 // A backend factory: its name in test names, whether it computes with the host's CPU kernels (then its
-// outputs equal the host's bit for bit), and make(), which returns null with the reason when the backend is
-// absent (no CUDA device).
+// outputs equal the host's bit for bit), its kernels' tolerances, and make(), which returns null with the
+// reason when the backend is absent (no CUDA device).
 struct HostFactory {
   static constexpr const char* kName = "host";
   static constexpr bool kHostKernels = true;
+  static constexpr OpTolerances kTol = kCpuTolerances;
   static std::unique_ptr<Backend> make(std::string& why_absent);
 };
 struct SimFactory {
   static constexpr const char* kName = "sim";
   static constexpr bool kHostKernels = true;
+  static constexpr OpTolerances kTol = kCpuTolerances;
   static std::unique_ptr<Backend> make(std::string& why_absent);
 };
 struct CudaFactory {
   static constexpr const char* kName = "cuda";
   static constexpr bool kHostKernels = false;
+  static constexpr OpTolerances kTol = kCudaTolerances;
   static std::unique_ptr<Backend> make(std::string& why_absent);
 };
 // Instances are numbered (BasicOps/1.Rope): CTest's test discovery reads type-parameterized names only in that

@@ -3,10 +3,10 @@
 // runs of rows, and the SwiGLU expert with and without its limit.
 //
 // Tolerances: a float32 dot product's rounding error scales with sum_k |w_k·x_k| (the terms' magnitudes,
-// whatever their signs cancel to); the kernels, which accumulate in SIMD lanes and blocks, stay within 1.2e-7
-// of it at K = 4096, and 2e-6 of it (kDotTol) leaves a margin of ten or more for any accumulation order. The reference
-// applies the MXFP4 activation rounding to the op's input exactly as the kernels do (the input is exact), so int16
-// needs no wider tolerance there.
+// whatever their signs cancel to): the backend's dot tolerance of it (OpTolerances, op_test_support.h, per
+// backend: the CPU's SIMD lanes and the CUDA warps sum in different orders). The reference applies the MXFP4
+// activation rounding to the op's input exactly as the kernels do (the input is exact), so int16 needs no wider
+// tolerance there.
 #include <cmath>
 
 #include "op_test_support.h"
@@ -16,8 +16,6 @@ namespace ferry::runtime::ops_test {
 namespace {
 
 using core::WeightFormat;
-
-constexpr double kDotTol = 2e-6;
 
 int bits_of(core::ActivationBits b) { return static_cast<int>(b); }
 
@@ -88,7 +86,7 @@ TYPED_TEST(LinearOps, Linear) {
         const Vec y = view * xt, mag = abs_products(view, xt);
         for (int64_t r = 0; r < k.rows; ++r) {
           ref[sz(t * ys + k.y_offset + r)] = y[sz(r)];
-          tol[sz(t * ys + k.y_offset + r)] = kDotTol * mag[sz(r)];
+          tol[sz(t * ys + k.y_offset + r)] = TypeParam::kTol.dot * mag[sz(r)];
         }
       }
       expect_near(out->f32("y"), ref, tol, s.name + " linear " + k.text());
@@ -127,7 +125,7 @@ TYPED_TEST(LinearOps, LinearGrouped) {
               reference::mxfp4_input(slice(x, t, d), w[sz(g)].format == WeightFormat::MXFP4 ? bits_of(bits) : 0);
           const Vec y = W * xt, mag = abs_products(W, xt);
           ref.insert(ref.end(), y.begin(), y.end());
-          for (double v : mag) tol.push_back(kDotTol * v);
+          for (double v : mag) tol.push_back(TypeParam::kTol.dot * v);
         }
       }
       expect_near(out->f32("y"), ref, tol, s.name + " linear_grouped " + core::activation_bits_name(bits));
@@ -143,8 +141,8 @@ struct ExpertCase {
 
 // A routed expert (MXFP4, limit swiglu_limit, inputs large enough that the limit cuts) and, at the tiny
 // shapes, the shared one (FP8, no limit). The hidden vector's tolerance carries the gate and up products'
-// (kDotTol of sum |w·x| each, through silu' <= 1.1 and the other factor); the output's adds the hidden vector's
-// through w2.
+// (the dot tolerance of sum |w·x| each, through silu' <= 1.1 and the other factor); the output's adds the hidden
+// vector's through w2.
 TYPED_TEST(LinearOps, ExpertFfn) {
   for (const Shape& s : shapes()) {
     const int64_t d = s.c.hidden_size, inter = s.c.moe_intermediate_size, m = 3;
@@ -189,13 +187,14 @@ TYPED_TEST(LinearOps, ExpertFfn) {
           const double gi = k.limit > 0 ? std::min(g[sz(i)], k.limit) : g[sz(i)];
           const double ui = k.limit > 0 ? std::clamp(u[sz(i)], -k.limit, k.limit) : u[sz(i)];
           limited += k.limit > 0 && (g[sz(i)] > k.limit || std::fabs(u[sz(i)]) > k.limit);
-          const double err = kDotTol * (1.1 * std::fabs(ui) * a1[sz(i)] + std::fabs(reference::silu(gi)) * a3[sz(i)]);
+          const double err =
+              TypeParam::kTol.dot * (1.1 * std::fabs(ui) * a1[sz(i)] + std::fabs(reference::silu(gi)) * a3[sz(i)]);
           tol_h.push_back(err);
-          hmag[sz(i)] = std::fabs(h[sz(i)]) + err / kDotTol;
+          hmag[sz(i)] = std::fabs(h[sz(i)]) + err / TypeParam::kTol.dot;
         }
         ref_h.insert(ref_h.end(), h.begin(), h.end());
         ref_out.insert(ref_out.end(), y.begin(), y.end());
-        for (double v : abs_products(e.w2, hmag)) tol_out.push_back(kDotTol * v);
+        for (double v : abs_products(e.w2, hmag)) tol_out.push_back(TypeParam::kTol.dot * v);
       }
       const std::string what = s.name + " expert " + (k.format == WeightFormat::FP8 ? "fp8" : "mxfp4 ") +
                                (bits ? core::activation_bits_name(k.bits) : "");

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "planner/core/units.h"
+#include "runtime/backend/cuda/cuda_ops.h"
 #include "runtime/backend/cuda/cuda_util.h"
 #include "runtime/backend/cuda/pinned_memory.h"
 
@@ -56,11 +57,13 @@ struct Gate {
 
 }  // namespace
 
-// The copy stream and its events. Each copy is followed by an event with the next sequence number; the stream
-// runs in order, so events complete in sequence order and `landed` (all events up to it completed) is all
-// `completed` needs. Completed events go back to a pool: a copy costs no cudaEventCreate once warm.
+// A stream and its events: the copy stream or the compute stream. Each copy (op) is followed by an event with
+// the next sequence number; the stream runs in order, so events complete in sequence order and `landed` (all
+// events up to it completed) is all `completed` needs. Completed events go back to a pool: a copy or an op costs
+// no cudaEventCreate once warm.
 struct CudaBackend::Stream {
   std::string who;
+  const char* failed = "";  // what the error of a failed event says
   cudaStream_t stream = nullptr;
   std::mutex mu;
   uint64_t queued = 0;
@@ -89,7 +92,7 @@ struct CudaBackend::Stream {
         cudaGetLastError();  // "not ready" is an answer, not an error a later check should see
         return;
       }
-      check(status, who, "a copy on the stream failed");
+      check(status, who, failed);
       landed = pending.front().first;
       idle.push_back(pending.front().second);
       pending.pop_front();
@@ -98,28 +101,39 @@ struct CudaBackend::Stream {
 };
 
 CudaBackend::CudaBackend(int device)
-    : Backend(device_name(device), device_memory(device)), device_(device), stream_(std::make_unique<Stream>()) {
-  stream_->who = name();
+    : Backend(device_name(device), device_memory(device)),
+      device_(device),
+      stream_(std::make_unique<Stream>()),
+      compute_(std::make_unique<Stream>()) {
+  stream_->who = compute_->who = name();
+  stream_->failed = "a copy on the stream failed";
+  compute_->failed = "an op on the compute stream failed";
   DeviceGuard guard(device_, name());
-  // Non-blocking: the copy stream must not serialise with work on the legacy default stream.
+  // Non-blocking: neither stream may serialise with work on the legacy default stream.
   check(cudaStreamCreateWithFlags(&stream_->stream, cudaStreamNonBlocking), name(), "cudaStreamCreateWithFlags");
+  check(cudaStreamCreateWithFlags(&compute_->stream, cudaStreamNonBlocking), name(), "cudaStreamCreateWithFlags");
 }
 
 CudaBackend::~CudaBackend() {
   // A host function of pause() holds a pointer to the gate: if the stream did not drain, its state is left to
   // the process rather than freed under it.
-  if (!drain("leaving the copy stream to the process")) static_cast<void>(stream_.release());
+  if (!drain("leaving the streams to the process")) {
+    static_cast<void>(stream_.release());
+    static_cast<void>(compute_.release());
+  }
   DeviceGuard guard;
   cudaSetDevice(device_);
   stream_.reset();
+  compute_.reset();
 }
 
-// The event recorded here comes after everything on the stream, pause()'s host functions included.
+// The events recorded here come after everything on the streams, pause()'s host functions included.
 bool CudaBackend::drain(const char* otherwise) noexcept {
   resume();
   try {
     DeviceGuard guard(device_, name());
-    wait(record_copy(), kDrainTimeout);
+    wait_for(*compute_, record(*compute_), kDrainTimeout);
+    wait_for(*stream_, record(*stream_), kDrainTimeout);
     return true;
   } catch (const std::exception& e) {
     core::logger().error("{}; {}", e.what(), otherwise);
@@ -145,8 +159,7 @@ void CudaBackend::raw_free(void* p, int64_t bytes) {
   }
 }
 
-CopyEvent CudaBackend::record_copy() {
-  Stream& s = *stream_;
+uint64_t CudaBackend::record(Stream& s) {
   std::lock_guard<std::mutex> lock(s.mu);
   s.reap();
   cudaEvent_t event = nullptr;
@@ -162,7 +175,21 @@ CopyEvent CudaBackend::record_copy() {
     check(status, name(), "cudaEventRecord");
   }
   s.pending.emplace_back(++s.queued, event);
-  return {s.queued};
+  return s.queued;
+}
+
+// The wait is enqueued under the lock: the event cannot go back to the pool, and be recorded again, before it.
+void CudaBackend::order_after(Stream& waiter, Stream& s, uint64_t sequence) {
+  if (sequence == 0) return;
+  std::lock_guard<std::mutex> lock(s.mu);
+  FERRY_CHECK(sequence <= s.queued, "{}: waiting for an event this device never issued", name());
+  s.reap();
+  if (sequence <= s.landed) return;
+  for (const auto& [seq, event] : s.pending)
+    if (seq == sequence) {
+      check(cudaStreamWaitEvent(waiter.stream, event, 0), name(), "cudaStreamWaitEvent");
+      return;
+    }
 }
 
 // The copy is queued outside the lock and its event inside: events are still recorded in sequence order,
@@ -175,7 +202,15 @@ CopyEvent CudaBackend::copy_to_device(DeviceBuffer& dst, int64_t offset, const v
     check(cudaMemcpyAsync(static_cast<char*>(dst.data()) + offset, src, static_cast<size_t>(bytes),
                           cudaMemcpyHostToDevice, stream_->stream),
           name(), "cudaMemcpyAsync to the device");
-  return record_copy();
+  return {record(*stream_)};
+}
+
+CopyEvent CudaBackend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
+                                            ComputeEvent after) {
+  check_copy(dst, offset, src, bytes);
+  DeviceGuard guard(device_, name());
+  order_after(*stream_, *compute_, after.sequence);
+  return copy_to_device(dst, offset, src, bytes);
 }
 
 void CudaBackend::copy_to_host(void* dst, const DeviceBuffer& src, int64_t offset, int64_t bytes,
@@ -189,7 +224,7 @@ void CudaBackend::copy_to_host(void* dst, const DeviceBuffer& src, int64_t offse
     check(cudaMemcpyAsync(dst, static_cast<const char*>(src.data()) + offset, static_cast<size_t>(bytes),
                           cudaMemcpyDeviceToHost, stream_->stream),
           name(), "cudaMemcpyAsync to the host");
-  wait(record_copy(), timeout);
+  wait_for(*stream_, record(*stream_), timeout);
 }
 
 std::shared_ptr<void> CudaBackend::pin_host(void* p, int64_t bytes) {
@@ -197,28 +232,45 @@ std::shared_ptr<void> CudaBackend::pin_host(void* p, int64_t bytes) {
   return pinned_handle(bytes, std::move(registration));
 }
 
-ComputeEvent CudaBackend::run(const ops::Op& op, CopyEvent, DeviceRange) {
-  FERRY_THROW("{}: no CUDA kernel for {} yet; run the forward pass on the CPU or the simulated device", name(),
-              ops::kind_name(ops::kind_of(op)));
+bool CudaBackend::supports(ops::Kind kind) const { return has_kernel(kind); }
+
+// `reads` serves the simulated device's overwrite check; here the streams' events order copies and ops.
+ComputeEvent CudaBackend::run(const ops::Op& op, CopyEvent after, DeviceRange) {
+  DeviceGuard guard(device_, name());
+  order_after(*compute_, *stream_, after.sequence);
+  launch_op(op, compute_->stream, name());
+  return {record(*compute_)};
 }
 
-bool CudaBackend::completed(CopyEvent e) const {
-  Stream& s = *stream_;
+bool CudaBackend::landed(Stream& s, uint64_t sequence) const {
   std::lock_guard<std::mutex> lock(s.mu);
-  FERRY_CHECK(e.sequence <= s.queued, "{}: an event this device never issued", name());
-  if (e.sequence > s.landed) s.reap();
-  return s.landed >= e.sequence;
+  FERRY_CHECK(sequence <= s.queued, "{}: an event this device never issued", name());
+  if (sequence > s.landed) s.reap();
+  return s.landed >= sequence;
 }
+
+bool CudaBackend::completed(CopyEvent e) const { return landed(*stream_, e.sequence); }
+bool CudaBackend::completed(ComputeEvent e) const { return landed(*compute_, e.sequence); }
 
 void CudaBackend::wait(CopyEvent e, std::chrono::milliseconds timeout) const {
+  wait_for(*stream_, e.sequence, timeout);
+}
+
+void CudaBackend::wait(ComputeEvent e, std::chrono::milliseconds timeout) const {
+  wait_for(*compute_, e.sequence, timeout);
+}
+
+void CudaBackend::wait_for(Stream& s, uint64_t sequence, std::chrono::milliseconds timeout) const {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
-  // A small copy lands within microseconds: poll without sleeping first, then back off to naps of at most a
-  // millisecond, so that a long copy costs little CPU and is still seen soon after it lands.
+  // A small copy or op completes within microseconds: poll without sleeping first, then back off to naps of at
+  // most a millisecond, so that a long one costs little CPU and is still seen soon after it completes.
   int polls = 0;
   std::chrono::microseconds nap(10);
-  while (!completed(e)) {
+  while (!landed(s, sequence)) {
     const auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) FERRY_THROW("{}: a copy did not land within {} ms", name(), timeout.count());
+    if (now >= deadline)
+      FERRY_THROW("{}: {} within {} ms", name(), &s == stream_.get() ? "a copy did not land" : "an op did not finish",
+                  timeout.count());
     if (++polls <= 64) {
       std::this_thread::yield();
     } else {

@@ -1,7 +1,10 @@
 // The CUDA device `cuda:N` as a Backend: device memory from cudaMalloc, accounted in the ledger like every
-// device's; copies from host memory queued with cudaMemcpyAsync on a dedicated non-blocking copy stream, each
-// followed by an event from a pool, so that `completed` is an event query and `wait` polls it against its
-// timeout. No CUDA type appears here: CPU-only code can name the type, and make_cuda_backend is what it calls.
+// device's; copies from host memory queued with cudaMemcpyAsync on a dedicated non-blocking copy stream, and ops
+// launched as CUDA kernels (runtime/kernels/cuda, via cuda_ops.h) on a second non-blocking stream, the compute
+// stream. Each copy and each op is followed by an event from its stream's pool, so that `completed` is an event
+// query and `wait` polls it against its timeout; an op waits for the copy it needs, and a copy for the op it
+// must not overtake, with cudaStreamWaitEvent. No CUDA type appears here: CPU-only code can name the type, and
+// make_cuda_backend is what it calls.
 // cuda_backend.cpp is built only with CUDA; without it, no_cuda.cpp defines the entry points to say so.
 #pragma once
 
@@ -30,14 +33,18 @@ class CudaBackend final : public Backend {
   // Page-locks the range with cudaHostRegister (a staging buffer the host allocated); throws ferry::Error with
   // CUDA's message when it cannot.
   std::shared_ptr<void> pin_host(void* p, int64_t bytes) override;
-  // No CUDA kernels exist yet (issue 19): this device supports no op, and running one throws ferry::Error.
-  bool supports(ops::Kind) const override { return false; }
+  // The kinds with a CUDA kernel (cuda_ops.h): embedding, RMSNorm, RoPE, the stream sum, linear layers. run()
+  // throws ferry::Error naming the device and the op for any other kind, and for arguments its kernel does not
+  // take (cuda_ops.h).
+  bool supports(ops::Kind kind) const override;
   ComputeEvent run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) override;
-  using Backend::completed;
-  using Backend::wait;
-  // Throws ferry::Error naming the device when a copy on the stream failed.
+  // Throws ferry::Error naming the device when a copy (an op) on the stream failed.
   bool completed(CopyEvent e) const override;
   void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const override;
+  bool completed(ComputeEvent e) const override;
+  void wait(ComputeEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const override;
+  CopyEvent copy_to_device_after(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes,
+                                 ComputeEvent after) override;
 
   // Reads `bytes` at `offset` of `src` into host memory, after every copy queued before it; returns when they
   // have landed. A pageable `dst` makes CUDA block in the call until the stream reaches the copy (so do not
@@ -57,22 +64,28 @@ class CudaBackend final : public Backend {
 
  protected:
   void* raw_allocate(int64_t bytes) override;
-  // Waits for the copy stream first (a queued copy may target this memory). When it does not drain within a
-  // minute, or a copy failed, the memory is left allocated, with a line on stderr: freeing memory that a copy
-  // may still write would corrupt the next allocation.
+  // Waits for both streams first (a queued copy may target this memory, a queued op read or write it). When one
+  // does not drain within a minute, or failed, the memory is left allocated, with a line on stderr: freeing
+  // memory that a copy or a kernel may still write would corrupt the next allocation.
   void raw_free(void* p, int64_t bytes) override;
 
  private:
   struct Stream;
 
-  // Records the next event, after everything queued on the stream so far.
-  CopyEvent record_copy();
-  // Resumes the stream and waits for everything queued on it; for destructors, so it reports on stderr
-  // (ending with `otherwise`) instead of throwing, and returns false, when the stream does not drain.
+  // Records the next event of `s`, after everything queued on it so far; returns its sequence number.
+  uint64_t record(Stream& s);
+  // Whether event `sequence` of `s` has completed; blocks until it has, polling against `timeout`.
+  bool landed(Stream& s, uint64_t sequence) const;
+  void wait_for(Stream& s, uint64_t sequence, std::chrono::milliseconds timeout) const;
+  // Makes `waiter` hold its next work until event `sequence` of `s` has completed (nothing when it has).
+  void order_after(Stream& waiter, Stream& s, uint64_t sequence);
+  // Resumes the copy stream and waits for everything queued on both streams; for destructors, so it reports on
+  // stderr (ending with `otherwise`) instead of throwing, and returns false, when a stream does not drain.
   bool drain(const char* otherwise) noexcept;
 
   int device_;
-  std::unique_ptr<Stream> stream_;
+  std::unique_ptr<Stream> stream_;   // copies
+  std::unique_ptr<Stream> compute_;  // kernels
 };
 
 // `cuda:N` for code that holds backends by their interface. Throws ferry::Error naming the device when it is

@@ -1,0 +1,106 @@
+#include "runtime/backend/cuda/cuda_ops.h"
+
+#include <algorithm>
+
+#include "planner/core/error.h"
+#include "runtime/backend/cuda/cuda_util.h"
+#include "runtime/kernels/cuda/kernels.h"
+
+namespace ferry::runtime::cuda {
+
+namespace {
+
+void launch(const ops::Embed& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.table.format == core::WeightFormat::BF16, "{}: embed: the CUDA kernel reads a BF16 table", who);
+  EmbedArgs args;
+  args.table = reinterpret_cast<const uint16_t*>(a.table.data) + a.table.row_begin * a.table.cols;
+  args.cols = a.table.cols;
+  args.copies = a.copies;
+  for (int64_t t0 = 0; t0 < a.n; t0 += kEmbedTokensPerLaunch) {
+    args.n = std::min<int64_t>(kEmbedTokensPerLaunch, a.n - t0);
+    args.out = a.out + t0 * a.copies * a.table.cols;
+    for (int64_t t = 0; t < args.n; ++t) {
+      const int32_t token = a.tokens[t0 + t];
+      FERRY_CHECK(token >= 0 && token < a.table.rows, "{}: embed: token {} is outside the table of {} rows", who, token,
+                  a.table.rows);
+      args.tokens[t] = token;
+    }
+    check(launch_embed(args, stream), who, "embed kernel launch");
+  }
+}
+
+void launch(const ops::RmsNorm& a, cudaStream_t stream, const std::string& who) {
+  RmsNormArgs args;
+  args.x = a.x, args.rows = a.rows, args.dim = a.dim;
+  args.x_stride = a.x_stride ? a.x_stride : a.dim, args.out_stride = a.out_stride ? a.out_stride : a.dim;
+  args.weight = a.weight, args.eps = a.eps, args.out = a.out;
+  check(launch_rms_norm(args, stream), who, "rms_norm kernel launch");
+}
+
+void launch(const ops::Rope& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.head_dim - a.offset == 2 * a.freqs.count,
+              "{}: rope: the rope part of a head is not 2 x its frequencies", who);
+  FERRY_CHECK(a.freqs.count <= kMaxRopeFreqs, "{}: rope: {} frequencies, the CUDA kernel takes at most {}", who,
+              a.freqs.count, kMaxRopeFreqs);
+  RopeArgs args;
+  args.x = a.x;
+  args.n = a.n, args.heads = a.heads, args.head_dim = a.head_dim, args.offset = a.offset, args.p0 = a.p0;
+  args.count = a.freqs.count;
+  args.inverse = a.inverse;
+  std::copy_n(a.freqs.freqs, a.freqs.count, args.freqs);
+  check(launch_rope(args, stream), who, "rope kernel launch");
+}
+
+void launch(const ops::AddStreams& a, cudaStream_t stream, const std::string& who) {
+  check(launch_add_streams({a.a, a.b, a.n, a.streams, a.d, a.out}, stream), who, "add_streams kernel launch");
+}
+
+MatvecFormat matvec_format(core::WeightFormat f) {
+  switch (f) {
+    case core::WeightFormat::F32: return MatvecFormat::F32;
+    case core::WeightFormat::BF16: return MatvecFormat::BF16;
+    case core::WeightFormat::FP8: return MatvecFormat::FP8;
+    case core::WeightFormat::MXFP4: return MatvecFormat::MXFP4;
+  }
+  FERRY_THROW("linear: unknown weight format {}", static_cast<int>(f));
+}
+
+void launch(const ops::Linear& a, cudaStream_t stream, const std::string& who) {
+  const core::WeightView& w = a.w;
+  FERRY_CHECK(w.data != nullptr && w.rows >= 0 && w.cols > 0, "{}: linear: empty weight view", who);
+  FERRY_CHECK(w.format != core::WeightFormat::MXFP4 || w.cols % core::kFp4Block == 0,
+              "{}: linear: MXFP4 cols not a multiple of 32", who);
+  FERRY_CHECK(w.cols <= kMatvecMaxCols,
+              "{}: linear: {} input columns; the CUDA matrix-vector kernel stages at most {} in shared memory", who,
+              w.cols, kMatvecMaxCols);
+  FERRY_CHECK(a.n <= kMatvecMaxTokens, "{}: linear: {} tokens; the CUDA matrix-vector kernel takes at most {} a launch",
+              who, a.n, kMatvecMaxTokens);
+  MatvecArgs args;
+  args.format = matvec_format(w.format);
+  args.codes = w.data, args.scales = w.scales;
+  args.row_begin = w.row_begin, args.rows = w.rows, args.cols = w.cols;
+  args.x = a.x, args.n = a.n, args.x_stride = a.x_stride ? a.x_stride : w.cols;
+  args.y = a.y, args.y_stride = a.y_stride ? a.y_stride : w.rows;
+  args.bits = static_cast<int>(a.bits);
+  check(launch_matvec(args, stream), who, "linear kernel launch");
+}
+
+template <class Op>
+void launch(const Op&, cudaStream_t, const std::string& who) {
+  FERRY_THROW("{}: no CUDA kernel for {} yet; run it on the CPU or the simulated device", who,
+              ops::kind_name(ops::kind_of(ops::Op(Op{}))));
+}
+
+}  // namespace
+
+bool has_kernel(ops::Kind kind) {
+  using ops::Kind;
+  return kind == Kind::Embed || kind == Kind::RmsNorm || kind == Kind::Rope || kind == Kind::AddStreams ||
+         kind == Kind::Linear;
+}
+
+void launch_op(const ops::Op& op, cudaStream_t stream, const std::string& who) {
+  std::visit([&](const auto& a) { launch(a, stream, who); }, op);
+}
+
+}  // namespace ferry::runtime::cuda
