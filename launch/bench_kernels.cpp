@@ -1,6 +1,5 @@
 #include "launch/bench_kernels.h"
 
-#include <tbb/global_control.h>
 #include <tbb/parallel_for.h>
 #include <unistd.h>
 
@@ -9,10 +8,10 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
-#include <memory>
 #include <string>
 #include <vector>
 
+#include "runtime/backend/worker_threads.h"
 #include "runtime/kernels/cpu/matvec.h"
 
 namespace ferry::launch {
@@ -187,16 +186,16 @@ double triad_gbps(int reps) {
   return 12.0 * double(n) / best / 1e9;
 }
 
-void run_kernel_bench(int repetitions, int working_set_mib, int threads, const std::vector<int>& token_counts) {
-  std::unique_ptr<tbb::global_control> limit;
-  if (threads > 0) limit = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, threads);
+namespace {
+
+// The benchmark, run in the workers' arena: every parallel loop uses their threads, each single-thread kernel the
+// calling thread on its core.
+void run_in_arena(int repetitions, int working_set_mib, const std::vector<int>& token_counts) {
   const size_t llc = last_level_cache_bytes();
   if (working_set_mib <= 0) working_set_mib = static_cast<int>(std::max<size_t>(256, 2 * (llc >> 20)));
   const double triad = triad_gbps(repetitions);
-  std::printf("ferry bench kernels: %d threads, last-level cache %zu MiB, %d MiB of weights cycled\n",
-              threads > 0 ? std::min(threads, tbb::this_task_arena::max_concurrency())
-                          : tbb::this_task_arena::max_concurrency(),
-              llc >> 20, working_set_mib);
+  std::printf("ferry bench kernels: %s, last-level cache %zu MiB, %d MiB of weights cycled\n",
+              runtime::worker_threads_text().c_str(), llc >> 20, working_set_mib);
   std::printf(
       "MXFP4 rows: code path, then the activation precision (int24: the forward pass's default, as exact as\n"
       "float; int16 / int8: ferry run --expert-activations int16 / int8; int8 runs the whole-block kernels)\n");
@@ -239,6 +238,14 @@ void run_kernel_bench(int repetitions, int working_set_mib, int threads, const s
       bench_chunks(s.rows, s.cols, s.what, token_counts, repetitions, fp4_weights, fp8_weights);
     }
   }
+}
+
+}  // namespace
+
+void run_kernel_bench(int repetitions, int working_set_mib, const std::vector<int>& token_counts) {
+  // The forward pass's threads: one per physical core (or --threads), each pinned to its core.
+  runtime::WorkerArena workers;
+  workers.execute([&] { run_in_arena(repetitions, working_set_mib, token_counts); });
 }
 
 }  // namespace ferry::launch

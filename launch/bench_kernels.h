@@ -12,8 +12,8 @@ namespace ferry::launch {
 double triad_gbps(int reps);
 
 // Weights are cycled through `working_set_mib` of distinct matrices (0: twice the last-level cache, at least
-// 256 MiB), so they come from RAM, not the caches. threads 0: all cores. token_counts: the chunk sizes of the
-// prefill part (none: skip it).
-void run_kernel_bench(int repetitions, int working_set_mib, int threads, const std::vector<int>& token_counts);
+// 256 MiB), so they come from RAM, not the caches. Runs on the worker threads (worker_threads.h: set_worker_threads
+// first). token_counts: the chunk sizes of the prefill part (none: skip it).
+void run_kernel_bench(int repetitions, int working_set_mib, const std::vector<int>& token_counts);
 
 }  // namespace ferry::launch

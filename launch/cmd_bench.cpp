@@ -25,6 +25,7 @@
 #include "launch/plan_flags.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
+#include "runtime/backend/worker_threads.h"
 
 namespace ferry::launch {
 namespace {
@@ -61,7 +62,8 @@ class BenchCommand : public Command {
                      "MiB of distinct weights cycled through, to defeat the caches (default: 2x the last-level cache, "
                      "at least 256)")
         ->check(CLI::Range(8, 65536));
-    kernels_->add_option("--threads", threads_, "Worker threads (default: all cores)")->check(CLI::Range(1, 4096));
+    kernels_->add_option("--threads", threads_, "Worker threads (default: one per physical core)")
+        ->check(CLI::Range(1, 4096));
     kernels_
         ->add_option("--tokens", token_counts_,
                      "Prefill chunk sizes for the multi-token kernels, e.g. 8,64 (default 8,64; 0: skip)")
@@ -91,7 +93,8 @@ class BenchCommand : public Command {
       std::vector<int> counts;
       for (int n : token_counts_)
         if (n > 0) counts.push_back(n);
-      run_kernel_bench(repetitions_, working_set_mib_, threads_, counts);
+      runtime::set_worker_threads(threads_);
+      run_kernel_bench(repetitions_, working_set_mib_, counts);
       return kExitOk;
     }
     PlanFlags flags = plan_flags_;

@@ -11,6 +11,7 @@
 
 #include "planner/core/error.h"
 #include "planner/core/units.h"
+#include "runtime/backend/worker_threads.h"
 
 namespace ferry::runtime {
 
@@ -142,12 +143,11 @@ planner::GpuSpec gpu_spec_from_report(int index, const DeviceReport& report, std
 }
 
 planner::HostSpec probe_host(std::vector<std::string>& notes) {
-  // Disallowed PUs and NUMA nodes are kept in the topology so that a cpuset restriction can be told apart from
-  // hwloc under-reporting memory; only the allowed ones are counted.
+  // Disallowed NUMA nodes are kept in the topology so that a cpuset restriction can be told apart from hwloc
+  // under-reporting memory; only the allowed ones are counted.
   Topology topology(HWLOC_TOPOLOGY_FLAG_INCLUDE_DISALLOWED);
   hwloc_topology_t t = topology.get();
   hwloc_const_nodeset_t allowed_nodes = hwloc_topology_get_allowed_nodeset(t);
-  hwloc_const_cpuset_t allowed_cpus = hwloc_topology_get_allowed_cpuset(t);
 
   planner::HostSpec host;
   int numa_nodes = 0;
@@ -173,16 +173,11 @@ planner::HostSpec probe_host(std::vector<std::string>& notes) {
   FERRY_CHECK(ram > 0, "hwloc reports no memory size for this machine: give it with --host-ram");
   host.ram_bytes = ram;
 
-  int cores = 0;
-  for (hwloc_obj_t core = hwloc_get_next_obj_by_type(t, HWLOC_OBJ_CORE, nullptr); core != nullptr;
-       core = hwloc_get_next_obj_by_type(t, HWLOC_OBJ_CORE, core)) {
-    if (hwloc_bitmap_intersects(core->cpuset, allowed_cpus)) ++cores;
-  }
-  if (cores == 0) {
-    cores = hwloc_bitmap_weight(allowed_cpus);
-    notes.push_back("hwloc reports no physical cores: counting " + std::to_string(cores) + " hardware threads instead");
-  }
-  host.cores = std::max(1, cores);
+  bool counted_hardware_threads = false;
+  host.cores = allowed_physical_cores(&counted_hardware_threads);  // what the workers default to
+  if (counted_hardware_threads)
+    notes.push_back("hwloc reports no physical cores: counting " + std::to_string(host.cores) +
+                    " hardware threads instead");
 
   host.memory_bandwidth = planner::kDefaultHostBandwidth;
   host.gflops_per_core = planner::kDefaultGflopsPerCore;

@@ -22,10 +22,10 @@ struct ProbeResult {
 // note, never an exception.
 ProbeResult probe_hardware();
 
-// RAM, NUMA nodes and physical cores from hwloc, counting only what this process may use (cgroup cpusets); RAM
-// falls back to the kernel's total where hwloc under-reports it. Memory bandwidth and per-core throughput are not
-// measured: the planner defaults are used and a note says so. Throws ferry::Error only when hwloc cannot load the
-// topology at all.
+// RAM, NUMA nodes and physical cores (allowed_physical_cores(), worker_threads.h) from hwloc, counting only what
+// this process may use (cgroup cpusets); RAM falls back to the kernel's total where hwloc under-reports it. Memory
+// bandwidth and per-core throughput are not measured: the planner defaults are used and a note says so. Throws
+// ferry::Error only when hwloc cannot load the topology at all.
 planner::HostSpec probe_host(std::vector<std::string>& notes);
 
 // Every visible CUDA device, in CUDA ordinal order. No driver or no device: {} and a note. A device that is

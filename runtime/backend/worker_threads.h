@@ -5,13 +5,16 @@
 //   Where: a session computes in an arena of its own, as wide as the count (WorkerArena), so that the thread
 //   index its tile loops see is below the width its workspace was sized for, and sessions computing at once (one
 //   per rank-0 slot under mpirun) never wait for each other's arena slot. While a thread computes there it is
-//   pinned with hwloc to the core of its arena slot, cores in hwloc's order (a NUMA node's cores together), and
-//   its own binding comes back when it leaves. Routed experts bound to a NUMA node are computed by that node's
-//   arena (numa_arenas.h).
+//   pinned with hwloc to the core of its arena slot, cores in hwloc's order (a NUMA node's cores together). The
+//   thread that called execute() gets its own binding back when it returns; oneTBB's workers stay on their core
+//   when they leave, so that joining the next parallel region on the same core costs no system call (work that
+//   runs outside these arenas, in oneTBB's default arena, may find them there). Routed experts bound to a NUMA
+//   node are computed by that node's arena (numa_arenas.h).
 #pragma once
 
 #include <tbb/task_arena.h>
 
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <utility>
@@ -24,8 +27,13 @@ namespace ferry::runtime {
 void set_worker_threads(int threads, int host_rank = 0, int host_ranks = 1);
 // The count in effect: set_worker_threads's, or this process's share of the physical cores it may run on.
 int worker_threads();
-// The physical cores this process may run on (hwloc; its hardware threads when hwloc names no cores).
-int allowed_physical_cores();
+// The physical cores this process may run on (hwloc: the cores with a hardware thread in its allowed cpuset), as the
+// workers count them and the hardware probe reports them. Where hwloc names no cores, its allowed hardware threads,
+// and `*counted_hardware_threads` (if given) is set.
+int allowed_physical_cores(bool* counted_hardware_threads = nullptr);
+// How many times a thread has been bound to a core since the process began: a system call each, on the way into a
+// parallel region (tests check that a thread entering the core it is on again makes none).
+int64_t core_bindings();
 // For timing lines: "2 threads, one per physical core, pinned" or "3 threads (--threads; 2 physical cores), pinned".
 std::string worker_threads_text();
 

@@ -14,53 +14,26 @@ import subprocess
 import sys
 import time
 
-ferry, work = sys.argv[1], sys.argv[2]
-shutil.rmtree(work, ignore_errors=True)
-os.makedirs(work)
-good, other = os.path.join(work, "good"), os.path.join(work, "other")
-subprocess.run([ferry, "make-tiny", good], check=True, capture_output=True)
-subprocess.run([ferry, "make-tiny", other, "--seed", "7"], check=True, capture_output=True)
-VOCAB = 512
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from ferry_test_support import (csv, expect_one_line_error, fresh_dir, ids_of, make_tiny, npy_rows,  # noqa: E402
+                                printed_ids)
+
+ferry, work = sys.argv[1], fresh_dir(sys.argv[2])
+good = make_tiny(ferry, os.path.join(work, "good"))
+other = make_tiny(ferry, os.path.join(work, "other"), seed=7)
 KV = ["--kv-type", "q8_0", "--ctx", "256", "--ignore-eos"]
 
 
-def ids_of(n, seed):
-    x, out = seed, []
-    for _ in range(n):
-        x = (x * 6364136223846793005 + 1442695040888963407) % 2**64
-        out.append(3 + (x >> 33) % 509)
-    return out
-
-
 def run(*args, model=good, env=None, prefix=()):
-    return subprocess.run([*prefix, ferry, "run", "-m", model, *args], capture_output=True, text=True,
+    return subprocess.run([*prefix, ferry, "run", "-m", model, *args], capture_output=True, text=True, timeout=300,
                           env=None if env is None else {**os.environ, **env})
-
-
-def csv(ids):
-    return ",".join(str(i) for i in ids)
-
-
-def npy_rows(path):
-    """The raw float32 bytes of each row of a [n, VOCAB] .npy file."""
-    with open(path, "rb") as f:
-        data = f.read()
-    n = int.from_bytes(data[8:10], "little")
-    body = data[10 + n:]
-    assert len(body) % (4 * VOCAB) == 0, path
-    return [body[i:i + 4 * VOCAB] for i in range(0, len(body), 4 * VOCAB)]
-
-
-def ok(r):
-    assert r.returncode == 0, r.stderr
-    return [int(x) for x in r.stdout.strip().split(",")]
 
 
 F = os.path.join(work, "s.ferry")
 P1 = ids_of(37, 1)
 # First run: the file does not exist yet; the prompt and the generated tokens (all fed: --logits-out) are saved.
 r1 = run("--tokens", csv(P1), "-n", "3", "--logits-out", os.path.join(work, "a.npy"), "--session", F, *KV)
-g1 = ok(r1)
+g1 = printed_ids(r1)
 assert f"session: {F} does not exist yet; fed all 37 prompt tokens" in r1.stderr, r1.stderr
 assert f"session: saved 40 tokens to {F} (" in r1.stderr and "MiB)" in r1.stderr, r1.stderr
 P2 = P1 + g1 + ids_of(12, 2)
@@ -68,10 +41,10 @@ saved_after_first = open(F, "rb").read()
 shutil.copy(F, F + ".copy")
 
 # One run of the whole prompt.
-whole = ok(run("--tokens", csv(P2), "-n", "5", "--logits-out", os.path.join(work, "whole.npy"), *KV))
+whole = printed_ids(run("--tokens", csv(P2), "-n", "5", "--logits-out", os.path.join(work, "whole.npy"), *KV))
 # Second run: restores 40 tokens and feeds the 12 new ones.
 r2 = run("--tokens", csv(P2), "-n", "5", "--logits-out", os.path.join(work, "b.npy"), "--session", F, *KV)
-assert ok(r2) == whole, (r2.stdout, whole)
+assert printed_ids(r2) == whole, (r2.stdout, whole)
 assert f"session: restored 40 tokens from {F}; fed 12 new" in r2.stderr, r2.stderr
 assert f"session: saved 57 tokens to {F}" in r2.stderr, r2.stderr
 rows_whole, rows_a, rows_b = (npy_rows(os.path.join(work, n)) for n in ("whole.npy", "a.npy", "b.npy"))
@@ -84,7 +57,7 @@ G = os.path.join(work, "sim.ferry")
 shutil.copy(F + ".copy", G)
 r3 = run("--tokens", csv(P2), "-n", "5", "--logits-out", os.path.join(work, "c.npy"), "--session", G,
          "--gpu", "sim:64MiB", *KV)
-assert ok(r3) == whole, (r3.stdout, r3.stderr)
+assert printed_ids(r3) == whole, (r3.stdout, r3.stderr)
 assert npy_rows(os.path.join(work, "c.npy")) == rows_whole[40:], "on sim the logits differ"
 
 
@@ -92,10 +65,7 @@ def expect_error(pattern, session, model=good, prefix=(), kv="q8_0", tokens=P2):
     before = open(session, "rb").read() if os.path.isfile(session) and os.access(session, os.R_OK) else None
     r = run("--tokens", csv(tokens), "-n", "2", "--session", session, *KV[2:], "--kv-type", kv, model=model,
             prefix=prefix)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode != 0, f"{session}: exit 0"
-    assert len(lines) == 1, f"{session}: expected one stderr line, got {r.stderr!r}"
-    assert pattern in lines[0] and session in lines[0], f"{lines[0]!r} does not mention {pattern!r} and the file"
+    expect_one_line_error(r, pattern, session)
     if before is not None:
         assert open(session, "rb").read() == before, f"{session} changed"
 
@@ -155,7 +125,7 @@ p.send_signal(signal.SIGKILL)
 p.wait(timeout=30)
 assert open(F, "rb").read() == saved, "the killed save changed the previous file"
 r4 = run("--tokens", csv(P3), "-n", "2", "--session", F, *KV)
-ok(r4)
+printed_ids(r4)
 assert f"session: restored 57 tokens from {F}; fed 20 new" in r4.stderr, r4.stderr
 assert not os.path.exists(tmp), f"the next save left the killed save's {tmp}"
 assert sorted(n for n in os.listdir(work) if n.startswith("s.ferry")) == ["s.ferry", "s.ferry.copy"], os.listdir(work)

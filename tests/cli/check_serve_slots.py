@@ -4,84 +4,40 @@
 from it (the slot then holds more than was restored) and answers exactly what the unbroken server answers. Bad requests and bad files get a
 4xx with one message and leave the slot as it was (saved again, the same bytes); without --slot-save-path,
 save and restore get 501."""
-import json
 import os
 import re
-import shutil
-import signal
-import subprocess
 import sys
-import threading
-import urllib.error
-import urllib.request
 
-ferry, work = sys.argv[1], sys.argv[2]
-shutil.rmtree(work, ignore_errors=True)
-os.makedirs(work)
-tiny = os.path.join(work, "tiny")
-subprocess.run([ferry, "make-tiny", tiny, "--seed", "5"], check=True, capture_output=True)
-other = os.path.join(work, "other")
-subprocess.run([ferry, "make-tiny", other, "--seed", "6"], check=True, capture_output=True)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from ferry_test_support import Server, fresh_dir, make_tiny  # noqa: E402
+
+ferry, work = sys.argv[1], fresh_dir(sys.argv[2])
+tiny = make_tiny(ferry, os.path.join(work, "tiny"), seed=5)
+other = make_tiny(ferry, os.path.join(work, "other"), seed=6)
 saves = os.path.join(work, "saves")
 os.makedirs(saves)
 
 
-class Server:
-    def __init__(self, model, *flags):
-        cmd = [ferry, "serve", "-m", model, "--port", "0", "--ctx", "1024", "--parallel", "2", "--snapshot-every", "8",
-               *flags]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        self.log, self.port = "", None
-        ready = threading.Event()
+def serve(model, *flags):
+    return Server([ferry, "serve", "-m", model, "--port", "0", "--ctx", "1024", "--parallel", "2", "--snapshot-every",
+                   "8", *flags])
 
-        def read():
-            for line in self.proc.stderr:
-                self.log += line
-                m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    ready.set()
-            ready.set()
 
-        threading.Thread(target=read, daemon=True).start()
-        assert ready.wait(60) and self.port, self.log
-
-    def post(self, path, body):
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=60) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as e:
-            return e.code, json.load(e)
-
-    def counters(self):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=60) as r:
-            text = r.read().decode()
-        return {k: float(re.search(rf"^ferry_prompt_tokens_{k}_total (\S+)$", text, re.M).group(1))
-                for k in ("cached", "computed")}
-
-    def complete(self, prompt):
-        status, body = self.post("/v1/completions", {"prompt": prompt, "max_tokens": 8, "temperature": 0})
-        assert status == 200, body
-        return body["choices"][0]["text"]
-
-    def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        assert self.proc.wait(timeout=60) == 0, self.log
+def counters(server):
+    return {k: server.metric(f"ferry_prompt_tokens_{k}_total") for k in ("cached", "computed")}
 
 
 FIRST = "The first turn of a conversation that goes on and on about many things"
 SECOND = " and then a second turn"
 
 # The unbroken run: two turns on one server.
-unbroken = Server(tiny, "--slot-save-path", saves)
+unbroken = serve(tiny, "--slot-save-path", saves)
 answer1 = unbroken.complete(FIRST)
 answer2 = unbroken.complete(FIRST + answer1 + SECOND)
 unbroken.stop()
 
 # The same first turn, its slot saved, the server restarted, the slot restored, the second turn.
-first = Server(tiny, "--slot-save-path", saves)
+first = serve(tiny, "--slot-save-path", saves)
 assert first.complete(FIRST) == answer1
 status, saved = first.post("/slots/0?action=save", {"filename": "conv.bin"})
 assert status == 200 and saved["id_slot"] == 0 and saved["n_saved"] > 10 and saved["n_written"] > 0, saved
@@ -89,7 +45,7 @@ assert os.path.getsize(os.path.join(saves, "conv.bin")) == saved["n_written"], s
 first.stop()
 good = open(os.path.join(saves, "conv.bin"), "rb").read()
 
-server = Server(tiny, "--slot-save-path", saves)
+server = serve(tiny, "--slot-save-path", saves)
 status, restored = server.post("/slots/0?action=restore", {"filename": "conv.bin"})
 assert status == 200 and restored["n_restored"] == saved["n_saved"] and restored["n_read"] == saved["n_written"], \
     restored
@@ -101,7 +57,7 @@ flipped = bytearray(good)
 flipped[len(good) // 2] ^= 0x40
 with open(os.path.join(saves, "flipped.bin"), "wb") as f:
     f.write(flipped)
-other_server = Server(other, "--slot-save-path", saves)
+other_server = serve(other, "--slot-save-path", saves)
 assert other_server.complete("another model") is not None
 assert other_server.post("/slots/0?action=save", {"filename": "other.bin"})[0] == 200
 other_server.stop()
@@ -132,9 +88,9 @@ assert open(os.path.join(saves, "again.bin"), "rb").read() == good, "the slot ch
 # unbroken server's answer. The slot's snapshots (every 8 tokens) were restored with it: the turn reuses the
 # restored prefix up to a snapshot instead of computing it again (without them a rewind into it would start at 0
 # and nothing would count as cached).
-before = server.counters()
+before = counters(server)
 assert server.complete(FIRST + answer1 + SECOND) == answer2
-after = server.counters()
+after = counters(server)
 cached, computed = after['cached'] - before['cached'], after['computed'] - before['computed']
 print(f"restored slot: the second turn answered as the unbroken server; cached {cached:.0f}, computed {computed:.0f}"
       " prompt tokens")
@@ -143,7 +99,7 @@ status, erased = server.post("/slots/0?action=erase", {})
 assert status == 200 and erased["n_erased"] > saved["n_saved"], erased
 server.stop()
 
-plain = Server(tiny)
+plain = serve(tiny)
 status, answer = plain.post("/slots/0?action=save", {"filename": "x.bin"})
 assert status == 501 and "--slot-save-path" in answer["error"]["message"], (status, answer)
 plain.stop()

@@ -60,6 +60,18 @@ const std::vector<float>& cpu_logits(planner::KvType kv, int64_t ubatch) {
   return v;
 }
 
+constexpr double kLinkBytesPerS = 25e9;
+
+// A simulated device of `capacity` bytes ("sim:" + `size`) keeping `cache_slots` experts a MoE layer.
+offload::DeviceRequest sim_request(const std::string& size, int64_t capacity, int64_t cache_slots) {
+  offload::DeviceRequest req;
+  req.name = "sim:" + size;
+  req.capacity = capacity;
+  req.link_bytes_per_s = kLinkBytesPerS;
+  req.cache_slots = cache_slots;
+  return req;
+}
+
 planner::HostSpec host_spec(int numa_nodes = 1) {
   planner::HostSpec h;
   h.numa_nodes = numa_nodes;
@@ -259,13 +271,9 @@ class Offload : public ::testing::Test {
   Outcome run(const Scenario& sc, planner::KvType kv, bool check_slots = true) {
     const planner::ModelSpec spec = planner::load_model_spec(tiny_model_dir().string());
     const runtime::SessionOptions so = session_options(kv, sc.ubatch);
-    offload::DeviceRequest req;
-    req.name = std::string("sim:") + sc.name;
-    req.capacity = sc.capacity;
-    req.link_bytes_per_s = 25e9;
-    req.cache_slots = sc.cache_slots;
-    const planner::Plan plan = offload::plan_for_device(spec, host_spec(sc.numa), req, so);
-    runtime::SimBackend gpu({sc.capacity, 25e9});
+    const planner::Plan plan =
+        offload::plan_for_device(spec, host_spec(sc.numa), sim_request(sc.name, sc.capacity, sc.cache_slots), so);
+    runtime::SimBackend gpu({sc.capacity, kLinkBytesPerS});
     std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts = offload::make_host_backends(plan);
     std::vector<runtime::Backend*> host_ptrs;
     std::vector<const planner::DevicePlan*> host_plans;
@@ -405,31 +413,35 @@ class CopyOrderProbe final : public runtime::ForwardingExpertProvider {
   std::vector<int64_t> copy_of_, queued_at_launch_;
 };
 
-TEST_F(Offload, BigChunkStreamingQueuesTheNextExpertsCopyBeforeTheCurrentOneComputes) {
+// The tiny model (bf16 KV, ubatch 512) planned for a simulated 20 MiB device keeping `cache_slots` experts a
+// MoE layer, with that device and the host to bind the plan to.
+struct SmallDevice {
+  explicit SmallDevice(int64_t cache_slots)
+      : plan(offload::plan_for_device(spec, host_spec(), sim_request("20MiB", 20 << 20, cache_slots), so)) {}
+
   const planner::ModelSpec spec = planner::load_model_spec(tiny_model_dir().string());
   const runtime::SessionOptions so = session_options(planner::KvType::BF16, 512);
-  offload::DeviceRequest req;
-  req.name = "sim:20MiB";
-  req.capacity = 20 << 20;
-  req.link_bytes_per_s = 25e9;
-  req.cache_slots = 0;  // only the ring of stream slots: it wraps within a layer
-  const planner::Plan plan = offload::plan_for_device(spec, host_spec(), req, so);
-  runtime::SimBackend gpu({req.capacity, 25e9});
+  const planner::Plan plan;
+  runtime::SimBackend gpu{{20 << 20, kLinkBytesPerS}};
   runtime::cpu::CpuBackend host;
+};
+
+TEST_F(Offload, BigChunkStreamingQueuesTheNextExpertsCopyBeforeTheCurrentOneComputes) {
+  SmallDevice rig(0);  // only the ring of stream slots: it wraps within a layer
   offload::DispatchOptions d;
   d.stream_min_tokens = 2;
-  offload::BoundPlan bound(plan, tiny_model(), gpu, host, d);
-  runtime::SessionOptions bso = bound.session_options(so);
-  CopyOrderProbe probe(*bso.experts, gpu);
+  offload::BoundPlan bound(rig.plan, tiny_model(), rig.gpu, rig.host, d);
+  runtime::SessionOptions bso = bound.session_options(rig.so);
+  CopyOrderProbe probe(*bso.experts, rig.gpu);
   bso.experts = &probe;
   {
     runtime::Session s(bound.weights(), bso);
     std::vector<float> last;
     s.feed(prompt_tokens(kPrompt), nullptr, &last);
   }
-  const int64_t ring = 2 * spec.config.num_experts_per_tok;
+  const int64_t ring = 2 * rig.spec.config.num_experts_per_tok;
   const offload::DispatchStats st = bound.dispatch().total();
-  EXPECT_GT(st.streamed, ring * (spec.config.num_hidden_layers - 1)) << "the ring never wrapped";
+  EXPECT_GT(st.streamed, ring * (rig.spec.config.num_hidden_layers - 1)) << "the ring never wrapped";
   EXPECT_GT(probe.pairs, 0);
   EXPECT_EQ(probe.late, 0) << "an expert's copy was queued after the op of the expert before it was launched";
 }
@@ -489,19 +501,10 @@ class OverlapProbe final : public runtime::ForwardingExpertProvider, public runt
 };
 
 TEST_F(Offload, TheHostComputesItsExpertsWhileTheDeviceWorksOnTheSameLayer) {
-  const planner::ModelSpec spec = planner::load_model_spec(tiny_model_dir().string());
-  const runtime::SessionOptions so = session_options(planner::KvType::BF16, 512);
-  offload::DeviceRequest req;
-  req.name = "sim:20MiB";
-  req.capacity = 20 << 20;
-  req.link_bytes_per_s = 25e9;
-  req.cache_slots = 2;
-  const planner::Plan plan = offload::plan_for_device(spec, host_spec(), req, so);
-  runtime::SimBackend gpu({req.capacity, 25e9});
-  runtime::cpu::CpuBackend host;
-  offload::BoundPlan bound(plan, tiny_model(), gpu, host, {});
-  runtime::SessionOptions bso = bound.session_options(so);
-  OverlapProbe probe(*bso.experts, gpu);
+  SmallDevice rig(2);
+  offload::BoundPlan bound(rig.plan, tiny_model(), rig.gpu, rig.host, {});
+  runtime::SessionOptions bso = bound.session_options(rig.so);
+  OverlapProbe probe(*bso.experts, rig.gpu);
   bso.experts = &probe;
   std::vector<float> logits;
   {

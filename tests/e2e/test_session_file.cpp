@@ -98,32 +98,50 @@ std::vector<fs::path> entries(const fs::path& dir) {
   return out;
 }
 
-TEST(SessionFile, ARestoredSessionContinuesBitwiseForEveryKvTypeOnHostAndSimulatedDevice) {
-  TempDir dir;
-  const fs::path file = dir.path / "s.ferry";
+// The device a session saves from and the one a restarted session loads onto: two simulated GPUs, or none (the
+// host).
+struct SaveAndLoadDevices {
+  explicit SaveAndLoadDevices(bool on_sim) {
+    if (!on_sim) return;
+    saving_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0});
+    loading_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0});
+  }
+  runtime::Backend* saving() { return saving_device ? &*saving_device : nullptr; }
+  runtime::Backend* loading() { return loading_device ? &*loading_device : nullptr; }
+
+  std::optional<runtime::SimBackend> saving_device, loading_device;
+};
+
+// Runs `f(kv, devices)` for every KV type, on the host and on simulated devices.
+template <class F>
+void for_every_kv_type_on_host_and_sim(F f) {
   for (const bool on_sim : {false, true})
     for (const KvType kv : planner::kKvTypesByFidelity) {
       SCOPED_TRACE(std::string(planner::kv_type_name(kv)) + (on_sim ? " on sim" : " on the host"));
-      std::optional<runtime::SimBackend> saving_device, loading_device;
-      if (on_sim) {
-        saving_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0});
-        loading_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0});
-      }
-      {
-        runtime::Session s(tiny_model(), options(kv, on_sim ? &*saving_device : nullptr));
-        const runtime::SessionFileStats st = runtime::save_session(fed(s), fingerprint(), file);
-        EXPECT_EQ(st.tokens, kSaved);
-        EXPECT_EQ(st.bytes, static_cast<int64_t>(fs::file_size(file)));
-      }
-      // The restart: another session, another context and chunk size, holding another sequence before.
-      runtime::Session s(tiny_model(), options(kv, on_sim ? &*loading_device : nullptr, 512, 7));
-      fed(s, 30, 9);
-      const runtime::SessionFileStats st = runtime::load_session(s, fingerprint(), file);
-      EXPECT_EQ(st.tokens, kSaved);
-      EXPECT_EQ(s.position(), kSaved);
-      EXPECT_EQ(s.tokens(), prompt_tokens(kSaved));
-      expect_same(continue_from(s), unbroken(kv));
+      SaveAndLoadDevices devices(on_sim);
+      f(kv, devices);
     }
+}
+
+TEST(SessionFile, ARestoredSessionContinuesBitwiseForEveryKvTypeOnHostAndSimulatedDevice) {
+  TempDir dir;
+  const fs::path file = dir.path / "s.ferry";
+  for_every_kv_type_on_host_and_sim([&](KvType kv, SaveAndLoadDevices& devices) {
+    {
+      runtime::Session s(tiny_model(), options(kv, devices.saving()));
+      const runtime::SessionFileStats st = runtime::save_session(fed(s), fingerprint(), file);
+      EXPECT_EQ(st.tokens, kSaved);
+      EXPECT_EQ(st.bytes, static_cast<int64_t>(fs::file_size(file)));
+    }
+    // The restart: another session, another context and chunk size, holding another sequence before.
+    runtime::Session s(tiny_model(), options(kv, devices.loading(), 512, 7));
+    fed(s, 30, 9);
+    const runtime::SessionFileStats st = runtime::load_session(s, fingerprint(), file);
+    EXPECT_EQ(st.tokens, kSaved);
+    EXPECT_EQ(s.position(), kSaved);
+    EXPECT_EQ(s.tokens(), prompt_tokens(kSaved));
+    expect_same(continue_from(s), unbroken(kv));
+  });
   EXPECT_EQ(entries(dir.path), std::vector<fs::path>{"s.ferry"}) << "a temporary file was left behind";
 }
 
@@ -174,25 +192,18 @@ TEST(SessionFile, ARestoredSessionKeepsItsSnapshotsForEveryKvTypeOnHostAndSimula
   TempDir dir;
   const fs::path file = dir.path / "k8.ferry";
   const auto saved = prompt_tokens(41, 4), more = prompt_tokens(12, 5);
-  for (const bool on_sim : {false, true})
-    for (const KvType kv : planner::kKvTypesByFidelity) {
-      SCOPED_TRACE(std::string(planner::kv_type_name(kv)) + (on_sim ? " on sim" : " on the host"));
-      std::optional<runtime::SimBackend> saving_device, loading_device;
-      if (on_sim) {
-        saving_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0});
-        loading_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0});
-      }
-      {
-        runtime::Session s(tiny_model(), options(kv, on_sim ? &*saving_device : nullptr, 256, 32, 8));
-        s.feed(saved, nullptr, nullptr);
-        runtime::save_session(s, fingerprint(), file);
-      }
-      runtime::Session s(tiny_model(), options(kv, on_sim ? &*loading_device : nullptr, 512, 7, 8));
-      fed(s, 30, 9);
-      runtime::load_session(s, fingerprint(), file);
-      EXPECT_EQ(s.snapshots().positions(), (std::vector<int64_t>{16, 24, 32, 40}));
-      expect_rewinds_exactly(s, 33, 1, more, kv);
+  for_every_kv_type_on_host_and_sim([&](KvType kv, SaveAndLoadDevices& devices) {
+    {
+      runtime::Session s(tiny_model(), options(kv, devices.saving(), 256, 32, 8));
+      s.feed(saved, nullptr, nullptr);
+      runtime::save_session(s, fingerprint(), file);
     }
+    runtime::Session s(tiny_model(), options(kv, devices.loading(), 512, 7, 8));
+    fed(s, 30, 9);
+    runtime::load_session(s, fingerprint(), file);
+    EXPECT_EQ(s.snapshots().positions(), (std::vector<int64_t>{16, 24, 32, 40}));
+    expect_rewinds_exactly(s, 33, 1, more, kv);
+  });
 }
 
 // A session taking snapshots at another period (or none) loads the file without them: a rewind recomputes from the

@@ -3,76 +3,42 @@
 pipeline of 2 and of 3 ranks, each a node of its own) answers 8 requests sent 4 at a time with exactly the texts of
 the single-process server (greedy), and its sequences' steps overlap: rank 0 reports steps that started while
 another sequence's step was still on the later ranks. With --pipeline off the same texts come one step at a time."""
-import json
 import os
 import re
-import shutil
 import signal
-import subprocess
 import sys
-import threading
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-ferry, work, mpirun = sys.argv[1], sys.argv[2], sys.argv[3:]
-shutil.rmtree(work, ignore_errors=True)
-os.makedirs(work)
-tiny = os.path.join(work, "tiny")
-subprocess.run([ferry, "make-tiny", tiny, "--seed", "7"], check=True, capture_output=True)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "support"))
+from ferry_test_support import Server, fresh_dir, make_tiny, under_mpirun  # noqa: E402
+
+ferry, work, mpirun = sys.argv[1], fresh_dir(sys.argv[2]), sys.argv[3:]
+tiny = make_tiny(ferry, os.path.join(work, "tiny"), seed=7)
 PROMPTS = [f"request {i}: " + "word " * (3 + 5 * i) for i in range(8)]
 
 
-class Server:
-    """ferry serve in the background; its stderr collected; stopped with `stop_signal` (SIGUSR1 under mpirun)."""
+def answers(server):
+    """The texts and finish reasons of PROMPTS, sent 4 at a time."""
 
-    def __init__(self, cmd, stop_signal):
-        self.stop_signal, self.log, self.port = stop_signal, "", None
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=dict(os.environ, FERRY_LOG_LEVEL="info"))
-        announced = threading.Event()
+    def complete(prompt):
+        choice = server.completion(prompt, 16, model="tiny")
+        return choice["text"], choice["finish_reason"]
 
-        def read():
-            for line in self.proc.stderr:
-                self.log += line
-                m = re.search(r"on http://127\.0\.0\.1:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    announced.set()
-            announced.set()
-
-        self.reader = threading.Thread(target=read, daemon=True)
-        self.reader.start()
-        assert announced.wait(120) and self.port, (cmd, self.log)
-
-    def complete(self, prompt):
-        body = json.dumps({"model": "tiny", "prompt": prompt, "max_tokens": 16, "temperature": 0}).encode()
-        req = urllib.request.Request(f"http://127.0.0.1:{self.port}/v1/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=120) as r:
-            choice = json.load(r)["choices"][0]
-            return choice["text"], choice["finish_reason"]
-
-    def answers(self):
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            return list(pool.map(self.complete, PROMPTS))
-
-    def stop(self):
-        self.proc.send_signal(self.stop_signal)
-        assert self.proc.wait(timeout=60) == 0, self.log
-        self.reader.join(10)
-        return self.log
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(complete, PROMPTS))
 
 
 SERVE = [ferry, "serve", "-m", tiny, "--port", "0", "--parallel", "4", "--ctx", "512"]
-one = Server(SERVE, signal.SIGTERM)
-expected = one.answers()
+INFO = {"FERRY_LOG_LEVEL": "info"}  # rank 0's pipeline line
+one = Server(SERVE, env=INFO)
+expected = answers(one)
 one.stop()
 assert len({text for text, _ in expected}) > 1, expected
 
 
 def ranks_run(np, *flags):
-    server = Server([*mpirun, "-np", str(np), *SERVE, "--ranks-as-nodes", "--split", "layers", *flags], signal.SIGUSR1)
-    got = server.answers()
+    server = Server(under_mpirun(mpirun, np, SERVE, "--split", "layers", *flags), signal.SIGUSR1, env=INFO)
+    got = answers(server)
     log = server.stop()
     assert got == expected, f"-np {np} {flags}: {got}\none process: {expected}"
     return log

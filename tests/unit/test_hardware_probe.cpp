@@ -10,6 +10,7 @@
 #include "planner/core/units.h"
 #include "planner/hardware.h"
 #include "runtime/backend/hardware_probe.h"
+#include "runtime/backend/worker_threads.h"
 
 using namespace ferry;
 using runtime::DeviceReport;
@@ -38,6 +39,7 @@ TEST(HardwareProbe, HostHasMemoryNumaAndCores) {
   EXPECT_GT(host.ram_bytes, 0);
   EXPECT_GE(host.numa_nodes, 1);
   EXPECT_GE(host.cores, 1);
+  EXPECT_EQ(host.cores, runtime::allowed_physical_cores()) << "the plan's cores are not the workers' default";
   EXPECT_TRUE(host.probed);
   EXPECT_DOUBLE_EQ(host.memory_bandwidth, planner::kDefaultHostBandwidth);
   EXPECT_DOUBLE_EQ(host.gflops_per_core, planner::kDefaultGflopsPerCore);

@@ -7,12 +7,17 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
 
+#include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
+#include <tbb/partitioner.h>
 #include <tbb/task_arena.h>
 
 #include "planner/core/error.h"
@@ -101,6 +106,54 @@ TEST(WorkerThreads, NestedArenasPutEveryBindingBack) {
   EXPECT_TRUE(CPU_EQUAL(&in_outer, &back_in_outer)) << "leaving the inner arena lost the outer arena's binding";
   const cpu_set_t after = this_thread_affinity();
   EXPECT_TRUE(CPU_EQUAL(&before, &after)) << "the caller's binding did not come back";
+}
+
+// A parallel region of two tasks that each wait (up to 10 s) for the other to start, so that two threads take part;
+// each records its slot and binding.
+void two_threads_meet(std::map<int, std::vector<cpu_set_t>>& bindings_of_slot) {
+  std::atomic<int> started = 0;
+  std::mutex m;
+  tbb::parallel_for(
+      tbb::blocked_range<int>(0, 2, 1),
+      [&](const tbb::blocked_range<int>&) {
+        ++started;
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+        while (started < 2 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+        const cpu_set_t s = this_thread_affinity();
+        std::lock_guard lock(m);
+        bindings_of_slot[tbb::this_task_arena::current_thread_index()].push_back(s);
+      },
+      tbb::simple_partitioner());
+}
+
+// The hot path: a worker joining parallel region after parallel region on the core it is on makes no system call,
+// nor does a thread entering an arena at the core it is already bound to; each still runs on its slot's core.
+TEST(WorkerThreads, AThreadEnteringTheCoreItIsOnAgainIsNotBoundAgain) {
+  set_worker_threads(2);
+  const int cores = allowed_physical_cores();
+  WorkerArena outer(2), inner(2);
+  constexpr int kRegions = 100;
+  std::map<int, std::vector<cpu_set_t>> bindings_of_slot;
+  const int64_t before = core_bindings();
+  outer.execute([&] {
+    for (int i = 0; i < kRegions; ++i) {
+      inner.execute([&] { two_threads_meet(bindings_of_slot); });
+      // Longer than oneTBB keeps a worker waiting in an arena without work (1 ms): it leaves.
+      std::this_thread::sleep_for(std::chrono::milliseconds(3));
+    }
+  });
+  const int64_t made = core_bindings() - before;
+  set_worker_threads(0);
+  ASSERT_EQ(bindings_of_slot.size(), 2u) << "two threads did not take part";
+  ASSERT_EQ(bindings_of_slot[1].size(), static_cast<size_t>(kRegions)) << "a region ran without the worker";
+  // The caller once, and each oneTBB worker that ever took slot 1 once.
+  EXPECT_LE(made, 1 + static_cast<int64_t>(std::thread::hardware_concurrency()))
+      << "bindings for " << kRegions << " regions";
+  for (const auto& [slot, bindings] : bindings_of_slot)
+    for (const cpu_set_t& s : bindings) EXPECT_TRUE(CPU_EQUAL(&s, &bindings.front())) << "slot " << slot;
+  if (cores > 1) {
+    EXPECT_FALSE(CPU_EQUAL(&bindings_of_slot[0].front(), &bindings_of_slot[1].front())) << "two slots on one core";
+  }
 }
 
 }  // namespace
