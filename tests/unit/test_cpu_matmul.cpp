@@ -14,6 +14,7 @@
 #include "planner/core/dtype_codec.h"
 #include "runtime/kernels/cpu/linear.h"
 #include "runtime/kernels/cpu/matvec.h"
+#include "runtime/kernels/cpu/vec.h"
 
 namespace ferry::runtime::cpu {
 namespace {
@@ -132,6 +133,35 @@ TEST(CpuMatmul, Fp8MatchesTheMatvecBitwiseOnEveryPath) {
           ASSERT_TRUE(same_bits(y.data(), want.data(), n * s.rows)) << "n " << n;
         }
       }
+    }
+  }
+}
+
+// Columns below one 8-column step, a partial step (the tail the dot fuses into lane 0), rows that are not a
+// multiple of the 4-row tile, one weight large enough for parallel row ranges.
+const Shape kBf16Shapes[] = {{1, 1}, {3, 7}, {5, 8}, {9, 77}, {37, 200}, {130, 1029}, {70, 4096}};
+
+TEST(CpuMatmul, Bf16IsTheDotOfTheDecodedRowBitwise) {
+  for (const Shape s : kBf16Shapes) {
+    SCOPED_TRACE(name(s, 0));
+    std::mt19937 rng(41 + static_cast<unsigned>(s.rows * 7 + s.cols));
+    const int64_t n_max = 64, x_stride = s.cols + 3;
+    const std::vector<float> wf = random_tokens(rng, s.rows, s.cols);
+    std::vector<uint16_t> w(wf.size());
+    for (size_t i = 0; i < w.size(); ++i) w[i] = core::float_to_bf16(wf[i]);
+    const std::vector<float> x = random_tokens(rng, n_max, x_stride);
+    std::vector<float> want(size_t(n_max * s.rows)), row(size_t(s.cols));
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t k = 0; k < s.cols; ++k) row[size_t(k)] = core::bf16_to_float(w[size_t(r * s.cols + k)]);
+      for (int64_t t = 0; t < n_max; ++t)
+        want[size_t(t * s.rows + r)] = dot(row.data(), x.data() + t * x_stride, s.cols);
+    }
+    for (int64_t n : kTokenCounts) {
+      std::vector<float> y(size_t(n * s.rows), NAN), y_portable(y);
+      matmul_bf16(w.data(), s.rows, s.cols, x.data(), n, x_stride, y.data(), s.rows);
+      detail::matmul_bf16_portable(w.data(), s.rows, s.cols, x.data(), n, x_stride, y_portable.data(), s.rows);
+      ASSERT_TRUE(same_bits(y.data(), want.data(), n * s.rows)) << "n " << n;
+      ASSERT_TRUE(same_bits(y_portable.data(), want.data(), n * s.rows)) << "portable, n " << n;
     }
   }
 }

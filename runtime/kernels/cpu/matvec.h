@@ -40,6 +40,11 @@ void matvec_fp8(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t c
 void matmul_fp8(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, int64_t n,
                 int64_t x_stride, float* y, int64_t y_stride);
 
+// BF16 weight [rows, cols] (raw bf16 bits) against n tokens: y[t * y_stride + r] is bitwise cpu::dot of row r,
+// decoded to float, and x + t * x_stride (vec.h), whatever n and the split of rows.
+void matmul_bf16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, int64_t x_stride, float* y,
+                 int64_t y_stride);
+
 // Which FP8 code path runs: "avx2" (AVX2 + FMA + F16C) or "portable", chosen once from the CPU.
 const char* matvec_isa();
 
@@ -53,6 +58,9 @@ void matmul_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, in
 void matvec_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y);
 void matmul_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, int64_t n,
                          int64_t x_stride, float* y, int64_t y_stride);
+// BF16 by decoding each row and calling cpu::dot: the definition matmul_bf16 keeps to.
+void matmul_bf16_portable(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, int64_t x_stride,
+                          float* y, int64_t y_stride);
 }  // namespace detail
 
 }  // namespace ferry::runtime::cpu
