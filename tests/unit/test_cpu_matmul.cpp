@@ -4,6 +4,7 @@
 // a multiple of the tile, token counts 1..9 and 64, rows that start at odd offsets.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -103,10 +104,15 @@ TEST(CpuMatmul, Mxfp4MatchesTheMatvecBitwiseOnEveryPath) {
   }
 }
 
-// Columns that leave a partial 16-column step and a partial 128-column block; rows past one 128-row scale block.
-const Shape kFp8Shapes[] = {{1, 1}, {9, 77}, {37, 200}, {130, 129}, {300, 1000}};
+// Columns that leave a partial 16-column step and a partial 128-column block; rows past one 128-row scale block,
+// rows that are not a multiple of the AVX-512 path's 4-row tile, whole blocks only.
+const Shape kFp8Shapes[] = {{1, 1}, {9, 77}, {37, 200}, {130, 129}, {300, 1000}, {19, 512}};
 
+// Every path: its multi-token kernel against its matvec; and every vector path against the AVX2 one, whose
+// order of float additions the AVX-512 path keeps.
 TEST(CpuMatmul, Fp8MatchesTheMatvecBitwiseOnEveryPath) {
+  const std::vector<CpuIsa> isas = fp8_isas();
+  const bool have_avx2 = std::find(isas.begin(), isas.end(), CpuIsa::Avx2) != isas.end();
   for (const Shape s : kFp8Shapes) {
     std::mt19937 rng(29 + static_cast<unsigned>(s.rows * 7 + s.cols));
     const int64_t scale_cols = (s.cols + 127) / 128;
@@ -117,22 +123,34 @@ TEST(CpuMatmul, Fp8MatchesTheMatvecBitwiseOnEveryPath) {
     // Odd row offsets within the first scale block: the kernels take the scale rows as given.
     for (int64_t offset : {int64_t{0}, int64_t{5}}) {
       const uint8_t* wr = w.data() + offset * s.cols;
-      using Matvec = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, float*);
-      using Matmul =
-          void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t);
-      const std::pair<Matvec, Matmul> paths[] = {{matvec_fp8, matmul_fp8},
-                                                 {detail::matvec_fp8_portable, detail::matmul_fp8_portable}};
-      for (const auto& [matvec, matmul] : paths) {
-        SCOPED_TRACE(name(s, offset) + (matvec == matvec_fp8 ? std::string(" ") + matvec_isa() : " portable"));
-        std::vector<float> want(size_t(n_max * s.rows));
+      auto matvecs = [&](CpuIsa isa) {
+        std::vector<float> y(size_t(n_max * s.rows));
         for (int64_t t = 0; t < n_max; ++t)
-          matvec(wr, scales.data(), s.rows, s.cols, x.data() + t * x_stride, want.data() + t * s.rows);
+          detail::matvec_fp8_on(isa, wr, scales.data(), s.rows, s.cols, x.data() + t * x_stride, y.data() + t * s.rows);
+        return y;
+      };
+      const std::vector<float> avx2 = have_avx2 ? matvecs(CpuIsa::Avx2) : std::vector<float>{};
+      for (const CpuIsa isa : isas) {
+        SCOPED_TRACE(name(s, offset) + " " + isa_name(isa));
+        const std::vector<float> want = matvecs(isa);
+        if (isa != CpuIsa::Portable && have_avx2) {
+          ASSERT_TRUE(same_bits(want.data(), avx2.data(), n_max * s.rows)) << "matvec vs avx2";
+        }
         for (int64_t n : kTokenCounts) {
           std::vector<float> y(size_t(n * s.rows), NAN);
-          matmul(wr, scales.data(), s.rows, s.cols, x.data(), n, x_stride, y.data(), s.rows);
+          detail::matmul_fp8_on(isa, wr, scales.data(), s.rows, s.cols, x.data(), n, x_stride, y.data(), s.rows);
           ASSERT_TRUE(same_bits(y.data(), want.data(), n * s.rows)) << "n " << n;
         }
       }
+      // The dispatched entry points are one of the paths.
+      std::vector<float> y(size_t(s.rows)), y_portable(y);
+      matvec_fp8(wr, scales.data(), s.rows, s.cols, x.data(), y.data());
+      detail::matvec_fp8_portable(wr, scales.data(), s.rows, s.cols, x.data(), y_portable.data());
+      const CpuIsa dispatched =
+          *std::find_if(isas.begin(), isas.end(), [](CpuIsa i) { return matvec_isa() == std::string(isa_name(i)); });
+      const std::vector<float> chosen = matvecs(dispatched), portable = matvecs(CpuIsa::Portable);
+      EXPECT_TRUE(same_bits(y.data(), chosen.data(), s.rows));
+      EXPECT_TRUE(same_bits(y_portable.data(), portable.data(), s.rows));
     }
   }
 }
