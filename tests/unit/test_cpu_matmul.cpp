@@ -184,6 +184,22 @@ TEST(CpuMatmul, Bf16IsTheDotOfTheDecodedRowBitwise) {
   }
 }
 
+// dots, which attention's scores use, against dot itself: lengths below, at and past 8-element steps, row counts
+// around its 4-row tiles, a row stride longer than the rows.
+TEST(CpuMatmul, DotsAreTheDotBitwise) {
+  std::mt19937 rng(17);
+  for (const int64_t n : {1, 7, 8, 77, 512, 515}) {
+    const int64_t m_max = 9, stride = n + 5;
+    const std::vector<float> a = random_tokens(rng, 1, n), b = random_tokens(rng, m_max, stride);
+    for (int64_t m = 0; m <= m_max; ++m) {
+      std::vector<float> got(size_t(m_max), NAN), want(size_t(m_max), NAN);
+      dots(a.data(), b.data(), stride, m, n, got.data());
+      for (int64_t i = 0; i < m; ++i) want[size_t(i)] = dot(a.data(), b.data() + i * stride, n);
+      ASSERT_TRUE(same_bits(got.data(), want.data(), m_max)) << "n " << n << " m " << m;
+    }
+  }
+}
+
 // Through linear(): a chunk of n tokens gives each token the bits of a one-token call, for MXFP4 views at odd
 // row offsets (int16 and int24) and FP8 views on 128-row boundaries, with weights large enough for several row
 // blocks in parallel.
