@@ -200,6 +200,22 @@ TEST(CpuMatmul, DotsAreTheDotBitwise) {
   }
 }
 
+// axpys, which attention's weighted sums use, against axpy row after row.
+TEST(CpuMatmul, AxpysAreTheAxpysBitwise) {
+  std::mt19937 rng(19);
+  for (const int64_t n : {1, 7, 8, 64, 77, 512, 515}) {
+    const int64_t m_max = 9, stride = n + 5;
+    const std::vector<float> a = random_tokens(rng, 1, m_max), x = random_tokens(rng, m_max, stride);
+    const std::vector<float> y0 = random_tokens(rng, 1, n);
+    for (int64_t m = 0; m <= m_max; ++m) {
+      std::vector<float> got(y0), want(y0);
+      axpys(a.data(), x.data(), stride, m, got.data(), n);
+      for (int64_t i = 0; i < m; ++i) axpy(a[size_t(i)], x.data() + i * stride, want.data(), n);
+      ASSERT_TRUE(same_bits(got.data(), want.data(), n)) << "n " << n << " m " << m;
+    }
+  }
+}
+
 // Through linear(): a chunk of n tokens gives each token the bits of a one-token call, for MXFP4 views at odd
 // row offsets (int16 and int24) and FP8 views on 128-row boundaries, with weights large enough for several row
 // blocks in parallel.

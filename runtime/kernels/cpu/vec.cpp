@@ -55,18 +55,51 @@ void dots_v3(const float* a, const float* b, int64_t b_stride, int64_t m, int64_
   for (; i < m; ++i) dot_rows_v3<1>(a, b + i * b_stride, b_stride, n, out + i);
 }
 
-}  // namespace
+// axpy's x86-64-v3 clone is one FMA per element, a · x + y; rows are applied to a span of y in turn, as there.
+__attribute__((target("avx2,fma"))) void axpys_v3(const float* a, const float* x, int64_t x_stride, int64_t m, float* y,
+                                                  int64_t n) {
+  constexpr int kSpan = 8;  // registers of y in flight: independent FMA chains across the rows
+  int64_t k = 0;
+  for (; k + 8 * kSpan <= n; k += 8 * kSpan) {
+    __m256 acc[kSpan];
+    for (int j = 0; j < kSpan; ++j) acc[j] = _mm256_loadu_ps(y + k + 8 * j);
+    for (int64_t i = 0; i < m; ++i) {
+      const __m256 ai = _mm256_set1_ps(a[i]);
+      for (int j = 0; j < kSpan; ++j)
+        acc[j] = _mm256_fmadd_ps(ai, _mm256_loadu_ps(x + i * x_stride + k + 8 * j), acc[j]);
+    }
+    for (int j = 0; j < kSpan; ++j) _mm256_storeu_ps(y + k + 8 * j, acc[j]);
+  }
+  for (; k < n; ++k) {
+    __m128 acc = _mm_set_ss(y[k]);
+    for (int64_t i = 0; i < m; ++i) acc = _mm_fmadd_ss(_mm_set_ss(a[i]), _mm_set_ss(x[i * x_stride + k]), acc);
+    y[k] = _mm_cvtss_f32(acc);
+  }
+}
 
-#endif
-
-void dots(const float* a, const float* b, int64_t b_stride, int64_t m, int64_t n, float* out) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  // The same test as dot's resolver: where its x86-64-v3 clone runs, so does the copy of its order.
+// Where dot's and axpy's x86-64-v3 clones run (the test their resolvers make), so do these copies of their order.
+bool have_v3() {
   static const bool v3 = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("x86-64-v3");
   }();
-  if (v3) return dots_v3(a, b, b_stride, m, n, out);
+  return v3;
+}
+
+}  // namespace
+
+#endif
+
+void axpys(const float* a, const float* x, int64_t x_stride, int64_t m, float* y, int64_t n) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (have_v3()) return axpys_v3(a, x, x_stride, m, y, n);
+#endif
+  for (int64_t i = 0; i < m; ++i) axpy(a[i], x + i * x_stride, y, n);
+}
+
+void dots(const float* a, const float* b, int64_t b_stride, int64_t m, int64_t n, float* out) {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  if (have_v3()) return dots_v3(a, b, b_stride, m, n, out);
 #endif
   for (int64_t i = 0; i < m; ++i) out[i] = dot(a, b + i * b_stride, n);
 }
