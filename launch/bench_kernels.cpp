@@ -136,19 +136,22 @@ void bench_chunks(int64_t rows, int64_t cols, const char* what, const std::vecto
     };
     // FP8 row blocks on 128-row boundaries, as linear() makes them.
     const int64_t per_block = std::max<int64_t>(128, (256 << 10) / cols / 128 * 128);
-    const double per_token =
-        chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
-          const auto [codes, scales] = rows_of(w, r0);
-          for (int t = 0; t < n; ++t)
-            cpu::matvec_fp8(codes, scales, nr, cols, x.data() + t * cols, y.data() + t * rows + r0);
-        });
-    const double tiled =
-        chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
-          const auto [codes, scales] = rows_of(w, r0);
-          cpu::matmul_fp8(codes, scales, nr, cols, x.data(), n, cols, y.data() + r0, rows);
-        });
-    std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)rows, (long long)cols, cpu::matvec_isa());
-    print_chunk(label, n, flops, double(rows * cols) * n, per_token, tiled);
+    for (const cpu::CpuIsa isa : cpu::fp8_isas()) {
+      if (isa == cpu::CpuIsa::Portable) continue;
+      const double per_token =
+          chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+            const auto [codes, scales] = rows_of(w, r0);
+            for (int t = 0; t < n; ++t)
+              cpu::detail::matvec_fp8_on(isa, codes, scales, nr, cols, x.data() + t * cols, y.data() + t * rows + r0);
+          });
+      const double tiled =
+          chunk_seconds(fp8_weights, rows, per_block, reps, [&](const Weights& w, int64_t r0, int64_t nr) {
+            const auto [codes, scales] = rows_of(w, r0);
+            cpu::detail::matmul_fp8_on(isa, codes, scales, nr, cols, x.data(), n, cols, y.data() + r0, rows);
+          });
+      std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)rows, (long long)cols, cpu::isa_name(isa));
+      print_chunk(label, n, flops, double(rows * cols) * n, per_token, tiled);
+    }
   }
 }
 
@@ -227,10 +230,14 @@ void run_in_arena(int repetitions, int working_set_mib, const std::vector<int>& 
       }
     }
     auto fp8_weights = make_weights(count(fp8 + fp8_scales), fp8, fp8_scales);
-    const double g8 = kernel_gbps(fp8_weights, s.rows, s.cols, repetitions, runtime::cpu::matvec_fp8);
-    std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)s.rows, (long long)s.cols,
-                  runtime::cpu::matvec_isa());
-    std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g8, 100 * g8 / triad);
+    for (const runtime::cpu::CpuIsa isa : runtime::cpu::fp8_isas()) {
+      auto kernel = [isa](const uint8_t* codes, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
+                          float* y) { runtime::cpu::detail::matvec_fp8_on(isa, codes, scales, rows, cols, x, y); };
+      const double g8 = kernel_gbps(fp8_weights, s.rows, s.cols, repetitions, kernel);
+      std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)s.rows, (long long)s.cols,
+                    runtime::cpu::isa_name(isa));
+      std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g8, 100 * g8 / triad);
+    }
     if (!token_counts.empty()) {
       std::printf(
           "prefill chunks of n tokens through linear()'s row blocks, per-token matvecs vs the multi-token kernel\n"

@@ -72,8 +72,9 @@ void attend(const ops::Attention& a, int64_t t, int64_t h0, int64_t h1) {
     for (int64_t h = h0; h < h1; ++h) {
       const float* q = a.q + (t * nh + h) * hd;
       float mx = s.max[h - h0];
+      cpu::dots(q, s.rows, hd, m, hd, s.scores);
       for (int64_t i = 0; i < m; ++i) {
-        s.scores[i] = cpu::dot(q, s.rows + i * hd, hd) * scale;
+        s.scores[i] *= scale;
         mx = std::max(mx, s.scores[i]);
       }
       float* acc = s.acc + (h - h0) * hd;
@@ -81,10 +82,10 @@ void attend(const ops::Attention& a, int64_t t, int64_t h0, int64_t h1) {
       float sum = s.sum[h - h0] * rescale;
       cpu::scale(rescale, acc, hd);
       for (int64_t i = 0; i < m; ++i) {
-        const float e = std::exp(s.scores[i] - mx);
-        sum += e;
-        cpu::axpy(e, s.rows + i * hd, acc, hd);
+        s.scores[i] = std::exp(s.scores[i] - mx);
+        sum += s.scores[i];
       }
+      cpu::axpys(s.scores, s.rows, hd, m, acc, hd);
       s.max[h - h0] = mx;
       s.sum[h - h0] = sum;
     }

@@ -4,6 +4,7 @@
 // a multiple of the tile, token counts 1..9 and 64, rows that start at odd offsets.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -14,6 +15,7 @@
 #include "planner/core/dtype_codec.h"
 #include "runtime/kernels/cpu/linear.h"
 #include "runtime/kernels/cpu/matvec.h"
+#include "runtime/kernels/cpu/vec.h"
 
 namespace ferry::runtime::cpu {
 namespace {
@@ -102,10 +104,15 @@ TEST(CpuMatmul, Mxfp4MatchesTheMatvecBitwiseOnEveryPath) {
   }
 }
 
-// Columns that leave a partial 16-column step and a partial 128-column block; rows past one 128-row scale block.
-const Shape kFp8Shapes[] = {{1, 1}, {9, 77}, {37, 200}, {130, 129}, {300, 1000}};
+// Columns that leave a partial 16-column step and a partial 128-column block; rows past one 128-row scale block,
+// rows that are not a multiple of the AVX-512 path's 4-row tile, whole blocks only.
+const Shape kFp8Shapes[] = {{1, 1}, {9, 77}, {37, 200}, {130, 129}, {300, 1000}, {19, 512}};
 
+// Every path: its multi-token kernel against its matvec; and every vector path against the AVX2 one, whose
+// order of float additions the AVX-512 path keeps.
 TEST(CpuMatmul, Fp8MatchesTheMatvecBitwiseOnEveryPath) {
+  const std::vector<CpuIsa> isas = fp8_isas();
+  const bool have_avx2 = std::find(isas.begin(), isas.end(), CpuIsa::Avx2) != isas.end();
   for (const Shape s : kFp8Shapes) {
     std::mt19937 rng(29 + static_cast<unsigned>(s.rows * 7 + s.cols));
     const int64_t scale_cols = (s.cols + 127) / 128;
@@ -116,22 +123,95 @@ TEST(CpuMatmul, Fp8MatchesTheMatvecBitwiseOnEveryPath) {
     // Odd row offsets within the first scale block: the kernels take the scale rows as given.
     for (int64_t offset : {int64_t{0}, int64_t{5}}) {
       const uint8_t* wr = w.data() + offset * s.cols;
-      using Matvec = void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, float*);
-      using Matmul =
-          void (*)(const uint8_t*, const uint8_t*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t);
-      const std::pair<Matvec, Matmul> paths[] = {{matvec_fp8, matmul_fp8},
-                                                 {detail::matvec_fp8_portable, detail::matmul_fp8_portable}};
-      for (const auto& [matvec, matmul] : paths) {
-        SCOPED_TRACE(name(s, offset) + (matvec == matvec_fp8 ? std::string(" ") + matvec_isa() : " portable"));
-        std::vector<float> want(size_t(n_max * s.rows));
+      auto matvecs = [&](CpuIsa isa) {
+        std::vector<float> y(size_t(n_max * s.rows));
         for (int64_t t = 0; t < n_max; ++t)
-          matvec(wr, scales.data(), s.rows, s.cols, x.data() + t * x_stride, want.data() + t * s.rows);
+          detail::matvec_fp8_on(isa, wr, scales.data(), s.rows, s.cols, x.data() + t * x_stride, y.data() + t * s.rows);
+        return y;
+      };
+      const std::vector<float> avx2 = have_avx2 ? matvecs(CpuIsa::Avx2) : std::vector<float>{};
+      for (const CpuIsa isa : isas) {
+        SCOPED_TRACE(name(s, offset) + " " + isa_name(isa));
+        const std::vector<float> want = matvecs(isa);
+        if (isa != CpuIsa::Portable && have_avx2) {
+          ASSERT_TRUE(same_bits(want.data(), avx2.data(), n_max * s.rows)) << "matvec vs avx2";
+        }
         for (int64_t n : kTokenCounts) {
           std::vector<float> y(size_t(n * s.rows), NAN);
-          matmul(wr, scales.data(), s.rows, s.cols, x.data(), n, x_stride, y.data(), s.rows);
+          detail::matmul_fp8_on(isa, wr, scales.data(), s.rows, s.cols, x.data(), n, x_stride, y.data(), s.rows);
           ASSERT_TRUE(same_bits(y.data(), want.data(), n * s.rows)) << "n " << n;
         }
       }
+      // The dispatched entry points are one of the paths.
+      std::vector<float> y(size_t(s.rows)), y_portable(y);
+      matvec_fp8(wr, scales.data(), s.rows, s.cols, x.data(), y.data());
+      detail::matvec_fp8_portable(wr, scales.data(), s.rows, s.cols, x.data(), y_portable.data());
+      const CpuIsa dispatched =
+          *std::find_if(isas.begin(), isas.end(), [](CpuIsa i) { return matvec_isa() == std::string(isa_name(i)); });
+      const std::vector<float> chosen = matvecs(dispatched), portable = matvecs(CpuIsa::Portable);
+      EXPECT_TRUE(same_bits(y.data(), chosen.data(), s.rows));
+      EXPECT_TRUE(same_bits(y_portable.data(), portable.data(), s.rows));
+    }
+  }
+}
+
+// Columns below one 8-column step, a partial step (the tail the dot fuses into lane 0), rows that are not a
+// multiple of the 4-row tile, one weight large enough for parallel row ranges.
+const Shape kBf16Shapes[] = {{1, 1}, {3, 7}, {5, 8}, {9, 77}, {37, 200}, {130, 1029}, {70, 4096}};
+
+TEST(CpuMatmul, Bf16IsTheDotOfTheDecodedRowBitwise) {
+  for (const Shape s : kBf16Shapes) {
+    SCOPED_TRACE(name(s, 0));
+    std::mt19937 rng(41 + static_cast<unsigned>(s.rows * 7 + s.cols));
+    const int64_t n_max = 64, x_stride = s.cols + 3;
+    const std::vector<float> wf = random_tokens(rng, s.rows, s.cols);
+    std::vector<uint16_t> w(wf.size());
+    for (size_t i = 0; i < w.size(); ++i) w[i] = core::float_to_bf16(wf[i]);
+    const std::vector<float> x = random_tokens(rng, n_max, x_stride);
+    std::vector<float> want(size_t(n_max * s.rows)), row(size_t(s.cols));
+    for (int64_t r = 0; r < s.rows; ++r) {
+      for (int64_t k = 0; k < s.cols; ++k) row[size_t(k)] = core::bf16_to_float(w[size_t(r * s.cols + k)]);
+      for (int64_t t = 0; t < n_max; ++t)
+        want[size_t(t * s.rows + r)] = dot(row.data(), x.data() + t * x_stride, s.cols);
+    }
+    for (int64_t n : kTokenCounts) {
+      std::vector<float> y(size_t(n * s.rows), NAN), y_portable(y);
+      matmul_bf16(w.data(), s.rows, s.cols, x.data(), n, x_stride, y.data(), s.rows);
+      detail::matmul_bf16_portable(w.data(), s.rows, s.cols, x.data(), n, x_stride, y_portable.data(), s.rows);
+      ASSERT_TRUE(same_bits(y.data(), want.data(), n * s.rows)) << "n " << n;
+      ASSERT_TRUE(same_bits(y_portable.data(), want.data(), n * s.rows)) << "portable, n " << n;
+    }
+  }
+}
+
+// dots, which attention's scores use, against dot itself: lengths below, at and past 8-element steps, row counts
+// around its 4-row tiles, a row stride longer than the rows.
+TEST(CpuMatmul, DotsAreTheDotBitwise) {
+  std::mt19937 rng(17);
+  for (const int64_t n : {1, 7, 8, 77, 512, 515}) {
+    const int64_t m_max = 9, stride = n + 5;
+    const std::vector<float> a = random_tokens(rng, 1, n), b = random_tokens(rng, m_max, stride);
+    for (int64_t m = 0; m <= m_max; ++m) {
+      std::vector<float> got(size_t(m_max), NAN), want(size_t(m_max), NAN);
+      dots(a.data(), b.data(), stride, m, n, got.data());
+      for (int64_t i = 0; i < m; ++i) want[size_t(i)] = dot(a.data(), b.data() + i * stride, n);
+      ASSERT_TRUE(same_bits(got.data(), want.data(), m_max)) << "n " << n << " m " << m;
+    }
+  }
+}
+
+// axpys, which attention's weighted sums use, against axpy row after row.
+TEST(CpuMatmul, AxpysAreTheAxpysBitwise) {
+  std::mt19937 rng(19);
+  for (const int64_t n : {1, 7, 8, 64, 77, 512, 515}) {
+    const int64_t m_max = 9, stride = n + 5;
+    const std::vector<float> a = random_tokens(rng, 1, m_max), x = random_tokens(rng, m_max, stride);
+    const std::vector<float> y0 = random_tokens(rng, 1, n);
+    for (int64_t m = 0; m <= m_max; ++m) {
+      std::vector<float> got(y0), want(y0);
+      axpys(a.data(), x.data(), stride, m, got.data(), n);
+      for (int64_t i = 0; i < m; ++i) axpy(a[size_t(i)], x.data() + i * stride, want.data(), n);
+      ASSERT_TRUE(same_bits(got.data(), want.data(), n)) << "n " << n << " m " << m;
     }
   }
 }

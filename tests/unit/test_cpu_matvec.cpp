@@ -51,7 +51,11 @@ std::string name(const Shape& s) { return std::to_string(s.rows) + "x" + std::to
 
 TEST(CpuMatvec, IsaIsKnown) {
   const std::string isa = matvec_isa();
-  EXPECT_TRUE(isa == "avx2" || isa == "portable") << isa;
+  EXPECT_TRUE(isa == "avx512" || isa == "avx2" || isa == "portable") << isa;
+  const auto fp8 = fp8_isas();
+  ASSERT_FALSE(fp8.empty());
+  EXPECT_EQ(fp8.front(), CpuIsa::Portable);
+  EXPECT_EQ(isa, isa_name(fp8.back()));
   const auto have = mxfp4_isas();
   ASSERT_FALSE(have.empty());
   EXPECT_EQ(have.front(), CpuIsa::Portable);

@@ -11,6 +11,7 @@
 #include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 #include "runtime/kernels/cpu/matvec.h"
+#include "runtime/kernels/cpu/matvec_rows.h"
 #include "runtime/kernels/cpu/vec.h"
 
 namespace ferry::runtime::cpu {
@@ -25,11 +26,6 @@ void decode_row(const core::WeightView& w, int64_t r, float* out) {
     case core::WeightFormat::F32:
       std::memcpy(out, reinterpret_cast<const float*>(w.data) + row * cols, static_cast<size_t>(cols) * sizeof(float));
       return;
-    case core::WeightFormat::BF16: {
-      const uint16_t* p = reinterpret_cast<const uint16_t*>(w.data) + row * cols;
-      for (int64_t k = 0; k < cols; ++k) out[k] = core::bf16_to_float(p[k]);
-      return;
-    }
     case core::WeightFormat::FP8: {
       const int64_t scale_cols = (cols + core::kFp8Block - 1) / core::kFp8Block;
       const uint8_t* p = w.data + row * cols;
@@ -37,8 +33,8 @@ void decode_row(const core::WeightView& w, int64_t r, float* out) {
       for (int64_t k = 0; k < cols; ++k) out[k] = tb.e4m3[p[k]] * tb.e8m0[sc[k / core::kFp8Block]];
       return;
     }
-    case core::WeightFormat::MXFP4:  // linear() always sends MXFP4 to the integer kernels
-      FERRY_THROW("linear: MXFP4 rows are never decoded to float");
+    case core::WeightFormat::BF16:  // linear() sends BF16 to matmul_bf16, MXFP4 to the integer kernels
+    case core::WeightFormat::MXFP4: FERRY_THROW("linear: BF16 and MXFP4 rows are never decoded here");
   }
 }
 
@@ -62,11 +58,13 @@ void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stri
               "linear: MXFP4 cols not a multiple of 32");
   // Every output element is computed by the same per-row code whatever n is, so a token's result does not
   // depend on which chunk it was in: prefill with any --ubatch and one-token decode agree bit for bit.
-  const bool tuned = w.format == core::WeightFormat::MXFP4 ||
+  const bool tuned = w.format == core::WeightFormat::MXFP4 || w.format == core::WeightFormat::BF16 ||
                      (w.format == core::WeightFormat::FP8 && w.row_begin % core::kFp8Block == 0);
   if (tuned) {
     // Blocks of rows small enough to stay in cache while every tile of the chunk's tokens passes over them.
-    const int64_t row_bytes = w.format == core::WeightFormat::MXFP4 ? w.cols / 2 + w.cols / core::kFp4Block : w.cols;
+    const int64_t row_bytes = w.format == core::WeightFormat::MXFP4  ? w.cols / 2 + w.cols / core::kFp4Block
+                              : w.format == core::WeightFormat::BF16 ? w.cols * 2
+                                                                     : w.cols;
     int64_t block = std::max<int64_t>(1, (256 << 10) / std::max<int64_t>(row_bytes, 1));
     if (w.format == core::WeightFormat::FP8)
       block = std::max<int64_t>(core::kFp8Block, block / core::kFp8Block * core::kFp8Block);
@@ -88,6 +86,9 @@ void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stri
         const uint8_t* codes = w.data + row * (w.cols / 2);
         const uint8_t* scales = w.scales + row * (w.cols / core::kFp4Block);
         matmul_mxfp4(codes, scales, r1 - r0, rounded->data(), n, yb, y_stride);
+      } else if (w.format == core::WeightFormat::BF16) {
+        const uint16_t* codes = reinterpret_cast<const uint16_t*>(w.data) + row * w.cols;
+        matmul_bf16(codes, r1 - r0, w.cols, x, n, x_stride, yb, y_stride);
       } else {
         const int64_t scale_cols = (w.cols + core::kFp8Block - 1) / core::kFp8Block;
         const uint8_t* codes = w.data + row * w.cols;
@@ -103,9 +104,11 @@ void linear(const core::WeightView& w, const float* x, int64_t n, int64_t x_stri
     tbb::parallel_for(int64_t{0}, blocks, [&](int64_t b) { run_block(b * block, std::min(w.rows, (b + 1) * block)); });
     return;
   }
-  // BF16, F32 and FP8 views inside a 128-row block: each row decoded once and applied to every token.
-  // One decoded row per range of rows (a few thousand rows' work): its allocation is noise.
-  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(n, 1));
+  // F32 and FP8 views inside a 128-row block: each row decoded once and applied to every token. Ranges of about
+  // kRowChunkBytes of weights per token, so that one token's matvec spreads over the threads too; one decoded
+  // row per range: its allocation is noise.
+  const int64_t row_bytes = w.format == core::WeightFormat::F32 ? w.cols * 4 : w.cols;
+  const int64_t grain = std::max<int64_t>(1, detail::kRowChunkBytes / (row_bytes * std::max<int64_t>(n, 1)));
   tbb::parallel_for(tbb::blocked_range<int64_t>(0, w.rows, grain), [&](const tbb::blocked_range<int64_t>& range) {
     std::vector<float> row(static_cast<size_t>(w.cols));
     for (int64_t r = range.begin(); r != range.end(); ++r) {

@@ -40,7 +40,14 @@ void matvec_fp8(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t c
 void matmul_fp8(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, int64_t n,
                 int64_t x_stride, float* y, int64_t y_stride);
 
-// Which FP8 code path runs: "avx2" (AVX2 + FMA + F16C) or "portable", chosen once from the CPU.
+// BF16 weight [rows, cols] (raw bf16 bits) against n tokens: y[t * y_stride + r] is bitwise cpu::dot of row r,
+// decoded to float, and x + t * x_stride (vec.h), whatever n and the split of rows.
+void matmul_bf16(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, int64_t x_stride, float* y,
+                 int64_t y_stride);
+
+// The FP8 paths this CPU has (portable, avx2: AVX2 + FMA + F16C, avx512: AVX-512 F/BW/VL too), best last, and
+// the name of the one matvec_fp8 runs: the best up to FERRY_CPU_ISA's choice. avx512 gives avx2's bits.
+std::vector<CpuIsa> fp8_isas();
 const char* matvec_isa();
 
 namespace detail {
@@ -53,6 +60,14 @@ void matmul_mxfp4_on(CpuIsa isa, const uint8_t* codes, const uint8_t* scales, in
 void matvec_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, float* y);
 void matmul_fp8_portable(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x, int64_t n,
                          int64_t x_stride, float* y, int64_t y_stride);
+// One given FP8 path (it must be in fp8_isas()).
+void matvec_fp8_on(CpuIsa isa, const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
+                   float* y);
+void matmul_fp8_on(CpuIsa isa, const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols, const float* x,
+                   int64_t n, int64_t x_stride, float* y, int64_t y_stride);
+// BF16 by decoding each row and calling cpu::dot: the definition matmul_bf16 keeps to.
+void matmul_bf16_portable(const uint16_t* w, int64_t rows, int64_t cols, const float* x, int64_t n, int64_t x_stride,
+                          float* y, int64_t y_stride);
 }  // namespace detail
 
 }  // namespace ferry::runtime::cpu

@@ -7,8 +7,13 @@
 namespace ferry::runtime::cpu {
 
 float dot(const float* a, const float* b, int64_t n);
+// out[i] = dot(a, b + i * b_stride, n) for i < m, bitwise, with several rows' sums in flight at once (dot alone
+// waits on one chain of adds).
+void dots(const float* a, const float* b, int64_t b_stride, int64_t m, int64_t n, float* out);
 // y += a · x
 void axpy(float a, const float* x, float* y, int64_t n);
+// axpy(a[i], x + i * x_stride, y, n) for i = 0 … m−1 in turn, bitwise, with y held in registers across the rows.
+void axpys(const float* a, const float* x, int64_t x_stride, int64_t m, float* y, int64_t n);
 // y *= a
 void scale(float a, float* y, int64_t n);
 
