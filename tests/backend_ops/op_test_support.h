@@ -59,7 +59,8 @@ inline constexpr OpTolerances kCpuTolerances{1e-6, 1e-6, 2e-6};
 //    rounded to float as on the CPU; the products are rounded one by one (no FMA), as on the CPU.
 //  - dot 2e-6: float32 accumulation in another order: a lane's FMA chain over a 16-byte chunk (4 to 32 values),
 //    then its chunks (K/128 to K/1024 of them), then a 5-level shuffle tree: at most ~45 roundings deep at
-//    K = 4096, a random walk of about sqrt(45)·6e-8 = 4e-7 of the scale, well inside the CPU's 2e-6.
+//    K = 4096, a random walk of about sqrt(45)·6e-8 = 4e-7 of the scale, well inside the CPU's 2e-6. The expert
+//    feed-forward's tolerance is built from it; its SwiGLU adds CUDA's expf (within 2 ulp: 2.4e-7 of silu).
 inline constexpr OpTolerances kCudaTolerances{1e-6, 1e-6, 2e-6};
 
 // A backend factory: its name in test names, whether it computes with the host's CPU kernels (then its

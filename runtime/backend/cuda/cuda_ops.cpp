@@ -65,24 +65,55 @@ MatvecFormat matvec_format(core::WeightFormat f) {
   FERRY_THROW("linear: unknown weight format {}", static_cast<int>(f));
 }
 
-void launch(const ops::Linear& a, cudaStream_t stream, const std::string& who) {
-  const core::WeightView& w = a.w;
+// y[t·ys + r] = W·x[t·xs] for n tokens, one matrix-vector launch (the op's own checks first).
+void launch_linear(const core::WeightView& w, const float* x, int64_t n, int64_t xs, float* y, int64_t ys,
+                   core::ActivationBits bits, cudaStream_t stream, const std::string& who) {
   FERRY_CHECK(w.data != nullptr && w.rows >= 0 && w.cols > 0, "{}: linear: empty weight view", who);
   FERRY_CHECK(w.format != core::WeightFormat::MXFP4 || w.cols % core::kFp4Block == 0,
               "{}: linear: MXFP4 cols not a multiple of 32", who);
   FERRY_CHECK(w.cols <= kMatvecMaxCols,
               "{}: linear: {} input columns; the CUDA matrix-vector kernel stages at most {} in shared memory", who,
               w.cols, kMatvecMaxCols);
-  FERRY_CHECK(a.n <= kMatvecMaxTokens, "{}: linear: {} tokens; the CUDA matrix-vector kernel takes at most {} a launch",
-              who, a.n, kMatvecMaxTokens);
+  FERRY_CHECK(n <= kMatvecMaxTokens, "{}: linear: {} tokens; the CUDA matrix-vector kernel takes at most {} a launch",
+              who, n, kMatvecMaxTokens);
   MatvecArgs args;
   args.format = matvec_format(w.format);
   args.codes = w.data, args.scales = w.scales;
   args.row_begin = w.row_begin, args.rows = w.rows, args.cols = w.cols;
-  args.x = a.x, args.n = a.n, args.x_stride = a.x_stride ? a.x_stride : w.cols;
-  args.y = a.y, args.y_stride = a.y_stride ? a.y_stride : w.rows;
-  args.bits = static_cast<int>(a.bits);
+  args.x = x, args.n = n, args.x_stride = xs ? xs : w.cols;
+  args.y = y, args.y_stride = ys ? ys : w.rows;
+  args.bits = static_cast<int>(bits);
   check(launch_matvec(args, stream), who, "linear kernel launch");
+}
+
+void launch(const ops::Linear& a, cudaStream_t stream, const std::string& who) {
+  launch_linear(a.w, a.x, a.n, a.x_stride, a.y, a.y_stride, a.bits, stream, who);
+}
+
+// One launch per group with rows (a routed expert's tokens); the views and row ranges are host memory.
+void launch(const ops::LinearGrouped& a, cudaStream_t stream, const std::string& who) {
+  for (int64_t g = 0; g < a.groups; ++g) {
+    const int64_t r0 = a.row_begin[g], rows = a.row_begin[g + 1] - r0;
+    FERRY_CHECK(rows >= 0, "{}: linear_grouped: group {} ends before it begins", who, g);
+    if (rows == 0) continue;
+    const core::WeightView& w = a.w[g];
+    const int64_t xs = a.x_stride ? a.x_stride : w.cols, ys = a.y_stride ? a.y_stride : w.rows;
+    launch_linear(w, a.x + r0 * xs, rows, xs, a.y + r0 * ys, ys, a.bits, stream, who);
+  }
+}
+
+// w1 and w3 (each rounding x as the CPU rounds it once for both: the same rounding twice), the SwiGLU in place
+// of gate, then w2; the route weight is the combine's, as on the host.
+void launch(const ops::ExpertFfn& a, cudaStream_t stream, const std::string& who) {
+  const int64_t d = a.w1.cols, inter = a.w1.rows;
+  FERRY_CHECK(a.w3.rows == inter && a.w3.cols == d && a.w2.rows == d && a.w2.cols == inter,
+              "{}: expert_ffn: w1 {}x{}, w3 {}x{} and w2 {}x{} do not chain", who, a.w1.rows, a.w1.cols, a.w3.rows,
+              a.w3.cols, a.w2.rows, a.w2.cols);
+  if (a.m == 0) return;
+  launch_linear(a.w1, a.x, a.m, d, a.gate, inter, a.bits, stream, who);
+  launch_linear(a.w3, a.x, a.m, d, a.up, inter, a.bits, stream, who);
+  check(launch_swiglu({a.gate, a.up, a.m, inter, static_cast<float>(a.limit)}, stream), who, "swiglu kernel launch");
+  launch_linear(a.w2, a.gate, a.m, inter, a.out, d, a.bits, stream, who);
 }
 
 template <class Op>
@@ -96,7 +127,7 @@ void launch(const Op&, cudaStream_t, const std::string& who) {
 bool has_kernel(ops::Kind kind) {
   using ops::Kind;
   return kind == Kind::Embed || kind == Kind::RmsNorm || kind == Kind::Rope || kind == Kind::AddStreams ||
-         kind == Kind::Linear;
+         kind == Kind::Linear || kind == Kind::LinearGrouped || kind == Kind::ExpertFfn;
 }
 
 void launch_op(const ops::Op& op, cudaStream_t stream, const std::string& who) {

@@ -69,4 +69,13 @@ struct MatvecArgs {
 };
 cudaError_t launch_matvec(const MatvecArgs& a, cudaStream_t stream);
 
+// gate[i] ← swiglu(gate[i], up[i], limit) (ffn_math.h) over [m, inter]: an expert feed-forward's middle.
+struct SwigluArgs {
+  float* gate = nullptr;
+  const float* up = nullptr;
+  int64_t m = 0, inter = 0;
+  float limit = 0;
+};
+cudaError_t launch_swiglu(const SwigluArgs& a, cudaStream_t stream);
+
 }  // namespace ferry::runtime::cuda
