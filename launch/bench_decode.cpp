@@ -357,7 +357,7 @@ int run(Options& o) {
   fill_cache(s, setup.checkpoint(), fill, c.vocab_size, seed);
   OpProfile profile;
   DeviceTimer timer(profile);
-  runtime::SimBackend* sim = setup.offload() ? const_cast<runtime::SimBackend*>(&setup.offload()->gpu()) : nullptr;
+  runtime::SimBackend* sim = setup.offload() ? setup.offload()->sim() : nullptr;
   if (sim) {
     profile.set_async_device(true);
     sim->set_observer(&timer);

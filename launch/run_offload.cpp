@@ -3,12 +3,16 @@
 #include <algorithm>
 #include <cstdio>
 
+#include <fmt/format.h>
+
 #include "launch/plan_file.h"
 #include "offload/device_plan.h"
 #include "planner/core/error.h"
 #include "planner/core/units.h"
 #include "planner/model_spec.h"
+#include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/hardware_probe.h"
+#include "runtime/model/op_support.h"
 
 namespace ferry::launch {
 
@@ -22,13 +26,55 @@ std::string line(const char* fmt, auto... args) {
 
 std::string bytes(int64_t b) { return core::format_bytes(b); }
 
+// The simulated device's copy and compute streams. Copy time not hidden: the device's compute stream waiting for
+// a copy its work reads, and the host waiting for a staging slot.
+std::string copy_lines(const runtime::SimBackend& gpu, const offload::DispatchStats& t) {
+  const runtime::LinkStats link = gpu.link_stats();
+  const runtime::ComputeStats compute = gpu.compute_stats();
+  const double waited = compute.copy_wait_seconds + t.copy_wait_seconds;
+  const double hidden = link.busy_seconds > 0 ? std::clamp(1 - waited / link.busy_seconds, 0.0, 1.0) : 1.0;
+  std::string out = line(
+      "copies: %lld experts (%s), copy stream busy %.4f s (link model %.4f s), waited for %.4f s (device "
+      "%.4f, host staging %.4f): %.0f%% hidden behind compute\n",
+      (long long)t.copies, bytes(t.copy_bytes).c_str(), link.busy_seconds, link.modeled_seconds, waited,
+      compute.copy_wait_seconds, t.copy_wait_seconds, 100 * hidden);
+  out += line("device compute stream: %lld ops, busy %.4f s; overwrite conflicts %lld\n", (long long)compute.ops_run,
+              compute.busy_seconds, (long long)compute.overwrite_conflicts);
+  return out;
+}
+
+// `--gpu cuda:N`: the probed device N, its free memory the plan's capacity.
+offload::DeviceRequest cuda_device_request(const std::string& gpu) {
+  const std::string digits = gpu.substr(5);
+  FERRY_CHECK(!digits.empty() && digits.size() <= 4 && digits.find_first_not_of("0123456789") == std::string::npos,
+              "--gpu '{}': a CUDA device is cuda:N, N its index (cuda:0)", gpu);
+  const size_t index = std::stoul(digits);
+  std::vector<std::string> notes;
+  const std::vector<planner::GpuSpec> gpus = runtime::probe_gpus(notes);
+  if (gpus.empty()) {  // the probe's note says why, for a plan: "…: planning for the CPU only"
+    std::string why = notes.empty() ? "no usable CUDA GPU" : notes.front();
+    why = why.substr(0, why.rfind(": planning for the CPU only"));
+    FERRY_THROW("--gpu {}: {}", gpu, why);
+  }
+  FERRY_CHECK(index < gpus.size(), "--gpu {}: this machine has {} CUDA GPU(s), cuda:0 to cuda:{}", gpu, gpus.size(),
+              gpus.size() - 1);
+  offload::DeviceRequest device;
+  device.name = fmt::format("--gpu {} ({})", gpu, gpus[index].name);
+  device.capacity = gpus[index].free_bytes;
+  device.link_bytes_per_s = planner::pcie_h2d_bandwidth(gpus[index].pcie);
+  device.gpu = gpus[index];
+  return device;
+}
+
 }  // namespace
 
 void OffloadFlags::add_to(CLI::App& app) {
   app.add_option("--gpu", gpu,
-                 "Run as planned for a GPU: sim:SIZE[@BW], a simulated device of SIZE (e.g. sim:24GiB) with an "
-                 "optional host link (sim:24GiB@25GB/s) whose memory is host RAM, for placement, the expert cache "
-                 "and streaming without a GPU (CUDA kernels are not built yet)");
+                 "Run as planned for a GPU: cuda:N, the CUDA device N, planned with its free memory and its "
+                 "figures (its kernels cover part of the forward pass so far: a run that needs others stops before "
+                 "loading, naming them); or sim:SIZE[@BW], a simulated device of SIZE (e.g. sim:24GiB) with an "
+                 "optional host link (sim:24GiB@25GB/s) whose memory is host RAM, computing with the CPU's "
+                 "kernels: placement, the expert cache and streaming without a GPU");
   app.add_option("--expert-cache-slots", cache_slots,
                  "GPU expert-cache slots per MoE layer (default: the planner gives the cache what VRAM is left; 0 "
                  "= no cache)")
@@ -73,9 +119,14 @@ void OffloadFlags::check(bool ranks) const {
 }
 
 offload::DeviceRequest OffloadFlags::device_request() const {
+  if (is_cuda()) {
+    offload::DeviceRequest device = cuda_device_request(gpu);
+    device.cache_slots = cache_slots;
+    return device;
+  }
   FERRY_CHECK(gpu.starts_with("sim:"),
-              "--gpu '{}': ferry run computes with the CPU's kernels for now; give a simulated device, e.g. --gpu "
-              "sim:24GiB or sim:24GiB@25GB/s (`ferry plan --gpu` takes real GPUs)",
+              "--gpu '{}': give a CUDA device (cuda:0) or a simulated one (sim:24GiB or sim:24GiB@25GB/s); `ferry "
+              "plan --gpu` takes GPU models",
               gpu);
   const runtime::SimDeviceSpec spec = runtime::parse_sim_device(gpu);
   offload::DeviceRequest device;
@@ -113,6 +164,8 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, const std::string& model_dir, 
   }
   if (!flags.plan_out.empty()) write_plan_file(flags.plan_out, plan_);
   prepare();
+  // Before any weight is read: a device without the kernels this model needs says which.
+  runtime::require_ops(*gpu_, runtime::ops_of_model(model.config, so.mtp), "this model's forward pass");
 }
 
 OffloadRun::OffloadRun(const OffloadFlags& flags, planner::Plan node_view)
@@ -121,15 +174,22 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, planner::Plan node_view)
 }
 
 void OffloadRun::prepare() {
-  const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags_.gpu);
+  double link_bytes_per_s = 0;
+  if (flags_.is_cuda()) {
+    gpu_ = runtime::cuda::make_cuda_backend(std::stoi(flags_.gpu.substr(5)));
+    link_bytes_per_s = planner::pcie_h2d_bandwidth(plan_.hardware.gpus.front().pcie);
+  } else {
+    const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags_.gpu);
+    gpu_ = std::make_unique<runtime::SimBackend>(spec);
+    link_bytes_per_s = spec.link_bytes_per_s;
+  }
   if (!flags_.host_experts.empty()) host_experts_ = *offload::host_experts_from_name(flags_.host_experts);
   dispatch_.policy = flags_.policy == "lfu" ? offload::CachePolicy::Lfu : offload::CachePolicy::Lru;
   // The CPU expert kernels reach ~60% of the host's RAM bandwidth (`ferry bench kernels`).
   const double cpu_bw = 0.6 * plan_.hardware.host.memory_bandwidth;
   dispatch_.stream_min_tokens = flags_.stream_min_tokens >= 0
                                     ? flags_.stream_min_tokens
-                                    : offload::stream_min_tokens_for(cpu_bw, spec.link_bytes_per_s);
-  gpu_ = std::make_unique<runtime::SimBackend>(spec);
+                                    : offload::stream_min_tokens_for(cpu_bw, link_bytes_per_s);
   hosts_ = offload::make_host_backends(plan_);
 }
 
@@ -178,7 +238,6 @@ std::string OffloadRun::expert_report() const {
     lookups += s.hits + s.misses;
     evictions += s.evictions;
   }
-  const runtime::LinkStats link = gpu_->link_stats();
   std::string out =
       line("experts: %lld uses, %.1f%% on the GPU (resident %lld, cache hits %lld, streamed %lld), CPU %lld\n",
            (long long)t.uses(), 100 * t.gpu_share(), (long long)t.resident, (long long)t.cache_hits,
@@ -187,18 +246,10 @@ std::string OffloadRun::expert_report() const {
       "expert cache: %s, hit rate %.1f%% (%lld of %lld lookups), %lld evictions; stream from %lld tokens per expert\n",
       flags_.policy.c_str(), lookups ? 100.0 * hits / lookups : 0.0, (long long)hits, (long long)lookups,
       (long long)evictions, (long long)bound_->dispatch().stream_min_tokens());
-  // Copy time not hidden: the device's compute stream waiting for a copy its work reads, and the host waiting
-  // for a staging slot.
-  const runtime::ComputeStats compute = gpu_->compute_stats();
-  const double waited = compute.copy_wait_seconds + t.copy_wait_seconds;
-  const double hidden = link.busy_seconds > 0 ? std::clamp(1 - waited / link.busy_seconds, 0.0, 1.0) : 1.0;
-  out += line(
-      "copies: %lld experts (%s), copy stream busy %.4f s (link model %.4f s), waited for %.4f s (device "
-      "%.4f, host staging %.4f): %.0f%% hidden behind compute\n",
-      (long long)t.copies, bytes(t.copy_bytes).c_str(), link.busy_seconds, link.modeled_seconds, waited,
-      compute.copy_wait_seconds, t.copy_wait_seconds, 100 * hidden);
-  out += line("device compute stream: %lld ops, busy %.4f s; overwrite conflicts %lld\n", (long long)compute.ops_run,
-              compute.busy_seconds, (long long)compute.overwrite_conflicts);
+  if (const runtime::SimBackend* s = sim())
+    out += copy_lines(*s, t);
+  else
+    out += line("copies: %lld experts (%s)\n", (long long)t.copies, bytes(t.copy_bytes).c_str());
   out += host_experts_line();
   return out;
 }

@@ -21,7 +21,7 @@
 namespace ferry::launch {
 
 struct OffloadFlags {
-  std::string gpu;           // "sim:24GiB" or "sim:24GiB@25GB/s"; empty: CPU only
+  std::string gpu;           // "cuda:0", "sim:24GiB" or "sim:24GiB@25GB/s"; empty: CPU only
   int64_t cache_slots = -1;  // GPU expert-cache slots per layer; -1: the planner fills the leftover room
   std::string policy = "lru";
   int64_t stream_min_tokens = -1;  // -1: from the cost model (offload::stream_min_tokens_for)
@@ -33,7 +33,9 @@ struct OffloadFlags {
 
   void add_to(CLI::App& app);
   bool enabled() const { return !gpu.empty(); }
-  // The simulated device --gpu names, with --expert-cache-slots; throws naming a device that is not sim:….
+  bool is_cuda() const { return gpu.starts_with("cuda:"); }
+  // The device --gpu names (cuda:N, probed; or sim:…), with --expert-cache-slots; throws naming a device that
+  // is neither, a CUDA device this machine lacks, or a machine without CUDA.
   offload::DeviceRequest device_request() const;
   // Throws ferry::Error when a flag that only --gpu uses is given without it (--plan-out is also for runs under
   // mpirun, `ranks`), or a planning flag with --plan.
@@ -61,7 +63,9 @@ class OffloadRun {
   // `base` with the plan's context, KV type, chunk and MTP choice (those of --plan, or `session`'s).
   runtime::SessionOptions planned_session(runtime::SessionOptions base) const;
   const offload::BoundPlan& bound() const { return *bound_; }
-  const runtime::SimBackend& gpu() const { return *gpu_; }
+  const runtime::Backend& gpu() const { return *gpu_; }
+  // The simulated device, or nullptr on a CUDA device (the benches observe a simulated device's events).
+  runtime::SimBackend* sim() const { return dynamic_cast<runtime::SimBackend*>(gpu_.get()); }
   // The host backends, one per NUMA device of the plan, in plan order; host() is NUMA node 0's.
   const runtime::cpu::CpuBackend& host() const { return *hosts_.front(); }
   const std::vector<std::unique_ptr<runtime::cpu::CpuBackend>>& hosts() const { return hosts_; }
@@ -78,7 +82,7 @@ class OffloadRun {
 
   OffloadFlags flags_;
   planner::Plan plan_;
-  std::unique_ptr<runtime::SimBackend> gpu_;
+  std::unique_ptr<runtime::Backend> gpu_;
   std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts_;
   std::unique_ptr<offload::BoundPlan> bound_;
   offload::DispatchOptions dispatch_;

@@ -15,13 +15,18 @@ planner::Hardware device_hardware(const planner::HostSpec& host, const DeviceReq
   hw.host = host;
   hw.host_reserve_bytes = 0;  // measured against this process's own allocations
   planner::GpuSpec g;
-  g.name = device.name;
-  g.memory_bytes = g.free_bytes = device.capacity;
-  // The compute figures only feed the speed estimate; a simulated device computes with the CPU's kernels.
-  g.memory_bandwidth = planner::reference_gpu().memory_bandwidth;
-  g.bf16_tflops = planner::reference_gpu().bf16_tflops;
+  if (device.gpu) {
+    g = *device.gpu;  // probed after ferry's own CUDA context: what is free is what the plan may use
+    g.free_bytes = device.capacity;
+  } else {
+    g.name = device.name;
+    g.memory_bytes = g.free_bytes = device.capacity;
+    // The compute figures only feed the speed estimate; a simulated device computes with the CPU's kernels.
+    g.memory_bandwidth = planner::reference_gpu().memory_bandwidth;
+    g.bf16_tflops = planner::reference_gpu().bf16_tflops;
+  }
   hw.gpus.push_back(g);
-  hw.gpu_reserve_bytes = 0;  // no driver context on a simulated device
+  hw.gpu_reserve_bytes = 0;  // a simulated device has no driver context; a real one's is outside its free memory
   hw.source = "flags";
   return hw;
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "planner/model_spec.h"
@@ -17,6 +18,9 @@ struct DeviceRequest {
   int64_t capacity = 0;
   double link_bytes_per_s = 0;  // the host link; 0: PCIe gen4's practical rate for the cost model
   int64_t cache_slots = -1;     // GPU expert-cache slots per MoE layer; -1: what room is left
+  // A real device's figures (`--gpu cuda:N`, probed: bandwidth, throughput, PCIe link; capacity is its free
+  // memory); none: a simulated device, planned with the reference card's speeds.
+  std::optional<planner::GpuSpec> gpu;
 };
 
 // The machine of such a run: `host` and one GPU-like device (a simulated one: its speeds are the reference card's).

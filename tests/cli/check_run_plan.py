@@ -166,6 +166,12 @@ three = subprocess.run([ferry, "plan", "-m", tiny, "--gpu", "1GiB", "--host-ram"
 assert three.returncode == 0, three.stderr
 expect_error("made for 3 nodes", "--gpu", "sim:1GiB", "--plan", path("three.json"))
 
+# --gpu names a CUDA device (cuda:N) or a simulated one; a CUDA device this machine cannot use (no GPU, no driver,
+# a CPU-only build) or whose kernels do not cover the model yet stops before loading, with one line naming it.
+expect_error("a CUDA device is cuda:N", "--gpu", "cuda:x")
+expect_error("give a CUDA device (cuda:0) or a simulated one", "--gpu", "gpu:0")
+expect_error("--gpu cuda:0", "--gpu", "cuda:0")
+
 # serve keeps prefix-reuse snapshots: a plan without them is refused before loading; one with them, or serve without
 # reuse, gets as far as listening (on an address that cannot be, so that it stops there).
 def serve_plan(plan, *extra):
