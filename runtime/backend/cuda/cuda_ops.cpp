@@ -55,6 +55,27 @@ void launch(const ops::AddStreams& a, cudaStream_t stream, const std::string& wh
   check(launch_add_streams({a.a, a.b, a.n, a.streams, a.d, a.out}, stream), who, "add_streams kernel launch");
 }
 
+void check_hc(int64_t hc, const std::string& who, const char* op) {
+  FERRY_CHECK(hc >= 1 && hc <= kMaxHc, "{}: {}: {} streams; the CUDA kernels take 1 to {}", who, op, hc, kMaxHc);
+}
+
+void launch(const ops::HcPre& a, cudaStream_t stream, const std::string& who) {
+  check_hc(a.hc, who, "hc_pre");
+  const HcPreArgs args{a.H, a.n, a.hc, a.d, a.fn, a.scale, a.base, a.sinkhorn_iters, a.hc_eps, a.norm_eps, a.mix, a.x};
+  check(launch_hc_pre(args, stream), who, "hc_pre kernel launch");
+}
+
+void launch(const ops::HcPost& a, cudaStream_t stream, const std::string& who) {
+  check_hc(a.hc, who, "hc_post");
+  check(launch_hc_post({a.y, a.mix, a.n, a.hc, a.d, a.H}, stream), who, "hc_post kernel launch");
+}
+
+void launch(const ops::HcHead& a, cudaStream_t stream, const std::string& who) {
+  check_hc(a.hc, who, "hc_head");
+  const HcHeadArgs args{a.H, a.n, a.hc, a.d, a.fn, a.scale, a.base, a.hc_eps, a.norm_eps, a.y};
+  check(launch_hc_head(args, stream), who, "hc_head kernel launch");
+}
+
 MatvecFormat matvec_format(core::WeightFormat f) {
   switch (f) {
     case core::WeightFormat::F32: return MatvecFormat::F32;
@@ -95,8 +116,17 @@ void launch(const Op&, cudaStream_t, const std::string& who) {
 
 bool has_kernel(ops::Kind kind) {
   using ops::Kind;
-  return kind == Kind::Embed || kind == Kind::RmsNorm || kind == Kind::Rope || kind == Kind::AddStreams ||
-         kind == Kind::Linear;
+  switch (kind) {
+    case Kind::Embed:
+    case Kind::RmsNorm:
+    case Kind::Rope:
+    case Kind::HcPre:
+    case Kind::HcPost:
+    case Kind::HcHead:
+    case Kind::Linear:
+    case Kind::AddStreams: return true;
+    default: return false;
+  }
 }
 
 void launch_op(const ops::Op& op, cudaStream_t stream, const std::string& who) {

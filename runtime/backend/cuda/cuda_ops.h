@@ -10,8 +10,8 @@
 
 namespace ferry::runtime::cuda {
 
-// Whether a kernel exists for the kind: embedding, RMSNorm, RoPE, the stream sum, and linear layers (F32, BF16,
-// FP8 and MXFP4 weights, as matrix-vector products over tiles of tokens).
+// Whether a kernel exists for the kind: embedding, RMSNorm, RoPE, mHC (pre, post, head), the stream sum, and
+// linear layers (F32, BF16, FP8 and MXFP4 weights, as matrix-vector products over tiles of tokens).
 bool has_kernel(ops::Kind kind);
 
 // Queues the op's kernels on `stream` and returns. Throws ferry::Error starting with `who` when the op has no

@@ -62,6 +62,14 @@ FERRY_HD float sub_rn(float a, float b) {
 #endif
 }
 
+FERRY_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
 FERRY_HD double dmul_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);

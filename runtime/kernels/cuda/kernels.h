@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "runtime/kernels/cuda/hc_math.h"
 #include "runtime/kernels/cuda/matvec_math.h"
 
 namespace ferry::runtime::cuda {
@@ -68,5 +69,39 @@ struct MatvecArgs {
   int bits = 24;  // MXFP4 input rounding: 8, 16 or 24
 };
 cudaError_t launch_matvec(const MatvecArgs& a, cudaStream_t stream);
+
+// mHC (hc_math.h), one block per token for the pre-mix and the head (the logits are block-wide dot products
+// over the token's hc·d stream values), one thread per column for the post-mix. hc <= kMaxHc.
+struct HcPreArgs {
+  const float* H = nullptr;  // [n, hc, d]
+  int64_t n = 0, hc = 0, d = 0;
+  const float* fn = nullptr;     // [(2 + hc)·hc, hc·d]
+  const float* scale = nullptr;  // [3]
+  const float* base = nullptr;   // [(2 + hc)·hc]
+  int64_t sinkhorn_iters = 0;
+  double hc_eps = 0, norm_eps = 0;
+  float* mix = nullptr;  // [n, 2·hc + hc²]
+  float* x = nullptr;    // [n, d]
+};
+cudaError_t launch_hc_pre(const HcPreArgs& a, cudaStream_t stream);
+
+struct HcPostArgs {
+  const float* y = nullptr;
+  const float* mix = nullptr;
+  int64_t n = 0, hc = 0, d = 0;
+  float* H = nullptr;
+};
+cudaError_t launch_hc_post(const HcPostArgs& a, cudaStream_t stream);
+
+struct HcHeadArgs {
+  const float* H = nullptr;
+  int64_t n = 0, hc = 0, d = 0;
+  const float* fn = nullptr;     // [hc, hc·d]
+  const float* scale = nullptr;  // [1]
+  const float* base = nullptr;   // [hc]
+  double hc_eps = 0, norm_eps = 0;
+  float* y = nullptr;  // [n, d]
+};
+cudaError_t launch_hc_head(const HcHeadArgs& a, cudaStream_t stream);
 
 }  // namespace ferry::runtime::cuda
