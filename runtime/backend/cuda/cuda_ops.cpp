@@ -76,6 +76,43 @@ void launch(const ops::HcHead& a, cudaStream_t stream, const std::string& who) {
   check(launch_hc_head(args, stream), who, "hc_head kernel launch");
 }
 
+void launch(const ops::Route& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.bias || (a.tid2eid && a.tokens), "{}: route: neither a bias nor a hash table", who);
+  FERRY_CHECK(a.k >= 1 && a.k <= std::min(a.experts, kMaxRouteK),
+              "{}: route: {} choices of {} experts; the CUDA "
+              "kernel takes 1 to min(experts, {})",
+              who, a.k, a.experts, kMaxRouteK);
+  FERRY_CHECK(a.experts <= kRouteMaxExperts, "{}: route: {} experts; the CUDA kernel takes at most {}", who, a.experts,
+              kRouteMaxExperts);
+  RouteArgs args;
+  args.experts = a.experts, args.k = a.k;
+  args.bias = a.tid2eid ? nullptr : a.bias, args.tid2eid = a.tid2eid;
+  args.scaling = static_cast<float>(a.scaling);
+  for (int64_t t0 = 0; t0 < a.n; t0 += kRouteTokensPerLaunch) {
+    args.n = std::min<int64_t>(kRouteTokensPerLaunch, a.n - t0);
+    args.scores = a.scores + t0 * a.experts;
+    args.ids = a.ids + t0 * a.k, args.weights = a.weights + t0 * a.k;
+    if (a.tid2eid)
+      for (int64_t t = 0; t < args.n; ++t) {
+        FERRY_CHECK(a.tokens[t0 + t] >= 0, "{}: route: token {} is negative", who, a.tokens[t0 + t]);
+        args.tokens[t] = a.tokens[t0 + t];
+      }
+    check(launch_route(args, stream), who, "route kernel launch");
+  }
+}
+
+void launch(const ops::GatherRows& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.div >= 1, "{}: gather_rows: divisor {}", who, a.div);
+  check(launch_gather_rows({a.src, a.d, a.index, a.div, a.m, a.dst}, stream), who, "gather_rows kernel launch");
+}
+
+void launch(const ops::MoeCombine& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.k >= 1 && a.k <= kMaxRouteK, "{}: moe_combine: {} choices a token; the CUDA kernel takes 1 to {}", who,
+              a.k, kMaxRouteK);
+  const MoeCombineArgs args{a.expert_out, a.order, a.weights, a.n, a.k, a.d, a.y, a.add};
+  check(launch_moe_combine(args, stream), who, "moe_combine kernel launch");
+}
+
 MatvecFormat matvec_format(core::WeightFormat f) {
   switch (f) {
     case core::WeightFormat::F32: return MatvecFormat::F32;
@@ -124,6 +161,9 @@ bool has_kernel(ops::Kind kind) {
     case Kind::HcPost:
     case Kind::HcHead:
     case Kind::Linear:
+    case Kind::Route:
+    case Kind::GatherRows:
+    case Kind::MoeCombine:
     case Kind::AddStreams: return true;
     default: return false;
   }

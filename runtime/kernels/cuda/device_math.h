@@ -78,6 +78,32 @@ FERRY_HD double dmul_rn(double a, double b) {
 #endif
 }
 
+// expf, log1pf and sqrtf: on the device CUDA's (expf and log1pf within 2 ulp of the exact value, sqrtf exact),
+// on the host glibc's (what the CPU kernels call).
+FERRY_HD float exp_f(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+FERRY_HD float log1p_f(float x) {
+#if defined(__CUDA_ARCH__)
+  return log1pf(x);
+#else
+  return std::log1p(x);
+#endif
+}
+
+FERRY_HD float sqrt_f(float x) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(x);
+#else
+  return std::sqrt(x);
+#endif
+}
+
 // x·2^k, exact while the result is a float (normal or subnormal without lost bits).
 FERRY_HD float scale_pow2(float x, int k) {
 #if defined(__CUDA_ARCH__)

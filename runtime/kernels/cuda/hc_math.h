@@ -6,7 +6,6 @@
 // On the device expf is CUDA's (within 2 ulp), where the CPU calls glibc's: the only difference in the weights.
 #pragma once
 
-#include <cmath>
 #include <cstdint>
 
 #include "runtime/kernels/cuda/device_math.h"
@@ -15,14 +14,6 @@ namespace ferry::runtime::cuda {
 
 // The largest stream count the kernels take (V4: 4): the post-mix holds a token's streams in registers.
 constexpr int64_t kMaxHc = 8;
-
-FERRY_HD float exp_f(float x) {
-#if defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  return std::exp(x);
-#endif
-}
 
 FERRY_HD float sigmoid_f(float x) { return div_rn(1.0f, add_rn(1.0f, exp_f(-x))); }
 

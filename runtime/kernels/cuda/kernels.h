@@ -11,6 +11,7 @@
 
 #include "runtime/kernels/cuda/hc_math.h"
 #include "runtime/kernels/cuda/matvec_math.h"
+#include "runtime/kernels/cuda/moe_math.h"
 
 namespace ferry::runtime::cuda {
 
@@ -103,5 +104,42 @@ struct HcHeadArgs {
   float* y = nullptr;  // [n, d]
 };
 cudaError_t launch_hc_head(const HcHeadArgs& a, cudaStream_t stream);
+
+// The router (moe_math.h), one block per token: scores in place, the top-k by rank (score routing, E <=
+// kRouteMaxExperts) or the token's row of tid2eid (hash routing, the token ids in the arguments), the weights.
+constexpr int kRouteTokensPerLaunch = 512;
+constexpr int64_t kRouteMaxExperts = 4096;  // two floats an expert in shared memory
+struct RouteArgs {
+  float* scores = nullptr;  // [n, E]
+  int64_t n = 0, experts = 0, k = 0;
+  const float* bias = nullptr;       // score routing
+  const int32_t* tid2eid = nullptr;  // hash routing: [vocab, k]
+  float scaling = 1;
+  int32_t* ids = nullptr;    // [n, k]
+  float* weights = nullptr;  // [n, k]
+  int32_t tokens[kRouteTokensPerLaunch] = {};
+};
+cudaError_t launch_route(const RouteArgs& a, cudaStream_t stream);
+
+struct GatherRowsArgs {
+  const float* src = nullptr;
+  int64_t d = 0;
+  const int32_t* index = nullptr;  // [m]
+  int64_t div = 1, m = 0;
+  float* dst = nullptr;  // [m, d]
+};
+cudaError_t launch_gather_rows(const GatherRowsArgs& a, cudaStream_t stream);
+
+// One block per token: its k sorted positions found by a scan of `order` (n·k entries a token: fine for a
+// chunk's few thousand tokens), sorted, then the combine of every column. k <= kMaxRouteK.
+struct MoeCombineArgs {
+  const float* expert_out = nullptr;  // [n·k, d]
+  const int32_t* order = nullptr;     // [n·k]
+  const float* weights = nullptr;     // [n·k]
+  int64_t n = 0, k = 0, d = 0;
+  float* y = nullptr;  // [n, d]
+  bool add = true;
+};
+cudaError_t launch_moe_combine(const MoeCombineArgs& a, cudaStream_t stream);
 
 }  // namespace ferry::runtime::cuda
