@@ -44,7 +44,8 @@ inline size_t sz(int64_t i) { return static_cast<size_t>(i); }
 // rounding error, whatever the terms cancel to), an mHC weight (absolute: all are of order 1) and a mixed stream
 // value (of the sum of its terms' magnitudes), a router score and weight (of its value; the choice, of the
 // largest biased score), an MoE-combined value (of the sum of its terms' magnitudes). Embedding gathers, row
-// gathers and the stream sum are exact everywhere.
+// gathers, the stream sum, KV encodings (IEEE operations only, on CUDA too) and the window store are exact
+// everywhere.
 struct OpTolerances {
   double rms_norm = 0, rope = 0, dot = 0, hc = 0, route = 0, combine = 0;
 };

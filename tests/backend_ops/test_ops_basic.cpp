@@ -15,8 +15,8 @@ FERRY_OP_SUITE(BasicOps);
 // Host and sim run every op; cuda exactly the kinds its kernels exist for (runtime/kernels/cuda; the rest of
 // issue 19 adds to the list). What each runs is reported.
 TYPED_TEST(BasicOps, SupportsEveryKindOnTheHostAndTheSimulatedDevice) {
-  const Kind cuda_kinds[] = {Kind::Embed,      Kind::RmsNorm,    Kind::Rope,      Kind::HcPre,
-                             Kind::HcPost,     Kind::HcHead,     Kind::Linear,    Kind::Route,
+  const Kind cuda_kinds[] = {Kind::Embed,      Kind::RmsNorm,    Kind::Rope,      Kind::HcPre,         Kind::HcPost,
+                             Kind::HcHead,     Kind::Linear,     Kind::KvEncode,  Kind::KvWindowStore, Kind::Route,
                              Kind::GatherRows, Kind::MoeCombine, Kind::AddStreams};
   std::string runs;
   for (int k = 0; k < ops::kKinds; ++k) {

@@ -4,6 +4,7 @@
 
 #include "planner/core/error.h"
 #include "runtime/backend/cuda/cuda_util.h"
+#include "runtime/backend/cuda/kv_row.h"
 #include "runtime/kernels/cuda/kernels.h"
 
 namespace ferry::runtime::cuda {
@@ -113,6 +114,16 @@ void launch(const ops::MoeCombine& a, cudaStream_t stream, const std::string& wh
   check(launch_moe_combine(args, stream), who, "moe_combine kernel launch");
 }
 
+void launch(const ops::KvEncode& a, cudaStream_t stream, const std::string& who) {
+  check(launch_kv_encode({kv_row(a.layout, who), a.x, a.rows, a.out}, stream), who, "kv_encode kernel launch");
+}
+
+void launch(const ops::KvWindowStore& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.window > 0 && a.p0 >= 0, "{}: kv_window_store: window {} at position {}", who, a.window, a.p0);
+  check(launch_kv_window_store({a.rows, a.n, a.p0, a.window, a.row_bytes, a.ring}, stream), who,
+        "kv_window_store kernel launch");
+}
+
 MatvecFormat matvec_format(core::WeightFormat f) {
   switch (f) {
     case core::WeightFormat::F32: return MatvecFormat::F32;
@@ -161,6 +172,8 @@ bool has_kernel(ops::Kind kind) {
     case Kind::HcPost:
     case Kind::HcHead:
     case Kind::Linear:
+    case Kind::KvEncode:
+    case Kind::KvWindowStore:
     case Kind::Route:
     case Kind::GatherRows:
     case Kind::MoeCombine:

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "runtime/kernels/cuda/hc_math.h"
+#include "runtime/kernels/cuda/kv_math.h"
 #include "runtime/kernels/cuda/matvec_math.h"
 #include "runtime/kernels/cuda/moe_math.h"
 
@@ -141,5 +142,22 @@ struct MoeCombineArgs {
   bool add = true;
 };
 cudaError_t launch_moe_combine(const MoeCombineArgs& a, cudaStream_t stream);
+
+// KV rows (kv_math.h): one thread per unit of a row (a quantisation block, a BF16 value, the scales' padding).
+struct KvEncodeArgs {
+  KvRow layout;
+  float* x = nullptr;  // [rows, dims], rounded in place
+  int64_t rows = 0;
+  uint8_t* out = nullptr;  // [rows, bytes]
+};
+cudaError_t launch_kv_encode(const KvEncodeArgs& a, cudaStream_t stream);
+
+// The chunk's last min(n, window) rows into the ring at slot p % window, a block a row.
+struct KvWindowStoreArgs {
+  const uint8_t* rows = nullptr;
+  int64_t n = 0, p0 = 0, window = 0, row_bytes = 0;
+  uint8_t* ring = nullptr;
+};
+cudaError_t launch_kv_window_store(const KvWindowStoreArgs& a, cudaStream_t stream);
 
 }  // namespace ferry::runtime::cuda
