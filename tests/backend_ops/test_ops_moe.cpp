@@ -14,8 +14,8 @@ namespace {
 FERRY_OP_SUITE(MoeOps);
 
 // Score routing: tokens of random logits, and one whose best experts tie exactly (equal logits and biases):
-// the lower ids win. sqrt(softplus(·)) in float32 is a few roundings from the exact score (1e-6 relative),
-// which bounds the biased scores' error at the cut; the weights are k of those normalised (1e-6 relative).
+// the lower ids win. Scores and weights within the backend's route tolerance of their values, the choice of the
+// largest biased score (OpTolerances).
 TYPED_TEST(MoeOps, RouteByScore) {
   for (const Shape& s : shapes()) {
     const int64_t n = 4, E = s.c.n_routed_experts, k = s.c.num_experts_per_tok;
@@ -54,16 +54,17 @@ TYPED_TEST(MoeOps, RouteByScore) {
       const std::vector<int32_t> chosen(ids.begin() + t * k, ids.begin() + (t + 1) * k);
       std::vector<int64_t> tie_class(sz(E), -1);
       for (int64_t e : tied) tie_class[sz(e)] = t == n - 1 ? 0 : -1;
-      check_selection(chosen, biased, k, 1e-6 * bmax, tie_class, s.name + " route token " + std::to_string(t));
+      check_selection(chosen, biased, k, TypeParam::kTol.route * bmax, tie_class,
+                      s.name + " route token " + std::to_string(t));
       const Vec w =
           reference::route_weights(sc, std::vector<int64_t>(chosen.begin(), chosen.end()), s.c.routed_scaling_factor);
-      for (double v : w) ref_w.push_back(v), tol_w.push_back(1e-6 * std::fabs(v));
+      for (double v : w) ref_w.push_back(v), tol_w.push_back(TypeParam::kTol.route * std::fabs(v));
     }
     std::vector<int32_t> last(ids.end() - k, ids.end());
     std::sort(last.begin(), last.end());
     EXPECT_TRUE(std::equal(last.begin(), last.end(), tied.begin())) << s.name << ": the tie goes to the lower ids";
     Vec tol_scores(ref_scores.size());
-    for (size_t i = 0; i < tol_scores.size(); ++i) tol_scores[i] = 1e-6 * ref_scores[i];
+    for (size_t i = 0; i < tol_scores.size(); ++i) tol_scores[i] = TypeParam::kTol.route * ref_scores[i];
     expect_near(out->f32("scores"), ref_scores, tol_scores, s.name + " route scores");
     expect_near(weights, ref_w, tol_w, s.name + " route weights");
   }
@@ -105,7 +106,7 @@ TYPED_TEST(MoeOps, RouteByHash) {
       ref_ids.insert(ref_ids.end(), row, row + k);
       const Vec w = reference::route_weights(reference::route_scores(slice(logits, t, E)),
                                              std::vector<int64_t>(row, row + k), s.c.routed_scaling_factor);
-      for (double v : w) ref_w.push_back(v), tol_w.push_back(1e-6 * std::fabs(v));
+      for (double v : w) ref_w.push_back(v), tol_w.push_back(TypeParam::kTol.route * std::fabs(v));
     }
     EXPECT_EQ(out->i32("ids"), ref_ids) << s.name << " hash routing";
     expect_near(out->f32("weights"), ref_w, tol_w, s.name + " hash route weights");
@@ -133,7 +134,7 @@ TYPED_TEST(MoeOps, GatherRows) {
 }
 
 // y[t] += sum of the token's k weighted expert outputs, found through the sorted positions' choice numbers.
-// A float32 sum of k + 1 terms: within 1e-6 of the sum of their magnitudes.
+// Within the backend's combine tolerance of the sum of the terms' magnitudes.
 TYPED_TEST(MoeOps, MoeCombine) {
   for (const Shape& s : shapes()) {
     const int64_t n = 3, d = s.c.hidden_size, k = s.c.num_experts_per_tok;
@@ -166,7 +167,7 @@ TYPED_TEST(MoeOps, MoeCombine) {
       for (size_t i = 0; i < yt.size(); ++i) abs_y[i] = std::fabs(yt[i]);
       const Vec yr = reference::moe_combine(yt, outs, wt), m = reference::moe_combine(abs_y, abs_outs, wt);
       ref.insert(ref.end(), yr.begin(), yr.end());
-      for (double v : m) mag.push_back(1e-6 * v);
+      for (double v : m) mag.push_back(TypeParam::kTol.combine * v);
     }
     expect_near(out->f32("y"), ref, mag, s.name + " moe combine");
   }

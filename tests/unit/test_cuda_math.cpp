@@ -22,17 +22,10 @@
 #include "runtime/kernels/cuda/dtype_math.h"
 #include "runtime/kernels/cuda/matvec_math.h"
 #include "runtime/kernels/cuda/norm_rope_math.h"
+#include "same_float.h"
 
 namespace ferry::runtime::cuda {
 namespace {
-
-// Equal bit patterns, or both NaN (the codecs' NaNs need not share a payload).
-::testing::AssertionResult same_float(float got, float want) {
-  if (std::bit_cast<uint32_t>(got) == std::bit_cast<uint32_t>(want) || (std::isnan(got) && std::isnan(want)))
-    return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << "got " << got << " (0x" << std::hex << std::bit_cast<uint32_t>(got)
-                                       << "), want " << want << " (0x" << std::bit_cast<uint32_t>(want) << ")";
-}
 
 TEST(CudaMath, DecodesEveryBf16Code) {
   for (uint32_t c = 0; c < 65536; ++c)

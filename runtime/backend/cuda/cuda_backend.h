@@ -33,9 +33,8 @@ class CudaBackend final : public Backend {
   // Page-locks the range with cudaHostRegister (a staging buffer the host allocated); throws ferry::Error with
   // CUDA's message when it cannot.
   std::shared_ptr<void> pin_host(void* p, int64_t bytes) override;
-  // The kinds with a CUDA kernel (cuda_ops.h): embedding, RMSNorm, RoPE, the stream sum, linear layers. run()
-  // throws ferry::Error naming the device and the op for any other kind, and for arguments its kernel does not
-  // take (cuda_ops.h).
+  // The kinds with a CUDA kernel (cuda_ops.h's has_kernel lists them). run() throws ferry::Error naming the device and
+  // the op for any other kind, and for arguments its kernel does not take (cuda_ops.h).
   bool supports(ops::Kind kind) const override;
   ComputeEvent run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) override;
   // Throws ferry::Error naming the device when a copy (an op) on the stream failed.

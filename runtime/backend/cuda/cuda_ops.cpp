@@ -4,6 +4,7 @@
 
 #include "planner/core/error.h"
 #include "runtime/backend/cuda/cuda_util.h"
+#include "runtime/backend/cuda/kv_row.h"
 #include "runtime/kernels/cuda/kernels.h"
 
 namespace ferry::runtime::cuda {
@@ -53,6 +54,74 @@ void launch(const ops::Rope& a, cudaStream_t stream, const std::string& who) {
 
 void launch(const ops::AddStreams& a, cudaStream_t stream, const std::string& who) {
   check(launch_add_streams({a.a, a.b, a.n, a.streams, a.d, a.out}, stream), who, "add_streams kernel launch");
+}
+
+void check_hc(int64_t hc, const std::string& who, const char* op) {
+  FERRY_CHECK(hc >= 1 && hc <= kMaxHc, "{}: {}: {} streams; the CUDA kernels take 1 to {}", who, op, hc, kMaxHc);
+}
+
+void launch(const ops::HcPre& a, cudaStream_t stream, const std::string& who) {
+  check_hc(a.hc, who, "hc_pre");
+  const HcPreArgs args{a.H, a.n, a.hc, a.d, a.fn, a.scale, a.base, a.sinkhorn_iters, a.hc_eps, a.norm_eps, a.mix, a.x};
+  check(launch_hc_pre(args, stream), who, "hc_pre kernel launch");
+}
+
+void launch(const ops::HcPost& a, cudaStream_t stream, const std::string& who) {
+  check_hc(a.hc, who, "hc_post");
+  check(launch_hc_post({a.y, a.mix, a.n, a.hc, a.d, a.H}, stream), who, "hc_post kernel launch");
+}
+
+void launch(const ops::HcHead& a, cudaStream_t stream, const std::string& who) {
+  check_hc(a.hc, who, "hc_head");
+  const HcHeadArgs args{a.H, a.n, a.hc, a.d, a.fn, a.scale, a.base, a.hc_eps, a.norm_eps, a.y};
+  check(launch_hc_head(args, stream), who, "hc_head kernel launch");
+}
+
+void launch(const ops::Route& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.bias || (a.tid2eid && a.tokens), "{}: route: neither a bias nor a hash table", who);
+  FERRY_CHECK(a.k >= 1 && a.k <= std::min(a.experts, kMaxRouteK),
+              "{}: route: {} choices of {} experts; the CUDA "
+              "kernel takes 1 to min(experts, {})",
+              who, a.k, a.experts, kMaxRouteK);
+  FERRY_CHECK(a.experts <= kRouteMaxExperts, "{}: route: {} experts; the CUDA kernel takes at most {}", who, a.experts,
+              kRouteMaxExperts);
+  RouteArgs args;
+  args.experts = a.experts, args.k = a.k;
+  args.bias = a.tid2eid ? nullptr : a.bias, args.tid2eid = a.tid2eid;
+  args.scaling = static_cast<float>(a.scaling);
+  for (int64_t t0 = 0; t0 < a.n; t0 += kRouteTokensPerLaunch) {
+    args.n = std::min<int64_t>(kRouteTokensPerLaunch, a.n - t0);
+    args.scores = a.scores + t0 * a.experts;
+    args.ids = a.ids + t0 * a.k, args.weights = a.weights + t0 * a.k;
+    if (a.tid2eid)
+      for (int64_t t = 0; t < args.n; ++t) {
+        FERRY_CHECK(a.tokens[t0 + t] >= 0, "{}: route: token {} is negative", who, a.tokens[t0 + t]);
+        args.tokens[t] = a.tokens[t0 + t];
+      }
+    check(launch_route(args, stream), who, "route kernel launch");
+  }
+}
+
+void launch(const ops::GatherRows& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.div >= 1, "{}: gather_rows: divisor {}", who, a.div);
+  check(launch_gather_rows({a.src, a.d, a.index, a.div, a.m, a.dst}, stream), who, "gather_rows kernel launch");
+}
+
+void launch(const ops::MoeCombine& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.k >= 1 && a.k <= kMaxRouteK, "{}: moe_combine: {} choices a token; the CUDA kernel takes 1 to {}", who,
+              a.k, kMaxRouteK);
+  const MoeCombineArgs args{a.expert_out, a.order, a.weights, a.n, a.k, a.d, a.y, a.add};
+  check(launch_moe_combine(args, stream), who, "moe_combine kernel launch");
+}
+
+void launch(const ops::KvEncode& a, cudaStream_t stream, const std::string& who) {
+  check(launch_kv_encode({kv_row(a.layout, who), a.x, a.rows, a.out}, stream), who, "kv_encode kernel launch");
+}
+
+void launch(const ops::KvWindowStore& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.window > 0 && a.p0 >= 0, "{}: kv_window_store: window {} at position {}", who, a.window, a.p0);
+  check(launch_kv_window_store({a.rows, a.n, a.p0, a.window, a.row_bytes, a.ring}, stream), who,
+        "kv_window_store kernel launch");
 }
 
 MatvecFormat matvec_format(core::WeightFormat f) {
@@ -126,8 +195,24 @@ void launch(const Op&, cudaStream_t, const std::string& who) {
 
 bool has_kernel(ops::Kind kind) {
   using ops::Kind;
-  return kind == Kind::Embed || kind == Kind::RmsNorm || kind == Kind::Rope || kind == Kind::AddStreams ||
-         kind == Kind::Linear || kind == Kind::LinearGrouped || kind == Kind::ExpertFfn;
+  switch (kind) {
+    case Kind::Embed:
+    case Kind::RmsNorm:
+    case Kind::Rope:
+    case Kind::HcPre:
+    case Kind::HcPost:
+    case Kind::HcHead:
+    case Kind::Linear:
+    case Kind::LinearGrouped:
+    case Kind::ExpertFfn:
+    case Kind::KvEncode:
+    case Kind::KvWindowStore:
+    case Kind::Route:
+    case Kind::GatherRows:
+    case Kind::MoeCombine:
+    case Kind::AddStreams: return true;
+    default: return false;
+  }
 }
 
 void launch_op(const ops::Op& op, cudaStream_t stream, const std::string& who) {

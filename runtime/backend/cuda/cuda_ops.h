@@ -10,8 +10,10 @@
 
 namespace ferry::runtime::cuda {
 
-// Whether a kernel exists for the kind: embedding, RMSNorm, RoPE, the stream sum, and linear layers (F32, BF16,
-// FP8 and MXFP4 weights, as matrix-vector products over tiles of tokens).
+// Whether a kernel exists for the kind: embedding, RMSNorm, RoPE, mHC (pre, post, head), the stream sum, linear
+// layers (F32, BF16, FP8 and MXFP4 weights, as matrix-vector products over tiles of tokens), KV rows (every
+// --kv-type's encoding, the window ring's store), the router (score and hash), the gather of expert rows and
+// the combine of their outputs.
 bool has_kernel(ops::Kind kind);
 
 // Queues the op's kernels on `stream` and returns. Throws ferry::Error starting with `who` when the op has no

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "runtime/kernels/cuda/dtype_math.h"
+#include "runtime/kernels/cuda/kernel_util.cuh"
 #include "runtime/kernels/cuda/kernels.h"
 #include "runtime/kernels/cuda/norm_rope_math.h"
 
@@ -11,11 +12,6 @@ namespace ferry::runtime::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-// Blocks for `work` items of `per_block` each, within the grid's x limit (the kernels loop over the rest).
-unsigned grid_for(int64_t work, int64_t per_block) {
-  return static_cast<unsigned>(std::clamp<int64_t>((work + per_block - 1) / per_block, 1, int64_t{1} << 30));
-}
 
 // One block per output row (token, stream): the token's table row, decoded, with 16-byte stores where the row
 // allows them.
@@ -27,18 +23,6 @@ __global__ void __launch_bounds__(kThreads) embed_kernel(EmbedArgs a) {
   }
 }
 
-// The sum of a block's values (each thread's partial), in every thread. `shared` holds a value per warp.
-__device__ double block_sum(double v, double* shared) {
-  for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xFFFFFFFFu, v, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  double total = 0;
-  for (int w = 0; w < kThreads / 32; ++w) total += shared[w];
-  __syncthreads();  // `shared` may be reused by the next row
-  return total;
-}
-
 // One block per row: the sum of squares in double (as the CPU's), then each element scaled. out may alias x:
 // each thread reads only the elements it writes, after the sum.
 __global__ void __launch_bounds__(kThreads) rms_norm_kernel(RmsNormArgs a) {
@@ -48,7 +32,7 @@ __global__ void __launch_bounds__(kThreads) rms_norm_kernel(RmsNormArgs a) {
     float* out = a.out + r * a.out_stride;
     double ss = 0;
     for (int64_t k = threadIdx.x; k < a.dim; k += kThreads) ss += square(x[k]);
-    const float inv = rms_inverse(block_sum(ss, shared), a.dim, a.eps);
+    const float inv = rms_inverse(block_sum<kThreads>(ss, shared), a.dim, a.eps);
     for (int64_t k = threadIdx.x; k < a.dim; k += kThreads)
       out[k] = rms_scale(x[k], inv, a.weight ? a.weight[k] : 1.0f);
   }

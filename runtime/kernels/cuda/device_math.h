@@ -62,11 +62,45 @@ FERRY_HD float sub_rn(float a, float b) {
 #endif
 }
 
+FERRY_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
 FERRY_HD double dmul_rn(double a, double b) {
 #if defined(__CUDA_ARCH__)
   return __dmul_rn(a, b);
 #else
   return a * b;
+#endif
+}
+
+// expf, log1pf and sqrtf: on the device CUDA's (expf and log1pf within 2 ulp of the exact value, sqrtf exact),
+// on the host glibc's (what the CPU kernels call).
+FERRY_HD float exp_f(float x) {
+#if defined(__CUDA_ARCH__)
+  return expf(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+FERRY_HD float log1p_f(float x) {
+#if defined(__CUDA_ARCH__)
+  return log1pf(x);
+#else
+  return std::log1p(x);
+#endif
+}
+
+FERRY_HD float sqrt_f(float x) {
+#if defined(__CUDA_ARCH__)
+  return __fsqrt_rn(x);
+#else
+  return std::sqrt(x);
 #endif
 }
 

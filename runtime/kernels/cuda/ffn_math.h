@@ -8,20 +8,12 @@
 
 namespace ferry::runtime::cuda {
 
-FERRY_HD float exp_float(float x) {
-#if defined(__CUDA_ARCH__)
-  return expf(x);
-#else
-  return std::exp(x);
-#endif
-}
-
 FERRY_HD float swiglu(float gate, float up, float limit) {
   if (limit > 0) {
     gate = limit < gate ? limit : gate;                     // std::min(gate, limit)
     up = up < -limit ? -limit : (limit < up ? limit : up);  // std::clamp(up, -limit, limit)
   }
-  const float silu = gate / add_rn(1.0f, exp_float(-gate));
+  const float silu = div_rn(gate, add_rn(1.0f, exp_f(-gate)));
   return mul_rn(silu, up);
 }
 

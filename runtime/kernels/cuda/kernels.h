@@ -9,7 +9,10 @@
 
 #include <cstdint>
 
+#include "runtime/kernels/cuda/hc_math.h"
+#include "runtime/kernels/cuda/kv_math.h"
 #include "runtime/kernels/cuda/matvec_math.h"
+#include "runtime/kernels/cuda/moe_math.h"
 
 namespace ferry::runtime::cuda {
 
@@ -77,5 +80,93 @@ struct SwigluArgs {
   float limit = 0;
 };
 cudaError_t launch_swiglu(const SwigluArgs& a, cudaStream_t stream);
+
+// mHC (hc_math.h), one block per token for the pre-mix and the head (the logits are block-wide dot products
+// over the token's hc·d stream values), one thread per column for the post-mix. hc <= kMaxHc.
+struct HcPreArgs {
+  const float* H = nullptr;  // [n, hc, d]
+  int64_t n = 0, hc = 0, d = 0;
+  const float* fn = nullptr;     // [(2 + hc)·hc, hc·d]
+  const float* scale = nullptr;  // [3]
+  const float* base = nullptr;   // [(2 + hc)·hc]
+  int64_t sinkhorn_iters = 0;
+  double hc_eps = 0, norm_eps = 0;
+  float* mix = nullptr;  // [n, 2·hc + hc²]
+  float* x = nullptr;    // [n, d]
+};
+cudaError_t launch_hc_pre(const HcPreArgs& a, cudaStream_t stream);
+
+struct HcPostArgs {
+  const float* y = nullptr;
+  const float* mix = nullptr;
+  int64_t n = 0, hc = 0, d = 0;
+  float* H = nullptr;
+};
+cudaError_t launch_hc_post(const HcPostArgs& a, cudaStream_t stream);
+
+struct HcHeadArgs {
+  const float* H = nullptr;
+  int64_t n = 0, hc = 0, d = 0;
+  const float* fn = nullptr;     // [hc, hc·d]
+  const float* scale = nullptr;  // [1]
+  const float* base = nullptr;   // [hc]
+  double hc_eps = 0, norm_eps = 0;
+  float* y = nullptr;  // [n, d]
+};
+cudaError_t launch_hc_head(const HcHeadArgs& a, cudaStream_t stream);
+
+// The router (moe_math.h), one block per token: scores in place, the top-k by rank (score routing, E <=
+// kRouteMaxExperts) or the token's row of tid2eid (hash routing, the token ids in the arguments), the weights.
+constexpr int kRouteTokensPerLaunch = 512;
+constexpr int64_t kRouteMaxExperts = 4096;  // two floats an expert in shared memory
+struct RouteArgs {
+  float* scores = nullptr;  // [n, E]
+  int64_t n = 0, experts = 0, k = 0;
+  const float* bias = nullptr;       // score routing
+  const int32_t* tid2eid = nullptr;  // hash routing: [vocab, k]
+  float scaling = 1;
+  int32_t* ids = nullptr;    // [n, k]
+  float* weights = nullptr;  // [n, k]
+  int32_t tokens[kRouteTokensPerLaunch] = {};
+};
+cudaError_t launch_route(const RouteArgs& a, cudaStream_t stream);
+
+struct GatherRowsArgs {
+  const float* src = nullptr;
+  int64_t d = 0;
+  const int32_t* index = nullptr;  // [m]
+  int64_t div = 1, m = 0;
+  float* dst = nullptr;  // [m, d]
+};
+cudaError_t launch_gather_rows(const GatherRowsArgs& a, cudaStream_t stream);
+
+// One block per token: its k sorted positions found by a scan of `order` (n·k entries a token: fine for a
+// chunk's few thousand tokens), sorted, then the combine of every column. k <= kMaxRouteK.
+struct MoeCombineArgs {
+  const float* expert_out = nullptr;  // [n·k, d]
+  const int32_t* order = nullptr;     // [n·k]
+  const float* weights = nullptr;     // [n·k]
+  int64_t n = 0, k = 0, d = 0;
+  float* y = nullptr;  // [n, d]
+  bool add = true;
+};
+cudaError_t launch_moe_combine(const MoeCombineArgs& a, cudaStream_t stream);
+
+// KV rows (kv_math.h): one thread per unit of a row (a quantisation block, a BF16 value, the scales' padding).
+struct KvEncodeArgs {
+  KvRow layout;
+  float* x = nullptr;  // [rows, dims], rounded in place
+  int64_t rows = 0;
+  uint8_t* out = nullptr;  // [rows, bytes]
+};
+cudaError_t launch_kv_encode(const KvEncodeArgs& a, cudaStream_t stream);
+
+// The chunk's last min(n, window) rows into the ring at slot p % window, a block a row.
+struct KvWindowStoreArgs {
+  const uint8_t* rows = nullptr;
+  int64_t n = 0, p0 = 0, window = 0, row_bytes = 0;
+  uint8_t* ring = nullptr;
+};
+cudaError_t launch_kv_window_store(const KvWindowStoreArgs& a, cudaStream_t stream);
 
 }  // namespace ferry::runtime::cuda
