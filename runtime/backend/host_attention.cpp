@@ -56,29 +56,53 @@ void fetch(const ops::Attention& a, const RowList& l, int64_t i, float* out) {
   decode_kv_row(a.layout, a.compressed + j * bytes, out);
 }
 
-// Folds key rows `rows` (m of them, one tile) into head h's online softmax: the tile's scores, the running max,
-// the accumulator rescaled to it, then the tile's exps summed and added in. Both schedules below call this per
-// tile with the same tile boundaries, so that a head's result does not depend on the schedule.
-void fold(const ops::Attention& a, const float* q, const float* rows, int64_t m, float* scores, float* acc, float& max,
-          float& sum) {
+// Folds key rows `rows` (m of them, one tile) into the online softmax of heads h0 … h0+g−1 of token t, each in
+// the same order as alone: the tile's scores, the running max, the accumulator rescaled to it, then the tile's
+// exps summed and added in. The scores and the sums of rows go a few rows at a time for all g heads, so that the
+// rows are read from the cache nearest the core (their order per head is as one call: dots' 4-row groups and
+// axpys' per-element FMA chains do not depend on where a call starts). Head j's scores are at scores + j·tile.
+void fold(const ops::Attention& a, int64_t t, int64_t h0, int64_t g, const float* rows, int64_t m, int64_t tile,
+          float* scores, const TileSlice& state) {
+  constexpr int64_t kRows = 32;  // a multiple of 4: the same 4-row groups in dots as one call over the tile
   const int64_t hd = a.head_dim;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
-  float mx = max;
-  cpu::dots(q, rows, hd, m, hd, scores);
-  for (int64_t i = 0; i < m; ++i) {
-    scores[i] *= scale;
-    mx = std::max(mx, scores[i]);
+  const float* q = a.q + (t * a.heads + h0) * hd;
+  for (int64_t i0 = 0; i0 < m; i0 += kRows)
+    for (int64_t j = 0; j < g; ++j)
+      cpu::dots(q + j * hd, rows + i0 * hd, hd, std::min(kRows, m - i0), hd, scores + j * tile + i0);
+  for (int64_t j = 0; j < g; ++j) {
+    float* sc = scores + j * tile;
+    float* acc = state.acc + j * hd;
+    float mx = state.max[j];
+    for (int64_t i = 0; i < m; ++i) {
+      sc[i] *= scale;
+      mx = std::max(mx, sc[i]);
+    }
+    const float rescale = std::exp(state.max[j] - mx);
+    float sum = state.sum[j] * rescale;
+    cpu::scale(rescale, acc, hd);
+    for (int64_t i = 0; i < m; ++i) {
+      sc[i] = std::exp(sc[i] - mx);
+      sum += sc[i];
+    }
+    state.max[j] = mx;
+    state.sum[j] = sum;
   }
-  const float rescale = std::exp(max - mx);
-  float s = sum * rescale;
-  cpu::scale(rescale, acc, hd);
-  for (int64_t i = 0; i < m; ++i) {
-    scores[i] = std::exp(scores[i] - mx);
-    s += scores[i];
-  }
-  cpu::axpys(scores, rows, hd, m, acc, hd);
-  max = mx;
-  sum = s;
+  for (int64_t i0 = 0; i0 < m; i0 += kRows)
+    for (int64_t j = 0; j < g; ++j)
+      cpu::axpys(scores + j * tile + i0, rows + i0 * hd, hd, std::min(kRows, m - i0), state.acc + j * hd, hd);
+}
+
+// Heads h0 … h1−1 in groups that share a pass over a tile: as many as the scores' scratch holds a tile for.
+template <typename F>
+void for_head_groups(const ops::Attention& a, int64_t h0, int64_t h1, int64_t tile, F&& f) {
+  const int64_t per = std::max<int64_t>(1, a.tiles.scores / tile);
+  for (int64_t h = h0; h < h1; h += per) f(h, std::min(per, h1 - h));
+}
+
+// The softmax state of heads h … of `s` from head h0's on.
+TileSlice heads_from(const TileSlice& s, int64_t h, int64_t hd) {
+  return {s.rows, s.scores, s.acc + h * hd, s.max + h, s.sum + h};
 }
 
 // Head h's output of token t from its softmax state: the sink joins the denominator, the rope dims rotate back.
@@ -103,8 +127,9 @@ void attend(const ops::Attention& a, int64_t t, int64_t h0, int64_t h1) {
   for (int64_t i0 = 0; i0 < total; i0 += tile) {
     const int64_t m = std::min(tile, total - i0);
     for (int64_t i = 0; i < m; ++i) fetch(a, l, i0 + i, s.rows + i * hd);
-    for (int64_t h = h0; h < h1; ++h)
-      fold(a, a.q + (t * nh + h) * hd, s.rows, m, s.scores, s.acc + (h - h0) * hd, s.max[h - h0], s.sum[h - h0]);
+    for_head_groups(a, h0, h1, tile, [&](int64_t h, int64_t g) {
+      fold(a, t, h, g, s.rows, m, tile, s.scores, heads_from(s, h - h0, hd));
+    });
   }
   for (int64_t h = h0; h < h1; ++h) finish(a, t, h, s.acc + (h - h0) * hd, s.max[h - h0], s.sum[h - h0]);
 }
@@ -116,6 +141,8 @@ void attend(const ops::Attention& a, int64_t t, int64_t h0, int64_t h1) {
 void attend_shared(const ops::Attention& a, int64_t t) {
   const int64_t hd = a.head_dim, nh = a.heads, tile = a.tiles.key_rows / hd;
   const int64_t per = a.tiles.per_thread, block = tile * a.tiles.threads;
+  // Tasks of whole head groups where the heads are enough to give every thread work.
+  const int64_t grain = std::clamp<int64_t>(nh / a.tiles.threads, 1, std::max<int64_t>(1, a.tiles.scores / tile));
   const TileSlice state = tile_slice_at(a.tiles, 0, nh, hd);
   std::fill_n(state.acc, nh * hd, 0.0f);
   std::fill_n(state.max, nh, -INFINITY);
@@ -129,13 +156,13 @@ void attend_shared(const ops::Attention& a, int64_t t) {
         fetch(a, l, b0 + i, a.tiles.data + (i / tile) * per + (i % tile) * hd);
     });
     const bool last = b0 + mb == total;
-    tbb::parallel_for(tbb::blocked_range<int64_t>(0, nh), [&](const tbb::blocked_range<int64_t>& r) {
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, nh, grain), [&](const tbb::blocked_range<int64_t>& r) {
       float* scores = tile_slice(a.tiles, nh, hd).scores;
       for (int64_t i0 = 0; i0 < mb; i0 += tile) {
         const float* rows = a.tiles.data + (i0 / tile) * per;
-        for (int64_t h = r.begin(); h < r.end(); ++h)
-          fold(a, a.q + (t * nh + h) * hd, rows, std::min(tile, mb - i0), scores, state.acc + h * hd, state.max[h],
-               state.sum[h]);
+        for_head_groups(a, r.begin(), r.end(), tile, [&](int64_t h, int64_t g) {
+          fold(a, t, h, g, rows, std::min(tile, mb - i0), tile, scores, heads_from(state, h, hd));
+        });
       }
       if (last)
         for (int64_t h = r.begin(); h < r.end(); ++h) finish(a, t, h, state.acc + h * hd, state.max[h], state.sum[h]);
