@@ -1,6 +1,7 @@
-// The host's attention op (ops::Attention, docs/forward-semantics.md ATTN): per token and block of heads, the
-// window rows then the compressed rows are decoded one key tile at a time into the thread's scratch and folded
-// into an online softmax with the head's sink, so that the scratch is one tile whatever the context.
+// The host's attention op (ops::Attention, docs/forward-semantics.md ATTN): per token, the window rows then the
+// compressed rows are decoded one key tile at a time into the tile scratch and folded into each head's online
+// softmax with the head's sink, so that the scratch is one tile per thread whatever the context.
+#include <tbb/blocked_range.h>
 #include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 
@@ -55,11 +56,68 @@ void fetch(const ops::Attention& a, const RowList& l, int64_t i, float* out) {
   decode_kv_row(a.layout, a.compressed + j * bytes, out);
 }
 
-// Heads h0 … h1−1 of token t.
+// Folds key rows `rows` (m of them, one tile) into the online softmax of heads h0 … h0+g−1 of token t, each in
+// the same order as alone: the tile's scores, the running max, the accumulator rescaled to it, then the tile's
+// exps summed and added in. The scores and the sums of rows go a few rows at a time for all g heads, so that the
+// rows are read from the cache nearest the core (their order per head is as one call: dots' 4-row groups and
+// axpys' per-element FMA chains do not depend on where a call starts). Head j's scores are at scores + j·tile.
+void fold(const ops::Attention& a, int64_t t, int64_t h0, int64_t g, const float* rows, int64_t m, int64_t tile,
+          float* scores, const TileSlice& state) {
+  constexpr int64_t kRows = 32;  // a multiple of 4: the same 4-row groups in dots as one call over the tile
+  const int64_t hd = a.head_dim;
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
+  const float* q = a.q + (t * a.heads + h0) * hd;
+  for (int64_t i0 = 0; i0 < m; i0 += kRows)
+    for (int64_t j = 0; j < g; ++j)
+      cpu::dots(q + j * hd, rows + i0 * hd, hd, std::min(kRows, m - i0), hd, scores + j * tile + i0);
+  for (int64_t j = 0; j < g; ++j) {
+    float* sc = scores + j * tile;
+    float* acc = state.acc + j * hd;
+    float mx = state.max[j];
+    for (int64_t i = 0; i < m; ++i) {
+      sc[i] *= scale;
+      mx = std::max(mx, sc[i]);
+    }
+    const float rescale = std::exp(state.max[j] - mx);
+    float sum = state.sum[j] * rescale;
+    cpu::scale(rescale, acc, hd);
+    for (int64_t i = 0; i < m; ++i) {
+      sc[i] = std::exp(sc[i] - mx);
+      sum += sc[i];
+    }
+    state.max[j] = mx;
+    state.sum[j] = sum;
+  }
+  for (int64_t i0 = 0; i0 < m; i0 += kRows)
+    for (int64_t j = 0; j < g; ++j)
+      cpu::axpys(scores + j * tile + i0, rows + i0 * hd, hd, std::min(kRows, m - i0), state.acc + j * hd, hd);
+}
+
+// Heads h0 … h1−1 in groups that share a pass over a tile: as many as the scores' scratch holds a tile for.
+template <typename F>
+void for_head_groups(const ops::Attention& a, int64_t h0, int64_t h1, int64_t tile, F&& f) {
+  const int64_t per = std::max<int64_t>(1, a.tiles.scores / tile);
+  for (int64_t h = h0; h < h1; h += per) f(h, std::min(per, h1 - h));
+}
+
+// The softmax state of heads h … of `s` from head h0's on.
+TileSlice heads_from(const TileSlice& s, int64_t h, int64_t hd) {
+  return {s.rows, s.scores, s.acc + h * hd, s.max + h, s.sum + h};
+}
+
+// Head h's output of token t from its softmax state: the sink joins the denominator, the rope dims rotate back.
+void finish(const ops::Attention& a, int64_t t, int64_t h, const float* acc, float max, float sum) {
+  const int64_t hd = a.head_dim;
+  const float denom = sum + std::exp(a.sink[h] - max);
+  float* o = a.o + (t * a.heads + h) * hd;
+  for (int64_t k = 0; k < hd; ++k) o[k] = acc[k] / denom;
+  cpu::rope_rotate(o + hd - 2 * a.freqs.count, a.freqs.freqs, a.freqs.count, a.p0 + t, /*inverse=*/true);
+}
+
+// Heads h0 … h1−1 of token t, decoding the token's rows into the thread's own slice (prefill: a task per token).
 void attend(const ops::Attention& a, int64_t t, int64_t h0, int64_t h1) {
   const int64_t hd = a.head_dim, nh = a.heads, hn = h1 - h0;
   const int64_t tile = a.tiles.key_rows / hd;
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const TileSlice s = tile_slice(a.tiles, nh, hd);
   std::fill_n(s.acc, hn * hd, 0.0f);
   std::fill_n(s.max, hn, -INFINITY);
@@ -69,42 +127,52 @@ void attend(const ops::Attention& a, int64_t t, int64_t h0, int64_t h1) {
   for (int64_t i0 = 0; i0 < total; i0 += tile) {
     const int64_t m = std::min(tile, total - i0);
     for (int64_t i = 0; i < m; ++i) fetch(a, l, i0 + i, s.rows + i * hd);
-    for (int64_t h = h0; h < h1; ++h) {
-      const float* q = a.q + (t * nh + h) * hd;
-      float mx = s.max[h - h0];
-      cpu::dots(q, s.rows, hd, m, hd, s.scores);
-      for (int64_t i = 0; i < m; ++i) {
-        s.scores[i] *= scale;
-        mx = std::max(mx, s.scores[i]);
-      }
-      float* acc = s.acc + (h - h0) * hd;
-      const float rescale = std::exp(s.max[h - h0] - mx);
-      float sum = s.sum[h - h0] * rescale;
-      cpu::scale(rescale, acc, hd);
-      for (int64_t i = 0; i < m; ++i) {
-        s.scores[i] = std::exp(s.scores[i] - mx);
-        sum += s.scores[i];
-      }
-      cpu::axpys(s.scores, s.rows, hd, m, acc, hd);
-      s.max[h - h0] = mx;
-      s.sum[h - h0] = sum;
-    }
+    for_head_groups(a, h0, h1, tile, [&](int64_t h, int64_t g) {
+      fold(a, t, h, g, s.rows, m, tile, s.scores, heads_from(s, h - h0, hd));
+    });
   }
-  for (int64_t h = h0; h < h1; ++h) {
-    const float mx = s.max[h - h0];
-    const float denom = s.sum[h - h0] + std::exp(a.sink[h] - mx);
-    float* o = a.o + (t * nh + h) * hd;
-    const float* acc = s.acc + (h - h0) * hd;
-    for (int64_t k = 0; k < hd; ++k) o[k] = acc[k] / denom;
-    cpu::rope_rotate(o + hd - 2 * a.freqs.count, a.freqs.freqs, a.freqs.count, a.p0 + t, /*inverse=*/true);
+  for (int64_t h = h0; h < h1; ++h) finish(a, t, h, s.acc + (h - h0) * hd, s.max[h - h0], s.sum[h - h0]);
+}
+
+// Every head of token t with each row decoded once (decode: one token over all the cores). The rows go a block
+// of `threads` tiles at a time into the key-row parts of all the slices (tile k of the block in slice k), decoded
+// in parallel; then the heads, in parallel, fold the block's tiles in order. The heads' softmax states live in
+// slice 0's accumulators, which hold every head; a task's scores are its thread's own.
+void attend_shared(const ops::Attention& a, int64_t t) {
+  const int64_t hd = a.head_dim, nh = a.heads, tile = a.tiles.key_rows / hd;
+  const int64_t per = a.tiles.per_thread, block = tile * a.tiles.threads;
+  // Tasks of whole head groups where the heads are enough to give every thread work.
+  const int64_t grain = std::clamp<int64_t>(nh / a.tiles.threads, 1, std::max<int64_t>(1, a.tiles.scores / tile));
+  const TileSlice state = tile_slice_at(a.tiles, 0, nh, hd);
+  std::fill_n(state.acc, nh * hd, 0.0f);
+  std::fill_n(state.max, nh, -INFINITY);
+  std::fill_n(state.sum, nh, 0.0f);
+  const RowList l = rows_of(a, t);
+  const int64_t total = l.size();
+  for (int64_t b0 = 0; b0 < total; b0 += block) {
+    const int64_t mb = std::min(block, total - b0);
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, mb, 16), [&](const tbb::blocked_range<int64_t>& r) {
+      for (int64_t i = r.begin(); i < r.end(); ++i)
+        fetch(a, l, b0 + i, a.tiles.data + (i / tile) * per + (i % tile) * hd);
+    });
+    const bool last = b0 + mb == total;
+    tbb::parallel_for(tbb::blocked_range<int64_t>(0, nh, grain), [&](const tbb::blocked_range<int64_t>& r) {
+      float* scores = tile_slice(a.tiles, nh, hd).scores;
+      for (int64_t i0 = 0; i0 < mb; i0 += tile) {
+        const float* rows = a.tiles.data + (i0 / tile) * per;
+        for_head_groups(a, r.begin(), r.end(), tile, [&](int64_t h, int64_t g) {
+          fold(a, t, h, g, rows, std::min(tile, mb - i0), tile, scores, heads_from(state, h, hd));
+        });
+      }
+      if (last)
+        for (int64_t h = r.begin(); h < r.end(); ++h) finish(a, t, h, state.acc + h * hd, state.max[h], state.sum[h]);
+    });
   }
 }
 
 }  // namespace
 
-TileSlice tile_slice(const ops::TileScratch& t, int64_t heads, int64_t head_dim) {
-  // The arena's thread slots are 0 … max_concurrency−1; a thread outside any arena yet is the master, slot 0.
-  const int slot = std::max(0, tbb::this_task_arena::current_thread_index());
+TileSlice tile_slice_at(const ops::TileScratch& t, int slot, int64_t heads, int64_t head_dim) {
   FERRY_CHECK(slot < t.threads, "a tile loop ran on worker {} of scratch for {} threads", slot, t.threads);
   FERRY_CHECK(t.key_rows + t.scores + heads * head_dim + 2 * heads <= t.per_thread,
               "tile scratch: a slice is too small for the op");
@@ -118,17 +186,20 @@ TileSlice tile_slice(const ops::TileScratch& t, int64_t heads, int64_t head_dim)
   return s;
 }
 
-// Tasks are (token, head block) pairs so that one-token decode still spreads over the cores.
+TileSlice tile_slice(const ops::TileScratch& t, int64_t heads, int64_t head_dim) {
+  // The arena's thread slots are 0 … max_concurrency−1; a thread outside any arena yet is the master, slot 0.
+  return tile_slice_at(t, std::max(0, tbb::this_task_arena::current_thread_index()), heads, head_dim);
+}
+
+// Few tokens (decode) run one at a time, each over all the cores with its rows decoded once; more (prefill) are
+// a task per token.
 void attention(const ops::Attention& a) {
   FERRY_CHECK(a.tiles.key_rows >= a.head_dim, "attention: the tile scratch holds no key row");
-  const int64_t nh = a.heads;
-  const int64_t head_blocks = a.n >= 4 ? 1 : std::min<int64_t>(nh, 8);
-  const int64_t heads_per_block = (nh + head_blocks - 1) / head_blocks;
-  tbb::parallel_for(int64_t{0}, a.n * head_blocks, [&](int64_t task) {
-    const int64_t t = task / head_blocks, h0 = (task % head_blocks) * heads_per_block;
-    const int64_t h1 = std::min(nh, h0 + heads_per_block);
-    if (h1 > h0) attend(a, t, h0, h1);
-  });
+  if (a.n < 4) {
+    for (int64_t t = 0; t < a.n; ++t) attend_shared(a, t);
+    return;
+  }
+  tbb::parallel_for(int64_t{0}, a.n, [&](int64_t t) { attend(a, t, 0, a.heads); });
 }
 
 }  // namespace ferry::runtime::host_ops

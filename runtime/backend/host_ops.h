@@ -26,6 +26,8 @@ struct TileSlice {
   float* sum;
 };
 TileSlice tile_slice(const ops::TileScratch& t, int64_t heads, int64_t head_dim);
+// Slice `slot` of `t`, whichever thread asks.
+TileSlice tile_slice_at(const ops::TileScratch& t, int slot, int64_t heads, int64_t head_dim);
 }  // namespace host_ops
 
 }  // namespace ferry::runtime
