@@ -105,6 +105,13 @@ TileSlice heads_from(const TileSlice& s, int64_t h, int64_t hd) {
   return {s.rows, s.scores, s.acc + h * hd, s.max + h, s.sum + h};
 }
 
+// An empty online softmax for `heads` heads: no rows seen, nothing accumulated.
+void start_softmax(const TileSlice& s, int64_t heads, int64_t hd) {
+  std::fill_n(s.acc, heads * hd, 0.0f);
+  std::fill_n(s.max, heads, -INFINITY);
+  std::fill_n(s.sum, heads, 0.0f);
+}
+
 // Head h's output of token t from its softmax state: the sink joins the denominator, the rope dims rotate back.
 void finish(const ops::Attention& a, int64_t t, int64_t h, const float* acc, float max, float sum) {
   const int64_t hd = a.head_dim;
@@ -119,9 +126,7 @@ void attend(const ops::Attention& a, int64_t t, int64_t h0, int64_t h1) {
   const int64_t hd = a.head_dim, nh = a.heads, hn = h1 - h0;
   const int64_t tile = a.tiles.key_rows / hd;
   const TileSlice s = tile_slice(a.tiles, nh, hd);
-  std::fill_n(s.acc, hn * hd, 0.0f);
-  std::fill_n(s.max, hn, -INFINITY);
-  std::fill_n(s.sum, hn, 0.0f);
+  start_softmax(s, hn, hd);
   const RowList l = rows_of(a, t);
   const int64_t total = l.size();
   for (int64_t i0 = 0; i0 < total; i0 += tile) {
@@ -144,9 +149,7 @@ void attend_shared(const ops::Attention& a, int64_t t) {
   // Tasks of whole head groups where the heads are enough to give every thread work.
   const int64_t grain = std::clamp<int64_t>(nh / a.tiles.threads, 1, std::max<int64_t>(1, a.tiles.scores / tile));
   const TileSlice state = tile_slice_at(a.tiles, 0, nh, hd);
-  std::fill_n(state.acc, nh * hd, 0.0f);
-  std::fill_n(state.max, nh, -INFINITY);
-  std::fill_n(state.sum, nh, 0.0f);
+  start_softmax(state, nh, hd);
   const RowList l = rows_of(a, t);
   const int64_t total = l.size();
   for (int64_t b0 = 0; b0 < total; b0 += block) {
