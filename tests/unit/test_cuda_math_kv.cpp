@@ -97,5 +97,28 @@ TEST(CudaMath, KvRowsAreTheCpusBitForBit) {
       }
 }
 
+// Every stored byte pattern, not only what the encoder writes: random rows decode value by value to what the CPU's
+// decode_kv_row returns for the whole row.
+TEST(CudaMath, KvValuesDecodeAsTheCpuDecodesRows) {
+  std::mt19937_64 rng(53);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (const core::ModelConfig& c : configs())
+    for (const planner::KvType t : planner::kKvTypesByFidelity)
+      for (const bool indexer : {false, true}) {
+        const planner::KvRowLayout l =
+            indexer ? planner::KvRowLayout::indexer_row(c, t) : planner::KvRowLayout::main_row(c, t);
+        const KvRow row = kv_row(l, "test");
+        for (int trial = 0; trial < 200; ++trial) {
+          std::vector<uint8_t> bytes(static_cast<size_t>(l.bytes));
+          for (uint8_t& b : bytes) b = static_cast<uint8_t>(byte(rng));
+          std::vector<float> want(static_cast<size_t>(l.dims));
+          decode_kv_row(l, bytes.data(), want.data());
+          for (int64_t i = 0; i < l.dims; ++i)
+            ASSERT_TRUE(same_float(decode_kv_value(row, bytes.data(), i), want[static_cast<size_t>(i)]))
+                << planner::kv_type_name(t) << (indexer ? " indexer" : " main") << " value " << i;
+        }
+      }
+}
+
 }  // namespace
 }  // namespace ferry::runtime::cuda

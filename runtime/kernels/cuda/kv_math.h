@@ -217,4 +217,33 @@ FERRY_HD void encode_kv_unit(const KvRow& l, float* x, uint8_t* out, int64_t u) 
   }
 }
 
+// ---- decoding: value i of a stored row, as decode_kv_row returns it (the same single products) ----
+
+FERRY_HD uint16_t load_u16(const uint8_t* p) { return static_cast<uint16_t>(p[0] | (p[1] << 8)); }
+
+// A kernel that reads rows (attention, the indexer) decodes each value where it uses it, in registers.
+FERRY_HD float decode_kv_value(const KvRow& l, const uint8_t* row, int64_t i) {
+  switch (l.format) {
+    case KvFormat::Bf16: return bf16_to_float(load_u16(row + 2 * i));
+    case KvFormat::Q8:
+    case KvFormat::Q4: {
+      const bool four = l.format == KvFormat::Q4;
+      const uint8_t* block = row + i / kKvQBlock * (2 + (four ? kKvQBlock / 2 : kKvQBlock));
+      const int64_t j = i % kKvQBlock;
+      const int q =
+          four ? ((j % 2) ? (block[2 + j / 2] >> 4) : (block[2 + j / 2] & 0xF)) - 8 : static_cast<int8_t>(block[2 + j]);
+      return mul_rn(static_cast<float>(q), f16_to_float(load_u16(block)));
+    }
+    case KvFormat::Fp4Indexer: {
+      const uint8_t pair = row[i / 2];
+      const float v = e2m1_to_float(static_cast<uint8_t>((i % 2) ? pair >> 4 : pair & 0xF));
+      return mul_rn(v, e8m0_to_float(row[l.dims / 2 + i / kKvFp4Block]));
+    }
+    case KvFormat::Fp8Main: break;
+  }
+  const int64_t nope = l.dims - l.rope_dims;
+  if (i >= nope) return bf16_to_float(load_u16(row + nope + 2 * (i - nope)));
+  return mul_rn(e4m3_to_float(row[i]), e8m0_to_float(row[nope + 2 * l.rope_dims + i / kKvFp8Block]));
+}
+
 }  // namespace ferry::runtime::cuda
