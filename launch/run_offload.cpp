@@ -216,6 +216,8 @@ std::string OffloadRun::memory_report() const {
     const int64_t high = L.total_high_water();
     out += line("  %-26s %12s %12s %7.1f%%\n", b->name().c_str(), bytes(planned).c_str(), bytes(high).c_str(),
                 planned ? 100.0 * high / planned : 0.0);
+    if (const auto measured = b->measured_memory())
+      out += "    " + runtime::measured_memory_line(*measured, planned) + "\n";
     for (int i = 0; i < runtime::kMemoryClasses; ++i) {
       const auto c = static_cast<runtime::MemoryClass>(i);
       const auto u = L.usage(c);

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -118,6 +119,10 @@ class Backend {
   // lock; every device counts what is pinned (pinned_bytes). Drop the handle before the backend.
   virtual std::shared_ptr<void> pin_host(void* p, int64_t bytes);
   int64_t pinned_bytes() const { return pinned_bytes_.load(); }
+
+  // The device's own account of its memory (a real GPU: cudaMemGetInfo), for the report next to the plan; none
+  // where the ledger is all there is to know (the host, the simulated device).
+  virtual std::optional<MeasuredMemory> measured_memory() const { return std::nullopt; }
 
   // copy_to_device() that lands only after the op `after` has run: refilling a buffer that an op run earlier
   // reads (cudaStreamWaitEvent on the copy stream). The default waits in the caller.

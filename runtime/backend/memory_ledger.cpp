@@ -1,5 +1,7 @@
 #include "runtime/backend/memory_ledger.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -7,6 +9,19 @@
 #include "planner/core/units.h"
 
 namespace ferry::runtime {
+
+std::string measured_memory_line(const MeasuredMemory& m, int64_t planned, double tolerance) {
+  const double share = planned > 0 ? static_cast<double>(m.used_high_water) / static_cast<double>(planned) : 0.0;
+  const char* verdict = planned <= 0            ? "nothing planned"
+                        : share > 1 + tolerance? "over the plan"
+                        : share < 1 - tolerance ? "under the plan"
+                                                : "within the plan";
+  return fmt::format(
+      "measured by the device: {} taken at most (cudaMemGetInfo), {:.1f}% of the {} planned: {} "
+      "(±{:.0f}%); {} free now of {}",
+      core::format_bytes(m.used_high_water), 100 * share, core::format_bytes(planned), verdict, 100 * tolerance,
+      core::format_bytes(m.free_now), core::format_bytes(m.total));
+}
 
 MemoryLedger::MemoryLedger(std::string device, int64_t capacity) : device_(std::move(device)), capacity_(capacity) {
   FERRY_CHECK(capacity_ >= 0, "{}: negative capacity", device_);

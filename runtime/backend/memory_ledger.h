@@ -24,6 +24,19 @@ struct MemoryClassUsage {
   int64_t high_water = 0;  // the most held at once
 };
 
+// What a device itself says about its memory (cudaMemGetInfo), beside what its ledger counted: the ledger counts
+// the bytes asked for; the device also spends its allocator's rounding, the context and other processes' memory.
+struct MeasuredMemory {
+  int64_t total = 0;          // the device's memory
+  int64_t free_at_start = 0;  // free when the backend was created
+  int64_t free_now = 0;
+  int64_t used_high_water = 0;  // the most of free_at_start taken at once, sampled after every allocation
+};
+
+// "measured by the device: ..." — the device's high-water against `planned` bytes, with the share, and whether it
+// is within `tolerance` (a fraction) of the plan.
+std::string measured_memory_line(const MeasuredMemory& m, int64_t planned, double tolerance = 0.02);
+
 class MemoryLedger {
  public:
   static constexpr int64_t kUnplanned = INT64_MAX;

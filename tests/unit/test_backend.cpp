@@ -63,6 +63,31 @@ TEST(MemoryLedger, HighWaterMarksPerClassAndInAll) {
   EXPECT_FALSE(error_of([&] { l.release(MemoryClass::Staging, 8); }).empty());
 }
 
+// The device's own figure next to the plan: the share is high-water / planned, and the verdict flips at the
+// tolerance on either side (2% by default).
+TEST(MeasuredMemory, TheLineGivesTheShareOfThePlanAndWhetherItIsWithinTolerance) {
+  MeasuredMemory m{80 * kGiB, 79 * kGiB, 59 * kGiB, 20 * kGiB};
+  const std::string within = measured_memory_line(m, 20 * kGiB);
+  EXPECT_NE(within.find("100.0% of the 20.00 GiB planned: within the plan"), std::string::npos) << within;
+  EXPECT_NE(within.find("59.00 GiB free now of 80.00 GiB"), std::string::npos) << within;
+  m.used_high_water = 20 * kGiB + 20 * kGiB / 50 + 1;  // 2% over, and a byte
+  EXPECT_NE(measured_memory_line(m, 20 * kGiB).find("over the plan"), std::string::npos);
+  m.used_high_water = 20 * kGiB + 20 * kGiB / 51;
+  EXPECT_NE(measured_memory_line(m, 20 * kGiB).find("within the plan"), std::string::npos);
+  m.used_high_water = 20 * kGiB - 20 * kGiB / 51;
+  EXPECT_NE(measured_memory_line(m, 20 * kGiB).find("within the plan"), std::string::npos);
+  m.used_high_water = 19 * kGiB;
+  EXPECT_NE(measured_memory_line(m, 20 * kGiB).find("95.0% of the 20.00 GiB planned: under the plan"),
+            std::string::npos);
+  EXPECT_NE(measured_memory_line(m, 0).find("nothing planned"), std::string::npos);
+}
+
+// Only a device that measures itself reports: the host and the simulated device have their ledgers alone.
+TEST(MeasuredMemory, TheHostAndTheSimulatedDeviceHaveNoneOfTheirOwn) {
+  EXPECT_FALSE(cpu::CpuBackend().measured_memory().has_value());
+  EXPECT_FALSE(SimBackend(parse_sim_device("sim:1MiB")).measured_memory().has_value());
+}
+
 TEST(MemoryLedger, ConcurrentReservationsNeverOvershootThePlan) {
   MemoryLedger l("dev");
   l.set_planned(MemoryClass::ExpertCache, 1000);

@@ -112,6 +112,28 @@ CudaBackend::CudaBackend(int device)
   // Non-blocking: neither stream may serialise with work on the legacy default stream.
   check(cudaStreamCreateWithFlags(&stream_->stream, cudaStreamNonBlocking), name(), "cudaStreamCreateWithFlags");
   check(cudaStreamCreateWithFlags(&compute_->stream, cudaStreamNonBlocking), name(), "cudaStreamCreateWithFlags");
+  size_t free_bytes = 0, total_bytes = 0;
+  check(cudaMemGetInfo(&free_bytes, &total_bytes), name(), "cudaMemGetInfo");
+  free_at_start_ = static_cast<int64_t>(free_bytes), total_ = static_cast<int64_t>(total_bytes);
+}
+
+void CudaBackend::sample_memory() {
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();  // a report's figure, not worth failing an allocation that succeeded
+    return;
+  }
+  const int64_t used = free_at_start_ - static_cast<int64_t>(free_bytes);
+  int64_t high = used_high_water_.load();
+  while (used > high && !used_high_water_.compare_exchange_weak(high, used)) {
+  }
+}
+
+std::optional<MeasuredMemory> CudaBackend::measured_memory() const {
+  DeviceGuard guard(device_, name());
+  size_t free_bytes = 0, total_bytes = 0;
+  check(cudaMemGetInfo(&free_bytes, &total_bytes), name(), "cudaMemGetInfo");
+  return MeasuredMemory{total_, free_at_start_, static_cast<int64_t>(free_bytes), used_high_water_.load()};
 }
 
 CudaBackend::~CudaBackend() {
@@ -145,6 +167,7 @@ void* CudaBackend::raw_allocate(int64_t bytes) {
   DeviceGuard guard(device_, name());
   void* p = nullptr;
   check(cudaMalloc(&p, static_cast<size_t>(bytes)), name(), "cudaMalloc of " + core::format_bytes(bytes));
+  sample_memory();
   return p;
 }
 

@@ -8,9 +8,11 @@
 // cuda_backend.cpp is built only with CUDA; without it, no_cuda.cpp defines the entry points to say so.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "runtime/backend/backend.h"
@@ -52,6 +54,8 @@ class CudaBackend final : public Backend {
                     std::chrono::milliseconds timeout = std::chrono::seconds(60)) override;
 
   int device() const { return device_; }
+  // cudaMemGetInfo now, and its high-water since the backend was created, sampled after every allocation.
+  std::optional<MeasuredMemory> measured_memory() const override;
 
   // Holds the stream before its next copy until resume() (or until a buffer is freed, which waits for the
   // stream as cudaFree does), as SimBackend::pause does: tests use it to observe copies that have not landed.
@@ -82,7 +86,12 @@ class CudaBackend final : public Backend {
   // stderr (ending with `otherwise`) instead of throwing, and returns false, when a stream does not drain.
   bool drain(const char* otherwise) noexcept;
 
+  // Samples cudaMemGetInfo into the high-water (after an allocation: memory only grows there).
+  void sample_memory();
+
   int device_;
+  int64_t free_at_start_ = 0, total_ = 0;
+  std::atomic<int64_t> used_high_water_{0};
   std::unique_ptr<Stream> stream_;   // copies
   std::unique_ptr<Stream> compute_;  // kernels
 };
