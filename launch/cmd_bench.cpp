@@ -17,6 +17,7 @@
 #include "launch/bench_context.h"
 #include "launch/bench_decode.h"
 #include "launch/bench_kernels.h"
+#include "launch/bench_kernels_device.h"
 #include "launch/bench_link.h"
 #include "launch/bench_offload.h"
 #include "launch/bench_transport.h"
@@ -66,9 +67,13 @@ class BenchCommand : public Command {
         ->check(CLI::Range(1, 4096));
     kernels_
         ->add_option("--tokens", token_counts_,
-                     "Prefill chunk sizes for the multi-token kernels, e.g. 8,64 (default 8,64; 0: skip)")
+                     "Prefill chunk sizes for the multi-token kernels, e.g. 8,64 (default 8,64 on the CPU, 512,4096 "
+                     "on a GPU; 0: skip)")
         ->delimiter(',')
-        ->check(CLI::Range(0, 4096));
+        ->check(CLI::Range(0, 65536));
+    kernels_->add_option("--device", kernel_device_,
+                         "cuda:N: the CUDA kernels of device N (FP8 and MXFP4 linear layers, decode GB/s next to the "
+                         "device's copy bandwidth, prefill TFLOP/s next to its BF16 peak); default: the CPU's");
   }
 
   CLI::App* app() const override { return app_; }
@@ -90,9 +95,18 @@ class BenchCommand : public Command {
     }
     if (kernels_->parsed()) {
       std::printf("machine: %s\n", cpu_model().c_str());
+      const bool on_device = !kernel_device_.empty();
+      std::vector<int> given = token_counts_;
+      if (kernels_->count("--tokens") == 0) given = on_device ? std::vector<int>{512, 4096} : std::vector<int>{8, 64};
       std::vector<int> counts;
-      for (int n : token_counts_)
+      for (int n : given)
         if (n > 0) counts.push_back(n);
+      if (on_device) {
+        run_device_kernel_bench(kernel_device_, repetitions_, working_set_mib_, counts);
+        return kExitOk;
+      }
+      FERRY_CHECK(given.empty() || *std::max_element(given.begin(), given.end()) <= 4096,
+                  "--tokens: the CPU kernels are measured for chunks of up to 4096 tokens");
       runtime::set_worker_threads(threads_);
       run_kernel_bench(repetitions_, working_set_mib_, counts);
       return kExitOk;
@@ -146,8 +160,9 @@ class BenchCommand : public Command {
   std::function<int()> run_transport_;
   int repetitions_ = 5;
   int threads_ = 0;
-  int working_set_mib_ = 0;  // 0: from the cache size
-  std::vector<int> token_counts_{8, 64};
+  int working_set_mib_ = 0;        // 0: from the cache size
+  std::vector<int> token_counts_;  // empty: the defaults of the CPU or the device
+  std::string kernel_device_;      // empty: the CPU
 };
 
 }  // namespace

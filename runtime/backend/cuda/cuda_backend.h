@@ -100,6 +100,11 @@ class CudaBackend final : public Backend {
 // unusable, and, in a build without CUDA, saying so.
 std::unique_ptr<Backend> make_cuda_backend(int device);
 
+// Bytes a second the device moves in a device-to-device copy of `bytes` (each read and written once: 2·bytes a
+// copy), the best of `repetitions`: the memory bandwidth its kernels are measured against. Throws ferry::Error
+// naming the device when it cannot be used, and in a build without CUDA.
+double device_copy_bandwidth(int device, int64_t bytes, int repetitions);
+
 // The PCI address of CUDA device `device` as /sys/bus/pci/devices names it ("0000:17:00.0"). Throws
 // ferry::Error when the device does not exist or the build has no CUDA.
 std::string pci_bus_id(int device);

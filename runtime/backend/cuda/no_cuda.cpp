@@ -15,6 +15,8 @@ namespace {
 
 std::unique_ptr<Backend> make_cuda_backend(int device) { built_without_cuda("cuda:" + std::to_string(device)); }
 
+double device_copy_bandwidth(int device, int64_t, int) { built_without_cuda("cuda:" + std::to_string(device)); }
+
 std::string pci_bus_id(int device) { built_without_cuda("cuda:" + std::to_string(device)); }
 
 PinnedBuffer::PinnedBuffer(int64_t, HostCaching) { built_without_cuda("pinned host memory"); }
