@@ -24,6 +24,7 @@
 #include "offload/device_plan.h"
 #include "offload/host_expert_store.h"
 #include "offload/plan_binding.h"
+#include "offload_scenarios.h"
 #include "planner/core/error.h"
 #include "planner/model_spec.h"
 #include "runtime/backend/cpu_backend.h"
@@ -33,54 +34,6 @@
 
 namespace ferry::testing {
 namespace {
-
-constexpr int64_t kPrompt = 200, kGenerate = 16;
-
-runtime::SessionOptions session_options(planner::KvType kv, int64_t ubatch) {
-  runtime::SessionOptions so;
-  so.ctx = 512;
-  so.kv_type = kv;
-  so.ubatch = ubatch;
-  return so;
-}
-
-std::vector<float> run_logits(const runtime::ModelWeights& m, const runtime::SessionOptions& so) {
-  runtime::Session s(m, so);
-  runtime::GenerateOptions go;
-  go.n_predict = kGenerate;
-  go.stop_at_eos = false;
-  go.keep_logits = true;
-  return runtime::generate(s, prompt_tokens(kPrompt), go).logits;
-}
-
-const std::vector<float>& cpu_logits(planner::KvType kv, int64_t ubatch) {
-  static std::map<std::pair<int, int64_t>, std::vector<float>> memo;
-  auto& v = memo[{static_cast<int>(kv), ubatch}];
-  if (v.empty()) v = run_logits(tiny_model(), session_options(kv, ubatch));
-  return v;
-}
-
-constexpr double kLinkBytesPerS = 25e9;
-
-// A simulated device of `capacity` bytes ("sim:" + `size`) keeping `cache_slots` experts a MoE layer.
-offload::DeviceRequest sim_request(const std::string& size, int64_t capacity, int64_t cache_slots) {
-  offload::DeviceRequest req;
-  req.name = "sim:" + size;
-  req.capacity = capacity;
-  req.link_bytes_per_s = kLinkBytesPerS;
-  req.cache_slots = cache_slots;
-  return req;
-}
-
-planner::HostSpec host_spec(int numa_nodes = 1) {
-  planner::HostSpec h;
-  h.numa_nodes = numa_nodes;
-  h.ram_bytes = int64_t{64} << 30;
-  h.memory_bandwidth = 50e9;
-  h.cores = 2;
-  h.gflops_per_core = 40;
-  return h;
-}
 
 // Checks that the bytes a kernel reads are the expert's own, just before and just after the kernel: a copy
 // landing in a slot still read (another expert's, or a refill) would change them under it. For an expert on
@@ -165,16 +118,6 @@ class CheckingProvider final : public runtime::ForwardingExpertProvider, public 
   std::deque<Expected> pending_;
 };
 
-struct Scenario {
-  const char* name;
-  int64_t capacity;
-  int64_t cache_slots;  // -1: what the planner leaves
-  int64_t stream_min_tokens;
-  int64_t ubatch = 512;
-  int numa = 1;  // NUMA nodes the plan is made for
-  offload::HostExperts host_experts = offload::HostExperts::Mmap;
-};
-
 struct Outcome {
   std::vector<float> logits;
   offload::DispatchStats stats;
@@ -216,34 +159,6 @@ void collect_checks(const CheckingProvider& checker, const planner::Plan& plan, 
   EXPECT_EQ(checker.unchecked(), 0) << "a device use whose expert op was never seen";
   EXPECT_EQ(checker.mismatches, 0) << "a kernel read bytes that were not its expert's";
   out.device_uses = checker.device_uses;
-}
-
-// Every device's high-water mark is within its plan, class by class, and within 2% of it; each host node holds
-// exactly the weights the plan gives it: its share of the routed experts (and, on node 0, the embedding).
-void expect_within_plan(const runtime::Backend& gpu,
-                        const std::vector<std::unique_ptr<runtime::cpu::CpuBackend>>& hosts,
-                        const std::vector<const planner::DevicePlan*>& host_plans) {
-  std::vector<const runtime::Backend*> devices{&gpu};
-  for (const auto& h : hosts) devices.push_back(h.get());
-  for (const runtime::Backend* b : devices) {
-    int64_t planned = 0;
-    for (int i = 0; i < runtime::kMemoryClasses; ++i) {
-      const auto u = b->ledger().usage(static_cast<runtime::MemoryClass>(i));
-      EXPECT_LE(u.high_water, u.planned) << b->name() << " "
-                                         << runtime::memory_class_name(static_cast<runtime::MemoryClass>(i));
-      planned += u.planned;
-    }
-    const int64_t high = b->ledger().total_high_water();
-    EXPECT_LE(high, planned) << b->name();
-    EXPECT_GE(static_cast<double>(high), 0.98 * static_cast<double>(planned))
-        << b->name() << ": high-water " << high << " of " << planned << " planned";
-  }
-  for (size_t k = 0; k < hosts.size(); ++k) {
-    const int64_t planned =
-        offload::planned_by_class(*host_plans[k])[static_cast<size_t>(runtime::MemoryClass::Weights)];
-    EXPECT_GT(planned, 0) << host_plans[k]->id;
-    EXPECT_EQ(hosts[k]->ledger().usage(runtime::MemoryClass::Weights).high_water, planned) << host_plans[k]->id;
-  }
 }
 
 // The session's logits, and an allocation beyond the plan refused, naming the class, changing nothing.
