@@ -13,25 +13,17 @@
 #include <string>
 #include <vector>
 
+#include "cuda_binding.h"
 #include "offload/device_plan.h"
-#include "offload/plan_binding.h"
 #include "offload_scenarios.h"
 #include "planner/model_spec.h"
 #include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/hardware_probe.h"
 
 namespace ferry::testing {
-namespace {
 
-struct CudaOutcome {
-  std::vector<float> logits;
-  offload::DispatchStats stats;
-};
-
-// The scenario's budget on cuda:0: planned as test_offload plans it for the simulated device of that size.
-CudaOutcome run_on_cuda(const Scenario& sc, planner::KvType kv) {
+void with_cuda_binding(const Scenario& sc, const runtime::SessionOptions& so, const BoundBody& body) {
   const planner::ModelSpec spec = planner::load_model_spec(tiny_model_dir().string());
-  const runtime::SessionOptions so = session_options(kv, sc.ubatch);
   offload::DeviceRequest req = sim_request(sc.name, sc.capacity, sc.cache_slots);
   req.name = "cuda:0 with a budget of " + std::string(sc.name);
   const planner::Plan plan = offload::plan_for_device(spec, host_spec(sc.numa), req, so);
@@ -44,11 +36,9 @@ CudaOutcome run_on_cuda(const Scenario& sc, planner::KvType kv) {
     if (dp.kind == planner::DeviceKind::Host) host_plans.push_back(&dp);
   offload::DispatchOptions d;
   d.stream_min_tokens = sc.stream_min_tokens;
-  CudaOutcome out;
   {
     offload::BoundPlan bound(plan, tiny_model(), *gpu, host_ptrs, d, sc.host_experts);
-    out.logits = run_logits(bound.weights(), bound.session_options(so));
-    out.stats = bound.dispatch().total();
+    body(bound, bound.session_options(so));
     expect_within_plan(*gpu, hosts, host_plans);
     if (const auto m = gpu->measured_memory()) {
       int64_t planned = 0;
@@ -58,6 +48,21 @@ CudaOutcome run_on_cuda(const Scenario& sc, planner::KvType kv) {
     }
   }
   EXPECT_EQ(gpu->ledger().total_current(), 0) << "the binding left device memory behind";
+}
+
+namespace {
+
+struct CudaOutcome {
+  std::vector<float> logits;
+  offload::DispatchStats stats;
+};
+
+CudaOutcome run_on_cuda(const Scenario& sc, planner::KvType kv) {
+  CudaOutcome out;
+  with_cuda_binding(sc, session_options(kv, sc.ubatch), [&](offload::BoundPlan& bound, runtime::SessionOptions so) {
+    out.logits = run_logits(bound.weights(), so);
+    out.stats = bound.dispatch().total();
+  });
   return out;
 }
 
