@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -16,6 +18,7 @@
 #include "planner/core/units.h"
 #include "planner/model_spec.h"
 #include "runtime/backend/cpu_backend.h"
+#include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/hardware_probe.h"
 #include "runtime/backend/sim_backend.h"
 #include "runtime/checkpoint/tiny_model.h"
@@ -31,6 +34,7 @@ struct Options {
   int64_t layers = 3, experts = 32, prompt = 256, decode = 16, ubatch = 128;
   int64_t stream_ubatch = 2048;  // the big-chunk streaming row's chunk (and at least its prompt)
   std::string link = "25GB/s";
+  std::string device;  // cuda:N, or empty for the simulated device
   double gpu_gbs = planner::reference_gpu().memory_bandwidth / 1e9;
   double gpu_tflops = planner::reference_gpu().bf16_tflops;
 };
@@ -126,12 +130,14 @@ class Bench {
     so.kv_type = planner::KvType::FP8;
     so.ubatch = ubatch;
     offload::DeviceRequest req;
-    req.name = "sim (" + cfg.name + ")";
+    req.name = (on_cuda() ? o_.device : std::string("sim")) + " (" + cfg.name + ")";
     req.link_bytes_per_s = link_;
     req.cache_slots = cfg.cache_slots;
     req.capacity = cfg.resident ? int64_t{1} << 40 : capacity_for(so, cfg.cache_slots);
     const planner::Plan plan = offload::plan_for_device(spec_, host_, req, so);
-    runtime::SimBackend gpu({req.capacity, link_});
+    const std::unique_ptr<runtime::Backend> device = make_device(req.capacity);
+    runtime::Backend& gpu = *device;
+    runtime::SimBackend* sim = dynamic_cast<runtime::SimBackend*>(device.get());
     runtime::cpu::CpuBackend host;
     offload::DispatchOptions d;
     d.stream_min_tokens = cfg.stream ? offload::stream_min_tokens_for(0.6 * host_.memory_bandwidth, link_) : 0;
@@ -148,15 +154,17 @@ class Bench {
     for (int64_t i = 0; i < prompt_len; ++i)
       prompt[static_cast<size_t>(i)] = static_cast<int32_t>(3 + (i * 7919) % 500);
     std::vector<float> last;
-    const runtime::LinkStats link0 = gpu.link_stats();
-    const runtime::ComputeStats compute0 = gpu.compute_stats();
+    const runtime::LinkStats link0 = sim ? sim->link_stats() : runtime::LinkStats{};
+    const runtime::ComputeStats compute0 = sim ? sim->compute_stats() : runtime::ComputeStats{};
     for (int64_t p = 0; p < prompt_len; p += ubatch) {
       const int64_t n = std::min(ubatch, prompt_len - p);
       r.prefill.add(step(session, timing, bound,
                          std::span(prompt).subspan(static_cast<size_t>(p), static_cast<size_t>(n)), last));
     }
-    r.link_busy_s = gpu.link_stats().busy_seconds - link0.busy_seconds;
-    r.copy_wait_s = gpu.compute_stats().copy_wait_seconds - compute0.copy_wait_seconds;
+    if (sim) {  // a CUDA device's copy engine keeps no such account
+      r.link_busy_s = sim->link_stats().busy_seconds - link0.busy_seconds;
+      r.copy_wait_s = sim->compute_stats().copy_wait_seconds - compute0.copy_wait_seconds;
+    }
     for (int64_t i = 0; i < o_.decode; ++i) {
       const int32_t next = static_cast<int32_t>(std::max_element(last.begin(), last.end()) - last.begin());
       r.decode.add(step(session, timing, bound, std::span(&next, 1), last));
@@ -167,9 +175,16 @@ class Bench {
   }
 
   const planner::ModelSpec& spec() const { return spec_; }
+  bool on_cuda() const { return !o_.device.empty(); }
   double link() const { return link_; }
 
  private:
+  // The simulated device of `capacity` on the --link, or --device cuda:N, where the plan's budget is `capacity`.
+  std::unique_ptr<runtime::Backend> make_device(int64_t capacity) const {
+    if (!on_cuda()) return std::make_unique<runtime::SimBackend>(runtime::SimDeviceSpec{capacity, link_});
+    return runtime::cuda::make_cuda_backend(std::stoi(o_.device.substr(5)));
+  }
+
   // Room for the non-routed part, the stream slots and `slots` cache slots per MoE layer, and no more: the
   // planner then leaves every expert in host RAM but for the cache.
   int64_t capacity_for(const runtime::SessionOptions& so, int64_t slots) {
@@ -237,6 +252,8 @@ int run(const Options& o) {
   FERRY_CHECK(o.layers >= 2 && o.layers <= 16, "--layers must be in [2, 16]");
   FERRY_CHECK(o.experts >= 8 && o.experts <= 256, "--experts must be in [8, 256]");
   FERRY_CHECK(o.prompt >= 1 && o.decode >= 1 && o.ubatch >= 1, "--prompt, --decode and --ubatch must be >= 1");
+  // A device that cannot be used fails here, in one line, before the synthetic model is written.
+  if (!o.device.empty()) runtime::cuda::make_cuda_backend(std::stoi(o.device.substr(5)));
   const auto dir = std::filesystem::temp_directory_path() / ("ferry-bench-offload-" + std::to_string(::getpid()));
   std::shared_ptr<void> cleanup(static_cast<void*>(nullptr), [dir](void*) {
     std::error_code ec;
@@ -269,11 +286,18 @@ int run(const Options& o) {
   std::printf(
       "run: prompt %lld tokens in chunks of %lld, then %lld decoded; link %s; projection for a GPU of %.0f GB/s\n",
       (long long)o.prompt, (long long)o.ubatch, (long long)o.decode, o.link.c_str(), o.gpu_gbs);
-  std::printf(
-      "measured = on this machine, where the simulated GPU's work runs on the CPU too; hidden copies: the\n"
-      "share of the copy time behind compute, projected (GPU at %.0f bf16 TFLOP/s x 0.5) and measured (prefill:\n"
-      "link time the simulated device's ops did not wait for)\n\n",
-      o.gpu_tflops);
+  if (bench.on_cuda())
+    std::printf(
+        "measured = on %s with this machine's CPU, each row's plan given its budget of device memory; hidden\n"
+        "copies: the share of the copy time behind compute, projected (GPU at %.0f bf16 TFLOP/s x 0.5); measured:\n"
+        "- (a CUDA copy engine keeps no account of its idle time)\n\n",
+        o.device.c_str(), o.gpu_tflops);
+  else
+    std::printf(
+        "measured = on this machine, where the simulated GPU's work runs on the CPU too; hidden copies: the\n"
+        "share of the copy time behind compute, projected (GPU at %.0f bf16 TFLOP/s x 0.5) and measured (prefill:\n"
+        "link time the simulated device's ops did not wait for)\n\n",
+        o.gpu_tflops);
 
   std::vector<Config> configs = {{"all experts on GPU", 0, true, false}, {"all in RAM, CPU", 0, false, false}};
   for (int pct : {10, 25, 50})
@@ -296,10 +320,11 @@ int run(const Options& o) {
     const double uses = std::max<int64_t>(1, r.stats.uses());
     // Measured: of the prefill's link time, the share the device's ops did not spend waiting for a copy.
     const double measured = r.link_busy_s > 0 ? 100 * std::max(0.0, 1 - r.copy_wait_s / r.link_busy_s) : 100.0;
-    std::printf("%-20s %9s | %10.1f %10.1f | %10.2f %10.2f | %6.1f%% %6.1f%% %6.1f%% | %5.0f%% %5.0f%%\n",
-                cfg.name.c_str(), core::format_bytes(r.device_bytes).c_str(), tps(r.decode, true), tps(r.prefill, true),
+    const std::string measured_cell = bench.on_cuda() ? "     -" : fmt::format("{:5.0f}%", measured);
+    std::printf("%-20s %9s | %10.1f %10.1f | %10.2f %10.2f | %6.1f%% %6.1f%% %6.1f%% | %5.0f%% %s\n", cfg.name.c_str(),
+                core::format_bytes(r.device_bytes).c_str(), tps(r.decode, true), tps(r.prefill, true),
                 tps(r.decode, false), tps(r.prefill, false), 100 * r.stats.gpu_share(), 100 * r.stats.cache_hits / uses,
-                100 * r.stats.cpu / uses, copy > 0 ? 100 * (1 - exposed / copy) : 100.0, measured);
+                100 * r.stats.cpu / uses, copy > 0 ? 100 * (1 - exposed / copy) : 100.0, measured_cell.c_str());
     std::fflush(stdout);
   }
   return 0;
@@ -325,6 +350,14 @@ std::function<int()> add_offload_bench(CLI::App& bench, CLI::App*& sub) {
                   "GPU BF16 tensor TFLOP/s for the projection (default: the reference card's, an RTX 3090's)")
       ->check(CLI::Range(1.0, 1e5));
   sub->add_option("--link", o->link, "Host-to-GPU link bandwidth of the simulated device (default 25GB/s)");
+  sub->add_option("--device", o->device,
+                  "cuda:N: run every row on CUDA device N (measured on the device, each row's plan given its budget "
+                  "of device memory); default: the simulated device")
+      ->check([](const std::string& d) {
+        const bool ok = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 10 &&
+                        d.find_first_not_of("0123456789", 5) == std::string::npos;
+        return ok ? std::string() : "give a CUDA device as cuda:N (cuda:0)";
+      });
   sub->add_option("--gpu-bandwidth", o->gpu_gbs,
                   "GPU memory bandwidth in GB/s for the projection (default: the reference card's, an RTX 3090's)")
       ->check(CLI::Range(1.0, 1e5));
