@@ -38,10 +38,14 @@ DeviceBuffer Backend::allocate(MemoryClass c, int64_t bytes) {
   return b;
 }
 
-void* Backend::allocate_host_addressable(MemoryClass c, int64_t bytes) {
+void* Backend::raw_allocate_shared(int64_t bytes) {
   FERRY_CHECK(host_addressable(), "{}: the CPU kernels cannot use this device's memory in place", name());
+  return raw_allocate(bytes);
+}
+
+void* Backend::allocate_host_addressable(MemoryClass c, int64_t bytes) {
   MemoryLedger::Reservation reserved(ledger_, c, bytes);
-  void* p = bytes > 0 ? raw_allocate(bytes) : nullptr;
+  void* p = bytes > 0 ? raw_allocate_shared(bytes) : nullptr;
   reserved.commit();  // the caller releases it (free_host_addressable)
   return p;
 }

@@ -78,6 +78,11 @@ class Backend {
   const std::string& name() const { return ledger_.device(); }
   // Whether the CPU kernels can read and write this backend's buffers in place.
   virtual bool host_addressable() const = 0;
+  // Whether this device's kernels can use the memory at `p`: its own allocations (a GPU cannot dereference the
+  // host's heap or a mapped checkpoint); for the host, any memory. The forward pass runs an op on the host instead,
+  // or stages its result, where the device does not hold an argument (the embedding table in host RAM, the
+  // caller's logits).
+  virtual bool holds(const void* p) const = 0;
 
   MemoryLedger& ledger() { return ledger_; }
   const MemoryLedger& ledger() const { return ledger_; }
@@ -85,8 +90,9 @@ class Backend {
   // `bytes` of class `c`, reserved in the ledger first: throws ferry::Error naming the class when that would
   // exceed the plan or the device, before any memory is taken.
   DeviceBuffer allocate(MemoryClass c, int64_t bytes);
-  // The same for memory the CPU kernels use in place (host_addressable() backends only): the storage of a
-  // DeviceVector (runtime/backend/device_vector.h). free_host_addressable() takes back exactly what was given.
+  // The same for memory that both the device's kernels and the host's code use in place: the storage of a
+  // DeviceVector (runtime/backend/device_vector.h), which holds the workspace, the KV cache and the small weights
+  // (a CUDA device gives managed memory). free_host_addressable() takes back exactly what was given.
   void* allocate_host_addressable(MemoryClass c, int64_t bytes);
   void free_host_addressable(MemoryClass c, void* p, int64_t bytes) noexcept;
 
@@ -134,6 +140,9 @@ class Backend {
   // range locked, if anything).
   std::shared_ptr<void> pinned_handle(int64_t bytes, std::shared_ptr<void> lock);
   virtual void* raw_allocate(int64_t bytes) = 0;
+  // For allocate_host_addressable(): raw_allocate() where the device's memory is the host's; a device with
+  // memory of its own overrides it (throws otherwise).
+  virtual void* raw_allocate_shared(int64_t bytes);
   virtual void raw_free(void* p, int64_t bytes) = 0;
   // Checks that [offset, offset + bytes) lies in `dst` and that `dst` belongs to this backend.
   void check_copy(const DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) const;

@@ -20,6 +20,7 @@ class CpuBackend : public Backend {
       : Backend(std::move(name), capacity), arena_(numa_node) {}
   int numa_node() const { return arena_.node(); }
   bool host_addressable() const override { return true; }
+  bool holds(const void*) const override { return true; }
   // Every op, computed in the caller with the CPU kernels (host_ops.h); the event is complete on return.
   bool supports(ops::Kind) const override { return true; }
   ComputeEvent run(const ops::Op& op, CopyEvent after = {}, DeviceRange reads = {}) override;

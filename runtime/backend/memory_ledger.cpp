@@ -13,7 +13,7 @@ namespace ferry::runtime {
 std::string measured_memory_line(const MeasuredMemory& m, int64_t planned, double tolerance) {
   const double share = planned > 0 ? static_cast<double>(m.used_high_water) / static_cast<double>(planned) : 0.0;
   const char* verdict = planned <= 0            ? "nothing planned"
-                        : share > 1 + tolerance? "over the plan"
+                        : share > 1 + tolerance ? "over the plan"
                         : share < 1 - tolerance ? "under the plan"
                                                 : "within the plan";
   return fmt::format(

@@ -1,5 +1,7 @@
 #include "runtime/backend/sim_backend.h"
 
+#include "runtime/backend/op_pointers.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -58,6 +60,8 @@ SimBackend::~SimBackend() {
 void* SimBackend::raw_allocate(int64_t bytes) {
   void* p = std::aligned_alloc(64, (static_cast<size_t>(bytes) + 63) / 64 * 64);
   if (!p) FERRY_THROW("{}: out of host memory backing {}", name(), core::format_bytes(bytes));
+  std::lock_guard<std::mutex> lock(allocations_mu_);
+  allocations_[reinterpret_cast<uintptr_t>(p)] = bytes;
   return p;
 }
 
@@ -69,6 +73,10 @@ void SimBackend::raw_free(void* p, int64_t) {
     compute_paused_ = false;  // a queued copy may wait for launched work
     cv_.notify_all();
     cv_.wait(lock, [this] { return landed_ == issued_; });
+  }
+  {
+    std::lock_guard<std::mutex> lock(allocations_mu_);
+    allocations_.erase(reinterpret_cast<uintptr_t>(p));
   }
   std::free(p);
 }
@@ -92,7 +100,22 @@ CopyEvent SimBackend::copy_to_device_after(DeviceBuffer& dst, int64_t offset, co
   return e;
 }
 
+bool SimBackend::holds(const void* p) const {
+  if (!spec_.strict) return true;
+  const auto at = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(allocations_mu_);
+  auto it = allocations_.upper_bound(at);
+  return it != allocations_.begin() && at < std::prev(it)->first + static_cast<uintptr_t>(std::prev(it)->second);
+}
+
+void SimBackend::check_device_memory(const ops::Op& op) const {
+  for (const ops::OpPointer& a : ops::device_pointers(op))
+    FERRY_CHECK(holds(a.p), "{}: {}'s `{}` is not in this device's memory (a GPU's kernel could not use it)", name(),
+                ops::kind_name(ops::kind_of(op)), a.field);
+}
+
 ComputeEvent SimBackend::run(const ops::Op& op, CopyEvent after, DeviceRange reads) {
+  check_device_memory(op);
   ComputeEvent e;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -29,6 +29,9 @@ namespace ferry::runtime {
 struct SimDeviceSpec {
   int64_t capacity = 0;
   double link_bytes_per_s = 0;  // 0: copies take only the memcpy's time
+  // Whether its ops may name only its own memory, as a GPU's kernels can (the forward pass and offload bound to
+  // it); false lets tests use it as an asynchronous host, with ops on the host's buffers.
+  bool strict = true;
 };
 
 // "sim:24GiB" or "sim:24GiB@25GB/s"; throws ferry::Error naming the text when it is anything else.
@@ -66,6 +69,8 @@ class SimBackend final : public Backend {
   ~SimBackend() override;  // lets the queued copies land, then stops the stream; free its buffers first
 
   bool host_addressable() const override { return true; }
+  // Its own allocations when strict; any memory otherwise.
+  bool holds(const void* p) const override;
   CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
   bool completed(CopyEvent e) const override;
   void wait(CopyEvent e, std::chrono::milliseconds timeout = std::chrono::seconds(60)) const override;
@@ -112,7 +117,10 @@ class SimBackend final : public Backend {
   };
   void stream_loop();
   void compute_loop();
-  void hold(bool& paused, bool on);  // sets a stream's pause flag under mu_ and wakes the streams
+  void hold(bool& paused, bool on);
+  // Throws naming the op and the field when a pointer it names lies outside this device's allocations: a GPU's
+  // kernel cannot dereference host memory, so the simulated device refuses what a real one would fault on.
+  void check_device_memory(const ops::Op& op) const;  // sets a stream's pause flag under mu_ and wakes the streams
   // Under mu_: whether [dst, dst + bytes) overlaps memory read by an op that has not finished and
   // runs before the first work waiting for the copy `copy` (or a later one) to land.
   bool read_by_pending_work(const char* dst, int64_t bytes, uint64_t copy) const;
@@ -131,6 +139,8 @@ class SimBackend final : public Backend {
   uint64_t failed_sequence_ = 0;
   ComputeStats compute_stats_;
   SimOpObserver* observer_ = nullptr;
+  mutable std::mutex allocations_mu_;
+  std::map<uintptr_t, int64_t> allocations_;  // start -> bytes, every allocation of this device
   // The compute stream's ops run in an arena as wide as the one the device was created in, so that their tile
   // loops see the same thread slots as the session's scratch.
   WorkerArena arena_;

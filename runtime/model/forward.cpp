@@ -9,6 +9,7 @@
 #include "planner/core/error.h"
 #include "planner/memory.h"
 #include "runtime/backend/cpu_backend.h"
+#include "runtime/backend/host_ops.h"
 #include "runtime/model/forward_parts.h"
 #include "runtime/model/op_support.h"
 
@@ -36,6 +37,9 @@ Session::Session(const ModelWeights& model, SessionOptions options)
   require_ops(*device_, ops_of_model(c, options_.mtp), "this model's forward pass");
   options_.ubatch = std::min(options.ubatch, options.ctx);
   FERRY_CHECK(!options_.mtp || !options.ranks, "--mtp runs in one process for now (not under mpirun)");
+  // The MTP layer's inputs are host buffers of each feed (not planned as the device's workspace).
+  FERRY_CHECK(!options_.mtp || device_->holds(&options_), "{}: --mtp runs on the host for now, not on a GPU",
+              device_->name());
   FERRY_CHECK(options.snapshot_every >= 0, "snapshot_every must not be negative, not {}", options.snapshot_every);
   FERRY_CHECK(options.snapshot_every == 0 || !options_.mtp, "prefix reuse (KV snapshots) runs without --mtp for now");
   std::function<bool(int64_t)> holds_kv;  // the layers this rank runs
@@ -203,7 +207,7 @@ void Session::run_chunk(const int32_t* tokens, int64_t n, float* logits_rows, bo
   RankExchange* ranks = options_.ranks;
   // Embedding, copied into every stream, by the ranks that run the first layer.
   if (!ranks || ranks->runs_layer(0))
-    ops.run(ops::Embed{.table = model_.embed(), .tokens = tokens, .n = n, .copies = hc, .out = feed_->H.data()});
+    embed(ops, ops::Embed{.table = model_.embed(), .tokens = tokens, .n = n, .copies = hc, .out = feed_->H.data()});
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     if (ranks && l > 0 && ranks->hands_over(l)) {
       ops.sync();
@@ -289,7 +293,27 @@ void Session::head(detail::OpStream& ops, const float* H, const HcWeights& hc_w,
                       .y = ws.x.data()});
   ops.run(ops::RmsNorm{
       .x = ws.x.data(), .rows = n, .dim = d, .weight = norm.data(), .eps = c.rms_norm_eps, .out = ws.xn.data()});
-  ops.run(ops::Linear{.w = model_.head(), .x = ws.xn.data(), .n = n, .y = logits, .bits = options_.expert_bits});
+  if (ops.device().holds(logits)) {
+    ops.run(ops::Linear{.w = model_.head(), .x = ws.xn.data(), .n = n, .y = logits, .bits = options_.expert_bits});
+    return;
+  }
+  // The caller's rows are host memory the device cannot write: each row goes through the feed's logits row (the
+  // planned workspace holds one), then to the caller. Every chunking computes the same rows (one or many tokens).
+  const int64_t vocab = c.vocab_size;
+  float* row = feed_->logits_row.data();
+  for (int64_t r = 0; r < n; ++r) {
+    ops.run(ops::Linear{.w = model_.head(), .x = ws.xn.data() + r * d, .n = 1, .y = row, .bits = options_.expert_bits});
+    ops.sync();
+    std::copy_n(row, vocab, logits + r * vocab);
+  }
+}
+
+// The embedding rows: on the device when it holds the table; otherwise (the table in host RAM) gathered by the host
+// straight into the device's buffer, which the host can write (a DeviceVector), once the device is done with it.
+void Session::embed(detail::OpStream& ops, const ops::Embed& e) {
+  if (ops.device().holds(e.table.data)) return ops.run(e);
+  ops.sync();
+  run_on_host(e);
 }
 
 // MTP at position p needs token p+1: this chunk's tokens complete the previous chunk's last position and all
@@ -314,7 +338,7 @@ void Session::run_mtp(detail::OpStream& ops, const float* H_main, const int32_t*
   const int32_t* next = pending ? tokens : tokens + 1;
   // e = rms(embed[next], enorm) projected once per position; h = rms(H[s], hnorm) projected per stream.
   std::vector<float> e(sz(m * d)), hn(sz(m * sd)), hp(sz(m * sd)), ep(sz(m * d));
-  ops.run(ops::Embed{.table = model_.embed(), .tokens = next, .n = m, .copies = 1, .out = e.data()});
+  embed(ops, ops::Embed{.table = model_.embed(), .tokens = next, .n = m, .copies = 1, .out = e.data()});
   ops.run(ops::RmsNorm{
       .x = e.data(), .rows = m, .dim = d, .weight = w.enorm.data(), .eps = c.rms_norm_eps, .out = e.data()});
   ops.run(ops::RmsNorm{

@@ -156,6 +156,7 @@ class Session {
   void head(detail::OpStream& ops, const float* H, const HcWeights& hc, const DeviceVector<float>& norm, int64_t n,
             float* logits);
   void run_mtp(detail::OpStream& ops, const float* H_main, const int32_t* tokens, int64_t n);
+  void embed(detail::OpStream& ops, const ops::Embed& e);
   // Position 0, the cache, snapshots and MTP state cleared (reset, restore); announces nothing to other ranks.
   void forget_sequence();
   // rewind()'s first half: the cache back to the latest kept snapshot s <= p (cleared when none: s = 0), the

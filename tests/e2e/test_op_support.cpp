@@ -56,7 +56,7 @@ std::vector<float> logits_on(runtime::Backend* device, bool mtp, KindSet* observ
 TEST(OpSupport, TheOpsASessionRunsAreTheOnesItChecksFor) {
   for (const bool mtp : {false, true}) {
     SCOPED_TRACE(mtp ? "with MTP" : "without MTP");
-    runtime::SimBackend sim({int64_t{1} << 30, 0});
+    runtime::SimBackend sim({int64_t{1} << 30, 0, false});
     KindSet observed;
     logits_on(&sim, mtp, &observed, &sim);
     const std::vector<Kind> listed = runtime::ops_of_model(tiny_model().config(), mtp);
@@ -65,7 +65,7 @@ TEST(OpSupport, TheOpsASessionRunsAreTheOnesItChecksFor) {
 }
 
 TEST(OpSupport, TheForwardPassOnTheSimulatedDeviceIsBitwiseTheHosts) {
-  runtime::SimBackend sim({int64_t{1} << 30, 0});
+  runtime::SimBackend sim({int64_t{1} << 30, 0, false});
   const std::vector<float> on_sim = logits_on(&sim, true), on_host = logits_on(nullptr, true);
   ASSERT_EQ(on_sim.size(), on_host.size());
   EXPECT_TRUE(std::equal(on_sim.begin(), on_sim.end(), on_host.begin(),

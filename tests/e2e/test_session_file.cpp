@@ -103,8 +103,9 @@ std::vector<fs::path> entries(const fs::path& dir) {
 struct SaveAndLoadDevices {
   explicit SaveAndLoadDevices(bool on_sim) {
     if (!on_sim) return;
-    saving_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0});
-    loading_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0});
+    // Sessions without a placement: the weights stay in host memory, which the device may then read.
+    saving_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0, false});
+    loading_device.emplace(runtime::SimDeviceSpec{int64_t{1} << 30, 0, false});
   }
   runtime::Backend* saving() { return saving_device ? &*saving_device : nullptr; }
   runtime::Backend* loading() { return loading_device ? &*loading_device : nullptr; }

@@ -268,8 +268,35 @@ ops::AddStreams doubling(const float* x, float* out, int64_t n) {
   return ops::AddStreams{.a = x, .b = x, .n = 1, .streams = 1, .d = n, .out = out};
 }
 
-TEST(SimDevice, OpsRunInOrderAfterTheirCopyBesideTheCaller) {
+// These tests run ops on the host's vectors: the device as an asynchronous host, not as a GPU.
+SimDeviceSpec host_buffers_allowed(SimDeviceSpec s) {
+  s.strict = false;
+  return s;
+}
+
+// As a GPU faults on host memory, the simulated device refuses an op naming memory it did not allocate, with the
+// op and the field, before it queues anything; its own buffers (both kinds of allocation) are fine.
+TEST(SimDevice, RefusesAnOpOnMemoryItDoesNotHold) {
   SimBackend dev(parse_sim_device("sim:1MiB"));
+  DeviceBuffer b = dev.allocate(MemoryClass::Workspace, 256);
+  void* shared = dev.allocate_host_addressable(MemoryClass::Workspace, 256);
+  std::vector<float> host(64, 1.0f);
+  auto* own = static_cast<float*>(b.data());
+  EXPECT_TRUE(dev.holds(own + 63));
+  EXPECT_TRUE(dev.holds(shared));
+  EXPECT_FALSE(dev.holds(own + 64));  // one past the end
+  EXPECT_FALSE(dev.holds(host.data()));
+  const std::string e = error_of([&] { (void)dev.run(doubling(host.data(), own, 64)); });
+  EXPECT_NE(e.find("add_streams's `a` is not in this device's memory"), std::string::npos) << e;
+  EXPECT_EQ(dev.pending_work(), 0);
+  dev.wait(dev.run(doubling(own, static_cast<float*>(shared), 64)));
+  dev.free_host_addressable(MemoryClass::Workspace, shared, 256);
+  EXPECT_TRUE(SimBackend(host_buffers_allowed(parse_sim_device("sim:1MiB"))).holds(host.data()));
+  EXPECT_TRUE(cpu::CpuBackend().holds(host.data()));
+}
+
+TEST(SimDevice, OpsRunInOrderAfterTheirCopyBesideTheCaller) {
+  SimBackend dev(host_buffers_allowed(parse_sim_device("sim:1MiB")));
   KindLog log;
   dev.set_observer(&log);
   DeviceBuffer b = dev.allocate(MemoryClass::ExpertCache, 64);
@@ -302,7 +329,7 @@ TEST(SimDevice, OpsRunInOrderAfterTheirCopyBesideTheCaller) {
 }
 
 TEST(SimDevice, CountsACopyLandingUnderAReaderAndARefillAfterItDoesNot) {
-  SimBackend dev(parse_sim_device("sim:1MiB"));
+  SimBackend dev(host_buffers_allowed(parse_sim_device("sim:1MiB")));
   DeviceBuffer slot = dev.allocate(MemoryClass::ExpertCache, 256), other = dev.allocate(MemoryClass::ExpertCache, 256);
   std::vector<uint8_t> src(256, 1);
   std::vector<float> out(64);
@@ -324,7 +351,7 @@ TEST(SimDevice, CountsACopyLandingUnderAReaderAndARefillAfterItDoesNot) {
 }
 
 TEST(SimDevice, AnErrorInAnOpReachesTheWaitAndLaterOpsStillRun) {
-  SimBackend dev(parse_sim_device("sim:1MiB"));
+  SimBackend dev(host_buffers_allowed(parse_sim_device("sim:1MiB")));
   std::vector<float> x(8, 1.0f), y(8, 0.0f), z(8, 0.0f);
   const double freqs[2] = {1.0, 0.5};
   const ComputeEvent ok = dev.run(doubling(x.data(), y.data(), 8));

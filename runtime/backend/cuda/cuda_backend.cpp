@@ -171,6 +171,23 @@ void* CudaBackend::raw_allocate(int64_t bytes) {
   return p;
 }
 
+void* CudaBackend::raw_allocate_shared(int64_t bytes) {
+  DeviceGuard guard(device_, name());
+  void* p = nullptr;
+  check(cudaMallocManaged(&p, static_cast<size_t>(bytes)), name(), "cudaMallocManaged of " + core::format_bytes(bytes));
+  sample_memory();
+  return p;
+}
+
+bool CudaBackend::holds(const void* p) const {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return a.type == cudaMemoryTypeManaged || (a.type == cudaMemoryTypeDevice && a.device == device_);
+}
+
 void CudaBackend::raw_free(void* p, int64_t bytes) {
   if (!drain(("leaving " + core::format_bytes(bytes) + " of device memory allocated").c_str())) return;
   DeviceGuard guard;

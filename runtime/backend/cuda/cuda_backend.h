@@ -29,6 +29,8 @@ class CudaBackend final : public Backend {
   ~CudaBackend() override;
 
   bool host_addressable() const override { return false; }
+  // Device memory of this device, or managed memory (cudaPointerGetAttributes).
+  bool holds(const void* p) const override;
   // Pageable `src` is staged by CUDA before the call returns; pinned or registered `src` (pinned_memory.h) is
   // read by the copy engine later, and must stay unchanged until the event has completed.
   CopyEvent copy_to_device(DeviceBuffer& dst, int64_t offset, const void* src, int64_t bytes) override;
@@ -67,6 +69,9 @@ class CudaBackend final : public Backend {
 
  protected:
   void* raw_allocate(int64_t bytes) override;
+  // Managed memory (cudaMallocManaged): the kernels and the host's code both use a DeviceVector in place, the
+  // driver moving its pages where they are used; the forward pass orders their uses with the streams' events.
+  void* raw_allocate_shared(int64_t bytes) override;
   // Waits for both streams first (a queued copy may target this memory, a queued op read or write it). When one
   // does not drain within a minute, or failed, the memory is left allocated, with a line on stderr: freeing
   // memory that a copy or a kernel may still write would corrupt the next allocation.
