@@ -124,6 +124,28 @@ void launch(const ops::KvWindowStore& a, cudaStream_t stream, const std::string&
         "kv_window_store kernel launch");
 }
 
+// The rows' sources and the output's rope table (host memory in the op) go in the launch's arguments.
+void launch(const ops::Attention& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.head_dim > 0 && a.head_dim % 2 == 0 && a.head_dim <= kAttentionMaxHeadDim,
+              "{}: attention: head_dim {}; the CUDA kernel takes an even head_dim up to {}", who, a.head_dim,
+              kAttentionMaxHeadDim);
+  FERRY_CHECK(a.layout.dims == a.head_dim, "{}: attention: {}-value KV rows for head_dim {}", who, a.layout.dims,
+              a.head_dim);
+  FERRY_CHECK(2 * a.freqs.count <= a.head_dim && a.freqs.count <= kMaxRopeFreqs,
+              "{}: attention: {} rope frequencies for head_dim {}; the CUDA kernel takes at most {}", who,
+              a.freqs.count, a.head_dim, kMaxRopeFreqs);
+  FERRY_CHECK(a.window_size > 0 && a.p0 >= 0 && a.ratio >= 0, "{}: attention: window {}, ratio {} at position {}", who,
+              a.window_size, a.ratio, a.p0);
+  FERRY_CHECK(a.ratio != 4 || (a.sel && a.sel_count && a.topk > 0), "{}: attention: ratio 4 without a selection", who);
+  AttentionArgs args;
+  args.rows = {a.kv,        a.window, a.compressed, kv_row(a.layout, who), a.sel,
+               a.sel_count, a.topk,   a.p0,         a.window_size,         a.ratio};
+  args.q = a.q, args.sink = a.sink, args.o = a.o;
+  args.n = a.n, args.heads = a.heads, args.head_dim = a.head_dim, args.count = a.freqs.count;
+  std::copy_n(a.freqs.freqs, a.freqs.count, args.freqs);
+  check(launch_attention(args, stream), who, "attention kernel launch");
+}
+
 MatvecFormat matvec_format(core::WeightFormat f) {
   switch (f) {
     case core::WeightFormat::F32: return MatvecFormat::F32;
@@ -207,6 +229,7 @@ bool has_kernel(ops::Kind kind) {
     case Kind::ExpertFfn:
     case Kind::KvEncode:
     case Kind::KvWindowStore:
+    case Kind::Attention:
     case Kind::Route:
     case Kind::GatherRows:
     case Kind::MoeCombine:

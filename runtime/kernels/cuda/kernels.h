@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "runtime/kernels/cuda/attention_math.h"
 #include "runtime/kernels/cuda/hc_math.h"
 #include "runtime/kernels/cuda/kv_math.h"
 #include "runtime/kernels/cuda/matvec_math.h"
@@ -168,5 +169,21 @@ struct KvWindowStoreArgs {
   uint8_t* ring = nullptr;
 };
 cudaError_t launch_kv_window_store(const KvWindowStoreArgs& a, cudaStream_t stream);
+
+// Attention (attention_math.h): a block per (token, kAttentionHeadsPerBlock heads), a warp per head holding its
+// query and fp32 accumulator in registers. The token's rows go through shared memory a key tile at a time, each
+// stored value decoded once per block (decode_kv_value) for all its heads; each score is a warp sum; the online
+// softmax folds a tile at a time, as the host does. Nothing grows with the context. head_dim <=
+// kAttentionMaxHeadDim, even.
+constexpr int kAttentionHeadsPerBlock = 8;
+struct AttentionArgs {
+  AttentionRows rows;
+  const float* q = nullptr;                           // [n, heads, head_dim]
+  const float* sink = nullptr;                        // [heads]
+  int64_t n = 0, heads = 0, head_dim = 0, count = 0;  // count: rope frequencies (the last 2·count dims)
+  double freqs[kMaxRopeFreqs] = {};
+  float* o = nullptr;  // [n, heads, head_dim]
+};
+cudaError_t launch_attention(const AttentionArgs& a, cudaStream_t stream);
 
 }  // namespace ferry::runtime::cuda
