@@ -84,6 +84,17 @@ struct WeightPart {
   float scale;
 };
 
+// A weight tile's 16 bytes through the caches: the blocks of the other token tiles read the same tile (unlike
+// the matrix-vector kernel's streaming loads, load_chunk).
+FERRY_HD Chunk load_tile_chunk(const uint8_t* p) {
+#if defined(__CUDA_ARCH__)
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+  return {{v.x, v.y, v.z, v.w}};
+#else
+  return load_chunk(p);
+#endif
+}
+
 template <class F>
 FERRY_HD void load_weight_part(const WeightRows& w, int64_t row0, int64_t rows, int64_t k0, int tid, WeightPart<F>& p) {
   FERRY_UNROLL
@@ -91,7 +102,7 @@ FERRY_HD void load_weight_part(const WeightRows& w, int64_t row0, int64_t rows, 
     const int c = tid + kGemmThreads * i, r = c / F::kChunks, part = c % F::kChunks;
     p.c[i] = Chunk{};
     if (r < rows)
-      p.c[i] = load_chunk(w.codes + (row0 + r) * F::row_bytes(w.cols) + F::row_bytes(k0 + part * F::kValues));
+      p.c[i] = load_tile_chunk(w.codes + (row0 + r) * F::row_bytes(w.cols) + F::row_bytes(k0 + part * F::kValues));
   }
   p.scale = tid < rows ? F::tile_scale(w, row0 + tid, k0) : 0.0f;
 }

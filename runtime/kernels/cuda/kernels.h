@@ -176,8 +176,10 @@ cudaError_t launch_kv_window_store(const KvWindowStoreArgs& a, cudaStream_t stre
 // whose rows are a whole number of 32-column tiles (gemm_takes): a block decodes a 128-row × 32-column weight
 // tile into shared memory as BF16 and multiplies it with 64 tokens' inputs split into BF16 hi + lo (mma.sync
 // m16n8k16, fp32 accumulation; the block scales applied to each scale block's partial sums). Below
-// kGemmMinTokens the matrix-vector kernel, which streams the weight once per 4 tokens but from rows/8 blocks,
-// keeps more of the memory system busy than the GEMM's rows/128 blocks. Every group (LinearGrouped's experts: a
+// kGemmMinTokens the matrix-vector kernel: both are bound by the weight's bytes there, and the matrix-vector
+// kernel's rows/8 blocks (re-reading the weight, mostly from L2, once per 4 tokens) keep more loads in flight
+// than the GEMM's rows/128 (32 blocks for 4096 rows on 132 SMs); from 16 tokens its 4 passes cost more than
+// the GEMM's one (an estimate: measure on a device). Every group (LinearGrouped's experts: a
 // weight and a run of tokens each) in one launch: grid.x the 128-row tiles, grid.y the groups' 64-token tiles.
 constexpr int64_t kGemmMinTokens = 16;
 constexpr int kGemmMaxGroups = 64;  // the table travels in the launch's arguments (2 KiB of the 4 KiB)
