@@ -38,10 +38,11 @@ struct LinearCase {
   }
 };
 
-// Every format whole and as a view; one token (the matvec kernels) and several (the matmul kernels); FP8
-// views inside a 128-row scale block (decoded row by row); MXFP4 at both precisions; and the grouped output
-// projection's use: group 1 of wo_a (here two groups of o_lora rows; V4-Flash has 8) on its heads' part of
-// the attention output, into its part of z.
+// Every format whole and as a view; one token (the matvec kernels) and several (the matmul kernels), up to a
+// chunk of 16 and more (CUDA's tensor-core GEMM: one and two 64-token tiles); FP8 views inside a 128-row scale
+// block (decoded row by row); MXFP4 at both precisions; and the grouped output projection's use: group 1 of
+// wo_a (here two groups of o_lora rows; V4-Flash has 8) on its heads' part of the attention output, into its
+// part of z.
 std::vector<LinearCase> linear_cases(const core::ModelConfig& c) {
   const int64_t d = c.hidden_size, ql = c.q_lora_rank, inter = c.moe_intermediate_size;
   const int64_t ol = c.o_lora_rank, gin = c.num_attention_heads * c.head_dim / c.o_groups;
@@ -56,6 +57,12 @@ std::vector<LinearCase> linear_cases(const core::ModelConfig& c) {
       {WeightFormat::MXFP4, d, inter, 0, d, 2, 32, 0, B::Int16},
       {WeightFormat::MXFP4, inter, d, 0, inter, 1, 0, 0, B::Int16},
       {WeightFormat::FP8, 2 * ol, gin, ol, ol, 2, gin, ol, B::Int24, gin, ol},
+      {WeightFormat::BF16, 256, d, 64, 64, 40, 16, 8},
+      {WeightFormat::FP8, 256, d, 100, 128, 70},
+      {WeightFormat::MXFP4, inter, d, 0, inter, 20, 0, 0, B::Int24},
+      {WeightFormat::MXFP4, d, inter, 0, d, 17, 32, 0, B::Int16},
+      {WeightFormat::MXFP4, inter, d, 0, inter, 16, 0, 0, B::Int16},
+      {WeightFormat::FP8, 2 * ol, gin, ol, ol, 24, gin, ol, B::Int24, gin, ol},
   };
 }
 
@@ -94,42 +101,47 @@ TYPED_TEST(LinearOps, Linear) {
   }
 }
 
-// Experts' runs of rows through their own weights, an empty run among them.
+// Experts' runs of rows through their own weights, an empty run among them; a decode step's few rows and a
+// chunk's (CUDA's GEMM: the groups in one launch, a run of two 64-token tiles; an FP8 group in a launch of its
+// own).
 TYPED_TEST(LinearOps, LinearGrouped) {
   for (const Shape& s : shapes()) {
     const int64_t d = s.c.hidden_size, inter = s.c.moe_intermediate_size;
     const bool real = s.c.hidden_size > 1024;  // V4-Flash: two experts (their float64 copies are 64 MB each)
-    const std::vector<int64_t> row_begin =
-        real ? std::vector<int64_t>{0, 1, 1, 3} : std::vector<int64_t>{0, 2, 2, 5, 6};
-    const int64_t groups = static_cast<int64_t>(row_begin.size()) - 1, n = row_begin.back();
-    for (const auto bits : {core::ActivationBits::Int24, core::ActivationBits::Int16}) {
-      std::mt19937_64 rng(12);
-      std::vector<StoredWeight> w;
-      for (int64_t g = 0; g < groups; ++g)
-        w.push_back(
-            stored_weight(g == groups - 1 && !real ? WeightFormat::FP8 : WeightFormat::MXFP4, inter, d, 0.05, rng));
-      const std::vector<float> x = normal(n * d, 1.0, rng);
-      const auto out = this->run(Kind::LinearGrouped, [&](DeviceMemory& m) {
-        std::vector<core::WeightView> views;
-        for (const StoredWeight& sw : w) views.push_back(m.weight(sw));
-        float* y = m.zeros<float>(n * inter);
-        m.run(ops::LinearGrouped{views.data(), row_begin.data(), groups, m.upload(x), d, y, inter, bits});
-        return Outputs().add("y", m.read(y, n * inter));
-      });
-      if (!out) return;
-      Vec ref, tol;
-      for (int64_t g = 0; g < groups; ++g) {
-        const reference::Matrix W = w[sz(g)].decoded();
-        for (int64_t t = row_begin[sz(g)]; t < row_begin[sz(g + 1)]; ++t) {
-          const Vec xt =
-              reference::mxfp4_input(slice(x, t, d), w[sz(g)].format == WeightFormat::MXFP4 ? bits_of(bits) : 0);
-          const Vec y = W * xt, mag = abs_products(W, xt);
-          ref.insert(ref.end(), y.begin(), y.end());
-          for (double v : mag) tol.push_back(TypeParam::kTol.dot * v);
+    const std::vector<std::vector<int64_t>> runs =
+        real ? std::vector<std::vector<int64_t>>{{0, 1, 1, 3}, {0, 1, 1, 20}}
+             : std::vector<std::vector<int64_t>>{{0, 2, 2, 5, 6}, {0, 2, 2, 70, 90}};
+    for (const std::vector<int64_t>& row_begin : runs)
+      for (const auto bits : {core::ActivationBits::Int24, core::ActivationBits::Int16}) {
+        const int64_t groups = static_cast<int64_t>(row_begin.size()) - 1, n = row_begin.back();
+        std::mt19937_64 rng(12);
+        std::vector<StoredWeight> w;
+        for (int64_t g = 0; g < groups; ++g)
+          w.push_back(
+              stored_weight(g == groups - 1 && !real ? WeightFormat::FP8 : WeightFormat::MXFP4, inter, d, 0.05, rng));
+        const std::vector<float> x = normal(n * d, 1.0, rng);
+        const auto out = this->run(Kind::LinearGrouped, [&](DeviceMemory& m) {
+          std::vector<core::WeightView> views;
+          for (const StoredWeight& sw : w) views.push_back(m.weight(sw));
+          float* y = m.zeros<float>(n * inter);
+          m.run(ops::LinearGrouped{views.data(), row_begin.data(), groups, m.upload(x), d, y, inter, bits});
+          return Outputs().add("y", m.read(y, n * inter));
+        });
+        if (!out) return;
+        Vec ref, tol;
+        for (int64_t g = 0; g < groups; ++g) {
+          const reference::Matrix W = w[sz(g)].decoded();
+          for (int64_t t = row_begin[sz(g)]; t < row_begin[sz(g + 1)]; ++t) {
+            const Vec xt =
+                reference::mxfp4_input(slice(x, t, d), w[sz(g)].format == WeightFormat::MXFP4 ? bits_of(bits) : 0);
+            const Vec y = W * xt, mag = abs_products(W, xt);
+            ref.insert(ref.end(), y.begin(), y.end());
+            for (double v : mag) tol.push_back(TypeParam::kTol.dot * v);
+          }
         }
+        expect_near(out->f32("y"), ref, tol,
+                    s.name + " linear_grouped " + core::activation_bits_name(bits) + " x" + std::to_string(n));
       }
-      expect_near(out->f32("y"), ref, tol, s.name + " linear_grouped " + core::activation_bits_name(bits));
-    }
   }
 }
 
@@ -137,21 +149,26 @@ struct ExpertCase {
   WeightFormat format;
   double limit;
   core::ActivationBits bits;
+  int64_t m;  // tokens
 };
 
 // A routed expert (MXFP4, limit swiglu_limit, inputs large enough that the limit cuts) and, at the tiny
-// shapes, the shared one (FP8, no limit). The hidden vector's tolerance carries the gate and up products'
-// (the dot tolerance of sum |w·x| each, through silu' <= 1.1 and the other factor); the output's adds the hidden
-// vector's through w2.
+// shapes, the shared one (FP8, no limit); a few tokens and a chunk's (CUDA's GEMM from 16). The hidden vector's
+// tolerance carries the gate and up products' (the dot tolerance of sum |w·x| each, through silu' <= 1.1 and the other
+// factor); the output's adds the hidden vector's through w2.
 TYPED_TEST(LinearOps, ExpertFfn) {
   for (const Shape& s : shapes()) {
-    const int64_t d = s.c.hidden_size, inter = s.c.moe_intermediate_size, m = 3;
-    std::vector<ExpertCase> cases{{WeightFormat::MXFP4, s.c.swiglu_limit, core::ActivationBits::Int24}};
+    const int64_t d = s.c.hidden_size, inter = s.c.moe_intermediate_size;
+    using B = core::ActivationBits;
+    std::vector<ExpertCase> cases{{WeightFormat::MXFP4, s.c.swiglu_limit, B::Int24, 3},
+                                  {WeightFormat::MXFP4, s.c.swiglu_limit, B::Int16, 17}};
     if (d <= 1024) {
-      cases.push_back({WeightFormat::MXFP4, s.c.swiglu_limit, core::ActivationBits::Int16});
-      cases.push_back({WeightFormat::FP8, 0.0, core::ActivationBits::Int24});
+      cases.push_back({WeightFormat::MXFP4, s.c.swiglu_limit, B::Int16, 3});
+      cases.push_back({WeightFormat::FP8, 0.0, B::Int24, 3});
+      cases.push_back({WeightFormat::FP8, 0.0, B::Int24, 70});
     }
     for (const ExpertCase& k : cases) {
+      const int64_t m = k.m;
       std::mt19937_64 rng(13);
       const double sd = 0.15 / std::sqrt(static_cast<double>(d) / 256);  // gate values of ~±10 and beyond
       const StoredWeight w1 = stored_weight(k.format, inter, d, sd, rng),
@@ -197,7 +214,7 @@ TYPED_TEST(LinearOps, ExpertFfn) {
         for (double v : abs_products(e.w2, hmag)) tol_out.push_back(TypeParam::kTol.dot * v);
       }
       const std::string what = s.name + " expert " + (k.format == WeightFormat::FP8 ? "fp8" : "mxfp4 ") +
-                               (bits ? core::activation_bits_name(k.bits) : "");
+                               (bits ? core::activation_bits_name(k.bits) : "") + " x" + std::to_string(m);
       if (k.limit > 0) {
         EXPECT_GT(limited, m * inter / 20) << what << ": the limit must cut some values";
       }

@@ -156,12 +156,50 @@ MatvecFormat matvec_format(core::WeightFormat f) {
   FERRY_THROW("linear: unknown weight format {}", static_cast<int>(f));
 }
 
-// y[t·ys + r] = W·x[t·xs] for n tokens, one matrix-vector launch (the op's own checks first).
-void launch_linear(const core::WeightView& w, const float* x, int64_t n, int64_t xs, float* y, int64_t ys,
-                   core::ActivationBits bits, cudaStream_t stream, const std::string& who) {
+void check_view(const core::WeightView& w, const std::string& who) {
   FERRY_CHECK(w.data != nullptr && w.rows >= 0 && w.cols > 0, "{}: linear: empty weight view", who);
   FERRY_CHECK(w.format != core::WeightFormat::MXFP4 || w.cols % core::kFp4Block == 0,
               "{}: linear: MXFP4 cols not a multiple of 32", who);
+}
+
+// Whether n tokens through w take the tensor-core GEMM (kernels.h: kGemmMinTokens, gemm_takes).
+bool takes_gemm(const core::WeightView& w, int64_t n) {
+  return n >= kGemmMinTokens && gemm_takes(matvec_format(w.format), w.cols, w.data);
+}
+
+// A GEMM launch over groups of w's shape and format; add_group appends one (false when the table is full).
+GemmArgs gemm_args(const core::WeightView& w, const float* x, int64_t xs, float* y, int64_t ys,
+                   core::ActivationBits bits) {
+  GemmArgs args;
+  args.format = matvec_format(w.format);
+  args.rows = w.rows, args.cols = w.cols;
+  args.x = x, args.x_stride = xs, args.y = y, args.y_stride = ys;
+  args.bits = static_cast<int>(bits);
+  return args;
+}
+
+bool add_group(GemmArgs& args, const core::WeightView& w, int64_t token_begin, int64_t tokens) {
+  const int64_t tiles = (tokens + kGemmTokens - 1) / kGemmTokens;
+  if (args.groups == kGemmMaxGroups || args.tiles + tiles > 65535) return false;
+  GemmGroup& g = args.group[args.groups++];
+  g.codes = w.data, g.scales = w.scales, g.row_begin = w.row_begin, g.token_begin = token_begin;
+  g.tokens = static_cast<int32_t>(tokens), g.tile_begin = args.tiles;
+  args.tiles += static_cast<int>(tiles);
+  return true;
+}
+
+// y[t·ys + r] = W·x[t·xs] for n tokens, one launch: the GEMM for a chunk, else the matrix-vector kernel.
+void launch_linear(const core::WeightView& w, const float* x, int64_t n, int64_t xs, float* y, int64_t ys,
+                   core::ActivationBits bits, cudaStream_t stream, const std::string& who) {
+  check_view(w, who);
+  xs = xs ? xs : w.cols, ys = ys ? ys : w.rows;
+  if (takes_gemm(w, n)) {
+    GemmArgs args = gemm_args(w, x, xs, y, ys, bits);
+    FERRY_CHECK(add_group(args, w, 0, n), "{}: linear: {} tokens; the CUDA GEMM takes at most {} a launch", who, n,
+                int64_t{65535} * kGemmTokens);
+    check(launch_gemm(args, stream), who, "linear GEMM launch");
+    return;
+  }
   FERRY_CHECK(w.cols <= kMatvecMaxCols,
               "{}: linear: {} input columns; the CUDA matrix-vector kernel stages at most {} in shared memory", who,
               w.cols, kMatvecMaxCols);
@@ -171,8 +209,8 @@ void launch_linear(const core::WeightView& w, const float* x, int64_t n, int64_t
   args.format = matvec_format(w.format);
   args.codes = w.data, args.scales = w.scales;
   args.row_begin = w.row_begin, args.rows = w.rows, args.cols = w.cols;
-  args.x = x, args.n = n, args.x_stride = xs ? xs : w.cols;
-  args.y = y, args.y_stride = ys ? ys : w.rows;
+  args.x = x, args.n = n, args.x_stride = xs;
+  args.y = y, args.y_stride = ys;
   args.bits = static_cast<int>(bits);
   check(launch_matvec(args, stream), who, "linear kernel launch");
 }
@@ -181,16 +219,37 @@ void launch(const ops::Linear& a, cudaStream_t stream, const std::string& who) {
   launch_linear(a.w, a.x, a.n, a.x_stride, a.y, a.y_stride, a.bits, stream, who);
 }
 
-// One launch per group with rows (a routed expert's tokens); the views and row ranges are host memory.
+// A chunk's groups (routed experts' runs of tokens; the views and row ranges are host memory) in as few GEMM
+// launches as their shapes and formats allow: consecutive groups alike share one, up to kGemmMaxGroups. A
+// decode step's few tokens, and weights the GEMM does not take, go to the matrix-vector kernel group by group.
 void launch(const ops::LinearGrouped& a, cudaStream_t stream, const std::string& who) {
+  const int64_t n = a.groups > 0 ? a.row_begin[a.groups] : 0;
+  GemmArgs batch;
+  const auto flush = [&] {
+    if (batch.groups > 0) check(launch_gemm(batch, stream), who, "linear_grouped GEMM launch");
+    batch.groups = 0, batch.tiles = 0;
+  };
   for (int64_t g = 0; g < a.groups; ++g) {
     const int64_t r0 = a.row_begin[g], rows = a.row_begin[g + 1] - r0;
     FERRY_CHECK(rows >= 0, "{}: linear_grouped: group {} ends before it begins", who, g);
     if (rows == 0) continue;
     const core::WeightView& w = a.w[g];
     const int64_t xs = a.x_stride ? a.x_stride : w.cols, ys = a.y_stride ? a.y_stride : w.rows;
-    launch_linear(w, a.x + r0 * xs, rows, xs, a.y + r0 * ys, ys, a.bits, stream, who);
+    if (!takes_gemm(w, n)) {
+      launch_linear(w, a.x + r0 * xs, rows, xs, a.y + r0 * ys, ys, a.bits, stream, who);
+      continue;
+    }
+    check_view(w, who);
+    const bool alike = batch.format == matvec_format(w.format) && batch.rows == w.rows && batch.cols == w.cols &&
+                       batch.x_stride == xs && batch.y_stride == ys;
+    if (batch.groups > 0 && (!alike || !add_group(batch, w, r0, rows))) flush();
+    if (batch.groups == 0) {
+      batch = gemm_args(w, a.x, xs, a.y, ys, a.bits);
+      FERRY_CHECK(add_group(batch, w, r0, rows), "{}: linear_grouped: group {} of {} tokens is too large for a launch",
+                  who, g, rows);
+    }
   }
+  flush();
 }
 
 // w1 and w3 (each rounding x as the CPU rounds it once for both: the same rounding twice), the SwiGLU in place

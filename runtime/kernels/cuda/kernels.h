@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "runtime/kernels/cuda/attention_math.h"
+#include "runtime/kernels/cuda/gemm_math.h"
 #include "runtime/kernels/cuda/hc_math.h"
 #include "runtime/kernels/cuda/kv_math.h"
 #include "runtime/kernels/cuda/matvec_math.h"
@@ -185,5 +186,34 @@ struct AttentionArgs {
   float* o = nullptr;  // [n, heads, head_dim]
 };
 cudaError_t launch_attention(const AttentionArgs& a, cudaStream_t stream);
+
+// ---- the tensor-core GEMM (gemm.cu, gemm_math.h) ----
+
+// The same product as launch_matvec for chunks of kGemmMinTokens tokens or more, BF16, FP8 and MXFP4 weights
+// whose rows are a whole number of 32-column tiles (gemm_takes): a block decodes a 128-row × 32-column weight
+// tile into shared memory as BF16 and multiplies it with 64 tokens' inputs split into BF16 hi + lo (mma.sync
+// m16n8k16, fp32 accumulation; the block scales applied to each scale block's partial sums). Below
+// kGemmMinTokens the matrix-vector kernel: both are bound by the weight's bytes there, and the matrix-vector
+// kernel's rows/8 blocks (re-reading the weight, mostly from L2, once per 4 tokens) keep more loads in flight
+// than the GEMM's rows/128 (32 blocks for 4096 rows on 132 SMs); from 16 tokens its 4 passes cost more than
+// the GEMM's one (an estimate: measure on a device). Every group (LinearGrouped's experts: a
+// weight and a run of tokens each) in one launch: grid.x the 128-row tiles, grid.y the groups' 64-token tiles.
+constexpr int64_t kGemmMinTokens = 16;
+constexpr int kGemmMaxGroups = 64;  // the table travels in the launch's arguments (2 KiB of the 4 KiB)
+struct GemmArgs {
+  MatvecFormat format = MatvecFormat::BF16;
+  int64_t rows = 0, cols = 0;  // every group's weight view
+  const float* x = nullptr;
+  int64_t x_stride = 0;
+  float* y = nullptr;
+  int64_t y_stride = 0;
+  int bits = 24;              // MXFP4 input rounding: 8, 16 or 24
+  int groups = 0, tiles = 0;  // tiles: the groups' 64-token tiles together
+  GemmGroup group[kGemmMaxGroups] = {};
+};
+inline bool gemm_takes(MatvecFormat f, int64_t cols, const uint8_t* codes) {
+  return f != MatvecFormat::F32 && cols > 0 && cols % kGemmK == 0 && reinterpret_cast<uintptr_t>(codes) % 16 == 0;
+}
+cudaError_t launch_gemm(const GemmArgs& a, cudaStream_t stream);
 
 }  // namespace ferry::runtime::cuda
