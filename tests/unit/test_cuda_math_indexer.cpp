@@ -133,7 +133,10 @@ TEST(CudaMath, CompressIsTheHostsBitForBit) {
         p += n;
         const std::string what = std::string(planner::kv_type_name(t)) + (k.indexer ? " indexer" : " main") +
                                  " ratio " + std::to_string(k.ratio) + " chunk ending at " + std::to_string(p);
-        ASSERT_EQ(dev_rows, host_rows) << what << ": stored entries";
+        const auto diff = std::mismatch(dev_rows.begin(), dev_rows.end(), host_rows.begin());
+        ASSERT_TRUE(diff.first == dev_rows.end())
+            << what << ": stored byte " << (diff.first - dev_rows.begin()) << " (entry "
+            << (diff.first - dev_rows.begin()) / l.bytes << ") is " << int(*diff.first) << ", want " << int(*diff.second);
         ASSERT_EQ(0, std::memcmp(dev_kv.data(), host_kv.data(), dev_kv.size() * sizeof(float))) << what << ": state kv";
         ASSERT_EQ(0, std::memcmp(dev_score.data(), host_score.data(), dev_score.size() * sizeof(float)))
             << what << ": state scores";
