@@ -134,9 +134,9 @@ TEST(CudaMath, CompressIsTheHostsBitForBit) {
         const std::string what = std::string(planner::kv_type_name(t)) + (k.indexer ? " indexer" : " main") +
                                  " ratio " + std::to_string(k.ratio) + " chunk ending at " + std::to_string(p);
         const auto diff = std::mismatch(dev_rows.begin(), dev_rows.end(), host_rows.begin());
-        ASSERT_TRUE(diff.first == dev_rows.end())
-            << what << ": stored byte " << (diff.first - dev_rows.begin()) << " (entry "
-            << (diff.first - dev_rows.begin()) / l.bytes << ") is " << int(*diff.first) << ", want " << int(*diff.second);
+        ASSERT_TRUE(diff.first == dev_rows.end()) << what << ": stored byte " << (diff.first - dev_rows.begin())
+                                                  << " (entry " << (diff.first - dev_rows.begin()) / l.bytes << ") is "
+                                                  << int(*diff.first) << ", want " << int(*diff.second);
         ASSERT_EQ(0, std::memcmp(dev_kv.data(), host_kv.data(), dev_kv.size() * sizeof(float))) << what << ": state kv";
         ASSERT_EQ(0, std::memcmp(dev_score.data(), host_score.data(), dev_score.size() * sizeof(float)))
             << what << ": state scores";
@@ -245,6 +245,127 @@ struct IndexerCase {
   int64_t classes;  // > 0: key j is row j % classes, so that scores tie exactly
 };
 
+// A case's inputs: queries, weights, and the stored keys (encoded from random rows, repeated for ties).
+struct IndexerInputs {
+  planner::KvRowLayout l;
+  int64_t entries = 0;
+  std::vector<float> q, w;
+  std::vector<uint8_t> keys;
+};
+
+IndexerInputs indexer_inputs(core::ModelConfig c, const IndexerCase& k, planner::KvType t) {
+  const IndexerShape& s = k.shape;
+  c.index_head_dim = s.dim;
+  IndexerInputs in;
+  in.l = planner::KvRowLayout::indexer_row(c, t);
+  in.entries = (k.p0 + k.n) / 4;
+  std::mt19937_64 rng(72);
+  in.q = normal(k.n * s.heads * s.dim, 1.0f, rng), in.w = normal(k.n * s.heads, 1.0f, rng);
+  const std::vector<float> distinct = normal(in.entries * s.dim, 1.0f, rng);
+  in.keys.resize(sz(in.entries * in.l.bytes));
+  for (int64_t j = 0; j < in.entries; ++j) {
+    const int64_t src = k.classes ? j % k.classes : j;
+    std::vector<float> x(distinct.begin() + src * s.dim, distinct.begin() + (src + 1) * s.dim);
+    encode_kv_row(in.l, x.data(), in.keys.data() + j * in.l.bytes);
+  }
+  return in;
+}
+
+// What the host's op leaves: the prepared queries and weights, the choice.
+struct HostChoice {
+  std::vector<float> q, w;
+  std::vector<int32_t> sel, count;
+};
+
+HostChoice host_indexer(IndexerInputs& in, const IndexerCase& k, planner::KvType t, const ops::RopeFreqs& freqs,
+                        int64_t tile) {
+  const IndexerShape& s = k.shape;
+  HostChoice h{in.q, in.w, std::vector<int32_t>(sz(k.n * s.topk), -1), std::vector<int32_t>(sz(k.n))};
+  std::vector<float> key_tile(sz(tile * s.dim));
+  const int64_t threads = tbb::this_task_arena::max_concurrency();
+  std::vector<float> scratch(sz(threads * tile));
+  host_ops::indexer_select({h.q.data(), h.w.data(), in.keys.data(), in.l, t, k.n, k.p0, s.heads, s.dim, s.topk, freqs,
+                            key_tile.data(), tile, ops::TileScratch{scratch.data(), tile, threads, 0, tile},
+                            h.sel.data(), h.count.data()});
+  return h;
+}
+
+// One token's scores of its visible keys: the device's, the host's, and a bound on their difference: each is a
+// float sum of dim products per head, then of heads terms, so each is within (dim + heads + 2)·2^-24 of the sum
+// of the terms' magnitudes from the exact value (the usual bound on a float sum), and they are within twice that
+// of each other.
+struct TokenScores {
+  std::vector<float> dev, host;
+  std::vector<double> bound;
+};
+
+TokenScores token_scores(const float* q, const float* w, const IndexerShape& s, const std::vector<float>& decoded,
+                         int64_t visible) {
+  TokenScores sc{std::vector<float>(sz(visible)), std::vector<float>(sz(visible)), std::vector<double>(sz(visible))};
+  cpu::indexer_scores(q, w, s.heads, s.dim, decoded.data(), visible, sc.host.data());
+  for (int64_t j = 0; j < visible; ++j) {
+    const float* key = decoded.data() + j * s.dim;
+    sc.dev[sz(j)] = indexer_key_score(q, w, s.heads, s.dim, key);
+    double mag = 0;
+    for (int64_t h = 0; h < s.heads; ++h) {
+      double m = 0;
+      for (int64_t i = 0; i < s.dim; ++i) m += std::fabs(double(q[h * s.dim + i]) * key[i]);
+      mag += std::fabs(double(w[h])) * m;
+    }
+    sc.bound[sz(j)] = 2.0 * double(s.dim + s.heads + 2) * std::ldexp(1.0, -24) * mag;
+  }
+  return sc;
+}
+
+// The device's choice (sorted): in `parts` parts and merged, in 3 and 8, or in one, exactly the k best of its
+// scores; and the tie rule itself, which the comparison with the host cannot see (a tie only matters at the cut,
+// where the host's scores may round the other way): of two entries with one score the later is never kept alone.
+std::vector<int32_t> device_choice(const TokenScores& sc, int64_t visible, int64_t topk, int64_t parts,
+                                   const std::string& what, int64_t& ties) {
+  auto score = [&](int64_t j) { return sc.dev[sz(j)]; };
+  std::vector<int32_t> chosen = device_select(visible, topk, 1, score);
+  std::sort(chosen.begin(), chosen.end());
+  for (const int64_t p : {parts, int64_t{3}, int64_t{8}}) {
+    std::vector<int32_t> got = device_select(visible, topk, p, score);
+    std::sort(got.begin(), got.end());
+    EXPECT_EQ(got, chosen) << what << " in " << p << " parts";
+  }
+  std::vector<int32_t> best(sz(visible));
+  for (int64_t j = 0; j < visible; ++j) best[sz(j)] = static_cast<int32_t>(j);
+  std::sort(best.begin(), best.end(),
+            [&](int32_t x, int32_t y) { return indexer_before(sc.dev[sz(x)], x, sc.dev[sz(y)], y); });
+  best.resize(sz(std::min(visible, topk)));
+  std::sort(best.begin(), best.end());
+  EXPECT_EQ(chosen, best) << what << ": not the k best by the device's scores";
+  for (const int32_t j : chosen)
+    for (int32_t i = 0; i < j; ++i)
+      if (sc.dev[sz(i)] == sc.dev[sz(j)]) {
+        ++ties;
+        EXPECT_TRUE(std::binary_search(chosen.begin(), chosen.end(), i))
+            << what << ": entry " << j << " kept, " << i << " of the same score not";
+      }
+  return chosen;
+}
+
+// Against the host's choice: the same count, and an entry in one set only has a score within both scores'
+// bounds of the host's cut (the smallest score it kept): only the roundings of the two sums told them apart.
+void compare_with_host(const TokenScores& sc, const std::vector<int32_t>& chosen, const int32_t* host_sel,
+                       int32_t host_count, const std::string& what, int64_t& near_cut) {
+  ASSERT_EQ(static_cast<int64_t>(chosen.size()), host_count) << what;
+  const std::set<int32_t> host(host_sel, host_sel + host_count), dev(chosen.begin(), chosen.end());
+  if (host == dev) return;
+  float cut = INFINITY;
+  double cut_bound = 0;
+  for (const int32_t j : host)
+    if (sc.host[sz(j)] < cut) cut = sc.host[sz(j)], cut_bound = sc.bound[sz(j)];
+  for (size_t j = 0; j < sc.host.size(); ++j) {
+    if (host.count(static_cast<int32_t>(j)) == dev.count(static_cast<int32_t>(j))) continue;
+    ++near_cut;
+    EXPECT_LE(std::fabs(double(sc.host[j]) - cut), 2 * (sc.bound[j] + cut_bound))
+        << what << " entry " << j << " chosen by one side only";
+  }
+}
+
 TEST(CudaMath, IndexerSelectsTheHostsEntries) {
   const core::ModelConfig c = core::preset_config("deepseek-v4-flash");
   const cpu::Rope rope(c, true);
@@ -252,120 +373,34 @@ TEST(CudaMath, IndexerSelectsTheHostsEntries) {
   const IndexerShape v4{c.index_n_heads, c.index_head_dim, c.index_topk}, small{4, 64, 16};
   const std::vector<IndexerCase> cases = {{small, 40, 30, 0}, {small, 300, 5, 0}, {small, 300, 3, 9},
                                           {v4, 2100, 3, 0},   {v4, 5000, 1, 0},   {v4, 2200, 2, 37}};
+  const int64_t tile = 97;
   int64_t near_cut = 0, ties = 0;
   for (const IndexerCase& k : cases)
     for (const planner::KvType t : planner::kKvTypesByFidelity) {
       const IndexerShape& s = k.shape;
-      core::ModelConfig cc = c;
-      cc.index_head_dim = s.dim;
-      const planner::KvRowLayout l = planner::KvRowLayout::indexer_row(cc, t);
-      const KvRow row = kv_row(l, "test");
-      const int64_t entries = (k.p0 + k.n) / 4, tile = 97;
-      std::mt19937_64 rng(72);
-      const std::vector<float> q = normal(k.n * s.heads * s.dim, 1.0f, rng), w = normal(k.n * s.heads, 1.0f, rng);
-      const std::vector<float> distinct = normal(entries * s.dim, 1.0f, rng);
-      std::vector<uint8_t> keys(sz(entries * l.bytes));
-      for (int64_t j = 0; j < entries; ++j) {
-        std::vector<float> x(distinct.begin() + (k.classes ? j % k.classes : j) * s.dim,
-                             distinct.begin() + ((k.classes ? j % k.classes : j) + 1) * s.dim);
-        encode_kv_row(l, x.data(), keys.data() + j * l.bytes);
-      }
-      // The host's op.
-      std::vector<float> host_q = q, host_w = w, key_tile(sz(tile * s.dim));
-      const int64_t threads = tbb::this_task_arena::max_concurrency();
-      std::vector<float> scratch(sz(threads * tile));
-      std::vector<int32_t> host_sel(sz(k.n * s.topk), -1), host_count(sz(k.n));
-      const ops::IndexerSelect op{host_q.data(),
-                                  host_w.data(),
-                                  keys.data(),
-                                  l,
-                                  t,
-                                  k.n,
-                                  k.p0,
-                                  s.heads,
-                                  s.dim,
-                                  s.topk,
-                                  freqs,
-                                  key_tile.data(),
-                                  tile,
-                                  {scratch.data(), tile, threads, 0, tile},
-                                  host_sel.data(),
-                                  host_count.data()};
-      host_ops::indexer_select(op);
-      // The device's queries and weights.
-      std::vector<float> dev_q = q, dev_w = w;
-      device_prepare(dev_q.data(), dev_w.data(), k.n, k.p0, s, freqs, t == planner::KvType::FP8);
+      IndexerInputs in = indexer_inputs(c, k, t);
+      const HostChoice host = host_indexer(in, k, t, freqs, tile);
+      std::vector<float> q = in.q, w = in.w;
+      device_prepare(q.data(), w.data(), k.n, k.p0, s, freqs, t == planner::KvType::FP8);
       const std::string what = std::string(planner::kv_type_name(t)) + " heads " + std::to_string(s.heads) + " at " +
                                std::to_string(k.p0) + (k.classes ? " with ties" : "");
-      for (size_t i = 0; i < dev_q.size(); ++i) ASSERT_TRUE(same_float(dev_q[i], host_q[i])) << what << " query " << i;
-      for (size_t i = 0; i < dev_w.size(); ++i) ASSERT_TRUE(same_float(dev_w[i], host_w[i])) << what << " weight " << i;
-      std::vector<float> decoded(sz(entries * s.dim));
-      for (int64_t j = 0; j < entries; ++j)
+      for (size_t i = 0; i < q.size(); ++i) ASSERT_TRUE(same_float(q[i], host.q[i])) << what << " query " << i;
+      for (size_t i = 0; i < w.size(); ++i) ASSERT_TRUE(same_float(w[i], host.w[i])) << what << " weight " << i;
+      const KvRow row = kv_row(in.l, "test");
+      std::vector<float> decoded(sz(in.entries * s.dim));
+      for (int64_t j = 0; j < in.entries; ++j)
         for (int64_t i = 0; i < s.dim; ++i)
-          decoded[sz(j * s.dim + i)] = decode_kv_value(row, keys.data() + j * l.bytes, i);
-      const int64_t parts = indexer_parts(k.n, s.topk, entries, tile * s.dim);
+          decoded[sz(j * s.dim + i)] = decode_kv_value(row, in.keys.data() + j * in.l.bytes, i);
+      const int64_t parts = indexer_parts(k.n, s.topk, in.entries, tile * s.dim);
       for (int64_t tk = 0; tk < k.n; ++tk) {
-        const float* qt = dev_q.data() + tk * s.heads * s.dim;
-        const float* wt = dev_w.data() + tk * s.heads;
+        const std::string token = what + " token " + std::to_string(tk);
         const int64_t visible = (k.p0 + tk + 1) / 4;
-        // Scores: the device's, the host's, and the bound on their difference (each a float sum of dim + 1 terms
-        // per head and heads terms: at most (dim + heads + 2)·2^-24 of the sum of the magnitudes, for both).
-        std::vector<float> dev_score(sz(visible)), host_score(sz(visible));
-        std::vector<double> bound(sz(visible));
-        cpu::indexer_scores(qt, wt, s.heads, s.dim, decoded.data(), visible, host_score.data());
-        for (int64_t j = 0; j < visible; ++j) {
-          const float* key = decoded.data() + j * s.dim;
-          dev_score[sz(j)] = indexer_key_score(qt, wt, s.heads, s.dim, key);
-          double mag = 0;
-          for (int64_t h = 0; h < s.heads; ++h) {
-            double m = 0;
-            for (int64_t i = 0; i < s.dim; ++i) m += std::fabs(double(qt[h * s.dim + i]) * key[i]);
-            mag += std::fabs(double(wt[h])) * m;
-          }
-          bound[sz(j)] = 2.0 * double(s.dim + s.heads + 2) * std::ldexp(1.0, -24) * mag;
-          ASSERT_LE(std::fabs(double(dev_score[sz(j)]) - host_score[sz(j)]), bound[sz(j)]) << what << " key " << j;
-        }
-        auto score = [&](int64_t j) { return dev_score[sz(j)]; };
-        // In parts and merged, or in one: exactly the k best of the device's scores, the tie rule included.
-        const std::vector<int32_t> one = device_select(visible, s.topk, 1, score);
-        for (const int64_t p : {parts, int64_t{3}, int64_t{8}}) {
-          std::vector<int32_t> got = device_select(visible, s.topk, p, score), want = one;
-          std::sort(got.begin(), got.end()), std::sort(want.begin(), want.end());
-          ASSERT_EQ(got, want) << what << " token " << tk << " in " << p << " parts";
-        }
-        std::vector<int32_t> best(sz(visible));
-        for (int64_t j = 0; j < visible; ++j) best[sz(j)] = static_cast<int32_t>(j);
-        std::sort(best.begin(), best.end(),
-                  [&](int32_t x, int32_t y) { return indexer_before(dev_score[sz(x)], x, dev_score[sz(y)], y); });
-        best.resize(sz(std::min(visible, s.topk)));
-        std::vector<int32_t> chosen = one;
-        std::sort(best.begin(), best.end()), std::sort(chosen.begin(), chosen.end());
-        ASSERT_EQ(chosen, best) << what << " token " << tk << ": not the k best by the device's scores";
-        // The tie rule itself (equal scores: the lower entry first), which the comparison with the host below
-        // cannot see (a tie is always at the cut): of two entries with one score, the later is never the one kept.
-        for (const int32_t j : chosen)
-          for (int32_t i = 0; i < j; ++i)
-            if (dev_score[sz(i)] == dev_score[sz(j)]) {
-              ++ties;
-              ASSERT_TRUE(std::binary_search(chosen.begin(), chosen.end(), i))
-                  << what << " token " << tk << ": entry " << j << " kept, " << i << " of the same score not";
-            }
-        // Against the host's choice: the same count, and any entry in one set only lies within both scores'
-        // roundings of the host's cut (the smallest score it kept).
-        ASSERT_EQ(static_cast<int64_t>(chosen.size()), host_count[sz(tk)]) << what << " token " << tk;
-        std::set<int32_t> host(host_sel.begin() + tk * s.topk, host_sel.begin() + tk * s.topk + host_count[sz(tk)]);
-        std::set<int32_t> dev(chosen.begin(), chosen.end());
-        if (host == dev) continue;
-        float cut = INFINITY;
-        double cut_bound = 0;
-        for (const int32_t j : host)
-          if (host_score[sz(j)] < cut) cut = host_score[sz(j)], cut_bound = bound[sz(j)];
-        for (int64_t j = 0; j < visible; ++j) {
-          if (host.count(static_cast<int32_t>(j)) == dev.count(static_cast<int32_t>(j))) continue;
-          ++near_cut;
-          EXPECT_LE(std::fabs(double(host_score[sz(j)]) - cut), 2 * (bound[sz(j)] + cut_bound))
-              << what << " token " << tk << " entry " << j << " chosen by one side only";
-        }
+        const TokenScores sc =
+            token_scores(q.data() + tk * s.heads * s.dim, w.data() + tk * s.heads, s, decoded, visible);
+        for (int64_t j = 0; j < visible; ++j)
+          ASSERT_LE(std::fabs(double(sc.dev[sz(j)]) - sc.host[sz(j)]), sc.bound[sz(j)]) << token << " key " << j;
+        const std::vector<int32_t> chosen = device_choice(sc, visible, s.topk, parts, token, ties);
+        compare_with_host(sc, chosen, host.sel.data() + tk * s.topk, host.count[sz(tk)], token, near_cut);
       }
     }
   EXPECT_GT(ties, 0) << "no tied scores among the chosen entries";
