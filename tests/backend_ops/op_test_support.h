@@ -84,6 +84,14 @@ inline constexpr OpTolerances kCpuTolerances{1e-6, 1e-6, 2e-6, 1e-6, 1e-6, 1e-6,
 //  - route 1e-6: CUDA's expf and log1pf (each within 2 ulp) in the score, halved by the sqrt: about 3e-7
 //    relative, inside the CPU's 1e-6; the choice and the weights are the CPU's functions of the scores.
 //  - combine 1e-6: the CPU's products and sums in the CPU's order (the positions sorted as it sorts them).
+//  - compress and indexer_select take no entry here: their tests bound each value by its own noise (1e-5 of the
+//    row's or the largest score's magnitude), which the CUDA kernels meet with room to spare. Compress is the
+//    CPU's math (test_cuda_math_indexer checks the stored bytes bitwise) but for CUDA's double exp in the pooling
+//    (within 1 ulp of a double) and cos/sin as in rope. The indexer's queries and weights are the CPU's math but
+//    for cos/sin; a key's score sums each head's dims in one FMA chain where the CPU sums SIMD lanes: both within
+//    (dim + heads + 2)·2^-24 of the sum of the terms' magnitudes in the worst case, about sqrt(194)·6e-8 = 8e-7
+//    of it as a random walk at V4's 64 heads of 128 dims, inside the test's 1e-5; the choice is the exact top-k
+//    of those scores (the tie rule the CPU's).
 //  - attention 3e-6: the kernel's order (scores as 32 lanes' FMA chains and a butterfly, tiles of 16 to 64 rows),
 //    run on the CPU by test_cuda_math_attention, is within 3e-7 of float64 at V4-Flash's shapes, as the host is;
 //    CUDA's expf (within 2 ulp) moves each weight and the sink's term by up to 2.4e-7 relative, so the output,

@@ -16,7 +16,7 @@ FERRY_OP_SUITE(BasicOps);
 // issue 19 adds to the list). What each runs is reported.
 TYPED_TEST(BasicOps, SupportsEveryKindOnTheHostAndTheSimulatedDevice) {
   const Kind cuda_kinds[] = {Kind::Embed,      Kind::RmsNorm,    Kind::Rope,      Kind::HcPre,         Kind::HcPost,
-                             Kind::HcHead,     Kind::Linear, Kind::LinearGrouped, Kind::ExpertFfn,     Kind::KvEncode,  Kind::KvWindowStore, Kind::Attention, Kind::Route,
+                             Kind::HcHead,     Kind::Linear, Kind::LinearGrouped, Kind::ExpertFfn,     Kind::KvEncode,  Kind::KvWindowStore, Kind::Compress, Kind::IndexerSelect, Kind::Attention, Kind::Route,
                              Kind::GatherRows, Kind::MoeCombine, Kind::AddStreams};
   std::string runs;
   for (int k = 0; k < ops::kKinds; ++k) {

@@ -5,6 +5,7 @@
 #include "planner/core/error.h"
 #include "runtime/backend/cuda/cuda_util.h"
 #include "runtime/backend/cuda/kv_row.h"
+#include "runtime/kernels/cuda/indexer_math.h"
 #include "runtime/kernels/cuda/kernels.h"
 
 namespace ferry::runtime::cuda {
@@ -266,10 +267,55 @@ void launch(const ops::ExpertFfn& a, cudaStream_t stream, const std::string& who
   launch_linear(a.w2, a.gate, a.m, inter, a.out, d, a.bits, stream, who);
 }
 
-template <class Op>
-void launch(const Op&, cudaStream_t, const std::string& who) {
-  FERRY_THROW("{}: no CUDA kernel for {} yet; run it on the CPU or the simulated device", who,
-              ops::kind_name(ops::kind_of(ops::Op(Op{}))));
+// ---- compressors and the lightning indexer ----
+
+// The op's rope frequencies into the launch's arguments, checked against the rotated part of a row of `dims`.
+template <class Args>
+void copy_freqs(const ops::RopeFreqs& f, int64_t dims, Args& args, const std::string& who, const char* op) {
+  FERRY_CHECK(f.count <= kMaxRopeFreqs && 2 * f.count <= dims,
+              "{}: {}: {} rope frequencies for {} dims; the CUDA kernel takes at most {}", who, op, f.count, dims,
+              kMaxRopeFreqs);
+  args.count = f.count;
+  std::copy_n(f.freqs, f.count, args.freqs);
+}
+
+bool power_of_two(int64_t n) { return n > 0 && (n & (n - 1)) == 0; }
+
+void launch(const ops::Compress& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(a.ratio >= 1 && a.width == (a.ratio == 4 ? 2 : 1) * a.dim, "{}: compress: state width mismatch", who);
+  FERRY_CHECK(a.dim <= kCompressMaxDim, "{}: compress: {} dims; the CUDA kernel takes at most {}", who, a.dim,
+              kCompressMaxDim);
+  FERRY_CHECK(!a.indexer || power_of_two(a.dim), "{}: compress: hadamard: size must be a power of two", who);
+  FERRY_CHECK(a.layout.dims == a.dim, "{}: compress: {}-dim rows for {}-dim entries", who, a.layout.dims, a.dim);
+  FERRY_CHECK((a.p0 + a.n) / a.ratio <= a.capacity, "{}: KV cache full: compressed entries", who);
+  CompressArgs args;
+  args.a = a.a, args.s = a.s, args.ape = a.ape, args.norm = a.norm;
+  args.n = a.n, args.p0 = a.p0, args.ratio = a.ratio, args.dim = a.dim, args.width = a.width;
+  args.eps = a.eps, args.indexer = a.indexer;
+  args.state_kv = a.state_kv, args.state_score = a.state_score;
+  args.layout = kv_row(a.layout, who), args.rows = a.rows;
+  copy_freqs(a.freqs, a.dim, args, who, "compress");
+  check(launch_compress(args, stream), who, "compress kernel launch");
+}
+
+void launch(const ops::IndexerSelect& a, cudaStream_t stream, const std::string& who) {
+  FERRY_CHECK(power_of_two(a.head_dim) && a.head_dim <= kIndexerMaxDim,
+              "{}: indexer_select: head dim {}; the CUDA kernel takes a power of two up to {}", who, a.head_dim,
+              kIndexerMaxDim);
+  FERRY_CHECK(a.topk >= 1 && a.topk <= kIndexerMaxTopk, "{}: indexer_select: top-{}; the CUDA kernel takes 1 to {}",
+              who, a.topk, kIndexerMaxTopk);
+  FERRY_CHECK(a.heads >= 1 && a.layout.dims == a.head_dim,
+              "{}: indexer_select: {} heads, {}-dim keys for {}-dim queries", who, a.heads, a.layout.dims, a.head_dim);
+  IndexerArgs args;
+  args.q = a.q, args.w = a.w, args.keys = a.keys;
+  args.layout = kv_row(a.layout, who);
+  args.round_fp4 = a.kv_type == planner::KvType::FP8;
+  args.n = a.n, args.p0 = a.p0, args.heads = a.heads, args.head_dim = a.head_dim, args.topk = a.topk;
+  args.weight_scale = indexer_weight_scale(a.heads, a.head_dim);
+  args.scratch = a.key_tile, args.scratch_floats = a.key_tile ? a.key_tile_rows * a.head_dim : 0;
+  args.sel = a.sel, args.sel_count = a.sel_count;
+  copy_freqs(a.freqs, a.head_dim, args, who, "indexer_select");
+  check(launch_indexer_select(args, stream), who, "indexer_select kernel launch");
 }
 
 }  // namespace
@@ -288,6 +334,8 @@ bool has_kernel(ops::Kind kind) {
     case Kind::ExpertFfn:
     case Kind::KvEncode:
     case Kind::KvWindowStore:
+    case Kind::Compress:
+    case Kind::IndexerSelect:
     case Kind::Attention:
     case Kind::Route:
     case Kind::GatherRows:

@@ -10,14 +10,13 @@
 
 namespace ferry::runtime::cuda {
 
-// Whether a kernel exists for the kind: embedding, RMSNorm, RoPE, mHC (pre, post, head), the stream sum, linear
-// layers (F32, BF16, FP8 and MXFP4 weights, as matrix-vector products over tiles of tokens), KV rows (every
-// --kv-type's encoding, the window ring's store), the router (score and hash), the gather of expert rows and
-// the combine of their outputs.
+// Whether a kernel exists for the kind: every op of the forward pass has one (embedding, RMSNorm, RoPE, mHC, the
+// stream sum, linear layers as matrix-vector products for decode and tensor-core GEMMs for chunks, the expert
+// feed-forward, KV rows, compressors, the indexer, attention, the router, the gather and the combine).
 bool has_kernel(ops::Kind kind);
 
-// Queues the op's kernels on `stream` and returns. Throws ferry::Error starting with `who` when the op has no
-// kernel, its arguments are out of what the kernels take (a linear layer wider than the shared-memory tile, an
+// Queues the op's kernels on `stream` and returns. Throws ferry::Error starting with `who` when the op's
+// arguments are out of what the kernels take (a linear layer wider than the shared-memory tile, an
 // embedding that is not BF16, a token outside the table), or the launch fails.
 void launch_op(const ops::Op& op, cudaStream_t stream, const std::string& who);
 

@@ -216,4 +216,51 @@ inline bool gemm_takes(MatvecFormat f, int64_t cols, const uint8_t* codes) {
 }
 cudaError_t launch_gemm(const GemmArgs& a, cudaStream_t stream);
 
+// ---- compressors and the lightning indexer (compress_math.h, indexer_math.h) ----
+
+// One compressor over the chunk: a block per entry that completes in it (pooled, normalised, rotated at
+// ratio·entry, Hadamard-transformed for the indexer, encoded into rows), then one thread per state column writes
+// the state the chunk leaves. dim <= kCompressMaxDim.
+constexpr int64_t kCompressMaxDim = 1024;
+struct CompressArgs {
+  const float* a = nullptr;     // [n, width]
+  const float* s = nullptr;     // [n, width]
+  const float* ape = nullptr;   // [ratio, width]
+  const float* norm = nullptr;  // [dim]
+  int64_t n = 0, p0 = 0, ratio = 0, dim = 0, width = 0;
+  double eps = 0;
+  bool indexer = false;
+  float* state_kv = nullptr;     // [rows, width]
+  float* state_score = nullptr;  // [rows, width]
+  KvRow layout;
+  uint8_t* rows = nullptr;  // [capacity, layout.bytes]
+  int64_t count = 0;        // rope frequencies
+  double freqs[kMaxRopeFreqs] = {};
+};
+cudaError_t launch_compress(const CompressArgs& a, cudaStream_t stream);
+
+// The indexer: a block per (token, head) prepares the queries and weights in place; then a block per (token,
+// part of its keys) scores key tiles decoded into shared memory and keeps a running top-k there (candidates that
+// beat its k-th best, compacted by rank), writing sel directly when a token has one part, else its part's best
+// to `scratch` (2·topk floats a part: scores and entries), which a block per token merges into sel. Tokens that
+// see no more than top-k entries take 0 … visible−1. head_dim a power of two <= kIndexerMaxDim, topk <=
+// kIndexerMaxTopk.
+constexpr int64_t kIndexerMaxDim = 128, kIndexerMaxTopk = 1024;
+struct IndexerArgs {
+  float* q = nullptr;  // [n, heads, head_dim]
+  float* w = nullptr;  // [n, heads]
+  const uint8_t* keys = nullptr;
+  KvRow layout;
+  bool round_fp4 = false;  // the fp8 cache's keys: queries rounded to FP4 per 32
+  int64_t n = 0, p0 = 0, heads = 0, head_dim = 0, topk = 0;
+  float weight_scale = 0;
+  float* scratch = nullptr;  // the op's key tile
+  int64_t scratch_floats = 0;
+  int32_t* sel = nullptr;        // [n, topk]
+  int32_t* sel_count = nullptr;  // [n]
+  int64_t count = 0;             // rope frequencies
+  double freqs[kMaxRopeFreqs] = {};
+};
+cudaError_t launch_indexer_select(const IndexerArgs& a, cudaStream_t stream);
+
 }  // namespace ferry::runtime::cuda

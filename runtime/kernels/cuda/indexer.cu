@@ -1,0 +1,209 @@
+// The lightning indexer on the device (indexer_math.h): the queries and head weights prepared in place, then each
+// token's top-k over its visible compressed keys. A block scores a tile of keys at a time (decoded once into
+// shared memory, a thread a key) and keeps a running top-k in shared memory: a candidate that goes before the
+// k-th best so far is appended, and when more than 2·k are held they are compacted to the k best by rank. Nothing
+// grows with the context: a token's keys are split into parts only as far as the op's key-tile scratch holds a
+// top-k a part, and a second pass merges the parts with the same running top-k.
+#include "runtime/kernels/cuda/indexer_math.h"
+#include "runtime/kernels/cuda/kernel_util.cuh"
+#include "runtime/kernels/cuda/kernels.h"
+#include "runtime/kernels/cuda/kv_math.h"
+#include "runtime/kernels/cuda/norm_rope_math.h"
+
+namespace ferry::runtime::cuda {
+
+namespace {
+
+constexpr int kThreads = 128;  // the keys of a tile: a thread each
+
+// A block per (token, head) row of q: rotated at the token's position, Hadamard-transformed, rounded for the
+// cache's keys; the row's head weight scaled.
+__global__ void __launch_bounds__(kIndexerMaxDim) indexer_prepare_kernel(IndexerArgs a) {
+  __shared__ float x[kIndexerMaxDim];
+  const int64_t dim = a.head_dim, off = dim - 2 * a.count;
+  for (int64_t r = blockIdx.x; r < a.n * a.heads; r += gridDim.x) {
+    float* q = a.q + r * dim;
+    for (int64_t i = threadIdx.x; i < dim; i += kIndexerMaxDim) x[i] = q[i];
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < a.count; i += kIndexerMaxDim) {
+      float c = 0, s = 0;
+      rope_cos_sin(a.freqs[i], a.p0 + r / a.heads, false, c, s);
+      rope_pair(x[off + 2 * i], x[off + 2 * i + 1], c, s);
+    }
+    __syncthreads();
+    for (int64_t h = 1; h < dim; h *= 2) {
+      for (int64_t m = threadIdx.x; m < dim / 2; m += kIndexerMaxDim) hadamard_pair(x, h, m);
+      __syncthreads();
+    }
+    const float scale = hadamard_scale(dim);
+    for (int64_t i = threadIdx.x; i < dim; i += kIndexerMaxDim) x[i] = mul_rn(x[i], scale);
+    __syncthreads();
+    for (int64_t b = threadIdx.x; a.round_fp4 && b * kKvFp4Block < dim; b += kIndexerMaxDim)
+      round_query_block(x + b * kKvFp4Block, dim - b * kKvFp4Block < kKvFp4Block ? dim - b * kKvFp4Block : kKvFp4Block);
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < dim; i += kIndexerMaxDim) q[i] = x[i];
+    if (threadIdx.x == 0) a.w[r] = mul_rn(a.w[r], a.weight_scale);
+    __syncthreads();  // `x` is the next row's
+  }
+}
+
+// A running top-k in shared memory: `count` candidates (scores, ids) of capacity 2·k + kThreads, `kept` the
+// compaction's target; once k are held, (ts, ti) is the k-th best at the last compaction.
+struct Running {
+  float* scores;
+  int32_t* ids;
+  float* kept_scores;
+  int32_t* kept_ids;
+  int64_t k;
+};
+struct RunningState {
+  int count;
+  bool full;
+  float ts;
+  int32_t ti;
+};
+
+__device__ void running_reset(RunningState& st) {
+  if (threadIdx.x == 0) st.count = 0, st.full = false;
+  __syncthreads();
+}
+
+// Called by one thread per candidate; the caller syncs before the next compaction.
+__device__ void running_offer(const Running& r, RunningState& st, float s, int32_t id) {
+  if (!indexer_admits(st.full, st.ts, st.ti, s, id)) return;
+  const int slot = atomicAdd(&st.count, 1);
+  r.scores[slot] = s;
+  r.ids[slot] = id;
+}
+
+// The `limit` best (at most k) of the held candidates, in rank order, when more than `limit` are held.
+__device__ void running_compact(const Running& r, RunningState& st, int64_t limit) {
+  const int64_t m = st.count;
+  if (m <= limit) return;
+  for (int64_t i = threadIdx.x; i < m; i += kThreads) {
+    const int64_t rank = indexer_rank(r.scores, r.ids, m, i);
+    if (rank < r.k) r.kept_scores[rank] = r.scores[i], r.kept_ids[rank] = r.ids[i];
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < r.k; i += kThreads) r.scores[i] = r.kept_scores[i], r.ids[i] = r.kept_ids[i];
+  if (threadIdx.x == 0)
+    st.count = static_cast<int>(r.k), st.full = true, st.ts = r.kept_scores[r.k - 1], st.ti = r.kept_ids[r.k - 1];
+  __syncthreads();
+}
+
+__device__ Running running_in(float* shared, int64_t k) {
+  const int64_t cap = 2 * k + kThreads;
+  Running r;
+  r.scores = shared;
+  r.ids = reinterpret_cast<int32_t*>(r.scores + cap);
+  r.kept_scores = reinterpret_cast<float*>(r.ids + cap);
+  r.kept_ids = reinterpret_cast<int32_t*>(r.kept_scores + k);
+  r.k = k;
+  return r;
+}
+
+// The held candidates (at most k after the final compaction) to ids[0 … count) and, for a part, scores; the rest
+// of a part's slots marked empty (id −1).
+__device__ void running_write(const Running& r, RunningState& st, int32_t* ids, float* scores, int32_t* count) {
+  running_compact(r, st, r.k);
+  const int64_t m = st.count;
+  for (int64_t i = threadIdx.x; i < r.k; i += kThreads) {
+    if (i < m) ids[i] = r.ids[i];
+    if (scores) {
+      scores[i] = i < m ? r.scores[i] : 0.0f;
+      if (i >= m) ids[i] = -1;
+    }
+  }
+  if (count && threadIdx.x == 0) *count = static_cast<int32_t>(m);
+  __syncthreads();  // the buffers are the next token's
+}
+
+// A block per (token, part): the part's keys in tiles, decoded into shared memory (row stride dim + 1, so that
+// the threads' rows fall in different banks), a thread scoring each key against the token's queries.
+__global__ void __launch_bounds__(kThreads) indexer_score_kernel(IndexerArgs a, int64_t parts) {
+  extern __shared__ float shared[];
+  __shared__ RunningState st;
+  const int64_t dim = a.head_dim, k = a.topk, stride = dim + 1, part = blockIdx.y;
+  float* tile = shared;
+  const Running r = running_in(tile + kThreads * stride, k);
+  for (int64_t t = blockIdx.x; t < a.n; t += gridDim.x) {
+    const int64_t visible = (a.p0 + t + 1) / 4;
+    if (visible <= k) {  // the whole of a token's few entries, in order
+      for (int64_t j = threadIdx.x; part == 0 && j < visible; j += kThreads) a.sel[t * k + j] = static_cast<int32_t>(j);
+      if (part == 0 && threadIdx.x == 0) a.sel_count[t] = static_cast<int32_t>(visible);
+      continue;
+    }
+    int64_t begin = 0, end = 0;
+    indexer_part_range(visible, part, parts, begin, end);
+    running_reset(st);
+    const float* q = a.q + t * a.heads * dim;
+    const float* w = a.w + t * a.heads;
+    for (int64_t j0 = begin; j0 < end; j0 += kThreads) {
+      const int64_t rows = end - j0 < kThreads ? end - j0 : kThreads;
+      for (int64_t i = threadIdx.x; i < rows * dim; i += kThreads)
+        tile[i / dim * stride + i % dim] = decode_kv_value(a.layout, a.keys + (j0 + i / dim) * a.layout.bytes, i % dim);
+      __syncthreads();
+      if (threadIdx.x < rows)
+        running_offer(r, st, indexer_key_score(q, w, a.heads, dim, tile + threadIdx.x * stride),
+                      static_cast<int32_t>(j0 + threadIdx.x));
+      __syncthreads();
+      running_compact(r, st, 2 * k);
+    }
+    if (parts == 1) {
+      running_write(r, st, a.sel + t * k, nullptr, a.sel_count + t);
+    } else {
+      float* slot = a.scratch + (t * parts + part) * 2 * k;
+      running_write(r, st, reinterpret_cast<int32_t*>(slot + k), slot, nullptr);
+    }
+  }
+}
+
+// A block per token with parts: the parts' best, merged.
+__global__ void __launch_bounds__(kThreads) indexer_merge_kernel(IndexerArgs a, int64_t parts) {
+  extern __shared__ float shared[];
+  __shared__ RunningState st;
+  const int64_t k = a.topk;
+  const Running r = running_in(shared, k);
+  for (int64_t t = blockIdx.x; t < a.n; t += gridDim.x) {
+    if ((a.p0 + t + 1) / 4 <= k) continue;
+    running_reset(st);
+    for (int64_t i0 = 0; i0 < parts * k; i0 += kThreads) {
+      const int64_t i = i0 + threadIdx.x;
+      if (i < parts * k) {
+        const float* slot = a.scratch + (t * parts + i / k) * 2 * k;
+        const int32_t id = reinterpret_cast<const int32_t*>(slot + k)[i % k];
+        if (id >= 0) running_offer(r, st, slot[i % k], id);
+      }
+      __syncthreads();
+      running_compact(r, st, 2 * k);
+    }
+    running_write(r, st, a.sel + t * k, nullptr, a.sel_count + t);
+  }
+}
+
+size_t running_bytes(int64_t k) { return sizeof(float) * static_cast<size_t>(2 * (2 * k + kThreads) + 2 * k); }
+
+template <class Kernel>
+cudaError_t allow_shared(Kernel kernel, size_t bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
+}  // namespace
+
+cudaError_t launch_indexer_select(const IndexerArgs& a, cudaStream_t stream) {
+  if (a.n == 0) return cudaSuccess;
+  indexer_prepare_kernel<<<grid_for(a.n * a.heads, 1), kIndexerMaxDim, 0, stream>>>(a);
+  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  const int64_t max_visible = (a.p0 + a.n) / 4;
+  const int64_t parts = indexer_parts(a.n, a.topk, max_visible, a.scratch_floats);
+  const size_t score_bytes = sizeof(float) * static_cast<size_t>(kThreads * (a.head_dim + 1)) + running_bytes(a.topk);
+  if (const cudaError_t e = allow_shared(indexer_score_kernel, score_bytes); e != cudaSuccess) return e;
+  const dim3 grid(grid_for(a.n, 1), static_cast<unsigned>(parts));
+  indexer_score_kernel<<<grid, kThreads, score_bytes, stream>>>(a, parts);
+  if (const cudaError_t e = cudaGetLastError(); e != cudaSuccess || parts == 1) return e;
+  if (const cudaError_t e = allow_shared(indexer_merge_kernel, running_bytes(a.topk)); e != cudaSuccess) return e;
+  indexer_merge_kernel<<<grid_for(a.n, 1), kThreads, running_bytes(a.topk), stream>>>(a, parts);
+  return cudaGetLastError();
+}
+
+}  // namespace ferry::runtime::cuda
