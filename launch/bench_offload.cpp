@@ -248,17 +248,8 @@ class Bench {
   int64_t expert_bytes_ = 0;
 };
 
-int run(const Options& o) {
-  FERRY_CHECK(o.layers >= 2 && o.layers <= 16, "--layers must be in [2, 16]");
-  FERRY_CHECK(o.experts >= 8 && o.experts <= 256, "--experts must be in [8, 256]");
-  FERRY_CHECK(o.prompt >= 1 && o.decode >= 1 && o.ubatch >= 1, "--prompt, --decode and --ubatch must be >= 1");
-  // A device that cannot be used fails here, in one line, before the synthetic model is written.
-  if (!o.device.empty()) runtime::cuda::make_cuda_backend(std::stoi(o.device.substr(5)));
-  const auto dir = std::filesystem::temp_directory_path() / ("ferry-bench-offload-" + std::to_string(::getpid()));
-  std::shared_ptr<void> cleanup(static_cast<void*>(nullptr), [dir](void*) {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  });
+// A model of V4-Flash's expert shapes: `o.layers` layers alternating plain and CSA attention, the first hash-routed.
+void write_synthetic_model(const Options& o, const std::filesystem::path& dir) {
   runtime::TinyOptions t;
   nlohmann::json ov;
   ov["hidden_size"] = 4096;
@@ -276,6 +267,20 @@ int run(const Options& o) {
                "bench offload: writing a synthetic model (%lld layers x %lld experts, V4-Flash expert shapes) ...\n",
                (long long)o.layers, (long long)o.experts);
   runtime::make_tiny_model(dir, t);
+}
+
+int run(const Options& o) {
+  FERRY_CHECK(o.layers >= 2 && o.layers <= 16, "--layers must be in [2, 16]");
+  FERRY_CHECK(o.experts >= 8 && o.experts <= 256, "--experts must be in [8, 256]");
+  FERRY_CHECK(o.prompt >= 1 && o.decode >= 1 && o.ubatch >= 1, "--prompt, --decode and --ubatch must be >= 1");
+  // A device that cannot be used fails here, in one line, before the synthetic model is written.
+  if (!o.device.empty()) runtime::cuda::make_cuda_backend(std::stoi(o.device.substr(5)));
+  const auto dir = std::filesystem::temp_directory_path() / ("ferry-bench-offload-" + std::to_string(::getpid()));
+  std::shared_ptr<void> cleanup(static_cast<void*>(nullptr), [dir](void*) {
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  });
+  write_synthetic_model(o, dir);
   Bench bench(o, dir);
   const auto& spec = bench.spec();
   const int64_t eb = spec.expert_bytes();

@@ -54,7 +54,7 @@ void expect_rows(const std::vector<float>& got, const std::vector<float>& want, 
 template <class F>
 void on_every_place(F&& f) {
   f(nullptr, "cpu");
-  runtime::SimBackend gpu({int64_t{1} << 30, 0});
+  runtime::SimBackend gpu({int64_t{1} << 30, 0, false});  // the weights stay in host memory: no placement here
   f(&gpu, "sim");
 }
 

@@ -109,6 +109,15 @@ CudaBackend::CudaBackend(int device)
   stream_->failed = "a copy on the stream failed";
   compute_->failed = "an op on the compute stream failed";
   DeviceGuard guard(device_, name());
+  // The host reads and writes the forward pass's managed buffers (raw_allocate_shared) while kernels run on
+  // others: that needs concurrent managed access (Linux, sm_60 and later), without which it would fault.
+  int concurrent = 0;
+  check(cudaDeviceGetAttribute(&concurrent, cudaDevAttrConcurrentManagedAccess, device_), name(),
+        "cudaDeviceGetAttribute");
+  FERRY_CHECK(concurrent == 1,
+              "{}: the device lacks concurrent managed memory access, which ferry needs (Linux, "
+              "sm_60 or later)",
+              name());
   // Non-blocking: neither stream may serialise with work on the legacy default stream.
   check(cudaStreamCreateWithFlags(&stream_->stream, cudaStreamNonBlocking), name(), "cudaStreamCreateWithFlags");
   check(cudaStreamCreateWithFlags(&compute_->stream, cudaStreamNonBlocking), name(), "cudaStreamCreateWithFlags");
