@@ -184,6 +184,16 @@ void* CudaBackend::raw_allocate_shared(int64_t bytes) {
   DeviceGuard guard(device_, name());
   void* p = nullptr;
   check(cudaMallocManaged(&p, static_cast<size_t>(bytes)), name(), "cudaMallocManaged of " + core::format_bytes(bytes));
+  // The kernels use these buffers on every step, the host now and then (routing, its experts' rows, snapshots):
+  // their pages live on the device and the host's accesses map them rather than pull them over. Advice only: a
+  // device or driver that declines it still runs correctly.
+  cudaMemLocation here{};
+  here.type = cudaMemLocationTypeDevice, here.id = device_;
+  cudaMemLocation host{};
+  host.type = cudaMemLocationTypeHost;
+  if (cudaMemAdvise(p, static_cast<size_t>(bytes), cudaMemAdviseSetPreferredLocation, here) != cudaSuccess ||
+      cudaMemAdvise(p, static_cast<size_t>(bytes), cudaMemAdviseSetAccessedBy, host) != cudaSuccess)
+    cudaGetLastError();
   sample_memory();
   return p;
 }
