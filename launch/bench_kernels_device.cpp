@@ -10,11 +10,15 @@
 #include <vector>
 
 #include "planner/core/error.h"
+#include "planner/core/model_config.h"
 #include "planner/core/units.h"
 #include "planner/hardware.h"
+#include "planner/kv_cache.h"
+#include "planner/memory.h"
 #include "runtime/backend/backend.h"
 #include "runtime/backend/cuda/cuda_backend.h"
 #include "runtime/backend/hardware_probe.h"
+#include "runtime/kernels/cpu/ops.h"
 
 namespace ferry::launch {
 namespace {
@@ -116,6 +120,103 @@ void bench_shape(runtime::Backend& dev, const Shape& s, int64_t working_set, con
   std::fflush(stdout);
 }
 
+// Device memory of `bytes` filled with filler codes (no E4M3 NaN: attention and the indexer read ordinary rows).
+runtime::DeviceBuffer filled(runtime::Backend& dev, int64_t bytes, uint32_t seed) {
+  runtime::DeviceBuffer b = dev.allocate(runtime::MemoryClass::Workspace, std::max<int64_t>(bytes, 4));
+  const std::vector<uint8_t> v = filler(b.bytes(), seed);
+  dev.wait(dev.copy_to_device(b, 0, v.data(), b.bytes()));
+  return b;
+}
+
+// Seconds per run of `op`, the best pass of `reps` passes of 20 runs (after a warm-up pass).
+double seconds_per_run(runtime::Backend& dev, const runtime::ops::Op& op, int reps) {
+  double best = std::numeric_limits<double>::infinity();
+  for (int r = 0; r <= reps; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    runtime::ComputeEvent last;
+    for (int i = 0; i < 20; ++i) last = dev.run(op);
+    dev.wait(last);
+    const double t = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / 20;
+    if (r > 0) best = std::min(best, t);
+  }
+  return best;
+}
+
+// One decode token's indexer (a CSA layer: scores over ctx/4 keys, top-k) and attention (ratio 4: the window and
+// the top-k selected rows; ratio 128: the window and every ctx/128 row) at V4-Flash's shapes, fp8 KV, with the
+// GB/s of the KV rows each reads.
+void bench_attention(runtime::Backend& dev, int64_t ctx, int reps, double copy_bw) {
+  using planner::KvRowLayout;
+  const core::ModelConfig c = core::preset_config("deepseek-v4-flash");
+  const KvRowLayout main = KvRowLayout::main_row(c, planner::KvType::FP8);
+  const KvRowLayout index = KvRowLayout::indexer_row(c, planner::KvType::FP8);
+  const int64_t entries = ctx / 4, hd = c.head_dim, ihd = c.index_head_dim, topk = c.index_topk;
+  const runtime::cpu::Rope rope(c, false), rope_c(c, true);
+  const runtime::ops::RopeFreqs freqs{rope.freqs().data(), static_cast<int64_t>(rope.freqs().size())};
+  const runtime::ops::RopeFreqs freqs_c{rope_c.freqs().data(), static_cast<int64_t>(rope_c.freqs().size())};
+  runtime::DeviceBuffer keys = filled(dev, entries * index.bytes, 1), rows = filled(dev, entries * main.bytes, 2);
+  runtime::DeviceBuffer ring = filled(dev, c.sliding_window * main.bytes, 3);
+  runtime::DeviceBuffer iq = dev.allocate(runtime::MemoryClass::Workspace, c.index_n_heads * ihd * 4);
+  runtime::DeviceBuffer iw = dev.allocate(runtime::MemoryClass::Workspace, c.index_n_heads * 4);
+  runtime::DeviceBuffer tile = dev.allocate(runtime::MemoryClass::Workspace, planner::kIndexerTile * ihd * 4);
+  runtime::DeviceBuffer sel = dev.allocate(runtime::MemoryClass::Workspace, topk * 4);
+  runtime::DeviceBuffer count = dev.allocate(runtime::MemoryClass::Workspace, 4);
+  runtime::DeviceBuffer q = dev.allocate(runtime::MemoryClass::Workspace, c.num_attention_heads * hd * 4);
+  runtime::DeviceBuffer kv = dev.allocate(runtime::MemoryClass::Workspace, hd * 4);
+  runtime::DeviceBuffer sink = dev.allocate(runtime::MemoryClass::Workspace, c.num_attention_heads * 4);
+  runtime::DeviceBuffer o = dev.allocate(runtime::MemoryClass::Workspace, c.num_attention_heads * hd * 4);
+  const std::vector<float> small(static_cast<size_t>(c.num_attention_heads * hd), 0.01f);
+  for (runtime::DeviceBuffer* b : {&iq, &iw, &q, &kv, &sink})
+    dev.wait(dev.copy_to_device(*b, 0, small.data(), b->bytes()));
+  auto f = [](runtime::DeviceBuffer& b) { return static_cast<float*>(b.data()); };
+  auto i32 = [](runtime::DeviceBuffer& b) { return static_cast<int32_t*>(b.data()); };
+  auto u8 = [](runtime::DeviceBuffer& b) { return static_cast<const uint8_t*>(b.data()); };
+  const runtime::ops::IndexerSelect select{.q = f(iq),
+                                           .w = f(iw),
+                                           .keys = u8(keys),
+                                           .layout = index,
+                                           .kv_type = planner::KvType::FP8,
+                                           .n = 1,
+                                           .p0 = ctx - 1,
+                                           .heads = c.index_n_heads,
+                                           .head_dim = ihd,
+                                           .topk = topk,
+                                           .freqs = freqs_c,
+                                           .key_tile = f(tile),
+                                           .key_tile_rows = planner::kIndexerTile,
+                                           .sel = i32(sel),
+                                           .sel_count = i32(count)};
+  const double t_select = seconds_per_run(dev, select, reps);
+  auto line = [&](const char* what, double bytes, double t) {
+    std::printf("%-34s %8lld %9.1f GB/s %7.0f%% of copy %9.1f us\n", what, (long long)ctx, bytes / t / 1e9,
+                100 * bytes / t / copy_bw, t * 1e6);
+  };
+  line("indexer (CSA, fp8 keys)", double(entries * index.bytes), t_select);
+  for (const int64_t ratio : {int64_t{4}, int64_t{128}}) {
+    const runtime::ops::Attention attn{.q = f(q),
+                                       .kv = f(kv),
+                                       .window = u8(ring),
+                                       .compressed = u8(rows),
+                                       .layout = main,
+                                       .sel = i32(sel),
+                                       .sel_count = i32(count),
+                                       .topk = topk,
+                                       .n = 1,
+                                       .p0 = ctx - 1,
+                                       .heads = c.num_attention_heads,
+                                       .head_dim = hd,
+                                       .window_size = c.sliding_window,
+                                       .ratio = ratio,
+                                       .sink = f(sink),
+                                       .freqs = freqs,
+                                       .o = f(o)};
+    const int64_t read = c.sliding_window + (ratio == 4 ? topk : ctx / ratio);
+    line(ratio == 4 ? "attention (CSA: window + top-k)" : "attention (HCA: window + all)", double(read * main.bytes),
+         seconds_per_run(dev, attn, reps));
+  }
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 void run_device_kernel_bench(const std::string& device, int repetitions, int working_set_mib,
@@ -138,6 +239,8 @@ void run_device_kernel_bench(const std::string& device, int repetitions, int wor
               copy_bw / 1e9, gpu.memory_bandwidth / 1e9, gpu.bf16_tflops);
   for (const Shape& s : kShapes)
     bench_shape(*dev, s, working_set, token_counts, repetitions, copy_bw, gpu.bf16_tflops * 1e12);
+  std::printf("\n%-34s %8s %14s %17s %12s\n", "decode step, one token", "context", "KV rows read", "", "per call");
+  for (const int64_t ctx : {int64_t{64} << 10, int64_t{1} << 20}) bench_attention(*dev, ctx, repetitions, copy_bw);
 }
 
 }  // namespace ferry::launch

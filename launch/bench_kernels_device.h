@@ -1,7 +1,8 @@
 // `ferry bench kernels --device cuda:N`: the CUDA kernels of the linear layers at V4-Flash shapes, run through the
 // device's Backend as the forward pass runs them: the decode matrix-vector product's GB/s (FP8 non-routed
 // projections, MXFP4 routed experts) next to the device's measured copy bandwidth, then each prefill chunk's
-// TFLOP/s next to the datasheet BF16 tensor peak. Without a usable GPU it fails with one line.
+// TFLOP/s next to the datasheet BF16 tensor peak; then one decode token's indexer and attention at 64K and 1M
+// context, with the GB/s of the KV rows they read. Without a usable GPU it fails with one line.
 #pragma once
 
 #include <string>

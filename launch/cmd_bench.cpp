@@ -73,7 +73,8 @@ class BenchCommand : public Command {
         ->check(CLI::Range(0, 65536));
     kernels_->add_option("--device", kernel_device_,
                          "cuda:N: the CUDA kernels of device N (FP8 and MXFP4 linear layers, decode GB/s next to the "
-                         "device's copy bandwidth, prefill TFLOP/s next to its BF16 peak); default: the CPU's");
+                         "device's copy bandwidth, prefill TFLOP/s next to its BF16 peak; a decode token's indexer and "
+                         "attention at 64K and 1M context); default: the CPU's");
   }
 
   CLI::App* app() const override { return app_; }
