@@ -31,7 +31,7 @@ void bf16_rows_portable(const uint16_t* w, int64_t rows, int64_t cols, const flo
 
 #ifdef FERRY_BF16_X86
 
-// cpu::dot's x86-64-v3 clone (vec.cpp, GCC's `omp simd` reduction), step for step: one 8-lane FMA accumulator
+// cpu::dot's x86-64-v3 order (vec.cpp), step for step: one 8-lane FMA accumulator
 // over the whole 8-column steps, the remaining columns fused into lane 0, then the lanes added in order to 0.
 // A tile keeps R·T such accumulators, so the arithmetic of each output is that sequence whatever R and T are.
 __attribute__((target("avx2,fma"))) inline __m256 bf16_load8(const uint16_t* p) {
@@ -97,7 +97,7 @@ void bf16_rows_avx2(const uint16_t* w, int64_t rows, int64_t cols, const float* 
 
 using Bf16Rows = void (*)(const uint16_t*, int64_t, int64_t, const float*, int64_t, int64_t, float*, int64_t);
 
-// The fused kernel copies cpu::dot's x86-64-v3 clone, so it runs exactly where that clone does.
+// The fused kernel copies cpu::dot's x86-64-v3 order, so it runs exactly where dot takes that order.
 Bf16Rows bf16_kernel() {
   static const Bf16Rows k = [] {
 #ifdef FERRY_BF16_X86

@@ -1,12 +1,19 @@
 #include "runtime/kernels/cpu/vec.h"
 
-#if defined(__x86_64__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
+#define FERRY_VEC_X86 1
 #endif
 
-// GCC's function multiversioning: one clone per target, resolved once through an ifunc. The loops carry
-// `omp simd` so that the float reductions vectorise (compiled with -fopenmp-simd; no OpenMP runtime).
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// The order of every float operation of dot, axpy and indexer_scores is written out (intrinsics on x86-64-v3,
+// lane-structured loops elsewhere, compiled with -ffp-contract=off) rather than left to the vectorizer, so that
+// it is the same at every optimisation level: the kernels that reproduce it (dots, axpys, matvec_bf16.cpp,
+// attention) and the tests that check them bitwise hold in the sanitizer build (-O1) too. The orders are those
+// that GCC's `omp simd` loops had at -O2 and up, so the logits did not move.
+
+// scale has one rounding per element, so no order to keep: GCC's function multiversioning (one clone per
+// target, resolved once through an ifunc) vectorises it as it likes (compiled with -fopenmp-simd).
+#ifdef FERRY_VEC_X86
 #define FERRY_VEC_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define FERRY_VEC_CLONES
@@ -14,20 +21,32 @@
 
 namespace ferry::runtime::cpu {
 
-FERRY_VEC_CLONES float dot(const float* a, const float* b, int64_t n) {
-  float s = 0;
-#pragma omp simd reduction(+ : s)
-  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+namespace {
+
+// The baseline order (SSE2, no FMA): four lanes of multiply-then-add over the whole 4-element steps, the
+// remaining elements added into lane 0, the lanes added in order to 0.
+float dot_base(const float* a, const float* b, int64_t n) {
+  float lane[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int k = 0; k < 4; ++k) lane[k] += a[i + k] * b[i + k];
+  for (; i < n; ++i) lane[0] += a[i] * b[i];
+  float s = 0.0f;
+  for (int k = 0; k < 4; ++k) s += lane[k];
   return s;
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+void axpy_base(float a, const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
 
-namespace {
+float relu(float d) { return d > 0 ? d : 0.0f; }
 
-// dot's x86-64-v3 clone step for step, for R rows of b at once: one 8-lane FMA accumulator per row over the whole
-// 8-element steps, the remaining elements fused into lane 0, the lanes added in order to 0 (matvec_bf16.cpp
-// keeps the same order for BF16 rows).
+#ifdef FERRY_VEC_X86
+
+// The x86-64-v3 order, for R rows of b at once: one 8-lane FMA accumulator per row over the whole 8-element
+// steps, the remaining elements fused into lane 0, the lanes added in order to 0 (matvec_bf16.cpp keeps the same
+// order for BF16 rows).
 template <int R>
 __attribute__((target("avx2,fma"))) void dot_rows_v3(const float* a, const float* b, int64_t b_stride, int64_t n,
                                                      float* out) {
@@ -49,13 +68,28 @@ __attribute__((target("avx2,fma"))) void dot_rows_v3(const float* a, const float
   }
 }
 
+float dot_v3(const float* a, const float* b, int64_t n) {
+  float s;
+  dot_rows_v3<1>(a, b, 0, n, &s);
+  return s;
+}
+
 void dots_v3(const float* a, const float* b, int64_t b_stride, int64_t m, int64_t n, float* out) {
   int64_t i = 0;
   for (; i + 4 <= m; i += 4) dot_rows_v3<4>(a, b + i * b_stride, b_stride, n, out + i);
   for (; i < m; ++i) dot_rows_v3<1>(a, b + i * b_stride, b_stride, n, out + i);
 }
 
-// axpy's x86-64-v3 clone is one FMA per element, a · x + y; rows are applied to a span of y in turn, as there.
+// One FMA per element, a · x + y, whatever the vector width.
+__attribute__((target("avx2,fma"))) void axpy_v3(float a, const float* x, float* y, int64_t n) {
+  const __m256 av = _mm256_set1_ps(a);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] = _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(x[i]), _mm_set_ss(y[i])));
+}
+
+// axpy_v3 for m rows in turn, with a span of y held in registers across the rows.
 __attribute__((target("avx2,fma"))) void axpys_v3(const float* a, const float* x, int64_t x_stride, int64_t m, float* y,
                                                   int64_t n) {
   constexpr int kSpan = 8;  // registers of y in flight: independent FMA chains across the rows
@@ -77,7 +111,17 @@ __attribute__((target("avx2,fma"))) void axpys_v3(const float* a, const float* x
   }
 }
 
-// Where dot's and axpy's x86-64-v3 clones run (the test their resolvers make), so do these copies of their order.
+// Each head's dot in dot_v3's order, the heads' weighted sum fused: score = relu(d) · w[h] + score.
+__attribute__((target("avx2,fma"))) void indexer_scores_v3(const float* q, const float* w, int64_t heads, int64_t dim,
+                                                           const float* keys, int64_t m, float* out) {
+  for (int64_t j = 0; j < m; ++j) {
+    __m128 score = _mm_setzero_ps();
+    for (int64_t h = 0; h < heads; ++h)
+      score = _mm_fmadd_ss(_mm_set_ss(relu(dot_v3(q + h * dim, keys + j * dim, dim))), _mm_set_ss(w[h]), score);
+    out[j] = _mm_cvtss_f32(score);
+  }
+}
+
 bool have_v3() {
   static const bool v3 = [] {
     __builtin_cpu_init();
@@ -86,27 +130,36 @@ bool have_v3() {
   return v3;
 }
 
+#endif  // FERRY_VEC_X86
+
 }  // namespace
 
+float dot(const float* a, const float* b, int64_t n) {
+#ifdef FERRY_VEC_X86
+  if (have_v3()) return dot_v3(a, b, n);
 #endif
-
-void axpys(const float* a, const float* x, int64_t x_stride, int64_t m, float* y, int64_t n) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-  if (have_v3()) return axpys_v3(a, x, x_stride, m, y, n);
-#endif
-  for (int64_t i = 0; i < m; ++i) axpy(a[i], x + i * x_stride, y, n);
+  return dot_base(a, b, n);
 }
 
 void dots(const float* a, const float* b, int64_t b_stride, int64_t m, int64_t n, float* out) {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#ifdef FERRY_VEC_X86
   if (have_v3()) return dots_v3(a, b, b_stride, m, n, out);
 #endif
-  for (int64_t i = 0; i < m; ++i) out[i] = dot(a, b + i * b_stride, n);
+  for (int64_t i = 0; i < m; ++i) out[i] = dot_base(a, b + i * b_stride, n);
 }
 
-FERRY_VEC_CLONES void axpy(float a, const float* x, float* y, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+void axpy(float a, const float* x, float* y, int64_t n) {
+#ifdef FERRY_VEC_X86
+  if (have_v3()) return axpy_v3(a, x, y, n);
+#endif
+  axpy_base(a, x, y, n);
+}
+
+void axpys(const float* a, const float* x, int64_t x_stride, int64_t m, float* y, int64_t n) {
+#ifdef FERRY_VEC_X86
+  if (have_v3()) return axpys_v3(a, x, x_stride, m, y, n);
+#endif
+  for (int64_t i = 0; i < m; ++i) axpy_base(a[i], x + i * x_stride, y, n);
 }
 
 FERRY_VEC_CLONES void scale(float a, float* y, int64_t n) {
@@ -114,22 +167,14 @@ FERRY_VEC_CLONES void scale(float a, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] *= a;
 }
 
-}  // namespace ferry::runtime::cpu
-
-namespace ferry::runtime::cpu {
-
-FERRY_VEC_CLONES void indexer_scores(const float* q, const float* w, int64_t heads, int64_t dim, const float* keys,
-                                     int64_t m, float* out) {
+void indexer_scores(const float* q, const float* w, int64_t heads, int64_t dim, const float* keys, int64_t m,
+                    float* out) {
+#ifdef FERRY_VEC_X86
+  if (have_v3()) return indexer_scores_v3(q, w, heads, dim, keys, m, out);
+#endif
   for (int64_t j = 0; j < m; ++j) {
-    const float* key = keys + j * dim;
     float score = 0;
-    for (int64_t h = 0; h < heads; ++h) {
-      const float* qh = q + h * dim;
-      float d = 0;
-#pragma omp simd reduction(+ : d)
-      for (int64_t k = 0; k < dim; ++k) d += qh[k] * key[k];
-      score += w[h] * (d > 0 ? d : 0.0f);
-    }
+    for (int64_t h = 0; h < heads; ++h) score += w[h] * relu(dot_base(q + h * dim, keys + j * dim, dim));
     out[j] = score;
   }
 }

@@ -1,5 +1,6 @@
-// Vector primitives of the attention and indexer loops (dot products, scaled adds). Built twice — for
-// x86-64-v3 (AVX2 + FMA) and the baseline — and picked at load time by the CPU, like the matvec kernels.
+// Vector primitives of the attention and indexer loops (dot products, scaled adds). Two paths — x86-64-v3
+// (AVX2 + FMA) and the baseline — picked at load time by the CPU, like the matvec kernels; each has one float
+// order, written out in vec.cpp, at every optimisation level.
 #pragma once
 
 #include <cstdint>
