@@ -126,7 +126,25 @@ TEST(OffloadCuda, BigChunkStreaming) {
   EXPECT_GT(o.stats.streamed, 0);
 }
 
-TEST(OffloadCuda, NumaHostExpertsOnATwoNodePlan) {
+TEST(OffloadCuda, NumaHostExperts) {
+  for (const int nodes : {1, 2}) {
+    Scenario sc{"20MiB", 20 << 20, 0, 0};
+    sc.numa = nodes;
+    sc.host_experts = offload::HostExperts::Numa;
+    const CudaOutcome o = run_on_cuda(sc, planner::KvType::BF16);
+    expect_close_to_cpu(o.logits, cpu_logits(planner::KvType::BF16, 512), planner::KvType::BF16);
+    EXPECT_EQ(o.stats.cpu, o.stats.uses());
+  }
+}
+
+TEST(OffloadCuda, MappedHostExpertsOnATwoNodePlan) {
+  Scenario sc{"20MiB", 20 << 20, 0, 0};
+  sc.numa = 2;
+  const CudaOutcome o = run_on_cuda(sc, planner::KvType::BF16);
+  expect_close_to_cpu(o.logits, cpu_logits(planner::KvType::BF16, 512), planner::KvType::BF16);
+}
+
+TEST(OffloadCuda, NumaHostExpertsFeedTheCacheAndStreamsOnATwoNodePlan) {
   Scenario sc{"10MiB", 10 << 20, 3, 2, 64};
   sc.numa = 2;
   sc.host_experts = offload::HostExperts::Numa;
