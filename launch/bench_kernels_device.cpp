@@ -190,6 +190,7 @@ void bench_attention(runtime::Backend& dev, int64_t ctx, int reps, double copy_b
                                            .freqs = freqs_c,
                                            .key_tile = f(tile),
                                            .key_tile_rows = planner::kIndexerTile,
+                                           .tiles = {},  // the device's indexer keeps no per-thread tiles
                                            .sel = i32(sel),
                                            .sel_count = i32(count)};
   const double t_select = seconds_per_run(dev, select, reps);
