@@ -347,12 +347,14 @@ Inputs chunk_of(const Case& k, const Inputs& in, int64_t t, int64_t n, Case& chu
 // The split launch (several part counts and sizes) against the host op and float64 within the unsplit kernel's
 // bounds, for every KV type: window only, CSA with 512 selected, HCA at 140000 and at the last position of a 1M
 // context (8192 entries); and, with the same parts, each token's output bitwise the same whether the chunk is
-// one launch or a launch per token (a part's rows depend only on the token's own rows).
+// one launch or a launch per token (a part's rows depend only on the token's own rows: a prompt's first 40
+// tokens have parts of 16 and 32 rows at 2 parts of whole tiles).
 TEST(CudaMath, AttentionSplitMatchesTheHostOpAndIgnoresTheChunking) {
   std::vector<Case> all = cases();
   all.push_back({"flash hca 1M", all[3].c, 128, (int64_t{1} << 20) - 1, 1});
-  all.back().c.num_attention_heads = 4;  // 8320 rows: fewer heads keep the reference quick
-  const std::pair<int64_t, int64_t> splits[] = {{2, 4}, {5, 1}, {32, 4}, {kAttentionMaxParts, kAttentionMinPartTiles}};
+  all.back().c.num_attention_heads = 4;                 // 8320 rows: fewer heads keep the reference quick
+  all.push_back({"flash prompt", all[0].c, 0, 0, 40});  // 1 … 40 rows: part sizes differ between the tokens
+  const std::pair<int64_t, int64_t> splits[] = {{2, 4}, {5, 1}, {2, 1}, {kAttentionMaxParts, kAttentionMinPartTiles}};
   Differences worst;
   for (const Case& k : all)
     for (const planner::KvType t : planner::kKvTypesByFidelity) {
