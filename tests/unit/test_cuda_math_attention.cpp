@@ -4,7 +4,8 @@
 // the online softmax folded tile by tile, the sink and the inverse RoPE. Against the host's op
 // (host_ops::attention) and a float64 attention of the same stored rows, for every --kv-type, at V4-Flash's head
 // shape (512 dims, 64 of them rope, window 128: window only, CSA with 512 selected entries, HCA past a thousand
-// entries) and the tiny model's. On the device only expf differs (within 2 ulp; the op suite's tolerance).
+// entries) and the tiny model's. On the device only expf differs (within 2 ulp; the op suite's tolerance). The
+// split launch (parts of a token's rows, merged in order) likewise, also at a 1M context, and its choice.
 #include <gtest/gtest.h>
 
 #include <algorithm>
