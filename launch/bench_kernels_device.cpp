@@ -7,6 +7,7 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "planner/core/error.h"
@@ -144,7 +145,8 @@ double seconds_per_run(runtime::Backend& dev, const runtime::ops::Op& op, int re
 
 // One decode token's indexer (a CSA layer: scores over ctx/4 keys, top-k) and attention (ratio 4: the window and
 // the top-k selected rows; ratio 128: the window and every ctx/128 row) at V4-Flash's shapes, fp8 KV, with the
-// GB/s of the KV rows each reads.
+// GB/s of the KV rows each reads; the attention split over the token's rows (the session's tile scratch holds its
+// partials), then unsplit.
 void bench_attention(runtime::Backend& dev, int64_t ctx, int reps, double copy_bw) {
   using planner::KvRowLayout;
   const core::ModelConfig c = core::preset_config("deepseek-v4-flash");
@@ -165,6 +167,10 @@ void bench_attention(runtime::Backend& dev, int64_t ctx, int reps, double copy_b
   runtime::DeviceBuffer kv = dev.allocate(runtime::MemoryClass::Workspace, hd * 4);
   runtime::DeviceBuffer sink = dev.allocate(runtime::MemoryClass::Workspace, c.num_attention_heads * 4);
   runtime::DeviceBuffer o = dev.allocate(runtime::MemoryClass::Workspace, c.num_attention_heads * hd * 4);
+  // The tile scratch a session's workspace holds (a slice per CPU worker): the attention's split partials.
+  const planner::CpuTileLayout tl = planner::cpu_tile_layout(c);
+  const int64_t threads = std::max<int64_t>(1, std::thread::hardware_concurrency());
+  runtime::DeviceBuffer tiles = dev.allocate(runtime::MemoryClass::Workspace, tl.per_thread * threads * 4);
   const std::vector<float> small(static_cast<size_t>(c.num_attention_heads * hd), 0.01f);
   for (runtime::DeviceBuffer* b : {&iq, &iw, &q, &kv, &sink})
     dev.wait(dev.copy_to_device(*b, 0, small.data(), b->bytes()));
@@ -184,6 +190,7 @@ void bench_attention(runtime::Backend& dev, int64_t ctx, int reps, double copy_b
                                            .freqs = freqs_c,
                                            .key_tile = f(tile),
                                            .key_tile_rows = planner::kIndexerTile,
+                                           .tiles = {},  // the device's indexer keeps no per-thread tiles
                                            .sel = i32(sel),
                                            .sel_count = i32(count)};
   const double t_select = seconds_per_run(dev, select, reps);
@@ -193,26 +200,29 @@ void bench_attention(runtime::Backend& dev, int64_t ctx, int reps, double copy_b
   };
   line("indexer (CSA, fp8 keys)", double(entries * index.bytes), t_select);
   for (const int64_t ratio : {int64_t{4}, int64_t{128}}) {
-    const runtime::ops::Attention attn{.q = f(q),
-                                       .kv = f(kv),
-                                       .window = u8(ring),
-                                       .compressed = u8(rows),
-                                       .layout = main,
-                                       .sel = i32(sel),
-                                       .sel_count = i32(count),
-                                       .topk = topk,
-                                       .n = 1,
-                                       .p0 = ctx - 1,
-                                       .heads = c.num_attention_heads,
-                                       .head_dim = hd,
-                                       .window_size = c.sliding_window,
-                                       .ratio = ratio,
-                                       .sink = f(sink),
-                                       .freqs = freqs,
-                                       .o = f(o)};
-    const int64_t read = c.sliding_window + (ratio == 4 ? topk : ctx / ratio);
-    line(ratio == 4 ? "attention (CSA: window + top-k)" : "attention (HCA: window + all)", double(read * main.bytes),
+    runtime::ops::Attention attn{.q = f(q),
+                                 .kv = f(kv),
+                                 .window = u8(ring),
+                                 .compressed = u8(rows),
+                                 .layout = main,
+                                 .sel = i32(sel),
+                                 .sel_count = i32(count),
+                                 .topk = topk,
+                                 .n = 1,
+                                 .p0 = ctx - 1,
+                                 .heads = c.num_attention_heads,
+                                 .head_dim = hd,
+                                 .window_size = c.sliding_window,
+                                 .ratio = ratio,
+                                 .sink = f(sink),
+                                 .freqs = freqs,
+                                 .tiles = {f(tiles), tl.per_thread, threads, tl.key_rows, tl.scores},
+                                 .o = f(o)};
+    const double read = double((c.sliding_window + (ratio == 4 ? topk : ctx / ratio)) * main.bytes);
+    line(ratio == 4 ? "attention (CSA: window + top-k)" : "attention (HCA: window + all)", read,
          seconds_per_run(dev, attn, reps));
+    attn.tiles = {};  // no room for partials: a block per head group
+    line("  unsplit (a block per 8 heads)", read, seconds_per_run(dev, attn, reps));
   }
   std::fflush(stdout);
 }

@@ -4,7 +4,8 @@
 // the online softmax folded tile by tile, the sink and the inverse RoPE. Against the host's op
 // (host_ops::attention) and a float64 attention of the same stored rows, for every --kv-type, at V4-Flash's head
 // shape (512 dims, 64 of them rope, window 128: window only, CSA with 512 selected entries, HCA past a thousand
-// entries) and the tiny model's. On the device only expf differs (within 2 ulp; the op suite's tolerance).
+// entries) and the tiny model's. On the device only expf differs (within 2 ulp; the op suite's tolerance). The
+// split launch (parts of a token's rows, merged in order) likewise, also at a 1M context, and its choice.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -169,32 +170,77 @@ void fold_tile(const std::vector<float>& tile, int64_t m, int64_t hd, const floa
   }
 }
 
-// attention_kernel of attention.cu: per token, each tile staged once, then folded into every head.
+// A token's per-head state: the accumulators and the online softmax.
+struct TokenState {
+  std::vector<std::vector<float>> acc;
+  std::vector<SoftmaxState> st;
+  TokenState(int64_t heads, int64_t hd) : acc(sz(heads), std::vector<float>(sz(hd), 0.0f)), st(sz(heads)) {}
+};
+
+// Rows begin … end of token t's list, each tile staged once, then folded into every head (attention_kernel).
+TokenState fold_rows(const AttentionRows& r, const TokenRows& l, int64_t begin, int64_t end, const Inputs& in,
+                     int64_t t) {
+  const int64_t hd = in.hd, nh = in.heads, tile_rows = attention_tile_rows(hd);
+  std::vector<float> tile(sz(tile_rows * hd));
+  TokenState s(nh, hd);
+  for (int64_t i0 = begin; i0 < end; i0 += tile_rows) {
+    const int64_t m = std::min(tile_rows, end - i0);
+    for (int64_t i = 0; i < m; ++i) {
+      const RowRef row = token_row(r, l, i0 + i);
+      for (int64_t c = 0; c < hd; ++c) tile[sz(i * hd + c)] = row_value(r.layout, row, c);
+    }
+    for (int64_t h = 0; h < nh; ++h) fold_tile(tile, m, hd, in.q.data() + (t * nh + h) * hd, s.acc[sz(h)], s.st[sz(h)]);
+  }
+  return s;
+}
+
+// The sink and the inverse RoPE (finish_head of attention.cu), into token t's rows of o.
+void finish_token(const TokenState& s, const Inputs& in, int64_t t, int64_t p, std::vector<float>& o) {
+  const int64_t hd = in.hd, nh = in.heads;
+  for (int64_t h = 0; h < nh; ++h) {
+    const float denom = attention_denominator(s.st[sz(h)], in.sink[sz(h)]);
+    std::vector<float> v(sz(hd));
+    for (int64_t c = 0; c < hd; ++c) v[sz(c)] = attention_output(s.acc[sz(h)][sz(c)], denom);
+    float* out = o.data() + (t * nh + h) * hd;
+    const auto count = static_cast<int64_t>(in.freqs.size());
+    for (int64_t c = 0; c < hd; ++c)  // the other value of the pair is lane c ^ 1's (the shuffle)
+      out[c] = unrope_value(v[sz(c)], v[sz(c ^ 1)], c, hd, count, in.freqs.data(), p);
+  }
+}
+
+// attention_kernel of attention.cu, unsplit: per token, all its rows.
 std::vector<float> kernel_on_cpu(const Case& k, const Inputs& in) {
   const AttentionRows r = rows_of(k, in);
-  const int64_t hd = in.hd, nh = in.heads, tile_rows = attention_tile_rows(hd);
-  std::vector<float> o(sz(k.n * nh * hd)), tile(sz(tile_rows * hd));
+  std::vector<float> o(sz(k.n * in.heads * in.hd));
   for (int64_t t = 0; t < k.n; ++t) {
     const TokenRows l = token_rows(r, t);
-    std::vector<std::vector<float>> acc(sz(nh), std::vector<float>(sz(hd), 0.0f));
-    std::vector<SoftmaxState> st(sz(nh));
-    for (int64_t i0 = 0; i0 < l.size(); i0 += tile_rows) {
-      const int64_t m = std::min(tile_rows, l.size() - i0);
-      for (int64_t i = 0; i < m; ++i) {
-        const RowRef row = token_row(r, l, i0 + i);
-        for (int64_t c = 0; c < hd; ++c) tile[sz(i * hd + c)] = row_value(r.layout, row, c);
+    finish_token(fold_rows(r, l, 0, l.size(), in, t), in, t, l.p, o);
+  }
+  return o;
+}
+
+// The split launch (attention_kernel per part, then attention_merge_kernel): each part's rows folded from a
+// fresh state, the parts' states merged in order, then the sink and the inverse RoPE.
+std::vector<float> split_kernel_on_cpu(const Case& k, const Inputs& in, int64_t max_parts, int64_t min_tiles) {
+  const AttentionRows r = rows_of(k, in);
+  const int64_t hd = in.hd, nh = in.heads;
+  std::vector<float> o(sz(k.n * nh * hd));
+  for (int64_t t = 0; t < k.n; ++t) {
+    const TokenRows l = token_rows(r, t);
+    const int64_t rows = attention_part_rows(l.size(), attention_tile_rows(hd), max_parts, min_tiles);
+    const int64_t parts = attention_parts(l.size(), rows);
+    EXPECT_LE(parts, max_parts);
+    EXPECT_LE(parts, attention_part_slots(attention_rows_bound(r, k.n), attention_tile_rows(hd), max_parts, min_tiles));
+    TokenState s = fold_rows(r, l, 0, std::min(rows, l.size()), in, t);
+    for (int64_t part = 1; part < parts; ++part) {
+      const TokenState b = fold_rows(r, l, part * rows, std::min((part + 1) * rows, l.size()), in, t);
+      for (int64_t h = 0; h < nh; ++h) {
+        const MergeScales sc = softmax_merge(s.st[sz(h)], b.st[sz(h)]);
+        for (int64_t c = 0; c < hd; ++c)
+          s.acc[sz(h)][sz(c)] = merge_accumulator(s.acc[sz(h)][sz(c)], b.acc[sz(h)][sz(c)], sc);
       }
-      for (int64_t h = 0; h < nh; ++h) fold_tile(tile, m, hd, in.q.data() + (t * nh + h) * hd, acc[sz(h)], st[sz(h)]);
     }
-    for (int64_t h = 0; h < nh; ++h) {
-      const float denom = attention_denominator(st[sz(h)], in.sink[sz(h)]);
-      std::vector<float> v(sz(hd));
-      for (int64_t c = 0; c < hd; ++c) v[sz(c)] = attention_output(acc[sz(h)][sz(c)], denom);
-      float* out = o.data() + (t * nh + h) * hd;
-      const auto count = static_cast<int64_t>(in.freqs.size());
-      for (int64_t c = 0; c < hd; ++c)  // the other value of the pair is lane c ^ 1's (the shuffle)
-        out[c] = unrope_value(v[sz(c)], v[sz(c ^ 1)], c, hd, count, in.freqs.data(), l.p);
-    }
+    finish_token(s, in, t, l.p, o);
   }
   return o;
 }
@@ -243,32 +289,117 @@ std::vector<double> reference(const Case& k, const Inputs& in) {
   return o;
 }
 
+// Largest differences of `got` from the host op's output and from float64's, in units of the largest |row|.
+struct Differences {
+  double host = 0, exact = 0;
+};
+
+Differences differences(const std::vector<float>& got, const std::vector<float>& host, const std::vector<double>& exact,
+                        const Inputs& in, const std::string& what) {
+  EXPECT_EQ(got.size(), host.size()) << what;
+  Differences d;
+  for (size_t i = 0; i < got.size() && i < host.size(); ++i) {
+    d.host = std::max(d.host, std::fabs(double(got[i]) - host[i]) / in.row_max);
+    d.exact = std::max(d.exact, std::fabs(got[i] - exact[i]) / in.row_max);
+    EXPECT_TRUE(std::isfinite(got[i])) << what << " output " << i;
+  }
+  return d;
+}
+
 // The kernel's order against the exact value: the op suite's float32 bound, 2e-6 of the largest |row value|
 // (each output is a weighted mean of up to ~1200 rows; the scores' FMA chains and butterfly, the exponentials,
 // the sums and the inverse RoPE keep it within a few 1e-7 of that). Against the host, whose dot products and
-// tile boundaries round differently: both bounds, 4e-6.
+// tile boundaries round differently, 1e-6.
+constexpr double kHostBound = 1e-6, kExactBound = 2e-6;
+
 TEST(CudaMath, AttentionKernelOrderMatchesTheHostOp) {
-  double worst_host = 0, worst_exact = 0;
+  Differences worst;
   for (const Case& k : cases())
     for (const planner::KvType t : planner::kKvTypesByFidelity) {
       const Inputs in = make_inputs(k, t);
-      const std::vector<float> got = kernel_on_cpu(k, in), host = host_attention(k, in);
-      const std::vector<double> exact = reference(k, in);
       const std::string what = k.name + " " + std::string(planner::kv_type_name(t));
-      ASSERT_EQ(got.size(), host.size());
-      double d_host = 0, d_exact = 0;
-      for (size_t i = 0; i < got.size(); ++i) {
-        d_host = std::max(d_host, std::fabs(double(got[i]) - host[i]));
-        d_exact = std::max(d_exact, std::fabs(got[i] - exact[i]));
-        ASSERT_TRUE(std::isfinite(got[i])) << what << " output " << i;
-      }
-      EXPECT_LE(d_host, 1e-6 * in.row_max) << what << " against the host op";
-      EXPECT_LE(d_exact, 2e-6 * in.row_max) << what << " against float64";
-      worst_host = std::max(worst_host, d_host / in.row_max);
-      worst_exact = std::max(worst_exact, d_exact / in.row_max);
+      const Differences d = differences(kernel_on_cpu(k, in), host_attention(k, in), reference(k, in), in, what);
+      EXPECT_LE(d.host, kHostBound) << what << " against the host op";
+      EXPECT_LE(d.exact, kExactBound) << what << " against float64";
+      worst.host = std::max(worst.host, d.host), worst.exact = std::max(worst.exact, d.exact);
     }
   std::printf("kernel order: largest difference from the host op %.3g, from float64 %.3g (of the largest |row|)\n",
-              worst_host, worst_exact);
+              worst.host, worst.exact);
+}
+
+// Token t … t + n − 1 of `in` as a launch of their own: the earlier tokens' rows are in the ring, stored.
+Inputs chunk_of(const Case& k, const Inputs& in, int64_t t, int64_t n, Case& chunk) {
+  chunk = k, chunk.p0 = k.p0 + t, chunk.n = n;
+  Inputs c = in;
+  std::vector<float> row(sz(in.hd));
+  for (int64_t i = 0; i < t; ++i) {
+    std::copy_n(in.kv.begin() + i * in.hd, in.hd, row.begin());
+    encode_kv_row(in.layout, row.data(), c.ring.data() + (k.p0 + i) % in.W * in.layout.bytes);
+  }
+  c.kv.assign(in.kv.begin() + t * in.hd, in.kv.begin() + (t + n) * in.hd);
+  c.q.assign(in.q.begin() + t * in.heads * in.hd, in.q.begin() + (t + n) * in.heads * in.hd);
+  if (k.ratio == 4) {
+    c.sel.assign(in.sel.begin() + t * in.topk, in.sel.begin() + (t + n) * in.topk);
+    c.sel_count.assign(in.sel_count.begin() + t, in.sel_count.begin() + t + n);
+  }
+  return c;
+}
+
+// The split launch (several part counts and sizes) against the host op and float64 within the unsplit kernel's
+// bounds, for every KV type: window only, CSA with 512 selected, HCA at 140000 and at the last position of a 1M
+// context (8192 entries); and, with the same parts, each token's output bitwise the same whether the chunk is
+// one launch or a launch per token (a part's rows depend only on the token's own rows: a prompt's first 40
+// tokens have parts of 16 and 32 rows at 2 parts of whole tiles).
+TEST(CudaMath, AttentionSplitMatchesTheHostOpAndIgnoresTheChunking) {
+  std::vector<Case> all = cases();
+  all.push_back({"flash hca 1M", all[3].c, 128, (int64_t{1} << 20) - 1, 1});
+  all.back().c.num_attention_heads = 4;                 // 8320 rows: fewer heads keep the reference quick
+  all.push_back({"flash prompt", all[0].c, 0, 0, 40});  // 1 … 40 rows: part sizes differ between the tokens
+  const std::pair<int64_t, int64_t> splits[] = {{2, 4}, {5, 1}, {2, 1}, {kAttentionMaxParts, kAttentionMinPartTiles}};
+  Differences worst;
+  for (const Case& k : all)
+    for (const planner::KvType t : planner::kKvTypesByFidelity) {
+      const Inputs in = make_inputs(k, t);
+      const std::vector<float> host = host_attention(k, in);
+      const std::vector<double> exact = reference(k, in);
+      for (const auto& [parts, tiles] : splits) {
+        const std::string what = k.name + " " + std::string(planner::kv_type_name(t)) + " split " +
+                                 std::to_string(parts) + "×" + std::to_string(tiles);
+        const std::vector<float> got = split_kernel_on_cpu(k, in, parts, tiles);
+        const Differences d = differences(got, host, exact, in, what);
+        EXPECT_LE(d.host, kHostBound) << what << " against the host op";
+        EXPECT_LE(d.exact, kExactBound) << what << " against float64";
+        worst.host = std::max(worst.host, d.host), worst.exact = std::max(worst.exact, d.exact);
+        for (int64_t i = 0; i < k.n && k.n > 1; ++i) {
+          Case ck;
+          const Inputs ci = chunk_of(k, in, i, 1, ck);
+          const std::vector<float> one = split_kernel_on_cpu(ck, ci, parts, tiles);
+          ASSERT_TRUE(std::equal(one.begin(), one.end(), got.begin() + i * in.heads * in.hd))
+              << what << ": token " << i << " alone differs from the chunk's";
+        }
+      }
+    }
+  std::printf("split: largest difference from the host op %.3g, from float64 %.3g (of the largest |row|)\n", worst.host,
+              worst.exact);
+}
+
+// The launch's choice: the fewest parts (a power of two) that fill twice the SMs, fewer where the partials do
+// not fit the scratch, none where the blocks fill the SMs, the scratch holds no two parts or a token has one part.
+TEST(CudaMath, AttentionSplitChoice) {
+  AttentionRows hca;
+  hca.p0 = (int64_t{1} << 20) - 1, hca.window_size = 128, hca.ratio = 128;
+  const int64_t partial = 64 * (512 + kAttentionPartialHeader);  // a part's 64 heads
+  EXPECT_EQ(attention_split_parts(hca, 1, 64, 512, 8, 132, 1 << 24), 32);
+  EXPECT_EQ(attention_split_parts(hca, 1, 64, 512, 8, 16, 1 << 24), 4);
+  EXPECT_EQ(attention_split_parts(hca, 1, 64, 512, 8, 132, 31 * partial), 16);
+  EXPECT_EQ(attention_split_parts(hca, 1, 64, 512, 8, 132, partial), 0);
+  EXPECT_EQ(attention_split_parts(hca, 33, 64, 512, 264, 132, 1 << 30), 0);
+  AttentionRows start = hca;
+  start.p0 = 0, start.ratio = 0;  // one row
+  EXPECT_EQ(attention_split_parts(start, 1, 64, 512, 8, 132, 1 << 24), 0);
+  AttentionRows csa = hca;
+  csa.ratio = 4, csa.topk = 512;  // 640 rows: 40 tiles of 16, parts of 4 tiles at most 10
+  EXPECT_EQ(attention_part_slots(attention_rows_bound(csa, 1), 16, 32, kAttentionMinPartTiles), 10);
 }
 
 // A pair of the output rotates back by the angle the Rope kernel turned it by (norm_rope_math.h): rotating a pair

@@ -142,6 +142,7 @@ void launch(const ops::Attention& a, cudaStream_t stream, const std::string& who
   args.rows = {a.kv,        a.window, a.compressed, kv_row(a.layout, who), a.sel,
                a.sel_count, a.topk,   a.p0,         a.window_size,         a.ratio};
   args.q = a.q, args.sink = a.sink, args.o = a.o;
+  args.partials = a.tiles.data, args.partial_floats = a.tiles.data ? a.tiles.threads * a.tiles.per_thread : 0;
   args.n = a.n, args.heads = a.heads, args.head_dim = a.head_dim, args.count = a.freqs.count;
   std::copy_n(a.freqs.freqs, a.freqs.count, args.freqs);
   check(launch_attention(args, stream), who, "attention kernel launch");

@@ -1,6 +1,7 @@
 // Attention on the device (ops::Attention), flash-attention style: a block per (token, group of heads), a warp per
-// head. The token's rows (window, then compressed entries) pass through shared memory one key tile at a time,
-// decoded there from their stored bytes (attention_math.h's row_value), so that each stored value is decoded once
+// head; at decode, a block per part of a token's rows too (flash-decoding, attention_math.h's split), merged by
+// a second kernel. The token's rows (window, then compressed entries) pass through shared memory one key tile at a
+// time, decoded there from their stored bytes (attention_math.h's row_value), so that each stored value is decoded once
 // per block for all of its heads and nothing grows with the context. Each step is a function of attention_math.h
 // that tests/unit/test_cuda_math_attention.cpp runs, in this order, on the CPU against the host's op.
 #include "runtime/kernels/cuda/attention_math.h"
@@ -75,16 +76,36 @@ __device__ __forceinline__ void finish_head(const AttentionArgs& a, const HeadSt
   }
 }
 
+// A head's partial of part `part` (split launches): its max and sum, then its accumulator.
+__device__ __forceinline__ float* partial_of(const AttentionArgs& a, int64_t t, int64_t part, int64_t head) {
+  return a.partials + ((t * a.slots + part) * a.heads + head) * (a.head_dim + kAttentionPartialHeader);
+}
+
+__device__ __forceinline__ void store_partial(const AttentionArgs& a, const HeadState& h, int64_t t, int64_t part,
+                                              int64_t head) {
+  const int lane = threadIdx.x % kAttentionLanes;
+  float* p = partial_of(a, t, part, head);
+  if (lane == 0) p[0] = h.softmax.max, p[1] = h.softmax.sum;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int64_t k = lane + int64_t{kAttentionLanes} * j;
+    if (k < a.head_dim) p[kAttentionPartialHeader + k] = h.acc[j];
+  }
+}
+
+// A block per (token, head group), and per part of the token's rows when kSplit: the rows folded a key tile at a
+// time, then the head's output (unsplit) or its partial state.
+template <bool kSplit>
 __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
   extern __shared__ float shared[];
   const int64_t hd = a.head_dim, tile_rows = attention_tile_rows(hd);
   const int warp = threadIdx.x / kAttentionLanes, lane = threadIdx.x % kAttentionLanes;
   float* tile = shared;                                                    // [tile_rows, hd]
   float* scores = shared + tile_rows * hd + warp * kAttentionMaxTileRows;  // the warp's
-  const int64_t groups = (a.heads + kWarps - 1) / kWarps;
+  const int64_t groups = (a.heads + kWarps - 1) / kWarps, slots = kSplit ? a.slots : 1;
   const float scale = attention_scale(hd);
-  for (int64_t b = blockIdx.x; b < a.n * groups; b += gridDim.x) {
-    const int64_t t = b / groups, head = b % groups * kWarps + warp;
+  for (int64_t b = blockIdx.x; b < a.n * groups * slots; b += gridDim.x) {
+    const int64_t part = b % slots, t = b / slots / groups, head = b / slots % groups * kWarps + warp;
     const bool active = head < a.heads;  // the last group's spare warps only stage rows
     HeadState h;
 #pragma unroll
@@ -95,8 +116,12 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
     }
     const TokenRows l = token_rows(a.rows, t);
     const int64_t total = l.size();
-    for (int64_t i0 = 0; i0 < total; i0 += tile_rows) {
-      const int64_t m = total - i0 < tile_rows ? total - i0 : tile_rows;
+    const int64_t part_rows =
+        kSplit ? attention_part_rows(total, tile_rows, a.max_parts, kAttentionMinPartTiles) : total;
+    const int64_t begin = part * part_rows, end = total - begin < part_rows ? total : begin + part_rows;
+    if (kSplit && begin >= end) continue;  // the token has fewer parts than slots (the whole block)
+    for (int64_t i0 = begin; i0 < end; i0 += tile_rows) {
+      const int64_t m = end - i0 < tile_rows ? end - i0 : tile_rows;
       __syncthreads();  // every warp is done with the previous tile
       for (int64_t i = warp; i < m; i += kWarps) {
         const RowRef row = token_row(a.rows, l, i0 + i);
@@ -105,18 +130,70 @@ __global__ void __launch_bounds__(kThreads) attention_kernel(AttentionArgs a) {
       __syncthreads();
       if (active) fold_tile(h, tile, m, hd, scale, scores);
     }
-    if (active) finish_head(a, h, t, head, l.p);
+    if (active && kSplit) store_partial(a, h, t, part, head);
+    if (active && !kSplit) finish_head(a, h, t, head, l.p);
   }
+}
+
+// Split launches: a block per (token, head group), a warp per head merging the token's parts in order
+// (softmax_merge), then the sink and the inverse RoPE as the unsplit kernel applies them.
+__global__ void __launch_bounds__(kThreads) attention_merge_kernel(AttentionArgs a) {
+  const int64_t hd = a.head_dim, tile_rows = attention_tile_rows(hd);
+  const int warp = threadIdx.x / kAttentionLanes, lane = threadIdx.x % kAttentionLanes;
+  const int64_t groups = (a.heads + kWarps - 1) / kWarps;
+  for (int64_t b = blockIdx.x; b < a.n * groups; b += gridDim.x) {
+    const int64_t t = b / groups, head = b % groups * kWarps + warp;
+    if (head >= a.heads) continue;  // the whole warp
+    const TokenRows l = token_rows(a.rows, t);
+    const int64_t part_rows = attention_part_rows(l.size(), tile_rows, a.max_parts, kAttentionMinPartTiles);
+    const int64_t parts = attention_parts(l.size(), part_rows);
+    HeadState h;
+    for (int64_t part = 0; part < parts; ++part) {
+      const float* p = partial_of(a, t, part, head);
+      const SoftmaxState st{p[0], p[1]};
+      const MergeScales sc = part ? softmax_merge(h.softmax, st) : MergeScales{};
+      if (!part) h.softmax = st;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int64_t k = lane + int64_t{kAttentionLanes} * j;
+        const float v = k < hd ? p[kAttentionPartialHeader + k] : 0.0f;
+        h.acc[j] = part ? merge_accumulator(h.acc[j], v, sc) : v;
+      }
+    }
+    finish_head(a, h, t, head, l.p);
+  }
+}
+
+// The device's multiprocessors, asked once (0 if the query fails: the error is then the launch's).
+int sm_count() {
+  static const int sms = [] {
+    int device = 0, count = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return 0;
+    return cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device) == cudaSuccess ? count : 0;
+  }();
+  return sms;
 }
 
 }  // namespace
 
-cudaError_t launch_attention(const AttentionArgs& a, cudaStream_t stream) {
-  if (a.n == 0 || a.heads == 0) return cudaSuccess;
+cudaError_t launch_attention(const AttentionArgs& args, cudaStream_t stream) {
+  if (args.n == 0 || args.heads == 0) return cudaSuccess;
+  AttentionArgs a = args;
   const int64_t tile_rows = attention_tile_rows(a.head_dim);
   const size_t bytes = static_cast<size_t>(tile_rows * a.head_dim + kWarps * kAttentionMaxTileRows) * sizeof(float);
   const int64_t groups = (a.heads + kWarps - 1) / kWarps;
-  attention_kernel<<<grid_for(a.n * groups, 1), kThreads, bytes, stream>>>(a);
+  a.max_parts =
+      a.partials ? attention_split_parts(a.rows, a.n, a.heads, a.head_dim, a.n * groups, sm_count(), a.partial_floats)
+                 : 0;
+  a.slots = a.max_parts ? attention_part_slots(attention_rows_bound(a.rows, a.n), tile_rows, a.max_parts,
+                                               kAttentionMinPartTiles)
+                        : 1;
+  if (!a.max_parts) {
+    attention_kernel<false><<<grid_for(a.n * groups, 1), kThreads, bytes, stream>>>(a);
+    return cudaGetLastError();
+  }
+  attention_kernel<true><<<grid_for(a.n * groups * a.slots, 1), kThreads, bytes, stream>>>(a);
+  attention_merge_kernel<<<grid_for(a.n * groups, 1), kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

@@ -138,6 +138,71 @@ FERRY_HD float attention_denominator(const SoftmaxState& s, float sink) {
 
 FERRY_HD float attention_output(float acc, float denominator) { return div_rn(acc, denominator); }
 
+// ---- the split over a token's rows (flash-decoding) ----
+// When a launch has too few (token, head group) blocks for the device, each token's row list is cut into parts
+// of part_rows rows (a whole number of key tiles, so a part's tiles are the unsplit kernel's), a function of the
+// token's row count and max_parts only: a token's result does not depend on the other tokens of the launch. A
+// part's block leaves each head's state (max, sum, accumulator) in scratch; a second kernel merges the parts in
+// order, then applies the sink and the inverse RoPE as the unsplit kernel does.
+constexpr int64_t kAttentionMaxParts = 32;
+constexpr int64_t kAttentionMinPartTiles = 4;   // a part's rows outweigh its query loads and partial stores
+constexpr int64_t kAttentionPartialHeader = 2;  // a head's partial: max, sum, then head_dim accumulator values
+
+FERRY_HD int64_t attention_part_rows(int64_t total, int64_t tile_rows, int64_t max_parts, int64_t min_tiles) {
+  const int64_t tiles = (total + tile_rows - 1) / tile_rows, per = (tiles + max_parts - 1) / max_parts;
+  return tile_rows * (per > min_tiles ? per : min_tiles);
+}
+
+FERRY_HD int64_t attention_parts(int64_t total, int64_t part_rows) { return (total + part_rows - 1) / part_rows; }
+
+// Part b's state folded into a's (a holds the parts before b): both moved to the larger max. Returns the factors
+// a's and b's accumulators are scaled by.
+struct MergeScales {
+  float a = 1, b = 1;
+};
+
+FERRY_HD MergeScales softmax_merge(SoftmaxState& a, const SoftmaxState& b) {
+  const float mx = fold_max(a.max, b.max);
+  const MergeScales s{exp_f(sub_rn(a.max, mx)), exp_f(sub_rn(b.max, mx))};
+  a.sum = fma_f(b.sum, s.b, mul_rn(a.sum, s.a));
+  a.max = mx;
+  return s;
+}
+
+FERRY_HD float merge_accumulator(float acc, float part, const MergeScales& s) {
+  return fma_f(part, s.b, mul_rn(acc, s.a));
+}
+
+// The most rows a token of the launch (positions p0 … p0 + n − 1) can have: its window and its compressed
+// entries, at most top-k of them at ratio 4 (the count itself is in device memory).
+inline int64_t attention_rows_bound(const AttentionRows& r, int64_t n) {
+  const int64_t p = r.p0 + n - 1, window = p + 1 < r.window_size ? p + 1 : r.window_size;
+  return window + (r.ratio == 4 ? r.topk : r.ratio > 0 ? (p + 1) / r.ratio : 0);
+}
+
+// The parts' slots of a token in scratch: no token of at most `bound` rows has more parts.
+inline int64_t attention_part_slots(int64_t bound, int64_t tile_rows, int64_t max_parts, int64_t min_tiles) {
+  const int64_t most = (bound + tile_rows * min_tiles - 1) / (tile_rows * min_tiles);
+  return most < max_parts ? most : max_parts;
+}
+
+// max_parts for a launch of `blocks` unsplit blocks (tokens × head groups) on `sms` multiprocessors: none (0)
+// when the blocks already fill twice the SMs; else the fewest parts (a power of two up to kAttentionMaxParts) that
+// do, halved until the n tokens' partials fit the scratch's `scratch_floats`; none when no token has two parts.
+inline int64_t attention_split_parts(const AttentionRows& r, int64_t n, int64_t heads, int64_t head_dim, int64_t blocks,
+                                     int64_t sms, int64_t scratch_floats) {
+  if (blocks >= 2 * sms) return 0;
+  int64_t parts = 2;
+  while (parts < kAttentionMaxParts && blocks * parts < 2 * sms) parts *= 2;
+  const int64_t bound = attention_rows_bound(r, n), tile_rows = attention_tile_rows(head_dim);
+  for (; parts >= 2; parts /= 2) {
+    const int64_t slots = attention_part_slots(bound, tile_rows, parts, kAttentionMinPartTiles);
+    if (slots < 2) return 0;
+    if (n * slots * heads * (head_dim + kAttentionPartialHeader) <= scratch_floats) return parts;
+  }
+  return 0;
+}
+
 // The output's rope dims are its last 2·count: value k (k >= head_dim − 2·count) is in pair (k − offset) / 2.
 // `mine` is value k, `other` the pair's other value; returns value k rotated back by the pair's angle at `pos`.
 FERRY_HD float unrope_value(float mine, float other, int64_t k, int64_t head_dim, int64_t count, const double* freqs,

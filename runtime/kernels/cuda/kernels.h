@@ -175,7 +175,9 @@ cudaError_t launch_kv_window_store(const KvWindowStoreArgs& a, cudaStream_t stre
 // query and fp32 accumulator in registers. The token's rows go through shared memory a key tile at a time, each
 // stored value decoded once per block (decode_kv_value) for all its heads; each score is a warp sum; the online
 // softmax folds a tile at a time, as the host does. Nothing grows with the context. head_dim <=
-// kAttentionMaxHeadDim, even.
+// kAttentionMaxHeadDim, even. A launch with fewer blocks than twice the SMs (decode) splits each token's rows
+// into parts (attention_split_parts) whose partial states go to `partials` (the op's tile scratch) and are merged
+// by a second kernel; without the room for them, the unsplit kernel.
 constexpr int kAttentionHeadsPerBlock = 8;
 struct AttentionArgs {
   AttentionRows rows;
@@ -183,7 +185,10 @@ struct AttentionArgs {
   const float* sink = nullptr;                        // [heads]
   int64_t n = 0, heads = 0, head_dim = 0, count = 0;  // count: rope frequencies (the last 2·count dims)
   double freqs[kMaxRopeFreqs] = {};
-  float* o = nullptr;  // [n, heads, head_dim]
+  float* o = nullptr;         // [n, heads, head_dim]
+  float* partials = nullptr;  // scratch, partial_floats floats: [n, slots, heads, 2 + head_dim] when split
+  int64_t partial_floats = 0;
+  int64_t max_parts = 0, slots = 0;  // set by launch_attention: the split (0: none) and the parts' slots per token
 };
 cudaError_t launch_attention(const AttentionArgs& a, cudaStream_t stream);
 
