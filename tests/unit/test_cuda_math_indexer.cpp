@@ -7,7 +7,10 @@
 //  - IndexerSelect: the prepared queries and weights are the host's bit for bit; a key's score agrees with the
 //    host's within the float rounding of both sums (the host sums the dims in SIMD lanes, the device in one FMA
 //    chain); the running top-k in parts and its merge choose exactly the k best of the device's scores, and the
-//    chosen set is the host's except for entries whose scores are within those roundings of the cut.
+//    chosen set is the host's except for entries whose scores are within those roundings of the cut. With the
+//    fp8 cache the device scores with int8 MMAs: emulated here from the same int8 operands and factors (the
+//    MMA's integer dot products exact), each operand checked to be its float value exactly, the score within its
+//    three additions' rounding of the exact one, and within a tighter bound of the host's.
 #include <gtest/gtest.h>
 #include <tbb/task_arena.h>
 

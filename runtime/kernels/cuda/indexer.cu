@@ -3,7 +3,8 @@
 // shared memory, a thread a key) and keeps a running top-k in shared memory: a candidate that goes before the
 // k-th best so far is appended, and when more than 2·k are held they are compacted to the k best by rank. Nothing
 // grows with the context: a token's keys are split into parts only as far as the op's key-tile scratch holds a
-// top-k a part, and a second pass merges the parts with the same running top-k.
+// top-k a part, and a second pass merges the parts with the same running top-k. With the fp8 cache the scores
+// come from int8 tensor-core MMAs instead (indexer_math.h, indexer_int8_path): the same parts and top-k.
 #include "runtime/kernels/cuda/indexer_math.h"
 #include "runtime/kernels/cuda/kernel_util.cuh"
 #include "runtime/kernels/cuda/kernels.h"
@@ -214,11 +215,17 @@ __device__ Int8Tiles int8_tiles(char* shared, int64_t dim) {
 
 __device__ uint32_t load_word(const int8_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-// The token's queries as int8 rows (padded heads zero) and their factors; then the warp's A fragments
-// (PTX "Matrix Fragments for mma.m16n8k32": register i holds 4 int8 of row group + 8·(i % 2), columns
+// A warp's share of a token's queries, held in registers for all its keys: the A fragments of each row tile and
+// block, and the factors of the two heads (group, group + 8) of each.
+struct QueryFrags {
+  uint32_t a[kMTiles][kMaxBlocks][4];
+  float f[kMTiles][kMaxBlocks][2];
+};
+
+// The token's queries as int8 rows (padded heads zero) and their factors; then the warp's fragments (PTX
+// "Matrix Fragments for mma.m16n8k32": register i holds 4 int8 of row group + 8·(i % 2), columns
 // 4·tig + 16·(i / 2)).
-__device__ void int8_queries(const IndexerArgs& a, const float* q, const Int8Tiles& t,
-                             uint32_t (&af)[kMTiles][kMaxBlocks][4]) {
+__device__ void int8_queries(const IndexerArgs& a, const float* q, const Int8Tiles& t, QueryFrags& qf) {
   const int64_t dim = a.head_dim, blocks = dim / kKvFp4Block, row = dim + kRowPad;
   for (int64_t u = threadIdx.x; u < kIndexerInt8MaxHeads * blocks; u += kThreads) {
     const int64_t h = u / blocks, b = u % blocks;
@@ -235,12 +242,15 @@ __device__ void int8_queries(const IndexerArgs& a, const float* q, const Int8Til
 #pragma unroll
   for (int m = 0; m < kMTiles; ++m)
 #pragma unroll
-    for (int b = 0; b < kMaxBlocks; ++b)
+    for (int b = 0; b < kMaxBlocks; ++b) {
 #pragma unroll
       for (int i = 0; i < 4; ++i)
-        af[m][b][i] = b < blocks
-                          ? load_word(t.q + (16 * m + g + 8 * (i % 2)) * row + b * kKvFp4Block + 4 * tig + 16 * (i / 2))
-                          : 0u;
+        qf.a[m][b][i] =
+            b < blocks ? load_word(t.q + (16 * m + g + 8 * (i % 2)) * row + b * kKvFp4Block + 4 * tig + 16 * (i / 2))
+                       : 0u;
+#pragma unroll
+      for (int i = 0; i < 2; ++i) qf.f[m][b][i] = t.qf[(16 * m + g + 8 * i) * kMaxBlocks + b];
+    }
 }
 
 // Keys j0 … j0+rows−1 as int8 rows and their factors, a thread a (key, block).
@@ -255,8 +265,7 @@ __device__ void int8_keys(const IndexerArgs& a, int64_t j0, int64_t rows, const 
 
 // The warp's dot products of the tile: per column tile the B fragments (register i: 4 int8 of key group, dims
 // 4·tig + 16·i), per row tile and block an MMA; C value e is head 16m + group + 8·(e / 2), key 2·tig + e % 2.
-__device__ void int8_dots(const IndexerArgs& a, int64_t rows, const Int8Tiles& t,
-                          const uint32_t (&af)[kMTiles][kMaxBlocks][4]) {
+__device__ void int8_dots(const IndexerArgs& a, int64_t rows, const Int8Tiles& t, const QueryFrags& qf) {
   const int64_t blocks = a.head_dim / kKvFp4Block, row = a.head_dim + kRowPad;
   const int warp = static_cast<int>(threadIdx.x / 32), lane = static_cast<int>(threadIdx.x % 32);
   const int g = lane / 4, tig = lane % 4;
@@ -266,12 +275,12 @@ __device__ void int8_dots(const IndexerArgs& a, int64_t rows, const Int8Tiles& t
     uint32_t bf[kMaxBlocks][2];
     float kf[kMaxBlocks][2];
 #pragma unroll
-    for (int b = 0; b < kMaxBlocks; ++b) {
-      for (int i = 0; i < 2 && b < blocks; ++i) {
-        bf[b][i] = load_word(t.keys + (n0 + g) * row + b * kKvFp4Block + 4 * tig + 16 * i);
+    for (int b = 0; b < kMaxBlocks; ++b)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        bf[b][i] = b < blocks ? load_word(t.keys + (n0 + g) * row + b * kKvFp4Block + 4 * tig + 16 * i) : 0u;
         kf[b][i] = t.kf[(n0 + 2 * tig + i) * kMaxBlocks + b];
       }
-    }
 #pragma unroll
     for (int m = 0; m < kMTiles; ++m) {
       if (16 * m >= a.heads) break;
@@ -280,10 +289,9 @@ __device__ void int8_dots(const IndexerArgs& a, int64_t rows, const Int8Tiles& t
       for (int b = 0; b < kMaxBlocks; ++b) {
         if (b >= blocks) break;
         int32_t c[4];
-        mma_s8(c, af[m][b], bf[b]);
+        mma_s8(c, qf.a[m][b], bf[b]);
 #pragma unroll
-        for (int e = 0; e < 4; ++e)
-          v[e][b] = fp4_block_value(c[e], t.qf[(16 * m + g + 8 * (e / 2)) * kMaxBlocks + b], kf[b][e % 2]);
+        for (int e = 0; e < 4; ++e) v[e][b] = fp4_block_value(c[e], qf.f[m][b][e / 2], kf[b][e % 2]);
       }
       for (int half = 0; half < 2; ++half) {
         const float2 d = make_float2(fp4_head_dot(v[2 * half], blocks), fp4_head_dot(v[2 * half + 1], blocks));
@@ -300,7 +308,7 @@ __global__ void __launch_bounds__(kThreads) indexer_score_int8_kernel(IndexerArg
   const Int8Tiles tiles = int8_tiles(raw, a.head_dim);
   const int64_t k = a.topk, part = blockIdx.y;
   const Running r = running_in(tiles.running, k);
-  uint32_t af[kMTiles][kMaxBlocks][4];
+  QueryFrags qf;
   for (int64_t tk = blockIdx.x; tk < a.n; tk += gridDim.x) {
     const int64_t visible = (a.p0 + tk + 1) / 4;
     if (visible <= k) {
@@ -312,13 +320,13 @@ __global__ void __launch_bounds__(kThreads) indexer_score_int8_kernel(IndexerArg
     int64_t begin = 0, end = 0;
     indexer_part_range(visible, part, parts, begin, end);
     running_reset(st);
-    int8_queries(a, a.q + tk * a.heads * a.head_dim, tiles, af);
+    int8_queries(a, a.q + tk * a.heads * a.head_dim, tiles, qf);
     const float* w = a.w + tk * a.heads;
     for (int64_t j0 = begin; j0 < end; j0 += kThreads) {
       const int64_t rows = end - j0 < kThreads ? end - j0 : kThreads;
       int8_keys(a, j0, rows, tiles);
       __syncthreads();
-      int8_dots(a, rows, tiles, af);
+      int8_dots(a, rows, tiles, qf);
       __syncthreads();
       if (threadIdx.x < rows) {
         float score = 0;

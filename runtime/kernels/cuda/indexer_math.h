@@ -8,7 +8,7 @@
 // sum_h w[h]·max(0, d_h) from products and sums rounded one by one, head by head. The CPU's `omp simd` reduction
 // sums the dims in its vector lanes (an order that depends on the clone the CPU runs), so the two scores agree
 // within float rounding, not bit for bit; everything before (the queries, the weights, the decoded keys) and the
-// choice made from the scores are the CPU's exactly.
+// choice made from the scores are the CPU's exactly. The fp8 cache's int8 path (below) sums in its own order too.
 #pragma once
 
 #include <cmath>
