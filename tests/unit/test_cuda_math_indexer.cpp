@@ -354,7 +354,8 @@ float int8_score(const Int8Operands& q, const float* w, int64_t heads, const Int
       int32_t dot = 0;
       for (int64_t i = b * kKvFp4Block; i < (b + 1) * kKvFp4Block; ++i)
         dot += int32_t{q.codes[sz(h * q.dim + i)]} * k.codes[sz(j * k.dim + i)];
-      values[b] = fp4_block_value(dot, q.factors[sz(h * q.blocks + b)], k.factors[sz(j * k.blocks + b)]);
+      values[b] = fp4_block_value(kIndexerIntBias + static_cast<uint32_t>(dot), q.factors[sz(h * q.blocks + b)],
+                                  k.factors[sz(j * k.blocks + b)]);
     }
     score = indexer_add_head(score, w[h], fp4_head_dot(values, q.blocks));
   }
@@ -499,16 +500,18 @@ TEST(CudaMath, IndexerSelectsTheHostsEntries) {
 }
 
 // The int8 path's operands: twice each E2M1 code's value for all 16 codes, packed 4 a word in byte order; the
-// exact integer-to-float conversion over every block dot product (|dot| <= 32·144) and beyond; the grid exponent
-// of a rounded query block, the smallest x with amax <= 6·2^x.
+// exact integer-to-float conversion (the MMA's biased result) over every block dot product (|dot| <= 32·144) and
+// beyond; the grid exponent of a rounded query block, the smallest x with amax <= 6·2^x.
 TEST(CudaMath, IndexerInt8Operands) {
   for (int c = 0; c < 16; ++c) {
     const auto code = static_cast<uint8_t>(c);
     EXPECT_EQ(float(e2m1_to_int8(code)), 2 * e2m1_to_float(code)) << "code " << c;
   }
   EXPECT_EQ(pack_int8x4(1, -2, 12, -12), 0xF40CFE01u);
-  for (int32_t i = -32 * 144; i <= 32 * 144; ++i) ASSERT_EQ(small_int_to_float(i), float(i)) << i;
-  for (const int32_t i : {(1 << 22) - 1, -(1 << 22) + 1}) EXPECT_EQ(small_int_to_float(i), float(i)) << i;
+  for (int32_t i = -32 * 144; i <= 32 * 144; ++i)
+    ASSERT_EQ(unbias_int(kIndexerIntBias + static_cast<uint32_t>(i)), float(i)) << i;
+  for (const int32_t i : {(1 << 22) - 1, -(1 << 22) + 1})
+    EXPECT_EQ(unbias_int(kIndexerIntBias + static_cast<uint32_t>(i)), float(i)) << i;
   EXPECT_EQ(fp4_grid_exponent(6.0f), 0);
   EXPECT_EQ(fp4_grid_exponent(4.0f), 0);
   EXPECT_EQ(fp4_grid_exponent(3.0f), -1);

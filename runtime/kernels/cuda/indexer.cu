@@ -170,20 +170,21 @@ __global__ void __launch_bounds__(kThreads) indexer_score_kernel(IndexerArgs a, 
 // A block per (token, part) as above, its queries turned into int8 A fragments once a token (heads padded to
 // 4 MMA row tiles of 16) and each tile of kThreads keys into int8 rows in shared memory; warp w takes keys
 // 32w … 32w+31, 4 column tiles of 8. Per (row tile, column tile) one m16n8k32 MMA a block of 32 dims, each into
-// its own int32 accumulator; each value then scaled to float and summed over the blocks in order, the dot
-// products to shared memory [head][key]; a thread a key then sums its heads in order and offers the score.
-// Columns past a tile's last key are computed from stale rows and never read.
+// its own int32 accumulator (started at kIndexerIntBias); each value then scaled to float and summed over the blocks in
+// order, the dot products to shared memory [head][key]; a thread a key then sums its heads in order and offers the
+// score. Columns past a tile's last key are computed from stale rows and never read.
 
 constexpr int kMTiles = kIndexerInt8MaxHeads / 16, kMaxBlocks = kIndexerInt8MaxBlocks, kNTiles = 4;
 static_assert(kNTiles * 8 * (kThreads / 32) == kThreads, "the warps' column tiles cover a tile's keys");
 constexpr int64_t kRowPad = 16;             // bytes after an int8 row: 8 rows' fragment words fall in 32 banks
 constexpr int64_t kDStride = kThreads + 8;  // floats a head row of dot products: a half warp's float2 in 32 banks
 
-__device__ __forceinline__ void mma_s8(int32_t c[4], const uint32_t a[4], const uint32_t b[2]) {
+// c = kIndexerIntBias + a·b (s8 × s8 → s32).
+__device__ __forceinline__ void mma_s8(uint32_t c[4], const uint32_t a[4], const uint32_t b[2]) {
   asm("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
       "{%10,%10,%10,%10};\n"
       : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(0));
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "r"(kIndexerIntBias));
 }
 
 struct Int8Tiles {
@@ -288,7 +289,7 @@ __device__ void int8_dots(const IndexerArgs& a, int64_t rows, const Int8Tiles& t
 #pragma unroll
       for (int b = 0; b < kMaxBlocks; ++b) {
         if (b >= blocks) break;
-        int32_t c[4];
+        uint32_t c[4];
         mma_s8(c, qf.a[m][b], bf[b]);
 #pragma unroll
         for (int e = 0; e < 4; ++e) v[e][b] = fp4_block_value(c[e], qf.f[m][b][e / 2], kf[b][e % 2]);

@@ -147,15 +147,15 @@ FERRY_HD float fp4_key_block(const KvRow& l, const uint8_t* row, int64_t b, uint
   return mul_rn(e8m0_to_float(row[l.dims / 2 + b]), 0.5f);
 }
 
-// An integer |i| < 2^22 as a float, exactly: its bits added under 1.5·2^23, which is then taken away. An integer
-// add and a float subtract, where the conversion instruction runs at a quarter of the float rate (sm_86).
-FERRY_HD float small_int_to_float(int32_t i) {
-  return sub_rn(float_from_bits(0x4B400000u + static_cast<uint32_t>(i)), 12582912.0f);
-}
+// The bits of 1.5·2^23, a float whose ulp is 1: an integer |i| < 2^22 added to them makes the float 1.5·2^23 + i
+// exactly. The MMA starts its accumulators there, so that its result read as a float, less 1.5·2^23, is the
+// integer dot product as a float: no conversion instruction (those run at a quarter of the float rate on sm_86).
+constexpr uint32_t kIndexerIntBias = 0x4B400000u;
+FERRY_HD float unbias_int(uint32_t biased) { return sub_rn(float_from_bits(biased), 12582912.0f); }
 
-// A block's value from its integer dot product and the query's and key's factors (powers of two): exact.
-FERRY_HD float fp4_block_value(int32_t dot, float fq, float fk) {
-  return mul_rn(mul_rn(small_int_to_float(dot), fq), fk);
+// A block's value from its biased integer dot product and the query's and key's factors (powers of two): exact.
+FERRY_HD float fp4_block_value(uint32_t biased_dot, float fq, float fk) {
+  return mul_rn(mul_rn(unbias_int(biased_dot), fq), fk);
 }
 
 // A head's dot product from its blocks' values (blocks <= kIndexerInt8MaxBlocks), summed in block order. The
