@@ -7,7 +7,10 @@
 //  - IndexerSelect: the prepared queries and weights are the host's bit for bit; a key's score agrees with the
 //    host's within the float rounding of both sums (the host sums the dims in SIMD lanes, the device in one FMA
 //    chain); the running top-k in parts and its merge choose exactly the k best of the device's scores, and the
-//    chosen set is the host's except for entries whose scores are within those roundings of the cut.
+//    chosen set is the host's except for entries whose scores are within those roundings of the cut. With the
+//    fp8 cache the device scores with int8 MMAs: emulated here from the same int8 operands and factors (the
+//    MMA's integer dot products exact), each operand checked to be its float value exactly, the score within its
+//    three additions' rounding of the exact one, and within a tighter bound of the host's.
 #include <gtest/gtest.h>
 #include <tbb/task_arena.h>
 
@@ -290,29 +293,108 @@ HostChoice host_indexer(IndexerInputs& in, const IndexerCase& k, planner::KvType
   return h;
 }
 
-// One token's scores of its visible keys: the device's, the host's, and a bound on their difference: each is a
-// float sum of dim products per head, then of heads terms, so each is within (dim + heads + 2)·2^-24 of the sum
-// of the terms' magnitudes from the exact value (the usual bound on a float sum), and they are within twice that
-// of each other.
+// The int8 path's operands (indexer.cu's int8_queries / int8_keys): int8 rows [rows, dim] and the factors of
+// their blocks [rows, dim / 32]; every operand checked to give back its float value exactly: i·factor.
+struct Int8Operands {
+  int64_t dim = 0, blocks = 0;
+  std::vector<int8_t> codes;
+  std::vector<float> factors;
+};
+
+void unpack(const uint32_t* words, int8_t* out) {
+  for (int64_t i = 0; i < kKvFp4Block; ++i) out[i] = static_cast<int8_t>(words[i / 4] >> (8 * (i % 4)) & 0xFF);
+}
+
+Int8Operands int8_operands(int64_t rows, int64_t dim) {
+  return {dim, dim / kKvFp4Block, std::vector<int8_t>(sz(rows * dim)), std::vector<float>(sz(rows * dim / 32))};
+}
+
+void expect_exact(const Int8Operands& o, int64_t r, const float* values, const std::string& what) {
+  for (int64_t i = 0; i < o.dim; ++i) {
+    const int8_t c = o.codes[sz(r * o.dim + i)];
+    ASSERT_LE(std::abs(int{c}), 12) << what << " row " << r << " dim " << i;
+    ASSERT_EQ(mul_rn(float(c), o.factors[sz(r * o.blocks + i / kKvFp4Block)]), values[i])
+        << what << " row " << r << " dim " << i;
+  }
+}
+
+Int8Operands query_operands(const float* q, int64_t heads, int64_t dim) {
+  Int8Operands o = int8_operands(heads, dim);
+  uint32_t words[kKvFp4Block / 4];
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t b = 0; b < o.blocks; ++b) {
+      o.factors[sz(h * o.blocks + b)] = fp4_query_block(q + h * dim + b * kKvFp4Block, words);
+      unpack(words, o.codes.data() + h * dim + b * kKvFp4Block);
+    }
+    expect_exact(o, h, q + h * dim, "query");
+  }
+  return o;
+}
+
+Int8Operands key_operands(const KvRow& row, const uint8_t* keys, const std::vector<float>& decoded, int64_t entries) {
+  Int8Operands o = int8_operands(entries, row.dims);
+  uint32_t words[kKvFp4Block / 4];
+  for (int64_t j = 0; j < entries; ++j) {
+    for (int64_t b = 0; b < o.blocks; ++b) {
+      o.factors[sz(j * o.blocks + b)] = fp4_key_block(row, keys + j * row.bytes, b, words);
+      unpack(words, o.codes.data() + j * row.dims + b * kKvFp4Block);
+    }
+    expect_exact(o, j, decoded.data() + j * row.dims, "key");
+  }
+  return o;
+}
+
+// The int8 path's score of key j: per head and block the MMA's integer (exact, here a plain sum), its float
+// value, the blocks summed in order, then the heads in order (indexer.cu's int8_dots and score loop).
+float int8_score(const Int8Operands& q, const float* w, int64_t heads, const Int8Operands& k, int64_t j) {
+  float score = 0;
+  for (int64_t h = 0; h < heads; ++h) {
+    float values[kIndexerInt8MaxBlocks] = {};
+    for (int64_t b = 0; b < q.blocks; ++b) {
+      int32_t dot = 0;
+      for (int64_t i = b * kKvFp4Block; i < (b + 1) * kKvFp4Block; ++i)
+        dot += int32_t{q.codes[sz(h * q.dim + i)]} * k.codes[sz(j * k.dim + i)];
+      values[b] = fp4_block_value(kIndexerIntBias + static_cast<uint32_t>(dot), q.factors[sz(h * q.blocks + b)],
+                                  k.factors[sz(j * k.blocks + b)]);
+    }
+    score = indexer_add_head(score, w[h], fp4_head_dot(values, q.blocks));
+  }
+  return score;
+}
+
+// One token's scores of its visible keys: the device's, the host's, and a bound on their difference. The fp32
+// path's and the host's scores are float sums of dim products per head, then of heads terms, so each is within
+// (dim + heads + 2)·2^-24 of the sum of the terms' magnitudes from the exact value (the usual bound on a float
+// sum), and they are within twice that of each other. The int8 path's block values are exact and only their
+// blocks − 1 sums round, so its score is within (blocks + heads + 2)·2^-24 of that magnitude from the exact
+// value (checked here against float64), and the bound on its difference from the host's is tighter.
 struct TokenScores {
   std::vector<float> dev, host;
   std::vector<double> bound;
 };
 
 TokenScores token_scores(const float* q, const float* w, const IndexerShape& s, const std::vector<float>& decoded,
-                         int64_t visible) {
+                         int64_t visible, const Int8Operands* keys) {
   TokenScores sc{std::vector<float>(sz(visible)), std::vector<float>(sz(visible)), std::vector<double>(sz(visible))};
   cpu::indexer_scores(q, w, s.heads, s.dim, decoded.data(), visible, sc.host.data());
+  const Int8Operands qi = keys ? query_operands(q, s.heads, s.dim) : Int8Operands{};
+  const double u = std::ldexp(1.0, -24), dev_terms = keys ? double(s.dim / kKvFp4Block) : double(s.dim);
   for (int64_t j = 0; j < visible; ++j) {
     const float* key = decoded.data() + j * s.dim;
-    sc.dev[sz(j)] = indexer_key_score(q, w, s.heads, s.dim, key);
-    double mag = 0;
+    sc.dev[sz(j)] = keys ? int8_score(qi, w, s.heads, *keys, j) : indexer_key_score(q, w, s.heads, s.dim, key);
+    double mag = 0, exact = 0;
     for (int64_t h = 0; h < s.heads; ++h) {
-      double m = 0;
-      for (int64_t i = 0; i < s.dim; ++i) m += std::fabs(double(q[h * s.dim + i]) * key[i]);
-      mag += std::fabs(double(w[h])) * m;
+      double m = 0, d = 0;
+      for (int64_t i = 0; i < s.dim; ++i)
+        m += std::fabs(double(q[h * s.dim + i]) * key[i]), d += double(q[h * s.dim + i]) * key[i];
+      mag += std::fabs(double(w[h])) * m, exact += double(w[h]) * std::max(d, 0.0);
     }
-    sc.bound[sz(j)] = 2.0 * double(s.dim + s.heads + 2) * std::ldexp(1.0, -24) * mag;
+    const double dev_bound = (dev_terms + double(s.heads) + 2) * u * mag;
+    sc.bound[sz(j)] = dev_bound + double(s.dim + s.heads + 2) * u * mag;
+    if (keys) {
+      EXPECT_LE(std::fabs(double(sc.dev[sz(j)]) - exact), dev_bound + double(s.heads * s.dim) * 0x1p-52 * mag)
+          << "int8 path, key " << j << ": not within its rounding of the exact score";
+    }
   }
   return sc;
 }
@@ -375,6 +457,7 @@ TEST(CudaMath, IndexerSelectsTheHostsEntries) {
                                           {v4, 2100, 3, 0},   {v4, 5000, 1, 0},   {v4, 2200, 2, 37}};
   const int64_t tile = 97;
   int64_t near_cut = 0, ties = 0;
+  double worst[2] = {0, 0};  // the largest |device − host| / bound: fp32 path, int8 path
   for (const IndexerCase& k : cases)
     for (const planner::KvType t : planner::kKvTypesByFidelity) {
       const IndexerShape& s = k.shape;
@@ -392,20 +475,57 @@ TEST(CudaMath, IndexerSelectsTheHostsEntries) {
         for (int64_t i = 0; i < s.dim; ++i)
           decoded[sz(j * s.dim + i)] = decode_kv_value(row, in.keys.data() + j * in.l.bytes, i);
       const int64_t parts = indexer_parts(k.n, s.topk, in.entries, tile * s.dim);
+      const bool int8 = indexer_int8_path(t == planner::KvType::FP8, row.format, s.heads, s.dim);
+      ASSERT_EQ(int8, t == planner::KvType::FP8) << what << ": the int8 path is the fp8 cache's";
+      const Int8Operands keys = int8 ? key_operands(row, in.keys.data(), decoded, in.entries) : Int8Operands{};
       for (int64_t tk = 0; tk < k.n; ++tk) {
         const std::string token = what + " token " + std::to_string(tk);
         const int64_t visible = (k.p0 + tk + 1) / 4;
-        const TokenScores sc =
-            token_scores(q.data() + tk * s.heads * s.dim, w.data() + tk * s.heads, s, decoded, visible);
-        for (int64_t j = 0; j < visible; ++j)
-          ASSERT_LE(std::fabs(double(sc.dev[sz(j)]) - sc.host[sz(j)]), sc.bound[sz(j)]) << token << " key " << j;
+        const TokenScores sc = token_scores(q.data() + tk * s.heads * s.dim, w.data() + tk * s.heads, s, decoded,
+                                            visible, int8 ? &keys : nullptr);
+        for (int64_t j = 0; j < visible; ++j) {
+          const double diff = std::fabs(double(sc.dev[sz(j)]) - sc.host[sz(j)]);
+          ASSERT_LE(diff, sc.bound[sz(j)]) << token << " key " << j;
+          worst[int8] = std::max(worst[int8], diff / sc.bound[sz(j)]);
+        }
         const std::vector<int32_t> chosen = device_choice(sc, visible, s.topk, parts, token, ties);
         compare_with_host(sc, chosen, host.sel.data() + tk * s.topk, host.count[sz(tk)], token, near_cut);
       }
     }
   EXPECT_GT(ties, 0) << "no tied scores among the chosen entries";
-  std::printf("entries chosen by one side only, all near the cut: %lld; tied pairs checked: %lld\n",
-              static_cast<long long>(near_cut), static_cast<long long>(ties));
+  std::printf(
+      "entries chosen by one side only, all near the cut: %lld; tied pairs checked: %lld; largest score "
+      "difference from the host's, of its bound: fp32 path %.3g, int8 path %.3g\n",
+      static_cast<long long>(near_cut), static_cast<long long>(ties), worst[0], worst[1]);
+}
+
+// The int8 path's operands: twice each E2M1 code's value for all 16 codes, packed 4 a word in byte order; the
+// exact integer-to-float conversion (the MMA's biased result) over every block dot product (|dot| <= 32·144) and
+// beyond; the grid exponent of a rounded query block, the smallest x with amax <= 6·2^x.
+TEST(CudaMath, IndexerInt8Operands) {
+  for (int c = 0; c < 16; ++c) {
+    const auto code = static_cast<uint8_t>(c);
+    EXPECT_EQ(float(e2m1_to_int8(code)), 2 * e2m1_to_float(code)) << "code " << c;
+  }
+  EXPECT_EQ(pack_int8x4(1, -2, 12, -12), 0xF40CFE01u);
+  for (int32_t i = -32 * 144; i <= 32 * 144; ++i)
+    ASSERT_EQ(unbias_int(kIndexerIntBias + static_cast<uint32_t>(i)), float(i)) << i;
+  for (const int32_t i : {(1 << 22) - 1, -(1 << 22) + 1})
+    EXPECT_EQ(unbias_int(kIndexerIntBias + static_cast<uint32_t>(i)), float(i)) << i;
+  EXPECT_EQ(fp4_grid_exponent(6.0f), 0);
+  EXPECT_EQ(fp4_grid_exponent(4.0f), 0);
+  EXPECT_EQ(fp4_grid_exponent(3.0f), -1);
+  EXPECT_EQ(fp4_grid_exponent(0.5f), -3);
+  EXPECT_EQ(fp4_grid_exponent(0.375f), -4);
+  EXPECT_EQ(fp4_grid_exponent(6.0f * 0x1p-130f), -130);  // subnormal
+  EXPECT_EQ(fp4_grid_exponent(0.0f), 0);
+  // A block that never reaches its scale's top: every value still an integer multiple of 2^(x−1), within ±12.
+  float block[kKvFp4Block] = {};
+  block[3] = -0.5f * 8, block[7] = 1.5f * 8, block[9] = 0.5f * 8;
+  uint32_t words[kKvFp4Block / 4];
+  const float f = fp4_query_block(block, words);
+  for (int64_t i = 0; i < kKvFp4Block; ++i)
+    EXPECT_EQ(mul_rn(float(static_cast<int8_t>(words[i / 4] >> (8 * (i % 4)) & 0xFF)), f), block[i]) << i;
 }
 
 // The top-k order and its admission rule on their own: higher score first, the lower entry on equal scores.

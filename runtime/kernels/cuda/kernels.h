@@ -248,8 +248,9 @@ cudaError_t launch_compress(const CompressArgs& a, cudaStream_t stream);
 // part of its keys) scores key tiles decoded into shared memory and keeps a running top-k there (candidates that
 // beat its k-th best, compacted by rank), writing sel directly when a token has one part, else its part's best
 // to `scratch` (2·topk floats a part: scores and entries), which a block per token merges into sel. Tokens that
-// see no more than top-k entries take 0 … visible−1. head_dim a power of two <= kIndexerMaxDim, topk <=
-// kIndexerMaxTopk.
+// see no more than top-k entries take 0 … visible−1. With the fp8 cache (FP4 keys, queries rounded to their grid)
+// and up to kIndexerInt8MaxHeads heads, the scores come from int8 mma.sync (indexer_math.h). head_dim a power of
+// two <= kIndexerMaxDim, topk <= kIndexerMaxTopk.
 constexpr int64_t kIndexerMaxDim = 128, kIndexerMaxTopk = 1024;
 struct IndexerArgs {
   float* q = nullptr;  // [n, heads, head_dim]
