@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "launch/hardware_flags.h"
 #include "planner/core/error.h"
 #include "planner/core/model_config.h"
 #include "planner/core/units.h"
@@ -41,10 +42,10 @@ constexpr Shape kShapes[] = {
 };
 
 int cuda_index(const std::string& device) {
-  FERRY_CHECK(device.rfind("cuda:", 0) == 0 && device.size() > 5 &&
-                  device.find_first_not_of("0123456789", 5) == std::string::npos && device.size() < 10,
-              "--device '{}': give a CUDA device as cuda:N (cuda:0), or leave it out for the CPU", device);
-  return std::stoi(device.substr(5));
+  const std::optional<int> index = cuda_device_index(device);
+  FERRY_CHECK(index.has_value(), "--device '{}': give a CUDA device as cuda:N (cuda:0), or leave it out for the CPU",
+              device);
+  return *index;
 }
 
 // Filler codes that decode to ordinary values (no E4M3 NaN), scales near 2^-6, as the CPU bench's.

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "launch/hardware_flags.h"
 #include "offload/device_plan.h"
 #include "offload/plan_binding.h"
 #include "planner/core/error.h"
@@ -182,7 +183,7 @@ class Bench {
   // The simulated device of `capacity` on the --link, or --device cuda:N, where the plan's budget is `capacity`.
   std::unique_ptr<runtime::Backend> make_device(int64_t capacity) const {
     if (!on_cuda()) return std::make_unique<runtime::SimBackend>(runtime::SimDeviceSpec{capacity, link_});
-    return runtime::cuda::make_cuda_backend(std::stoi(o_.device.substr(5)));
+    return runtime::cuda::make_cuda_backend(*cuda_device_index(o_.device));
   }
 
   // Room for the non-routed part, the stream slots and `slots` cache slots per MoE layer, and no more: the
@@ -274,7 +275,7 @@ int run(const Options& o) {
   FERRY_CHECK(o.experts >= 8 && o.experts <= 256, "--experts must be in [8, 256]");
   FERRY_CHECK(o.prompt >= 1 && o.decode >= 1 && o.ubatch >= 1, "--prompt, --decode and --ubatch must be >= 1");
   // A device that cannot be used fails here, in one line, before the synthetic model is written.
-  if (!o.device.empty()) runtime::cuda::make_cuda_backend(std::stoi(o.device.substr(5)));
+  if (!o.device.empty()) runtime::cuda::make_cuda_backend(*cuda_device_index(o.device));
   const auto dir = std::filesystem::temp_directory_path() / ("ferry-bench-offload-" + std::to_string(::getpid()));
   std::shared_ptr<void> cleanup(static_cast<void*>(nullptr), [dir](void*) {
     std::error_code ec;
@@ -359,9 +360,7 @@ std::function<int()> add_offload_bench(CLI::App& bench, CLI::App*& sub) {
                   "cuda:N: run every row on CUDA device N (measured on the device, each row's plan given its budget "
                   "of device memory); default: the simulated device")
       ->check([](const std::string& d) {
-        const bool ok = d.rfind("cuda:", 0) == 0 && d.size() > 5 && d.size() < 10 &&
-                        d.find_first_not_of("0123456789", 5) == std::string::npos;
-        return ok ? std::string() : "give a CUDA device as cuda:N (cuda:0)";
+        return cuda_device_index(d) ? std::string() : "give a CUDA device as cuda:N (cuda:0)";
       });
   sub->add_option("--gpu-bandwidth", o->gpu_gbs,
                   "GPU memory bandwidth in GB/s for the projection (default: the reference card's, an RTX 3090's)")

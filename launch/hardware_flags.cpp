@@ -105,4 +105,13 @@ planner::Hardware HardwareFlags::resolve(std::vector<std::string>& notes) const 
   return hw;
 }
 
+std::optional<int> cuda_device_index(const std::string& name) {
+  const std::string prefix = "cuda:";
+  if (name.rfind(prefix, 0) != 0) return std::nullopt;
+  const std::string digits = name.substr(prefix.size());
+  if (digits.empty() || digits.size() > 4 || digits.find_first_not_of("0123456789") != std::string::npos)
+    return std::nullopt;
+  return std::stoi(digits);
+}
+
 }  // namespace ferry::launch

@@ -25,4 +25,8 @@ struct HardwareFlags {
   planner::Hardware resolve(std::vector<std::string>& notes) const;
 };
 
+// N for a CUDA device named "cuda:N" (N up to 4 digits), the one spelling --gpu and --device take; nothing
+// otherwise.
+std::optional<int> cuda_device_index(const std::string& name);
+
 }  // namespace ferry::launch

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "launch/hardware_flags.h"
 #include "launch/plan_file.h"
 #include "offload/device_plan.h"
 #include "planner/core/error.h"
@@ -45,10 +46,9 @@ std::string copy_lines(const runtime::SimBackend& gpu, const offload::DispatchSt
 
 // `--gpu cuda:N`: the probed device N, its free memory the plan's capacity.
 offload::DeviceRequest cuda_device_request(const std::string& gpu) {
-  const std::string digits = gpu.substr(5);
-  FERRY_CHECK(!digits.empty() && digits.size() <= 4 && digits.find_first_not_of("0123456789") == std::string::npos,
-              "--gpu '{}': a CUDA device is cuda:N, N its index (cuda:0)", gpu);
-  const size_t index = std::stoul(digits);
+  const std::optional<int> parsed = cuda_device_index(gpu);
+  FERRY_CHECK(parsed.has_value(), "--gpu '{}': a CUDA device is cuda:N, N its index (cuda:0)", gpu);
+  const auto index = static_cast<size_t>(*parsed);
   std::vector<std::string> notes;
   const std::vector<planner::GpuSpec> gpus = runtime::probe_gpus(notes);
   if (gpus.empty()) {  // the probe's note says why, for a plan: "…: planning for the CPU only"
@@ -176,7 +176,7 @@ OffloadRun::OffloadRun(const OffloadFlags& flags, planner::Plan node_view)
 void OffloadRun::prepare() {
   double link_bytes_per_s = 0;
   if (flags_.is_cuda()) {
-    gpu_ = runtime::cuda::make_cuda_backend(std::stoi(flags_.gpu.substr(5)));
+    gpu_ = runtime::cuda::make_cuda_backend(*cuda_device_index(flags_.gpu));  // checked when it was planned
     link_bytes_per_s = planner::pcie_h2d_bandwidth(plan_.hardware.gpus.front().pcie);
   } else {
     const runtime::SimDeviceSpec spec = runtime::parse_sim_device(flags_.gpu);

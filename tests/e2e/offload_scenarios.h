@@ -80,6 +80,22 @@ struct Scenario {
 
 // Every device's high-water mark is within its plan, class by class, and within 2% of it; each host node holds
 // exactly the weights the plan gives it: its share of the routed experts (and, on node 0, the embedding).
+// The host backends a plan's NUMA devices need, as BoundPlan takes them, and the plans of those devices.
+struct PlanHosts {
+  std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> backends;
+  std::vector<runtime::Backend*> ptrs;
+  std::vector<const planner::DevicePlan*> plans;
+};
+
+inline PlanHosts plan_hosts(const planner::Plan& plan) {
+  PlanHosts h;
+  h.backends = offload::make_host_backends(plan);
+  for (const auto& b : h.backends) h.ptrs.push_back(b.get());
+  for (const auto& dp : plan.devices)
+    if (dp.kind == planner::DeviceKind::Host) h.plans.push_back(&dp);
+  return h;
+}
+
 inline void expect_within_plan(const runtime::Backend& gpu,
                                const std::vector<std::unique_ptr<runtime::cpu::CpuBackend>>& hosts,
                                const std::vector<const planner::DevicePlan*>& host_plans) {

@@ -189,12 +189,10 @@ class Offload : public ::testing::Test {
     const planner::Plan plan =
         offload::plan_for_device(spec, host_spec(sc.numa), sim_request(sc.name, sc.capacity, sc.cache_slots), so);
     runtime::SimBackend gpu({sc.capacity, kLinkBytesPerS});
-    std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts = offload::make_host_backends(plan);
-    std::vector<runtime::Backend*> host_ptrs;
-    std::vector<const planner::DevicePlan*> host_plans;
-    for (const auto& h : hosts) host_ptrs.push_back(h.get());
-    for (const auto& dp : plan.devices)
-      if (dp.kind == planner::DeviceKind::Host) host_plans.push_back(&dp);
+    PlanHosts ph = plan_hosts(plan);
+    std::vector<std::unique_ptr<runtime::cpu::CpuBackend>>& hosts = ph.backends;
+    const std::vector<runtime::Backend*>& host_ptrs = ph.ptrs;
+    const std::vector<const planner::DevicePlan*>& host_plans = ph.plans;
     EXPECT_EQ(static_cast<int>(hosts.size()), sc.numa);
     offload::DispatchOptions d;
     d.stream_min_tokens = sc.stream_min_tokens;

@@ -28,18 +28,13 @@ void with_cuda_binding(const Scenario& sc, const runtime::SessionOptions& so, co
   req.name = "cuda:0 with a budget of " + std::string(sc.name);
   const planner::Plan plan = offload::plan_for_device(spec, host_spec(sc.numa), req, so);
   std::unique_ptr<runtime::Backend> gpu = runtime::cuda::make_cuda_backend(0);
-  std::vector<std::unique_ptr<runtime::cpu::CpuBackend>> hosts = offload::make_host_backends(plan);
-  std::vector<runtime::Backend*> host_ptrs;
-  std::vector<const planner::DevicePlan*> host_plans;
-  for (const auto& h : hosts) host_ptrs.push_back(h.get());
-  for (const auto& dp : plan.devices)
-    if (dp.kind == planner::DeviceKind::Host) host_plans.push_back(&dp);
+  const PlanHosts hosts = plan_hosts(plan);
   offload::DispatchOptions d;
   d.stream_min_tokens = sc.stream_min_tokens;
   {
-    offload::BoundPlan bound(plan, tiny_model(), *gpu, host_ptrs, d, sc.host_experts);
+    offload::BoundPlan bound(plan, tiny_model(), *gpu, hosts.ptrs, d, sc.host_experts);
     body(bound, bound.session_options(so));
-    expect_within_plan(*gpu, hosts, host_plans);
+    expect_within_plan(*gpu, hosts.backends, hosts.plans);
     if (const auto m = gpu->measured_memory()) {
       int64_t planned = 0;
       for (int i = 0; i < runtime::kMemoryClasses; ++i)

@@ -62,39 +62,45 @@ std::vector<core::ModelConfig> configs() {
   return {flash, odd};
 }
 
-TEST(CudaMath, KvRowsAreTheCpusBitForBit) {
-  std::mt19937_64 rng(52);
-  std::normal_distribution<float> g(0.0f, 1.0f);
-  const float range[] = {1, 30, 1e-3f, 0, 1e-7f, 2, 1e30f, 3e-39f};
+// f(layout, kernel row, name) for every test config, --kv-type, and main row / indexer key.
+template <class F>
+void for_every_layout(F f) {
   for (const core::ModelConfig& c : configs())
     for (const planner::KvType t : planner::kKvTypesByFidelity)
       for (const bool indexer : {false, true}) {
         const planner::KvRowLayout l =
             indexer ? planner::KvRowLayout::indexer_row(c, t) : planner::KvRowLayout::main_row(c, t);
-        const KvRow row = kv_row(l, "test");
-        const std::string what =
-            std::string(planner::kv_type_name(t)) + (indexer ? " indexer " : " main ") + std::to_string(l.dims);
-        for (const float r : range) {
-          std::vector<float> x(static_cast<size_t>(l.dims));
-          for (float& v : x) v = g(rng) * r;
-          // A NaN, which the block maxima skip as std::max does (not in q rows: the CPU casts q to int).
-          if (r == 2 && (t == planner::KvType::BF16 || t == planner::KvType::FP8)) x[1] = std::nanf("");
-          std::vector<float> want_x = x, got_x = x;
-          std::vector<uint8_t> want(static_cast<size_t>(l.bytes), 0xAB),
-              got = want;  // bytes no unit writes stay as they were, as on the CPU
-          encode_kv_row(l, want_x.data(), want.data());
-          std::vector<int64_t> units(static_cast<size_t>(kv_units(row)));
-          for (size_t u = 0; u < units.size(); ++u) units[u] = static_cast<int64_t>(u);
-          std::shuffle(units.begin(), units.end(), rng);  // threads run in any order
-          for (const int64_t u : units) encode_kv_unit(row, got_x.data(), got.data(), u);
-          const auto diff = std::mismatch(got.begin(), got.end(), want.begin());
-          ASSERT_TRUE(diff.first == got.end())
-              << what << " range " << r << ": stored byte " << (diff.first - got.begin()) << " of " << l.bytes << " is "
-              << int(*diff.first) << ", want " << int(*diff.second);
-          for (size_t i = 0; i < x.size(); ++i)
-            ASSERT_TRUE(same_float(got_x[i], want_x[i])) << what << " range " << r << " value " << i;
-        }
+        f(l, kv_row(l, "test"),
+          std::string(planner::kv_type_name(t)) + (indexer ? " indexer " : " main ") + std::to_string(l.dims));
       }
+}
+
+TEST(CudaMath, KvRowsAreTheCpusBitForBit) {
+  std::mt19937_64 rng(52);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const float range[] = {1, 30, 1e-3f, 0, 1e-7f, 2, 1e30f, 3e-39f};
+  for_every_layout([&](const planner::KvRowLayout& l, const KvRow& row, const std::string& what) {
+    for (const float r : range) {
+      std::vector<float> x(static_cast<size_t>(l.dims));
+      for (float& v : x) v = g(rng) * r;
+      // A NaN, which the block maxima skip as std::max does (not in q rows: the CPU casts q to int).
+      if (r == 2 && (l.type == planner::KvType::BF16 || l.type == planner::KvType::FP8)) x[1] = std::nanf("");
+      std::vector<float> want_x = x, got_x = x;
+      std::vector<uint8_t> want(static_cast<size_t>(l.bytes), 0xAB),
+          got = want;  // bytes no unit writes stay as they were, as on the CPU
+      encode_kv_row(l, want_x.data(), want.data());
+      std::vector<int64_t> units(static_cast<size_t>(kv_units(row)));
+      for (size_t u = 0; u < units.size(); ++u) units[u] = static_cast<int64_t>(u);
+      std::shuffle(units.begin(), units.end(), rng);  // threads run in any order
+      for (const int64_t u : units) encode_kv_unit(row, got_x.data(), got.data(), u);
+      const auto diff = std::mismatch(got.begin(), got.end(), want.begin());
+      ASSERT_TRUE(diff.first == got.end())
+          << what << " range " << r << ": stored byte " << (diff.first - got.begin()) << " of " << l.bytes << " is "
+          << int(*diff.first) << ", want " << int(*diff.second);
+      for (size_t i = 0; i < x.size(); ++i)
+        ASSERT_TRUE(same_float(got_x[i], want_x[i])) << what << " range " << r << " value " << i;
+    }
+  });
 }
 
 // Every stored byte pattern, not only what the encoder writes: random rows decode value by value to what the CPU's
@@ -102,22 +108,17 @@ TEST(CudaMath, KvRowsAreTheCpusBitForBit) {
 TEST(CudaMath, KvValuesDecodeAsTheCpuDecodesRows) {
   std::mt19937_64 rng(53);
   std::uniform_int_distribution<int> byte(0, 255);
-  for (const core::ModelConfig& c : configs())
-    for (const planner::KvType t : planner::kKvTypesByFidelity)
-      for (const bool indexer : {false, true}) {
-        const planner::KvRowLayout l =
-            indexer ? planner::KvRowLayout::indexer_row(c, t) : planner::KvRowLayout::main_row(c, t);
-        const KvRow row = kv_row(l, "test");
-        for (int trial = 0; trial < 200; ++trial) {
-          std::vector<uint8_t> bytes(static_cast<size_t>(l.bytes));
-          for (uint8_t& b : bytes) b = static_cast<uint8_t>(byte(rng));
-          std::vector<float> want(static_cast<size_t>(l.dims));
-          decode_kv_row(l, bytes.data(), want.data());
-          for (int64_t i = 0; i < l.dims; ++i)
-            ASSERT_TRUE(same_float(decode_kv_value(row, bytes.data(), i), want[static_cast<size_t>(i)]))
-                << planner::kv_type_name(t) << (indexer ? " indexer" : " main") << " value " << i;
-        }
-      }
+  for_every_layout([&](const planner::KvRowLayout& l, const KvRow& row, const std::string& what) {
+    for (int trial = 0; trial < 200; ++trial) {
+      std::vector<uint8_t> bytes(static_cast<size_t>(l.bytes));
+      for (uint8_t& b : bytes) b = static_cast<uint8_t>(byte(rng));
+      std::vector<float> want(static_cast<size_t>(l.dims));
+      decode_kv_row(l, bytes.data(), want.data());
+      for (int64_t i = 0; i < l.dims; ++i)
+        ASSERT_TRUE(same_float(decode_kv_value(row, bytes.data(), i), want[static_cast<size_t>(i)]))
+            << what << " value " << i;
+    }
+  });
 }
 
 }  // namespace

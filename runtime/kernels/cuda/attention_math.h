@@ -82,22 +82,13 @@ FERRY_HD float row_value(const KvRow& layout, const RowRef& row, int64_t k) {
   return row.f ? row.f[k] : decode_kv_value(layout, row.bytes, k);
 }
 
-// a·b + c rounded once, as the host's accumulation (cpu::axpys) rounds it.
-FERRY_HD float fma_f(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
-  return __fmaf_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-
 // The softmax scale 1/sqrt(head_dim), rounded to float from double as on the host.
 FERRY_HD float attention_scale(int64_t head_dim) {
   return static_cast<float>(1.0 / ::sqrt(static_cast<double>(head_dim)));
 }
 
 // A lane's part of a score: its values' products with the query, one FMA each (the warp then sums the lanes).
-FERRY_HD float lane_dot(float partial, float q, float key) { return fma_f(q, key, partial); }
+FERRY_HD float lane_dot(float partial, float q, float key) { return fma_rn(q, key, partial); }
 
 // A row's score from the warp's sum of the lanes' parts.
 FERRY_HD float attention_score(float dot, float scale) { return mul_rn(dot, scale); }
@@ -129,7 +120,7 @@ FERRY_HD float softmax_take(SoftmaxState& s, float score) {
 
 // One accumulator value: scaled to the tile's max (before the tile's rows), then each row's weight·value added.
 FERRY_HD float accumulate_rescaled(float acc, float rescale) { return mul_rn(acc, rescale); }
-FERRY_HD float accumulate_row(float acc, float weight, float value) { return fma_f(weight, value, acc); }
+FERRY_HD float accumulate_row(float acc, float weight, float value) { return fma_rn(weight, value, acc); }
 
 // The denominator: the weights' sum and the head's sink e^(sink − max).
 FERRY_HD float attention_denominator(const SoftmaxState& s, float sink) {
@@ -164,13 +155,13 @@ struct MergeScales {
 FERRY_HD MergeScales softmax_merge(SoftmaxState& a, const SoftmaxState& b) {
   const float mx = fold_max(a.max, b.max);
   const MergeScales s{exp_f(sub_rn(a.max, mx)), exp_f(sub_rn(b.max, mx))};
-  a.sum = fma_f(b.sum, s.b, mul_rn(a.sum, s.a));
+  a.sum = fma_rn(b.sum, s.b, mul_rn(a.sum, s.a));
   a.max = mx;
   return s;
 }
 
 FERRY_HD float merge_accumulator(float acc, float part, const MergeScales& s) {
-  return fma_f(part, s.b, mul_rn(acc, s.a));
+  return fma_rn(part, s.b, mul_rn(acc, s.a));
 }
 
 // The most rows a token of the launch (positions p0 … p0 + n − 1) can have: its window and its compressed

@@ -16,14 +16,6 @@
 
 namespace ferry::runtime::cuda {
 
-FERRY_HD double dadd_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-
 FERRY_HD double exp_d(double x) {
 #if defined(__CUDA_ARCH__)
   return ::exp(x);

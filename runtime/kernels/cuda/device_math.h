@@ -78,6 +78,23 @@ FERRY_HD double dmul_rn(double a, double b) {
 #endif
 }
 
+FERRY_HD double dadd_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+// a·b + c rounded once: the device's FMA, std::fma on the host (what the CPU kernels' explicit FMAs compute).
+FERRY_HD float fma_rn(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
 // expf, log1pf and sqrtf: on the device CUDA's (expf and log1pf within 2 ulp of the exact value, sqrtf exact),
 // on the host glibc's (what the CPU kernels call).
 FERRY_HD float exp_f(float x) {

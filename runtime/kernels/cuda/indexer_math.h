@@ -20,15 +20,6 @@
 
 namespace ferry::runtime::cuda {
 
-// a·b + c rounded once (the device's FMA; std::fma on the host, exact as well).
-FERRY_HD float fma_rn(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
-  return __fmaf_rn(a, b, c);
-#else
-  return std::fma(a, b, c);
-#endif
-}
-
 // Stage h (1, 2, 4, … < n) of the butterflies, pair m < n/2 of it: (v[i], v[i+h]) ← (v[i]+v[i+h], v[i]−v[i+h]).
 // The pairs of a stage touch disjoint values, so a block runs them at once and syncs between stages.
 FERRY_HD void hadamard_pair(float* v, int64_t h, int64_t m) {
