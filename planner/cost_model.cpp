@@ -184,13 +184,17 @@ struct CostInputs {
   }
   // Seconds of a chunk's non-routed work in one layer on the device `dev` that runs it: the projections (tall
   // GEMMs from kTallGemmTokens on), attention, and the indexer on low-precision tensor cores.
-  double dense_s(const DevicePlan& dev, double u, double dense_flops, const AttnFlops& a) const {
-    if (dev.kind != DeviceKind::Gpu) return u * (dense_flops + a.attn + a.index) / host_flops;
+  PrefillSplit dense_split(const DevicePlan& dev, double u, double dense_flops, const AttnFlops& a) const {
+    if (dev.kind != DeviceKind::Gpu) return {u * dense_flops / host_flops, u * a.attn / host_flops,
+                                             u * a.index / host_flops, 0};
     const GpuSpec& g = hw.gpus[static_cast<size_t>(dev.index)];
     const double peak = g.bf16_tflops * 1e12;
     const double gemm = peak * (u >= double(kTallGemmTokens) ? kTallGemmEfficiency : kGpuFlopsEfficiency);
-    return u * (dense_flops / gemm + a.attn / (peak * kGpuFlopsEfficiency) +
-                a.index / (peak * kGpuFlopsEfficiency * low_precision_speedup(g)));
+    return {u * dense_flops / gemm, u * a.attn / (peak * kGpuFlopsEfficiency),
+            u * a.index / (peak * kGpuFlopsEfficiency * low_precision_speedup(g)), 0};
+  }
+  double dense_s(const DevicePlan& dev, double u, double dense_flops, const AttnFlops& a) const {
+    return dense_split(dev, u, dense_flops, a).total();
   }
 
   const ModelSpec& spec;
@@ -383,6 +387,7 @@ RamExperts ram_experts(const CostInputs& in, const NodeShare& h, const LayerFlop
 struct PrefillRate {
   double tok_s = 0;
   double copy_s = 0, hidden_copy_s = 0;  // a chunk's expert copies, and how much of them GPU work covers
+  PrefillSplit split;                    // a chunk's compute by part, seconds
   std::string bottleneck;
   std::string expert_path;
 };
@@ -394,7 +399,8 @@ struct ChunkWork {
   explicit ChunkWork(size_t nodes) : device(nodes, 0), ram(nodes, 0), exposed(nodes, 0) {}
   std::vector<double> device, ram, exposed;
   int streamed = 0, cpu_layers = 0;
-  double copy_s = 0;  // of `ram`, expert copies over the links
+  double copy_s = 0;   // of `ram`, expert copies over the links
+  PrefillSplit split;  // the runners' work by part, the slowest node's routed experts on its device
   double node(size_t n, bool overlap) const {
     return (overlap ? std::max(device[n], ram[n]) : device[n] + ram[n]) + exposed[n];
   }
@@ -405,13 +411,19 @@ ChunkWork chunk_work(const CostInputs& in, const LayerPlan& lp, const std::vecto
   const LayerFlops f = layer_flops(in.c, lp.layer);
   const auto& dev = runner(in.plan, lp);
   ChunkWork w(static_cast<size_t>(in.hw.nodes));
-  const double dense = in.dense_s(dev, u, f.dense, attention_flops(in.c, lp.layer, pos));
+  w.split = in.dense_split(dev, u, f.dense, attention_flops(in.c, lp.layer, pos));
+  const double dense = w.split.total();
   for (int r : runner_nodes(in.plan, lp)) w.device[static_cast<size_t>(r)] += dense;
   for (const NodeShare& h : shares) {
     const size_t n = static_cast<size_t>(h.node);
-    if (h.gpu) w.device[n] += u * in.topk * h.share * h.hit * f.expert / in.gpu_flops(*h.gpu);
-    if (h.counts.in_ram == 0) continue;
+    const double resident_or_cached = h.gpu ? u * in.topk * h.share * h.hit * f.expert / in.gpu_flops(*h.gpu) : 0;
+    w.device[n] += resident_or_cached;
+    if (h.counts.in_ram == 0) {
+      w.split.experts = std::max(w.split.experts, resident_or_cached);
+      continue;
+    }
     const RamExperts r = ram_experts(in, h, f, u, w.device[n]);
+    w.split.experts = std::max(w.split.experts, resident_or_cached + (r.streamed ? r.device : r.ram));
     w.device[n] += r.device;
     w.ram[n] += r.ram;
     w.exposed[n] += r.exposed;
@@ -431,6 +443,7 @@ PrefillRate prefill_rate(const CostInputs& in, double pos) {
   const size_t nodes = static_cast<size_t>(hw.nodes);
   double total = 0, compute_total = 0, expert_total = 0, net_total = 0, copy_total = 0, hidden_total = 0;
   int streamed = 0, cpu_layers = 0;
+  PrefillSplit r_split;
   std::vector<double> busy(nodes, 0);
   bool pipeline = nodes > 1;
   const LayerPlan* prev = nullptr;
@@ -455,6 +468,10 @@ PrefillRate prefill_rate(const CostInputs& in, double pos) {
     streamed += w.streamed;
     cpu_layers += w.cpu_layers;
     copy_total += w.copy_s;
+    r_split.projections += w.split.projections;
+    r_split.attention += w.split.attention;
+    r_split.indexer += w.split.indexer;
+    r_split.experts += w.split.experts;
     hidden_total += std::min(w.copy_s, *std::max_element(w.device.begin(), w.device.end()));
   }
   const double head = 2.0 * c.vocab_size * c.hidden_size * (in.o.logits_all ? u : 1) /
@@ -467,6 +484,7 @@ PrefillRate prefill_rate(const CostInputs& in, double pos) {
   r.tok_s = u / std::max(1e-12, pipeline ? *std::max_element(busy.begin(), busy.end()) : total);
   r.copy_s = copy_total;
   r.hidden_copy_s = hidden_total;
+  r.split = r_split;
   if (net_total > expert_total && net_total > compute_total)
     r.bottleneck = "network exchanges between nodes";
   else if (expert_total > compute_total)
@@ -499,6 +517,9 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
   e.prefill_full_expert_path = std::move(full.expert_path);
   e.prefill_copy_s = full.copy_s;
   e.prefill_copy_hidden = full.copy_s > 0 ? full.hidden_copy_s / full.copy_s : 1;
+  const double per_token = 1 / u;
+  e.prefill_full_split = {full.split.projections * per_token, full.split.attention * per_token,
+                          full.split.indexer * per_token, full.split.experts * per_token};
 }
 
 }  // namespace ferry::planner

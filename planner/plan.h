@@ -110,6 +110,15 @@ struct ExpertCounts {
   int64_t cache_slots = 0;  // GPU expert-cache slots the node's run of the layer has for those in RAM
 };
 
+struct PrefillSplit {
+  double projections = 0;  // the non-routed layers' GEMMs (and the shared experts)
+  double attention = 0;    // scores and weighted sums over the selected, window and compressed keys
+  double indexer = 0;      // the lightning indexer's scores over every earlier compressed key (CSA layers)
+  double experts = 0;      // routed experts where they are computed: on a GPU (resident, cached, streamed; the
+                           // copies apart) or by the CPU (in RAM, beside the GPU's work when there is one)
+  double total() const { return projections + attention + indexer + experts; }
+};
+
 struct CostEstimate {
   double decode_tok_s = 0;
   std::string decode_bottleneck;
@@ -126,6 +135,9 @@ struct CostEstimate {
   std::string prefill_full_bottleneck, prefill_full_expert_path;
   double prefill_copy_s = 0;       // a chunk's expert copies at mid-context, seconds
   double prefill_copy_hidden = 1;  // share of those copies behind GPU compute
+  // Where a chunk at mid-context spends its compute, in seconds per token, summed over the layers (the slowest
+  // node's share of each layer's routed experts): what bounds a long prompt's prefill besides the copies.
+  PrefillSplit prefill_full_split;
 };
 
 struct KvFit {

@@ -160,7 +160,12 @@ ojson cost_to_json(const CostEstimate& c) {
           {"prefill_tok_s", c.prefill_tok_s},
           {"prefill_full_tok_s", c.prefill_full_tok_s},
           {"prefill_bottleneck", c.prefill_bottleneck},
-          {"prefill_expert_path", c.prefill_expert_path}};
+          {"prefill_expert_path", c.prefill_expert_path},
+          {"prefill_full_split_ms",
+           {{"projections", 1e3 * c.prefill_full_split.projections},
+            {"attention", 1e3 * c.prefill_full_split.attention},
+            {"indexer", 1e3 * c.prefill_full_split.indexer},
+            {"experts", 1e3 * c.prefill_full_split.experts}}}};
 }
 
 Hardware hardware_from_json(const ojson& hw) {
@@ -280,6 +285,14 @@ CostEstimate cost_from_json(const ojson& c) {
   e.prefill_full_tok_s = field<double>(c, "prefill_full_tok_s", "cost");
   e.prefill_bottleneck = field<std::string>(c, "prefill_bottleneck", "cost");
   e.prefill_expert_path = field<std::string>(c, "prefill_expert_path", "cost");
+  // Plans saved before the split was added have none: it is informative, recomputed with the cost.
+  if (c.contains("prefill_full_split_ms")) {
+    const ojson& s = c["prefill_full_split_ms"];
+    e.prefill_full_split = {field<double>(s, "projections", "cost.prefill_full_split_ms") / 1e3,
+                            field<double>(s, "attention", "cost.prefill_full_split_ms") / 1e3,
+                            field<double>(s, "indexer", "cost.prefill_full_split_ms") / 1e3,
+                            field<double>(s, "experts", "cost.prefill_full_split_ms") / 1e3};
+  }
   return e;
 }
 

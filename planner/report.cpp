@@ -191,6 +191,19 @@ void kv_section(const Plan& p, std::string& out) {
                     core::format_bytes(snapshots, 3).c_str());
 }
 
+// Where a long prompt's chunk spends its compute, so that "bound by GPU compute" says by what.
+void prefill_split_line(const Plan& p, std::string& out) {
+  const PrefillSplit& s = p.cost.prefill_full_split;
+  if (s.total() <= 0) return;
+  const bool gpu = !p.hardware.gpus.empty();
+  const bool experts_on_cpu = gpu && p.cost.prefill_full_expert_path == "CPU";
+  out += printf_str(
+      "           a token's compute at mid-context%s: projections %.3f ms, attention %.3f ms, indexer %.3f ms,\n"
+      "           routed experts %.3f ms%s\n",
+      gpu ? " on the GPU" : "", 1e3 * s.projections, 1e3 * s.attention, 1e3 * s.indexer, 1e3 * s.experts,
+      experts_on_cpu ? " (by the CPU, beside the GPU)" : "");
+}
+
 void speed_section(const Plan& p, std::string& out) {
   const auto& c = p.cost;
   out += "Predicted speed (one sequence)\n";
@@ -210,6 +223,7 @@ void speed_section(const Plan& p, std::string& out) {
   if (c.prefill_copy_s > 0)
     out += printf_str("           expert copies %.0f ms a chunk at mid-context, %.0f%% of it behind GPU compute\n",
                       1e3 * c.prefill_copy_s, 100 * c.prefill_copy_hidden);
+  prefill_split_line(p, out);
 }
 
 // Per phase, where the routed experts in RAM are computed and what the GPU's expert VRAM holds.

@@ -143,6 +143,42 @@ TEST(Placement, BigChunkPrefillStreamsExpertsAndIsBoundedByTheIndexer) {
   EXPECT_EQ(make_plan(s, workstation(), o).options.ubatch, 1024);
 }
 
+TEST(Placement, PrefillSplitIsEachPartsFlopsAtTheGpusRates) {
+  // V4-Flash on one RTX 3090 (71 dense BF16 TFLOPS) at 1M with 16K chunks: a token at mid-context (position
+  // 512K) costs, summed over the layers, at half of peak (attention, routed experts' grouped GEMM) and at the
+  // GeForce card's 4x INT8 rate for the indexer:
+  //   attention  4 x heads x head_dim x keys, keys = window + top-k (CSA), window + pos/128 (HCA), window (SWA);
+  //   indexer    2 x index heads x index dim x pos/4 (CSA);
+  //   experts    top-k x 2 x 3 x hidden x moe_inter (MoE layers), every use on the GPU (cached or streamed).
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  PlanOptions o = at_ctx(1048576);
+  o.ubatch = 16384;
+  const Plan p = make_plan(s, workstation(), o);
+  ASSERT_TRUE(p.fits);
+  const core::ModelConfig& c = s.config;
+  const double pos = 1048576 / 2, half_peak = 71e12 / 2;
+  double attn = 0, index = 0, experts = 0;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    double keys = double(c.sliding_window);
+    if (c.compress_ratio(l) == 4) keys += double(c.index_topk);
+    if (c.compress_ratio(l) == 128) keys += pos / 128;
+    attn += 4.0 * double(c.num_attention_heads * c.head_dim) * keys / half_peak;
+    if (c.compress_ratio(l) == 4)
+      index += 2.0 * double(c.index_n_heads * c.index_head_dim) * (pos / 4) / (4 * half_peak);
+    if (c.is_moe_layer(l))
+      experts += double(c.num_experts_per_tok) * 6 * double(c.hidden_size * c.moe_intermediate_size) / half_peak;
+  }
+  const PrefillSplit& split = p.cost.prefill_full_split;
+  EXPECT_NEAR(split.attention, attn, 1e-9 * attn);
+  EXPECT_NEAR(split.indexer, index, 1e-9 * index);
+  EXPECT_NEAR(split.experts, experts, 1e-9 * experts);
+  EXPECT_GT(split.projections, 0);
+  // Compute-bound with the copies hidden: the parts are the chunk's time but for the head and the first copy.
+  const double per_token = 1 / p.cost.prefill_full_tok_s;
+  EXPECT_LE(split.total(), per_token);
+  EXPECT_GT(split.total(), 0.97 * per_token);
+}
+
 TEST(Placement, ProOnOneWorkstationDoesNotFitAndFourNodesDo) {
   const ModelSpec s = load_model_spec("deepseek-v4-pro");
   const Plan p = make_plan(s, workstation(), PlanOptions{});
