@@ -116,6 +116,7 @@ planner::Plan plan_nodes(const transport::World& world, const std::vector<nlohma
   o.parallel = parallel;
   o.snapshot_keep = so.snapshot_every > 0 ? so.snapshot_keep : 0;
   o.threads = runtime::worker_threads();
+  o.borrow_cache_for_prefill = false;  // the ranks keep their chunk's workspace throughout (one process borrows)
   std::string gpu_flag = "--no-gpu";
   if (offload.enabled()) {
     const offload::DeviceRequest device = offload.device_request();

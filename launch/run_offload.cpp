@@ -222,9 +222,11 @@ std::string OffloadRun::memory_report() const {
       const auto c = static_cast<runtime::MemoryClass>(i);
       const auto u = L.usage(c);
       if (u.planned == 0 && u.high_water == 0) continue;
-      out += line("    %-24s %12s %12s %7.1f%%\n", std::string(runtime::memory_class_name(c)).c_str(),
-                  bytes(u.planned).c_str(), bytes(u.high_water).c_str(),
-                  u.planned ? 100.0 * u.high_water / u.planned : 0.0);
+      // A class another lent to (a prefill chunk's workspace in the expert cache's room) against its most planned.
+      out += line("    %-24s %12s %12s %7.1f%%%s\n", std::string(runtime::memory_class_name(c)).c_str(),
+                  bytes(u.planned_high).c_str(), bytes(u.high_water).c_str(),
+                  u.planned_high ? 100.0 * u.high_water / u.planned_high : 0.0,
+                  u.planned_high > u.planned ? "  (borrowed while prefilling)" : "");
     }
   }
   return out;

@@ -86,10 +86,16 @@ void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& 
               threads, here);
 }
 
+PlannedChunks planned_chunks(const planner::Plan& plan) {
+  return {plan.resident_chunk(), plan.prefill_borrowed() > 0 ? plan.options.ubatch : 0};
+}
+
 runtime::SessionOptions planned_session(const planner::Plan& plan, runtime::SessionOptions base) {
   base.ctx = plan.options.ctx;
   base.kv_type = plan.kv_type;
-  base.ubatch = plan.options.ubatch;
+  const PlannedChunks chunks = planned_chunks(plan);
+  base.ubatch = chunks.ubatch;
+  base.prefill_ubatch = chunks.prefill_ubatch;
   base.mtp = plan.options.mtp;
   return base;
 }

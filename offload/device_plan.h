@@ -48,7 +48,15 @@ planner::Plan plan_for_device(const planner::ModelSpec& model, const planner::Ho
 // process's worker threads. Throws a one-line ferry::Error naming the first problem.
 void check_plan_for_device(const planner::Plan& plan, const planner::ModelSpec& model, const DeviceRequest& device);
 
-// `base` with the plan's context, KV type, prefill chunk and MTP choice.
+// A session's chunks under `plan`: ubatch, and the prefill chunk when its prefill borrows the expert cache (the
+// session keeps the resident chunk's buffers; 0: it does not borrow).
+struct PlannedChunks {
+  int64_t ubatch = 0, prefill_ubatch = 0;
+};
+PlannedChunks planned_chunks(const planner::Plan& plan);
+
+// `base` with the plan's context, KV type, chunks (the resident chunk, and the prefill chunk when it borrows the
+// expert cache) and MTP choice.
 runtime::SessionOptions planned_session(const planner::Plan& plan, runtime::SessionOptions base);
 
 }  // namespace ferry::offload

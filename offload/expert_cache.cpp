@@ -207,6 +207,20 @@ void ExpertCache::sync(const runtime::Backend& device) {
     }
 }
 
+void ExpertCache::empty(const runtime::Backend& device) {
+  std::lock_guard lock(mu_);
+  for (Layer& l : layers_) {
+    for (Slot& s : l.slots) {
+      if (s.state == SlotState::Loading && s.fill.sequence != 0) device.wait(s.fill);
+      for (const runtime::ComputeEvent& r : s.readers) device.wait(r);
+      FERRY_CHECK(s.pins == static_cast<int>(s.readers.size()),
+                  "expert cache: emptied while a lookup holds a slot that no op reads");
+      s = Slot{};
+    }
+    std::fill(l.slot_of.begin(), l.slot_of.end(), -1);
+  }
+}
+
 runtime::CopyEvent ExpertCache::fill_event(int layer, int slot) const {
   std::lock_guard lock(mu_);
   const Layer& l = layer_at(layer);

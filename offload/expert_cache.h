@@ -107,6 +107,9 @@ class ExpertCache {
   void sync(const runtime::Backend& device);
   // The copy a Loading slot waits for (none when the caller fills it without an event).
   runtime::CopyEvent fill_event(int layer, int slot) const;
+  // Waits on `device` for every fill and reader, then forgets every cached expert: each slot Free (its memory may
+  // be freed and allocated again). Stats and use counts stay. Throws when a lookup's pin was never handed to an op.
+  void empty(const runtime::Backend& device);
 
   bool contains(int layer, int expert) const;  // has a slot, Loading or Ready
   CacheStats stats(int layer) const;

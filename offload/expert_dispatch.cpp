@@ -34,6 +34,7 @@ struct ExpertDispatch::Layer {
   std::vector<ExpertWeights> on_gpu;  // resident: every expert's device copy
   std::vector<DeviceBuffer> resident_buffers;
   std::vector<DeviceBuffer> slots;  // cache slots, one expert each
+  size_t lent = 0;                  // slots freed for a prefill chunk's workspace (lend_cache)
   std::vector<int> host;            // per expert in RAM: the host backend (index into hosts_) that holds it
   std::vector<bool> held;           // per expert: homed on this node (a node's view holds only its share)
   const runtime::LayerWeights* bound = nullptr;  // the session's weights of the layer: the source of its copies
@@ -283,6 +284,28 @@ void ExpertDispatch::issued(MoeSchedule& plan, size_t i, runtime::ComputeEvent d
       if (plan.tasks[j].copy_at_run) (void)start(plan, j);
       break;
     }
+}
+
+int64_t ExpertDispatch::lend_cache() {
+  FERRY_CHECK(!lent_, "expert dispatch: the cache is lent already");
+  cache_.empty(gpu_);
+  int64_t bytes = 0;
+  for (const auto& L : layers_) {
+    L->lent = L->slots.size();
+    bytes += static_cast<int64_t>(L->lent) * expert_bytes_;
+    L->slots.clear();  // frees them: the ledger's ExpertCache falls by `bytes`
+  }
+  lent_ = true;
+  return bytes;
+}
+
+void ExpertDispatch::take_back_cache() {
+  FERRY_CHECK(lent_, "expert dispatch: the cache was not lent");
+  for (const auto& L : layers_) {
+    for (size_t s = 0; s < L->lent; ++s) L->slots.push_back(gpu_.allocate(MemoryClass::ExpertCache, expert_bytes_));
+    L->lent = 0;
+  }
+  lent_ = false;
 }
 
 DispatchStats ExpertDispatch::total() const {

@@ -79,6 +79,10 @@ class ExpertDispatch final : public runtime::ExpertProvider {
                                 std::span<const int64_t> tokens_per_expert) override;
   runtime::CopyEvent start(runtime::MoeSchedule& s, size_t i) override;
   void issued(runtime::MoeSchedule& s, size_t i, runtime::ComputeEvent done) override;
+  // Per-phase workspace: every cache slot freed (after its copies and readers), and allocated again, empty.
+  int64_t lend_cache() override;
+  void take_back_cache() override;
+  bool cache_lent() const { return lent_; }
 
   const DispatchStats& stats(int64_t layer) const { return per_layer_.at(static_cast<size_t>(layer)); }
   DispatchStats total() const;
@@ -113,6 +117,7 @@ class ExpertDispatch final : public runtime::ExpertProvider {
   std::vector<std::shared_ptr<void>> staging_pins_;  // declared after staging_: unpinned before it is freed
   std::vector<runtime::CopyEvent> staging_events_;
   size_t next_staging_ = 0;
+  bool lent_ = false;
   runtime::DeviceVector<float> cpu_x_, cpu_gate_, cpu_up_, cpu_out_;
   runtime::ExpertScratch cpu_scratch_;
 };

@@ -52,6 +52,7 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
                      std::span<runtime::Backend* const> hosts, const DispatchOptions& options, HostExperts host_experts)
     : hosts_(hosts.begin(), hosts.end()), weights_(checkpoint), gpu_(&gpu) {
   FERRY_CHECK(plan.fits, "the plan does not fit");
+  chunks_ = planned_chunks(plan);
   const std::vector<int> gpus = devices_of(plan, planner::DeviceKind::Gpu);
   const std::vector<int> host_devices = devices_of(plan, planner::DeviceKind::Host);
   FERRY_CHECK(gpus.size() == 1, "ferry runs plans with one GPU for now; this plan has {} ({})", gpus.size(),
@@ -103,6 +104,10 @@ BoundPlan::BoundPlan(const planner::Plan& plan, const runtime::ModelWeights& che
 runtime::SessionOptions BoundPlan::session_options(runtime::SessionOptions base) {
   base.device = gpu_;
   base.experts = dispatch_.get();
+  if (chunks_.prefill_ubatch > 0) {
+    base.ubatch = chunks_.ubatch;
+    base.prefill_ubatch = chunks_.prefill_ubatch;
+  }
   return base;
 }
 

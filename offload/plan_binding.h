@@ -13,6 +13,7 @@
 #include <span>
 #include <vector>
 
+#include "offload/device_plan.h"
 #include "offload/expert_dispatch.h"
 #include "offload/host_expert_store.h"
 #include "planner/plan.h"
@@ -49,7 +50,8 @@ class BoundPlan {
   const runtime::ModelWeights& weights() const { return weights_; }
   const ExpertDispatch& dispatch() const { return *dispatch_; }
   const HostExpertStore& host_experts() const { return *store_; }
-  // `base` with the device and the expert provider of this binding.
+  // `base` with the device and the expert provider of this binding, and, when the plan's prefill borrows the
+  // expert cache, its chunks (the resident chunk's buffers kept, the prefill chunk's borrowed).
   runtime::SessionOptions session_options(runtime::SessionOptions base);
 
  private:
@@ -62,6 +64,7 @@ class BoundPlan {
   std::unique_ptr<HostExpertStore> store_;  // outlives dispatch_, which reads its experts
   std::unique_ptr<ExpertDispatch> dispatch_;
   runtime::Backend* gpu_;
+  PlannedChunks chunks_;  // the plan's
 };
 
 }  // namespace ferry::offload

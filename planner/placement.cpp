@@ -82,8 +82,22 @@ std::vector<int> split_by_room(const std::vector<int64_t>& room, const std::vect
 
 class Placer {
  public:
-  Placer(const ModelSpec& s, const Hardware& hw, const PlanOptions& o, KvType kv, Split split, Plan& plan)
-      : s_(s), c_(s.config), hw_(hw), o_(o), kv_(kv), split_(split), plan_(plan) {}
+  // `borrow`: the GPU keeps the workspace of options.resident_chunk tokens, and a prefill chunk's workspace
+  // borrows its expert cache (lend_cache_to_prefill).
+  Placer(const ModelSpec& s, const Hardware& hw, const PlanOptions& o, KvType kv, Split split, Plan& plan,
+         bool borrow)
+      : s_(s), c_(s.config), hw_(hw), o_(o), kv_(kv), split_(split), plan_(plan), borrow_(borrow) {}
+
+  // Whether every GPU's expert cache holds the prefill chunk's workspace, each GPU's borrow recorded; false
+  // (nothing recorded) when one's does not.
+  bool lend_cache_to_prefill() {
+    const int64_t chunk = workspace_bytes(o_.ubatch);
+    for (const DevicePlan& d : plan_.devices)
+      if (d.kind == DeviceKind::Gpu && d.bytes_of(use_class(Pool::ExpertCache).name) < chunk) return false;
+    for (DevicePlan& d : plan_.devices)
+      if (d.kind == DeviceKind::Gpu) d.prefill_borrowed = chunk;
+    return true;
+  }
 
   void run() {
     make_devices();
@@ -140,10 +154,12 @@ class Placer {
 
   int64_t ctx() const { return plan_.options.ctx; }
 
-  int64_t workspace_bytes() const {
+  // The forward pass's workspace for chunks of `chunk` tokens (at most the context).
+  int64_t workspace_bytes(int64_t chunk) const {
     const int64_t threads = o_.threads > 0 ? o_.threads : std::max(1, hw_.host.cores);
-    return forward_workspace_bytes(c_, kv_, std::min(o_.ubatch, ctx()), threads, o_.mtp, o_.logits_all);
+    return forward_workspace_bytes(c_, kv_, std::min(chunk, ctx()), threads, o_.mtp, o_.logits_all);
   }
+  int64_t workspace_bytes() const { return workspace_bytes(o_.ubatch); }
 
   KvBytes layer_kv(int l) const {
     KvBytes b = layer_kv_bytes(c_, l, kv_, ctx());
@@ -222,7 +238,7 @@ class Placer {
   }
 
   void set_gpu_fixed() {
-    gpu_fixed_ = workspace_bytes();
+    gpu_fixed_ = workspace_bytes(borrow_ ? o_.resident_chunk : o_.ubatch);
     if (s_.expert_bytes() > 0) gpu_fixed_ += expert_stream_slot_bytes(s_);
   }
 
@@ -538,6 +554,7 @@ class Placer {
   KvType kv_;
   Split split_;
   Plan& plan_;
+  const bool borrow_;
   std::vector<int> layers_;
   std::map<int, int> owner_;  // layer -> the device that runs it (Experts: node 0's)
   int64_t gpu_fixed_ = 0;
@@ -556,8 +573,27 @@ Plan place_as(const ModelSpec& spec, const Hardware& hw, const PlanOptions& opti
   if (plan.options.ctx == 0) plan.options.ctx = spec.config.max_position_embeddings;
   plan.kv_type = kv;
   plan.split = split;
-  Placer(spec, hw, plan.options, kv, split, plan).run();
+  const PlanOptions& o = plan.options;
+  const bool may_borrow = o.borrow_cache_for_prefill && hw.nodes == 1 && hw.gpus.size() == 1 &&
+                          std::min(o.ubatch, o.ctx) > o.resident_chunk && spec.expert_bytes() > 0;
+  if (may_borrow) {
+    Plan borrowing = plan;
+    Placer placer(spec, hw, borrowing.options, kv, split, borrowing, true);
+    placer.run();
+    if (placer.lend_cache_to_prefill()) return borrowing;
+  }
+  Placer(spec, hw, plan.options, kv, split, plan, false).run();
   return plan;
+}
+
+int64_t Plan::prefill_borrowed() const {
+  int64_t b = 0;
+  for (const DevicePlan& d : devices) b += d.prefill_borrowed;
+  return b;
+}
+
+int64_t Plan::resident_chunk() const {
+  return prefill_borrowed() > 0 ? std::min(options.resident_chunk, options.ubatch) : options.ubatch;
 }
 
 }  // namespace ferry::planner

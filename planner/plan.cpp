@@ -18,6 +18,7 @@ void validate(const ModelSpec& spec, const Hardware& hw, const PlanOptions& o) {
     FERRY_THROW("--ctx {} exceeds {}'s maximum context of {} tokens", o.ctx, spec.config.name, max_ctx);
   if (o.parallel < 1 || o.parallel > 4096) FERRY_THROW("--parallel must be in [1, 4096], got {}", o.parallel);
   if (o.ubatch < 1 || o.ubatch > 65536) FERRY_THROW("--ubatch must be in [1, 65536], got {}", o.ubatch);
+  if (o.resident_chunk < 1) FERRY_THROW("resident chunk must be at least 1 token, got {}", o.resident_chunk);
   if (o.expert_cache == ExpertCacheMode::Slots &&
       (o.expert_cache_slots < 0 || o.expert_cache_slots > spec.config.n_routed_experts))
     FERRY_THROW("--expert-cache slots must be in [0, {}], got {}", spec.config.n_routed_experts, o.expert_cache_slots);
@@ -191,6 +192,10 @@ void check_plan_for_model(const Plan& plan, const ModelSpec& spec) {
                 core::format_bytes(planned), core::format_bytes(held[i]));
     FERRY_CHECK(!d.over(), "plan: does not fit: {} needs {} but has {}", d.id, core::format_bytes(d.used()),
                 core::format_bytes(d.capacity));
+    const int64_t cache = d.bytes_of(use_class(Pool::ExpertCache).name);
+    FERRY_CHECK(d.prefill_borrowed >= 0 && d.prefill_borrowed <= cache,
+                "plan: {}'s prefill borrows {} of its expert cache, which has {}", d.id,
+                core::format_bytes(d.prefill_borrowed), core::format_bytes(cache));
   }
   FERRY_CHECK(plan.fits, "plan: does not fit (its \"fits\" is false)");
 }

@@ -46,6 +46,12 @@ struct PlanOptions {
   bool logits_all = false;         // keep every position's logits (ferry run --logits-out)
   double expert_hit_rate = -1;     // override the cache hit-rate estimate (0..1); < 0 = estimate
   Split split = Split::Auto;       // how to spread the model over several nodes
+  // Per-phase workspace: the GPU keeps the workspace of a chunk of resident_chunk tokens through decode; a bigger
+  // prefill chunk's workspace borrows the VRAM of the GPU's expert cache while the prompt is fed (the cache is
+  // refilled for decode), so that a big chunk costs decode none of its cache. One node with one GPU, whose cache
+  // holds the whole chunk's workspace; otherwise the workspace of ubatch tokens is held throughout.
+  int64_t resident_chunk = 512;
+  bool borrow_cache_for_prefill = true;  // false: never (under mpirun the ranks do not borrow yet)
 };
 
 enum class DeviceKind : uint8_t { Gpu, Host };
@@ -58,6 +64,9 @@ struct DevicePlan {
   std::string name;  // "rtx3090", "host RAM"
   int64_t capacity = 0;
   std::vector<std::pair<UseClass, int64_t>> use;  // class -> bytes, in placement order
+  // GPU: bytes of its expert cache that a prefill chunk's workspace borrows (the workspace of ubatch tokens,
+  // PlanOptions::resident_chunk); 0: the workspace it holds is the whole chunk's.
+  int64_t prefill_borrowed = 0;
 
   void add(const UseClass& cls, int64_t bytes);
   int64_t used() const;
@@ -176,6 +185,11 @@ struct Plan {
   std::vector<Shortfall> shortfalls;
   std::vector<std::string> suggestions;
   std::vector<std::string> warnings;
+
+  // The chunk whose workspace the GPUs keep through decode: options.resident_chunk when a GPU's prefill borrows
+  // its expert cache (DevicePlan::prefill_borrowed), otherwise the prefill chunk itself.
+  int64_t resident_chunk() const;
+  int64_t prefill_borrowed() const;  // over the devices
 };
 
 // The largest prefill chunk make_plan considers: big enough that streaming every routed expert of a layer once per
@@ -184,8 +198,8 @@ constexpr int64_t kMaxPrefillChunk = 16384;
 
 // The prefill chunk make_plan takes with choose_ubatch: the fastest whole-context prefill among o.ubatch ..
 // kMaxPrefillChunk tokens (at most the context), each placed with its chunk's workspace, as long as decode keeps
-// 95% of its speed at o.ubatch (a bigger workspace takes VRAM from the decode expert cache) and the plan still
-// fits; o.ubatch when it does not fit at all.
+// 95% of its speed at o.ubatch (a workspace held through decode takes VRAM from the expert cache; one that borrows
+// the cache during prefill takes none) and the plan still fits; o.ubatch when it does not fit at all.
 int64_t choose_prefill_chunk(const ModelSpec& spec, const Hardware& hw, const PlanOptions& o, KvType kv);
 
 // Validates the options (one-line ferry::Error naming the flag), places everything and estimates speed.

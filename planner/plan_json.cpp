@@ -123,7 +123,8 @@ ojson devices_to_json(const std::vector<DevicePlan>& devices) {
                    {"name", d.name},
                    {"capacity_bytes", d.capacity},
                    {"used_bytes", d.used()},
-                   {"use", use}});
+                   {"use", use},
+                   {"prefill_borrowed_bytes", d.prefill_borrowed}});
   }
   return out;
 }
@@ -214,6 +215,11 @@ void options_from_json(const ojson& o, Plan& p) {
   p.options.logits_all = field<bool>(o, "logits_all", "options");
   p.options.expert_hit_rate = field<double>(o, "expert_hit_rate", "options");
   if (o.contains("split")) p.options.split = split_from(field<std::string>(o, "split", "options"), "options.split");
+  // Plans saved before per-phase workspaces: the workspace of the whole chunk held throughout.
+  if (o.contains("resident_chunk")) p.options.resident_chunk = field<int64_t>(o, "resident_chunk", "options");
+  if (o.contains("borrow_cache_for_prefill"))
+    p.options.borrow_cache_for_prefill = field<bool>(o, "borrow_cache_for_prefill", "options");
+  if (p.options.resident_chunk < 1) FERRY_THROW("plan: options.resident_chunk must be at least 1");
 }
 
 std::vector<DevicePlan> devices_from_json(const ojson& devices) {
@@ -228,6 +234,8 @@ std::vector<DevicePlan> devices_from_json(const ojson& devices) {
     dp.index = field<int>(d, "index", "device");
     dp.name = field<std::string>(d, "name", "device");
     dp.capacity = field<int64_t>(d, "capacity_bytes", "device");
+    if (d.contains("prefill_borrowed_bytes"))
+      dp.prefill_borrowed = field<int64_t>(d, "prefill_borrowed_bytes", "device");
     for (const auto& [cls, bytes] : object(d, "use", "device").items()) {
       const UseClass* c = find_use_class(cls);
       if (!c) FERRY_THROW("plan: device {} has unknown memory class '{}'", dp.id, cls);
@@ -320,7 +328,9 @@ ojson plan_to_json(const Plan& p) {
                   {"expert_cache_slots", o.expert_cache_slots},
                   {"logits_all", o.logits_all},
                   {"expert_hit_rate", o.expert_hit_rate},
-                  {"split", std::string(split_name(o.split))}};
+                  {"split", std::string(split_name(o.split))},
+                  {"resident_chunk", o.resident_chunk},
+                  {"borrow_cache_for_prefill", o.borrow_cache_for_prefill}};
   j["fits"] = p.fits;
   j["layout"] = p.layout;
   j["split"] = std::string(split_name(p.split));

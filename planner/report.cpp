@@ -235,20 +235,30 @@ void phases_section(const Plan& p, const ModelSpec& spec, std::string& out) {
     stream += d.bytes_of(use_class(Pool::ExpertStream).name);
   }
   const int64_t eb = std::max<int64_t>(1, spec.expert_bytes());
+  const int64_t borrowed = p.prefill_borrowed();
   out += printf_str("Phases (prefill chunk %lld tokens%s)\n", (long long)p.options.ubatch,
                     p.options.choose_ubatch ? ", chosen by the planner; --ubatch overrides" : ", from --ubatch");
+  if (borrowed > 0)
+    out += printf_str("  prefill  the chunk's workspace (%s) borrows the expert cache's VRAM while a prompt is fed\n",
+                      core::format_bytes(borrowed).c_str());
+  // Borrowing takes every cache slot: the stream slots alone are the ring.
+  const int64_t ring = borrowed > 0 ? stream : cache + stream;
   if (p.cost.prefill_full_expert_path == "stream to GPU")
     out += printf_str(
-        "  prefill  the expert cache and stream slots (%s, %lld experts) are one ring of streaming slots: each\n"
-        "           routed expert of a layer the chunk uses is copied once per chunk and computed on the GPU as a\n"
-        "           grouped GEMM while the next ones are copied\n",
-        core::format_bytes(cache + stream).c_str(), (long long)((cache + stream) / eb));
+        "  prefill  %s (%s, %lld experts) are one ring of streaming slots: each routed expert of a\n"
+        "           layer the chunk uses is copied once per chunk and computed on the GPU as a grouped GEMM while\n"
+        "           the next ones are copied\n",
+        borrowed > 0 ? "the stream slots" : "the expert cache and stream slots", core::format_bytes(ring).c_str(),
+        (long long)(ring / eb));
   else
     out += "  prefill  routed experts in RAM: " + p.cost.prefill_full_expert_path + "\n";
+  if (borrowed > 0)
+    out += printf_str("  decode   the GPU keeps the workspace of a %lld-token chunk; longer prompts borrow as above\n",
+                      (long long)p.resident_chunk());
   if (cache > 0)
-    out +=
-        printf_str("  decode   the expert cache (%s) refills from the experts decode uses (LRU); misses on the CPU\n",
-                   core::format_bytes(cache).c_str());
+    out += printf_str(
+        "  decode   the expert cache (%s) refills from the experts decode uses (LRU); misses on the CPU\n",
+        core::format_bytes(cache).c_str());
   else
     out += "  decode   routed experts where their homes are (no GPU expert cache)\n";
 }

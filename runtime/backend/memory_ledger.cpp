@@ -25,13 +25,30 @@ std::string measured_memory_line(const MeasuredMemory& m, int64_t planned, doubl
 
 MemoryLedger::MemoryLedger(std::string device, int64_t capacity) : device_(std::move(device)), capacity_(capacity) {
   FERRY_CHECK(capacity_ >= 0, "{}: negative capacity", device_);
-  for (auto& u : by_class_) u.planned = kUnplanned;
+  for (auto& u : by_class_) u.planned = u.planned_high = kUnplanned;
 }
 
 void MemoryLedger::set_planned(MemoryClass c, int64_t bytes) {
   FERRY_CHECK(bytes >= 0, "{}: negative plan for {}", device_, memory_class_name(c));
   std::lock_guard<std::mutex> lock(mu_);
-  by_class_[static_cast<size_t>(c)].planned = bytes;
+  MemoryClassUsage& u = by_class_[static_cast<size_t>(c)];
+  u.planned = bytes;
+  u.planned_high = bytes;
+}
+
+void MemoryLedger::lend(MemoryClass from, MemoryClass to, int64_t bytes) {
+  FERRY_CHECK(bytes >= 0, "{}: lending a negative amount", device_);
+  std::lock_guard<std::mutex> lock(mu_);
+  MemoryClassUsage& f = by_class_[static_cast<size_t>(from)];
+  MemoryClassUsage& t = by_class_[static_cast<size_t>(to)];
+  FERRY_CHECK(f.planned != kUnplanned && t.planned != kUnplanned, "{}: lending between unplanned classes", device_);
+  if (bytes > f.planned - f.current)
+    FERRY_THROW("{}: {} cannot lend {} to {}: it holds {} of its {} planned", device_, memory_class_name(from),
+                core::format_bytes(bytes), memory_class_name(to), core::format_bytes(f.current),
+                core::format_bytes(f.planned));
+  f.planned -= bytes;
+  t.planned += bytes;
+  t.planned_high = std::max(t.planned_high, t.planned);
 }
 
 void MemoryLedger::reserve(MemoryClass c, int64_t bytes) {

@@ -22,6 +22,7 @@ struct MemoryClassUsage {
   int64_t planned = 0;  // bytes the Plan gives this class; kUnplanned: no limit (a CPU-only run's host RAM)
   int64_t current = 0;
   int64_t high_water = 0;  // the most held at once
+  int64_t planned_high = 0;  // the most planned at once: `planned`, or more while another class lends to it
 };
 
 // What a device itself says about its memory (cudaMemGetInfo), beside what its ledger counted: the ledger counts
@@ -53,6 +54,10 @@ class MemoryLedger {
   // device's capacity. Thread-safe.
   void reserve(MemoryClass c, int64_t bytes);
   void release(MemoryClass c, int64_t bytes);
+  // Moves `bytes` of plan from class `from` to class `to` (a prefill chunk's workspace borrowing the expert
+  // cache's room: planner::DevicePlan::prefill_borrowed, and back). Throws ferry::Error, changing nothing, when
+  // `from` holds more than would be left of its plan. Thread-safe.
+  void lend(MemoryClass from, MemoryClass to, int64_t bytes);
 
   MemoryClassUsage usage(MemoryClass c) const;
   int64_t total_current() const;

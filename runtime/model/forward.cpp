@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "planner/core/error.h"
 #include "planner/memory.h"
 #include "runtime/backend/cpu_backend.h"
 #include "runtime/backend/host_ops.h"
+#include "runtime/model/borrowed_feed.h"
 #include "runtime/model/forward_parts.h"
 #include "runtime/model/op_support.h"
 
@@ -46,6 +48,14 @@ Session::Session(const ModelWeights& model, SessionOptions options)
   if (options.ranks) holds_kv = [r = options.ranks](int64_t l) { return r->runs_layer(l); };
   cache_ = std::make_unique<KvCache>(c, options.kv_type, options.ctx, options_.mtp, options.device, holds_kv);
   layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.ubatch, workers_.threads(), options_.mtp);
+  options_.prefill_ubatch = std::min(options.prefill_ubatch, options.ctx);
+  if (options_.prefill_ubatch > options_.ubatch) {
+    FERRY_CHECK(options.device && options.experts && !options.ranks && !options_.mtp,
+                "a prefill chunk borrowing the expert cache needs a device, its expert provider, one process and "
+                "no --mtp");
+    prefill_layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.prefill_ubatch, workers_.threads(),
+                                                     options_.mtp);
+  }
   auto make = [&] { return std::make_shared<FeedBuffers>(layout_, c, options.device); };
   feed_ = options.shared_feed_buffers ? options.shared_feed_buffers->get_or_make(make) : make();
   mtp_pending_ = device_vector<float>(options.device, MemoryClass::Workspace, sz(layout_.mtp_pending));
@@ -175,10 +185,15 @@ void Session::compute(std::span<const int32_t> tokens, std::vector<float>* all_l
   const int64_t vocab = model_.config().vocab_size;
   if (all_logits) all_logits->resize(sz(n * vocab));
   if (last_logits) last_logits->resize(sz(vocab));
+  // A prompt longer than the session's chunk: bigger chunks, in the expert cache's room, for this feed.
+  std::optional<detail::BorrowedFeed> borrowed;
+  if (n > options_.ubatch && options_.prefill_ubatch > options_.ubatch)
+    borrowed.emplace(*options_.experts, *ops_, feed_, prefill_layout_, model_.config());
+  const int64_t chunk = borrowed ? options_.prefill_ubatch : options_.ubatch;
   workers_.execute([&] {
     for (int64_t done = 0; done < n;) {
       const int64_t every = options_.snapshot_every;
-      const int64_t m = std::min({options_.ubatch, n - done, every > 0 ? every - pos_ % every : n});
+      const int64_t m = std::min({chunk, n - done, every > 0 ? every - pos_ % every : n});
       const bool last_chunk = done + m == n;
       float* rows = all_logits ? all_logits->data() + done * vocab : nullptr;
       // The last row: computed into the feed's logits row, or, by a rank that receives it from the head's runner,

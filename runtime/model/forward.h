@@ -48,6 +48,11 @@ struct SessionOptions {
   int64_t ctx = 4096;  // tokens the KV cache holds
   planner::KvType kv_type = planner::KvType::FP8;
   int64_t ubatch = 512;  // prefill chunk
+  // Per-phase workspace (planner::DevicePlan::prefill_borrowed): a feed longer than ubatch goes in chunks of
+  // prefill_ubatch tokens, their buffers in the room the expert provider's cache lends for the feed
+  // (ExpertProvider::lend_cache); 0 (or <= ubatch): chunks of ubatch, the session's own buffers. Needs `device`
+  // and `experts`; not under mpirun yet.
+  int64_t prefill_ubatch = 0;
   bool mtp = false;      // also run the MTP layer and keep its logits
   // Where the KV cache and the workspace live (accounted there as Kv, Indexer and Workspace) and the layers'
   // ops run; nullptr: the host, with the buffers on the plain heap, unaccounted (a CPU-only run).
@@ -173,6 +178,7 @@ class Session {
   std::unique_ptr<KvCache> cache_;
   KvSnapshots snapshots_;
   planner::CpuForwardWorkspace layout_;
+  planner::CpuForwardWorkspace prefill_layout_;  // a prefill_ubatch chunk's, when the session borrows
   std::shared_ptr<FeedBuffers> feed_;
   DeviceVector<float> mtp_pending_;  // the MTP layer's last position, waiting for the next token
   bool has_mtp_pending_ = false;

@@ -60,6 +60,13 @@ class ExpertProvider {
   // Task `i` has been issued: `done` completes once it has run (a host task has run already: {}). The slot it
   // reads is not refilled before.
   virtual void issued(MoeSchedule& s, size_t i, ComputeEvent done) = 0;
+  // The prefill phase of a per-phase workspace (planner::DevicePlan::prefill_borrowed): once every copy into
+  // the device's expert cache has landed and every op reading it has run, frees the cache's slots, forgetting
+  // what they held, and returns their bytes (0: a provider without a cache lends nothing). Until
+  // take_back_cache(), which allocates them again, empty, for decode to refill, the cache takes nothing: experts
+  // go through the stream slots or to their hosts.
+  virtual int64_t lend_cache() { return 0; }
+  virtual void take_back_cache() {}
 };
 
 // Passes every call to another provider: the base of wrappers that observe, check or time some of the calls
@@ -72,6 +79,8 @@ class ForwardingExpertProvider : public ExpertProvider {
   }
   CopyEvent start(MoeSchedule& s, size_t i) override { return inner_.start(s, i); }
   void issued(MoeSchedule& s, size_t i, ComputeEvent done) override { inner_.issued(s, i, done); }
+  int64_t lend_cache() override { return inner_.lend_cache(); }
+  void take_back_cache() override { inner_.take_back_cache(); }
 
  protected:
   ExpertProvider& inner_;

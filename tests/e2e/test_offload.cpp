@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -27,8 +28,10 @@
 #include "offload_scenarios.h"
 #include "planner/core/error.h"
 #include "planner/model_spec.h"
+#include "planner/report.h"
 #include "runtime/backend/cpu_backend.h"
 #include "runtime/backend/sim_backend.h"
+#include "runtime/checkpoint/tiny_model.h"
 #include "runtime/generate/generate.h"
 #include "runtime/model/weight_placement.h"
 
@@ -285,6 +288,82 @@ TEST_F(Offload, BigChunkStreamingGivesTheCpuLogits) {
   EXPECT_GT(o.stats.streamed, 0);
   EXPECT_GT(o.evictions, 0);  // prefill used the cache's slots for streaming; decode refilled them
   EXPECT_GT(o.stats.cache_hits, 0);
+}
+
+// The tiny model with 8x wider experts (408 KiB each): an expert cache that holds a chunk's workspace.
+const std::filesystem::path& wide_expert_model_dir() {
+  static const std::filesystem::path dir = [] {
+    const auto d = std::filesystem::temp_directory_path() / ("ferry-wide-experts-" + std::to_string(::getpid()));
+    runtime::TinyOptions t;
+    t.overrides = {{"moe_intermediate_size", 1024}};
+    runtime::make_tiny_model(d, t);
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(
+          std::filesystem::temp_directory_path() / ("ferry-wide-experts-" + std::to_string(::getpid())), ec);
+    });
+    return d;
+  }();
+  return dir;
+}
+
+// Two turns: the prompt and its tokens, then 100 more prompt tokens (fed after decode filled the expert cache)
+// and their tokens; every position's logits.
+std::vector<float> two_turns(const runtime::ModelWeights& m, const runtime::SessionOptions& so) {
+  runtime::Session s(m, so);
+  runtime::GenerateOptions go;
+  go.n_predict = kGenerate;
+  go.stop_at_eos = false;
+  go.keep_logits = true;
+  std::vector<float> all = runtime::generate(s, prompt_tokens(kPrompt), go).logits;
+  const std::vector<float> more = runtime::generate(s, prompt_tokens(100, 2), go).logits;
+  all.insert(all.end(), more.begin(), more.end());
+  return all;
+}
+
+TEST_F(Offload, APromptInTheExpertCachesRoomGivesTheCpuLogits) {
+  // Per-phase workspace: the session keeps an 8-token chunk's buffers; each prompt goes in chunks of 64 whose
+  // buffers take the expert cache's room, the cache lent (emptied) while it is fed and refilled by decode.
+  const planner::ModelSpec spec = planner::load_model_spec(wide_expert_model_dir().string());
+  const runtime::ModelWeights model = runtime::ModelWeights::load(wide_expert_model_dir());
+  const runtime::SessionOptions so = session_options(planner::KvType::BF16, 64);
+  const offload::DeviceRequest req = sim_request("40MiB", 40 << 20, 10);
+  planner::PlanOptions o = offload::device_plan_options(req, so);
+  o.resident_chunk = 8;
+  const planner::Plan plan = offload::place_or_explain(spec, offload::device_hardware(host_spec(), req), o, req.name);
+  ASSERT_GT(plan.prefill_borrowed(), 0) << planner::format_plan(plan, spec);
+  ASSERT_GT(planner::expert_counts(plan, plan.layers.back(), 0).in_ram, 0) << planner::format_plan(plan, spec);
+  runtime::SimBackend gpu({req.capacity, kLinkBytesPerS});
+  PlanHosts ph = plan_hosts(plan);
+  offload::DispatchOptions d;
+  d.stream_min_tokens = 2;
+  std::vector<float> logits;
+  {
+    offload::BoundPlan bound(plan, model, gpu, ph.ptrs, d);
+    runtime::SessionOptions bso = bound.session_options(so);
+    EXPECT_EQ(bso.ubatch, 8);
+    EXPECT_EQ(bso.prefill_ubatch, 64);
+    CheckingProvider checker(*bso.experts, gpu);
+    bso.experts = &checker;
+    logits = two_turns(bound.weights(), bso);
+    Outcome checked;
+    collect_checks(checker, plan, checked);
+    EXPECT_EQ(gpu.compute_stats().overwrite_conflicts, 0) << "a copy landed in a slot that an op still read";
+    // The prompt's buffers were the borrowed ones, on top of the session's: the workspace reached its plan with
+    // the borrow, and its plan is back to the resident chunk's.
+    const runtime::MemoryClassUsage ws = gpu.ledger().usage(runtime::MemoryClass::Workspace);
+    EXPECT_EQ(ws.planned_high, ws.planned + plan.prefill_borrowed());
+    EXPECT_EQ(ws.high_water, ws.planned_high);
+    // The cache is back for decode, every slot allocated, and decode hit it.
+    const runtime::MemoryClassUsage cache = gpu.ledger().usage(runtime::MemoryClass::ExpertCache);
+    EXPECT_EQ(cache.current, cache.planned);
+    EXPECT_FALSE(bound.dispatch().cache_lent());
+    EXPECT_GT(bound.dispatch().total().streamed, 0);
+    EXPECT_GT(bound.dispatch().total().cache_hits, 0);
+    expect_within_plan(gpu, ph.backends, ph.plans);
+  }
+  expect_bitwise(logits, two_turns(model, so));
+  EXPECT_EQ(gpu.ledger().total_current(), 0) << "the binding left device memory behind";
 }
 
 // Records, in the host's program order, when each device task's copy was queued (its copy event's sequence)

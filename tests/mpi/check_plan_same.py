@@ -38,11 +38,14 @@ def cli_plan(plan, *gpu):
 
 
 def without_sources(plan):
-    """The plan without where its hardware figures came from (probed by the ranks, flags for ferry plan) and with
-    the worker threads resolved (the ranks count theirs, ferry plan takes the host's cores)."""
+    """The plan without where its hardware figures came from (probed by the ranks, flags for ferry plan), with
+    the worker threads resolved (the ranks count theirs, ferry plan takes the host's cores), and without the
+    option that keeps the ranks from borrowing the expert cache for prefill (ferry plan has no flag for it; over
+    several nodes no plan borrows, as every device's prefill_borrowed_bytes, compared, says)."""
     p = json.loads(json.dumps(plan))
     p["hardware"].pop("source")
     p["hardware"]["host"].pop("probed")
+    p["options"].pop("borrow_cache_for_prefill")
     if p["options"]["threads"] == 0:
         p["options"]["threads"] = p["hardware"]["host"]["cores"]
     return p

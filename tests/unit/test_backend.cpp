@@ -106,6 +106,28 @@ TEST(MemoryLedger, ConcurrentReservationsNeverOvershootThePlan) {
   EXPECT_EQ(l.usage(MemoryClass::ExpertCache).high_water, 1000);
 }
 
+TEST(MemoryLedger, AClassLendsOnlyWhatItDoesNotHoldAndTheBorrowerKeepsItsMostPlanned) {
+  MemoryLedger l("dev", 1000);
+  l.set_planned(MemoryClass::ExpertCache, 600);
+  l.set_planned(MemoryClass::Workspace, 100);
+  l.reserve(MemoryClass::ExpertCache, 300);
+  const std::string e = error_of([&] { l.lend(MemoryClass::ExpertCache, MemoryClass::Workspace, 301); });
+  EXPECT_NE(e.find("expert cache cannot lend"), std::string::npos) << e;
+  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).planned, 600);  // refused: nothing moved
+  EXPECT_EQ(l.usage(MemoryClass::Workspace).planned, 100);
+  l.lend(MemoryClass::ExpertCache, MemoryClass::Workspace, 300);
+  l.reserve(MemoryClass::Workspace, 400);  // the borrowed room
+  EXPECT_NE(error_of([&] { l.reserve(MemoryClass::ExpertCache, 1); }).find("exceed its plan"), std::string::npos);
+  l.release(MemoryClass::Workspace, 300);
+  l.lend(MemoryClass::Workspace, MemoryClass::ExpertCache, 300);
+  EXPECT_EQ(l.usage(MemoryClass::Workspace).planned, 100);
+  EXPECT_EQ(l.usage(MemoryClass::Workspace).planned_high, 400);
+  EXPECT_EQ(l.usage(MemoryClass::Workspace).high_water, 400);
+  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).planned, 600);
+  EXPECT_EQ(l.usage(MemoryClass::ExpertCache).planned_high, 600);
+  l.reserve(MemoryClass::ExpertCache, 300);  // the cache's room is back
+}
+
 TEST(MemoryLedger, AReservationIsReleasedWhenAnErrorLeavesItsScope) {
   MemoryLedger l("dev");
   l.set_planned(MemoryClass::Kv, 100);

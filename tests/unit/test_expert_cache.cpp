@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -662,6 +663,50 @@ TEST(ExpertCacheEvents, SlotsFollowTheirFillAndReaderEvents) {
   // Handing an op a pin the caller does not hold is a bug.
   EXPECT_NE(error_of([&] { cache.reading(0, miss.slot, reader); }).find("has not pinned"), std::string::npos);
   EXPECT_EQ(cache.lookup(0, 2).kind, LookupKind::Miss);  // now it can be refilled
+}
+
+TEST(ExpertCacheEvents, EmptyingWaitsForFillsAndReadersThenForgetsEveryExpert) {
+  runtime::SimDeviceSpec spec = runtime::parse_sim_device("sim:1MiB");
+  spec.strict = false;  // its ops read the test's host vectors
+  runtime::SimBackend dev(spec);
+  ExpertCache cache({2}, 4);
+  runtime::DeviceBuffer a = dev.allocate(runtime::MemoryClass::ExpertCache, 64);
+  runtime::DeviceBuffer b = dev.allocate(runtime::MemoryClass::ExpertCache, 64);
+  std::vector<float> src(16, 2.0f), out(16);
+  dev.pause();
+  dev.pause_compute();
+  const Lookup fill = cache.lookup(0, 1);  // a copy still landing
+  cache.filling(0, fill.slot, dev.copy_to_device(a, 0, src.data(), 64));
+  cache.release(0, fill.slot);
+  const Lookup read = cache.lookup(0, 2);  // an op still reading
+  cache.filling(0, read.slot, {});
+  cache.loaded(0, read.slot);
+  const auto* floats = static_cast<const float*>(b.data());
+  cache.reading(0, read.slot,
+                dev.run(runtime::ops::AddStreams{.a = floats, .b = floats, .n = 1, .streams = 1, .d = 16, .out = out.data()}));
+  std::atomic<bool> emptied = false;
+  std::thread t([&] {
+    cache.empty(dev);
+    emptied = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(emptied) << "emptied while a copy landed in a slot and an op read one";
+  dev.resume();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(emptied) << "emptied while an op read a slot";
+  dev.resume_compute();
+  t.join();
+  EXPECT_TRUE(emptied);
+  for (int s = 0; s < 2; ++s) {
+    EXPECT_EQ(cache.slot_info(0, s).state, SlotState::Free);
+    EXPECT_EQ(cache.slot_info(0, s).pins, 0);
+  }
+  EXPECT_FALSE(cache.contains(0, 1));
+  EXPECT_FALSE(cache.contains(0, 2));
+  EXPECT_EQ(cache.stats(0).misses, 2);  // counts stay
+  EXPECT_EQ(cache.lookup(0, 1).kind, LookupKind::Miss);
+  // A lookup's pin that no op holds: the slot may still be used; emptying refuses.
+  EXPECT_NE(error_of([&] { cache.empty(dev); }).find("no op reads"), std::string::npos);
 }
 
 }  // namespace

@@ -220,10 +220,77 @@ TEST(Placement, WorkspaceDependsOnUbatchNotContext) {
   EXPECT_EQ(a.devices[0].bytes_of("workspace"), b.devices[0].bytes_of("workspace"));
   EXPECT_EQ(a.devices[0].bytes_of("workspace"),
             cpu_forward_workspace(s.config, a.kv_type, 512, workstation().host.cores, false).bytes());
+  // A bigger chunk's workspace is held throughout when its prefill may not borrow the expert cache.
   PlanOptions big = at_ctx(1024);
   big.ubatch = 2048;
+  big.borrow_cache_for_prefill = false;
   const Plan c = make_plan(s, workstation(), big);
-  EXPECT_GT(c.devices[0].bytes_of("workspace"), a.devices[0].bytes_of("workspace"));
+  EXPECT_EQ(c.devices[0].bytes_of("workspace"),
+            cpu_forward_workspace(s.config, c.kv_type, 1024, workstation().host.cores, false).bytes());
+  EXPECT_EQ(c.prefill_borrowed(), 0);
+}
+
+TEST(Placement, APrefillChunkBorrowsTheExpertCacheSoDecodeKeepsAllOfIt) {
+  // V4-Flash on an RTX 3090 at 1M: a 16K-token chunk's workspace (9 GiB) would take most of the expert cache
+  // through decode; borrowed from the cache while a prompt is fed, it takes none of it.
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  const int cores = workstation().host.cores;
+  PlanOptions o = at_ctx(1048576);
+  const Plan small = make_plan(s, workstation(), o);
+  o.ubatch = 16384;
+  const Plan big = make_plan(s, workstation(), o);
+  o.borrow_cache_for_prefill = false;
+  const Plan held = make_plan(s, workstation(), o);
+  ASSERT_TRUE(small.fits && big.fits && held.fits);
+  const DevicePlan& gpu = big.devices[0];
+  ASSERT_EQ(gpu.kind, DeviceKind::Gpu);
+  const int64_t chunk_ws = cpu_forward_workspace(s.config, big.kv_type, 16384, cores, false).bytes();
+  const int64_t resident_ws = cpu_forward_workspace(s.config, big.kv_type, 512, cores, false).bytes();
+  EXPECT_EQ(gpu.prefill_borrowed, chunk_ws);
+  EXPECT_EQ(big.prefill_borrowed(), chunk_ws);
+  EXPECT_EQ(big.resident_chunk(), 512);
+  EXPECT_EQ(gpu.bytes_of("workspace"), resident_ws);
+  EXPECT_LE(gpu.prefill_borrowed, gpu.bytes_of("expert_cache"));
+  // Decode sees the 512-token plan's cache and speed; holding the chunk's workspace costs both.
+  EXPECT_EQ(gpu.bytes_of("expert_cache"), small.devices[0].bytes_of("expert_cache"));
+  EXPECT_DOUBLE_EQ(big.cost.decode_tok_s, small.cost.decode_tok_s);
+  EXPECT_EQ(held.prefill_borrowed(), 0);
+  EXPECT_EQ(held.resident_chunk(), 16384);
+  EXPECT_EQ(held.devices[0].bytes_of("workspace"), chunk_ws);
+  EXPECT_LT(held.devices[0].bytes_of("expert_cache"), gpu.bytes_of("expert_cache"));
+  EXPECT_LT(held.cost.decode_tok_s, big.cost.decode_tok_s);
+}
+
+TEST(Placement, WithoutACacheToBorrowTheChunksWorkspaceIsHeld) {
+  // No expert cache (every expert in RAM, none cached), or several nodes: nothing to borrow.
+  const ModelSpec s = load_model_spec("deepseek-v4-flash");
+  PlanOptions o = at_ctx(65536);
+  o.ubatch = 4096;
+  o.expert_cache = ExpertCacheMode::Off;
+  const Plan off = make_plan(s, workstation(), o);
+  ASSERT_TRUE(off.fits);
+  EXPECT_EQ(off.prefill_borrowed(), 0);
+  EXPECT_EQ(off.devices[0].bytes_of("workspace"),
+            cpu_forward_workspace(s.config, off.kv_type, 4096, workstation().host.cores, false).bytes());
+  o.expert_cache = ExpertCacheMode::Auto;
+  const Plan nodes = make_plan(s, workstation(2), o);
+  EXPECT_EQ(nodes.prefill_borrowed(), 0);
+  EXPECT_EQ(nodes.resident_chunk(), 4096);
+}
+
+TEST(Placement, ProOnAnRtxPro6000PrefillsA1MPromptAtOver1000TokensPerSecond) {
+  // Issue 18's target: with the chunk's workspace borrowed from the 64 GiB expert cache, the planner can take a
+  // 16K-token chunk, which halves the copies of every expert per token against 8K, without slowing decode.
+  const ModelSpec s = load_model_spec("deepseek-v4-pro");
+  PlanOptions o = at_ctx(1048576);
+  const Plan small = make_plan(s, workstation(1, "rtxpro6000", 1536 * core::kGiB), o);
+  o.choose_ubatch = true;
+  const Plan p = make_plan(s, workstation(1, "rtxpro6000", 1536 * core::kGiB), o);
+  ASSERT_TRUE(p.fits);
+  EXPECT_EQ(p.options.ubatch, 16384);
+  EXPECT_GT(p.prefill_borrowed(), 0);
+  EXPECT_GE(p.cost.prefill_full_tok_s, 1000);
+  EXPECT_DOUBLE_EQ(p.cost.decode_tok_s, small.cost.decode_tok_s);
 }
 
 TEST(Placement, KvAutoPicksHighestFidelityThatFits) {
