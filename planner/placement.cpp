@@ -84,8 +84,7 @@ class Placer {
  public:
   // `borrow`: the GPU keeps the workspace of options.resident_chunk tokens, and a prefill chunk's workspace
   // borrows its expert cache (lend_cache_to_prefill).
-  Placer(const ModelSpec& s, const Hardware& hw, const PlanOptions& o, KvType kv, Split split, Plan& plan,
-         bool borrow)
+  Placer(const ModelSpec& s, const Hardware& hw, const PlanOptions& o, KvType kv, Split split, Plan& plan, bool borrow)
       : s_(s), c_(s.config), hw_(hw), o_(o), kv_(kv), split_(split), plan_(plan), borrow_(borrow) {}
 
   // Whether every GPU's expert cache holds the prefill chunk's workspace, each GPU's borrow recorded; false

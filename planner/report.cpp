@@ -256,9 +256,9 @@ void phases_section(const Plan& p, const ModelSpec& spec, std::string& out) {
     out += printf_str("  decode   the GPU keeps the workspace of a %lld-token chunk; longer prompts borrow as above\n",
                       (long long)p.resident_chunk());
   if (cache > 0)
-    out += printf_str(
-        "  decode   the expert cache (%s) refills from the experts decode uses (LRU); misses on the CPU\n",
-        core::format_bytes(cache).c_str());
+    out +=
+        printf_str("  decode   the expert cache (%s) refills from the experts decode uses (LRU); misses on the CPU\n",
+                   core::format_bytes(cache).c_str());
   else
     out += "  decode   routed experts where their homes are (no GPU expert cache)\n";
 }

@@ -35,6 +35,10 @@ constexpr double kFailGrace = 2;
 constexpr int kFailLine = 4096;
 // Seconds: a wait without deadline.
 constexpr double kForever = 1e9;
+// How long a rank whose wait timed out watches for the notice of the peer it waited for (time_out()): longer than
+// the waits of a chain of ranks start apart (a layer's compute, in the forward pass), at most a quarter of the
+// deadline.
+constexpr double kNoticeGrace = 0.5;
 
 std::string this_host() {
   char name[256] = {};
@@ -86,6 +90,7 @@ World::World(int* argc, char*** argv) : host_(this_host()), timeout_s_(timeout_f
     // communicators made from comm_ inherit it.
     check_mpi(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
     check_mpi(MPI_Comm_dup(comm_, &fail_comm_), "MPI_Comm_dup");
+    check_mpi(MPI_Comm_dup(comm_, &notice_comm_), "MPI_Comm_dup");
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
     check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &node_comm_),
@@ -104,6 +109,7 @@ World::~World() {
   if (!mpi_) return;
   if (node_comm_ != MPI_COMM_NULL) MPI_Comm_free(&node_comm_);
   if (fail_comm_ != MPI_COMM_NULL) MPI_Comm_free(&fail_comm_);
+  if (notice_comm_ != MPI_COMM_NULL) MPI_Comm_free(&notice_comm_);
   if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   MPI_Finalize();
 }
@@ -207,7 +213,36 @@ void World::wait_all(std::span<MPI_Request> requests, std::span<const int> peers
     }
   const std::string who = peer >= 0 ? where(peer) : std::string("the other ranks");
   const std::string of = layer >= 0 ? fmt::format("{} {}", what, layer) : std::string(what);
-  abort(fmt::format("no answer from {} within {:.0f} s ({}; FERRY_RANK_TIMEOUT sets the limit)", who, timeout_s_, of));
+  time_out(peer, fmt::format("no answer from {} within {:.0f} s ({}; FERRY_RANK_TIMEOUT sets the limit)", who,
+                             timeout_s_, of));
+}
+
+void World::time_out(int peer, std::string_view line) const {
+  if (!mpi_ || size_ == 1 || peer < 0) abort(line);
+  // The notice names the rank this one waited for; the sends are never waited for (a stopped peer may never take
+  // one, and the run ends either way), so their buffer is the World's.
+  notice_ = peer;
+  for (int r = 0; r < size_; ++r) {
+    if (r == rank_) continue;
+    MPI_Request q = MPI_REQUEST_NULL;
+    if (MPI_Isend(&notice_, 1, MPI_INT, r, 0, notice_comm_, &q) == MPI_SUCCESS) MPI_Request_free(&q);
+  }
+  const auto until = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                        std::chrono::duration<double>(std::min(kNoticeGrace, timeout_s_ / 4)));
+  while (Clock::now() < until) {
+    int waiting = 0, blamed = -1;
+    MPI_Iprobe(peer, 0, notice_comm_, &waiting, MPI_STATUS_IGNORE);
+    if (waiting && MPI_Recv(&blamed, 1, MPI_INT, peer, 0, notice_comm_, MPI_STATUS_IGNORE) == MPI_SUCCESS) {
+      // Two ranks waiting for each other: the lower names the other. Otherwise the peer was itself waiting: the
+      // first of the chain to time out names the rank that went silent and ends the run, this rank with it; only
+      // if that never comes does this rank's own line end it.
+      if (blamed == rank_ && rank_ < peer) abort(line);
+      std::this_thread::sleep_for(std::chrono::duration<double>(2 * kNoticeGrace + 5));
+      abort(line);
+    }
+    usleep(1000);
+  }
+  abort(line);
 }
 
 void World::broadcast(void* data, int64_t bytes, int root, std::string_view what) const {

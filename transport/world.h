@@ -141,10 +141,18 @@ class World {
   // Polls until every request is done (true) or `limit_s` seconds have passed (false); completed requests become
   // MPI_REQUEST_NULL, the others stay posted.
   bool poll(std::span<MPI_Request> requests, double limit_s, std::string_view what) const;
+  // A wait for `peer` passed its deadline with `line` to say. Tells every rank so (a notice on notice_comm_),
+  // then watches a moment for the same notice from `peer`: a peer that sends one was itself waiting, for a rank
+  // that the first of the chain to time out names, so this rank ends the run without a line of its own (mpirun's
+  // processes die at different times: one line blaming a waiting peer could otherwise come out beside the true
+  // one). Without such a notice, abort(line).
+  [[noreturn]] void time_out(int peer, std::string_view line) const;
 
   bool mpi_ = false;
   MPI_Comm comm_ = MPI_COMM_NULL;
-  MPI_Comm fail_comm_ = MPI_COMM_NULL;  // fail() only: its collective must not match one of comm_'s
+  MPI_Comm fail_comm_ = MPI_COMM_NULL;    // fail() only: its collective must not match one of comm_'s
+  MPI_Comm notice_comm_ = MPI_COMM_NULL;  // time_out()'s notices only
+  mutable int notice_ = -1;               // time_out()'s notice: the rank this one waited for
   MPI_Comm node_comm_ = MPI_COMM_NULL;
   int rank_ = 0, size_ = 1, node_rank_ = 0, node_size_ = 1;
   bool concurrent_threads_ = true;

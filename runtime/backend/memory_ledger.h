@@ -21,7 +21,7 @@ using core::MemoryClass;
 struct MemoryClassUsage {
   int64_t planned = 0;  // bytes the Plan gives this class; kUnplanned: no limit (a CPU-only run's host RAM)
   int64_t current = 0;
-  int64_t high_water = 0;  // the most held at once
+  int64_t high_water = 0;    // the most held at once
   int64_t planned_high = 0;  // the most planned at once: `planned`, or more while another class lends to it
 };
 

@@ -53,8 +53,8 @@ Session::Session(const ModelWeights& model, SessionOptions options)
     FERRY_CHECK(options.device && options.experts && !options.ranks && !options_.mtp,
                 "a prefill chunk borrowing the expert cache needs a device, its expert provider, one process and "
                 "no --mtp");
-    prefill_layout_ = planner::cpu_forward_workspace(c, options.kv_type, options_.prefill_ubatch, workers_.threads(),
-                                                     options_.mtp);
+    prefill_layout_ =
+        planner::cpu_forward_workspace(c, options.kv_type, options_.prefill_ubatch, workers_.threads(), options_.mtp);
   }
   auto make = [&] { return std::make_shared<FeedBuffers>(layout_, c, options.device); };
   feed_ = options.shared_feed_buffers ? options.shared_feed_buffers->get_or_make(make) : make();

@@ -53,7 +53,7 @@ struct SessionOptions {
   // (ExpertProvider::lend_cache); 0 (or <= ubatch): chunks of ubatch, the session's own buffers. Needs `device`
   // and `experts`; not under mpirun yet.
   int64_t prefill_ubatch = 0;
-  bool mtp = false;      // also run the MTP layer and keep its logits
+  bool mtp = false;  // also run the MTP layer and keep its logits
   // Where the KV cache and the workspace live (accounted there as Kv, Indexer and Workspace) and the layers'
   // ops run; nullptr: the host, with the buffers on the plain heap, unaccounted (a CPU-only run).
   Backend* device = nullptr;

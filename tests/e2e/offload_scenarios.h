@@ -106,8 +106,8 @@ inline void expect_within_plan(const runtime::Backend& gpu,
     int64_t planned = 0;
     for (int i = 0; i < runtime::kMemoryClasses; ++i) {
       const auto u = b->ledger().usage(static_cast<runtime::MemoryClass>(i));
-      EXPECT_LE(u.high_water, u.planned_high) << b->name() << " "
-                                         << runtime::memory_class_name(static_cast<runtime::MemoryClass>(i));
+      EXPECT_LE(u.high_water, u.planned_high)
+          << b->name() << " " << runtime::memory_class_name(static_cast<runtime::MemoryClass>(i));
       planned += u.planned;
     }
     const int64_t high = b->ledger().total_high_water();
