@@ -185,8 +185,8 @@ struct CostInputs {
   // Seconds of a chunk's non-routed work in one layer on the device `dev` that runs it: the projections (tall
   // GEMMs from kTallGemmTokens on), attention, and the indexer on low-precision tensor cores.
   PrefillSplit dense_split(const DevicePlan& dev, double u, double dense_flops, const AttnFlops& a) const {
-    if (dev.kind != DeviceKind::Gpu) return {u * dense_flops / host_flops, u * a.attn / host_flops,
-                                             u * a.index / host_flops, 0};
+    if (dev.kind != DeviceKind::Gpu)
+      return {u * dense_flops / host_flops, u * a.attn / host_flops, u * a.index / host_flops, 0};
     const GpuSpec& g = hw.gpus[static_cast<size_t>(dev.index)];
     const double peak = g.bf16_tflops * 1e12;
     const double gemm = peak * (u >= double(kTallGemmTokens) ? kTallGemmEfficiency : kGpuFlopsEfficiency);
@@ -468,10 +468,7 @@ PrefillRate prefill_rate(const CostInputs& in, double pos) {
     streamed += w.streamed;
     cpu_layers += w.cpu_layers;
     copy_total += w.copy_s;
-    r_split.projections += w.split.projections;
-    r_split.attention += w.split.attention;
-    r_split.indexer += w.split.indexer;
-    r_split.experts += w.split.experts;
+    r_split += w.split;
     hidden_total += std::min(w.copy_s, *std::max_element(w.device.begin(), w.device.end()));
   }
   const double head = 2.0 * c.vocab_size * c.hidden_size * (in.o.logits_all ? u : 1) /
@@ -517,9 +514,7 @@ void estimate_cost(const ModelSpec& spec, Plan& plan) {
   e.prefill_full_expert_path = std::move(full.expert_path);
   e.prefill_copy_s = full.copy_s;
   e.prefill_copy_hidden = full.copy_s > 0 ? full.hidden_copy_s / full.copy_s : 1;
-  const double per_token = 1 / u;
-  e.prefill_full_split = {full.split.projections * per_token, full.split.attention * per_token,
-                          full.split.indexer * per_token, full.split.experts * per_token};
+  e.prefill_full_split = full.split.scaled(1 / u);
 }
 
 }  // namespace ferry::planner

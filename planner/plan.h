@@ -126,6 +126,11 @@ struct PrefillSplit {
   double experts = 0;      // routed experts where they are computed: on a GPU (resident, cached, streamed; the
                            // copies apart) or by the CPU (in RAM, beside the GPU's work when there is one)
   double total() const { return projections + attention + indexer + experts; }
+  PrefillSplit& operator+=(const PrefillSplit& o) {
+    projections += o.projections, attention += o.attention, indexer += o.indexer, experts += o.experts;
+    return *this;
+  }
+  PrefillSplit scaled(double f) const { return {projections * f, attention * f, indexer * f, experts * f}; }
 };
 
 struct CostEstimate {

@@ -20,17 +20,22 @@
 
 namespace ferry::testing {
 
-inline std::filesystem::path tiny_model_dir() {
-  static const std::filesystem::path dir = [] {
-    const auto d = std::filesystem::temp_directory_path() / ("ferry-forward-test-" + std::to_string(::getpid()));
-    runtime::make_tiny_model(d, {});
+// A tiny checkpoint made with `options` in the temporary directory as NAME-PID, removed when the process exits.
+inline std::filesystem::path temp_tiny_model(const std::string& name, const runtime::TinyOptions& options) {
+  static std::vector<std::filesystem::path> made;  // constructed before the handler is registered: outlives it
+  const auto dir = std::filesystem::temp_directory_path() / (name + "-" + std::to_string(::getpid()));
+  runtime::make_tiny_model(dir, options);
+  if (made.empty())
     std::atexit([] {
       std::error_code ec;
-      std::filesystem::remove_all(
-          std::filesystem::temp_directory_path() / ("ferry-forward-test-" + std::to_string(::getpid())), ec);
+      for (const auto& d : made) std::filesystem::remove_all(d, ec);
     });
-    return d;
-  }();
+  made.push_back(dir);
+  return dir;
+}
+
+inline std::filesystem::path tiny_model_dir() {
+  static const std::filesystem::path dir = temp_tiny_model("ferry-forward-test", {});
   return dir;
 }
 

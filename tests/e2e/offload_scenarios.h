@@ -30,13 +30,18 @@ inline runtime::SessionOptions session_options(planner::KvType kv, int64_t ubatc
   return so;
 }
 
-inline std::vector<float> run_logits(const runtime::ModelWeights& m, const runtime::SessionOptions& so) {
-  runtime::Session s(m, so);
+// Greedy generation of `n` tokens past EOS, every position's logits kept.
+inline runtime::GenerateOptions logits_of(int64_t n = kGenerate) {
   runtime::GenerateOptions go;
-  go.n_predict = kGenerate;
+  go.n_predict = n;
   go.stop_at_eos = false;
   go.keep_logits = true;
-  return runtime::generate(s, prompt_tokens(kPrompt), go).logits;
+  return go;
+}
+
+inline std::vector<float> run_logits(const runtime::ModelWeights& m, const runtime::SessionOptions& so) {
+  runtime::Session s(m, so);
+  return runtime::generate(s, prompt_tokens(kPrompt), logits_of()).logits;
 }
 
 inline const std::vector<float>& cpu_logits(planner::KvType kv, int64_t ubatch) {

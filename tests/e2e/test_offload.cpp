@@ -168,11 +168,7 @@ void collect_checks(const CheckingProvider& checker, const planner::Plan& plan, 
 std::vector<float> generate_on(const runtime::ModelWeights& weights, const runtime::SessionOptions& so,
                                runtime::Backend& gpu) {
   runtime::Session s(weights, so);
-  runtime::GenerateOptions go;
-  go.n_predict = kGenerate;
-  go.stop_at_eos = false;
-  go.keep_logits = true;
-  std::vector<float> logits = runtime::generate(s, prompt_tokens(kPrompt), go).logits;
+  std::vector<float> logits = runtime::generate(s, prompt_tokens(kPrompt), logits_of()).logits;
   const int64_t held = gpu.ledger().total_current();
   try {
     (void)gpu.allocate(runtime::MemoryClass::Kv, 1);
@@ -293,16 +289,9 @@ TEST_F(Offload, BigChunkStreamingGivesTheCpuLogits) {
 // The tiny model with 8x wider experts (408 KiB each): an expert cache that holds a chunk's workspace.
 const std::filesystem::path& wide_expert_model_dir() {
   static const std::filesystem::path dir = [] {
-    const auto d = std::filesystem::temp_directory_path() / ("ferry-wide-experts-" + std::to_string(::getpid()));
     runtime::TinyOptions t;
     t.overrides = {{"moe_intermediate_size", 1024}};
-    runtime::make_tiny_model(d, t);
-    std::atexit([] {
-      std::error_code ec;
-      std::filesystem::remove_all(
-          std::filesystem::temp_directory_path() / ("ferry-wide-experts-" + std::to_string(::getpid())), ec);
-    });
-    return d;
+    return temp_tiny_model("ferry-wide-experts", t);
   }();
   return dir;
 }
@@ -311,12 +300,8 @@ const std::filesystem::path& wide_expert_model_dir() {
 // and their tokens; every position's logits.
 std::vector<float> two_turns(const runtime::ModelWeights& m, const runtime::SessionOptions& so) {
   runtime::Session s(m, so);
-  runtime::GenerateOptions go;
-  go.n_predict = kGenerate;
-  go.stop_at_eos = false;
-  go.keep_logits = true;
-  std::vector<float> all = runtime::generate(s, prompt_tokens(kPrompt), go).logits;
-  const std::vector<float> more = runtime::generate(s, prompt_tokens(100, 2), go).logits;
+  std::vector<float> all = runtime::generate(s, prompt_tokens(kPrompt), logits_of()).logits;
+  const std::vector<float> more = runtime::generate(s, prompt_tokens(100, 2), logits_of()).logits;
   all.insert(all.end(), more.begin(), more.end());
   return all;
 }
@@ -501,11 +486,7 @@ TEST_F(Offload, TheHostComputesItsExpertsWhileTheDeviceWorksOnTheSameLayer) {
   std::vector<float> logits;
   {
     runtime::Session s(bound.weights(), bso);
-    runtime::GenerateOptions go;
-    go.n_predict = 4;
-    go.stop_at_eos = false;
-    go.keep_logits = true;
-    logits = runtime::generate(s, prompt_tokens(kPrompt), go).logits;
+    logits = runtime::generate(s, prompt_tokens(kPrompt), logits_of(4)).logits;
   }
   // Which uses the CPU takes depends on when prefetches land; at least some layers of the 5 steps have some.
   EXPECT_GE(probe.layers_with_host_experts, 5);
