@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -233,8 +234,23 @@ planner::CostEstimate predict(const planner::ModelSpec& spec, const planner::Cal
   return e;
 }
 
-// The rates the measured times imply: the decode's bytes (from a plan at 1 B/s, whose times are bytes) over the
-// non-expert and the expert time, the prefill chunk's FLOPs over the same.
+// The non-routed bandwidth at which the planner's decode step outside the routed experts takes `seconds`, the
+// FLOP rates in `rates` given: its time falls as the bandwidth rises (the weights' and KV's reads shrink, the
+// attention arithmetic stays), so a bisection finds it. Bounded by 1 B/s and 1 PB/s: a step the arithmetic alone
+// outlasts keeps the upper bound, and the prediction printed beside the measurement shows the miss.
+double dense_bw_for(const planner::ModelSpec& spec, planner::Calibration rates, const Run& r, double seconds) {
+  double lo = 0, hi = 15;         // log10 of bytes/s
+  for (int i = 0; i < 64; ++i) {  // 15 decades / 2^64: far below a double's precision
+    rates.host_dense_bw = std::pow(10.0, (lo + hi) / 2);
+    const double t = predict(spec, rates, r.decode_ctx, r.ubatch, 1).decode_gpu_ms * 1e-3;
+    (t > seconds ? lo : hi) = (lo + hi) / 2;
+  }
+  return std::pow(10.0, (lo + hi) / 2);
+}
+
+// The rates the measured times imply: the prefill chunk's FLOPs over its non-expert and its expert time, the
+// routed experts' decode bytes (from a plan at 1 B/s, whose times are bytes) over their time, and the non-routed
+// bandwidth that, beside the attention arithmetic at the prefill's rate, fills the rest of the decode step.
 planner::Calibration derive_rates(const planner::ModelSpec& spec, const Run& r, double triad) {
   planner::Calibration unit;
   unit.triad = triad;
@@ -252,10 +268,10 @@ planner::Calibration derive_rates(const planner::ModelSpec& spec, const Run& r, 
   }
   planner::Calibration rates;
   rates.triad = triad;
-  rates.host_dense_bw = bytes.decode_gpu_ms * 1e-3 / (r.decode.wall_s - experts_d);
   rates.host_expert_bw = bytes.decode_cpu_ms * 1e-3 / experts_d;
   rates.host_dense_flops = dense / (r.prefill.wall_s - experts_p);
   rates.host_expert_flops = expert / experts_p;
+  rates.host_dense_bw = dense_bw_for(spec, rates, r, r.decode.wall_s - experts_d);
   return rates;
 }
 

@@ -1,9 +1,11 @@
 // The cost model: a roofline over the placement (../shared/spec/hardware.md, "Bytes per decode token"):
-//   t_token = bytes read on the GPU / BW_vram + (1 - h) * routed bytes / (eta * BW_dram) + syncs.
-// Decode at batch 1 is memory-bound; prefill is compute-bound on the GPU and bound by PCIe or CPU FLOPs for the
-// routed experts that live in host RAM, whichever path is cheaper per layer. With several nodes each node computes
-// its share of a layer's experts (the slowest counts) and every exchange between nodes the layout makes is paid
-// for (docs/plan-schema.md, "Layouts over nodes").
+//   t_token = weight bytes on the GPU / BW_vram + sum over layers of max(KV bytes / BW_vram, attention FLOPs / rate)
+//             + (1 - h) * routed bytes / (eta * BW_dram) + syncs.
+// Decode at batch 1 is memory-bound but for attention and the indexer, whose arithmetic grows with the context and
+// outlasts their reads at long contexts (decode_attention); prefill is compute-bound on the GPU and bound by PCIe or
+// CPU FLOPs for the routed experts that live in host RAM, whichever path is cheaper per layer. With several nodes each
+// node computes its share of a layer's experts (the slowest counts) and every exchange between nodes the layout makes
+// is paid for (docs/plan-schema.md, "Layouts over nodes").
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -293,6 +295,8 @@ double logits_s(const CostInputs& in, double rows) {
 // Seconds of one decode token by where they are spent, and the routed-expert traffic behind them.
 struct DecodeTimes {
   double gpu_s = 0, cpu_s = 0, sync_s = 0;
+  double attention_s = 0;      // of gpu_s, the KV reads and the attention and indexer arithmetic
+  double compute_bound_s = 0;  // of attention_s, the layers whose arithmetic outlasts their reads
   double routed_uses = 0, hits = 0;
   double ceiling_s = 0;  // routed experts alone, each node reading its share from RAM at peak
 };
@@ -320,17 +324,30 @@ void decode_experts(const CostInputs& in, const std::vector<NodeShare>& shares, 
   t.routed_uses += in.topk;
 }
 
+// The token's attention and indexer in layer lp: a roofline of the KV bytes they read at `bw` and their
+// arithmetic at the device's attention rates (the prefill's, at one token). The indexer scores every compressed
+// key with each of its heads (V4: 64 x 128 products on a 68-byte FP4 key, ~240 FLOP a byte) and attention every
+// selected row with all 64 heads, so at long contexts the arithmetic outlasts the reads: on the CPU always, on a
+// 3090 about evenly (its reachable low-precision FLOP/s over its reachable bandwidth is ~190).
+void decode_attention(const CostInputs& in, const LayerPlan& lp, const DevicePlan& dev, double bw, DecodeTimes& t) {
+  const double read = kv_read_bytes(in.c, lp.layer, in.plan.kv_type, in.o.ctx) / bw;
+  const double compute = in.dense_split(dev, 1, 0, attention_flops(in.c, lp.layer, double(in.o.ctx))).total();
+  const double s = std::max(read, compute);
+  t.gpu_s += s;
+  t.attention_s += s;
+  t.compute_bound_s += compute > read ? s : 0;
+}
+
 DecodeTimes decode_times(const CostInputs& in) {
-  const core::ModelConfig& c = in.c;
   const Hardware& hw = in.hw;
   DecodeTimes t;
   const LayerPlan* prev = nullptr;
   for (const LayerPlan& lp : in.plan.layers) {
     if (lp.mtp) continue;  // MTP runs beside decoding (speculation), not in the base token time
-    const auto& w = in.spec.layers[static_cast<size_t>(lp.layer)];
-    const double read = double(w.non_routed()) + kv_read_bytes(c, lp.layer, in.plan.kv_type, in.o.ctx);
     const auto& dev = runner(in.plan, lp);
-    t.gpu_s += read / (dev.kind == DeviceKind::Gpu ? in.gpu_bw(dev) : in.host_bw);
+    const double bw = dev.kind == DeviceKind::Gpu ? in.gpu_bw(dev) : in.host_bw;
+    t.gpu_s += double(in.spec.layers[static_cast<size_t>(lp.layer)].non_routed()) / bw;
+    decode_attention(in, lp, dev, bw, t);
     const std::vector<NodeShare> shares = node_shares(in, lp);
     t.sync_s += exchange_s(in, lp, prev, shares, 1);
     prev = &lp;
@@ -344,9 +361,13 @@ DecodeTimes decode_times(const CostInputs& in) {
 
 const char* decode_bottleneck(const CostInputs& in, const DecodeTimes& t) {
   if (t.cpu_s >= t.gpu_s && t.cpu_s >= t.sync_s) return "host RAM bandwidth (routed experts computed by the CPU)";
-  if (t.gpu_s >= t.sync_s)
+  if (t.gpu_s >= t.sync_s) {
+    if (t.compute_bound_s > t.gpu_s / 2)
+      return in.has_gpu ? "GPU arithmetic (attention and indexer over the context)"
+                        : "CPU arithmetic (attention and indexer over the context)";
     return in.has_gpu ? "GPU memory bandwidth (non-routed weights, KV cache, cached experts)"
                       : "host RAM bandwidth (every weight read by the CPU)";
+  }
   if (in.hw.nodes > 1) return in.has_gpu ? "latency of GPU-CPU hand-offs and network exchanges" : "network exchanges";
   return "latency of GPU-CPU hand-offs";
 }
@@ -354,6 +375,8 @@ const char* decode_bottleneck(const CostInputs& in, const DecodeTimes& t) {
 void estimate_decode(const CostInputs& in, CostEstimate& e) {
   const DecodeTimes t = decode_times(in);
   e.decode_gpu_ms = t.gpu_s * 1e3;
+  e.decode_attention_ms = t.attention_s * 1e3;
+  e.decode_attention_compute_bound = t.compute_bound_s > t.attention_s / 2;
   e.decode_cpu_ms = t.cpu_s * 1e3;
   e.decode_sync_ms = t.sync_s * 1e3;
   e.decode_tok_s = 1 / std::max(1e-9, t.gpu_s + t.cpu_s + t.sync_s);

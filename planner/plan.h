@@ -137,6 +137,7 @@ struct CostEstimate {
   double decode_tok_s = 0;
   std::string decode_bottleneck;
   double decode_gpu_ms = 0;         // non-routed weights, KV reads, cached experts
+  double decode_attention_ms = 0;   // of which KV reads or attention arithmetic, the slower in each layer
   double decode_cpu_ms = 0;         // routed experts read from host RAM
   double decode_sync_ms = 0;        // GPU<->CPU hand-offs and network collectives
   double decode_ceiling_tok_s = 0;  // routed experts alone, from RAM at peak (hardware.md's table)
@@ -152,6 +153,8 @@ struct CostEstimate {
   // Where a chunk at mid-context spends its compute, in seconds per token, summed over the layers (the slowest
   // node's share of each layer's routed experts): what bounds a long prompt's prefill besides the copies.
   PrefillSplit prefill_full_split;
+  // In most of decode_attention_ms, attention's and the indexer's arithmetic outlasts their KV reads.
+  bool decode_attention_compute_bound = false;
 };
 
 struct KvFit {

@@ -154,6 +154,8 @@ ojson cost_to_json(const CostEstimate& c) {
   return {{"decode_tok_s", c.decode_tok_s},
           {"decode_bottleneck", c.decode_bottleneck},
           {"decode_gpu_ms", c.decode_gpu_ms},
+          {"decode_attention_ms", c.decode_attention_ms},
+          {"decode_attention_compute_bound", c.decode_attention_compute_bound},
           {"decode_cpu_ms", c.decode_cpu_ms},
           {"decode_sync_ms", c.decode_sync_ms},
           {"decode_ceiling_tok_s", c.decode_ceiling_tok_s},
@@ -286,6 +288,11 @@ CostEstimate cost_from_json(const ojson& c) {
   e.decode_bottleneck = field<std::string>(c, "decode_bottleneck", "cost");
   e.decode_gpu_ms = field<double>(c, "decode_gpu_ms", "cost");
   e.decode_cpu_ms = field<double>(c, "decode_cpu_ms", "cost");
+  // Informative like the split below; plans saved before they were added have none.
+  if (c.contains("decode_attention_ms")) {
+    e.decode_attention_ms = field<double>(c, "decode_attention_ms", "cost");
+    e.decode_attention_compute_bound = field<bool>(c, "decode_attention_compute_bound", "cost");
+  }
   e.decode_sync_ms = field<double>(c, "decode_sync_ms", "cost");
   e.decode_ceiling_tok_s = field<double>(c, "decode_ceiling_tok_s", "cost");
   e.expert_hit_rate = field<double>(c, "expert_hit_rate", "cost");
