@@ -17,6 +17,10 @@
 #include "runtime/kernels/cpu/matvec.h"
 #include "runtime/kernels/cpu/vec.h"
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
+
 namespace ferry::runtime::cpu {
 namespace {
 
@@ -155,6 +159,99 @@ TEST(CpuMatmul, Fp8MatchesTheMatvecBitwiseOnEveryPath) {
     }
   }
 }
+
+// The vector paths' order of float operations, one row at a time, written out with std::fma. Per 128-column
+// block: lane j of s0 sums the columns c + j and lane j of s1 the columns c + 8 + j of each whole 16-column step,
+// fusing value * 2^-8 times x; the block's sum is hsum's of s0 + s1, ((0+4) + (2+6)) + ((1+5) + (3+7)); its other
+// columns fuse onto 0; then block = sum * 256 + those, total = block * scale + total, each fused.
+std::vector<float> fp8_vector_order(const uint8_t* w, const uint8_t* scales, int64_t rows, int64_t cols,
+                                    const float* x) {
+  const int64_t scale_cols = (cols + 127) / 128;
+  std::vector<float> y(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = w + r * cols;
+    auto lane = [&](int64_t c, float s) { return std::fma(std::ldexp(core::e4m3_to_float(row[c]), -8), x[c], s); };
+    float total = 0.0f;
+    for (int64_t c0 = 0; c0 < cols; c0 += 128) {
+      const int64_t c1 = std::min(cols, c0 + 128);
+      float s0[8] = {}, s1[8] = {}, v[8];
+      int64_t c = c0;
+      for (; c + 16 <= c1; c += 16)
+        for (int j = 0; j < 8; ++j) {
+          s0[j] = lane(c + j, s0[j]);
+          s1[j] = lane(c + 8 + j, s1[j]);
+        }
+      for (int j = 0; j < 8; ++j) v[j] = s0[j] + s1[j];
+      const float sum = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+      float tail = 0.0f;
+      for (; c < c1; ++c) tail = std::fma(core::e4m3_to_float(row[c]), x[c], tail);
+      const float scale = core::e8m0_to_float(scales[(r / 128) * scale_cols + c0 / 128]);
+      total = std::fma(std::fma(sum, 256.0f, tail), scale, total);
+    }
+    y[size_t(r)] = total;
+  }
+  return y;
+}
+
+// Every vector path against that order, bit for bit: row counts around the tiles (AVX-512: 4 rows; AVX2: 2 for
+// two or three tokens) and past a 128-row scale block, one weight large enough for parallel row ranges, columns
+// with partial steps and blocks and odd block counts (AVX2, one token: two blocks at a time), every code but
+// E4M3's NaNs. Tokens of the magnitudes for which one token's AVX2 rows read the weight bytes as floats directly
+// (|x| < 2^16, subnormal x too), and one with a larger x, for which they go through F16.
+TEST(CpuMatmul, Fp8VectorPathsKeepTheOneRowOrder) {
+  const Shape shapes[] = {{7, 200}, {6, 77}, {13, 1000}, {130, 129}, {9, 2048}, {5, 4096}, {262, 1000}};
+  for (const Shape s : shapes) {
+    std::mt19937 rng(31 + static_cast<unsigned>(s.rows * 5 + s.cols));
+    const std::vector<uint8_t> w = random_bytes(rng, size_t(s.rows * s.cols), true);
+    const std::vector<uint8_t> scales = random_scales(rng, size_t(((s.rows + 127) / 128) * ((s.cols + 127) / 128)));
+    const int64_t n = 6;
+    std::vector<float> x = random_tokens(rng, n, s.cols);
+    x[size_t(s.cols + 3)] = 1e-40f;  // token 1: two subnormal x
+    x[size_t(2 * s.cols - 1)] = -3e-42f;
+    x[size_t(5 * s.cols + s.cols / 2)] = 70000.0f;  // token 5: past 2^16
+    std::vector<float> want(size_t(n * s.rows));
+    for (int64_t t = 0; t < n; ++t) {
+      const std::vector<float> yt = fp8_vector_order(w.data(), scales.data(), s.rows, s.cols, x.data() + t * s.cols);
+      std::copy(yt.begin(), yt.end(), want.begin() + t * s.rows);
+    }
+    for (const CpuIsa isa : fp8_isas()) {
+      if (isa == CpuIsa::Portable) continue;
+      SCOPED_TRACE(name(s, 0) + " " + isa_name(isa));
+      std::vector<float> y(want.size(), NAN);
+      for (int64_t t = 0; t < n; ++t)
+        detail::matvec_fp8_on(isa, w.data(), scales.data(), s.rows, s.cols, x.data() + t * s.cols,
+                              y.data() + t * s.rows);
+      ASSERT_TRUE(same_bits(y.data(), want.data(), n * s.rows)) << "matvec";
+      for (int64_t m = 2; m <= n; ++m) {
+        std::fill(y.begin(), y.end(), NAN);
+        detail::matmul_fp8_on(isa, w.data(), scales.data(), s.rows, s.cols, x.data(), m, s.cols, y.data(), s.rows);
+        ASSERT_TRUE(same_bits(y.data(), want.data(), m * s.rows)) << "matmul of " << m;
+      }
+    }
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+// With MXCSR's denormals-are-zero set on the calling thread, the AVX2 matvec must not read the subnormal E4M3
+// codes as float subnormals (they would count as zero): its bits stay the order's.
+TEST(CpuMatmul, Fp8Avx2MatvecIgnoresDenormalsAreZero) {
+  const std::vector<CpuIsa> isas = fp8_isas();
+  if (std::find(isas.begin(), isas.end(), CpuIsa::Avx2) == isas.end()) GTEST_SKIP() << "no AVX2";
+  std::mt19937 rng(3);
+  const int64_t rows = 5, cols = 160;  // small enough to run on this thread
+  std::vector<uint8_t> w = random_bytes(rng, size_t(rows * cols), true);
+  for (auto& b : w) b &= 0x87;  // exponent 0: subnormal codes (and zeros)
+  const std::vector<uint8_t> scales = random_scales(rng, 2);
+  const std::vector<float> x = random_tokens(rng, 1, cols);
+  const std::vector<float> want = fp8_vector_order(w.data(), scales.data(), rows, cols, x.data());
+  std::vector<float> y(size_t(rows), NAN);
+  const unsigned csr = _mm_getcsr();
+  _mm_setcsr(csr | 0x40);
+  detail::matvec_fp8_on(CpuIsa::Avx2, w.data(), scales.data(), rows, cols, x.data(), y.data());
+  _mm_setcsr(csr);
+  EXPECT_TRUE(same_bits(y.data(), want.data(), rows));
+}
+#endif
 
 // Columns below one 8-column step, a partial step (the tail the dot fuses into lane 0), rows that are not a
 // multiple of the 4-row tile, one weight large enough for parallel row ranges.

@@ -1,4 +1,5 @@
 #include "runtime/kernels/cpu/matvec.h"
+#include "runtime/kernels/cpu/matvec_fp8.h"
 #include "runtime/kernels/cpu/matvec_rows.h"
 
 #include <algorithm>
@@ -9,9 +10,7 @@
 #include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define FERRY_MATVEC_X86 1
+#ifdef FERRY_MATVEC_X86
 // GCC 12 reports its own AVX-512 intrinsics' "undefined" placeholder registers as maybe uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
@@ -21,14 +20,15 @@ namespace ferry::runtime::cpu {
 
 namespace {
 
-constexpr int64_t kFp8Block = 128;  // FP8: one E8M0 scale per 128x128 tile
+using detail::Fp8Rows;
+using detail::kFp8Block;
+constexpr int kMaxTile = detail::kFp8MaxTile;
 
 // One weight row against a tile of T tokens x + t * x_stride: out[t] = row . x[t]. Each token's arithmetic is
 // the same sequence whatever T is (T = 1 is the matvec), so its result does not depend on the tile; the tile
 // only shares the decoding of the weight bytes among its tokens.
 using Fp8Tile = void (*)(const uint8_t* w, const uint8_t* scales, int64_t cols, const float* x, int64_t x_stride,
                          float* out);
-constexpr int kMaxTile = 4;
 
 // ---- portable rows ----
 
@@ -49,91 +49,21 @@ void fp8_tile_portable(const uint8_t* w, const uint8_t* scales, int64_t cols, co
   for (int k = 0; k < T; ++k) out[k] = total[k];
 }
 
-// ---- AVX2 rows ----
-
 #ifdef FERRY_MATVEC_X86
-
-__attribute__((target("avx2,fma"))) float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// Sixteen E4M3 bytes to F16 bit patterns: E4M3 is F16 with the exponent bias 7 instead of 15 and 3 mantissa
-// bits instead of 10, so (sign << 15) | (magnitude << 7) is an F16 holding value * 2^-8, subnormals included.
-// F16C then converts to float exactly; every result is a normal float, so no slow denormal arithmetic.
-__attribute__((target("avx2,fma,f16c"))) inline void fp8_decode16(const uint8_t* p, __m256& lo, __m256& hi) {
-  const __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  // w << 8 puts the sign at bit 15; an arithmetic >> 1 copies it into bit 14, which the mask clears.
-  const __m256i h =
-      _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1), _mm256_set1_epi16(static_cast<short>(0xBF80)));
-  lo = _mm256_cvtph_ps(_mm256_castsi256_si128(h));
-  hi = _mm256_cvtph_ps(_mm256_extracti128_si256(h, 1));
-}
-
-constexpr int64_t kFp8PrefetchAhead = 2048;  // bytes
-
-// One rounding, a * b + c: the block sums below are fused multiply-adds, and each path says so explicitly so that
-// they all give the same bits.
-__attribute__((target("avx2,fma"))) inline float fmadd(float a, float b, float c) {
-  return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
-}
-
-// The end of a 128-column block for one row and token: `v` the 8 lanes of its vector steps (+ its lanes 8..15
-// for AVX-512), then the columns past the last whole 16-column step from the exact table, then the block scale.
-__attribute__((target("avx2,fma"))) inline float fp8_block_total(__m256 v, const uint8_t* w, const float* x, int64_t c,
-                                                                 int64_t c1, float scale, float total) {
-  const core::Fp8DecodeTables& t = core::fp8_decode_tables();
-  float tail = 0.0f;
-  for (int64_t i = c; i < c1; ++i) tail = fmadd(t.e4m3[w[i]], x[i], tail);
-  const float block = fmadd(hsum(v), 256.0f, tail);  // undo the 2^-8 of the F16 trick
-  return fmadd(block, scale, total);
-}
-
-template <int T>
-__attribute__((target("avx2,fma,f16c"))) void fp8_tile_avx2(const uint8_t* w, const uint8_t* scales, int64_t cols,
-                                                            const float* x, int64_t x_stride, float* out) {
-  const core::Fp8DecodeTables& t = core::fp8_decode_tables();
-  float total[T] = {};
-  for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kFp8Block, ++b) {
-    const int64_t c1 = std::min(cols, c0 + kFp8Block);
-    // Software prefetch ahead of the stream, into the next row too (rows are contiguous): the hardware
-    // prefetchers stop at 4 KiB pages, and without this the kernel waits on DRAM latency (8 GB/s vs 12 in cache).
-    _mm_prefetch(reinterpret_cast<const char*>(w + c0 + kFp8PrefetchAhead), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w + c0 + kFp8PrefetchAhead + 64), _MM_HINT_T0);
-    __m256 s0[T], s1[T];
-    for (int k = 0; k < T; ++k) s0[k] = s1[k] = _mm256_setzero_ps();
-    int64_t c = c0;
-    for (; c + 16 <= c1; c += 16) {
-      __m256 lo, hi;
-      fp8_decode16(w + c, lo, hi);
-#pragma GCC unroll 8
-      for (int k = 0; k < T; ++k) {
-        s0[k] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + k * x_stride + c), s0[k]);
-        s1[k] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + k * x_stride + c + 8), s1[k]);
-      }
-    }
-    for (int k = 0; k < T; ++k)
-      total[k] = fp8_block_total(_mm256_add_ps(s0[k], s1[k]), w, x + k * x_stride, c, c1, t.e8m0[scales[b]], total[k]);
-  }
-  for (int k = 0; k < T; ++k) out[k] = total[k];
-}
 
 // ---- AVX-512 rows ----
 
 #define FERRY_FP8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
 
-// fp8_decode16's F16 bit patterns into one register (lanes 0..7 its `lo`, 8..15 its `hi`), one integer step
-// shorter: the byte sign-extended to 16 bits and shifted left 7 has the sign in bits 15 and 14 and the magnitude
-// in bits 13..7, and the mask clears bit 14.
+// The AVX2 path's F16 bit patterns (matvec_fp8_avx2.cpp, F16Decode) into one register: lanes 0..7 its `lo`,
+// 8..15 its `hi`.
 FERRY_FP8_AVX512 inline __m512 fp8_decode16_512(const uint8_t* p) {
   const __m256i w = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm512_cvtph_ps(_mm256_and_si256(_mm256_slli_epi16(w, 7), _mm256_set1_epi16(static_cast<short>(0xBF80))));
 }
 
-// hsum(lo + hi) of four accumulators (lo, hi: their low and high 8 lanes), one per lane, each by the same pairs
-// of additions as hsum: lanes i and i+4, then 0 and 2 with 1 and 3, then those two. A block's end then costs a
+// fp8_hsum(lo + hi) of four accumulators (lo, hi: their low and high 8 lanes), one per lane, each by the same pairs
+// of additions as fp8_hsum: lanes i and i+4, then 0 and 2 with 1 and 3, then those two. A block's end then costs a
 // few shuffles per four rows instead of a reduction per row.
 FERRY_FP8_AVX512 inline __m128 fp8_hsum4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
   // [lo + hi of a0 | of a1] and [... of a2 | of a3]
@@ -151,9 +81,6 @@ FERRY_FP8_AVX512 inline __m128 fp8_hsum4(__m512 a0, __m512 a1, __m512 a2, __m512
 }
 
 constexpr int kFp8Rows = 4;  // rows per AVX-512 tile: each x load serves them all, and their FMA chains interleave
-// Tiles up to this size (rows up to 2048 columns) prefetch the next tile as one run; longer rows gain nothing
-// from it (3072 columns) or lose (4096: the run sits a whole tile ahead of the rows being read).
-constexpr int64_t kFp8ShortTileBytes = 8 << 10;
 
 // R rows (`cols` apart, row i's scales at sc[i]) against T tokens: y[k * y_stride + i] = row i . x[k]. Each
 // accumulator holds the AVX2 path's s0 in its low and s1 in its high lanes, and each block ends as there
@@ -167,24 +94,7 @@ FERRY_FP8_AVX512 void fp8_tile_avx512(const uint8_t* w, const uint8_t* const* sc
   for (int k = 0; k < T; ++k) total4[k] = _mm_setzero_ps();
   for (int64_t c0 = 0, b = 0; c0 < cols; c0 += kFp8Block, ++b) {
     const int64_t c1 = std::min(cols, c0 + kFp8Block);
-    if (R * cols <= kFp8ShortTileBytes) {
-      // Short rows: the tile is one run of R·cols bytes, and the next tile the run after it. Each block
-      // prefetches R·128 bytes of the next run in address order, so that the whole of it is requested during
-      // this tile as one sequential stream (one core: 16 GB/s for 1024-column rows, against 10 with the
-      // per-row streams below, whose requests jump a row apart).
-      const uint8_t* next = w + R * cols + R * c0;
-#pragma GCC unroll 8
-      for (int i = 0; i < 2 * R; ++i) _mm_prefetch(reinterpret_cast<const char*>(next + 64 * i), _MM_HINT_T0);
-    } else {
-      // As fp8_tile_avx2, but past its row's end each stream prefetches the row the next tile starts with, R rows
-      // on.
-      const int64_t ahead = c0 + kFp8PrefetchAhead + (c0 + kFp8PrefetchAhead < cols ? 0 : (R - 1) * cols);
-#pragma GCC unroll 4
-      for (int i = 0; i < R; ++i) {
-        _mm_prefetch(reinterpret_cast<const char*>(w + i * cols + ahead), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(w + i * cols + ahead + 64), _MM_HINT_T0);
-      }
-    }
+    detail::fp8_prefetch<R>(w, cols, c0);
     __m512 acc[R][T];
     for (int i = 0; i < R; ++i)
       for (int k = 0; k < T; ++k) acc[i][k] = _mm512_setzero_ps();
@@ -216,8 +126,8 @@ FERRY_FP8_AVX512 void fp8_tile_avx512(const uint8_t* w, const uint8_t* const* sc
       for (int k = 0; k < T; ++k) {
         const __m256 lo = _mm512_castps512_ps256(acc[i][k]);
         const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i][k]), 1));
-        total[k][i] = fp8_block_total(_mm256_add_ps(lo, hi), w + i * cols, x + k * x_stride, c, c1, t.e8m0[sc[i][b]],
-                                      total[k][i]);
+        total[k][i] = detail::fp8_block_total(t, _mm256_add_ps(lo, hi), w + i * cols, x + k * x_stride, c, c1,
+                                              t.e8m0[sc[i][b]], total[k][i]);
       }
     }
     if constexpr (R == 4)
@@ -247,10 +157,6 @@ void fp8_rows_avx512(const uint8_t* w, const uint8_t* scales, int64_t scale_cols
 #undef FERRY_FP8_AVX512
 
 #endif  // FERRY_MATVEC_X86
-
-// Rows [r0, r1) against a tile of T tokens: y[t * y_stride + r] for t < T, r in the range.
-using Fp8Rows = void (*)(const uint8_t* w, const uint8_t* scales, int64_t scale_cols, int64_t r0, int64_t r1,
-                         int64_t cols, const float* x, int64_t x_stride, float* y, int64_t y_stride);
 
 // The one-row tiles, a row at a time.
 template <Fp8Tile tile, int T>
@@ -284,8 +190,8 @@ const Fp8Kernels& fp8_kernels(CpuIsa isa) {
       fp8_rows_by_one<fp8_tile_portable<1>, 1>, fp8_rows_by_one<fp8_tile_portable<2>, 2>,
       fp8_rows_by_one<fp8_tile_portable<3>, 3>, fp8_rows_by_one<fp8_tile_portable<4>, 4>};
 #ifdef FERRY_MATVEC_X86
-  static const Fp8Kernels avx2 = {fp8_rows_by_one<fp8_tile_avx2<1>, 1>, fp8_rows_by_one<fp8_tile_avx2<2>, 2>,
-                                  fp8_rows_by_one<fp8_tile_avx2<3>, 3>, fp8_rows_by_one<fp8_tile_avx2<4>, 4>};
+  static const Fp8Kernels avx2 = {detail::fp8_avx2_rows[0], detail::fp8_avx2_rows[1], detail::fp8_avx2_rows[2],
+                                  detail::fp8_avx2_rows[3]};
   static const Fp8Kernels avx512 = {fp8_rows_avx512<1>, fp8_rows_avx512<2>, fp8_rows_avx512<3>, fp8_rows_avx512<4>};
   if (isa == CpuIsa::Avx2) return avx2;
   if (isa == CpuIsa::Avx512) return avx512;
@@ -313,6 +219,15 @@ void run_fp8(CpuIsa isa, const uint8_t* w, const uint8_t* scales, int64_t rows, 
   FERRY_CHECK(n >= 0, "matmul_fp8: negative token count");
   const Fp8Kernels& kernels = fp8_kernels(isa);
   const int64_t scale_cols = (cols + kFp8Block - 1) / kFp8Block;
+#ifdef FERRY_MATVEC_X86
+  if (isa == CpuIsa::Avx2 && n == 1) {  // x scaled once, for rows that read the weight bytes as floats directly
+    const std::vector<float> xs = detail::fp8_avx2_scaled_x(x, cols);
+    detail::for_each_row_range(rows, cols, [&](int64_t r0, int64_t r1) {
+      detail::fp8_avx2_matvec_rows(w, scales, scale_cols, r0, r1, cols, x, xs.empty() ? nullptr : xs.data(), y);
+    });
+    return;
+  }
+#endif
   detail::for_each_row_range(rows, cols, [&](int64_t r0, int64_t r1) {
     for (int64_t t0 = 0; t0 < n; t0 += kMaxTile) {
       const int nt = static_cast<int>(std::min<int64_t>(kMaxTile, n - t0));
