@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "planner/core/error.h"
 #include "runtime/backend/worker_threads.h"
 #include "runtime/kernels/cpu/matvec.h"
 
@@ -191,18 +193,48 @@ double triad_gbps(int reps) {
 
 namespace {
 
+// A read-only stream over 768 MiB, summed in eight integer lanes: the most a kernel that reads its weights once
+// can take from this machine's RAM on these threads. Without stores (the triad's third array and the line it
+// reads before writing) a matvec's ceiling is this, not the triad. Best of `reps`.
+double read_gbps(int reps) {
+  const size_t n = size_t(96) << 20;  // 96 Mi 8-byte words
+  std::vector<uint64_t> a(n, 1);
+  std::atomic<uint64_t> total{0};
+  double best = 1e30;
+  for (int r = 0; r < reps + 1; ++r) {
+    const double t = seconds_of([&] {
+      tbb::parallel_for(tbb::blocked_range<size_t>(0, n, size_t(1) << 16),
+                        [&](const tbb::blocked_range<size_t>& range) {
+                          uint64_t lane[8] = {};
+                          size_t i = range.begin();
+                          for (; i + 8 <= range.end(); i += 8)
+                            for (int k = 0; k < 8; ++k) lane[k] += a[i + size_t(k)];
+                          uint64_t sum = 0;
+                          for (; i < range.end(); ++i) sum += a[i];
+                          for (uint64_t v : lane) sum += v;
+                          total.fetch_add(sum, std::memory_order_relaxed);
+                        });
+    });
+    if (r > 0) best = std::min(best, t);
+  }
+  FERRY_CHECK(total.load() == uint64_t(reps + 1) * n, "read stream summed {} of {} words", total.load(),
+              uint64_t(reps + 1) * n);
+  return 8.0 * double(n) / best / 1e9;
+}
+
 // The benchmark, run in the workers' arena: every parallel loop uses their threads, each single-thread kernel the
 // calling thread on its core.
 void run_in_arena(int repetitions, int working_set_mib, const std::vector<int>& token_counts) {
   const size_t llc = last_level_cache_bytes();
   if (working_set_mib <= 0) working_set_mib = static_cast<int>(std::max<size_t>(256, 2 * (llc >> 20)));
-  const double triad = triad_gbps(repetitions);
+  const double triad = triad_gbps(repetitions), read = read_gbps(repetitions);
   std::printf("ferry bench kernels: %s, last-level cache %zu MiB, %d MiB of weights cycled\n",
               runtime::worker_threads_text().c_str(), llc >> 20, working_set_mib);
   std::printf(
       "MXFP4 rows: code path, then the activation precision (int24: the forward pass's default, as exact as\n"
       "float; int16 / int8: ferry run --expert-activations int16 / int8; int8 runs the whole-block kernels)\n");
   std::printf("%-40s %8.1f GB/s\n", "triad (a = b + s*c)", triad);
+  std::printf("%-40s %8.1f GB/s  %5.0f%% of triad: a matvec's ceiling\n", "read (sum of a)", read, 100 * read / triad);
   struct Shape {
     int64_t rows, cols;
     const char* what;
@@ -226,7 +258,8 @@ void run_in_arena(int repetitions, int working_set_mib, const std::vector<int>& 
         const double g4 = kernel_gbps(fp4_weights, s.rows, s.cols, repetitions, kernel);
         std::snprintf(label, sizeof label, "MXFP4 %lldx%lld (%s) %s %s", (long long)s.rows, (long long)s.cols, s.what,
                       runtime::cpu::isa_name(isa), core::activation_bits_name(bits));
-        std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g4, 100 * g4 / triad);
+        std::printf("%-40s %8.1f GB/s  %5.0f%% of triad  %5.0f%% of read\n", label, g4, 100 * g4 / triad,
+                    100 * g4 / read);
       }
     }
     auto fp8_weights = make_weights(count(fp8 + fp8_scales), fp8, fp8_scales);
@@ -236,7 +269,8 @@ void run_in_arena(int repetitions, int working_set_mib, const std::vector<int>& 
       const double g8 = kernel_gbps(fp8_weights, s.rows, s.cols, repetitions, kernel);
       std::snprintf(label, sizeof label, "FP8 %lldx%lld %s", (long long)s.rows, (long long)s.cols,
                     runtime::cpu::isa_name(isa));
-      std::printf("%-40s %8.1f GB/s  %5.0f%% of triad\n", label, g8, 100 * g8 / triad);
+      std::printf("%-40s %8.1f GB/s  %5.0f%% of triad  %5.0f%% of read\n", label, g8, 100 * g8 / triad,
+                  100 * g8 / read);
     }
     if (!token_counts.empty()) {
       std::printf(
