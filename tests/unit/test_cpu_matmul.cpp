@@ -71,9 +71,12 @@ std::string name(Shape s, int64_t offset) {
 }
 
 // Rows 1 .. 300 (not multiples of the tile, one large enough for the parallel row ranges; 7 and 10 leave the
-// AVX2 Int8 kernel's 4-row blocks 3 and 2 rows), 1 .. 128 blocks
-// (4096 columns: tiles of 2 (int24) and 3 (int16) tokens, which is what fits in L1).
-const Shape kMxfp4Shapes[] = {{1, 32}, {7, 96}, {10, 64}, {37, 160}, {13, 544}, {300, 2176}, {5, 4096}};
+// AVX2 Int8 kernel's 4-row blocks 3 and 2 rows), 1 .. 513 blocks
+// (4096 columns: tiles of 2 (int24) and 3 (int16) tokens, which is what fits in L1). Rows longer than the AVX2
+// Int8 kernel decodes at once (8 groups of 4 rows, 16 of 2, 32 of 1) carry its sums from one chunk to the next:
+// 145 blocks (4 rows: chunks of 8 and 2 groups, the last one partial), 257 (2 rows: 16 and 1), 513 (1 row).
+const Shape kMxfp4Shapes[] = {{1, 32},     {7, 96},   {10, 64},  {37, 160}, {13, 544},
+                              {300, 2176}, {5, 4096}, {7, 4640}, {3, 8224}, {1, 16416}};
 
 TEST(CpuMatmul, Mxfp4MatchesTheMatvecBitwiseOnEveryPath) {
   for (const Shape s : kMxfp4Shapes) {

@@ -10,9 +10,9 @@
 // xs * ws, acc) with xs = 2^(k_b - 1) (lane_scale) and ws = 2^(e_b - 127) (the weight's E8M0; 0 flushes to 0,
 // 255 is inf); y = the sum of acc's lanes. Every term S_b * xs * ws is exact (powers of two), so the paths
 // differ only in the order of the float additions: AVX-512 keeps 16 lanes, AVX2 8 (a group's two halves in
-// turn). Each weight row is decoded once and applied to all n tokens, with the per-token accumulators in
-// memory, so a token's result is the same sequence of operations whatever n is. The decoded group stays in
-// registers, except on AVX2 with several tokens, where four rows' groups go to an L1 buffer (rows_avx2).
+// turn). Each weight row is decoded once and applied to all n tokens, each token with its own accumulators, so
+// a token's result is the same sequence of operations whatever n is. The decoded group stays in registers,
+// except on AVX2 with several tokens, where up to 8 groups of four rows go to an L1 buffer (rows_avx2).
 #include "runtime/kernels/cpu/matvec_mxfp4_int8.h"
 
 #include <algorithm>
@@ -243,56 +243,124 @@ __attribute__((target("avx2,fma"))) void row_avx2(const uint8_t* codes, const ui
   ROW256_BODY(DOT_AVX2)
 }
 
-// R rows against n tokens on AVX2 (no dot-product unit, 16 registers): a group of the R rows is decoded once
-// into `dec` (L1), then each token's group is read from L2 once for all R rows, where one row at a time reads
-// it once per row, and twice (a line holds both halves' bytes) once 64 tokens' groups outgrow L1. Per token,
-// row and half group the operations are row_avx2's, so the result is bitwise the same.
+// Groups of R rows decoded at once into rows_avx2's `dec` (L1): 16 KiB of decoded bytes; each row's groups
+// kDecRowVecs vectors apart.
+template <int R>
+constexpr int64_t kDecGroups = (16 << 10) / (R * kGroupCodes * 2);
+template <int R>
+constexpr int64_t kDecRowVecs = kDecGroups<R> * 16;
+
+// The 8 block sums of a half group of R rows against one token: w points at row 0's 8 decoded vectors, the
+// next row's kDecRowVecs on. The even elements (v 0-3), then the odd ones, each four pairs summed in int16 as
+// in DOT_AVX2.
+template <int R>
+__attribute__((target("avx2,fma"), always_inline)) inline void half_sums(const __m256i* w, const int8_t* lanes,
+                                                                         const int32_t* bias, __m256i* sum) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i b = _mm256_load_si256(reinterpret_cast<const __m256i*>(bias));
+  for (int r = 0; r < R; ++r) sum[r] = b;
+  for (int v0 = 0; v0 < 8; v0 += 4) {
+    __m256i part[R];
+    for (int v = v0; v < v0 + 4; ++v) {
+      const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes + 64 * v));
+      for (int r = 0; r < R; ++r) {
+        const __m256i m = _mm256_maddubs_epi16(_mm256_load_si256(w + r * kDecRowVecs<R> + v), xv);
+        part[r] = v == v0 ? m : _mm256_add_epi16(part[r], m);
+      }
+    }
+    for (int r = 0; r < R; ++r) sum[r] = _mm256_add_epi32(sum[r], _mm256_madd_epi16(part[r], ones));
+  }
+}
+
+// token_avx2's loop for 4 rows in assembly: loads bound it (Zen 3 takes two 256-bit loads a cycle), and the
+// compiler's schedule spills partial sums to the stack, about 77 loads and stores per half group where this
+// one has 46: the token's 8 activation vectors, the 32 weight vectors, its bias, its scale and the 4 rows' ws,
+// each once (llvm-mca -mcpu=znver3: 38.6 cycles per half group compiled, 27.5 here). ymm0-3 the rows' block sums,
+// ymm4-7 their int16 pairs, ymm8 the activation (then xs), ymm9 a weight (then xs * ws), ymm10 the bias, ymm11 int16
+// ones. Operands: %[L] the lanes, %[W] row 0's decoded groups (rows %c[S] bytes apart), %[B] bias, %[X] scale, %[WS]
+// row 0's ws (rows %c[WSS] bytes apart), all at the chunk's first group; %[i] 64 bytes per group.
+#define MT_X(h, v) "vmovdqa " #h "*32+" #v "*64(%[L],%[i],8), %%ymm8\n"
+#define MT_W(r, h, v) "vmovdqa " #r "*%c[S]+" #h "*256+" #v "*32(%[W],%[i],8), %%ymm9\n"
+#define MT_M0(r, p, h, v) MT_W(r, h, v) "vpmaddubsw %%ymm8, %%ymm9, %%ymm" #p "\n"
+#define MT_M1(r, p, h, v) MT_W(r, h, v) "vpmaddubsw %%ymm8, %%ymm9, %%ymm9\nvpaddw %%ymm9, %%ymm" #p ", %%ymm" #p "\n"
+#define MT_V0(h, v) MT_X(h, v) MT_M0(0, 4, h, v) MT_M0(1, 5, h, v) MT_M0(2, 6, h, v) MT_M0(3, 7, h, v)
+#define MT_V1(h, v) MT_X(h, v) MT_M1(0, 4, h, v) MT_M1(1, 5, h, v) MT_M1(2, 6, h, v) MT_M1(3, 7, h, v)
+#define MT_PARITY(h, v0, v1, v2, v3) MT_V0(h, v0) MT_V1(h, v1) MT_V1(h, v2) MT_V1(h, v3)
+#define MT_E(s, p) "vpmaddwd %%ymm11, %%ymm" #p ", %%ymm" #s "\nvpaddd %%ymm10, %%ymm" #s ", %%ymm" #s "\n"
+#define MT_O(s, p) "vpmaddwd %%ymm11, %%ymm" #p ", %%ymm" #p "\nvpaddd %%ymm" #p ", %%ymm" #s ", %%ymm" #s "\n"
+#define MT_F(r, h)                                                \
+  "vcvtdq2ps %%ymm" #r ", %%ymm" #r "\nvmulps " #r "*%c[WSS]+" #h \
+  "*32(%[WS],%[i]), %%ymm8, %%ymm9\n"                             \
+  "vfmadd231ps %%ymm9, %%ymm" #r ", %[a" #r "]\n"
+#define MT_HALF(h)                                                                                               \
+  "vmovdqa " #h "*32(%[B],%[i]), %%ymm10\n" MT_PARITY(h, 0, 1, 2, 3) MT_E(0, 4) MT_E(1, 5) MT_E(2, 6) MT_E(3, 7) \
+      MT_PARITY(h, 4, 5, 6, 7) MT_O(0, 4) MT_O(1, 5) MT_O(2, 6)                                                  \
+          MT_O(3, 7) "vmovaps " #h "*32(%[X],%[i]), %%ymm8\n" MT_F(0, h) MT_F(1, h) MT_F(2, h) MT_F(3, h)
+
+// Token x through `chunk` decoded groups (group g0 onwards) of R rows, the R accumulators in registers: from
+// zero at g0 = 0, else from `acc`; to y (hsum) after the row's last group, else back to `acc`.
+template <int R>
+__attribute__((target("avx2,fma"))) void token_avx2(const __m256i* dec, const __m256* dws, int64_t g0, int64_t chunk,
+                                                    bool last, const Token& x, float* acc, float* y) {
+  constexpr int64_t kChunk = kDecGroups<R>;
+  __m256 a[R];
+  for (int r = 0; r < R; ++r) a[r] = g0 == 0 ? _mm256_setzero_ps() : _mm256_load_ps(acc + 8 * r);
+  if constexpr (R == 4) {
+    int64_t i = 0;
+    __asm__(
+        "vpcmpeqw %%ymm11, %%ymm11, %%ymm11\nvpsrlw $15, %%ymm11, %%ymm11\n"
+        "1:\n" MT_HALF(0) MT_HALF(1) "add $64, %[i]\ncmp %[end], %[i]\njne 1b\n"
+        : [a0] "+x"(a[0]), [a1] "+x"(a[1]), [a2] "+x"(a[2]), [a3] "+x"(a[3]), [i] "+r"(i)
+        : [end] "r"(64 * chunk), [L] "r"(x.lanes + 512 * g0), [W] "r"(dec), [B] "r"(x.bias + 16 * g0),
+          [X] "r"(x.scale + 16 * g0), [WS] "r"(dws), [S] "i"(32 * kDecRowVecs<R>), [WSS] "i"(64 * kChunk)
+        : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "memory",
+          "cc");
+  } else {
+    for (int64_t j = 0; j < chunk; ++j)
+      for (int h = 0; h < 2; ++h) {
+        const int64_t at = 16 * (g0 + j) + 8 * h;
+        __m256i sum[R];
+        half_sums<R>(dec + (2 * j + h) * 8, x.lanes + 512 * (g0 + j) + 32 * h, x.bias + at, sum);
+        const __m256 xs = _mm256_load_ps(x.scale + at);
+        for (int r = 0; r < R; ++r)
+          a[r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[r]), _mm256_mul_ps(xs, dws[(r * kChunk + j) * 2 + h]), a[r]);
+      }
+  }
+  for (int r = 0; r < R; ++r)
+    if (last)
+      y[r] = hsum(a[r]);
+    else
+      _mm256_store_ps(acc + 8 * r, a[r]);
+}
+
+// R rows against n tokens on AVX2 (no dot-product unit, 16 registers): up to kDecGroups groups of the R rows
+// are decoded once into `dec` (L1), then each token runs through them with its R accumulators in registers,
+// reading its activations as one stream (which the hardware prefetcher follows); the accumulators go to `acc`
+// only between two such chunks of a long row. Per token, row and half group the operations and their order
+// are row_avx2's, so the result is bitwise the same.
 template <int R>
 __attribute__((target("avx2,fma"))) void rows_avx2(const uint8_t* codes, const uint8_t* scales, int64_t blocks,
                                                    const Token* x, int64_t n, float* acc, float* y, int64_t y_stride) {
+  constexpr int64_t kChunk = kDecGroups<R>;
   const int64_t row_bytes = blocks * 16, groups = (blocks + kGroupBlocks - 1) / kGroupBlocks;
-  for (int64_t i = 0; i < n * R; ++i) _mm256_store_ps(acc + 8 * i, _mm256_setzero_ps());
-  const __m256i ones = _mm256_set1_epi16(1);
-  alignas(32) __m256i dec[R][2][8];
-  __m256 dws[R][2];
-  GroupSource tail[R];
-  for (int64_t g = 0; g < groups; ++g) {
-    for (int r = 0; r < R; ++r) {
-      const uint8_t* cg = codes + r * row_bytes + kGroupCodes * g;
-      const uint8_t* sg = scales + r * blocks + kGroupBlocks * g;
-      for (int64_t at = 0; at < kGroupCodes; at += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(cg + kPrefetchAhead + at), _MM_HINT_T1);
-      group_source(cg, sg, blocks - kGroupBlocks * g, tail[r]);
-      for (int h = 0; h < 2; ++h) decode_half(cg + 128 * h, sg + 8 * h, dec[r][h], dws[r][h]);
-    }
-    for (int64_t t = 0; t < n; ++t) {
-      for (int h = 0; h < 2; ++h) {
-        const int8_t* lanes = x[t].lanes + 512 * g + 32 * h;
-        const int64_t at = 16 * g + 8 * h;
-        __m256i sum[R], part[R];
-        for (int r = 0; r < R; ++r) sum[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(x[t].bias + at));
-        // The even elements (v 0-3), then the odd ones, each four pairs summed in int16 as in DOT_AVX2.
-        for (int v0 = 0; v0 < 8; v0 += 4) {
-          for (int v = v0; v < v0 + 4; ++v) {
-            const __m256i xv = _mm256_load_si256(reinterpret_cast<const __m256i*>(lanes + 64 * v));
-            for (int r = 0; r < R; ++r) {
-              const __m256i m = _mm256_maddubs_epi16(dec[r][h][v], xv);
-              part[r] = v == v0 ? m : _mm256_add_epi16(part[r], m);
-            }
-          }
-          for (int r = 0; r < R; ++r) sum[r] = _mm256_add_epi32(sum[r], _mm256_madd_epi16(part[r], ones));
-        }
-        const __m256 xs = _mm256_load_ps(x[t].scale + at);
-        for (int r = 0; r < R; ++r) {
-          float* a = acc + 8 * (t * R + r);
-          _mm256_store_ps(a,
-                          _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum[r]), _mm256_mul_ps(xs, dws[r][h]), _mm256_load_ps(a)));
-        }
+  alignas(32) __m256i dec[R][kDecRowVecs<R>];
+  __m256 dws[R][kChunk][2];
+  GroupSource tail;
+  for (int64_t g0 = 0; g0 < groups; g0 += kChunk) {
+    const int64_t chunk = std::min(kChunk, groups - g0);
+    for (int r = 0; r < R; ++r)
+      for (int64_t j = 0; j < chunk; ++j) {
+        const uint8_t* cg = codes + r * row_bytes + kGroupCodes * (g0 + j);
+        const uint8_t* sg = scales + r * blocks + kGroupBlocks * (g0 + j);
+        // The same groups of the next R rows: read from RAM while the tokens run.
+        for (int64_t at = 0; at < kGroupCodes; at += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(cg + R * row_bytes + at), _MM_HINT_T1);
+        group_source(cg, sg, blocks - kGroupBlocks * (g0 + j), tail);
+        for (int h = 0; h < 2; ++h) decode_half(cg + 128 * h, sg + 8 * h, dec[r] + (2 * j + h) * 8, dws[r][j][h]);
       }
-    }
+    for (int64_t t = 0; t < n; ++t)
+      token_avx2<R>(dec[0], dws[0][0], g0, chunk, g0 + chunk == groups, x[t], acc + 8 * R * t, y + t * y_stride);
   }
-  for (int64_t t = 0; t < n; ++t)
-    for (int r = 0; r < R; ++r) y[t * y_stride + r] = hsum(_mm256_load_ps(acc + 8 * (t * R + r)));
 }
 
 __attribute__((target("avx2,fma,avxvnni"))) void row_avxvnni(const uint8_t* codes, const uint8_t* scales,
@@ -301,8 +369,9 @@ __attribute__((target("avx2,fma,avxvnni"))) void row_avxvnni(const uint8_t* code
   ROW256_BODY(DOT_AVXVNNI)
 }
 
-// Several tokens: rows in fours (then two, then one) share each token's loads (2x row_avx2's rate at 64
-// tokens, measured on a Zen 3 EPYC). One token runs row_avx2: nothing to share, and the buffer costs stores.
+// Several tokens: rows in fours (then two, then one) share each token's loads (at 64 tokens on a Zen 3 EPYC,
+// about 2x row_avx2's rate with the accumulators in memory, 2.7x with rows_avx2's chunks and assembly). One
+// token runs row_avx2: nothing to share, and the buffer costs stores.
 __attribute__((target("avx2,fma"))) void run_avx2(const uint8_t* codes, const uint8_t* scales, int64_t rows,
                                                   int64_t blocks, const Token* x, int64_t n, float* acc, float* y,
                                                   int64_t y_stride) {
@@ -317,6 +386,17 @@ __attribute__((target("avx2,fma"))) void run_avx2(const uint8_t* codes, const ui
 }
 
 #undef X256
+#undef MT_X
+#undef MT_W
+#undef MT_M0
+#undef MT_M1
+#undef MT_V0
+#undef MT_V1
+#undef MT_PARITY
+#undef MT_E
+#undef MT_O
+#undef MT_F
+#undef MT_HALF
 #undef DOT_AVX2
 #undef DOT_AVXVNNI
 #undef ROW256_BODY
