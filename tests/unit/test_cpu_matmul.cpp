@@ -317,6 +317,30 @@ TEST(CpuMatmul, AxpysAreTheAxpysBitwise) {
   }
 }
 
+// indexer_scores over many keys (8 at a time where the dim allows) against one key per call (the one-key order):
+// key counts around the 8-key blocks, head dims with and without a remainder, head weights of both signs, and
+// dots that are NaN, -0 or negative (relu must map each as the one-key path does).
+TEST(CpuMatmul, IndexerScoresOfManyKeysAreThoseOfOneKeyBitwise) {
+  std::mt19937 rng(23);
+  for (const int64_t dim : {8, 20, 128}) {
+    for (const int64_t heads : {1, 5, 64}) {
+      const int64_t m_max = 27;
+      const std::vector<float> q = random_tokens(rng, heads, dim), w = random_tokens(rng, 1, heads);
+      std::vector<float> keys = random_tokens(rng, m_max, dim);
+      std::fill_n(keys.begin() + 3 * dim, dim, -0.0f);  // every dot of key 3 is +-0
+      keys[size_t(9 * dim + 1)] = NAN;                  // key 9: NaN dots
+      keys[size_t(12 * dim)] = INFINITY;                // key 12: +-inf dots
+      for (int64_t m = 0; m <= m_max; ++m) {
+        std::vector<float> got(size_t(m_max), 7.0f), want(size_t(m_max), 7.0f);
+        indexer_scores(q.data(), w.data(), heads, dim, keys.data(), m, got.data());
+        for (int64_t j = 0; j < m; ++j)
+          indexer_scores(q.data(), w.data(), heads, dim, keys.data() + j * dim, 1, want.data() + j);
+        ASSERT_TRUE(same_bits(got.data(), want.data(), m_max)) << "dim " << dim << " heads " << heads << " m " << m;
+      }
+    }
+  }
+}
+
 // Through linear(): a chunk of n tokens gives each token the bits of a one-token call, for MXFP4 views at odd
 // row offsets (int16 and int24) and FP8 views on 128-row boundaries, with weights large enough for several row
 // blocks in parallel.
