@@ -286,11 +286,11 @@ TEST(CpuMatmul, Bf16IsTheDotOfTheDecodedRowBitwise) {
 }
 
 // dots, which attention's scores use, against dot itself: lengths below, at and past 8-element steps, row counts
-// around its 4-row tiles, a row stride longer than the rows.
+// around its 8- and 4-row tiles, a row stride longer than the rows.
 TEST(CpuMatmul, DotsAreTheDotBitwise) {
   std::mt19937 rng(17);
   for (const int64_t n : {1, 7, 8, 77, 512, 515}) {
-    const int64_t m_max = 9, stride = n + 5;
+    const int64_t m_max = 21, stride = n + 5;
     const std::vector<float> a = random_tokens(rng, 1, n), b = random_tokens(rng, m_max, stride);
     for (int64_t m = 0; m <= m_max; ++m) {
       std::vector<float> got(size_t(m_max), NAN), want(size_t(m_max), NAN);

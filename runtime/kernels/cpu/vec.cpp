@@ -74,8 +74,48 @@ float dot_v3(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-void dots_v3(const float* a, const float* b, int64_t b_stride, int64_t m, int64_t n, float* out) {
+// Lane r of the result: ((0 + a[r][0]) + a[r][1]) + … + a[r][7], dot_rows_v3's sum of a row's lanes, for 8 rows
+// at once (an 8x8 transpose, then the lanes added as vectors in the same order).
+__attribute__((target("avx2,fma"))) __m256 lane_sums8_v3(const __m256 a[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpackhi_ps(a[0], a[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(a[2], a[3]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(a[4], a[5]), t5 = _mm256_unpackhi_ps(a[4], a[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(a[6], a[7]), t7 = _mm256_unpackhi_ps(a[6], a[7]);
+  // s_k holds lane k (low half) and lane k + 4 (high half) of rows 0-3, then of rows 4-7.
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
+  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 lane[8] = {_mm256_permute2f128_ps(s0, s4, 0x20), _mm256_permute2f128_ps(s1, s5, 0x20),
+                          _mm256_permute2f128_ps(s2, s6, 0x20), _mm256_permute2f128_ps(s3, s7, 0x20),
+                          _mm256_permute2f128_ps(s0, s4, 0x31), _mm256_permute2f128_ps(s1, s5, 0x31),
+                          _mm256_permute2f128_ps(s2, s6, 0x31), _mm256_permute2f128_ps(s3, s7, 0x31)};
+  __m256 s = _mm256_setzero_ps();
+  for (int k = 0; k < 8; ++k) s = _mm256_add_ps(s, lane[k]);
+  return s;
+}
+
+// dot_rows_v3<8> for n a multiple of 8 (no remainder to fuse into lane 0), the 8 sums as one vector (lane r:
+// row r), each bit for bit: 8 independent FMA chains keep both FMA pipes busy where 4 wait on their latency.
+__attribute__((target("avx2,fma"))) __m256 dot_rows8_v3(const float* a, const float* b, int64_t b_stride, int64_t n) {
+  __m256 acc[8];
+  for (int r = 0; r < 8; ++r) acc[r] = _mm256_setzero_ps();
+  for (int64_t i = 0; i < n; i += 8) {
+    const __m256 av = _mm256_loadu_ps(a + i);
+    for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(av, _mm256_loadu_ps(b + r * b_stride + i), acc[r]);
+  }
+  return lane_sums8_v3(acc);
+}
+
+__attribute__((target("avx2,fma"))) void dots_v3(const float* a, const float* b, int64_t b_stride, int64_t m, int64_t n,
+                                                 float* out) {
   int64_t i = 0;
+  if (n % 8 == 0)
+    for (; i + 8 <= m; i += 8) _mm256_storeu_ps(out + i, dot_rows8_v3(a, b + i * b_stride, b_stride, n));
   for (; i + 4 <= m; i += 4) dot_rows_v3<4>(a, b + i * b_stride, b_stride, n, out + i);
   for (; i < m; ++i) dot_rows_v3<1>(a, b + i * b_stride, b_stride, n, out + i);
 }
@@ -121,31 +161,6 @@ __attribute__((target("avx2,fma"))) void indexer_scores_one_v3(const float* q, c
   *out = _mm_cvtss_f32(score);
 }
 
-// Lane r of the result: ((0 + a[r][0]) + a[r][1]) + … + a[r][7], dot_rows_v3's sum of a row's lanes, for 8 rows
-// at once (an 8x8 transpose, then the lanes added as vectors in the same order).
-__attribute__((target("avx2,fma"))) __m256 lane_sums8_v3(const __m256 a[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(a[0], a[1]), t1 = _mm256_unpackhi_ps(a[0], a[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(a[2], a[3]), t3 = _mm256_unpackhi_ps(a[2], a[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(a[4], a[5]), t5 = _mm256_unpackhi_ps(a[4], a[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(a[6], a[7]), t7 = _mm256_unpackhi_ps(a[6], a[7]);
-  // s_k holds lane k (low half) and lane k + 4 (high half) of rows 0-3, then of rows 4-7.
-  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0));
-  const __m256 s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
-  const __m256 lane[8] = {_mm256_permute2f128_ps(s0, s4, 0x20), _mm256_permute2f128_ps(s1, s5, 0x20),
-                          _mm256_permute2f128_ps(s2, s6, 0x20), _mm256_permute2f128_ps(s3, s7, 0x20),
-                          _mm256_permute2f128_ps(s0, s4, 0x31), _mm256_permute2f128_ps(s1, s5, 0x31),
-                          _mm256_permute2f128_ps(s2, s6, 0x31), _mm256_permute2f128_ps(s3, s7, 0x31)};
-  __m256 s = _mm256_setzero_ps();
-  for (int k = 0; k < 8; ++k) s = _mm256_add_ps(s, lane[k]);
-  return s;
-}
-
 // indexer_scores_one_v3 for 8 keys at once (dim a multiple of 8): the 8 keys' dots with one head are 8
 // independent FMA chains sharing each load of the query, and the heads' sum runs one key per lane, so every
 // operation of every key is the one-key path's, in its order, without waiting on one chain at a time.
@@ -154,15 +169,9 @@ __attribute__((target("avx2,fma"))) void indexer_scores8_v3(const float* q, cons
   const __m256 zero = _mm256_setzero_ps();
   __m256 score = zero;
   for (int64_t h = 0; h < heads; ++h) {
-    const float* qh = q + h * dim;
-    __m256 acc[8];
-    for (int r = 0; r < 8; ++r) acc[r] = zero;
-    for (int64_t i = 0; i < dim; i += 8) {
-      const __m256 qv = _mm256_loadu_ps(qh + i);
-      for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(qv, _mm256_loadu_ps(keys + r * dim + i), acc[r]);
-    }
+    const __m256 d = dot_rows8_v3(q + h * dim, keys, dim, dim);
     // max(d, +0) is relu(d) bit for bit: +0 for a NaN, -0 or +0 (the second operand wins those).
-    score = _mm256_fmadd_ps(_mm256_max_ps(lane_sums8_v3(acc), zero), _mm256_set1_ps(w[h]), score);
+    score = _mm256_fmadd_ps(_mm256_max_ps(d, zero), _mm256_set1_ps(w[h]), score);
   }
   _mm256_storeu_ps(out, score);
 }
