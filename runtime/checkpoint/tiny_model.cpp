@@ -59,6 +59,10 @@ int pow2_exponent(float amax, float limit) {
   return std::clamp(static_cast<int>(std::ceil(std::log2(amax / limit))), -126, 127);
 }
 
+// 2^e for e in [-127, 126] (the negated exponents above): exact in float, subnormal at -127, so x * pow2(e) is
+// ldexp(x, e) bit for bit (one correctly rounded result of the same product) without a libm call per value.
+float pow2(int e) { return std::ldexp(1.0f, e); }
+
 // The last projection of each residual branch (attention's wo_b, every expert's w2) is drawn 10x smaller than
 // the others, so that a branch adds a modest update to the residual streams, as in a trained model, instead of
 // replacing them with a random vector of their own size. With full-size branches the random model is chaotic:
@@ -96,9 +100,10 @@ Quantized quantize_fp8_blocks(const std::vector<float>& w, int64_t out, int64_t 
           amax = std::max(amax, std::fabs(w[size_t(i * in + j)]));
       const int k = pow2_exponent(amax, core::kE4M3Max);
       q.scales[size_t(r * bi + c)] = core::e8m0_from_exponent(k);
+      const float inv = pow2(-k);
       for (int64_t i = r * block; i < std::min(out, (r + 1) * block); ++i)
         for (int64_t j = c * block; j < std::min(in, (c + 1) * block); ++j)
-          q.codes[size_t(i * in + j)] = core::float_to_e4m3(std::ldexp(w[size_t(i * in + j)], -k));
+          q.codes[size_t(i * in + j)] = core::float_to_e4m3(w[size_t(i * in + j)] * inv);
     }
   return q;
 }
@@ -114,9 +119,9 @@ Quantized quantize_fp4_rows(const std::vector<float>& w, int64_t out, int64_t in
       for (int64_t j = 0; j < block; ++j) amax = std::max(amax, std::fabs(x[j]));
       const int k = pow2_exponent(amax, core::kE2M1Max);
       q.scales[size_t(i * (in / block) + b)] = core::e8m0_from_exponent(k);
+      const float inv = pow2(-k);
       for (int64_t j = 0; j < block; j += 2) {
-        const uint8_t lo = core::float_to_e2m1(std::ldexp(x[j], -k)),
-                      hi = core::float_to_e2m1(std::ldexp(x[j + 1], -k));
+        const uint8_t lo = core::float_to_e2m1(x[j] * inv), hi = core::float_to_e2m1(x[j + 1] * inv);
         q.codes[size_t((i * in + b * block + j) / 2)] = core::fp4_pack(lo, hi);
       }
     }
