@@ -220,17 +220,23 @@ planner::Hardware calibration_hardware(const planner::Calibration& rates) {
   return hw;
 }
 
-// The planner's estimate for the bench's model, CPU only: decode at `ctx`, the prefill of a chunk of `ubatch` at
-// mean position `pos` (the whole-context rate of a context of 2·pos).
-planner::CostEstimate predict(const planner::ModelSpec& spec, const planner::Calibration& rates, int64_t ctx,
-                              int64_t ubatch, double pos) {
+// The planner's estimate for the bench's model, CPU only, at `ctx` tokens of context: its decode figures are
+// those of a token at ctx.
+planner::CostEstimate predict_at(const planner::ModelSpec& spec, const planner::Calibration& rates, int64_t ctx,
+                                 int64_t ubatch) {
   planner::PlanOptions o;
   o.kv_type = planner::KvType::FP8;
   o.ubatch = ubatch;
   o.ctx = ctx;
-  planner::CostEstimate e = planner::make_plan(spec, calibration_hardware(rates), o).cost;
-  o.ctx = static_cast<int64_t>(2 * pos);
-  e.prefill_full_tok_s = planner::make_plan(spec, calibration_hardware(rates), o).cost.prefill_full_tok_s;
+  return planner::make_plan(spec, calibration_hardware(rates), o).cost;
+}
+
+// predict_at's decode at `ctx`, and the prefill of a chunk of `ubatch` at mean position `pos` (the whole-context
+// rate of a context of 2·pos).
+planner::CostEstimate predict(const planner::ModelSpec& spec, const planner::Calibration& rates, int64_t ctx,
+                              int64_t ubatch, double pos) {
+  planner::CostEstimate e = predict_at(spec, rates, ctx, ubatch);
+  e.prefill_full_tok_s = predict_at(spec, rates, static_cast<int64_t>(2 * pos), ubatch).prefill_full_tok_s;
   return e;
 }
 
@@ -242,7 +248,7 @@ double dense_bw_for(const planner::ModelSpec& spec, planner::Calibration rates, 
   double lo = 0, hi = 15;         // log10 of bytes/s
   for (int i = 0; i < 64; ++i) {  // 15 decades / 2^64: far below a double's precision
     rates.host_dense_bw = std::pow(10.0, (lo + hi) / 2);
-    const double t = predict(spec, rates, r.decode_ctx, r.ubatch, 1).decode_gpu_ms * 1e-3;
+    const double t = predict_at(spec, rates, r.decode_ctx, r.ubatch).decode_gpu_ms * 1e-3;
     (t > seconds ? lo : hi) = (lo + hi) / 2;
   }
   return std::pow(10.0, (lo + hi) / 2);
@@ -255,7 +261,7 @@ planner::Calibration derive_rates(const planner::ModelSpec& spec, const Run& r, 
   planner::Calibration unit;
   unit.triad = triad;
   unit.host_dense_bw = unit.host_expert_bw = unit.host_dense_flops = unit.host_expert_flops = 1;
-  const planner::CostEstimate bytes = predict(spec, unit, r.decode_ctx, r.ubatch, 1);
+  const planner::CostEstimate bytes = predict_at(spec, unit, r.decode_ctx, r.ubatch);
   const double experts_d = r.decode.phase(OpPhase::Experts), experts_p = r.prefill.phase(OpPhase::Experts);
   const core::ModelConfig& c = spec.config;
   const double u = static_cast<double>(r.ubatch), pos = static_cast<double>(r.prefill_p0) + u / 2;

@@ -206,15 +206,15 @@ void prefill_split_line(const Plan& p, std::string& out) {
 
 void speed_section(const Plan& p, std::string& out) {
   const auto& c = p.cost;
+  const char* dense_part = p.hardware.gpus.empty() ? "non-routed" : "GPU";  // where the non-routed layers run
   out += "Predicted speed (one sequence)\n";
   out += printf_str("  decode   %7.1f tok/s   bound by %s\n", c.decode_tok_s, c.decode_bottleneck.c_str());
   out +=
       printf_str("           per token: %s %.1f ms, CPU experts %.1f ms, sync %.1f ms; expert hit rate on GPU %.0f%%\n",
-                 p.hardware.gpus.empty() ? "non-routed" : "GPU", c.decode_gpu_ms, c.decode_cpu_ms, c.decode_sync_ms,
-                 100 * c.expert_hit_rate);
-  out += printf_str("           of the %s part, attention and indexer at %s tokens %.1f ms, bound by %s\n",
-                    p.hardware.gpus.empty() ? "non-routed" : "GPU", core::format_count(p.options.ctx).c_str(),
-                    c.decode_attention_ms, c.decode_attention_compute_bound ? "their arithmetic" : "their KV reads");
+                 dense_part, c.decode_gpu_ms, c.decode_cpu_ms, c.decode_sync_ms, 100 * c.expert_hit_rate);
+  out += printf_str("           of the %s part, attention and indexer at %s tokens %.1f ms, bound by %s\n", dense_part,
+                    core::format_count(p.options.ctx).c_str(), c.decode_attention_ms,
+                    c.decode_attention_compute_bound ? "their arithmetic" : "their KV reads");
   if (c.decode_ceiling_tok_s > 0)
     out += printf_str("           ceiling if every routed expert were read from RAM at peak bandwidth: %.1f tok/s\n",
                       c.decode_ceiling_tok_s);
