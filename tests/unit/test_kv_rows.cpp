@@ -114,6 +114,40 @@ TEST(KvRows, Fp4IndexerKeyAndQueryRoundTheSameWay) {
   EXPECT_EQ(untouched, x) << "bf16 mode must not round indexer queries";
 }
 
+// Decoding an FP4 indexer row (vector path where the CPU has one) against the format's definition, bit for bit:
+// every code at every position (value 2k in byte k's low nibble, 2k+1 in its high one; code 8 is -0), with
+// scales 2^-127, 2^-1, 1, 2^127 and NaN.
+TEST(KvRows, Fp4IndexerRowsDecodeToEachCodeTimesItsScale) {
+  const auto c = tiny();
+  const planner::KvRowLayout l = planner::KvRowLayout::indexer_row(c, KvType::FP8);
+  ASSERT_EQ(l.dims % 32, 0);
+  const int64_t blocks = l.dims / 32;
+  std::mt19937 rng(5);
+  for (const uint8_t scale : {uint8_t{0}, uint8_t{126}, uint8_t{127}, uint8_t{254}, uint8_t{255}}) {
+    for (int shift = 0; shift < 16; ++shift) {
+      std::vector<uint8_t> row(static_cast<size_t>(l.bytes));
+      for (int64_t k = 0; k < l.dims / 2; ++k) {
+        const int lo = static_cast<int>((2 * k + shift) % 16), hi = static_cast<int>((2 * k + 1 + shift) % 16);
+        row[static_cast<size_t>(k)] = core::fp4_pack(static_cast<uint8_t>(lo), static_cast<uint8_t>(hi));
+      }
+      for (int64_t b = 0; b < blocks; ++b)
+        row[static_cast<size_t>(l.dims / 2 + b)] = b == shift % blocks ? scale : static_cast<uint8_t>(120 + rng() % 14);
+      std::vector<float> got(static_cast<size_t>(l.dims));
+      decode_kv_row(l, row.data(), got.data());
+      for (int64_t i = 0; i < l.dims; ++i) {
+        const uint8_t byte = row[static_cast<size_t>(i / 2)];
+        const uint8_t code = i % 2 == 0 ? core::fp4_low(byte) : core::fp4_high(byte);
+        const float want =
+            core::e2m1_to_float(code) * core::e8m0_to_float(row[static_cast<size_t>(l.dims / 2 + i / 32)]);
+        uint32_t gb, wb;
+        std::memcpy(&gb, &got[static_cast<size_t>(i)], 4);
+        std::memcpy(&wb, &want, 4);
+        ASSERT_EQ(gb, wb) << "value " << i << " code " << int(code) << " scale " << int(scale);
+      }
+    }
+  }
+}
+
 TEST(KvRows, QuantBlocksUseAnF16ScaleOfAmaxOverQmax) {
   const auto c = tiny();
   for (KvType t : {KvType::Q8_0, KvType::Q4_0}) {

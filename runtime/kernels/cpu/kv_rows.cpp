@@ -7,6 +7,11 @@
 #include "planner/core/dtype_codec.h"
 #include "planner/core/error.h"
 
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define FERRY_KV_X86 1
+#endif
+
 namespace ferry::runtime {
 
 namespace {
@@ -82,6 +87,47 @@ const DecodeTables& tables() {
   static const DecodeTables t;
   return t;
 }
+
+// An FP4 indexer row, the scalar way: each code's value from the table times its block's scale.
+void decode_fp4_row(const uint8_t* in, int64_t dims, float* x) {
+  const DecodeTables& tb = tables();
+  const uint8_t* scales = in + dims / 2;
+  for (int64_t i = 0; i < dims; i += 2) {
+    const float s = tb.e8m0[scales[i / kFp4Block]];
+    x[i] = tb.e2m1[core::fp4_low(in[i / 2])] * s;
+    x[i + 1] = tb.e2m1[core::fp4_high(in[i / 2])] * s;
+  }
+}
+
+#ifdef FERRY_KV_X86
+// decode_fp4_row 8 values a step (dims a multiple of 32): each code's magnitude from the same 8-entry table, its
+// sign bit set afterwards (so code 8 is -0, as in the table), times the same scale: the scalar products, bit for
+// bit. The indexer decodes every compressed key of a layer at each decode step, ~6x faster this way.
+__attribute__((target("avx2"))) void decode_fp4_row_avx2(const uint8_t* in, int64_t dims, float* x) {
+  const DecodeTables& tb = tables();
+  const uint8_t* scales = in + dims / 2;
+  const __m256 magnitude = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
+  const __m256i shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);  // value 2k: low nibble of byte k
+  const __m256i nibble = _mm256_set1_epi32(0xF), sign = _mm256_set1_epi32(8);
+  for (int64_t i = 0; i < dims; i += 8) {
+    uint32_t packed;
+    std::memcpy(&packed, in + i / 2, sizeof packed);
+    const __m256i codes =
+        _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(packed)), shifts), nibble);
+    const __m256i sign_bits = _mm256_slli_epi32(_mm256_and_si256(codes, sign), 28);
+    const __m256 v = _mm256_or_ps(_mm256_permutevar8x32_ps(magnitude, codes), _mm256_castsi256_ps(sign_bits));
+    _mm256_storeu_ps(x + i, _mm256_mul_ps(v, _mm256_set1_ps(tb.e8m0[scales[i / kFp4Block]])));
+  }
+}
+
+bool have_avx2() {
+  static const bool avx2 = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2");
+  }();
+  return avx2;
+}
+#endif
 
 }  // namespace
 
@@ -176,13 +222,10 @@ void decode_kv_row(const planner::KvRowLayout& l, const uint8_t* in, float* x) {
   }
   const DecodeTables& tb = tables();
   if (l.indexer) {
-    const uint8_t* scales = in + l.dims / 2;
-    for (int64_t i = 0; i < l.dims; i += 2) {
-      const float s = tb.e8m0[scales[i / kFp4Block]];
-      x[i] = tb.e2m1[core::fp4_low(in[i / 2])] * s;
-      x[i + 1] = tb.e2m1[core::fp4_high(in[i / 2])] * s;
-    }
-    return;
+#ifdef FERRY_KV_X86
+    if (l.dims % kFp4Block == 0 && have_avx2()) return decode_fp4_row_avx2(in, l.dims, x);
+#endif
+    return decode_fp4_row(in, l.dims, x);
   }
   const int64_t nope = l.dims - l.rope_dims;
   const uint8_t* rope = in + nope;
