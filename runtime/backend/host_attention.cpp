@@ -59,11 +59,11 @@ void fetch(const ops::Attention& a, const RowList& l, int64_t i, float* out) {
 // Folds key rows `rows` (m of them, one tile) into the online softmax of heads h0 … h0+g−1 of token t, each in
 // the same order as alone: the tile's scores, the running max, the accumulator rescaled to it, then the tile's
 // exps summed and added in. The scores and the sums of rows go a few rows at a time for all g heads, so that the
-// rows are read from the cache nearest the core (their order per head is as one call: dots' 4-row groups and
+// rows are read from the cache nearest the core (their order per head is as one call: dots' row groups and
 // axpys' per-element FMA chains do not depend on where a call starts). Head j's scores are at scores + j·tile.
 void fold(const ops::Attention& a, int64_t t, int64_t h0, int64_t g, const float* rows, int64_t m, int64_t tile,
           float* scores, const TileSlice& state) {
-  constexpr int64_t kRows = 32;  // a multiple of 4: the same 4-row groups in dots as one call over the tile
+  constexpr int64_t kRows = 32;  // a multiple of 8: the same row groups in dots as one call over the tile
   const int64_t hd = a.head_dim;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const float* q = a.q + (t * a.heads + h0) * hd;
