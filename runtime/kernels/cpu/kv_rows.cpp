@@ -102,7 +102,7 @@ void decode_fp4_row(const uint8_t* in, int64_t dims, float* x) {
 #ifdef FERRY_KV_X86
 // decode_fp4_row 8 values a step (dims a multiple of 32): each code's magnitude from the same 8-entry table, its
 // sign bit set afterwards (so code 8 is -0, as in the table), times the same scale: the scalar products, bit for
-// bit. The indexer decodes every compressed key of a layer at each decode step, ~6x faster this way.
+// bit. The indexer decodes every compressed key of a layer at each decode step: 25 ns a 128-dim key, not 74.
 __attribute__((target("avx2"))) void decode_fp4_row_avx2(const uint8_t* in, int64_t dims, float* x) {
   const DecodeTables& tb = tables();
   const uint8_t* scales = in + dims / 2;
